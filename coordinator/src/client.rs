@@ -1,0 +1,214 @@
+//! A client for a coordinator cluster: any reachable node works (followers forward to the leader),
+//! and unavailable answers are retried on the next node with backoff, up to a deadline.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::admin_service_client::AdminServiceClient;
+use raftstream_proto::v1::job_service_client::JobServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why a cluster call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no coordinator addresses given")]
+    NoAddresses,
+    #[error("invalid coordinator address {address:?}: {reason}")]
+    InvalidAddress { address: String, reason: String },
+    #[error("no coordinator leader reachable at {addresses} after {attempts} attempts over {waited:?}; last error: {last}")]
+    Unavailable { addresses: String, attempts: u32, waited: Duration, last: String },
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Rejected(Status),
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ => "ERROR",
+    }
+}
+
+impl ClientError {
+    /// The gRPC code behind this error (UNAVAILABLE when nothing answered).
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Rejected(status) => status.code(),
+            ClientError::Unavailable { .. } => Code::Unavailable,
+            ClientError::NoAddresses | ClientError::InvalidAddress { .. } => Code::InvalidArgument,
+        }
+    }
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted)
+}
+
+/// A handle on the cluster, cheap to clone.
+#[derive(Debug)]
+pub struct ClusterClient {
+    addresses: Vec<String>,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    retry_for: Duration,
+    attempt_timeout: Duration,
+}
+
+impl ClusterClient {
+    /// A client for the coordinators at `addresses` (host:port), retrying for up to `retry_for`.
+    pub fn new(addresses: &[String], retry_for: Duration) -> Result<Self, ClientError> {
+        if addresses.is_empty() {
+            return Err(ClientError::NoAddresses);
+        }
+        let channels = addresses
+            .iter()
+            .map(|address| {
+                let endpoint = Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|error| ClientError::InvalidAddress { address: address.clone(), reason: error.to_string() })?;
+                Ok(endpoint.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy())
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(ClusterClient {
+            addresses: addresses.to_vec(),
+            channels,
+            next: AtomicUsize::new(0),
+            retry_for,
+            attempt_timeout: Duration::from_secs(12),
+        })
+    }
+
+    /// Gives up on one node after `timeout` and moves to the next.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The addresses this client tries.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    /// Calls `call` on one node after another until one answers with something other than
+    /// "unavailable", or the retry deadline passes.
+    async fn with_retry<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            let index = self.next.load(Ordering::Relaxed) % self.channels.len();
+            attempts += 1;
+            let outcome = tokio::time::timeout(self.attempt_timeout, call(self.channels[index].clone())).await;
+            let status = match outcome {
+                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Err(status)) if !retryable(&status) => return Err(ClientError::Rejected(status)),
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded(format!("no answer from {} within {:?}", self.addresses[index], self.attempt_timeout)),
+            };
+            // Stay on a node that answers; move on from one that does not.
+            self.next.store(index + 1, Ordering::Relaxed);
+            let waited = started.elapsed();
+            if waited + backoff > self.retry_for {
+                return Err(ClientError::Unavailable {
+                    addresses: self.addresses.join(","),
+                    attempts,
+                    waited,
+                    last: format!("{} ({})", status.message(), self.addresses[index]),
+                });
+            }
+            tracing::debug!(address = %self.addresses[index], error = %status.message(), ?backoff, "retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Submits a job spec; `request_id` makes retries create one job.
+    pub async fn submit_job(&self, spec: &str, request_id: &str) -> Result<pb::Job, ClientError> {
+        let request = pb::SubmitJobRequest { spec: spec.to_owned(), request_id: request_id.to_owned() };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20).submit_job(request).await }
+        });
+        reply.await?.job.ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
+    }
+
+    /// One job.
+    pub async fn get_job(&self, job_id: &str, consistency: pb::ReadConsistency) -> Result<pb::Job, ClientError> {
+        let request = pb::GetJobRequest { job_id: job_id.to_owned(), consistency: consistency as i32 };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).get_job(request).await }
+        });
+        reply.await?.job.ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
+    }
+
+    /// All jobs, oldest first.
+    pub async fn list_jobs(&self, consistency: pb::ReadConsistency) -> Result<Vec<pb::Job>, ClientError> {
+        let request = pb::ListJobsRequest { consistency: consistency as i32 };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).max_decoding_message_size(256 << 20).list_jobs(request).await }
+        });
+        Ok(reply.await?.jobs)
+    }
+
+    /// Cancels a job.
+    pub async fn cancel_job(&self, job_id: &str, request_id: &str) -> Result<pb::Job, ClientError> {
+        let request = pb::CancelJobRequest { job_id: job_id.to_owned(), request_id: request_id.to_owned() };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).cancel_job(request).await }
+        });
+        reply.await?.job.ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
+    }
+
+    /// The completed checkpoints of a job, oldest first.
+    pub async fn list_checkpoints(&self, job_id: &str) -> Result<Vec<pb::Checkpoint>, ClientError> {
+        let request = pb::ListCheckpointsRequest { job_id: job_id.to_owned(), consistency: pb::ReadConsistency::Linearizable as i32 };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).list_checkpoints(request).await }
+        });
+        Ok(reply.await?.checkpoints)
+    }
+
+    /// The cluster as seen from the first node that answers.
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, ClientError> {
+        self.with_retry(|channel| async move { AdminServiceClient::new(channel).cluster_status(pb::ClusterStatusRequest {}).await })
+            .await
+    }
+
+    /// Adds a node as a learner (it starts receiving the log).
+    pub async fn add_learner(&self, node_id: u64, address: &str) -> Result<pb::AddLearnerResponse, ClientError> {
+        let request = pb::AddLearnerRequest { node_id, address: address.to_owned() };
+        self.with_retry(|channel| {
+            let request = request.clone();
+            async move { AdminServiceClient::new(channel).add_learner(request).await }
+        })
+        .await
+    }
+
+    /// Makes `voter_ids` the complete set of voters.
+    pub async fn change_membership(&self, voter_ids: &[u64]) -> Result<pb::ChangeMembershipResponse, ClientError> {
+        let request = pb::ChangeMembershipRequest { voter_ids: voter_ids.to_vec() };
+        self.with_retry(|channel| {
+            let request = request.clone();
+            async move { AdminServiceClient::new(channel).change_membership(request).await }
+        })
+        .await
+    }
+}

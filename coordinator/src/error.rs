@@ -1,0 +1,85 @@
+//! The coordinator's errors and their mapping to gRPC status codes.
+
+use crate::ids::NodeId;
+use crate::spec::SpecError;
+use crate::state_machine::Rejection;
+
+/// GRPC metadata key that carries the address of the leader when a node cannot serve a request.
+pub const LEADER_HINT_METADATA: &str = "x-raftstream-leader";
+
+/// Everything a coordinator request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The job spec is invalid; nothing was stored.
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+    /// A request field is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The state machine refused the command; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// This node is not the leader and could not (or must not) forward.
+    #[error("node {node_id} is not the leader{}", leader_hint(.leader_id, .leader_address))]
+    NotLeader { node_id: NodeId, leader_id: Option<NodeId>, leader_address: Option<String> },
+    /// Forwarding to the leader failed.
+    #[error("forwarding to leader {leader_address} failed: {status}")]
+    ForwardFailed { leader_address: String, status: tonic::Status },
+    /// Raft could not complete the request in time or is shutting down.
+    #[error("Raft is unavailable: {0}")]
+    RaftUnavailable(String),
+    /// A broken invariant or unreadable storage: a bug or corruption, not the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn leader_hint(leader_id: &Option<NodeId>, leader_address: &Option<String>) -> String {
+    match (leader_id, leader_address) {
+        (Some(id), Some(address)) => format!("; the leader is node {id} at {address}"),
+        (Some(id), None) => format!("; the leader is node {id}"),
+        _ => "; no leader is known (election in progress?)".to_owned(),
+    }
+}
+
+fn rejection_code(rejection: &Rejection) -> tonic::Code {
+    match rejection {
+        Rejection::UnknownJob { .. } | Rejection::UnknownExecutor { .. } | Rejection::UnknownSubtask { .. } => {
+            tonic::Code::NotFound
+        }
+        Rejection::NoSlots { .. } => tonic::Code::InvalidArgument,
+        Rejection::JobAlreadyEnded { .. }
+        | Rejection::IllegalTransition { .. }
+        | Rejection::ExecutorDead { .. }
+        | Rejection::NoFreeSlot { .. }
+        | Rejection::CheckpointIdNotIncreasing { .. }
+        | Rejection::CheckpointEpochTooNew { .. }
+        | Rejection::JobNotActive { .. } => tonic::Code::FailedPrecondition,
+    }
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(error: CoordinatorError) -> Self {
+        let message = error.to_string();
+        match error {
+            CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
+            CoordinatorError::Rejected(rejection) => tonic::Status::new(rejection_code(&rejection), message),
+            CoordinatorError::NotLeader { leader_address, .. } => {
+                let mut status = tonic::Status::unavailable(message);
+                if let Some(address) = leader_address.and_then(|address| address.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_HINT_METADATA, address);
+                }
+                status
+            }
+            // The leader's own answer passes through unchanged, so a client sees the same code
+            // whichever node it asked.
+            CoordinatorError::ForwardFailed { status, leader_address } => match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    tonic::Status::unavailable(format!("forwarding to leader {leader_address} failed: {}", status.message()))
+                }
+                _ => status,
+            },
+            CoordinatorError::RaftUnavailable(_) => tonic::Status::unavailable(message),
+            CoordinatorError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! One coordinator process: configuration, start-up, serving, and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, SnapshotPolicy};
+use raftstream_proto::v1::admin_service_server::AdminServiceServer;
+use raftstream_proto::v1::job_service_server::JobServiceServer;
+use raftstream_proto::v1::raft_service_server::RaftServiceServer;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::ids::NodeId;
+use crate::raft::{open_stores, CoordinatorRaft, GrpcRaftNetwork};
+use crate::service::{AdminServiceImpl, CoordinatorContext, JobServiceImpl, RaftServiceImpl};
+
+const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Raft timing and log-compaction settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so slightly lagging followers need no snapshot.
+    pub entries_kept_behind_snapshot: u64,
+    /// Snapshots are sent in chunks of at most this size.
+    pub snapshot_chunk_bytes: u64,
+    /// How long a client write may wait for commit.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_after_entries: 10_000,
+            entries_kept_behind_snapshot: 1_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+            write_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Everything one coordinator needs to start. Loaded from YAML/JSON or built from flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub node_id: NodeId,
+    /// Where to listen for gRPC (clients, peers and executors share the port).
+    pub listen_address: SocketAddr,
+    /// The address peers and clients use to reach this node; defaults to `listen_address`.
+    #[serde(default)]
+    pub advertise_address: Option<String>,
+    pub data_dir: PathBuf,
+    /// The initial voters (node id -> address), used only when bootstrapping a new cluster.
+    #[serde(default)]
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// Whether a node with empty storage initializes the cluster from `initial_members`. Leave it
+    /// off when (re)joining an existing cluster with an empty data dir: the leader then brings the
+    /// node up to date.
+    #[serde(default)]
+    pub bootstrap: bool,
+    #[serde(default)]
+    pub raft: RaftSettings,
+}
+
+/// Why a coordinator could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid coordinator config: {0}")]
+    InvalidConfig(String),
+    #[error("reading config file {path}: {source}")]
+    ConfigFile { path: PathBuf, source: std::io::Error },
+    #[error("opening storage in {path}: {source}")]
+    Storage { path: PathBuf, source: openraft::StorageError<NodeId> },
+    #[error("creating data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("starting Raft: {0}")]
+    Raft(String),
+    #[error("binding {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+impl CoordinatorConfig {
+    /// Reads a config file (YAML or JSON) and validates it.
+    pub fn from_file(path: &Path) -> Result<Self, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| NodeError::ConfigFile { path: path.to_owned(), source })?;
+        let config: CoordinatorConfig = serde_yaml::from_str(&text)
+            .map_err(|error| NodeError::InvalidConfig(format!("{}: {error}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The address other nodes use for this one.
+    pub fn advertised(&self) -> String {
+        self.advertise_address.clone().unwrap_or_else(|| self.listen_address.to_string())
+    }
+
+    /// Checks the settings that would otherwise fail obscurely later.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let raft = &self.raft;
+        if raft.heartbeat_interval_ms == 0 || raft.election_timeout_min_ms <= raft.heartbeat_interval_ms {
+            return Err(NodeError::InvalidConfig(format!(
+                "raft.election_timeout_min_ms ({}) must exceed raft.heartbeat_interval_ms ({}), which must be above 0",
+                raft.election_timeout_min_ms, raft.heartbeat_interval_ms
+            )));
+        }
+        if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
+            return Err(NodeError::InvalidConfig("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into()));
+        }
+        if raft.snapshot_after_entries == 0 || raft.snapshot_chunk_bytes == 0 || raft.write_timeout_ms == 0 {
+            return Err(NodeError::InvalidConfig(
+                "raft.snapshot_after_entries, raft.snapshot_chunk_bytes and raft.write_timeout_ms must be above 0".into(),
+            ));
+        }
+        if self.bootstrap && !self.initial_members.contains_key(&self.node_id) {
+            return Err(NodeError::InvalidConfig(format!(
+                "bootstrap is on but node {} is not among initial_members {:?}",
+                self.node_id,
+                self.initial_members.keys().collect::<Vec<_>>()
+            )));
+        }
+        Ok(())
+    }
+
+    fn openraft_config(&self) -> Result<openraft::Config, NodeError> {
+        let config = openraft::Config {
+            cluster_name: "raftstream".to_owned(),
+            heartbeat_interval: self.raft.heartbeat_interval_ms,
+            election_timeout_min: self.raft.election_timeout_min_ms,
+            election_timeout_max: self.raft.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.raft.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.raft.entries_kept_behind_snapshot,
+            snapshot_max_chunk_size: self.raft.snapshot_chunk_bytes,
+            ..openraft::Config::default()
+        };
+        config.validate().map_err(|error| NodeError::InvalidConfig(error.to_string()))
+    }
+}
+
+/// Runs one coordinator until `shutdown` is cancelled.
+pub async fn run_coordinator(config: CoordinatorConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let span = tracing::info_span!("coordinator", node_id = config.node_id);
+    serve(config, shutdown).instrument(span).await
+}
+
+async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    config.validate()?;
+    let node_id = config.node_id;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
+    let database_path = config.data_dir.join("raft-db");
+    let (log_store, state_machine) =
+        open_stores(&database_path).map_err(|source| NodeError::Storage { path: database_path.clone(), source })?;
+    let committed = log_store.committed_index();
+    let applied = state_machine.shared_state();
+
+    let raft_config = Arc::new(config.openraft_config()?);
+    let raft = CoordinatorRaft::new(node_id, raft_config, GrpcRaftNetwork, log_store, state_machine)
+        .await
+        .map_err(|error| NodeError::Raft(error.to_string()))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen_address)
+        .await
+        .map_err(|source| NodeError::Bind { address: config.listen_address, source })?;
+    let address = config.advertised();
+    let context = CoordinatorContext::new(
+        node_id,
+        address.clone(),
+        raft.clone(),
+        applied,
+        committed,
+        Duration::from_millis(config.raft.write_timeout_ms),
+    );
+
+    if config.bootstrap {
+        bootstrap_if_pristine(&raft, &config).await?;
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<JobServiceServer<JobServiceImpl>>().await;
+    health_reporter.set_serving::<AdminServiceServer<AdminServiceImpl>>().await;
+    health_reporter.set_serving::<RaftServiceServer<RaftServiceImpl>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(raftstream_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| NodeError::Reflection(error.to_string()))?;
+
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "coordinator serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server_shutdown = shutdown.clone();
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            JobServiceServer::new(JobServiceImpl::new(context.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        )
+        .add_service(AdminServiceServer::new(AdminServiceImpl::new(context.clone())))
+        .add_service(
+            RaftServiceServer::new(RaftServiceImpl::new(raft.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, async move { server_shutdown.cancelled().await })
+        .await;
+    tracing::info!("shutting down Raft");
+    if let Err(error) = raft.shutdown().await {
+        tracing::warn!(error = %error, "Raft did not shut down cleanly");
+    }
+    served?;
+    Ok(())
+}
+
+async fn bootstrap_if_pristine(raft: &CoordinatorRaft, config: &CoordinatorConfig) -> Result<(), NodeError> {
+    let members: BTreeMap<NodeId, BasicNode> =
+        config.initial_members.iter().map(|(id, address)| (*id, BasicNode::new(address.clone()))).collect();
+    // openraft: initializing several nodes with the same membership is safe; a node that already
+    // holds state answers NotAllowed, which is the normal restart path.
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(members = ?config.initial_members, "initialized a new cluster");
+            Ok(())
+        }
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+            tracing::info!("storage already initialized; rejoining the cluster");
+            Ok(())
+        }
+        Err(error) => Err(NodeError::Raft(error.to_string())),
+    }
+}

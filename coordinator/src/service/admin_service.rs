@@ -1,0 +1,194 @@
+//! `AdminService`: cluster status and membership changes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::{BasicNode, ServerState};
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::admin_service_client::AdminServiceClient;
+use tonic::{Request, Response, Status};
+
+use super::{forward_target, forwarded_request, is_forwarded, CoordinatorContext};
+use crate::error::CoordinatorError;
+
+/// How long cluster status waits for each peer's own status.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// The `AdminService` of one coordinator.
+#[derive(Clone)]
+pub struct AdminServiceImpl {
+    context: CoordinatorContext,
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "Leader",
+        ServerState::Follower => "Follower",
+        ServerState::Candidate => "Candidate",
+        ServerState::Learner => "Learner",
+        ServerState::Shutdown => "Shutdown",
+    }
+}
+
+impl AdminServiceImpl {
+    /// The admin service over a coordinator's shared context.
+    pub fn new(context: CoordinatorContext) -> Self {
+        AdminServiceImpl { context }
+    }
+
+    fn local_status(&self) -> pb::NodeStatus {
+        let metrics = self.context.raft.metrics().borrow().clone();
+        pb::NodeStatus {
+            node_id: self.context.node_id,
+            address: self.context.address.clone(),
+            state: state_name(metrics.state).to_owned(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            committed_index: self.context.committed.get(),
+            applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
+            purged_index: metrics.purged.map(|log_id| log_id.index),
+            error: metrics.running_state.err().map(|fatal| fatal.to_string()).unwrap_or_default(),
+        }
+    }
+
+    async fn peer_status(&self, node_id: u64, address: String) -> pb::NodeStatus {
+        let unreachable = |error: String| pb::NodeStatus {
+            node_id,
+            address: address.clone(),
+            state: "unreachable".to_owned(),
+            error,
+            ..pb::NodeStatus::default()
+        };
+        let channel = match self.context.channel(&address) {
+            Ok(channel) => channel,
+            Err(error) => return unreachable(error.to_string()),
+        };
+        let mut client = AdminServiceClient::new(channel);
+        let call = client.node_status(pb::NodeStatusRequest {});
+        match tokio::time::timeout(PEER_STATUS_TIMEOUT, call).await {
+            Ok(Ok(reply)) => reply.into_inner().status.unwrap_or_else(|| unreachable("empty reply".to_owned())),
+            Ok(Err(status)) => unreachable(status.message().to_owned()),
+            Err(_) => unreachable(format!("no answer within {PEER_STATUS_TIMEOUT:?}")),
+        }
+    }
+
+    fn admin_client(&self, address: &str) -> Result<AdminServiceClient<tonic::transport::Channel>, Status> {
+        Ok(AdminServiceClient::new(self.context.channel(address)?))
+    }
+}
+
+fn membership_error(error: impl std::fmt::Display) -> Status {
+    CoordinatorError::InvalidRequest(error.to_string()).into()
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminServiceImpl {
+    async fn cluster_status(&self, _request: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let metrics = self.context.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members: Vec<pb::Member> = membership
+            .nodes()
+            .map(|(node_id, node)| pb::Member {
+                node_id: *node_id,
+                address: node.addr.clone(),
+                role: if voters.contains(node_id) { "voter" } else { "learner" }.to_owned(),
+            })
+            .collect();
+        let statuses = members.iter().map(|member| {
+            let (node_id, address) = (member.node_id, member.address.clone());
+            async move {
+                if node_id == self.context.node_id {
+                    self.local_status()
+                } else {
+                    self.peer_status(node_id, address).await
+                }
+            }
+        });
+        let mut nodes = futures::future::join_all(statuses).await;
+        if !members.iter().any(|member| member.node_id == self.context.node_id) {
+            nodes.push(self.local_status());
+        }
+        // Prefer the highest term any node reports, since this node may be partitioned.
+        let leader_node = nodes.iter().filter(|node| node.state == "Leader").max_by_key(|node| node.term);
+        let leader_id = leader_node.map(|node| node.node_id).or(metrics.current_leader);
+        let term = nodes.iter().map(|node| node.term).max().unwrap_or(metrics.current_term);
+        Ok(Response::new(pb::ClusterStatusResponse { leader_id, term, members, nodes }))
+    }
+
+    async fn node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        Ok(Response::new(pb::NodeStatusResponse { status: Some(self.local_status()) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        if message.address.trim().is_empty() || message.address.parse::<std::net::SocketAddr>().is_err() && !message.address.contains(':') {
+            return Err(membership_error(format!("address {:?} is not host:port", message.address)));
+        }
+        let metrics = self.context.raft.metrics().borrow().clone();
+        if metrics.membership_config.membership().voter_ids().any(|id| id == message.node_id) {
+            return Err(membership_error(format!("node {} is already a voter", message.node_id)));
+        }
+        let node = BasicNode::new(message.address.clone());
+        let outcome = tokio::time::timeout(self.context.write_timeout * 4, self.context.raft.add_learner(message.node_id, node, true))
+            .await
+            .map_err(|_| Status::unavailable("the learner did not catch up in time; it keeps catching up in the background"))?;
+        match outcome {
+            Ok(reply) => {
+                tracing::info!(learner = message.node_id, address = %message.address, "learner added");
+                Ok(Response::new(pb::AddLearnerResponse { log_index: reply.log_id.index }))
+            }
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward))) => {
+                let error = super::not_leader(self.context.node_id, forward);
+                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
+                let reply = self.admin_client(&address)?.add_learner(forwarded_request(message)).await;
+                reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
+            }
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(error))) => {
+                Err(membership_error(error))
+            }
+            Err(openraft::error::RaftError::Fatal(fatal)) => Err(Status::unavailable(fatal.to_string())),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let voters: BTreeSet<u64> = message.voter_ids.iter().copied().collect();
+        if voters.is_empty() {
+            return Err(membership_error("voter_ids must name at least one node"));
+        }
+        let metrics = self.context.raft.metrics().borrow().clone();
+        let known: BTreeSet<u64> = metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
+            return Err(membership_error(format!("node {unknown} is not a member; add it as a learner first")));
+        }
+        let outcome = tokio::time::timeout(self.context.write_timeout * 4, self.context.raft.change_membership(voters.clone(), false))
+            .await
+            .map_err(|_| Status::unavailable("membership change not committed in time; check cluster status"))?;
+        match outcome {
+            Ok(reply) => {
+                tracing::info!(voters = ?voters, "membership changed");
+                Ok(Response::new(pb::ChangeMembershipResponse { log_index: reply.log_id.index }))
+            }
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward))) => {
+                let error = super::not_leader(self.context.node_id, forward);
+                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
+                let reply = self.admin_client(&address)?.change_membership(forwarded_request(message)).await;
+                reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
+            }
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(error))) => {
+                Err(membership_error(error))
+            }
+            Err(openraft::error::RaftError::Fatal(fatal)) => Err(Status::unavailable(fatal.to_string())),
+        }
+    }
+}

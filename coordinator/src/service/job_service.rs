@@ -1,0 +1,165 @@
+//! `JobService`: submit, read and cancel jobs. Writes go through Raft on the leader; a follower
+//! forwards them. Linearizable reads are confirmed by the leader (read-index); local reads are not.
+
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::job_service_client::JobServiceClient;
+use tonic::{Request, Response, Status};
+
+use super::convert::{checkpoint_to_proto, job_to_proto, jobs_in_submission_order};
+use super::{forward_target, forwarded_request, is_forwarded, now_ms, CoordinatorContext};
+use crate::error::CoordinatorError;
+use crate::ids::{JobId, RequestId};
+use crate::spec::parse_job_spec;
+use crate::state_machine::{Command, Rejection, Response as Applied};
+
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// The `JobService` of one coordinator.
+#[derive(Clone)]
+pub struct JobServiceImpl {
+    context: CoordinatorContext,
+}
+
+impl JobServiceImpl {
+    /// The job service over a coordinator's shared context.
+    pub fn new(context: CoordinatorContext) -> Self {
+        JobServiceImpl { context }
+    }
+
+    fn leader_client(&self, address: &str) -> Result<JobServiceClient<tonic::transport::Channel>, Status> {
+        Ok(JobServiceClient::new(self.context.channel(address)?))
+    }
+
+    fn job_reply(&self, job_id: &JobId) -> Result<pb::Job, Status> {
+        let applied = self.context.applied.read();
+        let job = applied
+            .state
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: job_id.clone() }))?;
+        Ok(job_to_proto(job))
+    }
+
+    /// Confirms a linearizable read, or says where to forward it.
+    async fn prepare_read(&self, consistency: i32, forwarded: bool) -> Result<Option<String>, Status> {
+        if consistency == pb::ReadConsistency::Local as i32 {
+            return Ok(None);
+        }
+        match self.context.ensure_linearizable().await {
+            Ok(()) => Ok(None),
+            Err(error) => forward_target(&error, forwarded).map(Some).ok_or_else(|| error.into()),
+        }
+    }
+}
+
+fn parse_request_id(text: &str) -> Result<Option<RequestId>, CoordinatorError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > MAX_REQUEST_ID_CHARS {
+        return Err(CoordinatorError::InvalidRequest(format!("request_id is longer than {MAX_REQUEST_ID_CHARS} characters")));
+    }
+    Ok(Some(RequestId(text.to_owned())))
+}
+
+fn parse_job_id(text: &str) -> Result<JobId, CoordinatorError> {
+    if text.trim().is_empty() {
+        return Err(CoordinatorError::InvalidRequest("job_id is empty".to_owned()));
+    }
+    Ok(JobId(text.trim().to_owned()))
+}
+
+fn forward_failed(address: String) -> impl FnOnce(Status) -> Status {
+    move |status| CoordinatorError::ForwardFailed { leader_address: address, status }.into()
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for JobServiceImpl {
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let graph = parse_job_spec(&message.spec).map_err(CoordinatorError::from)?;
+        let request_id = parse_request_id(&message.request_id)?;
+        let command = Command::SubmitJob { request_id, graph, at_ms: now_ms() };
+        match self.context.propose(command).await {
+            Ok(Applied::JobSubmitted { job_id }) => {
+                tracing::info!(job_id = %job_id, "job submitted");
+                Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job_reply(&job_id)?) }))
+            }
+            Ok(other) => Err(CoordinatorError::Internal(format!("submit answered {other:?}")).into()),
+            Err(error) => {
+                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
+                let reply = self.leader_client(&address)?.submit_job(forwarded_request(message)).await;
+                reply.map_err(forward_failed(address))
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let job_id = parse_job_id(&message.job_id)?;
+        if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
+            let reply = self.leader_client(&address)?.get_job(forwarded_request(message)).await;
+            return reply.map_err(forward_failed(address));
+        }
+        Ok(Response::new(pb::GetJobResponse { job: Some(self.job_reply(&job_id)?) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
+            let reply = self.leader_client(&address)?.list_jobs(forwarded_request(message)).await;
+            return reply.map_err(forward_failed(address));
+        }
+        let applied = self.context.applied.read();
+        let jobs = jobs_in_submission_order(&applied.state).into_iter().map(job_to_proto).collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let job_id = parse_job_id(&message.job_id)?;
+        let request_id = parse_request_id(&message.request_id)?;
+        let command = Command::CancelJob { request_id, job_id: job_id.clone(), at_ms: now_ms() };
+        match self.context.propose(command).await {
+            Ok(_) => {
+                tracing::info!(job_id = %job_id, "job cancel requested");
+                Ok(Response::new(pb::CancelJobResponse { job: Some(self.job_reply(&job_id)?) }))
+            }
+            Err(error) => {
+                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
+                let reply = self.leader_client(&address)?.cancel_job(forwarded_request(message)).await;
+                reply.map_err(forward_failed(address))
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let job_id = parse_job_id(&message.job_id)?;
+        if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
+            let reply = self.leader_client(&address)?.list_checkpoints(forwarded_request(message)).await;
+            return reply.map_err(forward_failed(address));
+        }
+        let applied = self.context.applied.read();
+        let job = applied
+            .state
+            .jobs
+            .get(&job_id)
+            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: job_id.clone() }))?;
+        let checkpoints = job.checkpoints.iter().map(|checkpoint| checkpoint_to_proto(job, checkpoint)).collect();
+        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
+    }
+}

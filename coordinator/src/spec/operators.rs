@@ -1,0 +1,195 @@
+//! The built-in operator kinds and the parameters each one accepts.
+
+use serde::{Deserialize, Serialize};
+
+/// Every operator kind a job graph may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorKind {
+    Generator,
+    FileSource,
+    Map,
+    FlatMap,
+    Filter,
+    KeyBy,
+    Count,
+    Sum,
+    Min,
+    Max,
+    Reduce,
+    TumblingWindow,
+    SlidingWindow,
+    FileSink,
+    Print,
+}
+
+/// What role an operator plays in the graph, which decides how many inputs it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorRole {
+    Source,
+    Transform,
+    /// Needs a keyed input: every input must be a `key_by`.
+    KeyedTransform,
+    Sink,
+}
+
+/// The type a parameter value must have.
+#[derive(Debug, Clone, Copy)]
+pub enum ParamType {
+    /// An integer of at least the given value.
+    UnsignedAtLeast(u64),
+    Text,
+    TextList,
+    /// A string, number or boolean.
+    Scalar,
+    /// One of the listed strings.
+    OneOf(&'static [&'static str]),
+}
+
+/// One parameter an operator kind accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSchema {
+    pub name: &'static str,
+    pub param_type: ParamType,
+    pub required: bool,
+}
+
+const fn optional(name: &'static str, param_type: ParamType) -> ParamSchema {
+    ParamSchema { name, param_type, required: false }
+}
+
+const fn required(name: &'static str, param_type: ParamType) -> ParamSchema {
+    ParamSchema { name, param_type, required: true }
+}
+
+const AGGREGATES: &[&str] = &["count", "sum", "min", "max"];
+const WINDOW_COMMON: [ParamSchema; 4] = [
+    required("aggregate", ParamType::OneOf(AGGREGATES)),
+    optional("field", ParamType::Text),
+    optional("timestamp_field", ParamType::Text),
+    optional("max_out_of_orderness_ms", ParamType::UnsignedAtLeast(0)),
+];
+
+impl OperatorKind {
+    /// All kinds, in the order the documentation lists them.
+    pub const ALL: [OperatorKind; 15] = [
+        OperatorKind::Generator,
+        OperatorKind::FileSource,
+        OperatorKind::Map,
+        OperatorKind::FlatMap,
+        OperatorKind::Filter,
+        OperatorKind::KeyBy,
+        OperatorKind::Count,
+        OperatorKind::Sum,
+        OperatorKind::Min,
+        OperatorKind::Max,
+        OperatorKind::Reduce,
+        OperatorKind::TumblingWindow,
+        OperatorKind::SlidingWindow,
+        OperatorKind::FileSink,
+        OperatorKind::Print,
+    ];
+
+    /// The name used in job specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            OperatorKind::Generator => "generator",
+            OperatorKind::FileSource => "file_source",
+            OperatorKind::Map => "map",
+            OperatorKind::FlatMap => "flat_map",
+            OperatorKind::Filter => "filter",
+            OperatorKind::KeyBy => "key_by",
+            OperatorKind::Count => "count",
+            OperatorKind::Sum => "sum",
+            OperatorKind::Min => "min",
+            OperatorKind::Max => "max",
+            OperatorKind::Reduce => "reduce",
+            OperatorKind::TumblingWindow => "tumbling_window",
+            OperatorKind::SlidingWindow => "sliding_window",
+            OperatorKind::FileSink => "file_sink",
+            OperatorKind::Print => "print",
+        }
+    }
+
+    /// The kind with the given spec name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// Source, transform, keyed transform or sink.
+    pub fn role(self) -> OperatorRole {
+        match self {
+            OperatorKind::Generator | OperatorKind::FileSource => OperatorRole::Source,
+            OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy => {
+                OperatorRole::Transform
+            }
+            OperatorKind::Count
+            | OperatorKind::Sum
+            | OperatorKind::Min
+            | OperatorKind::Max
+            | OperatorKind::Reduce
+            | OperatorKind::TumblingWindow
+            | OperatorKind::SlidingWindow => OperatorRole::KeyedTransform,
+            OperatorKind::FileSink | OperatorKind::Print => OperatorRole::Sink,
+        }
+    }
+
+    /// The parameters this kind accepts; any other parameter is rejected.
+    pub fn params(self) -> Vec<ParamSchema> {
+        use ParamType::*;
+        match self {
+            OperatorKind::Generator => vec![
+                optional("seed", UnsignedAtLeast(0)),
+                optional("count", UnsignedAtLeast(0)),
+                optional("rate_per_second", UnsignedAtLeast(1)),
+                optional("vocabulary_size", UnsignedAtLeast(1)),
+                optional("words_per_record", UnsignedAtLeast(1)),
+            ],
+            OperatorKind::FileSource => vec![required("path", Text)],
+            OperatorKind::Map => vec![
+                required(
+                    "function",
+                    OneOf(&["identity", "lowercase", "uppercase", "trim", "project", "parse_csv", "parse_json"]),
+                ),
+                optional("fields", TextList),
+                optional("delimiter", Text),
+            ],
+            OperatorKind::FlatMap => vec![
+                required("function", OneOf(&["split_words", "split", "parse_csv", "parse_json"])),
+                optional("fields", TextList),
+                optional("delimiter", Text),
+            ],
+            OperatorKind::Filter => vec![
+                optional("field", Text),
+                required("op", OneOf(&["eq", "ne", "lt", "le", "gt", "ge", "contains", "starts_with"])),
+                required("value", Scalar),
+            ],
+            OperatorKind::KeyBy => vec![optional("field", Text)],
+            OperatorKind::Count => vec![],
+            OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max => vec![optional("field", Text)],
+            OperatorKind::Reduce => vec![
+                required("function", OneOf(&["sum", "min", "max", "concat"])),
+                optional("field", Text),
+            ],
+            OperatorKind::TumblingWindow => {
+                let mut params = vec![required("size_ms", UnsignedAtLeast(1))];
+                params.extend(WINDOW_COMMON);
+                params
+            }
+            OperatorKind::SlidingWindow => {
+                let mut params =
+                    vec![required("size_ms", UnsignedAtLeast(1)), required("slide_ms", UnsignedAtLeast(1))];
+                params.extend(WINDOW_COMMON);
+                params
+            }
+            OperatorKind::FileSink => vec![required("path", Text)],
+            OperatorKind::Print => vec![optional("prefix", Text)],
+        }
+    }
+}
+
+impl std::fmt::Display for OperatorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

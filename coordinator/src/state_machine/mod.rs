@@ -1,0 +1,412 @@
+//! The replicated state machine: a pure, deterministic `apply(&mut State, Command)`.
+//!
+//! No clock, no randomness, no I/O: times arrive inside commands, chosen by the leader, and ids are
+//! allocated from counters held in the state, so replaying the same log always yields the same state.
+//! A rejected command leaves the state exactly as it was.
+
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
+use crate::spec::JobGraph;
+
+pub use status::JobStatus;
+
+/// How many client request ids the state remembers for deduplication. Older ones are forgotten in
+/// the order they were applied, so a retry must arrive within this many writes.
+pub const REMEMBERED_REQUESTS: usize = 10_000;
+
+/// One subtask of a job: an operator and the index of its parallel instance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SubtaskKey {
+    pub operator_id: String,
+    pub subtask_index: u32,
+}
+
+/// Where a subtask runs and under which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// `None` while the subtask waits for a slot (never placed, or its executor died).
+    pub executor_id: Option<ExecutorId>,
+    pub epoch: Epoch,
+}
+
+/// Where one subtask's state of a checkpoint lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStateHandle {
+    pub subtask: SubtaskKey,
+    /// Location in the checkpoint store; empty when the state is inline.
+    pub location: String,
+    pub inline_state: Vec<u8>,
+    pub size_bytes: u64,
+}
+
+/// A checkpoint whose `CompleteCheckpoint` entry is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedCheckpoint {
+    pub checkpoint_id: CheckpointId,
+    /// The highest assignment epoch of the job when the checkpoint was taken.
+    pub epoch: Epoch,
+    pub task_states: Vec<TaskStateHandle>,
+    pub source_offsets: BTreeMap<SubtaskKey, u64>,
+    pub size_bytes: u64,
+    pub completed_at_ms: u64,
+}
+
+/// A job as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: JobId,
+    pub graph: JobGraph,
+    pub status: JobStatus,
+    pub status_reason: String,
+    pub restart_count: u32,
+    pub submitted_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub assignments: BTreeMap<SubtaskKey, Assignment>,
+    /// The last `graph.checkpoint.retained` completed checkpoints, oldest first.
+    pub checkpoints: VecDeque<CompletedCheckpoint>,
+    /// Survives the eviction of old checkpoints so ids keep increasing.
+    pub last_checkpoint_id: Option<CheckpointId>,
+    /// The last epoch handed out for this job; every (re)assignment takes the next one.
+    pub last_epoch: Epoch,
+}
+
+/// An executor process and its slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutorRecord {
+    pub executor_id: ExecutorId,
+    pub address: String,
+    pub slots: u32,
+    pub alive: bool,
+    pub registered_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// Responses remembered for client request ids, forgotten oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLog {
+    responses: BTreeMap<RequestId, Response>,
+    order: VecDeque<RequestId>,
+}
+
+impl RequestLog {
+    /// The response given when this request id was first applied.
+    pub fn get(&self, request_id: &RequestId) -> Option<&Response> {
+        self.responses.get(request_id)
+    }
+
+    fn remember(&mut self, request_id: RequestId, response: Response) {
+        if self.responses.insert(request_id.clone(), response).is_none() {
+            self.order.push_back(request_id);
+        }
+        while self.order.len() > REMEMBERED_REQUESTS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.responses.remove(&oldest);
+            }
+        }
+    }
+
+    /// How many request ids are remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether no request id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// Everything the coordinators agree on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub jobs: BTreeMap<JobId, JobRecord>,
+    pub executors: BTreeMap<ExecutorId, ExecutorRecord>,
+    /// The number of the last job created; the next job is `job-<n+1>`.
+    pub last_job_number: u64,
+    pub requests: RequestLog,
+}
+
+/// A change to the state, as written in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    SubmitJob { request_id: Option<RequestId>, graph: JobGraph, at_ms: u64 },
+    CancelJob { request_id: Option<RequestId>, job_id: JobId, at_ms: u64 },
+    TransitionJob { job_id: JobId, to: JobStatus, reason: String, at_ms: u64 },
+    RegisterExecutor { executor_id: ExecutorId, address: String, slots: u32, at_ms: u64 },
+    MarkExecutorDead { executor_id: ExecutorId, at_ms: u64 },
+    AssignSubtask { job_id: JobId, subtask: SubtaskKey, executor_id: ExecutorId, at_ms: u64 },
+    CompleteCheckpoint { job_id: JobId, checkpoint: CompletedCheckpoint },
+}
+
+/// What an applied command produced. Kept small: services read details from the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Blank and membership entries.
+    Nothing,
+    JobSubmitted { job_id: JobId },
+    JobCancelRequested { job_id: JobId, status: JobStatus },
+    JobTransitioned { job_id: JobId, status: JobStatus },
+    ExecutorRegistered { executor_id: ExecutorId },
+    ExecutorMarkedDead { executor_id: ExecutorId, orphaned_subtasks: u32 },
+    SubtaskAssigned { job_id: JobId, epoch: Epoch },
+    CheckpointCompleted { job_id: JobId, checkpoint_id: CheckpointId },
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("job {job_id} not found")]
+    UnknownJob { job_id: JobId },
+    #[error("job {job_id} is {status} and cannot be cancelled")]
+    JobAlreadyEnded { job_id: JobId, status: JobStatus },
+    #[error("job {job_id} cannot go from {from} to {to}")]
+    IllegalTransition { job_id: JobId, from: JobStatus, to: JobStatus },
+    #[error("executor {executor_id} not found")]
+    UnknownExecutor { executor_id: ExecutorId },
+    #[error("executor {executor_id} is dead")]
+    ExecutorDead { executor_id: ExecutorId },
+    #[error("executor {executor_id} has no free slot (all {slots} in use)")]
+    NoFreeSlot { executor_id: ExecutorId, slots: u32 },
+    #[error("executor {executor_id} must offer at least one slot")]
+    NoSlots { executor_id: ExecutorId },
+    #[error("job {job_id} has no subtask {operator_id}[{subtask_index}]")]
+    UnknownSubtask { job_id: JobId, operator_id: String, subtask_index: u32 },
+    #[error("checkpoint {checkpoint_id} of job {job_id} does not follow the last completed checkpoint {last}")]
+    CheckpointIdNotIncreasing { job_id: JobId, checkpoint_id: CheckpointId, last: CheckpointId },
+    #[error("checkpoint {checkpoint_id} of job {job_id} carries epoch {epoch}, but the job is at epoch {current}")]
+    CheckpointEpochTooNew { job_id: JobId, checkpoint_id: CheckpointId, epoch: Epoch, current: Epoch },
+    #[error("job {job_id} is {status}, which takes no {what}")]
+    JobNotActive { job_id: JobId, status: JobStatus, what: String },
+}
+
+/// The outcome of applying one log entry.
+pub type ApplyResult = Result<Response, Rejection>;
+
+impl State {
+    /// Slots of `executor_id` taken by live assignments.
+    pub fn used_slots(&self, executor_id: &ExecutorId) -> u32 {
+        let used = self
+            .jobs
+            .values()
+            .flat_map(|job| job.assignments.values())
+            .filter(|assignment| assignment.executor_id.as_ref() == Some(executor_id))
+            .count();
+        u32::try_from(used).unwrap_or(u32::MAX)
+    }
+}
+
+/// Applies one command. Deterministic; on rejection the state is untouched.
+pub fn apply(state: &mut State, command: Command) -> ApplyResult {
+    let request_id = match &command {
+        Command::SubmitJob { request_id, .. } | Command::CancelJob { request_id, .. } => request_id.clone(),
+        _ => None,
+    };
+    if let Some(request_id) = &request_id {
+        if let Some(response) = state.requests.get(request_id) {
+            return Ok(response.clone());
+        }
+    }
+    let response = match command {
+        Command::SubmitJob { graph, at_ms, .. } => submit_job(state, graph, at_ms),
+        Command::CancelJob { job_id, at_ms, .. } => cancel_job(state, &job_id, at_ms),
+        Command::TransitionJob { job_id, to, reason, at_ms } => transition_job(state, &job_id, to, reason, at_ms),
+        Command::RegisterExecutor { executor_id, address, slots, at_ms } => {
+            register_executor(state, executor_id, address, slots, at_ms)
+        }
+        Command::MarkExecutorDead { executor_id, at_ms } => mark_executor_dead(state, &executor_id, at_ms),
+        Command::AssignSubtask { job_id, subtask, executor_id, at_ms } => {
+            assign_subtask(state, &job_id, subtask, executor_id, at_ms)
+        }
+        Command::CompleteCheckpoint { job_id, checkpoint } => complete_checkpoint(state, &job_id, checkpoint),
+    }?;
+    if let Some(request_id) = request_id {
+        state.requests.remember(request_id, response.clone());
+    }
+    Ok(response)
+}
+
+fn job_mut<'a>(state: &'a mut State, job_id: &JobId) -> Result<&'a mut JobRecord, Rejection> {
+    state.jobs.get_mut(job_id).ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })
+}
+
+fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
+    let job_number = state.last_job_number + 1;
+    let job_id = JobId::from_number(job_number);
+    // Every subtask exists from the start, waiting for a slot, so the status shows what is unplaced.
+    let assignments = graph
+        .operators
+        .iter()
+        .flat_map(|operator| {
+            (0..operator.parallelism).map(|subtask_index| {
+                let key = SubtaskKey { operator_id: operator.id.clone(), subtask_index };
+                (key, Assignment { executor_id: None, epoch: Epoch(0) })
+            })
+        })
+        .collect();
+    let record = JobRecord {
+        job_id: job_id.clone(),
+        graph,
+        status: JobStatus::Submitted,
+        status_reason: String::new(),
+        restart_count: 0,
+        submitted_at_ms: at_ms,
+        updated_at_ms: at_ms,
+        assignments,
+        checkpoints: VecDeque::new(),
+        last_checkpoint_id: None,
+        last_epoch: Epoch(0),
+    };
+    state.last_job_number = job_number;
+    state.jobs.insert(job_id.clone(), record);
+    Ok(Response::JobSubmitted { job_id })
+}
+
+fn release_slots(job: &mut JobRecord) {
+    for assignment in job.assignments.values_mut() {
+        assignment.executor_id = None;
+    }
+}
+
+fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
+    let job = job_mut(state, job_id)?;
+    let target = match job.status {
+        JobStatus::Cancelling => return Ok(Response::JobCancelRequested { job_id: job_id.clone(), status: job.status }),
+        status if status.is_terminal() => return Err(Rejection::JobAlreadyEnded { job_id: job_id.clone(), status }),
+        // Tasks that may be running must confirm they stopped; with none placed the job ends at once.
+        _ if job.assignments.values().any(|assignment| assignment.executor_id.is_some()) => JobStatus::Cancelling,
+        _ => JobStatus::Cancelled,
+    };
+    let from = job.status;
+    if !from.can_become(target) {
+        return Err(Rejection::IllegalTransition { job_id: job_id.clone(), from, to: target });
+    }
+    job.status = target;
+    job.status_reason = "cancelled by request".to_owned();
+    job.updated_at_ms = at_ms;
+    if target.is_terminal() {
+        release_slots(job);
+    }
+    Ok(Response::JobCancelRequested { job_id: job_id.clone(), status: target })
+}
+
+fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: String, at_ms: u64) -> ApplyResult {
+    let job = job_mut(state, job_id)?;
+    let from = job.status;
+    if !from.can_become(to) {
+        return Err(Rejection::IllegalTransition { job_id: job_id.clone(), from, to });
+    }
+    if to == JobStatus::Restarting {
+        job.restart_count = job.restart_count.saturating_add(1);
+    }
+    job.status = to;
+    job.status_reason = reason;
+    job.updated_at_ms = at_ms;
+    if to.is_terminal() {
+        release_slots(job);
+    }
+    Ok(Response::JobTransitioned { job_id: job_id.clone(), status: to })
+}
+
+fn register_executor(state: &mut State, executor_id: ExecutorId, address: String, slots: u32, at_ms: u64) -> ApplyResult {
+    if slots == 0 {
+        return Err(Rejection::NoSlots { executor_id });
+    }
+    let registered_at_ms = state.executors.get(&executor_id).map_or(at_ms, |existing| existing.registered_at_ms);
+    // A re-registration after a restart starts from nothing: whatever it ran before was lost with
+    // the process, so its old placements are released (they get new epochs when placed again).
+    for job in state.jobs.values_mut() {
+        for assignment in job.assignments.values_mut() {
+            if assignment.executor_id.as_ref() == Some(&executor_id) {
+                assignment.executor_id = None;
+            }
+        }
+    }
+    let record = ExecutorRecord { executor_id: executor_id.clone(), address, slots, alive: true, registered_at_ms, updated_at_ms: at_ms };
+    state.executors.insert(executor_id.clone(), record);
+    Ok(Response::ExecutorRegistered { executor_id })
+}
+
+fn mark_executor_dead(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> ApplyResult {
+    let executor = state
+        .executors
+        .get_mut(executor_id)
+        .ok_or_else(|| Rejection::UnknownExecutor { executor_id: executor_id.clone() })?;
+    executor.alive = false;
+    executor.updated_at_ms = at_ms;
+    let mut orphaned_subtasks = 0;
+    for job in state.jobs.values_mut() {
+        for assignment in job.assignments.values_mut() {
+            if assignment.executor_id.as_ref() == Some(executor_id) {
+                assignment.executor_id = None;
+                orphaned_subtasks += 1;
+            }
+        }
+    }
+    Ok(Response::ExecutorMarkedDead { executor_id: executor_id.clone(), orphaned_subtasks })
+}
+
+fn assign_subtask(state: &mut State, job_id: &JobId, subtask: SubtaskKey, executor_id: ExecutorId, at_ms: u64) -> ApplyResult {
+    let executor = state
+        .executors
+        .get(&executor_id)
+        .ok_or_else(|| Rejection::UnknownExecutor { executor_id: executor_id.clone() })?;
+    if !executor.alive {
+        return Err(Rejection::ExecutorDead { executor_id });
+    }
+    let slots = executor.slots;
+    let job = state.jobs.get(job_id).ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })?;
+    if job.status.is_terminal() || job.status == JobStatus::Cancelling {
+        return Err(Rejection::JobNotActive { job_id: job_id.clone(), status: job.status, what: "assignments".to_owned() });
+    }
+    let current = job.assignments.get(&subtask).ok_or_else(|| Rejection::UnknownSubtask {
+        job_id: job_id.clone(),
+        operator_id: subtask.operator_id.clone(),
+        subtask_index: subtask.subtask_index,
+    })?;
+    let already_there = current.executor_id.as_ref() == Some(&executor_id);
+    if !already_there && state.used_slots(&executor_id) >= slots {
+        return Err(Rejection::NoFreeSlot { executor_id, slots });
+    }
+    let job = job_mut(state, job_id)?;
+    let epoch = Epoch(job.last_epoch.0 + 1);
+    job.last_epoch = epoch;
+    job.updated_at_ms = at_ms;
+    job.assignments.insert(subtask, Assignment { executor_id: Some(executor_id), epoch });
+    Ok(Response::SubtaskAssigned { job_id: job_id.clone(), epoch })
+}
+
+fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedCheckpoint) -> ApplyResult {
+    let job = job_mut(state, job_id)?;
+    if job.status.is_terminal() {
+        return Err(Rejection::JobNotActive { job_id: job_id.clone(), status: job.status, what: "checkpoints".to_owned() });
+    }
+    if let Some(last) = job.last_checkpoint_id {
+        if checkpoint.checkpoint_id <= last {
+            return Err(Rejection::CheckpointIdNotIncreasing { job_id: job_id.clone(), checkpoint_id: checkpoint.checkpoint_id, last });
+        }
+    }
+    if checkpoint.epoch > job.last_epoch {
+        return Err(Rejection::CheckpointEpochTooNew {
+            job_id: job_id.clone(),
+            checkpoint_id: checkpoint.checkpoint_id,
+            epoch: checkpoint.epoch,
+            current: job.last_epoch,
+        });
+    }
+    let checkpoint_id = checkpoint.checkpoint_id;
+    job.last_checkpoint_id = Some(checkpoint_id);
+    job.updated_at_ms = job.updated_at_ms.max(checkpoint.completed_at_ms);
+    job.checkpoints.push_back(checkpoint);
+    let retained = usize::try_from(job.graph.checkpoint.retained.max(1)).unwrap_or(usize::MAX);
+    while job.checkpoints.len() > retained {
+        job.checkpoints.pop_front();
+    }
+    Ok(Response::CheckpointCompleted { job_id: job_id.clone(), checkpoint_id })
+}

@@ -1,0 +1,248 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::spec::{parse_job_spec, JobGraph};
+
+fn graph(parallelism: u32, retained: u32) -> JobGraph {
+    let spec = format!(
+        r#"{{"name": "g", "parallelism": {parallelism}, "checkpoint": {{"retained": {retained}}}, "operators": [
+            {{"id": "src", "kind": "generator", "parallelism": 1}},
+            {{"id": "keys", "kind": "key_by", "inputs": ["src"]}},
+            {{"id": "counts", "kind": "count", "inputs": ["keys"]}},
+            {{"id": "out", "kind": "print", "inputs": ["counts"], "parallelism": 1}}]}}"#
+    );
+    match parse_job_spec(&spec) {
+        Ok(graph) => graph,
+        Err(error) => panic!("test graph is invalid: {error}"),
+    }
+}
+
+fn executor(n: u8) -> ExecutorId {
+    ExecutorId(format!("executor-{n}"))
+}
+
+fn subtask(operator: &str, index: u32) -> SubtaskKey {
+    SubtaskKey { operator_id: operator.to_owned(), subtask_index: index }
+}
+
+fn checkpoint(id: u64, epoch: u64) -> CompletedCheckpoint {
+    CompletedCheckpoint {
+        checkpoint_id: CheckpointId(id),
+        epoch: Epoch(epoch),
+        task_states: Vec::new(),
+        source_offsets: BTreeMap::from([(subtask("src", 0), id * 10)]),
+        size_bytes: 0,
+        completed_at_ms: id,
+    }
+}
+
+#[test]
+fn submit_then_cancel_unplaced_job_ends_cancelled() {
+    let mut state = State::default();
+    let submitted = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(2, 3), at_ms: 5 });
+    assert_eq!(submitted, Ok(Response::JobSubmitted { job_id: JobId::from_number(1) }));
+    let job_id = JobId::from_number(1);
+    assert_eq!(state.jobs[&job_id].assignments.len(), 1 + 2 + 2 + 1);
+    let cancelled = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 6 });
+    assert_eq!(cancelled, Ok(Response::JobCancelRequested { job_id: job_id.clone(), status: JobStatus::Cancelled }));
+    let again = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 7 });
+    assert_eq!(again, Err(Rejection::JobAlreadyEnded { job_id, status: JobStatus::Cancelled }));
+}
+
+#[test]
+fn retried_request_applies_once_and_answers_the_same() {
+    let mut state = State::default();
+    let request_id = Some(RequestId("r-1".to_owned()));
+    let first = apply(&mut state, Command::SubmitJob { request_id: request_id.clone(), graph: graph(1, 1), at_ms: 1 });
+    let second = apply(&mut state, Command::SubmitJob { request_id, graph: graph(1, 1), at_ms: 2 });
+    assert_eq!(first, second);
+    assert_eq!(state.jobs.len(), 1);
+}
+
+#[test]
+fn request_log_forgets_oldest_beyond_its_bound() {
+    let mut log = RequestLog::default();
+    for n in 0..(REMEMBERED_REQUESTS + 5) {
+        log.remember(RequestId(format!("r-{n}")), Response::Nothing);
+    }
+    assert_eq!(log.len(), REMEMBERED_REQUESTS);
+    assert!(log.get(&RequestId("r-0".to_owned())).is_none());
+    assert!(log.get(&RequestId(format!("r-{}", REMEMBERED_REQUESTS + 4))).is_some());
+}
+
+#[test]
+fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
+    let mut state = State::default();
+    let job_id = JobId::from_number(1);
+    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 2), at_ms: 0 });
+    let _ = apply(&mut state, Command::RegisterExecutor { executor_id: executor(1), address: "a".into(), slots: 2, at_ms: 0 });
+    let first = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("src", 0), executor_id: executor(1), at_ms: 1 });
+    assert_eq!(first, Ok(Response::SubtaskAssigned { job_id: job_id.clone(), epoch: Epoch(1) }));
+    let _ = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("keys", 0), executor_id: executor(1), at_ms: 1 });
+    let full = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("out", 0), executor_id: executor(1), at_ms: 1 });
+    assert_eq!(full, Err(Rejection::NoFreeSlot { executor_id: executor(1), slots: 2 }));
+    let dead = apply(&mut state, Command::MarkExecutorDead { executor_id: executor(1), at_ms: 2 });
+    assert_eq!(dead, Ok(Response::ExecutorMarkedDead { executor_id: executor(1), orphaned_subtasks: 2 }));
+    assert_eq!(state.used_slots(&executor(1)), 0);
+    let _ = apply(&mut state, Command::RegisterExecutor { executor_id: executor(2), address: "b".into(), slots: 8, at_ms: 3 });
+    let moved = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("src", 0), executor_id: executor(2), at_ms: 3 });
+    assert_eq!(moved, Ok(Response::SubtaskAssigned { job_id: job_id.clone(), epoch: Epoch(3) }));
+    let running = apply(&mut state, Command::TransitionJob { job_id: job_id.clone(), to: JobStatus::Running, reason: String::new(), at_ms: 4 });
+    assert!(running.is_ok());
+    let cancel = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 5 });
+    assert_eq!(cancel, Ok(Response::JobCancelRequested { job_id, status: JobStatus::Cancelling }));
+}
+
+#[test]
+fn checkpoints_must_increase_and_only_the_retained_are_kept() {
+    let mut state = State::default();
+    let job_id = JobId::from_number(1);
+    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 2), at_ms: 0 });
+    for id in [1, 2, 5] {
+        assert!(apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(id, 0) }).is_ok());
+    }
+    let repeat = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(5, 0) });
+    assert!(matches!(repeat, Err(Rejection::CheckpointIdNotIncreasing { .. })));
+    let back = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(3, 0) });
+    assert!(matches!(back, Err(Rejection::CheckpointIdNotIncreasing { .. })));
+    let ids: Vec<u64> = state.jobs[&job_id].checkpoints.iter().map(|c| c.checkpoint_id.0).collect();
+    assert_eq!(ids, vec![2, 5]);
+}
+
+#[test]
+fn transition_table_rejects_leaving_terminal_states() {
+    for from in JobStatus::ALL.into_iter().filter(|status| status.is_terminal()) {
+        for to in JobStatus::ALL {
+            assert!(!from.can_become(to), "{from} -> {to} must be illegal");
+        }
+    }
+    assert!(JobStatus::Running.can_become(JobStatus::Restarting));
+    assert!(!JobStatus::Submitted.can_become(JobStatus::Finished));
+}
+
+// ----- property tests -----
+
+fn arbitrary_status() -> impl Strategy<Value = JobStatus> {
+    prop::sample::select(JobStatus::ALL.to_vec())
+}
+
+fn arbitrary_subtask() -> impl Strategy<Value = SubtaskKey> {
+    (prop::sample::select(vec!["src", "keys", "counts", "out", "missing"]), 0u32..4).prop_map(|(op, index)| subtask(op, index))
+}
+
+fn arbitrary_command() -> impl Strategy<Value = Command> {
+    let job_id = (1u64..5).prop_map(JobId::from_number);
+    let executor_id = (1u8..4).prop_map(executor);
+    let request_id = prop::option::of((0u8..6).prop_map(|n| RequestId(format!("req-{n}"))));
+    prop_oneof![
+        (request_id.clone(), 1u32..4, 1u32..4, 0u64..100)
+            .prop_map(|(request_id, parallelism, retained, at_ms)| Command::SubmitJob { request_id, graph: graph(parallelism, retained), at_ms }),
+        (request_id, job_id.clone(), 0u64..100).prop_map(|(request_id, job_id, at_ms)| Command::CancelJob { request_id, job_id, at_ms }),
+        (job_id.clone(), arbitrary_status(), 0u64..100)
+            .prop_map(|(job_id, to, at_ms)| Command::TransitionJob { job_id, to, reason: "test".into(), at_ms }),
+        (executor_id.clone(), 0u32..4, 0u64..100).prop_map(|(executor_id, slots, at_ms)| Command::RegisterExecutor {
+            executor_id,
+            address: "127.0.0.1:1".into(),
+            slots,
+            at_ms
+        }),
+        (executor_id.clone(), 0u64..100).prop_map(|(executor_id, at_ms)| Command::MarkExecutorDead { executor_id, at_ms }),
+        (job_id.clone(), arbitrary_subtask(), executor_id, 0u64..100)
+            .prop_map(|(job_id, subtask, executor_id, at_ms)| Command::AssignSubtask { job_id, subtask, executor_id, at_ms }),
+        (job_id, 0u64..30, 0u64..12).prop_map(|(job_id, id, epoch)| Command::CompleteCheckpoint { job_id, checkpoint: checkpoint(id, epoch) }),
+    ]
+}
+
+fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Result<(), TestCaseError> {
+    if result.is_err() {
+        prop_assert_eq!(before, after, "a rejected command changed the state");
+    }
+    for executor in after.executors.values() {
+        let used = after.used_slots(&executor.executor_id);
+        prop_assert!(used <= executor.slots, "executor {} uses {} of {} slots", executor.executor_id, used, executor.slots);
+        if !executor.alive {
+            prop_assert_eq!(used, 0, "dead executor {} still holds subtasks", executor.executor_id);
+        }
+    }
+    for job in after.jobs.values() {
+        let placed: Vec<_> = job.assignments.values().filter_map(|a| a.executor_id.as_ref()).collect();
+        for executor_id in &placed {
+            prop_assert!(after.executors.get(executor_id).is_some_and(|e| e.alive), "subtask placed on missing or dead executor");
+        }
+        if job.status.is_terminal() {
+            prop_assert!(placed.is_empty(), "ended job {} still holds slots", job.job_id);
+        }
+        for assignment in job.assignments.values() {
+            prop_assert!(assignment.epoch <= job.last_epoch);
+        }
+        for pair in job.checkpoints.iter().collect::<Vec<_>>().windows(2) {
+            prop_assert!(pair[0].checkpoint_id < pair[1].checkpoint_id, "checkpoint ids not increasing");
+        }
+        prop_assert_eq!(job.checkpoints.back().map(|c| c.checkpoint_id), job.last_checkpoint_id.filter(|_| !job.checkpoints.is_empty()));
+        if let Some(old) = before.jobs.get(&job.job_id) {
+            prop_assert!(old.status == job.status || old.status.can_become(job.status), "illegal {} -> {}", old.status, job.status);
+            prop_assert!(old.last_checkpoint_id <= job.last_checkpoint_id, "checkpoint id went back");
+            prop_assert!(old.last_epoch <= job.last_epoch, "epoch went back");
+            for (key, assignment) in &job.assignments {
+                let previous = &old.assignments[key];
+                if previous.epoch != assignment.epoch {
+                    prop_assert!(previous.epoch < assignment.epoch, "epoch of {:?} did not increase", key);
+                }
+                if assignment.executor_id.is_some() && previous.executor_id != assignment.executor_id {
+                    prop_assert!(previous.epoch < assignment.epoch, "subtask {:?} moved without a new epoch", key);
+                }
+            }
+        }
+    }
+    for job_id in before.jobs.keys() {
+        prop_assert!(after.jobs.contains_key(job_id), "job {} vanished", job_id);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_commands_keep_the_invariants(commands in prop::collection::vec(arbitrary_command(), 1..80)) {
+        let mut state = State::default();
+        for command in commands {
+            let before = state.clone();
+            let result = apply(&mut state, command);
+            check_invariants(&before, &state, &result)?;
+        }
+    }
+
+    #[test]
+    fn same_log_gives_the_same_state(commands in prop::collection::vec(arbitrary_command(), 1..80)) {
+        let mut first = State::default();
+        let mut second = State::default();
+        let first_results: Vec<_> = commands.iter().cloned().map(|command| apply(&mut first, command)).collect();
+        let second_results: Vec<_> = commands.into_iter().map(|command| apply(&mut second, command)).collect();
+        prop_assert_eq!(first_results, second_results);
+        prop_assert_eq!(first, second);
+    }
+
+    #[test]
+    fn snapshot_round_trip_gives_the_same_state(commands in prop::collection::vec(arbitrary_command(), 1..80), split in 0usize..80) {
+        let mut state = State::default();
+        let mut restored = None;
+        for (position, command) in commands.into_iter().enumerate() {
+            if position == split {
+                let bytes = serde_json::to_vec(&state).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let copy: State = serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&copy, &state);
+                restored = Some(copy);
+            }
+            let expected = apply(&mut state, command.clone());
+            if let Some(copy) = restored.as_mut() {
+                prop_assert_eq!(apply(copy, command), expected);
+            }
+        }
+        if let Some(copy) = restored {
+            prop_assert_eq!(copy, state);
+        }
+    }
+}

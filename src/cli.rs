@@ -1,0 +1,452 @@
+//! The `raftstream` subcommands. Tables for people, JSON (`--output json`) for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::node::{run_coordinator, CoordinatorConfig, RaftSettings};
+use raftstream_proto::v1 as pb;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::local_cluster::LocalCluster;
+
+/// The coordinators `cluster up` starts by default, and so where the other commands look first.
+pub const DEFAULT_COORDINATORS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
+/// Raftstream: fault-tolerant stream processing coordinated by Raft.
+#[derive(Debug, Parser)]
+#[command(name = "raftstream", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: TopCommand,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// Run one coordinator node.
+    Coordinator(CoordinatorArgs),
+    /// Local clusters and cluster administration.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Submit, inspect and cancel jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Start a local cluster, submit a job, kill the leader, show that nothing was lost.
+    Demo(crate::demo::DemoArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// How to run one coordinator: a config file, or flags.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// YAML/JSON config file; when given, the other flags must be absent.
+    #[arg(long, conflicts_with_all = ["id", "listen", "peers", "data_dir", "bootstrap"])]
+    pub config: Option<PathBuf>,
+    /// This node's Raft id.
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// gRPC listen address (host:port).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Initial voters as id=host:port, comma separated (used with --bootstrap).
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Where the RocksDB log and state live.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Initialize a new cluster from --peers if this node's storage is empty.
+    #[arg(long)]
+    pub bootstrap: bool,
+}
+
+/// Output style of the client commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Coordinator addresses; any reachable one works.
+    #[arg(long, value_delimiter = ',', env = "RAFTSTREAM_COORDINATORS", default_value = DEFAULT_COORDINATORS, global = true)]
+    pub coordinators: Vec<String>,
+    /// table or json.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+    /// How long to keep retrying while no leader is reachable.
+    #[arg(long, default_value_t = 15, global = true)]
+    pub retry_secs: u64,
+}
+
+/// `cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start a local cluster of coordinator processes and keep it running until Ctrl-C.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Where node configs, data and logs go.
+        #[arg(long, default_value = "raftstream-cluster")]
+        dir: PathBuf,
+        /// First port; node n listens on base-port + n - 1 (0: ports chosen by the OS).
+        #[arg(long, default_value_t = 7101)]
+        base_port: u16,
+    },
+    /// Members, leader, term and log indexes of every node.
+    Status(ClientArgs),
+    /// Add a node (already running, with empty storage) as a learner.
+    AddLearner {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        address: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make exactly these nodes the voters (promotes learners, removes the others).
+    ChangeMembership {
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `job ...`
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job spec (YAML or JSON file).
+    Submit {
+        file: PathBuf,
+        /// Reuse to make a retried submit create one job; random when absent.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// All jobs.
+    List(ClientArgs),
+    /// One job, with its subtasks.
+    Status {
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a job.
+    Cancel {
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Completed checkpoints of a job.
+    Checkpoints {
+        job_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Write throughput and latency at 1/16/64 clients, and leader failover time, on a local
+    /// three-node cluster.
+    Raft(crate::bench::RaftBenchArgs),
+}
+
+fn client_for(args: &ClientArgs) -> anyhow::Result<ClusterClient> {
+    Ok(ClusterClient::new(&args.coordinators, Duration::from_secs(args.retry_secs))?)
+}
+
+fn random_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match cli.command {
+        TopCommand::Coordinator(args) => run_coordinator_command(args, shutdown).await,
+        TopCommand::Cluster(command) => run_cluster_command(command, shutdown).await,
+        TopCommand::Job(command) => run_job_command(command).await,
+        TopCommand::Demo(args) => crate::demo::run_demo(args).await,
+        TopCommand::Bench(BenchCommand::Raft(args)) => crate::bench::run_raft_bench(args).await,
+    }
+}
+
+async fn run_coordinator_command(args: CoordinatorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = match args.config {
+        Some(path) => CoordinatorConfig::from_file(&path)?,
+        None => {
+            let node_id = args.id.context("--id is required without --config")?;
+            let listen = args.listen.context("--listen is required without --config")?;
+            let data_dir = args.data_dir.context("--data-dir is required without --config")?;
+            let mut initial_members = std::collections::BTreeMap::new();
+            for peer in &args.peers {
+                let (id, address) = peer.split_once('=').with_context(|| format!("--peers entry {peer:?} is not id=host:port"))?;
+                let id: u64 = id.trim().parse().with_context(|| format!("--peers entry {peer:?}: {id:?} is not a node id"))?;
+                initial_members.insert(id, address.trim().to_owned());
+            }
+            let config = CoordinatorConfig {
+                node_id,
+                listen_address: listen.parse().with_context(|| format!("--listen {listen:?} is not host:port"))?,
+                advertise_address: None,
+                data_dir,
+                initial_members,
+                bootstrap: args.bootstrap,
+                raft: RaftSettings::default(),
+            };
+            config.validate()?;
+            config
+        }
+    };
+    run_coordinator(config, shutdown).await?;
+    Ok(())
+}
+
+async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Up { nodes, dir, base_port } => {
+            let binary = std::env::current_exe().context("locating the raftstream binary")?;
+            let addresses = if base_port == 0 {
+                Vec::new()
+            } else {
+                (0..nodes)
+                    .map(|offset| {
+                        let port = u16::try_from(u64::from(base_port) + offset).context("port above 65535")?;
+                        Ok(format!("127.0.0.1:{port}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let directory = std::path::absolute(&dir)?;
+            let mut cluster = LocalCluster::start(&binary, &directory, nodes, addresses, RaftSettings::default())?;
+            let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
+            println!("Raftstream cluster up: {nodes} coordinators, leader is node {leader}");
+            for node in cluster.nodes() {
+                println!("  node {}  {}  pid {}  log {}", node.node_id, node.address, node.pid().unwrap_or(0), node.log_path().display());
+            }
+            println!("coordinators: {}", cluster.addresses().join(","));
+            println!("try: raftstream job submit examples/wordcount.yaml --coordinators {}", cluster.addresses().join(","));
+            println!("Ctrl-C stops the cluster (data stays in {}).", directory.display());
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if let Err(error) = cluster.check_running() {
+                            eprintln!("warning: {error:#}");
+                        }
+                    }
+                }
+            }
+            cluster.kill_all();
+            println!("cluster stopped");
+            Ok(())
+        }
+        ClusterCommand::Status(args) => {
+            let status = client_for(&args)?.cluster_status().await?;
+            print_cluster_status(&status, args.output);
+            Ok(())
+        }
+        ClusterCommand::AddLearner { id, address, client } => {
+            let reply = client_for(&client)?.add_learner(id, &address).await?;
+            print_value(client.output, json!({"node_id": id, "address": address, "log_index": reply.log_index}), || {
+                format!("node {id} at {address} added as learner (log index {})", reply.log_index)
+            });
+            Ok(())
+        }
+        ClusterCommand::ChangeMembership { voters, client } => {
+            let reply = client_for(&client)?.change_membership(&voters).await?;
+            print_value(client.output, json!({"voters": voters, "log_index": reply.log_index}), || {
+                format!("voters are now {voters:?} (log index {})", reply.log_index)
+            });
+            Ok(())
+        }
+    }
+}
+
+async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
+    match command {
+        JobCommand::Submit { file, request_id, client } => {
+            let spec = std::fs::read_to_string(&file).with_context(|| format!("reading job spec {}", file.display()))?;
+            let request_id = request_id.unwrap_or_else(random_request_id);
+            let job = client_for(&client)?.submit_job(&spec, &request_id).await?;
+            print_value(client.output, job_json(&job), || format!("submitted {} ({}): {}", job.job_id, job.name, job.status));
+        }
+        JobCommand::List(args) => {
+            let jobs = client_for(&args)?.list_jobs(pb::ReadConsistency::Linearizable).await?;
+            match args.output {
+                OutputFormat::Json => println!("{}", serde_json::Value::Array(jobs.iter().map(job_json).collect())),
+                OutputFormat::Table => {
+                    let rows = jobs
+                        .iter()
+                        .map(|job| {
+                            let placed = job.subtasks.iter().filter(|subtask| !subtask.executor_id.is_empty()).count();
+                            vec![
+                                job.job_id.clone(),
+                                job.name.clone(),
+                                job.status.clone(),
+                                format!("{placed}/{}", job.subtasks.len()),
+                                job.restart_count.to_string(),
+                                job.last_checkpoint_id.map_or("-".to_owned(), |id| id.to_string()),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["JOB", "NAME", "STATUS", "PLACED", "RESTARTS", "CHECKPOINT"], rows);
+                }
+            }
+        }
+        JobCommand::Status { job_id, client } => {
+            let job = client_for(&client)?.get_job(&job_id, pb::ReadConsistency::Linearizable).await?;
+            match client.output {
+                OutputFormat::Json => println!("{}", job_json(&job)),
+                OutputFormat::Table => print_job(&job),
+            }
+        }
+        JobCommand::Cancel { job_id, client } => {
+            let job = client_for(&client)?.cancel_job(&job_id, &random_request_id()).await?;
+            print_value(client.output, job_json(&job), || format!("{}: {}", job.job_id, job.status));
+        }
+        JobCommand::Checkpoints { job_id, client } => {
+            let checkpoints = client_for(&client)?.list_checkpoints(&job_id).await?;
+            match client.output {
+                OutputFormat::Json => {
+                    let list: Vec<_> = checkpoints
+                        .iter()
+                        .map(|c| json!({"checkpoint_id": c.checkpoint_id, "epoch": c.epoch, "size_bytes": c.size_bytes, "completed_at_ms": c.completed_at_ms, "task_states": c.task_states.len()}))
+                        .collect();
+                    println!("{}", serde_json::Value::Array(list));
+                }
+                OutputFormat::Table => {
+                    let rows = checkpoints
+                        .iter()
+                        .map(|c| vec![c.checkpoint_id.to_string(), c.epoch.to_string(), c.size_bytes.to_string(), c.completed_at_ms.to_string()])
+                        .collect();
+                    print_table(&["CHECKPOINT", "EPOCH", "BYTES", "COMPLETED_AT_MS"], rows);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_value(output: OutputFormat, value: serde_json::Value, table: impl FnOnce() -> String) {
+    match output {
+        OutputFormat::Json => println!("{value}"),
+        OutputFormat::Table => println!("{}", table()),
+    }
+}
+
+/// The JSON form of a job, as `--output json` prints it.
+pub fn job_json(job: &pb::Job) -> serde_json::Value {
+    let graph: serde_json::Value = serde_json::from_str(&job.graph_json).unwrap_or(serde_json::Value::Null);
+    json!({
+        "job_id": job.job_id,
+        "name": job.name,
+        "status": job.status,
+        "status_reason": job.status_reason,
+        "restart_count": job.restart_count,
+        "submitted_at_ms": job.submitted_at_ms,
+        "updated_at_ms": job.updated_at_ms,
+        "last_checkpoint_id": job.last_checkpoint_id,
+        "subtasks": job.subtasks.iter().map(|s| json!({
+            "operator_id": s.operator_id, "subtask_index": s.subtask_index,
+            "executor_id": if s.executor_id.is_empty() { serde_json::Value::Null } else { json!(s.executor_id) },
+            "epoch": s.epoch,
+        })).collect::<Vec<_>>(),
+        "graph": graph,
+    })
+}
+
+fn print_job(job: &pb::Job) {
+    println!("job:         {} ({})", job.job_id, job.name);
+    println!("status:      {}{}", job.status, if job.status_reason.is_empty() { String::new() } else { format!(" ({})", job.status_reason) });
+    println!("restarts:    {}", job.restart_count);
+    println!("checkpoint:  {}", job.last_checkpoint_id.map_or("none completed".to_owned(), |id| id.to_string()));
+    let rows = job
+        .subtasks
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{}[{}]", s.operator_id, s.subtask_index),
+                if s.executor_id.is_empty() { "(waiting for a slot)".to_owned() } else { s.executor_id.clone() },
+                s.epoch.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["SUBTASK", "EXECUTOR", "EPOCH"], rows);
+}
+
+fn print_cluster_status(status: &pb::ClusterStatusResponse, output: OutputFormat) {
+    let nodes: Vec<serde_json::Value> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            let role = status.members.iter().find(|m| m.node_id == n.node_id).map_or("not a member", |m| m.role.as_str());
+            json!({"node_id": n.node_id, "address": n.address, "role": role, "state": n.state, "term": n.term,
+                   "last_log_index": n.last_log_index, "committed_index": n.committed_index, "applied_index": n.applied_index,
+                   "snapshot_index": n.snapshot_index, "error": n.error})
+        })
+        .collect();
+    match output {
+        OutputFormat::Json => println!("{}", json!({"leader_id": status.leader_id, "term": status.term, "nodes": nodes})),
+        OutputFormat::Table => {
+            println!("leader: {}   term: {}", status.leader_id.map_or("none".to_owned(), |id| format!("node {id}")), status.term);
+            let show = |index: Option<u64>| index.map_or("-".to_owned(), |i| i.to_string());
+            let rows = status
+                .nodes
+                .iter()
+                .map(|n| {
+                    let role = status.members.iter().find(|m| m.node_id == n.node_id).map_or("-", |m| m.role.as_str());
+                    vec![
+                        n.node_id.to_string(),
+                        n.address.clone(),
+                        role.to_owned(),
+                        n.state.clone(),
+                        n.term.to_string(),
+                        show(n.last_log_index),
+                        show(n.committed_index),
+                        show(n.applied_index),
+                        show(n.snapshot_index),
+                    ]
+                })
+                .collect();
+            print_table(&["NODE", "ADDRESS", "ROLE", "STATE", "TERM", "LAST_LOG", "COMMITTED", "APPLIED", "SNAPSHOT"], rows);
+        }
+    }
+}
+
+/// Prints rows under headers with aligned columns.
+pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|header| header.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|header| (*header).to_owned()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// Fails with a clear message when a flag combination makes no sense.
+pub fn check_args(cli: &Cli) -> anyhow::Result<()> {
+    if let TopCommand::Cluster(ClusterCommand::Up { nodes, .. }) = &cli.command {
+        if *nodes == 0 || *nodes > 9 {
+            bail!("--nodes must be between 1 and 9");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Coordinator processes on this machine: start, `kill -9`, restart, wipe. Used by `cluster up`,
+//! the benchmarks and the cluster tests, so all three exercise the real binary.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::node::{CoordinatorConfig, RaftSettings};
+
+/// Picks a port the OS reports free. The socket is closed before the child binds it, so another
+/// process could take it in between; `LocalCluster::start` detects that through the child's exit.
+pub fn free_local_address() -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+    Ok(listener.local_addr().context("reading the ephemeral port")?.to_string())
+}
+
+/// One coordinator child process and its files.
+#[derive(Debug)]
+pub struct CoordinatorProcess {
+    pub node_id: u64,
+    pub address: String,
+    pub node_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl CoordinatorProcess {
+    /// The config file the process was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.node_dir.join("config.yaml")
+    }
+
+    /// The process's log (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.node_dir.join("coordinator.log")
+    }
+
+    /// The OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A set of coordinator processes started from one binary.
+#[derive(Debug)]
+pub struct LocalCluster {
+    binary: PathBuf,
+    directory: PathBuf,
+    raft: RaftSettings,
+    nodes: BTreeMap<u64, CoordinatorProcess>,
+}
+
+impl LocalCluster {
+    /// Writes configs for `node_count` voters under `directory` and starts them. With `addresses`
+    /// empty, ports are chosen by the OS.
+    pub fn start(binary: &Path, directory: &Path, node_count: u64, addresses: Vec<String>, raft: RaftSettings) -> anyhow::Result<Self> {
+        if node_count == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        let addresses = if addresses.is_empty() {
+            (0..node_count).map(|_| free_local_address()).collect::<anyhow::Result<Vec<_>>>()?
+        } else {
+            addresses
+        };
+        if addresses.len() as u64 != node_count {
+            bail!("{} addresses given for {node_count} nodes", addresses.len());
+        }
+        let members: BTreeMap<u64, String> = (1..=node_count).zip(addresses).collect();
+        let mut cluster = LocalCluster { binary: binary.to_owned(), directory: directory.to_owned(), raft, nodes: BTreeMap::new() };
+        for (node_id, address) in &members {
+            cluster.add_process(*node_id, address.clone(), members.clone(), true)?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_process(&mut self, node_id: u64, address: String, initial_members: BTreeMap<u64, String>, bootstrap: bool) -> anyhow::Result<()> {
+        let node_dir = self.directory.join(format!("node-{node_id}"));
+        std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+        let config = CoordinatorConfig {
+            node_id,
+            listen_address: address.parse().with_context(|| format!("address {address:?}"))?,
+            advertise_address: None,
+            data_dir: node_dir.join("data"),
+            initial_members,
+            bootstrap,
+            raft: self.raft.clone(),
+        };
+        let process = CoordinatorProcess { node_id, address, node_dir, child: None };
+        std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)
+            .with_context(|| format!("writing {}", process.config_path().display()))?;
+        self.nodes.insert(node_id, process);
+        self.spawn(node_id)
+    }
+
+    fn spawn(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let binary = self.binary.clone();
+        let process = self.nodes.get_mut(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        if process.child.is_some() {
+            bail!("node {node_id} is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(process.log_path())
+            .with_context(|| format!("opening {}", process.log_path().display()))?;
+        let child = Command::new(&binary)
+            .arg("coordinator")
+            .arg("--config")
+            .arg(process.config_path())
+            .env("RUST_LOG", std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} coordinator", binary.display()))?;
+        process.child = Some(child);
+        Ok(())
+    }
+
+    /// Adds a node that is not yet a member: it starts empty and waits to be added as a learner.
+    pub fn start_joining_node(&mut self, node_id: u64) -> anyhow::Result<String> {
+        if self.nodes.contains_key(&node_id) {
+            bail!("node {node_id} already exists");
+        }
+        let address = free_local_address()?;
+        self.add_process(node_id, address.clone(), BTreeMap::new(), false)?;
+        Ok(address)
+    }
+
+    /// Every node's address, in node id order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.values().map(|process| process.address.clone()).collect()
+    }
+
+    /// The addresses of the nodes that are running.
+    pub fn running_addresses(&self) -> Vec<String> {
+        self.nodes.values().filter(|process| process.child.is_some()).map(|process| process.address.clone()).collect()
+    }
+
+    /// One node.
+    pub fn node(&self, node_id: u64) -> Option<&CoordinatorProcess> {
+        self.nodes.get(&node_id)
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> impl Iterator<Item = &CoordinatorProcess> {
+        self.nodes.values()
+    }
+
+    /// `kill -9` of one node, then reaps it.
+    pub fn kill(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let process = self.nodes.get_mut(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        if let Some(mut child) = process.child.take() {
+            // std's Child::kill sends SIGKILL on Unix: no shutdown hook runs, exactly like kill -9.
+            child.kill().with_context(|| format!("killing node {node_id}"))?;
+            child.wait().with_context(|| format!("reaping node {node_id}"))?;
+        }
+        Ok(())
+    }
+
+    /// Restarts a killed node with its data dir (and without bootstrapping).
+    pub fn restart(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let process = self.nodes.get_mut(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        let text = std::fs::read_to_string(process.config_path())?;
+        let mut config: CoordinatorConfig = serde_yaml::from_str(&text)?;
+        // Only a pristine cluster bootstraps; a node that lost its data must be caught up by the
+        // leader, never start a cluster of its own.
+        config.bootstrap = false;
+        std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)?;
+        self.spawn(node_id)
+    }
+
+    /// Deletes a stopped node's data dir.
+    pub fn wipe(&mut self, node_id: u64) -> anyhow::Result<()> {
+        let process = self.nodes.get(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        if process.child.is_some() {
+            bail!("node {node_id} must be stopped before its data is wiped");
+        }
+        let data_dir = process.node_dir.join("data");
+        if data_dir.exists() {
+            std::fs::remove_dir_all(&data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Fails if a child exited on its own (a crash or a port taken), pointing at its log.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for process in self.nodes.values_mut() {
+            if let Some(child) = process.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    process.child = None;
+                    let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+                    bail!("coordinator {} exited with {status}; log tail:\n{}", process.node_id, tail.join("\n"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls until some node reports a leader that a majority of running nodes agree on.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let client = ClusterClient::new(&self.running_addresses(), Duration::from_millis(200))?;
+        loop {
+            self.check_running()?;
+            if let Ok(status) = client.cluster_status().await {
+                let leaders: Vec<u64> = status.nodes.iter().filter(|node| node.state == "Leader").map(|node| node.node_id).collect();
+                if let [leader] = leaders.as_slice() {
+                    if self.nodes.get(leader).is_some_and(|process| process.child.is_some()) {
+                        return Ok(*leader);
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader elected within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every node (SIGKILL) and reaps them.
+    pub fn kill_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for node_id in ids {
+            if let Err(error) = self.kill(node_id) {
+                tracing::warn!(node_id, error = %format!("{error:#}"), "could not stop coordinator");
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}

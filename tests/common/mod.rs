@@ -1,0 +1,112 @@
+//! Shared helpers for the cluster tests: real coordinator processes of the built binary, on ports
+//! the OS picks, each test in its own temporary directory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use raftstream::local_cluster::LocalCluster;
+use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::node::RaftSettings;
+use raftstream_proto::v1 as pb;
+use tempfile::TempDir;
+
+/// The `raftstream` binary Cargo built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_raftstream"))
+}
+
+/// Logs to the test's output, once per process.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Timings a little looser than the defaults, because several clusters may share two cores.
+pub fn test_settings() -> RaftSettings {
+    RaftSettings { election_timeout_min_ms: 300, election_timeout_max_ms: 600, ..RaftSettings::default() }
+}
+
+/// A three-node cluster in a fresh temporary directory, with a leader elected.
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub directory: TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(settings: RaftSettings) -> anyhow::Result<Self> {
+        init_tracing();
+        let directory = tempfile::Builder::new().prefix("raftstream-test-").tempdir()?;
+        let mut cluster = LocalCluster::start(&binary(), directory.path(), 3, Vec::new(), settings)?;
+        cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        Ok(TestCluster { cluster, directory })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.directory.path()
+    }
+
+    /// A client that tries every node, retrying for up to 20 s.
+    pub fn client(&self) -> anyhow::Result<ClusterClient> {
+        Ok(ClusterClient::new(&self.cluster.addresses(), Duration::from_secs(20))?)
+    }
+
+    /// A client bound to one node only.
+    pub fn client_of(&self, node_id: u64) -> anyhow::Result<ClusterClient> {
+        let node = self.cluster.node(node_id).ok_or_else(|| anyhow::anyhow!("no node {node_id}"))?;
+        Ok(ClusterClient::new(&[node.address.clone()], Duration::from_secs(20))?)
+    }
+
+    pub async fn leader(&mut self) -> anyhow::Result<u64> {
+        self.cluster.wait_for_leader(Duration::from_secs(30)).await
+    }
+
+    pub async fn follower(&mut self) -> anyhow::Result<u64> {
+        let leader = self.leader().await?;
+        self.cluster
+            .nodes()
+            .map(|node| node.node_id)
+            .find(|id| *id != leader)
+            .ok_or_else(|| anyhow::anyhow!("no follower"))
+    }
+}
+
+/// A small valid job spec with a distinct name.
+pub fn job_spec(name: &str) -> String {
+    format!(
+        r#"{{"name": "{name}", "parallelism": 2, "operators": [
+            {{"id": "source", "kind": "generator", "parallelism": 1, "params": {{"seed": 7, "count": 1000}}}},
+            {{"id": "words", "kind": "flat_map", "inputs": ["source"], "params": {{"function": "split_words"}}}},
+            {{"id": "by_word", "kind": "key_by", "inputs": ["words"]}},
+            {{"id": "counts", "kind": "count", "inputs": ["by_word"]}},
+            {{"id": "sink", "kind": "print", "inputs": ["counts"], "parallelism": 1}}]}}"#
+    )
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The job names a node has applied, read locally from that node.
+pub async fn local_job_names(cluster: &TestCluster, node_id: u64) -> Option<Vec<String>> {
+    let client = cluster.client_of(node_id).ok()?;
+    let jobs = client.list_jobs(pb::ReadConsistency::Local).await.ok()?;
+    Some(jobs.into_iter().map(|job| job.name).collect())
+}

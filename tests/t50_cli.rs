@@ -1,0 +1,85 @@
+//! The `raftstream` CLI against a real cluster: job commands, both output formats, cluster status,
+//! and the plain error when no leader can be reached.
+
+mod common;
+
+use std::process::Output;
+
+use common::{binary, test_settings, TestCluster};
+
+fn run_cli(arguments: &[&str]) -> anyhow::Result<Output> {
+    Ok(std::process::Command::new(binary()).args(arguments).env("RUST_LOG", "warn").output()?)
+}
+
+fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(test_settings()).await?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    let spec_path = cluster.path().join("wordcount.yaml");
+    std::fs::write(&spec_path, include_str!("../examples/wordcount.yaml"))?;
+    let spec = spec_path.to_string_lossy().into_owned();
+
+    tracing::info!("--- job submit (json), then the same request id again");
+    let submitted = run_cli(&["job", "submit", &spec, "--request-id", "cli-1", "--coordinators", &coordinators, "--output", "json"])?;
+    assert!(submitted.status.success(), "{}", stderr_of(&submitted));
+    let job: serde_json::Value = serde_json::from_str(&stdout_of(&submitted))?;
+    assert_eq!(job["name"], "word-count");
+    assert_eq!(job["status"], "Submitted");
+    let job_id = job["job_id"].as_str().unwrap_or_default().to_owned();
+    let again = run_cli(&["job", "submit", &spec, "--request-id", "cli-1", "--coordinators", &coordinators, "--output", "json"])?;
+    let again: serde_json::Value = serde_json::from_str(&stdout_of(&again))?;
+    assert_eq!(again["job_id"].as_str(), Some(job_id.as_str()));
+
+    tracing::info!("--- job list and job status, table and json");
+    let listed = run_cli(&["job", "list", "--coordinators", &coordinators, "--output", "json"])?;
+    let jobs: serde_json::Value = serde_json::from_str(&stdout_of(&listed))?;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1));
+    let table = run_cli(&["job", "list", "--coordinators", &coordinators])?;
+    let table = stdout_of(&table);
+    assert!(table.starts_with("JOB") && table.contains(&job_id) && table.contains("word-count"), "{table}");
+    let status = run_cli(&["job", "status", &job_id, "--coordinators", &coordinators])?;
+    let status = stdout_of(&status);
+    assert!(status.contains("counts[1]") && status.contains("(waiting for a slot)"), "{status}");
+
+    tracing::info!("--- cluster status");
+    let cluster_status = run_cli(&["cluster", "status", "--coordinators", &coordinators, "--output", "json"])?;
+    let cluster_status: serde_json::Value = serde_json::from_str(&stdout_of(&cluster_status))?;
+    assert_eq!(cluster_status["nodes"].as_array().map(Vec::len), Some(3));
+    assert!(cluster_status["leader_id"].is_u64());
+
+    tracing::info!("--- job cancel, and errors: unknown job, ended job, bad spec file");
+    let cancelled = run_cli(&["job", "cancel", &job_id, "--coordinators", &coordinators])?;
+    assert!(stdout_of(&cancelled).contains("Cancelled"), "{}", stderr_of(&cancelled));
+    let ended = run_cli(&["job", "cancel", &job_id, "--coordinators", &coordinators])?;
+    assert!(!ended.status.success());
+    assert!(stderr_of(&ended).contains("FAILED_PRECONDITION"), "{}", stderr_of(&ended));
+    let unknown = run_cli(&["job", "status", "job-77", "--coordinators", &coordinators])?;
+    assert!(!unknown.status.success());
+    assert!(stderr_of(&unknown).contains("NOT_FOUND") && stderr_of(&unknown).contains("job-77"), "{}", stderr_of(&unknown));
+    let bad_path = cluster.path().join("bad.yaml");
+    std::fs::write(&bad_path, "name: bad\noperators:\n  - id: src\n    kind: teleport\n")?;
+    let bad = run_cli(&["job", "submit", &bad_path.to_string_lossy(), "--coordinators", &coordinators])?;
+    assert!(!bad.status.success());
+    assert!(stderr_of(&bad).contains("INVALID_ARGUMENT") && stderr_of(&bad).contains("teleport"), "{}", stderr_of(&bad));
+
+    tracing::info!("--- with a majority down, the CLI retries for a bounded time, then says so plainly");
+    let leader = cluster.leader().await?;
+    let follower = cluster.follower().await?;
+    cluster.cluster.kill(leader)?;
+    cluster.cluster.kill(follower)?;
+    let started = std::time::Instant::now();
+    let unavailable = run_cli(&["job", "submit", &spec, "--coordinators", &coordinators, "--retry-secs", "2"])?;
+    assert!(!unavailable.status.success());
+    let message = stderr_of(&unavailable);
+    assert!(message.contains("no coordinator leader reachable"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "retries must be bounded");
+    Ok(())
+}
