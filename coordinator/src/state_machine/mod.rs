@@ -21,6 +21,27 @@ pub use status::JobStatus;
 /// the order they were applied, so a retry must arrive within this many writes.
 pub const REMEMBERED_REQUESTS: usize = 10_000;
 
+/// JSON map keys must be strings, so maps keyed by structs are written as lists of pairs.
+mod map_as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(map: &BTreeMap<K, V>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let pairs: Vec<(K, V)> = Vec::deserialize(deserializer)?;
+        Ok(pairs.into_iter().collect())
+    }
+}
+
 /// One subtask of a job: an operator and the index of its parallel instance.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SubtaskKey {
@@ -53,6 +74,7 @@ pub struct CompletedCheckpoint {
     /// The highest assignment epoch of the job when the checkpoint was taken.
     pub epoch: Epoch,
     pub task_states: Vec<TaskStateHandle>,
+    #[serde(with = "map_as_pairs")]
     pub source_offsets: BTreeMap<SubtaskKey, u64>,
     pub size_bytes: u64,
     pub completed_at_ms: u64,
@@ -68,6 +90,7 @@ pub struct JobRecord {
     pub restart_count: u32,
     pub submitted_at_ms: u64,
     pub updated_at_ms: u64,
+    #[serde(with = "map_as_pairs")]
     pub assignments: BTreeMap<SubtaskKey, Assignment>,
     /// The last `graph.checkpoint.retained` completed checkpoints, oldest first.
     pub checkpoints: VecDeque<CompletedCheckpoint>,
