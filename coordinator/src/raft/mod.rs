@@ -1,6 +1,7 @@
 //! Raft: openraft's type configuration, RocksDB storage for the log and the state machine, and the
 //! gRPC network between coordinators.
 
+mod election_trigger;
 mod log_store;
 mod network;
 mod state_store;
@@ -15,6 +16,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 use crate::state_machine::{ApplyResult, Command};
 
+pub use election_trigger::{ElectionTrigger, LeaderContact};
 pub use log_store::{CommittedIndex, LogStore};
 pub use network::{GrpcRaftNetwork, RaftPeerClient};
 pub use state_store::{AppliedState, SharedAppliedState, SnapshotPayload, StateMachineStore, SNAPSHOT_FORMAT_VERSION};

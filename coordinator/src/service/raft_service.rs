@@ -1,22 +1,23 @@
 //! `RaftService`: the receiving end of the Raft network.
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use raftstream_proto::v1 as pb;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::raft::{CoordinatorRaft, TypeConfig};
+use crate::raft::{CoordinatorRaft, LeaderContact, TypeConfig};
 
 /// The `RaftService` of one coordinator.
 #[derive(Clone)]
 pub struct RaftServiceImpl {
     raft: CoordinatorRaft,
+    leader_contact: LeaderContact,
 }
 
 impl RaftServiceImpl {
     /// The Raft service feeding `raft`.
-    pub fn new(raft: CoordinatorRaft) -> Self {
-        RaftServiceImpl { raft }
+    pub fn new(raft: CoordinatorRaft, leader_contact: LeaderContact) -> Self {
+        RaftServiceImpl { raft, leader_contact }
     }
 }
 
@@ -33,7 +34,12 @@ fn encode<T: Serialize>(result: &T) -> Result<Response<pb::RaftPayload>, Status>
 impl pb::raft_service_server::RaftService for RaftServiceImpl {
     async fn append_entries(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref(), "append-entries")?;
-        encode(&self.raft.append_entries(rpc).await)
+        let result = self.raft.append_entries(rpc).await;
+        // Anything but "higher vote" means we accepted the sender as our leader.
+        if matches!(&result, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
+            self.leader_contact.touch();
+        }
+        encode(&result)
     }
 
     async fn vote(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
