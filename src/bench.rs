@@ -1,4 +1,5 @@
-//! `raftstream bench raft`: committed writes per second and latency at several client counts, and
+//! `raftstream bench raft`: committed writes (job submits and cancels) per second and latency at
+//! several client counts, and
 //! leader failover time (kill -9 of the leader -> first successful write), on a local three-node
 //! cluster of real coordinator processes.
 
@@ -135,10 +136,15 @@ async fn throughput_run(address: &str, clients: usize, length: Duration) -> anyh
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut sequence = 0u64;
+            // Jobs come and go, as on a real cluster: every submit is followed by a cancel, and
+            // both are committed writes.
             while Instant::now() < deadline {
                 sequence += 1;
                 let begun = Instant::now();
-                client.submit_job(BENCH_SPEC, &format!("bench-{clients}-{worker}-{sequence}")).await?;
+                let job = client.submit_job(BENCH_SPEC, &format!("bench-{clients}-{worker}-{sequence}")).await?;
+                latencies.push(begun.elapsed());
+                let begun = Instant::now();
+                client.cancel_job(&job.job_id, &format!("bench-cancel-{clients}-{worker}-{sequence}")).await?;
                 latencies.push(begun.elapsed());
             }
             anyhow::Ok(latencies)

@@ -84,7 +84,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let command = Command::SubmitJob { request_id, graph, at_ms: now_ms() };
         match self.context.propose(command).await {
             Ok(Applied::JobSubmitted { job_id }) => {
-                tracing::info!(job_id = %job_id, "job submitted");
+                tracing::debug!(job_id = %job_id, "job submitted");
                 Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job_reply(&job_id)?) }))
             }
             Ok(other) => Err(CoordinatorError::Internal(format!("submit answered {other:?}")).into()),
@@ -130,7 +130,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let command = Command::CancelJob { request_id, job_id: job_id.clone(), at_ms: now_ms() };
         match self.context.propose(command).await {
             Ok(_) => {
-                tracing::info!(job_id = %job_id, "job cancel requested");
+                tracing::debug!(job_id = %job_id, "job cancel requested");
                 Ok(Response::new(pb::CancelJobResponse { job: Some(self.job_reply(&job_id)?) }))
             }
             Err(error) => {

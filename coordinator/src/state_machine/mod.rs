@@ -21,6 +21,11 @@ pub use status::JobStatus;
 /// the order they were applied, so a retry must arrive within this many writes.
 pub const REMEMBERED_REQUESTS: usize = 10_000;
 
+/// How many ended (cancelled, failed, finished) jobs stay visible. Older ones are forgotten in the
+/// order they ended, as Flink expires its completed-job store, so the state (and every snapshot)
+/// stays bounded however many jobs come and go.
+pub const RETAINED_ENDED_JOBS: usize = 1_000;
+
 /// JSON map keys must be strings, so maps keyed by structs are written as lists of pairs.
 mod map_as_pairs {
     use std::collections::BTreeMap;
@@ -154,6 +159,8 @@ pub struct State {
     /// The number of the last job created; the next job is `job-<n+1>`.
     pub last_job_number: u64,
     pub requests: RequestLog,
+    /// Ended jobs, oldest first; beyond [`RETAINED_ENDED_JOBS`] the oldest is forgotten.
+    pub ended_jobs: VecDeque<JobId>,
 }
 
 /// A change to the state, as written in the Raft log.
@@ -291,6 +298,16 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
     Ok(Response::JobSubmitted { job_id })
 }
 
+/// Records that a job ended and forgets the oldest ended jobs beyond the retention bound.
+fn retire(state: &mut State, job_id: &JobId) {
+    state.ended_jobs.push_back(job_id.clone());
+    while state.ended_jobs.len() > RETAINED_ENDED_JOBS {
+        if let Some(oldest) = state.ended_jobs.pop_front() {
+            state.jobs.remove(&oldest);
+        }
+    }
+}
+
 fn release_slots(job: &mut JobRecord) {
     for assignment in job.assignments.values_mut() {
         assignment.executor_id = None;
@@ -315,6 +332,7 @@ fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
     job.updated_at_ms = at_ms;
     if target.is_terminal() {
         release_slots(job);
+        retire(state, job_id);
     }
     Ok(Response::JobCancelRequested { job_id: job_id.clone(), status: target })
 }
@@ -333,6 +351,7 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     job.updated_at_ms = at_ms;
     if to.is_terminal() {
         release_slots(job);
+        retire(state, job_id);
     }
     Ok(Response::JobTransitioned { job_id: job_id.clone(), status: to })
 }

@@ -112,6 +112,22 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
 }
 
 #[test]
+fn only_the_most_recent_ended_jobs_are_retained() {
+    let mut state = State::default();
+    let total = RETAINED_ENDED_JOBS as u64 + 5;
+    for number in 1..=total {
+        let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 1), at_ms: number });
+        let cancelled = apply(&mut state, Command::CancelJob { request_id: None, job_id: JobId::from_number(number), at_ms: number });
+        assert!(cancelled.is_ok());
+    }
+    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 1), at_ms: 0 });
+    assert_eq!(state.jobs.len(), RETAINED_ENDED_JOBS + 1, "retained ended jobs plus the running one");
+    assert!(!state.jobs.contains_key(&JobId::from_number(5)));
+    assert!(state.jobs.contains_key(&JobId::from_number(6)));
+    assert!(state.jobs.contains_key(&JobId::from_number(total + 1)));
+}
+
+#[test]
 fn transition_table_rejects_leaving_terminal_states() {
     for from in JobStatus::ALL.into_iter().filter(|status| status.is_terminal()) {
         for to in JobStatus::ALL {
@@ -196,9 +212,11 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
             }
         }
     }
-    for job_id in before.jobs.keys() {
-        prop_assert!(after.jobs.contains_key(job_id), "job {} vanished", job_id);
+    for (job_id, job) in &before.jobs {
+        let ended = job.status.is_terminal() || after.ended_jobs.contains(job_id);
+        prop_assert!(after.jobs.contains_key(job_id) || ended, "job {} vanished without ending", job_id);
     }
+    prop_assert!(after.ended_jobs.len() <= RETAINED_ENDED_JOBS);
     Ok(())
 }
 
