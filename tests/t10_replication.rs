@@ -45,6 +45,17 @@ async fn writes_through_followers_replicate_and_retries_apply_once() -> anyhow::
     let jobs = cluster.client()?.list_jobs(pb::ReadConsistency::Linearizable).await?;
     assert_eq!(jobs.len(), 4, "a retry must not create a job: {:?}", jobs.iter().map(|j| &j.name).collect::<Vec<_>>());
 
+    tracing::info!("--- every node answers gRPC health checks");
+    for address in cluster.cluster.addresses() {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.connect().await?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "raftstream.v1.JobService".to_owned() })
+            .await?
+            .into_inner();
+        assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{address}");
+    }
+
     tracing::info!("--- cluster status shows three voters, one leader, matching indexes");
     let status = cluster.client()?.cluster_status().await?;
     assert_eq!(status.members.len(), 3);

@@ -83,3 +83,33 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "retries must be bounded");
     Ok(())
 }
+
+#[test]
+fn coordinator_refuses_bad_config_with_a_named_error() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let cases = [
+        ("unknown field", "node_id: 1\nlisten_address: 127.0.0.1:0\ndata_dir: d\ncolour: blue\n", "colour"),
+        ("bad address", "node_id: 1\nlisten_address: nowhere\ndata_dir: d\n", "listen_address"),
+        (
+            "timeouts",
+            "node_id: 1\nlisten_address: 127.0.0.1:0\ndata_dir: d\nraft:\n  heartbeat_interval_ms: 500\n  election_timeout_min_ms: 300\n",
+            "election_timeout_min_ms",
+        ),
+        (
+            "bootstrap without self",
+            "node_id: 4\nlisten_address: 127.0.0.1:0\ndata_dir: d\nbootstrap: true\ninitial_members: {1: '127.0.0.1:1'}\n",
+            "not among initial_members",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = directory.path().join("config.yaml");
+        std::fs::write(&path, text)?;
+        let output = run_cli(&["coordinator", "--config", &path.to_string_lossy()])?;
+        assert!(!output.status.success(), "{name}: accepted");
+        let message = stderr_of(&output);
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+    let missing = run_cli(&["coordinator", "--config", &directory.path().join("absent.yaml").to_string_lossy()])?;
+    assert!(stderr_of(&missing).contains("absent.yaml"), "{}", stderr_of(&missing));
+    Ok(())
+}

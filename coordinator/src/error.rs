@@ -83,3 +83,28 @@ impl From<CoordinatorError> for tonic::Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::JobId;
+    use crate::state_machine::JobStatus;
+
+    #[test]
+    fn errors_map_to_the_grpc_codes_clients_expect() {
+        let job_id = JobId::from_number(3);
+        let ended = CoordinatorError::Rejected(Rejection::JobAlreadyEnded { job_id: job_id.clone(), status: JobStatus::Finished });
+        let status = tonic::Status::from(ended);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("job-3 is Finished"), "{}", status.message());
+        assert_eq!(tonic::Status::from(CoordinatorError::Rejected(Rejection::UnknownJob { job_id })).code(), tonic::Code::NotFound);
+        let not_leader = tonic::Status::from(CoordinatorError::NotLeader {
+            node_id: 2,
+            leader_id: Some(1),
+            leader_address: Some("127.0.0.1:7101".to_owned()),
+        });
+        assert_eq!(not_leader.code(), tonic::Code::Unavailable);
+        assert!(not_leader.message().contains("node 1 at 127.0.0.1:7101"), "{}", not_leader.message());
+        assert_eq!(not_leader.metadata().get(LEADER_HINT_METADATA).and_then(|value| value.to_str().ok()), Some("127.0.0.1:7101"));
+    }
+}

@@ -141,7 +141,8 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
     async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AddLearnerResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        if message.address.trim().is_empty() || message.address.parse::<std::net::SocketAddr>().is_err() && !message.address.contains(':') {
+        let has_port = message.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !has_port {
             return Err(membership_error(format!("address {:?} is not host:port", message.address)));
         }
         let metrics = self.context.raft.metrics().borrow().clone();
@@ -152,21 +153,16 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         let outcome = tokio::time::timeout(self.context.write_timeout * 4, self.context.raft.add_learner(message.node_id, node, true))
             .await
             .map_err(|_| Status::unavailable("the learner did not catch up in time; it keeps catching up in the background"))?;
-        match outcome {
+        match self.context.write_outcome(outcome) {
             Ok(reply) => {
                 tracing::info!(learner = message.node_id, address = %message.address, "learner added");
                 Ok(Response::new(pb::AddLearnerResponse { log_index: reply.log_id.index }))
             }
-            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward))) => {
-                let error = super::not_leader(self.context.node_id, forward);
+            Err(error) => {
                 let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
                 let reply = self.admin_client(&address)?.add_learner(forwarded_request(message)).await;
                 reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
             }
-            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(error))) => {
-                Err(membership_error(error))
-            }
-            Err(openraft::error::RaftError::Fatal(fatal)) => Err(Status::unavailable(fatal.to_string())),
         }
     }
 
@@ -189,21 +185,16 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         let outcome = tokio::time::timeout(self.context.write_timeout * 4, self.context.raft.change_membership(voters.clone(), false))
             .await
             .map_err(|_| Status::unavailable("membership change not committed in time; check cluster status"))?;
-        match outcome {
+        match self.context.write_outcome(outcome) {
             Ok(reply) => {
                 tracing::info!(voters = ?voters, "membership changed");
                 Ok(Response::new(pb::ChangeMembershipResponse { log_index: reply.log_id.index }))
             }
-            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward))) => {
-                let error = super::not_leader(self.context.node_id, forward);
+            Err(error) => {
                 let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
                 let reply = self.admin_client(&address)?.change_membership(forwarded_request(message)).await;
                 reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
             }
-            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ChangeMembershipError(error))) => {
-                Err(membership_error(error))
-            }
-            Err(openraft::error::RaftError::Fatal(fatal)) => Err(Status::unavailable(fatal.to_string())),
         }
     }
 }

@@ -15,7 +15,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::CoordinatorError;
 use crate::ids::NodeId;
-use crate::raft::{CommittedIndex, CoordinatorRaft, SharedAppliedState};
+use openraft::raft::ClientWriteResponse;
+use openraft::BasicNode;
+
+use crate::raft::{CommittedIndex, CoordinatorRaft, SharedAppliedState, TypeConfig};
 use crate::state_machine::{Command, Response};
 
 pub use admin_service::AdminServiceImpl;
@@ -43,7 +46,7 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn not_leader(node_id: NodeId, forward: openraft::error::ForwardToLeader<NodeId, openraft::BasicNode>) -> CoordinatorError {
+fn not_leader(node_id: NodeId, forward: openraft::error::ForwardToLeader<NodeId, BasicNode>) -> CoordinatorError {
     CoordinatorError::NotLeader {
         node_id,
         leader_id: forward.leader_id,
@@ -73,8 +76,16 @@ impl CoordinatorContext {
                 self.write_timeout
             ))
         })?;
+        Ok(self.write_outcome(outcome)?.data?)
+    }
+
+    /// Maps the outcome of a Raft write (a command or a membership change) to our errors.
+    pub fn write_outcome(
+        &self,
+        outcome: Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+    ) -> Result<ClientWriteResponse<TypeConfig>, CoordinatorError> {
         match outcome {
-            Ok(reply) => Ok(reply.data?),
+            Ok(reply) => Ok(reply),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(self.node_id, forward)),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
                 Err(CoordinatorError::InvalidRequest(error.to_string()))

@@ -52,6 +52,20 @@ fn submit_then_cancel_unplaced_job_ends_cancelled() {
 }
 
 #[test]
+fn cancelling_a_finished_job_is_refused_and_changes_nothing() {
+    let mut state = State::default();
+    let job_id = JobId::from_number(1);
+    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 1), at_ms: 0 });
+    for to in [JobStatus::Running, JobStatus::Finished] {
+        assert!(apply(&mut state, Command::TransitionJob { job_id: job_id.clone(), to, reason: String::new(), at_ms: 1 }).is_ok());
+    }
+    let before = state.clone();
+    let refused = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 2 });
+    assert_eq!(refused, Err(Rejection::JobAlreadyEnded { job_id, status: JobStatus::Finished }));
+    assert_eq!(state, before);
+}
+
+#[test]
 fn retried_request_applies_once_and_answers_the_same() {
     let mut state = State::default();
     let request_id = Some(RequestId("r-1".to_owned()));
