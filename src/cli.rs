@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum TopCommand {
     /// Run one coordinator node.
     Coordinator(CoordinatorArgs),
+    /// Run one executor (task slots for stream jobs).
+    Executor(ExecutorArgs),
     /// Local clusters and cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -63,6 +65,26 @@ pub struct CoordinatorArgs {
     /// Initialize a new cluster from --peers if this node's storage is empty.
     #[arg(long)]
     pub bootstrap: bool,
+}
+
+/// How to run one executor.
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// Coordinator addresses; any reachable one works.
+    #[arg(long, value_delimiter = ',', env = "RAFTSTREAM_COORDINATORS", default_value = DEFAULT_COORDINATORS)]
+    pub coordinators: Vec<String>,
+    /// Task slots this executor offers.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// gRPC listen address of the executor (health checks; data exchange later).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Where the executor keeps its id (and, later, local state).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Executor id; generated once and kept in the data dir when absent.
+    #[arg(long)]
+    pub id: Option<String>,
 }
 
 /// Output style of the client commands.
@@ -102,6 +124,8 @@ pub enum ClusterCommand {
     },
     /// Members, leader, term and log indexes of every node.
     Status(ClientArgs),
+    /// Executors, their slots, and the leader's view of their heartbeats.
+    Executors(ClientArgs),
     /// Add a node (already running, with empty storage) as a learner.
     AddLearner {
         #[arg(long)]
@@ -174,6 +198,17 @@ fn random_request_id() -> String {
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         TopCommand::Coordinator(args) => run_coordinator_command(args, shutdown).await,
+        TopCommand::Executor(args) => {
+            let config = raftstream_executor::ExecutorConfig {
+                executor_id: args.id,
+                coordinators: args.coordinators,
+                listen_address: args.listen,
+                slots: args.slots,
+                data_dir: args.data_dir,
+            };
+            raftstream_executor::run_executor(config, shutdown).await?;
+            Ok(())
+        }
         TopCommand::Cluster(command) => run_cluster_command(command, shutdown).await,
         TopCommand::Job(command) => run_job_command(command).await,
         TopCommand::Demo(args) => crate::demo::run_demo(args).await,
@@ -202,6 +237,7 @@ async fn run_coordinator_command(args: CoordinatorArgs, shutdown: CancellationTo
                 initial_members,
                 bootstrap: args.bootstrap,
                 raft: RaftSettings::default(),
+                executors: Default::default(),
             };
             config.validate()?;
             config
@@ -253,6 +289,36 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
         ClusterCommand::Status(args) => {
             let status = client_for(&args)?.cluster_status().await?;
             print_cluster_status(&status, args.output);
+            Ok(())
+        }
+        ClusterCommand::Executors(args) => {
+            let executors = client_for(&args)?.list_executors().await?.executors;
+            match args.output {
+                OutputFormat::Json => {
+                    let list: Vec<_> = executors
+                        .iter()
+                        .map(|e| json!({"executor_id": e.executor_id, "address": e.address, "slots": e.slots, "used_slots": e.used_slots,
+                                        "alive": e.alive, "connected": e.connected, "last_heartbeat_age_ms": e.last_heartbeat_age_ms}))
+                        .collect();
+                    println!("{}", serde_json::Value::Array(list));
+                }
+                OutputFormat::Table => {
+                    let rows = executors
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.executor_id.clone(),
+                                e.address.clone(),
+                                format!("{}/{}", e.used_slots, e.slots),
+                                if e.alive { "alive" } else { "dead" }.to_owned(),
+                                if e.connected { "yes" } else { "no" }.to_owned(),
+                                e.last_heartbeat_age_ms.map_or("-".to_owned(), |age| format!("{age} ms ago")),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["EXECUTOR", "ADDRESS", "SLOTS", "STATE", "SESSION", "HEARTBEAT"], rows);
+                }
+            }
             Ok(())
         }
         ClusterCommand::AddLearner { id, address, client } => {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::{CoordinatorConfig, RaftSettings};
 
 /// Picks a port the OS reports free. The socket is closed before the child binds it, so another
@@ -50,13 +51,48 @@ pub struct LocalCluster {
     binary: PathBuf,
     directory: PathBuf,
     raft: RaftSettings,
+    executor_settings: ExecutorSettings,
     nodes: BTreeMap<u64, CoordinatorProcess>,
+    executors: BTreeMap<String, ExecutorProcess>,
+}
+
+/// One executor child process.
+#[derive(Debug)]
+pub struct ExecutorProcess {
+    pub executor_id: String,
+    pub directory: PathBuf,
+    pub slots: u32,
+    child: Option<Child>,
+}
+
+impl ExecutorProcess {
+    /// The process's log (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.directory.join("executor.log")
+    }
+
+    /// The OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl LocalCluster {
     /// Writes configs for `node_count` voters under `directory` and starts them. With `addresses`
     /// empty, ports are chosen by the OS.
     pub fn start(binary: &Path, directory: &Path, node_count: u64, addresses: Vec<String>, raft: RaftSettings) -> anyhow::Result<Self> {
+        Self::start_with(binary, directory, node_count, addresses, raft, ExecutorSettings::default())
+    }
+
+    /// Like [`LocalCluster::start`], with executor heartbeat and lease settings.
+    pub fn start_with(
+        binary: &Path,
+        directory: &Path,
+        node_count: u64,
+        addresses: Vec<String>,
+        raft: RaftSettings,
+        executor_settings: ExecutorSettings,
+    ) -> anyhow::Result<Self> {
         if node_count == 0 {
             bail!("a cluster needs at least one node");
         }
@@ -69,7 +105,14 @@ impl LocalCluster {
             bail!("{} addresses given for {node_count} nodes", addresses.len());
         }
         let members: BTreeMap<u64, String> = (1..=node_count).zip(addresses).collect();
-        let mut cluster = LocalCluster { binary: binary.to_owned(), directory: directory.to_owned(), raft, nodes: BTreeMap::new() };
+        let mut cluster = LocalCluster {
+            binary: binary.to_owned(),
+            directory: directory.to_owned(),
+            raft,
+            executor_settings,
+            nodes: BTreeMap::new(),
+            executors: BTreeMap::new(),
+        };
         for (node_id, address) in &members {
             cluster.add_process(*node_id, address.clone(), members.clone(), true)?;
         }
@@ -87,6 +130,7 @@ impl LocalCluster {
             initial_members,
             bootstrap,
             raft: self.raft.clone(),
+            executors: self.executor_settings.clone(),
         };
         let process = CoordinatorProcess { node_id, address, node_dir, child: None };
         std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)
@@ -222,6 +266,57 @@ impl LocalCluster {
         }
     }
 
+    /// Starts an executor process with `slots` slots, connected to every coordinator.
+    pub fn start_executor(&mut self, executor_id: &str, slots: u32) -> anyhow::Result<()> {
+        let directory = self.directory.join(executor_id);
+        std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
+        let process = ExecutorProcess { executor_id: executor_id.to_owned(), directory, slots, child: None };
+        self.executors.insert(executor_id.to_owned(), process);
+        self.spawn_executor(executor_id)
+    }
+
+    fn spawn_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
+        let coordinators = self.addresses().join(",");
+        let binary = self.binary.clone();
+        let process = self.executors.get_mut(executor_id).ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        if process.child.is_some() {
+            bail!("executor {executor_id} is already running");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(process.log_path())?;
+        let child = Command::new(&binary)
+            .args(["executor", "--coordinators", &coordinators, "--slots", &process.slots.to_string(), "--id", executor_id])
+            .arg("--data-dir")
+            .arg(&process.directory)
+            .env("RUST_LOG", std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting executor {executor_id}"))?;
+        process.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9` of an executor, then reaps it.
+    pub fn kill_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
+        let process = self.executors.get_mut(executor_id).ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        if let Some(mut child) = process.child.take() {
+            child.kill().with_context(|| format!("killing executor {executor_id}"))?;
+            child.wait().with_context(|| format!("reaping executor {executor_id}"))?;
+        }
+        Ok(())
+    }
+
+    /// Restarts a killed executor with the same id.
+    pub fn restart_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
+        self.spawn_executor(executor_id)
+    }
+
+    /// One executor process.
+    pub fn executor(&self, executor_id: &str) -> Option<&ExecutorProcess> {
+        self.executors.get(executor_id)
+    }
+
     /// Stops every node (SIGKILL) and reaps them.
     pub fn kill_all(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
@@ -235,6 +330,10 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        let executors: Vec<String> = self.executors.keys().cloned().collect();
+        for executor_id in executors {
+            let _ = self.kill_executor(&executor_id);
+        }
         self.kill_all();
     }
 }

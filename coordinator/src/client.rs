@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::admin_service_client::AdminServiceClient;
+use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
 use raftstream_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -190,6 +191,20 @@ impl ClusterClient {
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, ClientError> {
         self.with_retry(|channel| async move { AdminServiceClient::new(channel).cluster_status(pb::ClusterStatusRequest {}).await })
             .await
+    }
+
+    /// Registers an executor (or re-registers it after a restart).
+    pub async fn register_executor(&self, request: pb::RegisterExecutorRequest) -> Result<pb::RegisterExecutorResponse, ClientError> {
+        self.with_retry(|channel| {
+            let request = request.clone();
+            async move { ExecutorServiceClient::new(channel).register(request).await }
+        })
+        .await
+    }
+
+    /// The executors and their slots, with the leader's view of their heartbeats.
+    pub async fn list_executors(&self) -> Result<pb::ListExecutorsResponse, ClientError> {
+        self.with_retry(|channel| async move { AdminServiceClient::new(channel).list_executors(pb::ListExecutorsRequest {}).await }).await
     }
 
     /// Adds a node as a learner (it starts receiving the log).

@@ -4,6 +4,7 @@
 //! - [`spec`]: job specs (YAML/JSON) parsed and validated into job graphs.
 //! - [`state_machine`]: the pure, deterministic state every coordinator agrees on.
 //! - [`raft`]: openraft type config, RocksDB log and state-machine storage, the gRPC Raft network.
+//! - [`leader`]: leader-only duties: executor failure detector and scheduler.
 //! - [`service`]: the gRPC services (jobs, admin, Raft), converting protobuf at the edge.
 //! - [`node`]: configuration and start-up of one coordinator process.
 //! - [`client`]: a cluster client that tries every node and retries, used by the CLI and tests.
@@ -12,6 +13,7 @@
 pub mod client;
 pub mod error;
 pub mod ids;
+pub mod leader;
 pub mod node;
 pub mod raft;
 pub mod service;

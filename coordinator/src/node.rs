@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, SnapshotPolicy};
 use raftstream_proto::v1::admin_service_server::AdminServiceServer;
+use raftstream_proto::v1::executor_service_server::ExecutorServiceServer;
 use raftstream_proto::v1::job_service_server::JobServiceServer;
 use raftstream_proto::v1::raft_service_server::RaftServiceServer;
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ids::NodeId;
+use crate::leader::{ExecutorSessions, ExecutorSettings, LeaderDuties};
 use crate::raft::{open_stores, CoordinatorRaft, ElectionTrigger, GrpcRaftNetwork, LeaderContact};
-use crate::service::{AdminServiceImpl, CoordinatorContext, JobServiceImpl, RaftServiceImpl};
+use crate::service::{AdminServiceImpl, CoordinatorContext, ExecutorServiceImpl, JobServiceImpl, RaftServiceImpl};
 
 const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -72,6 +74,8 @@ pub struct CoordinatorConfig {
     pub bootstrap: bool,
     #[serde(default)]
     pub raft: RaftSettings,
+    #[serde(default)]
+    pub executors: ExecutorSettings,
 }
 
 /// Why a coordinator could not start or stopped abnormally.
@@ -126,6 +130,13 @@ impl CoordinatorConfig {
             return Err(NodeError::InvalidConfig(
                 "raft.snapshot_after_entries, raft.snapshot_chunk_bytes and raft.write_timeout_ms must be above 0".into(),
             ));
+        }
+        let executors = &self.executors;
+        if executors.heartbeat_interval_ms == 0 || executors.lease_timeout_ms <= executors.heartbeat_interval_ms {
+            return Err(NodeError::InvalidConfig(format!(
+                "executors.lease_timeout_ms ({}) must exceed executors.heartbeat_interval_ms ({}), which must be above 0",
+                executors.lease_timeout_ms, executors.heartbeat_interval_ms
+            )));
         }
         if self.bootstrap && !self.initial_members.contains_key(&self.node_id) {
             return Err(NodeError::InvalidConfig(format!(
@@ -199,11 +210,15 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         Duration::from_millis(config.raft.election_timeout_min_ms),
     );
     background.spawn(election_trigger.run(shutdown.child_token()));
+    let sessions = ExecutorSessions::default();
+    let duties = LeaderDuties::new(context.clone(), sessions.clone(), config.executors.clone());
+    background.spawn(duties.run(shutdown.child_token()).instrument(tracing::info_span!("duties", node_id)));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobServiceImpl>>().await;
     health_reporter.set_serving::<AdminServiceServer<AdminServiceImpl>>().await;
     health_reporter.set_serving::<RaftServiceServer<RaftServiceImpl>>().await;
+    health_reporter.set_serving::<ExecutorServiceServer<ExecutorServiceImpl>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(raftstream_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -224,7 +239,8 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(AdminServiceImpl::new(context.clone())))
+        .add_service(AdminServiceServer::new(AdminServiceImpl::new(context.clone(), sessions.clone())))
+        .add_service(ExecutorServiceServer::new(ExecutorServiceImpl::new(context.clone(), sessions, config.executors.clone())))
         .add_service(
             RaftServiceServer::new(RaftServiceImpl::new(raft.clone(), leader_contact))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)

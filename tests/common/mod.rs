@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use raftstream::local_cluster::LocalCluster;
 use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;
 use tempfile::TempDir;
@@ -38,9 +39,13 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(settings: RaftSettings) -> anyhow::Result<Self> {
+        Self::start_with(settings, ExecutorSettings::default()).await
+    }
+
+    pub async fn start_with(settings: RaftSettings, executors: ExecutorSettings) -> anyhow::Result<Self> {
         init_tracing();
         let directory = tempfile::Builder::new().prefix("raftstream-test-").tempdir()?;
-        let mut cluster = LocalCluster::start(&binary(), directory.path(), 3, Vec::new(), settings)?;
+        let mut cluster = LocalCluster::start_with(&binary(), directory.path(), 3, Vec::new(), settings, executors)?;
         cluster.wait_for_leader(Duration::from_secs(30)).await?;
         Ok(TestCluster { cluster, directory })
     }

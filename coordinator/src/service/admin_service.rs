@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{forward_target, forwarded_request, is_forwarded, CoordinatorContext};
 use crate::error::CoordinatorError;
+use crate::leader::ExecutorSessions;
 
 /// How long cluster status waits for each peer's own status.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -18,6 +19,7 @@ const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1_000);
 #[derive(Clone)]
 pub struct AdminServiceImpl {
     context: CoordinatorContext,
+    sessions: ExecutorSessions,
 }
 
 fn state_name(state: ServerState) -> &'static str {
@@ -32,8 +34,8 @@ fn state_name(state: ServerState) -> &'static str {
 
 impl AdminServiceImpl {
     /// The admin service over a coordinator's shared context.
-    pub fn new(context: CoordinatorContext) -> Self {
-        AdminServiceImpl { context }
+    pub fn new(context: CoordinatorContext, sessions: ExecutorSessions) -> Self {
+        AdminServiceImpl { context, sessions }
     }
 
     fn local_status(&self) -> pb::NodeStatus {
@@ -196,5 +198,38 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
             }
         }
+    }
+
+    async fn list_executors(&self, request: Request<pb::ListExecutorsRequest>) -> Result<Response<pb::ListExecutorsResponse>, Status> {
+        if !self.sessions.is_leading() {
+            let metrics = self.context.raft.metrics().borrow().clone();
+            let leader_address = metrics
+                .current_leader
+                .and_then(|leader| metrics.membership_config.membership().get_node(&leader).map(|node| node.addr.clone()));
+            let error = CoordinatorError::NotLeader { node_id: self.context.node_id, leader_id: metrics.current_leader, leader_address };
+            let address = forward_target(&error, is_forwarded(&request)).ok_or_else(|| Status::from(error))?;
+            let reply = self.admin_client(&address)?.list_executors(forwarded_request(pb::ListExecutorsRequest {})).await;
+            return reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into());
+        }
+        let applied = self.context.applied.read();
+        let executors = applied
+            .state
+            .executors
+            .values()
+            .map(|executor| {
+                let (connected, age) = self.sessions.contact(&executor.executor_id);
+                pb::ExecutorInfo {
+                    executor_id: executor.executor_id.0.clone(),
+                    address: executor.address.clone(),
+                    slots: executor.slots,
+                    used_slots: applied.state.used_slots(&executor.executor_id),
+                    alive: executor.alive,
+                    connected,
+                    last_heartbeat_age_ms: age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+                }
+            })
+            .collect();
+        let leading_for_ms = self.sessions.leading_for().map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        Ok(Response::new(pb::ListExecutorsResponse { executors, leading_for_ms }))
     }
 }

@@ -2,7 +2,9 @@
 
 use raftstream_proto::v1 as pb;
 
-use crate::state_machine::{CompletedCheckpoint, JobRecord, State};
+use crate::ids::{Epoch, JobId};
+use crate::leader::{ExecutorCommand, TaskRef};
+use crate::state_machine::{CompletedCheckpoint, JobRecord, State, SubtaskKey};
 
 /// The protobuf view of a job.
 pub fn job_to_proto(job: &JobRecord) -> pb::Job {
@@ -80,4 +82,37 @@ pub fn jobs_in_submission_order(state: &State) -> Vec<&JobRecord> {
     let mut jobs: Vec<&JobRecord> = state.jobs.values().collect();
     jobs.sort_by_key(|job| job.job_id.0.trim_start_matches("job-").parse::<u64>().unwrap_or(u64::MAX));
     jobs
+}
+
+/// The protobuf form of a subtask reference.
+pub fn task_ref_to_proto(task: &TaskRef) -> pb::TaskRef {
+    pb::TaskRef {
+        job_id: task.job_id.0.clone(),
+        operator_id: task.subtask.operator_id.clone(),
+        subtask_index: task.subtask.subtask_index,
+        epoch: task.epoch.0,
+    }
+}
+
+/// A subtask reference from an executor; `None` when it names no job or operator.
+pub fn task_ref_from_proto(task: &pb::TaskRef) -> Option<TaskRef> {
+    if task.job_id.is_empty() || task.operator_id.is_empty() {
+        return None;
+    }
+    Some(TaskRef {
+        job_id: JobId(task.job_id.clone()),
+        subtask: SubtaskKey { operator_id: task.operator_id.clone(), subtask_index: task.subtask_index },
+        epoch: Epoch(task.epoch),
+    })
+}
+
+/// The protobuf message for a command to an executor.
+pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMessage {
+    use pb::coordinator_message::Body;
+    let body = match command {
+        ExecutorCommand::Assignments(tasks) => Body::Assignments(pb::Assignments { tasks: tasks.iter().map(task_ref_to_proto).collect() }),
+        ExecutorCommand::Assign(task) => Body::Assign(pb::AssignTask { task: Some(task_ref_to_proto(task)), ..pb::AssignTask::default() }),
+        ExecutorCommand::Cancel(task) => Body::Cancel(pb::CancelTask { task: Some(task_ref_to_proto(task)) }),
+    };
+    pb::CoordinatorMessage { body: Some(body) }
 }

@@ -3,6 +3,7 @@
 
 mod admin_service;
 mod convert;
+mod executor_service;
 mod job_service;
 mod raft_service;
 
@@ -22,6 +23,7 @@ use crate::raft::{CommittedIndex, CoordinatorRaft, SharedAppliedState, TypeConfi
 use crate::state_machine::{Command, Response};
 
 pub use admin_service::AdminServiceImpl;
+pub use executor_service::ExecutorServiceImpl;
 pub use job_service::JobServiceImpl;
 pub use raft_service::RaftServiceImpl;
 

@@ -1,0 +1,176 @@
+//! Executor leases and session outboxes, kept by the leader in memory. Heartbeats never go through
+//! Raft; only the verdict "dead" does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::{Epoch, ExecutorId, JobId};
+use crate::state_machine::{State, SubtaskKey};
+
+/// One subtask at one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub job_id: JobId,
+    pub subtask: SubtaskKey,
+    pub epoch: Epoch,
+}
+
+/// What the leader tells an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorCommand {
+    /// The complete set of subtasks the executor must run (sent when a session opens).
+    Assignments(Vec<TaskRef>),
+    Assign(TaskRef),
+    Cancel(TaskRef),
+}
+
+/// Messages queued per executor session before the oldest slows the sender.
+pub const SESSION_OUTBOX_CAPACITY: usize = 1_024;
+
+#[derive(Debug)]
+struct Session {
+    generation: u64,
+    outbox: mpsc::Sender<ExecutorCommand>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    leases: HashMap<ExecutorId, Instant>,
+    sessions: HashMap<ExecutorId, Session>,
+    next_generation: u64,
+    /// Cancelled when this node stops leading: every session stream then ends.
+    leadership: CancellationToken,
+    /// When this node started leading; executors not heard from since count from here.
+    leading_since: Option<Instant>,
+}
+
+/// Leases and open sessions of the executors, shared by the executor service and the leader
+/// duties.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorSessions(Arc<Mutex<Inner>>);
+
+/// The subtasks `executor_id` must run according to `state`.
+pub fn assigned_tasks(state: &State, executor_id: &ExecutorId) -> Vec<TaskRef> {
+    state
+        .jobs
+        .values()
+        .flat_map(|job| {
+            job.assignments.iter().filter(|(_, assignment)| assignment.executor_id.as_ref() == Some(executor_id)).map(|(subtask, assignment)| TaskRef {
+                job_id: job.job_id.clone(),
+                subtask: subtask.clone(),
+                epoch: assignment.epoch,
+            })
+        })
+        .collect()
+}
+
+impl ExecutorSessions {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a term of leadership: every executor gets a full lease from now (DESIGN: a new leader
+    /// grants every executor a full lease timeout before declaring any dead).
+    pub fn begin_leadership(&self) -> CancellationToken {
+        let mut inner = self.lock();
+        inner.leases.clear();
+        inner.sessions.clear();
+        inner.leadership = CancellationToken::new();
+        inner.leading_since = Some(Instant::now());
+        inner.leadership.clone()
+    }
+
+    /// Ends leadership: sessions close so executors reconnect to the new leader.
+    pub fn end_leadership(&self) {
+        let mut inner = self.lock();
+        inner.leadership.cancel();
+        inner.sessions.clear();
+        inner.leases.clear();
+        inner.leading_since = None;
+    }
+
+    /// Whether this node currently runs leader duties.
+    pub fn is_leading(&self) -> bool {
+        self.lock().leading_since.is_some()
+    }
+
+    /// How long this node has been running leader duties.
+    pub fn leading_for(&self) -> Option<Duration> {
+        self.lock().leading_since.map(|since| since.elapsed())
+    }
+
+    /// Records a sign of life from an executor.
+    pub fn touch(&self, executor_id: &ExecutorId) {
+        self.lock().leases.insert(executor_id.clone(), Instant::now());
+    }
+
+    fn last_contact(inner: &Inner, executor_id: &ExecutorId) -> Option<Instant> {
+        inner.leases.get(executor_id).copied().or(inner.leading_since)
+    }
+
+    /// Of `alive`, those whose lease ran out.
+    pub fn expired(&self, alive: &[ExecutorId], lease_timeout: Duration) -> Vec<ExecutorId> {
+        let inner = self.lock();
+        alive
+            .iter()
+            .filter(|id| Self::last_contact(&inner, id).is_some_and(|at| at.elapsed() > lease_timeout))
+            .cloned()
+            .collect()
+    }
+
+    /// Of `alive`, those with a valid lease and an open session: the ones work can go to.
+    pub fn live(&self, alive: &[ExecutorId], lease_timeout: Duration) -> Vec<ExecutorId> {
+        let inner = self.lock();
+        alive
+            .iter()
+            .filter(|id| inner.sessions.contains_key(*id))
+            .filter(|id| Self::last_contact(&inner, id).is_some_and(|at| at.elapsed() <= lease_timeout))
+            .cloned()
+            .collect()
+    }
+
+    /// Opens a session; a newer session of the same executor replaces an older one.
+    pub fn attach(&self, executor_id: &ExecutorId) -> Option<(u64, mpsc::Receiver<ExecutorCommand>, CancellationToken)> {
+        let mut inner = self.lock();
+        inner.leading_since?;
+        let (outbox, inbox) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
+        inner.next_generation += 1;
+        let generation = inner.next_generation;
+        inner.sessions.insert(executor_id.clone(), Session { generation, outbox });
+        inner.leases.insert(executor_id.clone(), Instant::now());
+        Some((generation, inbox, inner.leadership.clone()))
+    }
+
+    /// Closes a session, unless a newer one has replaced it.
+    pub fn detach(&self, executor_id: &ExecutorId, generation: u64) {
+        let mut inner = self.lock();
+        if inner.sessions.get(executor_id).is_some_and(|session| session.generation == generation) {
+            inner.sessions.remove(executor_id);
+        }
+    }
+
+    /// Forgets an executor declared dead: its session ends.
+    pub fn remove(&self, executor_id: &ExecutorId) {
+        let mut inner = self.lock();
+        inner.sessions.remove(executor_id);
+        inner.leases.remove(executor_id);
+    }
+
+    /// Whether the executor has an open session, and how long ago the leader heard from it (since
+    /// this node started leading).
+    pub fn contact(&self, executor_id: &ExecutorId) -> (bool, Option<Duration>) {
+        let inner = self.lock();
+        (inner.sessions.contains_key(executor_id), inner.leases.get(executor_id).map(Instant::elapsed))
+    }
+
+    /// Queues a command for an executor; false when it has no session or its outbox is full (the
+    /// next heartbeat's reconciliation repairs either case).
+    pub fn send(&self, executor_id: &ExecutorId, command: ExecutorCommand) -> bool {
+        let inner = self.lock();
+        inner.sessions.get(executor_id).is_some_and(|session| session.outbox.try_send(command).is_ok())
+    }
+}

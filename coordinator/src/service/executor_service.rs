@@ -1,0 +1,156 @@
+//! `ExecutorService`: executor registration (any node; followers forward) and the session stream
+//! (leader only: heartbeats in, assignments and cancellations out).
+
+use std::pin::Pin;
+
+use futures::Stream;
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{executor_command_to_proto, task_ref_from_proto};
+use super::{forward_target, forwarded_request, is_forwarded, now_ms, CoordinatorContext};
+use crate::error::CoordinatorError;
+use crate::ids::ExecutorId;
+use crate::leader::{assigned_tasks, reconcile, ExecutorCommand, ExecutorSessions, ExecutorSettings};
+use crate::state_machine::{Command, Response as Applied};
+
+const MAX_EXECUTOR_ID_CHARS: usize = 128;
+const MAX_SLOTS: u32 = 1_024;
+
+/// The `ExecutorService` of one coordinator.
+#[derive(Clone)]
+pub struct ExecutorServiceImpl {
+    context: CoordinatorContext,
+    sessions: ExecutorSessions,
+    settings: ExecutorSettings,
+}
+
+impl ExecutorServiceImpl {
+    /// The executor service over a coordinator's shared context and the leader's sessions.
+    pub fn new(context: CoordinatorContext, sessions: ExecutorSessions, settings: ExecutorSettings) -> Self {
+        ExecutorServiceImpl { context, sessions, settings }
+    }
+
+    fn leader_address(&self) -> Option<String> {
+        let metrics = self.context.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics.membership_config.membership().get_node(&leader).map(|node| node.addr.clone())
+    }
+
+    fn not_leader(&self) -> CoordinatorError {
+        let metrics = self.context.raft.metrics().borrow().clone();
+        CoordinatorError::NotLeader { node_id: self.context.node_id, leader_id: metrics.current_leader, leader_address: self.leader_address() }
+    }
+}
+
+fn validate_registration(request: &pb::RegisterExecutorRequest) -> Result<(), CoordinatorError> {
+    let id = &request.executor_id;
+    if id.is_empty() || id.chars().count() > MAX_EXECUTOR_ID_CHARS || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(CoordinatorError::InvalidRequest(format!(
+            "executor_id {id:?} must be 1-{MAX_EXECUTOR_ID_CHARS} characters of letters, digits, '-', '_' or '.'"
+        )));
+    }
+    if request.slots == 0 || request.slots > MAX_SLOTS {
+        return Err(CoordinatorError::InvalidRequest(format!("slots is {}, must be between 1 and {MAX_SLOTS}", request.slots)));
+    }
+    let has_port = request.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        return Err(CoordinatorError::InvalidRequest(format!("address {:?} is not host:port", request.address)));
+    }
+    Ok(())
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn register(&self, request: Request<pb::RegisterExecutorRequest>) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        validate_registration(&message)?;
+        let executor_id = ExecutorId(message.executor_id.clone());
+        let command = Command::RegisterExecutor { executor_id: executor_id.clone(), address: message.address.clone(), slots: message.slots, at_ms: now_ms() };
+        match self.context.propose(command).await {
+            Ok(Applied::ExecutorRegistered { .. }) => {
+                self.sessions.touch(&executor_id);
+                tracing::info!(executor_id = %executor_id, address = %message.address, slots = message.slots, "executor registered");
+                Ok(Response::new(pb::RegisterExecutorResponse {
+                    leader_id: self.context.node_id,
+                    heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
+                    lease_timeout_ms: self.settings.lease_timeout_ms,
+                    leader_address: self.context.address.clone(),
+                }))
+            }
+            Ok(other) => Err(CoordinatorError::Internal(format!("register answered {other:?}")).into()),
+            Err(error) => {
+                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
+                let reply = ExecutorServiceClient::new(self.context.channel(&address)?).register(forwarded_request(message)).await;
+                reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
+            }
+        }
+    }
+
+    type SessionStream = SessionStream;
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn session(&self, request: Request<Streaming<pb::ExecutorMessage>>) -> Result<Response<SessionStream>, Status> {
+        if !self.sessions.is_leading() {
+            return Err(self.not_leader().into());
+        }
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before its first message"))?;
+        let executor_id = ExecutorId(first.executor_id.clone());
+        let initial = {
+            let applied = self.context.applied.read();
+            match applied.state.executors.get(&executor_id) {
+                Some(executor) if executor.alive => assigned_tasks(&applied.state, &executor_id),
+                Some(_) => return Err(Status::failed_precondition(format!("executor {executor_id} was declared dead; register again"))),
+                None => return Err(Status::failed_precondition(format!("executor {executor_id} is not registered; register first"))),
+            }
+        };
+        let (generation, outbox, leadership) =
+            self.sessions.attach(&executor_id).ok_or_else(|| Status::from(self.not_leader()))?;
+        tracing::info!(executor_id = %executor_id, subtasks = initial.len(), "executor session opened");
+        let sessions = self.sessions.clone();
+        let context = self.context.clone();
+        sessions.send(&executor_id, ExecutorCommand::Assignments(initial));
+        let reader_id = executor_id.clone();
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                let message = match next.take() {
+                    Some(message) => message,
+                    None => tokio::select! {
+                        biased;
+                        _ = leadership.cancelled() => break,
+                        received = inbound.message() => match received {
+                            Ok(Some(message)) => message,
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::info!(executor_id = %reader_id, error = %status.message(), "executor session broken");
+                                break;
+                            }
+                        },
+                    },
+                };
+                if let Some(pb::executor_message::Body::Heartbeat(heartbeat)) = message.body {
+                    sessions.touch(&reader_id);
+                    let reported: Vec<_> = heartbeat.running_tasks.iter().filter_map(task_ref_from_proto).collect();
+                    let corrections = reconcile(&context.applied.read().state, &reader_id, &reported);
+                    for command in corrections {
+                        tracing::info!(executor_id = %reader_id, ?command, "correcting what the executor runs");
+                        sessions.send(&reader_id, command);
+                    }
+                }
+            }
+            sessions.detach(&reader_id, generation);
+        });
+        // The stream ends when the outbox closes: on a newer session of the same executor, its
+        // death, or the end of this node's leadership; the executor then reconnects.
+        let stream = tokio_stream::wrappers::ReceiverStream::new(outbox).map(|command| Ok(executor_command_to_proto(&command)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,264 @@
+//! Registration and the session with the coordinator leader.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raftstream_coordinator::client::{ClientError, ClusterClient};
+use raftstream_coordinator::error::LEADER_HINT_METADATA;
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::Instrument;
+
+use crate::assignments::{Assignments, Changes};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const OUTBOUND_CAPACITY: usize = 64;
+
+/// How to run one executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Stable across restarts when absent: generated once and kept in `data_dir`.
+    pub executor_id: Option<String>,
+    pub coordinators: Vec<String>,
+    pub listen_address: String,
+    pub slots: u32,
+    pub data_dir: PathBuf,
+}
+
+/// Why an executor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("invalid executor config: {0}")]
+    InvalidConfig(String),
+    #[error("executor data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("binding {address}: {source}")]
+    Bind { address: String, source: std::io::Error },
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn executor_id(config: &ExecutorConfig) -> Result<String, ExecutorError> {
+    if let Some(id) = &config.executor_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("executor-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) | Err(_) => {
+            let id = format!("executor-{:08x}", rand::random::<u32>());
+            std::fs::write(&path, &id).map_err(|source| ExecutorError::DataDir { path: path.clone(), source })?;
+            Ok(id)
+        }
+    }
+}
+
+fn log_changes(changes: &Changes) {
+    for (subtask, epoch) in &changes.stopped {
+        tracing::info!(job_id = %subtask.job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, epoch, "subtask released");
+    }
+    for (subtask, epoch) in &changes.started {
+        tracing::info!(job_id = %subtask.job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, epoch, "subtask assigned");
+    }
+}
+
+/// Runs an executor until `shutdown` is cancelled.
+pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -> Result<(), ExecutorError> {
+    if config.slots == 0 {
+        return Err(ExecutorError::InvalidConfig("--slots must be at least 1".to_owned()));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ExecutorError::DataDir { path: config.data_dir.clone(), source })?;
+    let executor_id = executor_id(&config)?;
+    let listener = tokio::net::TcpListener::bind(&config.listen_address)
+        .await
+        .map_err(|source| ExecutorError::Bind { address: config.listen_address.clone(), source })?;
+    let address = listener.local_addr().map_err(|source| ExecutorError::Bind { address: config.listen_address.clone(), source })?.to_string();
+    let span = tracing::info_span!("executor", executor_id = %executor_id);
+    span.in_scope(|| tracing::info!(%address, slots = config.slots, "executor starting"));
+
+    // The executor's own port: health checks today, data exchange with the streaming runtime.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move { server_shutdown.cancelled().await }),
+    );
+
+    let session = Session {
+        executor_id: executor_id.clone(),
+        address,
+        slots: config.slots,
+        cluster: ClusterClient::new(&config.coordinators, Duration::from_secs(3600))?,
+        coordinators: config.coordinators.clone(),
+    };
+    session.run(shutdown).instrument(span).await;
+    match server.await {
+        Ok(result) => result?,
+        Err(join_error) => tracing::warn!(error = %join_error, "executor server task failed"),
+    }
+    Ok(())
+}
+
+struct Session {
+    executor_id: String,
+    address: String,
+    slots: u32,
+    cluster: ClusterClient,
+    coordinators: Vec<String>,
+}
+
+enum SessionEnd {
+    Shutdown,
+    /// The leader no longer knows this executor as alive: register again.
+    MustRegister,
+    /// Connection lost or leader changed: reconnect, keep everything.
+    Lost(Option<String>),
+}
+
+impl Session {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut assignments = Assignments::default();
+        let mut registration: Option<pb::RegisterExecutorResponse> = None;
+        let mut leader_address: Option<String> = None;
+        let mut backoff = FIRST_BACKOFF;
+        let mut next_coordinator = 0usize;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if registration.is_none() {
+                let request = pb::RegisterExecutorRequest { executor_id: self.executor_id.clone(), address: self.address.clone(), slots: self.slots };
+                let registered = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    registered = self.cluster.register_executor(request) => registered,
+                };
+                match registered {
+                    Ok(reply) => {
+                        tracing::info!(executor_id = %self.executor_id, leader = reply.leader_id, leader_address = %reply.leader_address, "registered");
+                        // A (re)registration starts from nothing: the cluster released whatever we held.
+                        log_changes(&assignments.clear());
+                        leader_address = Some(reply.leader_address.clone());
+                        registration = Some(reply);
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "registration failed; retrying");
+                        if !sleep_or_shutdown(&shutdown, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+            let heartbeat_interval = Duration::from_millis(registration.as_ref().map_or(250, |reply| reply.heartbeat_interval_ms.max(10)));
+            let target = leader_address.clone().unwrap_or_else(|| {
+                next_coordinator += 1;
+                self.coordinators[next_coordinator % self.coordinators.len()].clone()
+            });
+            match self.session_with(&target, heartbeat_interval, &mut assignments, &shutdown, &mut backoff).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::MustRegister => {
+                    registration = None;
+                    leader_address = None;
+                }
+                SessionEnd::Lost(hint) => {
+                    leader_address = hint;
+                    if !sleep_or_shutdown(&shutdown, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&self, assignments: &Assignments) -> pb::ExecutorMessage {
+        let sent_at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64);
+        pb::ExecutorMessage {
+            executor_id: self.executor_id.clone(),
+            body: Some(pb::executor_message::Body::Heartbeat(pb::Heartbeat { sent_at_ms, running_tasks: assignments.running() })),
+        }
+    }
+
+    async fn session_with(
+        &self,
+        target: &str,
+        heartbeat_interval: Duration,
+        assignments: &mut Assignments,
+        shutdown: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> SessionEnd {
+        let endpoint = match Endpoint::from_shared(format!("http://{target}")) {
+            Ok(endpoint) => endpoint.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true),
+            Err(error) => {
+                tracing::warn!(target, error = %error, "bad coordinator address");
+                return SessionEnd::Lost(None);
+            }
+        };
+        let (outbound, outbound_receiver) = mpsc::channel(OUTBOUND_CAPACITY);
+        if outbound.send(self.heartbeat(assignments)).await.is_err() {
+            return SessionEnd::Lost(None);
+        }
+        let mut client = ExecutorServiceClient::new(endpoint.connect_lazy());
+        let opened = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            opened = client.session(tokio_stream::wrappers::ReceiverStream::new(outbound_receiver)) => opened,
+        };
+        let mut inbound = match opened {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                tracing::warn!(reason = %status.message(), "the leader refused the session; registering again");
+                return SessionEnd::MustRegister;
+            }
+            Err(status) => {
+                let hint = status.metadata().get(LEADER_HINT_METADATA).and_then(|value| value.to_str().ok()).map(str::to_owned);
+                tracing::debug!(target, error = %status.message(), ?hint, "no session with this coordinator");
+                return SessionEnd::Lost(hint);
+            }
+        };
+        tracing::info!(leader = target, "session open");
+        *backoff = FIRST_BACKOFF;
+        let mut ticker = tokio::time::interval(heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                _ = ticker.tick() => {
+                    if outbound.send(self.heartbeat(assignments)).await.is_err() {
+                        return SessionEnd::Lost(None);
+                    }
+                }
+                received = inbound.message() => match received {
+                    Ok(Some(message)) => log_changes(&assignments.apply(&message)),
+                    Ok(None) => {
+                        tracing::info!(leader = target, "session closed by the coordinator; reconnecting");
+                        return SessionEnd::Lost(None);
+                    }
+                    Err(status) => {
+                        tracing::info!(leader = target, error = %status.message(), "session lost; reconnecting");
+                        return SessionEnd::Lost(None);
+                    }
+                },
+            }
+        }
+    }
+}
+
+async fn sleep_or_shutdown(shutdown: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(duration) => true,
+    }
+}
