@@ -184,6 +184,8 @@ pub enum BenchCommand {
     /// Write throughput and latency at 1/16/64 clients, and leader failover time, on a local
     /// three-node cluster.
     Raft(crate::bench::RaftBenchArgs),
+    /// Word-count records/s on the in-process streaming runtime.
+    Stream(crate::bench::StreamBenchArgs),
 }
 
 fn client_for(args: &ClientArgs) -> anyhow::Result<ClusterClient> {
@@ -213,6 +215,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         TopCommand::Job(command) => run_job_command(command).await,
         TopCommand::Demo(args) => crate::demo::run_demo(args).await,
         TopCommand::Bench(BenchCommand::Raft(args)) => crate::bench::run_raft_bench(args).await,
+        TopCommand::Bench(BenchCommand::Stream(args)) => crate::bench::run_stream_bench(args).await,
     }
 }
 

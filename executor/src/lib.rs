@@ -4,11 +4,14 @@
 //!
 //! - [`assignments`]: the subtasks this executor was told to run, with their epochs.
 //! - [`session`]: registration and the session loop.
+//! - [`runtime`]: the streaming runtime (so far: bounded chain jobs inside one process).
 //!
-//! The streaming runtime that executes the assigned subtasks is the next step (issue 3); until it
-//! lands, an executor holds its slots for the subtasks placed on it and reports them in heartbeats.
+//! Running the assigned subtasks with the streaming runtime across executors is the next step
+//! (issue 3); until then an executor holds its slots for the subtasks placed on it and reports them
+//! in heartbeats, and [`runtime::run_local`] runs bounded word-count-shaped jobs in one process.
 
 pub mod assignments;
+pub mod runtime;
 pub mod session;
 
 pub use session::{run_executor, ExecutorConfig, ExecutorError};
