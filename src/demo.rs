@@ -15,7 +15,7 @@ use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;
 
-use crate::local_cluster::LocalCluster;
+use crate::local_cluster::{poll_until as wait_for, LocalCluster};
 
 const WORD_COUNT: &str = include_str!("../examples/wordcount.yaml");
 
@@ -31,23 +31,6 @@ type Placement = BTreeMap<String, (String, u64)>;
 
 fn placement_of(job: &pb::Job) -> Placement {
     job.subtasks.iter().map(|s| (format!("{}[{}]", s.operator_id, s.subtask_index), (s.executor_id.clone(), s.epoch))).collect()
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("gave up waiting for {what} after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn print_placement(placement: &Placement) {

@@ -12,6 +12,24 @@ use raftstream_coordinator::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::{CoordinatorConfig, RaftSettings};
 
+/// Polls `check` every 10 ms until it returns `Some`, failing after `timeout` with `what`.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Picks a port the OS reports free. The socket is closed before the child binds it, so another
 /// process could take it in between; `LocalCluster::start` detects that through the child's exit.
 pub fn free_local_address() -> anyhow::Result<String> {

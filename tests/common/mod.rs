@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftstream::local_cluster::LocalCluster;
 use raftstream_coordinator::client::ClusterClient;
@@ -91,23 +91,8 @@ pub fn job_spec(name: &str) -> String {
     )
 }
 
-/// Polls `check` until it returns `Some`, failing after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use raftstream::local_cluster::poll_until as eventually;
 
 /// The job names a node has applied, read locally from that node.
 pub async fn local_job_names(cluster: &TestCluster, node_id: u64) -> Option<Vec<String>> {
