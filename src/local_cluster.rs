@@ -325,6 +325,19 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGSTOP (`pause`) or SIGCONT (resume) of an executor: a process that stops answering without
+    /// dying, the classic zombie.
+    pub fn signal_executor(&mut self, executor_id: &str, pause: bool) -> anyhow::Result<()> {
+        let process = self.executors.get(executor_id).ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        let pid = process.pid().ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().context("running kill")?;
+        if !status.success() {
+            bail!("kill {signal} {pid} failed with {status}");
+        }
+        Ok(())
+    }
+
     /// Restarts a killed executor with the same id.
     pub fn restart_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
         self.spawn_executor(executor_id)
