@@ -3,6 +3,7 @@
 //! subtasks keep their placement.
 //!
 //! - [`assignments`]: the subtasks this executor was told to run, with their epochs.
+//! - [`checkpoint`]: the checkpoint store (state handles with checksums; local directory).
 //! - [`session`]: registration and the session loop.
 //! - [`runtime`]: the streaming runtime (so far: bounded chain jobs inside one process).
 //!
@@ -11,6 +12,7 @@
 //! in heartbeats, and [`runtime::run_local`] runs bounded word-count-shaped jobs in one process.
 
 pub mod assignments;
+pub mod checkpoint;
 pub mod runtime;
 pub mod session;
 

@@ -1,0 +1,118 @@
+//! A checkpoint store in a local directory: each file written to a temporary name, synced, renamed
+//! into place and its directory synced, so a crash leaves either the whole file or none.
+
+use std::path::{Component, Path, PathBuf};
+
+use super::{checksum, verify, CheckpointStore, CheckpointStoreError, StateHandle};
+
+/// Checkpoint state under one root directory.
+#[derive(Debug, Clone)]
+pub struct LocalDirectoryStore {
+    root: PathBuf,
+}
+
+impl LocalDirectoryStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalDirectoryStore { root: root.into() }
+    }
+
+    /// Resolves a location inside the root, refusing anything that could escape it.
+    fn path_of(&self, location: &str) -> Result<PathBuf, CheckpointStoreError> {
+        let relative = Path::new(location);
+        let safe = !location.is_empty() && relative.components().all(|component| matches!(component, Component::Normal(_)));
+        if !safe {
+            return Err(CheckpointStoreError::InvalidLocation { location: location.to_owned(), problem: "must be a relative path without '..'".to_owned() });
+        }
+        Ok(self.root.join(relative))
+    }
+}
+
+fn io_error(location: &str) -> impl FnOnce(std::io::Error) -> CheckpointStoreError + '_ {
+    move |source| CheckpointStoreError::Io { location: location.to_owned(), source }
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let directory = path.parent().ok_or_else(|| std::io::Error::other("state path has no parent directory"))?;
+    std::fs::create_dir_all(directory)?;
+    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = directory.join(format!(".{file_name}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(directory)?.sync_all()
+}
+
+impl CheckpointStore for LocalDirectoryStore {
+    async fn put(&self, location: &str, bytes: Vec<u8>) -> Result<StateHandle, CheckpointStoreError> {
+        let path = self.path_of(location)?;
+        let handle = StateHandle { location: location.to_owned(), size_bytes: bytes.len() as u64, checksum: checksum(&bytes) };
+        tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
+            .await
+            .map_err(|join_error| CheckpointStoreError::Io { location: location.to_owned(), source: std::io::Error::other(join_error.to_string()) })?
+            .map_err(io_error(location))?;
+        Ok(handle)
+    }
+
+    async fn get(&self, handle: &StateHandle) -> Result<Vec<u8>, CheckpointStoreError> {
+        let path = self.path_of(&handle.location)?;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CheckpointStoreError::Missing { location: handle.location.clone() })
+            }
+            Err(error) => return Err(io_error(&handle.location)(error)),
+        };
+        verify(handle, &bytes)?;
+        Ok(bytes)
+    }
+
+    async fn delete_checkpoint(&self, job_id: &str, checkpoint_id: u64) -> Result<(), CheckpointStoreError> {
+        let location = format!("{job_id}/chk-{checkpoint_id}");
+        let path = self.path_of(&location)?;
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error(&location)(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::state_location;
+    use super::*;
+
+    #[tokio::test]
+    async fn state_round_trips_and_damage_is_named() -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let store = LocalDirectoryStore::new(directory.path());
+        let location = state_location("job-1", 7, "counts", 1);
+        let handle = store.put(&location, b"key group state".to_vec()).await?;
+        assert_eq!(store.get(&handle).await?, b"key group state");
+
+        std::fs::write(directory.path().join(&location), b"key group stat3")?;
+        let corrupted = store.get(&handle).await.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(corrupted.contains("corrupted") && corrupted.contains("chk-7/counts-1"), "{corrupted}");
+
+        std::fs::write(directory.path().join(&location), b"short")?;
+        let truncated = store.get(&handle).await.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(truncated.contains("5 bytes, expected 15"), "{truncated}");
+
+        store.delete_checkpoint("job-1", 7).await?;
+        let missing = store.get(&handle).await.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(missing.contains("missing"), "{missing}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn locations_cannot_escape_the_root() {
+        let store = LocalDirectoryStore::new("/tmp/raftstream-store-root");
+        for location in ["../etc/passwd", "/etc/passwd", "", "a/../../b"] {
+            let error = store.put(location, Vec::new()).await.err().map(|error| error.to_string()).unwrap_or_default();
+            assert!(error.contains("invalid state location"), "{location}: {error}");
+        }
+    }
+}
