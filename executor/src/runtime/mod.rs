@@ -5,6 +5,7 @@
 //! Today [`local::run_local`] runs a bounded job whose graph is a chain ending in a keyed count on
 //! one machine; distributing subtasks over executors, barrier checkpoints and restore build on it.
 
+pub mod barriers;
 pub mod generator;
 pub mod key_groups;
 pub mod local;
