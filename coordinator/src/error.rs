@@ -53,6 +53,7 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         | Rejection::NoFreeSlot { .. }
         | Rejection::CheckpointIdNotIncreasing { .. }
         | Rejection::CheckpointEpochTooNew { .. }
+        | Rejection::CheckpointNotTriggered { .. }
         | Rejection::JobNotActive { .. } => tonic::Code::FailedPrecondition,
     }
 }

@@ -101,6 +101,10 @@ pub struct JobRecord {
     pub checkpoints: VecDeque<CompletedCheckpoint>,
     /// Survives the eviction of old checkpoints so ids keep increasing.
     pub last_checkpoint_id: Option<CheckpointId>,
+    /// The last checkpoint id handed out by `TriggerCheckpoint`, completed or not. Ids are allocated
+    /// here, in the log, so a new leader continues above whatever the old one had in flight.
+    #[serde(default)]
+    pub last_triggered_checkpoint_id: Option<CheckpointId>,
     /// The last epoch handed out for this job; every (re)assignment takes the next one.
     pub last_epoch: Epoch,
 }
@@ -172,6 +176,8 @@ pub enum Command {
     RegisterExecutor { executor_id: ExecutorId, address: String, slots: u32, at_ms: u64 },
     MarkExecutorDead { executor_id: ExecutorId, at_ms: u64 },
     AssignSubtask { job_id: JobId, subtask: SubtaskKey, executor_id: ExecutorId, at_ms: u64 },
+    /// Allocates the next checkpoint id of a running job, before its barriers are injected.
+    TriggerCheckpoint { job_id: JobId, at_ms: u64 },
     CompleteCheckpoint { job_id: JobId, checkpoint: CompletedCheckpoint },
 }
 
@@ -186,6 +192,7 @@ pub enum Response {
     ExecutorRegistered { executor_id: ExecutorId },
     ExecutorMarkedDead { executor_id: ExecutorId, orphaned_subtasks: u32 },
     SubtaskAssigned { job_id: JobId, epoch: Epoch },
+    CheckpointTriggered { job_id: JobId, checkpoint_id: CheckpointId },
     CheckpointCompleted { job_id: JobId, checkpoint_id: CheckpointId },
 }
 
@@ -212,6 +219,8 @@ pub enum Rejection {
     CheckpointIdNotIncreasing { job_id: JobId, checkpoint_id: CheckpointId, last: CheckpointId },
     #[error("checkpoint {checkpoint_id} of job {job_id} carries epoch {epoch}, but the job is at epoch {current}")]
     CheckpointEpochTooNew { job_id: JobId, checkpoint_id: CheckpointId, epoch: Epoch, current: Epoch },
+    #[error("checkpoint {checkpoint_id} of job {job_id} was never triggered (last triggered: {last_triggered:?})")]
+    CheckpointNotTriggered { job_id: JobId, checkpoint_id: CheckpointId, last_triggered: Option<CheckpointId> },
     #[error("job {job_id} is {status}, which takes no {what}")]
     JobNotActive { job_id: JobId, status: JobStatus, what: String },
 }
@@ -254,6 +263,7 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
         Command::AssignSubtask { job_id, subtask, executor_id, at_ms } => {
             assign_subtask(state, &job_id, subtask, executor_id, at_ms)
         }
+        Command::TriggerCheckpoint { job_id, at_ms } => trigger_checkpoint(state, &job_id, at_ms),
         Command::CompleteCheckpoint { job_id, checkpoint } => complete_checkpoint(state, &job_id, checkpoint),
     }?;
     if let Some(request_id) = request_id {
@@ -291,6 +301,7 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         assignments,
         checkpoints: VecDeque::new(),
         last_checkpoint_id: None,
+        last_triggered_checkpoint_id: None,
         last_epoch: Epoch(0),
     };
     state.last_job_number = job_number;
@@ -424,10 +435,29 @@ fn assign_subtask(state: &mut State, job_id: &JobId, subtask: SubtaskKey, execut
     Ok(Response::SubtaskAssigned { job_id: job_id.clone(), epoch })
 }
 
+fn trigger_checkpoint(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
+    let job = job_mut(state, job_id)?;
+    if job.status != JobStatus::Running {
+        return Err(Rejection::JobNotActive { job_id: job_id.clone(), status: job.status, what: "checkpoint triggers".to_owned() });
+    }
+    let last = job.last_triggered_checkpoint_id.max(job.last_checkpoint_id).map_or(0, |id| id.0);
+    let checkpoint_id = CheckpointId(last + 1);
+    job.last_triggered_checkpoint_id = Some(checkpoint_id);
+    job.updated_at_ms = job.updated_at_ms.max(at_ms);
+    Ok(Response::CheckpointTriggered { job_id: job_id.clone(), checkpoint_id })
+}
+
 fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedCheckpoint) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     if job.status.is_terminal() {
         return Err(Rejection::JobNotActive { job_id: job_id.clone(), status: job.status, what: "checkpoints".to_owned() });
+    }
+    if job.last_triggered_checkpoint_id.is_none_or(|triggered| checkpoint.checkpoint_id > triggered) {
+        return Err(Rejection::CheckpointNotTriggered {
+            job_id: job_id.clone(),
+            checkpoint_id: checkpoint.checkpoint_id,
+            last_triggered: job.last_triggered_checkpoint_id,
+        });
     }
     if let Some(last) = job.last_checkpoint_id {
         if checkpoint.checkpoint_id <= last {

@@ -114,9 +114,21 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
     let mut state = State::default();
     let job_id = JobId::from_number(1);
     let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 2), at_ms: 0 });
+    let not_running = apply(&mut state, Command::TriggerCheckpoint { job_id: job_id.clone(), at_ms: 0 });
+    assert!(matches!(not_running, Err(Rejection::JobNotActive { .. })), "{not_running:?}");
+    let _ = apply(&mut state, Command::TransitionJob { job_id: job_id.clone(), to: JobStatus::Running, reason: String::new(), at_ms: 0 });
+    let early = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(1, 0) });
+    assert!(matches!(early, Err(Rejection::CheckpointNotTriggered { .. })), "{early:?}");
+    for expected in 1..=5 {
+        let triggered = apply(&mut state, Command::TriggerCheckpoint { job_id: job_id.clone(), at_ms: expected });
+        assert_eq!(triggered, Ok(Response::CheckpointTriggered { job_id: job_id.clone(), checkpoint_id: CheckpointId(expected) }));
+    }
+    // 3 and 4 were aborted (never completed); ids still only go up.
     for id in [1, 2, 5] {
         assert!(apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(id, 0) }).is_ok());
     }
+    let next = apply(&mut state, Command::TriggerCheckpoint { job_id: job_id.clone(), at_ms: 9 });
+    assert_eq!(next, Ok(Response::CheckpointTriggered { job_id: job_id.clone(), checkpoint_id: CheckpointId(6) }));
     let repeat = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(5, 0) });
     assert!(matches!(repeat, Err(Rejection::CheckpointIdNotIncreasing { .. })));
     let back = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(3, 0) });
@@ -181,6 +193,7 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
         (executor_id.clone(), 0u64..100).prop_map(|(executor_id, at_ms)| Command::MarkExecutorDead { executor_id, at_ms }),
         (job_id.clone(), arbitrary_subtask(), executor_id, 0u64..100)
             .prop_map(|(job_id, subtask, executor_id, at_ms)| Command::AssignSubtask { job_id, subtask, executor_id, at_ms }),
+        (job_id.clone(), 0u64..100).prop_map(|(job_id, at_ms)| Command::TriggerCheckpoint { job_id, at_ms }),
         (job_id, 0u64..30, 0u64..12).prop_map(|(job_id, id, epoch)| Command::CompleteCheckpoint { job_id, checkpoint: checkpoint(id, epoch) }),
     ]
 }
@@ -207,6 +220,7 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
         for assignment in job.assignments.values() {
             prop_assert!(assignment.epoch <= job.last_epoch);
         }
+        prop_assert!(job.last_checkpoint_id <= job.last_triggered_checkpoint_id, "a checkpoint completed without a trigger");
         for pair in job.checkpoints.iter().collect::<Vec<_>>().windows(2) {
             prop_assert!(pair[0].checkpoint_id < pair[1].checkpoint_id, "checkpoint ids not increasing");
         }
@@ -214,6 +228,7 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
         if let Some(old) = before.jobs.get(&job.job_id) {
             prop_assert!(old.status == job.status || old.status.can_become(job.status), "illegal {} -> {}", old.status, job.status);
             prop_assert!(old.last_checkpoint_id <= job.last_checkpoint_id, "checkpoint id went back");
+            prop_assert!(old.last_triggered_checkpoint_id <= job.last_triggered_checkpoint_id, "triggered id went back");
             prop_assert!(old.last_epoch <= job.last_epoch, "epoch went back");
             for (key, assignment) in &job.assignments {
                 let previous = &old.assignments[key];
