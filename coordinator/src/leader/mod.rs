@@ -8,6 +8,7 @@
 //! The decisions are pure functions ([`placement`], [`reconcile`]) so they are tested without
 //! sockets; the loops here only read state, propose commands and send messages.
 
+pub mod checkpoints;
 pub mod placement;
 pub mod sessions;
 

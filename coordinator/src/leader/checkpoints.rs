@@ -1,0 +1,165 @@
+//! One in-flight checkpoint as the leader's checkpoint coordinator tracks it: which subtasks must
+//! acknowledge (at the epochs they had when it was triggered), what they sent, and when it times
+//! out. Pure logic; the loop that triggers, collects and commits builds on it.
+
+use std::collections::BTreeMap;
+
+use crate::ids::{CheckpointId, Epoch, JobId};
+use crate::state_machine::{CompletedCheckpoint, JobRecord, SubtaskKey, TaskStateHandle};
+
+/// An acknowledgement from one subtask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointAck {
+    pub subtask: SubtaskKey,
+    pub epoch: Epoch,
+    pub state: TaskStateHandle,
+    /// Sources report the offset their state corresponds to.
+    pub source_offset: Option<u64>,
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Accepted (or a duplicate of one accepted); this many subtasks are still missing.
+    Pending { remaining: usize },
+    /// The last missing acknowledgement: commit this through Raft, then notify the tasks.
+    Complete(CompletedCheckpoint),
+    /// Not counted, with the reason (stale epoch, unknown subtask, wrong checkpoint).
+    Ignored(String),
+}
+
+/// A triggered checkpoint waiting for acknowledgements.
+#[derive(Debug, Clone)]
+pub struct PendingCheckpoint {
+    pub job_id: JobId,
+    pub checkpoint_id: CheckpointId,
+    pub triggered_at_ms: u64,
+    pub timeout_ms: u64,
+    job_epoch: Epoch,
+    expected: BTreeMap<SubtaskKey, Epoch>,
+    acked: BTreeMap<SubtaskKey, CheckpointAck>,
+}
+
+impl PendingCheckpoint {
+    /// Starts tracking `checkpoint_id` of `job`; every subtask must be placed.
+    pub fn start(job: &JobRecord, checkpoint_id: CheckpointId, now_ms: u64) -> Result<Self, String> {
+        let mut expected = BTreeMap::new();
+        for (subtask, assignment) in &job.assignments {
+            if assignment.executor_id.is_none() {
+                return Err(format!("subtask {}[{}] is not placed", subtask.operator_id, subtask.subtask_index));
+            }
+            expected.insert(subtask.clone(), assignment.epoch);
+        }
+        Ok(PendingCheckpoint {
+            job_id: job.job_id.clone(),
+            checkpoint_id,
+            triggered_at_ms: now_ms,
+            timeout_ms: job.graph.checkpoint.timeout_ms,
+            job_epoch: job.last_epoch,
+            expected,
+            acked: BTreeMap::new(),
+        })
+    }
+
+    /// Counts one acknowledgement.
+    pub fn on_ack(&mut self, ack: CheckpointAck, now_ms: u64) -> AckOutcome {
+        let Some(expected_epoch) = self.expected.get(&ack.subtask) else {
+            return AckOutcome::Ignored(format!("{}[{}] is not part of this job", ack.subtask.operator_id, ack.subtask.subtask_index));
+        };
+        if ack.epoch != *expected_epoch {
+            // Zombie fencing: only the placement that received the barrier may acknowledge it.
+            return AckOutcome::Ignored(format!(
+                "{}[{}] acknowledged at epoch {}, but it runs at epoch {}",
+                ack.subtask.operator_id, ack.subtask.subtask_index, ack.epoch.0, expected_epoch.0
+            ));
+        }
+        self.acked.entry(ack.subtask.clone()).or_insert(ack);
+        let remaining = self.expected.len() - self.acked.len();
+        if remaining > 0 {
+            return AckOutcome::Pending { remaining };
+        }
+        let task_states: Vec<TaskStateHandle> = self.acked.values().map(|ack| ack.state.clone()).collect();
+        let size_bytes = task_states.iter().map(|state| state.size_bytes).sum();
+        let source_offsets = self.acked.values().filter_map(|ack| ack.source_offset.map(|offset| (ack.subtask.clone(), offset))).collect();
+        AckOutcome::Complete(CompletedCheckpoint {
+            checkpoint_id: self.checkpoint_id,
+            epoch: self.job_epoch,
+            task_states,
+            source_offsets,
+            size_bytes,
+            completed_at_ms: now_ms,
+        })
+    }
+
+    /// Whether the checkpoint ran out of time and must be aborted.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.triggered_at_ms) > self.timeout_ms
+    }
+
+    /// Whether losing this subtask placement dooms the checkpoint (it must then be aborted).
+    pub fn depends_on(&self, subtask: &SubtaskKey, epoch: Epoch) -> bool {
+        self.expected.get(subtask) == Some(&epoch) && !self.acked.contains_key(subtask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ExecutorId;
+    use crate::spec::parse_job_spec;
+    use crate::state_machine::{apply, Command, State};
+
+    fn placed_job() -> (State, JobId) {
+        let mut state = State::default();
+        let executor_id = ExecutorId("e".to_owned());
+        let register = Command::RegisterExecutor { executor_id: executor_id.clone(), address: "a:1".into(), slots: 8, at_ms: 0 };
+        assert!(apply(&mut state, register).is_ok());
+        let spec = r#"{"name": "c", "checkpoint": {"timeout_ms": 100}, "operators": [
+            {"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
+        let graph = parse_job_spec(spec).expect("valid");
+        assert!(apply(&mut state, Command::SubmitJob { request_id: None, graph, at_ms: 0 }).is_ok());
+        let job_id = JobId::from_number(1);
+        for operator in ["src", "out"] {
+            let subtask = SubtaskKey { operator_id: operator.to_owned(), subtask_index: 0 };
+            assert!(apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask, executor_id: executor_id.clone(), at_ms: 0 }).is_ok());
+        }
+        (state, job_id)
+    }
+
+    fn ack(operator: &str, epoch: u64) -> CheckpointAck {
+        let subtask = SubtaskKey { operator_id: operator.to_owned(), subtask_index: 0 };
+        CheckpointAck {
+            subtask: subtask.clone(),
+            epoch: Epoch(epoch),
+            state: TaskStateHandle { subtask, location: format!("job-1/chk-1/{operator}-0.state"), inline_state: Vec::new(), size_bytes: 10 },
+            source_offset: (operator == "src").then_some(42),
+        }
+    }
+
+    #[test]
+    fn completes_when_every_placed_subtask_acknowledged_at_its_epoch() {
+        let (state, job_id) = placed_job();
+        let mut pending = PendingCheckpoint::start(&state.jobs[&job_id], CheckpointId(1), 1_000).expect("placed");
+        // src was placed first (epoch 1), out second (epoch 2).
+        assert!(matches!(pending.on_ack(ack("src", 7), 1_001), AckOutcome::Ignored(reason) if reason.contains("epoch 7")));
+        assert_eq!(pending.on_ack(ack("src", 1), 1_001), AckOutcome::Pending { remaining: 1 });
+        assert_eq!(pending.on_ack(ack("src", 1), 1_002), AckOutcome::Pending { remaining: 1 }, "duplicates count once");
+        assert!(pending.depends_on(&ack("out", 2).subtask, Epoch(2)));
+        let AckOutcome::Complete(done) = pending.on_ack(ack("out", 2), 1_050) else {
+            panic!("the last ack must complete the checkpoint");
+        };
+        assert_eq!(done.checkpoint_id, CheckpointId(1));
+        assert_eq!(done.size_bytes, 20);
+        assert_eq!(done.source_offsets.values().copied().collect::<Vec<_>>(), vec![42]);
+        assert!(!pending.is_expired(1_100) && pending.is_expired(1_101));
+    }
+
+    #[test]
+    fn refuses_to_start_while_a_subtask_waits_for_a_slot() {
+        let (mut state, job_id) = placed_job();
+        let dead = Command::MarkExecutorDead { executor_id: ExecutorId("e".to_owned()), at_ms: 1 };
+        assert!(apply(&mut state, dead).is_ok());
+        let refused = PendingCheckpoint::start(&state.jobs[&job_id], CheckpointId(1), 0).err().unwrap_or_default();
+        assert!(refused.contains("not placed"), "{refused}");
+    }
+}
