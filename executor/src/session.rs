@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const OUTBOUND_CAPACITY: usize = 64;
 
@@ -175,7 +175,10 @@ impl Session {
                     if !sleep_or_shutdown(&shutdown, backoff).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // Reconnecting must finish well inside the lease a new leader grants, or a
+                    // mere coordinator failover would get this executor declared dead: never wait
+                    // longer than one heartbeat interval between attempts.
+                    backoff = (backoff * 2).min(heartbeat_interval);
                 }
             }
         }
