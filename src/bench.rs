@@ -67,11 +67,18 @@ pub async fn run_raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
     println!("leader: node {leader}; files in {}", directory.display());
 
-    println!("\n{:>8} {:>12} {:>10} {:>10} {:>10}", "clients", "writes/s", "p50 ms", "p99 ms", "writes");
+    println!(
+        "\n{:>8} {:>12} {:>10} {:>10} {:>10}",
+        "clients", "writes/s", "p50 ms", "p99 ms", "writes"
+    );
     for clients in &args.clients {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
-        let leader_address = cluster.node(leader).map(|node| node.address.clone()).context("leader vanished")?;
-        let (writes, elapsed, mut latencies) = throughput_run(&leader_address, *clients, Duration::from_secs(args.seconds)).await?;
+        let leader_address = cluster
+            .node(leader)
+            .map(|node| node.address.clone())
+            .context("leader vanished")?;
+        let (writes, elapsed, mut latencies) =
+            throughput_run(&leader_address, *clients, Duration::from_secs(args.seconds)).await?;
         latencies.sort();
         println!(
             "{:>8} {:>12.0} {:>10.2} {:>10.2} {:>10}",
@@ -88,15 +95,22 @@ pub async fn run_raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
     for round in 1..=args.kills {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
         wait_until_all_caught_up(&mut cluster, Duration::from_secs(20)).await?;
-        let survivors: Vec<String> =
-            cluster.nodes().filter(|node| node.node_id != leader).map(|node| node.address.clone()).collect();
+        let survivors: Vec<String> = cluster
+            .nodes()
+            .filter(|node| node.node_id != leader)
+            .map(|node| node.address.clone())
+            .collect();
         let client = ClusterClient::new(&survivors, Duration::ZERO)?.with_attempt_timeout(Duration::from_millis(400));
         let killed_at = Instant::now();
         cluster.kill(leader)?;
         let mut attempt = 0u64;
         loop {
             attempt += 1;
-            if client.submit_job(BENCH_SPEC, &format!("failover-{round}-{attempt}")).await.is_ok() {
+            if client
+                .submit_job(BENCH_SPEC, &format!("failover-{round}-{attempt}"))
+                .await
+                .is_ok()
+            {
                 break;
             }
             if killed_at.elapsed() > Duration::from_secs(30) {
@@ -105,7 +119,10 @@ pub async fn run_raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let failover = killed_at.elapsed();
-        println!("  kill {round:>2}: node {leader} killed, first write after {:.1} ms", millis(failover));
+        println!(
+            "  kill {round:>2}: node {leader} killed, first write after {:.1} ms",
+            millis(failover)
+        );
         failovers.push(failover);
         cluster.restart(leader)?;
     }
@@ -126,7 +143,11 @@ pub async fn run_raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput_run(address: &str, clients: usize, length: Duration) -> anyhow::Result<(u64, Duration, Vec<Duration>)> {
+async fn throughput_run(
+    address: &str,
+    clients: usize,
+    length: Duration,
+) -> anyhow::Result<(u64, Duration, Vec<Duration>)> {
     let client = Arc::new(ClusterClient::new(&[address.to_owned()], Duration::from_secs(5))?);
     let started = Instant::now();
     let deadline = started + length;
@@ -141,10 +162,14 @@ async fn throughput_run(address: &str, clients: usize, length: Duration) -> anyh
             while Instant::now() < deadline {
                 sequence += 1;
                 let begun = Instant::now();
-                let job = client.submit_job(BENCH_SPEC, &format!("bench-{clients}-{worker}-{sequence}")).await?;
+                let job = client
+                    .submit_job(BENCH_SPEC, &format!("bench-{clients}-{worker}-{sequence}"))
+                    .await?;
                 latencies.push(begun.elapsed());
                 let begun = Instant::now();
-                client.cancel_job(&job.job_id, &format!("bench-cancel-{clients}-{worker}-{sequence}")).await?;
+                client
+                    .cancel_job(&job.job_id, &format!("bench-cancel-{clients}-{worker}-{sequence}"))
+                    .await?;
                 latencies.push(begun.elapsed());
             }
             anyhow::Ok(latencies)
@@ -163,10 +188,19 @@ async fn wait_until_all_caught_up(cluster: &mut LocalCluster, timeout: Duration)
     loop {
         cluster.check_running()?;
         if let Ok(status) = client.cluster_status().await {
-            let leader_log = status.nodes.iter().filter(|n| n.state == "Leader").filter_map(|n| n.last_log_index).max();
+            let leader_log = status
+                .nodes
+                .iter()
+                .filter(|n| n.state == "Leader")
+                .filter_map(|n| n.last_log_index)
+                .max();
             let caught_up = status.nodes.len() == 3
-                && status.nodes.iter().all(|n| n.state == "Leader" || n.state == "Follower")
-                && leader_log.is_some_and(|last| status.nodes.iter().all(|n| n.applied_index.unwrap_or(0) + 100 >= last));
+                && status
+                    .nodes
+                    .iter()
+                    .all(|n| n.state == "Leader" || n.state == "Follower")
+                && leader_log
+                    .is_some_and(|last| status.nodes.iter().all(|n| n.applied_index.unwrap_or(0) + 100 >= last));
             if caught_up {
                 return Ok(());
             }
@@ -210,7 +244,10 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
          in-process runtime, checkpoints off (barrier checkpoints are not implemented yet)",
         args.records
     );
-    println!("{:>12} {:>14} {:>14} {:>10}", "parallelism", "records/s", "words/s", "seconds");
+    println!(
+        "{:>12} {:>14} {:>14} {:>10}",
+        "parallelism", "records/s", "words/s", "seconds"
+    );
     let directory = tempfile_dir()?;
     for parallelism in &args.parallelism {
         let spec = format!(

@@ -189,7 +189,10 @@ pub enum BenchCommand {
 }
 
 fn client_for(args: &ClientArgs) -> anyhow::Result<ClusterClient> {
-    Ok(ClusterClient::new(&args.coordinators, Duration::from_secs(args.retry_secs))?)
+    Ok(ClusterClient::new(
+        &args.coordinators,
+        Duration::from_secs(args.retry_secs),
+    )?)
 }
 
 fn random_request_id() -> String {
@@ -228,13 +231,20 @@ async fn run_coordinator_command(args: CoordinatorArgs, shutdown: CancellationTo
             let data_dir = args.data_dir.context("--data-dir is required without --config")?;
             let mut initial_members = std::collections::BTreeMap::new();
             for peer in &args.peers {
-                let (id, address) = peer.split_once('=').with_context(|| format!("--peers entry {peer:?} is not id=host:port"))?;
-                let id: u64 = id.trim().parse().with_context(|| format!("--peers entry {peer:?}: {id:?} is not a node id"))?;
+                let (id, address) = peer
+                    .split_once('=')
+                    .with_context(|| format!("--peers entry {peer:?} is not id=host:port"))?;
+                let id: u64 = id
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--peers entry {peer:?}: {id:?} is not a node id"))?;
                 initial_members.insert(id, address.trim().to_owned());
             }
             let config = CoordinatorConfig {
                 node_id,
-                listen_address: listen.parse().with_context(|| format!("--listen {listen:?} is not host:port"))?,
+                listen_address: listen
+                    .parse()
+                    .with_context(|| format!("--listen {listen:?} is not host:port"))?,
                 advertise_address: None,
                 data_dir,
                 initial_members,
@@ -269,10 +279,19 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
             let leader = cluster.wait_for_leader(Duration::from_secs(20)).await?;
             println!("Raftstream cluster up: {nodes} coordinators, leader is node {leader}");
             for node in cluster.nodes() {
-                println!("  node {}  {}  pid {}  log {}", node.node_id, node.address, node.pid().unwrap_or(0), node.log_path().display());
+                println!(
+                    "  node {}  {}  pid {}  log {}",
+                    node.node_id,
+                    node.address,
+                    node.pid().unwrap_or(0),
+                    node.log_path().display()
+                );
             }
             println!("coordinators: {}", cluster.addresses().join(","));
-            println!("try: raftstream job submit examples/wordcount.yaml --coordinators {}", cluster.addresses().join(","));
+            println!(
+                "try: raftstream job submit examples/wordcount.yaml --coordinators {}",
+                cluster.addresses().join(",")
+            );
             println!("Ctrl-C stops the cluster (data stays in {}).", directory.display());
             loop {
                 tokio::select! {
@@ -315,7 +334,8 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
                                 format!("{}/{}", e.used_slots, e.slots),
                                 if e.alive { "alive" } else { "dead" }.to_owned(),
                                 if e.connected { "yes" } else { "no" }.to_owned(),
-                                e.last_heartbeat_age_ms.map_or("-".to_owned(), |age| format!("{age} ms ago")),
+                                e.last_heartbeat_age_ms
+                                    .map_or("-".to_owned(), |age| format!("{age} ms ago")),
                             ]
                         })
                         .collect();
@@ -326,16 +346,25 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
         }
         ClusterCommand::AddLearner { id, address, client } => {
             let reply = client_for(&client)?.add_learner(id, &address).await?;
-            print_value(client.output, json!({"node_id": id, "address": address, "log_index": reply.log_index}), || {
-                format!("node {id} at {address} added as learner (log index {})", reply.log_index)
-            });
+            print_value(
+                client.output,
+                json!({"node_id": id, "address": address, "log_index": reply.log_index}),
+                || {
+                    format!(
+                        "node {id} at {address} added as learner (log index {})",
+                        reply.log_index
+                    )
+                },
+            );
             Ok(())
         }
         ClusterCommand::ChangeMembership { voters, client } => {
             let reply = client_for(&client)?.change_membership(&voters).await?;
-            print_value(client.output, json!({"voters": voters, "log_index": reply.log_index}), || {
-                format!("voters are now {voters:?} (log index {})", reply.log_index)
-            });
+            print_value(
+                client.output,
+                json!({"voters": voters, "log_index": reply.log_index}),
+                || format!("voters are now {voters:?} (log index {})", reply.log_index),
+            );
             Ok(())
         }
     }
@@ -343,11 +372,18 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
 
 async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
     match command {
-        JobCommand::Submit { file, request_id, client } => {
-            let spec = std::fs::read_to_string(&file).with_context(|| format!("reading job spec {}", file.display()))?;
+        JobCommand::Submit {
+            file,
+            request_id,
+            client,
+        } => {
+            let spec =
+                std::fs::read_to_string(&file).with_context(|| format!("reading job spec {}", file.display()))?;
             let request_id = request_id.unwrap_or_else(random_request_id);
             let job = client_for(&client)?.submit_job(&spec, &request_id).await?;
-            print_value(client.output, job_json(&job), || format!("submitted {} ({}): {}", job.job_id, job.name, job.status));
+            print_value(client.output, job_json(&job), || {
+                format!("submitted {} ({}): {}", job.job_id, job.name, job.status)
+            });
         }
         JobCommand::List(args) => {
             let jobs = client_for(&args)?.list_jobs(pb::ReadConsistency::Linearizable).await?;
@@ -357,7 +393,11 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                     let rows = jobs
                         .iter()
                         .map(|job| {
-                            let placed = job.subtasks.iter().filter(|subtask| !subtask.executor_id.is_empty()).count();
+                            let placed = job
+                                .subtasks
+                                .iter()
+                                .filter(|subtask| !subtask.executor_id.is_empty())
+                                .count();
                             vec![
                                 job.job_id.clone(),
                                 job.name.clone(),
@@ -373,7 +413,9 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::Status { job_id, client } => {
-            let job = client_for(&client)?.get_job(&job_id, pb::ReadConsistency::Linearizable).await?;
+            let job = client_for(&client)?
+                .get_job(&job_id, pb::ReadConsistency::Linearizable)
+                .await?;
             match client.output {
                 OutputFormat::Json => println!("{}", job_json(&job)),
                 OutputFormat::Table => print_job(&job),
@@ -381,7 +423,9 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::Cancel { job_id, client } => {
             let job = client_for(&client)?.cancel_job(&job_id, &random_request_id()).await?;
-            print_value(client.output, job_json(&job), || format!("{}: {}", job.job_id, job.status));
+            print_value(client.output, job_json(&job), || {
+                format!("{}: {}", job.job_id, job.status)
+            });
         }
         JobCommand::Checkpoints { job_id, client } => {
             let checkpoints = client_for(&client)?.list_checkpoints(&job_id).await?;
@@ -396,7 +440,14 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                 OutputFormat::Table => {
                     let rows = checkpoints
                         .iter()
-                        .map(|c| vec![c.checkpoint_id.to_string(), c.epoch.to_string(), c.size_bytes.to_string(), c.completed_at_ms.to_string()])
+                        .map(|c| {
+                            vec![
+                                c.checkpoint_id.to_string(),
+                                c.epoch.to_string(),
+                                c.size_bytes.to_string(),
+                                c.completed_at_ms.to_string(),
+                            ]
+                        })
                         .collect();
                     print_table(&["CHECKPOINT", "EPOCH", "BYTES", "COMPLETED_AT_MS"], rows);
                 }
@@ -436,16 +487,32 @@ pub fn job_json(job: &pb::Job) -> serde_json::Value {
 
 fn print_job(job: &pb::Job) {
     println!("job:         {} ({})", job.job_id, job.name);
-    println!("status:      {}{}", job.status, if job.status_reason.is_empty() { String::new() } else { format!(" ({})", job.status_reason) });
+    println!(
+        "status:      {}{}",
+        job.status,
+        if job.status_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", job.status_reason)
+        }
+    );
     println!("restarts:    {}", job.restart_count);
-    println!("checkpoint:  {}", job.last_checkpoint_id.map_or("none completed".to_owned(), |id| id.to_string()));
+    println!(
+        "checkpoint:  {}",
+        job.last_checkpoint_id
+            .map_or("none completed".to_owned(), |id| id.to_string())
+    );
     let rows = job
         .subtasks
         .iter()
         .map(|s| {
             vec![
                 format!("{}[{}]", s.operator_id, s.subtask_index),
-                if s.executor_id.is_empty() { "(waiting for a slot)".to_owned() } else { s.executor_id.clone() },
+                if s.executor_id.is_empty() {
+                    "(waiting for a slot)".to_owned()
+                } else {
+                    s.executor_id.clone()
+                },
                 s.epoch.to_string(),
             ]
         })
@@ -465,15 +532,26 @@ fn print_cluster_status(status: &pb::ClusterStatusResponse, output: OutputFormat
         })
         .collect();
     match output {
-        OutputFormat::Json => println!("{}", json!({"leader_id": status.leader_id, "term": status.term, "nodes": nodes})),
+        OutputFormat::Json => println!(
+            "{}",
+            json!({"leader_id": status.leader_id, "term": status.term, "nodes": nodes})
+        ),
         OutputFormat::Table => {
-            println!("leader: {}   term: {}", status.leader_id.map_or("none".to_owned(), |id| format!("node {id}")), status.term);
+            println!(
+                "leader: {}   term: {}",
+                status.leader_id.map_or("none".to_owned(), |id| format!("node {id}")),
+                status.term
+            );
             let show = |index: Option<u64>| index.map_or("-".to_owned(), |i| i.to_string());
             let rows = status
                 .nodes
                 .iter()
                 .map(|n| {
-                    let role = status.members.iter().find(|m| m.node_id == n.node_id).map_or("-", |m| m.role.as_str());
+                    let role = status
+                        .members
+                        .iter()
+                        .find(|m| m.node_id == n.node_id)
+                        .map_or("-", |m| m.role.as_str());
                     vec![
                         n.node_id.to_string(),
                         n.address.clone(),
@@ -487,7 +565,20 @@ fn print_cluster_status(status: &pb::ClusterStatusResponse, output: OutputFormat
                     ]
                 })
                 .collect();
-            print_table(&["NODE", "ADDRESS", "ROLE", "STATE", "TERM", "LAST_LOG", "COMMITTED", "APPLIED", "SNAPSHOT"], rows);
+            print_table(
+                &[
+                    "NODE",
+                    "ADDRESS",
+                    "ROLE",
+                    "STATE",
+                    "TERM",
+                    "LAST_LOG",
+                    "COMMITTED",
+                    "APPLIED",
+                    "SNAPSHOT",
+                ],
+                rows,
+            );
         }
     }
 }
@@ -501,7 +592,11 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.iter().map(|header| (*header).to_owned()).collect());

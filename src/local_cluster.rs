@@ -98,8 +98,21 @@ impl ExecutorProcess {
 impl LocalCluster {
     /// Writes configs for `node_count` voters under `directory` and starts them. With `addresses`
     /// empty, ports are chosen by the OS.
-    pub fn start(binary: &Path, directory: &Path, node_count: u64, addresses: Vec<String>, raft: RaftSettings) -> anyhow::Result<Self> {
-        Self::start_with(binary, directory, node_count, addresses, raft, ExecutorSettings::default())
+    pub fn start(
+        binary: &Path,
+        directory: &Path,
+        node_count: u64,
+        addresses: Vec<String>,
+        raft: RaftSettings,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            binary,
+            directory,
+            node_count,
+            addresses,
+            raft,
+            ExecutorSettings::default(),
+        )
     }
 
     /// Like [`LocalCluster::start`], with executor heartbeat and lease settings.
@@ -115,7 +128,9 @@ impl LocalCluster {
             bail!("a cluster needs at least one node");
         }
         let addresses = if addresses.is_empty() {
-            (0..node_count).map(|_| free_local_address()).collect::<anyhow::Result<Vec<_>>>()?
+            (0..node_count)
+                .map(|_| free_local_address())
+                .collect::<anyhow::Result<Vec<_>>>()?
         } else {
             addresses
         };
@@ -137,7 +152,13 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    fn add_process(&mut self, node_id: u64, address: String, initial_members: BTreeMap<u64, String>, bootstrap: bool) -> anyhow::Result<()> {
+    fn add_process(
+        &mut self,
+        node_id: u64,
+        address: String,
+        initial_members: BTreeMap<u64, String>,
+        bootstrap: bool,
+    ) -> anyhow::Result<()> {
         let node_dir = self.directory.join(format!("node-{node_id}"));
         std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
         let config = CoordinatorConfig {
@@ -150,7 +171,12 @@ impl LocalCluster {
             raft: self.raft.clone(),
             executors: self.executor_settings.clone(),
         };
-        let process = CoordinatorProcess { node_id, address, node_dir, child: None };
+        let process = CoordinatorProcess {
+            node_id,
+            address,
+            node_dir,
+            child: None,
+        };
         std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)
             .with_context(|| format!("writing {}", process.config_path().display()))?;
         self.nodes.insert(node_id, process);
@@ -159,7 +185,10 @@ impl LocalCluster {
 
     fn spawn(&mut self, node_id: u64) -> anyhow::Result<()> {
         let binary = self.binary.clone();
-        let process = self.nodes.get_mut(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        let process = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or_else(|| anyhow!("no node {node_id}"))?;
         if process.child.is_some() {
             bail!("node {node_id} is already running");
         }
@@ -172,7 +201,10 @@ impl LocalCluster {
             .arg("coordinator")
             .arg("--config")
             .arg(process.config_path())
-            .env("RUST_LOG", std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -199,7 +231,11 @@ impl LocalCluster {
 
     /// The addresses of the nodes that are running.
     pub fn running_addresses(&self) -> Vec<String> {
-        self.nodes.values().filter(|process| process.child.is_some()).map(|process| process.address.clone()).collect()
+        self.nodes
+            .values()
+            .filter(|process| process.child.is_some())
+            .map(|process| process.address.clone())
+            .collect()
     }
 
     /// One node.
@@ -214,7 +250,10 @@ impl LocalCluster {
 
     /// `kill -9` of one node, then reaps it.
     pub fn kill(&mut self, node_id: u64) -> anyhow::Result<()> {
-        let process = self.nodes.get_mut(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        let process = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or_else(|| anyhow!("no node {node_id}"))?;
         if let Some(mut child) = process.child.take() {
             // std's Child::kill sends SIGKILL on Unix: no shutdown hook runs, exactly like kill -9.
             child.kill().with_context(|| format!("killing node {node_id}"))?;
@@ -225,7 +264,10 @@ impl LocalCluster {
 
     /// Restarts a killed node with its data dir (and without bootstrapping).
     pub fn restart(&mut self, node_id: u64) -> anyhow::Result<()> {
-        let process = self.nodes.get_mut(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        let process = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or_else(|| anyhow!("no node {node_id}"))?;
         let text = std::fs::read_to_string(process.config_path())?;
         let mut config: CoordinatorConfig = serde_yaml::from_str(&text)?;
         // Only a pristine cluster bootstraps; a node that lost its data must be caught up by the
@@ -255,8 +297,19 @@ impl LocalCluster {
                 if let Some(status) = child.try_wait()? {
                     process.child = None;
                     let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-                    bail!("coordinator {} exited with {status}; log tail:\n{}", process.node_id, tail.join("\n"));
+                    let tail: Vec<&str> = log
+                        .lines()
+                        .rev()
+                        .take(15)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    bail!(
+                        "coordinator {} exited with {status}; log tail:\n{}",
+                        process.node_id,
+                        tail.join("\n")
+                    );
                 }
             }
         }
@@ -270,7 +323,12 @@ impl LocalCluster {
         loop {
             self.check_running()?;
             if let Ok(status) = client.cluster_status().await {
-                let leaders: Vec<u64> = status.nodes.iter().filter(|node| node.state == "Leader").map(|node| node.node_id).collect();
+                let leaders: Vec<u64> = status
+                    .nodes
+                    .iter()
+                    .filter(|node| node.state == "Leader")
+                    .map(|node| node.node_id)
+                    .collect();
                 if let [leader] = leaders.as_slice() {
                     if self.nodes.get(leader).is_some_and(|process| process.child.is_some()) {
                         return Ok(*leader);
@@ -288,7 +346,12 @@ impl LocalCluster {
     pub fn start_executor(&mut self, executor_id: &str, slots: u32) -> anyhow::Result<()> {
         let directory = self.directory.join(executor_id);
         std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
-        let process = ExecutorProcess { executor_id: executor_id.to_owned(), directory, slots, child: None };
+        let process = ExecutorProcess {
+            executor_id: executor_id.to_owned(),
+            directory,
+            slots,
+            child: None,
+        };
         self.executors.insert(executor_id.to_owned(), process);
         self.spawn_executor(executor_id)
     }
@@ -296,16 +359,33 @@ impl LocalCluster {
     fn spawn_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
         let coordinators = self.addresses().join(",");
         let binary = self.binary.clone();
-        let process = self.executors.get_mut(executor_id).ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        let process = self
+            .executors
+            .get_mut(executor_id)
+            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
         if process.child.is_some() {
             bail!("executor {executor_id} is already running");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(process.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(process.log_path())?;
         let child = Command::new(&binary)
-            .args(["executor", "--coordinators", &coordinators, "--slots", &process.slots.to_string(), "--id", executor_id])
+            .args([
+                "executor",
+                "--coordinators",
+                &coordinators,
+                "--slots",
+                &process.slots.to_string(),
+                "--id",
+                executor_id,
+            ])
             .arg("--data-dir")
             .arg(&process.directory)
-            .env("RUST_LOG", std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -317,10 +397,17 @@ impl LocalCluster {
 
     /// `kill -9` of an executor, then reaps it.
     pub fn kill_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
-        let process = self.executors.get_mut(executor_id).ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        let process = self
+            .executors
+            .get_mut(executor_id)
+            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
         if let Some(mut child) = process.child.take() {
-            child.kill().with_context(|| format!("killing executor {executor_id}"))?;
-            child.wait().with_context(|| format!("reaping executor {executor_id}"))?;
+            child
+                .kill()
+                .with_context(|| format!("killing executor {executor_id}"))?;
+            child
+                .wait()
+                .with_context(|| format!("reaping executor {executor_id}"))?;
         }
         Ok(())
     }
@@ -328,10 +415,19 @@ impl LocalCluster {
     /// SIGSTOP (`pause`) or SIGCONT (resume) of an executor: a process that stops answering without
     /// dying, the classic zombie.
     pub fn signal_executor(&mut self, executor_id: &str, pause: bool) -> anyhow::Result<()> {
-        let process = self.executors.get(executor_id).ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        let pid = process.pid().ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
+        let process = self
+            .executors
+            .get(executor_id)
+            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        let pid = process
+            .pid()
+            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
         let signal = if pause { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status().context("running kill")?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
         if !status.success() {
             bail!("kill {signal} {pid} failed with {status}");
         }

@@ -15,7 +15,9 @@ async fn acknowledged_jobs_survive_leader_kill_and_full_restart() -> anyhow::Res
     tracing::info!("--- submit jobs and remember every acknowledged one");
     let mut acknowledged = Vec::new();
     for n in 0..10 {
-        let job = client.submit_job(&job_spec(&format!("before-kill-{n}")), &format!("before-{n}")).await?;
+        let job = client
+            .submit_job(&job_spec(&format!("before-kill-{n}")), &format!("before-{n}"))
+            .await?;
         acknowledged.push((job.job_id, job.name));
     }
 
@@ -28,15 +30,25 @@ async fn acknowledged_jobs_survive_leader_kill_and_full_restart() -> anyhow::Res
     let new_leader = cluster.leader().await?;
     assert_ne!(new_leader, old_leader);
     let status_after = client.cluster_status().await?;
-    assert!(status_after.term > status_before.term, "the term must grow: {} -> {}", status_before.term, status_after.term);
+    assert!(
+        status_after.term > status_before.term,
+        "the term must grow: {} -> {}",
+        status_before.term,
+        status_after.term
+    );
 
     tracing::info!("--- every acknowledged job is still there, and new submits succeed");
     let jobs = client.list_jobs(pb::ReadConsistency::Linearizable).await?;
     for (job_id, name) in &acknowledged {
-        assert!(jobs.iter().any(|job| &job.job_id == job_id && &job.name == name), "lost {job_id} ({name})");
+        assert!(
+            jobs.iter().any(|job| &job.job_id == job_id && &job.name == name),
+            "lost {job_id} ({name})"
+        );
     }
     for n in 0..5 {
-        let job = client.submit_job(&job_spec(&format!("after-kill-{n}")), &format!("after-{n}")).await?;
+        let job = client
+            .submit_job(&job_spec(&format!("after-kill-{n}")), &format!("after-{n}"))
+            .await?;
         acknowledged.push((job.job_id, job.name));
     }
 
@@ -44,7 +56,9 @@ async fn acknowledged_jobs_survive_leader_kill_and_full_restart() -> anyhow::Res
     cluster.cluster.restart(old_leader)?;
     let expected: Vec<String> = acknowledged.iter().map(|(_, name)| name.clone()).collect();
     eventually("the restarted node to catch up", Duration::from_secs(20), || async {
-        local_job_names(&cluster, old_leader).await.filter(|names| *names == expected)
+        local_job_names(&cluster, old_leader)
+            .await
+            .filter(|names| *names == expected)
     })
     .await?;
 
@@ -62,9 +76,15 @@ async fn acknowledged_jobs_survive_leader_kill_and_full_restart() -> anyhow::Res
     }
 
     tracing::info!("--- ids keep increasing after the restart, and request ids are still remembered");
-    let next = cluster.client()?.submit_job(&job_spec("after-restart"), "after-restart").await?;
+    let next = cluster
+        .client()?
+        .submit_job(&job_spec("after-restart"), "after-restart")
+        .await?;
     assert_eq!(next.job_id, format!("job-{}", acknowledged.len() + 1));
-    let retried = cluster.client()?.submit_job(&job_spec("before-kill-0"), "before-0").await?;
+    let retried = cluster
+        .client()?
+        .submit_job(&job_spec("before-kill-0"), "before-0")
+        .await?;
     assert_eq!(retried.job_id, acknowledged[0].0);
     Ok(())
 }

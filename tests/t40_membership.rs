@@ -13,14 +13,24 @@ async fn learner_joins_is_promoted_and_an_old_voter_is_removed() -> anyhow::Resu
     let client = cluster.client()?;
     let mut expected = Vec::new();
     for n in 0..5 {
-        expected.push(client.submit_job(&job_spec(&format!("before-join-{n}")), &format!("b-{n}")).await?.name);
+        expected.push(
+            client
+                .submit_job(&job_spec(&format!("before-join-{n}")), &format!("b-{n}"))
+                .await?
+                .name,
+        );
     }
 
     tracing::info!("--- start node 4 empty and add it as a learner");
     let address = cluster.cluster.start_joining_node(4)?;
     client.add_learner(4, &address).await?;
     let status = client.cluster_status().await?;
-    let member = status.members.iter().find(|member| member.node_id == 4).cloned().unwrap_or_default();
+    let member = status
+        .members
+        .iter()
+        .find(|member| member.node_id == 4)
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(member.role, "learner");
     eventually("the learner to replicate the jobs", Duration::from_secs(20), || async {
         local_job_names(&cluster, 4).await.filter(|names| *names == expected)
@@ -28,13 +38,19 @@ async fn learner_joins_is_promoted_and_an_old_voter_is_removed() -> anyhow::Resu
     .await?;
 
     tracing::info!("--- adding it again, or promoting an unknown node, is refused");
-    let unknown = client.change_membership(&[1, 2, 3, 9]).await.err().ok_or_else(|| anyhow::anyhow!("accepted node 9"))?;
+    let unknown = client
+        .change_membership(&[1, 2, 3, 9])
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("accepted node 9"))?;
     assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown}");
     assert!(unknown.to_string().contains("node 9"), "{unknown}");
 
     tracing::info!("--- promote node 4 and remove a node that is not the leader");
     let leader = cluster.leader().await?;
-    let removed = (1..=3).find(|id| *id != leader).ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let removed = (1..=3)
+        .find(|id| *id != leader)
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
     let voters: Vec<u64> = (1..=4).filter(|id| *id != removed).collect();
     client.change_membership(&voters).await?;
     let status = client.cluster_status().await?;
@@ -52,7 +68,10 @@ async fn learner_joins_is_promoted_and_an_old_voter_is_removed() -> anyhow::Resu
         local_job_names(&cluster, 4).await.filter(|names| *names == expected)
     })
     .await?;
-    let seen = cluster.client_of(4)?.get_job(&job.job_id, pb::ReadConsistency::Linearizable).await?;
+    let seen = cluster
+        .client_of(4)?
+        .get_job(&job.job_id, pb::ReadConsistency::Linearizable)
+        .await?;
     assert_eq!(seen.name, "after-change");
     Ok(())
 }

@@ -8,7 +8,10 @@ use std::process::Output;
 use common::{binary, test_settings, TestCluster};
 
 fn run_cli(arguments: &[&str]) -> anyhow::Result<Output> {
-    Ok(std::process::Command::new(binary()).args(arguments).env("RUST_LOG", "warn").output()?)
+    Ok(std::process::Command::new(binary())
+        .args(arguments)
+        .env("RUST_LOG", "warn")
+        .output()?)
 }
 
 fn stdout_of(output: &Output) -> String {
@@ -28,13 +31,33 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
     let spec = spec_path.to_string_lossy().into_owned();
 
     tracing::info!("--- job submit (json), then the same request id again");
-    let submitted = run_cli(&["job", "submit", &spec, "--request-id", "cli-1", "--coordinators", &coordinators, "--output", "json"])?;
+    let submitted = run_cli(&[
+        "job",
+        "submit",
+        &spec,
+        "--request-id",
+        "cli-1",
+        "--coordinators",
+        &coordinators,
+        "--output",
+        "json",
+    ])?;
     assert!(submitted.status.success(), "{}", stderr_of(&submitted));
     let job: serde_json::Value = serde_json::from_str(&stdout_of(&submitted))?;
     assert_eq!(job["name"], "word-count");
     assert_eq!(job["status"], "Submitted");
     let job_id = job["job_id"].as_str().unwrap_or_default().to_owned();
-    let again = run_cli(&["job", "submit", &spec, "--request-id", "cli-1", "--coordinators", &coordinators, "--output", "json"])?;
+    let again = run_cli(&[
+        "job",
+        "submit",
+        &spec,
+        "--request-id",
+        "cli-1",
+        "--coordinators",
+        &coordinators,
+        "--output",
+        "json",
+    ])?;
     let again: serde_json::Value = serde_json::from_str(&stdout_of(&again))?;
     assert_eq!(again["job_id"].as_str(), Some(job_id.as_str()));
 
@@ -44,10 +67,16 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
     assert_eq!(jobs.as_array().map(Vec::len), Some(1));
     let table = run_cli(&["job", "list", "--coordinators", &coordinators])?;
     let table = stdout_of(&table);
-    assert!(table.starts_with("JOB") && table.contains(&job_id) && table.contains("word-count"), "{table}");
+    assert!(
+        table.starts_with("JOB") && table.contains(&job_id) && table.contains("word-count"),
+        "{table}"
+    );
     let status = run_cli(&["job", "status", &job_id, "--coordinators", &coordinators])?;
     let status = stdout_of(&status);
-    assert!(status.contains("counts[1]") && status.contains("(waiting for a slot)"), "{status}");
+    assert!(
+        status.contains("counts[1]") && status.contains("(waiting for a slot)"),
+        "{status}"
+    );
 
     tracing::info!("--- cluster status");
     let cluster_status = run_cli(&["cluster", "status", "--coordinators", &coordinators, "--output", "json"])?;
@@ -60,15 +89,33 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
     assert!(stdout_of(&cancelled).contains("Cancelled"), "{}", stderr_of(&cancelled));
     let ended = run_cli(&["job", "cancel", &job_id, "--coordinators", &coordinators])?;
     assert!(!ended.status.success());
-    assert!(stderr_of(&ended).contains("FAILED_PRECONDITION"), "{}", stderr_of(&ended));
+    assert!(
+        stderr_of(&ended).contains("FAILED_PRECONDITION"),
+        "{}",
+        stderr_of(&ended)
+    );
     let unknown = run_cli(&["job", "status", "job-77", "--coordinators", &coordinators])?;
     assert!(!unknown.status.success());
-    assert!(stderr_of(&unknown).contains("NOT_FOUND") && stderr_of(&unknown).contains("job-77"), "{}", stderr_of(&unknown));
+    assert!(
+        stderr_of(&unknown).contains("NOT_FOUND") && stderr_of(&unknown).contains("job-77"),
+        "{}",
+        stderr_of(&unknown)
+    );
     let bad_path = cluster.path().join("bad.yaml");
     std::fs::write(&bad_path, "name: bad\noperators:\n  - id: src\n    kind: teleport\n")?;
-    let bad = run_cli(&["job", "submit", &bad_path.to_string_lossy(), "--coordinators", &coordinators])?;
+    let bad = run_cli(&[
+        "job",
+        "submit",
+        &bad_path.to_string_lossy(),
+        "--coordinators",
+        &coordinators,
+    ])?;
     assert!(!bad.status.success());
-    assert!(stderr_of(&bad).contains("INVALID_ARGUMENT") && stderr_of(&bad).contains("teleport"), "{}", stderr_of(&bad));
+    assert!(
+        stderr_of(&bad).contains("INVALID_ARGUMENT") && stderr_of(&bad).contains("teleport"),
+        "{}",
+        stderr_of(&bad)
+    );
 
     tracing::info!("--- with a majority down, the CLI retries for a bounded time, then says so plainly");
     let leader = cluster.leader().await?;
@@ -76,11 +123,22 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
     cluster.cluster.kill(leader)?;
     cluster.cluster.kill(follower)?;
     let started = std::time::Instant::now();
-    let unavailable = run_cli(&["job", "submit", &spec, "--coordinators", &coordinators, "--retry-secs", "2"])?;
+    let unavailable = run_cli(&[
+        "job",
+        "submit",
+        &spec,
+        "--coordinators",
+        &coordinators,
+        "--retry-secs",
+        "2",
+    ])?;
     assert!(!unavailable.status.success());
     let message = stderr_of(&unavailable);
     assert!(message.contains("no coordinator leader reachable"), "{message}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "retries must be bounded");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "retries must be bounded"
+    );
     Ok(())
 }
 
@@ -109,7 +167,11 @@ fn coordinator_refuses_bad_config_with_a_named_error() -> anyhow::Result<()> {
         let message = stderr_of(&output);
         assert!(message.contains(expected), "{name}: {message}");
     }
-    let missing = run_cli(&["coordinator", "--config", &directory.path().join("absent.yaml").to_string_lossy()])?;
+    let missing = run_cli(&[
+        "coordinator",
+        "--config",
+        &directory.path().join("absent.yaml").to_string_lossy(),
+    ])?;
     assert!(stderr_of(&missing).contains("absent.yaml"), "{}", stderr_of(&missing));
     Ok(())
 }

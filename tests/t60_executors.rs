@@ -17,7 +17,12 @@ type Placement = BTreeMap<(String, u32), (String, u64)>;
 
 async fn placement(client: &ClusterClient, job_id: &str) -> Option<Placement> {
     let job = client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()?;
-    Some(job.subtasks.into_iter().map(|s| ((s.operator_id, s.subtask_index), (s.executor_id, s.epoch))).collect())
+    Some(
+        job.subtasks
+            .into_iter()
+            .map(|s| ((s.operator_id, s.subtask_index), (s.executor_id, s.epoch)))
+            .collect(),
+    )
 }
 
 fn on(placement: &Placement, executor: &str) -> usize {
@@ -34,12 +39,23 @@ async fn executors(client: &ClusterClient) -> Option<BTreeMap<String, pb::Execut
 
 async fn executors_and_age(client: &ClusterClient) -> Option<(BTreeMap<String, pb::ExecutorInfo>, u64)> {
     let reply = client.list_executors().await.ok()?;
-    Some((reply.executors.into_iter().map(|info| (info.executor_id.clone(), info)).collect(), reply.leading_for_ms))
+    Some((
+        reply
+            .executors
+            .into_iter()
+            .map(|info| (info.executor_id.clone(), info))
+            .collect(),
+        reply.leading_for_ms,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_failover() -> anyhow::Result<()> {
-    let executor_settings = ExecutorSettings { heartbeat_interval_ms: 100, lease_timeout_ms: 1_000, scheduling_interval_ms: 50 };
+    let executor_settings = ExecutorSettings {
+        heartbeat_interval_ms: 100,
+        lease_timeout_ms: 1_000,
+        scheduling_interval_ms: 50,
+    };
     let mut cluster = TestCluster::start_with(test_settings(), executor_settings).await?;
     let client = cluster.client()?;
     let patience = Duration::from_secs(30);
@@ -56,49 +72,76 @@ async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_fail
 
     tracing::info!("--- a job that needs more slots than exist waits visibly");
     let second = client.submit_job(&job_spec("second"), "second").await?;
-    let job = client.get_job(&second.job_id, pb::ReadConsistency::Linearizable).await?;
+    let job = client
+        .get_job(&second.job_id, pb::ReadConsistency::Linearizable)
+        .await?;
     assert_eq!(job.status, "Submitted");
-    assert!(job.subtasks.iter().all(|subtask| subtask.executor_id.is_empty()), "nothing fits yet");
+    assert!(
+        job.subtasks.iter().all(|subtask| subtask.executor_id.is_empty()),
+        "nothing fits yet"
+    );
 
     tracing::info!("--- it starts when an executor joins");
     cluster.cluster.start_executor("exec-c", 12)?;
     eventually("the second job to be placed on exec-c", patience, || async {
-        placement(&client, &second.job_id).await.filter(|p| on(p, "exec-c") == 8)
+        placement(&client, &second.job_id)
+            .await
+            .filter(|p| on(p, "exec-c") == 8)
     })
     .await?;
 
     tracing::info!("--- kill -9 exec-a: after its lease it is declared dead and its subtasks move with new epochs");
     cluster.cluster.kill_executor("exec-a")?;
     let moved = eventually("exec-a's subtasks to move", patience, || async {
-        placement(&client, &first.job_id).await.filter(|p| on(p, "exec-a") == 0 && waiting(p) == 0)
+        placement(&client, &first.job_id)
+            .await
+            .filter(|p| on(p, "exec-a") == 0 && waiting(p) == 0)
     })
     .await?;
     for (subtask, (executor, epoch)) in &moved {
         let (old_executor, old_epoch) = &placed[subtask];
         if old_executor == "exec-a" {
             assert_eq!(executor, "exec-c", "{subtask:?} moved to the executor with free slots");
-            assert!(epoch > old_epoch, "{subtask:?} moved without a new epoch: {old_epoch} -> {epoch}");
+            assert!(
+                epoch > old_epoch,
+                "{subtask:?} moved without a new epoch: {old_epoch} -> {epoch}"
+            );
         } else {
-            assert_eq!((executor, epoch), (old_executor, old_epoch), "{subtask:?} on a live executor must not move");
+            assert_eq!(
+                (executor, epoch),
+                (old_executor, old_epoch),
+                "{subtask:?} on a live executor must not move"
+            );
         }
     }
-    let listed = executors(&client).await.ok_or_else(|| anyhow::anyhow!("list executors"))?;
+    let listed = executors(&client)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("list executors"))?;
     assert!(!listed["exec-a"].alive, "exec-a must be declared dead");
     assert_eq!(listed["exec-c"].used_slots, 12);
 
     tracing::info!("--- kill -9 the coordinator leader: executors follow the new leader, nothing moves");
-    let before: Vec<Placement> = vec![moved.clone(), placement(&client, &second.job_id).await.unwrap_or_default()];
+    let before: Vec<Placement> = vec![
+        moved.clone(),
+        placement(&client, &second.job_id).await.unwrap_or_default(),
+    ];
     let old_leader = cluster.leader().await?;
     cluster.cluster.kill(old_leader)?;
     let new_leader = cluster.leader().await?;
     assert_ne!(new_leader, old_leader);
-    eventually("both live executors to hold sessions with the new leader", patience, || async {
-        executors(&client).await.filter(|listed| {
-            ["exec-b", "exec-c"].iter().all(|id| {
-                listed.get(*id).is_some_and(|info| info.alive && info.connected && info.last_heartbeat_age_ms.is_some_and(|age| age < 500))
+    eventually(
+        "both live executors to hold sessions with the new leader",
+        patience,
+        || async {
+            executors(&client).await.filter(|listed| {
+                ["exec-b", "exec-c"].iter().all(|id| {
+                    listed.get(*id).is_some_and(|info| {
+                        info.alive && info.connected && info.last_heartbeat_age_ms.is_some_and(|age| age < 500)
+                    })
+                })
             })
-        })
-    })
+        },
+    )
     .await?;
     // A full lease after the new leader took over, nobody was declared dead and nothing moved.
     let after_lease = eventually("a full lease to pass under the new leader", patience, || async {
@@ -111,13 +154,23 @@ async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_fail
         placement(&client, &first.job_id).await.unwrap_or_default(),
         placement(&client, &second.job_id).await.unwrap_or_default(),
     ];
-    assert_eq!(before, after, "a coordinator failover must not move or re-epoch any subtask");
+    assert_eq!(
+        before, after,
+        "a coordinator failover must not move or re-epoch any subtask"
+    );
 
     tracing::info!("--- cancelling a placed job releases its slots on the executors");
     let cancelled = client.cancel_job(&second.job_id, "cancel-second").await?;
-    assert!(cancelled.status == "Cancelling" || cancelled.status == "Cancelled", "{}", cancelled.status);
+    assert!(
+        cancelled.status == "Cancelling" || cancelled.status == "Cancelled",
+        "{}",
+        cancelled.status
+    );
     eventually("the cancel to complete and free exec-c's slots", patience, || async {
-        let job = client.get_job(&second.job_id, pb::ReadConsistency::Linearizable).await.ok()?;
+        let job = client
+            .get_job(&second.job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()?;
         let listed = executors(&client).await?;
         (job.status == "Cancelled" && listed["exec-c"].used_slots == 4).then_some(())
     })

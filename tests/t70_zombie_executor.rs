@@ -14,12 +14,26 @@ use raftstream_proto::v1 as pb;
 
 async fn placement(client: &ClusterClient, job_id: &str) -> Option<BTreeMap<String, (String, u64)>> {
     let job = client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()?;
-    Some(job.subtasks.into_iter().map(|s| (format!("{}[{}]", s.operator_id, s.subtask_index), (s.executor_id, s.epoch))).collect())
+    Some(
+        job.subtasks
+            .into_iter()
+            .map(|s| {
+                (
+                    format!("{}[{}]", s.operator_id, s.subtask_index),
+                    (s.executor_id, s.epoch),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {
-    let executor_settings = ExecutorSettings { heartbeat_interval_ms: 100, lease_timeout_ms: 1_000, scheduling_interval_ms: 50 };
+    let executor_settings = ExecutorSettings {
+        heartbeat_interval_ms: 100,
+        lease_timeout_ms: 1_000,
+        scheduling_interval_ms: 50,
+    };
     let mut cluster = TestCluster::start_with(test_settings(), executor_settings).await?;
     let client = cluster.client()?;
     let patience = Duration::from_secs(30);
@@ -34,39 +48,70 @@ async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {
     .await?;
     let job = client.submit_job(&job_spec("zombie-test"), "zombie-test").await?;
     let before = eventually("the job to be placed", patience, || async {
-        placement(&client, &job.job_id).await.filter(|p| p.values().all(|(executor, _)| !executor.is_empty()))
+        placement(&client, &job.job_id)
+            .await
+            .filter(|p| p.values().all(|(executor, _)| !executor.is_empty()))
     })
     .await?;
-    let on_zombie: Vec<String> = before.iter().filter(|(_, (executor, _))| executor == "zombie").map(|(subtask, _)| subtask.clone()).collect();
+    let on_zombie: Vec<String> = before
+        .iter()
+        .filter(|(_, (executor, _))| executor == "zombie")
+        .map(|(subtask, _)| subtask.clone())
+        .collect();
     assert!(!on_zombie.is_empty(), "the zombie must hold something: {before:?}");
 
     tracing::info!("--- SIGSTOP the zombie for longer than its lease");
     cluster.cluster.signal_executor("zombie", true)?;
     let moved = eventually("the zombie's subtasks to move to steady", patience, || async {
-        placement(&client, &job.job_id).await.filter(|p| p.values().all(|(executor, _)| executor == "steady"))
+        placement(&client, &job.job_id)
+            .await
+            .filter(|p| p.values().all(|(executor, _)| executor == "steady"))
     })
     .await?;
     for subtask in &on_zombie {
-        assert!(moved[subtask].1 > before[subtask].1, "{subtask} moved without a new epoch");
+        assert!(
+            moved[subtask].1 > before[subtask].1,
+            "{subtask} moved without a new epoch"
+        );
     }
     let listed = client.list_executors().await?;
-    assert!(listed.executors.iter().any(|e| e.executor_id == "zombie" && !e.alive), "the zombie must be declared dead");
+    assert!(
+        listed.executors.iter().any(|e| e.executor_id == "zombie" && !e.alive),
+        "the zombie must be declared dead"
+    );
 
     tracing::info!("--- SIGCONT: the zombie is refused, registers again and drops its old subtasks");
     cluster.cluster.signal_executor("zombie", false)?;
     eventually("the zombie to rejoin as a live, empty executor", patience, || async {
         let listed = client.list_executors().await.ok()?;
-        listed.executors.iter().any(|e| e.executor_id == "zombie" && e.alive && e.connected && e.used_slots == 0).then_some(())
+        listed
+            .executors
+            .iter()
+            .any(|e| e.executor_id == "zombie" && e.alive && e.connected && e.used_slots == 0)
+            .then_some(())
     })
     .await?;
-    let after = placement(&client, &job.job_id).await.ok_or_else(|| anyhow::anyhow!("job vanished"))?;
+    let after = placement(&client, &job.job_id)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("job vanished"))?;
     assert_eq!(after, moved, "the zombie's return must not move anything back");
-    let log_path = cluster.cluster.executor("zombie").map(|e| e.log_path()).ok_or_else(|| anyhow::anyhow!("no zombie"))?;
-    let log = eventually("the zombie to log the release of its old subtasks", patience, || async {
-        let log = std::fs::read_to_string(&log_path).ok()?;
-        (log.matches("subtask released").count() >= on_zombie.len()).then_some(log)
-    })
+    let log_path = cluster
+        .cluster
+        .executor("zombie")
+        .map(|e| e.log_path())
+        .ok_or_else(|| anyhow::anyhow!("no zombie"))?;
+    let log = eventually(
+        "the zombie to log the release of its old subtasks",
+        patience,
+        || async {
+            let log = std::fs::read_to_string(&log_path).ok()?;
+            (log.matches("subtask released").count() >= on_zombie.len()).then_some(log)
+        },
+    )
     .await?;
-    assert!(log.contains("registering again") || log.contains("register"), "the zombie must re-register");
+    assert!(
+        log.contains("registering again") || log.contains("register"),
+        "the zombie must re-register"
+    );
     Ok(())
 }

@@ -22,8 +22,15 @@ pub enum ClientError {
     NoAddresses,
     #[error("invalid coordinator address {address:?}: {reason}")]
     InvalidAddress { address: String, reason: String },
-    #[error("no coordinator leader reachable at {addresses} after {attempts} attempts over {waited:?}; last error: {last}")]
-    Unavailable { addresses: String, attempts: u32, waited: Duration, last: String },
+    #[error(
+        "no coordinator leader reachable at {addresses} after {attempts} attempts over {waited:?}; last error: {last}"
+    )]
+    Unavailable {
+        addresses: String,
+        attempts: u32,
+        waited: Duration,
+        last: String,
+    },
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rejected(Status),
 }
@@ -53,7 +60,10 @@ impl ClientError {
 }
 
 fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted
+    )
 }
 
 /// A handle on the cluster, cheap to clone.
@@ -75,9 +85,16 @@ impl ClusterClient {
         let channels = addresses
             .iter()
             .map(|address| {
-                let endpoint = Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|error| ClientError::InvalidAddress { address: address.clone(), reason: error.to_string() })?;
-                Ok(endpoint.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true).connect_lazy())
+                let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|error| {
+                    ClientError::InvalidAddress {
+                        address: address.clone(),
+                        reason: error.to_string(),
+                    }
+                })?;
+                Ok(endpoint
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy())
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
         Ok(ClusterClient {
@@ -118,7 +135,10 @@ impl ClusterClient {
                 Ok(Ok(reply)) => return Ok(reply.into_inner()),
                 Ok(Err(status)) if !retryable(&status) => return Err(ClientError::Rejected(status)),
                 Ok(Err(status)) => status,
-                Err(_) => Status::deadline_exceeded(format!("no answer from {} within {:?}", self.addresses[index], self.attempt_timeout)),
+                Err(_) => Status::deadline_exceeded(format!(
+                    "no answer from {} within {:?}",
+                    self.addresses[index], self.attempt_timeout
+                )),
             };
             // Stay on a node that answers; move on from one that does not.
             self.next.store(index + 1, Ordering::Relaxed);
@@ -139,47 +159,81 @@ impl ClusterClient {
 
     /// Submits a job spec; `request_id` makes retries create one job.
     pub async fn submit_job(&self, spec: &str, request_id: &str) -> Result<pb::Job, ClientError> {
-        let request = pb::SubmitJobRequest { spec: spec.to_owned(), request_id: request_id.to_owned() };
+        let request = pb::SubmitJobRequest {
+            spec: spec.to_owned(),
+            request_id: request_id.to_owned(),
+        };
         let reply = self.with_retry(|channel| {
             let request = request.clone();
-            async move { JobServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20).submit_job(request).await }
+            async move {
+                JobServiceClient::new(channel)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20)
+                    .submit_job(request)
+                    .await
+            }
         });
-        reply.await?.job.ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
+        reply
+            .await?
+            .job
+            .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
     }
 
     /// One job.
     pub async fn get_job(&self, job_id: &str, consistency: pb::ReadConsistency) -> Result<pb::Job, ClientError> {
-        let request = pb::GetJobRequest { job_id: job_id.to_owned(), consistency: consistency as i32 };
+        let request = pb::GetJobRequest {
+            job_id: job_id.to_owned(),
+            consistency: consistency as i32,
+        };
         let reply = self.with_retry(|channel| {
             let request = request.clone();
             async move { JobServiceClient::new(channel).get_job(request).await }
         });
-        reply.await?.job.ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
+        reply
+            .await?
+            .job
+            .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
     }
 
     /// All jobs, oldest first.
     pub async fn list_jobs(&self, consistency: pb::ReadConsistency) -> Result<Vec<pb::Job>, ClientError> {
-        let request = pb::ListJobsRequest { consistency: consistency as i32 };
+        let request = pb::ListJobsRequest {
+            consistency: consistency as i32,
+        };
         let reply = self.with_retry(|channel| {
             let request = request.clone();
-            async move { JobServiceClient::new(channel).max_decoding_message_size(256 << 20).list_jobs(request).await }
+            async move {
+                JobServiceClient::new(channel)
+                    .max_decoding_message_size(256 << 20)
+                    .list_jobs(request)
+                    .await
+            }
         });
         Ok(reply.await?.jobs)
     }
 
     /// Cancels a job.
     pub async fn cancel_job(&self, job_id: &str, request_id: &str) -> Result<pb::Job, ClientError> {
-        let request = pb::CancelJobRequest { job_id: job_id.to_owned(), request_id: request_id.to_owned() };
+        let request = pb::CancelJobRequest {
+            job_id: job_id.to_owned(),
+            request_id: request_id.to_owned(),
+        };
         let reply = self.with_retry(|channel| {
             let request = request.clone();
             async move { JobServiceClient::new(channel).cancel_job(request).await }
         });
-        reply.await?.job.ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
+        reply
+            .await?
+            .job
+            .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
     }
 
     /// The completed checkpoints of a job, oldest first.
     pub async fn list_checkpoints(&self, job_id: &str) -> Result<Vec<pb::Checkpoint>, ClientError> {
-        let request = pb::ListCheckpointsRequest { job_id: job_id.to_owned(), consistency: pb::ReadConsistency::Linearizable as i32 };
+        let request = pb::ListCheckpointsRequest {
+            job_id: job_id.to_owned(),
+            consistency: pb::ReadConsistency::Linearizable as i32,
+        };
         let reply = self.with_retry(|channel| {
             let request = request.clone();
             async move { JobServiceClient::new(channel).list_checkpoints(request).await }
@@ -189,12 +243,19 @@ impl ClusterClient {
 
     /// The cluster as seen from the first node that answers.
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, ClientError> {
-        self.with_retry(|channel| async move { AdminServiceClient::new(channel).cluster_status(pb::ClusterStatusRequest {}).await })
-            .await
+        self.with_retry(|channel| async move {
+            AdminServiceClient::new(channel)
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+        })
+        .await
     }
 
     /// Registers an executor (or re-registers it after a restart).
-    pub async fn register_executor(&self, request: pb::RegisterExecutorRequest) -> Result<pb::RegisterExecutorResponse, ClientError> {
+    pub async fn register_executor(
+        &self,
+        request: pb::RegisterExecutorRequest,
+    ) -> Result<pb::RegisterExecutorResponse, ClientError> {
         self.with_retry(|channel| {
             let request = request.clone();
             async move { ExecutorServiceClient::new(channel).register(request).await }
@@ -204,12 +265,20 @@ impl ClusterClient {
 
     /// The executors and their slots, with the leader's view of their heartbeats.
     pub async fn list_executors(&self) -> Result<pb::ListExecutorsResponse, ClientError> {
-        self.with_retry(|channel| async move { AdminServiceClient::new(channel).list_executors(pb::ListExecutorsRequest {}).await }).await
+        self.with_retry(|channel| async move {
+            AdminServiceClient::new(channel)
+                .list_executors(pb::ListExecutorsRequest {})
+                .await
+        })
+        .await
     }
 
     /// Adds a node as a learner (it starts receiving the log).
     pub async fn add_learner(&self, node_id: u64, address: &str) -> Result<pb::AddLearnerResponse, ClientError> {
-        let request = pb::AddLearnerRequest { node_id, address: address.to_owned() };
+        let request = pb::AddLearnerRequest {
+            node_id,
+            address: address.to_owned(),
+        };
         self.with_retry(|channel| {
             let request = request.clone();
             async move { AdminServiceClient::new(channel).add_learner(request).await }
@@ -219,7 +288,9 @@ impl ClusterClient {
 
     /// Makes `voter_ids` the complete set of voters.
     pub async fn change_membership(&self, voter_ids: &[u64]) -> Result<pb::ChangeMembershipResponse, ClientError> {
-        let request = pb::ChangeMembershipRequest { voter_ids: voter_ids.to_vec() };
+        let request = pb::ChangeMembershipRequest {
+            voter_ids: voter_ids.to_vec(),
+        };
         self.with_retry(|channel| {
             let request = request.clone();
             async move { AdminServiceClient::new(channel).change_membership(request).await }

@@ -21,10 +21,17 @@ pub enum CoordinatorError {
     Rejected(#[from] Rejection),
     /// This node is not the leader and could not (or must not) forward.
     #[error("node {node_id} is not the leader{}", leader_hint(.leader_id, .leader_address))]
-    NotLeader { node_id: NodeId, leader_id: Option<NodeId>, leader_address: Option<String> },
+    NotLeader {
+        node_id: NodeId,
+        leader_id: Option<NodeId>,
+        leader_address: Option<String>,
+    },
     /// Forwarding to the leader failed.
     #[error("forwarding to leader {leader_address} failed: {status}")]
-    ForwardFailed { leader_address: String, status: tonic::Status },
+    ForwardFailed {
+        leader_address: String,
+        status: tonic::Status,
+    },
     /// Raft could not complete the request in time or is shutting down.
     #[error("Raft is unavailable: {0}")]
     RaftUnavailable(String),
@@ -62,7 +69,9 @@ impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         let message = error.to_string();
         match error {
-            CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
+            CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidRequest(_) => {
+                tonic::Status::invalid_argument(message)
+            }
             CoordinatorError::Rejected(rejection) => tonic::Status::new(rejection_code(&rejection), message),
             CoordinatorError::NotLeader { leader_address, .. } => {
                 let mut status = tonic::Status::unavailable(message);
@@ -74,9 +83,13 @@ impl From<CoordinatorError> for tonic::Status {
             // The leader's own answer passes through unchanged, so a client sees the same code
             // whichever node it asked.
             CoordinatorError::ForwardFailed { status, leader_address } => match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    tonic::Status::unavailable(format!("forwarding to leader {leader_address} failed: {}", status.message()))
-                }
+                tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled => tonic::Status::unavailable(format!(
+                    "forwarding to leader {leader_address} failed: {}",
+                    status.message()
+                )),
                 _ => status,
             },
             CoordinatorError::RaftUnavailable(_) => tonic::Status::unavailable(message),
@@ -94,18 +107,34 @@ mod tests {
     #[test]
     fn errors_map_to_the_grpc_codes_clients_expect() {
         let job_id = JobId::from_number(3);
-        let ended = CoordinatorError::Rejected(Rejection::JobAlreadyEnded { job_id: job_id.clone(), status: JobStatus::Finished });
+        let ended = CoordinatorError::Rejected(Rejection::JobAlreadyEnded {
+            job_id: job_id.clone(),
+            status: JobStatus::Finished,
+        });
         let status = tonic::Status::from(ended);
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(status.message().contains("job-3 is Finished"), "{}", status.message());
-        assert_eq!(tonic::Status::from(CoordinatorError::Rejected(Rejection::UnknownJob { job_id })).code(), tonic::Code::NotFound);
+        assert_eq!(
+            tonic::Status::from(CoordinatorError::Rejected(Rejection::UnknownJob { job_id })).code(),
+            tonic::Code::NotFound
+        );
         let not_leader = tonic::Status::from(CoordinatorError::NotLeader {
             node_id: 2,
             leader_id: Some(1),
             leader_address: Some("127.0.0.1:7101".to_owned()),
         });
         assert_eq!(not_leader.code(), tonic::Code::Unavailable);
-        assert!(not_leader.message().contains("node 1 at 127.0.0.1:7101"), "{}", not_leader.message());
-        assert_eq!(not_leader.metadata().get(LEADER_HINT_METADATA).and_then(|value| value.to_str().ok()), Some("127.0.0.1:7101"));
+        assert!(
+            not_leader.message().contains("node 1 at 127.0.0.1:7101"),
+            "{}",
+            not_leader.message()
+        );
+        assert_eq!(
+            not_leader
+                .metadata()
+                .get(LEADER_HINT_METADATA)
+                .and_then(|value| value.to_str().ok()),
+            Some("127.0.0.1:7101")
+        );
     }
 }

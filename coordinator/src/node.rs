@@ -86,13 +86,19 @@ pub enum NodeError {
     #[error("reading config file {path}: {source}")]
     ConfigFile { path: PathBuf, source: std::io::Error },
     #[error("opening storage in {path}: {source}")]
-    Storage { path: PathBuf, source: openraft::StorageError<NodeId> },
+    Storage {
+        path: PathBuf,
+        source: openraft::StorageError<NodeId>,
+    },
     #[error("creating data dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("starting Raft: {0}")]
     Raft(String),
     #[error("binding {address}: {source}")]
-    Bind { address: SocketAddr, source: std::io::Error },
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -102,7 +108,10 @@ pub enum NodeError {
 impl CoordinatorConfig {
     /// Reads a config file (YAML or JSON) and validates it.
     pub fn from_file(path: &Path) -> Result<Self, NodeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| NodeError::ConfigFile { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| NodeError::ConfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
         let config: CoordinatorConfig = serde_yaml::from_str(&text)
             .map_err(|error| NodeError::InvalidConfig(format!("{}: {error}", path.display())))?;
         config.validate()?;
@@ -111,7 +120,9 @@ impl CoordinatorConfig {
 
     /// The address other nodes use for this one.
     pub fn advertised(&self) -> String {
-        self.advertise_address.clone().unwrap_or_else(|| self.listen_address.to_string())
+        self.advertise_address
+            .clone()
+            .unwrap_or_else(|| self.listen_address.to_string())
     }
 
     /// Checks the settings that would otherwise fail obscurely later.
@@ -124,11 +135,14 @@ impl CoordinatorConfig {
             )));
         }
         if raft.election_timeout_max_ms <= raft.election_timeout_min_ms {
-            return Err(NodeError::InvalidConfig("raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into()));
+            return Err(NodeError::InvalidConfig(
+                "raft.election_timeout_max_ms must exceed raft.election_timeout_min_ms".into(),
+            ));
         }
         if raft.snapshot_after_entries == 0 || raft.snapshot_chunk_bytes == 0 || raft.write_timeout_ms == 0 {
             return Err(NodeError::InvalidConfig(
-                "raft.snapshot_after_entries, raft.snapshot_chunk_bytes and raft.write_timeout_ms must be above 0".into(),
+                "raft.snapshot_after_entries, raft.snapshot_chunk_bytes and raft.write_timeout_ms must be above 0"
+                    .into(),
             ));
         }
         let executors = &self.executors;
@@ -159,7 +173,9 @@ impl CoordinatorConfig {
             snapshot_max_chunk_size: self.raft.snapshot_chunk_bytes,
             ..openraft::Config::default()
         };
-        config.validate().map_err(|error| NodeError::InvalidConfig(error.to_string()))
+        config
+            .validate()
+            .map_err(|error| NodeError::InvalidConfig(error.to_string()))
     }
 }
 
@@ -172,10 +188,15 @@ pub async fn run_coordinator(config: CoordinatorConfig, shutdown: CancellationTo
 async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     config.validate()?;
     let node_id = config.node_id;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let database_path = config.data_dir.join("raft-db");
-    let (log_store, state_machine) =
-        open_stores(&database_path).map_err(|source| NodeError::Storage { path: database_path.clone(), source })?;
+    let (log_store, state_machine) = open_stores(&database_path).map_err(|source| NodeError::Storage {
+        path: database_path.clone(),
+        source,
+    })?;
     let committed = log_store.committed_index();
     let applied = state_machine.shared_state();
 
@@ -186,7 +207,10 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
 
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
-        .map_err(|source| NodeError::Bind { address: config.listen_address, source })?;
+        .map_err(|source| NodeError::Bind {
+            address: config.listen_address,
+            source,
+        })?;
     let address = config.advertised();
     let context = CoordinatorContext::new(
         node_id,
@@ -212,13 +236,23 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     background.spawn(election_trigger.run(shutdown.child_token()));
     let sessions = ExecutorSessions::default();
     let duties = LeaderDuties::new(context.clone(), sessions.clone(), config.executors.clone());
-    background.spawn(duties.run(shutdown.child_token()).instrument(tracing::info_span!("duties", node_id)));
+    background.spawn(
+        duties
+            .run(shutdown.child_token())
+            .instrument(tracing::info_span!("duties", node_id)),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<JobServiceServer<JobServiceImpl>>().await;
-    health_reporter.set_serving::<AdminServiceServer<AdminServiceImpl>>().await;
-    health_reporter.set_serving::<RaftServiceServer<RaftServiceImpl>>().await;
-    health_reporter.set_serving::<ExecutorServiceServer<ExecutorServiceImpl>>().await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminServiceImpl>>()
+        .await;
+    health_reporter
+        .set_serving::<RaftServiceServer<RaftServiceImpl>>()
+        .await;
+    health_reporter
+        .set_serving::<ExecutorServiceServer<ExecutorServiceImpl>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(raftstream_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -239,8 +273,15 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
-        .add_service(AdminServiceServer::new(AdminServiceImpl::new(context.clone(), sessions.clone())))
-        .add_service(ExecutorServiceServer::new(ExecutorServiceImpl::new(context.clone(), sessions, config.executors.clone())))
+        .add_service(AdminServiceServer::new(AdminServiceImpl::new(
+            context.clone(),
+            sessions.clone(),
+        )))
+        .add_service(ExecutorServiceServer::new(ExecutorServiceImpl::new(
+            context.clone(),
+            sessions,
+            config.executors.clone(),
+        )))
         .add_service(
             RaftServiceServer::new(RaftServiceImpl::new(raft.clone(), leader_contact))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -249,7 +290,12 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         .serve_with_incoming_shutdown(incoming, async move { server_shutdown.cancelled().await })
         .await;
     shutdown.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), async { while background.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), async {
+        while background.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
         tracing::warn!("background tasks did not stop within 5 s");
     }
     tracing::info!("shutting down Raft");
@@ -261,8 +307,11 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
 }
 
 async fn bootstrap_if_pristine(raft: &CoordinatorRaft, config: &CoordinatorConfig) -> Result<(), NodeError> {
-    let members: BTreeMap<NodeId, BasicNode> =
-        config.initial_members.iter().map(|(id, address)| (*id, BasicNode::new(address.clone()))).collect();
+    let members: BTreeMap<NodeId, BasicNode> = config
+        .initial_members
+        .iter()
+        .map(|(id, address)| (*id, BasicNode::new(address.clone())))
+        .collect();
     // openraft: initializing several nodes with the same membership is safe; a node that already
     // holds state answers NotAllowed, which is the normal restart path.
     match raft.initialize(members).await {

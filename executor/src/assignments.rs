@@ -15,7 +15,11 @@ pub struct SubtaskId {
 
 impl SubtaskId {
     fn of(task: &pb::TaskRef) -> Self {
-        SubtaskId { job_id: task.job_id.clone(), operator_id: task.operator_id.clone(), subtask_index: task.subtask_index }
+        SubtaskId {
+            job_id: task.job_id.clone(),
+            operator_id: task.operator_id.clone(),
+            subtask_index: task.subtask_index,
+        }
     }
 }
 
@@ -37,7 +41,12 @@ impl Assignments {
     pub fn running(&self) -> Vec<pb::TaskRef> {
         self.held
             .iter()
-            .map(|(id, epoch)| pb::TaskRef { job_id: id.job_id.clone(), operator_id: id.operator_id.clone(), subtask_index: id.subtask_index, epoch: *epoch })
+            .map(|(id, epoch)| pb::TaskRef {
+                job_id: id.job_id.clone(),
+                operator_id: id.operator_id.clone(),
+                subtask_index: id.subtask_index,
+                epoch: *epoch,
+            })
             .collect()
     }
 
@@ -54,7 +63,10 @@ impl Assignments {
     /// Drops everything (after this executor was declared dead, its placements are gone).
     pub fn clear(&mut self) -> Changes {
         let stopped = std::mem::take(&mut self.held).into_iter().collect();
-        Changes { started: Vec::new(), stopped }
+        Changes {
+            started: Vec::new(),
+            stopped,
+        }
     }
 
     /// Applies one message from the leader.
@@ -63,7 +75,8 @@ impl Assignments {
         let mut changes = Changes::default();
         match &message.body {
             Some(Body::Assignments(all)) => {
-                let wanted: BTreeMap<SubtaskId, u64> = all.tasks.iter().map(|task| (SubtaskId::of(task), task.epoch)).collect();
+                let wanted: BTreeMap<SubtaskId, u64> =
+                    all.tasks.iter().map(|task| (SubtaskId::of(task), task.epoch)).collect();
                 for (id, epoch) in &self.held {
                     if wanted.get(id) != Some(epoch) {
                         changes.stopped.push((id.clone(), *epoch));
@@ -113,7 +126,12 @@ mod tests {
     use pb::coordinator_message::Body;
 
     fn task(operator: &str, epoch: u64) -> pb::TaskRef {
-        pb::TaskRef { job_id: "job-1".into(), operator_id: operator.into(), subtask_index: 0, epoch }
+        pb::TaskRef {
+            job_id: "job-1".into(),
+            operator_id: operator.into(),
+            subtask_index: 0,
+            epoch,
+        }
     }
 
     fn message(body: Body) -> pb::CoordinatorMessage {
@@ -123,13 +141,23 @@ mod tests {
     #[test]
     fn epochs_fence_stale_assignments_and_cancels() {
         let mut held = Assignments::default();
-        held.apply(&message(Body::Assign(pb::AssignTask { task: Some(task("a", 5)), ..Default::default() })));
-        let stale = held.apply(&message(Body::Assign(pb::AssignTask { task: Some(task("a", 3)), ..Default::default() })));
+        held.apply(&message(Body::Assign(pb::AssignTask {
+            task: Some(task("a", 5)),
+            ..Default::default()
+        })));
+        let stale = held.apply(&message(Body::Assign(pb::AssignTask {
+            task: Some(task("a", 3)),
+            ..Default::default()
+        })));
         assert_eq!(stale, Changes::default());
-        let stale_cancel = held.apply(&message(Body::Cancel(pb::CancelTask { task: Some(task("a", 4)) })));
+        let stale_cancel = held.apply(&message(Body::Cancel(pb::CancelTask {
+            task: Some(task("a", 4)),
+        })));
         assert_eq!(stale_cancel, Changes::default());
         assert_eq!(held.running(), vec![task("a", 5)]);
-        let cancel = held.apply(&message(Body::Cancel(pb::CancelTask { task: Some(task("a", 5)) })));
+        let cancel = held.apply(&message(Body::Cancel(pb::CancelTask {
+            task: Some(task("a", 5)),
+        })));
         assert_eq!(cancel.stopped.len(), 1);
         assert!(held.is_empty());
     }
@@ -138,10 +166,19 @@ mod tests {
     fn a_full_assignment_list_keeps_same_epochs_and_replaces_the_rest() {
         let mut held = Assignments::default();
         for operator in ["a", "b"] {
-            held.apply(&message(Body::Assign(pb::AssignTask { task: Some(task(operator, 1)), ..Default::default() })));
+            held.apply(&message(Body::Assign(pb::AssignTask {
+                task: Some(task(operator, 1)),
+                ..Default::default()
+            })));
         }
-        let changes = held.apply(&message(Body::Assignments(pb::Assignments { tasks: vec![task("a", 1), task("c", 2)] })));
-        let id = |operator: &str| SubtaskId { job_id: "job-1".into(), operator_id: operator.into(), subtask_index: 0 };
+        let changes = held.apply(&message(Body::Assignments(pb::Assignments {
+            tasks: vec![task("a", 1), task("c", 2)],
+        })));
+        let id = |operator: &str| SubtaskId {
+            job_id: "job-1".into(),
+            operator_id: operator.into(),
+            subtask_index: 0,
+        };
         assert_eq!(changes.stopped, vec![(id("b"), 1)]);
         assert_eq!(changes.started, vec![(id("c"), 2)]);
         assert_eq!(held.running(), vec![task("a", 1), task("c", 2)]);

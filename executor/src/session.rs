@@ -53,7 +53,10 @@ fn executor_id(config: &ExecutorConfig) -> Result<String, ExecutorError> {
         Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
         Ok(_) | Err(_) => {
             let id = format!("executor-{:08x}", rand::random::<u32>());
-            std::fs::write(&path, &id).map_err(|source| ExecutorError::DataDir { path: path.clone(), source })?;
+            std::fs::write(&path, &id).map_err(|source| ExecutorError::DataDir {
+                path: path.clone(),
+                source,
+            })?;
             Ok(id)
         }
     }
@@ -73,23 +76,39 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
     if config.slots == 0 {
         return Err(ExecutorError::InvalidConfig("--slots must be at least 1".to_owned()));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ExecutorError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ExecutorError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let executor_id = executor_id(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.listen_address)
         .await
-        .map_err(|source| ExecutorError::Bind { address: config.listen_address.clone(), source })?;
-    let address = listener.local_addr().map_err(|source| ExecutorError::Bind { address: config.listen_address.clone(), source })?.to_string();
+        .map_err(|source| ExecutorError::Bind {
+            address: config.listen_address.clone(),
+            source,
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| ExecutorError::Bind {
+            address: config.listen_address.clone(),
+            source,
+        })?
+        .to_string();
     let span = tracing::info_span!("executor", executor_id = %executor_id);
     span.in_scope(|| tracing::info!(%address, slots = config.slots, "executor starting"));
 
     // The executor's own port: health checks today, data exchange with the streaming runtime.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move { server_shutdown.cancelled().await }),
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
+                server_shutdown.cancelled().await
+            }),
     );
 
     let session = Session {
@@ -135,7 +154,11 @@ impl Session {
                 return;
             }
             if registration.is_none() {
-                let request = pb::RegisterExecutorRequest { executor_id: self.executor_id.clone(), address: self.address.clone(), slots: self.slots };
+                let request = pb::RegisterExecutorRequest {
+                    executor_id: self.executor_id.clone(),
+                    address: self.address.clone(),
+                    slots: self.slots,
+                };
                 let registered = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return,
@@ -159,12 +182,19 @@ impl Session {
                     }
                 }
             }
-            let heartbeat_interval = Duration::from_millis(registration.as_ref().map_or(250, |reply| reply.heartbeat_interval_ms.max(10)));
+            let heartbeat_interval = Duration::from_millis(
+                registration
+                    .as_ref()
+                    .map_or(250, |reply| reply.heartbeat_interval_ms.max(10)),
+            );
             let target = leader_address.clone().unwrap_or_else(|| {
                 next_coordinator += 1;
                 self.coordinators[next_coordinator % self.coordinators.len()].clone()
             });
-            match self.session_with(&target, heartbeat_interval, &mut assignments, &shutdown, &mut backoff).await {
+            match self
+                .session_with(&target, heartbeat_interval, &mut assignments, &shutdown, &mut backoff)
+                .await
+            {
                 SessionEnd::Shutdown => return,
                 SessionEnd::MustRegister => {
                     registration = None;
@@ -185,10 +215,15 @@ impl Session {
     }
 
     fn heartbeat(&self, assignments: &Assignments) -> pb::ExecutorMessage {
-        let sent_at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let sent_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
         pb::ExecutorMessage {
             executor_id: self.executor_id.clone(),
-            body: Some(pb::executor_message::Body::Heartbeat(pb::Heartbeat { sent_at_ms, running_tasks: assignments.running() })),
+            body: Some(pb::executor_message::Body::Heartbeat(pb::Heartbeat {
+                sent_at_ms,
+                running_tasks: assignments.running(),
+            })),
         }
     }
 
@@ -224,7 +259,11 @@ impl Session {
                 return SessionEnd::MustRegister;
             }
             Err(status) => {
-                let hint = status.metadata().get(LEADER_HINT_METADATA).and_then(|value| value.to_str().ok()).map(str::to_owned);
+                let hint = status
+                    .metadata()
+                    .get(LEADER_HINT_METADATA)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
                 tracing::debug!(target, error = %status.message(), ?hint, "no session with this coordinator");
                 return SessionEnd::Lost(hint);
             }

@@ -28,7 +28,11 @@ pub fn init_tracing() {
 
 /// Timings a little looser than the defaults, because several clusters may share two cores.
 pub fn test_settings() -> RaftSettings {
-    RaftSettings { election_timeout_min_ms: 300, election_timeout_max_ms: 600, ..RaftSettings::default() }
+    RaftSettings {
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        ..RaftSettings::default()
+    }
 }
 
 /// A three-node cluster in a fresh temporary directory, with a leader elected.
@@ -61,7 +65,10 @@ impl TestCluster {
 
     /// A client bound to one node only.
     pub fn client_of(&self, node_id: u64) -> anyhow::Result<ClusterClient> {
-        let node = self.cluster.node(node_id).ok_or_else(|| anyhow::anyhow!("no node {node_id}"))?;
+        let node = self
+            .cluster
+            .node(node_id)
+            .ok_or_else(|| anyhow::anyhow!("no node {node_id}"))?;
         Ok(ClusterClient::new(&[node.address.clone()], Duration::from_secs(20))?)
     }
 

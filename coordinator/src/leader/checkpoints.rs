@@ -46,7 +46,10 @@ impl PendingCheckpoint {
         let mut expected = BTreeMap::new();
         for (subtask, assignment) in &job.assignments {
             if assignment.executor_id.is_none() {
-                return Err(format!("subtask {}[{}] is not placed", subtask.operator_id, subtask.subtask_index));
+                return Err(format!(
+                    "subtask {}[{}] is not placed",
+                    subtask.operator_id, subtask.subtask_index
+                ));
             }
             expected.insert(subtask.clone(), assignment.epoch);
         }
@@ -64,7 +67,10 @@ impl PendingCheckpoint {
     /// Counts one acknowledgement.
     pub fn on_ack(&mut self, ack: CheckpointAck, now_ms: u64) -> AckOutcome {
         let Some(expected_epoch) = self.expected.get(&ack.subtask) else {
-            return AckOutcome::Ignored(format!("{}[{}] is not part of this job", ack.subtask.operator_id, ack.subtask.subtask_index));
+            return AckOutcome::Ignored(format!(
+                "{}[{}] is not part of this job",
+                ack.subtask.operator_id, ack.subtask.subtask_index
+            ));
         };
         if ack.epoch != *expected_epoch {
             // Zombie fencing: only the placement that received the barrier may acknowledge it.
@@ -80,7 +86,11 @@ impl PendingCheckpoint {
         }
         let task_states: Vec<TaskStateHandle> = self.acked.values().map(|ack| ack.state.clone()).collect();
         let size_bytes = task_states.iter().map(|state| state.size_bytes).sum();
-        let source_offsets = self.acked.values().filter_map(|ack| ack.source_offset.map(|offset| (ack.subtask.clone(), offset))).collect();
+        let source_offsets = self
+            .acked
+            .values()
+            .filter_map(|ack| ack.source_offset.map(|offset| (ack.subtask.clone(), offset)))
+            .collect();
         AckOutcome::Complete(CompletedCheckpoint {
             checkpoint_id: self.checkpoint_id,
             epoch: self.job_epoch,
@@ -112,26 +122,59 @@ mod tests {
     fn placed_job() -> (State, JobId) {
         let mut state = State::default();
         let executor_id = ExecutorId("e".to_owned());
-        let register = Command::RegisterExecutor { executor_id: executor_id.clone(), address: "a:1".into(), slots: 8, at_ms: 0 };
+        let register = Command::RegisterExecutor {
+            executor_id: executor_id.clone(),
+            address: "a:1".into(),
+            slots: 8,
+            at_ms: 0,
+        };
         assert!(apply(&mut state, register).is_ok());
         let spec = r#"{"name": "c", "checkpoint": {"timeout_ms": 100}, "operators": [
             {"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
         let graph = parse_job_spec(spec).expect("valid");
-        assert!(apply(&mut state, Command::SubmitJob { request_id: None, graph, at_ms: 0 }).is_ok());
+        assert!(apply(
+            &mut state,
+            Command::SubmitJob {
+                request_id: None,
+                graph,
+                at_ms: 0
+            }
+        )
+        .is_ok());
         let job_id = JobId::from_number(1);
         for operator in ["src", "out"] {
-            let subtask = SubtaskKey { operator_id: operator.to_owned(), subtask_index: 0 };
-            assert!(apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask, executor_id: executor_id.clone(), at_ms: 0 }).is_ok());
+            let subtask = SubtaskKey {
+                operator_id: operator.to_owned(),
+                subtask_index: 0,
+            };
+            assert!(apply(
+                &mut state,
+                Command::AssignSubtask {
+                    job_id: job_id.clone(),
+                    subtask,
+                    executor_id: executor_id.clone(),
+                    at_ms: 0
+                }
+            )
+            .is_ok());
         }
         (state, job_id)
     }
 
     fn ack(operator: &str, epoch: u64) -> CheckpointAck {
-        let subtask = SubtaskKey { operator_id: operator.to_owned(), subtask_index: 0 };
+        let subtask = SubtaskKey {
+            operator_id: operator.to_owned(),
+            subtask_index: 0,
+        };
         CheckpointAck {
             subtask: subtask.clone(),
             epoch: Epoch(epoch),
-            state: TaskStateHandle { subtask, location: format!("job-1/chk-1/{operator}-0.state"), inline_state: Vec::new(), size_bytes: 10 },
+            state: TaskStateHandle {
+                subtask,
+                location: format!("job-1/chk-1/{operator}-0.state"),
+                inline_state: Vec::new(),
+                size_bytes: 10,
+            },
             source_offset: (operator == "src").then_some(42),
         }
     }
@@ -141,9 +184,18 @@ mod tests {
         let (state, job_id) = placed_job();
         let mut pending = PendingCheckpoint::start(&state.jobs[&job_id], CheckpointId(1), 1_000).expect("placed");
         // src was placed first (epoch 1), out second (epoch 2).
-        assert!(matches!(pending.on_ack(ack("src", 7), 1_001), AckOutcome::Ignored(reason) if reason.contains("epoch 7")));
-        assert_eq!(pending.on_ack(ack("src", 1), 1_001), AckOutcome::Pending { remaining: 1 });
-        assert_eq!(pending.on_ack(ack("src", 1), 1_002), AckOutcome::Pending { remaining: 1 }, "duplicates count once");
+        assert!(
+            matches!(pending.on_ack(ack("src", 7), 1_001), AckOutcome::Ignored(reason) if reason.contains("epoch 7"))
+        );
+        assert_eq!(
+            pending.on_ack(ack("src", 1), 1_001),
+            AckOutcome::Pending { remaining: 1 }
+        );
+        assert_eq!(
+            pending.on_ack(ack("src", 1), 1_002),
+            AckOutcome::Pending { remaining: 1 },
+            "duplicates count once"
+        );
         assert!(pending.depends_on(&ack("out", 2).subtask, Epoch(2)));
         let AckOutcome::Complete(done) = pending.on_ack(ack("out", 2), 1_050) else {
             panic!("the last ack must complete the checkpoint");
@@ -157,9 +209,14 @@ mod tests {
     #[test]
     fn refuses_to_start_while_a_subtask_waits_for_a_slot() {
         let (mut state, job_id) = placed_job();
-        let dead = Command::MarkExecutorDead { executor_id: ExecutorId("e".to_owned()), at_ms: 1 };
+        let dead = Command::MarkExecutorDead {
+            executor_id: ExecutorId("e".to_owned()),
+            at_ms: 1,
+        };
         assert!(apply(&mut state, dead).is_ok());
-        let refused = PendingCheckpoint::start(&state.jobs[&job_id], CheckpointId(1), 0).err().unwrap_or_default();
+        let refused = PendingCheckpoint::start(&state.jobs[&job_id], CheckpointId(1), 0)
+            .err()
+            .unwrap_or_default();
         assert!(refused.contains("not placed"), "{refused}");
     }
 }

@@ -40,7 +40,11 @@ pub struct ExecutorSettings {
 
 impl Default for ExecutorSettings {
     fn default() -> Self {
-        ExecutorSettings { heartbeat_interval_ms: 250, lease_timeout_ms: 1_500, scheduling_interval_ms: 100 }
+        ExecutorSettings {
+            heartbeat_interval_ms: 250,
+            lease_timeout_ms: 1_500,
+            scheduling_interval_ms: 100,
+        }
     }
 }
 
@@ -49,8 +53,12 @@ impl Default for ExecutorSettings {
 pub fn reconcile(state: &State, executor_id: &ExecutorId, reported: &[TaskRef]) -> Vec<ExecutorCommand> {
     let owned: HashSet<TaskRef> = assigned_tasks(state, executor_id).into_iter().collect();
     let running: HashSet<&TaskRef> = reported.iter().collect();
-    let mut commands: Vec<ExecutorCommand> =
-        reported.iter().filter(|task| !owned.contains(*task)).cloned().map(ExecutorCommand::Cancel).collect();
+    let mut commands: Vec<ExecutorCommand> = reported
+        .iter()
+        .filter(|task| !owned.contains(*task))
+        .cloned()
+        .map(ExecutorCommand::Cancel)
+        .collect();
     let mut missing: Vec<&TaskRef> = owned.iter().filter(|task| !running.contains(task)).collect();
     missing.sort_by(|a, b| (&a.job_id, &a.subtask).cmp(&(&b.job_id, &b.subtask)));
     commands.extend(missing.into_iter().cloned().map(ExecutorCommand::Assign));
@@ -67,7 +75,11 @@ pub struct LeaderDuties {
 impl LeaderDuties {
     /// Duties for the coordinator behind `context`.
     pub fn new(context: CoordinatorContext, sessions: ExecutorSessions, settings: ExecutorSettings) -> Self {
-        LeaderDuties { context, sessions, settings }
+        LeaderDuties {
+            context,
+            sessions,
+            settings,
+        }
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -82,8 +94,24 @@ impl LeaderDuties {
                 let duty_token = self.sessions.begin_leadership().child_token();
                 let mut tasks = JoinSet::new();
                 let span = tracing::info_span!("leader", node_id = self.context.node_id, term);
-                tasks.spawn(failure_detector(self.context.clone(), self.sessions.clone(), self.settings.clone(), duty_token.clone()).instrument(span.clone()));
-                tasks.spawn(scheduler(self.context.clone(), self.sessions.clone(), self.settings.clone(), duty_token.clone()).instrument(span));
+                tasks.spawn(
+                    failure_detector(
+                        self.context.clone(),
+                        self.sessions.clone(),
+                        self.settings.clone(),
+                        duty_token.clone(),
+                    )
+                    .instrument(span.clone()),
+                );
+                tasks.spawn(
+                    scheduler(
+                        self.context.clone(),
+                        self.sessions.clone(),
+                        self.settings.clone(),
+                        duty_token.clone(),
+                    )
+                    .instrument(span),
+                );
                 running = Some((duty_token, tasks));
             } else if !is_leader && running.is_some() {
                 tracing::info!("stopped leading: stopping leader duties");
@@ -102,7 +130,10 @@ impl LeaderDuties {
         self.sessions.end_leadership();
         if let Some((token, mut tasks)) = running {
             token.cancel();
-            let drained = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+            let drained = tokio::time::timeout(Duration::from_secs(5), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
             if drained.is_err() {
                 tracing::warn!("leader duties did not stop within 5 s");
             }
@@ -112,10 +143,21 @@ impl LeaderDuties {
 
 fn alive_executors(context: &CoordinatorContext) -> Vec<ExecutorId> {
     let applied = context.applied.read();
-    applied.state.executors.values().filter(|executor| executor.alive).map(|executor| executor.executor_id.clone()).collect()
+    applied
+        .state
+        .executors
+        .values()
+        .filter(|executor| executor.alive)
+        .map(|executor| executor.executor_id.clone())
+        .collect()
 }
 
-async fn failure_detector(context: CoordinatorContext, sessions: ExecutorSessions, settings: ExecutorSettings, shutdown: CancellationToken) {
+async fn failure_detector(
+    context: CoordinatorContext,
+    sessions: ExecutorSessions,
+    settings: ExecutorSettings,
+    shutdown: CancellationToken,
+) {
     let lease_timeout = Duration::from_millis(settings.lease_timeout_ms);
     let check_every = (lease_timeout / 10).max(Duration::from_millis(10));
     loop {
@@ -125,19 +167,34 @@ async fn failure_detector(context: CoordinatorContext, sessions: ExecutorSession
             _ = tokio::time::sleep(check_every) => {}
         }
         for executor_id in sessions.expired(&alive_executors(&context), lease_timeout) {
-            match context.propose(Command::MarkExecutorDead { executor_id: executor_id.clone(), at_ms: now_ms() }).await {
+            match context
+                .propose(Command::MarkExecutorDead {
+                    executor_id: executor_id.clone(),
+                    at_ms: now_ms(),
+                })
+                .await
+            {
                 Ok(Response::ExecutorMarkedDead { orphaned_subtasks, .. }) => {
                     tracing::info!(executor_id = %executor_id, orphaned_subtasks, lease_timeout_ms = settings.lease_timeout_ms, "executor declared dead: no heartbeat within its lease");
                     sessions.remove(&executor_id);
                 }
-                Ok(other) => tracing::warn!(executor_id = %executor_id, response = ?other, "unexpected answer to MarkExecutorDead"),
-                Err(error) => tracing::warn!(executor_id = %executor_id, error = %error, "could not declare executor dead"),
+                Ok(other) => {
+                    tracing::warn!(executor_id = %executor_id, response = ?other, "unexpected answer to MarkExecutorDead")
+                }
+                Err(error) => {
+                    tracing::warn!(executor_id = %executor_id, error = %error, "could not declare executor dead")
+                }
             }
         }
     }
 }
 
-async fn scheduler(context: CoordinatorContext, sessions: ExecutorSessions, settings: ExecutorSettings, shutdown: CancellationToken) {
+async fn scheduler(
+    context: CoordinatorContext,
+    sessions: ExecutorSessions,
+    settings: ExecutorSettings,
+    shutdown: CancellationToken,
+) {
     let lease_timeout = Duration::from_millis(settings.lease_timeout_ms);
     let interval = Duration::from_millis(settings.scheduling_interval_ms.max(1));
     loop {
@@ -148,8 +205,13 @@ async fn scheduler(context: CoordinatorContext, sessions: ExecutorSessions, sett
         }
         let (placements, cancelling) = {
             let applied = context.applied.read();
-            let alive: Vec<ExecutorId> =
-                applied.state.executors.values().filter(|executor| executor.alive).map(|executor| executor.executor_id.clone()).collect();
+            let alive: Vec<ExecutorId> = applied
+                .state
+                .executors
+                .values()
+                .filter(|executor| executor.alive)
+                .map(|executor| executor.executor_id.clone())
+                .collect();
             let live = sessions.live(&alive, lease_timeout);
             let cancelling: Vec<_> = applied
                 .state
@@ -162,7 +224,14 @@ async fn scheduler(context: CoordinatorContext, sessions: ExecutorSessions, sett
                         .iter()
                         .filter_map(|(subtask, assignment)| {
                             let executor_id = assignment.executor_id.clone()?;
-                            Some((executor_id, TaskRef { job_id: job.job_id.clone(), subtask: subtask.clone(), epoch: assignment.epoch }))
+                            Some((
+                                executor_id,
+                                TaskRef {
+                                    job_id: job.job_id.clone(),
+                                    subtask: subtask.clone(),
+                                    epoch: assignment.epoch,
+                                },
+                            ))
                         })
                         .collect();
                     (job.job_id.clone(), placed)
@@ -174,12 +243,24 @@ async fn scheduler(context: CoordinatorContext, sessions: ExecutorSessions, sett
             if shutdown.is_cancelled() {
                 return;
             }
-            let Placement { job_id, subtask, executor_id } = placement;
-            let command = Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask.clone(), executor_id: executor_id.clone(), at_ms: now_ms() };
+            let Placement {
+                job_id,
+                subtask,
+                executor_id,
+            } = placement;
+            let command = Command::AssignSubtask {
+                job_id: job_id.clone(),
+                subtask: subtask.clone(),
+                executor_id: executor_id.clone(),
+                at_ms: now_ms(),
+            };
             match context.propose(command).await {
                 Ok(Response::SubtaskAssigned { epoch, .. }) => {
                     tracing::info!(job_id = %job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, executor_id = %executor_id, epoch = epoch.0, "subtask placed");
-                    sessions.send(&executor_id, ExecutorCommand::Assign(TaskRef { job_id, subtask, epoch }));
+                    sessions.send(
+                        &executor_id,
+                        ExecutorCommand::Assign(TaskRef { job_id, subtask, epoch }),
+                    );
                 }
                 Ok(other) => tracing::warn!(response = ?other, "unexpected answer to AssignSubtask"),
                 // A race with a cancel or an executor death: the next round decides again.
@@ -191,7 +272,12 @@ async fn scheduler(context: CoordinatorContext, sessions: ExecutorSessions, sett
                 sessions.send(&executor_id, ExecutorCommand::Cancel(task));
             }
             // Executors that miss the message are told again by heartbeat reconciliation.
-            let command = Command::TransitionJob { job_id: job_id.clone(), to: JobStatus::Cancelled, reason: "cancelled by request".to_owned(), at_ms: now_ms() };
+            let command = Command::TransitionJob {
+                job_id: job_id.clone(),
+                to: JobStatus::Cancelled,
+                reason: "cancelled by request".to_owned(),
+                at_ms: now_ms(),
+            };
             match context.propose(command).await {
                 Ok(_) => tracing::info!(job_id = %job_id, "job cancelled; its subtasks were told to stop"),
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not finish cancelling"),
@@ -211,20 +297,44 @@ mod tests {
     fn reconcile_cancels_stale_epochs_and_resends_missing_assignments() {
         let mut state = State::default();
         let executor = ExecutorId("e1".to_owned());
-        let register = Command::RegisterExecutor { executor_id: executor.clone(), address: "a:1".into(), slots: 4, at_ms: 0 };
+        let register = Command::RegisterExecutor {
+            executor_id: executor.clone(),
+            address: "a:1".into(),
+            slots: 4,
+            at_ms: 0,
+        };
         assert!(apply(&mut state, register).is_ok());
         let spec = r#"{"name": "r", "operators": [{"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
         let graph = parse_job_spec(spec).expect("valid");
-        assert!(apply(&mut state, Command::SubmitJob { request_id: None, graph, at_ms: 0 }).is_ok());
+        assert!(apply(
+            &mut state,
+            Command::SubmitJob {
+                request_id: None,
+                graph,
+                at_ms: 0
+            }
+        )
+        .is_ok());
         let job_id = JobId::from_number(1);
         for operator in ["src", "out"] {
-            let subtask = SubtaskKey { operator_id: operator.to_owned(), subtask_index: 0 };
-            let command = Command::AssignSubtask { job_id: job_id.clone(), subtask, executor_id: executor.clone(), at_ms: 1 };
+            let subtask = SubtaskKey {
+                operator_id: operator.to_owned(),
+                subtask_index: 0,
+            };
+            let command = Command::AssignSubtask {
+                job_id: job_id.clone(),
+                subtask,
+                executor_id: executor.clone(),
+                at_ms: 1,
+            };
             assert!(apply(&mut state, command).is_ok());
         }
         let task = |operator: &str, epoch: u64| TaskRef {
             job_id: job_id.clone(),
-            subtask: SubtaskKey { operator_id: operator.to_owned(), subtask_index: 0 },
+            subtask: SubtaskKey {
+                operator_id: operator.to_owned(),
+                subtask_index: 0,
+            },
             epoch: Epoch(epoch),
         };
         // It runs src at an old epoch and a task of a job it never had; out is missing.

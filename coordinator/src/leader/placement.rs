@@ -15,7 +15,10 @@ pub struct Placement {
 
 /// Whether a job in this status takes new placements.
 pub fn accepts_placements(status: JobStatus) -> bool {
-    matches!(status, JobStatus::Submitted | JobStatus::Running | JobStatus::Restarting)
+    matches!(
+        status,
+        JobStatus::Submitted | JobStatus::Running | JobStatus::Restarting
+    )
 }
 
 /// Places every waiting subtask that fits, oldest job first, each on the live executor with the
@@ -24,10 +27,20 @@ pub fn accepts_placements(status: JobStatus) -> bool {
 pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
     let mut free: BTreeMap<&ExecutorId, i64> = live
         .iter()
-        .filter_map(|id| state.executors.get(id).filter(|executor| executor.alive).map(|executor| (id, executor)))
+        .filter_map(|id| {
+            state
+                .executors
+                .get(id)
+                .filter(|executor| executor.alive)
+                .map(|executor| (id, executor))
+        })
         .map(|(id, executor)| (id, i64::from(executor.slots) - i64::from(state.used_slots(id))))
         .collect();
-    let mut jobs: Vec<_> = state.jobs.values().filter(|job| accepts_placements(job.status)).collect();
+    let mut jobs: Vec<_> = state
+        .jobs
+        .values()
+        .filter(|job| accepts_placements(job.status))
+        .collect();
     jobs.sort_by_key(|job| (job.submitted_at_ms, job.job_id.0.len(), job.job_id.0.clone()));
     let mut placements = Vec::new();
     for job in jobs {
@@ -36,12 +49,19 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
                 continue;
             }
             // Most free slots first; BTreeMap order makes the tie-break by id deterministic.
-            let Some((executor_id, slots)) = free.iter_mut().filter(|(_, slots)| **slots > 0).max_by_key(|(id, slots)| (**slots, std::cmp::Reverse(**id)))
+            let Some((executor_id, slots)) = free
+                .iter_mut()
+                .filter(|(_, slots)| **slots > 0)
+                .max_by_key(|(id, slots)| (**slots, std::cmp::Reverse(**id)))
             else {
                 return placements;
             };
             *slots -= 1;
-            placements.push(Placement { job_id: job.job_id.clone(), subtask: subtask.clone(), executor_id: (*executor_id).clone() });
+            placements.push(Placement {
+                job_id: job.job_id.clone(),
+                subtask: subtask.clone(),
+                executor_id: (*executor_id).clone(),
+            });
         }
     }
     placements
@@ -56,14 +76,27 @@ mod tests {
     fn state_with(executors: &[(&str, u32)], jobs: u64) -> State {
         let mut state = State::default();
         for (id, slots) in executors {
-            let command = Command::RegisterExecutor { executor_id: ExecutorId((*id).to_owned()), address: "a:1".into(), slots: *slots, at_ms: 0 };
+            let command = Command::RegisterExecutor {
+                executor_id: ExecutorId((*id).to_owned()),
+                address: "a:1".into(),
+                slots: *slots,
+                at_ms: 0,
+            };
             assert!(apply(&mut state, command).is_ok());
         }
         let spec = r#"{"name": "p", "parallelism": 2, "operators": [
             {"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
         for n in 0..jobs {
             let graph = parse_job_spec(spec).expect("valid spec");
-            assert!(apply(&mut state, Command::SubmitJob { request_id: None, graph, at_ms: n }).is_ok());
+            assert!(apply(
+                &mut state,
+                Command::SubmitJob {
+                    request_id: None,
+                    graph,
+                    at_ms: n
+                }
+            )
+            .is_ok());
         }
         state
     }
@@ -73,7 +106,10 @@ mod tests {
     }
 
     fn count_on(placements: &[Placement], executor: &str) -> usize {
-        placements.iter().filter(|placement| placement.executor_id.0 == executor).count()
+        placements
+            .iter()
+            .filter(|placement| placement.executor_id.0 == executor)
+            .count()
     }
 
     #[test]
@@ -91,7 +127,9 @@ mod tests {
         let placements = plan_placements(&state, &ids(&["a"]));
         assert_eq!(placements.len(), 3, "only a's three slots are usable");
         assert_eq!(count_on(&placements, "b"), 0);
-        assert!(placements.iter().all(|placement| placement.job_id == JobId::from_number(1) || placement.subtask.operator_id == "src"));
+        assert!(placements
+            .iter()
+            .all(|placement| placement.job_id == JobId::from_number(1) || placement.subtask.operator_id == "src"));
     }
 
     #[test]
@@ -107,7 +145,11 @@ mod tests {
             };
             assert!(apply(&mut state, command).is_ok());
         }
-        let cancel = Command::CancelJob { request_id: None, job_id: JobId::from_number(2), at_ms: 2 };
+        let cancel = Command::CancelJob {
+            request_id: None,
+            job_id: JobId::from_number(2),
+            at_ms: 2,
+        };
         assert!(apply(&mut state, cancel).is_ok());
         let rest = plan_placements(&state, &ids(&["a"]));
         assert_eq!(rest.len(), 2, "job-1's two remaining subtasks; job-2 is cancelled");

@@ -59,11 +59,14 @@ pub fn assigned_tasks(state: &State, executor_id: &ExecutorId) -> Vec<TaskRef> {
         .jobs
         .values()
         .flat_map(|job| {
-            job.assignments.iter().filter(|(_, assignment)| assignment.executor_id.as_ref() == Some(executor_id)).map(|(subtask, assignment)| TaskRef {
-                job_id: job.job_id.clone(),
-                subtask: subtask.clone(),
-                epoch: assignment.epoch,
-            })
+            job.assignments
+                .iter()
+                .filter(|(_, assignment)| assignment.executor_id.as_ref() == Some(executor_id))
+                .map(|(subtask, assignment)| TaskRef {
+                    job_id: job.job_id.clone(),
+                    subtask: subtask.clone(),
+                    epoch: assignment.epoch,
+                })
         })
         .collect()
 }
@@ -134,13 +137,18 @@ impl ExecutorSessions {
     }
 
     /// Opens a session; a newer session of the same executor replaces an older one.
-    pub fn attach(&self, executor_id: &ExecutorId) -> Option<(u64, mpsc::Receiver<ExecutorCommand>, CancellationToken)> {
+    pub fn attach(
+        &self,
+        executor_id: &ExecutorId,
+    ) -> Option<(u64, mpsc::Receiver<ExecutorCommand>, CancellationToken)> {
         let mut inner = self.lock();
         inner.leading_since?;
         let (outbox, inbox) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        inner.sessions.insert(executor_id.clone(), Session { generation, outbox });
+        inner
+            .sessions
+            .insert(executor_id.clone(), Session { generation, outbox });
         inner.leases.insert(executor_id.clone(), Instant::now());
         Some((generation, inbox, inner.leadership.clone()))
     }
@@ -148,7 +156,11 @@ impl ExecutorSessions {
     /// Closes a session, unless a newer one has replaced it.
     pub fn detach(&self, executor_id: &ExecutorId, generation: u64) {
         let mut inner = self.lock();
-        if inner.sessions.get(executor_id).is_some_and(|session| session.generation == generation) {
+        if inner
+            .sessions
+            .get(executor_id)
+            .is_some_and(|session| session.generation == generation)
+        {
             inner.sessions.remove(executor_id);
         }
     }
@@ -164,13 +176,19 @@ impl ExecutorSessions {
     /// this node started leading).
     pub fn contact(&self, executor_id: &ExecutorId) -> (bool, Option<Duration>) {
         let inner = self.lock();
-        (inner.sessions.contains_key(executor_id), inner.leases.get(executor_id).map(Instant::elapsed))
+        (
+            inner.sessions.contains_key(executor_id),
+            inner.leases.get(executor_id).map(Instant::elapsed),
+        )
     }
 
     /// Queues a command for an executor; false when it has no session or its outbox is full (the
     /// next heartbeat's reconciliation repairs either case).
     pub fn send(&self, executor_id: &ExecutorId, command: ExecutorCommand) -> bool {
         let inner = self.lock();
-        inner.sessions.get(executor_id).is_some_and(|session| session.outbox.try_send(command).is_ok())
+        inner
+            .sessions
+            .get(executor_id)
+            .is_some_and(|session| session.outbox.try_send(command).is_ok())
     }
 }

@@ -54,7 +54,13 @@ pub struct ElectionTrigger {
 impl ElectionTrigger {
     /// A trigger for `raft`, whose peers hold leases of `lease`.
     pub fn new(raft: CoordinatorRaft, contact: LeaderContact, lease: Duration, election_timeout_min: Duration) -> Self {
-        ElectionTrigger { raft, contact, lease, jitter_max: election_timeout_min / 3, retry_min: election_timeout_min / 3 }
+        ElectionTrigger {
+            raft,
+            contact,
+            lease,
+            jitter_max: election_timeout_min / 3,
+            retry_min: election_timeout_min / 3,
+        }
     }
 
     /// Runs until `shutdown` is cancelled.
@@ -70,8 +76,15 @@ impl ElectionTrigger {
             }
             let (state, is_voter) = {
                 let metrics = self.raft.metrics().borrow().clone();
-                let is_voter = metrics.membership_config.membership().voter_ids().any(|id| id == metrics.id);
-                (metrics.state, is_voter && metrics.membership_config.membership().voter_ids().count() > 1)
+                let is_voter = metrics
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|id| id == metrics.id);
+                (
+                    metrics.state,
+                    is_voter && metrics.membership_config.membership().voter_ids().count() > 1,
+                )
             };
             if !is_voter {
                 continue;

@@ -61,7 +61,10 @@ fn sync_writes() -> WriteOptions {
 impl LogStore {
     /// A log store on an open database (see [`super::open_database`]).
     pub fn new(database: Arc<DB>) -> Self {
-        LogStore { database, committed: CommittedIndex::default() }
+        LogStore {
+            database,
+            committed: CommittedIndex::default(),
+        }
     }
 
     /// A handle on the committed index, for status reporting.
@@ -77,18 +80,30 @@ impl LogStore {
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<NodeId>> {
-        let family = self.family(META_FAMILY).map_err(|_| StorageIOError::read(&std::io::Error::other("meta family missing")))?;
-        let Some(bytes) = self.database.get_cf(family, key).map_err(|error| StorageIOError::read(&error))? else {
+        let family = self
+            .family(META_FAMILY)
+            .map_err(|_| StorageIOError::read(&std::io::Error::other("meta family missing")))?;
+        let Some(bytes) = self
+            .database
+            .get_cf(family, key)
+            .map_err(|error| StorageIOError::read(&error))?
+        else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|error| StorageIOError::read(&error))
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| StorageIOError::read(&error))
     }
 
     fn write_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), StorageIOError<NodeId>> {
-        let family = self.family(META_FAMILY).map_err(|_| StorageIOError::write(&std::io::Error::other("meta family missing")))?;
+        let family = self
+            .family(META_FAMILY)
+            .map_err(|_| StorageIOError::write(&std::io::Error::other("meta family missing")))?;
         let bytes = serde_json::to_vec(value).map_err(|error| StorageIOError::write(&error))?;
         let options = if sync { sync_writes() } else { WriteOptions::default() };
-        self.database.put_cf_opt(family, key, bytes, &options).map_err(|error| StorageIOError::write(&error))
+        self.database
+            .put_cf_opt(family, key, bytes, &options)
+            .map_err(|error| StorageIOError::write(&error))
     }
 
     fn last_log_id_in_log(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -98,7 +113,8 @@ impl LogStore {
             None => Ok(None),
             Some(Err(error)) => Err(StorageIOError::read_logs(&error).into()),
             Some(Ok((_, value))) => {
-                let entry: Entry<TypeConfig> = serde_json::from_slice(&value).map_err(|error| StorageIOError::read_logs(&error))?;
+                let entry: Entry<TypeConfig> =
+                    serde_json::from_slice(&value).map_err(|error| StorageIOError::read_logs(&error))?;
                 Ok(Some(entry.log_id))
             }
         }
@@ -118,7 +134,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let family = self.family(LOG_FAMILY)?;
         let mut entries = Vec::new();
         let start_key = index_key(start);
-        for item in self.database.iterator_cf(family, IteratorMode::From(&start_key, Direction::Forward)) {
+        for item in self
+            .database
+            .iterator_cf(family, IteratorMode::From(&start_key, Direction::Forward))
+        {
             let (key, value) = item.map_err(|error| StorageIOError::read_logs(&error))?;
             let Some(index) = index_of_key(&key) else {
                 let error = std::io::Error::other(format!("malformed log key of {} bytes", key.len()));
@@ -141,7 +160,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED_KEY)?;
         let last_log_id = self.last_log_id_in_log()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -184,7 +206,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let family = self.family(LOG_FAMILY)?;
         let mut batch = WriteBatch::default();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|error| StorageIOError::write_log_entry(entry.log_id, &error))?;
+            let bytes =
+                serde_json::to_vec(&entry).map_err(|error| StorageIOError::write_log_entry(entry.log_id, &error))?;
             batch.put_cf(family, index_key(entry.log_id.index), bytes);
         }
         let result = self.database.write_opt(batch, &sync_writes());
@@ -206,7 +229,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let family = self.family(LOG_FAMILY)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(family, index_key(log_id.index), index_key(u64::MAX));
-        self.database.write_opt(batch, &sync_writes()).map_err(|error| StorageIOError::write_logs(&error).into())
+        self.database
+            .write_opt(batch, &sync_writes())
+            .map_err(|error| StorageIOError::write_logs(&error).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
@@ -215,6 +240,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let family = self.family(LOG_FAMILY)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(family, index_key(0), index_key(log_id.index.saturating_add(1)));
-        self.database.write_opt(batch, &WriteOptions::default()).map_err(|error| StorageIOError::write_logs(&error).into())
+        self.database
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|error| StorageIOError::write_logs(&error).into())
     }
 }

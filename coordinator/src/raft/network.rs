@@ -8,7 +8,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
 };
 use openraft::BasicNode;
 use raftstream_proto::v1::raft_service_client::RaftServiceClient;
@@ -40,7 +41,11 @@ impl RaftNetworkFactory<TypeConfig> for GrpcRaftNetwork {
     type Network = RaftPeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        RaftPeerClient { target, address: node.addr.clone(), client: None }
+        RaftPeerClient {
+            target,
+            address: node.addr.clone(),
+            client: None,
+        }
     }
 }
 
@@ -49,7 +54,11 @@ enum TransportError {
     #[error("invalid peer address {address:?}: {reason}")]
     BadAddress { address: String, reason: String },
     #[error("Raft RPC to node {target} at {address} failed: {status}")]
-    Rpc { target: NodeId, address: String, status: tonic::Status },
+    Rpc {
+        target: NodeId,
+        address: String,
+        status: tonic::Status,
+    },
     #[error("Raft RPC to node {target} timed out after {timeout:?}")]
     Timeout { target: NodeId, timeout: Duration },
     #[error("encoding or decoding a Raft message: {0}")]
@@ -68,7 +77,10 @@ impl RaftPeerClient {
             return Ok(client.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
-            .map_err(|error| TransportError::BadAddress { address: self.address.clone(), reason: error.to_string() })?
+            .map_err(|error| TransportError::BadAddress {
+                address: self.address.clone(),
+                reason: error.to_string(),
+            })?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
         let client = RaftServiceClient::new(endpoint.connect_lazy())
@@ -90,7 +102,9 @@ impl RaftPeerClient {
         Error: std::error::Error + DeserializeOwned,
     {
         let data = serde_json::to_vec(request).map_err(|error| RPCError::Network(NetworkError::new(&error)))?;
-        let mut client = self.client().map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+        let mut client = self
+            .client()
+            .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
         let timeout = option.hard_ttl();
         let call = async {
             let payload = RaftPayload { data };
@@ -102,12 +116,19 @@ impl RaftPeerClient {
         };
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => {
-                let error = TransportError::Timeout { target: self.target, timeout };
+                let error = TransportError::Timeout {
+                    target: self.target,
+                    timeout,
+                };
                 return Err(RPCError::Network(NetworkError::new(&error)));
             }
             Ok(Err(status)) => {
                 let unreachable = matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown);
-                let error = TransportError::Rpc { target: self.target, address: self.address.clone(), status };
+                let error = TransportError::Rpc {
+                    target: self.target,
+                    address: self.address.clone(),
+                    status,
+                };
                 // A refused connection must not be retried at full speed: openraft backs off on
                 // Unreachable.
                 return Err(if unreachable {
@@ -137,7 +158,8 @@ impl RaftNetwork<TypeConfig> for RaftPeerClient {
         &mut self,
         request: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
         self.call(RpcKind::InstallSnapshot, &request, &option).await
     }
 

@@ -9,8 +9,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership,
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
@@ -78,21 +78,30 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AppliedState, StorageError<NodeId
     if payload.format_version != SNAPSHOT_FORMAT_VERSION {
         return Err(storage_read_error(
             "decoding snapshot data",
-            format!("format version {} is not the supported version {SNAPSHOT_FORMAT_VERSION}", payload.format_version),
+            format!(
+                "format version {} is not the supported version {SNAPSHOT_FORMAT_VERSION}",
+                payload.format_version
+            ),
         ));
     }
     Ok(payload.applied)
 }
 
 fn encode_snapshot(applied: AppliedState) -> Result<Vec<u8>, StorageError<NodeId>> {
-    let payload = SnapshotPayload { format_version: SNAPSHOT_FORMAT_VERSION, applied };
+    let payload = SnapshotPayload {
+        format_version: SNAPSHOT_FORMAT_VERSION,
+        applied,
+    };
     serde_json::to_vec(&payload).map_err(|error| storage_write_error("encoding snapshot", error))
 }
 
 impl StateMachineStore {
     /// Opens the state machine, restoring the last durable snapshot if there is one.
     pub fn open(database: Arc<DB>) -> Result<Self, StorageError<NodeId>> {
-        let store = StateMachineStore { database, applied: SharedAppliedState::default() };
+        let store = StateMachineStore {
+            database,
+            applied: SharedAppliedState::default(),
+        };
         if let Some(snapshot) = store.read_stored_snapshot()? {
             let restored = decode_snapshot(snapshot.snapshot.get_ref())?;
             *store.applied.write() = restored;
@@ -113,28 +122,47 @@ impl StateMachineStore {
 
     fn read_stored_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let family = self.family()?;
-        let meta_bytes = self.database.get_cf(family, SNAPSHOT_META_KEY).map_err(|error| storage_read_error("reading snapshot meta", error))?;
-        let data = self.database.get_cf(family, SNAPSHOT_DATA_KEY).map_err(|error| storage_read_error("reading snapshot data", error))?;
+        let meta_bytes = self
+            .database
+            .get_cf(family, SNAPSHOT_META_KEY)
+            .map_err(|error| storage_read_error("reading snapshot meta", error))?;
+        let data = self
+            .database
+            .get_cf(family, SNAPSHOT_DATA_KEY)
+            .map_err(|error| storage_read_error("reading snapshot data", error))?;
         match (meta_bytes, data) {
             (None, None) => Ok(None),
             (Some(meta_bytes), Some(data)) => {
-                let meta: SnapshotMeta<NodeId, BasicNode> =
-                    serde_json::from_slice(&meta_bytes).map_err(|error| storage_read_error("decoding snapshot meta", error))?;
-                Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+                let meta: SnapshotMeta<NodeId, BasicNode> = serde_json::from_slice(&meta_bytes)
+                    .map_err(|error| storage_read_error("decoding snapshot meta", error))?;
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                }))
             }
-            _ => Err(storage_read_error("reading snapshot", "meta and data are not both present")),
+            _ => Err(storage_read_error(
+                "reading snapshot",
+                "meta and data are not both present",
+            )),
         }
     }
 
-    fn write_stored_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageError<NodeId>> {
+    fn write_stored_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StorageError<NodeId>> {
         let family = self.family()?;
-        let meta_bytes = serde_json::to_vec(meta).map_err(|error| storage_write_error("encoding snapshot meta", error))?;
+        let meta_bytes =
+            serde_json::to_vec(meta).map_err(|error| storage_write_error("encoding snapshot meta", error))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(family, SNAPSHOT_META_KEY, meta_bytes);
         batch.put_cf(family, SNAPSHOT_DATA_KEY, data);
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        self.database.write_opt(batch, &options).map_err(|error| storage_write_error("writing snapshot", error))
+        self.database
+            .write_opt(batch, &options)
+            .map_err(|error| storage_write_error("writing snapshot", error))
     }
 }
 
@@ -149,10 +177,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             Some(log_id) => format!("{}-{}-{}", log_id.leader_id.term, log_id.index, data.len()),
             None => format!("empty-{}", data.len()),
         };
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
         self.write_stored_snapshot(&meta, &data)?;
         tracing::info!(snapshot_id = %meta.snapshot_id, size_bytes = data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -207,7 +242,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if restored.last_applied != meta.last_log_id {
             return Err(storage_read_error(
                 "installing snapshot",
-                format!("payload is at {:?} but the meta says {:?}", restored.last_applied, meta.last_log_id),
+                format!(
+                    "payload is at {:?} but the meta says {:?}",
+                    restored.last_applied, meta.last_log_id
+                ),
             ));
         }
         restored.last_membership = meta.last_membership.clone();

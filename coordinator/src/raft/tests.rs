@@ -34,7 +34,11 @@ async fn state_is_rebuilt_from_snapshot_after_reopen() -> anyhow_free::Result {
         let (_log_store, mut state_machine) = open_stores(directory.path())?;
         let entries = (1..=3).map(|index| Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::SubmitJob { request_id: None, graph: graph.clone(), at_ms: index }),
+            payload: EntryPayload::Normal(Command::SubmitJob {
+                request_id: None,
+                graph: graph.clone(),
+                at_ms: index,
+            }),
         });
         state_machine.apply(entries).await?;
         state_machine.build_snapshot().await?;

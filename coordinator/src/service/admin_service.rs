@@ -51,7 +51,11 @@ impl AdminServiceImpl {
             applied_index: metrics.last_applied.map(|log_id| log_id.index),
             snapshot_index: metrics.snapshot.map(|log_id| log_id.index),
             purged_index: metrics.purged.map(|log_id| log_id.index),
-            error: metrics.running_state.err().map(|fatal| fatal.to_string()).unwrap_or_default(),
+            error: metrics
+                .running_state
+                .err()
+                .map(|fatal| fatal.to_string())
+                .unwrap_or_default(),
         }
     }
 
@@ -70,7 +74,10 @@ impl AdminServiceImpl {
         let mut client = AdminServiceClient::new(channel);
         let call = client.node_status(pb::NodeStatusRequest {});
         match tokio::time::timeout(PEER_STATUS_TIMEOUT, call).await {
-            Ok(Ok(reply)) => reply.into_inner().status.unwrap_or_else(|| unreachable("empty reply".to_owned())),
+            Ok(Ok(reply)) => reply
+                .into_inner()
+                .status
+                .unwrap_or_else(|| unreachable("empty reply".to_owned())),
             Ok(Err(status)) => unreachable(status.message().to_owned()),
             Err(_) => unreachable(format!("no answer within {PEER_STATUS_TIMEOUT:?}")),
         }
@@ -87,14 +94,21 @@ fn membership_error(error: impl std::fmt::Display) -> Status {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminServiceImpl {
-    async fn cluster_status(&self, request: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let metrics = self.context.raft.metrics().borrow().clone();
         // The leader's view of the membership is authoritative (a follower may lag behind a
         // change); a node that cannot reach the leader answers with its own view.
         if !is_forwarded(&request) && metrics.state != ServerState::Leader {
-            let leader_address = metrics
-                .current_leader
-                .and_then(|leader| metrics.membership_config.membership().get_node(&leader).map(|node| node.addr.clone()));
+            let leader_address = metrics.current_leader.and_then(|leader| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|node| node.addr.clone())
+            });
             if let Some(address) = leader_address {
                 if let Ok(mut client) = self.admin_client(&address) {
                     let call = client.cluster_status(forwarded_request(pb::ClusterStatusRequest {}));
@@ -129,41 +143,84 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             nodes.push(self.local_status());
         }
         // Prefer the highest term any node reports, since this node may be partitioned.
-        let leader_node = nodes.iter().filter(|node| node.state == "Leader").max_by_key(|node| node.term);
+        let leader_node = nodes
+            .iter()
+            .filter(|node| node.state == "Leader")
+            .max_by_key(|node| node.term);
         let leader_id = leader_node.map(|node| node.node_id).or(metrics.current_leader);
         let term = nodes.iter().map(|node| node.term).max().unwrap_or(metrics.current_term);
-        Ok(Response::new(pb::ClusterStatusResponse { leader_id, term, members, nodes }))
+        Ok(Response::new(pb::ClusterStatusResponse {
+            leader_id,
+            term,
+            members,
+            nodes,
+        }))
     }
 
-    async fn node_status(&self, _request: Request<pb::NodeStatusRequest>) -> Result<Response<pb::NodeStatusResponse>, Status> {
-        Ok(Response::new(pb::NodeStatusResponse { status: Some(self.local_status()) }))
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        Ok(Response::new(pb::NodeStatusResponse {
+            status: Some(self.local_status()),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
-    async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AddLearnerResponse>, Status> {
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        let has_port = message.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        let has_port = message
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !has_port {
-            return Err(membership_error(format!("address {:?} is not host:port", message.address)));
+            return Err(membership_error(format!(
+                "address {:?} is not host:port",
+                message.address
+            )));
         }
         let metrics = self.context.raft.metrics().borrow().clone();
-        if metrics.membership_config.membership().voter_ids().any(|id| id == message.node_id) {
+        if metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == message.node_id)
+        {
             return Err(membership_error(format!("node {} is already a voter", message.node_id)));
         }
         let node = BasicNode::new(message.address.clone());
-        let outcome = tokio::time::timeout(self.context.write_timeout * 4, self.context.raft.add_learner(message.node_id, node, true))
-            .await
-            .map_err(|_| Status::unavailable("the learner did not catch up in time; it keeps catching up in the background"))?;
+        let outcome = tokio::time::timeout(
+            self.context.write_timeout * 4,
+            self.context.raft.add_learner(message.node_id, node, true),
+        )
+        .await
+        .map_err(|_| {
+            Status::unavailable("the learner did not catch up in time; it keeps catching up in the background")
+        })?;
         match self.context.write_outcome(outcome) {
             Ok(reply) => {
                 tracing::info!(learner = message.node_id, address = %message.address, "learner added");
-                Ok(Response::new(pb::AddLearnerResponse { log_index: reply.log_id.index }))
+                Ok(Response::new(pb::AddLearnerResponse {
+                    log_index: reply.log_id.index,
+                }))
             }
             Err(error) => {
                 let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self.admin_client(&address)?.add_learner(forwarded_request(message)).await;
-                reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
+                let reply = self
+                    .admin_client(&address)?
+                    .add_learner(forwarded_request(message))
+                    .await;
+                reply.map_err(|status| {
+                    CoordinatorError::ForwardFailed {
+                        leader_address: address,
+                        status,
+                    }
+                    .into()
+                })
             }
         }
     }
@@ -180,36 +237,77 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             return Err(membership_error("voter_ids must name at least one node"));
         }
         let metrics = self.context.raft.metrics().borrow().clone();
-        let known: BTreeSet<u64> = metrics.membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        let known: BTreeSet<u64> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
         if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
-            return Err(membership_error(format!("node {unknown} is not a member; add it as a learner first")));
+            return Err(membership_error(format!(
+                "node {unknown} is not a member; add it as a learner first"
+            )));
         }
-        let outcome = tokio::time::timeout(self.context.write_timeout * 4, self.context.raft.change_membership(voters.clone(), false))
-            .await
-            .map_err(|_| Status::unavailable("membership change not committed in time; check cluster status"))?;
+        let outcome = tokio::time::timeout(
+            self.context.write_timeout * 4,
+            self.context.raft.change_membership(voters.clone(), false),
+        )
+        .await
+        .map_err(|_| Status::unavailable("membership change not committed in time; check cluster status"))?;
         match self.context.write_outcome(outcome) {
             Ok(reply) => {
                 tracing::info!(voters = ?voters, "membership changed");
-                Ok(Response::new(pb::ChangeMembershipResponse { log_index: reply.log_id.index }))
+                Ok(Response::new(pb::ChangeMembershipResponse {
+                    log_index: reply.log_id.index,
+                }))
             }
             Err(error) => {
                 let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self.admin_client(&address)?.change_membership(forwarded_request(message)).await;
-                reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
+                let reply = self
+                    .admin_client(&address)?
+                    .change_membership(forwarded_request(message))
+                    .await;
+                reply.map_err(|status| {
+                    CoordinatorError::ForwardFailed {
+                        leader_address: address,
+                        status,
+                    }
+                    .into()
+                })
             }
         }
     }
 
-    async fn list_executors(&self, request: Request<pb::ListExecutorsRequest>) -> Result<Response<pb::ListExecutorsResponse>, Status> {
+    async fn list_executors(
+        &self,
+        request: Request<pb::ListExecutorsRequest>,
+    ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
         if !self.sessions.is_leading() {
             let metrics = self.context.raft.metrics().borrow().clone();
-            let leader_address = metrics
-                .current_leader
-                .and_then(|leader| metrics.membership_config.membership().get_node(&leader).map(|node| node.addr.clone()));
-            let error = CoordinatorError::NotLeader { node_id: self.context.node_id, leader_id: metrics.current_leader, leader_address };
+            let leader_address = metrics.current_leader.and_then(|leader| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader)
+                    .map(|node| node.addr.clone())
+            });
+            let error = CoordinatorError::NotLeader {
+                node_id: self.context.node_id,
+                leader_id: metrics.current_leader,
+                leader_address,
+            };
             let address = forward_target(&error, is_forwarded(&request)).ok_or_else(|| Status::from(error))?;
-            let reply = self.admin_client(&address)?.list_executors(forwarded_request(pb::ListExecutorsRequest {})).await;
-            return reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into());
+            let reply = self
+                .admin_client(&address)?
+                .list_executors(forwarded_request(pb::ListExecutorsRequest {}))
+                .await;
+            return reply.map_err(|status| {
+                CoordinatorError::ForwardFailed {
+                    leader_address: address,
+                    status,
+                }
+                .into()
+            });
         }
         let applied = self.context.applied.read();
         let executors = applied
@@ -229,7 +327,13 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 }
             })
             .collect();
-        let leading_for_ms = self.sessions.leading_for().map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
-        Ok(Response::new(pb::ListExecutorsResponse { executors, leading_for_ms }))
+        let leading_for_ms = self
+            .sessions
+            .leading_for()
+            .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        Ok(Response::new(pb::ListExecutorsResponse {
+            executors,
+            leading_for_ms,
+        }))
     }
 }

@@ -25,7 +25,11 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         .map(|(key, assignment)| pb::Subtask {
             operator_id: key.operator_id.clone(),
             subtask_index: key.subtask_index,
-            executor_id: assignment.executor_id.as_ref().map(|id| id.0.clone()).unwrap_or_default(),
+            executor_id: assignment
+                .executor_id
+                .as_ref()
+                .map(|id| id.0.clone())
+                .unwrap_or_default(),
             epoch: assignment.epoch.0,
         })
         .collect();
@@ -80,7 +84,13 @@ pub fn checkpoint_to_proto(job: &JobRecord, checkpoint: &CompletedCheckpoint) ->
 /// All jobs, oldest first (by job number, not by string order).
 pub fn jobs_in_submission_order(state: &State) -> Vec<&JobRecord> {
     let mut jobs: Vec<&JobRecord> = state.jobs.values().collect();
-    jobs.sort_by_key(|job| job.job_id.0.trim_start_matches("job-").parse::<u64>().unwrap_or(u64::MAX));
+    jobs.sort_by_key(|job| {
+        job.job_id
+            .0
+            .trim_start_matches("job-")
+            .parse::<u64>()
+            .unwrap_or(u64::MAX)
+    });
     jobs
 }
 
@@ -101,7 +111,10 @@ pub fn task_ref_from_proto(task: &pb::TaskRef) -> Option<TaskRef> {
     }
     Some(TaskRef {
         job_id: JobId(task.job_id.clone()),
-        subtask: SubtaskKey { operator_id: task.operator_id.clone(), subtask_index: task.subtask_index },
+        subtask: SubtaskKey {
+            operator_id: task.operator_id.clone(),
+            subtask_index: task.subtask_index,
+        },
         epoch: Epoch(task.epoch),
     })
 }
@@ -110,9 +123,16 @@ pub fn task_ref_from_proto(task: &pb::TaskRef) -> Option<TaskRef> {
 pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMessage {
     use pb::coordinator_message::Body;
     let body = match command {
-        ExecutorCommand::Assignments(tasks) => Body::Assignments(pb::Assignments { tasks: tasks.iter().map(task_ref_to_proto).collect() }),
-        ExecutorCommand::Assign(task) => Body::Assign(pb::AssignTask { task: Some(task_ref_to_proto(task)), ..pb::AssignTask::default() }),
-        ExecutorCommand::Cancel(task) => Body::Cancel(pb::CancelTask { task: Some(task_ref_to_proto(task)) }),
+        ExecutorCommand::Assignments(tasks) => Body::Assignments(pb::Assignments {
+            tasks: tasks.iter().map(task_ref_to_proto).collect(),
+        }),
+        ExecutorCommand::Assign(task) => Body::Assign(pb::AssignTask {
+            task: Some(task_ref_to_proto(task)),
+            ..pb::AssignTask::default()
+        }),
+        ExecutorCommand::Cancel(task) => Body::Cancel(pb::CancelTask {
+            task: Some(task_ref_to_proto(task)),
+        }),
     };
     pb::CoordinatorMessage { body: Some(body) }
 }

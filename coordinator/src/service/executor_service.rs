@@ -30,34 +30,58 @@ pub struct ExecutorServiceImpl {
 impl ExecutorServiceImpl {
     /// The executor service over a coordinator's shared context and the leader's sessions.
     pub fn new(context: CoordinatorContext, sessions: ExecutorSessions, settings: ExecutorSettings) -> Self {
-        ExecutorServiceImpl { context, sessions, settings }
+        ExecutorServiceImpl {
+            context,
+            sessions,
+            settings,
+        }
     }
 
     fn leader_address(&self) -> Option<String> {
         let metrics = self.context.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
-        metrics.membership_config.membership().get_node(&leader).map(|node| node.addr.clone())
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
     }
 
     fn not_leader(&self) -> CoordinatorError {
         let metrics = self.context.raft.metrics().borrow().clone();
-        CoordinatorError::NotLeader { node_id: self.context.node_id, leader_id: metrics.current_leader, leader_address: self.leader_address() }
+        CoordinatorError::NotLeader {
+            node_id: self.context.node_id,
+            leader_id: metrics.current_leader,
+            leader_address: self.leader_address(),
+        }
     }
 }
 
 fn validate_registration(request: &pb::RegisterExecutorRequest) -> Result<(), CoordinatorError> {
     let id = &request.executor_id;
-    if id.is_empty() || id.chars().count() > MAX_EXECUTOR_ID_CHARS || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if id.is_empty()
+        || id.chars().count() > MAX_EXECUTOR_ID_CHARS
+        || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(CoordinatorError::InvalidRequest(format!(
             "executor_id {id:?} must be 1-{MAX_EXECUTOR_ID_CHARS} characters of letters, digits, '-', '_' or '.'"
         )));
     }
     if request.slots == 0 || request.slots > MAX_SLOTS {
-        return Err(CoordinatorError::InvalidRequest(format!("slots is {}, must be between 1 and {MAX_SLOTS}", request.slots)));
+        return Err(CoordinatorError::InvalidRequest(format!(
+            "slots is {}, must be between 1 and {MAX_SLOTS}",
+            request.slots
+        )));
     }
-    let has_port = request.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    let has_port = request
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !has_port {
-        return Err(CoordinatorError::InvalidRequest(format!("address {:?} is not host:port", request.address)));
+        return Err(CoordinatorError::InvalidRequest(format!(
+            "address {:?} is not host:port",
+            request.address
+        )));
     }
     Ok(())
 }
@@ -67,12 +91,20 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, St
 #[tonic::async_trait]
 impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
-    async fn register(&self, request: Request<pb::RegisterExecutorRequest>) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterExecutorRequest>,
+    ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         validate_registration(&message)?;
         let executor_id = ExecutorId(message.executor_id.clone());
-        let command = Command::RegisterExecutor { executor_id: executor_id.clone(), address: message.address.clone(), slots: message.slots, at_ms: now_ms() };
+        let command = Command::RegisterExecutor {
+            executor_id: executor_id.clone(),
+            address: message.address.clone(),
+            slots: message.slots,
+            at_ms: now_ms(),
+        };
         match self.context.propose(command).await {
             Ok(Applied::ExecutorRegistered { .. }) => {
                 self.sessions.touch(&executor_id);
@@ -87,8 +119,16 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
             Ok(other) => Err(CoordinatorError::Internal(format!("register answered {other:?}")).into()),
             Err(error) => {
                 let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = ExecutorServiceClient::new(self.context.channel(&address)?).register(forwarded_request(message)).await;
-                reply.map_err(|status| CoordinatorError::ForwardFailed { leader_address: address, status }.into())
+                let reply = ExecutorServiceClient::new(self.context.channel(&address)?)
+                    .register(forwarded_request(message))
+                    .await;
+                reply.map_err(|status| {
+                    CoordinatorError::ForwardFailed {
+                        leader_address: address,
+                        status,
+                    }
+                    .into()
+                })
             }
         }
     }
@@ -96,23 +136,39 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
     type SessionStream = SessionStream;
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
-    async fn session(&self, request: Request<Streaming<pb::ExecutorMessage>>) -> Result<Response<SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::ExecutorMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
         if !self.sessions.is_leading() {
             return Err(self.not_leader().into());
         }
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before its first message"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("session closed before its first message"))?;
         let executor_id = ExecutorId(first.executor_id.clone());
         let initial = {
             let applied = self.context.applied.read();
             match applied.state.executors.get(&executor_id) {
                 Some(executor) if executor.alive => assigned_tasks(&applied.state, &executor_id),
-                Some(_) => return Err(Status::failed_precondition(format!("executor {executor_id} was declared dead; register again"))),
-                None => return Err(Status::failed_precondition(format!("executor {executor_id} is not registered; register first"))),
+                Some(_) => {
+                    return Err(Status::failed_precondition(format!(
+                        "executor {executor_id} was declared dead; register again"
+                    )))
+                }
+                None => {
+                    return Err(Status::failed_precondition(format!(
+                        "executor {executor_id} is not registered; register first"
+                    )))
+                }
             }
         };
-        let (generation, outbox, leadership) =
-            self.sessions.attach(&executor_id).ok_or_else(|| Status::from(self.not_leader()))?;
+        let (generation, outbox, leadership) = self
+            .sessions
+            .attach(&executor_id)
+            .ok_or_else(|| Status::from(self.not_leader()))?;
         tracing::info!(executor_id = %executor_id, subtasks = initial.len(), "executor session opened");
         let sessions = self.sessions.clone();
         let context = self.context.clone();
@@ -150,7 +206,8 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
         });
         // The stream ends when the outbox closes: on a newer session of the same executor, its
         // death, or the end of this node's leadership; the executor then reconnects.
-        let stream = tokio_stream::wrappers::ReceiverStream::new(outbox).map(|command| Ok(executor_command_to_proto(&command)));
+        let stream =
+            tokio_stream::wrappers::ReceiverStream::new(outbox).map(|command| Ok(executor_command_to_proto(&command)));
         Ok(Response::new(Box::pin(stream)))
     }
 }

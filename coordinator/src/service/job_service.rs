@@ -57,7 +57,9 @@ fn parse_request_id(text: &str) -> Result<Option<RequestId>, CoordinatorError> {
         return Ok(None);
     }
     if text.chars().count() > MAX_REQUEST_ID_CHARS {
-        return Err(CoordinatorError::InvalidRequest(format!("request_id is longer than {MAX_REQUEST_ID_CHARS} characters")));
+        return Err(CoordinatorError::InvalidRequest(format!(
+            "request_id is longer than {MAX_REQUEST_ID_CHARS} characters"
+        )));
     }
     Ok(Some(RequestId(text.to_owned())))
 }
@@ -70,27 +72,45 @@ fn parse_job_id(text: &str) -> Result<JobId, CoordinatorError> {
 }
 
 fn forward_failed(address: String) -> impl FnOnce(Status) -> Status {
-    move |status| CoordinatorError::ForwardFailed { leader_address: address, status }.into()
+    move |status| {
+        CoordinatorError::ForwardFailed {
+            leader_address: address,
+            status,
+        }
+        .into()
+    }
 }
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobServiceImpl {
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let graph = parse_job_spec(&message.spec).map_err(CoordinatorError::from)?;
         let request_id = parse_request_id(&message.request_id)?;
-        let command = Command::SubmitJob { request_id, graph, at_ms: now_ms() };
+        let command = Command::SubmitJob {
+            request_id,
+            graph,
+            at_ms: now_ms(),
+        };
         match self.context.propose(command).await {
             Ok(Applied::JobSubmitted { job_id }) => {
                 tracing::debug!(job_id = %job_id, "job submitted");
-                Ok(Response::new(pb::SubmitJobResponse { job: Some(self.job_reply(&job_id)?) }))
+                Ok(Response::new(pb::SubmitJobResponse {
+                    job: Some(self.job_reply(&job_id)?),
+                }))
             }
             Ok(other) => Err(CoordinatorError::Internal(format!("submit answered {other:?}")).into()),
             Err(error) => {
                 let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self.leader_client(&address)?.submit_job(forwarded_request(message)).await;
+                let reply = self
+                    .leader_client(&address)?
+                    .submit_job(forwarded_request(message))
+                    .await;
                 reply.map_err(forward_failed(address))
             }
         }
@@ -105,7 +125,9 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             let reply = self.leader_client(&address)?.get_job(forwarded_request(message)).await;
             return reply.map_err(forward_failed(address));
         }
-        Ok(Response::new(pb::GetJobResponse { job: Some(self.job_reply(&job_id)?) }))
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(self.job_reply(&job_id)?),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
@@ -113,29 +135,47 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
-            let reply = self.leader_client(&address)?.list_jobs(forwarded_request(message)).await;
+            let reply = self
+                .leader_client(&address)?
+                .list_jobs(forwarded_request(message))
+                .await;
             return reply.map_err(forward_failed(address));
         }
         let applied = self.context.applied.read();
-        let jobs = jobs_in_submission_order(&applied.state).into_iter().map(job_to_proto).collect();
+        let jobs = jobs_in_submission_order(&applied.state)
+            .into_iter()
+            .map(job_to_proto)
+            .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let job_id = parse_job_id(&message.job_id)?;
         let request_id = parse_request_id(&message.request_id)?;
-        let command = Command::CancelJob { request_id, job_id: job_id.clone(), at_ms: now_ms() };
+        let command = Command::CancelJob {
+            request_id,
+            job_id: job_id.clone(),
+            at_ms: now_ms(),
+        };
         match self.context.propose(command).await {
             Ok(_) => {
                 tracing::debug!(job_id = %job_id, "job cancel requested");
-                Ok(Response::new(pb::CancelJobResponse { job: Some(self.job_reply(&job_id)?) }))
+                Ok(Response::new(pb::CancelJobResponse {
+                    job: Some(self.job_reply(&job_id)?),
+                }))
             }
             Err(error) => {
                 let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self.leader_client(&address)?.cancel_job(forwarded_request(message)).await;
+                let reply = self
+                    .leader_client(&address)?
+                    .cancel_job(forwarded_request(message))
+                    .await;
                 reply.map_err(forward_failed(address))
             }
         }
@@ -150,7 +190,10 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let message = request.into_inner();
         let job_id = parse_job_id(&message.job_id)?;
         if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
-            let reply = self.leader_client(&address)?.list_checkpoints(forwarded_request(message)).await;
+            let reply = self
+                .leader_client(&address)?
+                .list_checkpoints(forwarded_request(message))
+                .await;
             return reply.map_err(forward_failed(address));
         }
         let applied = self.context.applied.read();
@@ -159,7 +202,11 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             .jobs
             .get(&job_id)
             .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: job_id.clone() }))?;
-        let checkpoints = job.checkpoints.iter().map(|checkpoint| checkpoint_to_proto(job, checkpoint)).collect();
+        let checkpoints = job
+            .checkpoints
+            .iter()
+            .map(|checkpoint| checkpoint_to_proto(job, checkpoint))
+            .collect();
         Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
     }
 }

@@ -45,7 +45,9 @@ pub struct CoordinatorContext {
 
 /// Milliseconds since the Unix epoch, as the leader stamps them into commands.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn not_leader(node_id: NodeId, forward: openraft::error::ForwardToLeader<NodeId, BasicNode>) -> CoordinatorError {
@@ -66,7 +68,15 @@ impl CoordinatorContext {
         committed: CommittedIndex,
         write_timeout: Duration,
     ) -> Self {
-        CoordinatorContext { node_id, address, raft, applied, committed, write_timeout, channels: Arc::default() }
+        CoordinatorContext {
+            node_id,
+            address,
+            raft,
+            applied,
+            committed,
+            write_timeout,
+            channels: Arc::default(),
+        }
     }
 
     /// Proposes a command through Raft and waits until it is committed and applied.
@@ -88,7 +98,9 @@ impl CoordinatorContext {
     ) -> Result<ClientWriteResponse<TypeConfig>, CoordinatorError> {
         match outcome {
             Ok(reply) => Ok(reply),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(self.node_id, forward)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(not_leader(self.node_id, forward))
+            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
                 Err(CoordinatorError::InvalidRequest(error.to_string()))
             }
@@ -105,7 +117,9 @@ impl CoordinatorContext {
             .map_err(|_| CoordinatorError::RaftUnavailable("leadership not confirmed in time".to_owned()))?;
         match outcome {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => Err(not_leader(self.node_id, forward)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(not_leader(self.node_id, forward))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
                 Err(CoordinatorError::RaftUnavailable(error.to_string()))
             }
@@ -115,7 +129,10 @@ impl CoordinatorContext {
 
     /// A cached, lazily connected channel to another coordinator.
     pub fn channel(&self, address: &str) -> Result<Channel, CoordinatorError> {
-        let mut channels = self.channels.lock().map_err(|_| CoordinatorError::Internal("channel cache lock poisoned".into()))?;
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| CoordinatorError::Internal("channel cache lock poisoned".into()))?;
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
@@ -137,14 +154,19 @@ pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
 /// Wraps a message for forwarding to the leader.
 pub fn forwarded_request<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(FORWARDED_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+    request
+        .metadata_mut()
+        .insert(FORWARDED_METADATA, tonic::metadata::MetadataValue::from_static("1"));
     request
 }
 
 /// If `error` says another node leads and this request may still be forwarded, where to send it.
 pub fn forward_target(error: &CoordinatorError, already_forwarded: bool) -> Option<String> {
     match error {
-        CoordinatorError::NotLeader { leader_address: Some(address), .. } if !already_forwarded => Some(address.clone()),
+        CoordinatorError::NotLeader {
+            leader_address: Some(address),
+            ..
+        } if !already_forwarded => Some(address.clone()),
         _ => None,
     }
 }

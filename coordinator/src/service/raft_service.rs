@@ -22,7 +22,8 @@ impl RaftServiceImpl {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &pb::RaftPayload, what: &str) -> Result<T, Status> {
-    serde_json::from_slice(&payload.data).map_err(|error| Status::invalid_argument(format!("undecodable {what} request: {error}")))
+    serde_json::from_slice(&payload.data)
+        .map_err(|error| Status::invalid_argument(format!("undecodable {what} request: {error}")))
 }
 
 fn encode<T: Serialize>(result: &T) -> Result<Response<pb::RaftPayload>, Status> {

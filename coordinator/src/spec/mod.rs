@@ -55,26 +55,43 @@ pub struct CheckpointConfig {
 #[serde(tag = "strategy", rename_all = "snake_case")]
 pub enum RestartStrategy {
     None,
-    FixedDelay { max_attempts: u32, delay_ms: u64 },
-    ExponentialBackoff { max_attempts: u32, initial_delay_ms: u64, max_delay_ms: u64 },
+    FixedDelay {
+        max_attempts: u32,
+        delay_ms: u64,
+    },
+    ExponentialBackoff {
+        max_attempts: u32,
+        initial_delay_ms: u64,
+        max_delay_ms: u64,
+    },
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { interval_ms: 1_000, timeout_ms: 60_000, retained: 3 }
+        CheckpointConfig {
+            interval_ms: 1_000,
+            timeout_ms: 60_000,
+            retained: 3,
+        }
     }
 }
 
 impl Default for RestartStrategy {
     fn default() -> Self {
-        RestartStrategy::FixedDelay { max_attempts: 3, delay_ms: 1_000 }
+        RestartStrategy::FixedDelay {
+            max_attempts: 3,
+            delay_ms: 1_000,
+        }
     }
 }
 
 impl JobGraph {
     /// The number of subtasks (slots) the job needs.
     pub fn total_subtasks(&self) -> u64 {
-        self.operators.iter().map(|operator| u64::from(operator.parallelism)).sum()
+        self.operators
+            .iter()
+            .map(|operator| u64::from(operator.parallelism))
+            .sum()
     }
 
     /// The operator with the given id.
@@ -97,17 +114,28 @@ pub enum SpecError {
     #[error("job spec: {field}: {problem}")]
     Job { field: String, problem: String },
     #[error("operator {operator:?}: {field}: {problem}")]
-    Operator { operator: String, field: String, problem: String },
+    Operator {
+        operator: String,
+        field: String,
+        problem: String,
+    },
     #[error("job graph has a cycle through operators {operators:?}")]
     Cycle { operators: Vec<String> },
 }
 
 fn job_error(field: &str, problem: impl Into<String>) -> SpecError {
-    SpecError::Job { field: field.to_owned(), problem: problem.into() }
+    SpecError::Job {
+        field: field.to_owned(),
+        problem: problem.into(),
+    }
 }
 
 fn operator_error(operator: &str, field: &str, problem: impl Into<String>) -> SpecError {
-    SpecError::Operator { operator: operator.to_owned(), field: field.to_owned(), problem: problem.into() }
+    SpecError::Operator {
+        operator: operator.to_owned(),
+        field: field.to_owned(),
+        problem: problem.into(),
+    }
 }
 
 fn type_name(value: &Value) -> &'static str {
@@ -124,7 +152,10 @@ fn type_name(value: &Value) -> &'static str {
 /// Parses and validates a job spec written in YAML or JSON.
 pub fn parse_job_spec(text: &str) -> Result<JobGraph, SpecError> {
     if text.len() > MAX_SPEC_BYTES {
-        return Err(SpecError::TooLarge { size_bytes: text.len(), limit_bytes: MAX_SPEC_BYTES });
+        return Err(SpecError::TooLarge {
+            size_bytes: text.len(),
+            limit_bytes: MAX_SPEC_BYTES,
+        });
     }
     if text.trim().is_empty() {
         return Err(SpecError::Empty);
@@ -132,20 +163,36 @@ pub fn parse_job_spec(text: &str) -> Result<JobGraph, SpecError> {
     // JSON is tried first for text that looks like JSON so that its errors speak JSON; YAML is a
     // superset that covers the rest.
     let document: Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|error| SpecError::NotYamlOrJson { reason: error.to_string() })?
+        serde_json::from_str(text).map_err(|error| SpecError::NotYamlOrJson {
+            reason: error.to_string(),
+        })?
     } else {
-        serde_yaml::from_str(text).map_err(|error| SpecError::NotYamlOrJson { reason: error.to_string() })?
+        serde_yaml::from_str(text).map_err(|error| SpecError::NotYamlOrJson {
+            reason: error.to_string(),
+        })?
     };
     validate_document(&document)
 }
 
 fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
     let Value::Object(top) = document else {
-        return Err(SpecError::NotAMapping { found: type_name(document) });
+        return Err(SpecError::NotAMapping {
+            found: type_name(document),
+        });
     };
-    const TOP_FIELDS: &[&str] = &["name", "parallelism", "max_parallelism", "checkpoint", "restart", "operators"];
+    const TOP_FIELDS: &[&str] = &[
+        "name",
+        "parallelism",
+        "max_parallelism",
+        "checkpoint",
+        "restart",
+        "operators",
+    ];
     if let Some(unknown) = top.keys().find(|key| !TOP_FIELDS.contains(&key.as_str())) {
-        return Err(job_error(unknown, format!("unknown field; expected one of {}", TOP_FIELDS.join(", "))));
+        return Err(job_error(
+            unknown,
+            format!("unknown field; expected one of {}", TOP_FIELDS.join(", ")),
+        ));
     }
 
     let name = match top.get("name") {
@@ -155,12 +202,19 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
             return Err(job_error("name", format!("longer than {MAX_NAME_CHARS} characters")))
         }
         Some(Value::String(name)) => name.clone(),
-        Some(other) => return Err(job_error("name", format!("must be a string, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(job_error(
+                "name",
+                format!("must be a string, found {}", type_name(other)),
+            ))
+        }
     };
 
     let max_parallelism = match top.get("max_parallelism") {
         None => DEFAULT_MAX_PARALLELISM,
-        Some(value) => bounded_u32(value, 1, MAX_KEY_GROUPS).map_err(|problem| job_error("max_parallelism", problem))?,
+        Some(value) => {
+            bounded_u32(value, 1, MAX_KEY_GROUPS).map_err(|problem| job_error("max_parallelism", problem))?
+        }
     };
     let default_parallelism = match top.get("parallelism") {
         None => 1,
@@ -171,12 +225,19 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
 
     let operator_values = match top.get("operators") {
         None => return Err(job_error("operators", "missing")),
-        Some(Value::Array(list)) if list.is_empty() => return Err(job_error("operators", "must list at least one operator")),
+        Some(Value::Array(list)) if list.is_empty() => {
+            return Err(job_error("operators", "must list at least one operator"))
+        }
         Some(Value::Array(list)) if list.len() > MAX_OPERATORS => {
             return Err(job_error("operators", format!("more than {MAX_OPERATORS} operators")))
         }
         Some(Value::Array(list)) => list,
-        Some(other) => return Err(job_error("operators", format!("must be a list, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(job_error(
+                "operators",
+                format!("must be a list, found {}", type_name(other)),
+            ))
+        }
     };
 
     let mut operators = Vec::with_capacity(operator_values.len());
@@ -189,11 +250,19 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
         operators.push(operator);
     }
     validate_edges(&operators)?;
-    Ok(JobGraph { name, max_parallelism, checkpoint, restart, operators })
+    Ok(JobGraph {
+        name,
+        max_parallelism,
+        checkpoint,
+        restart,
+        operators,
+    })
 }
 
 fn bounded_u32(value: &Value, min: u32, max: u32) -> Result<u32, String> {
-    let number = value.as_u64().ok_or_else(|| format!("must be a whole number, found {}", describe(value)))?;
+    let number = value
+        .as_u64()
+        .ok_or_else(|| format!("must be a whole number, found {}", describe(value)))?;
     if number < u64::from(min) || number > u64::from(max) {
         return Err(format!("is {number}, must be between {min} and {max}"));
     }
@@ -201,7 +270,9 @@ fn bounded_u32(value: &Value, min: u32, max: u32) -> Result<u32, String> {
 }
 
 fn bounded_u64(value: &Value, min: u64) -> Result<u64, String> {
-    let number = value.as_u64().ok_or_else(|| format!("must be a whole number, found {}", describe(value)))?;
+    let number = value
+        .as_u64()
+        .ok_or_else(|| format!("must be a whole number, found {}", describe(value)))?;
     if number < min {
         return Err(format!("is {number}, must be at least {min}"));
     }
@@ -216,16 +287,26 @@ fn describe(value: &Value) -> String {
     }
 }
 
-fn sub_mapping<'a>(value: Option<&'a Value>, field: &str, allowed: &[&str]) -> Result<Option<&'a Map<String, Value>>, SpecError> {
+fn sub_mapping<'a>(
+    value: Option<&'a Value>,
+    field: &str,
+    allowed: &[&str],
+) -> Result<Option<&'a Map<String, Value>>, SpecError> {
     match value {
         None => Ok(None),
         Some(Value::Object(map)) => {
             if let Some(unknown) = map.keys().find(|key| !allowed.contains(&key.as_str())) {
-                return Err(job_error(&format!("{field}.{unknown}"), format!("unknown field; expected one of {}", allowed.join(", "))));
+                return Err(job_error(
+                    &format!("{field}.{unknown}"),
+                    format!("unknown field; expected one of {}", allowed.join(", ")),
+                ));
             }
             Ok(Some(map))
         }
-        Some(other) => Err(job_error(field, format!("must be a mapping, found {}", type_name(other)))),
+        Some(other) => Err(job_error(
+            field,
+            format!("must be a mapping, found {}", type_name(other)),
+        )),
     }
 }
 
@@ -250,7 +331,13 @@ fn parse_checkpoint(value: Option<&Value>) -> Result<CheckpointConfig, SpecError
 }
 
 fn parse_restart(value: Option<&Value>) -> Result<RestartStrategy, SpecError> {
-    let allowed = ["strategy", "max_attempts", "delay_ms", "initial_delay_ms", "max_delay_ms"];
+    let allowed = [
+        "strategy",
+        "max_attempts",
+        "delay_ms",
+        "initial_delay_ms",
+        "max_delay_ms",
+    ];
     let Some(map) = sub_mapping(value, "restart", &allowed)? else {
         return Ok(RestartStrategy::default());
     };
@@ -267,18 +354,30 @@ fn parse_restart(value: Option<&Value>) -> Result<RestartStrategy, SpecError> {
     let strategy = match map.get("strategy") {
         None => "fixed_delay",
         Some(Value::String(text)) => text.as_str(),
-        Some(other) => return Err(job_error("restart.strategy", format!("must be a string, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(job_error(
+                "restart.strategy",
+                format!("must be a string, found {}", type_name(other)),
+            ))
+        }
     };
     match strategy {
         "none" => Ok(RestartStrategy::None),
-        "fixed_delay" => Ok(RestartStrategy::FixedDelay { max_attempts: attempts(3)?, delay_ms: number("delay_ms", 1_000, 0)? }),
+        "fixed_delay" => Ok(RestartStrategy::FixedDelay {
+            max_attempts: attempts(3)?,
+            delay_ms: number("delay_ms", 1_000, 0)?,
+        }),
         "exponential_backoff" => {
             let initial_delay_ms = number("initial_delay_ms", 500, 1)?;
             let max_delay_ms = number("max_delay_ms", 30_000, 1)?;
             if max_delay_ms < initial_delay_ms {
                 return Err(job_error("restart.max_delay_ms", "must be at least initial_delay_ms"));
             }
-            Ok(RestartStrategy::ExponentialBackoff { max_attempts: attempts(10)?, initial_delay_ms, max_delay_ms })
+            Ok(RestartStrategy::ExponentialBackoff {
+                max_attempts: attempts(10)?,
+                initial_delay_ms,
+                max_delay_ms,
+            })
         }
         other => Err(job_error(
             "restart.strategy",
@@ -290,37 +389,74 @@ fn parse_restart(value: Option<&Value>) -> Result<RestartStrategy, SpecError> {
 fn valid_operator_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_NAME_CHARS
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
-fn parse_operator(position: usize, value: &Value, default_parallelism: u32, max_parallelism: u32) -> Result<OperatorSpec, SpecError> {
+fn parse_operator(
+    position: usize,
+    value: &Value,
+    default_parallelism: u32,
+    max_parallelism: u32,
+) -> Result<OperatorSpec, SpecError> {
     let fallback_name = format!("#{position}");
     let Value::Object(map) = value else {
-        return Err(operator_error(&fallback_name, "operator", format!("must be a mapping, found {}", type_name(value))));
+        return Err(operator_error(
+            &fallback_name,
+            "operator",
+            format!("must be a mapping, found {}", type_name(value)),
+        ));
     };
     let id = match map.get("id") {
         None => return Err(operator_error(&fallback_name, "id", "missing")),
         Some(Value::String(id)) if valid_operator_id(id) => id.clone(),
         Some(Value::String(id)) => {
-            return Err(operator_error(&fallback_name, "id", format!("{id:?} must be 1-128 characters of letters, digits, '_', '-' or '.'")))
+            return Err(operator_error(
+                &fallback_name,
+                "id",
+                format!("{id:?} must be 1-128 characters of letters, digits, '_', '-' or '.'"),
+            ))
         }
-        Some(other) => return Err(operator_error(&fallback_name, "id", format!("must be a string, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(operator_error(
+                &fallback_name,
+                "id",
+                format!("must be a string, found {}", type_name(other)),
+            ))
+        }
     };
     const OPERATOR_FIELDS: &[&str] = &["id", "kind", "inputs", "parallelism", "params"];
     if let Some(unknown) = map.keys().find(|key| !OPERATOR_FIELDS.contains(&key.as_str())) {
-        return Err(operator_error(&id, unknown, format!("unknown field; expected one of {}", OPERATOR_FIELDS.join(", "))));
+        return Err(operator_error(
+            &id,
+            unknown,
+            format!("unknown field; expected one of {}", OPERATOR_FIELDS.join(", ")),
+        ));
     }
     let kind = match map.get("kind") {
         None => return Err(operator_error(&id, "kind", "missing")),
         Some(Value::String(name)) => OperatorKind::from_name(name).ok_or_else(|| {
             let known: Vec<&str> = OperatorKind::ALL.iter().map(|kind| kind.name()).collect();
-            operator_error(&id, "kind", format!("unknown operator kind {name:?}; known kinds: {}", known.join(", ")))
+            operator_error(
+                &id,
+                "kind",
+                format!("unknown operator kind {name:?}; known kinds: {}", known.join(", ")),
+            )
         })?,
-        Some(other) => return Err(operator_error(&id, "kind", format!("must be a string, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(operator_error(
+                &id,
+                "kind",
+                format!("must be a string, found {}", type_name(other)),
+            ))
+        }
     };
     let parallelism = match map.get("parallelism") {
         None => default_parallelism,
-        Some(value) => bounded_u32(value, 1, max_parallelism).map_err(|problem| operator_error(&id, "parallelism", problem))?,
+        Some(value) => {
+            bounded_u32(value, 1, max_parallelism).map_err(|problem| operator_error(&id, "parallelism", problem))?
+        }
     };
     let inputs = match map.get("inputs") {
         None => Vec::new(),
@@ -328,20 +464,42 @@ fn parse_operator(position: usize, value: &Value, default_parallelism: u32, max_
             .iter()
             .map(|input| match input {
                 Value::String(name) => Ok(name.clone()),
-                other => Err(operator_error(&id, "inputs", format!("each input must be an operator id, found {}", type_name(other)))),
+                other => Err(operator_error(
+                    &id,
+                    "inputs",
+                    format!("each input must be an operator id, found {}", type_name(other)),
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?,
         // A single input may be written as a plain string.
         Some(Value::String(name)) => vec![name.clone()],
-        Some(other) => return Err(operator_error(&id, "inputs", format!("must be a list of operator ids, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(operator_error(
+                &id,
+                "inputs",
+                format!("must be a list of operator ids, found {}", type_name(other)),
+            ))
+        }
     };
     let params = match map.get("params") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(params)) => params.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
-        Some(other) => return Err(operator_error(&id, "params", format!("must be a mapping, found {}", type_name(other)))),
+        Some(other) => {
+            return Err(operator_error(
+                &id,
+                "params",
+                format!("must be a mapping, found {}", type_name(other)),
+            ))
+        }
     };
     validate_params(&id, kind, &params)?;
-    Ok(OperatorSpec { id, kind, parallelism, inputs, params })
+    Ok(OperatorSpec {
+        id,
+        kind,
+        parallelism,
+        inputs,
+        params,
+    })
 }
 
 fn validate_params(id: &str, kind: OperatorKind, params: &BTreeMap<String, Value>) -> Result<(), SpecError> {
@@ -350,8 +508,16 @@ fn validate_params(id: &str, kind: OperatorKind, params: &BTreeMap<String, Value
         let field = format!("params.{name}");
         let Some(param) = schema.iter().find(|param| param.name == name) else {
             let known: Vec<&str> = schema.iter().map(|param| param.name).collect();
-            let expected = if known.is_empty() { "it takes no parameters".to_owned() } else { format!("expected one of {}", known.join(", ")) };
-            return Err(operator_error(id, &field, format!("unknown parameter for {kind}; {expected}")));
+            let expected = if known.is_empty() {
+                "it takes no parameters".to_owned()
+            } else {
+                format!("expected one of {}", known.join(", "))
+            };
+            return Err(operator_error(
+                id,
+                &field,
+                format!("unknown parameter for {kind}; {expected}"),
+            ));
         };
         let problem = match param.param_type {
             ParamType::UnsignedAtLeast(min) => bounded_u64(value, min).err(),
@@ -362,7 +528,10 @@ fn validate_params(id: &str, kind: OperatorKind, params: &BTreeMap<String, Value
             },
             ParamType::Scalar => match value {
                 Value::String(_) | Value::Number(_) | Value::Bool(_) => None,
-                other => Some(format!("must be a string, number or boolean, found {}", type_name(other))),
+                other => Some(format!(
+                    "must be a string, number or boolean, found {}",
+                    type_name(other)
+                )),
             },
             ParamType::OneOf(choices) => match value.as_str() {
                 Some(choice) if choices.contains(&choice) => None,
@@ -373,28 +542,50 @@ fn validate_params(id: &str, kind: OperatorKind, params: &BTreeMap<String, Value
             return Err(operator_error(id, &field, problem));
         }
     }
-    if let Some(missing) = schema.iter().find(|param| param.required && !params.contains_key(param.name)) {
-        return Err(operator_error(id, &format!("params.{}", missing.name), format!("missing; {kind} requires it")));
+    if let Some(missing) = schema
+        .iter()
+        .find(|param| param.required && !params.contains_key(param.name))
+    {
+        return Err(operator_error(
+            id,
+            &format!("params.{}", missing.name),
+            format!("missing; {kind} requires it"),
+        ));
     }
     if kind == OperatorKind::SlidingWindow {
         let size = params.get("size_ms").and_then(Value::as_u64).unwrap_or(0);
         let slide = params.get("slide_ms").and_then(Value::as_u64).unwrap_or(0);
         if slide > size {
-            return Err(operator_error(id, "params.slide_ms", format!("is {slide}, must not exceed size_ms ({size})")));
+            return Err(operator_error(
+                id,
+                "params.slide_ms",
+                format!("is {slide}, must not exceed size_ms ({size})"),
+            ));
         }
     }
     Ok(())
 }
 
 fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError> {
-    let by_id: BTreeMap<&str, &OperatorSpec> = operators.iter().map(|operator| (operator.id.as_str(), operator)).collect();
+    let by_id: BTreeMap<&str, &OperatorSpec> = operators
+        .iter()
+        .map(|operator| (operator.id.as_str(), operator))
+        .collect();
     for operator in operators {
         let role = operator.kind.role();
         if role == OperatorRole::Source && !operator.inputs.is_empty() {
-            return Err(operator_error(&operator.id, "inputs", format!("a {} source takes no inputs", operator.kind)));
+            return Err(operator_error(
+                &operator.id,
+                "inputs",
+                format!("a {} source takes no inputs", operator.kind),
+            ));
         }
         if role != OperatorRole::Source && operator.inputs.is_empty() {
-            return Err(operator_error(&operator.id, "inputs", format!("missing; a {} needs at least one input", operator.kind)));
+            return Err(operator_error(
+                &operator.id,
+                "inputs",
+                format!("missing; a {} needs at least one input", operator.kind),
+            ));
         }
         let mut seen = BTreeSet::new();
         for input in &operator.inputs {
@@ -402,16 +593,27 @@ fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError> {
                 return Err(operator_error(&operator.id, "inputs", format!("lists {input:?} twice")));
             }
             let Some(upstream) = by_id.get(input.as_str()) else {
-                return Err(operator_error(&operator.id, "inputs", format!("refers to unknown operator {input:?}")));
+                return Err(operator_error(
+                    &operator.id,
+                    "inputs",
+                    format!("refers to unknown operator {input:?}"),
+                ));
             };
             if upstream.kind.role() == OperatorRole::Sink {
-                return Err(operator_error(&operator.id, "inputs", format!("{input:?} is a sink ({}) and has no output", upstream.kind)));
+                return Err(operator_error(
+                    &operator.id,
+                    "inputs",
+                    format!("{input:?} is a sink ({}) and has no output", upstream.kind),
+                ));
             }
             if role == OperatorRole::KeyedTransform && upstream.kind != OperatorKind::KeyBy {
                 return Err(operator_error(
                     &operator.id,
                     "inputs",
-                    format!("{} needs a keyed stream, but input {input:?} is a {}; put a key_by before it", operator.kind, upstream.kind),
+                    format!(
+                        "{} needs a keyed stream, but input {input:?} is a {}; put a key_by before it",
+                        operator.kind, upstream.kind
+                    ),
                 ));
             }
         }
@@ -419,7 +621,10 @@ fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError> {
     if let Some(cycle) = find_cycle(operators) {
         return Err(SpecError::Cycle { operators: cycle });
     }
-    if !operators.iter().any(|operator| operator.kind.role() == OperatorRole::Sink) {
+    if !operators
+        .iter()
+        .any(|operator| operator.kind.role() == OperatorRole::Sink)
+    {
         return Err(job_error("operators", "the job has no sink (file_sink or print)"));
     }
     Ok(())
@@ -427,9 +632,15 @@ fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError> {
 
 /// Kahn's algorithm: whatever cannot be ordered topologically lies on or behind a cycle.
 fn find_cycle(operators: &[OperatorSpec]) -> Option<Vec<String>> {
-    let mut pending_inputs: BTreeMap<&str, usize> =
-        operators.iter().map(|operator| (operator.id.as_str(), operator.inputs.len())).collect();
-    let mut ready: Vec<&str> = pending_inputs.iter().filter(|(_, count)| **count == 0).map(|(id, _)| *id).collect();
+    let mut pending_inputs: BTreeMap<&str, usize> = operators
+        .iter()
+        .map(|operator| (operator.id.as_str(), operator.inputs.len()))
+        .collect();
+    let mut ready: Vec<&str> = pending_inputs
+        .iter()
+        .filter(|(_, count)| **count == 0)
+        .map(|(id, _)| *id)
+        .collect();
     while let Some(done) = ready.pop() {
         for operator in operators {
             if operator.inputs.iter().any(|input| input == done) {
@@ -442,6 +653,10 @@ fn find_cycle(operators: &[OperatorSpec]) -> Option<Vec<String>> {
             }
         }
     }
-    let stuck: Vec<String> = pending_inputs.into_iter().filter(|(_, count)| *count > 0).map(|(id, _)| id.to_owned()).collect();
+    let stuck: Vec<String> = pending_inputs
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(id, _)| id.to_owned())
+        .collect();
     (!stuck.is_empty()).then_some(stuck)
 }

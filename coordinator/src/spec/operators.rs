@@ -55,11 +55,19 @@ pub struct ParamSchema {
 }
 
 const fn optional(name: &'static str, param_type: ParamType) -> ParamSchema {
-    ParamSchema { name, param_type, required: false }
+    ParamSchema {
+        name,
+        param_type,
+        required: false,
+    }
 }
 
 const fn required(name: &'static str, param_type: ParamType) -> ParamSchema {
-    ParamSchema { name, param_type, required: true }
+    ParamSchema {
+        name,
+        param_type,
+        required: true,
+    }
 }
 
 const AGGREGATES: &[&str] = &["count", "sum", "min", "max"];
@@ -149,7 +157,15 @@ impl OperatorKind {
             OperatorKind::Map => vec![
                 required(
                     "function",
-                    OneOf(&["identity", "lowercase", "uppercase", "trim", "project", "parse_csv", "parse_json"]),
+                    OneOf(&[
+                        "identity",
+                        "lowercase",
+                        "uppercase",
+                        "trim",
+                        "project",
+                        "parse_csv",
+                        "parse_json",
+                    ]),
                 ),
                 optional("fields", TextList),
                 optional("delimiter", Text),
@@ -161,7 +177,10 @@ impl OperatorKind {
             ],
             OperatorKind::Filter => vec![
                 optional("field", Text),
-                required("op", OneOf(&["eq", "ne", "lt", "le", "gt", "ge", "contains", "starts_with"])),
+                required(
+                    "op",
+                    OneOf(&["eq", "ne", "lt", "le", "gt", "ge", "contains", "starts_with"]),
+                ),
                 required("value", Scalar),
             ],
             OperatorKind::KeyBy => vec![optional("field", Text)],
@@ -177,8 +196,10 @@ impl OperatorKind {
                 params
             }
             OperatorKind::SlidingWindow => {
-                let mut params =
-                    vec![required("size_ms", UnsignedAtLeast(1)), required("slide_ms", UnsignedAtLeast(1))];
+                let mut params = vec![
+                    required("size_ms", UnsignedAtLeast(1)),
+                    required("slide_ms", UnsignedAtLeast(1)),
+                ];
                 params.extend(WINDOW_COMMON);
                 params
             }

@@ -35,19 +35,28 @@ fn json_and_yaml_give_the_same_graph() {
 #[test]
 fn unknown_operator_kind_names_operator_and_kind() {
     let message = error_of(&word_count_with("kind: count", "kind: countt"));
-    assert!(message.contains("\"counts\"") && message.contains("kind") && message.contains("countt"), "{message}");
+    assert!(
+        message.contains("\"counts\"") && message.contains("kind") && message.contains("countt"),
+        "{message}"
+    );
 }
 
 #[test]
 fn missing_input_names_operator() {
     let message = error_of(&word_count_with("    inputs: [words]\n", ""));
-    assert!(message.contains("\"by_word\"") && message.contains("inputs") && message.contains("missing"), "{message}");
+    assert!(
+        message.contains("\"by_word\"") && message.contains("inputs") && message.contains("missing"),
+        "{message}"
+    );
 }
 
 #[test]
 fn dangling_input_names_the_unknown_operator() {
     let message = error_of(&word_count_with("inputs: [words]", "inputs: [wordz]"));
-    assert!(message.contains("\"by_word\"") && message.contains("unknown operator \"wordz\""), "{message}");
+    assert!(
+        message.contains("\"by_word\"") && message.contains("unknown operator \"wordz\""),
+        "{message}"
+    );
 }
 
 #[test]
@@ -58,45 +67,84 @@ fn cycle_is_rejected_with_its_operators() {
         {"id": "b", "kind": "map", "inputs": ["a"], "params": {"function": "identity"}},
         {"id": "out", "kind": "print", "inputs": ["b"]}]}"#;
     let message = error_of(spec);
-    assert!(message.contains("cycle") && message.contains("\"a\"") && message.contains("\"b\""), "{message}");
+    assert!(
+        message.contains("cycle") && message.contains("\"a\"") && message.contains("\"b\""),
+        "{message}"
+    );
 }
 
 #[test]
 fn duplicate_operator_id_is_rejected() {
     let message = error_of(&word_count_with("id: by_word", "id: words"));
-    assert!(message.contains("\"words\"") && message.contains("duplicate operator id"), "{message}");
+    assert!(
+        message.contains("\"words\"") && message.contains("duplicate operator id"),
+        "{message}"
+    );
 }
 
 #[test]
 fn parallelism_zero_and_above_maximum_are_rejected() {
-    let zero = error_of(&word_count_with("parallelism: 1\n    params: { seed", "parallelism: 0\n    params: { seed"));
-    assert!(zero.contains("\"lines\"") && zero.contains("parallelism") && zero.contains("is 0"), "{zero}");
-    let above = error_of(&word_count_with("parallelism: 1\n    params: { seed", "parallelism: 129\n    params: { seed"));
-    assert!(above.contains("\"lines\"") && above.contains("between 1 and 128"), "{above}");
+    let zero = error_of(&word_count_with(
+        "parallelism: 1\n    params: { seed",
+        "parallelism: 0\n    params: { seed",
+    ));
+    assert!(
+        zero.contains("\"lines\"") && zero.contains("parallelism") && zero.contains("is 0"),
+        "{zero}"
+    );
+    let above = error_of(&word_count_with(
+        "parallelism: 1\n    params: { seed",
+        "parallelism: 129\n    params: { seed",
+    ));
+    assert!(
+        above.contains("\"lines\"") && above.contains("between 1 and 128"),
+        "{above}"
+    );
     let job_level = error_of(&word_count_with("parallelism: 2", "parallelism: 0"));
     assert!(job_level.contains("job spec: parallelism"), "{job_level}");
 }
 
 #[test]
 fn unknown_parameter_names_operator_and_parameter() {
-    let message = error_of(&word_count_with("function: split_words", "function: split_words, color: red"));
-    assert!(message.contains("\"words\"") && message.contains("params.color") && message.contains("unknown parameter"), "{message}");
+    let message = error_of(&word_count_with(
+        "function: split_words",
+        "function: split_words, color: red",
+    ));
+    assert!(
+        message.contains("\"words\"") && message.contains("params.color") && message.contains("unknown parameter"),
+        "{message}"
+    );
 }
 
 #[test]
 fn wrong_parameter_value_and_missing_required_parameter() {
     let message = error_of(&word_count_with("function: split_words", "function: juggle"));
-    assert!(message.contains("params.function") && message.contains("juggle"), "{message}");
+    assert!(
+        message.contains("params.function") && message.contains("juggle"),
+        "{message}"
+    );
     let message = error_of(&word_count_with("    params: { path: wordcount-out }\n", ""));
-    assert!(message.contains("\"out\"") && message.contains("params.path") && message.contains("missing"), "{message}");
+    assert!(
+        message.contains("\"out\"") && message.contains("params.path") && message.contains("missing"),
+        "{message}"
+    );
 }
 
 #[test]
 fn unknown_fields_are_rejected_at_every_level() {
     let message = error_of(&format!("{WORD_COUNT}\nowner: me\n"));
-    assert!(message.contains("owner") && message.contains("unknown field"), "{message}");
-    let message = error_of(&word_count_with("    kind: count\n", "    kind: count\n    paralelism: 3\n"));
-    assert!(message.contains("\"counts\"") && message.contains("paralelism"), "{message}");
+    assert!(
+        message.contains("owner") && message.contains("unknown field"),
+        "{message}"
+    );
+    let message = error_of(&word_count_with(
+        "    kind: count\n",
+        "    kind: count\n    paralelism: 3\n",
+    ));
+    assert!(
+        message.contains("\"counts\"") && message.contains("paralelism"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -120,19 +168,31 @@ fn text_that_is_not_yaml_or_json_is_rejected() {
 #[test]
 fn keyed_operators_need_key_by_and_sinks_have_no_output() {
     let message = error_of(&word_count_with("inputs: [by_word]", "inputs: [words]"));
-    assert!(message.contains("\"counts\"") && message.contains("key_by"), "{message}");
+    assert!(
+        message.contains("\"counts\"") && message.contains("key_by"),
+        "{message}"
+    );
     let spec = r#"{"name": "x", "operators": [
         {"id": "src", "kind": "generator"},
         {"id": "out", "kind": "print", "inputs": ["src"]},
         {"id": "after", "kind": "print", "inputs": ["out"]}]}"#;
     let message = error_of(spec);
-    assert!(message.contains("\"after\"") && message.contains("is a sink"), "{message}");
+    assert!(
+        message.contains("\"after\"") && message.contains("is a sink"),
+        "{message}"
+    );
 }
 
 #[test]
 fn source_with_inputs_and_job_without_sink_are_rejected() {
     let message = error_of(r#"{"name": "x", "operators": [{"id": "src", "kind": "generator"}]}"#);
     assert!(message.contains("no sink"), "{message}");
-    let message = error_of(&word_count_with("kind: generator", "kind: generator\n    inputs: [words]"));
-    assert!(message.contains("\"lines\"") && message.contains("takes no inputs"), "{message}");
+    let message = error_of(&word_count_with(
+        "kind: generator",
+        "kind: generator\n    inputs: [words]",
+    ));
+    assert!(
+        message.contains("\"lines\"") && message.contains("takes no inputs"),
+        "{message}"
+    );
 }

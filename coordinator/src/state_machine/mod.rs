@@ -32,7 +32,10 @@ mod map_as_pairs {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(map: &BTreeMap<K, V>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(map.iter())
     }
 
@@ -170,15 +173,47 @@ pub struct State {
 /// A change to the state, as written in the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    SubmitJob { request_id: Option<RequestId>, graph: JobGraph, at_ms: u64 },
-    CancelJob { request_id: Option<RequestId>, job_id: JobId, at_ms: u64 },
-    TransitionJob { job_id: JobId, to: JobStatus, reason: String, at_ms: u64 },
-    RegisterExecutor { executor_id: ExecutorId, address: String, slots: u32, at_ms: u64 },
-    MarkExecutorDead { executor_id: ExecutorId, at_ms: u64 },
-    AssignSubtask { job_id: JobId, subtask: SubtaskKey, executor_id: ExecutorId, at_ms: u64 },
+    SubmitJob {
+        request_id: Option<RequestId>,
+        graph: JobGraph,
+        at_ms: u64,
+    },
+    CancelJob {
+        request_id: Option<RequestId>,
+        job_id: JobId,
+        at_ms: u64,
+    },
+    TransitionJob {
+        job_id: JobId,
+        to: JobStatus,
+        reason: String,
+        at_ms: u64,
+    },
+    RegisterExecutor {
+        executor_id: ExecutorId,
+        address: String,
+        slots: u32,
+        at_ms: u64,
+    },
+    MarkExecutorDead {
+        executor_id: ExecutorId,
+        at_ms: u64,
+    },
+    AssignSubtask {
+        job_id: JobId,
+        subtask: SubtaskKey,
+        executor_id: ExecutorId,
+        at_ms: u64,
+    },
     /// Allocates the next checkpoint id of a running job, before its barriers are injected.
-    TriggerCheckpoint { job_id: JobId, at_ms: u64 },
-    CompleteCheckpoint { job_id: JobId, checkpoint: CompletedCheckpoint },
+    TriggerCheckpoint {
+        job_id: JobId,
+        at_ms: u64,
+    },
+    CompleteCheckpoint {
+        job_id: JobId,
+        checkpoint: CompletedCheckpoint,
+    },
 }
 
 /// What an applied command produced. Kept small: services read details from the state.
@@ -186,14 +221,36 @@ pub enum Command {
 pub enum Response {
     /// Blank and membership entries.
     Nothing,
-    JobSubmitted { job_id: JobId },
-    JobCancelRequested { job_id: JobId, status: JobStatus },
-    JobTransitioned { job_id: JobId, status: JobStatus },
-    ExecutorRegistered { executor_id: ExecutorId },
-    ExecutorMarkedDead { executor_id: ExecutorId, orphaned_subtasks: u32 },
-    SubtaskAssigned { job_id: JobId, epoch: Epoch },
-    CheckpointTriggered { job_id: JobId, checkpoint_id: CheckpointId },
-    CheckpointCompleted { job_id: JobId, checkpoint_id: CheckpointId },
+    JobSubmitted {
+        job_id: JobId,
+    },
+    JobCancelRequested {
+        job_id: JobId,
+        status: JobStatus,
+    },
+    JobTransitioned {
+        job_id: JobId,
+        status: JobStatus,
+    },
+    ExecutorRegistered {
+        executor_id: ExecutorId,
+    },
+    ExecutorMarkedDead {
+        executor_id: ExecutorId,
+        orphaned_subtasks: u32,
+    },
+    SubtaskAssigned {
+        job_id: JobId,
+        epoch: Epoch,
+    },
+    CheckpointTriggered {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+    },
+    CheckpointCompleted {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+    },
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -204,7 +261,11 @@ pub enum Rejection {
     #[error("job {job_id} is {status} and cannot be cancelled")]
     JobAlreadyEnded { job_id: JobId, status: JobStatus },
     #[error("job {job_id} cannot go from {from} to {to}")]
-    IllegalTransition { job_id: JobId, from: JobStatus, to: JobStatus },
+    IllegalTransition {
+        job_id: JobId,
+        from: JobStatus,
+        to: JobStatus,
+    },
     #[error("executor {executor_id} not found")]
     UnknownExecutor { executor_id: ExecutorId },
     #[error("executor {executor_id} is dead")]
@@ -214,15 +275,36 @@ pub enum Rejection {
     #[error("executor {executor_id} must offer at least one slot")]
     NoSlots { executor_id: ExecutorId },
     #[error("job {job_id} has no subtask {operator_id}[{subtask_index}]")]
-    UnknownSubtask { job_id: JobId, operator_id: String, subtask_index: u32 },
+    UnknownSubtask {
+        job_id: JobId,
+        operator_id: String,
+        subtask_index: u32,
+    },
     #[error("checkpoint {checkpoint_id} of job {job_id} does not follow the last completed checkpoint {last}")]
-    CheckpointIdNotIncreasing { job_id: JobId, checkpoint_id: CheckpointId, last: CheckpointId },
+    CheckpointIdNotIncreasing {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        last: CheckpointId,
+    },
     #[error("checkpoint {checkpoint_id} of job {job_id} carries epoch {epoch}, but the job is at epoch {current}")]
-    CheckpointEpochTooNew { job_id: JobId, checkpoint_id: CheckpointId, epoch: Epoch, current: Epoch },
+    CheckpointEpochTooNew {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        epoch: Epoch,
+        current: Epoch,
+    },
     #[error("checkpoint {checkpoint_id} of job {job_id} was never triggered (last triggered: {last_triggered:?})")]
-    CheckpointNotTriggered { job_id: JobId, checkpoint_id: CheckpointId, last_triggered: Option<CheckpointId> },
+    CheckpointNotTriggered {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        last_triggered: Option<CheckpointId>,
+    },
     #[error("job {job_id} is {status}, which takes no {what}")]
-    JobNotActive { job_id: JobId, status: JobStatus, what: String },
+    JobNotActive {
+        job_id: JobId,
+        status: JobStatus,
+        what: String,
+    },
 }
 
 /// The outcome of applying one log entry.
@@ -255,14 +337,25 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
     let response = match command {
         Command::SubmitJob { graph, at_ms, .. } => submit_job(state, graph, at_ms),
         Command::CancelJob { job_id, at_ms, .. } => cancel_job(state, &job_id, at_ms),
-        Command::TransitionJob { job_id, to, reason, at_ms } => transition_job(state, &job_id, to, reason, at_ms),
-        Command::RegisterExecutor { executor_id, address, slots, at_ms } => {
-            register_executor(state, executor_id, address, slots, at_ms)
-        }
+        Command::TransitionJob {
+            job_id,
+            to,
+            reason,
+            at_ms,
+        } => transition_job(state, &job_id, to, reason, at_ms),
+        Command::RegisterExecutor {
+            executor_id,
+            address,
+            slots,
+            at_ms,
+        } => register_executor(state, executor_id, address, slots, at_ms),
         Command::MarkExecutorDead { executor_id, at_ms } => mark_executor_dead(state, &executor_id, at_ms),
-        Command::AssignSubtask { job_id, subtask, executor_id, at_ms } => {
-            assign_subtask(state, &job_id, subtask, executor_id, at_ms)
-        }
+        Command::AssignSubtask {
+            job_id,
+            subtask,
+            executor_id,
+            at_ms,
+        } => assign_subtask(state, &job_id, subtask, executor_id, at_ms),
         Command::TriggerCheckpoint { job_id, at_ms } => trigger_checkpoint(state, &job_id, at_ms),
         Command::CompleteCheckpoint { job_id, checkpoint } => complete_checkpoint(state, &job_id, checkpoint),
     }?;
@@ -273,7 +366,10 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
 }
 
 fn job_mut<'a>(state: &'a mut State, job_id: &JobId) -> Result<&'a mut JobRecord, Rejection> {
-    state.jobs.get_mut(job_id).ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })
+    state
+        .jobs
+        .get_mut(job_id)
+        .ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })
 }
 
 fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
@@ -285,8 +381,17 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         .iter()
         .flat_map(|operator| {
             (0..operator.parallelism).map(|subtask_index| {
-                let key = SubtaskKey { operator_id: operator.id.clone(), subtask_index };
-                (key, Assignment { executor_id: None, epoch: Epoch(0) })
+                let key = SubtaskKey {
+                    operator_id: operator.id.clone(),
+                    subtask_index,
+                };
+                (
+                    key,
+                    Assignment {
+                        executor_id: None,
+                        epoch: Epoch(0),
+                    },
+                )
             })
         })
         .collect();
@@ -328,15 +433,35 @@ fn release_slots(job: &mut JobRecord) {
 fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     let target = match job.status {
-        JobStatus::Cancelling => return Ok(Response::JobCancelRequested { job_id: job_id.clone(), status: job.status }),
-        status if status.is_terminal() => return Err(Rejection::JobAlreadyEnded { job_id: job_id.clone(), status }),
+        JobStatus::Cancelling => {
+            return Ok(Response::JobCancelRequested {
+                job_id: job_id.clone(),
+                status: job.status,
+            })
+        }
+        status if status.is_terminal() => {
+            return Err(Rejection::JobAlreadyEnded {
+                job_id: job_id.clone(),
+                status,
+            })
+        }
         // Tasks that may be running must confirm they stopped; with none placed the job ends at once.
-        _ if job.assignments.values().any(|assignment| assignment.executor_id.is_some()) => JobStatus::Cancelling,
+        _ if job
+            .assignments
+            .values()
+            .any(|assignment| assignment.executor_id.is_some()) =>
+        {
+            JobStatus::Cancelling
+        }
         _ => JobStatus::Cancelled,
     };
     let from = job.status;
     if !from.can_become(target) {
-        return Err(Rejection::IllegalTransition { job_id: job_id.clone(), from, to: target });
+        return Err(Rejection::IllegalTransition {
+            job_id: job_id.clone(),
+            from,
+            to: target,
+        });
     }
     job.status = target;
     job.status_reason = "cancelled by request".to_owned();
@@ -345,14 +470,21 @@ fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
         release_slots(job);
         retire(state, job_id);
     }
-    Ok(Response::JobCancelRequested { job_id: job_id.clone(), status: target })
+    Ok(Response::JobCancelRequested {
+        job_id: job_id.clone(),
+        status: target,
+    })
 }
 
 fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: String, at_ms: u64) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     let from = job.status;
     if !from.can_become(to) {
-        return Err(Rejection::IllegalTransition { job_id: job_id.clone(), from, to });
+        return Err(Rejection::IllegalTransition {
+            job_id: job_id.clone(),
+            from,
+            to,
+        });
     }
     if to == JobStatus::Restarting {
         job.restart_count = job.restart_count.saturating_add(1);
@@ -364,14 +496,26 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
         release_slots(job);
         retire(state, job_id);
     }
-    Ok(Response::JobTransitioned { job_id: job_id.clone(), status: to })
+    Ok(Response::JobTransitioned {
+        job_id: job_id.clone(),
+        status: to,
+    })
 }
 
-fn register_executor(state: &mut State, executor_id: ExecutorId, address: String, slots: u32, at_ms: u64) -> ApplyResult {
+fn register_executor(
+    state: &mut State,
+    executor_id: ExecutorId,
+    address: String,
+    slots: u32,
+    at_ms: u64,
+) -> ApplyResult {
     if slots == 0 {
         return Err(Rejection::NoSlots { executor_id });
     }
-    let registered_at_ms = state.executors.get(&executor_id).map_or(at_ms, |existing| existing.registered_at_ms);
+    let registered_at_ms = state
+        .executors
+        .get(&executor_id)
+        .map_or(at_ms, |existing| existing.registered_at_ms);
     // A re-registration after a restart starts from nothing: whatever it ran before was lost with
     // the process, so its old placements are released (they get new epochs when placed again).
     for job in state.jobs.values_mut() {
@@ -381,7 +525,14 @@ fn register_executor(state: &mut State, executor_id: ExecutorId, address: String
             }
         }
     }
-    let record = ExecutorRecord { executor_id: executor_id.clone(), address, slots, alive: true, registered_at_ms, updated_at_ms: at_ms };
+    let record = ExecutorRecord {
+        executor_id: executor_id.clone(),
+        address,
+        slots,
+        alive: true,
+        registered_at_ms,
+        updated_at_ms: at_ms,
+    };
     state.executors.insert(executor_id.clone(), record);
     Ok(Response::ExecutorRegistered { executor_id })
 }
@@ -390,7 +541,9 @@ fn mark_executor_dead(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -
     let executor = state
         .executors
         .get_mut(executor_id)
-        .ok_or_else(|| Rejection::UnknownExecutor { executor_id: executor_id.clone() })?;
+        .ok_or_else(|| Rejection::UnknownExecutor {
+            executor_id: executor_id.clone(),
+        })?;
     executor.alive = false;
     executor.updated_at_ms = at_ms;
     let mut orphaned_subtasks = 0;
@@ -402,21 +555,39 @@ fn mark_executor_dead(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -
             }
         }
     }
-    Ok(Response::ExecutorMarkedDead { executor_id: executor_id.clone(), orphaned_subtasks })
+    Ok(Response::ExecutorMarkedDead {
+        executor_id: executor_id.clone(),
+        orphaned_subtasks,
+    })
 }
 
-fn assign_subtask(state: &mut State, job_id: &JobId, subtask: SubtaskKey, executor_id: ExecutorId, at_ms: u64) -> ApplyResult {
+fn assign_subtask(
+    state: &mut State,
+    job_id: &JobId,
+    subtask: SubtaskKey,
+    executor_id: ExecutorId,
+    at_ms: u64,
+) -> ApplyResult {
     let executor = state
         .executors
         .get(&executor_id)
-        .ok_or_else(|| Rejection::UnknownExecutor { executor_id: executor_id.clone() })?;
+        .ok_or_else(|| Rejection::UnknownExecutor {
+            executor_id: executor_id.clone(),
+        })?;
     if !executor.alive {
         return Err(Rejection::ExecutorDead { executor_id });
     }
     let slots = executor.slots;
-    let job = state.jobs.get(job_id).ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })?;
+    let job = state
+        .jobs
+        .get(job_id)
+        .ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })?;
     if job.status.is_terminal() || job.status == JobStatus::Cancelling {
-        return Err(Rejection::JobNotActive { job_id: job_id.clone(), status: job.status, what: "assignments".to_owned() });
+        return Err(Rejection::JobNotActive {
+            job_id: job_id.clone(),
+            status: job.status,
+            what: "assignments".to_owned(),
+        });
     }
     let current = job.assignments.get(&subtask).ok_or_else(|| Rejection::UnknownSubtask {
         job_id: job_id.clone(),
@@ -431,28 +602,54 @@ fn assign_subtask(state: &mut State, job_id: &JobId, subtask: SubtaskKey, execut
     let epoch = Epoch(job.last_epoch.0 + 1);
     job.last_epoch = epoch;
     job.updated_at_ms = at_ms;
-    job.assignments.insert(subtask, Assignment { executor_id: Some(executor_id), epoch });
-    Ok(Response::SubtaskAssigned { job_id: job_id.clone(), epoch })
+    job.assignments.insert(
+        subtask,
+        Assignment {
+            executor_id: Some(executor_id),
+            epoch,
+        },
+    );
+    Ok(Response::SubtaskAssigned {
+        job_id: job_id.clone(),
+        epoch,
+    })
 }
 
 fn trigger_checkpoint(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     if job.status != JobStatus::Running {
-        return Err(Rejection::JobNotActive { job_id: job_id.clone(), status: job.status, what: "checkpoint triggers".to_owned() });
+        return Err(Rejection::JobNotActive {
+            job_id: job_id.clone(),
+            status: job.status,
+            what: "checkpoint triggers".to_owned(),
+        });
     }
-    let last = job.last_triggered_checkpoint_id.max(job.last_checkpoint_id).map_or(0, |id| id.0);
+    let last = job
+        .last_triggered_checkpoint_id
+        .max(job.last_checkpoint_id)
+        .map_or(0, |id| id.0);
     let checkpoint_id = CheckpointId(last + 1);
     job.last_triggered_checkpoint_id = Some(checkpoint_id);
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
-    Ok(Response::CheckpointTriggered { job_id: job_id.clone(), checkpoint_id })
+    Ok(Response::CheckpointTriggered {
+        job_id: job_id.clone(),
+        checkpoint_id,
+    })
 }
 
 fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedCheckpoint) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     if job.status.is_terminal() {
-        return Err(Rejection::JobNotActive { job_id: job_id.clone(), status: job.status, what: "checkpoints".to_owned() });
+        return Err(Rejection::JobNotActive {
+            job_id: job_id.clone(),
+            status: job.status,
+            what: "checkpoints".to_owned(),
+        });
     }
-    if job.last_triggered_checkpoint_id.is_none_or(|triggered| checkpoint.checkpoint_id > triggered) {
+    if job
+        .last_triggered_checkpoint_id
+        .is_none_or(|triggered| checkpoint.checkpoint_id > triggered)
+    {
         return Err(Rejection::CheckpointNotTriggered {
             job_id: job_id.clone(),
             checkpoint_id: checkpoint.checkpoint_id,
@@ -461,7 +658,11 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
     }
     if let Some(last) = job.last_checkpoint_id {
         if checkpoint.checkpoint_id <= last {
-            return Err(Rejection::CheckpointIdNotIncreasing { job_id: job_id.clone(), checkpoint_id: checkpoint.checkpoint_id, last });
+            return Err(Rejection::CheckpointIdNotIncreasing {
+                job_id: job_id.clone(),
+                checkpoint_id: checkpoint.checkpoint_id,
+                last,
+            });
         }
     }
     if checkpoint.epoch > job.last_epoch {
@@ -480,5 +681,8 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
     while job.checkpoints.len() > retained {
         job.checkpoints.pop_front();
     }
-    Ok(Response::CheckpointCompleted { job_id: job_id.clone(), checkpoint_id })
+    Ok(Response::CheckpointCompleted {
+        job_id: job_id.clone(),
+        checkpoint_id,
+    })
 }

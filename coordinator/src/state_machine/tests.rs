@@ -24,7 +24,10 @@ fn executor(n: u8) -> ExecutorId {
 }
 
 fn subtask(operator: &str, index: u32) -> SubtaskKey {
-    SubtaskKey { operator_id: operator.to_owned(), subtask_index: index }
+    SubtaskKey {
+        operator_id: operator.to_owned(),
+        subtask_index: index,
+    }
 }
 
 fn checkpoint(id: u64, epoch: u64) -> CompletedCheckpoint {
@@ -41,27 +44,94 @@ fn checkpoint(id: u64, epoch: u64) -> CompletedCheckpoint {
 #[test]
 fn submit_then_cancel_unplaced_job_ends_cancelled() {
     let mut state = State::default();
-    let submitted = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(2, 3), at_ms: 5 });
-    assert_eq!(submitted, Ok(Response::JobSubmitted { job_id: JobId::from_number(1) }));
+    let submitted = apply(
+        &mut state,
+        Command::SubmitJob {
+            request_id: None,
+            graph: graph(2, 3),
+            at_ms: 5,
+        },
+    );
+    assert_eq!(
+        submitted,
+        Ok(Response::JobSubmitted {
+            job_id: JobId::from_number(1)
+        })
+    );
     let job_id = JobId::from_number(1);
     assert_eq!(state.jobs[&job_id].assignments.len(), 1 + 2 + 2 + 1);
-    let cancelled = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 6 });
-    assert_eq!(cancelled, Ok(Response::JobCancelRequested { job_id: job_id.clone(), status: JobStatus::Cancelled }));
-    let again = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 7 });
-    assert_eq!(again, Err(Rejection::JobAlreadyEnded { job_id, status: JobStatus::Cancelled }));
+    let cancelled = apply(
+        &mut state,
+        Command::CancelJob {
+            request_id: None,
+            job_id: job_id.clone(),
+            at_ms: 6,
+        },
+    );
+    assert_eq!(
+        cancelled,
+        Ok(Response::JobCancelRequested {
+            job_id: job_id.clone(),
+            status: JobStatus::Cancelled
+        })
+    );
+    let again = apply(
+        &mut state,
+        Command::CancelJob {
+            request_id: None,
+            job_id: job_id.clone(),
+            at_ms: 7,
+        },
+    );
+    assert_eq!(
+        again,
+        Err(Rejection::JobAlreadyEnded {
+            job_id,
+            status: JobStatus::Cancelled
+        })
+    );
 }
 
 #[test]
 fn cancelling_a_finished_job_is_refused_and_changes_nothing() {
     let mut state = State::default();
     let job_id = JobId::from_number(1);
-    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 1), at_ms: 0 });
+    let _ = apply(
+        &mut state,
+        Command::SubmitJob {
+            request_id: None,
+            graph: graph(1, 1),
+            at_ms: 0,
+        },
+    );
     for to in [JobStatus::Running, JobStatus::Finished] {
-        assert!(apply(&mut state, Command::TransitionJob { job_id: job_id.clone(), to, reason: String::new(), at_ms: 1 }).is_ok());
+        assert!(apply(
+            &mut state,
+            Command::TransitionJob {
+                job_id: job_id.clone(),
+                to,
+                reason: String::new(),
+                at_ms: 1
+            }
+        )
+        .is_ok());
     }
     let before = state.clone();
-    let refused = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 2 });
-    assert_eq!(refused, Err(Rejection::JobAlreadyEnded { job_id, status: JobStatus::Finished }));
+    let refused = apply(
+        &mut state,
+        Command::CancelJob {
+            request_id: None,
+            job_id: job_id.clone(),
+            at_ms: 2,
+        },
+    );
+    assert_eq!(
+        refused,
+        Err(Rejection::JobAlreadyEnded {
+            job_id,
+            status: JobStatus::Finished
+        })
+    );
     assert_eq!(state, before);
 }
 
@@ -69,8 +139,22 @@ fn cancelling_a_finished_job_is_refused_and_changes_nothing() {
 fn retried_request_applies_once_and_answers_the_same() {
     let mut state = State::default();
     let request_id = Some(RequestId("r-1".to_owned()));
-    let first = apply(&mut state, Command::SubmitJob { request_id: request_id.clone(), graph: graph(1, 1), at_ms: 1 });
-    let second = apply(&mut state, Command::SubmitJob { request_id, graph: graph(1, 1), at_ms: 2 });
+    let first = apply(
+        &mut state,
+        Command::SubmitJob {
+            request_id: request_id.clone(),
+            graph: graph(1, 1),
+            at_ms: 1,
+        },
+    );
+    let second = apply(
+        &mut state,
+        Command::SubmitJob {
+            request_id,
+            graph: graph(1, 1),
+            at_ms: 2,
+        },
+    );
     assert_eq!(first, second);
     assert_eq!(state.jobs.len(), 1);
 }
@@ -90,50 +174,236 @@ fn request_log_forgets_oldest_beyond_its_bound() {
 fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
     let mut state = State::default();
     let job_id = JobId::from_number(1);
-    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 2), at_ms: 0 });
-    let _ = apply(&mut state, Command::RegisterExecutor { executor_id: executor(1), address: "a".into(), slots: 2, at_ms: 0 });
-    let first = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("src", 0), executor_id: executor(1), at_ms: 1 });
-    assert_eq!(first, Ok(Response::SubtaskAssigned { job_id: job_id.clone(), epoch: Epoch(1) }));
-    let _ = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("keys", 0), executor_id: executor(1), at_ms: 1 });
-    let full = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("out", 0), executor_id: executor(1), at_ms: 1 });
-    assert_eq!(full, Err(Rejection::NoFreeSlot { executor_id: executor(1), slots: 2 }));
-    let dead = apply(&mut state, Command::MarkExecutorDead { executor_id: executor(1), at_ms: 2 });
-    assert_eq!(dead, Ok(Response::ExecutorMarkedDead { executor_id: executor(1), orphaned_subtasks: 2 }));
+    let _ = apply(
+        &mut state,
+        Command::SubmitJob {
+            request_id: None,
+            graph: graph(1, 2),
+            at_ms: 0,
+        },
+    );
+    let _ = apply(
+        &mut state,
+        Command::RegisterExecutor {
+            executor_id: executor(1),
+            address: "a".into(),
+            slots: 2,
+            at_ms: 0,
+        },
+    );
+    let first = apply(
+        &mut state,
+        Command::AssignSubtask {
+            job_id: job_id.clone(),
+            subtask: subtask("src", 0),
+            executor_id: executor(1),
+            at_ms: 1,
+        },
+    );
+    assert_eq!(
+        first,
+        Ok(Response::SubtaskAssigned {
+            job_id: job_id.clone(),
+            epoch: Epoch(1)
+        })
+    );
+    let _ = apply(
+        &mut state,
+        Command::AssignSubtask {
+            job_id: job_id.clone(),
+            subtask: subtask("keys", 0),
+            executor_id: executor(1),
+            at_ms: 1,
+        },
+    );
+    let full = apply(
+        &mut state,
+        Command::AssignSubtask {
+            job_id: job_id.clone(),
+            subtask: subtask("out", 0),
+            executor_id: executor(1),
+            at_ms: 1,
+        },
+    );
+    assert_eq!(
+        full,
+        Err(Rejection::NoFreeSlot {
+            executor_id: executor(1),
+            slots: 2
+        })
+    );
+    let dead = apply(
+        &mut state,
+        Command::MarkExecutorDead {
+            executor_id: executor(1),
+            at_ms: 2,
+        },
+    );
+    assert_eq!(
+        dead,
+        Ok(Response::ExecutorMarkedDead {
+            executor_id: executor(1),
+            orphaned_subtasks: 2
+        })
+    );
     assert_eq!(state.used_slots(&executor(1)), 0);
-    let _ = apply(&mut state, Command::RegisterExecutor { executor_id: executor(2), address: "b".into(), slots: 8, at_ms: 3 });
-    let moved = apply(&mut state, Command::AssignSubtask { job_id: job_id.clone(), subtask: subtask("src", 0), executor_id: executor(2), at_ms: 3 });
-    assert_eq!(moved, Ok(Response::SubtaskAssigned { job_id: job_id.clone(), epoch: Epoch(3) }));
-    let running = apply(&mut state, Command::TransitionJob { job_id: job_id.clone(), to: JobStatus::Running, reason: String::new(), at_ms: 4 });
+    let _ = apply(
+        &mut state,
+        Command::RegisterExecutor {
+            executor_id: executor(2),
+            address: "b".into(),
+            slots: 8,
+            at_ms: 3,
+        },
+    );
+    let moved = apply(
+        &mut state,
+        Command::AssignSubtask {
+            job_id: job_id.clone(),
+            subtask: subtask("src", 0),
+            executor_id: executor(2),
+            at_ms: 3,
+        },
+    );
+    assert_eq!(
+        moved,
+        Ok(Response::SubtaskAssigned {
+            job_id: job_id.clone(),
+            epoch: Epoch(3)
+        })
+    );
+    let running = apply(
+        &mut state,
+        Command::TransitionJob {
+            job_id: job_id.clone(),
+            to: JobStatus::Running,
+            reason: String::new(),
+            at_ms: 4,
+        },
+    );
     assert!(running.is_ok());
-    let cancel = apply(&mut state, Command::CancelJob { request_id: None, job_id: job_id.clone(), at_ms: 5 });
-    assert_eq!(cancel, Ok(Response::JobCancelRequested { job_id, status: JobStatus::Cancelling }));
+    let cancel = apply(
+        &mut state,
+        Command::CancelJob {
+            request_id: None,
+            job_id: job_id.clone(),
+            at_ms: 5,
+        },
+    );
+    assert_eq!(
+        cancel,
+        Ok(Response::JobCancelRequested {
+            job_id,
+            status: JobStatus::Cancelling
+        })
+    );
 }
 
 #[test]
 fn checkpoints_must_increase_and_only_the_retained_are_kept() {
     let mut state = State::default();
     let job_id = JobId::from_number(1);
-    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 2), at_ms: 0 });
-    let not_running = apply(&mut state, Command::TriggerCheckpoint { job_id: job_id.clone(), at_ms: 0 });
-    assert!(matches!(not_running, Err(Rejection::JobNotActive { .. })), "{not_running:?}");
-    let _ = apply(&mut state, Command::TransitionJob { job_id: job_id.clone(), to: JobStatus::Running, reason: String::new(), at_ms: 0 });
-    let early = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(1, 0) });
-    assert!(matches!(early, Err(Rejection::CheckpointNotTriggered { .. })), "{early:?}");
+    let _ = apply(
+        &mut state,
+        Command::SubmitJob {
+            request_id: None,
+            graph: graph(1, 2),
+            at_ms: 0,
+        },
+    );
+    let not_running = apply(
+        &mut state,
+        Command::TriggerCheckpoint {
+            job_id: job_id.clone(),
+            at_ms: 0,
+        },
+    );
+    assert!(
+        matches!(not_running, Err(Rejection::JobNotActive { .. })),
+        "{not_running:?}"
+    );
+    let _ = apply(
+        &mut state,
+        Command::TransitionJob {
+            job_id: job_id.clone(),
+            to: JobStatus::Running,
+            reason: String::new(),
+            at_ms: 0,
+        },
+    );
+    let early = apply(
+        &mut state,
+        Command::CompleteCheckpoint {
+            job_id: job_id.clone(),
+            checkpoint: checkpoint(1, 0),
+        },
+    );
+    assert!(
+        matches!(early, Err(Rejection::CheckpointNotTriggered { .. })),
+        "{early:?}"
+    );
     for expected in 1..=5 {
-        let triggered = apply(&mut state, Command::TriggerCheckpoint { job_id: job_id.clone(), at_ms: expected });
-        assert_eq!(triggered, Ok(Response::CheckpointTriggered { job_id: job_id.clone(), checkpoint_id: CheckpointId(expected) }));
+        let triggered = apply(
+            &mut state,
+            Command::TriggerCheckpoint {
+                job_id: job_id.clone(),
+                at_ms: expected,
+            },
+        );
+        assert_eq!(
+            triggered,
+            Ok(Response::CheckpointTriggered {
+                job_id: job_id.clone(),
+                checkpoint_id: CheckpointId(expected)
+            })
+        );
     }
     // 3 and 4 were aborted (never completed); ids still only go up.
     for id in [1, 2, 5] {
-        assert!(apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(id, 0) }).is_ok());
+        assert!(apply(
+            &mut state,
+            Command::CompleteCheckpoint {
+                job_id: job_id.clone(),
+                checkpoint: checkpoint(id, 0)
+            }
+        )
+        .is_ok());
     }
-    let next = apply(&mut state, Command::TriggerCheckpoint { job_id: job_id.clone(), at_ms: 9 });
-    assert_eq!(next, Ok(Response::CheckpointTriggered { job_id: job_id.clone(), checkpoint_id: CheckpointId(6) }));
-    let repeat = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(5, 0) });
+    let next = apply(
+        &mut state,
+        Command::TriggerCheckpoint {
+            job_id: job_id.clone(),
+            at_ms: 9,
+        },
+    );
+    assert_eq!(
+        next,
+        Ok(Response::CheckpointTriggered {
+            job_id: job_id.clone(),
+            checkpoint_id: CheckpointId(6)
+        })
+    );
+    let repeat = apply(
+        &mut state,
+        Command::CompleteCheckpoint {
+            job_id: job_id.clone(),
+            checkpoint: checkpoint(5, 0),
+        },
+    );
     assert!(matches!(repeat, Err(Rejection::CheckpointIdNotIncreasing { .. })));
-    let back = apply(&mut state, Command::CompleteCheckpoint { job_id: job_id.clone(), checkpoint: checkpoint(3, 0) });
+    let back = apply(
+        &mut state,
+        Command::CompleteCheckpoint {
+            job_id: job_id.clone(),
+            checkpoint: checkpoint(3, 0),
+        },
+    );
     assert!(matches!(back, Err(Rejection::CheckpointIdNotIncreasing { .. })));
-    let ids: Vec<u64> = state.jobs[&job_id].checkpoints.iter().map(|c| c.checkpoint_id.0).collect();
+    let ids: Vec<u64> = state.jobs[&job_id]
+        .checkpoints
+        .iter()
+        .map(|c| c.checkpoint_id.0)
+        .collect();
     assert_eq!(ids, vec![2, 5]);
 }
 
@@ -142,12 +412,37 @@ fn only_the_most_recent_ended_jobs_are_retained() {
     let mut state = State::default();
     let total = RETAINED_ENDED_JOBS as u64 + 5;
     for number in 1..=total {
-        let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 1), at_ms: number });
-        let cancelled = apply(&mut state, Command::CancelJob { request_id: None, job_id: JobId::from_number(number), at_ms: number });
+        let _ = apply(
+            &mut state,
+            Command::SubmitJob {
+                request_id: None,
+                graph: graph(1, 1),
+                at_ms: number,
+            },
+        );
+        let cancelled = apply(
+            &mut state,
+            Command::CancelJob {
+                request_id: None,
+                job_id: JobId::from_number(number),
+                at_ms: number,
+            },
+        );
         assert!(cancelled.is_ok());
     }
-    let _ = apply(&mut state, Command::SubmitJob { request_id: None, graph: graph(1, 1), at_ms: 0 });
-    assert_eq!(state.jobs.len(), RETAINED_ENDED_JOBS + 1, "retained ended jobs plus the running one");
+    let _ = apply(
+        &mut state,
+        Command::SubmitJob {
+            request_id: None,
+            graph: graph(1, 1),
+            at_ms: 0,
+        },
+    );
+    assert_eq!(
+        state.jobs.len(),
+        RETAINED_ENDED_JOBS + 1,
+        "retained ended jobs plus the running one"
+    );
     assert!(!state.jobs.contains_key(&JobId::from_number(5)));
     assert!(state.jobs.contains_key(&JobId::from_number(6)));
     assert!(state.jobs.contains_key(&JobId::from_number(total + 1)));
@@ -171,7 +466,11 @@ fn arbitrary_status() -> impl Strategy<Value = JobStatus> {
 }
 
 fn arbitrary_subtask() -> impl Strategy<Value = SubtaskKey> {
-    (prop::sample::select(vec!["src", "keys", "counts", "out", "missing"]), 0u32..4).prop_map(|(op, index)| subtask(op, index))
+    (
+        prop::sample::select(vec!["src", "keys", "counts", "out", "missing"]),
+        0u32..4,
+    )
+        .prop_map(|(op, index)| subtask(op, index))
 }
 
 fn arbitrary_command() -> impl Strategy<Value = Command> {
@@ -179,22 +478,45 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
     let executor_id = (1u8..4).prop_map(executor);
     let request_id = prop::option::of((0u8..6).prop_map(|n| RequestId(format!("req-{n}"))));
     prop_oneof![
-        (request_id.clone(), 1u32..4, 1u32..4, 0u64..100)
-            .prop_map(|(request_id, parallelism, retained, at_ms)| Command::SubmitJob { request_id, graph: graph(parallelism, retained), at_ms }),
-        (request_id, job_id.clone(), 0u64..100).prop_map(|(request_id, job_id, at_ms)| Command::CancelJob { request_id, job_id, at_ms }),
-        (job_id.clone(), arbitrary_status(), 0u64..100)
-            .prop_map(|(job_id, to, at_ms)| Command::TransitionJob { job_id, to, reason: "test".into(), at_ms }),
+        (request_id.clone(), 1u32..4, 1u32..4, 0u64..100).prop_map(|(request_id, parallelism, retained, at_ms)| {
+            Command::SubmitJob {
+                request_id,
+                graph: graph(parallelism, retained),
+                at_ms,
+            }
+        }),
+        (request_id, job_id.clone(), 0u64..100).prop_map(|(request_id, job_id, at_ms)| Command::CancelJob {
+            request_id,
+            job_id,
+            at_ms
+        }),
+        (job_id.clone(), arbitrary_status(), 0u64..100).prop_map(|(job_id, to, at_ms)| Command::TransitionJob {
+            job_id,
+            to,
+            reason: "test".into(),
+            at_ms
+        }),
         (executor_id.clone(), 0u32..4, 0u64..100).prop_map(|(executor_id, slots, at_ms)| Command::RegisterExecutor {
             executor_id,
             address: "127.0.0.1:1".into(),
             slots,
             at_ms
         }),
-        (executor_id.clone(), 0u64..100).prop_map(|(executor_id, at_ms)| Command::MarkExecutorDead { executor_id, at_ms }),
-        (job_id.clone(), arbitrary_subtask(), executor_id, 0u64..100)
-            .prop_map(|(job_id, subtask, executor_id, at_ms)| Command::AssignSubtask { job_id, subtask, executor_id, at_ms }),
+        (executor_id.clone(), 0u64..100)
+            .prop_map(|(executor_id, at_ms)| Command::MarkExecutorDead { executor_id, at_ms }),
+        (job_id.clone(), arbitrary_subtask(), executor_id, 0u64..100).prop_map(
+            |(job_id, subtask, executor_id, at_ms)| Command::AssignSubtask {
+                job_id,
+                subtask,
+                executor_id,
+                at_ms
+            }
+        ),
         (job_id.clone(), 0u64..100).prop_map(|(job_id, at_ms)| Command::TriggerCheckpoint { job_id, at_ms }),
-        (job_id, 0u64..30, 0u64..12).prop_map(|(job_id, id, epoch)| Command::CompleteCheckpoint { job_id, checkpoint: checkpoint(id, epoch) }),
+        (job_id, 0u64..30, 0u64..12).prop_map(|(job_id, id, epoch)| Command::CompleteCheckpoint {
+            job_id,
+            checkpoint: checkpoint(id, epoch)
+        }),
     ]
 }
 
@@ -204,15 +526,28 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
     }
     for executor in after.executors.values() {
         let used = after.used_slots(&executor.executor_id);
-        prop_assert!(used <= executor.slots, "executor {} uses {} of {} slots", executor.executor_id, used, executor.slots);
+        prop_assert!(
+            used <= executor.slots,
+            "executor {} uses {} of {} slots",
+            executor.executor_id,
+            used,
+            executor.slots
+        );
         if !executor.alive {
             prop_assert_eq!(used, 0, "dead executor {} still holds subtasks", executor.executor_id);
         }
     }
     for job in after.jobs.values() {
-        let placed: Vec<_> = job.assignments.values().filter_map(|a| a.executor_id.as_ref()).collect();
+        let placed: Vec<_> = job
+            .assignments
+            .values()
+            .filter_map(|a| a.executor_id.as_ref())
+            .collect();
         for executor_id in &placed {
-            prop_assert!(after.executors.get(executor_id).is_some_and(|e| e.alive), "subtask placed on missing or dead executor");
+            prop_assert!(
+                after.executors.get(executor_id).is_some_and(|e| e.alive),
+                "subtask placed on missing or dead executor"
+            );
         }
         if job.status.is_terminal() {
             prop_assert!(placed.is_empty(), "ended job {} still holds slots", job.job_id);
@@ -220,15 +555,35 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
         for assignment in job.assignments.values() {
             prop_assert!(assignment.epoch <= job.last_epoch);
         }
-        prop_assert!(job.last_checkpoint_id <= job.last_triggered_checkpoint_id, "a checkpoint completed without a trigger");
+        prop_assert!(
+            job.last_checkpoint_id <= job.last_triggered_checkpoint_id,
+            "a checkpoint completed without a trigger"
+        );
         for pair in job.checkpoints.iter().collect::<Vec<_>>().windows(2) {
-            prop_assert!(pair[0].checkpoint_id < pair[1].checkpoint_id, "checkpoint ids not increasing");
+            prop_assert!(
+                pair[0].checkpoint_id < pair[1].checkpoint_id,
+                "checkpoint ids not increasing"
+            );
         }
-        prop_assert_eq!(job.checkpoints.back().map(|c| c.checkpoint_id), job.last_checkpoint_id.filter(|_| !job.checkpoints.is_empty()));
+        prop_assert_eq!(
+            job.checkpoints.back().map(|c| c.checkpoint_id),
+            job.last_checkpoint_id.filter(|_| !job.checkpoints.is_empty())
+        );
         if let Some(old) = before.jobs.get(&job.job_id) {
-            prop_assert!(old.status == job.status || old.status.can_become(job.status), "illegal {} -> {}", old.status, job.status);
-            prop_assert!(old.last_checkpoint_id <= job.last_checkpoint_id, "checkpoint id went back");
-            prop_assert!(old.last_triggered_checkpoint_id <= job.last_triggered_checkpoint_id, "triggered id went back");
+            prop_assert!(
+                old.status == job.status || old.status.can_become(job.status),
+                "illegal {} -> {}",
+                old.status,
+                job.status
+            );
+            prop_assert!(
+                old.last_checkpoint_id <= job.last_checkpoint_id,
+                "checkpoint id went back"
+            );
+            prop_assert!(
+                old.last_triggered_checkpoint_id <= job.last_triggered_checkpoint_id,
+                "triggered id went back"
+            );
             prop_assert!(old.last_epoch <= job.last_epoch, "epoch went back");
             for (key, assignment) in &job.assignments {
                 let previous = &old.assignments[key];
@@ -236,14 +591,22 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
                     prop_assert!(previous.epoch < assignment.epoch, "epoch of {:?} did not increase", key);
                 }
                 if assignment.executor_id.is_some() && previous.executor_id != assignment.executor_id {
-                    prop_assert!(previous.epoch < assignment.epoch, "subtask {:?} moved without a new epoch", key);
+                    prop_assert!(
+                        previous.epoch < assignment.epoch,
+                        "subtask {:?} moved without a new epoch",
+                        key
+                    );
                 }
             }
         }
     }
     for (job_id, job) in &before.jobs {
         let ended = job.status.is_terminal() || after.ended_jobs.contains(job_id);
-        prop_assert!(after.jobs.contains_key(job_id) || ended, "job {} vanished without ending", job_id);
+        prop_assert!(
+            after.jobs.contains_key(job_id) || ended,
+            "job {} vanished without ending",
+            job_id
+        );
     }
     prop_assert!(after.ended_jobs.len() <= RETAINED_ENDED_JOBS);
     Ok(())

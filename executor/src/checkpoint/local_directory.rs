@@ -20,23 +20,37 @@ impl LocalDirectoryStore {
     /// Resolves a location inside the root, refusing anything that could escape it.
     fn path_of(&self, location: &str) -> Result<PathBuf, CheckpointStoreError> {
         let relative = Path::new(location);
-        let safe = !location.is_empty() && relative.components().all(|component| matches!(component, Component::Normal(_)));
+        let safe = !location.is_empty()
+            && relative
+                .components()
+                .all(|component| matches!(component, Component::Normal(_)));
         if !safe {
-            return Err(CheckpointStoreError::InvalidLocation { location: location.to_owned(), problem: "must be a relative path without '..'".to_owned() });
+            return Err(CheckpointStoreError::InvalidLocation {
+                location: location.to_owned(),
+                problem: "must be a relative path without '..'".to_owned(),
+            });
         }
         Ok(self.root.join(relative))
     }
 }
 
 fn io_error(location: &str) -> impl FnOnce(std::io::Error) -> CheckpointStoreError + '_ {
-    move |source| CheckpointStoreError::Io { location: location.to_owned(), source }
+    move |source| CheckpointStoreError::Io {
+        location: location.to_owned(),
+        source,
+    }
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let directory = path.parent().ok_or_else(|| std::io::Error::other("state path has no parent directory"))?;
+    let directory = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("state path has no parent directory"))?;
     std::fs::create_dir_all(directory)?;
-    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temporary = directory.join(format!(".{file_name}.tmp"));
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(bytes)?;
@@ -48,10 +62,17 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl CheckpointStore for LocalDirectoryStore {
     async fn put(&self, location: &str, bytes: Vec<u8>) -> Result<StateHandle, CheckpointStoreError> {
         let path = self.path_of(location)?;
-        let handle = StateHandle { location: location.to_owned(), size_bytes: bytes.len() as u64, checksum: checksum(&bytes) };
+        let handle = StateHandle {
+            location: location.to_owned(),
+            size_bytes: bytes.len() as u64,
+            checksum: checksum(&bytes),
+        };
         tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
             .await
-            .map_err(|join_error| CheckpointStoreError::Io { location: location.to_owned(), source: std::io::Error::other(join_error.to_string()) })?
+            .map_err(|join_error| CheckpointStoreError::Io {
+                location: location.to_owned(),
+                source: std::io::Error::other(join_error.to_string()),
+            })?
             .map_err(io_error(location))?;
         Ok(handle)
     }
@@ -61,7 +82,9 @@ impl CheckpointStore for LocalDirectoryStore {
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CheckpointStoreError::Missing { location: handle.location.clone() })
+                return Err(CheckpointStoreError::Missing {
+                    location: handle.location.clone(),
+                })
             }
             Err(error) => return Err(io_error(&handle.location)(error)),
         };
@@ -94,15 +117,33 @@ mod tests {
         assert_eq!(store.get(&handle).await?, b"key group state");
 
         std::fs::write(directory.path().join(&location), b"key group stat3")?;
-        let corrupted = store.get(&handle).await.err().map(|error| error.to_string()).unwrap_or_default();
-        assert!(corrupted.contains("corrupted") && corrupted.contains("chk-7/counts-1"), "{corrupted}");
+        let corrupted = store
+            .get(&handle)
+            .await
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(
+            corrupted.contains("corrupted") && corrupted.contains("chk-7/counts-1"),
+            "{corrupted}"
+        );
 
         std::fs::write(directory.path().join(&location), b"short")?;
-        let truncated = store.get(&handle).await.err().map(|error| error.to_string()).unwrap_or_default();
+        let truncated = store
+            .get(&handle)
+            .await
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
         assert!(truncated.contains("5 bytes, expected 15"), "{truncated}");
 
         store.delete_checkpoint("job-1", 7).await?;
-        let missing = store.get(&handle).await.err().map(|error| error.to_string()).unwrap_or_default();
+        let missing = store
+            .get(&handle)
+            .await
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
         assert!(missing.contains("missing"), "{missing}");
         Ok(())
     }
@@ -111,7 +152,12 @@ mod tests {
     async fn locations_cannot_escape_the_root() {
         let store = LocalDirectoryStore::new("/tmp/raftstream-store-root");
         for location in ["../etc/passwd", "/etc/passwd", "", "a/../../b"] {
-            let error = store.put(location, Vec::new()).await.err().map(|error| error.to_string()).unwrap_or_default();
+            let error = store
+                .put(location, Vec::new())
+                .await
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
             assert!(error.contains("invalid state location"), "{location}: {error}");
         }
     }

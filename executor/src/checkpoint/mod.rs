@@ -50,11 +50,19 @@ pub fn state_location(job_id: &str, checkpoint_id: u64, operator_id: &str, subta
 /// when executors run on several machines.
 pub trait CheckpointStore: Send + Sync {
     /// Writes `bytes` durably at `location` and returns the handle to record.
-    fn put(&self, location: &str, bytes: Vec<u8>) -> impl Future<Output = Result<StateHandle, CheckpointStoreError>> + Send;
+    fn put(
+        &self,
+        location: &str,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<StateHandle, CheckpointStoreError>> + Send;
     /// Reads the state behind `handle`, verifying its size and checksum.
     fn get(&self, handle: &StateHandle) -> impl Future<Output = Result<Vec<u8>, CheckpointStoreError>> + Send;
     /// Deletes everything of one checkpoint (after it is no longer retained, or was aborted).
-    fn delete_checkpoint(&self, job_id: &str, checkpoint_id: u64) -> impl Future<Output = Result<(), CheckpointStoreError>> + Send;
+    fn delete_checkpoint(
+        &self,
+        job_id: &str,
+        checkpoint_id: u64,
+    ) -> impl Future<Output = Result<(), CheckpointStoreError>> + Send;
 }
 
 /// Verifies bytes read back against their handle.

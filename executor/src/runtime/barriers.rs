@@ -32,12 +32,18 @@ pub struct BarrierAligner {
 impl BarrierAligner {
     /// An aligner for a task with `inputs` input channels.
     pub fn new(inputs: usize) -> Self {
-        BarrierAligner { inputs: inputs.max(1), aligning: None, last_finished: None }
+        BarrierAligner {
+            inputs: inputs.max(1),
+            aligning: None,
+            last_finished: None,
+        }
     }
 
     /// Whether records from `input` must be held back now.
     pub fn is_blocked(&self, input: usize) -> bool {
-        self.aligning.as_ref().is_some_and(|(_, arrived)| arrived.contains(&input))
+        self.aligning
+            .as_ref()
+            .is_some_and(|(_, arrived)| arrived.contains(&input))
     }
 
     /// The checkpoint being aligned, if any.
@@ -62,7 +68,11 @@ impl BarrierAligner {
             }
             None => self.aligning = Some((checkpoint_id, BTreeSet::from([input]))),
         }
-        if self.aligning.as_ref().is_some_and(|(_, arrived)| arrived.len() == self.inputs) {
+        if self
+            .aligning
+            .as_ref()
+            .is_some_and(|(_, arrived)| arrived.len() == self.inputs)
+        {
             self.aligning = None;
             self.last_finished = Some(checkpoint_id);
             return Alignment::Snapshot(checkpoint_id);

@@ -13,7 +13,12 @@ pub struct GeneratorSettings {
 
 impl Default for GeneratorSettings {
     fn default() -> Self {
-        GeneratorSettings { seed: 0, count: None, vocabulary_size: 1_000, words_per_record: 8 }
+        GeneratorSettings {
+            seed: 0,
+            count: None,
+            vocabulary_size: 1_000,
+            words_per_record: 8,
+        }
     }
 }
 
@@ -57,13 +62,21 @@ mod tests {
 
     #[test]
     fn records_are_a_pure_function_of_seed_and_offset() {
-        let settings = GeneratorSettings { seed: 42, count: Some(10), vocabulary_size: 50, words_per_record: 4 };
+        let settings = GeneratorSettings {
+            seed: 42,
+            count: Some(10),
+            vocabulary_size: 50,
+            words_per_record: 4,
+        };
         let (mut first, mut again) = (String::new(), String::new());
         settings.write_record(7, &mut first);
         settings.write_record(7, &mut again);
         assert_eq!(first, again);
         assert_eq!(first.split(' ').count(), 4);
-        let other_seed = GeneratorSettings { seed: 43, ..settings.clone() };
+        let other_seed = GeneratorSettings {
+            seed: 43,
+            ..settings.clone()
+        };
         let mut different = String::new();
         other_seed.write_record(7, &mut different);
         assert_ne!(first, different);

@@ -46,7 +46,11 @@ mod tests {
             let mut covered = Vec::new();
             for index in 0..parallelism {
                 for group in key_group_range(index, 128, parallelism) {
-                    assert_eq!(subtask_for_key_group(group, 128, parallelism), index, "group {group} at parallelism {parallelism}");
+                    assert_eq!(
+                        subtask_for_key_group(group, 128, parallelism),
+                        index,
+                        "group {group} at parallelism {parallelism}"
+                    );
                     covered.push(group);
                 }
             }
@@ -59,6 +63,10 @@ mod tests {
         assert_eq!(stable_hash("word"), stable_hash("word"));
         assert_eq!(key_group("", 128), key_group("", 128));
         let groups: std::collections::BTreeSet<u32> = (0..1000).map(|n| key_group(&format!("w{n}"), 128)).collect();
-        assert!(groups.len() > 120, "1000 keys should reach most of 128 groups, reached {}", groups.len());
+        assert!(
+            groups.len() > 120,
+            "1000 keys should reach most of 128 groups, reached {}",
+            groups.len()
+        );
     }
 }

@@ -26,7 +26,11 @@ pub enum RuntimeError {
     #[error("the local runtime runs a single chain source -> ... -> key_by -> count -> sink; {0}")]
     Shape(String),
     #[error("operator {operator:?}: param {param}: {problem}")]
-    Param { operator: String, param: String, problem: String },
+    Param {
+        operator: String,
+        param: String,
+        problem: String,
+    },
     #[error("writing sink output {path}: {source}")]
     Sink { path: PathBuf, source: std::io::Error },
     #[error("a subtask failed: {0}")]
@@ -76,17 +80,27 @@ fn param_u64(operator: &OperatorSpec, name: &str) -> Result<Option<u64>, Runtime
 }
 
 fn plan(graph: &JobGraph) -> Result<Plan, RuntimeError> {
-    let sources: Vec<&OperatorSpec> = graph.operators.iter().filter(|operator| operator.inputs.is_empty()).collect();
+    let sources: Vec<&OperatorSpec> = graph
+        .operators
+        .iter()
+        .filter(|operator| operator.inputs.is_empty())
+        .collect();
     let [source] = sources.as_slice() else {
         return Err(RuntimeError::Shape(format!("found {} sources", sources.len())));
     };
     if source.kind != OperatorKind::Generator {
-        return Err(RuntimeError::Unsupported { operator: source.id.clone(), kind: source.kind });
+        return Err(RuntimeError::Unsupported {
+            operator: source.id.clone(),
+            kind: source.kind,
+        });
     }
     let defaults = GeneratorSettings::default();
     let settings = GeneratorSettings {
         seed: param_u64(source, "seed")?.unwrap_or(defaults.seed),
-        count: Some(param_u64(source, "count")?.ok_or_else(|| RuntimeError::Shape("the generator must be bounded (params.count)".to_owned()))?),
+        count: Some(
+            param_u64(source, "count")?
+                .ok_or_else(|| RuntimeError::Shape("the generator must be bounded (params.count)".to_owned()))?,
+        ),
         vocabulary_size: param_u64(source, "vocabulary_size")?.unwrap_or(defaults.vocabulary_size),
         words_per_record: param_u64(source, "words_per_record")?.unwrap_or(defaults.words_per_record),
     };
@@ -95,14 +109,30 @@ fn plan(graph: &JobGraph) -> Result<Plan, RuntimeError> {
     let mut transforms = Vec::new();
     let mut keyed_parallelism = None;
     loop {
-        let consumers: Vec<&OperatorSpec> = graph.operators.iter().filter(|operator| operator.inputs.contains(&current.id)).collect();
+        let consumers: Vec<&OperatorSpec> = graph
+            .operators
+            .iter()
+            .filter(|operator| operator.inputs.contains(&current.id))
+            .collect();
         let [next] = consumers.as_slice() else {
-            return Err(RuntimeError::Shape(format!("operator {:?} has {} consumers", current.id, consumers.len())));
+            return Err(RuntimeError::Shape(format!(
+                "operator {:?} has {} consumers",
+                current.id,
+                consumers.len()
+            )));
         };
         if next.inputs.len() != 1 {
-            return Err(RuntimeError::Shape(format!("operator {:?} has {} inputs", next.id, next.inputs.len())));
+            return Err(RuntimeError::Shape(format!(
+                "operator {:?} has {} inputs",
+                next.id,
+                next.inputs.len()
+            )));
         }
-        let function = next.params.get("function").and_then(|value| value.as_str()).unwrap_or_default();
+        let function = next
+            .params
+            .get("function")
+            .and_then(|value| value.as_str())
+            .unwrap_or_default();
         match (next.kind, function) {
             (OperatorKind::FlatMap, "split_words") => transforms.push(Transform::SplitWords),
             (OperatorKind::Map, "lowercase") => transforms.push(Transform::Lowercase),
@@ -112,7 +142,8 @@ fn plan(graph: &JobGraph) -> Result<Plan, RuntimeError> {
             (OperatorKind::KeyBy, _) if next.params.get("field").is_none() => {}
             (OperatorKind::Count, _) => keyed_parallelism = Some(next.parallelism),
             (OperatorKind::FileSink | OperatorKind::Print, _) => {
-                let keyed_parallelism = keyed_parallelism.ok_or_else(|| RuntimeError::Shape("no count before the sink".to_owned()))?;
+                let keyed_parallelism =
+                    keyed_parallelism.ok_or_else(|| RuntimeError::Shape("no count before the sink".to_owned()))?;
                 return Ok(Plan {
                     source: settings,
                     source_parallelism: source.parallelism,
@@ -122,7 +153,12 @@ fn plan(graph: &JobGraph) -> Result<Plan, RuntimeError> {
                     sink: (*next).clone(),
                 });
             }
-            (kind, _) => return Err(RuntimeError::Unsupported { operator: next.id.clone(), kind }),
+            (kind, _) => {
+                return Err(RuntimeError::Unsupported {
+                    operator: next.id.clone(),
+                    kind,
+                })
+            }
         }
         current = next;
     }
@@ -136,7 +172,10 @@ fn apply_transforms(transforms: &[Transform], line: &str, emit: &mut impl FnMut(
         };
         match first {
             Transform::SplitWords => {
-                for word in text.split(|c: char| !c.is_alphanumeric()).filter(|word| !word.is_empty()) {
+                for word in text
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|word| !word.is_empty())
+                {
                     step(rest, word, emit);
                 }
             }
@@ -184,7 +223,11 @@ pub async fn run_local(graph: &JobGraph, output_dir: &Path) -> Result<LocalRunRe
                 records += 1;
                 let mut full = Vec::new();
                 apply_transforms(&plan.transforms, &line, &mut |word| {
-                    let target = subtask_for_key_group(key_group(word, plan.max_parallelism), plan.max_parallelism, plan.keyed_parallelism) as usize;
+                    let target = subtask_for_key_group(
+                        key_group(word, plan.max_parallelism),
+                        plan.max_parallelism,
+                        plan.keyed_parallelism,
+                    ) as usize;
                     batches[target].push(word.to_owned());
                     if batches[target].len() >= BATCH_RECORDS {
                         full.push(target);
@@ -221,10 +264,21 @@ pub async fn run_local(graph: &JobGraph, output_dir: &Path) -> Result<LocalRunRe
     counts.sort();
     let elapsed = started.elapsed();
     let output_path = write_sink(&plan.sink, &counts, output_dir)?;
-    Ok(LocalRunReport { records_read, words_counted, distinct_keys: counts.len(), elapsed, output_path, counts })
+    Ok(LocalRunReport {
+        records_read,
+        words_counted,
+        distinct_keys: counts.len(),
+        elapsed,
+        output_path,
+        counts,
+    })
 }
 
-fn write_sink(sink: &OperatorSpec, counts: &[(String, u64)], output_dir: &Path) -> Result<Option<PathBuf>, RuntimeError> {
+fn write_sink(
+    sink: &OperatorSpec,
+    counts: &[(String, u64)],
+    output_dir: &Path,
+) -> Result<Option<PathBuf>, RuntimeError> {
     use std::fmt::Write;
     let mut text = String::with_capacity(counts.len() * 12);
     for (key, count) in counts {
@@ -232,14 +286,27 @@ fn write_sink(sink: &OperatorSpec, counts: &[(String, u64)], output_dir: &Path) 
     }
     match sink.kind {
         OperatorKind::FileSink => {
-            let relative = sink.params.get("path").and_then(|value| value.as_str()).unwrap_or("output");
+            let relative = sink
+                .params
+                .get("path")
+                .and_then(|value| value.as_str())
+                .unwrap_or("output");
             let directory = output_dir.join(relative);
-            std::fs::create_dir_all(&directory).map_err(|source| RuntimeError::Sink { path: directory.clone(), source })?;
+            std::fs::create_dir_all(&directory).map_err(|source| RuntimeError::Sink {
+                path: directory.clone(),
+                source,
+            })?;
             let path = directory.join("part-0.tsv");
             // Written to a temporary name and renamed, so a reader never sees half a file.
             let temporary = directory.join(".part-0.tsv.tmp");
-            std::fs::write(&temporary, text).map_err(|source| RuntimeError::Sink { path: temporary.clone(), source })?;
-            std::fs::rename(&temporary, &path).map_err(|source| RuntimeError::Sink { path: path.clone(), source })?;
+            std::fs::write(&temporary, text).map_err(|source| RuntimeError::Sink {
+                path: temporary.clone(),
+                source,
+            })?;
+            std::fs::rename(&temporary, &path).map_err(|source| RuntimeError::Sink {
+                path: path.clone(),
+                source,
+            })?;
             Ok(Some(path))
         }
         _ => {
@@ -274,7 +341,12 @@ mod tests {
 
     /// The counts computed the obvious way, one record after another.
     fn reference_counts(count: u64) -> Vec<(String, u64)> {
-        let settings = GeneratorSettings { seed: 9, count: Some(count), vocabulary_size: 300, words_per_record: 6 };
+        let settings = GeneratorSettings {
+            seed: 9,
+            count: Some(count),
+            vocabulary_size: 300,
+            words_per_record: 6,
+        };
         let mut counts = BTreeMap::new();
         let mut line = String::new();
         for offset in 0..count {
@@ -310,7 +382,14 @@ mod tests {
             {"id": "win", "kind": "tumbling_window", "inputs": ["keys"], "params": {"size_ms": 10, "aggregate": "count"}},
             {"id": "out", "kind": "print", "inputs": ["win"]}]}"#;
         let graph = parse_job_spec(spec).expect("valid spec");
-        let error = run_local(&graph, Path::new("/nonexistent")).await.err().map(|error| error.to_string()).unwrap_or_default();
-        assert!(error.contains("\"win\"") && error.contains("tumbling_window"), "{error}");
+        let error = run_local(&graph, Path::new("/nonexistent"))
+            .await
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("\"win\"") && error.contains("tumbling_window"),
+            "{error}"
+        );
     }
 }
