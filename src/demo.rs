@@ -27,9 +27,11 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
-type Placement = BTreeMap<String, (String, u64)>;
+/// `operator[index]` -> (executor, epoch) of every subtask of a job; executor empty while waiting.
+pub type Placement = BTreeMap<String, (String, u64)>;
 
-fn placement_of(job: &pb::Job) -> Placement {
+/// Where each subtask of `job` runs.
+pub fn placement_of(job: &pb::Job) -> Placement {
     job.subtasks
         .iter()
         .map(|s| {

@@ -7,23 +7,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, job_spec, test_settings, TestCluster};
+use common::{eventually, job_spec, placement, test_settings, TestCluster};
 use raftstream_coordinator::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_proto::v1 as pb;
 
-/// (operator, index) -> (executor, epoch) of a job.
-type Placement = BTreeMap<(String, u32), (String, u64)>;
-
-async fn placement(client: &ClusterClient, job_id: &str) -> Option<Placement> {
-    let job = client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()?;
-    Some(
-        job.subtasks
-            .into_iter()
-            .map(|s| ((s.operator_id, s.subtask_index), (s.executor_id, s.epoch)))
-            .collect(),
-    )
-}
+use raftstream::demo::Placement;
 
 fn on(placement: &Placement, executor: &str) -> usize {
     placement.values().filter(|(id, _)| id == executor).count()

@@ -4,28 +4,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{eventually, job_spec, test_settings, TestCluster};
-use raftstream_coordinator::client::ClusterClient;
+use common::{eventually, job_spec, placement, test_settings, TestCluster};
 use raftstream_coordinator::leader::ExecutorSettings;
-use raftstream_proto::v1 as pb;
-
-async fn placement(client: &ClusterClient, job_id: &str) -> Option<BTreeMap<String, (String, u64)>> {
-    let job = client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()?;
-    Some(
-        job.subtasks
-            .into_iter()
-            .map(|s| {
-                (
-                    format!("{}[{}]", s.operator_id, s.subtask_index),
-                    (s.executor_id, s.epoch),
-                )
-            })
-            .collect(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {

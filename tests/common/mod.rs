@@ -107,3 +107,9 @@ pub async fn local_job_names(cluster: &TestCluster, node_id: u64) -> Option<Vec<
     let jobs = client.list_jobs(pb::ReadConsistency::Local).await.ok()?;
     Some(jobs.into_iter().map(|job| job.name).collect())
 }
+
+/// Where each subtask of a job runs (`operator[index]` -> (executor, epoch)), read linearizably.
+pub async fn placement(client: &ClusterClient, job_id: &str) -> Option<raftstream::demo::Placement> {
+    let job = client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()?;
+    Some(raftstream::demo::placement_of(&job))
+}
