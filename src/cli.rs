@@ -76,12 +76,15 @@ pub struct ExecutorArgs {
     /// Task slots this executor offers.
     #[arg(long, default_value_t = 4)]
     pub slots: u32,
-    /// gRPC listen address of the executor (health checks; data exchange later).
+    /// gRPC listen address of the executor (data exchange between subtasks, health checks).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
-    /// Where the executor keeps its id (and, later, local state).
+    /// Where the executor keeps its id.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Checkpoint storage shared by all executors of a job (default: <data-dir>/checkpoints).
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
     /// Executor id; generated once and kept in the data dir when absent.
     #[arg(long)]
     pub id: Option<String>,
@@ -210,6 +213,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
                 listen_address: args.listen,
                 slots: args.slots,
                 data_dir: args.data_dir,
+                checkpoint_dir: args.checkpoint_dir,
             };
             raftstream_executor::run_executor(config, shutdown).await?;
             Ok(())

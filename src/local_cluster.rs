@@ -356,8 +356,14 @@ impl LocalCluster {
         self.spawn_executor(executor_id)
     }
 
+    /// The checkpoint storage all executors of this cluster share.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.directory.join("checkpoints")
+    }
+
     fn spawn_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
         let coordinators = self.addresses().join(",");
+        let checkpoint_dir = self.checkpoint_dir();
         let binary = self.binary.clone();
         let process = self
             .executors
@@ -382,6 +388,8 @@ impl LocalCluster {
             ])
             .arg("--data-dir")
             .arg(&process.directory)
+            .arg("--checkpoint-dir")
+            .arg(&checkpoint_dir)
             .env(
                 "RUST_LOG",
                 std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()),

@@ -61,6 +61,7 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         | Rejection::CheckpointIdNotIncreasing { .. }
         | Rejection::CheckpointEpochTooNew { .. }
         | Rejection::CheckpointNotTriggered { .. }
+        | Rejection::StaleEpoch { .. }
         | Rejection::JobNotActive { .. } => tonic::Code::FailedPrecondition,
     }
 }

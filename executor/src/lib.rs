@@ -15,5 +15,6 @@ pub mod assignments;
 pub mod checkpoint;
 pub mod runtime;
 pub mod session;
+pub mod tasks;
 
 pub use session::{run_executor, ExecutorConfig, ExecutorError};

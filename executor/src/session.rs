@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::Instrument;
 
-use crate::assignments::{Assignments, Changes};
+use crate::checkpoint::LocalDirectoryStore;
+use crate::runtime::exchange::{ExchangeHub, ExchangeServiceImpl};
+use crate::runtime::task::TaskEnvironment;
+use crate::tasks::TaskManager;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -27,6 +30,9 @@ pub struct ExecutorConfig {
     pub listen_address: String,
     pub slots: u32,
     pub data_dir: PathBuf,
+    /// Where checkpointed state goes; must be shared by every executor of a job (default:
+    /// `<data_dir>/checkpoints`, enough when all executors share one machine's data dir parent).
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// Why an executor could not start.
@@ -62,15 +68,6 @@ fn executor_id(config: &ExecutorConfig) -> Result<String, ExecutorError> {
     }
 }
 
-fn log_changes(changes: &Changes) {
-    for (subtask, epoch) in &changes.stopped {
-        tracing::info!(job_id = %subtask.job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, epoch, "subtask released");
-    }
-    for (subtask, epoch) in &changes.started {
-        tracing::info!(job_id = %subtask.job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, epoch, "subtask assigned");
-    }
-}
-
 /// Runs an executor until `shutdown` is cancelled.
 pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -> Result<(), ExecutorError> {
     if config.slots == 0 {
@@ -97,20 +94,39 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
     let span = tracing::info_span!("executor", executor_id = %executor_id);
     span.in_scope(|| tracing::info!(%address, slots = config.slots, "executor starting"));
 
-    // The executor's own port: health checks today, data exchange with the streaming runtime.
+    // The executor's own port: health checks and data exchange between subtasks.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    let hub = ExchangeHub::default();
+    let exchange = ExchangeServiceImpl {
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+    };
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .tcp_nodelay(true)
             .add_service(health_service)
+            .add_service(raftstream_proto::v1::exchange_service_server::ExchangeServiceServer::new(exchange))
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
                 server_shutdown.cancelled().await
             }),
     );
 
+    let checkpoint_dir = config
+        .checkpoint_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("checkpoints"));
+    let (reports, report_receiver) = mpsc::unbounded_channel();
+    let environment = TaskEnvironment {
+        hub,
+        local_address: address.clone(),
+        store: std::sync::Arc::new(LocalDirectoryStore::new(checkpoint_dir)),
+        reports,
+    };
+    let tasks = TaskManager::new(environment, shutdown.clone());
     let session = Session {
         executor_id: executor_id.clone(),
         address,
@@ -118,7 +134,7 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         cluster: ClusterClient::new(&config.coordinators, Duration::from_secs(3600))?,
         coordinators: config.coordinators.clone(),
     };
-    session.run(shutdown).instrument(span).await;
+    session.run(tasks, report_receiver, shutdown).instrument(span).await;
     match server.await {
         Ok(result) => result?,
         Err(join_error) => tracing::warn!(error = %join_error, "executor server task failed"),
@@ -143,8 +159,12 @@ enum SessionEnd {
 }
 
 impl Session {
-    async fn run(self, shutdown: CancellationToken) {
-        let mut assignments = Assignments::default();
+    async fn run(
+        self,
+        mut tasks: TaskManager,
+        mut reports: mpsc::UnboundedReceiver<pb::executor_message::Body>,
+        shutdown: CancellationToken,
+    ) {
         let mut registration: Option<pb::RegisterExecutorResponse> = None;
         let mut leader_address: Option<String> = None;
         let mut backoff = FIRST_BACKOFF;
@@ -168,7 +188,7 @@ impl Session {
                     Ok(reply) => {
                         tracing::info!(executor_id = %self.executor_id, leader = reply.leader_id, leader_address = %reply.leader_address, "registered");
                         // A (re)registration starts from nothing: the cluster released whatever we held.
-                        log_changes(&assignments.clear());
+                        tasks.clear();
                         leader_address = Some(reply.leader_address.clone());
                         registration = Some(reply);
                     }
@@ -192,7 +212,14 @@ impl Session {
                 self.coordinators[next_coordinator % self.coordinators.len()].clone()
             });
             match self
-                .session_with(&target, heartbeat_interval, &mut assignments, &shutdown, &mut backoff)
+                .session_with(
+                    &target,
+                    heartbeat_interval,
+                    &mut tasks,
+                    &mut reports,
+                    &shutdown,
+                    &mut backoff,
+                )
                 .await
             {
                 SessionEnd::Shutdown => return,
@@ -214,16 +241,22 @@ impl Session {
         }
     }
 
-    fn heartbeat(&self, assignments: &Assignments) -> pb::ExecutorMessage {
+    fn heartbeat(&self, tasks: &TaskManager) -> pb::ExecutorMessage {
         let sent_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let (running_tasks, finished_tasks) = tasks.report();
+        self.message(pb::executor_message::Body::Heartbeat(pb::Heartbeat {
+            sent_at_ms,
+            running_tasks,
+            finished_tasks,
+        }))
+    }
+
+    fn message(&self, body: pb::executor_message::Body) -> pb::ExecutorMessage {
         pb::ExecutorMessage {
             executor_id: self.executor_id.clone(),
-            body: Some(pb::executor_message::Body::Heartbeat(pb::Heartbeat {
-                sent_at_ms,
-                running_tasks: assignments.running(),
-            })),
+            body: Some(body),
         }
     }
 
@@ -231,7 +264,8 @@ impl Session {
         &self,
         target: &str,
         heartbeat_interval: Duration,
-        assignments: &mut Assignments,
+        tasks: &mut TaskManager,
+        reports: &mut mpsc::UnboundedReceiver<pb::executor_message::Body>,
         shutdown: &CancellationToken,
         backoff: &mut Duration,
     ) -> SessionEnd {
@@ -243,7 +277,7 @@ impl Session {
             }
         };
         let (outbound, outbound_receiver) = mpsc::channel(OUTBOUND_CAPACITY);
-        if outbound.send(self.heartbeat(assignments)).await.is_err() {
+        if outbound.send(self.heartbeat(tasks)).await.is_err() {
             return SessionEnd::Lost(None);
         }
         let mut client = ExecutorServiceClient::new(endpoint.connect_lazy());
@@ -277,12 +311,23 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = ticker.tick() => {
-                    if outbound.send(self.heartbeat(assignments)).await.is_err() {
+                    if outbound.send(self.heartbeat(tasks)).await.is_err() {
+                        return SessionEnd::Lost(None);
+                    }
+                    for failure in tasks.failures() {
+                        if outbound.send(self.message(pb::executor_message::Body::TaskStatus(failure))).await.is_err() {
+                            return SessionEnd::Lost(None);
+                        }
+                    }
+                }
+                report = reports.recv() => {
+                    let Some(report) = report else { return SessionEnd::Shutdown };
+                    if outbound.send(self.message(report)).await.is_err() {
                         return SessionEnd::Lost(None);
                     }
                 }
                 received = inbound.message() => match received {
-                    Ok(Some(message)) => log_changes(&assignments.apply(&message)),
+                    Ok(Some(message)) => tasks.apply(&message),
                     Ok(None) => {
                         tracing::info!(leader = target, "session closed by the coordinator; reconnecting");
                         return SessionEnd::Lost(None);

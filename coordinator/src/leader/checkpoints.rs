@@ -101,6 +101,19 @@ impl PendingCheckpoint {
         })
     }
 
+    /// The subtask placements that must acknowledge, with their epochs.
+    pub fn expected(&self) -> impl Iterator<Item = (&SubtaskKey, Epoch)> {
+        self.expected.iter().map(|(subtask, epoch)| (subtask, *epoch))
+    }
+
+    /// Whether `job` still runs exactly the placements this checkpoint waits for.
+    pub fn matches_placements(&self, job: &JobRecord) -> bool {
+        job.assignments.len() == self.expected.len()
+            && job.assignments.iter().all(|(subtask, assignment)| {
+                assignment.executor_id.is_some() && self.expected.get(subtask) == Some(&assignment.epoch)
+            })
+    }
+
     /// Whether the checkpoint ran out of time and must be aborted.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.triggered_at_ms) > self.timeout_ms
@@ -174,6 +187,7 @@ mod tests {
                 location: format!("job-1/chk-1/{operator}-0.state"),
                 inline_state: Vec::new(),
                 size_bytes: 10,
+                checksum: 0,
             },
             source_offset: (operator == "src").then_some(42),
         }

@@ -2,13 +2,17 @@
 //! cancellation token) when it stops being one:
 //!
 //! - failure detector: executor leases in memory; only "dead" is committed through Raft;
-//! - scheduler: places waiting subtasks on live executors (each placement a new epoch) and ends
-//!   cancellations.
+//! - scheduler: places waiting subtasks on live executors (each placement a new epoch), deploys a
+//!   job once all its subtasks have a place, restarts jobs per their restart strategy, ends
+//!   cancellations and marks finished jobs;
+//! - checkpoint coordinator ([`checkpoint_coordinator`]).
 //!
 //! The decisions are pure functions ([`placement`], [`reconcile`]) so they are tested without
 //! sockets; the loops here only read state, propose commands and send messages.
 
+pub mod checkpoint_coordinator;
 pub mod checkpoints;
+pub mod deploy;
 pub mod placement;
 pub mod sessions;
 
@@ -21,12 +25,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::ids::ExecutorId;
+use crate::ids::{ExecutorId, JobId};
 use crate::service::{now_ms, CoordinatorContext};
 use crate::state_machine::{Command, JobStatus, Response, State};
 
 pub use placement::{plan_placements, Placement};
-pub use sessions::{assigned_tasks, ExecutorCommand, ExecutorSessions, TaskRef};
+pub use sessions::{
+    assigned_tasks, ExecutorCommand, ExecutorEvent, ExecutorSessions, PlacedSubtask, TaskDeployment, TaskRef,
+};
 
 /// Heartbeat and lease settings for executors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +67,13 @@ pub fn reconcile(state: &State, executor_id: &ExecutorId, reported: &[TaskRef]) 
         .collect();
     let mut missing: Vec<&TaskRef> = owned.iter().filter(|task| !running.contains(task)).collect();
     missing.sort_by(|a, b| (&a.job_id, &a.subtask).cmp(&(&b.job_id, &b.subtask)));
-    commands.extend(missing.into_iter().cloned().map(ExecutorCommand::Assign));
+    // Only subtasks of fully placed jobs start: they must know where their peers run.
+    commands.extend(
+        missing
+            .into_iter()
+            .filter_map(|task| deploy::deployment(state, task))
+            .map(|deployment| ExecutorCommand::Assign(Box::new(deployment))),
+    );
     commands
 }
 
@@ -91,7 +103,8 @@ impl LeaderDuties {
             if is_leader && running.is_none() {
                 let term = metrics.borrow().current_term;
                 tracing::info!(term, "became leader: starting failure detector and scheduler");
-                let duty_token = self.sessions.begin_leadership().child_token();
+                let (leadership, events) = self.sessions.begin_leadership();
+                let duty_token = leadership.child_token();
                 let mut tasks = JoinSet::new();
                 let span = tracing::info_span!("leader", node_id = self.context.node_id, term);
                 tasks.spawn(
@@ -108,6 +121,15 @@ impl LeaderDuties {
                         self.context.clone(),
                         self.sessions.clone(),
                         self.settings.clone(),
+                        duty_token.clone(),
+                    )
+                    .instrument(span.clone()),
+                );
+                tasks.spawn(
+                    checkpoint_coordinator::run(
+                        self.context.clone(),
+                        self.sessions.clone(),
+                        events,
                         duty_token.clone(),
                     )
                     .instrument(span),
@@ -203,71 +225,27 @@ async fn scheduler(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let (placements, cancelling) = {
-            let applied = context.applied.read();
-            let alive: Vec<ExecutorId> = applied
-                .state
-                .executors
-                .values()
-                .filter(|executor| executor.alive)
-                .map(|executor| executor.executor_id.clone())
-                .collect();
-            let live = sessions.live(&alive, lease_timeout);
-            let cancelling: Vec<_> = applied
-                .state
-                .jobs
-                .values()
-                .filter(|job| job.status == JobStatus::Cancelling)
-                .map(|job| {
-                    let placed: Vec<(ExecutorId, TaskRef)> = job
-                        .assignments
-                        .iter()
-                        .filter_map(|(subtask, assignment)| {
-                            let executor_id = assignment.executor_id.clone()?;
-                            Some((
-                                executor_id,
-                                TaskRef {
-                                    job_id: job.job_id.clone(),
-                                    subtask: subtask.clone(),
-                                    epoch: assignment.epoch,
-                                },
-                            ))
-                        })
-                        .collect();
-                    (job.job_id.clone(), placed)
-                })
-                .collect();
-            (plan_placements(&applied.state, &live), cancelling)
-        };
-        for placement in placements {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            let Placement {
-                job_id,
-                subtask,
-                executor_id,
-            } = placement;
-            let command = Command::AssignSubtask {
+        let round = plan_round(&context, &sessions, lease_timeout);
+        for (job_id, reason) in round.give_up {
+            let command = Command::TransitionJob {
                 job_id: job_id.clone(),
-                subtask: subtask.clone(),
-                executor_id: executor_id.clone(),
+                to: JobStatus::Failed,
+                reason: reason.clone(),
                 at_ms: now_ms(),
             };
             match context.propose(command).await {
-                Ok(Response::SubtaskAssigned { epoch, .. }) => {
-                    tracing::info!(job_id = %job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, executor_id = %executor_id, epoch = epoch.0, "subtask placed");
-                    sessions.send(
-                        &executor_id,
-                        ExecutorCommand::Assign(TaskRef { job_id, subtask, epoch }),
-                    );
-                }
-                Ok(other) => tracing::warn!(response = ?other, "unexpected answer to AssignSubtask"),
-                // A race with a cancel or an executor death: the next round decides again.
-                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "placement refused"),
+                Ok(_) => tracing::warn!(job_id = %job_id, reason, "job failed"),
+                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not fail the job"),
             }
         }
-        for (job_id, placed) in cancelling {
+        for placement in round.placements {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            place(&context, placement).await;
+        }
+        deploy_ready_jobs(&context, &sessions).await;
+        for (job_id, placed) in round.cancelling {
             for (executor_id, task) in placed {
                 sessions.send(&executor_id, ExecutorCommand::Cancel(task));
             }
@@ -282,6 +260,149 @@ async fn scheduler(
                 Ok(_) => tracing::info!(job_id = %job_id, "job cancelled; its subtasks were told to stop"),
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not finish cancelling"),
             }
+        }
+        for job_id in round.finished {
+            let command = Command::TransitionJob {
+                job_id: job_id.clone(),
+                to: JobStatus::Finished,
+                reason: "every subtask reached the end of its input and published its output".to_owned(),
+                at_ms: now_ms(),
+            };
+            match context.propose(command).await {
+                Ok(_) => tracing::info!(job_id = %job_id, "job finished"),
+                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not mark the job finished"),
+            }
+        }
+    }
+}
+
+/// What one scheduling round does, decided from one read of the state.
+struct Round {
+    give_up: Vec<(JobId, String)>,
+    placements: Vec<Placement>,
+    cancelling: Vec<(JobId, Vec<(ExecutorId, TaskRef)>)>,
+    finished: Vec<JobId>,
+}
+
+fn plan_round(context: &CoordinatorContext, sessions: &ExecutorSessions, lease_timeout: Duration) -> Round {
+    let applied = context.applied.read();
+    let state = &applied.state;
+    let alive: Vec<ExecutorId> = state
+        .executors
+        .values()
+        .filter(|executor| executor.alive)
+        .map(|executor| executor.executor_id.clone())
+        .collect();
+    let live = sessions.live(&alive, lease_timeout);
+    let now = now_ms();
+    let mut give_up = Vec::new();
+    let mut waiting = HashSet::new();
+    for job in state.jobs.values() {
+        match deploy::restart_decision(job, now) {
+            deploy::RestartDecision::Place => {}
+            deploy::RestartDecision::Wait => {
+                waiting.insert(job.job_id.clone());
+            }
+            deploy::RestartDecision::GiveUp(reason) => {
+                waiting.insert(job.job_id.clone());
+                give_up.push((job.job_id.clone(), reason));
+            }
+        }
+    }
+    let placements = plan_placements(state, &live)
+        .into_iter()
+        .filter(|placement| !waiting.contains(&placement.job_id))
+        .collect();
+    let cancelling = state
+        .jobs
+        .values()
+        .filter(|job| job.status == JobStatus::Cancelling)
+        .map(|job| (job.job_id.clone(), deploy::placed_tasks(job)))
+        .collect();
+    let finished_tasks = sessions.finished();
+    let finished = state
+        .jobs
+        .values()
+        .filter(|job| job.status == JobStatus::Running && deploy::is_fully_placed(job))
+        .filter(|job| {
+            deploy::placed_tasks(job)
+                .iter()
+                .all(|(_, task)| finished_tasks.contains(task))
+        })
+        .map(|job| job.job_id.clone())
+        .collect();
+    Round {
+        give_up,
+        placements,
+        cancelling,
+        finished,
+    }
+}
+
+async fn place(context: &CoordinatorContext, placement: Placement) {
+    let Placement {
+        job_id,
+        subtask,
+        executor_id,
+    } = placement;
+    let command = Command::AssignSubtask {
+        job_id: job_id.clone(),
+        subtask: subtask.clone(),
+        executor_id: executor_id.clone(),
+        at_ms: now_ms(),
+    };
+    match context.propose(command).await {
+        Ok(Response::SubtaskAssigned { epoch, .. }) => {
+            tracing::info!(job_id = %job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, executor_id = %executor_id, epoch = epoch.0, "subtask placed");
+        }
+        Ok(other) => tracing::warn!(response = ?other, "unexpected answer to AssignSubtask"),
+        // A race with a cancel or an executor death: the next round decides again.
+        Err(error) => tracing::debug!(job_id = %job_id, error = %error, "placement refused"),
+    }
+}
+
+/// Sends every subtask of each newly fully placed job to its executor and marks the job running.
+async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSessions) {
+    let ready: Vec<(JobId, Vec<(ExecutorId, TaskDeployment)>)> = {
+        let applied = context.applied.read();
+        let state = &applied.state;
+        state
+            .jobs
+            .values()
+            .filter(|job| matches!(job.status, JobStatus::Submitted | JobStatus::Restarting))
+            .filter(|job| deploy::is_fully_placed(job))
+            .map(|job| {
+                let deployments = deploy::placed_tasks(job)
+                    .into_iter()
+                    .filter_map(|(executor_id, task)| Some((executor_id, deploy::deployment(state, &task)?)))
+                    .collect();
+                (job.job_id.clone(), deployments)
+            })
+            .collect()
+    };
+    for (job_id, deployments) in ready {
+        let restore_from = deployments.first().and_then(|(_, deployment)| {
+            deployment
+                .restore_from
+                .as_ref()
+                .map(|checkpoint| checkpoint.checkpoint_id.0)
+        });
+        let command = Command::TransitionJob {
+            job_id: job_id.clone(),
+            to: JobStatus::Running,
+            reason: match restore_from {
+                Some(id) => format!("restored from checkpoint {id}"),
+                None => String::new(),
+            },
+            at_ms: now_ms(),
+        };
+        if let Err(error) = context.propose(command).await {
+            tracing::debug!(job_id = %job_id, error = %error, "could not start the job");
+            continue;
+        }
+        tracing::info!(job_id = %job_id, subtasks = deployments.len(), restore_from, "job deployed");
+        for (executor_id, deployment) in deployments {
+            sessions.send(&executor_id, ExecutorCommand::Assign(Box::new(deployment)));
         }
     }
 }
@@ -340,12 +461,11 @@ mod tests {
         // It runs src at an old epoch and a task of a job it never had; out is missing.
         let reported = vec![task("src", 1), task("gone", 9)];
         let commands = reconcile(&state, &executor, &reported);
-        assert_eq!(
-            commands,
-            vec![
-                ExecutorCommand::Cancel(task("gone", 9)),
-                ExecutorCommand::Assign(task("out", 2)),
-            ]
+        assert_eq!(commands.len(), 2, "{commands:?}");
+        assert_eq!(commands[0], ExecutorCommand::Cancel(task("gone", 9)));
+        assert!(
+            matches!(&commands[1], ExecutorCommand::Assign(deployment) if deployment.task == task("out", 2) && deployment.placement.len() == 2),
+            "{commands:?}"
         );
         assert!(reconcile(&state, &executor, &[task("src", 1), task("out", 2)]).is_empty());
     }

@@ -44,10 +44,32 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
     jobs.sort_by_key(|job| (job.submitted_at_ms, job.job_id.0.len(), job.job_id.0.clone()));
     let mut placements = Vec::new();
     for job in jobs {
-        for (subtask, assignment) in &job.assignments {
-            if assignment.executor_id.is_some() {
-                continue;
+        let waiting: Vec<_> = job
+            .assignments
+            .iter()
+            .filter(|(_, assignment)| assignment.executor_id.is_none())
+            .collect();
+        // First back where they ran before (a restart moves only what it must), then anywhere.
+        let mut unplaced = Vec::new();
+        for (subtask, assignment) in waiting {
+            let sticky = assignment.previous_executor.as_ref().and_then(|previous| {
+                free.get_mut(previous)
+                    .filter(|slots| **slots > 0)
+                    .map(|slots| (previous, slots))
+            });
+            match sticky {
+                Some((previous, slots)) => {
+                    *slots -= 1;
+                    placements.push(Placement {
+                        job_id: job.job_id.clone(),
+                        subtask: subtask.clone(),
+                        executor_id: previous.clone(),
+                    });
+                }
+                None => unplaced.push(subtask),
             }
+        }
+        for subtask in unplaced {
             // Most free slots first; BTreeMap order makes the tie-break by id deterministic.
             let Some((executor_id, slots)) = free
                 .iter_mut()

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::{Epoch, ExecutorId, JobId};
-use crate::state_machine::{State, SubtaskKey};
+use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
+use crate::state_machine::{CompletedCheckpoint, State, SubtaskKey};
+
+use super::checkpoints::CheckpointAck;
 
 /// One subtask at one epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -19,13 +21,60 @@ pub struct TaskRef {
     pub epoch: Epoch,
 }
 
+/// Where one subtask of a deployed job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedSubtask {
+    pub subtask: SubtaskKey,
+    pub executor_id: ExecutorId,
+    pub executor_address: String,
+    pub epoch: Epoch,
+}
+
+/// Everything an executor needs to start one subtask: the graph, where its peers run, and the
+/// checkpoint to restore from (always the latest completed one in the Raft state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDeployment {
+    pub task: TaskRef,
+    pub graph_json: String,
+    pub placement: Vec<PlacedSubtask>,
+    pub restore_from: Option<CompletedCheckpoint>,
+}
+
 /// What the leader tells an executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecutorCommand {
-    /// The complete set of subtasks the executor must run (sent when a session opens).
+    /// The complete set of subtasks the executor may keep (sent when a session opens).
     Assignments(Vec<TaskRef>),
-    Assign(TaskRef),
+    Assign(Box<TaskDeployment>),
     Cancel(TaskRef),
+    TriggerCheckpoint {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+    },
+    CheckpointComplete {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        acknowledged: Vec<TaskRef>,
+    },
+    CheckpointAborted {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        reason: String,
+    },
+}
+
+/// What executors report that the leader's duties act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorEvent {
+    Ack {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        ack: CheckpointAck,
+    },
+    TaskFailed {
+        task: TaskRef,
+        reason: String,
+    },
 }
 
 /// Messages queued per executor session before the oldest slows the sender.
@@ -46,6 +95,10 @@ struct Inner {
     leadership: CancellationToken,
     /// When this node started leading; executors not heard from since count from here.
     leading_since: Option<Instant>,
+    /// Checkpoint acks and task failures, to the leader duties.
+    events: Option<mpsc::UnboundedSender<ExecutorEvent>>,
+    /// What each executor last reported as finished.
+    finished: HashMap<ExecutorId, Vec<TaskRef>>,
 }
 
 /// Leases and open sessions of the executors, shared by the executor service and the leader
@@ -78,13 +131,33 @@ impl ExecutorSessions {
 
     /// Starts a term of leadership: every executor gets a full lease from now (DESIGN: a new leader
     /// grants every executor a full lease timeout before declaring any dead).
-    pub fn begin_leadership(&self) -> CancellationToken {
+    pub fn begin_leadership(&self) -> (CancellationToken, mpsc::UnboundedReceiver<ExecutorEvent>) {
         let mut inner = self.lock();
         inner.leases.clear();
         inner.sessions.clear();
+        inner.finished.clear();
         inner.leadership = CancellationToken::new();
         inner.leading_since = Some(Instant::now());
-        inner.leadership.clone()
+        let (events, receiver) = mpsc::unbounded_channel();
+        inner.events = Some(events);
+        (inner.leadership.clone(), receiver)
+    }
+
+    /// Hands an executor's report to the leader duties (dropped when not leading).
+    pub fn report(&self, event: ExecutorEvent) {
+        if let Some(events) = &self.lock().events {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Records what an executor reports as finished (replacing its previous report).
+    pub fn set_finished(&self, executor_id: &ExecutorId, finished: Vec<TaskRef>) {
+        self.lock().finished.insert(executor_id.clone(), finished);
+    }
+
+    /// Every subtask placement reported finished, by any executor.
+    pub fn finished(&self) -> std::collections::HashSet<TaskRef> {
+        self.lock().finished.values().flatten().cloned().collect()
     }
 
     /// Ends leadership: sessions close so executors reconnect to the new leader.
@@ -93,6 +166,8 @@ impl ExecutorSessions {
         inner.leadership.cancel();
         inner.sessions.clear();
         inner.leases.clear();
+        inner.finished.clear();
+        inner.events = None;
         inner.leading_since = None;
     }
 
@@ -170,6 +245,7 @@ impl ExecutorSessions {
         let mut inner = self.lock();
         inner.sessions.remove(executor_id);
         inner.leases.remove(executor_id);
+        inner.finished.remove(executor_id);
     }
 
     /// Whether the executor has an open session, and how long ago the leader heard from it (since

@@ -2,9 +2,10 @@
 
 use raftstream_proto::v1 as pb;
 
-use crate::ids::{Epoch, JobId};
+use crate::ids::{CheckpointId, Epoch, JobId};
+use crate::leader::checkpoints::CheckpointAck;
 use crate::leader::{ExecutorCommand, TaskRef};
-use crate::state_machine::{CompletedCheckpoint, JobRecord, State, SubtaskKey};
+use crate::state_machine::{CompletedCheckpoint, JobRecord, State, SubtaskKey, TaskStateHandle};
 
 /// The protobuf view of a job.
 pub fn job_to_proto(job: &JobRecord) -> pb::Job {
@@ -31,6 +32,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
                 .map(|id| id.0.clone())
                 .unwrap_or_default(),
             epoch: assignment.epoch.0,
+            executor_address: String::new(),
         })
         .collect();
     pb::Job {
@@ -51,9 +53,9 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
 }
 
 /// The protobuf view of a completed checkpoint.
-pub fn checkpoint_to_proto(job: &JobRecord, checkpoint: &CompletedCheckpoint) -> pb::Checkpoint {
+pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> pb::Checkpoint {
     pb::Checkpoint {
-        job_id: job.job_id.0.clone(),
+        job_id: job_id.0.clone(),
         checkpoint_id: checkpoint.checkpoint_id.0,
         epoch: checkpoint.epoch.0,
         size_bytes: checkpoint.size_bytes,
@@ -67,6 +69,7 @@ pub fn checkpoint_to_proto(job: &JobRecord, checkpoint: &CompletedCheckpoint) ->
                 location: handle.location.clone(),
                 inline_state: handle.inline_state.clone(),
                 size_bytes: handle.size_bytes,
+                checksum: handle.checksum,
             })
             .collect(),
         source_offsets: checkpoint
@@ -126,13 +129,80 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
         ExecutorCommand::Assignments(tasks) => Body::Assignments(pb::Assignments {
             tasks: tasks.iter().map(task_ref_to_proto).collect(),
         }),
-        ExecutorCommand::Assign(task) => Body::Assign(pb::AssignTask {
-            task: Some(task_ref_to_proto(task)),
-            ..pb::AssignTask::default()
+        ExecutorCommand::Assign(deployment) => Body::Assign(pb::AssignTask {
+            task: Some(task_ref_to_proto(&deployment.task)),
+            graph_json: deployment.graph_json.clone(),
+            restore_from: deployment
+                .restore_from
+                .as_ref()
+                .map(|checkpoint| checkpoint_to_proto(&deployment.task.job_id, checkpoint)),
+            placement: deployment
+                .placement
+                .iter()
+                .map(|placed| pb::Subtask {
+                    operator_id: placed.subtask.operator_id.clone(),
+                    subtask_index: placed.subtask.subtask_index,
+                    executor_id: placed.executor_id.0.clone(),
+                    epoch: placed.epoch.0,
+                    executor_address: placed.executor_address.clone(),
+                })
+                .collect(),
         }),
         ExecutorCommand::Cancel(task) => Body::Cancel(pb::CancelTask {
             task: Some(task_ref_to_proto(task)),
         }),
+        ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id } => {
+            Body::TriggerCheckpoint(pb::TriggerCheckpoint {
+                job_id: job_id.0.clone(),
+                checkpoint_id: checkpoint_id.0,
+                epoch: 0,
+            })
+        }
+        ExecutorCommand::CheckpointComplete {
+            job_id,
+            checkpoint_id,
+            acknowledged,
+        } => Body::CheckpointComplete(pb::CheckpointComplete {
+            job_id: job_id.0.clone(),
+            checkpoint_id: checkpoint_id.0,
+            acknowledged: acknowledged.iter().map(task_ref_to_proto).collect(),
+        }),
+        ExecutorCommand::CheckpointAborted {
+            job_id,
+            checkpoint_id,
+            reason,
+        } => Body::CheckpointAborted(pb::CheckpointAborted {
+            job_id: job_id.0.clone(),
+            checkpoint_id: checkpoint_id.0,
+            reason: reason.clone(),
+        }),
     };
     pb::CoordinatorMessage { body: Some(body) }
+}
+
+/// A checkpoint acknowledgement from an executor; `None` when it names no subtask.
+pub fn checkpoint_ack_from_proto(ack: &pb::CheckpointAck) -> Option<(TaskRef, CheckpointId, CheckpointAck)> {
+    let task = task_ref_from_proto(ack.task.as_ref()?)?;
+    let state = ack.state.as_ref();
+    let handle = TaskStateHandle {
+        subtask: task.subtask.clone(),
+        location: state.map(|state| state.location.clone()).unwrap_or_default(),
+        inline_state: state.map(|state| state.inline_state.clone()).unwrap_or_default(),
+        size_bytes: state.map_or(0, |state| state.size_bytes),
+        checksum: state.map_or(0, |state| state.checksum),
+    };
+    let source_offset = ack
+        .source_offsets
+        .iter()
+        .find(|offset| {
+            offset.operator_id == task.subtask.operator_id && offset.subtask_index == task.subtask.subtask_index
+        })
+        .map(|offset| offset.offset);
+    let checkpoint_ack = CheckpointAck {
+        subtask: task.subtask.clone(),
+        epoch: task.epoch,
+        state: handle,
+        source_offset,
+    };
+    Some((task, CheckpointId(ack.checkpoint_id), checkpoint_ack))
 }

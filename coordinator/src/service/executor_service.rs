@@ -9,11 +9,11 @@ use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{executor_command_to_proto, task_ref_from_proto};
+use super::convert::{checkpoint_ack_from_proto, executor_command_to_proto, task_ref_from_proto};
 use super::{forward_target, forwarded_request, is_forwarded, now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
 use crate::ids::ExecutorId;
-use crate::leader::{assigned_tasks, reconcile, ExecutorCommand, ExecutorSessions, ExecutorSettings};
+use crate::leader::{assigned_tasks, reconcile, ExecutorCommand, ExecutorEvent, ExecutorSessions, ExecutorSettings};
 use crate::state_machine::{Command, Response as Applied};
 
 const MAX_EXECUTOR_ID_CHARS: usize = 128;
@@ -192,14 +192,52 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                         },
                     },
                 };
-                if let Some(pb::executor_message::Body::Heartbeat(heartbeat)) = message.body {
-                    sessions.touch(&reader_id);
-                    let reported: Vec<_> = heartbeat.running_tasks.iter().filter_map(task_ref_from_proto).collect();
-                    let corrections = reconcile(&context.applied.read().state, &reader_id, &reported);
-                    for command in corrections {
-                        tracing::info!(executor_id = %reader_id, ?command, "correcting what the executor runs");
-                        sessions.send(&reader_id, command);
+                match message.body {
+                    Some(pb::executor_message::Body::Heartbeat(heartbeat)) => {
+                        sessions.touch(&reader_id);
+                        let reported: Vec<_> = heartbeat.running_tasks.iter().filter_map(task_ref_from_proto).collect();
+                        sessions.set_finished(
+                            &reader_id,
+                            heartbeat
+                                .finished_tasks
+                                .iter()
+                                .filter_map(task_ref_from_proto)
+                                .collect(),
+                        );
+                        let corrections = reconcile(&context.applied.read().state, &reader_id, &reported);
+                        for command in corrections {
+                            match &command {
+                                ExecutorCommand::Assign(deployment) => {
+                                    tracing::info!(executor_id = %reader_id, task = ?deployment.task, "starting a subtask the executor does not run")
+                                }
+                                other => {
+                                    tracing::info!(executor_id = %reader_id, command = ?other, "correcting what the executor runs")
+                                }
+                            }
+                            sessions.send(&reader_id, command);
+                        }
                     }
+                    Some(pb::executor_message::Body::CheckpointAck(ack)) => {
+                        sessions.touch(&reader_id);
+                        if let Some((task, checkpoint_id, ack)) = checkpoint_ack_from_proto(&ack) {
+                            sessions.report(ExecutorEvent::Ack {
+                                job_id: task.job_id,
+                                checkpoint_id,
+                                ack,
+                            });
+                        }
+                    }
+                    Some(pb::executor_message::Body::TaskStatus(status)) => {
+                        sessions.touch(&reader_id);
+                        let task = status.task.as_ref().and_then(task_ref_from_proto);
+                        if let (Some(task), "Failed") = (task, status.status.as_str()) {
+                            sessions.report(ExecutorEvent::TaskFailed {
+                                task,
+                                reason: status.reason.clone(),
+                            });
+                        }
+                    }
+                    None => {}
                 }
             }
             sessions.detach(&reader_id, generation);

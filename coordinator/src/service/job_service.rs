@@ -205,7 +205,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let checkpoints = job
             .checkpoints
             .iter()
-            .map(|checkpoint| checkpoint_to_proto(job, checkpoint))
+            .map(|checkpoint| checkpoint_to_proto(&job.job_id, checkpoint))
             .collect();
         Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
     }

@@ -63,6 +63,10 @@ pub struct Assignment {
     /// `None` while the subtask waits for a slot (never placed, or its executor died).
     pub executor_id: Option<ExecutorId>,
     pub epoch: Epoch,
+    /// Where it ran before it was released: a restart puts it back there when that executor is
+    /// live and has room, so a failure moves only what it must.
+    #[serde(default)]
+    pub previous_executor: Option<ExecutorId>,
 }
 
 /// Where one subtask's state of a checkpoint lives.
@@ -73,6 +77,9 @@ pub struct TaskStateHandle {
     pub location: String,
     pub inline_state: Vec<u8>,
     pub size_bytes: u64,
+    /// FNV-1a 64 of the state bytes, verified on restore.
+    #[serde(default)]
+    pub checksum: u64,
 }
 
 /// A checkpoint whose `CompleteCheckpoint` entry is committed.
@@ -214,6 +221,15 @@ pub enum Command {
         job_id: JobId,
         checkpoint: CompletedCheckpoint,
     },
+    /// A subtask placement reported a failure: the whole job restarts from its last completed
+    /// checkpoint (its subtasks exchange data, so one rewinding means all rewind).
+    FailSubtask {
+        job_id: JobId,
+        subtask: SubtaskKey,
+        epoch: Epoch,
+        reason: String,
+        at_ms: u64,
+    },
 }
 
 /// What an applied command produced. Kept small: services read details from the state.
@@ -250,6 +266,10 @@ pub enum Response {
     CheckpointCompleted {
         job_id: JobId,
         checkpoint_id: CheckpointId,
+    },
+    JobRestarting {
+        job_id: JobId,
+        restart_count: u32,
     },
 }
 
@@ -298,6 +318,14 @@ pub enum Rejection {
         job_id: JobId,
         checkpoint_id: CheckpointId,
         last_triggered: Option<CheckpointId>,
+    },
+    #[error("subtask {operator_id}[{subtask_index}] of job {job_id} runs at epoch {current}, not {epoch}")]
+    StaleEpoch {
+        job_id: JobId,
+        operator_id: String,
+        subtask_index: u32,
+        epoch: Epoch,
+        current: Epoch,
     },
     #[error("job {job_id} is {status}, which takes no {what}")]
     JobNotActive {
@@ -358,6 +386,13 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
         } => assign_subtask(state, &job_id, subtask, executor_id, at_ms),
         Command::TriggerCheckpoint { job_id, at_ms } => trigger_checkpoint(state, &job_id, at_ms),
         Command::CompleteCheckpoint { job_id, checkpoint } => complete_checkpoint(state, &job_id, checkpoint),
+        Command::FailSubtask {
+            job_id,
+            subtask,
+            epoch,
+            reason,
+            at_ms,
+        } => fail_subtask(state, &job_id, &subtask, epoch, reason, at_ms),
     }?;
     if let Some(request_id) = request_id {
         state.requests.remember(request_id, response.clone());
@@ -390,6 +425,7 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
                     Assignment {
                         executor_id: None,
                         epoch: Epoch(0),
+                        previous_executor: None,
                     },
                 )
             })
@@ -426,7 +462,9 @@ fn retire(state: &mut State, job_id: &JobId) {
 
 fn release_slots(job: &mut JobRecord) {
     for assignment in job.assignments.values_mut() {
-        assignment.executor_id = None;
+        if let Some(executor_id) = assignment.executor_id.take() {
+            assignment.previous_executor = Some(executor_id);
+        }
     }
 }
 
@@ -517,14 +555,8 @@ fn register_executor(
         .get(&executor_id)
         .map_or(at_ms, |existing| existing.registered_at_ms);
     // A re-registration after a restart starts from nothing: whatever it ran before was lost with
-    // the process, so its old placements are released (they get new epochs when placed again).
-    for job in state.jobs.values_mut() {
-        for assignment in job.assignments.values_mut() {
-            if assignment.executor_id.as_ref() == Some(&executor_id) {
-                assignment.executor_id = None;
-            }
-        }
-    }
+    // the process, so its jobs restart (their placements get new epochs when placed again).
+    lose_executor(state, &executor_id, "re-registered (restarted)", at_ms);
     let record = ExecutorRecord {
         executor_id: executor_id.clone(),
         address,
@@ -546,18 +578,99 @@ fn mark_executor_dead(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -
         })?;
     executor.alive = false;
     executor.updated_at_ms = at_ms;
-    let mut orphaned_subtasks = 0;
-    for job in state.jobs.values_mut() {
-        for assignment in job.assignments.values_mut() {
-            if assignment.executor_id.as_ref() == Some(executor_id) {
-                assignment.executor_id = None;
-                orphaned_subtasks += 1;
-            }
-        }
-    }
+    let orphaned_subtasks = lose_executor(state, executor_id, "declared dead", at_ms);
     Ok(Response::ExecutorMarkedDead {
         executor_id: executor_id.clone(),
         orphaned_subtasks,
+    })
+}
+
+/// Starts a restart of `job` from its last completed checkpoint: every placement is released (the
+/// scheduler places them again with new epochs, which fences the old ones).
+fn restart(job: &mut JobRecord, reason: String, at_ms: u64) {
+    release_slots(job);
+    if job.status == JobStatus::Running {
+        job.status = JobStatus::Restarting;
+        job.restart_count = job.restart_count.saturating_add(1);
+    }
+    job.status_reason = reason;
+    job.updated_at_ms = at_ms;
+}
+
+/// Releases what `executor_id` ran. Jobs that were running on it restart as a whole; a cancelling
+/// job only loses those placements. Returns how many subtasks it held.
+fn lose_executor(state: &mut State, executor_id: &ExecutorId, what: &str, at_ms: u64) -> u32 {
+    let mut orphaned = 0;
+    for job in state.jobs.values_mut() {
+        let held = job
+            .assignments
+            .values()
+            .filter(|assignment| assignment.executor_id.as_ref() == Some(executor_id))
+            .count();
+        if held == 0 {
+            continue;
+        }
+        orphaned += u32::try_from(held).unwrap_or(u32::MAX);
+        if job.status == JobStatus::Cancelling {
+            for assignment in job.assignments.values_mut() {
+                if assignment.executor_id.as_ref() == Some(executor_id) {
+                    assignment.executor_id = None;
+                    assignment.previous_executor = Some(executor_id.clone());
+                }
+            }
+        } else {
+            restart(job, format!("executor {executor_id} {what}"), at_ms);
+        }
+    }
+    orphaned
+}
+
+fn fail_subtask(
+    state: &mut State,
+    job_id: &JobId,
+    subtask: &SubtaskKey,
+    epoch: Epoch,
+    reason: String,
+    at_ms: u64,
+) -> ApplyResult {
+    let job = job_mut(state, job_id)?;
+    let assignment = job.assignments.get(subtask).ok_or_else(|| Rejection::UnknownSubtask {
+        job_id: job_id.clone(),
+        operator_id: subtask.operator_id.clone(),
+        subtask_index: subtask.subtask_index,
+    })?;
+    let current = assignment.epoch;
+    // A released placement is already fenced: its failure says nothing about the next deployment.
+    if current != epoch || assignment.executor_id.is_none() {
+        return Err(Rejection::StaleEpoch {
+            job_id: job_id.clone(),
+            operator_id: subtask.operator_id.clone(),
+            subtask_index: subtask.subtask_index,
+            epoch,
+            current,
+        });
+    }
+    if !matches!(
+        job.status,
+        JobStatus::Running | JobStatus::Submitted | JobStatus::Restarting
+    ) {
+        return Err(Rejection::JobNotActive {
+            job_id: job_id.clone(),
+            status: job.status,
+            what: "task failures".to_owned(),
+        });
+    }
+    restart(
+        job,
+        format!(
+            "subtask {}[{}] failed: {reason}",
+            subtask.operator_id, subtask.subtask_index
+        ),
+        at_ms,
+    );
+    Ok(Response::JobRestarting {
+        job_id: job_id.clone(),
+        restart_count: job.restart_count,
     })
 }
 
@@ -607,6 +720,7 @@ fn assign_subtask(
         Assignment {
             executor_id: Some(executor_id),
             epoch,
+            previous_executor: None,
         },
     );
     Ok(Response::SubtaskAssigned {

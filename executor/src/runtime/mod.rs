@@ -6,8 +6,11 @@
 //! one machine; distributing subtasks over executors, barrier checkpoints and restore build on it.
 
 pub mod barriers;
+pub mod exchange;
 pub mod generator;
 pub mod key_groups;
 pub mod local;
+pub mod operators;
+pub mod task;
 
 pub use local::{run_local, LocalRunReport, RuntimeError};

@@ -2,11 +2,9 @@
 //! with new epochs; when it wakes up (SIGCONT) its old session is gone, the leader refuses it until
 //! it registers again, and it drops every subtask it held: the old epochs are fenced off.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, job_spec, placement, test_settings, TestCluster};
+use crate::common::{eventually, job_spec, placement, test_settings, TestCluster};
 use raftstream_coordinator::leader::ExecutorSettings;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +85,7 @@ async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {
         patience,
         || async {
             let log = std::fs::read_to_string(&log_path).ok()?;
-            (log.matches("subtask released").count() >= on_zombie.len()).then_some(log)
+            (log.matches("subtask stopped").count() >= on_zombie.len()).then_some(log)
         },
     )
     .await?;

@@ -1,10 +1,8 @@
 //! Membership changes: a fourth node joins as learner, is promoted, and an old node is removed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
+use crate::common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
 use raftstream_proto::v1 as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +59,7 @@ async fn learner_joins_is_promoted_and_an_old_voter_is_removed() -> anyhow::Resu
 
     tracing::info!("--- the removed node can stop; the new majority commits writes");
     cluster.cluster.kill(removed)?;
-    let client = common::TestCluster::client(&cluster)?;
+    let client = crate::common::TestCluster::client(&cluster)?;
     let job = client.submit_job(&job_spec("after-change"), "after-change").await?;
     expected.push(job.name.clone());
     eventually("node 4 to apply the new job", Duration::from_secs(20), || async {

@@ -1,10 +1,8 @@
 //! kill -9 of the leader, then of the whole cluster: nothing acknowledged is lost.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
+use crate::common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
 use raftstream_proto::v1 as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,8 @@
 //! A node that lost its data dir catches up through snapshot install, the log being purged.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
+use crate::common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
 use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;
 

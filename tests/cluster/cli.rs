@@ -1,11 +1,9 @@
 //! The `raftstream` CLI against a real cluster: job commands, both output formats, cluster status,
 //! and the plain error when no leader can be reached.
 
-mod common;
-
 use std::process::Output;
 
-use common::{binary, test_settings, TestCluster};
+use crate::common::{binary, test_settings, TestCluster};
 
 fn run_cli(arguments: &[&str]) -> anyhow::Result<Output> {
     Ok(std::process::Command::new(binary())
@@ -27,7 +25,7 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start(test_settings()).await?;
     let coordinators = cluster.cluster.addresses().join(",");
     let spec_path = cluster.path().join("wordcount.yaml");
-    std::fs::write(&spec_path, include_str!("../examples/wordcount.yaml"))?;
+    std::fs::write(&spec_path, include_str!("../../examples/wordcount.yaml"))?;
     let spec = spec_path.to_string_lossy().into_owned();
 
     tracing::info!("--- job submit (json), then the same request id again");

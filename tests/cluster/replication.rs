@@ -1,10 +1,8 @@
 //! Submitting through any node, reading from every node, idempotent retries, and bad input.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
+use crate::common::{eventually, job_spec, local_job_names, test_settings, TestCluster};
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::job_service_client::JobServiceClient;
 use tonic::Code;

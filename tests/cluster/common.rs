@@ -1,8 +1,6 @@
 //! Shared helpers for the cluster tests: real coordinator processes of the built binary, on ports
 //! the OS picks, each test in its own temporary directory.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,7 +88,7 @@ impl TestCluster {
 pub fn job_spec(name: &str) -> String {
     format!(
         r#"{{"name": "{name}", "parallelism": 2, "operators": [
-            {{"id": "source", "kind": "generator", "parallelism": 1, "params": {{"seed": 7, "count": 1000}}}},
+            {{"id": "source", "kind": "generator", "parallelism": 1, "params": {{"seed": 7, "rate_per_second": 100}}}},
             {{"id": "words", "kind": "flat_map", "inputs": ["source"], "params": {{"function": "split_words"}}}},
             {{"id": "by_word", "kind": "key_by", "inputs": ["words"]}},
             {{"id": "counts", "kind": "count", "inputs": ["by_word"]}},

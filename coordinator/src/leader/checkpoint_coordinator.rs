@@ -1,0 +1,276 @@
+//! The leader's checkpoint coordinator: triggers checkpoint N+1 of every running job each
+//! `checkpoint.interval_ms`, collects the subtasks' acknowledgements, commits the completed
+//! checkpoint through Raft and only then tells the tasks (sinks publish on that message). A
+//! checkpoint that times out, or whose job's placements change under it, is aborted. Ids come from
+//! the Raft log (`TriggerCheckpoint`), so a new leader continues above whatever the old one had in
+//! flight, which it simply never completes.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoints::{AckOutcome, PendingCheckpoint};
+use super::deploy::{executors_of, is_fully_placed, placed_tasks};
+use super::sessions::{ExecutorCommand, ExecutorEvent, ExecutorSessions, TaskRef};
+use crate::ids::JobId;
+use crate::service::{now_ms, CoordinatorContext};
+use crate::state_machine::{Command, JobStatus, Response};
+
+const TICK: Duration = Duration::from_millis(10);
+
+struct Coordinator {
+    context: CoordinatorContext,
+    sessions: ExecutorSessions,
+    pending: HashMap<JobId, PendingCheckpoint>,
+    last_trigger: HashMap<JobId, Instant>,
+    started: Instant,
+}
+
+/// Runs until `shutdown` is cancelled (this node stopped leading).
+pub async fn run(
+    context: CoordinatorContext,
+    sessions: ExecutorSessions,
+    mut events: mpsc::UnboundedReceiver<ExecutorEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut coordinator = Coordinator {
+        context,
+        sessions,
+        pending: HashMap::new(),
+        last_trigger: HashMap::new(),
+        started: Instant::now(),
+    };
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => match event {
+                Some(event) => coordinator.on_event(event).await,
+                None => return,
+            },
+            _ = ticker.tick() => coordinator.on_tick().await,
+        }
+    }
+}
+
+impl Coordinator {
+    fn tell_job(&self, job_id: &JobId, command: &ExecutorCommand) {
+        let executors = {
+            let applied = self.context.applied.read();
+            applied.state.jobs.get(job_id).map(executors_of).unwrap_or_default()
+        };
+        for executor_id in executors {
+            self.sessions.send(&executor_id, command.clone());
+        }
+    }
+
+    fn abort(&mut self, job_id: &JobId, reason: &str) {
+        if let Some(pending) = self.pending.remove(job_id) {
+            tracing::info!(job_id = %job_id, checkpoint_id = pending.checkpoint_id.0, reason, "checkpoint aborted");
+            self.tell_job(
+                job_id,
+                &ExecutorCommand::CheckpointAborted {
+                    job_id: job_id.clone(),
+                    checkpoint_id: pending.checkpoint_id,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
+    async fn on_event(&mut self, event: ExecutorEvent) {
+        match event {
+            ExecutorEvent::Ack {
+                job_id,
+                checkpoint_id,
+                ack,
+            } => {
+                let Some(pending) = self.pending.get_mut(&job_id) else {
+                    tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, "ack for no pending checkpoint");
+                    return;
+                };
+                if pending.checkpoint_id != checkpoint_id {
+                    tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, pending = pending.checkpoint_id.0, "ack for another checkpoint");
+                    return;
+                }
+                match pending.on_ack(ack, now_ms()) {
+                    AckOutcome::Pending { .. } => {}
+                    AckOutcome::Ignored(reason) => {
+                        tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, reason, "checkpoint ack ignored")
+                    }
+                    AckOutcome::Complete(checkpoint) => self.complete(job_id, checkpoint).await,
+                }
+            }
+            ExecutorEvent::TaskFailed { task, reason } => {
+                let command = Command::FailSubtask {
+                    job_id: task.job_id.clone(),
+                    subtask: task.subtask.clone(),
+                    epoch: task.epoch,
+                    reason: reason.clone(),
+                    at_ms: now_ms(),
+                };
+                match self.context.propose(command).await {
+                    Ok(Response::JobRestarting { restart_count, .. }) => {
+                        tracing::warn!(job_id = %task.job_id, operator_id = %task.subtask.operator_id, subtask_index = task.subtask.subtask_index, epoch = task.epoch.0, restart_count, reason, "subtask failed: restarting the job from its last completed checkpoint");
+                        self.abort(&task.job_id, "a subtask failed");
+                    }
+                    Ok(other) => tracing::warn!(response = ?other, "unexpected answer to FailSubtask"),
+                    Err(error) => {
+                        tracing::info!(job_id = %task.job_id, error = %error, reason, "subtask failure not acted on")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn complete(&mut self, job_id: JobId, checkpoint: crate::state_machine::CompletedCheckpoint) {
+        let Some(pending) = self.pending.remove(&job_id) else {
+            return;
+        };
+        let checkpoint_id = checkpoint.checkpoint_id;
+        let acknowledged: Vec<TaskRef> = pending
+            .expected()
+            .map(|(subtask, epoch)| TaskRef {
+                job_id: job_id.clone(),
+                subtask: subtask.clone(),
+                epoch,
+            })
+            .collect();
+        let size_bytes = checkpoint.size_bytes;
+        let took_ms = now_ms().saturating_sub(pending.triggered_at_ms);
+        match self
+            .context
+            .propose(Command::CompleteCheckpoint {
+                job_id: job_id.clone(),
+                checkpoint,
+            })
+            .await
+        {
+            Ok(Response::CheckpointCompleted { .. }) => {
+                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, "checkpoint completed");
+                self.tell_job(
+                    &job_id,
+                    &ExecutorCommand::CheckpointComplete {
+                        job_id: job_id.clone(),
+                        checkpoint_id,
+                        acknowledged,
+                    },
+                );
+            }
+            Ok(other) => tracing::warn!(response = ?other, "unexpected answer to CompleteCheckpoint"),
+            Err(error) => {
+                self.pending.insert(job_id.clone(), pending);
+                self.abort(&job_id, &format!("could not commit it: {error}"));
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = now_ms();
+        let mut due = Vec::new();
+        let mut to_abort = Vec::new();
+        {
+            let applied = self.context.applied.read();
+            let state = &applied.state;
+            for (job_id, pending) in &self.pending {
+                match state.jobs.get(job_id) {
+                    Some(job) if job.status == JobStatus::Running && pending.matches_placements(job) => {
+                        if pending.is_expired(now) {
+                            to_abort.push((job_id.clone(), format!("timed out after {} ms", pending.timeout_ms)));
+                        }
+                    }
+                    _ => to_abort.push((job_id.clone(), "the job's placements changed".to_owned())),
+                }
+            }
+            for job in state.jobs.values() {
+                let interval = job.graph.checkpoint.interval_ms;
+                if job.status != JobStatus::Running
+                    || interval == 0
+                    || !is_fully_placed(job)
+                    || self.pending.contains_key(&job.job_id)
+                {
+                    continue;
+                }
+                let last = self.last_trigger.get(&job.job_id).copied().unwrap_or(self.started);
+                if last.elapsed() >= Duration::from_millis(interval) {
+                    due.push(job.job_id.clone());
+                }
+            }
+        }
+        for (job_id, reason) in to_abort {
+            self.abort(&job_id, &reason);
+        }
+        self.last_trigger.retain(|job_id, _| {
+            self.context
+                .applied
+                .read()
+                .state
+                .jobs
+                .get(job_id)
+                .is_some_and(|job| !job.status.is_terminal())
+        });
+        for job_id in due {
+            self.trigger(job_id).await;
+        }
+    }
+
+    async fn trigger(&mut self, job_id: JobId) {
+        self.last_trigger.insert(job_id.clone(), Instant::now());
+        let command = Command::TriggerCheckpoint {
+            job_id: job_id.clone(),
+            at_ms: now_ms(),
+        };
+        let checkpoint_id = match self.context.propose(command).await {
+            Ok(Response::CheckpointTriggered { checkpoint_id, .. }) => checkpoint_id,
+            Ok(other) => {
+                tracing::warn!(response = ?other, "unexpected answer to TriggerCheckpoint");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(job_id = %job_id, error = %error, "checkpoint not triggered");
+                return;
+            }
+        };
+        let (pending, sources) = {
+            let applied = self.context.applied.read();
+            let Some(job) = applied.state.jobs.get(&job_id) else {
+                return;
+            };
+            let sources: Vec<_> = placed_tasks(job)
+                .into_iter()
+                .filter(|(_, task)| {
+                    job.graph
+                        .operator(&task.subtask.operator_id)
+                        .is_some_and(|operator| operator.inputs.is_empty())
+                })
+                .map(|(executor_id, _)| executor_id)
+                .collect();
+            (PendingCheckpoint::start(job, checkpoint_id, now_ms()), sources)
+        };
+        match pending {
+            Ok(pending) => {
+                tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, "checkpoint triggered");
+                self.pending.insert(job_id.clone(), pending);
+                let mut notified = sources;
+                notified.sort();
+                notified.dedup();
+                for executor_id in notified {
+                    self.sessions.send(
+                        &executor_id,
+                        ExecutorCommand::TriggerCheckpoint {
+                            job_id: job_id.clone(),
+                            checkpoint_id,
+                        },
+                    );
+                }
+            }
+            Err(reason) => {
+                tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, reason, "checkpoint not started")
+            }
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! One subtask of a deployed job: a tokio task that restores its state from the checkpoint the
+//! leader named (the latest completed one in the Raft state), reads its input gate, aligns
+//! barriers, snapshots and acknowledges, and sends its output downstream in batches.
+//!
+//! Bounded sources do not stop at the end of their input: they wait for one more checkpoint, so
+//! that everything they produced is covered by a completed checkpoint (and published by the
+//! sinks) before they send end-of-stream. A job is finished when every subtask got there.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftstream_coordinator::spec::{JobGraph, OperatorKind, OperatorSpec};
+use raftstream_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::barriers::{Alignment, BarrierAligner};
+use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputChannel};
+use super::generator::GeneratorSettings;
+use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
+use super::operators::{FileSink, KeyedCount, OperatorError, Stateless};
+use crate::checkpoint::{checksum, CheckpointStore, LocalDirectoryStore, StateHandle};
+
+/// Records per batch on a channel.
+pub const BATCH_RECORDS: usize = 1_024;
+/// State up to this size travels inline in the Raft metadata instead of the checkpoint store.
+pub const MAX_INLINE_STATE: usize = 1_024;
+
+/// One subtask as the leader deployed it.
+#[derive(Debug, Clone)]
+pub struct SubtaskDeployment {
+    pub job_id: String,
+    pub operator_id: String,
+    pub subtask_index: u32,
+    pub epoch: u64,
+    pub graph: Arc<JobGraph>,
+    pub placement: Vec<pb::Subtask>,
+    pub restore_from: Option<pb::Checkpoint>,
+}
+
+impl SubtaskDeployment {
+    /// The deployment carried by an `AssignTask` message.
+    pub fn from_proto(assign: &pb::AssignTask) -> Result<SubtaskDeployment, String> {
+        let task = assign.task.as_ref().ok_or("assignment without a task")?;
+        let graph: JobGraph =
+            serde_json::from_str(&assign.graph_json).map_err(|error| format!("unreadable job graph: {error}"))?;
+        Ok(SubtaskDeployment {
+            job_id: task.job_id.clone(),
+            operator_id: task.operator_id.clone(),
+            subtask_index: task.subtask_index,
+            epoch: task.epoch,
+            graph: Arc::new(graph),
+            placement: assign.placement.clone(),
+            restore_from: assign.restore_from.clone(),
+        })
+    }
+
+    /// The task reference of this placement.
+    pub fn task_ref(&self) -> pb::TaskRef {
+        pb::TaskRef {
+            job_id: self.job_id.clone(),
+            operator_id: self.operator_id.clone(),
+            subtask_index: self.subtask_index,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Messages from the leader about checkpoints, routed to the subtasks of their job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskControl {
+    /// Sources only: inject the barrier of this checkpoint.
+    Trigger(u64),
+    /// The checkpoint is committed in the Raft log; `acknowledged` says whether this placement's
+    /// acknowledgement is part of it (a sink publishes only then).
+    Complete {
+        checkpoint_id: u64,
+        acknowledged: bool,
+    },
+    Aborted(u64),
+}
+
+/// Where a subtask finds the rest of the executor.
+#[derive(Clone)]
+pub struct TaskEnvironment {
+    pub hub: ExchangeHub,
+    pub local_address: String,
+    pub store: Arc<LocalDirectoryStore>,
+    /// Checkpoint acknowledgements and task statuses, to the leader through the session.
+    pub reports: mpsc::UnboundedSender<pb::executor_message::Body>,
+}
+
+/// Why a subtask stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Operator(#[from] OperatorError),
+    #[error("restoring checkpoint {checkpoint_id}: {problem}")]
+    Restore { checkpoint_id: u64, problem: String },
+    #[error("writing state of checkpoint {checkpoint_id}: {problem}")]
+    Snapshot { checkpoint_id: u64, problem: String },
+    #[error(transparent)]
+    Send(#[from] super::exchange::SendError),
+    #[error("job graph: {0}")]
+    Graph(String),
+    #[error("input closed before end of stream")]
+    InputClosed,
+}
+
+/// How a subtask ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEnd {
+    /// Its input ended and all its output is delivered (sinks: published).
+    Finished,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partition {
+    Forward,
+    Hash,
+    RoundRobin,
+}
+
+fn partition(from: &OperatorSpec, to: &OperatorSpec) -> Partition {
+    if from.kind == OperatorKind::KeyBy {
+        Partition::Hash
+    } else if from.parallelism == to.parallelism {
+        Partition::Forward
+    } else {
+        Partition::RoundRobin
+    }
+}
+
+struct Edge {
+    partition: Partition,
+    channels: Vec<OutputChannel>,
+    buffers: Vec<Vec<pb::Record>>,
+    next: usize,
+}
+
+/// The output side of a subtask: one edge per consuming operator.
+struct Outputs {
+    edges: Vec<Edge>,
+    max_parallelism: u32,
+}
+
+impl Outputs {
+    fn push(&mut self, record: pb::Record) {
+        let edges = self.edges.len();
+        let mut record = Some(record);
+        for position in 0..edges {
+            // The last edge takes the record itself, earlier ones a copy.
+            let next = if position + 1 == edges {
+                record.take()
+            } else {
+                record.clone()
+            };
+            let Some(next) = next else { continue };
+            let edge = &mut self.edges[position];
+            let target = match edge.partition {
+                Partition::Forward => 0,
+                Partition::Hash => subtask_for_key_group(
+                    key_group(&next.key, self.max_parallelism),
+                    self.max_parallelism,
+                    edge.channels.len() as u32,
+                ) as usize,
+                Partition::RoundRobin => {
+                    edge.next = (edge.next + 1) % edge.channels.len().max(1);
+                    edge.next
+                }
+            };
+            if let Some(buffer) = edge.buffers.get_mut(target) {
+                buffer.push(next);
+            }
+        }
+    }
+
+    async fn flush(&mut self, only_full: bool) -> Result<(), TaskError> {
+        for edge in &mut self.edges {
+            for (target, buffer) in edge.buffers.iter_mut().enumerate() {
+                if buffer.is_empty() || (only_full && buffer.len() < BATCH_RECORDS) {
+                    continue;
+                }
+                let batch = std::mem::replace(buffer, Vec::with_capacity(BATCH_RECORDS));
+                edge.channels[target].send(ChannelEvent::Batch(batch)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn broadcast_barrier(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        self.flush(false).await?;
+        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
+            channel.send(ChannelEvent::Barrier(checkpoint_id)).await?;
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self) -> Result<(), TaskError> {
+        self.flush(false).await?;
+        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
+            channel.send(ChannelEvent::End).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What the subtask computes.
+enum Logic {
+    Generator(Box<GeneratorState>),
+    Stateless(Stateless),
+    Count(KeyedCount),
+    FileSink(FileSink),
+    Print(String),
+}
+
+struct GeneratorState {
+    settings: GeneratorSettings,
+    /// The next offset this subtask emits (offsets index, index + parallelism, ...).
+    next_offset: u64,
+    step: u64,
+    rate_per_subtask: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SourceSnapshot {
+    next_offset: u64,
+}
+
+fn param_u64(operator: &OperatorSpec, name: &str) -> Option<u64> {
+    operator.params.get(name).and_then(|value| value.as_u64())
+}
+
+/// Runs one subtask until it finishes, fails or is cancelled.
+pub async fn run_subtask(
+    deployment: SubtaskDeployment,
+    environment: TaskEnvironment,
+    mut control: mpsc::UnboundedReceiver<TaskControl>,
+    cancel: CancellationToken,
+) -> Result<TaskEnd, TaskError> {
+    let graph = deployment.graph.clone();
+    let operator = graph
+        .operator(&deployment.operator_id)
+        .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", deployment.operator_id)))?
+        .clone();
+    let key = GateKey {
+        job_id: deployment.job_id.clone(),
+        operator_id: operator.id.clone(),
+        subtask_index: deployment.subtask_index,
+    };
+    // The gate first, so upstream subtasks can connect while this one connects downstream.
+    let mut channels = HashMap::new();
+    for input_id in &operator.inputs {
+        let input = graph
+            .operator(input_id)
+            .ok_or_else(|| TaskError::Graph(format!("no operator {input_id:?}")))?;
+        let sources: Vec<u32> = if partition(input, &operator) == Partition::Forward {
+            vec![deployment.subtask_index]
+        } else {
+            (0..input.parallelism).collect()
+        };
+        for index in sources {
+            let next = channels.len();
+            channels.insert((input.id.clone(), index), next);
+        }
+    }
+    let input_count = channels.len();
+    let mut gate = (input_count > 0).then(|| environment.hub.register(key.clone(), deployment.epoch, channels));
+    let result = run_registered(
+        &deployment,
+        &operator,
+        &environment,
+        gate.as_mut(),
+        input_count,
+        &mut control,
+        &cancel,
+    )
+    .await;
+    if input_count > 0 {
+        environment.hub.unregister(&key, deployment.epoch);
+    }
+    result
+}
+
+async fn open_outputs(
+    deployment: &SubtaskDeployment,
+    operator: &OperatorSpec,
+    environment: &TaskEnvironment,
+    cancel: &CancellationToken,
+) -> Result<Outputs, TaskError> {
+    let graph = &deployment.graph;
+    let mut edges = Vec::new();
+    for consumer in graph
+        .operators
+        .iter()
+        .filter(|candidate| candidate.inputs.contains(&operator.id))
+    {
+        let partition = partition(operator, consumer);
+        let targets: Vec<u32> = if partition == Partition::Forward {
+            vec![deployment.subtask_index]
+        } else {
+            (0..consumer.parallelism).collect()
+        };
+        let mut channels = Vec::with_capacity(targets.len());
+        for index in targets {
+            let placed = deployment
+                .placement
+                .iter()
+                .find(|placed| placed.operator_id == consumer.id && placed.subtask_index == index)
+                .ok_or_else(|| TaskError::Graph(format!("{}[{index}] is not placed", consumer.id)))?;
+            let target = GateKey {
+                job_id: deployment.job_id.clone(),
+                operator_id: consumer.id.clone(),
+                subtask_index: index,
+            };
+            let channel = OutputChannel::open(
+                &environment.hub,
+                &environment.local_address,
+                &placed.executor_address,
+                target,
+                placed.epoch,
+                (&operator.id, deployment.subtask_index, deployment.epoch),
+                cancel,
+            )
+            .await?;
+            channels.push(channel);
+        }
+        let buffers = (0..channels.len()).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect();
+        edges.push(Edge {
+            partition,
+            channels,
+            buffers,
+            next: 0,
+        });
+    }
+    Ok(Outputs {
+        edges,
+        max_parallelism: graph.max_parallelism,
+    })
+}
+
+/// The bytes of one task's state in a checkpoint, verified.
+async fn load_state(
+    store: &LocalDirectoryStore,
+    checkpoint_id: u64,
+    handle: &pb::TaskStateHandle,
+) -> Result<Vec<u8>, TaskError> {
+    let restore_error = |problem: String| TaskError::Restore { checkpoint_id, problem };
+    if handle.location.is_empty() {
+        if handle.size_bytes != handle.inline_state.len() as u64 || checksum(&handle.inline_state) != handle.checksum {
+            return Err(restore_error(format!(
+                "inline state of {}[{}] does not match its checksum",
+                handle.operator_id, handle.subtask_index
+            )));
+        }
+        return Ok(handle.inline_state.clone());
+    }
+    let state_handle = StateHandle {
+        location: handle.location.clone(),
+        size_bytes: handle.size_bytes,
+        checksum: handle.checksum,
+    };
+    store
+        .get(&state_handle)
+        .await
+        .map_err(|error| restore_error(error.to_string()))
+}
+
+async fn restore(
+    deployment: &SubtaskDeployment,
+    operator: &OperatorSpec,
+    environment: &TaskEnvironment,
+    logic: &mut Logic,
+) -> Result<(), TaskError> {
+    let checkpoint = deployment.restore_from.as_ref();
+    let checkpoint_id = checkpoint.map_or(0, |checkpoint| checkpoint.checkpoint_id);
+    match logic {
+        Logic::Generator(generator) => {
+            if let Some(offset) = checkpoint.and_then(|checkpoint| {
+                checkpoint.source_offsets.iter().find(|offset| {
+                    offset.operator_id == operator.id && offset.subtask_index == deployment.subtask_index
+                })
+            }) {
+                generator.next_offset = offset.offset;
+            }
+        }
+        Logic::Count(counts) => {
+            let Some(checkpoint) = checkpoint else { return Ok(()) };
+            let groups = key_group_range(
+                deployment.subtask_index,
+                deployment.graph.max_parallelism,
+                operator.parallelism,
+            );
+            // Every subtask's state of the operator: a rescaled job takes its key groups from any.
+            for handle in checkpoint
+                .task_states
+                .iter()
+                .filter(|handle| handle.operator_id == operator.id)
+            {
+                let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
+                counts.restore(&operator.id, &bytes, &groups)?;
+            }
+        }
+        Logic::FileSink(sink) => {
+            let state = match checkpoint {
+                Some(checkpoint) => {
+                    let handle = checkpoint.task_states.iter().find(|handle| {
+                        handle.operator_id == operator.id && handle.subtask_index == deployment.subtask_index
+                    });
+                    match handle {
+                        Some(handle) => Some(load_state(&environment.store, checkpoint_id, handle).await?),
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            let published = sink.restore(&operator.id, state.as_deref())?;
+            if published > 0 {
+                tracing::info!(
+                    checkpoint_id,
+                    published,
+                    "published pre-committed output of the restored checkpoint"
+                );
+            }
+        }
+        Logic::Stateless(_) | Logic::Print(_) => {}
+    }
+    Ok(())
+}
+
+fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<Logic, TaskError> {
+    let unsupported = || OperatorError::Unsupported {
+        operator: operator.id.clone(),
+        kind: operator.kind,
+    };
+    Ok(match operator.kind {
+        OperatorKind::Generator => {
+            let defaults = GeneratorSettings::default();
+            let settings = GeneratorSettings {
+                seed: param_u64(operator, "seed").unwrap_or(defaults.seed),
+                count: param_u64(operator, "count"),
+                vocabulary_size: param_u64(operator, "vocabulary_size").unwrap_or(defaults.vocabulary_size),
+                words_per_record: param_u64(operator, "words_per_record").unwrap_or(defaults.words_per_record),
+            };
+            let parallelism = u64::from(operator.parallelism.max(1));
+            Logic::Generator(Box::new(GeneratorState {
+                settings,
+                next_offset: u64::from(deployment.subtask_index),
+                step: parallelism,
+                rate_per_subtask: param_u64(operator, "rate_per_second").map(|rate| rate as f64 / parallelism as f64),
+            }))
+        }
+        OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy => {
+            Logic::Stateless(Stateless::of(operator)?)
+        }
+        OperatorKind::Count => Logic::Count(KeyedCount::default()),
+        OperatorKind::FileSink => {
+            Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch)?)
+        }
+        OperatorKind::Print => Logic::Print(
+            operator
+                .params
+                .get("prefix")
+                .and_then(|value| value.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        _ => return Err(unsupported().into()),
+    })
+}
+
+struct Acknowledger<'a> {
+    deployment: &'a SubtaskDeployment,
+    environment: &'a TaskEnvironment,
+}
+
+impl Acknowledger<'_> {
+    /// Stores the state of `checkpoint_id` (inline when tiny) and acknowledges it to the leader.
+    async fn acknowledge(
+        &self,
+        checkpoint_id: u64,
+        state: Vec<u8>,
+        source_offset: Option<u64>,
+    ) -> Result<(), TaskError> {
+        let deployment = self.deployment;
+        let size_bytes = state.len() as u64;
+        let state_checksum = checksum(&state);
+        let handle = if state.len() <= MAX_INLINE_STATE {
+            pb::TaskStateHandle {
+                operator_id: deployment.operator_id.clone(),
+                subtask_index: deployment.subtask_index,
+                location: String::new(),
+                inline_state: state,
+                size_bytes,
+                checksum: state_checksum,
+            }
+        } else {
+            let location = format!(
+                "{}/chk-{checkpoint_id}/{}-{}-e{}.state",
+                deployment.job_id, deployment.operator_id, deployment.subtask_index, deployment.epoch
+            );
+            let stored = self
+                .environment
+                .store
+                .put(&location, state)
+                .await
+                .map_err(|error| TaskError::Snapshot {
+                    checkpoint_id,
+                    problem: error.to_string(),
+                })?;
+            pb::TaskStateHandle {
+                operator_id: deployment.operator_id.clone(),
+                subtask_index: deployment.subtask_index,
+                location: stored.location,
+                inline_state: Vec::new(),
+                size_bytes: stored.size_bytes,
+                checksum: stored.checksum,
+            }
+        };
+        let source_offsets = source_offset
+            .map(|offset| pb::SourceOffset {
+                operator_id: deployment.operator_id.clone(),
+                subtask_index: deployment.subtask_index,
+                offset,
+            })
+            .into_iter()
+            .collect();
+        // A lost ack only lets the checkpoint time out; the job goes on.
+        let _ = self
+            .environment
+            .reports
+            .send(pb::executor_message::Body::CheckpointAck(pb::CheckpointAck {
+                task: Some(deployment.task_ref()),
+                checkpoint_id,
+                state: Some(handle),
+                source_offsets,
+            }));
+        Ok(())
+    }
+}
+
+async fn run_registered(
+    deployment: &SubtaskDeployment,
+    operator: &OperatorSpec,
+    environment: &TaskEnvironment,
+    gate: Option<&mut mpsc::Receiver<InputMessage>>,
+    input_count: usize,
+    control: &mut mpsc::UnboundedReceiver<TaskControl>,
+    cancel: &CancellationToken,
+) -> Result<TaskEnd, TaskError> {
+    let mut logic = logic_of(deployment, operator)?;
+    restore(deployment, operator, environment, &mut logic).await?;
+    let mut outputs = open_outputs(deployment, operator, environment, cancel).await?;
+    let acknowledger = Acknowledger {
+        deployment,
+        environment,
+    };
+    let checkpointing = deployment.graph.checkpoint.interval_ms > 0;
+    match (logic, gate) {
+        (Logic::Generator(generator), _) => {
+            run_generator(*generator, &mut outputs, &acknowledger, control, cancel, checkpointing).await
+        }
+        (logic, Some(gate)) => {
+            let mut task = InputTask {
+                logic,
+                aligner: BarrierAligner::new(input_count),
+                ended: vec![false; input_count],
+                stash: (0..input_count).map(|_| VecDeque::new()).collect(),
+                replay: VecDeque::new(),
+            };
+            task.run(gate, &mut outputs, &acknowledger, control, cancel).await
+        }
+        (_, None) => Err(TaskError::Graph(format!("operator {:?} has no input", operator.id))),
+    }
+}
+
+async fn run_generator(
+    mut generator: GeneratorState,
+    outputs: &mut Outputs,
+    acknowledger: &Acknowledger<'_>,
+    control: &mut mpsc::UnboundedReceiver<TaskControl>,
+    cancel: &CancellationToken,
+    checkpointing: bool,
+) -> Result<TaskEnd, TaskError> {
+    let started = Instant::now();
+    let mut produced = 0u64;
+    // The checkpoint whose barrier followed the last record: once it completes, everything this
+    // source produced is committed and end-of-stream may go out.
+    let mut final_barrier: Option<u64> = None;
+    let mut line = String::new();
+    loop {
+        let exhausted = generator.settings.is_exhausted(generator.next_offset);
+        if exhausted && !checkpointing {
+            outputs.end().await?;
+            return Ok(TaskEnd::Finished);
+        }
+        let wait_until = generator
+            .rate_per_subtask
+            .map(|rate| started + Duration::from_secs_f64(produced as f64 / rate));
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+            message = control.recv() => match message {
+                Some(TaskControl::Trigger(checkpoint_id)) => {
+                    outputs.flush(false).await?;
+                    let state = serde_json::to_vec(&SourceSnapshot { next_offset: generator.next_offset }).unwrap_or_default();
+                    acknowledger.acknowledge(checkpoint_id, state, Some(generator.next_offset)).await?;
+                    outputs.broadcast_barrier(checkpoint_id).await?;
+                    if exhausted && final_barrier.is_none() {
+                        final_barrier = Some(checkpoint_id);
+                    }
+                }
+                Some(TaskControl::Complete { checkpoint_id, .. }) => {
+                    if final_barrier.is_some_and(|last| checkpoint_id >= last) {
+                        outputs.end().await?;
+                        return Ok(TaskEnd::Finished);
+                    }
+                }
+                // The next checkpoint carries the data on; an aborted final one is replaced.
+                Some(TaskControl::Aborted(checkpoint_id)) => {
+                    if final_barrier == Some(checkpoint_id) {
+                        final_barrier = None;
+                    }
+                }
+                None => return Ok(TaskEnd::Cancelled),
+            },
+            _ = async {
+                if exhausted {
+                    std::future::pending::<()>().await;
+                }
+                if let Some(at) = wait_until {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+            } => {
+                let batch = generator.rate_per_subtask.map_or(BATCH_RECORDS, |rate| ((rate / 50.0) as usize).clamp(1, BATCH_RECORDS));
+                for _ in 0..batch {
+                    if generator.settings.is_exhausted(generator.next_offset) {
+                        break;
+                    }
+                    generator.settings.write_record(generator.next_offset, &mut line);
+                    outputs.push(pb::Record { key: String::new(), value: line.clone() });
+                    generator.next_offset += generator.step;
+                    produced += 1;
+                }
+                outputs.flush(true).await?;
+                if generator.rate_per_subtask.is_some() {
+                    outputs.flush(false).await?;
+                }
+            }
+        }
+    }
+}
+
+struct InputTask {
+    logic: Logic,
+    aligner: BarrierAligner,
+    ended: Vec<bool>,
+    /// Per channel: what arrived after its barrier while the task waits for the others.
+    stash: Vec<VecDeque<InputMessage>>,
+    /// Stashed messages released by a finished alignment, processed before new input.
+    replay: VecDeque<InputMessage>,
+}
+
+impl InputTask {
+    fn release_stash(&mut self) {
+        for channel in &mut self.stash {
+            self.replay.extend(channel.drain(..));
+        }
+    }
+
+    async fn run(
+        &mut self,
+        gate: &mut mpsc::Receiver<InputMessage>,
+        outputs: &mut Outputs,
+        acknowledger: &Acknowledger<'_>,
+        control: &mut mpsc::UnboundedReceiver<TaskControl>,
+        cancel: &CancellationToken,
+    ) -> Result<TaskEnd, TaskError> {
+        let mut input_done = false;
+        loop {
+            if !input_done && self.ended.iter().all(|ended| *ended) && self.replay.is_empty() {
+                input_done = true;
+                if !matches!(self.logic, Logic::FileSink(_)) {
+                    outputs.end().await?;
+                    return Ok(TaskEnd::Finished);
+                }
+            }
+            if input_done {
+                if let Logic::FileSink(sink) = &self.logic {
+                    if sink.is_fully_published() {
+                        if sink.has_uncommitted_data() {
+                            tracing::error!(
+                                "records arrived after the final checkpoint barrier; they are not published"
+                            );
+                        }
+                        return Ok(TaskEnd::Finished);
+                    }
+                }
+            }
+            let message = match self.replay.pop_front() {
+                Some(message) => message,
+                None => tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+                    message = control.recv() => {
+                        match message {
+                            Some(message) => self.on_control(message)?,
+                            None => return Ok(TaskEnd::Cancelled),
+                        }
+                        continue;
+                    }
+                    message = gate.recv(), if !input_done => match message {
+                        Some(message) => message,
+                        None => return Err(TaskError::InputClosed),
+                    },
+                },
+            };
+            let channel = message.channel;
+            if channel >= self.ended.len() {
+                continue;
+            }
+            if self.aligner.is_blocked(channel) {
+                self.stash[channel].push_back(message);
+                continue;
+            }
+            match message.event {
+                ChannelEvent::Batch(records) => {
+                    let mut emitted = Vec::new();
+                    for record in records {
+                        self.process(record, &mut emitted)?;
+                    }
+                    for record in emitted {
+                        outputs.push(record);
+                    }
+                    outputs.flush(false).await?;
+                }
+                ChannelEvent::Barrier(checkpoint_id) => {
+                    let outcome = self.barrier_arrived(channel, checkpoint_id);
+                    self.after_alignment(outcome, outputs, acknowledger).await?;
+                }
+                ChannelEvent::End => {
+                    self.ended[channel] = true;
+                    // An ended input delivers no more barriers: count it as aligned.
+                    if let Some(aligning) = self.aligner.aligning() {
+                        let outcome = self.aligner.on_barrier(channel, aligning);
+                        self.after_alignment(outcome, outputs, acknowledger).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn barrier_arrived(&mut self, channel: usize, checkpoint_id: u64) -> Alignment {
+        let mut outcome = self.aligner.on_barrier(channel, checkpoint_id);
+        if matches!(outcome, Alignment::Waiting | Alignment::Superseded { .. }) {
+            if let Alignment::Superseded { .. } = outcome {
+                self.release_stash();
+            }
+            for ended in (0..self.ended.len()).filter(|index| self.ended[*index]) {
+                if let Alignment::Snapshot(id) = self.aligner.on_barrier(ended, checkpoint_id) {
+                    outcome = Alignment::Snapshot(id);
+                    break;
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn after_alignment(
+        &mut self,
+        outcome: Alignment,
+        outputs: &mut Outputs,
+        acknowledger: &Acknowledger<'_>,
+    ) -> Result<(), TaskError> {
+        match outcome {
+            Alignment::Snapshot(checkpoint_id) => {
+                let state = self.snapshot(checkpoint_id, acknowledger)?;
+                acknowledger.acknowledge(checkpoint_id, state, None).await?;
+                outputs.broadcast_barrier(checkpoint_id).await?;
+                self.release_stash();
+            }
+            Alignment::Superseded { .. } => self.release_stash(),
+            Alignment::Waiting | Alignment::Stale => {}
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64, acknowledger: &Acknowledger<'_>) -> Result<Vec<u8>, TaskError> {
+        Ok(match &mut self.logic {
+            Logic::Count(counts) => counts.snapshot(acknowledger.deployment.graph.max_parallelism),
+            Logic::FileSink(sink) => sink.pre_commit(checkpoint_id)?,
+            Logic::Generator(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
+        })
+    }
+
+    fn process(&mut self, record: pb::Record, emitted: &mut Vec<pb::Record>) -> Result<(), TaskError> {
+        match &mut self.logic {
+            Logic::Stateless(transform) => transform.apply(record, &mut |out| emitted.push(out)),
+            Logic::Count(counts) => counts.apply(record, &mut |out| emitted.push(out)),
+            Logic::FileSink(sink) => sink.write(&record)?,
+            Logic::Print(prefix) => {
+                if record.key.is_empty() {
+                    println!("{prefix}{}", record.value);
+                } else {
+                    println!("{prefix}{}\t{}", record.key, record.value);
+                }
+            }
+            Logic::Generator(_) => {}
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, message: TaskControl) -> Result<(), TaskError> {
+        match message {
+            TaskControl::Complete {
+                checkpoint_id,
+                acknowledged,
+            } => {
+                if let Logic::FileSink(sink) = &mut self.logic {
+                    if acknowledged {
+                        let published = sink.publish_up_to(checkpoint_id)?;
+                        tracing::debug!(checkpoint_id, published, "sink published committed output");
+                    } else {
+                        tracing::warn!(
+                            checkpoint_id,
+                            "checkpoint completed without this placement: publishing nothing (fenced)"
+                        );
+                    }
+                }
+            }
+            TaskControl::Aborted(checkpoint_id) => {
+                if self
+                    .aligner
+                    .aligning()
+                    .is_some_and(|aligning| aligning <= checkpoint_id)
+                {
+                    self.aligner.on_abort(checkpoint_id);
+                    self.release_stash();
+                }
+            }
+            TaskControl::Trigger(_) => {}
+        }
+        Ok(())
+    }
+}

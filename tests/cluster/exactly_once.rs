@@ -1,0 +1,225 @@
+//! Word count over a known bounded input, checkpoints every 200 ms, while processes die under it:
+//! the committed output must equal the expected counts exactly (no loss, no duplicate).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raftstream::wordcount::{check_output, WordCountJob};
+use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::leader::ExecutorSettings;
+use raftstream_proto::v1 as pb;
+
+use crate::common::{eventually, test_settings, TestCluster};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn fast_executors() -> ExecutorSettings {
+    ExecutorSettings {
+        heartbeat_interval_ms: 100,
+        lease_timeout_ms: 1_000,
+        scheduling_interval_ms: 50,
+    }
+}
+
+fn word_count(cluster: &TestCluster) -> WordCountJob {
+    WordCountJob {
+        seed: 11,
+        records: 24_000,
+        rate_per_second: Some(4_000),
+        parallelism: 2,
+        vocabulary_size: 60,
+        words_per_record: 4,
+        checkpoint_interval_ms: 200,
+        output_dir: cluster.path().join("output"),
+    }
+}
+
+async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
+    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
+}
+
+/// Waits until the job runs with at least `checkpoints` completed checkpoints.
+async fn running_with_checkpoints(client: &ClusterClient, job_id: &str, checkpoints: u64) -> anyhow::Result<pb::Job> {
+    eventually("the job to run with completed checkpoints", PATIENCE, || async {
+        job(client, job_id)
+            .await
+            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= checkpoints)
+    })
+    .await
+}
+
+async fn finished(client: &ClusterClient, job_id: &str) -> anyhow::Result<pb::Job> {
+    let job = eventually("the job to end", Duration::from_secs(120), || async {
+        job(client, job_id)
+            .await
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    anyhow::ensure!(
+        job.status == "Finished",
+        "job ended {}: {}",
+        job.status,
+        job.status_reason
+    );
+    Ok(job)
+}
+
+fn assert_exact(spec: &WordCountJob) -> anyhow::Result<()> {
+    let check = check_output(&spec.output_dir, &spec.expected_counts())?;
+    let expected_lines: u64 = spec.records * spec.words_per_record;
+    anyhow::ensure!(
+        check.is_exact(),
+        "output is not exact ({} lines in {} files, expected {expected_lines}): {}",
+        check.lines,
+        check.files,
+        check.problems.join("; ")
+    );
+    assert_eq!(check.lines, expected_lines);
+    Ok(())
+}
+
+fn executor_of(job: &pb::Job, operator_id: &str) -> Option<String> {
+    job.subtasks
+        .iter()
+        .find(|subtask| subtask.operator_id == operator_id && !subtask.executor_id.is_empty())
+        .map(|subtask| subtask.executor_id.clone())
+}
+
+fn epochs(job: &pb::Job) -> BTreeMap<String, u64> {
+    job.subtasks
+        .iter()
+        .map(|subtask| {
+            (
+                format!("{}[{}]", subtask.operator_id, subtask.subtask_index),
+                subtask.epoch,
+            )
+        })
+        .collect()
+}
+
+async fn start(cluster_executors: &[(&str, u32)]) -> anyhow::Result<(TestCluster, ClusterClient)> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    for (id, slots) in cluster_executors {
+        cluster.cluster.start_executor(id, *slots)?;
+    }
+    let client = cluster.client()?;
+    let wanted = cluster_executors.len();
+    eventually("the executors to connect", PATIENCE, || async {
+        let listed = client.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|e| e.connected).count() == wanted).then_some(())
+    })
+    .await?;
+    Ok((cluster, client))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let spec = word_count(&cluster);
+    let submitted = client.submit_job(&spec.spec("wc-executor-kill"), "wc-1").await?;
+    let running = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
+    let victim = executor_of(&running, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
+    tracing::info!(%victim, checkpoint = ?running.last_checkpoint_id, "--- kill -9 the executor running counts[0]");
+    cluster.cluster.kill_executor(&victim)?;
+    let done = finished(&client, &submitted.job_id).await?;
+    assert!(done.restart_count >= 1, "the job must have restarted: {done:?}");
+    assert_exact(&spec)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_mid_stream_restarts_nothing_and_output_is_exact() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let spec = word_count(&cluster);
+    let submitted = client.submit_job(&spec.spec("wc-leader-kill"), "wc-2").await?;
+    let before = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
+    let leader = cluster.leader().await?;
+    tracing::info!(leader, checkpoint = ?before.last_checkpoint_id, "--- kill -9 the coordinator leader");
+    cluster.cluster.kill(leader)?;
+    let new_leader = cluster.leader().await?;
+    assert_ne!(new_leader, leader);
+    let last_before = before.last_checkpoint_id.unwrap_or(0);
+    let later = eventually("checkpoints to continue under the new leader", PATIENCE, || async {
+        job(&client, &submitted.job_id)
+            .await
+            .filter(|job| job.last_checkpoint_id.unwrap_or(0) > last_before || job.status == "Finished")
+    })
+    .await?;
+    tracing::info!(checkpoint = ?later.last_checkpoint_id, "checkpoints continued");
+    let done = finished(&client, &submitted.job_id).await?;
+    assert_eq!(done.restart_count, 0, "a coordinator failover must restart nothing");
+    assert_eq!(epochs(&done), epochs(&before), "no subtask may be re-deployed");
+    assert_exact(&spec)?;
+    let checkpoints = client.list_checkpoints(&submitted.job_id).await?;
+    let ids: Vec<u64> = checkpoints.iter().map(|checkpoint| checkpoint.checkpoint_id).collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "ids must increase: {ids:?}"
+    );
+    assert!(ids.last().copied().unwrap_or(0) > last_before, "{ids:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_killed_and_restarted_resumes_from_the_last_checkpoint() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let spec = word_count(&cluster);
+    let submitted = client.submit_job(&spec.spec("wc-kill-all"), "wc-3").await?;
+    let before = running_with_checkpoints(&client, &submitted.job_id, 3).await?;
+    tracing::info!(checkpoint = ?before.last_checkpoint_id, "--- kill -9 every process");
+    cluster.cluster.kill_executor("exec-a")?;
+    cluster.cluster.kill_executor("exec-b")?;
+    let nodes: Vec<u64> = cluster.cluster.nodes().map(|node| node.node_id).collect();
+    for node_id in &nodes {
+        cluster.cluster.kill(*node_id)?;
+    }
+    for node_id in &nodes {
+        cluster.cluster.restart(*node_id)?;
+    }
+    cluster.cluster.restart_executor("exec-a")?;
+    cluster.cluster.restart_executor("exec-b")?;
+    let done = finished(&client, &submitted.job_id).await?;
+    assert!(done.restart_count >= 1, "{done:?}");
+    let first_after = client
+        .list_checkpoints(&submitted.job_id)
+        .await?
+        .first()
+        .map(|checkpoint| checkpoint.checkpoint_id);
+    assert!(first_after.is_some(), "checkpoints are listed after the restart");
+    assert_exact(&spec)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_sink_executor_is_fenced_and_publishes_nothing() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let spec = word_count(&cluster);
+    let submitted = client.submit_job(&spec.spec("wc-zombie"), "wc-4").await?;
+    let before = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
+    let zombie = executor_of(&before, "out").ok_or_else(|| anyhow::anyhow!("the sink is not placed"))?;
+    tracing::info!(%zombie, "--- SIGSTOP the executor running the sink for longer than its lease");
+    cluster.cluster.signal_executor(&zombie, true)?;
+    let moved = eventually("the job to run again without the zombie", PATIENCE, || async {
+        job(&client, &submitted.job_id).await.filter(|job| {
+            job.status == "Running"
+                && job.restart_count >= 1
+                && job
+                    .subtasks
+                    .iter()
+                    .all(|s| !s.executor_id.is_empty() && s.executor_id != zombie)
+        })
+    })
+    .await?;
+    let old_epochs = epochs(&before);
+    assert!(
+        epochs(&moved)
+            .iter()
+            .all(|(subtask, epoch)| *epoch > old_epochs[subtask]),
+        "every placement must be fenced by a new epoch"
+    );
+    tracing::info!("--- SIGCONT: the zombie wakes up with its old sink still running");
+    cluster.cluster.signal_executor(&zombie, false)?;
+    finished(&client, &submitted.job_id).await?;
+    assert_exact(&spec)?;
+    Ok(())
+}

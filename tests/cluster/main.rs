@@ -1,0 +1,14 @@
+//! Cluster-level tests: real coordinator and executor processes of the built binary, real gRPC on
+//! loopback, real RocksDB files and `kill -9`. One test binary keeps CI's link time and disk use down
+//! (every binary carries RocksDB).
+
+mod common;
+
+mod cli;
+mod exactly_once;
+mod executors;
+mod failover;
+mod membership;
+mod replication;
+mod snapshot_catchup;
+mod zombie_executor;
