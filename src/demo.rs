@@ -65,7 +65,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     let executor_settings = ExecutorSettings::default();
     println!(
-        "1. starting three coordinators and two executors with 6 and 10 slots (files in {})",
+        "1. starting three coordinators and two executors with 10 slots each (files in {})",
         directory.display()
     );
     let mut cluster = LocalCluster::start_with(
@@ -86,7 +86,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             if node.node_id == leader { "  <- leader" } else { "" }
         );
     }
-    cluster.start_executor("exec-1", 6)?;
+    cluster.start_executor("exec-1", 10)?;
     cluster.start_executor("exec-2", 10)?;
 
     let follower = cluster

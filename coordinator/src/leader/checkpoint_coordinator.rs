@@ -196,7 +196,12 @@ impl Coordinator {
                     continue;
                 }
                 let last = self.last_trigger.get(&job.job_id).copied().unwrap_or(self.started);
-                if last.elapsed() >= Duration::from_millis(interval) {
+                // Right after a failover executors are still reconnecting: a trigger they never get
+                // would only time out, so wait until every executor of the job has a session.
+                let reachable = executors_of(job)
+                    .iter()
+                    .all(|executor_id| self.sessions.contact(executor_id).0);
+                if last.elapsed() >= Duration::from_millis(interval) && reachable {
                     due.push(job.job_id.clone());
                 }
             }
@@ -258,13 +263,23 @@ impl Coordinator {
                 let mut notified = sources;
                 notified.sort();
                 notified.dedup();
+                let mut unreachable = Vec::new();
                 for executor_id in notified {
-                    self.sessions.send(
+                    let sent = self.sessions.send(
                         &executor_id,
                         ExecutorCommand::TriggerCheckpoint {
                             job_id: job_id.clone(),
                             checkpoint_id,
                         },
+                    );
+                    if !sent {
+                        unreachable.push(executor_id.0);
+                    }
+                }
+                if !unreachable.is_empty() {
+                    self.abort(
+                        &job_id,
+                        &format!("no session with executor(s) {} to trigger it", unreachable.join(", ")),
                     );
                 }
             }
