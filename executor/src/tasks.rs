@@ -12,11 +12,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes, SubtaskId};
-use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment};
+use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
 const RUNNING: u8 = 0;
 const FINISHED: u8 = 1;
 const FAILED: u8 = 2;
+const RESTORE_FAILED: u8 = 3;
+
+/// The status name the leader understands for a failed outcome.
+fn status_name(outcome: u8) -> &'static str {
+    if outcome == RESTORE_FAILED {
+        "RestoreFailed"
+    } else {
+        "Failed"
+    }
+}
 
 struct RunningTask {
     epoch: u64,
@@ -76,13 +86,14 @@ impl TaskManager {
             .into_iter()
             .filter_map(|task| {
                 let running = self.running.get(&subtask_id(&task))?;
-                if running.epoch != task.epoch || running.outcome.load(Ordering::Acquire) != FAILED {
+                let outcome = running.outcome.load(Ordering::Acquire);
+                if running.epoch != task.epoch || !matches!(outcome, FAILED | RESTORE_FAILED) {
                     return None;
                 }
                 let reason = running.failure.lock().map(|reason| reason.clone()).unwrap_or_default();
                 Some(pb::TaskStatus {
                     task: Some(task),
-                    status: "Failed".to_owned(),
+                    status: status_name(outcome).to_owned(),
                     reason,
                 })
             })
@@ -202,14 +213,20 @@ impl TaskManager {
                     }
                     Ok(TaskEnd::Cancelled) => tracing::debug!("subtask cancelled"),
                     Err(error) => {
-                        tracing::warn!(error = %error, "subtask failed");
+                        let outcome = if matches!(error, TaskError::Restore { .. }) {
+                            tracing::error!(error = %error, "subtask cannot restore its checkpoint");
+                            RESTORE_FAILED
+                        } else {
+                            tracing::warn!(error = %error, "subtask failed");
+                            FAILED
+                        };
                         if let Ok(mut reason) = task_failure.lock() {
                             *reason = error.to_string();
                         }
-                        task_outcome.store(FAILED, Ordering::Release);
+                        task_outcome.store(outcome, Ordering::Release);
                         let _ = reports.send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
                             task: Some(task),
-                            status: "Failed".to_owned(),
+                            status: status_name(outcome).to_owned(),
                             reason: error.to_string(),
                         }));
                     }

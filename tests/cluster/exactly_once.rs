@@ -223,3 +223,67 @@ async fn a_paused_sink_executor_is_fenced_and_publishes_nothing() -> anyhow::Res
     assert_exact(&spec)?;
     Ok(())
 }
+
+/// Flips a byte in every state file under `directory`; returns how many it damaged.
+fn corrupt_state_files(directory: &std::path::Path) -> anyhow::Result<usize> {
+    let mut damaged = 0;
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next)?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "state") {
+                let mut bytes = std::fs::read(&path)?;
+                let middle = bytes.len() / 2;
+                if let Some(byte) = bytes.get_mut(middle) {
+                    *byte ^= 0x5a;
+                    std::fs::write(&path, &bytes)?;
+                    damaged += 1;
+                }
+            }
+        }
+    }
+    Ok(damaged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_checkpoint_fails_the_job_with_a_clear_reason_and_no_wrong_output() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    // Enough distinct words that the keyed state goes to files, not inline into the Raft log.
+    let spec = WordCountJob {
+        vocabulary_size: 500,
+        records: 200_000,
+        ..word_count(&cluster)
+    };
+    let submitted = client.submit_job(&spec.spec("wc-corrupt"), "wc-5").await?;
+    let before = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
+    let victim = executor_of(&before, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
+    tracing::info!(%victim, "--- pause the executor (no checkpoint completes), damage the stored state, kill it");
+    cluster.cluster.signal_executor(&victim, true)?;
+    let damaged = corrupt_state_files(&cluster.cluster.checkpoint_dir())?;
+    assert!(damaged > 0, "the keyed state must be in files");
+    cluster.cluster.kill_executor(&victim)?;
+    let ended = eventually("the job to end", PATIENCE, || async {
+        job(&client, &submitted.job_id)
+            .await
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    tracing::info!(reason = %ended.status_reason, "job failed");
+    assert_eq!(ended.status, "Failed", "{ended:?}");
+    assert!(
+        ended.status_reason.contains("corrupted") && ended.status_reason.contains("checkpoint"),
+        "the reason must name the problem: {}",
+        ended.status_reason
+    );
+    // What was published before is a correct prefix: nothing duplicated, nothing made up.
+    let check = check_output(&spec.output_dir, &spec.expected_counts())?;
+    let wrong: Vec<&String> = check
+        .problems
+        .iter()
+        .filter(|problem| !problem.starts_with("lost updates"))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+    Ok(())
+}

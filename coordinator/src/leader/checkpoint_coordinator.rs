@@ -105,15 +105,28 @@ impl Coordinator {
                     AckOutcome::Complete(checkpoint) => self.complete(job_id, checkpoint).await,
                 }
             }
-            ExecutorEvent::TaskFailed { task, reason } => {
+            ExecutorEvent::TaskFailed { task, reason, fatal } => {
+                // Falling back to an older checkpoint is not safe once a file sink published the
+                // output of the newer one: the replay would publish it twice. So a checkpoint that
+                // cannot be restored fails the job, with the reason, instead of restarting it.
+                let reason = if fatal {
+                    format!("{reason}; not falling back to an older checkpoint, whose replay would duplicate output already published")
+                } else {
+                    reason
+                };
                 let command = Command::FailSubtask {
                     job_id: task.job_id.clone(),
                     subtask: task.subtask.clone(),
                     epoch: task.epoch,
                     reason: reason.clone(),
+                    fatal,
                     at_ms: now_ms(),
                 };
                 match self.context.propose(command).await {
+                    Ok(Response::JobTransitioned { .. }) => {
+                        tracing::error!(job_id = %task.job_id, reason, "job failed: its checkpoint cannot be restored");
+                        self.abort(&task.job_id, "the job failed");
+                    }
                     Ok(Response::JobRestarting { restart_count, .. }) => {
                         tracing::warn!(job_id = %task.job_id, operator_id = %task.subtask.operator_id, subtask_index = task.subtask.subtask_index, epoch = task.epoch.0, restart_count, reason, "subtask failed: restarting the job from its last completed checkpoint");
                         self.abort(&task.job_id, "a subtask failed");

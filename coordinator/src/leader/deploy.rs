@@ -221,6 +221,7 @@ mod tests {
                 },
                 epoch: epoch.unwrap_or(crate::ids::Epoch(0)),
                 reason: "boom".to_owned(),
+                fatal: false,
                 at_ms,
             };
             apply(state, command)
@@ -258,6 +259,7 @@ mod tests {
             },
             epoch: crate::ids::Epoch(1),
             reason: "zombie".to_owned(),
+            fatal: false,
             at_ms: 1_200,
         };
         assert!(out_epoch != Some(crate::ids::Epoch(1)));

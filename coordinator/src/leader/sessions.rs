@@ -74,6 +74,8 @@ pub enum ExecutorEvent {
     TaskFailed {
         task: TaskRef,
         reason: String,
+        /// Its checkpoint could not be restored: restarting would fail the same way.
+        fatal: bool,
     },
 }
 

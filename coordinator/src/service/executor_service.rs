@@ -230,10 +230,12 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                     Some(pb::executor_message::Body::TaskStatus(status)) => {
                         sessions.touch(&reader_id);
                         let task = status.task.as_ref().and_then(task_ref_from_proto);
-                        if let (Some(task), "Failed") = (task, status.status.as_str()) {
+                        let fatal = status.status == "RestoreFailed";
+                        if let (Some(task), true) = (task, status.status == "Failed" || fatal) {
                             sessions.report(ExecutorEvent::TaskFailed {
                                 task,
                                 reason: status.reason.clone(),
+                                fatal,
                             });
                         }
                     }

@@ -228,6 +228,9 @@ pub enum Command {
         subtask: SubtaskKey,
         epoch: Epoch,
         reason: String,
+        /// A failure no restart can cure (its checkpoint cannot be restored): the job fails.
+        #[serde(default)]
+        fatal: bool,
         at_ms: u64,
     },
 }
@@ -391,8 +394,9 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
             subtask,
             epoch,
             reason,
+            fatal,
             at_ms,
-        } => fail_subtask(state, &job_id, &subtask, epoch, reason, at_ms),
+        } => fail_subtask(state, &job_id, &subtask, epoch, reason, fatal, at_ms),
     }?;
     if let Some(request_id) = request_id {
         state.requests.remember(request_id, response.clone());
@@ -631,6 +635,7 @@ fn fail_subtask(
     subtask: &SubtaskKey,
     epoch: Epoch,
     reason: String,
+    fatal: bool,
     at_ms: u64,
 ) -> ApplyResult {
     let job = job_mut(state, job_id)?;
@@ -660,14 +665,22 @@ fn fail_subtask(
             what: "task failures".to_owned(),
         });
     }
-    restart(
-        job,
-        format!(
-            "subtask {}[{}] failed: {reason}",
-            subtask.operator_id, subtask.subtask_index
-        ),
-        at_ms,
+    let reason = format!(
+        "subtask {}[{}] failed: {reason}",
+        subtask.operator_id, subtask.subtask_index
     );
+    if fatal {
+        job.status = JobStatus::Failed;
+        job.status_reason = reason;
+        job.updated_at_ms = at_ms;
+        release_slots(job);
+        retire(state, job_id);
+        return Ok(Response::JobTransitioned {
+            job_id: job_id.clone(),
+            status: JobStatus::Failed,
+        });
+    }
+    restart(job, reason, at_ms);
     Ok(Response::JobRestarting {
         job_id: job_id.clone(),
         restart_count: job.restart_count,

@@ -513,10 +513,20 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
             }
         ),
         (job_id.clone(), 0u64..100).prop_map(|(job_id, at_ms)| Command::TriggerCheckpoint { job_id, at_ms }),
-        (job_id, 0u64..30, 0u64..12).prop_map(|(job_id, id, epoch)| Command::CompleteCheckpoint {
+        (job_id.clone(), 0u64..30, 0u64..12).prop_map(|(job_id, id, epoch)| Command::CompleteCheckpoint {
             job_id,
             checkpoint: checkpoint(id, epoch)
         }),
+        (job_id, arbitrary_subtask(), 0u64..12, any::<bool>(), 0u64..100).prop_map(
+            |(job_id, subtask, epoch, fatal, at_ms)| Command::FailSubtask {
+                job_id,
+                subtask,
+                epoch: Epoch(epoch),
+                reason: "test".into(),
+                fatal,
+                at_ms
+            }
+        ),
     ]
 }
 
