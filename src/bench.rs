@@ -1,7 +1,7 @@
 //! `raftstream bench raft`: committed writes (job submits and cancels) per second and latency at
-//! several client counts, and
-//! leader failover time (kill -9 of the leader -> first successful write), on a local three-node
-//! cluster of real coordinator processes.
+//! several client counts, and leader failover time (kill -9 of the leader -> first successful
+//! write), on a local three-node cluster of real coordinator processes. `bench stream` lives in
+//! [`crate::bench_stream`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn millis(duration: Duration) -> f64 {
+pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1_000.0
 }
 
@@ -224,58 +224,4 @@ mod tests {
         assert_eq!(percentile(&values, 100.0), Duration::from_millis(100));
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
     }
-}
-
-/// Options of `bench stream`.
-#[derive(Debug, Args)]
-pub struct StreamBenchArgs {
-    /// Generator records per run (8 words each).
-    #[arg(long, default_value_t = 2_000_000)]
-    pub records: u64,
-    /// Parallelism levels to run.
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
-    pub parallelism: Vec<u32>,
-}
-
-/// Runs the word count on the in-process runtime and prints records/s.
-pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
-    println!(
-        "bench stream: word count (generator -> flat_map split_words -> key_by -> count -> file_sink), {} records of 8 words, \
-         in-process runtime, checkpoints off (barrier checkpoints are not implemented yet)",
-        args.records
-    );
-    println!(
-        "{:>12} {:>14} {:>14} {:>10}",
-        "parallelism", "records/s", "words/s", "seconds"
-    );
-    let directory = tempfile_dir()?;
-    for parallelism in &args.parallelism {
-        let spec = format!(
-            r#"{{"name": "bench-wc", "parallelism": {parallelism}, "operators": [
-                {{"id": "lines", "kind": "generator", "params": {{"seed": 1, "count": {}, "vocabulary_size": 10000, "words_per_record": 8}}}},
-                {{"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {{"function": "split_words"}}}},
-                {{"id": "keys", "kind": "key_by", "inputs": ["words"]}},
-                {{"id": "counts", "kind": "count", "inputs": ["keys"]}},
-                {{"id": "out", "kind": "file_sink", "parallelism": 1, "inputs": ["counts"], "params": {{"path": "wc-{parallelism}"}}}}]}}"#,
-            args.records
-        );
-        let graph = raftstream_coordinator::spec::parse_job_spec(&spec)?;
-        let report = raftstream_executor::runtime::run_local(&graph, &directory).await?;
-        let seconds = report.elapsed.as_secs_f64();
-        println!(
-            "{:>12} {:>14.0} {:>14.0} {:>10.2}",
-            parallelism,
-            report.records_read as f64 / seconds,
-            report.words_counted as f64 / seconds,
-            seconds
-        );
-    }
-    let _ = std::fs::remove_dir_all(&directory);
-    Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let directory = std::env::temp_dir().join(format!("raftstream-bench-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
-    Ok(directory)
 }

@@ -188,7 +188,7 @@ pub enum BenchCommand {
     /// three-node cluster.
     Raft(crate::bench::RaftBenchArgs),
     /// Word-count records/s on the in-process streaming runtime.
-    Stream(crate::bench::StreamBenchArgs),
+    Stream(crate::bench_stream::StreamBenchArgs),
 }
 
 fn client_for(args: &ClientArgs) -> anyhow::Result<ClusterClient> {
@@ -222,7 +222,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         TopCommand::Job(command) => run_job_command(command).await,
         TopCommand::Demo(args) => crate::demo::run_demo(args).await,
         TopCommand::Bench(BenchCommand::Raft(args)) => crate::bench::run_raft_bench(args).await,
-        TopCommand::Bench(BenchCommand::Stream(args)) => crate::bench::run_stream_bench(args).await,
+        TopCommand::Bench(BenchCommand::Stream(args)) => crate::bench_stream::run_stream_bench(args).await,
     }
 }
 

@@ -210,6 +210,11 @@ impl TaskManager {
                     Ok(TaskEnd::Finished) => {
                         tracing::info!("subtask finished");
                         task_outcome.store(FINISHED, Ordering::Release);
+                        let _ = reports.send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+                            task: Some(task),
+                            status: "Finished".to_owned(),
+                            reason: String::new(),
+                        }));
                     }
                     Ok(TaskEnd::Cancelled) => tracing::debug!("subtask cancelled"),
                     Err(error) => {

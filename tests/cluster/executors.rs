@@ -99,10 +99,12 @@ async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_fail
             assert_eq!(executor, old_executor, "{subtask:?} on a live executor must stay there");
         }
     }
-    let listed = executors(&client)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("list executors"))?;
-    assert!(!listed["exec-a"].alive, "exec-a must be declared dead");
+    // The job may move before the lease runs out (its tasks see the broken exchange); the
+    // verdict "dead" still comes with the lease.
+    let listed = eventually("exec-a to be declared dead", patience, || async {
+        executors(&client).await.filter(|listed| !listed["exec-a"].alive)
+    })
+    .await?;
     assert_eq!(listed["exec-c"].used_slots, 12);
 
     tracing::info!("--- kill -9 the coordinator leader: executors follow the new leader, nothing moves");

@@ -5,7 +5,7 @@
 //! the Raft log (`TriggerCheckpoint`), so a new leader continues above whatever the old one had in
 //! flight, which it simply never completes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -25,6 +25,8 @@ struct Coordinator {
     sessions: ExecutorSessions,
     pending: HashMap<JobId, PendingCheckpoint>,
     last_trigger: HashMap<JobId, Instant>,
+    /// Jobs whose sources reported the end of their input: checkpoint them without waiting.
+    final_due: HashSet<JobId>,
     started: Instant,
 }
 
@@ -40,6 +42,7 @@ pub async fn run(
         sessions,
         pending: HashMap::new(),
         last_trigger: HashMap::new(),
+        final_due: HashSet::new(),
         started: Instant::now(),
     };
     let mut ticker = tokio::time::interval(TICK);
@@ -104,6 +107,23 @@ impl Coordinator {
                     }
                     AckOutcome::Complete(checkpoint) => self.complete(job_id, checkpoint).await,
                 }
+            }
+            ExecutorEvent::Finished { task } => {
+                let outcome = {
+                    let applied = self.context.applied.read();
+                    let job = applied.state.jobs.get(&task.job_id);
+                    match (self.pending.get_mut(&task.job_id), job) {
+                        (Some(pending), Some(job)) => pending.ack_finished(job, &task.subtask, task.epoch, now_ms()),
+                        _ => None,
+                    }
+                };
+                if let Some(AckOutcome::Complete(checkpoint)) = outcome {
+                    self.complete(task.job_id, checkpoint).await;
+                }
+            }
+            ExecutorEvent::InputEnded { task } => {
+                tracing::debug!(job_id = %task.job_id, operator_id = %task.subtask.operator_id, subtask_index = task.subtask.subtask_index, "source input ended: final checkpoint due");
+                self.final_due.insert(task.job_id);
             }
             ExecutorEvent::TaskFailed { task, reason, fatal } => {
                 // Falling back to an older checkpoint is not safe once a file sink published the
@@ -214,7 +234,9 @@ impl Coordinator {
                 let reachable = executors_of(job)
                     .iter()
                     .all(|executor_id| self.sessions.contact(executor_id).0);
-                if last.elapsed() >= Duration::from_millis(interval) && reachable {
+                let interval_passed =
+                    last.elapsed() >= Duration::from_millis(interval) || self.final_due.contains(&job.job_id);
+                if interval_passed && reachable {
                     due.push(job.job_id.clone());
                 }
             }
@@ -231,6 +253,16 @@ impl Coordinator {
                 .get(job_id)
                 .is_some_and(|job| !job.status.is_terminal())
         });
+        let context = &self.context;
+        self.final_due.retain(|job_id| {
+            context
+                .applied
+                .read()
+                .state
+                .jobs
+                .get(job_id)
+                .is_some_and(|job| !job.status.is_terminal())
+        });
         for job_id in due {
             self.trigger(job_id).await;
         }
@@ -238,6 +270,7 @@ impl Coordinator {
 
     async fn trigger(&mut self, job_id: JobId) {
         self.last_trigger.insert(job_id.clone(), Instant::now());
+        self.final_due.remove(&job_id);
         let command = Command::TriggerCheckpoint {
             job_id: job_id.clone(),
             at_ms: now_ms(),
@@ -267,7 +300,25 @@ impl Coordinator {
                 })
                 .map(|(executor_id, _)| executor_id)
                 .collect();
-            (PendingCheckpoint::start(job, checkpoint_id, now_ms()), sources)
+            let finished = self.sessions.finished();
+            let pending = PendingCheckpoint::start(job, checkpoint_id, now_ms()).map(|mut pending| {
+                let done: Vec<_> = pending
+                    .expected()
+                    .filter(|(subtask, epoch)| {
+                        finished.contains(&TaskRef {
+                            job_id: job_id.clone(),
+                            subtask: (*subtask).clone(),
+                            epoch: *epoch,
+                        })
+                    })
+                    .map(|(subtask, epoch)| (subtask.clone(), epoch))
+                    .collect();
+                for (subtask, epoch) in done {
+                    let _ = pending.ack_finished(job, &subtask, epoch, now_ms());
+                }
+                pending
+            });
+            (pending, sources)
         };
         match pending {
             Ok(pending) => {

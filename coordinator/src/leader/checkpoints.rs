@@ -64,6 +64,32 @@ impl PendingCheckpoint {
         })
     }
 
+    /// Acknowledges for a subtask that already finished (it can no longer take a barrier): its
+    /// state is what it had in the job's latest completed checkpoint, because a subtask finishes
+    /// only after the checkpoint covering its last input completed. `None` when that checkpoint
+    /// does not hold the subtask (then the checkpoint has to wait or time out).
+    pub fn ack_finished(
+        &mut self,
+        job: &JobRecord,
+        subtask: &SubtaskKey,
+        epoch: Epoch,
+        now_ms: u64,
+    ) -> Option<AckOutcome> {
+        let latest = job.checkpoints.back()?;
+        let state = latest
+            .task_states
+            .iter()
+            .find(|state| &state.subtask == subtask)?
+            .clone();
+        let ack = CheckpointAck {
+            subtask: subtask.clone(),
+            epoch,
+            state,
+            source_offset: latest.source_offsets.get(subtask).copied(),
+        };
+        Some(self.on_ack(ack, now_ms))
+    }
+
     /// Counts one acknowledgement.
     pub fn on_ack(&mut self, ack: CheckpointAck, now_ms: u64) -> AckOutcome {
         let Some(expected_epoch) = self.expected.get(&ack.subtask) else {
@@ -218,6 +244,50 @@ mod tests {
         assert_eq!(done.size_bytes, 20);
         assert_eq!(done.source_offsets.values().copied().collect::<Vec<_>>(), vec![42]);
         assert!(!pending.is_expired(1_100) && pending.is_expired(1_101));
+    }
+
+    #[test]
+    fn a_finished_subtask_acknowledges_with_its_state_from_the_latest_checkpoint() {
+        let (mut state, job_id) = placed_job();
+        let mut first = PendingCheckpoint::start(&state.jobs[&job_id], CheckpointId(1), 0).expect("placed");
+        assert!(matches!(first.on_ack(ack("src", 1), 1), AckOutcome::Pending { .. }));
+        let AckOutcome::Complete(done) = first.on_ack(ack("out", 2), 2) else {
+            panic!("complete");
+        };
+        assert!(apply(
+            &mut state,
+            Command::TriggerCheckpoint {
+                job_id: job_id.clone(),
+                at_ms: 0
+            }
+        )
+        .is_ok());
+        assert!(apply(
+            &mut state,
+            Command::CompleteCheckpoint {
+                job_id: job_id.clone(),
+                checkpoint: done
+            }
+        )
+        .is_ok());
+
+        // src finished after checkpoint 1: it cannot take barrier 2, its state stands in.
+        let job = &state.jobs[&job_id];
+        let mut second = PendingCheckpoint::start(job, CheckpointId(2), 10).expect("placed");
+        let src = ack("src", 1).subtask;
+        assert_eq!(
+            second.ack_finished(job, &src, Epoch(1), 11),
+            Some(AckOutcome::Pending { remaining: 1 })
+        );
+        let AckOutcome::Complete(next) = second.on_ack(ack("out", 2), 12) else {
+            panic!("complete");
+        };
+        assert_eq!(
+            next.source_offsets.get(&src),
+            Some(&42),
+            "the finished source keeps its offset"
+        );
+        assert_eq!(next.task_states.len(), 2);
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub enum ExecutorEvent {
         checkpoint_id: CheckpointId,
         ack: CheckpointAck,
     },
+    /// A subtask reached the end of its input and delivered everything.
+    Finished { task: TaskRef },
+    /// A bounded source produced its last record: its job wants its final checkpoint now.
+    InputEnded { task: TaskRef },
     TaskFailed {
         task: TaskRef,
         reason: String,
@@ -155,6 +159,15 @@ impl ExecutorSessions {
     /// Records what an executor reports as finished (replacing its previous report).
     pub fn set_finished(&self, executor_id: &ExecutorId, finished: Vec<TaskRef>) {
         self.lock().finished.insert(executor_id.clone(), finished);
+    }
+
+    /// Records one finished subtask of an executor (before its next heartbeat repeats it).
+    pub fn add_finished(&self, executor_id: &ExecutorId, task: TaskRef) {
+        let mut inner = self.lock();
+        let list = inner.finished.entry(executor_id.clone()).or_default();
+        if !list.contains(&task) {
+            list.push(task);
+        }
     }
 
     /// Every subtask placement reported finished, by any executor.

@@ -230,6 +230,14 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                     Some(pb::executor_message::Body::TaskStatus(status)) => {
                         sessions.touch(&reader_id);
                         let task = status.task.as_ref().and_then(task_ref_from_proto);
+                        match (task.clone(), status.status.as_str()) {
+                            (Some(task), "InputEnded") => sessions.report(ExecutorEvent::InputEnded { task }),
+                            (Some(task), "Finished") => {
+                                sessions.add_finished(&reader_id, task.clone());
+                                sessions.report(ExecutorEvent::Finished { task });
+                            }
+                            _ => {}
+                        }
                         let fatal = status.status == "RestoreFailed";
                         if let (Some(task), true) = (task, status.status == "Failed" || fatal) {
                             sessions.report(ExecutorEvent::TaskFailed {

@@ -162,8 +162,17 @@ struct KeyedSnapshot {
 impl KeyedCount {
     /// Counts one record and emits (key, new count).
     pub fn apply(&mut self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) {
-        let count = self.counts.entry(record.key.clone()).or_insert(0);
-        *count += 1;
+        // The key is copied only the first time it is seen.
+        let count = match self.counts.get_mut(&record.key) {
+            Some(count) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                self.counts.insert(record.key.clone(), 1);
+                1
+            }
+        };
         emit(pb::Record {
             value: count.to_string(),
             key: record.key,
@@ -298,14 +307,24 @@ impl FileSink {
             let file = std::fs::File::create(&path).map_err(Self::io(&path))?;
             self.in_progress = Some(std::io::BufWriter::with_capacity(256 * 1024, file));
         }
-        let path = self.in_progress_path();
         if let Some(writer) = self.in_progress.as_mut() {
-            let line = if record.key.is_empty() {
-                format!("{}\n", record.value)
+            let written = if record.key.is_empty() {
+                writer
+                    .write_all(record.value.as_bytes())
+                    .and_then(|()| writer.write_all(b"\n"))
             } else {
-                format!("{}\t{}\n", record.key, record.value)
+                writer
+                    .write_all(record.key.as_bytes())
+                    .and_then(|()| writer.write_all(b"\t"))
+                    .and_then(|()| writer.write_all(record.value.as_bytes()))
+                    .and_then(|()| writer.write_all(b"\n"))
             };
-            writer.write_all(line.as_bytes()).map_err(Self::io(&path))?;
+            if let Err(source) = written {
+                return Err(OperatorError::Sink {
+                    path: self.in_progress_path(),
+                    source,
+                });
+            }
             self.written += 1;
         }
         Ok(())

@@ -478,6 +478,18 @@ struct Acknowledger<'a> {
 }
 
 impl Acknowledger<'_> {
+    /// Tells the leader this source reached the end of its input.
+    fn report_input_ended(&self) {
+        let _ = self
+            .environment
+            .reports
+            .send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+                task: Some(self.deployment.task_ref()),
+                status: "InputEnded".to_owned(),
+                reason: String::new(),
+            }));
+    }
+
     /// Stores the state of `checkpoint_id` (inline when tiny) and acknowledges it to the leader.
     async fn acknowledge(
         &self,
@@ -591,11 +603,18 @@ async fn run_generator(
     // source produced is committed and end-of-stream may go out.
     let mut final_barrier: Option<u64> = None;
     let mut line = String::new();
+    let mut reported_end = false;
     loop {
         let exhausted = generator.settings.is_exhausted(generator.next_offset);
         if exhausted && !checkpointing {
             outputs.end().await?;
             return Ok(TaskEnd::Finished);
+        }
+        if exhausted && !reported_end {
+            // Asks the leader for the final checkpoint now rather than at the next interval.
+            outputs.flush(false).await?;
+            acknowledger.report_input_ended();
+            reported_end = true;
         }
         let wait_until = generator
             .rate_per_subtask
@@ -679,13 +698,22 @@ impl InputTask {
         control: &mut mpsc::UnboundedReceiver<TaskControl>,
         cancel: &CancellationToken,
     ) -> Result<TaskEnd, TaskError> {
+        let checkpointing = acknowledger.deployment.graph.checkpoint.interval_ms > 0;
         let mut input_done = false;
         loop {
             if !input_done && self.ended.iter().all(|ended| *ended) && self.replay.is_empty() {
                 input_done = true;
-                if !matches!(self.logic, Logic::FileSink(_)) {
-                    outputs.end().await?;
-                    return Ok(TaskEnd::Finished);
+                match &mut self.logic {
+                    // Without checkpoints there is no commit protocol: the end of input commits.
+                    Logic::FileSink(sink) if !checkpointing => {
+                        sink.pre_commit(0)?;
+                        sink.publish_up_to(0)?;
+                    }
+                    Logic::FileSink(_) => {}
+                    _ => {
+                        outputs.end().await?;
+                        return Ok(TaskEnd::Finished);
+                    }
                 }
             }
             if input_done {

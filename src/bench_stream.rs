@@ -1,0 +1,309 @@
+//! `raftstream bench stream`: the word-count pipeline on a local cluster of real processes (three
+//! coordinators, executors on this machine):
+//!
+//! - throughput on one executor at each parallelism, with checkpoints off and on (overhead in %),
+//!   from the job turning Running to Finished, output checked for exactness;
+//! - executor recovery: kill -9 of an executor running the job -> the job running again on the
+//!   other executor from its last completed checkpoint, over several kills;
+//! - coordinator leader kills: how many subtasks were restarted (new epochs) by each (must be 0).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::leader::ExecutorSettings;
+use raftstream_coordinator::node::RaftSettings;
+use raftstream_proto::v1 as pb;
+
+use crate::bench::{millis, percentile};
+use crate::local_cluster::{poll_until, LocalCluster};
+use crate::wordcount::{check_output, WordCountJob};
+
+/// Options of `bench stream`.
+#[derive(Debug, Args)]
+pub struct StreamBenchArgs {
+    /// Generator records (lines of 8 words) per throughput run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Parallelism levels of the throughput runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub parallelism: Vec<u32>,
+    /// Checkpoint intervals of the throughput runs, in ms (0: checkpoints off).
+    #[arg(long, value_delimiter = ',', default_value = "0,1000")]
+    pub checkpoint_intervals: Vec<u64>,
+    /// Executor kills for the recovery measurement (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    pub kills: u32,
+    /// Coordinator leader kills, counting restarted subtasks (0 skips it).
+    #[arg(long, default_value_t = 3)]
+    pub leader_kills: u32,
+    /// Where the cluster's files go (a fresh temporary directory when absent).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
+    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
+}
+
+fn epochs(job: &pb::Job) -> BTreeMap<String, u64> {
+    job.subtasks
+        .iter()
+        .map(|s| (format!("{}[{}]", s.operator_id, s.subtask_index), s.epoch))
+        .collect()
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
+    let binary = std::env::current_exe().context("locating the raftstream binary")?;
+    let directory = match &args.dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => std::env::temp_dir().join(format!("raftstream-bench-stream-{}", std::process::id())),
+    };
+    if directory.exists() {
+        std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
+    }
+    let settings = ExecutorSettings::default();
+    let mut cluster = LocalCluster::start_with(
+        &binary,
+        &directory,
+        3,
+        Vec::new(),
+        RaftSettings::default(),
+        settings.clone(),
+    )?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
+    cluster.start_executor("bench-1", 16)?;
+    poll_until("the executor to connect", Duration::from_secs(20), || async {
+        let listed = client.list_executors().await.ok()?;
+        listed.executors.iter().any(|e| e.connected).then_some(())
+    })
+    .await?;
+
+    println!(
+        "bench stream: word count (generator -> flat_map split_words -> key_by -> count -> file_sink), {} lines of \
+         8 words (vocabulary 10,000), one executor, 3 coordinators, all on this machine",
+        args.records
+    );
+    println!(
+        "{:>12} {:>12} {:>14} {:>14} {:>9} {:>11} {:>8}",
+        "parallelism", "checkpoints", "records/s", "words/s", "seconds", "checkpoints", "exact"
+    );
+    let mut run = 0;
+    for parallelism in &args.parallelism {
+        let mut baseline: Option<f64> = None;
+        for interval in &args.checkpoint_intervals {
+            run += 1;
+            let spec = WordCountJob {
+                seed: run,
+                records: args.records,
+                rate_per_second: None,
+                parallelism: *parallelism,
+                vocabulary_size: 10_000,
+                words_per_record: 8,
+                checkpoint_interval_ms: *interval,
+                output_dir: directory.join(format!("out-{run}")),
+            };
+            let submitted = client
+                .submit_job(&spec.spec(&format!("bench-{run}")), &format!("bench-stream-{run}"))
+                .await?;
+            let mut started = None;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let ended = loop {
+                if let Some(job) = job(&client, &submitted.job_id).await {
+                    if job.status == "Running" && started.is_none() {
+                        started = Some(Instant::now());
+                    }
+                    if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
+                        break job;
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!("{} did not finish within 600 s", submitted.job_id);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            if ended.status != "Finished" {
+                bail!("{} ended {}: {}", submitted.job_id, ended.status, ended.status_reason);
+            }
+            let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-3);
+            let check = check_output(&spec.output_dir, &spec.expected_counts())?;
+            let exact = check.is_exact() && check.lines == args.records * 8;
+            let records_per_second = args.records as f64 / seconds;
+            let label = if *interval == 0 {
+                "off".to_owned()
+            } else {
+                format!("{interval} ms")
+            };
+            let overhead = match baseline {
+                Some(off) if *interval > 0 => format!("  (overhead {:.1} %)", (1.0 - records_per_second / off) * 100.0),
+                _ => String::new(),
+            };
+            if *interval == 0 {
+                baseline = Some(records_per_second);
+            }
+            println!(
+                "{:>12} {:>12} {:>14.0} {:>14.0} {:>9.2} {:>11} {:>8}{overhead}",
+                parallelism,
+                label,
+                records_per_second,
+                records_per_second * 8.0,
+                seconds,
+                ended.last_checkpoint_id.unwrap_or(0),
+                if exact { "yes" } else { "NO" },
+            );
+            if !exact {
+                println!("   output problems: {}", check.problems.join("; "));
+            }
+            let _ = std::fs::remove_dir_all(&spec.output_dir);
+        }
+    }
+
+    if args.kills > 0 || args.leader_kills > 0 {
+        recovery(&mut cluster, &client, &directory, &args, &settings).await?;
+    }
+    drop(cluster);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+    Ok(())
+}
+
+async fn recovery(
+    cluster: &mut LocalCluster,
+    client: &ClusterClient,
+    directory: &std::path::Path,
+    args: &StreamBenchArgs,
+    settings: &ExecutorSettings,
+) -> anyhow::Result<()> {
+    cluster.start_executor("bench-2", 16)?;
+    poll_until("two executors to connect", Duration::from_secs(20), || async {
+        let listed = client.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|e| e.connected && e.alive).count() == 2).then_some(())
+    })
+    .await?;
+    let spec = WordCountJob {
+        seed: 99,
+        records: u64::MAX / 2,
+        rate_per_second: Some(50_000),
+        parallelism: 2,
+        vocabulary_size: 10_000,
+        words_per_record: 8,
+        checkpoint_interval_ms: 1_000,
+        output_dir: directory.join("out-recovery"),
+    };
+    let submitted = client
+        .submit_job(&spec.spec("bench-recovery"), "bench-stream-recovery")
+        .await?;
+    let job_id = submitted.job_id.clone();
+    poll_until("the job to run and checkpoint", Duration::from_secs(30), || async {
+        job(client, &job_id)
+            .await
+            .filter(|job| job.status == "Running" && job.last_checkpoint_id.is_some())
+    })
+    .await?;
+    println!(
+        "executor recovery (defaults: heartbeat {} ms, lease {} ms; job at 50,000 lines/s, parallelism 2, checkpoints every 1 s):",
+        settings.heartbeat_interval_ms, settings.lease_timeout_ms
+    );
+    let mut recoveries = Vec::new();
+    for round in 0..args.kills {
+        let before = job(client, &job_id).await.context("reading the job")?;
+        let victim = before
+            .subtasks
+            .iter()
+            .find(|s| s.operator_id == "counts" && !s.executor_id.is_empty())
+            .map(|s| s.executor_id.clone())
+            .context("counts is not placed")?;
+        let killed_at = Instant::now();
+        cluster.kill_executor(&victim)?;
+        let after = poll_until("the job to recover", Duration::from_secs(60), || async {
+            let job = job(client, &job_id).await?;
+            let moved = job
+                .subtasks
+                .iter()
+                .all(|s| !s.executor_id.is_empty() && s.executor_id != victim);
+            (job.status == "Running" && job.restart_count > before.restart_count && moved).then_some(job)
+        })
+        .await?;
+        let took = killed_at.elapsed();
+        recoveries.push(took);
+        println!(
+            "   kill {:>2}: {victim} -> running again {:>6.0} ms later ({})",
+            round + 1,
+            millis(took),
+            after.status_reason
+        );
+        cluster.restart_executor(&victim)?;
+        poll_until("the killed executor to rejoin", Duration::from_secs(30), || async {
+            let listed = client.list_executors().await.ok()?;
+            listed
+                .executors
+                .iter()
+                .any(|e| e.executor_id == victim && e.alive && e.connected)
+                .then_some(())
+        })
+        .await?;
+        // Let the job checkpoint where it runs now before the next kill.
+        let checkpoint = after.last_checkpoint_id.unwrap_or(0);
+        poll_until("a checkpoint after recovery", Duration::from_secs(30), || async {
+            job(client, &job_id)
+                .await
+                .filter(|job| job.last_checkpoint_id.unwrap_or(0) > checkpoint)
+        })
+        .await?;
+    }
+    if !recoveries.is_empty() {
+        recoveries.sort();
+        println!(
+            "   executor recovery over {} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            recoveries.len(),
+            millis(percentile(&recoveries, 50.0)),
+            millis(percentile(&recoveries, 99.0)),
+            millis(recoveries[recoveries.len() - 1])
+        );
+    }
+    let mut restarted_total = 0;
+    for round in 0..args.leader_kills {
+        let before = job(client, &job_id).await.context("reading the job")?;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+        cluster.kill(leader)?;
+        let last = before.last_checkpoint_id.unwrap_or(0);
+        let after = poll_until(
+            "checkpoints to continue under a new leader",
+            Duration::from_secs(30),
+            || async {
+                job(client, &job_id)
+                    .await
+                    .filter(|job| job.last_checkpoint_id.unwrap_or(0) > last + 1)
+            },
+        )
+        .await?;
+        let old = epochs(&before);
+        let restarted = epochs(&after)
+            .iter()
+            .filter(|(subtask, epoch)| old.get(*subtask) != Some(epoch))
+            .count();
+        restarted_total += restarted;
+        println!(
+            "   leader kill {}: node {leader}; checkpoints went on ({} -> {}), subtasks restarted: {restarted}",
+            round + 1,
+            last,
+            after.last_checkpoint_id.unwrap_or(0)
+        );
+        cluster.restart(leader)?;
+        cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    }
+    if args.leader_kills > 0 {
+        println!(
+            "   subtasks restarted by {} coordinator leader kills: {restarted_total}",
+            args.leader_kills
+        );
+    }
+    let _ = client.cancel_job(&job_id, "bench-stream-recovery-cancel").await;
+    Ok(())
+}
