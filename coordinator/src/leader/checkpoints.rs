@@ -254,6 +254,13 @@ mod tests {
         let AckOutcome::Complete(done) = first.on_ack(ack("out", 2), 2) else {
             panic!("complete");
         };
+        let running = Command::TransitionJob {
+            job_id: job_id.clone(),
+            to: crate::state_machine::JobStatus::Running,
+            reason: String::new(),
+            at_ms: 0,
+        };
+        assert!(apply(&mut state, running).is_ok());
         assert!(apply(
             &mut state,
             Command::TriggerCheckpoint {

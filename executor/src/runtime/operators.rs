@@ -39,82 +39,178 @@ pub enum Stateless {
     Uppercase,
     Trim,
     SplitWords,
-    Filter { op: String, value: String },
+    Split {
+        delimiter: String,
+    },
+    /// Delimited text -> a JSON object with the named fields.
+    ParseCsv {
+        fields: Vec<String>,
+        delimiter: String,
+    },
+    /// Keeps JSON objects (and, in a flat_map, the elements of JSON arrays); drops the rest.
+    ParseJson {
+        explode_arrays: bool,
+    },
+    /// Keeps only the named fields of a JSON object.
+    Project {
+        fields: Vec<String>,
+    },
+    Filter {
+        field: Option<String>,
+        op: String,
+        value: String,
+    },
     KeyByValue,
+    KeyByField {
+        field: String,
+    },
+}
+
+fn text_list(operator: &OperatorSpec, name: &str) -> Vec<String> {
+    operator
+        .params
+        .get(name)
+        .and_then(|value| value.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The text of `field` in a record value holding a JSON object (strings without quotes).
+pub fn field_of(value: &str, field: &str) -> Option<String> {
+    let object: serde_json::Value = serde_json::from_str(value).ok()?;
+    match object.get(field)? {
+        serde_json::Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 impl Stateless {
     /// The transformation of a map, flat_map, filter or key_by operator.
     pub fn of(operator: &OperatorSpec) -> Result<Stateless, OperatorError> {
-        let unsupported = || OperatorError::Unsupported {
-            operator: operator.id.clone(),
-            kind: operator.kind,
-        };
         let function = text_param(operator, "function").unwrap_or_default();
-        match operator.kind {
-            OperatorKind::Map => match function {
-                "identity" => Ok(Stateless::Identity),
-                "lowercase" => Ok(Stateless::Lowercase),
-                "uppercase" => Ok(Stateless::Uppercase),
-                "trim" => Ok(Stateless::Trim),
-                other => Err(OperatorError::Param {
+        let fields = text_list(operator, "fields");
+        let delimiter = text_param(operator, "delimiter").unwrap_or(",").to_owned();
+        let needs_fields = |function: &str| -> Result<(), OperatorError> {
+            if fields.is_empty() {
+                return Err(OperatorError::Param {
                     operator: operator.id.clone(),
-                    param: "function".to_owned(),
-                    problem: format!("{other:?} is not supported by the distributed runtime yet"),
-                }),
-            },
-            OperatorKind::FlatMap if function == "split_words" => Ok(Stateless::SplitWords),
-            OperatorKind::FlatMap => Err(OperatorError::Param {
-                operator: operator.id.clone(),
-                param: "function".to_owned(),
-                problem: format!("{function:?} is not supported by the distributed runtime yet"),
-            }),
-            OperatorKind::Filter if operator.params.get("field").is_none() => {
+                    param: "fields".to_owned(),
+                    problem: format!("{function} needs the list of field names"),
+                });
+            }
+            Ok(())
+        };
+        match (operator.kind, function) {
+            (OperatorKind::Map, "identity") => Ok(Stateless::Identity),
+            (OperatorKind::Map, "lowercase") => Ok(Stateless::Lowercase),
+            (OperatorKind::Map, "uppercase") => Ok(Stateless::Uppercase),
+            (OperatorKind::Map, "trim") => Ok(Stateless::Trim),
+            (OperatorKind::Map, "project") => {
+                needs_fields("project")?;
+                Ok(Stateless::Project { fields })
+            }
+            (OperatorKind::Map | OperatorKind::FlatMap, "parse_csv") => {
+                needs_fields("parse_csv")?;
+                Ok(Stateless::ParseCsv { fields, delimiter })
+            }
+            (OperatorKind::Map, "parse_json") => Ok(Stateless::ParseJson { explode_arrays: false }),
+            (OperatorKind::FlatMap, "parse_json") => Ok(Stateless::ParseJson { explode_arrays: true }),
+            (OperatorKind::FlatMap, "split_words") => Ok(Stateless::SplitWords),
+            (OperatorKind::FlatMap, "split") => Ok(Stateless::Split { delimiter }),
+            (OperatorKind::Filter, _) => {
                 let value = match operator.params.get("value") {
                     Some(serde_json::Value::String(text)) => text.clone(),
                     Some(other) => other.to_string(),
                     None => String::new(),
                 };
                 Ok(Stateless::Filter {
+                    field: text_param(operator, "field").map(str::to_owned),
                     op: text_param(operator, "op").unwrap_or("eq").to_owned(),
                     value,
                 })
             }
-            OperatorKind::KeyBy if operator.params.get("field").is_none() => Ok(Stateless::KeyByValue),
-            _ => Err(unsupported()),
+            (OperatorKind::KeyBy, _) => Ok(match text_param(operator, "field") {
+                Some(field) => Stateless::KeyByField {
+                    field: field.to_owned(),
+                },
+                None => Stateless::KeyByValue,
+            }),
+            (kind, function) => Err(OperatorError::Param {
+                operator: operator.id.clone(),
+                param: "function".to_owned(),
+                problem: format!("{kind} {function:?} is not supported"),
+            }),
         }
     }
 
-    /// Applies the transformation to one record.
-    pub fn apply(&self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) {
+    /// Applies the transformation to one record; returns false when the record was dropped as
+    /// malformed (not JSON, missing columns), which the caller counts.
+    pub fn apply(&self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) -> bool {
+        let with_value = |key: &str, value: String| pb::Record {
+            key: key.to_owned(),
+            value,
+        };
         match self {
             Stateless::Identity => emit(record),
-            Stateless::Lowercase => emit(pb::Record {
-                key: record.key,
-                value: record.value.to_lowercase(),
-            }),
-            Stateless::Uppercase => emit(pb::Record {
-                key: record.key,
-                value: record.value.to_uppercase(),
-            }),
-            Stateless::Trim => emit(pb::Record {
-                key: record.key,
-                value: record.value.trim().to_owned(),
-            }),
+            Stateless::Lowercase => emit(with_value(&record.key, record.value.to_lowercase())),
+            Stateless::Uppercase => emit(with_value(&record.key, record.value.to_uppercase())),
+            Stateless::Trim => emit(with_value(&record.key, record.value.trim().to_owned())),
             Stateless::SplitWords => {
                 for word in record
                     .value
                     .split(|c: char| !c.is_alphanumeric())
                     .filter(|word| !word.is_empty())
                 {
-                    emit(pb::Record {
-                        key: record.key.clone(),
-                        value: word.to_owned(),
-                    });
+                    emit(with_value(&record.key, word.to_owned()));
                 }
             }
-            Stateless::Filter { op, value } => {
-                if compare(op, &record.value, value) {
+            Stateless::Split { delimiter } => {
+                for part in record.value.split(delimiter.as_str()).filter(|part| !part.is_empty()) {
+                    emit(with_value(&record.key, part.to_owned()));
+                }
+            }
+            Stateless::ParseCsv { fields, delimiter } => {
+                let columns: Vec<&str> = record.value.split(delimiter.as_str()).collect();
+                if columns.len() < fields.len() {
+                    return false;
+                }
+                let object: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .zip(columns)
+                    .map(|(name, column)| (name.clone(), serde_json::Value::String(column.trim().to_owned())))
+                    .collect();
+                emit(with_value(&record.key, serde_json::Value::Object(object).to_string()));
+            }
+            Stateless::ParseJson { explode_arrays } => match serde_json::from_str::<serde_json::Value>(&record.value) {
+                Ok(serde_json::Value::Array(items)) if *explode_arrays => {
+                    for item in items {
+                        emit(with_value(&record.key, item.to_string()));
+                    }
+                }
+                Ok(value @ serde_json::Value::Object(_)) => emit(with_value(&record.key, value.to_string())),
+                _ => return false,
+            },
+            Stateless::Project { fields } => match serde_json::from_str::<serde_json::Value>(&record.value) {
+                Ok(serde_json::Value::Object(mut object)) => {
+                    object.retain(|name, _| fields.contains(name));
+                    emit(with_value(&record.key, serde_json::Value::Object(object).to_string()));
+                }
+                _ => return false,
+            },
+            Stateless::Filter { field, op, value } => {
+                let subject = match field {
+                    Some(field) => match field_of(&record.value, field) {
+                        Some(subject) => subject,
+                        None => return false,
+                    },
+                    None => record.value.clone(),
+                };
+                if compare(op, &subject, value) {
                     emit(record);
                 }
             }
@@ -122,7 +218,15 @@ impl Stateless {
                 key: record.value.clone(),
                 value: record.value,
             }),
+            Stateless::KeyByField { field } => match field_of(&record.value, field) {
+                Some(key) => emit(pb::Record {
+                    key,
+                    value: record.value,
+                }),
+                None => return false,
+            },
         }
+        true
     }
 }
 
@@ -146,17 +250,51 @@ fn compare(op: &str, left: &str, right: &str) -> bool {
     }
 }
 
+/// Checkpointed keyed state: entries grouped by key group, so any subtask range can take its part.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KeyedSnapshot<V> {
+    max_parallelism: u32,
+    groups: BTreeMap<u32, Vec<(String, V)>>,
+}
+
+fn snapshot_keyed<V: Serialize + Clone>(entries: &HashMap<String, V>, max_parallelism: u32) -> Vec<u8> {
+    let mut snapshot = KeyedSnapshot {
+        max_parallelism,
+        groups: BTreeMap::new(),
+    };
+    for (key, value) in entries {
+        snapshot
+            .groups
+            .entry(key_group(key, max_parallelism))
+            .or_default()
+            .push((key.clone(), value.clone()));
+    }
+    // Serializing plain maps of strings and numbers cannot fail.
+    serde_json::to_vec(&snapshot).unwrap_or_default()
+}
+
+fn restore_keyed<V: serde::de::DeserializeOwned>(
+    entries: &mut HashMap<String, V>,
+    operator: &str,
+    bytes: &[u8],
+    groups: &std::ops::Range<u32>,
+) -> Result<(), OperatorError> {
+    let snapshot: KeyedSnapshot<V> = serde_json::from_slice(bytes).map_err(|error| OperatorError::State {
+        operator: operator.to_owned(),
+        problem: format!("unreadable keyed state: {error}"),
+    })?;
+    for (group, group_entries) in snapshot.groups {
+        if groups.contains(&group) {
+            entries.extend(group_entries);
+        }
+    }
+    Ok(())
+}
+
 /// Keyed running counts, emitted on every update (like Flink's rolling aggregations).
 #[derive(Debug, Default)]
 pub struct KeyedCount {
     counts: HashMap<String, u64>,
-}
-
-/// Checkpointed keyed state: entries grouped by key group, so any subtask range can take its part.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct KeyedSnapshot {
-    max_parallelism: u32,
-    groups: BTreeMap<u32, Vec<(String, u64)>>,
 }
 
 impl KeyedCount {
@@ -181,19 +319,7 @@ impl KeyedCount {
 
     /// The state as bytes, grouped by key group.
     pub fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
-        let mut snapshot = KeyedSnapshot {
-            max_parallelism,
-            groups: BTreeMap::new(),
-        };
-        for (key, count) in &self.counts {
-            snapshot
-                .groups
-                .entry(key_group(key, max_parallelism))
-                .or_default()
-                .push((key.clone(), *count));
-        }
-        // Serializing plain maps of strings and numbers cannot fail.
-        serde_json::to_vec(&snapshot).unwrap_or_default()
+        snapshot_keyed(&self.counts, max_parallelism)
     }
 
     /// Adds the entries of `bytes` whose key group lies in `groups`.
@@ -203,16 +329,7 @@ impl KeyedCount {
         bytes: &[u8],
         groups: &std::ops::Range<u32>,
     ) -> Result<(), OperatorError> {
-        let snapshot: KeyedSnapshot = serde_json::from_slice(bytes).map_err(|error| OperatorError::State {
-            operator: operator.to_owned(),
-            problem: format!("unreadable keyed state: {error}"),
-        })?;
-        for (group, entries) in snapshot.groups {
-            if groups.contains(&group) {
-                self.counts.extend(entries);
-            }
-        }
-        Ok(())
+        restore_keyed(&mut self.counts, operator, bytes, groups)
     }
 
     /// How many keys are held.
@@ -223,6 +340,124 @@ impl KeyedCount {
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.counts.is_empty()
+    }
+}
+
+/// How a keyed aggregation combines values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    Sum,
+    Min,
+    Max,
+    Concat,
+}
+
+/// A running keyed aggregation (sum, min, max, reduce), emitting the new aggregate on every update.
+/// Numbers are read from the record value, or from one field of a JSON object value.
+#[derive(Debug)]
+pub struct KeyedAggregate {
+    combine: Combine,
+    field: Option<String>,
+    values: HashMap<String, serde_json::Value>,
+}
+
+fn number_text(number: f64) -> String {
+    if number.fract() == 0.0 && number.abs() < 9.0e15 {
+        format!("{}", number as i64)
+    } else {
+        number.to_string()
+    }
+}
+
+impl KeyedAggregate {
+    /// The aggregation of a sum, min, max or reduce operator.
+    pub fn of(operator: &OperatorSpec) -> Result<KeyedAggregate, OperatorError> {
+        let combine = match operator.kind {
+            OperatorKind::Sum => Combine::Sum,
+            OperatorKind::Min => Combine::Min,
+            OperatorKind::Max => Combine::Max,
+            OperatorKind::Reduce => match text_param(operator, "function").unwrap_or_default() {
+                "sum" => Combine::Sum,
+                "min" => Combine::Min,
+                "max" => Combine::Max,
+                "concat" => Combine::Concat,
+                other => {
+                    return Err(OperatorError::Param {
+                        operator: operator.id.clone(),
+                        param: "function".to_owned(),
+                        problem: format!("{other:?} is not a reduce function"),
+                    })
+                }
+            },
+            kind => {
+                return Err(OperatorError::Unsupported {
+                    operator: operator.id.clone(),
+                    kind,
+                })
+            }
+        };
+        Ok(KeyedAggregate {
+            combine,
+            field: text_param(operator, "field").map(str::to_owned),
+            values: HashMap::new(),
+        })
+    }
+
+    /// Folds one record into its key's aggregate and emits (key, aggregate); returns false when
+    /// the record holds no usable value (dropped and counted by the caller).
+    pub fn apply(&mut self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) -> bool {
+        let text = match &self.field {
+            Some(field) => match field_of(&record.value, field) {
+                Some(text) => text,
+                None => return false,
+            },
+            None => record.value.clone(),
+        };
+        let next = if self.combine == Combine::Concat {
+            let joined = match self.values.get(&record.key).and_then(|value| value.as_str()) {
+                Some(previous) => format!("{previous},{text}"),
+                None => text,
+            };
+            serde_json::Value::String(joined)
+        } else {
+            let Ok(number) = text.trim().parse::<f64>() else {
+                return false;
+            };
+            let previous = self.values.get(&record.key).and_then(|value| value.as_f64());
+            let combined = match (self.combine, previous) {
+                (_, None) => number,
+                (Combine::Sum, Some(previous)) => previous + number,
+                (Combine::Min, Some(previous)) => previous.min(number),
+                (Combine::Max, Some(previous)) => previous.max(number),
+                (Combine::Concat, Some(_)) => number,
+            };
+            serde_json::json!(combined)
+        };
+        let shown = match &next {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.as_f64().map(number_text).unwrap_or_default(),
+        };
+        self.values.insert(record.key.clone(), next);
+        emit(pb::Record {
+            key: record.key,
+            value: shown,
+        });
+        true
+    }
+
+    /// The state as bytes, grouped by key group.
+    pub fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
+        snapshot_keyed(&self.values, max_parallelism)
+    }
+
+    /// Adds the entries of `bytes` whose key group lies in `groups`.
+    pub fn restore(
+        &mut self,
+        operator: &str,
+        bytes: &[u8],
+        groups: &std::ops::Range<u32>,
+    ) -> Result<(), OperatorError> {
+        restore_keyed(&mut self.values, operator, bytes, groups)
     }
 }
 
@@ -498,6 +733,108 @@ mod tests {
             .expect("dir")
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    fn spec(kind: OperatorKind, params: serde_json::Value) -> OperatorSpec {
+        OperatorSpec {
+            id: "op".to_owned(),
+            kind,
+            parallelism: 1,
+            inputs: vec!["in".to_owned()],
+            params: params
+                .as_object()
+                .map(|object| object.clone().into_iter().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn run(transform: &Stateless, values: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for value in values {
+            transform.apply(record(value), &mut |record| {
+                out.push(format!("{}|{}", record.key, record.value))
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn field_aware_transforms_parse_project_filter_and_key() {
+        let csv = Stateless::of(&spec(
+            OperatorKind::Map,
+            serde_json::json!({"function": "parse_csv", "fields": ["user", "amount"]}),
+        ))
+        .expect("valid");
+        assert_eq!(
+            run(&csv, &["ann, 5", "broken"]),
+            vec![r#"|{"amount":"5","user":"ann"}"#]
+        );
+        let project = Stateless::of(&spec(
+            OperatorKind::Map,
+            serde_json::json!({"function": "project", "fields": ["user"]}),
+        ))
+        .expect("valid");
+        assert_eq!(
+            run(&project, &[r#"{"user":"ann","amount":5}"#]),
+            vec![r#"|{"user":"ann"}"#]
+        );
+        let filter = Stateless::of(&spec(
+            OperatorKind::Filter,
+            serde_json::json!({"field": "amount", "op": "ge", "value": 10}),
+        ))
+        .expect("valid");
+        assert_eq!(run(&filter, &[r#"{"amount":5}"#, r#"{"amount":12}"#]).len(), 1);
+        let key_by = Stateless::of(&spec(OperatorKind::KeyBy, serde_json::json!({"field": "user"}))).expect("valid");
+        assert_eq!(run(&key_by, &[r#"{"user":"bob"}"#]), vec![r#"bob|{"user":"bob"}"#]);
+        let explode = Stateless::of(&spec(
+            OperatorKind::FlatMap,
+            serde_json::json!({"function": "parse_json"}),
+        ))
+        .expect("valid");
+        assert_eq!(run(&explode, &["[1,2]", "nope"]), vec!["|1", "|2"]);
+        let needs_fields = Stateless::of(&spec(OperatorKind::Map, serde_json::json!({"function": "project"})));
+        assert!(needs_fields.is_err());
+    }
+
+    #[test]
+    fn keyed_aggregations_fold_per_key_and_survive_a_snapshot() {
+        let mut sum =
+            KeyedAggregate::of(&spec(OperatorKind::Sum, serde_json::json!({"field": "amount"}))).expect("valid");
+        let mut out = Vec::new();
+        for (key, amount) in [("a", "2"), ("b", "1.5"), ("a", "3")] {
+            let record = pb::Record {
+                key: key.to_owned(),
+                value: format!(r#"{{"amount":{amount}}}"#),
+            };
+            assert!(sum.apply(record, &mut |record| out
+                .push(format!("{} {}", record.key, record.value))));
+        }
+        assert_eq!(out, vec!["a 2", "b 1.5", "a 5"]);
+        let bytes = sum.snapshot(128);
+        let mut restored =
+            KeyedAggregate::of(&spec(OperatorKind::Sum, serde_json::json!({"field": "amount"}))).expect("valid");
+        restored.restore("op", &bytes, &(0..128)).expect("restore");
+        let mut again = Vec::new();
+        let record = pb::Record {
+            key: "a".to_owned(),
+            value: r#"{"amount":1}"#.to_owned(),
+        };
+        restored.apply(record, &mut |record| again.push(record.value));
+        assert_eq!(again, vec!["6"]);
+
+        let mut max =
+            KeyedAggregate::of(&spec(OperatorKind::Reduce, serde_json::json!({"function": "max"}))).expect("valid");
+        let mut maxima = Vec::new();
+        for value in ["3", "9", "4", "x"] {
+            max.apply(
+                pb::Record {
+                    key: "k".to_owned(),
+                    value: value.to_owned(),
+                },
+                &mut |record| maxima.push(record.value),
+            );
+        }
+        assert_eq!(maxima, vec!["3", "9", "9"]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::barriers::{Alignment, BarrierAligner};
 use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputChannel};
 use super::generator::GeneratorSettings;
 use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
-use super::operators::{FileSink, KeyedCount, OperatorError, Stateless};
+use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, Stateless};
 use crate::checkpoint::{checksum, CheckpointStore, LocalDirectoryStore, StateHandle};
 
 /// Records per batch on a channel.
@@ -213,6 +213,7 @@ enum Logic {
     Generator(Box<GeneratorState>),
     Stateless(Stateless),
     Count(KeyedCount),
+    Aggregate(KeyedAggregate),
     FileSink(FileSink),
     Print(String),
 }
@@ -404,6 +405,22 @@ async fn restore(
                 counts.restore(&operator.id, &bytes, &groups)?;
             }
         }
+        Logic::Aggregate(aggregate) => {
+            let Some(checkpoint) = checkpoint else { return Ok(()) };
+            let groups = key_group_range(
+                deployment.subtask_index,
+                deployment.graph.max_parallelism,
+                operator.parallelism,
+            );
+            for handle in checkpoint
+                .task_states
+                .iter()
+                .filter(|handle| handle.operator_id == operator.id)
+            {
+                let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
+                aggregate.restore(&operator.id, &bytes, &groups)?;
+            }
+        }
         Logic::FileSink(sink) => {
             let state = match checkpoint {
                 Some(checkpoint) => {
@@ -457,6 +474,9 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<L
             Logic::Stateless(Stateless::of(operator)?)
         }
         OperatorKind::Count => Logic::Count(KeyedCount::default()),
+        OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max | OperatorKind::Reduce => {
+            Logic::Aggregate(KeyedAggregate::of(operator)?)
+        }
         OperatorKind::FileSink => {
             Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch)?)
         }
@@ -582,6 +602,7 @@ async fn run_registered(
                 ended: vec![false; input_count],
                 stash: (0..input_count).map(|_| VecDeque::new()).collect(),
                 replay: VecDeque::new(),
+                dropped: 0,
             };
             task.run(gate, &mut outputs, &acknowledger, control, cancel).await
         }
@@ -681,6 +702,7 @@ struct InputTask {
     stash: Vec<VecDeque<InputMessage>>,
     /// Stashed messages released by a finished alignment, processed before new input.
     replay: VecDeque<InputMessage>,
+    dropped: u64,
 }
 
 impl InputTask {
@@ -819,6 +841,7 @@ impl InputTask {
     fn snapshot(&mut self, checkpoint_id: u64, acknowledger: &Acknowledger<'_>) -> Result<Vec<u8>, TaskError> {
         Ok(match &mut self.logic {
             Logic::Count(counts) => counts.snapshot(acknowledger.deployment.graph.max_parallelism),
+            Logic::Aggregate(aggregate) => aggregate.snapshot(acknowledger.deployment.graph.max_parallelism),
             Logic::FileSink(sink) => sink.pre_commit(checkpoint_id)?,
             Logic::Generator(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
         })
@@ -826,8 +849,17 @@ impl InputTask {
 
     fn process(&mut self, record: pb::Record, emitted: &mut Vec<pb::Record>) -> Result<(), TaskError> {
         match &mut self.logic {
-            Logic::Stateless(transform) => transform.apply(record, &mut |out| emitted.push(out)),
+            Logic::Stateless(transform) => {
+                if !transform.apply(record, &mut |out| emitted.push(out)) {
+                    self.count_dropped();
+                }
+            }
             Logic::Count(counts) => counts.apply(record, &mut |out| emitted.push(out)),
+            Logic::Aggregate(aggregate) => {
+                if !aggregate.apply(record, &mut |out| emitted.push(out)) {
+                    self.count_dropped();
+                }
+            }
             Logic::FileSink(sink) => sink.write(&record)?,
             Logic::Print(prefix) => {
                 if record.key.is_empty() {
@@ -839,6 +871,15 @@ impl InputTask {
             Logic::Generator(_) => {}
         }
         Ok(())
+    }
+
+    /// Malformed records (not JSON, missing fields, not a number) are skipped, not fatal: one bad
+    /// line must not put a job into a restart loop. They are counted and logged.
+    fn count_dropped(&mut self) {
+        self.dropped += 1;
+        if self.dropped == 1 || self.dropped % 10_000 == 0 {
+            tracing::warn!(dropped = self.dropped, "skipping malformed records");
+        }
     }
 
     fn on_control(&mut self, message: TaskControl) -> Result<(), TaskError> {
