@@ -9,6 +9,7 @@ mod exactly_once;
 mod executors;
 mod failover;
 mod membership;
+mod operators;
 mod replication;
 mod snapshot_catchup;
 mod zombie_executor;

@@ -7,6 +7,7 @@
 
 pub mod barriers;
 pub mod exchange;
+pub mod file_source;
 pub mod generator;
 pub mod key_groups;
 pub mod local;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::barriers::{Alignment, BarrierAligner};
 use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputChannel};
+use super::file_source::FileReader;
 use super::generator::GeneratorSettings;
 use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
 use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, Stateless};
@@ -107,6 +108,8 @@ pub enum TaskError {
     Graph(String),
     #[error("input closed before end of stream")]
     InputClosed,
+    #[error("source: {0}")]
+    Source(String),
 }
 
 /// How a subtask ended without error.
@@ -210,7 +213,7 @@ impl Outputs {
 
 /// What the subtask computes.
 enum Logic {
-    Generator(Box<GeneratorState>),
+    Source(Box<SourceReader>),
     Stateless(Stateless),
     Count(KeyedCount),
     Aggregate(KeyedAggregate),
@@ -226,9 +229,55 @@ struct GeneratorState {
     rate_per_subtask: Option<f64>,
 }
 
+/// Where a source's records come from; its position is the offset checkpoints record.
+enum SourceReader {
+    Generator(GeneratorState),
+    Files(FileReader),
+}
+
+impl SourceReader {
+    fn is_exhausted(&self) -> bool {
+        match self {
+            SourceReader::Generator(generator) => generator.settings.is_exhausted(generator.next_offset),
+            SourceReader::Files(files) => files.is_exhausted(),
+        }
+    }
+
+    fn position(&self) -> u64 {
+        match self {
+            SourceReader::Generator(generator) => generator.next_offset,
+            SourceReader::Files(files) => files.position(),
+        }
+    }
+
+    fn rate_per_subtask(&self) -> Option<f64> {
+        match self {
+            SourceReader::Generator(generator) => generator.rate_per_subtask,
+            SourceReader::Files(_) => None,
+        }
+    }
+
+    /// The next record into `line`; false at the end of the input.
+    fn next(&mut self, line: &mut String) -> Result<bool, TaskError> {
+        match self {
+            SourceReader::Generator(generator) => {
+                if generator.settings.is_exhausted(generator.next_offset) {
+                    return Ok(false);
+                }
+                generator.settings.write_record(generator.next_offset, line);
+                generator.next_offset += generator.step;
+                Ok(true)
+            }
+            SourceReader::Files(files) => files
+                .next_line(line)
+                .map_err(|error| TaskError::Source(error.to_string())),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct SourceSnapshot {
-    next_offset: u64,
+    position: u64,
 }
 
 fn param_u64(operator: &OperatorSpec, name: &str) -> Option<u64> {
@@ -379,15 +428,8 @@ async fn restore(
     let checkpoint = deployment.restore_from.as_ref();
     let checkpoint_id = checkpoint.map_or(0, |checkpoint| checkpoint.checkpoint_id);
     match logic {
-        Logic::Generator(generator) => {
-            if let Some(offset) = checkpoint.and_then(|checkpoint| {
-                checkpoint.source_offsets.iter().find(|offset| {
-                    offset.operator_id == operator.id && offset.subtask_index == deployment.subtask_index
-                })
-            }) {
-                generator.next_offset = offset.offset;
-            }
-        }
+        // Sources were positioned from the checkpoint's offsets when they were opened.
+        Logic::Source(_) => {}
         Logic::Count(counts) => {
             let Some(checkpoint) = checkpoint else { return Ok(()) };
             let groups = key_group_range(
@@ -449,6 +491,14 @@ async fn restore(
 }
 
 fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<Logic, TaskError> {
+    // A source resumes at the offset the restored checkpoint recorded for it in the Raft state.
+    let restored_offset = deployment.restore_from.as_ref().and_then(|checkpoint| {
+        checkpoint
+            .source_offsets
+            .iter()
+            .find(|offset| offset.operator_id == operator.id && offset.subtask_index == deployment.subtask_index)
+            .map(|offset| offset.offset)
+    });
     let unsupported = || OperatorError::Unsupported {
         operator: operator.id.clone(),
         kind: operator.kind,
@@ -463,12 +513,27 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<L
                 words_per_record: param_u64(operator, "words_per_record").unwrap_or(defaults.words_per_record),
             };
             let parallelism = u64::from(operator.parallelism.max(1));
-            Logic::Generator(Box::new(GeneratorState {
+            Logic::Source(Box::new(SourceReader::Generator(GeneratorState {
                 settings,
-                next_offset: u64::from(deployment.subtask_index),
+                next_offset: restored_offset.unwrap_or(u64::from(deployment.subtask_index)),
                 step: parallelism,
                 rate_per_subtask: param_u64(operator, "rate_per_second").map(|rate| rate as f64 / parallelism as f64),
-            }))
+            })))
+        }
+        OperatorKind::FileSource => {
+            let path = operator
+                .params
+                .get("path")
+                .and_then(|value| value.as_str())
+                .unwrap_or_default();
+            let reader = FileReader::open(
+                std::path::Path::new(path),
+                deployment.subtask_index,
+                operator.parallelism,
+                restored_offset.unwrap_or(0),
+            )
+            .map_err(|error| TaskError::Source(error.to_string()))?;
+            Logic::Source(Box::new(SourceReader::Files(reader)))
         }
         OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy => {
             Logic::Stateless(Stateless::of(operator)?)
@@ -592,8 +657,8 @@ async fn run_registered(
     };
     let checkpointing = deployment.graph.checkpoint.interval_ms > 0;
     match (logic, gate) {
-        (Logic::Generator(generator), _) => {
-            run_generator(*generator, &mut outputs, &acknowledger, control, cancel, checkpointing).await
+        (Logic::Source(source), _) => {
+            run_source(*source, &mut outputs, &acknowledger, control, cancel, checkpointing).await
         }
         (logic, Some(gate)) => {
             let mut task = InputTask {
@@ -610,8 +675,8 @@ async fn run_registered(
     }
 }
 
-async fn run_generator(
-    mut generator: GeneratorState,
+async fn run_source(
+    mut source: SourceReader,
     outputs: &mut Outputs,
     acknowledger: &Acknowledger<'_>,
     control: &mut mpsc::UnboundedReceiver<TaskControl>,
@@ -625,8 +690,10 @@ async fn run_generator(
     let mut final_barrier: Option<u64> = None;
     let mut line = String::new();
     let mut reported_end = false;
+    let rate = source.rate_per_subtask();
+    let batch = rate.map_or(BATCH_RECORDS, |rate| ((rate / 50.0) as usize).clamp(1, BATCH_RECORDS));
     loop {
-        let exhausted = generator.settings.is_exhausted(generator.next_offset);
+        let exhausted = source.is_exhausted();
         if exhausted && !checkpointing {
             outputs.end().await?;
             return Ok(TaskEnd::Finished);
@@ -637,17 +704,16 @@ async fn run_generator(
             acknowledger.report_input_ended();
             reported_end = true;
         }
-        let wait_until = generator
-            .rate_per_subtask
-            .map(|rate| started + Duration::from_secs_f64(produced as f64 / rate));
+        let wait_until = rate.map(|rate| started + Duration::from_secs_f64(produced as f64 / rate));
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
             message = control.recv() => match message {
                 Some(TaskControl::Trigger(checkpoint_id)) => {
                     outputs.flush(false).await?;
-                    let state = serde_json::to_vec(&SourceSnapshot { next_offset: generator.next_offset }).unwrap_or_default();
-                    acknowledger.acknowledge(checkpoint_id, state, Some(generator.next_offset)).await?;
+                    let position = source.position();
+                    let state = serde_json::to_vec(&SourceSnapshot { position }).unwrap_or_default();
+                    acknowledger.acknowledge(checkpoint_id, state, Some(position)).await?;
                     outputs.broadcast_barrier(checkpoint_id).await?;
                     if exhausted && final_barrier.is_none() {
                         final_barrier = Some(checkpoint_id);
@@ -675,18 +741,15 @@ async fn run_generator(
                     tokio::time::sleep_until(at.into()).await;
                 }
             } => {
-                let batch = generator.rate_per_subtask.map_or(BATCH_RECORDS, |rate| ((rate / 50.0) as usize).clamp(1, BATCH_RECORDS));
                 for _ in 0..batch {
-                    if generator.settings.is_exhausted(generator.next_offset) {
+                    if !source.next(&mut line)? {
                         break;
                     }
-                    generator.settings.write_record(generator.next_offset, &mut line);
                     outputs.push(pb::Record { key: String::new(), value: line.clone() });
-                    generator.next_offset += generator.step;
                     produced += 1;
                 }
                 outputs.flush(true).await?;
-                if generator.rate_per_subtask.is_some() {
+                if rate.is_some() {
                     outputs.flush(false).await?;
                 }
             }
@@ -843,7 +906,7 @@ impl InputTask {
             Logic::Count(counts) => counts.snapshot(acknowledger.deployment.graph.max_parallelism),
             Logic::Aggregate(aggregate) => aggregate.snapshot(acknowledger.deployment.graph.max_parallelism),
             Logic::FileSink(sink) => sink.pre_commit(checkpoint_id)?,
-            Logic::Generator(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
+            Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
         })
     }
 
@@ -868,7 +931,7 @@ impl InputTask {
                     println!("{prefix}{}\t{}", record.key, record.value);
                 }
             }
-            Logic::Generator(_) => {}
+            Logic::Source(_) => {}
         }
         Ok(())
     }
