@@ -85,3 +85,97 @@ async fn csv_files_are_filtered_keyed_and_summed_exactly() -> anyhow::Result<()>
     assert_eq!(totals, expected);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Result<()> {
+    use raftstream_executor::runtime::generator::GeneratorSettings;
+    let executors = ExecutorSettings {
+        heartbeat_interval_ms: 100,
+        lease_timeout_ms: 1_000,
+        scheduling_interval_ms: 50,
+    };
+    let mut cluster = TestCluster::start_with(test_settings(), executors).await?;
+    cluster.cluster.start_executor("exec-a", 10)?;
+    cluster.cluster.start_executor("exec-b", 10)?;
+    let client = cluster.client()?;
+    let (records, rate, vocabulary) = (16_000u64, 4_000u64, 20u64);
+    let output = cluster.path().join("windows");
+    let spec = serde_json::json!({
+        "name": "windowed-counts",
+        "parallelism": 2,
+        "checkpoint": {"interval_ms": 200},
+        "restart": {"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 100},
+        "operators": [
+            {"id": "lines", "kind": "generator", "params": {"seed": 5, "count": records, "rate_per_second": rate, "vocabulary_size": vocabulary, "words_per_record": 3}},
+            {"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {"function": "split_words"}},
+            {"id": "by_word", "kind": "key_by", "inputs": ["words"]},
+            {"id": "per_second", "kind": "tumbling_window", "inputs": ["by_word"], "params": {"size_ms": 1000, "aggregate": "count", "max_out_of_orderness_ms": 50}},
+            {"id": "out", "kind": "file_sink", "parallelism": 1, "inputs": ["per_second"], "params": {"path": output.display().to_string()}}
+        ]
+    });
+    // Event time of record n is n * 1000 / rate ms: the expected count of every (word, window).
+    let settings = GeneratorSettings {
+        seed: 5,
+        count: Some(records),
+        vocabulary_size: vocabulary,
+        words_per_record: 3,
+    };
+    let mut expected: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    let mut line = String::new();
+    for offset in 0..records {
+        settings.write_record(offset, &mut line);
+        let time = (offset as f64 * (1_000.0 / rate as f64)) as i64;
+        for word in line.split(' ') {
+            *expected.entry((word.to_owned(), time - time % 1_000)).or_default() += 1;
+        }
+    }
+
+    let submitted = client.submit_job(&spec.to_string(), "windowed-counts").await?;
+    let running = eventually("the job to run with checkpoints", Duration::from_secs(60), || async {
+        client
+            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()
+            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= 3)
+    })
+    .await?;
+    let victim = running
+        .subtasks
+        .iter()
+        .find(|s| s.operator_id == "per_second" && !s.executor_id.is_empty())
+        .map(|s| s.executor_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("the window is not placed"))?;
+    cluster.cluster.kill_executor(&victim)?;
+    let done = eventually("the job to end", Duration::from_secs(60), || async {
+        client
+            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    assert_eq!(done.status, "Finished", "{}", done.status_reason);
+    assert!(done.restart_count >= 1);
+
+    let mut seen: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    let mut lines = 0;
+    for entry in std::fs::read_dir(&output)?.flatten() {
+        if entry.path().extension().is_none_or(|ext| ext != "txt") {
+            continue;
+        }
+        for text in std::fs::read_to_string(entry.path())?.lines() {
+            lines += 1;
+            let fields: Vec<&str> = text.split('\t').collect();
+            let [word, start, end, count] = fields.as_slice() else {
+                anyhow::bail!("bad line {text:?}");
+            };
+            let start: i64 = start.parse()?;
+            assert_eq!(end.parse::<i64>()?, start + 1_000);
+            let previous = seen.insert(((*word).to_owned(), start), count.parse()?);
+            assert!(previous.is_none(), "window ({word}, {start}) emitted twice");
+        }
+    }
+    assert_eq!(lines, expected.len());
+    assert_eq!(seen, expected);
+    Ok(())
+}

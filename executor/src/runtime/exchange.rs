@@ -34,6 +34,7 @@ pub struct GateKey {
 pub enum ChannelEvent {
     Batch(Vec<pb::Record>),
     Barrier(u64),
+    Watermark(i64),
     End,
 }
 
@@ -168,6 +169,7 @@ fn event_of(frame: pb::DataFrame) -> Option<ChannelEvent> {
         pb::data_frame::Body::Batch(batch) => Some(ChannelEvent::Batch(batch.records)),
         pb::data_frame::Body::Barrier(barrier) => Some(ChannelEvent::Barrier(barrier.checkpoint_id)),
         pb::data_frame::Body::End(_) => Some(ChannelEvent::End),
+        pb::data_frame::Body::Watermark(watermark) => Some(ChannelEvent::Watermark(watermark.timestamp_ms)),
         pb::data_frame::Body::Header(_) => None,
     }
 }
@@ -345,6 +347,9 @@ impl OutputChannel {
                         pb::data_frame::Body::Barrier(pb::Barrier { checkpoint_id })
                     }
                     ChannelEvent::End => pb::data_frame::Body::End(pb::EndOfStream {}),
+                    ChannelEvent::Watermark(timestamp_ms) => {
+                        pb::data_frame::Body::Watermark(pb::Watermark { timestamp_ms })
+                    }
                 };
                 frames
                     .send(pb::DataFrame { body: Some(body) })

@@ -13,5 +13,6 @@ pub mod key_groups;
 pub mod local;
 pub mod operators;
 pub mod task;
+pub mod windows;
 
 pub use local::{run_local, LocalRunReport, RuntimeError};

@@ -151,9 +151,11 @@ impl Stateless {
     /// Applies the transformation to one record; returns false when the record was dropped as
     /// malformed (not JSON, missing columns), which the caller counts.
     pub fn apply(&self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) -> bool {
+        let timestamp_ms = record.timestamp_ms;
         let with_value = |key: &str, value: String| pb::Record {
             key: key.to_owned(),
             value,
+            timestamp_ms,
         };
         match self {
             Stateless::Identity => emit(record),
@@ -217,11 +219,13 @@ impl Stateless {
             Stateless::KeyByValue => emit(pb::Record {
                 key: record.value.clone(),
                 value: record.value,
+                timestamp_ms,
             }),
             Stateless::KeyByField { field } => match field_of(&record.value, field) {
                 Some(key) => emit(pb::Record {
                     key,
                     value: record.value,
+                    timestamp_ms,
                 }),
                 None => return false,
             },
@@ -314,6 +318,7 @@ impl KeyedCount {
         emit(pb::Record {
             value: count.to_string(),
             key: record.key,
+            timestamp_ms: record.timestamp_ms,
         });
     }
 
@@ -441,6 +446,7 @@ impl KeyedAggregate {
         emit(pb::Record {
             key: record.key,
             value: shown,
+            timestamp_ms: record.timestamp_ms,
         });
         true
     }
@@ -679,8 +685,8 @@ mod tests {
 
     fn record(value: &str) -> pb::Record {
         pb::Record {
-            key: String::new(),
             value: value.to_owned(),
+            ..Default::default()
         }
     }
 
@@ -805,6 +811,7 @@ mod tests {
             let record = pb::Record {
                 key: key.to_owned(),
                 value: format!(r#"{{"amount":{amount}}}"#),
+                ..Default::default()
             };
             assert!(sum.apply(record, &mut |record| out
                 .push(format!("{} {}", record.key, record.value))));
@@ -818,6 +825,7 @@ mod tests {
         let record = pb::Record {
             key: "a".to_owned(),
             value: r#"{"amount":1}"#.to_owned(),
+            ..Default::default()
         };
         restored.apply(record, &mut |record| again.push(record.value));
         assert_eq!(again, vec!["6"]);
@@ -830,6 +838,7 @@ mod tests {
                 pb::Record {
                     key: "k".to_owned(),
                     value: value.to_owned(),
+                    ..Default::default()
                 },
                 &mut |record| maxima.push(record.value),
             );
@@ -846,6 +855,7 @@ mod tests {
                 pb::Record {
                     key: word.to_owned(),
                     value: word.to_owned(),
+                    ..Default::default()
                 },
                 &mut |record| emitted.push(format!("{} {}", record.key, record.value)),
             );

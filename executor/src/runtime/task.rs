@@ -22,6 +22,7 @@ use super::file_source::FileReader;
 use super::generator::GeneratorSettings;
 use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
 use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, Stateless};
+use super::windows::WindowOperator;
 use crate::checkpoint::{checksum, CheckpointStore, LocalDirectoryStore, StateHandle};
 
 /// Records per batch on a channel.
@@ -194,6 +195,13 @@ impl Outputs {
         Ok(())
     }
 
+    async fn broadcast(&mut self, event: impl Fn() -> ChannelEvent) -> Result<(), TaskError> {
+        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
+            channel.send(event()).await?;
+        }
+        Ok(())
+    }
+
     async fn broadcast_barrier(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
         self.flush(false).await?;
         for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
@@ -217,6 +225,7 @@ enum Logic {
     Stateless(Stateless),
     Count(KeyedCount),
     Aggregate(KeyedAggregate),
+    Window(Box<WindowOperator>),
     FileSink(FileSink),
     Print(String),
 }
@@ -227,6 +236,9 @@ struct GeneratorState {
     next_offset: u64,
     step: u64,
     rate_per_subtask: Option<f64>,
+    /// Event time advances by this per offset: 1 ms, or the configured rate's pace, so event
+    /// times of a rate-limited generator track the wall clock, and a replay repeats them.
+    ms_per_offset: f64,
 }
 
 /// Where a source's records come from; its position is the offset checkpoints record.
@@ -247,6 +259,17 @@ impl SourceReader {
         match self {
             SourceReader::Generator(generator) => generator.next_offset,
             SourceReader::Files(files) => files.position(),
+        }
+    }
+
+    /// The event time of the record last returned by [`SourceReader::next`].
+    fn last_timestamp_ms(&self) -> i64 {
+        match self {
+            SourceReader::Generator(generator) => {
+                let offset = generator.next_offset.saturating_sub(generator.step);
+                (offset as f64 * generator.ms_per_offset) as i64
+            }
+            SourceReader::Files(_) => 0,
         }
     }
 
@@ -463,6 +486,23 @@ async fn restore(
                 aggregate.restore(&operator.id, &bytes, &groups)?;
             }
         }
+        Logic::Window(window) => {
+            let Some(checkpoint) = checkpoint else { return Ok(()) };
+            let groups = key_group_range(
+                deployment.subtask_index,
+                deployment.graph.max_parallelism,
+                operator.parallelism,
+            );
+            for handle in checkpoint
+                .task_states
+                .iter()
+                .filter(|handle| handle.operator_id == operator.id)
+            {
+                let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
+                let own = handle.subtask_index == deployment.subtask_index;
+                window.restore(&operator.id, &bytes, &groups, own)?;
+            }
+        }
         Logic::FileSink(sink) => {
             let state = match checkpoint {
                 Some(checkpoint) => {
@@ -490,7 +530,7 @@ async fn restore(
     Ok(())
 }
 
-fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<Logic, TaskError> {
+fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count: usize) -> Result<Logic, TaskError> {
     // A source resumes at the offset the restored checkpoint recorded for it in the Raft state.
     let restored_offset = deployment.restore_from.as_ref().and_then(|checkpoint| {
         checkpoint
@@ -499,10 +539,6 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<L
             .find(|offset| offset.operator_id == operator.id && offset.subtask_index == deployment.subtask_index)
             .map(|offset| offset.offset)
     });
-    let unsupported = || OperatorError::Unsupported {
-        operator: operator.id.clone(),
-        kind: operator.kind,
-    };
     Ok(match operator.kind {
         OperatorKind::Generator => {
             let defaults = GeneratorSettings::default();
@@ -513,11 +549,13 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<L
                 words_per_record: param_u64(operator, "words_per_record").unwrap_or(defaults.words_per_record),
             };
             let parallelism = u64::from(operator.parallelism.max(1));
+            let rate = param_u64(operator, "rate_per_second");
             Logic::Source(Box::new(SourceReader::Generator(GeneratorState {
                 settings,
                 next_offset: restored_offset.unwrap_or(u64::from(deployment.subtask_index)),
                 step: parallelism,
-                rate_per_subtask: param_u64(operator, "rate_per_second").map(|rate| rate as f64 / parallelism as f64),
+                rate_per_subtask: rate.map(|rate| rate as f64 / parallelism as f64),
+                ms_per_offset: rate.map_or(1.0, |rate| 1_000.0 / rate as f64),
             })))
         }
         OperatorKind::FileSource => {
@@ -542,6 +580,9 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<L
         OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max | OperatorKind::Reduce => {
             Logic::Aggregate(KeyedAggregate::of(operator)?)
         }
+        OperatorKind::TumblingWindow | OperatorKind::SlidingWindow => {
+            Logic::Window(Box::new(WindowOperator::of(operator, input_count)?))
+        }
         OperatorKind::FileSink => {
             Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch)?)
         }
@@ -553,7 +594,6 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec) -> Result<L
                 .unwrap_or_default()
                 .to_owned(),
         ),
-        _ => return Err(unsupported().into()),
     })
 }
 
@@ -648,7 +688,7 @@ async fn run_registered(
     control: &mut mpsc::UnboundedReceiver<TaskControl>,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, TaskError> {
-    let mut logic = logic_of(deployment, operator)?;
+    let mut logic = logic_of(deployment, operator, input_count)?;
     restore(deployment, operator, environment, &mut logic).await?;
     let mut outputs = open_outputs(deployment, operator, environment, cancel).await?;
     let acknowledger = Acknowledger {
@@ -668,6 +708,8 @@ async fn run_registered(
                 stash: (0..input_count).map(|_| VecDeque::new()).collect(),
                 replay: VecDeque::new(),
                 dropped: 0,
+                watermarks: vec![i64::MIN; input_count],
+                forwarded_watermark: i64::MIN,
             };
             task.run(gate, &mut outputs, &acknowledger, control, cancel).await
         }
@@ -695,12 +737,17 @@ async fn run_source(
     loop {
         let exhausted = source.is_exhausted();
         if exhausted && !checkpointing {
+            outputs.flush(false).await?;
+            outputs.broadcast(|| ChannelEvent::Watermark(i64::MAX)).await?;
             outputs.end().await?;
             return Ok(TaskEnd::Finished);
         }
         if exhausted && !reported_end {
-            // Asks the leader for the final checkpoint now rather than at the next interval.
+            // Event time is over for this input: windows downstream may fire everything before
+            // the final checkpoint's barrier. Then ask the leader for that checkpoint now rather
+            // than at the next interval.
             outputs.flush(false).await?;
+            outputs.broadcast(|| ChannelEvent::Watermark(i64::MAX)).await?;
             acknowledger.report_input_ended();
             reported_end = true;
         }
@@ -745,7 +792,7 @@ async fn run_source(
                     if !source.next(&mut line)? {
                         break;
                     }
-                    outputs.push(pb::Record { key: String::new(), value: line.clone() });
+                    outputs.push(pb::Record { key: String::new(), value: line.clone(), timestamp_ms: source.last_timestamp_ms() });
                     produced += 1;
                 }
                 outputs.flush(true).await?;
@@ -766,6 +813,9 @@ struct InputTask {
     /// Stashed messages released by a finished alignment, processed before new input.
     replay: VecDeque<InputMessage>,
     dropped: u64,
+    /// Per input channel, the last watermark it announced.
+    watermarks: Vec<i64>,
+    forwarded_watermark: i64,
 }
 
 impl InputTask {
@@ -843,7 +893,7 @@ impl InputTask {
                 ChannelEvent::Batch(records) => {
                     let mut emitted = Vec::new();
                     for record in records {
-                        self.process(record, &mut emitted)?;
+                        self.process(channel, record, &mut emitted)?;
                     }
                     for record in emitted {
                         outputs.push(record);
@@ -853,6 +903,19 @@ impl InputTask {
                 ChannelEvent::Barrier(checkpoint_id) => {
                     let outcome = self.barrier_arrived(channel, checkpoint_id);
                     self.after_alignment(outcome, outputs, acknowledger).await?;
+                }
+                ChannelEvent::Watermark(watermark) => {
+                    let mut emitted = Vec::new();
+                    if let Some(slot) = self.watermarks.get_mut(channel) {
+                        *slot = (*slot).max(watermark);
+                    }
+                    if let Logic::Window(window) = &mut self.logic {
+                        window.on_watermark(channel, watermark, &mut |out| emitted.push(out));
+                    }
+                    for record in emitted {
+                        outputs.push(record);
+                    }
+                    self.forward_watermark(outputs).await?;
                 }
                 ChannelEvent::End => {
                     self.ended[channel] = true;
@@ -905,13 +968,21 @@ impl InputTask {
         Ok(match &mut self.logic {
             Logic::Count(counts) => counts.snapshot(acknowledger.deployment.graph.max_parallelism),
             Logic::Aggregate(aggregate) => aggregate.snapshot(acknowledger.deployment.graph.max_parallelism),
+            Logic::Window(window) => window.snapshot(acknowledger.deployment.graph.max_parallelism),
             Logic::FileSink(sink) => sink.pre_commit(checkpoint_id)?,
             Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
         })
     }
 
-    fn process(&mut self, record: pb::Record, emitted: &mut Vec<pb::Record>) -> Result<(), TaskError> {
+    fn process(&mut self, channel: usize, record: pb::Record, emitted: &mut Vec<pb::Record>) -> Result<(), TaskError> {
         match &mut self.logic {
+            Logic::Window(window) => {
+                let before = window.dropped;
+                window.on_record(channel, record, &mut |out| emitted.push(out));
+                if window.dropped > before {
+                    self.count_dropped();
+                }
+            }
             Logic::Stateless(transform) => {
                 if !transform.apply(record, &mut |out| emitted.push(out)) {
                     self.count_dropped();
@@ -932,6 +1003,21 @@ impl InputTask {
                 }
             }
             Logic::Source(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Passes this task's watermark downstream when it advanced: a window's own, otherwise the
+    /// minimum of what its input channels announced.
+    async fn forward_watermark(&mut self, outputs: &mut Outputs) -> Result<(), TaskError> {
+        let watermark = match &self.logic {
+            Logic::Window(window) => window.watermark(),
+            _ => self.watermarks.iter().copied().min().unwrap_or(i64::MIN),
+        };
+        if watermark > self.forwarded_watermark {
+            self.forwarded_watermark = watermark;
+            outputs.flush(false).await?;
+            outputs.broadcast(|| ChannelEvent::Watermark(watermark)).await?;
         }
         Ok(())
     }
