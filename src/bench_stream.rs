@@ -34,6 +34,9 @@ pub struct StreamBenchArgs {
     /// Checkpoint intervals of the throughput runs, in ms (0: checkpoints off).
     #[arg(long, value_delimiter = ',', default_value = "0,1000")]
     pub checkpoint_intervals: Vec<u64>,
+    /// Runs per setting, interleaved across settings; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: u32,
     /// Executor kills for the recovery measurement (0 skips it).
     #[arg(long, default_value_t = 10)]
     pub kills: u32,
@@ -86,80 +89,87 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
 
     println!(
         "bench stream: word count (generator -> flat_map split_words -> key_by -> count -> file_sink), {} lines of \
-         8 words (vocabulary 10,000), one executor, 3 coordinators, all on this machine",
-        args.records
+         8 words (vocabulary 10,000), one executor, 3 coordinators, all on this machine; median of {} runs",
+        args.records,
+        args.repeat.max(1)
     );
     println!(
         "{:>12} {:>12} {:>14} {:>14} {:>9} {:>11} {:>8}",
-        "parallelism", "checkpoints", "records/s", "words/s", "seconds", "checkpoints", "exact"
+        "parallelism", "checkpoints", "records/s", "words/s", "seconds", "last chk", "exact"
     );
+    // A short unmeasured run first: process start-up, allocator and page cache warm-up.
+    let warm_up = WordCountJob {
+        seed: 0,
+        records: (args.records / 10).max(1),
+        rate_per_second: None,
+        parallelism: 1,
+        vocabulary_size: 10_000,
+        words_per_record: 8,
+        checkpoint_interval_ms: 0,
+        output_dir: directory.join("out-warm-up"),
+    };
+    throughput_run(&client, &warm_up, "warm-up").await?;
+    let _ = std::fs::remove_dir_all(&warm_up.output_dir);
     let mut run = 0;
     for parallelism in &args.parallelism {
+        let mut results: BTreeMap<u64, Vec<(f64, u64, bool)>> = BTreeMap::new();
+        // Interleaved (off, on, off, on, ...) so drift on the machine hits every setting alike.
+        for _ in 0..args.repeat.max(1) {
+            for interval in &args.checkpoint_intervals {
+                run += 1;
+                let spec = WordCountJob {
+                    seed: run,
+                    records: args.records,
+                    rate_per_second: None,
+                    parallelism: *parallelism,
+                    vocabulary_size: 10_000,
+                    words_per_record: 8,
+                    checkpoint_interval_ms: *interval,
+                    output_dir: directory.join(format!("out-{run}")),
+                };
+                let (seconds, checkpoints) = throughput_run(&client, &spec, &format!("bench-{run}")).await?;
+                let check = check_output(&spec.output_dir, &spec.expected_counts())?;
+                let exact = check.is_exact() && check.lines == args.records * 8;
+                if !exact {
+                    println!("   run {run}: output problems: {}", check.problems.join("; "));
+                }
+                results
+                    .entry(*interval)
+                    .or_default()
+                    .push((args.records as f64 / seconds, checkpoints, exact));
+                let _ = std::fs::remove_dir_all(&spec.output_dir);
+            }
+        }
         let mut baseline: Option<f64> = None;
         for interval in &args.checkpoint_intervals {
-            run += 1;
-            let spec = WordCountJob {
-                seed: run,
-                records: args.records,
-                rate_per_second: None,
-                parallelism: *parallelism,
-                vocabulary_size: 10_000,
-                words_per_record: 8,
-                checkpoint_interval_ms: *interval,
-                output_dir: directory.join(format!("out-{run}")),
+            let mut runs = results.remove(interval).unwrap_or_default();
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let Some(&(median, checkpoints, _)) = runs.get(runs.len() / 2) else {
+                continue;
             };
-            let submitted = client
-                .submit_job(&spec.spec(&format!("bench-{run}")), &format!("bench-stream-{run}"))
-                .await?;
-            let mut started = None;
-            let deadline = Instant::now() + Duration::from_secs(600);
-            let ended = loop {
-                if let Some(job) = job(&client, &submitted.job_id).await {
-                    if job.status == "Running" && started.is_none() {
-                        started = Some(Instant::now());
-                    }
-                    if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
-                        break job;
-                    }
-                }
-                if Instant::now() > deadline {
-                    bail!("{} did not finish within 600 s", submitted.job_id);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
-            if ended.status != "Finished" {
-                bail!("{} ended {}: {}", submitted.job_id, ended.status, ended.status_reason);
-            }
-            let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-3);
-            let check = check_output(&spec.output_dir, &spec.expected_counts())?;
-            let exact = check.is_exact() && check.lines == args.records * 8;
-            let records_per_second = args.records as f64 / seconds;
+            let exact = runs.iter().all(|(_, _, exact)| *exact);
             let label = if *interval == 0 {
                 "off".to_owned()
             } else {
                 format!("{interval} ms")
             };
             let overhead = match baseline {
-                Some(off) if *interval > 0 => format!("  (overhead {:.1} %)", (1.0 - records_per_second / off) * 100.0),
+                Some(off) if *interval > 0 => format!("  (overhead {:.1} %)", (1.0 - median / off) * 100.0),
                 _ => String::new(),
             };
             if *interval == 0 {
-                baseline = Some(records_per_second);
+                baseline = Some(median);
             }
             println!(
                 "{:>12} {:>12} {:>14.0} {:>14.0} {:>9.2} {:>11} {:>8}{overhead}",
                 parallelism,
                 label,
-                records_per_second,
-                records_per_second * 8.0,
-                seconds,
-                ended.last_checkpoint_id.unwrap_or(0),
+                median,
+                median * 8.0,
+                args.records as f64 / median,
+                checkpoints,
                 if exact { "yes" } else { "NO" },
             );
-            if !exact {
-                println!("   output problems: {}", check.problems.join("; "));
-            }
-            let _ = std::fs::remove_dir_all(&spec.output_dir);
         }
     }
 
@@ -171,6 +181,32 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&directory);
     }
     Ok(())
+}
+
+/// Runs one job to the end; returns the seconds from Running to Finished and its last checkpoint.
+async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str) -> anyhow::Result<(f64, u64)> {
+    let submitted = client.submit_job(&spec.spec(name), name).await?;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let ended = loop {
+        if let Some(job) = job(client, &submitted.job_id).await {
+            if job.status == "Running" && started.is_none() {
+                started = Some(Instant::now());
+            }
+            if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
+                break job;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not finish within 600 s", submitted.job_id);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if ended.status != "Finished" {
+        bail!("{} ended {}: {}", submitted.job_id, ended.status, ended.status_reason);
+    }
+    let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-3);
+    Ok((seconds, ended.last_checkpoint_id.unwrap_or(0)))
 }
 
 async fn recovery(

@@ -5,11 +5,8 @@
 //! - [`assignments`]: the subtasks this executor was told to run, with their epochs.
 //! - [`checkpoint`]: the checkpoint store (state handles with checksums; local directory).
 //! - [`session`]: registration and the session loop.
-//! - [`runtime`]: the streaming runtime (so far: bounded chain jobs inside one process).
-//!
-//! Running the assigned subtasks with the streaming runtime across executors is the next step
-//! (issue 3); until then an executor holds its slots for the subtasks placed on it and reports them
-//! in heartbeats, and [`runtime::run_local`] runs bounded word-count-shaped jobs in one process.
+//! - [`runtime`]: the streaming runtime that runs deployed subtasks.
+//! - [`tasks`]: the subtasks running here, started, fenced and stopped by the leader's messages.
 
 pub mod assignments;
 pub mod checkpoint;

@@ -1,18 +1,14 @@
-//! The streaming runtime, starting with what runs inside one process: deterministic sources,
-//! chained stateless operators, keyed exchange by key groups over bounded channels (backpressure),
-//! keyed counting and sinks.
-//!
-//! Today [`local::run_local`] runs a bounded job whose graph is a chain ending in a keyed count on
-//! one machine; distributing subtasks over executors, barrier checkpoints and restore build on it.
+//! The streaming runtime on an executor: one tokio task per deployed subtask ([`task`]), data
+//! exchange with credit-based flow control ([`exchange`]), barrier alignment ([`barriers`]),
+//! sources ([`generator`], [`file_source`]), record operators and the exactly-once file sink
+//! ([`operators`]), event-time windows ([`windows`]) and keyed exchange by key groups
+//! ([`key_groups`]).
 
 pub mod barriers;
 pub mod exchange;
 pub mod file_source;
 pub mod generator;
 pub mod key_groups;
-pub mod local;
 pub mod operators;
 pub mod task;
 pub mod windows;
-
-pub use local::{run_local, LocalRunReport, RuntimeError};
