@@ -221,7 +221,55 @@ async fn a_paused_sink_executor_is_fenced_and_publishes_nothing() -> anyhow::Res
     cluster.cluster.signal_executor(&zombie, false)?;
     finished(&client, &submitted.job_id).await?;
     assert_exact(&spec)?;
+
+    // The checkpoint in flight when the job restarted was aborted: it must never be listed.
+    let aborted = aborted_checkpoints(&cluster)?;
+    let listed: Vec<u64> = client
+        .list_checkpoints(&submitted.job_id)
+        .await?
+        .iter()
+        .map(|checkpoint| checkpoint.checkpoint_id)
+        .collect();
+    assert!(listed.windows(2).all(|pair| pair[0] < pair[1]), "{listed:?}");
+    assert!(
+        listed.iter().all(|id| !aborted.contains(id)),
+        "aborted {aborted:?} but listed {listed:?}"
+    );
     Ok(())
+}
+
+fn without_ansi_colors(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for code in chars.by_ref() {
+                if code.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// The checkpoint ids the coordinators' logs say were aborted.
+fn aborted_checkpoints(cluster: &TestCluster) -> anyhow::Result<Vec<u64>> {
+    let mut aborted = Vec::new();
+    for node in cluster.cluster.nodes() {
+        let log = without_ansi_colors(&std::fs::read_to_string(node.log_path()).unwrap_or_default());
+        for line in log.lines().filter(|line| line.contains("checkpoint aborted")) {
+            let id = line
+                .split("checkpoint_id=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse::<u64>().ok());
+            aborted.extend(id);
+        }
+    }
+    Ok(aborted)
 }
 
 /// Flips a byte in every state file under `directory`; returns how many it damaged.
