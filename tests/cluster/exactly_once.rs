@@ -130,7 +130,11 @@ async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_stream_restarts_nothing_and_output_is_exact() -> anyhow::Result<()> {
     let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
-    let spec = word_count(&cluster);
+    // Enough words that keyed state goes to files, to see them cleaned up behind the checkpoints.
+    let spec = WordCountJob {
+        vocabulary_size: 500,
+        ..word_count(&cluster)
+    };
     let submitted = client.submit_job(&spec.spec("wc-leader-kill"), "wc-2").await?;
     let before = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
     let leader = cluster.leader().await?;
@@ -157,7 +161,30 @@ async fn leader_killed_mid_stream_restarts_nothing_and_output_is_exact() -> anyh
         "ids must increase: {ids:?}"
     );
     assert!(ids.last().copied().unwrap_or(0) > last_before, "{ids:?}");
+    // Only the retained checkpoints (3 by default) keep state files: 2 keyed subtasks each.
+    let checkpoint_dir = cluster.cluster.checkpoint_dir();
+    eventually("obsolete checkpoint state to be deleted", PATIENCE, || async {
+        let files = count_state_files(&checkpoint_dir);
+        (files > 0 && files <= 6).then_some(())
+    })
+    .await?;
     Ok(())
+}
+
+fn count_state_files(directory: &std::path::Path) -> usize {
+    let mut count = 0;
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "state") {
+                count += 1;
+            }
+        }
+    }
+    count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,14 +92,18 @@ impl CheckpointStore for LocalDirectoryStore {
         Ok(bytes)
     }
 
-    async fn delete_checkpoint(&self, job_id: &str, checkpoint_id: u64) -> Result<(), CheckpointStoreError> {
-        let location = format!("{job_id}/chk-{checkpoint_id}");
-        let path = self.path_of(&location)?;
-        match tokio::fs::remove_dir_all(&path).await {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(io_error(&location)(error)),
+    async fn delete(&self, location: &str) -> Result<(), CheckpointStoreError> {
+        let path = self.path_of(location)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(location)(error)),
         }
+        // The checkpoint's directory goes with its last file (fails harmlessly while others remain).
+        if let Some(directory) = path.parent() {
+            let _ = tokio::fs::remove_dir(directory).await;
+        }
+        Ok(())
     }
 }
 
@@ -137,7 +141,12 @@ mod tests {
             .unwrap_or_default();
         assert!(truncated.contains("5 bytes, expected 15"), "{truncated}");
 
-        store.delete_checkpoint("job-1", 7).await?;
+        store.delete(&location).await?;
+        store.delete(&location).await?;
+        assert!(
+            !directory.path().join("job-1/chk-7").exists(),
+            "the empty checkpoint directory goes too"
+        );
         let missing = store
             .get(&handle)
             .await

@@ -57,12 +57,9 @@ pub trait CheckpointStore: Send + Sync {
     ) -> impl Future<Output = Result<StateHandle, CheckpointStoreError>> + Send;
     /// Reads the state behind `handle`, verifying its size and checksum.
     fn get(&self, handle: &StateHandle) -> impl Future<Output = Result<Vec<u8>, CheckpointStoreError>> + Send;
-    /// Deletes everything of one checkpoint (after it is no longer retained, or was aborted).
-    fn delete_checkpoint(
-        &self,
-        job_id: &str,
-        checkpoint_id: u64,
-    ) -> impl Future<Output = Result<(), CheckpointStoreError>> + Send;
+    /// Deletes the state at `location` (a checkpoint that is no longer retained, or was aborted);
+    /// deleting what is not there is not an error.
+    fn delete(&self, location: &str) -> impl Future<Output = Result<(), CheckpointStoreError>> + Send;
 }
 
 /// Verifies bytes read back against their handle.

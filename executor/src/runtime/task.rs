@@ -600,9 +600,59 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
 struct Acknowledger<'a> {
     deployment: &'a SubtaskDeployment,
     environment: &'a TaskEnvironment,
+    files: std::sync::Mutex<StateFiles>,
+}
+
+/// The state files this subtask wrote, so they are deleted once no retained checkpoint needs them:
+/// those of aborted checkpoints, and those of completed ones older than the `retained` newest.
+#[derive(Debug, Default)]
+struct StateFiles {
+    written: std::collections::BTreeMap<u64, String>,
+    completed: VecDeque<u64>,
+    retained: usize,
+}
+
+impl StateFiles {
+    /// Checkpoint `checkpoint_id` completed: the files that are no longer needed.
+    fn completed(&mut self, checkpoint_id: u64) -> Vec<String> {
+        if self.completed.back().is_some_and(|last| *last >= checkpoint_id) {
+            return Vec::new();
+        }
+        self.completed.push_back(checkpoint_id);
+        while self.completed.len() > self.retained.max(1) {
+            self.completed.pop_front();
+        }
+        let oldest_kept = self.completed.front().copied().unwrap_or(checkpoint_id);
+        let obsolete: Vec<u64> = self
+            .written
+            .keys()
+            .copied()
+            .filter(|id| *id < oldest_kept || (*id < checkpoint_id && !self.completed.contains(id)))
+            .collect();
+        obsolete.iter().filter_map(|id| self.written.remove(id)).collect()
+    }
 }
 
 impl Acknowledger<'_> {
+    /// Deletes, in the background, the state files no retained checkpoint needs any more.
+    fn checkpoint_completed(&self, checkpoint_id: u64) {
+        let obsolete = match self.files.lock() {
+            Ok(mut files) => files.completed(checkpoint_id),
+            Err(_) => return,
+        };
+        if obsolete.is_empty() {
+            return;
+        }
+        let store = self.environment.store.clone();
+        tokio::spawn(async move {
+            for location in obsolete {
+                if let Err(error) = store.delete(&location).await {
+                    tracing::warn!(error = %error, "could not delete obsolete checkpoint state");
+                }
+            }
+        });
+    }
+
     /// Tells the leader this source reached the end of its input.
     fn report_input_ended(&self) {
         let _ = self
@@ -648,6 +698,9 @@ impl Acknowledger<'_> {
                     checkpoint_id,
                     problem: error.to_string(),
                 })?;
+            if let Ok(mut files) = self.files.lock() {
+                files.written.insert(checkpoint_id, stored.location.clone());
+            }
             pb::TaskStateHandle {
                 operator_id: deployment.operator_id.clone(),
                 subtask_index: deployment.subtask_index,
@@ -694,6 +747,10 @@ async fn run_registered(
     let acknowledger = Acknowledger {
         deployment,
         environment,
+        files: std::sync::Mutex::new(StateFiles {
+            retained: deployment.graph.checkpoint.retained as usize,
+            ..StateFiles::default()
+        }),
     };
     let checkpointing = deployment.graph.checkpoint.interval_ms > 0;
     match (logic, gate) {
@@ -767,6 +824,7 @@ async fn run_source(
                     }
                 }
                 Some(TaskControl::Complete { checkpoint_id, .. }) => {
+                    acknowledger.checkpoint_completed(checkpoint_id);
                     if final_barrier.is_some_and(|last| checkpoint_id >= last) {
                         outputs.end().await?;
                         return Ok(TaskEnd::Finished);
@@ -870,7 +928,12 @@ impl InputTask {
                     _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
                     message = control.recv() => {
                         match message {
-                            Some(message) => self.on_control(message)?,
+                            Some(message) => {
+                                if let TaskControl::Complete { checkpoint_id, .. } = &message {
+                                    acknowledger.checkpoint_completed(*checkpoint_id);
+                                }
+                                self.on_control(message)?
+                            }
                             None => return Ok(TaskEnd::Cancelled),
                         }
                         continue;
@@ -1062,5 +1125,29 @@ impl InputTask {
             TaskControl::Trigger(_) => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_of_aborted_and_no_longer_retained_checkpoints_are_obsolete() {
+        let mut files = StateFiles {
+            retained: 2,
+            ..StateFiles::default()
+        };
+        for id in 1..=5 {
+            files.written.insert(id, format!("chk-{id}"));
+        }
+        // 2 was aborted: once 3 completes nothing needs it.
+        assert!(files.completed(1).is_empty());
+        assert_eq!(files.completed(3), vec!["chk-2"]);
+        // 4 completes: keep 3 and 4, drop 1.
+        assert_eq!(files.completed(4), vec!["chk-1"]);
+        assert!(files.completed(4).is_empty(), "a repeated notice changes nothing");
+        assert_eq!(files.completed(5), vec!["chk-3"]);
+        assert_eq!(files.written.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
     }
 }
