@@ -13,6 +13,34 @@ pub fn stable_hash(key: &str) -> u64 {
     hash
 }
 
+/// FNV-1a as a `Hasher` for keyed state maps: keys are short words or ids, where std's SipHash
+/// costs more than the rest of a keyed update. Not DoS-resistant, which state keyed by the job's own
+/// data does not need.
+#[derive(Debug, Clone, Copy)]
+pub struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// A hash map with [`FnvHasher`].
+pub type KeyedMap<V> = std::collections::HashMap<String, V, std::hash::BuildHasherDefault<FnvHasher>>;
+
 /// The key group of `key`, in `0..max_parallelism`.
 pub fn key_group(key: &str, max_parallelism: u32) -> u32 {
     let groups = u64::from(max_parallelism.max(1));

@@ -1,14 +1,14 @@
 //! What each operator does to records, and its checkpointed state. Records are (key, value) text
 //! pairs; `key_by` sets the key, keyed operators keep state per key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
 use raftstream_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use super::key_groups::key_group;
+use super::key_groups::{key_group, KeyedMap};
 
 /// Why an operator cannot run or its state cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +261,7 @@ struct KeyedSnapshot<V> {
     groups: BTreeMap<u32, Vec<(String, V)>>,
 }
 
-fn snapshot_keyed<V: Serialize + Clone>(entries: &HashMap<String, V>, max_parallelism: u32) -> Vec<u8> {
+fn snapshot_keyed<V: Serialize + Clone>(entries: &KeyedMap<V>, max_parallelism: u32) -> Vec<u8> {
     let mut snapshot = KeyedSnapshot {
         max_parallelism,
         groups: BTreeMap::new(),
@@ -278,7 +278,7 @@ fn snapshot_keyed<V: Serialize + Clone>(entries: &HashMap<String, V>, max_parall
 }
 
 fn restore_keyed<V: serde::de::DeserializeOwned>(
-    entries: &mut HashMap<String, V>,
+    entries: &mut KeyedMap<V>,
     operator: &str,
     bytes: &[u8],
     groups: &std::ops::Range<u32>,
@@ -298,7 +298,7 @@ fn restore_keyed<V: serde::de::DeserializeOwned>(
 /// Keyed running counts, emitted on every update (like Flink's rolling aggregations).
 #[derive(Debug, Default)]
 pub struct KeyedCount {
-    counts: HashMap<String, u64>,
+    counts: KeyedMap<u64>,
 }
 
 impl KeyedCount {
@@ -363,7 +363,7 @@ pub enum Combine {
 pub struct KeyedAggregate {
     combine: Combine,
     field: Option<String>,
-    values: HashMap<String, serde_json::Value>,
+    values: KeyedMap<serde_json::Value>,
 }
 
 fn number_text(number: f64) -> String {
@@ -404,7 +404,7 @@ impl KeyedAggregate {
         Ok(KeyedAggregate {
             combine,
             field: text_param(operator, "field").map(str::to_owned),
-            values: HashMap::new(),
+            values: KeyedMap::default(),
         })
     }
 

@@ -8,13 +8,13 @@
 //! `key -> start<TAB>end<TAB>aggregate`, once the watermark reaches its end. Records for windows
 //! that already fired are late: dropped and counted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
 use raftstream_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-use super::key_groups::key_group;
+use super::key_groups::{key_group, KeyedMap};
 use super::operators::{field_of, OperatorError};
 
 /// How a window combines the records of one key.
@@ -38,7 +38,7 @@ pub struct WindowOperator {
     field: Option<String>,
     timestamp_field: Option<String>,
     out_of_orderness_ms: i64,
-    windows: HashMap<String, KeyWindows>,
+    windows: KeyedMap<KeyWindows>,
     /// Per input channel: largest event time seen, explicit watermark.
     max_event_time: Vec<i64>,
     explicit: Vec<i64>,
@@ -106,7 +106,7 @@ impl WindowOperator {
             field: text("field").map(str::to_owned),
             timestamp_field: text("timestamp_field").map(str::to_owned),
             out_of_orderness_ms: as_i64(number("max_out_of_orderness_ms").unwrap_or(0)),
-            windows: HashMap::new(),
+            windows: KeyedMap::default(),
             max_event_time: vec![i64::MIN; channels],
             explicit: vec![i64::MIN; channels],
             watermark: i64::MIN,
