@@ -64,6 +64,12 @@ async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_fail
         .await?;
     assert_eq!(job.status, "Submitted");
     assert!(
+        job.status_reason
+            .contains("waiting for 8 free slots; 0 free on 2 live executor(s)"),
+        "the wait is explained: {}",
+        job.status_reason
+    );
+    assert!(
         job.subtasks.iter().all(|subtask| subtask.executor_id.is_empty()),
         "nothing fits yet"
     );

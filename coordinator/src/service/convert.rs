@@ -5,10 +5,33 @@ use raftstream_proto::v1 as pb;
 use crate::ids::{CheckpointId, Epoch, JobId};
 use crate::leader::checkpoints::CheckpointAck;
 use crate::leader::{ExecutorCommand, TaskRef};
-use crate::state_machine::{CompletedCheckpoint, JobRecord, State, SubtaskKey, TaskStateHandle};
+use crate::state_machine::{CompletedCheckpoint, JobRecord, JobStatus, State, SubtaskKey, TaskStateHandle};
+
+/// Why a job that is not running yet waits, when it waits for slots: read from the state, not
+/// stored, so it is always current.
+fn waiting_reason(state: &State, job: &JobRecord) -> Option<String> {
+    if !matches!(job.status, JobStatus::Submitted | JobStatus::Restarting) {
+        return None;
+    }
+    let unplaced = job.assignments.values().filter(|a| a.executor_id.is_none()).count() as u64;
+    if unplaced == 0 {
+        return None;
+    }
+    let live: Vec<_> = state.executors.values().filter(|executor| executor.alive).collect();
+    let free: u64 = live
+        .iter()
+        .map(|executor| u64::from(executor.slots.saturating_sub(state.used_slots(&executor.executor_id))))
+        .sum();
+    (free < unplaced).then(|| {
+        format!(
+            "waiting for {unplaced} free slots; {free} free on {} live executor(s)",
+            live.len()
+        )
+    })
+}
 
 /// The protobuf view of a job.
-pub fn job_to_proto(job: &JobRecord) -> pb::Job {
+pub fn job_to_proto(state: &State, job: &JobRecord) -> pb::Job {
     let operators = job
         .graph
         .operators
@@ -32,7 +55,12 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
                 .map(|id| id.0.clone())
                 .unwrap_or_default(),
             epoch: assignment.epoch.0,
-            executor_address: String::new(),
+            executor_address: assignment
+                .executor_id
+                .as_ref()
+                .and_then(|id| state.executors.get(id))
+                .map(|executor| executor.address.clone())
+                .unwrap_or_default(),
         })
         .collect();
     pb::Job {
@@ -48,7 +76,11 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         // the graph from the display, never change stored data.
         graph_json: serde_json::to_string(&job.graph).unwrap_or_default(),
         last_checkpoint_id: job.last_checkpoint_id.map(|id| id.0),
-        status_reason: job.status_reason.clone(),
+        status_reason: match (job.status_reason.is_empty(), waiting_reason(state, job)) {
+            (true, Some(waiting)) => waiting,
+            (false, Some(waiting)) => format!("{}; {waiting}", job.status_reason),
+            (_, None) => job.status_reason.clone(),
+        },
     }
 }
 

@@ -37,7 +37,7 @@ impl JobServiceImpl {
             .jobs
             .get(job_id)
             .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: job_id.clone() }))?;
-        Ok(job_to_proto(job))
+        Ok(job_to_proto(&applied.state, job))
     }
 
     /// Confirms a linearizable read, or says where to forward it.
@@ -144,7 +144,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let applied = self.context.applied.read();
         let jobs = jobs_in_submission_order(&applied.state)
             .into_iter()
-            .map(job_to_proto)
+            .map(|job| job_to_proto(&applied.state, job))
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
