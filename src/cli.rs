@@ -506,13 +506,17 @@ fn print_job(job: &pb::Job) {
         job.last_checkpoint_id
             .map_or("none completed".to_owned(), |id| id.to_string())
     );
+    // An ended job has released its slots.
+    let ended = matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled");
     let rows = job
         .subtasks
         .iter()
         .map(|s| {
             vec![
                 format!("{}[{}]", s.operator_id, s.subtask_index),
-                if s.executor_id.is_empty() {
+                if s.executor_id.is_empty() && ended {
+                    "-".to_owned()
+                } else if s.executor_id.is_empty() {
                     "(waiting for a slot)".to_owned()
                 } else {
                     s.executor_id.clone()
