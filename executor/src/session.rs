@@ -20,6 +20,7 @@ use crate::tasks::TaskManager;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const OUTBOUND_CAPACITY: usize = 64;
+const REPORT_CAPACITY: usize = 4_096;
 
 /// How to run one executor.
 #[derive(Debug, Clone)]
@@ -119,7 +120,9 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         .checkpoint_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("checkpoints"));
-    let (reports, report_receiver) = mpsc::unbounded_channel();
+    // Acks and statuses of every subtask, waiting for the session; failures are also repeated
+    // with each heartbeat, so what a full queue drops is not lost for good.
+    let (reports, report_receiver) = mpsc::channel(REPORT_CAPACITY);
     let environment = TaskEnvironment {
         hub,
         local_address: address.clone(),
@@ -162,7 +165,7 @@ impl Session {
     async fn run(
         self,
         mut tasks: TaskManager,
-        mut reports: mpsc::UnboundedReceiver<pb::executor_message::Body>,
+        mut reports: mpsc::Receiver<pb::executor_message::Body>,
         shutdown: CancellationToken,
     ) {
         let mut registration: Option<pb::RegisterExecutorResponse> = None;
@@ -265,7 +268,7 @@ impl Session {
         target: &str,
         heartbeat_interval: Duration,
         tasks: &mut TaskManager,
-        reports: &mut mpsc::UnboundedReceiver<pb::executor_message::Body>,
+        reports: &mut mpsc::Receiver<pb::executor_message::Body>,
         shutdown: &CancellationToken,
         backoff: &mut Duration,
     ) -> SessionEnd {

@@ -14,6 +14,9 @@ use tracing::Instrument;
 use crate::assignments::{Assignments, Changes, SubtaskId};
 use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
+/// Checkpoint messages queued per subtask.
+const CONTROL_CAPACITY: usize = 256;
+
 const RUNNING: u8 = 0;
 const FINISHED: u8 = 1;
 const FAILED: u8 = 2;
@@ -30,7 +33,7 @@ fn status_name(outcome: u8) -> &'static str {
 
 struct RunningTask {
     epoch: u64,
-    control: mpsc::UnboundedSender<TaskControl>,
+    control: mpsc::Sender<TaskControl>,
     cancel: CancellationToken,
     outcome: Arc<AtomicU8>,
     failure: Arc<std::sync::Mutex<String>>,
@@ -170,7 +173,12 @@ impl TaskManager {
         for (subtask, running) in &self.running {
             if subtask.job_id == job_id {
                 if let Some(control) = message((subtask, running.epoch)) {
-                    let _ = running.control.send(control);
+                    // Control messages are few (one per checkpoint); a subtask that lets this many pile
+                    // up is stuck, and a lost one only delays (completions are cumulative, a lost
+                    // trigger lets the checkpoint time out).
+                    if running.control.try_send(control).is_err() {
+                        tracing::warn!(job_id = %subtask.job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, "subtask is not taking control messages");
+                    }
                 }
             }
         }
@@ -178,7 +186,7 @@ impl TaskManager {
 
     fn start(&mut self, subtask: SubtaskId, deployment: SubtaskDeployment) {
         let epoch = deployment.epoch;
-        let (control, control_receiver) = mpsc::unbounded_channel();
+        let (control, control_receiver) = mpsc::channel(CONTROL_CAPACITY);
         let cancel = self.shutdown.child_token();
         let outcome = Arc::new(AtomicU8::new(RUNNING));
         let failure = Arc::new(std::sync::Mutex::new(String::new()));
@@ -210,7 +218,7 @@ impl TaskManager {
                     Ok(TaskEnd::Finished) => {
                         tracing::info!("subtask finished");
                         task_outcome.store(FINISHED, Ordering::Release);
-                        let _ = reports.send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+                        let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
                             task: Some(task),
                             status: "Finished".to_owned(),
                             reason: String::new(),
@@ -229,7 +237,7 @@ impl TaskManager {
                             *reason = error.to_string();
                         }
                         task_outcome.store(outcome, Ordering::Release);
-                        let _ = reports.send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+                        let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
                             task: Some(task),
                             status: status_name(outcome).to_owned(),
                             reason: error.to_string(),

@@ -34,7 +34,7 @@ struct Coordinator {
 pub async fn run(
     context: CoordinatorContext,
     sessions: ExecutorSessions,
-    mut events: mpsc::UnboundedReceiver<ExecutorEvent>,
+    mut events: mpsc::Receiver<ExecutorEvent>,
     shutdown: CancellationToken,
 ) {
     let mut coordinator = Coordinator {

@@ -83,6 +83,9 @@ pub enum ExecutorEvent {
     },
 }
 
+/// Executor reports (acks, failures, finished subtasks) queued for the leader duties.
+const EVENT_CAPACITY: usize = 16_384;
+
 /// Messages queued per executor session before the oldest slows the sender.
 pub const SESSION_OUTBOX_CAPACITY: usize = 1_024;
 
@@ -102,7 +105,7 @@ struct Inner {
     /// When this node started leading; executors not heard from since count from here.
     leading_since: Option<Instant>,
     /// Checkpoint acks and task failures, to the leader duties.
-    events: Option<mpsc::UnboundedSender<ExecutorEvent>>,
+    events: Option<mpsc::Sender<ExecutorEvent>>,
     /// What each executor last reported as finished.
     finished: HashMap<ExecutorId, Vec<TaskRef>>,
 }
@@ -137,14 +140,14 @@ impl ExecutorSessions {
 
     /// Starts a term of leadership: every executor gets a full lease from now (DESIGN: a new leader
     /// grants every executor a full lease timeout before declaring any dead).
-    pub fn begin_leadership(&self) -> (CancellationToken, mpsc::UnboundedReceiver<ExecutorEvent>) {
+    pub fn begin_leadership(&self) -> (CancellationToken, mpsc::Receiver<ExecutorEvent>) {
         let mut inner = self.lock();
         inner.leases.clear();
         inner.sessions.clear();
         inner.finished.clear();
         inner.leadership = CancellationToken::new();
         inner.leading_since = Some(Instant::now());
-        let (events, receiver) = mpsc::unbounded_channel();
+        let (events, receiver) = mpsc::channel(EVENT_CAPACITY);
         inner.events = Some(events);
         (inner.leadership.clone(), receiver)
     }
@@ -152,7 +155,11 @@ impl ExecutorSessions {
     /// Hands an executor's report to the leader duties (dropped when not leading).
     pub fn report(&self, event: ExecutorEvent) {
         if let Some(events) = &self.lock().events {
-            let _ = events.send(event);
+            // Full means the checkpoint coordinator is far behind; a dropped ack lets its
+            // checkpoint time out, a dropped failure is repeated with the next heartbeat.
+            if events.try_send(event).is_err() {
+                tracing::warn!("leader duties are behind: an executor report was dropped");
+            }
         }
     }
 

@@ -91,7 +91,7 @@ pub struct TaskEnvironment {
     pub local_address: String,
     pub store: Arc<LocalDirectoryStore>,
     /// Checkpoint acknowledgements and task statuses, to the leader through the session.
-    pub reports: mpsc::UnboundedSender<pb::executor_message::Body>,
+    pub reports: mpsc::Sender<pb::executor_message::Body>,
 }
 
 /// Why a subtask stopped before its end.
@@ -311,7 +311,7 @@ fn param_u64(operator: &OperatorSpec, name: &str) -> Option<u64> {
 pub async fn run_subtask(
     deployment: SubtaskDeployment,
     environment: TaskEnvironment,
-    mut control: mpsc::UnboundedReceiver<TaskControl>,
+    mut control: mpsc::Receiver<TaskControl>,
     cancel: CancellationToken,
 ) -> Result<TaskEnd, TaskError> {
     let graph = deployment.graph.clone();
@@ -655,10 +655,12 @@ impl Acknowledger<'_> {
 
     /// Tells the leader this source reached the end of its input.
     fn report_input_ended(&self) {
+        // A full queue means the session is down or far behind: a lost report only delays
+        // (the checkpoint times out, the end of input is seen at the next interval).
         let _ = self
             .environment
             .reports
-            .send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+            .try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
                 task: Some(self.deployment.task_ref()),
                 status: "InputEnded".to_owned(),
                 reason: String::new(),
@@ -719,10 +721,12 @@ impl Acknowledger<'_> {
             .into_iter()
             .collect();
         // A lost ack only lets the checkpoint time out; the job goes on.
+        // A full queue means the session is down or far behind: a lost report only delays
+        // (the checkpoint times out, the end of input is seen at the next interval).
         let _ = self
             .environment
             .reports
-            .send(pb::executor_message::Body::CheckpointAck(pb::CheckpointAck {
+            .try_send(pb::executor_message::Body::CheckpointAck(pb::CheckpointAck {
                 task: Some(deployment.task_ref()),
                 checkpoint_id,
                 state: Some(handle),
@@ -738,7 +742,7 @@ async fn run_registered(
     environment: &TaskEnvironment,
     gate: Option<&mut mpsc::Receiver<InputMessage>>,
     input_count: usize,
-    control: &mut mpsc::UnboundedReceiver<TaskControl>,
+    control: &mut mpsc::Receiver<TaskControl>,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, TaskError> {
     let mut logic = logic_of(deployment, operator, input_count)?;
@@ -778,7 +782,7 @@ async fn run_source(
     mut source: SourceReader,
     outputs: &mut Outputs,
     acknowledger: &Acknowledger<'_>,
-    control: &mut mpsc::UnboundedReceiver<TaskControl>,
+    control: &mut mpsc::Receiver<TaskControl>,
     cancel: &CancellationToken,
     checkpointing: bool,
 ) -> Result<TaskEnd, TaskError> {
@@ -888,7 +892,7 @@ impl InputTask {
         gate: &mut mpsc::Receiver<InputMessage>,
         outputs: &mut Outputs,
         acknowledger: &Acknowledger<'_>,
-        control: &mut mpsc::UnboundedReceiver<TaskControl>,
+        control: &mut mpsc::Receiver<TaskControl>,
         cancel: &CancellationToken,
     ) -> Result<TaskEnd, TaskError> {
         let checkpointing = acknowledger.deployment.graph.checkpoint.interval_ms > 0;
