@@ -84,6 +84,15 @@ impl TestCluster {
     }
 }
 
+/// Executor leases short enough that deaths are detected within a test's patience.
+pub fn fast_executors() -> ExecutorSettings {
+    ExecutorSettings {
+        heartbeat_interval_ms: 100,
+        lease_timeout_ms: 1_000,
+        scheduling_interval_ms: 50,
+    }
+}
+
 /// A small valid job spec with a distinct name.
 pub fn job_spec(name: &str) -> String {
     format!(

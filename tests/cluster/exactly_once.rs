@@ -6,20 +6,11 @@ use std::time::Duration;
 
 use raftstream::wordcount::{check_output, WordCountJob};
 use raftstream_coordinator::client::ClusterClient;
-use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, test_settings, TestCluster};
+use crate::common::{eventually, fast_executors, test_settings, TestCluster};
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn fast_executors() -> ExecutorSettings {
-    ExecutorSettings {
-        heartbeat_interval_ms: 100,
-        lease_timeout_ms: 1_000,
-        scheduling_interval_ms: 50,
-    }
-}
 
 fn word_count(cluster: &TestCluster) -> WordCountJob {
     WordCountJob {
@@ -164,15 +155,16 @@ async fn leader_killed_mid_stream_restarts_nothing_and_output_is_exact() -> anyh
     // Only the retained checkpoints (3 by default) keep state files: 2 keyed subtasks each.
     let checkpoint_dir = cluster.cluster.checkpoint_dir();
     eventually("obsolete checkpoint state to be deleted", PATIENCE, || async {
-        let files = count_state_files(&checkpoint_dir);
+        let files = state_files(&checkpoint_dir).len();
         (files > 0 && files <= 6).then_some(())
     })
     .await?;
     Ok(())
 }
 
-fn count_state_files(directory: &std::path::Path) -> usize {
-    let mut count = 0;
+/// Every checkpoint state file under `directory`.
+fn state_files(directory: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
     let mut pending = vec![directory.to_path_buf()];
     while let Some(next) = pending.pop() {
         for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
@@ -180,11 +172,11 @@ fn count_state_files(directory: &std::path::Path) -> usize {
             if path.is_dir() {
                 pending.push(path);
             } else if path.extension().is_some_and(|ext| ext == "state") {
-                count += 1;
+                files.push(path);
             }
         }
     }
-    count
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,21 +294,13 @@ fn aborted_checkpoints(cluster: &TestCluster) -> anyhow::Result<Vec<u64>> {
 /// Flips a byte in every state file under `directory`; returns how many it damaged.
 fn corrupt_state_files(directory: &std::path::Path) -> anyhow::Result<usize> {
     let mut damaged = 0;
-    let mut pending = vec![directory.to_path_buf()];
-    while let Some(next) = pending.pop() {
-        for entry in std::fs::read_dir(&next)?.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "state") {
-                let mut bytes = std::fs::read(&path)?;
-                let middle = bytes.len() / 2;
-                if let Some(byte) = bytes.get_mut(middle) {
-                    *byte ^= 0x5a;
-                    std::fs::write(&path, &bytes)?;
-                    damaged += 1;
-                }
-            }
+    for path in state_files(directory) {
+        let mut bytes = std::fs::read(&path)?;
+        let middle = bytes.len() / 2;
+        if let Some(byte) = bytes.get_mut(middle) {
+            *byte ^= 0x5a;
+            std::fs::write(&path, &bytes)?;
+            damaged += 1;
         }
     }
     Ok(damaged)

@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::{eventually, job_spec, placement, test_settings, TestCluster};
+use crate::common::{eventually, fast_executors, job_spec, placement, test_settings, TestCluster};
 use raftstream_coordinator::client::ClusterClient;
-use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_proto::v1 as pb;
 
 use raftstream::demo::Placement;
@@ -38,11 +37,7 @@ async fn executors_and_age(client: &ClusterClient) -> Option<(BTreeMap<String, p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_failover() -> anyhow::Result<()> {
-    let executor_settings = ExecutorSettings {
-        heartbeat_interval_ms: 100,
-        lease_timeout_ms: 1_000,
-        scheduling_interval_ms: 50,
-    };
+    let executor_settings = fast_executors();
     let mut cluster = TestCluster::start_with(test_settings(), executor_settings).await?;
     let client = cluster.client()?;
     let patience = Duration::from_secs(30);

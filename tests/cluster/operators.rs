@@ -4,18 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, test_settings, TestCluster};
+use crate::common::{eventually, fast_executors, test_settings, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_files_are_filtered_keyed_and_summed_exactly() -> anyhow::Result<()> {
-    let executors = ExecutorSettings {
-        heartbeat_interval_ms: 100,
-        lease_timeout_ms: 1_000,
-        scheduling_interval_ms: 50,
-    };
+    let executors = fast_executors();
     let mut cluster = TestCluster::start_with(test_settings(), executors).await?;
     cluster.cluster.start_executor("exec-a", 8)?;
     cluster.cluster.start_executor("exec-b", 8)?;
@@ -89,11 +84,7 @@ async fn csv_files_are_filtered_keyed_and_summed_exactly() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Result<()> {
     use raftstream_executor::runtime::generator::GeneratorSettings;
-    let executors = ExecutorSettings {
-        heartbeat_interval_ms: 100,
-        lease_timeout_ms: 1_000,
-        scheduling_interval_ms: 50,
-    };
+    let executors = fast_executors();
     let mut cluster = TestCluster::start_with(test_settings(), executors).await?;
     cluster.cluster.start_executor("exec-a", 10)?;
     cluster.cluster.start_executor("exec-b", 10)?;

@@ -4,16 +4,11 @@
 
 use std::time::Duration;
 
-use crate::common::{eventually, job_spec, placement, test_settings, TestCluster};
-use raftstream_coordinator::leader::ExecutorSettings;
+use crate::common::{eventually, fast_executors, job_spec, placement, test_settings, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {
-    let executor_settings = ExecutorSettings {
-        heartbeat_interval_ms: 100,
-        lease_timeout_ms: 1_000,
-        scheduling_interval_ms: 50,
-    };
+    let executor_settings = fast_executors();
     let mut cluster = TestCluster::start_with(test_settings(), executor_settings).await?;
     let client = cluster.client()?;
     let patience = Duration::from_secs(30);

@@ -244,25 +244,19 @@ impl Coordinator {
         for (job_id, reason) in to_abort {
             self.abort(&job_id, &reason);
         }
-        self.last_trigger.retain(|job_id, _| {
-            self.context
-                .applied
-                .read()
-                .state
-                .jobs
-                .get(job_id)
-                .is_some_and(|job| !job.status.is_terminal())
-        });
-        let context = &self.context;
-        self.final_due.retain(|job_id| {
-            context
-                .applied
-                .read()
-                .state
-                .jobs
-                .get(job_id)
-                .is_some_and(|job| !job.status.is_terminal())
-        });
+        // Forget jobs that ended (one read of the state for both maps).
+        {
+            let applied = self.context.applied.read();
+            let active = |job_id: &JobId| {
+                applied
+                    .state
+                    .jobs
+                    .get(job_id)
+                    .is_some_and(|job| !job.status.is_terminal())
+            };
+            self.last_trigger.retain(|job_id, _| active(job_id));
+            self.final_due.retain(|job_id| active(job_id));
+        }
         for job_id in due {
             self.trigger(job_id).await;
         }

@@ -366,7 +366,8 @@ pub struct KeyedAggregate {
     values: KeyedMap<serde_json::Value>,
 }
 
-fn number_text(number: f64) -> String {
+/// A number as text: integral values without a fraction.
+pub fn number_text(number: f64) -> String {
     if number.fract() == 0.0 && number.abs() < 9.0e15 {
         format!("{}", number as i64)
     } else {

@@ -453,7 +453,7 @@ async fn restore(
     match logic {
         // Sources were positioned from the checkpoint's offsets when they were opened.
         Logic::Source(_) => {}
-        Logic::Count(counts) => {
+        Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_) => {
             let Some(checkpoint) = checkpoint else { return Ok(()) };
             let groups = key_group_range(
                 deployment.subtask_index,
@@ -467,40 +467,15 @@ async fn restore(
                 .filter(|handle| handle.operator_id == operator.id)
             {
                 let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
-                counts.restore(&operator.id, &bytes, &groups)?;
-            }
-        }
-        Logic::Aggregate(aggregate) => {
-            let Some(checkpoint) = checkpoint else { return Ok(()) };
-            let groups = key_group_range(
-                deployment.subtask_index,
-                deployment.graph.max_parallelism,
-                operator.parallelism,
-            );
-            for handle in checkpoint
-                .task_states
-                .iter()
-                .filter(|handle| handle.operator_id == operator.id)
-            {
-                let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
-                aggregate.restore(&operator.id, &bytes, &groups)?;
-            }
-        }
-        Logic::Window(window) => {
-            let Some(checkpoint) = checkpoint else { return Ok(()) };
-            let groups = key_group_range(
-                deployment.subtask_index,
-                deployment.graph.max_parallelism,
-                operator.parallelism,
-            );
-            for handle in checkpoint
-                .task_states
-                .iter()
-                .filter(|handle| handle.operator_id == operator.id)
-            {
-                let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
-                let own = handle.subtask_index == deployment.subtask_index;
-                window.restore(&operator.id, &bytes, &groups, own)?;
+                match logic {
+                    Logic::Count(counts) => counts.restore(&operator.id, &bytes, &groups)?,
+                    Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, &bytes, &groups)?,
+                    Logic::Window(window) => {
+                        let own = handle.subtask_index == deployment.subtask_index;
+                        window.restore(&operator.id, &bytes, &groups, own)?;
+                    }
+                    _ => {}
+                }
             }
         }
         Logic::FileSink(sink) => {

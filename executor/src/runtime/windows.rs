@@ -15,7 +15,7 @@ use raftstream_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::key_groups::{key_group, KeyedMap};
-use super::operators::{field_of, OperatorError};
+use super::operators::{field_of, number_text, OperatorError};
 
 /// How a window combines the records of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +53,6 @@ struct WindowSnapshot {
     max_event_time: Vec<i64>,
     explicit: Vec<i64>,
     watermark: i64,
-}
-
-fn number_text(number: f64) -> String {
-    if number.fract() == 0.0 && number.abs() < 9.0e15 {
-        format!("{}", number as i64)
-    } else {
-        number.to_string()
-    }
 }
 
 impl WindowOperator {
