@@ -82,9 +82,11 @@ pub struct ExecutorArgs {
     /// Where the executor keeps its id.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Checkpoint storage shared by all executors of a job (default: <data-dir>/checkpoints).
-    #[arg(long)]
-    pub checkpoint_dir: Option<PathBuf>,
+    /// Checkpoint storage shared by all executors of a job: a directory, file:///dir or
+    /// s3://bucket/prefix (S3 settings from the AWS_* environment variables; default:
+    /// <data-dir>/checkpoints).
+    #[arg(long, alias = "checkpoint-dir", value_name = "URL")]
+    pub checkpoint_store: Option<String>,
     /// Executor id; generated once and kept in the data dir when absent.
     #[arg(long)]
     pub id: Option<String>,
@@ -213,7 +215,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
                 listen_address: args.listen,
                 slots: args.slots,
                 data_dir: args.data_dir,
-                checkpoint_dir: args.checkpoint_dir,
+                checkpoint_store: args.checkpoint_store,
             };
             raftstream_executor::run_executor(config, shutdown).await?;
             Ok(())

@@ -72,6 +72,9 @@ pub struct LocalCluster {
     executor_settings: ExecutorSettings,
     nodes: BTreeMap<u64, CoordinatorProcess>,
     executors: BTreeMap<String, ExecutorProcess>,
+    /// `--checkpoint-store` of executors started from now on, and environment they need for it
+    /// (S3 endpoint and credentials); `None`: the cluster's shared checkpoint directory.
+    executor_checkpoint_store: Option<(String, Vec<(String, String)>)>,
 }
 
 /// One executor child process.
@@ -145,6 +148,7 @@ impl LocalCluster {
             executor_settings,
             nodes: BTreeMap::new(),
             executors: BTreeMap::new(),
+            executor_checkpoint_store: None,
         };
         for (node_id, address) in &members {
             cluster.add_process(*node_id, address.clone(), members.clone(), true)?;
@@ -356,14 +360,24 @@ impl LocalCluster {
         self.spawn_executor(executor_id)
     }
 
-    /// The checkpoint storage all executors of this cluster share.
+    /// The checkpoint directory all executors of this cluster share, unless
+    /// [`LocalCluster::use_checkpoint_store`] chose another store.
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.directory.join("checkpoints")
     }
 
+    /// Executors started (or restarted) from now on write checkpoints to `url`, with `environment`
+    /// added to theirs (for S3: `AWS_ENDPOINT`, credentials, `AWS_ALLOW_HTTP`).
+    pub fn use_checkpoint_store(&mut self, url: &str, environment: Vec<(String, String)>) {
+        self.executor_checkpoint_store = Some((url.to_owned(), environment));
+    }
+
     fn spawn_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
         let coordinators = self.addresses().join(",");
-        let checkpoint_dir = self.checkpoint_dir();
+        let (checkpoint_store, store_environment) = match &self.executor_checkpoint_store {
+            Some((url, environment)) => (url.clone(), environment.clone()),
+            None => (self.checkpoint_dir().display().to_string(), Vec::new()),
+        };
         let binary = self.binary.clone();
         let process = self
             .executors
@@ -388,8 +402,9 @@ impl LocalCluster {
             ])
             .arg("--data-dir")
             .arg(&process.directory)
-            .arg("--checkpoint-dir")
-            .arg(&checkpoint_dir)
+            .arg("--checkpoint-store")
+            .arg(&checkpoint_store)
+            .envs(store_environment)
             .env(
                 "RUST_LOG",
                 std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()),

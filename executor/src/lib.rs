@@ -3,7 +3,7 @@
 //! subtasks keep their placement.
 //!
 //! - [`assignments`]: the subtasks this executor was told to run, with their epochs.
-//! - [`checkpoint`]: the checkpoint store (state handles with checksums; local directory).
+//! - [`checkpoint`]: the checkpoint store (state handles with checksums; a local directory or object storage such as S3).
 //! - [`session`]: registration and the session loop.
 //! - [`runtime`]: the streaming runtime that runs deployed subtasks.
 //! - [`tasks`]: the subtasks running here, started, fenced and stopped by the leader's messages.

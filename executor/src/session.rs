@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::Instrument;
 
-use crate::checkpoint::LocalDirectoryStore;
+use crate::checkpoint::{CheckpointStorage, StorageConfigError};
 use crate::runtime::exchange::{ExchangeHub, ExchangeServiceImpl};
 use crate::runtime::task::TaskEnvironment;
 use crate::tasks::TaskManager;
@@ -31,9 +31,10 @@ pub struct ExecutorConfig {
     pub listen_address: String,
     pub slots: u32,
     pub data_dir: PathBuf,
-    /// Where checkpointed state goes; must be shared by every executor of a job (default:
-    /// `<data_dir>/checkpoints`, enough when all executors share one machine's data dir parent).
-    pub checkpoint_dir: Option<PathBuf>,
+    /// Where checkpointed state goes, as a URL (`file:///dir`, a directory path, `s3://bucket/prefix`);
+    /// every executor of a job must reach the same store, since a subtask may be restored on
+    /// another executor. Default: `<data_dir>/checkpoints`, enough for a single executor.
+    pub checkpoint_store: Option<String>,
 }
 
 /// Why an executor could not start.
@@ -43,6 +44,13 @@ pub enum ExecutorError {
     InvalidConfig(String),
     #[error("executor data dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    CheckpointStoreConfig(#[from] StorageConfigError),
+    #[error("checkpoint store {store} is not usable")]
+    CheckpointStoreUnusable {
+        store: String,
+        source: crate::checkpoint::CheckpointStoreError,
+    },
     #[error("binding {address}: {source}")]
     Bind { address: String, source: std::io::Error },
     #[error(transparent)]
@@ -79,6 +87,17 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         source,
     })?;
     let executor_id = executor_id(&config)?;
+    let storage = match &config.checkpoint_store {
+        Some(url) => CheckpointStorage::from_url(url)?,
+        None => CheckpointStorage::local_directory(config.data_dir.join("checkpoints")),
+    };
+    storage
+        .probe(&executor_id)
+        .await
+        .map_err(|source| ExecutorError::CheckpointStoreUnusable {
+            store: storage.describe(),
+            source,
+        })?;
     let listener = tokio::net::TcpListener::bind(&config.listen_address)
         .await
         .map_err(|source| ExecutorError::Bind {
@@ -93,7 +112,9 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         })?
         .to_string();
     let span = tracing::info_span!("executor", executor_id = %executor_id);
-    span.in_scope(|| tracing::info!(%address, slots = config.slots, "executor starting"));
+    span.in_scope(
+        || tracing::info!(%address, slots = config.slots, checkpoint_store = %storage.describe(), "executor starting"),
+    );
 
     // The executor's own port: health checks and data exchange between subtasks.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -116,17 +137,13 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
             }),
     );
 
-    let checkpoint_dir = config
-        .checkpoint_dir
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("checkpoints"));
     // Acks and statuses of every subtask, waiting for the session; failures are also repeated
     // with each heartbeat, so what a full queue drops is not lost for good.
     let (reports, report_receiver) = mpsc::channel(REPORT_CAPACITY);
     let environment = TaskEnvironment {
         hub,
         local_address: address.clone(),
-        store: std::sync::Arc::new(LocalDirectoryStore::new(checkpoint_dir)),
+        store: std::sync::Arc::new(storage),
         reports,
     };
     let tasks = TaskManager::new(environment, shutdown.clone());

@@ -9,6 +9,7 @@ use raftstream_coordinator::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{eventually, fast_executors, test_settings, TestCluster};
+use crate::s3_peer::S3Peer;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -344,5 +345,70 @@ async fn a_corrupted_checkpoint_fails_the_job_with_a_clear_reason_and_no_wrong_o
         .filter(|problem| !problem.starts_with("lost updates"))
         .collect();
     assert!(wrong.is_empty(), "{wrong:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_in_s3_restore_a_killed_executors_subtasks_exactly() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let s3 = S3Peer::start(cluster.path(), "raftstream").await?;
+    cluster
+        .cluster
+        .use_checkpoint_store("s3://raftstream/checkpoints", s3.environment());
+    for id in ["exec-a", "exec-b"] {
+        cluster.cluster.start_executor(id, 10)?;
+    }
+    let client = cluster.client()?;
+    eventually("the executors to connect", PATIENCE, || async {
+        let listed = client.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|e| e.connected).count() == 2).then_some(())
+    })
+    .await?;
+    // Enough words that keyed state is too big to inline in the Raft metadata.
+    let spec = WordCountJob {
+        vocabulary_size: 500,
+        ..word_count(&cluster)
+    };
+    let submitted = client.submit_job(&spec.spec("wc-s3"), "wc-s3").await?;
+    let running = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
+    let state_prefix = format!("checkpoints/{}/", submitted.job_id);
+    let stored = eventually("keyed state objects in the bucket", PATIENCE, || async {
+        let keys = s3.keys("raftstream", &state_prefix).ok()?;
+        keys.iter().any(|key| key.ends_with(".state")).then_some(keys)
+    })
+    .await?;
+    tracing::info!(?stored, "state in S3");
+    let victim = executor_of(&running, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
+    cluster.cluster.kill_executor(&victim)?;
+    let done = finished(&client, &submitted.job_id).await?;
+    assert!(done.restart_count >= 1, "the job must have restarted: {done:?}");
+    assert_exact(&spec)?;
+    assert!(
+        state_files(&cluster.cluster.checkpoint_dir()).is_empty(),
+        "no state may go to the local directory when the store is S3"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_checkpoint_store_stops_the_executor_with_the_reason() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let s3 = S3Peer::start(directory.path(), "raftstream").await?;
+    let attempts = [
+        ("s3://no-such-bucket/checkpoints", "NoSuchBucket"),
+        ("gs://bucket/checkpoints", "unsupported scheme \"gs\""),
+        ("s3:///checkpoints", "names no bucket"),
+    ];
+    for (url, expected) in attempts {
+        let output = std::process::Command::new(crate::common::binary())
+            .args(["executor", "--coordinators", "127.0.0.1:1", "--checkpoint-store", url])
+            .arg("--data-dir")
+            .arg(directory.path().join("executor"))
+            .envs(s3.environment())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url}: the executor must not start");
+        assert!(stderr.contains(expected), "{url}: expected {expected:?} in: {stderr}");
+    }
     Ok(())
 }

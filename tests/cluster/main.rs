@@ -11,5 +11,6 @@ mod failover;
 mod membership;
 mod operators;
 mod replication;
+mod s3_peer;
 mod snapshot_catchup;
 mod zombie_executor;

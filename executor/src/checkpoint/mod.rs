@@ -3,10 +3,14 @@
 //! a corrupted or missing file is detected and named instead of silently restoring wrong state.
 
 mod local_directory;
+mod object_storage;
+mod storage_url;
 
 use std::future::Future;
 
 pub use local_directory::LocalDirectoryStore;
+pub use object_storage::ObjectStorageStore;
+pub use storage_url::{CheckpointStorage, StorageConfigError};
 
 /// Where one subtask's state of one checkpoint was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,9 @@ pub enum CheckpointStoreError {
     InvalidLocation { location: String, problem: String },
     #[error("checkpoint store I/O on {location}: {source}")]
     Io { location: String, source: std::io::Error },
+    /// The object store's message only: its errors already repeat their causes in their text.
+    #[error("object storage on {location}: {problem}")]
+    ObjectStore { location: String, problem: String },
 }
 
 /// FNV-1a 64: cheap, stable, good enough to catch torn or flipped bytes.

@@ -23,7 +23,7 @@ use super::generator::GeneratorSettings;
 use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
 use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, Stateless};
 use super::windows::WindowOperator;
-use crate::checkpoint::{checksum, CheckpointStore, LocalDirectoryStore, StateHandle};
+use crate::checkpoint::{checksum, CheckpointStorage, CheckpointStore, StateHandle};
 
 /// Records per batch on a channel.
 pub const BATCH_RECORDS: usize = 1_024;
@@ -89,7 +89,7 @@ pub enum TaskControl {
 pub struct TaskEnvironment {
     pub hub: ExchangeHub,
     pub local_address: String,
-    pub store: Arc<LocalDirectoryStore>,
+    pub store: Arc<CheckpointStorage>,
     /// Checkpoint acknowledgements and task statuses, to the leader through the session.
     pub reports: mpsc::Sender<pb::executor_message::Body>,
 }
@@ -417,7 +417,7 @@ async fn open_outputs(
 
 /// The bytes of one task's state in a checkpoint, verified.
 async fn load_state(
-    store: &LocalDirectoryStore,
+    store: &CheckpointStorage,
     checkpoint_id: u64,
     handle: &pb::TaskStateHandle,
 ) -> Result<Vec<u8>, TaskError> {
