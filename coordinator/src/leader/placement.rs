@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{ExecutorId, JobId};
-use crate::state_machine::{JobStatus, State, SubtaskKey};
+use crate::state_machine::{JobRecord, JobStatus, State, SubtaskKey};
 
 /// One subtask to place on one executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,10 @@ pub fn accepts_placements(status: JobStatus) -> bool {
 /// Places every waiting subtask that fits, oldest job first, each on the live executor with the
 /// most free slots (ties broken by id), so load spreads evenly. `live` lists the executors whose
 /// lease holds; others are never chosen. Subtasks that do not fit stay waiting.
+///
+/// The subtasks of one chain with the same index go to one executor when one has room for all of
+/// them (so the executor runs them as one task): back where they ran before, or next to a member
+/// already placed, else where most slots are free. Otherwise they are placed one by one.
 pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
     let mut free: BTreeMap<&ExecutorId, i64> = live
         .iter()
@@ -44,49 +48,102 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
     jobs.sort_by_key(|job| (job.submitted_at_ms, job.job_id.0.len(), job.job_id.0.clone()));
     let mut placements = Vec::new();
     for job in jobs {
-        let waiting: Vec<_> = job
-            .assignments
-            .iter()
-            .filter(|(_, assignment)| assignment.executor_id.is_none())
-            .collect();
-        // First back where they ran before (a restart moves only what it must), then anywhere.
-        let mut unplaced = Vec::new();
-        for (subtask, assignment) in waiting {
-            let sticky = assignment.previous_executor.as_ref().and_then(|previous| {
-                free.get_mut(previous)
-                    .filter(|slots| **slots > 0)
-                    .map(|slots| (previous, slots))
-            });
-            match sticky {
-                Some((previous, slots)) => {
-                    *slots -= 1;
-                    placements.push(Placement {
+        let groups = chain_groups(job);
+        // First the groups that fit where they belong (a restart moves only what it must).
+        let mut elsewhere = Vec::new();
+        for group in groups {
+            let home = group.anchor.or(group.previous);
+            match home.and_then(|home| free.get_mut(home).map(|slots| (home, slots))) {
+                Some((home, slots)) if *slots >= group.waiting.len() as i64 => {
+                    *slots -= group.waiting.len() as i64;
+                    placements.extend(group.waiting.iter().map(|subtask| Placement {
                         job_id: job.job_id.clone(),
-                        subtask: subtask.clone(),
-                        executor_id: previous.clone(),
-                    });
+                        subtask: (*subtask).clone(),
+                        executor_id: home.clone(),
+                    }));
                 }
-                None => unplaced.push(subtask),
+                _ => elsewhere.push(group),
             }
         }
-        for subtask in unplaced {
+        for group in elsewhere {
+            let wanted = group.waiting.len() as i64;
             // Most free slots first; BTreeMap order makes the tie-break by id deterministic.
-            let Some((executor_id, slots)) = free
+            let together = free
                 .iter_mut()
-                .filter(|(_, slots)| **slots > 0)
-                .max_by_key(|(id, slots)| (**slots, std::cmp::Reverse(**id)))
-            else {
-                return placements;
-            };
-            *slots -= 1;
-            placements.push(Placement {
-                job_id: job.job_id.clone(),
-                subtask: subtask.clone(),
-                executor_id: (*executor_id).clone(),
-            });
+                .filter(|(_, slots)| **slots >= wanted)
+                .max_by_key(|(id, slots)| (**slots, std::cmp::Reverse(**id)));
+            if let Some((executor_id, slots)) = together {
+                *slots -= wanted;
+                placements.extend(group.waiting.iter().map(|subtask| Placement {
+                    job_id: job.job_id.clone(),
+                    subtask: (*subtask).clone(),
+                    executor_id: (*executor_id).clone(),
+                }));
+                continue;
+            }
+            for subtask in group.waiting {
+                let Some((executor_id, slots)) = free
+                    .iter_mut()
+                    .filter(|(_, slots)| **slots > 0)
+                    .max_by_key(|(id, slots)| (**slots, std::cmp::Reverse(**id)))
+                else {
+                    return placements;
+                };
+                *slots -= 1;
+                placements.push(Placement {
+                    job_id: job.job_id.clone(),
+                    subtask: subtask.clone(),
+                    executor_id: (*executor_id).clone(),
+                });
+            }
         }
     }
     placements
+}
+
+/// The waiting subtasks of one chain at one subtask index.
+struct ChainGroup<'a> {
+    waiting: Vec<&'a SubtaskKey>,
+    /// Where a member of the group already runs.
+    anchor: Option<&'a ExecutorId>,
+    /// Where the first waiting member ran before it was released.
+    previous: Option<&'a ExecutorId>,
+}
+
+fn chain_groups(job: &JobRecord) -> Vec<ChainGroup<'_>> {
+    let mut groups = Vec::new();
+    for chain in job.graph.chains() {
+        let Some(head) = chain.first() else { continue };
+        for index in 0..head.parallelism {
+            let mut group = ChainGroup {
+                waiting: Vec::new(),
+                anchor: None,
+                previous: None,
+            };
+            for operator in &chain {
+                let key = SubtaskKey {
+                    operator_id: operator.id.clone(),
+                    subtask_index: index,
+                };
+                let Some((key, assignment)) = job.assignments.get_key_value(&key) else {
+                    continue;
+                };
+                match &assignment.executor_id {
+                    Some(executor) => group.anchor = group.anchor.or(Some(executor)),
+                    None => {
+                        if group.waiting.is_empty() {
+                            group.previous = assignment.previous_executor.as_ref();
+                        }
+                        group.waiting.push(key);
+                    }
+                }
+            }
+            if !group.waiting.is_empty() {
+                groups.push(group);
+            }
+        }
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -176,5 +233,37 @@ mod tests {
         let rest = plan_placements(&state, &ids(&["a"]));
         assert_eq!(rest.len(), 2, "job-1's two remaining subtasks; job-2 is cancelled");
         assert!(rest.iter().all(|placement| placement.job_id == JobId::from_number(1)));
+    }
+
+    #[test]
+    fn a_chains_subtasks_of_one_index_share_an_executor() {
+        let mut state = state_with(&[("a", 5), ("b", 5)], 0);
+        let spec = r#"{"name": "wc", "parallelism": 2, "operators": [
+            {"id": "lines", "kind": "generator"},
+            {"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {"function": "split_words"}},
+            {"id": "keyed", "kind": "key_by", "inputs": ["words"]},
+            {"id": "counts", "kind": "count", "inputs": ["keyed"]},
+            {"id": "sink", "kind": "print", "inputs": ["counts"]}]}"#;
+        let graph = parse_job_spec(spec).expect("valid spec");
+        let submit = Command::SubmitJob {
+            request_id: None,
+            graph,
+            at_ms: 0,
+        };
+        assert!(apply(&mut state, submit).is_ok());
+        let placements = plan_placements(&state, &ids(&["a", "b"]));
+        assert_eq!(placements.len(), 10);
+        let executor_of = |operator: &str, index: u32| {
+            placements
+                .iter()
+                .find(|placement| placement.subtask.operator_id == operator && placement.subtask.subtask_index == index)
+                .map(|placement| placement.executor_id.0.clone())
+        };
+        for index in 0..2 {
+            assert_eq!(executor_of("words", index), executor_of("lines", index));
+            assert_eq!(executor_of("keyed", index), executor_of("lines", index));
+            assert_eq!(executor_of("sink", index), executor_of("counts", index));
+        }
+        assert_eq!(count_on(&placements, "a"), 5, "chains still spread over executors");
     }
 }

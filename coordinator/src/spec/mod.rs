@@ -1,6 +1,7 @@
 //! Job specs: parsing YAML or JSON into a validated [`JobGraph`], with errors that name the operator
 //! and the field at fault.
 
+mod chains;
 mod operators;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,13 @@ pub struct JobGraph {
     pub checkpoint: CheckpointConfig,
     pub restart: RestartStrategy,
     pub operators: Vec<OperatorSpec>,
+    /// Forward edges between operators of equal parallelism run in one task (default on).
+    #[serde(default = "chaining_by_default")]
+    pub chaining: bool,
+}
+
+fn chaining_by_default() -> bool {
+    true
 }
 
 /// One operator of a job graph.
@@ -186,6 +194,7 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
         "max_parallelism",
         "checkpoint",
         "restart",
+        "chaining",
         "operators",
     ];
     if let Some(unknown) = top.keys().find(|key| !TOP_FIELDS.contains(&key.as_str())) {
@@ -222,6 +231,16 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
     };
     let checkpoint = parse_checkpoint(top.get("checkpoint"))?;
     let restart = parse_restart(top.get("restart"))?;
+    let chaining = match top.get("chaining") {
+        None => true,
+        Some(Value::Bool(chaining)) => *chaining,
+        Some(other) => {
+            return Err(job_error(
+                "chaining",
+                format!("must be true or false, found {}", describe(other)),
+            ))
+        }
+    };
 
     let operator_values = match top.get("operators") {
         None => return Err(job_error("operators", "missing")),
@@ -256,6 +275,7 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
         checkpoint,
         restart,
         operators,
+        chaining,
     })
 }
 
