@@ -2,7 +2,7 @@
 //! leader moves them (epoch fencing through [`Assignments`]), and told about checkpoints. They keep
 //! running while the session with the leader is down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes, SubtaskId};
+use crate::runtime::chain::chain_members;
 use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
 /// Checkpoint messages queued per subtask.
@@ -31,7 +32,12 @@ fn status_name(outcome: u8) -> &'static str {
     }
 }
 
+/// A subtask's entry; the subtasks of a chain share one task, so their entries share its control
+/// queue, cancellation and outcome.
+#[derive(Clone)]
 struct RunningTask {
+    /// Which task runs it.
+    task_id: u64,
     epoch: u64,
     control: mpsc::Sender<TaskControl>,
     cancel: CancellationToken,
@@ -45,6 +51,7 @@ pub struct TaskManager {
     running: HashMap<SubtaskId, RunningTask>,
     environment: TaskEnvironment,
     shutdown: CancellationToken,
+    next_task_id: u64,
 }
 
 fn subtask_id(task: &pb::TaskRef) -> SubtaskId {
@@ -63,6 +70,7 @@ impl TaskManager {
             running: HashMap::new(),
             environment,
             shutdown,
+            next_task_id: 0,
         }
     }
 
@@ -137,7 +145,7 @@ impl TaskManager {
                 self.stop(&changes);
                 for (subtask, epoch) in &changes.started {
                     if *epoch == deployment.epoch && subtask.operator_id == deployment.operator_id {
-                        self.start(subtask.clone(), deployment.clone());
+                        self.start(deployment.clone());
                     }
                 }
             }
@@ -146,46 +154,62 @@ impl TaskManager {
                 self.stop(&changes);
             }
             Some(Body::TriggerCheckpoint(trigger)) => {
-                self.tell_job(&trigger.job_id, |_| Some(TaskControl::Trigger(trigger.checkpoint_id)));
+                self.tell_job(&trigger.job_id, |_| TaskControl::Trigger(trigger.checkpoint_id));
             }
             Some(Body::CheckpointComplete(complete)) => {
-                self.tell_job(&complete.job_id, |(subtask, epoch)| {
-                    let acknowledged = complete.acknowledged.iter().any(|task| {
-                        task.operator_id == subtask.operator_id
-                            && task.subtask_index == subtask.subtask_index
-                            && task.epoch == epoch
+                // A chain's task publishes only if every subtask it runs was acknowledged.
+                self.tell_job(&complete.job_id, |members| {
+                    let acknowledged = members.iter().all(|(subtask, epoch)| {
+                        complete.acknowledged.iter().any(|task| {
+                            task.operator_id == subtask.operator_id
+                                && task.subtask_index == subtask.subtask_index
+                                && task.epoch == *epoch
+                        })
                     });
-                    Some(TaskControl::Complete {
+                    TaskControl::Complete {
                         checkpoint_id: complete.checkpoint_id,
                         acknowledged,
-                    })
+                    }
                 });
             }
             Some(Body::CheckpointAborted(aborted)) => {
                 tracing::info!(job_id = %aborted.job_id, checkpoint_id = aborted.checkpoint_id, reason = %aborted.reason, "checkpoint aborted");
-                self.tell_job(&aborted.job_id, |_| Some(TaskControl::Aborted(aborted.checkpoint_id)));
+                self.tell_job(&aborted.job_id, |_| TaskControl::Aborted(aborted.checkpoint_id));
             }
             None => {}
         }
     }
 
-    fn tell_job(&self, job_id: &str, message: impl Fn((&SubtaskId, u64)) -> Option<TaskControl>) {
-        for (subtask, running) in &self.running {
-            if subtask.job_id == job_id {
-                if let Some(control) = message((subtask, running.epoch)) {
-                    // Control messages are few (one per checkpoint); a subtask that lets this many pile
-                    // up is stuck, and a lost one only delays (completions are cumulative, a lost
-                    // trigger lets the checkpoint time out).
-                    if running.control.try_send(control).is_err() {
-                        tracing::warn!(job_id = %subtask.job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, "subtask is not taking control messages");
-                    }
-                }
+    /// Sends each task of the job one message, made from the subtasks (with epochs) it runs.
+    fn tell_job(&self, job_id: &str, message: impl Fn(&[(&SubtaskId, u64)]) -> TaskControl) {
+        let mut tasks: BTreeMap<u64, (&RunningTask, Vec<(&SubtaskId, u64)>)> = BTreeMap::new();
+        for (subtask, running) in self.running.iter().filter(|(subtask, _)| subtask.job_id == job_id) {
+            tasks
+                .entry(running.task_id)
+                .or_insert_with(|| (running, Vec::new()))
+                .1
+                .push((subtask, running.epoch));
+        }
+        for (running, members) in tasks.values() {
+            // Control messages are few (one per checkpoint); a task that lets this many pile up is
+            // stuck, and a lost one only delays (completions are cumulative, a lost trigger lets
+            // the checkpoint time out).
+            if running.control.try_send(message(members)).is_err() {
+                tracing::warn!(job_id, task = ?members, "task is not taking control messages");
             }
         }
     }
 
-    fn start(&mut self, subtask: SubtaskId, deployment: SubtaskDeployment) {
-        let epoch = deployment.epoch;
+    /// Starts the task of `deployment` with the subtasks chained behind it here; a subtask that
+    /// the task of its chain runs gets no task of its own.
+    fn start(&mut self, deployment: SubtaskDeployment) {
+        let members = chain_members(&deployment, &self.environment.local_address);
+        if members.is_empty() {
+            tracing::debug!(job_id = %deployment.job_id, operator_id = %deployment.operator_id, subtask_index = deployment.subtask_index, "subtask runs in the task of its chain");
+            return;
+        }
+        self.next_task_id += 1;
+        let task_id = self.next_task_id;
         let (control, control_receiver) = mpsc::channel(CONTROL_CAPACITY);
         let cancel = self.shutdown.child_token();
         let outcome = Arc::new(AtomicU8::new(RUNNING));
@@ -203,10 +227,11 @@ impl TaskManager {
                     .restore_from
                     .as_ref()
                     .map(|checkpoint| checkpoint.checkpoint_id),
+                chain = ?members.iter().map(|member| member.operator_id.as_str()).collect::<Vec<_>>(),
                 "subtask starting"
             )
         });
-        let task = deployment.task_ref();
+        let tasks: Vec<pb::TaskRef> = members.iter().map(SubtaskDeployment::task_ref).collect();
         let reports = self.environment.reports.clone();
         let environment = self.environment.clone();
         let task_cancel = cancel.clone();
@@ -218,11 +243,13 @@ impl TaskManager {
                     Ok(TaskEnd::Finished) => {
                         tracing::info!("subtask finished");
                         task_outcome.store(FINISHED, Ordering::Release);
-                        let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
-                            task: Some(task),
-                            status: "Finished".to_owned(),
-                            reason: String::new(),
-                        }));
+                        for task in tasks {
+                            let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+                                task: Some(task),
+                                status: "Finished".to_owned(),
+                                reason: String::new(),
+                            }));
+                        }
                     }
                     Ok(TaskEnd::Cancelled) => tracing::debug!("subtask cancelled"),
                     Err(error) => {
@@ -237,25 +264,37 @@ impl TaskManager {
                             *reason = error.to_string();
                         }
                         task_outcome.store(outcome, Ordering::Release);
-                        let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
-                            task: Some(task),
-                            status: status_name(outcome).to_owned(),
-                            reason: error.to_string(),
-                        }));
+                        for task in tasks {
+                            let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+                                task: Some(task),
+                                status: status_name(outcome).to_owned(),
+                                reason: error.to_string(),
+                            }));
+                        }
                     }
                 }
             }
             .instrument(span),
         );
-        self.running.insert(
-            subtask,
-            RunningTask {
-                epoch,
-                control,
-                cancel,
-                outcome,
-                failure,
-            },
-        );
+        let running = RunningTask {
+            task_id,
+            epoch: 0,
+            control,
+            cancel,
+            outcome,
+            failure,
+        };
+        for member in &members {
+            let subtask = SubtaskId {
+                job_id: member.job_id.clone(),
+                operator_id: member.operator_id.clone(),
+                subtask_index: member.subtask_index,
+            };
+            let entry = RunningTask {
+                epoch: member.epoch,
+                ..running.clone()
+            };
+            self.running.insert(subtask, entry);
+        }
     }
 }

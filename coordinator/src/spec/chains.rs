@@ -50,10 +50,10 @@ impl JobGraph {
     pub fn chain_from<'a>(&'a self, head: &'a OperatorSpec) -> Vec<&'a OperatorSpec> {
         let mut chain = vec![head];
         let mut last = head;
-        while let Some(next) = self
-            .consumers(&last.id)
-            .find(|consumer| self.chained_behind(&consumer.id).is_some_and(|input| input.id == last.id))
-        {
+        while let Some(next) = self.consumers(&last.id).find(|consumer| {
+            self.chained_behind(&consumer.id)
+                .is_some_and(|input| input.id == last.id)
+        }) {
             chain.push(next);
             last = next;
         }

@@ -1,10 +1,12 @@
-//! The streaming runtime on an executor: one tokio task per deployed subtask ([`task`]), data
-//! exchange with credit-based flow control ([`exchange`]), barrier alignment ([`barriers`]),
+//! The streaming runtime on an executor: one tokio task per deployed chain of subtasks ([`task`],
+//! [`chain`]), data exchange with credit-based flow control ([`exchange`]), barrier alignment
+//! ([`barriers`]),
 //! sources ([`generator`], [`file_source`]), record operators and the exactly-once file sink
 //! ([`operators`]), event-time windows ([`windows`]) and keyed exchange by key groups
 //! ([`key_groups`]).
 
 pub mod barriers;
+pub mod chain;
 pub mod exchange;
 pub mod file_source;
 pub mod generator;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::barriers::{Alignment, BarrierAligner};
+use super::chain::chain_members;
 use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputChannel};
 use super::file_source::FileReader;
 use super::generator::GeneratorSettings;
@@ -319,6 +320,13 @@ pub async fn run_subtask(
         .operator(&deployment.operator_id)
         .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", deployment.operator_id)))?
         .clone();
+    let members = chain_members(&deployment, &environment.local_address);
+    if members.is_empty() {
+        return Err(TaskError::Graph(format!(
+            "{}[{}] runs in the task of its chain",
+            operator.id, deployment.subtask_index
+        )));
+    }
     let key = GateKey {
         job_id: deployment.job_id.clone(),
         operator_id: operator.id.clone(),
@@ -343,8 +351,7 @@ pub async fn run_subtask(
     let input_count = channels.len();
     let mut gate = (input_count > 0).then(|| environment.hub.register(key.clone(), deployment.epoch, channels));
     let result = run_registered(
-        &deployment,
-        &operator,
+        &members,
         &environment,
         gate.as_mut(),
         input_count,
@@ -711,34 +718,72 @@ impl Acknowledger<'_> {
     }
 }
 
+/// Runs the chain `members` (head first, never empty) as one task.
 async fn run_registered(
-    deployment: &SubtaskDeployment,
-    operator: &OperatorSpec,
+    members: &[SubtaskDeployment],
     environment: &TaskEnvironment,
     gate: Option<&mut mpsc::Receiver<InputMessage>>,
     input_count: usize,
     control: &mut mpsc::Receiver<TaskControl>,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, TaskError> {
-    let mut logic = logic_of(deployment, operator, input_count)?;
-    restore(deployment, operator, environment, &mut logic).await?;
-    let mut outputs = open_outputs(deployment, operator, environment, cancel).await?;
-    let acknowledger = Acknowledger {
-        deployment,
-        environment,
-        files: std::sync::Mutex::new(StateFiles {
-            retained: deployment.graph.checkpoint.retained as usize,
-            ..StateFiles::default()
-        }),
+    let mut logics = Vec::with_capacity(members.len());
+    for (position, member) in members.iter().enumerate() {
+        let operator = member
+            .graph
+            .operator(&member.operator_id)
+            .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", member.operator_id)))?;
+        // A chained operator reads one input: the one before it.
+        let inputs = if position == 0 { input_count } else { 1 };
+        let mut logic = logic_of(member, operator, inputs)?;
+        restore(member, operator, environment, &mut logic).await?;
+        logics.push(logic);
+    }
+    let (Some(head), Some(tail)) = (members.first(), members.last()) else {
+        return Err(TaskError::Graph("a task without operators".to_owned()));
     };
-    let checkpointing = deployment.graph.checkpoint.interval_ms > 0;
-    match (logic, gate) {
+    let tail_operator = tail
+        .graph
+        .operator(&tail.operator_id)
+        .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", tail.operator_id)))?;
+    let mut outputs = open_outputs(tail, tail_operator, environment, cancel).await?;
+    let acknowledgers: Vec<Acknowledger<'_>> = members
+        .iter()
+        .map(|member| Acknowledger {
+            deployment: member,
+            environment,
+            files: std::sync::Mutex::new(StateFiles {
+                retained: member.graph.checkpoint.retained as usize,
+                ..StateFiles::default()
+            }),
+        })
+        .collect();
+    let checkpointing = head.graph.checkpoint.interval_ms > 0;
+    let mut logics = logics.into_iter();
+    let head_logic = logics
+        .next()
+        .ok_or_else(|| TaskError::Graph("a task without operators".to_owned()))?;
+    let followers = Followers {
+        logics: logics.collect(),
+        dropped: 0,
+    };
+    match (head_logic, gate) {
         (Logic::Source(source), _) => {
-            run_source(*source, &mut outputs, &acknowledger, control, cancel, checkpointing).await
+            run_source(
+                *source,
+                followers,
+                &mut outputs,
+                &acknowledgers,
+                control,
+                cancel,
+                checkpointing,
+            )
+            .await
         }
         (logic, Some(gate)) => {
             let mut task = InputTask {
                 logic,
+                followers,
                 aligner: BarrierAligner::new(input_count),
                 ended: vec![false; input_count],
                 stash: (0..input_count).map(|_| VecDeque::new()).collect(),
@@ -747,16 +792,20 @@ async fn run_registered(
                 watermarks: vec![i64::MIN; input_count],
                 forwarded_watermark: i64::MIN,
             };
-            task.run(gate, &mut outputs, &acknowledger, control, cancel).await
+            task.run(gate, &mut outputs, &acknowledgers, control, cancel).await
         }
-        (_, None) => Err(TaskError::Graph(format!("operator {:?} has no input", operator.id))),
+        (_, None) => Err(TaskError::Graph(format!(
+            "operator {:?} has no input",
+            head.operator_id
+        ))),
     }
 }
 
 async fn run_source(
     mut source: SourceReader,
+    mut followers: Followers,
     outputs: &mut Outputs,
-    acknowledger: &Acknowledger<'_>,
+    acknowledgers: &[Acknowledger<'_>],
     control: &mut mpsc::Receiver<TaskControl>,
     cancel: &CancellationToken,
     checkpointing: bool,
@@ -770,6 +819,10 @@ async fn run_source(
     let mut reported_end = false;
     let rate = source.rate_per_subtask();
     let batch = rate.map_or(BATCH_RECORDS, |rate| ((rate / 50.0) as usize).clamp(1, BATCH_RECORDS));
+    let (Some(acknowledger), chained) = (acknowledgers.first(), acknowledgers.get(1..).unwrap_or_default()) else {
+        return Err(TaskError::Graph("a source task without its acknowledger".to_owned()));
+    };
+    let mut records = Vec::with_capacity(batch);
     loop {
         let exhausted = source.is_exhausted();
         if exhausted && !checkpointing {
@@ -797,13 +850,19 @@ async fn run_source(
                     let position = source.position();
                     let state = serde_json::to_vec(&SourceSnapshot { position }).unwrap_or_default();
                     acknowledger.acknowledge(checkpoint_id, state, Some(position)).await?;
+                    // Operators chained behind a source are stateless.
+                    for follower in chained {
+                        follower.acknowledge(checkpoint_id, Vec::new(), None).await?;
+                    }
                     outputs.broadcast_barrier(checkpoint_id).await?;
                     if exhausted && final_barrier.is_none() {
                         final_barrier = Some(checkpoint_id);
                     }
                 }
                 Some(TaskControl::Complete { checkpoint_id, .. }) => {
-                    acknowledger.checkpoint_completed(checkpoint_id);
+                    for member in acknowledgers {
+                        member.checkpoint_completed(checkpoint_id);
+                    }
                     if final_barrier.is_some_and(|last| checkpoint_id >= last) {
                         outputs.end().await?;
                         return Ok(TaskEnd::Finished);
@@ -829,9 +888,10 @@ async fn run_source(
                     if !source.next(&mut line)? {
                         break;
                     }
-                    outputs.push(pb::Record { key: String::new(), value: line.clone(), timestamp_ms: source.last_timestamp_ms() });
+                    records.push(pb::Record { key: String::new(), value: line.clone(), timestamp_ms: source.last_timestamp_ms() });
                     produced += 1;
                 }
+                followers.process(&mut records, &mut |record| outputs.push(record))?;
                 outputs.flush(true).await?;
                 if rate.is_some() {
                     outputs.flush(false).await?;
@@ -843,6 +903,7 @@ async fn run_source(
 
 struct InputTask {
     logic: Logic,
+    followers: Followers,
     aligner: BarrierAligner,
     ended: Vec<bool>,
     /// Per channel: what arrived after its barrier while the task waits for the others.
@@ -866,30 +927,32 @@ impl InputTask {
         &mut self,
         gate: &mut mpsc::Receiver<InputMessage>,
         outputs: &mut Outputs,
-        acknowledger: &Acknowledger<'_>,
+        acknowledgers: &[Acknowledger<'_>],
         control: &mut mpsc::Receiver<TaskControl>,
         cancel: &CancellationToken,
     ) -> Result<TaskEnd, TaskError> {
-        let checkpointing = acknowledger.deployment.graph.checkpoint.interval_ms > 0;
+        let checkpointing = acknowledgers
+            .first()
+            .is_some_and(|head| head.deployment.graph.checkpoint.interval_ms > 0);
         let mut input_done = false;
         loop {
             if !input_done && self.ended.iter().all(|ended| *ended) && self.replay.is_empty() {
                 input_done = true;
-                match &mut self.logic {
+                match self.sink() {
                     // Without checkpoints there is no commit protocol: the end of input commits.
-                    Logic::FileSink(sink) if !checkpointing => {
+                    Some(sink) if !checkpointing => {
                         sink.pre_commit(0)?;
                         sink.publish_up_to(0)?;
                     }
-                    Logic::FileSink(_) => {}
-                    _ => {
+                    Some(_) => {}
+                    None => {
                         outputs.end().await?;
                         return Ok(TaskEnd::Finished);
                     }
                 }
             }
             if input_done {
-                if let Logic::FileSink(sink) = &self.logic {
+                if let Some(sink) = self.sink() {
                     if sink.is_fully_published() {
                         if sink.has_uncommitted_data() {
                             tracing::error!(
@@ -909,7 +972,9 @@ impl InputTask {
                         match message {
                             Some(message) => {
                                 if let TaskControl::Complete { checkpoint_id, .. } = &message {
-                                    acknowledger.checkpoint_completed(*checkpoint_id);
+                                    for member in acknowledgers {
+                                        member.checkpoint_completed(*checkpoint_id);
+                                    }
                                 }
                                 self.on_control(message)?
                             }
@@ -937,14 +1002,13 @@ impl InputTask {
                     for record in records {
                         self.process(channel, record, &mut emitted)?;
                     }
-                    for record in emitted {
-                        outputs.push(record);
-                    }
+                    self.followers
+                        .process(&mut emitted, &mut |record| outputs.push(record))?;
                     outputs.flush(false).await?;
                 }
                 ChannelEvent::Barrier(checkpoint_id) => {
                     let outcome = self.barrier_arrived(channel, checkpoint_id);
-                    self.after_alignment(outcome, outputs, acknowledger).await?;
+                    self.after_alignment(outcome, outputs, acknowledgers).await?;
                 }
                 ChannelEvent::Watermark(watermark) => {
                     let mut emitted = Vec::new();
@@ -954,9 +1018,8 @@ impl InputTask {
                     if let Logic::Window(window) = &mut self.logic {
                         window.on_watermark(channel, watermark, &mut |out| emitted.push(out));
                     }
-                    for record in emitted {
-                        outputs.push(record);
-                    }
+                    self.followers
+                        .process(&mut emitted, &mut |record| outputs.push(record))?;
                     self.forward_watermark(outputs).await?;
                 }
                 ChannelEvent::End => {
@@ -964,7 +1027,7 @@ impl InputTask {
                     // An ended input delivers no more barriers: count it as aligned.
                     if let Some(aligning) = self.aligner.aligning() {
                         let outcome = self.aligner.on_barrier(channel, aligning);
-                        self.after_alignment(outcome, outputs, acknowledger).await?;
+                        self.after_alignment(outcome, outputs, acknowledgers).await?;
                     }
                 }
             }
@@ -991,12 +1054,16 @@ impl InputTask {
         &mut self,
         outcome: Alignment,
         outputs: &mut Outputs,
-        acknowledger: &Acknowledger<'_>,
+        acknowledgers: &[Acknowledger<'_>],
     ) -> Result<(), TaskError> {
         match outcome {
             Alignment::Snapshot(checkpoint_id) => {
-                let state = self.snapshot(checkpoint_id, acknowledger)?;
-                acknowledger.acknowledge(checkpoint_id, state, None).await?;
+                let logics = std::iter::once(&mut self.logic).chain(self.followers.logics.iter_mut());
+                for (logic, acknowledger) in logics.zip(acknowledgers) {
+                    let max_parallelism = acknowledger.deployment.graph.max_parallelism;
+                    let state = snapshot(logic, checkpoint_id, max_parallelism)?;
+                    acknowledger.acknowledge(checkpoint_id, state, None).await?;
+                }
                 outputs.broadcast_barrier(checkpoint_id).await?;
                 self.release_stash();
             }
@@ -1006,47 +1073,22 @@ impl InputTask {
         Ok(())
     }
 
-    fn snapshot(&mut self, checkpoint_id: u64, acknowledger: &Acknowledger<'_>) -> Result<Vec<u8>, TaskError> {
-        Ok(match &mut self.logic {
-            Logic::Count(counts) => counts.snapshot(acknowledger.deployment.graph.max_parallelism),
-            Logic::Aggregate(aggregate) => aggregate.snapshot(acknowledger.deployment.graph.max_parallelism),
-            Logic::Window(window) => window.snapshot(acknowledger.deployment.graph.max_parallelism),
-            Logic::FileSink(sink) => sink.pre_commit(checkpoint_id)?,
-            Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
-        })
+    /// The file sink at the end of this task's chain, if it ends in one.
+    fn sink(&mut self) -> Option<&mut FileSink> {
+        match self.followers.logics.last_mut().unwrap_or(&mut self.logic) {
+            Logic::FileSink(sink) => Some(sink),
+            _ => None,
+        }
     }
 
     fn process(&mut self, channel: usize, record: pb::Record, emitted: &mut Vec<pb::Record>) -> Result<(), TaskError> {
-        match &mut self.logic {
-            Logic::Window(window) => {
-                let before = window.dropped;
-                window.on_record(channel, record, &mut |out| emitted.push(out));
-                if window.dropped > before {
-                    self.count_dropped();
-                }
-            }
-            Logic::Stateless(transform) => {
-                if !transform.apply(record, &mut |out| emitted.push(out)) {
-                    self.count_dropped();
-                }
-            }
-            Logic::Count(counts) => counts.apply(record, &mut |out| emitted.push(out)),
-            Logic::Aggregate(aggregate) => {
-                if !aggregate.apply(record, &mut |out| emitted.push(out)) {
-                    self.count_dropped();
-                }
-            }
-            Logic::FileSink(sink) => sink.write(&record)?,
-            Logic::Print(prefix) => {
-                if record.key.is_empty() {
-                    println!("{prefix}{}", record.value);
-                } else {
-                    println!("{prefix}{}\t{}", record.key, record.value);
-                }
-            }
-            Logic::Source(_) => {}
-        }
-        Ok(())
+        apply(
+            &mut self.logic,
+            channel,
+            record,
+            &mut |out| emitted.push(out),
+            &mut self.dropped,
+        )
     }
 
     /// Passes this task's watermark downstream when it advanced: a window's own, otherwise the
@@ -1062,15 +1104,6 @@ impl InputTask {
             outputs.broadcast(|| ChannelEvent::Watermark(watermark)).await?;
         }
         Ok(())
-    }
-
-    /// Malformed records (not JSON, missing fields, not a number) are skipped, not fatal: one bad
-    /// line must not put a job into a restart loop. They are counted and logged.
-    fn count_dropped(&mut self) {
-        self.dropped += 1;
-        if self.dropped == 1 || self.dropped % 10_000 == 0 {
-            tracing::warn!(dropped = self.dropped, "skipping malformed records");
-        }
     }
 
     fn on_control(&mut self, message: TaskControl) -> Result<(), TaskError> {
@@ -1103,6 +1136,98 @@ impl InputTask {
             }
             TaskControl::Trigger(_) => {}
         }
+        Ok(())
+    }
+}
+
+/// Malformed records (not JSON, missing fields, not a number) are skipped, not fatal: one bad
+/// line must not put a job into a restart loop. They are counted and logged.
+fn count_dropped(dropped: &mut u64) {
+    *dropped += 1;
+    if *dropped == 1 || *dropped % 10_000 == 0 {
+        tracing::warn!(dropped = *dropped, "skipping malformed records");
+    }
+}
+
+/// Runs one record through one operator; what it emits goes to `emit`.
+fn apply(
+    logic: &mut Logic,
+    channel: usize,
+    record: pb::Record,
+    emit: &mut impl FnMut(pb::Record),
+    dropped: &mut u64,
+) -> Result<(), TaskError> {
+    match logic {
+        Logic::Window(window) => {
+            let before = window.dropped;
+            window.on_record(channel, record, emit);
+            if window.dropped > before {
+                count_dropped(dropped);
+            }
+        }
+        Logic::Stateless(transform) => {
+            if !transform.apply(record, emit) {
+                count_dropped(dropped);
+            }
+        }
+        Logic::Count(counts) => counts.apply(record, emit),
+        Logic::Aggregate(aggregate) => {
+            if !aggregate.apply(record, emit) {
+                count_dropped(dropped);
+            }
+        }
+        Logic::FileSink(sink) => sink.write(&record)?,
+        Logic::Print(prefix) => {
+            if record.key.is_empty() {
+                println!("{prefix}{}", record.value);
+            } else {
+                println!("{prefix}{}\t{}", record.key, record.value);
+            }
+        }
+        Logic::Source(_) => {}
+    }
+    Ok(())
+}
+
+/// One operator's state for checkpoint `checkpoint_id` (the sink pre-commits its output).
+fn snapshot(logic: &mut Logic, checkpoint_id: u64, max_parallelism: u32) -> Result<Vec<u8>, TaskError> {
+    Ok(match logic {
+        Logic::Count(counts) => counts.snapshot(max_parallelism),
+        Logic::Aggregate(aggregate) => aggregate.snapshot(max_parallelism),
+        Logic::Window(window) => window.snapshot(max_parallelism),
+        Logic::FileSink(sink) => sink.pre_commit(checkpoint_id)?,
+        Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
+    })
+}
+
+/// The operators chained behind a task's first one: records pass through them by function calls.
+struct Followers {
+    logics: Vec<Logic>,
+    dropped: u64,
+}
+
+impl Followers {
+    /// Takes `records` through every follower in turn and hands what the last one emits to `out`.
+    fn process(&mut self, records: &mut Vec<pb::Record>, out: &mut impl FnMut(pb::Record)) -> Result<(), TaskError> {
+        let Some((last, before)) = self.logics.split_last_mut() else {
+            for record in records.drain(..) {
+                out(record);
+            }
+            return Ok(());
+        };
+        let mut stage = std::mem::take(records);
+        for logic in before {
+            let mut next = Vec::with_capacity(stage.len());
+            for record in stage.drain(..) {
+                apply(logic, 0, record, &mut |emitted| next.push(emitted), &mut self.dropped)?;
+            }
+            stage = next;
+        }
+        for record in stage.drain(..) {
+            apply(last, 0, record, out, &mut self.dropped)?;
+        }
+        // Hand the allocation back for the next batch.
+        *records = stage;
         Ok(())
     }
 }
