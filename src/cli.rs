@@ -189,7 +189,7 @@ pub enum BenchCommand {
     /// Write throughput and latency at 1/16/64 clients, and leader failover time, on a local
     /// three-node cluster.
     Raft(crate::bench::RaftBenchArgs),
-    /// Word-count records/s on the in-process streaming runtime.
+    /// Word-count throughput, executor recovery and leader failover on a local cluster of real processes.
     Stream(crate::bench_stream::StreamBenchArgs),
 }
 

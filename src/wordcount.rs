@@ -40,7 +40,7 @@ impl WordCountJob {
     {{"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {{"function": "split_words"}}}},
     {{"id": "by_word", "kind": "key_by", "inputs": ["words"]}},
     {{"id": "counts", "kind": "count", "inputs": ["by_word"]}},
-    {{"id": "out", "kind": "file_sink", "parallelism": 1, "inputs": ["counts"], "params": {{"path": {path}}}}}]}}"#,
+    {{"id": "out", "kind": "file_sink", "inputs": ["counts"], "params": {{"path": {path}}}}}]}}"#,
             parallelism = self.parallelism,
             interval = self.checkpoint_interval_ms,
             seed = self.seed,

@@ -191,6 +191,10 @@ impl TaskManager {
                 .push((subtask, running.epoch));
         }
         for (running, members) in tasks.values() {
+            // A finished or failed task has stopped reading; the leader acks for finished ones.
+            if running.outcome.load(Ordering::Acquire) != RUNNING {
+                continue;
+            }
             // Control messages are few (one per checkpoint); a task that lets this many pile up is
             // stuck, and a lost one only delays (completions are cumulative, a lost trigger lets
             // the checkpoint time out).

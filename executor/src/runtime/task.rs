@@ -1112,7 +1112,7 @@ impl InputTask {
                 checkpoint_id,
                 acknowledged,
             } => {
-                if let Logic::FileSink(sink) = &mut self.logic {
+                if let Some(sink) = self.sink() {
                     if acknowledged {
                         let published = sink.publish_up_to(checkpoint_id)?;
                         tracing::debug!(checkpoint_id, published, "sink published committed output");
