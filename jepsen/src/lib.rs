@@ -1,0 +1,15 @@
+//! Raftstream's chaos harness, in the spirit of Jepsen: operations are recorded as a history
+//! (invoke, then ok, fail or unknown) while faults are injected, and checkers decide afterwards
+//! whether the system kept its promises.
+//!
+//! - [`history`]: operations as clients saw them.
+//! - [`linearizable`]: a Wing-Gong/Lowe search (as in Porcupine) for a linearization of a history
+//!   against a sequential model.
+//! - [`job_table`]: the model of the coordinators' job table and the checks of job ids.
+//! - [`checkpoints`]: completed checkpoints never vanish, repeat or go back; restores use
+//!   committed checkpoints.
+
+pub mod checkpoints;
+pub mod history;
+pub mod job_table;
+pub mod linearizable;
