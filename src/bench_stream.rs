@@ -94,8 +94,8 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         args.repeat.max(1)
     );
     println!(
-        "{:>12} {:>12} {:>14} {:>14} {:>9} {:>11} {:>8}",
-        "parallelism", "checkpoints", "records/s", "words/s", "seconds", "last chk", "exact"
+        "{:>12} {:>12} {:>14} {:>14} {:>9} {:>11} {:>8} {:>17}",
+        "parallelism", "checkpoints", "records/s", "words/s", "seconds", "last chk", "exact", "records/exec-cpu-s"
     );
     // A short unmeasured run first: process start-up, allocator and page cache warm-up.
     let warm_up = WordCountJob {
@@ -112,7 +112,7 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&warm_up.output_dir);
     let mut run = 0;
     for parallelism in &args.parallelism {
-        let mut results: BTreeMap<u64, Vec<(f64, u64, bool)>> = BTreeMap::new();
+        let mut results: BTreeMap<u64, Vec<(f64, u64, bool, Option<f64>)>> = BTreeMap::new();
         // Interleaved (off, on, off, on, ...) so drift on the machine hits every setting alike.
         for _ in 0..args.repeat.max(1) {
             for interval in &args.checkpoint_intervals {
@@ -127,7 +127,14 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                     checkpoint_interval_ms: *interval,
                     output_dir: directory.join(format!("out-{run}")),
                 };
+                let executor_pid = cluster.executor("bench-1").and_then(|executor| executor.pid());
+                let cpu_before = executor_pid.and_then(cpu_seconds);
                 let (seconds, checkpoints) = throughput_run(&client, &spec, &format!("bench-{run}")).await?;
+                let executor_cpu = executor_pid
+                    .and_then(cpu_seconds)
+                    .zip(cpu_before)
+                    .map(|(after, before)| after - before)
+                    .filter(|cpu| *cpu > 0.0);
                 let check = check_output(&spec.output_dir, &spec.expected_counts())?;
                 let exact = check.is_exact() && check.lines == args.records * 8;
                 if !exact {
@@ -136,7 +143,12 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                 results
                     .entry(*interval)
                     .or_default()
-                    .push((args.records as f64 / seconds, checkpoints, exact));
+                    .push((
+                        args.records as f64 / seconds,
+                        checkpoints,
+                        exact,
+                        executor_cpu.map(|cpu| args.records as f64 / cpu),
+                    ));
                 let _ = std::fs::remove_dir_all(&spec.output_dir);
             }
         }
@@ -144,10 +156,15 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         for interval in &args.checkpoint_intervals {
             let mut runs = results.remove(interval).unwrap_or_default();
             runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let Some(&(median, checkpoints, _)) = runs.get(runs.len() / 2) else {
+            let Some(&(median, checkpoints, _, _)) = runs.get(runs.len() / 2) else {
                 continue;
             };
-            let exact = runs.iter().all(|(_, _, exact)| *exact);
+            let exact = runs.iter().all(|(_, _, exact, _)| *exact);
+            let mut per_cpu: Vec<f64> = runs.iter().filter_map(|run| run.3).collect();
+            per_cpu.sort_by(f64::total_cmp);
+            let per_cpu = per_cpu
+                .get(per_cpu.len() / 2)
+                .map_or_else(|| "n/a".to_owned(), |rate| format!("{rate:.0}"));
             let label = if *interval == 0 {
                 "off".to_owned()
             } else {
@@ -161,7 +178,7 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                 baseline = Some(median);
             }
             println!(
-                "{:>12} {:>12} {:>14.0} {:>14.0} {:>9.2} {:>11} {:>8}{overhead}",
+                "{:>12} {:>12} {:>14.0} {:>14.0} {:>9.2} {:>11} {:>8} {:>17}{overhead}",
                 parallelism,
                 label,
                 median,
@@ -169,6 +186,7 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                 args.records as f64 / median,
                 checkpoints,
                 if exact { "yes" } else { "NO" },
+                per_cpu,
             );
         }
     }
@@ -181,6 +199,20 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&directory);
     }
     Ok(())
+}
+
+/// CPU time (user + system, all threads) a process has used, from `/proc/PID/stat`: the honest
+/// "per core" denominator when coordinators share the machine's cores with the executor.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    // utime and stime are fields 14 and 15, counted in USER_HZ ticks (100 per second on Linux);
+    // the fields after the command name (which may contain spaces) start at field 3.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / TICKS_PER_SECOND)
 }
 
 /// Runs one job to the end; returns the seconds from Running to Finished and its last checkpoint.
