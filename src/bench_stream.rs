@@ -140,15 +140,12 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                 if !exact {
                     println!("   run {run}: output problems: {}", check.problems.join("; "));
                 }
-                results
-                    .entry(*interval)
-                    .or_default()
-                    .push((
-                        args.records as f64 / seconds,
-                        checkpoints,
-                        exact,
-                        executor_cpu.map(|cpu| args.records as f64 / cpu),
-                    ));
+                results.entry(*interval).or_default().push((
+                    args.records as f64 / seconds,
+                    checkpoints,
+                    exact,
+                    executor_cpu.map(|cpu| args.records as f64 / cpu),
+                ));
                 let _ = std::fs::remove_dir_all(&spec.output_dir);
             }
         }

@@ -75,6 +75,8 @@ pub struct LocalCluster {
     /// `--checkpoint-store` of executors started from now on, and environment they need for it
     /// (S3 endpoint and credentials); `None`: the cluster's shared checkpoint directory.
     executor_checkpoint_store: Option<(String, Vec<(String, String)>)>,
+    /// Added to every executor's environment.
+    executor_environment: Vec<(String, String)>,
 }
 
 /// One executor child process.
@@ -149,6 +151,7 @@ impl LocalCluster {
             nodes: BTreeMap::new(),
             executors: BTreeMap::new(),
             executor_checkpoint_store: None,
+            executor_environment: Vec::new(),
         };
         for (node_id, address) in &members {
             cluster.add_process(*node_id, address.clone(), members.clone(), true)?;
@@ -366,6 +369,11 @@ impl LocalCluster {
         self.directory.join("checkpoints")
     }
 
+    /// Executors started (or restarted) from now on get `environment` added to theirs.
+    pub fn set_executor_environment(&mut self, environment: Vec<(String, String)>) {
+        self.executor_environment = environment;
+    }
+
     /// Executors started (or restarted) from now on write checkpoints to `url`, with `environment`
     /// added to theirs (for S3: `AWS_ENDPOINT`, credentials, `AWS_ALLOW_HTTP`).
     pub fn use_checkpoint_store(&mut self, url: &str, environment: Vec<(String, String)>) {
@@ -379,6 +387,7 @@ impl LocalCluster {
             None => (self.checkpoint_dir().display().to_string(), Vec::new()),
         };
         let binary = self.binary.clone();
+        let environment = self.executor_environment.clone();
         let process = self
             .executors
             .get_mut(executor_id)
@@ -405,6 +414,7 @@ impl LocalCluster {
             .arg("--checkpoint-store")
             .arg(&checkpoint_store)
             .envs(store_environment)
+            .envs(environment)
             .env(
                 "RUST_LOG",
                 std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -445,16 +455,21 @@ impl LocalCluster {
         let pid = process
             .pid()
             .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
-        let signal = if pause { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(pid.to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill {signal} {pid} failed with {status}");
-        }
-        Ok(())
+        stop_or_continue(pid, pause)
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT (resume) of a coordinator.
+    pub fn signal_node(&mut self, node_id: u64, pause: bool) -> anyhow::Result<()> {
+        let process = self.nodes.get(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
+        let pid = process
+            .pid()
+            .ok_or_else(|| anyhow!("coordinator {node_id} is not running"))?;
+        stop_or_continue(pid, pause)
+    }
+
+    /// The ids of the executors started so far.
+    pub fn executor_ids(&self) -> Vec<String> {
+        self.executors.keys().cloned().collect()
     }
 
     /// Restarts a killed executor with the same id.
@@ -476,6 +491,19 @@ impl LocalCluster {
             }
         }
     }
+}
+
+fn stop_or_continue(pid: u32, pause: bool) -> anyhow::Result<()> {
+    let signal = if pause { "-STOP" } else { "-CONT" };
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill {signal} {pid} failed with {status}");
+    }
+    Ok(())
 }
 
 impl Drop for LocalCluster {

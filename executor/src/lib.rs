@@ -3,6 +3,7 @@
 //! subtasks keep their placement.
 //!
 //! - [`assignments`]: the subtasks this executor was told to run, with their epochs.
+//! - [`defects`]: bugs the chaos harness switches on to prove its checkers catch them.
 //! - [`checkpoint`]: the checkpoint store (state handles with checksums; a local directory or object storage such as S3).
 //! - [`session`]: registration and the session loop.
 //! - [`runtime`]: the streaming runtime that runs deployed subtasks.
@@ -10,6 +11,7 @@
 
 pub mod assignments;
 pub mod checkpoint;
+pub mod defects;
 pub mod runtime;
 pub mod session;
 pub mod tasks;

@@ -112,6 +112,9 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         })?
         .to_string();
     let span = tracing::info_span!("executor", executor_id = %executor_id);
+    if let Ok(defects) = std::env::var(crate::defects::VARIABLE) {
+        span.in_scope(|| tracing::error!(%defects, "DEFECTS INJECTED ON PURPOSE: this executor is wrong by design"));
+    }
     span.in_scope(
         || tracing::info!(%address, slots = config.slots, checkpoint_store = %storage.describe(), "executor starting"),
     );

@@ -8,8 +8,13 @@
 //! - [`job_table`]: the model of the coordinators' job table and the checks of job ids.
 //! - [`checkpoints`]: completed checkpoints never vanish, repeat or go back; restores use
 //!   committed checkpoints.
+//! - [`schedule`]: the seeded fault schedule.
+//! - [`run`]: one run against a real cluster of processes; [`report`]: what it found.
 
 pub mod checkpoints;
 pub mod history;
 pub mod job_table;
 pub mod linearizable;
+pub mod report;
+pub mod run;
+pub mod schedule;

@@ -514,13 +514,18 @@ async fn restore(
 
 fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count: usize) -> Result<Logic, TaskError> {
     // A source resumes at the offset the restored checkpoint recorded for it in the Raft state.
-    let restored_offset = deployment.restore_from.as_ref().and_then(|checkpoint| {
-        checkpoint
-            .source_offsets
-            .iter()
-            .find(|offset| offset.operator_id == operator.id && offset.subtask_index == deployment.subtask_index)
-            .map(|offset| offset.offset)
-    });
+    let replay_everything = crate::defects::injected(crate::defects::REPLAY_FROM_START);
+    let restored_offset = deployment
+        .restore_from
+        .as_ref()
+        .filter(|_| !replay_everything)
+        .and_then(|checkpoint| {
+            checkpoint
+                .source_offsets
+                .iter()
+                .find(|offset| offset.operator_id == operator.id && offset.subtask_index == deployment.subtask_index)
+                .map(|offset| offset.offset)
+        });
     Ok(match operator.kind {
         OperatorKind::Generator => {
             let defaults = GeneratorSettings::default();

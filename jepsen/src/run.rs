@@ -1,0 +1,601 @@
+//! One chaos run: a real cluster of processes on loopback, the workloads recording their histories,
+//! the seeded faults, then healing, settling and checking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use raftstream::local_cluster::{poll_until, LocalCluster};
+use raftstream::wordcount::{check_output, WordCountJob};
+use raftstream_coordinator::client::{ClientError, ClusterClient};
+use raftstream_coordinator::leader::ExecutorSettings;
+use raftstream_coordinator::node::RaftSettings;
+use raftstream_proto::v1 as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::checkpoints::{check_checkpoints, CheckpointObservation, RestoreObservation};
+use crate::history::{Operation, Outcome};
+use crate::job_table::{check_job_table, JobInput, JobOutput, JobState};
+use crate::report::{
+    by_kind, checkpoint_recovery_ms, metadata_recovery_ms, operation_counts, FaultRecord, Report, StreamResult,
+};
+use crate::schedule::{schedule, FaultKind, ScheduledFault, Target};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub time_limit: Duration,
+    pub faults: Vec<FaultKind>,
+    pub metadata: bool,
+    pub stream: bool,
+    pub checkpoints: bool,
+    pub nodes: u64,
+    pub executors: u32,
+    pub clients: u32,
+    pub out: PathBuf,
+    /// The `raftstream` binary the cluster runs.
+    pub binary: PathBuf,
+    /// A bug switched on in the executors (see `raftstream_executor::defects`).
+    pub inject_defect: Option<String>,
+}
+
+/// Microseconds on the run's one clock.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now_us(self) -> u64 {
+        self.0.elapsed().as_micros() as u64
+    }
+}
+
+type History = Arc<Mutex<Vec<Operation<JobInput, JobOutput>>>>;
+
+const STREAM_RATE: u64 = 2_000;
+const SLOTS_PER_EXECUTOR: u32 = 12;
+
+/// Runs the cluster, the workloads and the faults; returns what the checkers found.
+pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
+    if config.nodes < 3 {
+        bail!("--nodes must be at least 3: faults on a smaller cluster lose its majority by design");
+    }
+    if config.executors < 2 {
+        bail!("--executors must be at least 2, so a job can move when one fails");
+    }
+    std::fs::create_dir_all(&config.out).with_context(|| format!("creating {}", config.out.display()))?;
+    let cluster_dir = config.out.join("cluster");
+    if cluster_dir.exists() {
+        std::fs::remove_dir_all(&cluster_dir).with_context(|| format!("clearing {}", cluster_dir.display()))?;
+    }
+    let mut cluster = LocalCluster::start_with(
+        &config.binary,
+        &cluster_dir,
+        config.nodes,
+        Vec::new(),
+        RaftSettings::default(),
+        ExecutorSettings::default(),
+    )?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    if let Some(defect) = &config.inject_defect {
+        cluster.set_executor_environment(vec![(
+            raftstream_executor::defects::VARIABLE.to_owned(),
+            defect.clone(),
+        )]);
+    }
+    for number in 1..=config.executors {
+        cluster.start_executor(&format!("exec-{number}"), SLOTS_PER_EXECUTOR)?;
+    }
+    let admin =
+        ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?.with_attempt_timeout(Duration::from_secs(2));
+    poll_until("the executors to connect", Duration::from_secs(30), || async {
+        let listed = admin.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|executor| executor.connected).count() == config.executors as usize)
+            .then_some(())
+    })
+    .await?;
+    let clock = Clock(Instant::now());
+    let stop = CancellationToken::new();
+
+    // The stream job goes first, so the scheduler serves it before the metadata clients' jobs.
+    let stream_spec = WordCountJob {
+        seed: config.seed,
+        records: STREAM_RATE * config.time_limit.as_secs().max(10) * 7 / 10,
+        rate_per_second: Some(STREAM_RATE),
+        parallelism: 2,
+        vocabulary_size: 200,
+        words_per_record: 4,
+        checkpoint_interval_ms: 300,
+        output_dir: config.out.join("stream-output"),
+    };
+    let _ = std::fs::remove_dir_all(&stream_spec.output_dir);
+    let stream_job = if config.stream || config.checkpoints {
+        let job = admin
+            .submit_job(&stream_spec.spec("jepsen-stream"), "jepsen-stream")
+            .await?;
+        Some(job.job_id)
+    } else {
+        None
+    };
+
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let known_jobs: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    if config.metadata {
+        for client_number in 0..config.clients {
+            // Each client starts at a different coordinator.
+            let mut addresses = cluster.addresses();
+            let first = client_number as usize % addresses.len().max(1);
+            addresses.rotate_left(first);
+            let client =
+                ClusterClient::new(&addresses, Duration::from_secs(4))?.with_attempt_timeout(Duration::from_secs(1));
+            workers.push(tokio::spawn(metadata_client(
+                client_number,
+                client,
+                config.seed,
+                clock,
+                history.clone(),
+                known_jobs.clone(),
+                stream_job.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    let polls: Arc<Mutex<(Vec<CheckpointObservation>, Vec<RestoreObservation>)>> = Arc::default();
+    if let (true, Some(job_id)) = (config.checkpoints || config.stream, &stream_job) {
+        let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(2))?
+            .with_attempt_timeout(Duration::from_secs(1));
+        workers.push(tokio::spawn(poll_checkpoints(
+            client,
+            job_id.clone(),
+            clock,
+            polls.clone(),
+            stop.clone(),
+        )));
+    }
+
+    let faults = nemesis(&mut cluster, &config, clock).await?;
+    stop.cancel();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    heal(&mut cluster).await?;
+
+    // After healing: one more read of everything through the linearizable path.
+    let final_reader = ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?;
+    let known: Vec<String> = known_jobs.lock().map(|jobs| jobs.clone()).unwrap_or_default();
+    if config.metadata {
+        let mut operations = Vec::new();
+        operations.push(list_operation(&final_reader, clock, u32::MAX, stream_job.as_deref()).await);
+        for job_id in known {
+            operations.push(get_operation(&final_reader, clock, u32::MAX, &job_id).await);
+        }
+        if let Ok(mut recorded) = history.lock() {
+            for mut operation in operations {
+                operation.index = recorded.len();
+                recorded.push(operation);
+            }
+        }
+    }
+
+    let stream = match (&stream_job, config.stream) {
+        (Some(job_id), true) => Some(finish_stream(&final_reader, job_id, &stream_spec).await?),
+        _ => None,
+    };
+    let history = history.lock().map(|recorded| recorded.clone()).unwrap_or_default();
+    let (observations, restores) = polls.lock().map(|polls| polls.clone()).unwrap_or_default();
+    let metadata_anomalies = if config.metadata {
+        check_job_table(&history)
+    } else {
+        Vec::new()
+    };
+    let checkpoint_anomalies = if config.checkpoints {
+        check_checkpoints(&observations, &restores)
+    } else {
+        Vec::new()
+    };
+    let mut faults_by_kind = BTreeMap::new();
+    for fault in &faults {
+        *faults_by_kind.entry(fault.kind.name().to_owned()).or_insert(0) += 1;
+    }
+    let report = Report {
+        seed: config.seed,
+        time_limit_s: config.time_limit.as_secs(),
+        faults_by_kind,
+        operations: operation_counts(&history),
+        checkpoint_polls: observations.len(),
+        metadata_anomalies,
+        checkpoint_anomalies,
+        stream,
+        stream_recovery: by_kind(&checkpoint_recovery_ms(&faults, &observations)),
+        metadata_recovery: by_kind(&metadata_recovery_ms(&faults, &history)),
+        faults,
+    };
+    let history_path = config.out.join("history.json");
+    std::fs::write(&history_path, serde_json::to_vec_pretty(&history)?)
+        .with_context(|| format!("writing {}", history_path.display()))?;
+    let report_path = config.out.join("report.json");
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    Ok(report)
+}
+
+/// Injects the seeded faults one after another until the schedule (sized to the time limit) ends.
+async fn nemesis(cluster: &mut LocalCluster, config: &RunConfig, clock: Clock) -> anyhow::Result<Vec<FaultRecord>> {
+    let planned = schedule(config.seed, &config.faults, config.time_limit.as_millis() as u64);
+    let mut records = Vec::new();
+    let started = Instant::now();
+    for fault in planned {
+        tokio::time::sleep(Duration::from_millis(fault.quiet_ms)).await;
+        let started_us = clock.now_us();
+        let (target, heal_action) = match inject(cluster, &fault).await {
+            Ok(injected) => injected,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), ?fault, "fault skipped");
+                continue;
+            }
+        };
+        println!(
+            "[{:>6.1} s] {} {target} for {} ms",
+            started.elapsed().as_secs_f64(),
+            fault.kind.name(),
+            fault.duration_ms
+        );
+        tokio::time::sleep(Duration::from_millis(fault.duration_ms)).await;
+        heal_action.apply(cluster)?;
+        records.push(FaultRecord {
+            kind: fault.kind,
+            target,
+            started_us,
+            healed_us: clock.now_us(),
+        });
+    }
+    // The rest of the time limit without faults.
+    if let Some(rest) = config.time_limit.checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    Ok(records)
+}
+
+/// How to undo an injected fault.
+enum Heal {
+    RestartNode(u64),
+    ContinueNode(u64),
+    RestartExecutor(String),
+    ContinueExecutor(String),
+    RestartEverything { nodes: Vec<u64>, executors: Vec<String> },
+}
+
+impl Heal {
+    fn apply(self, cluster: &mut LocalCluster) -> anyhow::Result<()> {
+        match self {
+            Heal::RestartNode(node_id) => cluster.restart(node_id),
+            Heal::ContinueNode(node_id) => cluster.signal_node(node_id, false),
+            Heal::RestartExecutor(executor_id) => cluster.restart_executor(&executor_id),
+            Heal::ContinueExecutor(executor_id) => cluster.signal_executor(&executor_id, false),
+            Heal::RestartEverything { nodes, executors } => {
+                for node_id in nodes {
+                    cluster.restart(node_id)?;
+                }
+                for executor_id in executors {
+                    cluster.restart_executor(&executor_id)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn inject(cluster: &mut LocalCluster, fault: &ScheduledFault) -> anyhow::Result<(String, Heal)> {
+    let node_ids: Vec<u64> = cluster.nodes().map(|node| node.node_id).collect();
+    let executors = cluster.executor_ids();
+    let pause = fault.kind == FaultKind::Pause;
+    match fault.target {
+        Target::Everything => {
+            for executor_id in &executors {
+                cluster.kill_executor(executor_id)?;
+            }
+            cluster.kill_all();
+            Ok((
+                "every process".to_owned(),
+                Heal::RestartEverything {
+                    nodes: node_ids,
+                    executors,
+                },
+            ))
+        }
+        Target::Leader | Target::Follower(_) => {
+            let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+            let (node_id, role) = match fault.target {
+                Target::Follower(choice) => {
+                    let followers: Vec<u64> = node_ids.iter().copied().filter(|id| *id != leader).collect();
+                    let Some(node_id) = followers.get(choice as usize % followers.len().max(1)) else {
+                        bail!("no follower to fault");
+                    };
+                    (*node_id, "follower")
+                }
+                _ => (leader, "leader"),
+            };
+            if pause {
+                cluster.signal_node(node_id, true)?;
+                Ok((format!("{role} node {node_id}"), Heal::ContinueNode(node_id)))
+            } else {
+                cluster.kill(node_id)?;
+                Ok((format!("{role} node {node_id}"), Heal::RestartNode(node_id)))
+            }
+        }
+        Target::Executor(choice) => {
+            let Some(executor_id) = executors.get(choice as usize % executors.len().max(1)).cloned() else {
+                bail!("no executor to fault");
+            };
+            if pause {
+                cluster.signal_executor(&executor_id, true)?;
+                Ok((format!("executor {executor_id}"), Heal::ContinueExecutor(executor_id)))
+            } else {
+                cluster.kill_executor(&executor_id)?;
+                Ok((format!("executor {executor_id}"), Heal::RestartExecutor(executor_id)))
+            }
+        }
+    }
+}
+
+/// Makes sure nothing is left paused or down, then waits for a leader.
+async fn heal(cluster: &mut LocalCluster) -> anyhow::Result<()> {
+    let node_ids: Vec<u64> = cluster.nodes().map(|node| node.node_id).collect();
+    for node_id in node_ids {
+        if cluster.node(node_id).is_some_and(|node| node.pid().is_none()) {
+            cluster.restart(node_id)?;
+        } else {
+            let _ = cluster.signal_node(node_id, false);
+        }
+    }
+    for executor_id in cluster.executor_ids() {
+        if cluster
+            .executor(&executor_id)
+            .is_some_and(|executor| executor.pid().is_none())
+        {
+            cluster.restart_executor(&executor_id)?;
+        } else {
+            let _ = cluster.signal_executor(&executor_id, false);
+        }
+    }
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// A metadata job: never ends on its own (unbounded, slow, restarts forever), so only a cancel
+/// changes its state, as the model assumes.
+fn metadata_job_spec(name: &str) -> String {
+    format!(
+        r#"{{"name": "{name}", "parallelism": 1, "checkpoint": {{"interval_ms": 0}},
+  "restart": {{"strategy": "fixed_delay", "max_attempts": 1000000, "delay_ms": 200}},
+  "operators": [
+    {{"id": "ticks", "kind": "generator", "params": {{"rate_per_second": 1}}}},
+    {{"id": "out", "kind": "print", "inputs": ["ticks"]}}]}}"#
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn metadata_client(
+    number: u32,
+    client: ClusterClient,
+    seed: u64,
+    clock: Clock,
+    history: History,
+    known_jobs: Arc<Mutex<Vec<String>>>,
+    stream_job: Option<String>,
+    stop: CancellationToken,
+) {
+    let mut random = StdRng::seed_from_u64(seed ^ (u64::from(number) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut submitted = 0u64;
+    while !stop.is_cancelled() {
+        let known: Vec<String> = known_jobs.lock().map(|jobs| jobs.clone()).unwrap_or_default();
+        let pick = |random: &mut StdRng| -> String {
+            match known.len() {
+                0 => "job-999999".to_owned(),
+                count => known[random.gen_range(0..count)].clone(),
+            }
+        };
+        let choice = random.gen_range(0..100);
+        let operation = if choice < 25 || known.is_empty() {
+            submitted += 1;
+            let request_id = format!("client-{number}-submit-{submitted}");
+            let invoked_us = clock.now_us();
+            let answer = client.submit_job(&metadata_job_spec(&request_id), &request_id).await;
+            let outcome = match answer {
+                Ok(job) => {
+                    if let Ok(mut jobs) = known_jobs.lock() {
+                        jobs.push(job.job_id.clone());
+                    }
+                    Outcome::Ok(JobOutput::Submitted { job_id: job.job_id })
+                }
+                Err(error) => classify(&error, |_| None),
+            };
+            operation(number, JobInput::Submit { request_id }, outcome, invoked_us, clock)
+        } else if choice < 40 {
+            let job_id = pick(&mut random);
+            let request_id = format!("client-{number}-cancel-{}", random.gen::<u32>());
+            let invoked_us = clock.now_us();
+            let outcome = match client.cancel_job(&job_id, &request_id).await {
+                Ok(_) => Outcome::Ok(JobOutput::Cancelled),
+                Err(error) => classify(&error, |code| match code {
+                    Code::NotFound => Some(JobOutput::NotFound),
+                    Code::FailedPrecondition => Some(JobOutput::AlreadyEnded),
+                    _ => None,
+                }),
+            };
+            operation(number, JobInput::Cancel { job_id }, outcome, invoked_us, clock)
+        } else if choice < 85 {
+            get_operation(&client, clock, number, &pick(&mut random)).await
+        } else {
+            list_operation(&client, clock, number, stream_job.as_deref()).await
+        };
+        if let Ok(mut recorded) = history.lock() {
+            let mut operation = operation;
+            operation.index = recorded.len();
+            recorded.push(operation);
+        }
+        let pause = random.gen_range(20..120);
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+        }
+    }
+}
+
+fn operation(
+    client: u32,
+    input: JobInput,
+    outcome: Outcome<JobOutput>,
+    invoked_us: u64,
+    clock: Clock,
+) -> Operation<JobInput, JobOutput> {
+    let completed_us = (!matches!(outcome, Outcome::Unknown(_))).then(|| clock.now_us());
+    Operation {
+        index: 0,
+        client,
+        input,
+        outcome,
+        invoked_us,
+        completed_us,
+    }
+}
+
+/// A definite answer (`definite` maps a gRPC code to one), a certain failure (the request was
+/// invalid), or unknown (nothing answered in time: it may still take effect).
+fn classify(error: &ClientError, definite: impl Fn(Code) -> Option<JobOutput>) -> Outcome<JobOutput> {
+    match definite(error.code()) {
+        Some(output) => Outcome::Ok(output),
+        None if error.code() == Code::InvalidArgument => Outcome::Fail(error.to_string()),
+        None => Outcome::Unknown(error.to_string()),
+    }
+}
+
+async fn get_operation(
+    client: &ClusterClient,
+    clock: Clock,
+    number: u32,
+    job_id: &str,
+) -> Operation<JobInput, JobOutput> {
+    let invoked_us = clock.now_us();
+    let outcome = match client.get_job(job_id, pb::ReadConsistency::Linearizable).await {
+        Ok(job) => Outcome::Ok(JobOutput::Found {
+            state: JobState::of_status(&job.status),
+        }),
+        Err(error) => classify(&error, |code| (code == Code::NotFound).then_some(JobOutput::NotFound)),
+    };
+    operation(
+        number,
+        JobInput::Get {
+            job_id: job_id.to_owned(),
+        },
+        outcome,
+        invoked_us,
+        clock,
+    )
+}
+
+async fn list_operation(
+    client: &ClusterClient,
+    clock: Clock,
+    number: u32,
+    stream_job: Option<&str>,
+) -> Operation<JobInput, JobOutput> {
+    let invoked_us = clock.now_us();
+    let outcome = match client.list_jobs(pb::ReadConsistency::Linearizable).await {
+        Ok(jobs) => Outcome::Ok(JobOutput::Listed {
+            jobs: jobs
+                .into_iter()
+                .filter(|job| Some(job.job_id.as_str()) != stream_job)
+                .map(|job| (job.job_id.clone(), JobState::of_status(&job.status)))
+                .collect(),
+        }),
+        Err(error) => classify(&error, |_| None),
+    };
+    operation(number, JobInput::List, outcome, invoked_us, clock)
+}
+
+/// Polls the stream job's completed checkpoints and the checkpoint each restart restored.
+async fn poll_checkpoints(
+    client: ClusterClient,
+    job_id: String,
+    clock: Clock,
+    polls: Arc<Mutex<(Vec<CheckpointObservation>, Vec<RestoreObservation>)>>,
+    stop: CancellationToken,
+) {
+    let mut restarts_seen = 0;
+    while !stop.is_cancelled() {
+        if let Ok(checkpoints) = client.list_checkpoints(&job_id).await {
+            let observation = CheckpointObservation {
+                at_us: clock.now_us(),
+                job_id: job_id.clone(),
+                completed: checkpoints.iter().map(|checkpoint| checkpoint.checkpoint_id).collect(),
+            };
+            if let Ok(mut polls) = polls.lock() {
+                polls.0.push(observation);
+            }
+        }
+        if let Ok(job) = client.get_job(&job_id, pb::ReadConsistency::Linearizable).await {
+            let restored = job
+                .status_reason
+                .strip_prefix("restored from checkpoint ")
+                .and_then(|id| id.trim().parse::<u64>().ok());
+            if let (true, Some(checkpoint_id)) = (job.restart_count > restarts_seen, restored) {
+                restarts_seen = job.restart_count;
+                if let Ok(mut polls) = polls.lock() {
+                    polls.1.push(RestoreObservation {
+                        at_us: clock.now_us(),
+                        job_id: job_id.clone(),
+                        checkpoint_id,
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Waits for the stream job to end and checks its committed output against the expected counts.
+async fn finish_stream(client: &ClusterClient, job_id: &str, spec: &WordCountJob) -> anyhow::Result<StreamResult> {
+    let ended = poll_until("the stream job to end", Duration::from_secs(300), || async {
+        client
+            .get_job(job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    let check = check_output(&spec.output_dir, &spec.expected_counts())?;
+    let expected_lines = spec.records * spec.words_per_record;
+    let mut problems = check.problems.clone();
+    if ended.status != "Finished" {
+        problems.insert(0, format!("job ended {}: {}", ended.status, ended.status_reason));
+    }
+    Ok(StreamResult {
+        job_id: job_id.to_owned(),
+        final_status: ended.status,
+        restarts: ended.restart_count,
+        expected_lines,
+        lines: check.lines,
+        exact: problems.is_empty() && check.lines == expected_lines,
+        problems,
+    })
+}
+
+/// The faults a comma-separated `--faults` list names.
+pub fn parse_faults(list: &str) -> Result<Vec<FaultKind>, String> {
+    let kinds: BTreeSet<FaultKind> = list
+        .split(',')
+        .filter(|name| !name.trim().is_empty())
+        .map(FaultKind::parse)
+        .collect::<Result<_, _>>()?;
+    Ok(kinds.into_iter().collect())
+}
