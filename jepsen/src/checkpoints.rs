@@ -14,6 +14,9 @@ pub struct CheckpointObservation {
     pub job_id: String,
     /// Ids in the order the coordinator listed them.
     pub completed: Vec<u64>,
+    /// Source records covered by the newest of them (from its source offsets), for throughput.
+    #[serde(default)]
+    pub records_committed: Option<u64>,
 }
 
 /// A job restart seen by a client, with the checkpoint it restored (from the job's status).
@@ -135,6 +138,7 @@ mod tests {
             at_us,
             job_id: "job-1".into(),
             completed: completed.to_vec(),
+            records_committed: None,
         }
     }
 

@@ -9,7 +9,8 @@
 //! - [`checkpoints`]: completed checkpoints never vanish, repeat or go back; restores use
 //!   committed checkpoints.
 //! - [`schedule`]: the seeded fault schedule.
-//! - [`run`]: one run against a real cluster of processes; [`report`]: what it found.
+//! - [`run`]: one run against a real cluster of processes; [`report`]: what it found;
+//!   [`timeline`]: the same as a picture.
 
 pub mod checkpoints;
 pub mod history;
@@ -18,3 +19,4 @@ pub mod linearizable;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod timeline;

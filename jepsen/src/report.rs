@@ -19,16 +19,16 @@ pub struct FaultRecord {
     pub healed_us: u64,
 }
 
-/// p50/p99/max of some durations, in milliseconds.
+/// p50/p99/max of some figures (the field holding them names the unit).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub samples: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
-/// Nearest-rank percentiles of `values` (milliseconds); `None` when there are none.
+/// Nearest-rank percentiles of `values`; `None` when there are none.
 pub fn percentiles(values: &[f64]) -> Option<Percentiles> {
     let mut sorted: Vec<f64> = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -39,9 +39,9 @@ pub fn percentiles(values: &[f64]) -> Option<Percentiles> {
     let max = *sorted.last()?;
     Some(Percentiles {
         samples: sorted.len(),
-        p50_ms: rank(0.50),
-        p99_ms: rank(0.99),
-        max_ms: max,
+        p50: rank(0.50),
+        p99: rank(0.99),
+        max,
     })
 }
 
@@ -86,6 +86,80 @@ pub fn metadata_recovery_ms(
             Some((fault.kind, (first_ok - fault.started_us) as f64 / 1_000.0))
         })
         .collect()
+}
+
+/// Committed throughput between two consecutive new checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputSample {
+    /// When the earlier checkpoint was seen, seconds since the start.
+    pub from_s: f64,
+    /// When the later checkpoint was seen.
+    pub at_s: f64,
+    pub records_per_s: f64,
+}
+
+/// Throughput is averaged over at least this long: checkpoints (every few hundred ms) and polls
+/// (every 250 ms) alias, so shorter windows show dips that are only sampling noise.
+pub const THROUGHPUT_WINDOW_US: u64 = 2_000_000;
+
+/// Records committed per second over successive windows of at least [`THROUGHPUT_WINDOW_US`],
+/// from the source offsets of the newest completed checkpoint at each poll.
+pub fn throughput(polls: &[CheckpointObservation]) -> Vec<ThroughputSample> {
+    let mut samples = Vec::new();
+    let mut previous: Option<(u64, u64)> = None;
+    for poll in polls {
+        let Some(records) = poll.records_committed else {
+            continue;
+        };
+        match previous {
+            Some((at_us, before)) if poll.at_us >= at_us + THROUGHPUT_WINDOW_US => {
+                let seconds = (poll.at_us - at_us) as f64 / 1e6;
+                samples.push(ThroughputSample {
+                    from_s: at_us as f64 / 1e6,
+                    at_s: poll.at_us as f64 / 1e6,
+                    records_per_s: records.saturating_sub(before) as f64 / seconds,
+                });
+                previous = Some((poll.at_us, records));
+            }
+            Some(_) => {}
+            None => previous = Some((poll.at_us, records)),
+        }
+    }
+    samples
+}
+
+/// For each fault, how far committed throughput fell below the run's median while the fault
+/// lasted and for `settle_s` after it healed, in percent (0: no dip, 100: nothing committed).
+pub fn throughput_dips(faults: &[FaultRecord], samples: &[ThroughputSample], settle_s: f64) -> Vec<(FaultKind, f64)> {
+    let mut rates: Vec<f64> = samples.iter().map(|sample| sample.records_per_s).collect();
+    rates.sort_by(f64::total_cmp);
+    let Some(median) = rates.get(rates.len() / 2).copied().filter(|median| *median > 0.0) else {
+        return Vec::new();
+    };
+    faults
+        .iter()
+        .map(|fault| {
+            let from = fault.started_us as f64 / 1e6;
+            let to = fault.healed_us as f64 / 1e6 + settle_s;
+            // A window with no new checkpoint at all committed nothing.
+            let lowest = samples
+                .iter()
+                .filter(|sample| sample.at_s > from && sample.from_s < to)
+                .map(|sample| sample.records_per_s)
+                .fold(None, |lowest: Option<f64>, rate| {
+                    Some(lowest.map_or(rate, |low| low.min(rate)))
+                })
+                .unwrap_or(0.0);
+            (fault.kind, ((1.0 - lowest / median) * 100.0).clamp(0.0, 100.0))
+        })
+        .collect()
+}
+
+/// Which node was leader when polled (`None`: none reachable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderObservation {
+    pub at_us: u64,
+    pub leader: Option<u64>,
 }
 
 /// Groups per fault kind.
@@ -145,9 +219,14 @@ pub struct Report {
     pub checkpoint_anomalies: Vec<CheckpointAnomaly>,
     pub stream: Option<StreamResult>,
     /// Fault start -> next completed checkpoint, per fault kind.
-    pub stream_recovery: BTreeMap<String, Percentiles>,
+    pub stream_recovery_ms: BTreeMap<String, Percentiles>,
     /// Fault start -> next successful metadata operation, per fault kind.
-    pub metadata_recovery: BTreeMap<String, Percentiles>,
+    pub metadata_recovery_ms: BTreeMap<String, Percentiles>,
+    /// How far committed throughput fell during each fault and 2 s after (percent below the
+    /// run's median), per fault kind.
+    pub throughput_dip_percent: BTreeMap<String, Percentiles>,
+    pub throughput: Vec<ThroughputSample>,
+    pub leaders: Vec<LeaderObservation>,
 }
 
 impl Report {
@@ -196,18 +275,24 @@ impl Report {
             );
         }
         for (label, table) in [
-            ("stream recovery (fault -> next checkpoint)", &self.stream_recovery),
+            ("stream recovery (fault -> next checkpoint)", &self.stream_recovery_ms),
             (
                 "metadata recovery (fault -> next ok operation)",
-                &self.metadata_recovery,
+                &self.metadata_recovery_ms,
             ),
         ] {
             for (kind, figures) in table {
                 text += &format!(
                     "{label}, {kind}: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {}\n",
-                    figures.p50_ms, figures.p99_ms, figures.max_ms, figures.samples
+                    figures.p50, figures.p99, figures.max, figures.samples
                 );
             }
+        }
+        for (kind, figures) in &self.throughput_dip_percent {
+            text += &format!(
+                "throughput dip (below the median, during the fault and 2 s after), {kind}: p50 {:.0} %, p99 {:.0} %, max {:.0} % over {}\n",
+                figures.p50, figures.p99, figures.max, figures.samples
+            );
         }
         let anomalies = self.anomalies();
         if anomalies.is_empty() {
@@ -230,9 +315,40 @@ mod tests {
     fn percentiles_use_the_nearest_rank() {
         let values: Vec<f64> = (1..=100).map(f64::from).collect();
         let figures = percentiles(&values).expect("values");
-        assert_eq!((figures.p50_ms, figures.p99_ms, figures.max_ms), (50.0, 99.0, 100.0));
-        assert_eq!(percentiles(&[7.0]).map(|figures| figures.p99_ms), Some(7.0));
+        assert_eq!((figures.p50, figures.p99, figures.max), (50.0, 99.0, 100.0));
+        assert_eq!(percentiles(&[7.0]).map(|figures| figures.p99), Some(7.0));
         assert!(percentiles(&[]).is_none());
+    }
+
+    #[test]
+    fn throughput_is_averaged_over_windows_and_a_fault_without_progress_is_a_full_dip() {
+        let poll = |at_s: u64, records: u64| CheckpointObservation {
+            at_us: at_s * 1_000_000,
+            job_id: "job-1".into(),
+            completed: vec![records / 1_000],
+            records_committed: Some(records),
+        };
+        let polls = [
+            poll(0, 0),
+            poll(1, 1_000),
+            poll(2, 2_000),
+            poll(4, 4_000),
+            poll(6, 4_500),
+            poll(8, 6_500),
+            poll(10, 6_500),
+            poll(12, 8_500),
+        ];
+        let samples = throughput(&polls);
+        let rates: Vec<f64> = samples.iter().map(|sample| sample.records_per_s).collect();
+        assert_eq!(rates, vec![1_000.0, 1_000.0, 250.0, 1_000.0, 0.0, 1_000.0]);
+        let fault = |started_s: u64, healed_s: u64| FaultRecord {
+            kind: FaultKind::Pause,
+            target: "leader node 1".into(),
+            started_us: started_s * 1_000_000,
+            healed_us: healed_s * 1_000_000,
+        };
+        let dips = throughput_dips(&[fault(4, 5), fault(8, 9)], &samples, 0.5);
+        assert_eq!(dips, vec![(FaultKind::Pause, 75.0), (FaultKind::Pause, 100.0)]);
     }
 
     #[test]
@@ -241,6 +357,7 @@ mod tests {
             at_us,
             job_id: "job-1".into(),
             completed: completed.to_vec(),
+            records_committed: None,
         };
         let polls = [
             poll(1_000, &[3]),

@@ -22,7 +22,8 @@ use crate::checkpoints::{check_checkpoints, CheckpointObservation, RestoreObserv
 use crate::history::{Operation, Outcome};
 use crate::job_table::{check_job_table, JobInput, JobOutput, JobState};
 use crate::report::{
-    by_kind, checkpoint_recovery_ms, metadata_recovery_ms, operation_counts, FaultRecord, Report, StreamResult,
+    by_kind, checkpoint_recovery_ms, metadata_recovery_ms, operation_counts, throughput, throughput_dips, FaultRecord,
+    LeaderObservation, Report, StreamResult,
 };
 use crate::schedule::{schedule, FaultKind, ScheduledFault, Target};
 
@@ -56,6 +57,14 @@ impl Clock {
 }
 
 type History = Arc<Mutex<Vec<Operation<JobInput, JobOutput>>>>;
+
+/// What the poller saw of the stream job and the cluster.
+#[derive(Debug, Clone, Default)]
+struct Observations {
+    checkpoints: Vec<CheckpointObservation>,
+    restores: Vec<RestoreObservation>,
+    leaders: Vec<LeaderObservation>,
+}
 
 const STREAM_RATE: u64 = 2_000;
 const SLOTS_PER_EXECUTOR: u32 = 12;
@@ -146,13 +155,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             )));
         }
     }
-    let polls: Arc<Mutex<(Vec<CheckpointObservation>, Vec<RestoreObservation>)>> = Arc::default();
+    let polls: Arc<Mutex<Observations>> = Arc::default();
     if let (true, Some(job_id)) = (config.checkpoints || config.stream, &stream_job) {
         let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(2))?
             .with_attempt_timeout(Duration::from_secs(1));
+        let parallelism = u64::from(stream_spec.parallelism);
         workers.push(tokio::spawn(poll_checkpoints(
             client,
             job_id.clone(),
+            parallelism,
             clock,
             polls.clone(),
             stop.clone(),
@@ -188,7 +199,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         _ => None,
     };
     let history = history.lock().map(|recorded| recorded.clone()).unwrap_or_default();
-    let (observations, restores) = polls.lock().map(|polls| polls.clone()).unwrap_or_default();
+    let Observations {
+        checkpoints: observations,
+        restores,
+        leaders,
+    } = polls.lock().map(|polls| polls.clone()).unwrap_or_default();
+    let throughput_samples = throughput(&observations);
     let metadata_anomalies = if config.metadata {
         check_job_table(&history)
     } else {
@@ -212,10 +228,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         metadata_anomalies,
         checkpoint_anomalies,
         stream,
-        stream_recovery: by_kind(&checkpoint_recovery_ms(&faults, &observations)),
-        metadata_recovery: by_kind(&metadata_recovery_ms(&faults, &history)),
+        stream_recovery_ms: by_kind(&checkpoint_recovery_ms(&faults, &observations)),
+        metadata_recovery_ms: by_kind(&metadata_recovery_ms(&faults, &history)),
+        throughput_dip_percent: by_kind(&throughput_dips(&faults, &throughput_samples, 2.0)),
         faults,
+        throughput: throughput_samples,
+        leaders,
     };
+    let timeline_path = config.out.join("timeline.svg");
+    let timeline = crate::timeline::render(
+        &report.faults,
+        &report.leaders,
+        &observations,
+        &report.throughput,
+        clock.now_us() as f64 / 1e6,
+    );
+    std::fs::write(&timeline_path, timeline).with_context(|| format!("writing {}", timeline_path.display()))?;
     let history_path = config.out.join("history.json");
     std::fs::write(&history_path, serde_json::to_vec_pretty(&history)?)
         .with_context(|| format!("writing {}", history_path.display()))?;
@@ -524,21 +552,31 @@ async fn list_operation(
 async fn poll_checkpoints(
     client: ClusterClient,
     job_id: String,
+    parallelism: u64,
     clock: Clock,
-    polls: Arc<Mutex<(Vec<CheckpointObservation>, Vec<RestoreObservation>)>>,
+    polls: Arc<Mutex<Observations>>,
     stop: CancellationToken,
 ) {
     let mut restarts_seen = 0;
     while !stop.is_cancelled() {
         if let Ok(checkpoints) = client.list_checkpoints(&job_id).await {
+            let newest = checkpoints.iter().max_by_key(|checkpoint| checkpoint.checkpoint_id);
             let observation = CheckpointObservation {
                 at_us: clock.now_us(),
                 job_id: job_id.clone(),
                 completed: checkpoints.iter().map(|checkpoint| checkpoint.checkpoint_id).collect(),
+                records_committed: newest.map(|checkpoint| generated_records(checkpoint, parallelism)),
             };
             if let Ok(mut polls) = polls.lock() {
-                polls.0.push(observation);
+                polls.checkpoints.push(observation);
             }
+        }
+        let leader = client.cluster_status().await.ok().and_then(|status| status.leader_id);
+        if let Ok(mut polls) = polls.lock() {
+            polls.leaders.push(LeaderObservation {
+                at_us: clock.now_us(),
+                leader,
+            });
         }
         if let Ok(job) = client.get_job(&job_id, pb::ReadConsistency::Linearizable).await {
             let restored = job
@@ -548,7 +586,7 @@ async fn poll_checkpoints(
             if let (true, Some(checkpoint_id)) = (job.restart_count > restarts_seen, restored) {
                 restarts_seen = job.restart_count;
                 if let Ok(mut polls) = polls.lock() {
-                    polls.1.push(RestoreObservation {
+                    polls.restores.push(RestoreObservation {
                         at_us: clock.now_us(),
                         job_id: job_id.clone(),
                         checkpoint_id,
@@ -561,6 +599,22 @@ async fn poll_checkpoints(
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
+}
+
+/// Lines a checkpoint's generator offsets cover: generator subtask `i` of `parallelism` emits
+/// offsets i, i + parallelism, ..., and records the next one.
+fn generated_records(checkpoint: &pb::Checkpoint, parallelism: u64) -> u64 {
+    let parallelism = parallelism.max(1);
+    checkpoint
+        .source_offsets
+        .iter()
+        .map(|offset| {
+            offset
+                .offset
+                .saturating_sub(u64::from(offset.subtask_index))
+                .div_ceil(parallelism)
+        })
+        .sum()
 }
 
 /// Waits for the stream job to end and checks its committed output against the expected counts.
