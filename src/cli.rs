@@ -90,6 +90,10 @@ pub struct ExecutorArgs {
     /// Executor id; generated once and kept in the data dir when absent.
     #[arg(long)]
     pub id: Option<String>,
+    /// ADVERTISED=DIALLED: reach an address another node advertises somewhere else (a NAT, or the
+    /// chaos harness's fault proxy); repeatable.
+    #[arg(long, value_name = "ADVERTISED=DIALLED")]
+    pub dial: Vec<String>,
 }
 
 /// Output style of the client commands.
@@ -204,6 +208,20 @@ fn random_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// `--dial` entries as a map, each `advertised=dialled`.
+fn parse_dial(entries: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let (advertised, dialled) = entry
+                .split_once('=')
+                .filter(|(advertised, dialled)| !advertised.is_empty() && !dialled.is_empty())
+                .with_context(|| format!("--dial {entry:?} is not ADVERTISED=DIALLED (host:port=host:port)"))?;
+            Ok((advertised.trim().to_owned(), dialled.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
@@ -216,6 +234,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
                 slots: args.slots,
                 data_dir: args.data_dir,
                 checkpoint_store: args.checkpoint_store,
+                dial: parse_dial(&args.dial)?,
             };
             raftstream_executor::run_executor(config, shutdown).await?;
             Ok(())
@@ -257,6 +276,7 @@ async fn run_coordinator_command(args: CoordinatorArgs, shutdown: CancellationTo
                 bootstrap: args.bootstrap,
                 raft: RaftSettings::default(),
                 executors: Default::default(),
+                dial_addresses: Default::default(),
             };
             config.validate()?;
             config

@@ -77,6 +77,19 @@ pub struct LocalCluster {
     executor_checkpoint_store: Option<(String, Vec<(String, String)>)>,
     /// Added to every executor's environment.
     executor_environment: Vec<(String, String)>,
+    /// Per coordinator: peers' advertised addresses it dials elsewhere (the fault proxy).
+    coordinator_dial: BTreeMap<u64, BTreeMap<String, String>>,
+}
+
+/// How an executor is wired when its links go through somewhere else (the fault proxy).
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorRoutes {
+    /// Its data-exchange listen (and advertised) address.
+    pub listen: String,
+    /// The coordinator addresses it is given.
+    pub coordinators: Vec<String>,
+    /// Advertised addresses (coordinators', other executors') it dials elsewhere.
+    pub dial: BTreeMap<String, String>,
 }
 
 /// One executor child process.
@@ -85,6 +98,7 @@ pub struct ExecutorProcess {
     pub executor_id: String,
     pub directory: PathBuf,
     pub slots: u32,
+    routes: Option<ExecutorRoutes>,
     child: Option<Child>,
 }
 
@@ -129,6 +143,28 @@ impl LocalCluster {
         raft: RaftSettings,
         executor_settings: ExecutorSettings,
     ) -> anyhow::Result<Self> {
+        Self::start_routed(
+            binary,
+            directory,
+            node_count,
+            addresses,
+            raft,
+            executor_settings,
+            BTreeMap::new(),
+        )
+    }
+
+    /// Like [`LocalCluster::start_with`], where node `n` dials the peers' addresses listed in
+    /// `coordinator_dial[n]` somewhere else (through the chaos harness's fault proxy).
+    pub fn start_routed(
+        binary: &Path,
+        directory: &Path,
+        node_count: u64,
+        addresses: Vec<String>,
+        raft: RaftSettings,
+        executor_settings: ExecutorSettings,
+        coordinator_dial: BTreeMap<u64, BTreeMap<String, String>>,
+    ) -> anyhow::Result<Self> {
         if node_count == 0 {
             bail!("a cluster needs at least one node");
         }
@@ -152,6 +188,7 @@ impl LocalCluster {
             executors: BTreeMap::new(),
             executor_checkpoint_store: None,
             executor_environment: Vec::new(),
+            coordinator_dial,
         };
         for (node_id, address) in &members {
             cluster.add_process(*node_id, address.clone(), members.clone(), true)?;
@@ -177,6 +214,7 @@ impl LocalCluster {
             bootstrap,
             raft: self.raft.clone(),
             executors: self.executor_settings.clone(),
+            dial_addresses: self.coordinator_dial.get(&node_id).cloned().unwrap_or_default(),
         };
         let process = CoordinatorProcess {
             node_id,
@@ -351,12 +389,23 @@ impl LocalCluster {
 
     /// Starts an executor process with `slots` slots, connected to every coordinator.
     pub fn start_executor(&mut self, executor_id: &str, slots: u32) -> anyhow::Result<()> {
+        self.start_executor_routed(executor_id, slots, None)
+    }
+
+    /// Starts an executor whose links go where `routes` says.
+    pub fn start_executor_routed(
+        &mut self,
+        executor_id: &str,
+        slots: u32,
+        routes: Option<ExecutorRoutes>,
+    ) -> anyhow::Result<()> {
         let directory = self.directory.join(executor_id);
         std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
         let process = ExecutorProcess {
             executor_id: executor_id.to_owned(),
             directory,
             slots,
+            routes,
             child: None,
         };
         self.executors.insert(executor_id.to_owned(), process);
@@ -399,6 +448,17 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(process.log_path())?;
+        let mut routing = Vec::new();
+        let coordinators = match &process.routes {
+            Some(routes) => {
+                routing.extend(["--listen".to_owned(), routes.listen.clone()]);
+                for (advertised, dialled) in &routes.dial {
+                    routing.extend(["--dial".to_owned(), format!("{advertised}={dialled}")]);
+                }
+                routes.coordinators.join(",")
+            }
+            None => coordinators,
+        };
         let child = Command::new(&binary)
             .args([
                 "executor",
@@ -409,6 +469,7 @@ impl LocalCluster {
                 "--id",
                 executor_id,
             ])
+            .args(&routing)
             .arg("--data-dir")
             .arg(&process.directory)
             .arg("--checkpoint-store")

@@ -11,6 +11,7 @@
 //! - [`error`]: the coordinator's errors and their gRPC status codes.
 
 pub mod client;
+pub mod dial;
 pub mod error;
 pub mod ids;
 pub mod leader;

@@ -1,5 +1,6 @@
 //! One coordinator process: configuration, start-up, serving, and graceful shutdown.
 
+use crate::dial::DialAddresses;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,10 @@ pub struct CoordinatorConfig {
     pub raft: RaftSettings,
     #[serde(default)]
     pub executors: ExecutorSettings,
+    /// Peers' advertised addresses this node dials somewhere else (a NAT; the chaos harness's
+    /// fault proxy): advertised -> dialled.
+    #[serde(default)]
+    pub dial_addresses: BTreeMap<String, String>,
 }
 
 /// Why a coordinator could not start or stopped abnormally.
@@ -201,7 +206,9 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     let applied = state_machine.shared_state();
 
     let raft_config = Arc::new(config.openraft_config()?);
-    let raft = CoordinatorRaft::new(node_id, raft_config, GrpcRaftNetwork, log_store, state_machine)
+    let dial = DialAddresses::new(config.dial_addresses.clone());
+    let network = GrpcRaftNetwork { dial: dial.clone() };
+    let raft = CoordinatorRaft::new(node_id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|error| NodeError::Raft(error.to_string()))?;
 
@@ -212,7 +219,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
             source,
         })?;
     let address = config.advertised();
-    let context = CoordinatorContext::new(
+    let mut context = CoordinatorContext::new(
         node_id,
         address.clone(),
         raft.clone(),
@@ -220,6 +227,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         committed,
         Duration::from_millis(config.raft.write_timeout_ms),
     );
+    context.dial = dial;
 
     if config.bootstrap {
         bootstrap_if_pristine(&raft, &config).await?;

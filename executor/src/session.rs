@@ -1,5 +1,6 @@
 //! Registration and the session with the coordinator leader.
 
+use raftstream_coordinator::dial::DialAddresses;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub struct ExecutorConfig {
     /// every executor of a job must reach the same store, since a subtask may be restored on
     /// another executor. Default: `<data_dir>/checkpoints`, enough for a single executor.
     pub checkpoint_store: Option<String>,
+    /// Advertised addresses (coordinators', other executors') this executor dials elsewhere.
+    pub dial: std::collections::BTreeMap<String, String>,
 }
 
 /// Why an executor could not start.
@@ -125,6 +128,7 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let hub = ExchangeHub::default();
+    let dial = DialAddresses::new(config.dial.clone());
     let exchange = ExchangeServiceImpl {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
@@ -146,6 +150,7 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
     let environment = TaskEnvironment {
         hub,
         local_address: address.clone(),
+        dial: dial.clone(),
         store: std::sync::Arc::new(storage),
         reports,
     };
@@ -156,6 +161,7 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         slots: config.slots,
         cluster: ClusterClient::new(&config.coordinators, Duration::from_secs(3600))?,
         coordinators: config.coordinators.clone(),
+        dial,
     };
     session.run(tasks, report_receiver, shutdown).instrument(span).await;
     match server.await {
@@ -171,6 +177,7 @@ struct Session {
     slots: u32,
     cluster: ClusterClient,
     coordinators: Vec<String>,
+    dial: DialAddresses,
 }
 
 enum SessionEnd {
@@ -230,10 +237,13 @@ impl Session {
                     .as_ref()
                     .map_or(250, |reply| reply.heartbeat_interval_ms.max(10)),
             );
-            let target = leader_address.clone().unwrap_or_else(|| {
-                next_coordinator += 1;
-                self.coordinators[next_coordinator % self.coordinators.len()].clone()
-            });
+            let target = leader_address
+                .as_deref()
+                .map(|advertised| self.dial.resolve(advertised).to_owned())
+                .unwrap_or_else(|| {
+                    next_coordinator += 1;
+                    self.coordinators[next_coordinator % self.coordinators.len()].clone()
+                });
             match self
                 .session_with(
                     &target,

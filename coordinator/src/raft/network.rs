@@ -3,6 +3,7 @@
 //! Messages are serialized by us (JSON) into an opaque payload, and a remote Raft error travels
 //! back inside the payload so openraft sees it as the peer's answer, not as a network failure.
 
+use crate::dial::DialAddresses;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -25,9 +26,11 @@ type NodeId = u64;
 /// Largest gRPC message a coordinator accepts; snapshot chunks and append batches stay below it.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Creates one [`RaftPeerClient`] per peer.
+/// Creates one [`RaftPeerClient`] per peer, dialling peers through `DialAddresses`.
 #[derive(Debug, Clone, Default)]
-pub struct GrpcRaftNetwork;
+pub struct GrpcRaftNetwork {
+    pub dial: DialAddresses,
+}
 
 /// A lazily connected gRPC client to one peer coordinator.
 #[derive(Debug, Clone)]
@@ -43,7 +46,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcRaftNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         RaftPeerClient {
             target,
-            address: node.addr.clone(),
+            address: self.dial.resolve(&node.addr).to_owned(),
             client: None,
         }
     }

@@ -7,6 +7,7 @@ mod executor_service;
 mod job_service;
 mod raft_service;
 
+use crate::dial::DialAddresses;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,6 +41,8 @@ pub struct CoordinatorContext {
     pub committed: CommittedIndex,
     /// How long a write may wait for commit before the caller is told the outcome is unknown.
     pub write_timeout: Duration,
+    /// How this node reaches the addresses other nodes advertise.
+    pub dial: DialAddresses,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -75,6 +78,7 @@ impl CoordinatorContext {
             applied,
             committed,
             write_timeout,
+            dial: DialAddresses::default(),
             channels: Arc::default(),
         }
     }
@@ -127,8 +131,9 @@ impl CoordinatorContext {
         }
     }
 
-    /// A cached, lazily connected channel to another coordinator.
+    /// A cached, lazily connected channel to another coordinator (at its advertised address).
     pub fn channel(&self, address: &str) -> Result<Channel, CoordinatorError> {
+        let address = self.dial.resolve(address);
         let mut channels = self
             .channels
             .lock()

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::barriers::{Alignment, BarrierAligner};
+use raftstream_coordinator::dial::DialAddresses;
+
 use super::chain::chain_members;
 use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputChannel};
 use super::file_source::FileReader;
@@ -90,6 +92,8 @@ pub enum TaskControl {
 pub struct TaskEnvironment {
     pub hub: ExchangeHub,
     pub local_address: String,
+    /// How this executor reaches other executors' advertised addresses.
+    pub dial: DialAddresses,
     pub store: Arc<CheckpointStorage>,
     /// Checkpoint acknowledgements and task statuses, to the leader through the session.
     pub reports: mpsc::Sender<pb::executor_message::Body>,
@@ -399,7 +403,7 @@ async fn open_outputs(
             let channel = OutputChannel::open(
                 &environment.hub,
                 &environment.local_address,
-                &placed.executor_address,
+                environment.dial.resolve(&placed.executor_address),
                 target,
                 placed.epoch,
                 (&operator.id, deployment.subtask_index, deployment.epoch),
