@@ -8,7 +8,8 @@
 //! - [`job_table`]: the model of the coordinators' job table and the checks of job ids.
 //! - [`checkpoints`]: completed checkpoints never vanish, repeat or go back; restores use
 //!   committed checkpoints.
-//! - [`schedule`]: the seeded fault schedule; [`proxy`]: the fault proxy on every link.
+//! - [`schedule`]: the seeded fault schedule; [`proxy`]: the fault proxy on every link,
+//!   [`network`]: which proxy carries which link.
 //! - [`run`]: one run against a real cluster of processes; [`report`]: what it found;
 //!   [`timeline`]: the same as a picture.
 
@@ -16,6 +17,7 @@ pub mod checkpoints;
 pub mod history;
 pub mod job_table;
 pub mod linearizable;
+pub mod network;
 pub mod proxy;
 pub mod report;
 pub mod run;

@@ -19,8 +19,8 @@ struct Args {
     /// How long faults are injected: `90s`, `2m`, `30m`.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     time_limit: Duration,
-    /// Fault kinds: kill, pause, restart-all.
-    #[arg(long, default_value = "kill,pause,restart-all")]
+    /// Fault kinds: kill, pause, restart-all, partition, delay.
+    #[arg(long, default_value = "kill,pause,restart-all,partition,delay")]
     faults: String,
     /// Workloads: metadata, stream, checkpoints.
     #[arg(long, default_value = "metadata,stream,checkpoints")]

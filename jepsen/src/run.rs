@@ -21,6 +21,7 @@ use tonic::Code;
 use crate::checkpoints::{check_checkpoints, CheckpointObservation, RestoreObservation};
 use crate::history::{Operation, Outcome};
 use crate::job_table::{check_job_table, JobInput, JobOutput, JobState};
+use crate::network::{node_endpoint, Network};
 use crate::report::{
     by_kind, checkpoint_recovery_ms, metadata_recovery_ms, operation_counts, throughput, throughput_dips, FaultRecord,
     LeaderObservation, Report, StreamResult,
@@ -82,13 +83,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     if cluster_dir.exists() {
         std::fs::remove_dir_all(&cluster_dir).with_context(|| format!("clearing {}", cluster_dir.display()))?;
     }
-    let mut cluster = LocalCluster::start_with(
+    // Every link between processes goes through its own proxy, so faults can cut or slow it.
+    let executor_ids: Vec<String> = (1..=config.executors).map(|number| format!("exec-{number}")).collect();
+    let network = Network::start(config.nodes, &executor_ids).await?;
+    let mut cluster = LocalCluster::start_routed(
         &config.binary,
         &cluster_dir,
         config.nodes,
-        Vec::new(),
+        network.node_addresses.values().cloned().collect(),
         RaftSettings::default(),
         ExecutorSettings::default(),
+        network.coordinator_dial(),
     )?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
     if let Some(defect) = &config.inject_defect {
@@ -97,8 +102,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             defect.clone(),
         )]);
     }
-    for number in 1..=config.executors {
-        cluster.start_executor(&format!("exec-{number}"), SLOTS_PER_EXECUTOR)?;
+    for executor_id in &executor_ids {
+        cluster.start_executor_routed(
+            executor_id,
+            SLOTS_PER_EXECUTOR,
+            Some(network.executor_routes(executor_id)?),
+        )?;
     }
     let admin =
         ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?.with_attempt_timeout(Duration::from_secs(2));
@@ -170,11 +179,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         )));
     }
 
-    let faults = nemesis(&mut cluster, &config, clock).await?;
+    let faults = nemesis(&mut cluster, &network, &config, clock).await?;
     stop.cancel();
     for worker in workers {
         let _ = worker.await;
     }
+    network.heal();
     heal(&mut cluster).await?;
 
     // After healing: one more read of everything through the linearizable path.
@@ -254,14 +264,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
 }
 
 /// Injects the seeded faults one after another until the schedule (sized to the time limit) ends.
-async fn nemesis(cluster: &mut LocalCluster, config: &RunConfig, clock: Clock) -> anyhow::Result<Vec<FaultRecord>> {
+async fn nemesis(
+    cluster: &mut LocalCluster,
+    network: &Network,
+    config: &RunConfig,
+    clock: Clock,
+) -> anyhow::Result<Vec<FaultRecord>> {
     let planned = schedule(config.seed, &config.faults, config.time_limit.as_millis() as u64);
     let mut records = Vec::new();
     let started = Instant::now();
     for fault in planned {
         tokio::time::sleep(Duration::from_millis(fault.quiet_ms)).await;
         let started_us = clock.now_us();
-        let (target, heal_action) = match inject(cluster, &fault).await {
+        let (target, heal_action) = match inject(cluster, network, &fault).await {
             Ok(injected) => injected,
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), ?fault, "fault skipped");
@@ -275,7 +290,7 @@ async fn nemesis(cluster: &mut LocalCluster, config: &RunConfig, clock: Clock) -
             fault.duration_ms
         );
         tokio::time::sleep(Duration::from_millis(fault.duration_ms)).await;
-        heal_action.apply(cluster)?;
+        heal_action.apply(cluster, network)?;
         records.push(FaultRecord {
             kind: fault.kind,
             target,
@@ -296,12 +311,21 @@ enum Heal {
     ContinueNode(u64),
     RestartExecutor(String),
     ContinueExecutor(String),
-    RestartEverything { nodes: Vec<u64>, executors: Vec<String> },
+    RestartEverything {
+        nodes: Vec<u64>,
+        executors: Vec<String>,
+    },
+    /// Restore every link.
+    Network,
 }
 
 impl Heal {
-    fn apply(self, cluster: &mut LocalCluster) -> anyhow::Result<()> {
+    fn apply(self, cluster: &mut LocalCluster, network: &Network) -> anyhow::Result<()> {
         match self {
+            Heal::Network => {
+                network.heal();
+                Ok(())
+            }
             Heal::RestartNode(node_id) => cluster.restart(node_id),
             Heal::ContinueNode(node_id) => cluster.signal_node(node_id, false),
             Heal::RestartExecutor(executor_id) => cluster.restart_executor(&executor_id),
@@ -319,11 +343,53 @@ impl Heal {
     }
 }
 
-async fn inject(cluster: &mut LocalCluster, fault: &ScheduledFault) -> anyhow::Result<(String, Heal)> {
+async fn inject(
+    cluster: &mut LocalCluster,
+    network: &Network,
+    fault: &ScheduledFault,
+) -> anyhow::Result<(String, Heal)> {
     let node_ids: Vec<u64> = cluster.nodes().map(|node| node.node_id).collect();
     let executors = cluster.executor_ids();
     let pause = fault.kind == FaultKind::Pause;
+    let everyone = network.endpoints();
+    let isolate = |side: BTreeSet<String>| {
+        let rest: BTreeSet<String> = everyone.difference(&side).cloned().collect();
+        network.cut_between(&side, &rest);
+    };
     match fault.target {
+        Target::IsolatedLeader => {
+            let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+            isolate([node_endpoint(leader)].into());
+            Ok((format!("leader node {leader} cut off"), Heal::Network))
+        }
+        Target::Minority(draw) => {
+            let size = (node_ids.len() - 1) / 2;
+            let mut order = node_ids.clone();
+            let first = draw as usize % order.len().max(1);
+            order.rotate_left(first);
+            let minority: Vec<u64> = order.into_iter().take(size.max(1)).collect();
+            isolate(minority.iter().map(|node_id| node_endpoint(*node_id)).collect());
+            Ok((format!("minority {minority:?} cut off"), Heal::Network))
+        }
+        Target::Bridge(choice) => {
+            let bridge = node_ids[choice as usize % node_ids.len().max(1)];
+            let rest: Vec<u64> = node_ids.iter().copied().filter(|node_id| *node_id != bridge).collect();
+            let (left, right) = rest.split_at(rest.len() / 2);
+            let side = |nodes: &[u64]| nodes.iter().map(|node_id| node_endpoint(*node_id)).collect();
+            network.cut_between(&side(left), &side(right));
+            Ok((format!("{left:?} | {right:?}, bridged by node {bridge}"), Heal::Network))
+        }
+        Target::IsolatedExecutor(choice) => {
+            let Some(executor_id) = executors.get(choice as usize % executors.len().max(1)).cloned() else {
+                bail!("no executor to cut off");
+            };
+            isolate([executor_id.clone()].into());
+            Ok((format!("executor {executor_id} cut off"), Heal::Network))
+        }
+        Target::AllLinks { delay_ms } => {
+            network.delay_all(Duration::from_millis(delay_ms));
+            Ok((format!("every link +{delay_ms} ms"), Heal::Network))
+        }
         Target::Everything => {
             for executor_id in &executors {
                 cluster.kill_executor(executor_id)?;

@@ -16,6 +16,8 @@ fn colour(kind: FaultKind) -> &'static str {
         FaultKind::Kill => "#d62728",
         FaultKind::Pause => "#ff7f0e",
         FaultKind::RestartAll => "#9467bd",
+        FaultKind::Partition => "#8c564b",
+        FaultKind::Delay => "#17becf",
     }
 }
 
