@@ -63,11 +63,11 @@ fn a_seeded_chaos_run_finds_nothing_and_an_injected_defect_is_caught() {
             "--time-limit",
             "75s",
             "--faults",
-            "kill,pause,restart-all",
+            "kill,pause,restart-all,partition,delay",
         ],
     );
     assert_eq!(code, Some(0), "a correct system must show no anomaly:\n{text}");
-    for kind in ["kill", "pause", "restart-all"] {
+    for kind in ["kill", "pause", "restart-all", "partition", "delay"] {
         assert!(
             text.contains(&format!("\"{kind}\"")),
             "no {kind} fault injected:\n{text}"
