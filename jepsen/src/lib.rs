@@ -11,7 +11,7 @@
 //! - [`schedule`]: the seeded fault schedule; [`proxy`]: the fault proxy on every link,
 //!   [`network`]: which proxy carries which link.
 //! - [`run`]: one run against a real cluster of processes; [`report`]: what it found;
-//!   [`timeline`]: the same as a picture.
+//!   [`timeline`]: the same as a picture; [`serve`]: fault commands for a person.
 
 pub mod checkpoints;
 pub mod history;
@@ -22,4 +22,5 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod serve;
 pub mod timeline;

@@ -43,6 +43,10 @@ struct Args {
     /// Switch on a bug in the executors on purpose (replay-from-start), to see the checkers fail.
     #[arg(long)]
     inject_defect: Option<String>,
+    /// Instead of a timed run: start the proxied cluster and take fault commands on
+    /// 127.0.0.1:PORT (jepsen/scripts/fault.sh) until Ctrl-C.
+    #[arg(long, value_name = "PORT")]
+    serve: Option<u16>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -123,6 +127,10 @@ async fn run_from(args: Args) -> anyhow::Result<bool> {
         binary,
         inject_defect: args.inject_defect,
     };
+    if let Some(port) = args.serve {
+        raftstream_jepsen::serve::serve(config, port).await?;
+        return Ok(true);
+    }
     let report = run(config).await?;
     print!("{}", report.summary());
     println!("report: {}", out.join("report.json").display());

@@ -78,45 +78,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     if config.executors < 2 {
         bail!("--executors must be at least 2, so a job can move when one fails");
     }
-    std::fs::create_dir_all(&config.out).with_context(|| format!("creating {}", config.out.display()))?;
-    let cluster_dir = config.out.join("cluster");
-    if cluster_dir.exists() {
-        std::fs::remove_dir_all(&cluster_dir).with_context(|| format!("clearing {}", cluster_dir.display()))?;
-    }
-    // Every link between processes goes through its own proxy, so faults can cut or slow it.
-    let executor_ids: Vec<String> = (1..=config.executors).map(|number| format!("exec-{number}")).collect();
-    let network = Network::start(config.nodes, &executor_ids).await?;
-    let mut cluster = LocalCluster::start_routed(
-        &config.binary,
-        &cluster_dir,
-        config.nodes,
-        network.node_addresses.values().cloned().collect(),
-        RaftSettings::default(),
-        ExecutorSettings::default(),
-        network.coordinator_dial(),
-    )?;
-    cluster.wait_for_leader(Duration::from_secs(30)).await?;
-    if let Some(defect) = &config.inject_defect {
-        cluster.set_executor_environment(vec![(
-            raftstream_executor::defects::VARIABLE.to_owned(),
-            defect.clone(),
-        )]);
-    }
-    for executor_id in &executor_ids {
-        cluster.start_executor_routed(
-            executor_id,
-            SLOTS_PER_EXECUTOR,
-            Some(network.executor_routes(executor_id)?),
-        )?;
-    }
-    let admin =
-        ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?.with_attempt_timeout(Duration::from_secs(2));
-    poll_until("the executors to connect", Duration::from_secs(30), || async {
-        let listed = admin.list_executors().await.ok()?;
-        (listed.executors.iter().filter(|executor| executor.connected).count() == config.executors as usize)
-            .then_some(())
-    })
-    .await?;
+    let (mut cluster, network, admin) = start_cluster(&config).await?;
     let clock = Clock(Instant::now());
     let stop = CancellationToken::new();
 
@@ -263,6 +225,50 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The proxied cluster of `config`, with every executor connected.
+pub async fn start_cluster(config: &RunConfig) -> anyhow::Result<(LocalCluster, Network, ClusterClient)> {
+    std::fs::create_dir_all(&config.out).with_context(|| format!("creating {}", config.out.display()))?;
+    let cluster_dir = config.out.join("cluster");
+    if cluster_dir.exists() {
+        std::fs::remove_dir_all(&cluster_dir).with_context(|| format!("clearing {}", cluster_dir.display()))?;
+    }
+    // Every link between processes goes through its own proxy, so faults can cut or slow it.
+    let executor_ids: Vec<String> = (1..=config.executors).map(|number| format!("exec-{number}")).collect();
+    let network = Network::start(config.nodes, &executor_ids).await?;
+    let mut cluster = LocalCluster::start_routed(
+        &config.binary,
+        &cluster_dir,
+        config.nodes,
+        network.node_addresses.values().cloned().collect(),
+        RaftSettings::default(),
+        ExecutorSettings::default(),
+        network.coordinator_dial(),
+    )?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    if let Some(defect) = &config.inject_defect {
+        cluster.set_executor_environment(vec![(
+            raftstream_executor::defects::VARIABLE.to_owned(),
+            defect.clone(),
+        )]);
+    }
+    for executor_id in &executor_ids {
+        cluster.start_executor_routed(
+            executor_id,
+            SLOTS_PER_EXECUTOR,
+            Some(network.executor_routes(executor_id)?),
+        )?;
+    }
+    let admin =
+        ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?.with_attempt_timeout(Duration::from_secs(2));
+    poll_until("the executors to connect", Duration::from_secs(30), || async {
+        let listed = admin.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|executor| executor.connected).count() == config.executors as usize)
+            .then_some(())
+    })
+    .await?;
+    Ok((cluster, network, admin))
+}
+
 /// Injects the seeded faults one after another until the schedule (sized to the time limit) ends.
 async fn nemesis(
     cluster: &mut LocalCluster,
@@ -276,7 +282,7 @@ async fn nemesis(
     for fault in planned {
         tokio::time::sleep(Duration::from_millis(fault.quiet_ms)).await;
         let started_us = clock.now_us();
-        let (target, heal_action) = match inject(cluster, network, &fault).await {
+        let (target, heal_action) = match apply_fault(cluster, network, &fault).await {
             Ok(injected) => injected,
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), ?fault, "fault skipped");
@@ -306,7 +312,7 @@ async fn nemesis(
 }
 
 /// How to undo an injected fault.
-enum Heal {
+pub enum Heal {
     RestartNode(u64),
     ContinueNode(u64),
     RestartExecutor(String),
@@ -320,7 +326,7 @@ enum Heal {
 }
 
 impl Heal {
-    fn apply(self, cluster: &mut LocalCluster, network: &Network) -> anyhow::Result<()> {
+    pub fn apply(self, cluster: &mut LocalCluster, network: &Network) -> anyhow::Result<()> {
         match self {
             Heal::Network => {
                 network.heal();
@@ -343,7 +349,8 @@ impl Heal {
     }
 }
 
-async fn inject(
+/// Injects one fault now; returns who it hit and how to undo it.
+pub async fn apply_fault(
     cluster: &mut LocalCluster,
     network: &Network,
     fault: &ScheduledFault,
@@ -436,6 +443,12 @@ async fn inject(
             }
         }
     }
+}
+
+/// Restores every link, resumes and restarts every process, and waits for a leader.
+pub async fn heal_everything(cluster: &mut LocalCluster, network: &Network) -> anyhow::Result<()> {
+    network.heal();
+    heal(cluster).await
 }
 
 /// Makes sure nothing is left paused or down, then waits for a leader.
