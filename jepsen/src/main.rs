@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use raftstream_jepsen::job_table::{check_job_table, JobInput, JobOutput};
 use raftstream_jepsen::run::{parse_faults, run, RunConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -47,6 +48,9 @@ struct Args {
     /// 127.0.0.1:PORT (jepsen/scripts/fault.sh) until Ctrl-C.
     #[arg(long, value_name = "PORT")]
     serve: Option<u16>,
+    /// Instead of a run: check the metadata history of an earlier run again (DIR/history.json).
+    #[arg(long, value_name = "DIR")]
+    check: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -84,6 +88,18 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run_from(args: Args) -> anyhow::Result<bool> {
+    if let Some(directory) = &args.check {
+        let path = directory.join("history.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let history: Vec<raftstream_jepsen::history::Operation<JobInput, JobOutput>> =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a metadata history", path.display()))?;
+        let anomalies = check_job_table(&history);
+        println!("{} operations, {} anomalies", history.len(), anomalies.len());
+        for anomaly in &anomalies {
+            println!("  {}: {}", anomaly.kind, anomaly.explanation);
+        }
+        return Ok(anomalies.is_empty());
+    }
     let faults = parse_faults(&args.faults).map_err(anyhow::Error::msg)?;
     let workloads: Vec<&str> = args.workload.split(',').map(str::trim).collect();
     if let Some(unknown) = workloads
