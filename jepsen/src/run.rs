@@ -99,9 +99,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     };
     let _ = std::fs::remove_dir_all(&stream_spec.output_dir);
     let stream_job = if config.stream || config.checkpoints {
-        let job = admin
-            .submit_job(&stream_spec.spec("jepsen-stream"), "jepsen-stream")
-            .await?;
+        // The word count's own spec gives up after 10 restarts; a long run restarts it far more
+        // often, on purpose.
+        let mut spec: serde_json::Value = serde_json::from_str(&stream_spec.spec("jepsen-stream"))?;
+        spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 1_000_000, "delay_ms": 200});
+        let job = admin.submit_job(&spec.to_string(), "jepsen-stream").await?;
         Some(job.job_id)
     } else {
         None
@@ -171,7 +173,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     }
 
     let seen_ended = polls.lock().ok().and_then(|polls| polls.stream_ended.clone());
-    let patience = Duration::from_secs(300).max(config.time_limit / 2);
+    let patience = Duration::from_secs(300);
     let stream = match (&stream_job, config.stream) {
         (Some(job_id), true) => Some(finish_stream(&final_reader, job_id, &stream_spec, seen_ended, patience).await?),
         _ => None,
