@@ -117,6 +117,7 @@ impl Model for OneJob {
             (OneJobInput::Create, _, _) => None,
             (OneJobInput::Cancel, Active, None | Some(Done)) => Some(Cancelled),
             (OneJobInput::Cancel, Cancelled, None | Some(AlreadyEnded | Done)) => Some(Cancelled),
+            (OneJobInput::Cancel, Cancelled, Some(NotFound)) => Some(Forgotten),
             (OneJobInput::Cancel, Absent | Forgotten, None | Some(NotFound)) => Some(*state),
             (OneJobInput::Cancel, _, _) => None,
             (OneJobInput::Read, _, None) => Some(*state),
@@ -194,14 +195,29 @@ pub fn check_job_table(history: &History) -> Vec<Anomaly> {
             }),
             Verdict::NotLinearizable(failure) => {
                 let first = failure.stuck_at.first().copied();
+                // Lists can name thousands of jobs: keep each description short.
                 let describe = |index: usize| {
-                    history
+                    let text = history
                         .iter()
                         .find(|operation| operation.index == index)
                         .map(|operation| format!("#{index} {:?} -> {:?}", operation.input, operation.outcome))
-                        .unwrap_or_default()
+                        .unwrap_or_default();
+                    match text.char_indices().nth(160) {
+                        Some((cut, _)) => format!("{}...", &text[..cut]),
+                        None => text,
+                    }
                 };
-                let linearized: Vec<String> = failure.longest_prefix.iter().map(|index| describe(*index)).collect();
+                // The end of the longest explainable order is where it went wrong.
+                let skipped = failure.longest_prefix.len().saturating_sub(8);
+                let mut linearized: Vec<String> = failure
+                    .longest_prefix
+                    .iter()
+                    .skip(skipped)
+                    .map(|index| describe(*index))
+                    .collect();
+                if skipped > 0 {
+                    linearized.insert(0, format!("{skipped} earlier operations"));
+                }
                 anomalies.push(Anomaly {
                     kind: "not-linearizable".into(),
                     job_id: Some(job_id.clone()),
@@ -464,6 +480,14 @@ mod tests {
             )
             .add(cancel("job-1"), Outcome::Ok(JobOutput::NotFound), (17, Some(18)));
         assert_eq!(check_job_table(&history.0), Vec::new());
+        // Forgotten as seen by a cancel first.
+        let mut by_cancel = Recorder(Vec::new());
+        by_cancel
+            .add(submit("r1"), submitted("job-1"), (0, Some(10)))
+            .add(cancel("job-1"), Outcome::Ok(JobOutput::Cancelled), (11, Some(12)))
+            .add(cancel("job-1"), Outcome::Ok(JobOutput::NotFound), (13, Some(14)))
+            .add(get("job-1"), Outcome::Ok(JobOutput::NotFound), (15, Some(16)));
+        assert_eq!(check_job_table(&by_cancel.0), Vec::new());
         history.add(get("job-1"), found(JobState::Cancelled), (19, Some(20)));
         assert_eq!(kinds(&check_job_table(&history.0)), vec!["not-linearizable"]);
         // Never cancelled: absent is a lost write, not forgetting.
