@@ -51,3 +51,15 @@ relaunch() {
     rm -f "$STATE/$name.cmd" "$STATE/$name.cwd" "$STATE/$name.log"
     say "restarted $name"
 }
+
+# SIGSTOP of process $2, named $1 in messages; with seconds $3, SIGCONT after them.
+pause_for() {
+    local name="$1" pid="$2"
+    kill -STOP "$pid"
+    say "paused $name (pid $pid)"
+    if [ -n "${3:-}" ]; then
+        sleep "$3"
+        kill -CONT "$pid"
+        say "resumed $name after $3 s"
+    fi
+}

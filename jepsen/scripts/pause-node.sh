@@ -4,10 +4,4 @@ source "$(dirname "$0")/common.sh"
 [ $# -ge 1 ] || die "usage: pause-node.sh NODE_ID [SECONDS]"
 pid="$(node_pid "$1")"
 [ -n "$pid" ] || die "node $1 is not running"
-kill -STOP "$pid"
-say "paused node $1 (pid $pid)"
-if [ $# -ge 2 ]; then
-    sleep "$2"
-    kill -CONT "$pid"
-    say "resumed node $1 after $2 s"
-fi
+pause_for "node $1" "$pid" "${2:-}"

@@ -109,7 +109,7 @@ impl CheckpointStore for LocalDirectoryStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::state_location;
+    use super::super::{error_text, state_location};
     use super::*;
 
     #[tokio::test]
@@ -121,24 +121,14 @@ mod tests {
         assert_eq!(store.get(&handle).await?, b"key group state");
 
         std::fs::write(directory.path().join(&location), b"key group stat3")?;
-        let corrupted = store
-            .get(&handle)
-            .await
-            .err()
-            .map(|error| error.to_string())
-            .unwrap_or_default();
+        let corrupted = error_text(store.get(&handle).await);
         assert!(
             corrupted.contains("corrupted") && corrupted.contains("chk-7/counts-1"),
             "{corrupted}"
         );
 
         std::fs::write(directory.path().join(&location), b"short")?;
-        let truncated = store
-            .get(&handle)
-            .await
-            .err()
-            .map(|error| error.to_string())
-            .unwrap_or_default();
+        let truncated = error_text(store.get(&handle).await);
         assert!(truncated.contains("5 bytes, expected 15"), "{truncated}");
 
         store.delete(&location).await?;
@@ -147,12 +137,7 @@ mod tests {
             !directory.path().join("job-1/chk-7").exists(),
             "the empty checkpoint directory goes too"
         );
-        let missing = store
-            .get(&handle)
-            .await
-            .err()
-            .map(|error| error.to_string())
-            .unwrap_or_default();
+        let missing = error_text(store.get(&handle).await);
         assert!(missing.contains("missing"), "{missing}");
         Ok(())
     }
@@ -161,12 +146,7 @@ mod tests {
     async fn locations_cannot_escape_the_root() {
         let store = LocalDirectoryStore::new("/tmp/raftstream-store-root");
         for location in ["../etc/passwd", "/etc/passwd", "", "a/../../b"] {
-            let error = store
-                .put(location, Vec::new())
-                .await
-                .err()
-                .map(|error| error.to_string())
-                .unwrap_or_default();
+            let error = error_text(store.put(location, Vec::new()).await);
             assert!(error.contains("invalid state location"), "{location}: {error}");
         }
     }

@@ -86,3 +86,9 @@ pub fn verify(handle: &StateHandle, bytes: &[u8]) -> Result<(), CheckpointStoreE
     }
     Ok(())
 }
+
+/// The message of a failed store call, empty if it succeeded: what the tests assert on.
+#[cfg(test)]
+pub(crate) fn error_text<T>(result: Result<T, CheckpointStoreError>) -> String {
+    result.err().map(|error| error.to_string()).unwrap_or_default()
+}

@@ -100,7 +100,7 @@ impl CheckpointStore for ObjectStorageStore {
 mod tests {
     use object_store::memory::InMemory;
 
-    use super::super::state_location;
+    use super::super::{error_text, state_location};
     use super::*;
 
     #[tokio::test]
@@ -116,12 +116,7 @@ mod tests {
         objects
             .put(&stored, PutPayload::from_static(b"key group stat3"))
             .await?;
-        let corrupted = store
-            .get(&handle)
-            .await
-            .err()
-            .map(|error| error.to_string())
-            .unwrap_or_default();
+        let corrupted = error_text(store.get(&handle).await);
         assert!(
             corrupted.contains("corrupted") && corrupted.contains("chk-7/counts-1"),
             "{corrupted}"
@@ -129,12 +124,7 @@ mod tests {
 
         store.delete(&location).await?;
         store.delete(&location).await?;
-        let missing = store
-            .get(&handle)
-            .await
-            .err()
-            .map(|error| error.to_string())
-            .unwrap_or_default();
+        let missing = error_text(store.get(&handle).await);
         assert!(missing.contains("missing"), "{missing}");
         Ok(())
     }
@@ -143,12 +133,7 @@ mod tests {
     async fn locations_cannot_escape_the_prefix() -> Result<(), Box<dyn std::error::Error>> {
         let store = ObjectStorageStore::new(Arc::new(InMemory::new()), "checkpoints")?;
         for location in ["../etc/passwd", "/etc/passwd", "", "a/../../b", "a//b"] {
-            let error = store
-                .put(location, Vec::new())
-                .await
-                .err()
-                .map(|error| error.to_string())
-                .unwrap_or_default();
+            let error = error_text(store.put(location, Vec::new()).await);
             assert!(error.contains("invalid state location"), "{location}: {error}");
         }
         Ok(())
