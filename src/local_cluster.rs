@@ -77,8 +77,17 @@ pub struct LocalCluster {
     executor_checkpoint_store: Option<(String, Vec<(String, String)>)>,
     /// Added to every executor's environment.
     executor_environment: Vec<(String, String)>,
+    wiring: ClusterWiring,
+}
+
+/// Where the processes' links go when something sits between them (the chaos harness).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterWiring {
     /// Per coordinator: peers' advertised addresses it dials elsewhere (the fault proxy).
-    coordinator_dial: BTreeMap<u64, BTreeMap<String, String>>,
+    pub coordinator_dial: BTreeMap<u64, BTreeMap<String, String>>,
+    /// Per process (`node-N` or an executor id): the Linux network namespace it runs in
+    /// (started through `ip netns exec`, which execs, so the child's pid is the process's).
+    pub network_namespaces: BTreeMap<String, String>,
 }
 
 /// How an executor is wired when its links go through somewhere else (the fault proxy).
@@ -150,12 +159,11 @@ impl LocalCluster {
             addresses,
             raft,
             executor_settings,
-            BTreeMap::new(),
+            ClusterWiring::default(),
         )
     }
 
-    /// Like [`LocalCluster::start_with`], where node `n` dials the peers' addresses listed in
-    /// `coordinator_dial[n]` somewhere else (through the chaos harness's fault proxy).
+    /// Like [`LocalCluster::start_with`], with the processes wired as `wiring` says.
     pub fn start_routed(
         binary: &Path,
         directory: &Path,
@@ -163,7 +171,7 @@ impl LocalCluster {
         addresses: Vec<String>,
         raft: RaftSettings,
         executor_settings: ExecutorSettings,
-        coordinator_dial: BTreeMap<u64, BTreeMap<String, String>>,
+        wiring: ClusterWiring,
     ) -> anyhow::Result<Self> {
         if node_count == 0 {
             bail!("a cluster needs at least one node");
@@ -188,7 +196,7 @@ impl LocalCluster {
             executors: BTreeMap::new(),
             executor_checkpoint_store: None,
             executor_environment: Vec::new(),
-            coordinator_dial,
+            wiring,
         };
         for (node_id, address) in &members {
             cluster.add_process(*node_id, address.clone(), members.clone(), true)?;
@@ -214,7 +222,7 @@ impl LocalCluster {
             bootstrap,
             raft: self.raft.clone(),
             executors: self.executor_settings.clone(),
-            dial_addresses: self.coordinator_dial.get(&node_id).cloned().unwrap_or_default(),
+            dial_addresses: self.wiring.coordinator_dial.get(&node_id).cloned().unwrap_or_default(),
         };
         let process = CoordinatorProcess {
             node_id,
@@ -228,8 +236,22 @@ impl LocalCluster {
         self.spawn(node_id)
     }
 
+    /// A command that runs the binary as `process` (`node-N` or an executor id), in its network
+    /// namespace if it has one.
+    fn binary_command(&self, process: &str) -> Command {
+        match self.wiring.network_namespaces.get(process) {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        }
+    }
+
     fn spawn(&mut self, node_id: u64) -> anyhow::Result<()> {
         let binary = self.binary.clone();
+        let mut command = self.binary_command(&format!("node-{node_id}"));
         let process = self
             .nodes
             .get_mut(&node_id)
@@ -242,7 +264,7 @@ impl LocalCluster {
             .append(true)
             .open(process.log_path())
             .with_context(|| format!("opening {}", process.log_path().display()))?;
-        let child = Command::new(&binary)
+        let child = command
             .arg("coordinator")
             .arg("--config")
             .arg(process.config_path())
@@ -435,7 +457,7 @@ impl LocalCluster {
             Some((url, environment)) => (url.clone(), environment.clone()),
             None => (self.checkpoint_dir().display().to_string(), Vec::new()),
         };
-        let binary = self.binary.clone();
+        let mut command = self.binary_command(executor_id);
         let environment = self.executor_environment.clone();
         let process = self
             .executors
@@ -459,7 +481,7 @@ impl LocalCluster {
             }
             None => coordinators,
         };
-        let child = Command::new(&binary)
+        let child = command
             .args([
                 "executor",
                 "--coordinators",

@@ -9,7 +9,8 @@
 //! - [`checkpoints`]: completed checkpoints never vanish, repeat or go back; restores use
 //!   committed checkpoints.
 //! - [`schedule`]: the seeded fault schedule; [`proxy`]: the fault proxy on every link,
-//!   [`network`]: which proxy carries which link.
+//!   [`network`]: which proxy (or, with `--net netns`, which namespace) carries which link.
+//!   [`netns`]: network namespaces, iptables partitions and netem delays.
 //! - [`run`]: one run against a real cluster of processes; [`report`]: what it found;
 //!   [`timeline`]: the same as a picture; [`serve`]: fault commands for a person.
 
@@ -17,6 +18,7 @@ pub mod checkpoints;
 pub mod history;
 pub mod job_table;
 pub mod linearizable;
+pub mod netns;
 pub mod network;
 pub mod proxy;
 pub mod report;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use raftstream_jepsen::job_table::{check_job_table, JobInput, JobOutput};
+use raftstream_jepsen::network::NetMode;
 use raftstream_jepsen::run::{parse_faults, run, RunConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -48,6 +49,11 @@ struct Args {
     /// 127.0.0.1:PORT (jepsen/scripts/fault.sh) until Ctrl-C.
     #[arg(long, value_name = "PORT")]
     serve: Option<u16>,
+    /// Where faults act on the links: `proxy` (a TCP proxy per link in this process; no root
+    /// needed) or `netns` (a network namespace per process, iptables DROP for partitions, netem
+    /// for delays; needs root).
+    #[arg(long, value_enum, default_value = "proxy")]
+    net: NetMode,
     /// Instead of a run: check the metadata history of an earlier run again (DIR/history.json).
     #[arg(long, value_name = "DIR")]
     check: Option<PathBuf>,
@@ -142,6 +148,7 @@ async fn run_from(args: Args) -> anyhow::Result<bool> {
         out: out.clone(),
         binary,
         inject_defect: args.inject_defect,
+        net: args.net,
     };
     if let Some(port) = args.serve {
         raftstream_jepsen::serve::serve(config, port).await?;

@@ -211,6 +211,8 @@ pub struct StreamResult {
 pub struct Report {
     pub seed: u64,
     pub time_limit_s: u64,
+    /// Where the faults acted: `proxy` or `netns`.
+    pub network: String,
     pub faults: Vec<FaultRecord>,
     pub faults_by_kind: BTreeMap<String, usize>,
     pub operations: BTreeMap<String, usize>,
@@ -259,7 +261,10 @@ impl Report {
 
     /// The human summary.
     pub fn summary(&self) -> String {
-        let mut text = format!("seed {}, {} s of faults\n", self.seed, self.time_limit_s);
+        let mut text = format!(
+            "seed {}, {} s of faults, links faulted by {}\n",
+            self.seed, self.time_limit_s, self.network
+        );
         text += &format!("faults: {:?}\n", self.faults_by_kind);
         text += &format!("operations: {:?}\n", self.operations);
         text += &format!("checkpoint polls: {}\n", self.checkpoint_polls);

@@ -21,7 +21,7 @@ use tonic::Code;
 use crate::checkpoints::{check_checkpoints, CheckpointObservation, RestoreObservation};
 use crate::history::{Operation, Outcome};
 use crate::job_table::{check_job_table, JobInput, JobOutput, JobState};
-use crate::network::{node_endpoint, Network};
+use crate::network::{node_endpoint, NetMode, Network};
 use crate::report::{
     by_kind, checkpoint_recovery_ms, metadata_recovery_ms, operation_counts, throughput, throughput_dips, FaultRecord,
     LeaderObservation, Report, StreamResult,
@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub binary: PathBuf,
     /// A bug switched on in the executors (see `raftstream_executor::defects`).
     pub inject_defect: Option<String>,
+    /// Where the faults act: the harness's proxies or the kernel's namespaces.
+    pub net: NetMode,
 }
 
 /// Microseconds on the run's one clock.
@@ -152,8 +154,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     for worker in workers {
         let _ = worker.await;
     }
-    network.heal();
-    heal(&mut cluster).await?;
+    heal_everything(&mut cluster, &network).await?;
 
     // After healing: one more read of everything through the linearizable path.
     let final_reader = ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?;
@@ -203,6 +204,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let report = Report {
         seed: config.seed,
         time_limit_s: config.time_limit.as_secs(),
+        network: match config.net {
+            NetMode::Proxy => "proxy",
+            NetMode::Netns => "netns",
+        }
+        .to_owned(),
         faults_by_kind,
         operations: operation_counts(&history),
         checkpoint_polls: observations.len(),
@@ -234,16 +240,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The proxied cluster of `config`, with every executor connected.
+/// The cluster of `config` on its faultable network, with every executor connected.
 pub async fn start_cluster(config: &RunConfig) -> anyhow::Result<(LocalCluster, Network, ClusterClient)> {
     std::fs::create_dir_all(&config.out).with_context(|| format!("creating {}", config.out.display()))?;
     let cluster_dir = config.out.join("cluster");
     if cluster_dir.exists() {
         std::fs::remove_dir_all(&cluster_dir).with_context(|| format!("clearing {}", cluster_dir.display()))?;
     }
-    // Every link between processes goes through its own proxy, so faults can cut or slow it.
+    // Every link between processes goes where faults can cut or slow it.
     let executor_ids: Vec<String> = (1..=config.executors).map(|number| format!("exec-{number}")).collect();
-    let network = Network::start(config.nodes, &executor_ids).await?;
+    let network = Network::start(config.net, config.nodes, &executor_ids).await?;
+    if config.faults.contains(&FaultKind::Delay) && !network.supports_delay() {
+        bail!(
+            "the delay fault needs the kernel's netem (sch_netem) under --net netns, and this kernel has none: \
+             leave delay out of --faults or use --net proxy"
+        );
+    }
     let mut cluster = LocalCluster::start_routed(
         &config.binary,
         &cluster_dir,
@@ -251,7 +263,7 @@ pub async fn start_cluster(config: &RunConfig) -> anyhow::Result<(LocalCluster, 
         network.node_addresses.values().cloned().collect(),
         RaftSettings::default(),
         ExecutorSettings::default(),
-        network.coordinator_dial(),
+        network.wiring()?,
     )?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
     if let Some(defect) = &config.inject_defect {
@@ -337,10 +349,7 @@ pub enum Heal {
 impl Heal {
     pub fn apply(self, cluster: &mut LocalCluster, network: &Network) -> anyhow::Result<()> {
         match self {
-            Heal::Network => {
-                network.heal();
-                Ok(())
-            }
+            Heal::Network => network.heal(),
             Heal::RestartNode(node_id) => cluster.restart(node_id),
             Heal::ContinueNode(node_id) => cluster.signal_node(node_id, false),
             Heal::RestartExecutor(executor_id) => cluster.restart_executor(&executor_id),
@@ -370,12 +379,12 @@ pub async fn apply_fault(
     let everyone = network.endpoints();
     let isolate = |side: BTreeSet<String>| {
         let rest: BTreeSet<String> = everyone.difference(&side).cloned().collect();
-        network.cut_between(&side, &rest);
+        network.cut_between(&side, &rest)
     };
     match fault.target {
         Target::IsolatedLeader => {
             let leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
-            isolate([node_endpoint(leader)].into());
+            isolate([node_endpoint(leader)].into())?;
             Ok((format!("leader node {leader} cut off"), Heal::Network))
         }
         Target::Minority(draw) => {
@@ -384,7 +393,7 @@ pub async fn apply_fault(
             let first = draw as usize % order.len().max(1);
             order.rotate_left(first);
             let minority: Vec<u64> = order.into_iter().take(size.max(1)).collect();
-            isolate(minority.iter().map(|node_id| node_endpoint(*node_id)).collect());
+            isolate(minority.iter().map(|node_id| node_endpoint(*node_id)).collect())?;
             Ok((format!("minority {minority:?} cut off"), Heal::Network))
         }
         Target::Bridge(choice) => {
@@ -392,18 +401,18 @@ pub async fn apply_fault(
             let rest: Vec<u64> = node_ids.iter().copied().filter(|node_id| *node_id != bridge).collect();
             let (left, right) = rest.split_at(rest.len() / 2);
             let side = |nodes: &[u64]| nodes.iter().map(|node_id| node_endpoint(*node_id)).collect();
-            network.cut_between(&side(left), &side(right));
+            network.cut_between(&side(left), &side(right))?;
             Ok((format!("{left:?} | {right:?}, bridged by node {bridge}"), Heal::Network))
         }
         Target::IsolatedExecutor(choice) => {
             let Some(executor_id) = executors.get(choice as usize % executors.len().max(1)).cloned() else {
                 bail!("no executor to cut off");
             };
-            isolate([executor_id.clone()].into());
+            isolate([executor_id.clone()].into())?;
             Ok((format!("executor {executor_id} cut off"), Heal::Network))
         }
         Target::AllLinks { delay_ms } => {
-            network.delay_all(Duration::from_millis(delay_ms));
+            network.delay_all(Duration::from_millis(delay_ms))?;
             Ok((format!("every link +{delay_ms} ms"), Heal::Network))
         }
         Target::Everything => {
@@ -456,7 +465,7 @@ pub async fn apply_fault(
 
 /// Restores every link, resumes and restarts every process, and waits for a leader.
 pub async fn heal_everything(cluster: &mut LocalCluster, network: &Network) -> anyhow::Result<()> {
-    network.heal();
+    network.heal()?;
     heal(cluster).await
 }
 

@@ -124,7 +124,7 @@ pub async fn serve(config: RunConfig, port: u16) -> anyhow::Result<()> {
         println!("{} -> {reply}", line.trim());
         let _ = writer.write_all(format!("{reply}\n").as_bytes()).await;
     }
-    network.heal();
+    network.heal()?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The chaos harness end to end, as CI runs it: a seeded run with every fault kind must find no
-//! anomaly, and a run with a defect switched on in the executors must find it.
+//! anomaly, a run with a defect switched on in the executors must find it, and where the machine
+//! allows network namespaces (root), partitions made with iptables must find nothing either.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,8 +26,14 @@ fn run(out: &PathBuf, args: &[&str]) -> (Option<i32>, String) {
     (output.status.code(), text)
 }
 
+/// Two clusters at once on CI's two cores would time each other out: the runs take turns.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_seeded_chaos_run_finds_nothing_and_an_injected_defect_is_caught() {
+    let _turn = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let directory = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
 
     // Sources that forget their offsets on restore: every restart duplicates output.
@@ -76,4 +83,33 @@ fn a_seeded_chaos_run_finds_nothing_and_an_injected_defect_is_caught() {
     assert!(text.contains("exactly once"), "{text}");
     assert!(clean_out.join("report.json").is_file());
     assert!(clean_out.join("history.json").is_file());
+}
+
+#[test]
+fn partitions_and_kills_on_network_namespaces_find_nothing() {
+    let _turn = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let directory = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
+    let out = directory.path().join("netns");
+    let (code, text) = run(
+        &out,
+        &[
+            "--seed",
+            "3",
+            "--time-limit",
+            "40s",
+            "--faults",
+            "partition,kill",
+            "--net",
+            "netns",
+        ],
+    );
+    if code == Some(2) && (text.contains("needs root") || text.contains("install it")) {
+        eprintln!("skipped: this machine cannot make network namespaces:\n{text}");
+        return;
+    }
+    assert_eq!(code, Some(0), "partitions by iptables must show no anomaly:\n{text}");
+    assert!(text.contains("\"partition\""), "no partition injected:\n{text}");
+    assert!(text.contains("exactly once"), "{text}");
 }
