@@ -39,14 +39,13 @@ impl GeneratorSettings {
 
     /// Writes record `offset` into `line` (cleared first): words `w<index>` separated by spaces.
     pub fn write_record(&self, offset: u64, line: &mut String) {
-        use std::fmt::Write;
         line.clear();
         for position in 0..self.words_per_record {
             if position > 0 {
                 line.push(' ');
             }
-            // Writing to a String cannot fail.
-            let _ = write!(line, "w{}", self.word_index(offset, position));
+            line.push('w');
+            super::operators::push_decimal(self.word_index(offset, position), line);
         }
     }
 

@@ -170,6 +170,8 @@ impl Outputs {
             let Some(next) = next else { continue };
             let edge = &mut self.edges[position];
             let target = match edge.partition {
+                // One consumer owns every key group: nothing to hash.
+                Partition::Forward | Partition::Hash if edge.channels.len() == 1 => 0,
                 Partition::Forward => 0,
                 Partition::Hash => subtask_for_key_group(
                     key_group(&next.key, self.max_parallelism),
@@ -565,7 +567,15 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
             Logic::Source(Box::new(SourceReader::Files(reader)))
         }
         OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy => {
-            Logic::Stateless(Stateless::of(operator)?)
+            let transform = Stateless::of(operator)?;
+            let only_keys_read = deployment
+                .graph
+                .consumers(&operator.id)
+                .all(|consumer| consumer.kind == OperatorKind::Count);
+            Logic::Stateless(match transform {
+                Stateless::KeyByValue { .. } if only_keys_read => Stateless::KeyByValue { keep_value: false },
+                other => other,
+            })
         }
         OperatorKind::Count => Logic::Count(KeyedCount::default()),
         OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max | OperatorKind::Reduce => {
@@ -772,10 +782,7 @@ async fn run_registered(
     let head_logic = logics
         .next()
         .ok_or_else(|| TaskError::Graph("a task without operators".to_owned()))?;
-    let followers = Followers {
-        logics: logics.collect(),
-        dropped: 0,
-    };
+    let followers = Followers::new(logics.collect());
     match (head_logic, gate) {
         (Logic::Source(source), _) => {
             run_source(
@@ -1213,9 +1220,20 @@ fn snapshot(logic: &mut Logic, checkpoint_id: u64, max_parallelism: u32) -> Resu
 struct Followers {
     logics: Vec<Logic>,
     dropped: u64,
+    /// Emptied stage buffers, kept for the next batch: a flat_map multiplies a batch, and growing
+    /// fresh vectors for it every time showed as copying in the profile.
+    spare: Vec<Vec<pb::Record>>,
 }
 
 impl Followers {
+    fn new(logics: Vec<Logic>) -> Followers {
+        Followers {
+            logics,
+            dropped: 0,
+            spare: Vec::new(),
+        }
+    }
+
     /// Takes `records` through every follower in turn and hands what the last one emits to `out`.
     fn process(&mut self, records: &mut Vec<pb::Record>, out: &mut impl FnMut(pb::Record)) -> Result<(), TaskError> {
         let Some((last, before)) = self.logics.split_last_mut() else {
@@ -1226,16 +1244,16 @@ impl Followers {
         };
         let mut stage = std::mem::take(records);
         for logic in before {
-            let mut next = Vec::with_capacity(stage.len());
+            let mut next = self.spare.pop().unwrap_or_default();
             for record in stage.drain(..) {
                 apply(logic, 0, record, &mut |emitted| next.push(emitted), &mut self.dropped)?;
             }
-            stage = next;
+            self.spare.push(std::mem::replace(&mut stage, next));
         }
         for record in stage.drain(..) {
             apply(last, 0, record, out, &mut self.dropped)?;
         }
-        // Hand the allocation back for the next batch.
+        // Hand an emptied buffer back for the next batch.
         *records = stage;
         Ok(())
     }
