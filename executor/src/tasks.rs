@@ -169,6 +169,7 @@ impl TaskManager {
                     TaskControl::Complete {
                         checkpoint_id: complete.checkpoint_id,
                         acknowledged,
+                        oldest_retained: complete.oldest_retained_checkpoint_id,
                     }
                 });
             }

@@ -107,7 +107,11 @@ async fn start(cluster_executors: &[(&str, u32)]) -> anyhow::Result<(TestCluster
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Result<()> {
     let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
-    let spec = word_count(&cluster);
+    // Enough words that keyed state goes to files, which the restarted subtasks must clean up.
+    let spec = WordCountJob {
+        vocabulary_size: 500,
+        ..word_count(&cluster)
+    };
     let submitted = client.submit_job(&spec.spec("wc-executor-kill"), "wc-1").await?;
     let running = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
     let victim = executor_of(&running, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
@@ -116,7 +120,33 @@ async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Resu
     let done = finished(&client, &submitted.job_id).await?;
     assert!(done.restart_count >= 1, "the job must have restarted: {done:?}");
     assert_exact(&spec)?;
+    // What the killed subtasks wrote is not known to their successors: they find it by listing
+    // and delete it once the job no longer retains its checkpoint.
+    let oldest_retained = client
+        .list_checkpoints(&submitted.job_id)
+        .await?
+        .first()
+        .map(|checkpoint| checkpoint.checkpoint_id)
+        .ok_or_else(|| anyhow::anyhow!("no checkpoint retained"))?;
+    let checkpoint_dir = cluster.cluster.checkpoint_dir();
+    eventually(
+        "state of checkpoints no longer retained to be deleted",
+        PATIENCE,
+        || async {
+            let stale: Vec<_> = state_files(&checkpoint_dir)
+                .into_iter()
+                .filter(|file| checkpoint_of(file).is_some_and(|id| id < oldest_retained))
+                .collect();
+            stale.is_empty().then_some(())
+        },
+    )
+    .await?;
     Ok(())
+}
+
+/// The checkpoint id of a state file at `.../chk-<id>/<file>`.
+fn checkpoint_of(file: &std::path::Path) -> Option<u64> {
+    file.parent()?.file_name()?.to_str()?.strip_prefix("chk-")?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

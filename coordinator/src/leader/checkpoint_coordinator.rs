@@ -185,12 +185,22 @@ impl Coordinator {
         {
             Ok(Response::CheckpointCompleted { .. }) => {
                 tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, "checkpoint completed");
+                let oldest_retained = self
+                    .context
+                    .applied
+                    .read()
+                    .state
+                    .jobs
+                    .get(&job_id)
+                    .and_then(|job| job.checkpoints.front())
+                    .map_or(checkpoint_id, |oldest| oldest.checkpoint_id);
                 self.tell_job(
                     &job_id,
                     &ExecutorCommand::CheckpointComplete {
                         job_id: job_id.clone(),
                         checkpoint_id,
                         acknowledged,
+                        oldest_retained,
                     },
                 );
             }

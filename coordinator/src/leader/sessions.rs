@@ -55,6 +55,8 @@ pub enum ExecutorCommand {
         job_id: JobId,
         checkpoint_id: CheckpointId,
         acknowledged: Vec<TaskRef>,
+        /// The oldest checkpoint the job retains after this one.
+        oldest_retained: CheckpointId,
     },
     CheckpointAborted {
         job_id: JobId,

@@ -194,10 +194,12 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
             job_id,
             checkpoint_id,
             acknowledged,
+            oldest_retained,
         } => Body::CheckpointComplete(pb::CheckpointComplete {
             job_id: job_id.0.clone(),
             checkpoint_id: checkpoint_id.0,
             acknowledged: acknowledged.iter().map(task_ref_to_proto).collect(),
+            oldest_retained_checkpoint_id: oldest_retained.0,
         }),
         ExecutorCommand::CheckpointAborted {
             job_id,

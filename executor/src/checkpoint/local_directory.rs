@@ -105,6 +105,44 @@ impl CheckpointStore for LocalDirectoryStore {
         }
         Ok(())
     }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, CheckpointStoreError> {
+        let directory = self.path_of(prefix)?;
+        let root = self.root.clone();
+        let mut found = Vec::new();
+        tokio::task::spawn_blocking(move || walk(&directory, &root, &mut found).map(|()| found))
+            .await
+            .map_err(|join_error| CheckpointStoreError::Io {
+                location: prefix.to_owned(),
+                source: std::io::Error::other(join_error.to_string()),
+            })?
+            .map_err(io_error(prefix))
+    }
+}
+
+/// Adds the files under `directory` to `found` as locations relative to `root`, skipping the
+/// temporary files of writes in progress.
+fn walk(directory: &Path, root: &Path, found: &mut Vec<String>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            walk(&path, root, found)?;
+        } else if !entry.file_name().to_string_lossy().starts_with('.') {
+            let relative = path.strip_prefix(root).map_err(std::io::Error::other)?;
+            let parts: Vec<String> = relative
+                .components()
+                .map(|part| part.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            found.push(parts.join("/"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -139,6 +177,25 @@ mod tests {
         );
         let missing = error_text(store.get(&handle).await);
         assert!(missing.contains("missing"), "{missing}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn listing_names_every_file_of_a_job_and_nothing_else() -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let store = LocalDirectoryStore::new(directory.path());
+        for (job, checkpoint, operator) in [("job-1", 7, "counts"), ("job-1", 8, "counts"), ("job-2", 7, "counts")] {
+            store
+                .put(&state_location(job, checkpoint, operator, 0), vec![1])
+                .await?;
+        }
+        // A write in progress is not state yet.
+        std::fs::write(directory.path().join("job-1/chk-8/.counts-1.state.tmp"), b"half")?;
+        let mut listed = store.list("job-1").await?;
+        listed.sort();
+        assert_eq!(listed, vec!["job-1/chk-7/counts-0.state", "job-1/chk-8/counts-0.state"]);
+        assert!(store.list("job-9").await?.is_empty());
+        assert!(error_text(store.list("../job-1").await).contains("invalid state location"));
         Ok(())
     }
 

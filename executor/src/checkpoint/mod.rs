@@ -67,6 +67,9 @@ pub trait CheckpointStore: Send + Sync {
     /// Deletes the state at `location` (a checkpoint that is no longer retained, or was aborted);
     /// deleting what is not there is not an error.
     fn delete(&self, location: &str) -> impl Future<Output = Result<(), CheckpointStoreError>> + Send;
+    /// Every location under `prefix` (a job's state), in no particular order; nothing there is an
+    /// empty list, not an error.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, CheckpointStoreError>> + Send;
 }
 
 /// Verifies bytes read back against their handle.

@@ -94,6 +94,24 @@ impl CheckpointStore for ObjectStorageStore {
             Err(source) => Err(object_error(location)(source)),
         }
     }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, CheckpointStoreError> {
+        use futures::StreamExt;
+        let path = self.path_of(prefix)?;
+        let mut objects = self.objects.list(Some(&path));
+        let mut found = Vec::new();
+        while let Some(object) = objects.next().await {
+            let object = object.map_err(object_error(prefix))?;
+            let relative: Option<Vec<String>> = object
+                .location
+                .prefix_match(&self.prefix)
+                .map(|parts| parts.map(|part| part.as_ref().to_owned()).collect());
+            if let Some(parts) = relative {
+                found.push(parts.join("/"));
+            }
+        }
+        Ok(found)
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +144,26 @@ mod tests {
         store.delete(&location).await?;
         let missing = error_text(store.get(&handle).await);
         assert!(missing.contains("missing"), "{missing}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn listing_names_a_jobs_objects_relative_to_the_prefix() -> Result<(), Box<dyn std::error::Error>> {
+        let objects = Arc::new(InMemory::new());
+        let store = ObjectStorageStore::new(objects.clone(), "checkpoints/team-a")?;
+        let other_team = ObjectStorageStore::new(objects, "checkpoints/team-b")?;
+        for (job, checkpoint) in [("job-1", 7), ("job-1", 8), ("job-2", 7)] {
+            store
+                .put(&state_location(job, checkpoint, "counts", 0), vec![1])
+                .await?;
+        }
+        other_team
+            .put(&state_location("job-1", 9, "counts", 0), vec![1])
+            .await?;
+        let mut listed = store.list("job-1").await?;
+        listed.sort();
+        assert_eq!(listed, vec!["job-1/chk-7/counts-0.state", "job-1/chk-8/counts-0.state"]);
+        assert!(store.list("job-9").await?.is_empty());
         Ok(())
     }
 

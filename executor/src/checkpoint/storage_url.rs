@@ -117,6 +117,13 @@ impl CheckpointStore for CheckpointStorage {
             CheckpointStorage::Object { store, .. } => store.delete(location).await,
         }
     }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, CheckpointStoreError> {
+        match self {
+            CheckpointStorage::LocalDirectory { store, .. } => store.list(prefix).await,
+            CheckpointStorage::Object { store, .. } => store.list(prefix).await,
+        }
+    }
 }
 
 #[cfg(test)]

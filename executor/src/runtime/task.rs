@@ -83,6 +83,8 @@ pub enum TaskControl {
     Complete {
         checkpoint_id: u64,
         acknowledged: bool,
+        /// The oldest checkpoint the job still retains (0: not told).
+        oldest_retained: u64,
     },
     Aborted(u64),
 }
@@ -598,6 +600,22 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
     })
 }
 
+/// Whether `location` (`<job>/chk-<id>/<operator>-<subtask>-e<epoch>.state`) holds state an
+/// earlier epoch of this subtask (`own_files` = `<operator>-<subtask>-e`) wrote for a checkpoint
+/// below `below`.
+fn left_by_predecessor(location: &str, own_files: &str, epoch: u64, below: u64) -> bool {
+    let mut parts = location.rsplit('/');
+    let (Some(file), Some(directory)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let checkpoint_id = directory.strip_prefix("chk-").and_then(|id| id.parse::<u64>().ok());
+    let written_epoch = file
+        .strip_prefix(own_files)
+        .and_then(|rest| rest.strip_suffix(".state"))
+        .and_then(|written| written.parse::<u64>().ok());
+    matches!((checkpoint_id, written_epoch), (Some(id), Some(written)) if id < below && written < epoch)
+}
+
 struct Acknowledger<'a> {
     deployment: &'a SubtaskDeployment,
     environment: &'a TaskEnvironment,
@@ -606,14 +624,32 @@ struct Acknowledger<'a> {
 
 /// The state files this subtask wrote, so they are deleted once no retained checkpoint needs them:
 /// those of aborted checkpoints, and those of completed ones older than the `retained` newest.
+/// Files the subtask's predecessors (earlier epochs, before a restart) left are not known to it;
+/// it finds them by listing, once the job no longer retains the checkpoints they belong to.
 #[derive(Debug, Default)]
 struct StateFiles {
     written: std::collections::BTreeMap<u64, String>,
     completed: VecDeque<u64>,
     retained: usize,
+    /// The first checkpoint this subtask saw completed: predecessors stopped before it.
+    first_completed: Option<u64>,
+    /// Predecessors' files below this checkpoint are already deleted.
+    swept_below: u64,
 }
 
 impl StateFiles {
+    /// Whether to delete predecessors' files now, and below which checkpoint: whenever the
+    /// job's oldest retained checkpoint moves up, until it passes this subtask's first completed
+    /// one (at most `retained` listings per subtask).
+    fn predecessor_sweep_due(&mut self, checkpoint_id: u64, oldest_retained: u64) -> Option<u64> {
+        let first = *self.first_completed.get_or_insert(checkpoint_id);
+        if self.swept_below >= first || oldest_retained <= self.swept_below {
+            return None;
+        }
+        self.swept_below = oldest_retained;
+        Some(oldest_retained)
+    }
+
     /// Checkpoint `checkpoint_id` completed: the files that are no longer needed.
     fn completed(&mut self, checkpoint_id: u64) -> Vec<String> {
         if self.completed.back().is_some_and(|last| *last >= checkpoint_id) {
@@ -635,17 +671,36 @@ impl StateFiles {
 }
 
 impl Acknowledger<'_> {
-    /// Deletes, in the background, the state files no retained checkpoint needs any more.
-    fn checkpoint_completed(&self, checkpoint_id: u64) {
-        let obsolete = match self.files.lock() {
-            Ok(mut files) => files.completed(checkpoint_id),
+    /// Deletes, in the background, the state files no retained checkpoint needs any more: its
+    /// own, and those its predecessors left below `oldest_retained`.
+    fn checkpoint_completed(&self, checkpoint_id: u64, oldest_retained: u64) {
+        let (obsolete, sweep_below) = match self.files.lock() {
+            Ok(mut files) => (
+                files.completed(checkpoint_id),
+                files.predecessor_sweep_due(checkpoint_id, oldest_retained),
+            ),
             Err(_) => return,
         };
-        if obsolete.is_empty() {
+        if obsolete.is_empty() && sweep_below.is_none() {
             return;
         }
         let store = self.environment.store.clone();
+        let deployment = self.deployment;
+        let job_id = deployment.job_id.clone();
+        let own_files = format!("{}-{}-e", deployment.operator_id, deployment.subtask_index);
+        let epoch = deployment.epoch;
         tokio::spawn(async move {
+            let mut obsolete = obsolete;
+            if let Some(below) = sweep_below {
+                match store.list(&job_id).await {
+                    Ok(locations) => obsolete.extend(
+                        locations
+                            .into_iter()
+                            .filter(|location| left_by_predecessor(location, &own_files, epoch, below)),
+                    ),
+                    Err(error) => tracing::warn!(error = %error, "could not list checkpoint state"),
+                }
+            }
             for location in obsolete {
                 if let Err(error) = store.delete(&location).await {
                     tracing::warn!(error = %error, "could not delete obsolete checkpoint state");
@@ -875,9 +930,9 @@ async fn run_source(
                         final_barrier = Some(checkpoint_id);
                     }
                 }
-                Some(TaskControl::Complete { checkpoint_id, .. }) => {
+                Some(TaskControl::Complete { checkpoint_id, oldest_retained, .. }) => {
                     for member in acknowledgers {
-                        member.checkpoint_completed(checkpoint_id);
+                        member.checkpoint_completed(checkpoint_id, oldest_retained);
                     }
                     if final_barrier.is_some_and(|last| checkpoint_id >= last) {
                         outputs.end().await?;
@@ -987,9 +1042,9 @@ impl InputTask {
                     message = control.recv() => {
                         match message {
                             Some(message) => {
-                                if let TaskControl::Complete { checkpoint_id, .. } = &message {
+                                if let TaskControl::Complete { checkpoint_id, oldest_retained, .. } = &message {
                                     for member in acknowledgers {
-                                        member.checkpoint_completed(*checkpoint_id);
+                                        member.checkpoint_completed(*checkpoint_id, *oldest_retained);
                                     }
                                 }
                                 self.on_control(message)?
@@ -1127,6 +1182,7 @@ impl InputTask {
             TaskControl::Complete {
                 checkpoint_id,
                 acknowledged,
+                ..
             } => {
                 if let Some(sink) = self.sink() {
                     if acknowledged {
@@ -1280,5 +1336,45 @@ mod tests {
         assert!(files.completed(4).is_empty(), "a repeated notice changes nothing");
         assert_eq!(files.completed(5), vec!["chk-3"]);
         assert_eq!(files.written.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    #[test]
+    fn predecessors_files_are_swept_as_the_retained_window_passes_the_first_completion() {
+        let mut files = StateFiles::default();
+        // Restarted after checkpoint 10; 3 retained. First completion 12: 10 and 11 still retained.
+        assert_eq!(files.predecessor_sweep_due(12, 10), Some(10));
+        assert_eq!(files.predecessor_sweep_due(13, 10), None, "the window did not move");
+        assert_eq!(files.predecessor_sweep_due(14, 12), Some(12));
+        // Past the first completion: everything predecessors left is gone, no more listing.
+        assert_eq!(files.predecessor_sweep_due(15, 13), None);
+        assert_eq!(files.predecessor_sweep_due(20, 18), None);
+        // Not told (an older leader): never sweeps.
+        let mut untold = StateFiles::default();
+        assert_eq!(untold.predecessor_sweep_due(5, 0), None);
+    }
+
+    #[test]
+    fn only_earlier_epochs_files_of_the_same_subtask_below_the_window_are_predecessors() {
+        let own = "counts-1-e";
+        assert!(left_by_predecessor("job-1/chk-4/counts-1-e2.state", own, 3, 5));
+        assert!(
+            !left_by_predecessor("job-1/chk-5/counts-1-e2.state", own, 3, 5),
+            "still retained"
+        );
+        assert!(
+            !left_by_predecessor("job-1/chk-4/counts-1-e3.state", own, 3, 5),
+            "its own"
+        );
+        assert!(
+            !left_by_predecessor("job-1/chk-4/counts-1-e4.state", own, 3, 5),
+            "a newer one's"
+        );
+        assert!(
+            !left_by_predecessor("job-1/chk-4/counts-11-e2.state", own, 3, 5),
+            "another subtask"
+        );
+        assert!(!left_by_predecessor("job-1/chk-4/counts-1-0-e2.state", own, 3, 5));
+        assert!(!left_by_predecessor("job-1/chk-x/counts-1-e2.state", own, 3, 5));
+        assert!(!left_by_predecessor("counts-1-e2.state", own, 3, 5));
     }
 }
