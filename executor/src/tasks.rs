@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes, SubtaskId};
+use crate::checkpoint::CheckpointStore;
 use crate::runtime::chain::chain_members;
 use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
@@ -173,12 +174,39 @@ impl TaskManager {
                     }
                 });
             }
+            Some(Body::DiscardJobState(discard)) => self.discard_job_state(&discard.job_id),
             Some(Body::CheckpointAborted(aborted)) => {
                 tracing::info!(job_id = %aborted.job_id, checkpoint_id = aborted.checkpoint_id, reason = %aborted.reason, "checkpoint aborted");
                 self.tell_job(&aborted.job_id, |_| TaskControl::Aborted(aborted.checkpoint_id));
             }
             None => {}
         }
+    }
+
+    /// Deletes, in the background, every state file of an ended job from the checkpoint store.
+    /// Executors sharing a store may all do it: deleting what is gone already is not an error.
+    fn discard_job_state(&self, job_id: &str) {
+        let store = self.environment.store.clone();
+        let job_id = job_id.to_owned();
+        tokio::spawn(async move {
+            let locations = match store.list(&job_id).await {
+                Ok(locations) => locations,
+                Err(error) => {
+                    tracing::warn!(job_id = %job_id, error = %error, "could not list the ended job's checkpoint state");
+                    return;
+                }
+            };
+            let mut deleted = 0usize;
+            for location in &locations {
+                match store.delete(location).await {
+                    Ok(()) => deleted += 1,
+                    Err(error) => {
+                        tracing::warn!(job_id = %job_id, error = %error, "could not delete the ended job's checkpoint state")
+                    }
+                }
+            }
+            tracing::info!(job_id = %job_id, deleted, "checkpoint state of the ended job deleted");
+        });
     }
 
     /// Sends each task of the job one message, made from the subtasks (with epochs) it runs.

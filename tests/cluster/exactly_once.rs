@@ -107,41 +107,83 @@ async fn start(cluster_executors: &[(&str, u32)]) -> anyhow::Result<(TestCluster
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Result<()> {
     let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
-    // Enough words that keyed state goes to files, which the restarted subtasks must clean up.
+    // Enough words that keyed state goes to files, which the restarted subtasks must clean up,
+    // and enough records (10 s) that they do so while the job still runs.
     let spec = WordCountJob {
         vocabulary_size: 500,
+        records: 40_000,
         ..word_count(&cluster)
     };
     let submitted = client.submit_job(&spec.spec("wc-executor-kill"), "wc-1").await?;
     let running = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
     let victim = executor_of(&running, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
     tracing::info!(%victim, checkpoint = ?running.last_checkpoint_id, "--- kill -9 the executor running counts[0]");
+    let last_before_kill = running.last_checkpoint_id.unwrap_or(0);
     cluster.cluster.kill_executor(&victim)?;
-    let done = finished(&client, &submitted.job_id).await?;
-    assert!(done.restart_count >= 1, "the job must have restarted: {done:?}");
-    assert_exact(&spec)?;
     // What the killed subtasks wrote is not known to their successors: they find it by listing
-    // and delete it once the job no longer retains its checkpoint.
-    let oldest_retained = client
-        .list_checkpoints(&submitted.job_id)
-        .await?
-        .first()
-        .map(|checkpoint| checkpoint.checkpoint_id)
-        .ok_or_else(|| anyhow::anyhow!("no checkpoint retained"))?;
+    // and delete it once the job no longer retains its checkpoint. Seen while the job runs on.
     let checkpoint_dir = cluster.cluster.checkpoint_dir();
     eventually(
-        "state of checkpoints no longer retained to be deleted",
+        "state of checkpoints no longer retained to be deleted while the job runs",
         PATIENCE,
         || async {
-            let stale: Vec<_> = state_files(&checkpoint_dir)
-                .into_iter()
+            let restarted = job(&client, &submitted.job_id).await?;
+            if restarted.status != "Running" || restarted.restart_count == 0 {
+                return None;
+            }
+            let oldest_retained = client
+                .list_checkpoints(&submitted.job_id)
+                .await
+                .ok()?
+                .first()
+                .map(|checkpoint| checkpoint.checkpoint_id)?;
+            let stale = state_files(&checkpoint_dir)
+                .iter()
                 .filter(|file| checkpoint_of(file).is_some_and(|id| id < oldest_retained))
-                .collect();
-            stale.is_empty().then_some(())
+                .count();
+            let still_running = job(&client, &submitted.job_id).await?.status == "Running";
+            // Past the checkpoints the killed subtasks wrote for: their files must be gone.
+            (stale == 0 && still_running && oldest_retained > last_before_kill + 1).then_some(())
         },
     )
     .await?;
-    Ok(())
+    let done = finished(&client, &submitted.job_id).await?;
+    assert!(done.restart_count >= 1, "the job must have restarted: {done:?}");
+    assert_exact(&spec)?;
+    assert_state_discarded(&checkpoint_dir, &submitted.job_id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_jobs_checkpoint_state_is_deleted() -> anyhow::Result<()> {
+    let (cluster, client) = start(&[("exec-a", 10)]).await?;
+    let spec = WordCountJob {
+        vocabulary_size: 500,
+        records: 10_000_000,
+        ..word_count(&cluster)
+    };
+    let submitted = client.submit_job(&spec.spec("wc-cancel"), "wc-cancel").await?;
+    running_with_checkpoints(&client, &submitted.job_id, 3).await?;
+    let job_dir = cluster.cluster.checkpoint_dir().join(&submitted.job_id);
+    eventually("keyed state in files", PATIENCE, || async {
+        (!state_files(&job_dir).is_empty()).then_some(())
+    })
+    .await?;
+    client.cancel_job(&submitted.job_id, "cancel-wc").await?;
+    eventually("the job to be cancelled", PATIENCE, || async {
+        job(&client, &submitted.job_id)
+            .await
+            .filter(|job| job.status == "Cancelled")
+    })
+    .await?;
+    assert_state_discarded(&cluster.cluster.checkpoint_dir(), &submitted.job_id).await
+}
+
+/// An ended (finished or cancelled) job's checkpoint state is deleted, down to its directory.
+async fn assert_state_discarded(checkpoint_dir: &std::path::Path, job_id: &str) -> anyhow::Result<()> {
+    eventually("the ended job's checkpoint state to be deleted", PATIENCE, || async {
+        (!checkpoint_dir.join(job_id).exists()).then_some(())
+    })
+    .await
 }
 
 /// The checkpoint id of a state file at `.../chk-<id>/<file>`.
@@ -183,14 +225,7 @@ async fn leader_killed_mid_stream_restarts_nothing_and_output_is_exact() -> anyh
         "ids must increase: {ids:?}"
     );
     assert!(ids.last().copied().unwrap_or(0) > last_before, "{ids:?}");
-    // Only the retained checkpoints (3 by default) keep state files: 2 keyed subtasks each.
-    let checkpoint_dir = cluster.cluster.checkpoint_dir();
-    eventually("obsolete checkpoint state to be deleted", PATIENCE, || async {
-        let files = state_files(&checkpoint_dir).len();
-        (files > 0 && files <= 6).then_some(())
-    })
-    .await?;
-    Ok(())
+    assert_state_discarded(&cluster.cluster.checkpoint_dir(), &submitted.job_id).await
 }
 
 /// Every checkpoint state file under `directory`.

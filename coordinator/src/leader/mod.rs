@@ -257,7 +257,10 @@ async fn scheduler(
                 at_ms: now_ms(),
             };
             match context.propose(command).await {
-                Ok(_) => tracing::info!(job_id = %job_id, "job cancelled; its subtasks were told to stop"),
+                Ok(_) => {
+                    let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id.clone()));
+                    tracing::info!(job_id = %job_id, executors_told_to_discard_state = told, "job cancelled; its subtasks were told to stop");
+                }
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not finish cancelling"),
             }
         }
@@ -269,7 +272,10 @@ async fn scheduler(
                 at_ms: now_ms(),
             };
             match context.propose(command).await {
-                Ok(_) => tracing::info!(job_id = %job_id, "job finished"),
+                Ok(_) => {
+                    let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id.clone()));
+                    tracing::info!(job_id = %job_id, executors_told_to_discard_state = told, "job finished");
+                }
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not mark the job finished"),
             }
         }

@@ -63,6 +63,8 @@ pub enum ExecutorCommand {
         checkpoint_id: CheckpointId,
         reason: String,
     },
+    /// The job ended (finished or cancelled): its checkpointed state can go.
+    DiscardJobState(JobId),
 }
 
 /// What executors report that the leader's duties act on.
@@ -280,6 +282,16 @@ impl ExecutorSessions {
             inner.sessions.contains_key(executor_id),
             inner.leases.get(executor_id).map(Instant::elapsed),
         )
+    }
+
+    /// Queues `command` for every executor with a session; how many took it.
+    pub fn send_to_all(&self, command: &ExecutorCommand) -> usize {
+        let inner = self.lock();
+        inner
+            .sessions
+            .values()
+            .filter(|session| session.outbox.try_send(command.clone()).is_ok())
+            .count()
     }
 
     /// Queues a command for an executor; false when it has no session or its outbox is full (the

@@ -201,6 +201,9 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
             acknowledged: acknowledged.iter().map(task_ref_to_proto).collect(),
             oldest_retained_checkpoint_id: oldest_retained.0,
         }),
+        ExecutorCommand::DiscardJobState(job_id) => Body::DiscardJobState(pb::DiscardJobState {
+            job_id: job_id.0.clone(),
+        }),
         ExecutorCommand::CheckpointAborted {
             job_id,
             checkpoint_id,

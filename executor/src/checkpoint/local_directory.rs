@@ -99,9 +99,14 @@ impl CheckpointStore for LocalDirectoryStore {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error(location)(error)),
         }
-        // The checkpoint's directory goes with its last file (fails harmlessly while others remain).
+        // The checkpoint's directory goes with its last file, and the job's with its last
+        // checkpoint (each fails harmlessly while others remain).
         if let Some(directory) = path.parent() {
-            let _ = tokio::fs::remove_dir(directory).await;
+            if tokio::fs::remove_dir(directory).await.is_ok() {
+                if let Some(job_directory) = directory.parent().filter(|parent| *parent != self.root) {
+                    let _ = tokio::fs::remove_dir(job_directory).await;
+                }
+            }
         }
         Ok(())
     }
