@@ -452,6 +452,14 @@ async fn checkpoints_in_s3_restore_a_killed_executors_subtasks_exactly() -> anyh
         state_files(&cluster.cluster.checkpoint_dir()).is_empty(),
         "no state may go to the local directory when the store is S3"
     );
+    // Listed and deleted through S3's API once the job finished.
+    eventually("the finished job's objects to be deleted", PATIENCE, || async {
+        s3.keys("raftstream", &state_prefix)
+            .ok()
+            .filter(|keys| keys.is_empty())
+            .map(|_| ())
+    })
+    .await?;
     Ok(())
 }
 
