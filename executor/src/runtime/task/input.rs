@@ -1,0 +1,249 @@
+//! Subtasks with inputs: the gate's channels read, barriers aligned, records processed, state
+//! snapshotted and acknowledged, and the sink committed when checkpoints complete.
+
+use super::*;
+
+pub(super) struct InputTask {
+    pub(super) logic: Logic,
+    pub(super) followers: Followers,
+    pub(super) aligner: BarrierAligner,
+    pub(super) ended: Vec<bool>,
+    /// Per channel: what arrived after its barrier while the task waits for the others.
+    pub(super) stash: Vec<VecDeque<InputMessage>>,
+    /// Stashed messages released by a finished alignment, processed before new input.
+    pub(super) replay: VecDeque<InputMessage>,
+    pub(super) dropped: u64,
+    /// Per input channel, the last watermark it announced.
+    pub(super) watermarks: Vec<i64>,
+    pub(super) forwarded_watermark: i64,
+}
+
+impl InputTask {
+    pub(super) fn release_stash(&mut self) {
+        for channel in &mut self.stash {
+            self.replay.extend(channel.drain(..));
+        }
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        gate: &mut mpsc::Receiver<InputMessage>,
+        outputs: &mut Outputs,
+        acknowledgers: &[Acknowledger<'_>],
+        control: &mut mpsc::Receiver<TaskControl>,
+        cancel: &CancellationToken,
+    ) -> Result<TaskEnd, TaskError> {
+        let checkpointing = acknowledgers
+            .first()
+            .is_some_and(|head| head.deployment.graph.checkpoint.interval_ms > 0);
+        let mut input_done = false;
+        loop {
+            if !input_done && self.ended.iter().all(|ended| *ended) && self.replay.is_empty() {
+                input_done = true;
+                match self.sink() {
+                    // Without checkpoints there is no commit protocol: the end of input commits.
+                    Some(sink) if !checkpointing => {
+                        sink.pre_commit(0)?;
+                        sink.publish_up_to(0)?;
+                    }
+                    Some(_) => {}
+                    None => {
+                        outputs.end().await?;
+                        return Ok(TaskEnd::Finished);
+                    }
+                }
+            }
+            if input_done {
+                if let Some(sink) = self.sink() {
+                    if sink.is_fully_published() {
+                        if sink.has_uncommitted_data() {
+                            tracing::error!(
+                                "records arrived after the final checkpoint barrier; they are not published"
+                            );
+                        }
+                        return Ok(TaskEnd::Finished);
+                    }
+                }
+            }
+            let message = match self.replay.pop_front() {
+                Some(message) => message,
+                None => tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+                    message = control.recv() => {
+                        match message {
+                            Some(message) => {
+                                if let TaskControl::Complete { checkpoint_id, oldest_retained, .. } = &message {
+                                    for member in acknowledgers {
+                                        member.checkpoint_completed(*checkpoint_id, *oldest_retained);
+                                    }
+                                }
+                                self.on_control(message)?
+                            }
+                            None => return Ok(TaskEnd::Cancelled),
+                        }
+                        continue;
+                    }
+                    message = gate.recv(), if !input_done => match message {
+                        Some(message) => message,
+                        None => return Err(TaskError::InputClosed),
+                    },
+                },
+            };
+            let channel = message.channel;
+            if channel >= self.ended.len() {
+                continue;
+            }
+            if self.aligner.is_blocked(channel) {
+                self.stash[channel].push_back(message);
+                continue;
+            }
+            match message.event {
+                ChannelEvent::Batch(records) => {
+                    let mut emitted = Vec::new();
+                    for record in records {
+                        self.process(channel, record, &mut emitted)?;
+                    }
+                    self.followers
+                        .process(&mut emitted, &mut |record| outputs.push(record))?;
+                    outputs.flush(false).await?;
+                }
+                ChannelEvent::Barrier(checkpoint_id) => {
+                    let outcome = self.barrier_arrived(channel, checkpoint_id);
+                    self.after_alignment(outcome, outputs, acknowledgers).await?;
+                }
+                ChannelEvent::Watermark(watermark) => {
+                    let mut emitted = Vec::new();
+                    if let Some(slot) = self.watermarks.get_mut(channel) {
+                        *slot = (*slot).max(watermark);
+                    }
+                    if let Logic::Window(window) = &mut self.logic {
+                        window.on_watermark(channel, watermark, &mut |out| emitted.push(out));
+                    }
+                    self.followers
+                        .process(&mut emitted, &mut |record| outputs.push(record))?;
+                    self.forward_watermark(outputs).await?;
+                }
+                ChannelEvent::End => {
+                    self.ended[channel] = true;
+                    // An ended input delivers no more barriers: count it as aligned.
+                    if let Some(aligning) = self.aligner.aligning() {
+                        let outcome = self.aligner.on_barrier(channel, aligning);
+                        self.after_alignment(outcome, outputs, acknowledgers).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn barrier_arrived(&mut self, channel: usize, checkpoint_id: u64) -> Alignment {
+        let mut outcome = self.aligner.on_barrier(channel, checkpoint_id);
+        if matches!(outcome, Alignment::Waiting | Alignment::Superseded { .. }) {
+            if let Alignment::Superseded { .. } = outcome {
+                self.release_stash();
+            }
+            for ended in (0..self.ended.len()).filter(|index| self.ended[*index]) {
+                if let Alignment::Snapshot(id) = self.aligner.on_barrier(ended, checkpoint_id) {
+                    outcome = Alignment::Snapshot(id);
+                    break;
+                }
+            }
+        }
+        outcome
+    }
+
+    pub(super) async fn after_alignment(
+        &mut self,
+        outcome: Alignment,
+        outputs: &mut Outputs,
+        acknowledgers: &[Acknowledger<'_>],
+    ) -> Result<(), TaskError> {
+        match outcome {
+            Alignment::Snapshot(checkpoint_id) => {
+                let logics = std::iter::once(&mut self.logic).chain(self.followers.logics.iter_mut());
+                for (logic, acknowledger) in logics.zip(acknowledgers) {
+                    let max_parallelism = acknowledger.deployment.graph.max_parallelism;
+                    let state = snapshot(logic, checkpoint_id, max_parallelism)?;
+                    acknowledger.acknowledge(checkpoint_id, state, None).await?;
+                }
+                outputs.broadcast_barrier(checkpoint_id).await?;
+                self.release_stash();
+            }
+            Alignment::Superseded { .. } => self.release_stash(),
+            Alignment::Waiting | Alignment::Stale => {}
+        }
+        Ok(())
+    }
+
+    /// The file sink at the end of this task's chain, if it ends in one.
+    pub(super) fn sink(&mut self) -> Option<&mut FileSink> {
+        match self.followers.logics.last_mut().unwrap_or(&mut self.logic) {
+            Logic::FileSink(sink) => Some(sink),
+            _ => None,
+        }
+    }
+
+    pub(super) fn process(
+        &mut self,
+        channel: usize,
+        record: pb::Record,
+        emitted: &mut Vec<pb::Record>,
+    ) -> Result<(), TaskError> {
+        apply(
+            &mut self.logic,
+            channel,
+            record,
+            &mut |out| emitted.push(out),
+            &mut self.dropped,
+        )
+    }
+
+    /// Passes this task's watermark downstream when it advanced: a window's own, otherwise the
+    /// minimum of what its input channels announced.
+    pub(super) async fn forward_watermark(&mut self, outputs: &mut Outputs) -> Result<(), TaskError> {
+        let watermark = match &self.logic {
+            Logic::Window(window) => window.watermark(),
+            _ => self.watermarks.iter().copied().min().unwrap_or(i64::MIN),
+        };
+        if watermark > self.forwarded_watermark {
+            self.forwarded_watermark = watermark;
+            outputs.flush(false).await?;
+            outputs.broadcast(|| ChannelEvent::Watermark(watermark)).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_control(&mut self, message: TaskControl) -> Result<(), TaskError> {
+        match message {
+            TaskControl::Complete {
+                checkpoint_id,
+                acknowledged,
+                ..
+            } => {
+                if let Some(sink) = self.sink() {
+                    if acknowledged {
+                        let published = sink.publish_up_to(checkpoint_id)?;
+                        tracing::debug!(checkpoint_id, published, "sink published committed output");
+                    } else {
+                        tracing::warn!(
+                            checkpoint_id,
+                            "checkpoint completed without this placement: publishing nothing (fenced)"
+                        );
+                    }
+                }
+            }
+            TaskControl::Aborted(checkpoint_id) => {
+                if self
+                    .aligner
+                    .aligning()
+                    .is_some_and(|aligning| aligning <= checkpoint_id)
+                {
+                    self.aligner.on_abort(checkpoint_id);
+                    self.release_stash();
+                }
+            }
+            TaskControl::Trigger(_) => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! The output side of a subtask: an edge per consuming operator, records partitioned forward,
+//! by key group or round robin into per-channel batches.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Partition {
+    Forward,
+    Hash,
+    RoundRobin,
+}
+
+pub(super) fn partition(from: &OperatorSpec, to: &OperatorSpec) -> Partition {
+    if from.kind == OperatorKind::KeyBy {
+        Partition::Hash
+    } else if from.parallelism == to.parallelism {
+        Partition::Forward
+    } else {
+        Partition::RoundRobin
+    }
+}
+
+pub(super) struct Edge {
+    pub(super) partition: Partition,
+    pub(super) channels: Vec<OutputChannel>,
+    pub(super) buffers: Vec<Vec<pb::Record>>,
+    pub(super) next: usize,
+}
+
+/// The output side of a subtask: one edge per consuming operator.
+pub(super) struct Outputs {
+    pub(super) edges: Vec<Edge>,
+    pub(super) max_parallelism: u32,
+}
+
+impl Outputs {
+    pub(super) fn push(&mut self, record: pb::Record) {
+        let edges = self.edges.len();
+        let mut record = Some(record);
+        for position in 0..edges {
+            // The last edge takes the record itself, earlier ones a copy.
+            let next = if position + 1 == edges {
+                record.take()
+            } else {
+                record.clone()
+            };
+            let Some(next) = next else { continue };
+            let edge = &mut self.edges[position];
+            let target = match edge.partition {
+                // One consumer owns every key group: nothing to hash.
+                Partition::Forward | Partition::Hash if edge.channels.len() == 1 => 0,
+                Partition::Forward => 0,
+                Partition::Hash => subtask_for_key_group(
+                    key_group(&next.key, self.max_parallelism),
+                    self.max_parallelism,
+                    edge.channels.len() as u32,
+                ) as usize,
+                Partition::RoundRobin => {
+                    edge.next = (edge.next + 1) % edge.channels.len().max(1);
+                    edge.next
+                }
+            };
+            if let Some(buffer) = edge.buffers.get_mut(target) {
+                buffer.push(next);
+            }
+        }
+    }
+
+    pub(super) async fn flush(&mut self, only_full: bool) -> Result<(), TaskError> {
+        for edge in &mut self.edges {
+            for (target, buffer) in edge.buffers.iter_mut().enumerate() {
+                if buffer.is_empty() || (only_full && buffer.len() < BATCH_RECORDS) {
+                    continue;
+                }
+                let batch = std::mem::replace(buffer, Vec::with_capacity(BATCH_RECORDS));
+                edge.channels[target].send(ChannelEvent::Batch(batch)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn broadcast(&mut self, event: impl Fn() -> ChannelEvent) -> Result<(), TaskError> {
+        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
+            channel.send(event()).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn broadcast_barrier(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+        self.flush(false).await?;
+        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
+            channel.send(ChannelEvent::Barrier(checkpoint_id)).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn end(&mut self) -> Result<(), TaskError> {
+        self.flush(false).await?;
+        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
+            channel.send(ChannelEvent::End).await?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn open_outputs(
+    deployment: &SubtaskDeployment,
+    operator: &OperatorSpec,
+    environment: &TaskEnvironment,
+    cancel: &CancellationToken,
+) -> Result<Outputs, TaskError> {
+    let graph = &deployment.graph;
+    let mut edges = Vec::new();
+    for consumer in graph
+        .operators
+        .iter()
+        .filter(|candidate| candidate.inputs.contains(&operator.id))
+    {
+        let partition = partition(operator, consumer);
+        let targets: Vec<u32> = if partition == Partition::Forward {
+            vec![deployment.subtask_index]
+        } else {
+            (0..consumer.parallelism).collect()
+        };
+        let mut channels = Vec::with_capacity(targets.len());
+        for index in targets {
+            let placed = deployment
+                .placement
+                .iter()
+                .find(|placed| placed.operator_id == consumer.id && placed.subtask_index == index)
+                .ok_or_else(|| TaskError::Graph(format!("{}[{index}] is not placed", consumer.id)))?;
+            let target = GateKey {
+                job_id: deployment.job_id.clone(),
+                operator_id: consumer.id.clone(),
+                subtask_index: index,
+            };
+            let channel = OutputChannel::open(
+                &environment.hub,
+                &environment.local_address,
+                environment.dial.resolve(&placed.executor_address),
+                target,
+                placed.epoch,
+                (&operator.id, deployment.subtask_index, deployment.epoch),
+                cancel,
+            )
+            .await?;
+            channels.push(channel);
+        }
+        let buffers = (0..channels.len()).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect();
+        edges.push(Edge {
+            partition,
+            channels,
+            buffers,
+            next: 0,
+        });
+    }
+    Ok(Outputs {
+        edges,
+        max_parallelism: graph.max_parallelism,
+    })
+}

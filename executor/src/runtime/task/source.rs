@@ -1,0 +1,177 @@
+//! Source subtasks: the generator and file readers, and the loop that reads them, rate-limits,
+//! and injects barriers when the leader triggers a checkpoint.
+
+use super::*;
+
+pub(super) struct GeneratorState {
+    pub(super) settings: GeneratorSettings,
+    /// The next offset this subtask emits (offsets index, index + parallelism, ...).
+    pub(super) next_offset: u64,
+    pub(super) step: u64,
+    pub(super) rate_per_subtask: Option<f64>,
+    /// Event time advances by this per offset: 1 ms, or the configured rate's pace, so event
+    /// times of a rate-limited generator track the wall clock, and a replay repeats them.
+    pub(super) ms_per_offset: f64,
+}
+
+/// Where a source's records come from; its position is the offset checkpoints record.
+pub(super) enum SourceReader {
+    Generator(GeneratorState),
+    Files(FileReader),
+}
+
+impl SourceReader {
+    pub(super) fn is_exhausted(&self) -> bool {
+        match self {
+            SourceReader::Generator(generator) => generator.settings.is_exhausted(generator.next_offset),
+            SourceReader::Files(files) => files.is_exhausted(),
+        }
+    }
+
+    pub(super) fn position(&self) -> u64 {
+        match self {
+            SourceReader::Generator(generator) => generator.next_offset,
+            SourceReader::Files(files) => files.position(),
+        }
+    }
+
+    /// The event time of the record last returned by [`SourceReader::next`].
+    pub(super) fn last_timestamp_ms(&self) -> i64 {
+        match self {
+            SourceReader::Generator(generator) => {
+                let offset = generator.next_offset.saturating_sub(generator.step);
+                (offset as f64 * generator.ms_per_offset) as i64
+            }
+            SourceReader::Files(_) => 0,
+        }
+    }
+
+    pub(super) fn rate_per_subtask(&self) -> Option<f64> {
+        match self {
+            SourceReader::Generator(generator) => generator.rate_per_subtask,
+            SourceReader::Files(_) => None,
+        }
+    }
+
+    /// The next record into `line`; false at the end of the input.
+    pub(super) fn next(&mut self, line: &mut String) -> Result<bool, TaskError> {
+        match self {
+            SourceReader::Generator(generator) => {
+                if generator.settings.is_exhausted(generator.next_offset) {
+                    return Ok(false);
+                }
+                generator.settings.write_record(generator.next_offset, line);
+                generator.next_offset += generator.step;
+                Ok(true)
+            }
+            SourceReader::Files(files) => files
+                .next_line(line)
+                .map_err(|error| TaskError::Source(error.to_string())),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct SourceSnapshot {
+    pub(super) position: u64,
+}
+
+pub(super) async fn run_source(
+    mut source: SourceReader,
+    mut followers: Followers,
+    outputs: &mut Outputs,
+    acknowledgers: &[Acknowledger<'_>],
+    control: &mut mpsc::Receiver<TaskControl>,
+    cancel: &CancellationToken,
+    checkpointing: bool,
+) -> Result<TaskEnd, TaskError> {
+    let started = Instant::now();
+    let mut produced = 0u64;
+    // The checkpoint whose barrier followed the last record: once it completes, everything this
+    // source produced is committed and end-of-stream may go out.
+    let mut final_barrier: Option<u64> = None;
+    let mut line = String::new();
+    let mut reported_end = false;
+    let rate = source.rate_per_subtask();
+    let batch = rate.map_or(BATCH_RECORDS, |rate| ((rate / 50.0) as usize).clamp(1, BATCH_RECORDS));
+    let (Some(acknowledger), chained) = (acknowledgers.first(), acknowledgers.get(1..).unwrap_or_default()) else {
+        return Err(TaskError::Graph("a source task without its acknowledger".to_owned()));
+    };
+    let mut records = Vec::with_capacity(batch);
+    loop {
+        let exhausted = source.is_exhausted();
+        if exhausted && !checkpointing {
+            outputs.flush(false).await?;
+            outputs.broadcast(|| ChannelEvent::Watermark(i64::MAX)).await?;
+            outputs.end().await?;
+            return Ok(TaskEnd::Finished);
+        }
+        if exhausted && !reported_end {
+            // Event time is over for this input: windows downstream may fire everything before
+            // the final checkpoint's barrier. Then ask the leader for that checkpoint now rather
+            // than at the next interval.
+            outputs.flush(false).await?;
+            outputs.broadcast(|| ChannelEvent::Watermark(i64::MAX)).await?;
+            acknowledger.report_input_ended();
+            reported_end = true;
+        }
+        let wait_until = rate.map(|rate| started + Duration::from_secs_f64(produced as f64 / rate));
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+            message = control.recv() => match message {
+                Some(TaskControl::Trigger(checkpoint_id)) => {
+                    outputs.flush(false).await?;
+                    let position = source.position();
+                    let state = serde_json::to_vec(&SourceSnapshot { position }).unwrap_or_default();
+                    acknowledger.acknowledge(checkpoint_id, state, Some(position)).await?;
+                    // Operators chained behind a source are stateless.
+                    for follower in chained {
+                        follower.acknowledge(checkpoint_id, Vec::new(), None).await?;
+                    }
+                    outputs.broadcast_barrier(checkpoint_id).await?;
+                    if exhausted && final_barrier.is_none() {
+                        final_barrier = Some(checkpoint_id);
+                    }
+                }
+                Some(TaskControl::Complete { checkpoint_id, oldest_retained, .. }) => {
+                    for member in acknowledgers {
+                        member.checkpoint_completed(checkpoint_id, oldest_retained);
+                    }
+                    if final_barrier.is_some_and(|last| checkpoint_id >= last) {
+                        outputs.end().await?;
+                        return Ok(TaskEnd::Finished);
+                    }
+                }
+                // The next checkpoint carries the data on; an aborted final one is replaced.
+                Some(TaskControl::Aborted(checkpoint_id)) => {
+                    if final_barrier == Some(checkpoint_id) {
+                        final_barrier = None;
+                    }
+                }
+                None => return Ok(TaskEnd::Cancelled),
+            },
+            _ = async {
+                if exhausted {
+                    std::future::pending::<()>().await;
+                }
+                if let Some(at) = wait_until {
+                    tokio::time::sleep_until(at.into()).await;
+                }
+            } => {
+                for _ in 0..batch {
+                    if !source.next(&mut line)? {
+                        break;
+                    }
+                    records.push(pb::Record { key: String::new(), value: line.clone(), timestamp_ms: source.last_timestamp_ms() });
+                    produced += 1;
+                }
+                followers.process(&mut records, &mut |record| outputs.push(record))?;
+                outputs.flush(true).await?;
+                if rate.is_some() {
+                    outputs.flush(false).await?;
+                }
+            }
+        }
+    }
+}
