@@ -331,22 +331,35 @@ pub fn decimal(number: u64) -> String {
     text
 }
 
+/// "00" to "99", for two digits per division.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// Appends `number` in decimal to `text`.
 pub fn push_decimal(number: u64, text: &mut String) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     let mut rest = number;
-    loop {
+    while rest >= 100 {
+        // Below 100, so the pair index is below 200.
+        let pair = (rest % 100) as usize * 2;
+        rest /= 100;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if rest >= 10 {
+        let pair = rest as usize * 2;
+        start -= 2;
+        digits[start..start + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
         start -= 1;
         // A digit: always below 10.
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+        digits[start] = b'0' + rest as u8;
     }
-    // ASCII digits: always valid UTF-8.
-    text.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+    text.extend(digits[start..].iter().copied().map(char::from));
 }
 
 /// Keyed running counts, emitted on every update (like Flink's rolling aggregations).

@@ -16,6 +16,9 @@ pub(super) struct InputTask {
     /// Per input channel, the last watermark it announced.
     pub(super) watermarks: Vec<i64>,
     pub(super) forwarded_watermark: i64,
+    /// What the head operator emitted from the last batch, emptied by the followers and kept
+    /// for the next one.
+    pub(super) emitted: Vec<pb::Record>,
 }
 
 impl InputTask {
@@ -100,12 +103,17 @@ impl InputTask {
             }
             match message.event {
                 ChannelEvent::Batch(records) => {
-                    let mut emitted = Vec::new();
-                    for record in records {
-                        self.process(channel, record, &mut emitted)?;
-                    }
+                    let mut emitted = std::mem::take(&mut self.emitted);
+                    apply_all(
+                        &mut self.logic,
+                        channel,
+                        records.into_iter(),
+                        &mut |out| emitted.push(out),
+                        &mut self.dropped,
+                    )?;
                     self.followers
                         .process(&mut emitted, &mut |record| outputs.push(record))?;
+                    self.emitted = emitted;
                     outputs.flush(false).await?;
                 }
                 ChannelEvent::Barrier(checkpoint_id) => {
@@ -181,21 +189,6 @@ impl InputTask {
             Logic::FileSink(sink) => Some(sink),
             _ => None,
         }
-    }
-
-    pub(super) fn process(
-        &mut self,
-        channel: usize,
-        record: pb::Record,
-        emitted: &mut Vec<pb::Record>,
-    ) -> Result<(), TaskError> {
-        apply(
-            &mut self.logic,
-            channel,
-            record,
-            &mut |out| emitted.push(out),
-            &mut self.dropped,
-        )
     }
 
     /// Passes this task's watermark downstream when it advanced: a window's own, otherwise the

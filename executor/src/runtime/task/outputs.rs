@@ -35,6 +35,13 @@ pub(super) struct Outputs {
 
 impl Outputs {
     pub(super) fn push(&mut self, record: pb::Record) {
+        // The common case, one consumer with one channel: straight into its buffer.
+        if let [edge] = self.edges.as_mut_slice() {
+            if let ([buffer], Partition::Forward | Partition::Hash) = (edge.buffers.as_mut_slice(), edge.partition) {
+                buffer.push(record);
+                return;
+            }
+        }
         let edges = self.edges.len();
         let mut record = Some(record);
         for position in 0..edges {
