@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes, SubtaskId};
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{delete_each, CheckpointStore};
 use crate::runtime::chain::chain_members;
 use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
@@ -196,15 +196,7 @@ impl TaskManager {
                     return;
                 }
             };
-            let mut deleted = 0usize;
-            for location in &locations {
-                match store.delete(location).await {
-                    Ok(()) => deleted += 1,
-                    Err(error) => {
-                        tracing::warn!(job_id = %job_id, error = %error, "could not delete the ended job's checkpoint state")
-                    }
-                }
-            }
+            let deleted = delete_each(store.as_ref(), &locations).await;
             tracing::info!(job_id = %job_id, deleted, "checkpoint state of the ended job deleted");
         });
     }

@@ -172,10 +172,7 @@ fn in_namespace(namespace: &str, program: &str, args: &[&str]) -> anyhow::Result
 }
 
 fn run_command(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running `{program}`"))?;
+    let output = command_output(program, args)?;
     if !output.status.success() {
         bail!(
             "`{program} {}` failed: {}",
@@ -186,18 +183,22 @@ fn run_command(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn command_output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(program)
+fn command_output(program: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Command::new(program)
         .args(args)
         .output()
-        .with_context(|| format!("running `{program}`"))?;
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        .with_context(|| format!("running `{program}`"))
+}
+
+/// What `program` printed (whatever its exit status: listings are read best-effort).
+fn command_stdout(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    Ok(String::from_utf8_lossy(&command_output(program, args)?.stdout).into_owned())
 }
 
 /// A `10.213.X` subnet no interface of this machine uses, starting from one derived from the
 /// process id so that concurrent runs try different ones.
 fn free_subnet() -> anyhow::Result<String> {
-    let in_use = command_output("ip", &["-o", "-4", "addr", "show"])?;
+    let in_use = command_stdout("ip", &["-o", "-4", "addr", "show"])?;
     let start = std::process::id() % 240;
     (0..240)
         .map(|step| format!("{SUBNET_BASE}.{}", 10 + (start + step) % 240))
@@ -213,14 +214,14 @@ fn remove_abandoned() {
             .filter(|pid| !pid.is_empty())
             .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
     };
-    if let Ok(listing) = command_output("ip", &["netns", "list"]) {
+    if let Ok(listing) = command_stdout("ip", &["netns", "list"]) {
         for name in listing.lines().filter_map(|line| line.split_whitespace().next()) {
             if abandoned(name) {
                 let _ = ip(&["netns", "del", name]);
             }
         }
     }
-    if let Ok(listing) = command_output("ip", &["-o", "link", "show", "type", "bridge"]) {
+    if let Ok(listing) = command_stdout("ip", &["-o", "link", "show", "type", "bridge"]) {
         for name in listing.lines().filter_map(|line| line.split(':').nth(1)).map(str::trim) {
             if abandoned(name) {
                 let _ = ip(&["link", "del", name]);

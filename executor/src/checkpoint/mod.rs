@@ -72,6 +72,19 @@ pub trait CheckpointStore: Send + Sync {
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, CheckpointStoreError>> + Send;
 }
 
+/// Deletes `locations`, logging those that cannot go rather than failing: removing state nobody
+/// needs is cleanup, which must not stop a job. Returns how many were deleted.
+pub async fn delete_each(store: &impl CheckpointStore, locations: &[String]) -> usize {
+    let mut deleted = 0;
+    for location in locations {
+        match store.delete(location).await {
+            Ok(()) => deleted += 1,
+            Err(error) => tracing::warn!(error = %error, "could not delete obsolete checkpoint state"),
+        }
+    }
+    deleted
+}
+
 /// Verifies bytes read back against their handle.
 pub fn verify(handle: &StateHandle, bytes: &[u8]) -> Result<(), CheckpointStoreError> {
     if bytes.len() as u64 != handle.size_bytes {

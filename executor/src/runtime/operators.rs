@@ -323,8 +323,8 @@ fn restore_keyed<V: serde::de::DeserializeOwned>(
     Ok(())
 }
 
-/// `number` in decimal, in a string of exactly its length (`to_string` goes through the
-/// formatting machinery and grows its buffer, which shows in the word count's per-record cost).
+/// `number` in decimal, in a string sized for any u64 once (`to_string` goes through the
+/// formatting machinery and grows its buffer, which showed in the word count's per-record cost).
 pub fn decimal(number: u64) -> String {
     let mut text = String::with_capacity(20);
     push_decimal(number, &mut text);

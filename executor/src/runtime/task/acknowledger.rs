@@ -2,6 +2,7 @@
 //! files no retained checkpoint needs any more deleted.
 
 use super::*;
+use crate::checkpoint::delete_each;
 
 /// Whether `location` (`<job>/chk-<id>/<operator>-<subtask>-e<epoch>.state`) holds state an
 /// earlier epoch of this subtask (`own_files` = `<operator>-<subtask>-e`) wrote for a checkpoint
@@ -104,11 +105,7 @@ impl Acknowledger<'_> {
                     Err(error) => tracing::warn!(error = %error, "could not list checkpoint state"),
                 }
             }
-            for location in obsolete {
-                if let Err(error) = store.delete(&location).await {
-                    tracing::warn!(error = %error, "could not delete obsolete checkpoint state");
-                }
-            }
+            delete_each(store.as_ref(), &obsolete).await;
         });
     }
 
