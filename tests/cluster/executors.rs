@@ -45,6 +45,17 @@ async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_fail
     tracing::info!("--- two executors with 4 slots each; an 8-subtask job spreads 4/4");
     cluster.cluster.start_executor("exec-a", 4)?;
     cluster.cluster.start_executor("exec-b", 4)?;
+    // Both must be registered before the job arrives: placed on exec-a alone first, a chain
+    // (words[1] -> by_word[1]) would be split over the two, and its restart would rightly bring
+    // the survivor next to its moved partner, which is not the move this test asserts.
+    eventually("exec-a and exec-b to register", patience, || async {
+        executors(&client).await.filter(|listed| {
+            ["exec-a", "exec-b"]
+                .iter()
+                .all(|id| listed.get(*id).is_some_and(|info| info.alive))
+        })
+    })
+    .await?;
     let first = client.submit_job(&job_spec("first"), "first").await?;
     let placed = eventually("the first job to be placed", patience, || async {
         placement(&client, &first.job_id).await.filter(|p| waiting(p) == 0)

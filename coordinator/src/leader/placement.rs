@@ -235,6 +235,93 @@ mod tests {
         assert!(rest.iter().all(|placement| placement.job_id == JobId::from_number(1)));
     }
 
+    fn assign_all(state: &mut State, placements: &[Placement]) {
+        for placement in placements {
+            let command = Command::AssignSubtask {
+                job_id: placement.job_id.clone(),
+                subtask: placement.subtask.clone(),
+                executor_id: placement.executor_id.clone(),
+                at_ms: 1,
+            };
+            assert!(apply(state, command).is_ok());
+        }
+    }
+
+    fn word_count_job(state: &mut State) {
+        let spec = r#"{"name": "wc", "parallelism": 2, "operators": [
+            {"id": "lines", "kind": "generator", "parallelism": 1},
+            {"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {"function": "split_words"}},
+            {"id": "keyed", "kind": "key_by", "inputs": ["words"]},
+            {"id": "counts", "kind": "count", "inputs": ["keyed"]},
+            {"id": "sink", "kind": "print", "inputs": ["counts"], "parallelism": 1}]}"#;
+        let graph = parse_job_spec(spec).expect("valid spec");
+        let submit = Command::SubmitJob {
+            request_id: None,
+            graph,
+            at_ms: 0,
+        };
+        assert!(apply(state, submit).is_ok());
+    }
+
+    fn executor_of(state: &State, operator: &str, index: u32) -> Option<String> {
+        let job = state.jobs.get(&JobId::from_number(1))?;
+        let key = SubtaskKey {
+            operator_id: operator.to_owned(),
+            subtask_index: index,
+        };
+        job.assignments.get(&key)?.executor_id.as_ref().map(|id| id.0.clone())
+    }
+
+    #[test]
+    fn a_restart_keeps_survivors_in_place_but_reunites_a_split_chain() {
+        // Only "a" is there when the job arrives: words[1] fits on it, its chained keyed[1]
+        // does not and waits for "b". When "a" dies, the chain comes together on "c" (one task
+        // instead of an exchange between machines) and everything else stays where it ran.
+        let mut state = state_with(&[("a", 4)], 0);
+        word_count_job(&mut state);
+        let on_a = plan_placements(&state, &ids(&["a"]));
+        assign_all(&mut state, &on_a);
+        let register = |id: &str, slots| Command::RegisterExecutor {
+            executor_id: ExecutorId(id.to_owned()),
+            address: "b:1".into(),
+            slots,
+            at_ms: 2,
+        };
+        assert!(apply(&mut state, register("b", 4)).is_ok());
+        let on_b = plan_placements(&state, &ids(&["a", "b"]));
+        assign_all(&mut state, &on_b);
+        assert_eq!(executor_of(&state, "words", 1).as_deref(), Some("a"));
+        assert_eq!(
+            executor_of(&state, "keyed", 1).as_deref(),
+            Some("b"),
+            "the chain is split"
+        );
+        let before: Vec<_> = ["counts", "sink"]
+            .iter()
+            .map(|operator| executor_of(&state, operator, 0))
+            .collect();
+
+        assert!(apply(&mut state, register("c", 8)).is_ok());
+        let dead = Command::MarkExecutorDead {
+            executor_id: ExecutorId("a".into()),
+            at_ms: 3,
+        };
+        assert!(apply(&mut state, dead).is_ok());
+        let restarted = plan_placements(&state, &ids(&["b", "c"]));
+        assign_all(&mut state, &restarted);
+        assert_eq!(executor_of(&state, "words", 1).as_deref(), Some("c"));
+        assert_eq!(
+            executor_of(&state, "keyed", 1).as_deref(),
+            Some("c"),
+            "reunited with words[1]"
+        );
+        let after: Vec<_> = ["counts", "sink"]
+            .iter()
+            .map(|operator| executor_of(&state, operator, 0))
+            .collect();
+        assert_eq!(before, after, "subtasks on the live executor stay there");
+    }
+
     #[test]
     fn a_chains_subtasks_of_one_index_share_an_executor() {
         let mut state = state_with(&[("a", 5), ("b", 5)], 0);
