@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use raftstream_proto::v1 as pb;
+
+use super::record::Record;
 use raftstream_proto::v1::exchange_service_client::ExchangeServiceClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +34,7 @@ pub struct GateKey {
 /// What travels on a channel.
 #[derive(Debug)]
 pub enum ChannelEvent {
-    Batch(Vec<pb::Record>),
+    Batch(Vec<Record>),
     Barrier(u64),
     Watermark(i64),
     End,
@@ -166,7 +168,9 @@ pub struct ExchangeServiceImpl {
 
 fn event_of(frame: pb::DataFrame) -> Option<ChannelEvent> {
     match frame.body? {
-        pb::data_frame::Body::Batch(batch) => Some(ChannelEvent::Batch(batch.records)),
+        pb::data_frame::Body::Batch(batch) => Some(ChannelEvent::Batch(
+            batch.records.into_iter().map(Record::from).collect(),
+        )),
         pb::data_frame::Body::Barrier(barrier) => Some(ChannelEvent::Barrier(barrier.checkpoint_id)),
         pb::data_frame::Body::End(_) => Some(ChannelEvent::End),
         pb::data_frame::Body::Watermark(watermark) => Some(ChannelEvent::Watermark(watermark.timestamp_ms)),
@@ -342,7 +346,9 @@ impl OutputChannel {
                 }),
             OutputChannel::Remote { frames, failed } => {
                 let body = match event {
-                    ChannelEvent::Batch(records) => pb::data_frame::Body::Batch(pb::RecordBatch { records }),
+                    ChannelEvent::Batch(records) => pb::data_frame::Body::Batch(pb::RecordBatch {
+                        records: records.into_iter().map(pb::Record::from).collect(),
+                    }),
                     ChannelEvent::Barrier(checkpoint_id) => {
                         pb::data_frame::Body::Barrier(pb::Barrier { checkpoint_id })
                     }

@@ -3,7 +3,7 @@
 //! ([`barriers`]),
 //! sources ([`generator`], [`file_source`]), record operators and the exactly-once file sink
 //! ([`operators`]), event-time windows ([`windows`]) and keyed exchange by key groups
-//! ([`key_groups`]).
+//! ([`key_groups`]); all of them pass our own [`record::Record`], never the wire's.
 
 pub mod barriers;
 pub mod chain;
@@ -12,5 +12,6 @@ pub mod file_source;
 pub mod generator;
 pub mod key_groups;
 pub mod operators;
+pub mod record;
 pub mod task;
 pub mod windows;

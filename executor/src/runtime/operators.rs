@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
-use raftstream_proto::v1 as pb;
+
+use super::record::Record;
 use serde::{Deserialize, Serialize};
 
 use super::key_groups::{key_group, KeyedMap};
@@ -154,9 +155,9 @@ impl Stateless {
 
     /// Applies the transformation to one record; returns false when the record was dropped as
     /// malformed (not JSON, missing columns), which the caller counts.
-    pub fn apply(&self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) -> bool {
+    pub fn apply(&self, record: Record, emit: &mut impl FnMut(Record)) -> bool {
         let timestamp_ms = record.timestamp_ms;
-        let with_value = |key: &str, value: String| pb::Record {
+        let with_value = |key: &str, value: String| Record {
             key: key.to_owned(),
             value,
             timestamp_ms,
@@ -239,18 +240,18 @@ impl Stateless {
                     emit(record);
                 }
             }
-            Stateless::KeyByValue { keep_value: true } => emit(pb::Record {
+            Stateless::KeyByValue { keep_value: true } => emit(Record {
                 key: record.value.clone(),
                 value: record.value,
                 timestamp_ms,
             }),
-            Stateless::KeyByValue { keep_value: false } => emit(pb::Record {
+            Stateless::KeyByValue { keep_value: false } => emit(Record {
                 key: record.value,
                 value: String::new(),
                 timestamp_ms,
             }),
             Stateless::KeyByField { field } => match field_of(&record.value, field) {
-                Some(key) => emit(pb::Record {
+                Some(key) => emit(Record {
                     key,
                     value: record.value,
                     timestamp_ms,
@@ -370,7 +371,7 @@ pub struct KeyedCount {
 
 impl KeyedCount {
     /// Counts one record and emits (key, new count).
-    pub fn apply(&mut self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) {
+    pub fn apply(&mut self, record: Record, emit: &mut impl FnMut(Record)) {
         // The key is copied only the first time it is seen.
         let count = match self.counts.get_mut(&record.key) {
             Some(count) => {
@@ -382,7 +383,7 @@ impl KeyedCount {
                 1
             }
         };
-        emit(pb::Record {
+        emit(Record {
             value: decimal(count),
             key: record.key,
             timestamp_ms: record.timestamp_ms,
@@ -478,7 +479,7 @@ impl KeyedAggregate {
 
     /// Folds one record into its key's aggregate and emits (key, aggregate); returns false when
     /// the record holds no usable value (dropped and counted by the caller).
-    pub fn apply(&mut self, record: pb::Record, emit: &mut impl FnMut(pb::Record)) -> bool {
+    pub fn apply(&mut self, record: Record, emit: &mut impl FnMut(Record)) -> bool {
         let text = match &self.field {
             Some(field) => match field_of(&record.value, field) {
                 Some(text) => text,
@@ -511,7 +512,7 @@ impl KeyedAggregate {
             other => other.as_f64().map(number_text).unwrap_or_default(),
         };
         self.values.insert(record.key.clone(), next);
-        emit(pb::Record {
+        emit(Record {
             key: record.key,
             value: shown,
             timestamp_ms: record.timestamp_ms,
@@ -609,7 +610,7 @@ impl FileSink {
     }
 
     /// Appends one record to the in-progress file.
-    pub fn write(&mut self, record: &pb::Record) -> Result<(), OperatorError> {
+    pub fn write(&mut self, record: &Record) -> Result<(), OperatorError> {
         use std::io::Write;
         if self.in_progress.is_none() {
             let path = self.in_progress_path();
@@ -751,8 +752,8 @@ mod tests {
         }
     }
 
-    fn record(value: &str) -> pb::Record {
-        pb::Record {
+    fn record(value: &str) -> Record {
+        Record {
             value: value.to_owned(),
             ..Default::default()
         }
@@ -907,7 +908,7 @@ mod tests {
             KeyedAggregate::of(&spec(OperatorKind::Sum, serde_json::json!({"field": "amount"}))).expect("valid");
         let mut out = Vec::new();
         for (key, amount) in [("a", "2"), ("b", "1.5"), ("a", "3")] {
-            let record = pb::Record {
+            let record = Record {
                 key: key.to_owned(),
                 value: format!(r#"{{"amount":{amount}}}"#),
                 ..Default::default()
@@ -921,7 +922,7 @@ mod tests {
             KeyedAggregate::of(&spec(OperatorKind::Sum, serde_json::json!({"field": "amount"}))).expect("valid");
         restored.restore("op", &bytes, &(0..128)).expect("restore");
         let mut again = Vec::new();
-        let record = pb::Record {
+        let record = Record {
             key: "a".to_owned(),
             value: r#"{"amount":1}"#.to_owned(),
             ..Default::default()
@@ -934,7 +935,7 @@ mod tests {
         let mut maxima = Vec::new();
         for value in ["3", "9", "4", "x"] {
             max.apply(
-                pb::Record {
+                Record {
                     key: "k".to_owned(),
                     value: value.to_owned(),
                     ..Default::default()
@@ -951,7 +952,7 @@ mod tests {
         let mut emitted = Vec::new();
         for word in ["x", "y", "x", "z"] {
             counts.apply(
-                pb::Record {
+                Record {
                     key: word.to_owned(),
                     value: word.to_owned(),
                     ..Default::default()

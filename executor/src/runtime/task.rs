@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use raftstream_coordinator::spec::{JobGraph, OperatorKind, OperatorSpec};
 use raftstream_proto::v1 as pb;
+
+use super::record::Record;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -475,8 +477,8 @@ fn count_dropped(dropped: &mut u64) {
 fn apply_all(
     logic: &mut Logic,
     channel: usize,
-    records: impl Iterator<Item = pb::Record>,
-    emit: &mut impl FnMut(pb::Record),
+    records: impl Iterator<Item = Record>,
+    emit: &mut impl FnMut(Record),
     dropped: &mut u64,
 ) -> Result<(), TaskError> {
     match logic {
@@ -544,7 +546,7 @@ struct Followers {
     dropped: u64,
     /// Emptied stage buffers, kept for the next batch: a flat_map multiplies a batch, and growing
     /// fresh vectors for it every time showed as copying in the profile.
-    spare: Vec<Vec<pb::Record>>,
+    spare: Vec<Vec<Record>>,
 }
 
 impl Followers {
@@ -557,7 +559,7 @@ impl Followers {
     }
 
     /// Takes `records` through every follower in turn and hands what the last one emits to `out`.
-    fn process(&mut self, records: &mut Vec<pb::Record>, out: &mut impl FnMut(pb::Record)) -> Result<(), TaskError> {
+    fn process(&mut self, records: &mut Vec<Record>, out: &mut impl FnMut(Record)) -> Result<(), TaskError> {
         let Some((last, before)) = self.logics.split_last_mut() else {
             for record in records.drain(..) {
                 out(record);

@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
-use raftstream_proto::v1 as pb;
+
+use super::record::Record;
 use serde::{Deserialize, Serialize};
 
 use super::key_groups::{key_group, KeyedMap};
@@ -112,7 +113,7 @@ impl WindowOperator {
     }
 
     /// Adds one record from `channel`; fires the windows the advanced watermark closes.
-    pub fn on_record(&mut self, channel: usize, record: pb::Record, emit: &mut impl FnMut(pb::Record)) {
+    pub fn on_record(&mut self, channel: usize, record: Record, emit: &mut impl FnMut(Record)) {
         let event_time = match &self.timestamp_field {
             Some(field) => field_of(&record.value, field).and_then(|text| text.trim().parse::<i64>().ok()),
             None => Some(record.timestamp_ms),
@@ -157,7 +158,7 @@ impl WindowOperator {
     }
 
     /// An explicit watermark from `channel`.
-    pub fn on_watermark(&mut self, channel: usize, watermark: i64, emit: &mut impl FnMut(pb::Record)) {
+    pub fn on_watermark(&mut self, channel: usize, watermark: i64, emit: &mut impl FnMut(Record)) {
         if let Some(explicit) = self.explicit.get_mut(channel) {
             *explicit = (*explicit).max(watermark);
         }
@@ -169,7 +170,7 @@ impl WindowOperator {
         self.watermark
     }
 
-    fn advance(&mut self, emit: &mut impl FnMut(pb::Record)) {
+    fn advance(&mut self, emit: &mut impl FnMut(Record)) {
         let combined = (0..self.max_event_time.len())
             .map(|channel| self.channel_watermark(channel))
             .min()
@@ -192,7 +193,7 @@ impl WindowOperator {
         // Deterministic output order: by window, then key.
         fired.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         for (start, key, value) in fired {
-            emit(pb::Record {
+            emit(Record {
                 value: format!("{start}\t{}\t{}", start + self.size_ms, number_text(value)),
                 key,
                 timestamp_ms: start + self.size_ms - 1,
@@ -265,8 +266,8 @@ mod tests {
         WindowOperator::of(&spec, channels).expect("valid window")
     }
 
-    fn at(key: &str, timestamp_ms: i64) -> pb::Record {
-        pb::Record {
+    fn at(key: &str, timestamp_ms: i64) -> Record {
+        Record {
             key: key.to_owned(),
             value: key.to_owned(),
             timestamp_ms,
@@ -281,7 +282,7 @@ mod tests {
             2,
         );
         let mut out = Vec::new();
-        let mut emit = |record: pb::Record| out.push(format!("{} {}", record.key, record.value));
+        let mut emit = |record: Record| out.push(format!("{} {}", record.key, record.value));
         for (channel, key, time) in [(0, "a", 1), (0, "a", 8), (1, "b", 3), (0, "a", 15), (1, "a", 11)] {
             windows.on_record(channel, at(key, time), &mut emit);
         }
@@ -303,7 +304,7 @@ mod tests {
         let params =
             serde_json::json!({"size_ms": 10, "slide_ms": 5, "aggregate": "sum", "field": "v", "timestamp_field": "t"});
         let mut windows = window(OperatorKind::SlidingWindow, params.clone(), 1);
-        let record = |t: i64, v: i64| pb::Record {
+        let record = |t: i64, v: i64| Record {
             key: "k".to_owned(),
             value: format!(r#"{{"t": {t}, "v": {v}}}"#),
             timestamp_ms: 0,

@@ -18,7 +18,7 @@ pub(super) struct InputTask {
     pub(super) forwarded_watermark: i64,
     /// What the head operator emitted from the last batch, emptied by the followers and kept
     /// for the next one.
-    pub(super) emitted: Vec<pb::Record>,
+    pub(super) emitted: Vec<Record>,
 }
 
 impl InputTask {

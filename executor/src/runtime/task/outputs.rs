@@ -23,7 +23,7 @@ pub(super) fn partition(from: &OperatorSpec, to: &OperatorSpec) -> Partition {
 pub(super) struct Edge {
     pub(super) partition: Partition,
     pub(super) channels: Vec<OutputChannel>,
-    pub(super) buffers: Vec<Vec<pb::Record>>,
+    pub(super) buffers: Vec<Vec<Record>>,
     pub(super) next: usize,
 }
 
@@ -34,7 +34,7 @@ pub(super) struct Outputs {
 }
 
 impl Outputs {
-    pub(super) fn push(&mut self, record: pb::Record) {
+    pub(super) fn push(&mut self, record: Record) {
         // The common case, one consumer with one channel: straight into its buffer.
         if let [edge] = self.edges.as_mut_slice() {
             if let ([buffer], Partition::Forward | Partition::Hash) = (edge.buffers.as_mut_slice(), edge.partition) {

@@ -163,7 +163,7 @@ pub(super) async fn run_source(
                     if !source.next(&mut line)? {
                         break;
                     }
-                    records.push(pb::Record { key: String::new(), value: line.clone(), timestamp_ms: source.last_timestamp_ms() });
+                    records.push(Record { key: String::new(), value: line.clone(), timestamp_ms: source.last_timestamp_ms() });
                     produced += 1;
                 }
                 followers.process(&mut records, &mut |record| outputs.push(record))?;

@@ -1,0 +1,33 @@
+//! The record every operator reads and writes. The wire has its own `pb::Record`; the exchange
+//! converts at the gRPC edge (a move of the strings, no copy), so operators never see protobuf.
+
+use raftstream_proto::v1 as pb;
+
+/// One stream element: a key (empty before the first `key_by`), a value and its event time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    pub key: String,
+    pub value: String,
+    /// Event time in ms, set by the source; a replay carries the same times.
+    pub timestamp_ms: i64,
+}
+
+impl From<pb::Record> for Record {
+    fn from(wire: pb::Record) -> Self {
+        Record {
+            key: wire.key,
+            value: wire.value,
+            timestamp_ms: wire.timestamp_ms,
+        }
+    }
+}
+
+impl From<Record> for pb::Record {
+    fn from(record: Record) -> Self {
+        pb::Record {
+            key: record.key,
+            value: record.value,
+            timestamp_ms: record.timestamp_ms,
+        }
+    }
+}
