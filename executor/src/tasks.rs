@@ -251,7 +251,7 @@ impl TaskManager {
                 restore_from = deployment
                     .restore_from
                     .as_ref()
-                    .map(|checkpoint| checkpoint.checkpoint_id),
+                    .map(|checkpoint| checkpoint.checkpoint_id.0),
                 chain = ?members.iter().map(|member| member.operator_id.as_str()).collect::<Vec<_>>(),
                 "subtask starting"
             )

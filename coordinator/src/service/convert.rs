@@ -116,6 +116,36 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
     }
 }
 
+/// A checkpoint read back from its protobuf view: what an executor restores from.
+pub fn checkpoint_from_proto(checkpoint: &pb::Checkpoint) -> CompletedCheckpoint {
+    let key = |operator_id: &str, subtask_index: u32| SubtaskKey {
+        operator_id: operator_id.to_owned(),
+        subtask_index,
+    };
+    CompletedCheckpoint {
+        checkpoint_id: CheckpointId(checkpoint.checkpoint_id),
+        epoch: Epoch(checkpoint.epoch),
+        task_states: checkpoint
+            .task_states
+            .iter()
+            .map(|handle| TaskStateHandle {
+                subtask: key(&handle.operator_id, handle.subtask_index),
+                location: handle.location.clone(),
+                inline_state: handle.inline_state.clone(),
+                size_bytes: handle.size_bytes,
+                checksum: handle.checksum,
+            })
+            .collect(),
+        source_offsets: checkpoint
+            .source_offsets
+            .iter()
+            .map(|offset| (key(&offset.operator_id, offset.subtask_index), offset.offset))
+            .collect(),
+        size_bytes: checkpoint.size_bytes,
+        completed_at_ms: checkpoint.completed_at_ms,
+    }
+}
+
 /// All jobs, oldest first (by job number, not by string order).
 pub fn jobs_in_submission_order(state: &State) -> Vec<&JobRecord> {
     let mut jobs: Vec<&JobRecord> = state.jobs.values().collect();
@@ -242,4 +272,43 @@ pub fn checkpoint_ack_from_proto(ack: &pb::CheckpointAck) -> Option<(TaskRef, Ch
         source_offset,
     };
     Some((task, CheckpointId(ack.checkpoint_id), checkpoint_ack))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_survives_its_protobuf_view() {
+        let subtask = |operator_id: &str, subtask_index| SubtaskKey {
+            operator_id: operator_id.into(),
+            subtask_index,
+        };
+        let checkpoint = CompletedCheckpoint {
+            checkpoint_id: CheckpointId(7),
+            epoch: Epoch(3),
+            task_states: vec![
+                TaskStateHandle {
+                    subtask: subtask("counts", 1),
+                    location: "job-1/chk-7/counts-1-3".into(),
+                    inline_state: Vec::new(),
+                    size_bytes: 4_096,
+                    checksum: 0xfeed,
+                },
+                TaskStateHandle {
+                    subtask: subtask("sink", 0),
+                    location: String::new(),
+                    inline_state: vec![1, 2, 3],
+                    size_bytes: 3,
+                    checksum: 9,
+                },
+            ],
+            source_offsets: [(subtask("lines", 0), 1_000), (subtask("lines", 1), 998)].into(),
+            size_bytes: 4_099,
+            completed_at_ms: 1_764_000_000_000,
+        };
+        let wire = checkpoint_to_proto(&JobId::from_number(1), &checkpoint);
+        assert_eq!(wire.job_id, "job-1");
+        assert_eq!(checkpoint_from_proto(&wire), checkpoint);
+    }
 }

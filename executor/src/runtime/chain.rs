@@ -50,8 +50,8 @@ pub fn chain_members(deployment: &SubtaskDeployment, local_address: &str) -> Vec
 mod tests {
     use std::sync::Arc;
 
+    use crate::runtime::task::PlacedSubtask;
     use raftstream_coordinator::spec::parse_job_spec;
-    use raftstream_proto::v1 as pb;
 
     use super::*;
 
@@ -72,10 +72,9 @@ mod tests {
             .iter()
             .zip(addresses)
             .enumerate()
-            .map(|(position, (operator, address))| pb::Subtask {
+            .map(|(position, (operator, address))| PlacedSubtask {
                 operator_id: (*operator).to_owned(),
                 subtask_index: 0,
-                executor_id: String::new(),
                 epoch: 10 + position as u64,
                 executor_address: address.to_owned(),
             })

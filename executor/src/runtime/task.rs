@@ -10,7 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftstream_coordinator::service::checkpoint_from_proto;
 use raftstream_coordinator::spec::{JobGraph, OperatorKind, OperatorSpec};
+use raftstream_coordinator::state_machine::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 use raftstream_proto::v1 as pb;
 
 use super::record::Record;
@@ -53,8 +55,20 @@ pub struct SubtaskDeployment {
     pub subtask_index: u32,
     pub epoch: u64,
     pub graph: Arc<JobGraph>,
-    pub placement: Vec<pb::Subtask>,
-    pub restore_from: Option<pb::Checkpoint>,
+    /// Where every subtask of the job runs.
+    pub placement: Vec<PlacedSubtask>,
+    /// The latest completed checkpoint in the Raft state, when the job has one.
+    pub restore_from: Option<CompletedCheckpoint>,
+}
+
+/// Where the leader placed one subtask of the job, as a deployment tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedSubtask {
+    pub operator_id: String,
+    pub subtask_index: u32,
+    pub epoch: u64,
+    /// The data-exchange address of its executor.
+    pub executor_address: String,
 }
 
 impl SubtaskDeployment {
@@ -69,8 +83,17 @@ impl SubtaskDeployment {
             subtask_index: task.subtask_index,
             epoch: task.epoch,
             graph: Arc::new(graph),
-            placement: assign.placement.clone(),
-            restore_from: assign.restore_from.clone(),
+            placement: assign
+                .placement
+                .iter()
+                .map(|placed| PlacedSubtask {
+                    operator_id: placed.operator_id.clone(),
+                    subtask_index: placed.subtask_index,
+                    epoch: placed.epoch,
+                    executor_address: placed.executor_address.clone(),
+                })
+                .collect(),
+            restore_from: assign.restore_from.as_ref().map(checkpoint_from_proto),
         })
     }
 
@@ -216,14 +239,14 @@ pub async fn run_subtask(
 async fn load_state(
     store: &CheckpointStorage,
     checkpoint_id: u64,
-    handle: &pb::TaskStateHandle,
+    handle: &TaskStateHandle,
 ) -> Result<Vec<u8>, TaskError> {
     let restore_error = |problem: String| TaskError::Restore { checkpoint_id, problem };
     if handle.location.is_empty() {
         if handle.size_bytes != handle.inline_state.len() as u64 || checksum(&handle.inline_state) != handle.checksum {
             return Err(restore_error(format!(
                 "inline state of {}[{}] does not match its checksum",
-                handle.operator_id, handle.subtask_index
+                handle.subtask.operator_id, handle.subtask.subtask_index
             )));
         }
         return Ok(handle.inline_state.clone());
@@ -246,7 +269,7 @@ async fn restore(
     logic: &mut Logic,
 ) -> Result<(), TaskError> {
     let checkpoint = deployment.restore_from.as_ref();
-    let checkpoint_id = checkpoint.map_or(0, |checkpoint| checkpoint.checkpoint_id);
+    let checkpoint_id = checkpoint.map_or(0, |checkpoint| checkpoint.checkpoint_id.0);
     match logic {
         // Sources were positioned from the checkpoint's offsets when they were opened.
         Logic::Source(_) => {}
@@ -261,14 +284,14 @@ async fn restore(
             for handle in checkpoint
                 .task_states
                 .iter()
-                .filter(|handle| handle.operator_id == operator.id)
+                .filter(|handle| handle.subtask.operator_id == operator.id)
             {
                 let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
                 match logic {
                     Logic::Count(counts) => counts.restore(&operator.id, &bytes, &groups)?,
                     Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, &bytes, &groups)?,
                     Logic::Window(window) => {
-                        let own = handle.subtask_index == deployment.subtask_index;
+                        let own = handle.subtask.subtask_index == deployment.subtask_index;
                         window.restore(&operator.id, &bytes, &groups, own)?;
                     }
                     _ => {}
@@ -276,11 +299,13 @@ async fn restore(
             }
         }
         Logic::FileSink(sink) => {
+            let key = SubtaskKey {
+                operator_id: operator.id.clone(),
+                subtask_index: deployment.subtask_index,
+            };
             let state = match checkpoint {
                 Some(checkpoint) => {
-                    let handle = checkpoint.task_states.iter().find(|handle| {
-                        handle.operator_id == operator.id && handle.subtask_index == deployment.subtask_index
-                    });
+                    let handle = checkpoint.task_states.iter().find(|handle| handle.subtask == key);
                     match handle {
                         Some(handle) => Some(load_state(&environment.store, checkpoint_id, handle).await?),
                         None => None,
@@ -310,11 +335,11 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
         .as_ref()
         .filter(|_| !replay_everything)
         .and_then(|checkpoint| {
-            checkpoint
-                .source_offsets
-                .iter()
-                .find(|offset| offset.operator_id == operator.id && offset.subtask_index == deployment.subtask_index)
-                .map(|offset| offset.offset)
+            let key = SubtaskKey {
+                operator_id: operator.id.clone(),
+                subtask_index: deployment.subtask_index,
+            };
+            checkpoint.source_offsets.get(&key).copied()
         });
     Ok(match operator.kind {
         OperatorKind::Generator => {
