@@ -14,6 +14,7 @@ use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use crate::checkpoint::{CheckpointStorage, StorageConfigError};
+use crate::report::TaskReport;
 use crate::runtime::exchange::{ExchangeHub, ExchangeServiceImpl};
 use crate::runtime::task::TaskEnvironment;
 use crate::tasks::TaskManager;
@@ -189,12 +190,7 @@ enum SessionEnd {
 }
 
 impl Session {
-    async fn run(
-        self,
-        mut tasks: TaskManager,
-        mut reports: mpsc::Receiver<pb::executor_message::Body>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(self, mut tasks: TaskManager, mut reports: mpsc::Receiver<TaskReport>, shutdown: CancellationToken) {
         let mut registration: Option<pb::RegisterExecutorResponse> = None;
         let mut leader_address: Option<String> = None;
         let mut backoff = FIRST_BACKOFF;
@@ -298,7 +294,7 @@ impl Session {
         target: &str,
         heartbeat_interval: Duration,
         tasks: &mut TaskManager,
-        reports: &mut mpsc::Receiver<pb::executor_message::Body>,
+        reports: &mut mpsc::Receiver<TaskReport>,
         shutdown: &CancellationToken,
         backoff: &mut Duration,
     ) -> SessionEnd {
@@ -348,14 +344,14 @@ impl Session {
                         return SessionEnd::Lost(None);
                     }
                     for failure in tasks.failures() {
-                        if outbound.send(self.message(pb::executor_message::Body::TaskStatus(failure))).await.is_err() {
+                        if outbound.send(self.message(failure.into_proto())).await.is_err() {
                             return SessionEnd::Lost(None);
                         }
                     }
                 }
                 report = reports.recv() => {
                     let Some(report) = report else { return SessionEnd::Shutdown };
-                    if outbound.send(self.message(report)).await.is_err() {
+                    if outbound.send(self.message(report.into_proto())).await.is_err() {
                         return SessionEnd::Lost(None);
                     }
                 }

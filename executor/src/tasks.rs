@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use raftstream_coordinator::leader::TaskRef;
+use raftstream_coordinator::service::task_ref_from_proto;
 use raftstream_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +15,7 @@ use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes, SubtaskId};
 use crate::checkpoint::{delete_each, CheckpointStore};
+use crate::report::TaskReport;
 use crate::runtime::chain::chain_members;
 use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
@@ -25,13 +28,6 @@ const FAILED: u8 = 2;
 const RESTORE_FAILED: u8 = 3;
 
 /// The status name the leader understands for a failed outcome.
-fn status_name(outcome: u8) -> &'static str {
-    if outcome == RESTORE_FAILED {
-        "RestoreFailed"
-    } else {
-        "Failed"
-    }
-}
 
 /// A subtask's entry; the subtasks of a chain share one task, so their entries share its control
 /// queue, cancellation and outcome.
@@ -92,7 +88,7 @@ impl TaskManager {
 
     /// Failure statuses of held subtasks, repeated until the leader moves them (a status sent
     /// while no session was open would otherwise be lost).
-    pub fn failures(&self) -> Vec<pb::TaskStatus> {
+    pub fn failures(&self) -> Vec<TaskReport> {
         self.assignments
             .running()
             .into_iter()
@@ -103,9 +99,9 @@ impl TaskManager {
                     return None;
                 }
                 let reason = running.failure.lock().map(|reason| reason.clone()).unwrap_or_default();
-                Some(pb::TaskStatus {
-                    task: Some(task),
-                    status: status_name(outcome).to_owned(),
+                Some(TaskReport::Failed {
+                    task: task_ref_from_proto(&task)?,
+                    cannot_restore: outcome == RESTORE_FAILED,
                     reason,
                 })
             })
@@ -256,7 +252,7 @@ impl TaskManager {
                 "subtask starting"
             )
         });
-        let tasks: Vec<pb::TaskRef> = members.iter().map(SubtaskDeployment::task_ref).collect();
+        let tasks: Vec<TaskRef> = members.iter().map(SubtaskDeployment::task_ref).collect();
         let reports = self.environment.reports.clone();
         let environment = self.environment.clone();
         let task_cancel = cancel.clone();
@@ -269,11 +265,7 @@ impl TaskManager {
                         tracing::info!("subtask finished");
                         task_outcome.store(FINISHED, Ordering::Release);
                         for task in tasks {
-                            let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
-                                task: Some(task),
-                                status: "Finished".to_owned(),
-                                reason: String::new(),
-                            }));
+                            let _ = reports.try_send(TaskReport::Finished(task));
                         }
                     }
                     Ok(TaskEnd::Cancelled) => tracing::debug!("subtask cancelled"),
@@ -290,11 +282,11 @@ impl TaskManager {
                         }
                         task_outcome.store(outcome, Ordering::Release);
                         for task in tasks {
-                            let _ = reports.try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
-                                task: Some(task),
-                                status: status_name(outcome).to_owned(),
+                            let _ = reports.try_send(TaskReport::Failed {
+                                task,
+                                cannot_restore: outcome == RESTORE_FAILED,
                                 reason: error.to_string(),
-                            }));
+                            });
                         }
                     }
                 }

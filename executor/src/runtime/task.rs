@@ -10,6 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftstream_coordinator::ids::{Epoch, JobId};
+use raftstream_coordinator::leader::TaskRef;
 use raftstream_coordinator::service::checkpoint_from_proto;
 use raftstream_coordinator::spec::{JobGraph, OperatorKind, OperatorSpec};
 use raftstream_coordinator::state_machine::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
@@ -31,6 +33,7 @@ use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
 use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, Stateless};
 use super::windows::WindowOperator;
 use crate::checkpoint::{checksum, CheckpointStorage, CheckpointStore, StateHandle};
+use crate::report::TaskReport;
 
 mod acknowledger;
 mod input;
@@ -98,12 +101,14 @@ impl SubtaskDeployment {
     }
 
     /// The task reference of this placement.
-    pub fn task_ref(&self) -> pb::TaskRef {
-        pb::TaskRef {
-            job_id: self.job_id.clone(),
-            operator_id: self.operator_id.clone(),
-            subtask_index: self.subtask_index,
-            epoch: self.epoch,
+    pub fn task_ref(&self) -> TaskRef {
+        TaskRef {
+            job_id: JobId(self.job_id.clone()),
+            subtask: SubtaskKey {
+                operator_id: self.operator_id.clone(),
+                subtask_index: self.subtask_index,
+            },
+            epoch: Epoch(self.epoch),
         }
     }
 }
@@ -133,7 +138,7 @@ pub struct TaskEnvironment {
     pub dial: DialAddresses,
     pub store: Arc<CheckpointStorage>,
     /// Checkpoint acknowledgements and task statuses, to the leader through the session.
-    pub reports: mpsc::Sender<pb::executor_message::Body>,
+    pub reports: mpsc::Sender<TaskReport>,
 }
 
 /// Why a subtask stopped before its end.

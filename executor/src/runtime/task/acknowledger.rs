@@ -116,11 +116,7 @@ impl Acknowledger<'_> {
         let _ = self
             .environment
             .reports
-            .try_send(pb::executor_message::Body::TaskStatus(pb::TaskStatus {
-                task: Some(self.deployment.task_ref()),
-                status: "InputEnded".to_owned(),
-                reason: String::new(),
-            }));
+            .try_send(TaskReport::InputEnded(self.deployment.task_ref()));
     }
 
     /// Stores the state of `checkpoint_id` (inline when tiny) and acknowledges it to the leader.
@@ -133,10 +129,10 @@ impl Acknowledger<'_> {
         let deployment = self.deployment;
         let size_bytes = state.len() as u64;
         let state_checksum = checksum(&state);
+        let task = deployment.task_ref();
         let handle = if state.len() <= MAX_INLINE_STATE {
-            pb::TaskStateHandle {
-                operator_id: deployment.operator_id.clone(),
-                subtask_index: deployment.subtask_index,
+            TaskStateHandle {
+                subtask: task.subtask.clone(),
                 location: String::new(),
                 inline_state: state,
                 size_bytes,
@@ -159,35 +155,23 @@ impl Acknowledger<'_> {
             if let Ok(mut files) = self.files.lock() {
                 files.written.insert(checkpoint_id, stored.location.clone());
             }
-            pb::TaskStateHandle {
-                operator_id: deployment.operator_id.clone(),
-                subtask_index: deployment.subtask_index,
+            TaskStateHandle {
+                subtask: task.subtask.clone(),
                 location: stored.location,
                 inline_state: Vec::new(),
                 size_bytes: stored.size_bytes,
                 checksum: stored.checksum,
             }
         };
-        let source_offsets = source_offset
-            .map(|offset| pb::SourceOffset {
-                operator_id: deployment.operator_id.clone(),
-                subtask_index: deployment.subtask_index,
-                offset,
-            })
-            .into_iter()
-            .collect();
         // A lost ack only lets the checkpoint time out; the job goes on.
         // A full queue means the session is down or far behind: a lost report only delays
         // (the checkpoint times out, the end of input is seen at the next interval).
-        let _ = self
-            .environment
-            .reports
-            .try_send(pb::executor_message::Body::CheckpointAck(pb::CheckpointAck {
-                task: Some(deployment.task_ref()),
-                checkpoint_id,
-                state: Some(handle),
-                source_offsets,
-            }));
+        let _ = self.environment.reports.try_send(TaskReport::CheckpointAck {
+            task,
+            checkpoint_id,
+            state: handle,
+            source_offset,
+        });
         Ok(())
     }
 }
