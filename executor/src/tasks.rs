@@ -27,8 +27,6 @@ const FINISHED: u8 = 1;
 const FAILED: u8 = 2;
 const RESTORE_FAILED: u8 = 3;
 
-/// The status name the leader understands for a failed outcome.
-
 /// A subtask's entry; the subtasks of a chain share one task, so their entries share its control
 /// queue, cancellation and outcome.
 #[derive(Clone)]
