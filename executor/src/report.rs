@@ -2,7 +2,7 @@
 //! into protobuf at the edge.
 
 use raftstream_coordinator::leader::TaskRef;
-use raftstream_coordinator::service::task_ref_to_proto;
+use raftstream_coordinator::service::{task_ref_to_proto, task_state_to_proto};
 use raftstream_coordinator::state_machine::TaskStateHandle;
 use raftstream_proto::v1 as pb;
 
@@ -62,14 +62,7 @@ impl TaskReport {
                     })
                     .into_iter()
                     .collect(),
-                state: Some(pb::TaskStateHandle {
-                    operator_id: state.subtask.operator_id,
-                    subtask_index: state.subtask.subtask_index,
-                    location: state.location,
-                    inline_state: state.inline_state,
-                    size_bytes: state.size_bytes,
-                    checksum: state.checksum,
-                }),
+                state: Some(task_state_to_proto(&state)),
             }),
         }
     }

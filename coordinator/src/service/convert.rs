@@ -2,9 +2,9 @@
 
 use raftstream_proto::v1 as pb;
 
-use crate::ids::{CheckpointId, Epoch, JobId};
+use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
 use crate::leader::checkpoints::CheckpointAck;
-use crate::leader::{ExecutorCommand, TaskRef};
+use crate::leader::{ExecutorCommand, PlacedSubtask, TaskRef};
 use crate::state_machine::{CompletedCheckpoint, JobRecord, JobStatus, State, SubtaskKey, TaskStateHandle};
 
 /// Why a job that is not running yet waits, when it waits for slots: read from the state, not
@@ -92,18 +92,7 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
         epoch: checkpoint.epoch.0,
         size_bytes: checkpoint.size_bytes,
         completed_at_ms: checkpoint.completed_at_ms,
-        task_states: checkpoint
-            .task_states
-            .iter()
-            .map(|handle| pb::TaskStateHandle {
-                operator_id: handle.subtask.operator_id.clone(),
-                subtask_index: handle.subtask.subtask_index,
-                location: handle.location.clone(),
-                inline_state: handle.inline_state.clone(),
-                size_bytes: handle.size_bytes,
-                checksum: handle.checksum,
-            })
-            .collect(),
+        task_states: checkpoint.task_states.iter().map(task_state_to_proto).collect(),
         source_offsets: checkpoint
             .source_offsets
             .iter()
@@ -116,6 +105,56 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
     }
 }
 
+/// The protobuf view of where one subtask's state of a checkpoint lives.
+pub fn task_state_to_proto(handle: &TaskStateHandle) -> pb::TaskStateHandle {
+    pb::TaskStateHandle {
+        operator_id: handle.subtask.operator_id.clone(),
+        subtask_index: handle.subtask.subtask_index,
+        location: handle.location.clone(),
+        inline_state: handle.inline_state.clone(),
+        size_bytes: handle.size_bytes,
+        checksum: handle.checksum,
+    }
+}
+
+/// Where one subtask's state of a checkpoint lives, read from protobuf.
+fn task_state_from_proto(handle: &pb::TaskStateHandle) -> TaskStateHandle {
+    TaskStateHandle {
+        subtask: SubtaskKey {
+            operator_id: handle.operator_id.clone(),
+            subtask_index: handle.subtask_index,
+        },
+        location: handle.location.clone(),
+        inline_state: handle.inline_state.clone(),
+        size_bytes: handle.size_bytes,
+        checksum: handle.checksum,
+    }
+}
+
+/// The protobuf view of where one subtask of a deployed job runs.
+pub fn placed_subtask_to_proto(placed: &PlacedSubtask) -> pb::Subtask {
+    pb::Subtask {
+        operator_id: placed.subtask.operator_id.clone(),
+        subtask_index: placed.subtask.subtask_index,
+        executor_id: placed.executor_id.0.clone(),
+        epoch: placed.epoch.0,
+        executor_address: placed.executor_address.clone(),
+    }
+}
+
+/// Where one subtask of a deployed job runs, read back from protobuf: what an executor dials.
+pub fn placed_subtask_from_proto(placed: &pb::Subtask) -> PlacedSubtask {
+    PlacedSubtask {
+        subtask: SubtaskKey {
+            operator_id: placed.operator_id.clone(),
+            subtask_index: placed.subtask_index,
+        },
+        executor_id: ExecutorId(placed.executor_id.clone()),
+        executor_address: placed.executor_address.clone(),
+        epoch: Epoch(placed.epoch),
+    }
+}
+
 /// A checkpoint read back from its protobuf view: what an executor restores from.
 pub fn checkpoint_from_proto(checkpoint: &pb::Checkpoint) -> CompletedCheckpoint {
     let key = |operator_id: &str, subtask_index: u32| SubtaskKey {
@@ -125,17 +164,7 @@ pub fn checkpoint_from_proto(checkpoint: &pb::Checkpoint) -> CompletedCheckpoint
     CompletedCheckpoint {
         checkpoint_id: CheckpointId(checkpoint.checkpoint_id),
         epoch: Epoch(checkpoint.epoch),
-        task_states: checkpoint
-            .task_states
-            .iter()
-            .map(|handle| TaskStateHandle {
-                subtask: key(&handle.operator_id, handle.subtask_index),
-                location: handle.location.clone(),
-                inline_state: handle.inline_state.clone(),
-                size_bytes: handle.size_bytes,
-                checksum: handle.checksum,
-            })
-            .collect(),
+        task_states: checkpoint.task_states.iter().map(task_state_from_proto).collect(),
         source_offsets: checkpoint
             .source_offsets
             .iter()
@@ -198,17 +227,7 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
                 .restore_from
                 .as_ref()
                 .map(|checkpoint| checkpoint_to_proto(&deployment.task.job_id, checkpoint)),
-            placement: deployment
-                .placement
-                .iter()
-                .map(|placed| pb::Subtask {
-                    operator_id: placed.subtask.operator_id.clone(),
-                    subtask_index: placed.subtask.subtask_index,
-                    executor_id: placed.executor_id.0.clone(),
-                    epoch: placed.epoch.0,
-                    executor_address: placed.executor_address.clone(),
-                })
-                .collect(),
+            placement: deployment.placement.iter().map(placed_subtask_to_proto).collect(),
         }),
         ExecutorCommand::Cancel(task) => Body::Cancel(pb::CancelTask {
             task: Some(task_ref_to_proto(task)),
@@ -250,13 +269,11 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
 /// A checkpoint acknowledgement from an executor; `None` when it names no subtask.
 pub fn checkpoint_ack_from_proto(ack: &pb::CheckpointAck) -> Option<(TaskRef, CheckpointId, CheckpointAck)> {
     let task = task_ref_from_proto(ack.task.as_ref()?)?;
-    let state = ack.state.as_ref();
+    let no_state = pb::TaskStateHandle::default();
+    // The acknowledgement names its subtask in the task; the handle's own names are not trusted.
     let handle = TaskStateHandle {
         subtask: task.subtask.clone(),
-        location: state.map(|state| state.location.clone()).unwrap_or_default(),
-        inline_state: state.map(|state| state.inline_state.clone()).unwrap_or_default(),
-        size_bytes: state.map_or(0, |state| state.size_bytes),
-        checksum: state.map_or(0, |state| state.checksum),
+        ..task_state_from_proto(ack.state.as_ref().unwrap_or(&no_state))
     };
     let source_offset = ack
         .source_offsets

@@ -25,7 +25,10 @@ use crate::state_machine::{Command, Response};
 
 pub use admin_service::AdminServiceImpl;
 /// Executors read a deployment's checkpoint and write their reports through these.
-pub use convert::{checkpoint_ack_from_proto, checkpoint_from_proto, task_ref_from_proto, task_ref_to_proto};
+pub use convert::{
+    checkpoint_ack_from_proto, checkpoint_from_proto, placed_subtask_from_proto, task_ref_from_proto,
+    task_ref_to_proto, task_state_to_proto,
+};
 pub use executor_service::ExecutorServiceImpl;
 pub use job_service::JobServiceImpl;
 pub use raft_service::RaftServiceImpl;

@@ -9,9 +9,11 @@ fn placed_here(deployment: &SubtaskDeployment, operator_id: &str, local_address:
     deployment
         .placement
         .iter()
-        .find(|placed| placed.operator_id == operator_id && placed.subtask_index == deployment.subtask_index)
+        .find(|placed| {
+            placed.subtask.operator_id == operator_id && placed.subtask.subtask_index == deployment.subtask_index
+        })
         .filter(|placed| placed.executor_address == local_address)
-        .map(|placed| placed.epoch)
+        .map(|placed| placed.epoch.0)
 }
 
 /// The subtasks `deployment`'s task runs, itself first: the chain behind it as far as it is placed
@@ -50,8 +52,10 @@ pub fn chain_members(deployment: &SubtaskDeployment, local_address: &str) -> Vec
 mod tests {
     use std::sync::Arc;
 
-    use crate::runtime::task::PlacedSubtask;
+    use raftstream_coordinator::ids::{Epoch, ExecutorId};
+    use raftstream_coordinator::leader::PlacedSubtask;
     use raftstream_coordinator::spec::parse_job_spec;
+    use raftstream_coordinator::state_machine::SubtaskKey;
 
     use super::*;
 
@@ -73,10 +77,13 @@ mod tests {
             .zip(addresses)
             .enumerate()
             .map(|(position, (operator, address))| PlacedSubtask {
-                operator_id: (*operator).to_owned(),
-                subtask_index: 0,
-                epoch: 10 + position as u64,
+                subtask: SubtaskKey {
+                    operator_id: (*operator).to_owned(),
+                    subtask_index: 0,
+                },
+                executor_id: ExecutorId(String::new()),
                 executor_address: address.to_owned(),
+                epoch: Epoch(10 + position as u64),
             })
             .collect();
         SubtaskDeployment {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftstream_coordinator::ids::{Epoch, JobId};
-use raftstream_coordinator::leader::TaskRef;
-use raftstream_coordinator::service::checkpoint_from_proto;
+use raftstream_coordinator::leader::{PlacedSubtask, TaskRef};
+use raftstream_coordinator::service::{checkpoint_from_proto, placed_subtask_from_proto};
 use raftstream_coordinator::spec::{JobGraph, OperatorKind, OperatorSpec};
 use raftstream_coordinator::state_machine::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 use raftstream_proto::v1 as pb;
@@ -64,16 +64,6 @@ pub struct SubtaskDeployment {
     pub restore_from: Option<CompletedCheckpoint>,
 }
 
-/// Where the leader placed one subtask of the job, as a deployment tells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlacedSubtask {
-    pub operator_id: String,
-    pub subtask_index: u32,
-    pub epoch: u64,
-    /// The data-exchange address of its executor.
-    pub executor_address: String,
-}
-
 impl SubtaskDeployment {
     /// The deployment carried by an `AssignTask` message.
     pub fn from_proto(assign: &pb::AssignTask) -> Result<SubtaskDeployment, String> {
@@ -86,16 +76,7 @@ impl SubtaskDeployment {
             subtask_index: task.subtask_index,
             epoch: task.epoch,
             graph: Arc::new(graph),
-            placement: assign
-                .placement
-                .iter()
-                .map(|placed| PlacedSubtask {
-                    operator_id: placed.operator_id.clone(),
-                    subtask_index: placed.subtask_index,
-                    epoch: placed.epoch,
-                    executor_address: placed.executor_address.clone(),
-                })
-                .collect(),
+            placement: assign.placement.iter().map(placed_subtask_from_proto).collect(),
             restore_from: assign.restore_from.as_ref().map(checkpoint_from_proto),
         })
     }

@@ -134,7 +134,7 @@ pub(super) async fn open_outputs(
             let placed = deployment
                 .placement
                 .iter()
-                .find(|placed| placed.operator_id == consumer.id && placed.subtask_index == index)
+                .find(|placed| placed.subtask.operator_id == consumer.id && placed.subtask.subtask_index == index)
                 .ok_or_else(|| TaskError::Graph(format!("{}[{index}] is not placed", consumer.id)))?;
             let target = GateKey {
                 job_id: deployment.job_id.clone(),
@@ -146,7 +146,7 @@ pub(super) async fn open_outputs(
                 &environment.local_address,
                 environment.dial.resolve(&placed.executor_address),
                 target,
-                placed.epoch,
+                placed.epoch.0,
                 (&operator.id, deployment.subtask_index, deployment.epoch),
                 cancel,
             )
