@@ -5,9 +5,12 @@
 # as root iptables for the chaos test on network namespaces.
 set -euo pipefail
 
+# libclang itself (libclang.so, libclang-14.so.1, ...), not libclang-cpp, which some machines have
+# without it and which bindgen cannot use.
 have_libclang() {
-    ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' && return 0
-    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+    ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9][0-9.]*\)\?\.so' && return 0
+    compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null && return 0
+    compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null
 }
 
 if [ "${1:-}" = "--test" ] && ! python3 -c 'import moto.server, flask' >/dev/null 2>&1; then
