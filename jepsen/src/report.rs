@@ -204,6 +204,9 @@ pub struct StreamResult {
     pub lines: u64,
     pub exact: bool,
     pub problems: Vec<String>,
+    /// From the end of the faults until the job ended or the wait gave up.
+    #[serde(default)]
+    pub settle_ms: u64,
 }
 
 /// Everything a run found.
@@ -270,10 +273,11 @@ impl Report {
         text += &format!("checkpoint polls: {}\n", self.checkpoint_polls);
         if let Some(stream) = &self.stream {
             text += &format!(
-                "stream {}: {} after {} restarts, {} of {} lines, {}\n",
+                "stream {}: {} after {} restarts ({:.1} s after the faults), {} of {} lines, {}\n",
                 stream.job_id,
                 stream.final_status,
                 stream.restarts,
+                stream.settle_ms as f64 / 1000.0,
                 stream.lines,
                 stream.expected_lines,
                 if stream.exact { "exactly once" } else { "NOT exact" }

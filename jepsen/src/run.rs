@@ -814,7 +814,9 @@ async fn finish_stream(
     seen_ended: Option<pb::Job>,
 ) -> anyhow::Result<StreamResult> {
     let parallelism = u64::from(spec.parallelism);
-    let mut watch = SettleWatch::new(SETTLE_WAIT, Instant::now());
+    let settle_started = Instant::now();
+    let mut watch = SettleWatch::new(SETTLE_WAIT, settle_started);
+    let mut next_progress_line = settle_started + Duration::from_secs(30);
     let ended = loop {
         match client.get_job(job_id, pb::ReadConsistency::Linearizable).await {
             Ok(job) if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") => break Ok(job),
@@ -831,8 +833,18 @@ async fn finish_stream(
                 .max_by_key(|checkpoint| checkpoint.checkpoint_id)
                 .map(|newest| generated_records(newest, parallelism))
         });
-        if let Some(timeout) = watch.observe(Instant::now(), committed_lines) {
+        let now = Instant::now();
+        if let Some(timeout) = watch.observe(now, committed_lines) {
             break Err(timeout);
+        }
+        if now >= next_progress_line {
+            next_progress_line = now + Duration::from_secs(30);
+            println!(
+                "[settle {:>5.0} s] {job_id} not ended yet: {} of {} lines committed",
+                settle_started.elapsed().as_secs_f64(),
+                committed_lines.map_or_else(|| "?".to_owned(), |lines| lines.to_string()),
+                spec.records
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
@@ -859,6 +871,7 @@ async fn finish_stream(
         lines: check.lines,
         exact: problems.is_empty() && check.lines == expected_lines,
         problems,
+        settle_ms: u64::try_from(settle_started.elapsed().as_millis()).unwrap_or(u64::MAX),
     })
 }
 
