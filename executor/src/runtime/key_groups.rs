@@ -38,8 +38,13 @@ impl std::hash::Hasher for FnvHasher {
     }
 }
 
-/// A hash map with [`FnvHasher`].
-pub type KeyedMap<V> = std::collections::HashMap<String, V, std::hash::BuildHasherDefault<FnvHasher>>;
+/// A key of keyed state. Keys up to 24 bytes (words, ids) live inside the map's bucket, so a
+/// lookup compares them without following a pointer to the heap, which showed as the largest
+/// per-word cost of the word count.
+pub type StateKey = compact_str::CompactString;
+
+/// A hash map with [`FnvHasher`], looked up by `&str`.
+pub type KeyedMap<V> = std::collections::HashMap<StateKey, V, std::hash::BuildHasherDefault<FnvHasher>>;
 
 /// The key group of `key`, in `0..max_parallelism`.
 pub fn key_group(key: &str, max_parallelism: u32) -> u32 {

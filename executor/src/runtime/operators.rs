@@ -9,7 +9,7 @@ use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
 use super::record::Record;
 use serde::{Deserialize, Serialize};
 
-use super::key_groups::{key_group, KeyedMap};
+use super::key_groups::{key_group, KeyedMap, StateKey};
 
 /// Why an operator cannot run or its state cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +300,7 @@ fn snapshot_keyed<V: Serialize + Clone>(entries: &KeyedMap<V>, max_parallelism: 
             .groups
             .entry(key_group(key, max_parallelism))
             .or_default()
-            .push((key.clone(), value.clone()));
+            .push((key.to_string(), value.clone()));
     }
     // Serializing plain maps of strings and numbers cannot fail.
     serde_json::to_vec(&snapshot).unwrap_or_default()
@@ -318,7 +318,7 @@ fn restore_keyed<V: serde::de::DeserializeOwned>(
     })?;
     for (group, group_entries) in snapshot.groups {
         if groups.contains(&group) {
-            entries.extend(group_entries);
+            entries.extend(group_entries.into_iter().map(|(key, value)| (StateKey::from(key), value)));
         }
     }
     Ok(())
@@ -373,13 +373,13 @@ impl KeyedCount {
     /// Counts one record and emits (key, new count).
     pub fn apply(&mut self, record: Record, emit: &mut impl FnMut(Record)) {
         // The key is copied only the first time it is seen.
-        let count = match self.counts.get_mut(&record.key) {
+        let count = match self.counts.get_mut(record.key.as_str()) {
             Some(count) => {
                 *count += 1;
                 *count
             }
             None => {
-                self.counts.insert(record.key.clone(), 1);
+                self.counts.insert(StateKey::from(record.key.as_str()), 1);
                 1
             }
         };
@@ -488,7 +488,7 @@ impl KeyedAggregate {
             None => record.value.clone(),
         };
         let next = if self.combine == Combine::Concat {
-            let joined = match self.values.get(&record.key).and_then(|value| value.as_str()) {
+            let joined = match self.values.get(record.key.as_str()).and_then(|value| value.as_str()) {
                 Some(previous) => format!("{previous},{text}"),
                 None => text,
             };
@@ -497,7 +497,7 @@ impl KeyedAggregate {
             let Ok(number) = text.trim().parse::<f64>() else {
                 return false;
             };
-            let previous = self.values.get(&record.key).and_then(|value| value.as_f64());
+            let previous = self.values.get(record.key.as_str()).and_then(|value| value.as_f64());
             let combined = match (self.combine, previous) {
                 (_, None) => number,
                 (Combine::Sum, Some(previous)) => previous + number,
@@ -511,7 +511,7 @@ impl KeyedAggregate {
             serde_json::Value::String(text) => text.clone(),
             other => other.as_f64().map(number_text).unwrap_or_default(),
         };
-        self.values.insert(record.key.clone(), next);
+        self.values.insert(StateKey::from(record.key.as_str()), next);
         emit(Record {
             key: record.key,
             value: shown,

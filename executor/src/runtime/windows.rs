@@ -15,7 +15,7 @@ use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
 use super::record::Record;
 use serde::{Deserialize, Serialize};
 
-use super::key_groups::{key_group, KeyedMap};
+use super::key_groups::{key_group, KeyedMap, StateKey};
 use super::operators::{field_of, number_text, OperatorError};
 
 /// How a window combines the records of one key.
@@ -137,7 +137,7 @@ impl WindowOperator {
         while start > event_time - self.size_ms {
             if start + self.size_ms > self.watermark {
                 accepted = true;
-                let windows = self.windows.entry(record.key.clone()).or_default();
+                let windows = self.windows.entry(StateKey::from(record.key.as_str())).or_default();
                 let slot = windows.entry(start).or_insert(match self.aggregate {
                     Aggregate::Count | Aggregate::Sum => 0.0,
                     Aggregate::Min => f64::INFINITY,
@@ -195,7 +195,7 @@ impl WindowOperator {
         for (start, key, value) in fired {
             emit(Record {
                 value: format!("{start}\t{}\t{}", start + self.size_ms, number_text(value)),
-                key,
+                key: key.into_string(),
                 timestamp_ms: start + self.size_ms - 1,
             });
         }
@@ -206,7 +206,7 @@ impl WindowOperator {
         let mut groups: BTreeMap<u32, Vec<(String, Vec<(i64, f64)>)>> = BTreeMap::new();
         for (key, windows) in &self.windows {
             groups.entry(key_group(key, max_parallelism)).or_default().push((
-                key.clone(),
+                key.to_string(),
                 windows.iter().map(|(start, value)| (*start, *value)).collect(),
             ));
         }
@@ -235,7 +235,7 @@ impl WindowOperator {
         for (group, entries) in snapshot.groups {
             if groups.contains(&group) {
                 for (key, windows) in entries {
-                    self.windows.entry(key).or_default().extend(windows);
+                    self.windows.entry(StateKey::from(key)).or_default().extend(windows);
                 }
             }
         }
