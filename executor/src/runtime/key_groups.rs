@@ -38,10 +38,10 @@ impl std::hash::Hasher for FnvHasher {
     }
 }
 
-/// A key of keyed state. Keys up to 24 bytes (words, ids) live inside the map's bucket, so a
-/// lookup compares them without following a pointer to the heap, which showed as the largest
-/// per-word cost of the word count.
-pub type StateKey = compact_str::CompactString;
+/// A key of keyed state: a record's key. Keys up to 24 bytes (words, ids) live inside the map's
+/// bucket, so a lookup compares them without following a pointer to the heap, which showed as the
+/// largest per-word cost of the word count.
+pub type StateKey = super::record::Text;
 
 /// A hash map with [`FnvHasher`], looked up by `&str`.
 pub type KeyedMap<V> = std::collections::HashMap<StateKey, V, std::hash::BuildHasherDefault<FnvHasher>>;

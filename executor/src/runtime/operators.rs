@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
 
-use super::record::Record;
+use super::record::{Record, Text};
 use serde::{Deserialize, Serialize};
 
 use super::key_groups::{key_group, KeyedMap, StateKey};
@@ -157,16 +157,16 @@ impl Stateless {
     /// malformed (not JSON, missing columns), which the caller counts.
     pub fn apply(&self, record: Record, emit: &mut impl FnMut(Record)) -> bool {
         let timestamp_ms = record.timestamp_ms;
-        let with_value = |key: &str, value: String| Record {
-            key: key.to_owned(),
+        let with_value = |key: &Text, value: Text| Record {
+            key: key.clone(),
             value,
             timestamp_ms,
         };
         match self {
             Stateless::Identity => emit(record),
-            Stateless::Lowercase => emit(with_value(&record.key, record.value.to_lowercase())),
-            Stateless::Uppercase => emit(with_value(&record.key, record.value.to_uppercase())),
-            Stateless::Trim => emit(with_value(&record.key, record.value.trim().to_owned())),
+            Stateless::Lowercase => emit(with_value(&record.key, record.value.to_lowercase().into())),
+            Stateless::Uppercase => emit(with_value(&record.key, record.value.to_uppercase().into())),
+            Stateless::Trim => emit(with_value(&record.key, record.value.trim().into())),
             Stateless::SplitWords if record.value.is_ascii() => {
                 // Byte by byte: the char-decoding split below costs more than the rest of the
                 // word count's per-word work, and ASCII text is the common case.
@@ -176,14 +176,14 @@ impl Stateless {
                     match (byte.is_ascii_alphanumeric(), start) {
                         (true, None) => start = Some(position),
                         (false, Some(from)) => {
-                            emit(with_value(&record.key, record.value[from..position].to_owned()));
+                            emit(with_value(&record.key, record.value[from..position].into()));
                             start = None;
                         }
                         _ => {}
                     }
                 }
                 if let Some(from) = start {
-                    emit(with_value(&record.key, record.value[from..].to_owned()));
+                    emit(with_value(&record.key, record.value[from..].into()));
                 }
             }
             Stateless::SplitWords => {
@@ -192,12 +192,12 @@ impl Stateless {
                     .split(|c: char| !c.is_alphanumeric())
                     .filter(|word| !word.is_empty())
                 {
-                    emit(with_value(&record.key, word.to_owned()));
+                    emit(with_value(&record.key, word.into()));
                 }
             }
             Stateless::Split { delimiter } => {
                 for part in record.value.split(delimiter.as_str()).filter(|part| !part.is_empty()) {
-                    emit(with_value(&record.key, part.to_owned()));
+                    emit(with_value(&record.key, part.into()));
                 }
             }
             Stateless::ParseCsv { fields, delimiter } => {
@@ -210,33 +210,39 @@ impl Stateless {
                     .zip(columns)
                     .map(|(name, column)| (name.clone(), serde_json::Value::String(column.trim().to_owned())))
                     .collect();
-                emit(with_value(&record.key, serde_json::Value::Object(object).to_string()));
+                emit(with_value(
+                    &record.key,
+                    serde_json::Value::Object(object).to_string().into(),
+                ));
             }
             Stateless::ParseJson { explode_arrays } => match serde_json::from_str::<serde_json::Value>(&record.value) {
                 Ok(serde_json::Value::Array(items)) if *explode_arrays => {
                     for item in items {
-                        emit(with_value(&record.key, item.to_string()));
+                        emit(with_value(&record.key, item.to_string().into()));
                     }
                 }
-                Ok(value @ serde_json::Value::Object(_)) => emit(with_value(&record.key, value.to_string())),
+                Ok(value @ serde_json::Value::Object(_)) => emit(with_value(&record.key, value.to_string().into())),
                 _ => return false,
             },
             Stateless::Project { fields } => match serde_json::from_str::<serde_json::Value>(&record.value) {
                 Ok(serde_json::Value::Object(mut object)) => {
                     object.retain(|name, _| fields.contains(name));
-                    emit(with_value(&record.key, serde_json::Value::Object(object).to_string()));
+                    emit(with_value(
+                        &record.key,
+                        serde_json::Value::Object(object).to_string().into(),
+                    ));
                 }
                 _ => return false,
             },
             Stateless::Filter { field, op, value } => {
-                let subject = match field {
+                let keep = match field {
                     Some(field) => match field_of(&record.value, field) {
-                        Some(subject) => subject,
+                        Some(subject) => compare(op, &subject, value),
                         None => return false,
                     },
-                    None => record.value.clone(),
+                    None => compare(op, &record.value, value),
                 };
-                if compare(op, &subject, value) {
+                if keep {
                     emit(record);
                 }
             }
@@ -247,12 +253,12 @@ impl Stateless {
             }),
             Stateless::KeyByValue { keep_value: false } => emit(Record {
                 key: record.value,
-                value: String::new(),
+                value: Text::default(),
                 timestamp_ms,
             }),
             Stateless::KeyByField { field } => match field_of(&record.value, field) {
                 Some(key) => emit(Record {
-                    key,
+                    key: key.into(),
                     value: record.value,
                     timestamp_ms,
                 }),
@@ -318,18 +324,14 @@ fn restore_keyed<V: serde::de::DeserializeOwned>(
     })?;
     for (group, group_entries) in snapshot.groups {
         if groups.contains(&group) {
-            entries.extend(group_entries.into_iter().map(|(key, value)| (StateKey::from(key), value)));
+            entries.extend(
+                group_entries
+                    .into_iter()
+                    .map(|(key, value)| (StateKey::from(key), value)),
+            );
         }
     }
     Ok(())
-}
-
-/// `number` in decimal, in a string sized for any u64 once (`to_string` goes through the
-/// formatting machinery and grows its buffer, which showed in the word count's per-record cost).
-pub fn decimal(number: u64) -> String {
-    let mut text = String::with_capacity(20);
-    push_decimal(number, &mut text);
-    text
 }
 
 /// "00" to "99", for two digits per division.
@@ -342,6 +344,17 @@ const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 /// Appends `number` in decimal to `text`.
 pub fn push_decimal(number: u64, text: &mut String) {
     let mut digits = [0u8; 20];
+    text.push_str(decimal_digits(number, &mut digits));
+}
+
+/// `number` in decimal as record text (inline: at most 20 digits).
+pub fn decimal_text(number: u64) -> Text {
+    let mut digits = [0u8; 20];
+    Text::from(decimal_digits(number, &mut digits))
+}
+
+/// Writes `number` in decimal at the end of `digits` and returns those digits.
+fn decimal_digits(number: u64, digits: &mut [u8; 20]) -> &str {
     let mut start = digits.len();
     let mut rest = number;
     while rest >= 100 {
@@ -360,7 +373,8 @@ pub fn push_decimal(number: u64, text: &mut String) {
         // A digit: always below 10.
         digits[start] = b'0' + rest as u8;
     }
-    text.extend(digits[start..].iter().copied().map(char::from));
+    // ASCII digits only, so always valid UTF-8.
+    std::str::from_utf8(&digits[start..]).unwrap_or_default()
 }
 
 /// Keyed running counts, emitted on every update (like Flink's rolling aggregations).
@@ -379,12 +393,12 @@ impl KeyedCount {
                 *count
             }
             None => {
-                self.counts.insert(StateKey::from(record.key.as_str()), 1);
+                self.counts.insert(record.key.clone(), 1);
                 1
             }
         };
         emit(Record {
-            value: decimal(count),
+            value: decimal_text(count),
             key: record.key,
             timestamp_ms: record.timestamp_ms,
         });
@@ -485,7 +499,7 @@ impl KeyedAggregate {
                 Some(text) => text,
                 None => return false,
             },
-            None => record.value.clone(),
+            None => record.value.to_string(),
         };
         let next = if self.combine == Combine::Concat {
             let joined = match self.values.get(record.key.as_str()).and_then(|value| value.as_str()) {
@@ -511,10 +525,10 @@ impl KeyedAggregate {
             serde_json::Value::String(text) => text.clone(),
             other => other.as_f64().map(number_text).unwrap_or_default(),
         };
-        self.values.insert(StateKey::from(record.key.as_str()), next);
+        self.values.insert(record.key.clone(), next);
         emit(Record {
             key: record.key,
-            value: shown,
+            value: shown.into(),
             timestamp_ms: record.timestamp_ms,
         });
         true
@@ -754,7 +768,7 @@ mod tests {
 
     fn record(value: &str) -> Record {
         Record {
-            value: value.to_owned(),
+            value: value.into(),
             ..Default::default()
         }
     }
@@ -841,7 +855,7 @@ mod tests {
 
         #[test]
         fn decimal_matches_to_string(number in proptest::num::u64::ANY) {
-            proptest::prop_assert_eq!(decimal(number), number.to_string());
+            proptest::prop_assert_eq!(decimal_text(number), number.to_string());
         }
     }
 
@@ -851,7 +865,10 @@ mod tests {
         let moving = Stateless::KeyByValue { keep_value: false };
         assert_eq!(run(&keeping, &["ab"]), vec!["ab|ab"]);
         assert_eq!(run(&moving, &["ab"]), vec!["ab|"]);
-        assert_eq!((decimal(0), decimal(u64::MAX)), ("0".to_owned(), u64::MAX.to_string()));
+        assert_eq!(
+            (decimal_text(0), decimal_text(u64::MAX)),
+            ("0".into(), u64::MAX.to_string().into())
+        );
     }
 
     fn run(transform: &Stateless, values: &[&str]) -> Vec<String> {
@@ -909,8 +926,8 @@ mod tests {
         let mut out = Vec::new();
         for (key, amount) in [("a", "2"), ("b", "1.5"), ("a", "3")] {
             let record = Record {
-                key: key.to_owned(),
-                value: format!(r#"{{"amount":{amount}}}"#),
+                key: key.into(),
+                value: format!(r#"{{"amount":{amount}}}"#).into(),
                 ..Default::default()
             };
             assert!(sum.apply(record, &mut |record| out
@@ -923,8 +940,8 @@ mod tests {
         restored.restore("op", &bytes, &(0..128)).expect("restore");
         let mut again = Vec::new();
         let record = Record {
-            key: "a".to_owned(),
-            value: r#"{"amount":1}"#.to_owned(),
+            key: "a".into(),
+            value: r#"{"amount":1}"#.into(),
             ..Default::default()
         };
         restored.apply(record, &mut |record| again.push(record.value));
@@ -936,8 +953,8 @@ mod tests {
         for value in ["3", "9", "4", "x"] {
             max.apply(
                 Record {
-                    key: "k".to_owned(),
-                    value: value.to_owned(),
+                    key: "k".into(),
+                    value: value.into(),
                     ..Default::default()
                 },
                 &mut |record| maxima.push(record.value),
@@ -953,8 +970,8 @@ mod tests {
         for word in ["x", "y", "x", "z"] {
             counts.apply(
                 Record {
-                    key: word.to_owned(),
-                    value: word.to_owned(),
+                    key: word.into(),
+                    value: word.into(),
                     ..Default::default()
                 },
                 &mut |record| emitted.push(format!("{} {}", record.key, record.value)),

@@ -194,8 +194,8 @@ impl WindowOperator {
         fired.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         for (start, key, value) in fired {
             emit(Record {
-                value: format!("{start}\t{}\t{}", start + self.size_ms, number_text(value)),
-                key: key.into_string(),
+                value: format!("{start}\t{}\t{}", start + self.size_ms, number_text(value)).into(),
+                key,
                 timestamp_ms: start + self.size_ms - 1,
             });
         }
@@ -268,8 +268,8 @@ mod tests {
 
     fn at(key: &str, timestamp_ms: i64) -> Record {
         Record {
-            key: key.to_owned(),
-            value: key.to_owned(),
+            key: key.into(),
+            value: key.into(),
             timestamp_ms,
         }
     }
@@ -305,8 +305,8 @@ mod tests {
             serde_json::json!({"size_ms": 10, "slide_ms": 5, "aggregate": "sum", "field": "v", "timestamp_field": "t"});
         let mut windows = window(OperatorKind::SlidingWindow, params.clone(), 1);
         let record = |t: i64, v: i64| Record {
-            key: "k".to_owned(),
-            value: format!(r#"{{"t": {t}, "v": {v}}}"#),
+            key: "k".into(),
+            value: format!(r#"{{"t": {t}, "v": {v}}}"#).into(),
             timestamp_ms: 0,
         };
         let mut out = Vec::new();

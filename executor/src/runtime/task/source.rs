@@ -2,6 +2,7 @@
 //! and injects barriers when the leader triggers a checkpoint.
 
 use super::*;
+use crate::runtime::record::Text;
 
 pub(super) struct GeneratorState {
     pub(super) settings: GeneratorSettings,
@@ -163,7 +164,7 @@ pub(super) async fn run_source(
                     if !source.next(&mut line)? {
                         break;
                     }
-                    records.push(Record { key: String::new(), value: line.clone(), timestamp_ms: source.last_timestamp_ms() });
+                    records.push(Record { key: Text::default(), value: Text::from(line.as_str()), timestamp_ms: source.last_timestamp_ms() });
                     produced += 1;
                 }
                 followers.process(&mut records, &mut |record| outputs.push(record))?;
