@@ -341,20 +341,15 @@ const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
+/// `number` in decimal as record text, written straight into the inline string (at most 20
+/// digits): copying digits in from a buffer showed as a sixth of the word count's cost.
+pub fn decimal_text(number: u64) -> Text {
+    compact_str::ToCompactString::to_compact_string(&number)
+}
+
 /// Appends `number` in decimal to `text`.
 pub fn push_decimal(number: u64, text: &mut String) {
     let mut digits = [0u8; 20];
-    text.push_str(decimal_digits(number, &mut digits));
-}
-
-/// `number` in decimal as record text (inline: at most 20 digits).
-pub fn decimal_text(number: u64) -> Text {
-    let mut digits = [0u8; 20];
-    Text::from(decimal_digits(number, &mut digits))
-}
-
-/// Writes `number` in decimal at the end of `digits` and returns those digits.
-fn decimal_digits(number: u64, digits: &mut [u8; 20]) -> &str {
     let mut start = digits.len();
     let mut rest = number;
     while rest >= 100 {
@@ -373,8 +368,7 @@ fn decimal_digits(number: u64, digits: &mut [u8; 20]) -> &str {
         // A digit: always below 10.
         digits[start] = b'0' + rest as u8;
     }
-    // ASCII digits only, so always valid UTF-8.
-    std::str::from_utf8(&digits[start..]).unwrap_or_default()
+    text.extend(digits[start..].iter().copied().map(char::from));
 }
 
 /// Keyed running counts, emitted on every update (like Flink's rolling aggregations).
