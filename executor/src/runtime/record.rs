@@ -1,5 +1,6 @@
 //! The record every operator reads and writes. The wire has its own `pb::Record`; the exchange
-//! converts at the gRPC edge (a move of the strings, no copy), so operators never see protobuf.
+//! converts at the gRPC edge (long strings move, short ones are copied in or out of their inline
+//! form), so operators never see protobuf.
 
 use raftstream_proto::v1 as pb;
 
