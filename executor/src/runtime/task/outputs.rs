@@ -25,6 +25,49 @@ pub(super) struct Edge {
     pub(super) channels: Vec<OutputChannel>,
     pub(super) buffers: Vec<Vec<Record>>,
     pub(super) next: usize,
+    /// Hash partition over several channels: the channel of each key group, worked out once
+    /// instead of with a division per record.
+    pub(super) channel_of_key_group: Vec<usize>,
+}
+
+impl Edge {
+    fn new(partition: Partition, channels: Vec<OutputChannel>, max_parallelism: u32) -> Edge {
+        let channel_of_key_group = if partition == Partition::Hash && channels.len() > 1 {
+            (0..max_parallelism.max(1))
+                .map(|group| subtask_for_key_group(group, max_parallelism, channels.len() as u32) as usize)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Edge {
+            partition,
+            buffers: (0..channels.len()).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect(),
+            channels,
+            next: 0,
+            channel_of_key_group,
+        }
+    }
+
+    /// Buffers `record` for the channel it goes to.
+    fn push(&mut self, record: Record, max_parallelism: u32) {
+        let target = match self.partition {
+            // One consumer owns every key group: nothing to hash.
+            _ if self.buffers.len() == 1 => 0,
+            Partition::Forward => 0,
+            Partition::Hash => self
+                .channel_of_key_group
+                .get(key_group(&record.key, max_parallelism) as usize)
+                .copied()
+                .unwrap_or(0),
+            Partition::RoundRobin => {
+                self.next = (self.next + 1) % self.buffers.len().max(1);
+                self.next
+            }
+        };
+        if let Some(buffer) = self.buffers.get_mut(target) {
+            buffer.push(record);
+        }
+    }
 }
 
 /// The output side of a subtask: one edge per consuming operator.
@@ -35,42 +78,14 @@ pub(super) struct Outputs {
 
 impl Outputs {
     pub(super) fn push(&mut self, record: Record) {
-        // The common case, one consumer with one channel: straight into its buffer.
-        if let [edge] = self.edges.as_mut_slice() {
-            if let ([buffer], Partition::Forward | Partition::Hash) = (edge.buffers.as_mut_slice(), edge.partition) {
-                buffer.push(record);
-                return;
-            }
+        // Every consumer but the last gets a copy; the last takes the record itself.
+        let Some((last, others)) = self.edges.split_last_mut() else {
+            return;
+        };
+        for edge in others {
+            edge.push(record.clone(), self.max_parallelism);
         }
-        let edges = self.edges.len();
-        let mut record = Some(record);
-        for position in 0..edges {
-            // The last edge takes the record itself, earlier ones a copy.
-            let next = if position + 1 == edges {
-                record.take()
-            } else {
-                record.clone()
-            };
-            let Some(next) = next else { continue };
-            let edge = &mut self.edges[position];
-            let target = match edge.partition {
-                // One consumer owns every key group: nothing to hash.
-                Partition::Forward | Partition::Hash if edge.channels.len() == 1 => 0,
-                Partition::Forward => 0,
-                Partition::Hash => subtask_for_key_group(
-                    key_group(&next.key, self.max_parallelism),
-                    self.max_parallelism,
-                    edge.channels.len() as u32,
-                ) as usize,
-                Partition::RoundRobin => {
-                    edge.next = (edge.next + 1) % edge.channels.len().max(1);
-                    edge.next
-                }
-            };
-            if let Some(buffer) = edge.buffers.get_mut(target) {
-                buffer.push(next);
-            }
-        }
+        last.push(record, self.max_parallelism);
     }
 
     pub(super) async fn flush(&mut self, only_full: bool) -> Result<(), TaskError> {
@@ -153,13 +168,7 @@ pub(super) async fn open_outputs(
             .await?;
             channels.push(channel);
         }
-        let buffers = (0..channels.len()).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect();
-        edges.push(Edge {
-            partition,
-            channels,
-            buffers,
-            next: 0,
-        });
+        edges.push(Edge::new(partition, channels, graph.max_parallelism));
     }
     Ok(Outputs {
         edges,
