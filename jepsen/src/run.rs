@@ -656,12 +656,11 @@ async fn poll_checkpoints(
     let mut restarts_seen = 0;
     while !stop.is_cancelled() {
         if let Ok(checkpoints) = client.list_checkpoints(&job_id).await {
-            let newest = checkpoints.iter().max_by_key(|checkpoint| checkpoint.checkpoint_id);
             let observation = CheckpointObservation {
                 at_us: clock.now_us(),
                 job_id: job_id.clone(),
                 completed: checkpoints.iter().map(|checkpoint| checkpoint.checkpoint_id).collect(),
-                records_committed: newest.map(|checkpoint| generated_records(checkpoint, parallelism)),
+                records_committed: newest_generated_records(&checkpoints, parallelism),
             };
             if let Ok(mut polls) = polls.lock() {
                 polls.checkpoints.push(observation);
@@ -675,7 +674,7 @@ async fn poll_checkpoints(
             });
         }
         if let Ok(job) = client.get_job(&job_id, pb::ReadConsistency::Linearizable).await {
-            if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
+            if has_ended(&job) {
                 if let Ok(mut polls) = polls.lock() {
                     polls.stream_ended = Some(job.clone());
                 }
@@ -700,6 +699,19 @@ async fn poll_checkpoints(
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
+}
+
+/// Whether a job is in a final state.
+fn has_ended(job: &pb::Job) -> bool {
+    matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled")
+}
+
+/// Lines the newest of `checkpoints` covers; `None` before the first checkpoint.
+fn newest_generated_records(checkpoints: &[pb::Checkpoint], parallelism: u64) -> Option<u64> {
+    checkpoints
+        .iter()
+        .max_by_key(|checkpoint| checkpoint.checkpoint_id)
+        .map(|newest| generated_records(newest, parallelism))
 }
 
 /// Lines a checkpoint's generator offsets cover: generator subtask `i` of `parallelism` emits
@@ -819,7 +831,7 @@ async fn finish_stream(
     let mut next_progress_line = settle_started + Duration::from_secs(30);
     let ended = loop {
         match client.get_job(job_id, pb::ReadConsistency::Linearizable).await {
-            Ok(job) if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") => break Ok(job),
+            Ok(job) if has_ended(&job) => break Ok(job),
             Err(error) if error.code() == Code::NotFound => {
                 if let Some(job) = &seen_ended {
                     break Ok(job.clone());
@@ -827,12 +839,11 @@ async fn finish_stream(
             }
             _ => {}
         }
-        let committed_lines = client.list_checkpoints(job_id).await.ok().and_then(|checkpoints| {
-            checkpoints
-                .iter()
-                .max_by_key(|checkpoint| checkpoint.checkpoint_id)
-                .map(|newest| generated_records(newest, parallelism))
-        });
+        let committed_lines = client
+            .list_checkpoints(job_id)
+            .await
+            .ok()
+            .and_then(|checkpoints| newest_generated_records(&checkpoints, parallelism));
         let now = Instant::now();
         if let Some(timeout) = watch.observe(now, committed_lines) {
             break Err(timeout);

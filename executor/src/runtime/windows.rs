@@ -137,7 +137,7 @@ impl WindowOperator {
         while start > event_time - self.size_ms {
             if start + self.size_ms > self.watermark {
                 accepted = true;
-                let windows = self.windows.entry(StateKey::from(record.key.as_str())).or_default();
+                let windows = self.windows.entry(record.key.clone()).or_default();
                 let slot = windows.entry(start).or_insert(match self.aggregate {
                     Aggregate::Count | Aggregate::Sum => 0.0,
                     Aggregate::Min => f64::INFINITY,
