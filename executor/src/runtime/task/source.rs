@@ -94,7 +94,9 @@ pub(super) async fn run_source(
     let mut line = String::new();
     let mut reported_end = false;
     let rate = source.rate_per_subtask();
-    let batch = rate.map_or(SOURCE_BATCH_LINES, |rate| ((rate / 50.0) as usize).clamp(1, SOURCE_BATCH_LINES));
+    let batch = rate.map_or(SOURCE_BATCH_LINES, |rate| {
+        ((rate / 50.0) as usize).clamp(1, SOURCE_BATCH_LINES)
+    });
     let (Some(acknowledger), chained) = (acknowledgers.first(), acknowledgers.get(1..).unwrap_or_default()) else {
         return Err(TaskError::Graph("a source task without its acknowledger".to_owned()));
     };
