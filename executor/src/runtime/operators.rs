@@ -621,30 +621,40 @@ impl FileSink {
         self.written > 0
     }
 
-    /// Pre-commits everything written so far as checkpoint `checkpoint_id`; returns the state.
-    pub fn pre_commit(&mut self, checkpoint_id: u64) -> Result<Vec<u8>, OperatorError> {
+    /// Pre-commits everything written so far as checkpoint `checkpoint_id`: the segment is
+    /// flushed and renamed to its pending name, and new records go to a fresh in-progress file.
+    /// The segment is not durable yet: the caller syncs it ([`SinkSegment::make_durable`]) before
+    /// acknowledging the checkpoint, which may happen off the task while records keep flowing.
+    pub fn pre_commit(&mut self, checkpoint_id: u64) -> Result<PreCommitted, OperatorError> {
         use std::io::Write;
         let target = Self::pending_path(&self.directory, self.subtask_index, checkpoint_id, self.epoch);
-        match self.in_progress.take() {
-            Some(mut writer) => {
+        let file = match self.in_progress.take() {
+            Some(writer) => {
                 let path = self.in_progress_path();
-                writer.flush().map_err(Self::io(&path))?;
-                writer.get_ref().sync_all().map_err(Self::io(&path))?;
+                let file = writer.into_inner().map_err(|error| OperatorError::Sink {
+                    path: path.clone(),
+                    source: error.into_error(),
+                })?;
                 std::fs::rename(&path, &target).map_err(Self::io(&target))?;
+                file
             }
             // An empty segment still gets a file, so publishing is uniform.
             None => {
-                let file = std::fs::File::create(&target).map_err(Self::io(&target))?;
-                file.sync_all().map_err(Self::io(&target))?;
+                let mut file = std::fs::File::create(&target).map_err(Self::io(&target))?;
+                file.flush().map_err(Self::io(&target))?;
+                file
             }
-        }
+        };
         self.written = 0;
         self.pending.push(checkpoint_id);
         let snapshot = SinkSnapshot {
             epoch: self.epoch,
             pending: self.pending.clone(),
         };
-        Ok(serde_json::to_vec(&snapshot).unwrap_or_default())
+        Ok(PreCommitted {
+            state: serde_json::to_vec(&snapshot).unwrap_or_default(),
+            segment: SinkSegment { file, path: target },
+        })
     }
 
     /// Publishes the pending files up to `checkpoint_id` (it is committed).
@@ -707,6 +717,36 @@ impl FileSink {
     }
 }
 
+/// What a pre-commit produced: the sink's state for the checkpoint, and the segment that must be
+/// durable before the checkpoint is acknowledged.
+#[derive(Debug)]
+pub struct PreCommitted {
+    pub state: Vec<u8>,
+    pub segment: SinkSegment,
+}
+
+/// A pre-committed output segment, under its pending name.
+#[derive(Debug)]
+pub struct SinkSegment {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl SinkSegment {
+    /// Syncs the segment's data and (best effort) the pending directory that names it; blocking. A checkpoint must not be acknowledged before this succeeded: after
+    /// a failed sync the data may be gone even though a later read would still find it cached.
+    pub fn make_durable(self) -> Result<(), OperatorError> {
+        self.file.sync_all().map_err(|source| OperatorError::Sink {
+            path: self.path.clone(),
+            source,
+        })?;
+        if let Some(pending_directory) = self.path.parent() {
+            sync_directory(pending_directory);
+        }
+        Ok(())
+    }
+}
+
 /// Makes renames in `directory` durable (best effort: some filesystems refuse directory fsync).
 fn sync_directory(directory: &Path) {
     if let Ok(handle) = std::fs::File::open(directory) {
@@ -761,9 +801,16 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let mut sink = FileSink::open(&sink_spec(directory.path()), 0, 7).expect("opens");
         sink.write(&record("a")).expect("write");
-        let state_1 = sink.pre_commit(1).expect("pre-commit 1");
+        let first = sink.pre_commit(1).expect("pre-commit 1");
+        // Records after the barrier go to a new in-progress file while the segment syncs.
         sink.write(&record("b")).expect("write");
-        sink.pre_commit(2).expect("pre-commit 2");
+        first.segment.make_durable().expect("sync 1");
+        let state_1 = first.state;
+        sink.pre_commit(2)
+            .expect("pre-commit 2")
+            .segment
+            .make_durable()
+            .expect("sync 2");
         assert!(
             published(directory.path()).is_empty(),
             "nothing visible before completion"

@@ -30,7 +30,7 @@ use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputCh
 use super::file_source::FileReader;
 use super::generator::GeneratorSettings;
 use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
-use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, Stateless};
+use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless};
 use super::windows::WindowOperator;
 use crate::checkpoint::{checksum, CheckpointStorage, CheckpointStore, StateHandle};
 use crate::report::TaskReport;
@@ -40,7 +40,7 @@ mod input;
 mod outputs;
 mod source;
 
-use acknowledger::{Acknowledger, StateFiles};
+use acknowledger::Acknowledger;
 use input::InputTask;
 use outputs::{open_outputs, partition, Outputs, Partition};
 use source::{run_source, GeneratorState, SourceReader};
@@ -431,14 +431,7 @@ async fn run_registered(
     let mut outputs = open_outputs(tail, tail_operator, environment, cancel).await?;
     let acknowledgers: Vec<Acknowledger<'_>> = members
         .iter()
-        .map(|member| Acknowledger {
-            deployment: member,
-            environment,
-            files: std::sync::Mutex::new(StateFiles {
-                retained: member.graph.checkpoint.retained as usize,
-                ..StateFiles::default()
-            }),
-        })
+        .map(|member| Acknowledger::new(member, environment))
         .collect();
     let checkpointing = head.graph.checkpoint.interval_ms > 0;
     let mut logics = logics.into_iter();
@@ -446,7 +439,7 @@ async fn run_registered(
         .next()
         .ok_or_else(|| TaskError::Graph("a task without operators".to_owned()))?;
     let followers = Followers::new(logics.collect());
-    match (head_logic, gate) {
+    let end = match (head_logic, gate) {
         (Logic::Source(source), _) => {
             run_source(
                 *source,
@@ -478,7 +471,15 @@ async fn run_registered(
             "operator {:?} has no input",
             head.operator_id
         ))),
+    }?;
+    if let TaskEnd::Finished = end {
+        // A finished task may still owe the leader an acknowledgement of a checkpoint after its
+        // last: writing that state after the job ended would recreate files the job's end deletes.
+        for acknowledger in &acknowledgers {
+            acknowledger.settle().await?;
+        }
     }
+    Ok(end)
 }
 
 /// Malformed records (not JSON, missing fields, not a number) are skipped, not fatal: one bad
@@ -547,14 +548,22 @@ fn apply_all(
     Ok(())
 }
 
-/// One operator's state for checkpoint `checkpoint_id` (the sink pre-commits its output).
-fn snapshot(logic: &mut Logic, checkpoint_id: u64, max_parallelism: u32) -> Result<Vec<u8>, TaskError> {
+/// One operator's state for checkpoint `checkpoint_id`; a sink pre-commits its output and hands
+/// back the segment to sync before the acknowledgement.
+fn snapshot(
+    logic: &mut Logic,
+    checkpoint_id: u64,
+    max_parallelism: u32,
+) -> Result<(Vec<u8>, Option<SinkSegment>), TaskError> {
     Ok(match logic {
-        Logic::Count(counts) => counts.snapshot(max_parallelism),
-        Logic::Aggregate(aggregate) => aggregate.snapshot(max_parallelism),
-        Logic::Window(window) => window.snapshot(max_parallelism),
-        Logic::FileSink(sink) => sink.pre_commit(checkpoint_id)?,
-        Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => Vec::new(),
+        Logic::Count(counts) => (counts.snapshot(max_parallelism), None),
+        Logic::Aggregate(aggregate) => (aggregate.snapshot(max_parallelism), None),
+        Logic::Window(window) => (window.snapshot(max_parallelism), None),
+        Logic::FileSink(sink) => {
+            let pre_committed = sink.pre_commit(checkpoint_id)?;
+            (pre_committed.state, Some(pre_committed.segment))
+        }
+        Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => (Vec::new(), None),
     })
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::checkpoint::delete_each;
+use crate::runtime::operators::SinkSegment;
 
 /// Whether `location` (`<job>/chk-<id>/<operator>-<subtask>-e<epoch>.state`) holds state an
 /// earlier epoch of this subtask (`own_files` = `<operator>-<subtask>-e`) wrote for a checkpoint
@@ -22,8 +23,13 @@ pub(super) fn left_by_predecessor(location: &str, own_files: &str, epoch: u64, b
 
 pub(super) struct Acknowledger<'a> {
     pub(super) deployment: &'a SubtaskDeployment,
-    pub(super) environment: &'a TaskEnvironment,
-    pub(super) files: std::sync::Mutex<StateFiles>,
+    environment: &'a TaskEnvironment,
+    files: Arc<std::sync::Mutex<StateFiles>>,
+    /// The latest acknowledgement still being made in the background; each waits for the one
+    /// before it, so this subtask's acknowledgements leave in checkpoint order.
+    in_flight: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The first background acknowledgement that failed: checkpoint id and why.
+    failure: Arc<std::sync::Mutex<Option<(u64, String)>>>,
 }
 
 /// The state files this subtask wrote, so they are deleted once no retained checkpoint needs them:
@@ -74,7 +80,20 @@ impl StateFiles {
     }
 }
 
-impl Acknowledger<'_> {
+impl<'a> Acknowledger<'a> {
+    pub(super) fn new(deployment: &'a SubtaskDeployment, environment: &'a TaskEnvironment) -> Self {
+        Acknowledger {
+            deployment,
+            environment,
+            files: Arc::new(std::sync::Mutex::new(StateFiles {
+                retained: deployment.graph.checkpoint.retained as usize,
+                ..StateFiles::default()
+            })),
+            in_flight: std::sync::Mutex::new(None),
+            failure: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
     /// Deletes, in the background, the state files no retained checkpoint needs any more: its
     /// own, and those its predecessors left below `oldest_retained`.
     pub(super) fn checkpoint_completed(&self, checkpoint_id: u64, oldest_retained: u64) {
@@ -119,58 +138,161 @@ impl Acknowledger<'_> {
             .try_send(TaskReport::InputEnded(self.deployment.task_ref()));
     }
 
-    /// Stores the state of `checkpoint_id` (inline when tiny) and acknowledges it to the leader.
-    pub(super) async fn acknowledge(
+    /// Acknowledges `checkpoint_id` to the leader once its state is stored (inline when tiny) and
+    /// `segment`, a sink's pre-committed output, is synced. That part runs in the background, in
+    /// order after this subtask's earlier acknowledgements, so the task forwards the barrier and
+    /// goes on with its records meanwhile (the asynchronous phase of a Flink snapshot): waiting
+    /// for fsync inside the task stalled the whole pipeline at every checkpoint. Fails when an
+    /// earlier background acknowledgement failed; after such a failure nothing more is
+    /// acknowledged, since a later checkpoint's sink state lists the segment that did not sync.
+    pub(super) fn acknowledge(
         &self,
         checkpoint_id: u64,
         state: Vec<u8>,
         source_offset: Option<u64>,
+        segment: Option<SinkSegment>,
     ) -> Result<(), TaskError> {
+        self.failed()?;
         let deployment = self.deployment;
-        let size_bytes = state.len() as u64;
-        let state_checksum = checksum(&state);
-        let task = deployment.task_ref();
-        let handle = if state.len() <= MAX_INLINE_STATE {
-            TaskStateHandle {
-                subtask: task.subtask.clone(),
-                location: String::new(),
-                inline_state: state,
-                size_bytes,
-                checksum: state_checksum,
-            }
-        } else {
-            let location = format!(
+        let location = (state.len() > MAX_INLINE_STATE).then(|| {
+            format!(
                 "{}/chk-{checkpoint_id}/{}-{}-e{}.state",
                 deployment.job_id, deployment.operator_id, deployment.subtask_index, deployment.epoch
-            );
-            let stored = self
-                .environment
-                .store
-                .put(&location, state)
-                .await
-                .map_err(|error| TaskError::Snapshot {
-                    checkpoint_id,
-                    problem: error.to_string(),
-                })?;
-            if let Ok(mut files) = self.files.lock() {
-                files.written.insert(checkpoint_id, stored.location.clone());
+            )
+        });
+        let work = BackgroundAck {
+            checkpoint_id,
+            task: deployment.task_ref(),
+            state,
+            location,
+            source_offset,
+            segment,
+            store: self.environment.store.clone(),
+            reports: self.environment.reports.clone(),
+            files: self.files.clone(),
+        };
+        let failure = self.failure.clone();
+        let mut in_flight = self.in_flight.lock().map_err(|_| TaskError::Snapshot {
+            checkpoint_id,
+            problem: "acknowledgement queue poisoned".to_owned(),
+        })?;
+        let previous = in_flight.take();
+        let acknowledging = async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
             }
-            TaskStateHandle {
-                subtask: task.subtask.clone(),
-                location: stored.location,
-                inline_state: Vec::new(),
-                size_bytes: stored.size_bytes,
-                checksum: stored.checksum,
+            if failure.lock().map(|failed| failed.is_some()).unwrap_or(true) {
+                return;
+            }
+            if let Err(error) = work.run().await {
+                tracing::error!(checkpoint_id, error = %error, "checkpoint not acknowledged");
+                if let Ok(mut failed) = failure.lock() {
+                    failed.get_or_insert((checkpoint_id, error.to_string()));
+                }
             }
         };
-        // A lost ack only lets the checkpoint time out; the job goes on.
-        // A full queue means the session is down or far behind: a lost report only delays
-        // (the checkpoint times out, the end of input is seen at the next interval).
-        let _ = self.environment.reports.try_send(TaskReport::CheckpointAck {
-            task,
+        *in_flight = Some(tokio::spawn(tracing::Instrument::instrument(
+            acknowledging,
+            tracing::Span::current(),
+        )));
+        Ok(())
+    }
+
+    /// The error of a failed background acknowledgement, if one failed.
+    fn failed(&self) -> Result<(), TaskError> {
+        match self.failure.lock() {
+            Ok(failed) => match &*failed {
+                Some((checkpoint_id, problem)) => Err(TaskError::Snapshot {
+                    checkpoint_id: *checkpoint_id,
+                    problem: problem.clone(),
+                }),
+                None => Ok(()),
+            },
+            Err(_) => Err(TaskError::Snapshot {
+                checkpoint_id: 0,
+                problem: "acknowledgement state poisoned".to_owned(),
+            }),
+        }
+    }
+
+    /// Waits until every acknowledgement started so far was sent (or failed): a task finishing
+    /// lets nothing it owes the leader go unsent.
+    pub(super) async fn settle(&self) -> Result<(), TaskError> {
+        let in_flight = self.in_flight.lock().ok().and_then(|mut in_flight| in_flight.take());
+        if let Some(in_flight) = in_flight {
+            let _ = in_flight.await;
+        }
+        self.failed()
+    }
+}
+
+impl Drop for Acknowledger<'_> {
+    /// A cancelled or failed task's pending acknowledgement is not sent (its placement is being
+    /// replaced; the leader would fence it by epoch anyway).
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.get_mut().ok().and_then(Option::take) {
+            in_flight.abort();
+        }
+    }
+}
+
+/// The background part of one acknowledgement.
+struct BackgroundAck {
+    checkpoint_id: u64,
+    task: TaskRef,
+    state: Vec<u8>,
+    /// Where large state goes in the checkpoint store; `None` inlines it.
+    location: Option<String>,
+    source_offset: Option<u64>,
+    segment: Option<SinkSegment>,
+    store: Arc<CheckpointStorage>,
+    reports: mpsc::Sender<TaskReport>,
+    files: Arc<std::sync::Mutex<StateFiles>>,
+}
+
+impl BackgroundAck {
+    async fn run(self) -> Result<(), TaskError> {
+        let checkpoint_id = self.checkpoint_id;
+        let snapshot_error = |problem: String| TaskError::Snapshot { checkpoint_id, problem };
+        if let Some(segment) = self.segment {
+            tokio::task::spawn_blocking(move || segment.make_durable())
+                .await
+                .map_err(|join_error| snapshot_error(join_error.to_string()))??;
+        }
+        let size_bytes = self.state.len() as u64;
+        let state = match self.location {
+            None => TaskStateHandle {
+                subtask: self.task.subtask.clone(),
+                location: String::new(),
+                checksum: checksum(&self.state),
+                inline_state: self.state,
+                size_bytes,
+            },
+            Some(location) => {
+                let stored = self
+                    .store
+                    .put(&location, self.state)
+                    .await
+                    .map_err(|error| snapshot_error(error.to_string()))?;
+                if let Ok(mut files) = self.files.lock() {
+                    files.written.insert(checkpoint_id, stored.location.clone());
+                }
+                TaskStateHandle {
+                    subtask: self.task.subtask.clone(),
+                    location: stored.location,
+                    inline_state: Vec::new(),
+                    size_bytes: stored.size_bytes,
+                    checksum: stored.checksum,
+                }
+            }
+        };
+        // A lost ack only lets the checkpoint time out; the job goes on. A full queue means the
+        // session is down or far behind.
+        let _ = self.reports.try_send(TaskReport::CheckpointAck {
+            task: self.task,
             checkpoint_id,
-            state: handle,
-            source_offset,
+            state,
+            source_offset: self.source_offset,
         });
         Ok(())
     }
@@ -179,6 +301,94 @@ impl Acknowledger<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raftstream_coordinator::spec::parse_job_spec;
+
+    fn counting_subtask() -> SubtaskDeployment {
+        let spec = r#"{"name": "wc", "operators": [
+            {"id": "lines", "kind": "generator"},
+            {"id": "keyed", "kind": "key_by", "inputs": ["lines"]},
+            {"id": "counts", "kind": "count", "inputs": ["keyed"]},
+            {"id": "out", "kind": "print", "inputs": ["counts"]}]}"#;
+        let graph = match parse_job_spec(spec) {
+            Ok(graph) => graph,
+            Err(error) => panic!("invalid test spec: {error}"),
+        };
+        SubtaskDeployment {
+            job_id: "job-1".to_owned(),
+            operator_id: "counts".to_owned(),
+            subtask_index: 0,
+            epoch: 3,
+            graph: Arc::new(graph),
+            placement: Vec::new(),
+            restore_from: None,
+        }
+    }
+
+    fn environment(store_root: &std::path::Path) -> (TaskEnvironment, mpsc::Receiver<TaskReport>) {
+        let (reports, received) = mpsc::channel(16);
+        let environment = TaskEnvironment {
+            hub: ExchangeHub::default(),
+            local_address: String::new(),
+            dial: DialAddresses::new(std::collections::BTreeMap::new()),
+            store: Arc::new(CheckpointStorage::local_directory(store_root)),
+            reports,
+        };
+        (environment, received)
+    }
+
+    fn acknowledged_ids(received: &mut mpsc::Receiver<TaskReport>) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while let Ok(report) = received.try_recv() {
+            if let TaskReport::CheckpointAck { checkpoint_id, .. } = report {
+                ids.push(checkpoint_id);
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn background_acknowledgements_leave_in_checkpoint_order_after_their_state_is_stored() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let deployment = counting_subtask();
+        let (environment, mut received) = environment(directory.path());
+        let acknowledger = Acknowledger::new(&deployment, &environment);
+        // 1 goes to the store (slower), 2 is inline: 2 must still not overtake 1.
+        acknowledger
+            .acknowledge(1, vec![7; MAX_INLINE_STATE + 1], None, None)
+            .expect("starts");
+        acknowledger.acknowledge(2, vec![1], None, None).expect("starts");
+        acknowledger.settle().await.expect("both acknowledged");
+        assert_eq!(acknowledged_ids(&mut received), vec![1, 2]);
+        assert!(directory.path().join("job-1/chk-1/counts-0-e3.state").is_file());
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_background_acknowledgement_nothing_more_is_acknowledged() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        // The store's root is a file: writing state under it fails.
+        let not_a_directory = directory.path().join("store");
+        std::fs::write(&not_a_directory, b"").expect("file");
+        let deployment = counting_subtask();
+        let (environment, mut received) = environment(&not_a_directory);
+        let acknowledger = Acknowledger::new(&deployment, &environment);
+        acknowledger
+            .acknowledge(1, vec![7; MAX_INLINE_STATE + 1], None, None)
+            .expect("starts");
+        // Whether this call already sees the failure depends on timing; either way it must not
+        // be acknowledged, since it would stand on a checkpoint that was not stored.
+        let _ = acknowledger.acknowledge(2, vec![1], None, None);
+        let failure = acknowledger.settle().await.expect_err("the store failed");
+        assert!(
+            matches!(failure, TaskError::Snapshot { checkpoint_id: 1, .. }),
+            "{failure}"
+        );
+        assert!(
+            acknowledger.acknowledge(3, vec![1], None, None).is_err(),
+            "later checkpoints fail the task"
+        );
+        acknowledger.settle().await.expect_err("still failed");
+        assert!(acknowledged_ids(&mut received).is_empty());
+    }
 
     #[test]
     fn state_files_of_aborted_and_no_longer_retained_checkpoints_are_obsolete() {

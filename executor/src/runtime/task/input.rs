@@ -46,7 +46,7 @@ impl InputTask {
                 match self.sink() {
                     // Without checkpoints there is no commit protocol: the end of input commits.
                     Some(sink) if !checkpointing => {
-                        sink.pre_commit(0)?;
+                        sink.pre_commit(0)?.segment.make_durable()?;
                         sink.publish_up_to(0)?;
                     }
                     Some(_) => {}
@@ -171,8 +171,8 @@ impl InputTask {
                 let logics = std::iter::once(&mut self.logic).chain(self.followers.logics.iter_mut());
                 for (logic, acknowledger) in logics.zip(acknowledgers) {
                     let max_parallelism = acknowledger.deployment.graph.max_parallelism;
-                    let state = snapshot(logic, checkpoint_id, max_parallelism)?;
-                    acknowledger.acknowledge(checkpoint_id, state, None).await?;
+                    let (state, segment) = snapshot(logic, checkpoint_id, max_parallelism)?;
+                    acknowledger.acknowledge(checkpoint_id, state, None, segment)?;
                 }
                 outputs.broadcast_barrier(checkpoint_id).await?;
                 self.release_stash();

@@ -127,10 +127,10 @@ pub(super) async fn run_source(
                     outputs.flush(false).await?;
                     let position = source.position();
                     let state = serde_json::to_vec(&SourceSnapshot { position }).unwrap_or_default();
-                    acknowledger.acknowledge(checkpoint_id, state, Some(position)).await?;
+                    acknowledger.acknowledge(checkpoint_id, state, Some(position), None)?;
                     // Operators chained behind a source are stateless.
                     for follower in chained {
-                        follower.acknowledge(checkpoint_id, Vec::new(), None).await?;
+                        follower.acknowledge(checkpoint_id, Vec::new(), None, None)?;
                     }
                     outputs.broadcast_barrier(checkpoint_id).await?;
                     if exhausted && final_barrier.is_none() {
