@@ -513,12 +513,12 @@ impl KeyedAggregate {
 }
 
 /// The exactly-once file sink of one subtask: two-phase commit per checkpoint. Records go to an
-/// in-progress file; at the barrier of checkpoint n it is synced and renamed to a pending file
-/// named by subtask, n and epoch (pre-commit); when the coordinator confirms that checkpoint n is
-/// committed in the Raft log, and names this placement among those that acknowledged it, pending
-/// files up to n are renamed to `part-<subtask>-<n>.txt` (publish). Data of a checkpoint that never
-/// completes is never published; a restore publishes exactly the pending files its checkpoint lists
-/// and deletes every other pending file of the subtask.
+/// in-progress file; at the barrier of checkpoint n it is renamed to a pending file named by
+/// subtask, n and epoch, and synced before n is acknowledged (pre-commit); when the coordinator
+/// confirms that checkpoint n is committed in the Raft log, and names this placement among those
+/// that acknowledged it, pending files up to n are renamed to `part-<subtask>-<n>.txt` (publish).
+/// Data of a checkpoint that never completes is never published; a restore publishes exactly the
+/// pending files its checkpoint lists and deletes every other pending file of the subtask.
 #[derive(Debug)]
 pub struct FileSink {
     directory: PathBuf,

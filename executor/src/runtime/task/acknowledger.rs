@@ -227,8 +227,9 @@ impl<'a> Acknowledger<'a> {
 }
 
 impl Drop for Acknowledger<'_> {
-    /// A cancelled or failed task's pending acknowledgement is not sent (its placement is being
-    /// replaced; the leader would fence it by epoch anyway).
+    /// A cancelled or failed task's newest pending acknowledgement is not sent; one already being
+    /// stored may still finish and be sent, which is harmless: a replaced placement's epoch is
+    /// fenced by the leader.
     fn drop(&mut self) {
         if let Some(in_flight) = self.in_flight.get_mut().ok().and_then(Option::take) {
             in_flight.abort();
