@@ -626,7 +626,6 @@ impl FileSink {
     /// The segment is not durable yet: the caller syncs it ([`SinkSegment::make_durable`]) before
     /// acknowledging the checkpoint, which may happen off the task while records keep flowing.
     pub fn pre_commit(&mut self, checkpoint_id: u64) -> Result<PreCommitted, OperatorError> {
-        use std::io::Write;
         let target = Self::pending_path(&self.directory, self.subtask_index, checkpoint_id, self.epoch);
         let file = match self.in_progress.take() {
             Some(writer) => {
@@ -639,11 +638,7 @@ impl FileSink {
                 file
             }
             // An empty segment still gets a file, so publishing is uniform.
-            None => {
-                let mut file = std::fs::File::create(&target).map_err(Self::io(&target))?;
-                file.flush().map_err(Self::io(&target))?;
-                file
-            }
+            None => std::fs::File::create(&target).map_err(Self::io(&target))?,
         };
         self.written = 0;
         self.pending.push(checkpoint_id);
@@ -733,8 +728,9 @@ pub struct SinkSegment {
 }
 
 impl SinkSegment {
-    /// Syncs the segment's data and (best effort) the pending directory that names it; blocking. A checkpoint must not be acknowledged before this succeeded: after
-    /// a failed sync the data may be gone even though a later read would still find it cached.
+    /// Syncs the segment's data and (best effort) the pending directory that names it; blocking.
+    /// A checkpoint must not be acknowledged before this succeeded: after a failed sync the data
+    /// may be gone even though a later read would still find it cached.
     pub fn make_durable(self) -> Result<(), OperatorError> {
         self.file.sync_all().map_err(|source| OperatorError::Sink {
             path: self.path.clone(),
