@@ -38,11 +38,13 @@ use crate::report::TaskReport;
 mod acknowledger;
 mod input;
 mod outputs;
+mod pipeline;
 mod source;
 
 use acknowledger::Acknowledger;
 use input::InputTask;
 use outputs::{open_outputs, partition, Outputs, Partition};
+use pipeline::Pipeline;
 use source::{run_source, GeneratorState, SourceReader};
 
 /// Records per batch on a channel.
@@ -438,12 +440,11 @@ async fn run_registered(
     let head_logic = logics
         .next()
         .ok_or_else(|| TaskError::Graph("a task without operators".to_owned()))?;
-    let followers = Followers::new(logics.collect());
     let end = match (head_logic, gate) {
         (Logic::Source(source), _) => {
             run_source(
                 *source,
-                followers,
+                Pipeline::new(logics.collect()),
                 &mut outputs,
                 &acknowledgers,
                 control,
@@ -452,18 +453,15 @@ async fn run_registered(
             )
             .await
         }
-        (logic, Some(gate)) => {
+        (head, Some(gate)) => {
             let mut task = InputTask {
-                logic,
-                followers,
+                pipeline: Pipeline::new(std::iter::once(head).chain(logics).collect()),
                 aligner: BarrierAligner::new(input_count),
                 ended: vec![false; input_count],
                 stash: (0..input_count).map(|_| VecDeque::new()).collect(),
                 replay: VecDeque::new(),
-                dropped: 0,
                 watermarks: vec![i64::MIN; input_count],
                 forwarded_watermark: i64::MIN,
-                emitted: Vec::new(),
             };
             task.run(gate, &mut outputs, &acknowledgers, control, cancel).await
         }
@@ -565,49 +563,4 @@ fn snapshot(
         }
         Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => (Vec::new(), None),
     })
-}
-
-/// The operators chained behind a task's first one: records pass through them by function calls.
-struct Followers {
-    logics: Vec<Logic>,
-    dropped: u64,
-    /// Emptied stage buffers, kept for the next batch: a flat_map multiplies a batch, and growing
-    /// fresh vectors for it every time showed as copying in the profile.
-    spare: Vec<Vec<Record>>,
-}
-
-impl Followers {
-    fn new(logics: Vec<Logic>) -> Followers {
-        Followers {
-            logics,
-            dropped: 0,
-            spare: Vec::new(),
-        }
-    }
-
-    /// Takes `records` through every follower in turn and hands what the last one emits to `out`.
-    fn process(&mut self, records: &mut Vec<Record>, out: &mut impl FnMut(Record)) -> Result<(), TaskError> {
-        let Some((last, before)) = self.logics.split_last_mut() else {
-            for record in records.drain(..) {
-                out(record);
-            }
-            return Ok(());
-        };
-        let mut stage = std::mem::take(records);
-        for logic in before {
-            let mut next = self.spare.pop().unwrap_or_default();
-            apply_all(
-                logic,
-                0,
-                stage.drain(..),
-                &mut |emitted| next.push(emitted),
-                &mut self.dropped,
-            )?;
-            self.spare.push(std::mem::replace(&mut stage, next));
-        }
-        apply_all(last, 0, stage.drain(..), out, &mut self.dropped)?;
-        // Hand an emptied buffer back for the next batch.
-        *records = stage;
-        Ok(())
-    }
 }

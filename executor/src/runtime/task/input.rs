@@ -4,21 +4,17 @@
 use super::*;
 
 pub(super) struct InputTask {
-    pub(super) logic: Logic,
-    pub(super) followers: Followers,
+    /// The task's operators, its head (the one reading the gate) first.
+    pub(super) pipeline: Pipeline,
     pub(super) aligner: BarrierAligner,
     pub(super) ended: Vec<bool>,
     /// Per channel: what arrived after its barrier while the task waits for the others.
     pub(super) stash: Vec<VecDeque<InputMessage>>,
     /// Stashed messages released by a finished alignment, processed before new input.
     pub(super) replay: VecDeque<InputMessage>,
-    pub(super) dropped: u64,
     /// Per input channel, the last watermark it announced.
     pub(super) watermarks: Vec<i64>,
     pub(super) forwarded_watermark: i64,
-    /// What the head operator emitted from the last batch, emptied by the followers and kept
-    /// for the next one.
-    pub(super) emitted: Vec<Record>,
 }
 
 impl InputTask {
@@ -102,18 +98,9 @@ impl InputTask {
                 continue;
             }
             match message.event {
-                ChannelEvent::Batch(records) => {
-                    let mut emitted = std::mem::take(&mut self.emitted);
-                    apply_all(
-                        &mut self.logic,
-                        channel,
-                        records.into_iter(),
-                        &mut |out| emitted.push(out),
-                        &mut self.dropped,
-                    )?;
-                    self.followers
-                        .process(&mut emitted, &mut |record| outputs.push(record))?;
-                    self.emitted = emitted;
+                ChannelEvent::Batch(mut records) => {
+                    self.pipeline
+                        .process(0, channel, &mut records, &mut |record| outputs.push(record))?;
                     outputs.flush(false).await?;
                 }
                 ChannelEvent::Barrier(checkpoint_id) => {
@@ -125,11 +112,12 @@ impl InputTask {
                     if let Some(slot) = self.watermarks.get_mut(channel) {
                         *slot = (*slot).max(watermark);
                     }
-                    if let Logic::Window(window) = &mut self.logic {
+                    if let Some(Logic::Window(window)) = self.pipeline.logics.first_mut() {
                         window.on_watermark(channel, watermark, &mut |out| emitted.push(out));
                     }
-                    self.followers
-                        .process(&mut emitted, &mut |record| outputs.push(record))?;
+                    // What the head's window fired goes through the operators after it.
+                    self.pipeline
+                        .process(1, 0, &mut emitted, &mut |record| outputs.push(record))?;
                     self.forward_watermark(outputs).await?;
                 }
                 ChannelEvent::End => {
@@ -168,8 +156,7 @@ impl InputTask {
     ) -> Result<(), TaskError> {
         match outcome {
             Alignment::Snapshot(checkpoint_id) => {
-                let logics = std::iter::once(&mut self.logic).chain(self.followers.logics.iter_mut());
-                for (logic, acknowledger) in logics.zip(acknowledgers) {
+                for (logic, acknowledger) in self.pipeline.logics.iter_mut().zip(acknowledgers) {
                     let max_parallelism = acknowledger.deployment.graph.max_parallelism;
                     let (state, segment) = snapshot(logic, checkpoint_id, max_parallelism)?;
                     acknowledger.acknowledge(checkpoint_id, state, None, segment)?;
@@ -185,8 +172,8 @@ impl InputTask {
 
     /// The file sink at the end of this task's chain, if it ends in one.
     pub(super) fn sink(&mut self) -> Option<&mut FileSink> {
-        match self.followers.logics.last_mut().unwrap_or(&mut self.logic) {
-            Logic::FileSink(sink) => Some(sink),
+        match self.pipeline.logics.last_mut() {
+            Some(Logic::FileSink(sink)) => Some(sink),
             _ => None,
         }
     }
@@ -194,8 +181,8 @@ impl InputTask {
     /// Passes this task's watermark downstream when it advanced: a window's own, otherwise the
     /// minimum of what its input channels announced.
     pub(super) async fn forward_watermark(&mut self, outputs: &mut Outputs) -> Result<(), TaskError> {
-        let watermark = match &self.logic {
-            Logic::Window(window) => window.watermark(),
+        let watermark = match self.pipeline.logics.first() {
+            Some(Logic::Window(window)) => window.watermark(),
             _ => self.watermarks.iter().copied().min().unwrap_or(i64::MIN),
         };
         if watermark > self.forwarded_watermark {

@@ -79,7 +79,7 @@ pub(super) struct SourceSnapshot {
 
 pub(super) async fn run_source(
     mut source: SourceReader,
-    mut followers: Followers,
+    mut pipeline: Pipeline,
     outputs: &mut Outputs,
     acknowledgers: &[Acknowledger<'_>],
     control: &mut mpsc::Receiver<TaskControl>,
@@ -169,7 +169,7 @@ pub(super) async fn run_source(
                     records.push(Record { key: Text::default(), value: Text::from(line.as_str()), timestamp_ms: source.last_timestamp_ms() });
                     produced += 1;
                 }
-                followers.process(&mut records, &mut |record| outputs.push(record))?;
+                pipeline.process(0, 0, &mut records, &mut |record| outputs.push(record))?;
                 outputs.flush(true).await?;
                 if rate.is_some() {
                     outputs.flush(false).await?;
