@@ -346,19 +346,24 @@ pub struct KeyedCount {
 }
 
 impl KeyedCount {
-    /// Counts one record and emits (key, new count).
-    pub fn apply(&mut self, record: Record, emit: &mut impl FnMut(Record)) {
+    /// Counts one record of `key` and returns the key's new count.
+    pub fn add_one(&mut self, key: &Text) -> u64 {
         // The key is copied only the first time it is seen.
-        let count = match self.counts.get_mut(record.key.as_str()) {
+        match self.counts.get_mut(key.as_str()) {
             Some(count) => {
                 *count += 1;
                 *count
             }
             None => {
-                self.counts.insert(record.key.clone(), 1);
+                self.counts.insert(key.clone(), 1);
                 1
             }
-        };
+        }
+    }
+
+    /// Counts one record and emits (key, new count).
+    pub fn apply(&mut self, record: Record, emit: &mut impl FnMut(Record)) {
+        let count = self.add_one(&record.key);
         emit(Record {
             value: decimal_text(count),
             key: record.key,
@@ -587,6 +592,17 @@ impl FileSink {
 
     /// Appends one record to the in-progress file.
     pub fn write(&mut self, record: &Record) -> Result<(), OperatorError> {
+        self.write_line(&record.key, record.value.as_bytes())
+    }
+
+    /// Appends the record (`key`, `number` in decimal) as [`FileSink::write`] would, without
+    /// making the number a record's text first.
+    pub fn write_number(&mut self, key: &str, number: u64) -> Result<(), OperatorError> {
+        self.write_line(key, itoa::Buffer::new().format(number).as_bytes())
+    }
+
+    /// One line: the value, after the key and a tab when there is a key.
+    fn write_line(&mut self, key: &str, value: &[u8]) -> Result<(), OperatorError> {
         use std::io::Write;
         if self.in_progress.is_none() {
             let path = self.in_progress_path();
@@ -594,15 +610,13 @@ impl FileSink {
             self.in_progress = Some(std::io::BufWriter::with_capacity(256 * 1024, file));
         }
         if let Some(writer) = self.in_progress.as_mut() {
-            let written = if record.key.is_empty() {
-                writer
-                    .write_all(record.value.as_bytes())
-                    .and_then(|()| writer.write_all(b"\n"))
+            let written = if key.is_empty() {
+                writer.write_all(value).and_then(|()| writer.write_all(b"\n"))
             } else {
                 writer
-                    .write_all(record.key.as_bytes())
+                    .write_all(key.as_bytes())
                     .and_then(|()| writer.write_all(b"\t"))
-                    .and_then(|()| writer.write_all(record.value.as_bytes()))
+                    .and_then(|()| writer.write_all(value))
                     .and_then(|()| writer.write_all(b"\n"))
             };
             if let Err(source) = written {
