@@ -163,6 +163,18 @@ mod tests {
         }
     }
 
+    /// Commits what the pipeline's sink (its last operator) holds as checkpoint `checkpoint_id`
+    /// and reads the published file back.
+    fn commit_and_read(pipeline: &mut Pipeline, directory: &std::path::Path, checkpoint_id: u64) -> String {
+        let Some(Logic::FileSink(sink)) = pipeline.logics.last_mut() else {
+            panic!("the sink is last");
+        };
+        let segment = sink.pre_commit(checkpoint_id).expect("pre-commit").segment;
+        segment.make_durable().expect("sync");
+        sink.publish_up_to(checkpoint_id).expect("publish");
+        std::fs::read_to_string(directory.join(format!("part-0-{checkpoint_id:012}.txt"))).expect("published")
+    }
+
     fn keyed(emitted: &[Record]) -> Vec<(&str, &str)> {
         emitted
             .iter()
@@ -248,13 +260,7 @@ mod tests {
             .process(1, 0, &mut fired, &mut |_| passed_on += 1)
             .expect("runs");
         assert_eq!(passed_on, 0, "a sink emits nothing");
-        let Some(Logic::FileSink(sink)) = pipeline.logics.last_mut() else {
-            panic!("the sink is last");
-        };
-        let segment = sink.pre_commit(1).expect("pre-commit").segment;
-        segment.make_durable().expect("sync");
-        sink.publish_up_to(1).expect("publish");
-        let written = std::fs::read_to_string(directory.path().join("part-0-000000000001.txt")).expect("published");
+        let written = commit_and_read(&mut pipeline, directory.path(), 1);
         assert_eq!(written, "a\t1\nb\t1\na\t2\n1\nlate\t9\n");
     }
 
@@ -267,16 +273,7 @@ mod tests {
         ]);
         let mut records = vec![line("one two"), line("three")];
         pipeline.process(0, 0, &mut records, &mut |_| {}).expect("runs");
-        let Some(Logic::FileSink(sink)) = pipeline.logics.last_mut() else {
-            panic!("the sink is last");
-        };
-        sink.pre_commit(4)
-            .expect("pre-commit")
-            .segment
-            .make_durable()
-            .expect("sync");
-        sink.publish_up_to(4).expect("publish");
-        let written = std::fs::read_to_string(directory.path().join("part-0-000000000004.txt")).expect("published");
+        let written = commit_and_read(&mut pipeline, directory.path(), 4);
         assert_eq!(written, "one\ntwo\nthree\n");
     }
 
