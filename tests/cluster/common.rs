@@ -46,10 +46,33 @@ impl TestCluster {
 
     pub async fn start_with(settings: RaftSettings, executors: ExecutorSettings) -> anyhow::Result<Self> {
         init_tracing();
-        let directory = tempfile::Builder::new().prefix("raftstream-test-").tempdir()?;
-        let mut cluster = LocalCluster::start_with(&binary(), directory.path(), 3, Vec::new(), settings, executors)?;
-        cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        Ok(TestCluster { cluster, directory })
+        // The OS picks each coordinator's port, but the harness must close it before the child
+        // binds it, and another test's outgoing connection can take it in between (the
+        // ephemeral range is shared). A child that finds its port taken exits at once; the
+        // cluster then starts afresh on new ports.
+        let mut attempt = 1;
+        loop {
+            let directory = tempfile::Builder::new().prefix("raftstream-test-").tempdir()?;
+            let mut cluster = LocalCluster::start_with(
+                &binary(),
+                directory.path(),
+                3,
+                Vec::new(),
+                settings.clone(),
+                executors.clone(),
+            )?;
+            match cluster.wait_for_leader(Duration::from_secs(30)).await {
+                Ok(_) => return Ok(TestCluster { cluster, directory }),
+                Err(error) if attempt < 3 && format!("{error:#}").contains("Address already in use") => {
+                    tracing::warn!(
+                        attempt,
+                        "a coordinator's port was taken before it bound it; starting again"
+                    );
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
