@@ -154,6 +154,36 @@ async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_word_count_in_one_task_recovers_its_counts_and_sink_after_a_kill() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    // At parallelism 1 the key_by's exchange is a forward one: source, split, key_by, count and
+    // sink run as one task, whose source loop snapshots the counts and commits the sink.
+    let spec = WordCountJob {
+        parallelism: 1,
+        vocabulary_size: 500,
+        ..word_count(&cluster)
+    };
+    let submitted = client.submit_job(&spec.spec("wc-one-task"), "wc-6").await?;
+    let running = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
+    let victim = executor_of(&running, "lines").ok_or_else(|| anyhow::anyhow!("the source is not placed"))?;
+    assert!(
+        running.subtasks.iter().all(|subtask| subtask.executor_id == victim),
+        "a chain's subtasks share an executor: {:?}",
+        running.subtasks
+    );
+    tracing::info!(%victim, checkpoint = ?running.last_checkpoint_id, "--- kill -9 the executor running the whole job");
+    cluster.cluster.kill_executor(&victim)?;
+    let done = finished(&client, &submitted.job_id).await?;
+    assert!(done.restart_count >= 1, "the job must have restarted: {done:?}");
+    assert!(
+        done.subtasks.iter().all(|subtask| subtask.executor_id != victim),
+        "everything moved off the killed executor: {:?}",
+        done.subtasks
+    );
+    assert_exact(&spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_jobs_checkpoint_state_is_deleted() -> anyhow::Result<()> {
     let (cluster, client) = start(&[("exec-a", 10)]).await?;
     let spec = WordCountJob {

@@ -1,7 +1,8 @@
 //! Operator chaining (Flink's): an operator whose only input feeds only it, forward (same
-//! parallelism, not re-keyed), runs in the same task as that input, subtask index by subtask index,
-//! so records pass between them by a function call instead of a queue. The scheduler keeps a
-//! chain's subtasks on one executor; the executor runs a chain as one task only when they are.
+//! parallelism, and not re-keyed unless both sides have parallelism 1), runs in the same task as
+//! that input, subtask index by subtask index, so records pass between them by a function call
+//! instead of a queue. The scheduler keeps a chain's subtasks on one executor; the executor runs a
+//! chain as one task only when they are.
 
 use super::{JobGraph, OperatorKind, OperatorRole, OperatorSpec};
 
@@ -24,26 +25,21 @@ impl JobGraph {
         };
         let input = self.operator(input_id)?;
         let only_consumer = self.consumers(input_id).count() == 1;
-        let forward = input.kind != OperatorKind::KeyBy && input.parallelism == operator.parallelism;
-        // Windows keep a watermark per input channel and stay tasks of their own; a sink behind a
-        // source would need the source's loop to finish the sink's commits.
+        // A key_by's hash exchange sends every key group to the one subtask there is when both
+        // sides have parallelism 1: the edge is then a forward one (Flink always cuts the chain
+        // at a keyBy and pays a hand-off between threads per record batch for it).
+        let forward = input.parallelism == operator.parallelism
+            && (input.kind != OperatorKind::KeyBy || operator.parallelism == 1);
+        // Windows keep a watermark per input channel and stay tasks of their own.
         let follower = match operator.kind.role() {
-            OperatorRole::Transform => true,
-            OperatorRole::Sink => self
-                .chain_head(input_id)
-                .is_some_and(|head| head.kind.role() != OperatorRole::Source),
-            OperatorRole::Source | OperatorRole::KeyedTransform => false,
+            OperatorRole::Transform | OperatorRole::Sink => true,
+            OperatorRole::KeyedTransform => !matches!(
+                operator.kind,
+                OperatorKind::TumblingWindow | OperatorKind::SlidingWindow
+            ),
+            OperatorRole::Source => false,
         };
         (only_consumer && forward && follower).then_some(input)
-    }
-
-    /// The first operator of the chain `operator_id` belongs to (itself when it is not chained).
-    pub fn chain_head(&self, operator_id: &str) -> Option<&OperatorSpec> {
-        let mut current = self.operator(operator_id)?;
-        while let Some(input) = self.chained_behind(&current.id) {
-            current = input;
-        }
-        Some(current)
     }
 
     /// The operators chained behind `head`, in order, `head` first.
@@ -108,7 +104,7 @@ mod tests {
     }
 
     #[test]
-    fn a_parallelism_change_a_fan_out_a_window_or_a_sink_behind_a_source_breaks_the_chain() {
+    fn a_parallelism_change_a_fan_out_or_a_window_breaks_the_chain() {
         let spec = r#"{"name": "g", "parallelism": 2, "operators": [
             {"id": "lines", "kind": "generator"},
             {"id": "upper", "kind": "map", "inputs": ["lines"], "parallelism": 1, "params": {"function": "uppercase"}},
@@ -130,6 +126,34 @@ mod tests {
                 vec!["keyed"],
                 vec!["window", "trimmed", "out"],
             ]
+        );
+    }
+
+    #[test]
+    fn at_parallelism_one_the_whole_word_count_is_one_chain() {
+        let spec = WORD_COUNT.replacen(r#""parallelism": 2,"#, r#""parallelism": 1,"#, 1);
+        assert_eq!(
+            chain_ids(&spec),
+            vec![vec!["lines", "words", "keyed", "counts", "sink"]]
+        );
+        // One side of the key_by at parallelism 2 makes its exchange a real one.
+        let wider_counts = spec.replacen(
+            r#""kind": "count", "inputs": ["keyed"]"#,
+            r#""kind": "count", "inputs": ["keyed"], "parallelism": 2"#,
+            1,
+        );
+        assert_eq!(
+            chain_ids(&wider_counts),
+            vec![vec!["lines", "words", "keyed"], vec!["counts"], vec!["sink"]]
+        );
+        let window = spec.replacen(
+            r#""kind": "count", "inputs": ["keyed"]"#,
+            r#""kind": "tumbling_window", "inputs": ["keyed"], "params": {"size_ms": 1000, "aggregate": "count"}"#,
+            1,
+        );
+        assert_eq!(
+            chain_ids(&window),
+            vec![vec!["lines", "words", "keyed"], vec!["counts", "sink"]]
         );
     }
 }

@@ -39,21 +39,16 @@ impl InputTask {
         loop {
             if !input_done && self.ended.iter().all(|ended| *ended) && self.replay.is_empty() {
                 input_done = true;
-                match self.sink() {
-                    // Without checkpoints there is no commit protocol: the end of input commits.
-                    Some(sink) if !checkpointing => {
-                        sink.pre_commit(0)?.segment.make_durable()?;
-                        sink.publish_up_to(0)?;
-                    }
-                    Some(_) => {}
-                    None => {
-                        outputs.end().await?;
-                        return Ok(TaskEnd::Finished);
-                    }
+                if self.pipeline.sink().is_none() {
+                    outputs.end().await?;
+                    return Ok(TaskEnd::Finished);
+                }
+                if !checkpointing {
+                    self.pipeline.commit_at_end_without_checkpoints()?;
                 }
             }
             if input_done {
-                if let Some(sink) = self.sink() {
+                if let Some(sink) = self.pipeline.sink() {
                     if sink.is_fully_published() {
                         if sink.has_uncommitted_data() {
                             tracing::error!(
@@ -156,11 +151,7 @@ impl InputTask {
     ) -> Result<(), TaskError> {
         match outcome {
             Alignment::Snapshot(checkpoint_id) => {
-                for (logic, acknowledger) in self.pipeline.logics.iter_mut().zip(acknowledgers) {
-                    let max_parallelism = acknowledger.deployment.graph.max_parallelism;
-                    let (state, segment) = snapshot(logic, checkpoint_id, max_parallelism)?;
-                    acknowledger.acknowledge(checkpoint_id, state, None, segment)?;
-                }
+                self.pipeline.acknowledge_checkpoint(checkpoint_id, acknowledgers)?;
                 outputs.broadcast_barrier(checkpoint_id).await?;
                 self.release_stash();
             }
@@ -168,14 +159,6 @@ impl InputTask {
             Alignment::Waiting | Alignment::Stale => {}
         }
         Ok(())
-    }
-
-    /// The file sink at the end of this task's chain, if it ends in one.
-    pub(super) fn sink(&mut self) -> Option<&mut FileSink> {
-        match self.pipeline.logics.last_mut() {
-            Some(Logic::FileSink(sink)) => Some(sink),
-            _ => None,
-        }
     }
 
     /// Passes this task's watermark downstream when it advanced: a window's own, otherwise the
@@ -199,19 +182,7 @@ impl InputTask {
                 checkpoint_id,
                 acknowledged,
                 ..
-            } => {
-                if let Some(sink) = self.sink() {
-                    if acknowledged {
-                        let published = sink.publish_up_to(checkpoint_id)?;
-                        tracing::debug!(checkpoint_id, published, "sink published committed output");
-                    } else {
-                        tracing::warn!(
-                            checkpoint_id,
-                            "checkpoint completed without this placement: publishing nothing (fenced)"
-                        );
-                    }
-                }
-            }
+            } => self.pipeline.checkpoint_completed(checkpoint_id, acknowledged)?,
             TaskControl::Aborted(checkpoint_id) => {
                 if self
                     .aligner

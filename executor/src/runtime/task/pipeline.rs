@@ -130,6 +130,55 @@ impl Pipeline {
         *records = stage;
         Ok(())
     }
+
+    /// The file sink at the end of the pipeline, if it ends in one.
+    pub(super) fn sink(&mut self) -> Option<&mut FileSink> {
+        match self.logics.last_mut() {
+            Some(Logic::FileSink(sink)) => Some(sink),
+            _ => None,
+        }
+    }
+
+    /// Snapshots every operator for checkpoint `checkpoint_id` (the sink pre-commits) and
+    /// acknowledges each through its own acknowledger, given in the operators' order.
+    pub(super) fn acknowledge_checkpoint(
+        &mut self,
+        checkpoint_id: u64,
+        acknowledgers: &[Acknowledger<'_>],
+    ) -> Result<(), TaskError> {
+        for (logic, acknowledger) in self.logics.iter_mut().zip(acknowledgers) {
+            let max_parallelism = acknowledger.deployment.graph.max_parallelism;
+            let (state, segment) = snapshot(logic, checkpoint_id, max_parallelism)?;
+            acknowledger.acknowledge(checkpoint_id, state, None, segment)?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoint `checkpoint_id` is committed in the Raft log: the sink publishes what it
+    /// pre-committed up to it, but only when this placement's acknowledgement is part of it.
+    pub(super) fn checkpoint_completed(&mut self, checkpoint_id: u64, acknowledged: bool) -> Result<(), TaskError> {
+        let Some(sink) = self.sink() else { return Ok(()) };
+        if acknowledged {
+            let published = sink.publish_up_to(checkpoint_id)?;
+            tracing::debug!(checkpoint_id, published, "sink published committed output");
+        } else {
+            tracing::warn!(
+                checkpoint_id,
+                "checkpoint completed without this placement: publishing nothing (fenced)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The input ended in a job without checkpoints: there is no commit protocol, so the end of
+    /// input commits the sink.
+    pub(super) fn commit_at_end_without_checkpoints(&mut self) -> Result<(), TaskError> {
+        if let Some(sink) = self.sink() {
+            sink.pre_commit(0)?.segment.make_durable()?;
+            sink.publish_up_to(0)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -171,7 +220,7 @@ mod tests {
         };
         let segment = sink.pre_commit(checkpoint_id).expect("pre-commit").segment;
         segment.make_durable().expect("sync");
-        sink.publish_up_to(checkpoint_id).expect("publish");
+        pipeline.checkpoint_completed(checkpoint_id, true).expect("publish");
         std::fs::read_to_string(directory.join(format!("part-0-{checkpoint_id:012}.txt"))).expect("published")
     }
 
@@ -291,5 +340,46 @@ mod tests {
             .process(0, 0, &mut records, &mut |_| {})
             .expect_err("no place to write");
         assert!(error.to_string().contains(".pending"), "{error}");
+    }
+
+    #[test]
+    fn a_completed_checkpoint_without_this_placements_acknowledgement_publishes_nothing() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut pipeline = Pipeline::new(vec![Logic::FileSink(sink(directory.path()))]);
+        pipeline
+            .process(0, 0, &mut vec![line("kept back")], &mut |_| {})
+            .expect("runs");
+        let Some(sink) = pipeline.sink() else {
+            panic!("the sink is last")
+        };
+        sink.pre_commit(3)
+            .expect("pre-commit")
+            .segment
+            .make_durable()
+            .expect("sync");
+        let published = directory.path().join("part-0-000000000003.txt");
+        pipeline.checkpoint_completed(3, false).expect("fenced");
+        assert!(!published.exists(), "a fenced placement published its output");
+        pipeline.checkpoint_completed(3, true).expect("publish");
+        assert_eq!(std::fs::read_to_string(published).expect("published"), "kept back\n");
+    }
+
+    #[test]
+    fn without_checkpoints_the_end_of_input_commits_the_sink() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut pipeline = Pipeline::new(vec![
+            Logic::Count(KeyedCount::default()),
+            Logic::FileSink(sink(directory.path())),
+        ]);
+        let mut records = vec![line("x"), line("x")];
+        pipeline.process(0, 0, &mut records, &mut |_| {}).expect("runs");
+        pipeline.commit_at_end_without_checkpoints().expect("commits");
+        let written = std::fs::read_to_string(directory.path().join("part-0-000000000000.txt")).expect("published");
+        assert_eq!(written, "1\n2\n");
+        assert!(pipeline.sink().is_some_and(|sink| sink.is_fully_published()));
+        // A pipeline without a sink has nothing to commit.
+        Pipeline::new(vec![Logic::Stateless(Stateless::Identity)])
+            .commit_at_end_without_checkpoints()
+            .expect("nothing to do");
     }
 }

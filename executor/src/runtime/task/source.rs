@@ -1,5 +1,6 @@
 //! Source subtasks: the generator and file readers, and the loop that reads them, rate-limits,
-//! and injects barriers when the leader triggers a checkpoint.
+//! and injects barriers when the leader triggers a checkpoint, snapshotting the operators chained
+//! behind the source (keyed state at parallelism 1) and committing a sink at the chain's end.
 
 use super::*;
 use crate::runtime::record::Text;
@@ -104,6 +105,7 @@ pub(super) async fn run_source(
     loop {
         let exhausted = source.is_exhausted();
         if exhausted && !checkpointing {
+            pipeline.commit_at_end_without_checkpoints()?;
             outputs.flush(false).await?;
             outputs.broadcast(|| ChannelEvent::Watermark(i64::MAX)).await?;
             outputs.end().await?;
@@ -128,19 +130,17 @@ pub(super) async fn run_source(
                     let position = source.position();
                     let state = serde_json::to_vec(&SourceSnapshot { position }).unwrap_or_default();
                     acknowledger.acknowledge(checkpoint_id, state, Some(position), None)?;
-                    // Operators chained behind a source are stateless.
-                    for follower in chained {
-                        follower.acknowledge(checkpoint_id, Vec::new(), None, None)?;
-                    }
+                    pipeline.acknowledge_checkpoint(checkpoint_id, chained)?;
                     outputs.broadcast_barrier(checkpoint_id).await?;
                     if exhausted && final_barrier.is_none() {
                         final_barrier = Some(checkpoint_id);
                     }
                 }
-                Some(TaskControl::Complete { checkpoint_id, oldest_retained, .. }) => {
+                Some(TaskControl::Complete { checkpoint_id, acknowledged, oldest_retained }) => {
                     for member in acknowledgers {
                         member.checkpoint_completed(checkpoint_id, oldest_retained);
                     }
+                    pipeline.checkpoint_completed(checkpoint_id, acknowledged)?;
                     if final_barrier.is_some_and(|last| checkpoint_id >= last) {
                         outputs.end().await?;
                         return Ok(TaskEnd::Finished);
