@@ -1,8 +1,9 @@
 //! `raftstream bench stream`: the word-count pipeline on a local cluster of real processes (three
 //! coordinators, executors on this machine):
 //!
-//! - throughput on one executor at each parallelism, with checkpoints off and on (overhead in %),
-//!   from the job turning Running to Finished, output checked for exactness;
+//! - throughput on one executor at each parallelism, with checkpoints off and on, from the job
+//!   turning Running to Finished, output checked for exactness; the overhead of checkpoints in %
+//!   is the median over rounds of each round's on-against-off run, by time and per CPU-second;
 //! - executor recovery: kill -9 of an executor running the job -> the job running again on the
 //!   other executor from its last completed checkpoint, over several kills;
 //! - coordinator leader kills: how many subtasks were restarted (new epochs) by each (must be 0).
@@ -112,7 +113,7 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&warm_up.output_dir);
     let mut run = 0;
     for parallelism in &args.parallelism {
-        let mut results: BTreeMap<u64, Vec<(f64, u64, bool, Option<f64>)>> = BTreeMap::new();
+        let mut results: BTreeMap<u64, Vec<BenchRun>> = BTreeMap::new();
         // Interleaved (off, on, off, on, ...) so drift on the machine hits every setting alike.
         for _ in 0..args.repeat.max(1) {
             for interval in &args.checkpoint_intervals {
@@ -149,31 +150,44 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(&spec.output_dir);
             }
         }
-        let mut baseline: Option<f64> = None;
+        // Rounds run off and on back to back, so the overhead is taken per round and its median
+        // reported: the host's speed drifts more between rounds than checkpoints cost.
+        let baseline = results.get(&0).cloned();
         for interval in &args.checkpoint_intervals {
-            let mut runs = results.remove(interval).unwrap_or_default();
-            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let Some(&(median, checkpoints, _, _)) = runs.get(runs.len() / 2) else {
+            let runs = results.remove(interval).unwrap_or_default();
+            let mut by_rate = runs.clone();
+            by_rate.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let Some(&(median, checkpoints, _, _)) = by_rate.get(by_rate.len() / 2) else {
                 continue;
             };
             let exact = runs.iter().all(|(_, _, exact, _)| *exact);
-            let mut per_cpu: Vec<f64> = runs.iter().filter_map(|run| run.3).collect();
-            per_cpu.sort_by(f64::total_cmp);
-            let per_cpu = per_cpu
-                .get(per_cpu.len() / 2)
+            let per_cpu = median_of(runs.iter().filter_map(|run| run.3).collect())
                 .map_or_else(|| "n/a".to_owned(), |rate| format!("{rate:.0}"));
             let label = if *interval == 0 {
                 "off".to_owned()
             } else {
                 format!("{interval} ms")
             };
-            let overhead = match baseline {
-                Some(off) if *interval > 0 => format!("  (overhead {:.1} %)", (1.0 - median / off) * 100.0),
+            let overhead = match &baseline {
+                Some(off_runs) if *interval > 0 => {
+                    let paired = |rate: fn(&BenchRun) -> Option<f64>| {
+                        median_of(
+                            runs.iter()
+                                .zip(off_runs)
+                                .filter_map(|(on, off)| Some((1.0 - rate(on)? / rate(off)?) * 100.0))
+                                .collect(),
+                        )
+                    };
+                    let by_time = paired(|run| Some(run.0)).unwrap_or(0.0);
+                    let by_cpu =
+                        paired(|run| run.3).map_or_else(|| "n/a".to_owned(), |overhead| format!("{overhead:.1} %"));
+                    format!(
+                        "  (overhead {by_time:.1} %, per CPU-second {by_cpu}; medians of {} rounds)",
+                        runs.len()
+                    )
+                }
                 _ => String::new(),
             };
-            if *interval == 0 {
-                baseline = Some(median);
-            }
             println!(
                 "{:>12} {:>12} {:>14.0} {:>14.0} {:>9.2} {:>11} {:>8} {:>17}{overhead}",
                 parallelism,
@@ -196,6 +210,15 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&directory);
     }
     Ok(())
+}
+
+/// One measured run: lines/s, its last checkpoint id, whether the output was exact, and lines per
+/// executor CPU-second.
+type BenchRun = (f64, u64, bool, Option<f64>);
+
+fn median_of(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
 }
 
 /// CPU time (user + system, all threads) a process has used, from `/proc/PID/stat`: the honest
