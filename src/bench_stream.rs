@@ -95,8 +95,8 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         args.repeat.max(1)
     );
     println!(
-        "{:>12} {:>12} {:>14} {:>14} {:>9} {:>11} {:>8} {:>17}",
-        "parallelism", "checkpoints", "records/s", "words/s", "seconds", "last chk", "exact", "records/exec-cpu-s"
+        "{:>12} {:>12} {:>14} {:>14} {:>9} {:>12} {:>8} {:>17}",
+        "parallelism", "checkpoints", "records/s", "words/s", "seconds", "chk flowing", "exact", "records/exec-cpu-s"
     );
     // A short unmeasured run first: process start-up, allocator and page cache warm-up.
     let warm_up = WordCountJob {
@@ -130,7 +130,15 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                 };
                 let executor_pid = cluster.executor("bench-1").and_then(|executor| executor.pid());
                 let cpu_before = executor_pid.and_then(cpu_seconds);
-                let (seconds, checkpoints) = throughput_run(&client, &spec, &format!("bench-{run}")).await?;
+                let measured = throughput_run(&client, &spec, &format!("bench-{run}")).await?;
+                let seconds = measured.seconds;
+                let checkpoints = measured.checkpoints_while_flowing.len() as u64;
+                if *interval > 0 {
+                    println!(
+                        "   run {run}: parallelism {parallelism}, {}",
+                        measured.describe(*interval)
+                    );
+                }
                 let executor_cpu = executor_pid
                     .and_then(cpu_seconds)
                     .zip(cpu_before)
@@ -189,7 +197,7 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
                 _ => String::new(),
             };
             println!(
-                "{:>12} {:>12} {:>14.0} {:>14.0} {:>9.2} {:>11} {:>8} {:>17}{overhead}",
+                "{:>12} {:>12} {:>14.0} {:>14.0} {:>9.2} {:>12} {:>8} {:>17}{overhead}",
                 parallelism,
                 label,
                 median,
@@ -212,9 +220,63 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One measured run: lines/s, its last checkpoint id, whether the output was exact, and lines per
-/// executor CPU-second.
+/// One measured run: lines/s, the checkpoints completed while its input flowed, whether the
+/// output was exact, and lines per executor CPU-second.
 type BenchRun = (f64, u64, bool, Option<f64>);
+
+/// What one throughput run measured.
+struct ThroughputRun {
+    /// From the job turning Running to Finished.
+    seconds: f64,
+    /// Trigger-to-completion times of the checkpoints taken while the sources still had input
+    /// (not the final one that covers the end of the input).
+    checkpoints_while_flowing: Vec<Duration>,
+}
+
+impl ThroughputRun {
+    /// The run's checkpoint figures, flagged when fewer than half the expected checkpoints
+    /// completed while the input flowed (a task that starves its own checkpoints).
+    fn describe(&self, interval_ms: u64) -> String {
+        let expected = (self.seconds * 1_000.0 / interval_ms as f64).floor() as usize;
+        let mut durations = self.checkpoints_while_flowing.clone();
+        durations.sort();
+        let completed = durations.len();
+        let timing = if durations.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", duration p50 {:.0} ms, p99 {:.0} ms",
+                millis(percentile(&durations, 50.0)),
+                millis(percentile(&durations, 99.0))
+            )
+        };
+        let flag = if completed * 2 < expected {
+            "  <-- FEWER THAN HALF THE EXPECTED CHECKPOINTS"
+        } else {
+            ""
+        };
+        format!(
+            "{:.2} s, {completed} checkpoints completed while input flowed (about {expected} expected){timing}{flag}",
+            self.seconds
+        )
+    }
+}
+
+/// Records the generator subtasks of a checkpoint had emitted, from their offsets: subtask `i`
+/// of `p` emits offsets `i, i + p, ...` and records the next one.
+fn emitted_records(checkpoint: &pb::Checkpoint, parallelism: u32) -> u64 {
+    let parallelism = u64::from(parallelism.max(1));
+    checkpoint
+        .source_offsets
+        .iter()
+        .map(|offset| {
+            offset
+                .offset
+                .saturating_sub(u64::from(offset.subtask_index))
+                .div_ceil(parallelism)
+        })
+        .sum()
+}
 
 fn median_of(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
@@ -235,11 +297,14 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((user + system) / TICKS_PER_SECOND)
 }
 
-/// Runs one job to the end; returns the seconds from Running to Finished and its last checkpoint.
-async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str) -> anyhow::Result<(f64, u64)> {
+/// Runs one job to the end: the seconds from Running to Finished, and the checkpoints it
+/// completed while its input flowed (read every 100 ms, so none is missed between reads).
+async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str) -> anyhow::Result<ThroughputRun> {
     let submitted = client.submit_job(&spec.spec(name), name).await?;
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut checkpoints: BTreeMap<u64, pb::Checkpoint> = BTreeMap::new();
+    let mut last_read = Instant::now();
     let ended = loop {
         if let Some(job) = job(client, &submitted.job_id).await {
             if job.status == "Running" && started.is_none() {
@@ -247,6 +312,16 @@ async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str)
             }
             if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
                 break job;
+            }
+        }
+        if spec.checkpoint_interval_ms > 0 && last_read.elapsed() >= Duration::from_millis(100) {
+            last_read = Instant::now();
+            if let Ok(listed) = client.list_checkpoints(&submitted.job_id).await {
+                checkpoints.extend(
+                    listed
+                        .into_iter()
+                        .map(|checkpoint| (checkpoint.checkpoint_id, checkpoint)),
+                );
             }
         }
         if Instant::now() > deadline {
@@ -258,7 +333,15 @@ async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str)
         bail!("{} ended {}: {}", submitted.job_id, ended.status, ended.status_reason);
     }
     let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-3);
-    Ok((seconds, ended.last_checkpoint_id.unwrap_or(0)))
+    let checkpoints_while_flowing = checkpoints
+        .values()
+        .filter(|checkpoint| emitted_records(checkpoint, spec.parallelism) < spec.records)
+        .map(|checkpoint| Duration::from_millis(checkpoint.completed_at_ms.saturating_sub(checkpoint.triggered_at_ms)))
+        .collect();
+    Ok(ThroughputRun {
+        seconds,
+        checkpoints_while_flowing,
+    })
 }
 
 async fn recovery(

@@ -61,7 +61,9 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         | Rejection::CheckpointIdNotIncreasing { .. }
         | Rejection::CheckpointEpochTooNew { .. }
         | Rejection::CheckpointNotTriggered { .. }
+        | Rejection::CheckpointPlacementChanged { .. }
         | Rejection::StaleEpoch { .. }
+        | Rejection::PlacementReleased { .. }
         | Rejection::JobNotActive { .. } => tonic::Code::FailedPrecondition,
     }
 }

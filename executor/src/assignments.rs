@@ -28,12 +28,22 @@ impl SubtaskId {
 pub struct Changes {
     pub started: Vec<(SubtaskId, u64)>,
     pub stopped: Vec<(SubtaskId, u64)>,
+    /// Assignments to an epoch this executor already ran and stopped: not started again.
+    pub refused: Vec<(SubtaskId, u64)>,
 }
 
 /// The subtasks this executor holds, each at its epoch.
+///
+/// An epoch names one run of a subtask: a run that was stopped is never started again at the same
+/// epoch. Its acknowledgements may still complete a checkpoint (they carry that epoch), while a
+/// second run would restore an older checkpoint and delete the pending sink files the first one
+/// pre-committed. So an assignment to an epoch already started here is refused, and the refusal
+/// reported as the subtask's failure, which makes the leader restart the job at new epochs.
 #[derive(Debug, Default)]
 pub struct Assignments {
     held: BTreeMap<SubtaskId, u64>,
+    /// The highest epoch started per subtask, until its job's state is discarded.
+    highest_started: BTreeMap<SubtaskId, u64>,
 }
 
 impl Assignments {
@@ -64,9 +74,14 @@ impl Assignments {
     pub fn clear(&mut self) -> Changes {
         let stopped = std::mem::take(&mut self.held).into_iter().collect();
         Changes {
-            started: Vec::new(),
             stopped,
+            ..Changes::default()
         }
+    }
+
+    /// Forgets the runs of an ended job.
+    pub fn forget_job(&mut self, job_id: &str) {
+        self.highest_started.retain(|id, _| id.job_id != job_id);
     }
 
     /// Applies one message from the leader.
@@ -92,11 +107,19 @@ impl Assignments {
                     let id = SubtaskId::of(task);
                     match self.held.get(&id) {
                         Some(epoch) if *epoch >= task.epoch => {}
+                        _ if self
+                            .highest_started
+                            .get(&id)
+                            .is_some_and(|started| *started >= task.epoch) =>
+                        {
+                            changes.refused.push((id, task.epoch));
+                        }
                         previous => {
                             if let Some(old) = previous {
                                 changes.stopped.push((id.clone(), *old));
                             }
                             changes.started.push((id.clone(), task.epoch));
+                            self.highest_started.insert(id.clone(), task.epoch);
                             self.held.insert(id, task.epoch);
                         }
                     }
@@ -158,6 +181,30 @@ mod tests {
         })));
         assert_eq!(cancel.stopped.len(), 1);
         assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_stopped_run_is_never_started_again_at_its_epoch() {
+        let mut held = Assignments::default();
+        let assign = |epoch| {
+            message(Body::Assign(pb::AssignTask {
+                task: Some(task("a", epoch)),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(held.apply(&assign(4)).started.len(), 1);
+        let stopped = held.apply(&message(Body::Assignments(pb::Assignments { tasks: Vec::new() })));
+        assert_eq!(stopped.stopped.len(), 1);
+        let again = held.apply(&assign(4));
+        assert!(again.started.is_empty(), "{again:?}");
+        assert_eq!(again.refused.len(), 1);
+        assert!(held.is_empty());
+        // A new epoch is a new run.
+        assert_eq!(held.apply(&assign(5)).started.len(), 1);
+        // Once the job's state is discarded its runs are forgotten.
+        held.clear();
+        held.forget_job("job-1");
+        assert_eq!(held.apply(&assign(5)).started.len(), 1);
     }
 
     #[test]

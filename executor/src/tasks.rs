@@ -143,6 +143,21 @@ impl TaskManager {
                         self.start(deployment.clone());
                     }
                 }
+                if !changes.refused.is_empty() {
+                    let reason = format!(
+                        "epoch {} of {}[{}] already ran on this executor and was stopped; a stopped run never resumes",
+                        deployment.epoch, deployment.operator_id, deployment.subtask_index
+                    );
+                    tracing::warn!(job_id = %deployment.job_id, reason, "assignment refused");
+                    // The leader restarts the job at new epochs on this failure; if the report is
+                    // lost, its next reconciliation sends the assignment again and it is refused
+                    // again.
+                    let _ = self.environment.reports.try_send(TaskReport::Failed {
+                        task: deployment.task_ref(),
+                        cannot_restore: false,
+                        reason,
+                    });
+                }
             }
             Some(Body::Assignments(_)) | Some(Body::Cancel(_)) => {
                 let changes = self.assignments.apply(message);
@@ -168,7 +183,10 @@ impl TaskManager {
                     }
                 });
             }
-            Some(Body::DiscardJobState(discard)) => self.discard_job_state(&discard.job_id),
+            Some(Body::DiscardJobState(discard)) => {
+                self.assignments.forget_job(&discard.job_id);
+                self.discard_job_state(&discard.job_id);
+            }
             Some(Body::CheckpointAborted(aborted)) => {
                 tracing::info!(job_id = %aborted.job_id, checkpoint_id = aborted.checkpoint_id, reason = %aborted.reason, "checkpoint aborted");
                 self.tell_job(&aborted.job_id, |_| TaskControl::Aborted(aborted.checkpoint_id));

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod checkpoint_progress;
 mod cli;
 mod exactly_once;
 mod executors;

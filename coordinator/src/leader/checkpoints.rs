@@ -124,6 +124,8 @@ impl PendingCheckpoint {
             source_offsets,
             size_bytes,
             completed_at_ms: now_ms,
+            triggered_at_ms: self.triggered_at_ms,
+            acknowledged_epochs: self.expected.clone(),
         })
     }
 

@@ -99,7 +99,19 @@ impl LeaderDuties {
         let mut metrics = self.context.raft.metrics();
         let mut running: Option<(CancellationToken, JoinSet<()>)> = None;
         loop {
-            let is_leader = metrics.borrow().state == ServerState::Leader;
+            let is_leader = {
+                let now = metrics.borrow();
+                // Raft §8: a new leader learns what is committed only by committing an entry of
+                // its own term (openraft appends a blank one). Until it has applied that entry,
+                // its state may lack placements and checkpoints the previous leader committed,
+                // and duties or sessions served from it would undo them: an executor handed such
+                // a stale assignment list stopped subtasks the cluster still ran, and their
+                // restart at the same epochs deleted pending sink files a checkpoint then named.
+                now.state == ServerState::Leader
+                    && now
+                        .last_applied
+                        .is_some_and(|applied| applied.leader_id.term == now.current_term)
+            };
             if is_leader && running.is_none() {
                 let term = metrics.borrow().current_term;
                 tracing::info!(term, "became leader: starting failure detector and scheduler");

@@ -1,5 +1,7 @@
 //! Conversions between the state machine's types and the protobuf API.
 
+use std::collections::BTreeMap;
+
 use raftstream_proto::v1 as pb;
 
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
@@ -76,6 +78,8 @@ pub fn job_to_proto(state: &State, job: &JobRecord) -> pb::Job {
         // the graph from the display, never change stored data.
         graph_json: serde_json::to_string(&job.graph).unwrap_or_default(),
         last_checkpoint_id: job.last_checkpoint_id.map(|id| id.0),
+        restored_checkpoint_id: job.last_restore.as_ref().map(|restore| restore.checkpoint_id.0),
+        restored_at_ms: job.last_restore.as_ref().map_or(0, |restore| restore.at_ms),
         status_reason: match (job.status_reason.is_empty(), waiting_reason(state, job)) {
             (true, Some(waiting)) => waiting,
             (false, Some(waiting)) => format!("{}; {waiting}", job.status_reason),
@@ -92,6 +96,7 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
         epoch: checkpoint.epoch.0,
         size_bytes: checkpoint.size_bytes,
         completed_at_ms: checkpoint.completed_at_ms,
+        triggered_at_ms: checkpoint.triggered_at_ms,
         task_states: checkpoint.task_states.iter().map(task_state_to_proto).collect(),
         source_offsets: checkpoint
             .source_offsets
@@ -172,6 +177,9 @@ pub fn checkpoint_from_proto(checkpoint: &pb::Checkpoint) -> CompletedCheckpoint
             .collect(),
         size_bytes: checkpoint.size_bytes,
         completed_at_ms: checkpoint.completed_at_ms,
+        triggered_at_ms: checkpoint.triggered_at_ms,
+        // Executors restore from a checkpoint; which placement acknowledged it is the leader's.
+        acknowledged_epochs: BTreeMap::new(),
     }
 }
 
@@ -323,6 +331,8 @@ mod tests {
             source_offsets: [(subtask("lines", 0), 1_000), (subtask("lines", 1), 998)].into(),
             size_bytes: 4_099,
             completed_at_ms: 1_764_000_000_000,
+            triggered_at_ms: 1_763_999_999_990,
+            acknowledged_epochs: BTreeMap::new(),
         };
         let wire = checkpoint_to_proto(&JobId::from_number(1), &checkpoint);
         assert_eq!(wire.job_id, "job-1");

@@ -93,6 +93,23 @@ pub struct CompletedCheckpoint {
     pub source_offsets: BTreeMap<SubtaskKey, u64>,
     pub size_bytes: u64,
     pub completed_at_ms: u64,
+    /// When the leader triggered it (0 in checkpoints recorded before this field existed).
+    #[serde(default)]
+    pub triggered_at_ms: u64,
+    /// The placement that acknowledged it: every subtask at the epoch it ran when the barrier
+    /// passed. Committing the checkpoint requires this to still be the job's placement (empty in
+    /// checkpoints recorded before this field existed, which are not checked, so an old log
+    /// replays to the same state).
+    #[serde(default, with = "map_as_pairs")]
+    pub acknowledged_epochs: BTreeMap<SubtaskKey, Epoch>,
+}
+
+/// The checkpoint a job's current run was restored from (Flink's "latest restore").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRecord {
+    pub checkpoint_id: CheckpointId,
+    /// When the restored run was deployed.
+    pub at_ms: u64,
 }
 
 /// A job as the cluster knows it.
@@ -117,6 +134,9 @@ pub struct JobRecord {
     pub last_triggered_checkpoint_id: Option<CheckpointId>,
     /// The last epoch handed out for this job; every (re)assignment takes the next one.
     pub last_epoch: Epoch,
+    /// The checkpoint the job's latest deployment restored, if it restored one.
+    #[serde(default)]
+    pub last_restore: Option<RestoreRecord>,
 }
 
 /// An executor process and its slots.
@@ -316,6 +336,21 @@ pub enum Rejection {
         epoch: Epoch,
         current: Epoch,
     },
+    #[error(
+        "checkpoint {checkpoint_id} of job {job_id} was acknowledged by a placement the job no longer runs: {problem}"
+    )]
+    CheckpointPlacementChanged {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        problem: String,
+    },
+    #[error("subtask {operator_id}[{subtask_index}] of job {job_id} at epoch {epoch} was released already (the job is restarting)")]
+    PlacementReleased {
+        job_id: JobId,
+        operator_id: String,
+        subtask_index: u32,
+        epoch: Epoch,
+    },
     #[error("checkpoint {checkpoint_id} of job {job_id} was never triggered (last triggered: {last_triggered:?})")]
     CheckpointNotTriggered {
         job_id: JobId,
@@ -448,6 +483,7 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         last_checkpoint_id: None,
         last_triggered_checkpoint_id: None,
         last_epoch: Epoch(0),
+        last_restore: None,
     };
     state.last_job_number = job_number;
     state.jobs.insert(job_id.clone(), record);
@@ -531,6 +567,14 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     if to == JobStatus::Restarting {
         job.restart_count = job.restart_count.saturating_add(1);
     }
+    // A deployment restores the latest completed checkpoint as it was when the leader sent it, and
+    // no checkpoint completes between that and this entry: completions need a running job.
+    if to == JobStatus::Running {
+        job.last_restore = job.checkpoints.back().map(|checkpoint| RestoreRecord {
+            checkpoint_id: checkpoint.checkpoint_id,
+            at_ms,
+        });
+    }
     job.status = to;
     job.status_reason = reason;
     job.updated_at_ms = at_ms;
@@ -592,10 +636,22 @@ fn mark_executor_dead(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -
 /// Starts a restart of `job` from its last completed checkpoint: every placement is released (the
 /// scheduler places them again with new epochs, which fences the old ones).
 fn restart(job: &mut JobRecord, reason: String, at_ms: u64) {
+    let had_placements = job
+        .assignments
+        .values()
+        .any(|assignment| assignment.executor_id.is_some());
     release_slots(job);
-    if job.status == JobStatus::Running {
-        job.status = JobStatus::Restarting;
-        job.restart_count = job.restart_count.saturating_add(1);
+    match job.status {
+        JobStatus::Running => {
+            job.status = JobStatus::Restarting;
+            job.restart_count = job.restart_count.saturating_add(1);
+        }
+        // The next placement was lost before it ran: that is another attempt, counted against the
+        // restart strategy, or a job whose placements keep failing would restart forever.
+        JobStatus::Restarting if had_placements => {
+            job.restart_count = job.restart_count.saturating_add(1);
+        }
+        _ => {}
     }
     job.status_reason = reason;
     job.updated_at_ms = at_ms;
@@ -645,8 +701,17 @@ fn fail_subtask(
         subtask_index: subtask.subtask_index,
     })?;
     let current = assignment.epoch;
-    // A released placement is already fenced: its failure says nothing about the next deployment.
-    if current != epoch || assignment.executor_id.is_none() {
+    // A released placement is already fenced: its failure says nothing about the next deployment,
+    // which the restart that released it is already preparing.
+    if current == epoch && assignment.executor_id.is_none() {
+        return Err(Rejection::PlacementReleased {
+            job_id: job_id.clone(),
+            operator_id: subtask.operator_id.clone(),
+            subtask_index: subtask.subtask_index,
+            epoch,
+        });
+    }
+    if current != epoch {
         return Err(Rejection::StaleEpoch {
             job_id: job_id.clone(),
             operator_id: subtask.operator_id.clone(),
@@ -764,6 +829,49 @@ fn trigger_checkpoint(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyRes
     })
 }
 
+/// Whether `job` still runs, at the same epochs, exactly the placement that acknowledged
+/// `checkpoint`; the problem otherwise.
+///
+/// The invariant this keeps: a checkpoint completes only while the placement whose sinks
+/// pre-committed it can still publish it. Once a restart released that placement (a failure, an
+/// executor lost), the next deployment restores the latest checkpoint completed *before* the
+/// release, and its sinks delete every pending file that checkpoint does not list, including the
+/// ones of checkpoints acknowledged by the released placement. Were such a checkpoint committed
+/// after the release, it would become the latest one while its files are gone: every later
+/// restore would fail on them (seen in a chaos run as a job restoring forever). Raft orders this
+/// entry against the release, so checking here, at apply, closes the race that checking on the
+/// leader before proposing leaves open.
+fn placement_unchanged(job: &JobRecord, checkpoint: &CompletedCheckpoint) -> Result<(), String> {
+    if job.status != JobStatus::Running {
+        return Err(format!("the job is {}", job.status.name()));
+    }
+    if job.assignments.len() != checkpoint.acknowledged_epochs.len() {
+        return Err(format!(
+            "{} subtasks acknowledged, the job has {}",
+            checkpoint.acknowledged_epochs.len(),
+            job.assignments.len()
+        ));
+    }
+    for (subtask, assignment) in &job.assignments {
+        let acknowledged = checkpoint.acknowledged_epochs.get(subtask);
+        if assignment.executor_id.is_none() || acknowledged != Some(&assignment.epoch) {
+            return Err(format!(
+                "{}[{}] acknowledged at epoch {}, now at epoch {}{}",
+                subtask.operator_id,
+                subtask.subtask_index,
+                acknowledged.map_or_else(|| "none".to_owned(), |epoch| epoch.0.to_string()),
+                assignment.epoch.0,
+                if assignment.executor_id.is_none() {
+                    " (released)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedCheckpoint) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     if job.status.is_terminal() {
@@ -799,6 +907,13 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
             epoch: checkpoint.epoch,
             current: job.last_epoch,
         });
+    }
+    if !checkpoint.acknowledged_epochs.is_empty() {
+        placement_unchanged(job, &checkpoint).map_err(|problem| Rejection::CheckpointPlacementChanged {
+            job_id: job_id.clone(),
+            checkpoint_id: checkpoint.checkpoint_id,
+            problem,
+        })?;
     }
     let checkpoint_id = checkpoint.checkpoint_id;
     job.last_checkpoint_id = Some(checkpoint_id);

@@ -38,6 +38,8 @@ fn checkpoint(id: u64, epoch: u64) -> CompletedCheckpoint {
         source_offsets: BTreeMap::from([(subtask("src", 0), id * 10)]),
         size_bytes: 0,
         completed_at_ms: id,
+        triggered_at_ms: id.saturating_sub(1),
+        acknowledged_epochs: BTreeMap::new(),
     }
 }
 
@@ -407,6 +409,128 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
     assert_eq!(ids, vec![2, 5]);
 }
 
+/// Places every subtask of job 1 on `executor_id` and starts it; returns the placement's epochs.
+fn place_and_run(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> BTreeMap<SubtaskKey, Epoch> {
+    let job_id = JobId::from_number(1);
+    let subtasks: Vec<SubtaskKey> = state.jobs[&job_id].assignments.keys().cloned().collect();
+    for subtask in subtasks {
+        let placed = apply(
+            state,
+            Command::AssignSubtask {
+                job_id: job_id.clone(),
+                subtask,
+                executor_id: executor_id.clone(),
+                at_ms,
+            },
+        );
+        assert!(placed.is_ok(), "{placed:?}");
+    }
+    let running = apply(
+        state,
+        Command::TransitionJob {
+            job_id: job_id.clone(),
+            to: JobStatus::Running,
+            reason: String::new(),
+            at_ms,
+        },
+    );
+    assert!(running.is_ok(), "{running:?}");
+    state.jobs[&job_id]
+        .assignments
+        .iter()
+        .map(|(subtask, assignment)| (subtask.clone(), assignment.epoch))
+        .collect()
+}
+
+fn acknowledged_by(id: u64, epochs: &BTreeMap<SubtaskKey, Epoch>) -> Command {
+    let epoch = epochs.values().max().copied().unwrap_or(Epoch(0));
+    Command::CompleteCheckpoint {
+        job_id: JobId::from_number(1),
+        checkpoint: CompletedCheckpoint {
+            acknowledged_epochs: epochs.clone(),
+            ..checkpoint(id, epoch.0)
+        },
+    }
+}
+
+#[test]
+fn a_checkpoint_acknowledged_by_a_released_placement_never_completes() {
+    let mut state = State::default();
+    let job_id = JobId::from_number(1);
+    let submit = Command::SubmitJob {
+        request_id: None,
+        graph: graph(1, 3),
+        at_ms: 0,
+    };
+    assert!(apply(&mut state, submit).is_ok());
+    let register = |at_ms| Command::RegisterExecutor {
+        executor_id: executor(1),
+        address: "a".into(),
+        slots: 8,
+        at_ms,
+    };
+    assert!(apply(&mut state, register(0)).is_ok());
+    let first = place_and_run(&mut state, &executor(1), 1);
+    assert_eq!(state.jobs[&job_id].last_restore, None, "a fresh start restores nothing");
+    for at_ms in [2, 3] {
+        let trigger = Command::TriggerCheckpoint {
+            job_id: job_id.clone(),
+            at_ms,
+        };
+        assert!(apply(&mut state, trigger).is_ok());
+    }
+    assert!(apply(&mut state, acknowledged_by(1, &first)).is_ok());
+
+    // The executor restarts (kill -9, registers again): the placement is released, so whatever it
+    // acknowledged for checkpoint 2 must not complete any more: its restarted successors restore 1
+    // and delete 2's pending sink files.
+    assert!(apply(&mut state, register(4)).is_ok());
+    let before = state.clone();
+    let late = apply(&mut state, acknowledged_by(2, &first));
+    assert!(
+        matches!(&late, Err(Rejection::CheckpointPlacementChanged { problem, .. }) if problem.contains("Restarting")),
+        "{late:?}"
+    );
+    assert_eq!(state, before, "a refused completion changes nothing");
+    let released = apply(
+        &mut state,
+        Command::FailSubtask {
+            job_id: job_id.clone(),
+            subtask: subtask("src", 0),
+            epoch: first[&subtask("src", 0)],
+            reason: "sink failed".into(),
+            fatal: false,
+            at_ms: 4,
+        },
+    );
+    assert!(
+        matches!(released, Err(Rejection::PlacementReleased { .. })),
+        "{released:?}"
+    );
+
+    let second = place_and_run(&mut state, &executor(1), 5);
+    assert_eq!(
+        state.jobs[&job_id].last_restore,
+        Some(RestoreRecord {
+            checkpoint_id: CheckpointId(1),
+            at_ms: 5
+        })
+    );
+    // Running again, but at new epochs: the old placement's acknowledgement stays refused.
+    let stale = apply(&mut state, acknowledged_by(2, &first));
+    assert!(
+        matches!(&stale, Err(Rejection::CheckpointPlacementChanged { problem, .. }) if problem.contains("now at epoch")),
+        "{stale:?}"
+    );
+    let trigger = Command::TriggerCheckpoint {
+        job_id: job_id.clone(),
+        at_ms: 6,
+    };
+    assert!(apply(&mut state, trigger).is_ok());
+    assert!(apply(&mut state, acknowledged_by(3, &second)).is_ok());
+    assert_eq!(state.jobs[&job_id].last_checkpoint_id, Some(CheckpointId(3)));
+}
+
 #[test]
 fn only_the_most_recent_ended_jobs_are_retained() {
     let mut state = State::default();
@@ -517,6 +641,21 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
             job_id,
             checkpoint: checkpoint(id, epoch)
         }),
+        (
+            job_id.clone(),
+            0u64..30,
+            proptest::collection::btree_map(arbitrary_subtask(), 0u64..12, 0..4)
+        )
+            .prop_map(|(job_id, id, epochs)| Command::CompleteCheckpoint {
+                job_id,
+                checkpoint: CompletedCheckpoint {
+                    acknowledged_epochs: epochs
+                        .into_iter()
+                        .map(|(subtask, epoch)| (subtask, Epoch(epoch)))
+                        .collect(),
+                    ..checkpoint(id, 0)
+                }
+            }),
         (job_id, arbitrary_subtask(), 0u64..12, any::<bool>(), 0u64..100).prop_map(
             |(job_id, subtask, epoch, fatal, at_ms)| Command::FailSubtask {
                 job_id,
@@ -590,6 +729,25 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
                 old.last_checkpoint_id <= job.last_checkpoint_id,
                 "checkpoint id went back"
             );
+            if let Some(newest) = job
+                .checkpoints
+                .back()
+                .filter(|_| old.last_checkpoint_id != job.last_checkpoint_id)
+            {
+                if !newest.acknowledged_epochs.is_empty() {
+                    let placement: BTreeMap<SubtaskKey, Epoch> = old
+                        .assignments
+                        .iter()
+                        .filter(|(_, assignment)| assignment.executor_id.is_some())
+                        .map(|(subtask, assignment)| (subtask.clone(), assignment.epoch))
+                        .collect();
+                    prop_assert!(
+                        old.status == JobStatus::Running && placement == newest.acknowledged_epochs,
+                        "checkpoint {} completed by a placement the job did not run",
+                        newest.checkpoint_id
+                    );
+                }
+            }
             prop_assert!(
                 old.last_triggered_checkpoint_id <= job.last_triggered_checkpoint_id,
                 "triggered id went back"

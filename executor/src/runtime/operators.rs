@@ -26,6 +26,10 @@ pub enum OperatorError {
     State { operator: String, problem: String },
     #[error("sink {path}: {source}")]
     Sink { path: PathBuf, source: std::io::Error },
+    #[error(
+        "sink {path}: the restored checkpoint {checkpoint_id} lists this pre-committed file, but it is neither pending nor published: its output is lost"
+    )]
+    PreCommitLost { path: PathBuf, checkpoint_id: u64 },
 }
 
 fn text_param<'a>(operator: &'a OperatorSpec, name: &str) -> Option<&'a str> {
@@ -686,6 +690,12 @@ impl FileSink {
             Ok(()) => Ok(()),
             // Published already (before a crash): renaming is the commit, and it happened.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && to.exists() => Ok(()),
+            // Neither pending nor published: a completed checkpoint names output that is gone.
+            // No retry can bring it back, so this must end the job rather than restart it.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(OperatorError::PreCommitLost {
+                path: from,
+                checkpoint_id,
+            }),
             Err(error) => Err(OperatorError::Sink {
                 path: from,
                 source: error,
@@ -841,6 +851,43 @@ mod tests {
             .expect("dir")
             .count();
         assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn a_restore_whose_pre_committed_file_is_gone_names_the_file_and_checkpoint() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut sink = FileSink::open(&sink_spec(directory.path()), 1, 4).expect("opens");
+        sink.write(&record("a")).expect("write");
+        let first = sink.pre_commit(11).expect("pre-commit 11");
+        first.segment.make_durable().expect("sync");
+        sink.write(&record("b")).expect("write");
+        let second = sink.pre_commit(12).expect("pre-commit 12");
+        second.segment.make_durable().expect("sync");
+        // 11 was published before a crash: restoring 12 (which lists 11 and 12) publishes 12 only.
+        assert_eq!(sink.publish_up_to(11).expect("publish"), 1);
+        drop(sink);
+        let mut restored = FileSink::open(&sink_spec(directory.path()), 1, 5).expect("opens");
+        assert_eq!(restored.restore("out", Some(&second.state)).expect("restore"), 2);
+        assert_eq!(published(directory.path()), vec!["a", "b"]);
+
+        // Restored again from 12 at a newer epoch: both files are published, nothing changes.
+        let mut again = FileSink::open(&sink_spec(directory.path()), 1, 6).expect("opens");
+        assert_eq!(again.restore("out", Some(&second.state)).expect("restore"), 2);
+        assert_eq!(published(directory.path()), vec!["a", "b"]);
+
+        // A checkpoint listing a pre-commit that is neither pending nor published fails at once.
+        std::fs::remove_file(FileSink::published_path(directory.path(), 1, 12)).expect("remove");
+        let mut lost = FileSink::open(&sink_spec(directory.path()), 1, 7).expect("opens");
+        let error = lost
+            .restore("out", Some(&second.state))
+            .expect_err("its output is gone");
+        let text = error.to_string();
+        assert!(
+            matches!(error, OperatorError::PreCommitLost { checkpoint_id: 12, .. })
+                && text.contains("part-1-000000000012-e4")
+                && text.contains("checkpoint 12"),
+            "{text}"
+        );
     }
 
     fn spec(kind: OperatorKind, params: serde_json::Value) -> OperatorSpec {

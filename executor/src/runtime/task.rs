@@ -308,7 +308,15 @@ async fn restore(
                 }
                 None => None,
             };
-            let published = sink.restore(&operator.id, state.as_deref())?;
+            // Whatever stops the sink from restoring its checkpoint's output (a pre-committed
+            // file gone, unreadable state) is not cured by restarting from the same checkpoint:
+            // it fails the job with the reason instead of looping.
+            let published = sink
+                .restore(&operator.id, state.as_deref())
+                .map_err(|error| TaskError::Restore {
+                    checkpoint_id,
+                    problem: error.to_string(),
+                })?;
             if published > 0 {
                 tracing::info!(
                     checkpoint_id,

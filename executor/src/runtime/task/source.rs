@@ -174,6 +174,16 @@ pub(super) async fn run_source(
                 if rate.is_some() {
                     outputs.flush(false).await?;
                 }
+                // While input lasts, nothing above waits when a chain ends in a sink (no channel
+                // to fill) and the source has no rate: without a yield point the task would hold
+                // its worker thread until the input ended. What it spawned meanwhile would wait
+                // with it, because tokio runs a task spawned from a worker in that worker's LIFO
+                // slot, which other workers cannot steal: the checkpoint's background
+                // acknowledgement (state store, sink sync, the ack itself) then ran only after
+                // the last record, so a fully chained job completed no checkpoint while its input
+                // flowed. One unit of tokio's cooperative budget per batch yields every 128
+                // batches (about 16,000 lines), which costs nothing measurable.
+                tokio::task::coop::consume_budget().await;
             }
         }
     }
