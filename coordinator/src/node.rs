@@ -176,6 +176,10 @@ impl CoordinatorConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.raft.snapshot_after_entries),
             max_in_snapshot_log_to_keep: self.raft.entries_kept_behind_snapshot,
             snapshot_max_chunk_size: self.raft.snapshot_chunk_bytes,
+            // Elections start only after a pre-vote a quorum granted (raft::pre_vote): openraft's
+            // own timer would stand with a new term whenever a node stops hearing the leader,
+            // and a node that was merely partitioned or paused would then depose it on return.
+            enable_elect: false,
             ..openraft::Config::default()
         };
         config
@@ -208,6 +212,8 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     let raft_config = Arc::new(config.openraft_config()?);
     let dial = DialAddresses::new(config.dial_addresses.clone());
     let network = GrpcRaftNetwork { dial: dial.clone() };
+    // The election trigger and the pre-vote service read the last log id from the same store.
+    let log_for_pre_votes = log_store.clone();
     let raft = CoordinatorRaft::new(node_id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|error| NodeError::Raft(error.to_string()))?;
@@ -227,18 +233,21 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         committed,
         Duration::from_millis(config.raft.write_timeout_ms),
     );
-    context.dial = dial;
+    context.dial = dial.clone();
 
     if config.bootstrap {
         bootstrap_if_pristine(&raft, &config).await?;
     }
     let leader_contact = LeaderContact::default();
     let mut background = tokio::task::JoinSet::new();
+    // openraft 0.9 sets the leader lease to the maximum election timeout.
+    let leader_lease = Duration::from_millis(config.raft.election_timeout_max_ms);
     let election_trigger = ElectionTrigger::new(
         raft.clone(),
         leader_contact.clone(),
-        // openraft 0.9 sets the leader lease to the maximum election timeout.
-        Duration::from_millis(config.raft.election_timeout_max_ms),
+        log_for_pre_votes.clone(),
+        dial.clone(),
+        leader_lease,
         Duration::from_millis(config.raft.election_timeout_min_ms),
     );
     background.spawn(election_trigger.run(shutdown.child_token()));
@@ -291,9 +300,14 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
             config.executors.clone(),
         )))
         .add_service(
-            RaftServiceServer::new(RaftServiceImpl::new(raft.clone(), leader_contact))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+            RaftServiceServer::new(RaftServiceImpl::new(
+                raft.clone(),
+                leader_contact,
+                log_for_pre_votes,
+                leader_lease,
+            ))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(incoming, async move { server_shutdown.cancelled().await })
         .await;

@@ -155,11 +155,53 @@ pub fn throughput_dips(faults: &[FaultRecord], samples: &[ThroughputSample], set
         .collect()
 }
 
-/// Which node was leader when polled (`None`: none reachable).
+/// Which node was leader when polled (`None`: none reachable), and the highest Raft term a
+/// reachable coordinator reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderObservation {
     pub at_us: u64,
     pub leader: Option<u64>,
+    #[serde(default)]
+    pub term: Option<u64>,
+}
+
+/// How much the Raft group churned over a run: terms taken and leaders changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ElectionFigures {
+    pub first_term: u64,
+    pub last_term: u64,
+    /// `last_term - first_term`: every election, won or not, takes a term.
+    pub new_terms: u64,
+    /// Times the observed leader was a different node than the one observed before it.
+    pub leader_changes: usize,
+    pub new_terms_per_fault: f64,
+}
+
+/// Terms and leader changes from the observations, per fault of `faults`.
+pub fn election_figures(leaders: &[LeaderObservation], faults: usize) -> ElectionFigures {
+    let terms: Vec<u64> = leaders.iter().filter_map(|observation| observation.term).collect();
+    let first_term = terms.first().copied().unwrap_or(0);
+    let last_term = terms.iter().copied().max().unwrap_or(0);
+    let mut leader_changes = 0;
+    let mut previous = None;
+    for leader in leaders.iter().filter_map(|observation| observation.leader) {
+        if previous.is_some_and(|before| before != leader) {
+            leader_changes += 1;
+        }
+        previous = Some(leader);
+    }
+    let new_terms = last_term.saturating_sub(first_term);
+    ElectionFigures {
+        first_term,
+        last_term,
+        new_terms,
+        leader_changes,
+        new_terms_per_fault: if faults == 0 {
+            0.0
+        } else {
+            new_terms as f64 / faults as f64
+        },
+    }
 }
 
 /// Groups per fault kind.
@@ -199,7 +241,12 @@ pub fn operation_counts(history: &[Operation<JobInput, JobOutput>]) -> BTreeMap<
 pub struct StreamResult {
     pub job_id: String,
     pub final_status: String,
+    /// The job's restart count as last read, also when it did not end.
     pub restarts: u32,
+    /// The highest subtask epoch last read: every placement takes a new one, so epochs far above
+    /// what the restarts explain point at placements that keep failing.
+    #[serde(default)]
+    pub max_epoch: u64,
     pub expected_lines: u64,
     pub lines: u64,
     pub exact: bool,
@@ -232,6 +279,8 @@ pub struct Report {
     pub throughput_dip_percent: BTreeMap<String, Percentiles>,
     pub throughput: Vec<ThroughputSample>,
     pub leaders: Vec<LeaderObservation>,
+    #[serde(default)]
+    pub elections: ElectionFigures,
 }
 
 impl Report {
@@ -271,12 +320,21 @@ impl Report {
         text += &format!("faults: {:?}\n", self.faults_by_kind);
         text += &format!("operations: {:?}\n", self.operations);
         text += &format!("checkpoint polls: {}\n", self.checkpoint_polls);
+        text += &format!(
+            "raft: terms {} -> {} ({} new, {:.1} per fault), {} leader changes\n",
+            self.elections.first_term,
+            self.elections.last_term,
+            self.elections.new_terms,
+            self.elections.new_terms_per_fault,
+            self.elections.leader_changes
+        );
         if let Some(stream) = &self.stream {
             text += &format!(
-                "stream {}: {} after {} restarts ({:.1} s after the faults), {} of {} lines, {}\n",
+                "stream {}: {} after {} restarts (epochs up to {}; {:.1} s after the faults), {} of {} lines, {}\n",
                 stream.job_id,
                 stream.final_status,
                 stream.restarts,
+                stream.max_epoch,
                 stream.settle_ms as f64 / 1000.0,
                 stream.lines,
                 stream.expected_lines,
@@ -319,6 +377,25 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elections_count_new_terms_and_leader_changes() {
+        let observe = |at_us, leader, term| LeaderObservation { at_us, leader, term };
+        let leaders = [
+            observe(0, Some(1), Some(4)),
+            observe(1, None, None),
+            observe(2, Some(1), Some(4)),
+            observe(3, Some(2), Some(6)),
+            observe(4, None, Some(7)),
+            observe(5, Some(2), Some(7)),
+            observe(6, Some(1), Some(8)),
+        ];
+        let figures = election_figures(&leaders, 2);
+        assert_eq!((figures.first_term, figures.last_term, figures.new_terms), (4, 8, 4));
+        assert_eq!(figures.leader_changes, 2);
+        assert!((figures.new_terms_per_fault - 2.0).abs() < 1e-9);
+        assert_eq!(election_figures(&[], 0), ElectionFigures::default());
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

@@ -23,8 +23,8 @@ use crate::history::{Operation, Outcome};
 use crate::job_table::{check_job_table, JobInput, JobOutput, JobState};
 use crate::network::{node_endpoint, NetMode, Network};
 use crate::report::{
-    by_kind, checkpoint_recovery_ms, metadata_recovery_ms, operation_counts, throughput, throughput_dips, FaultRecord,
-    LeaderObservation, Report, StreamResult,
+    by_kind, checkpoint_recovery_ms, election_figures, metadata_recovery_ms, operation_counts, throughput,
+    throughput_dips, FaultRecord, LeaderObservation, Report, StreamResult,
 };
 use crate::schedule::{schedule, FaultKind, ScheduledFault, Target};
 
@@ -200,6 +200,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     for fault in &faults {
         *faults_by_kind.entry(fault.kind.name().to_owned()).or_insert(0) += 1;
     }
+    let elections = election_figures(&leaders, faults.len());
     let report = Report {
         seed: config.seed,
         time_limit_s: config.time_limit.as_secs(),
@@ -219,6 +220,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         throughput_dip_percent: by_kind(&throughput_dips(&faults, &throughput_samples, 2.0)),
         faults,
         throughput: throughput_samples,
+        elections,
         leaders,
     };
     let timeline_path = config.out.join("timeline.svg");
@@ -666,11 +668,14 @@ async fn poll_checkpoints(
                 polls.checkpoints.push(observation);
             }
         }
-        let leader = client.cluster_status().await.ok().and_then(|status| status.leader_id);
+        let status = client.cluster_status().await.ok();
+        let leader = status.as_ref().and_then(|status| status.leader_id);
+        let term = status.and_then(|status| status.nodes.iter().map(|node| node.term).max());
         if let Ok(mut polls) = polls.lock() {
             polls.leaders.push(LeaderObservation {
                 at_us: clock.now_us(),
                 leader,
+                term,
             });
         }
         if let Ok(job) = client.get_job(&job_id, pb::ReadConsistency::Linearizable).await {
@@ -862,22 +867,39 @@ async fn finish_stream(
     let check = check_output(&spec.output_dir, &spec.expected_counts())?;
     let expected_lines = spec.records * spec.words_per_record;
     let mut problems = check.problems.clone();
-    let (final_status, restarts) = match &ended {
+    let max_epoch = |job: &pb::Job| job.subtasks.iter().map(|subtask| subtask.epoch).max().unwrap_or(0);
+    let (final_status, restarts, epochs) = match &ended {
         Ok(job) => {
             if job.status != "Finished" {
                 problems.insert(0, format!("job ended {}: {}", job.status, job.status_reason));
             }
-            (job.status.clone(), job.restart_count)
+            (job.status.clone(), job.restart_count, max_epoch(job))
         }
         Err(timeout) => {
-            problems.insert(0, timeout.to_string());
-            ("not ended".to_owned(), 0)
+            // Name the job, how often it restarted and where its placements stand: a job that
+            // keeps restarting without progress is a different defect than one that is stuck.
+            let last = client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok();
+            let (status, restarts, epochs) = last.as_ref().map_or(("unknown".to_owned(), 0, 0), |job| {
+                (
+                    format!("{}: {}", job.status, job.status_reason),
+                    job.restart_count,
+                    max_epoch(job),
+                )
+            });
+            problems.insert(
+                0,
+                format!(
+                    "{job_id} {timeout}; it restarted {restarts} times, epochs up to {epochs}, last status {status}"
+                ),
+            );
+            ("not ended".to_owned(), restarts, epochs)
         }
     };
     Ok(StreamResult {
         job_id: job_id.to_owned(),
         final_status,
         restarts,
+        max_epoch: epochs,
         expected_lines,
         lines: check.lines,
         exact: problems.is_empty() && check.lines == expected_lines,

@@ -148,14 +148,17 @@ mod tests {
             LeaderObservation {
                 at_us: 0,
                 leader: Some(2),
+                term: None,
             },
             LeaderObservation {
                 at_us: 5_100_000,
                 leader: None,
+                term: None,
             },
             LeaderObservation {
                 at_us: 5_400_000,
                 leader: Some(3),
+                term: None,
             },
         ];
         let svg = render(&faults, &leaders, &[], &[], 10.0);

@@ -113,3 +113,38 @@ fn partitions_and_kills_on_network_namespaces_find_nothing() {
     assert!(text.contains("\"partition\""), "no partition injected:\n{text}");
     assert!(text.contains("exactly once"), "{text}");
 }
+
+/// Whole-cluster crashes, one after another with kills between them: the fault that once left a
+/// job restoring forever from a checkpoint whose sink files a restart had deleted.
+#[test]
+fn repeated_whole_cluster_restarts_find_nothing_and_keep_terms_low() {
+    let _turn = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let directory = tempfile::tempdir().unwrap_or_else(|error| panic!("temp dir: {error}"));
+    let out = directory.path().join("restart-all");
+    let (code, text) = run(
+        &out,
+        &[
+            "--seed",
+            "8675309",
+            "--time-limit",
+            "45s",
+            "--faults",
+            "restart-all,kill",
+            "--workload",
+            "stream,checkpoints",
+        ],
+    );
+    assert_eq!(code, Some(0), "restarts of every process must show no anomaly:\n{text}");
+    assert!(text.contains("\"restart-all\""), "no restart-all injected:\n{text}");
+    assert!(text.contains("exactly once"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap_or_default())
+            .unwrap_or_else(|error| panic!("report.json: {error}\n{text}"));
+    let per_fault = report["elections"]["new_terms_per_fault"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        per_fault <= 3.0,
+        "on average at most 3 new terms per fault, saw {per_fault}:\n{text}"
+    );
+}

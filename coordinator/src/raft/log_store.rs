@@ -154,12 +154,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+impl LogStore {
+    /// The id of the last entry written to the log (or purged behind a snapshot): what a
+    /// pre-vote compares, since openraft 0.9 does not expose its own view of it.
+    pub fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED_KEY)?;
+        Ok(self.last_log_id_in_log()?.or(last_purged_log_id))
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED_KEY)?;
-        let last_log_id = self.last_log_id_in_log()?.or(last_purged_log_id);
+        let last_log_id = self.last_log_id()?;
         Ok(LogState {
             last_purged_log_id,
             last_log_id,

@@ -4,6 +4,7 @@
 mod election_trigger;
 mod log_store;
 mod network;
+pub mod pre_vote;
 mod state_store;
 #[cfg(test)]
 mod tests;

@@ -1,23 +1,34 @@
 //! `RaftService`: the receiving end of the Raft network.
 
+use std::time::Duration;
+
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
 use raftstream_proto::v1 as pb;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::raft::{CoordinatorRaft, LeaderContact, TypeConfig};
+use crate::raft::pre_vote::{decide, PreVoteRequest, VoterView};
+use crate::raft::{CoordinatorRaft, LeaderContact, LogStore, TypeConfig};
 
 /// The `RaftService` of one coordinator.
 #[derive(Clone)]
 pub struct RaftServiceImpl {
     raft: CoordinatorRaft,
     leader_contact: LeaderContact,
+    /// For pre-votes: this node's log, and how long a leader's contact holds.
+    log: LogStore,
+    leader_lease: Duration,
 }
 
 impl RaftServiceImpl {
-    /// The Raft service feeding `raft`.
-    pub fn new(raft: CoordinatorRaft, leader_contact: LeaderContact) -> Self {
-        RaftServiceImpl { raft, leader_contact }
+    /// The Raft service feeding `raft`, whose log is `log`.
+    pub fn new(raft: CoordinatorRaft, leader_contact: LeaderContact, log: LogStore, leader_lease: Duration) -> Self {
+        RaftServiceImpl {
+            raft,
+            leader_contact,
+            log,
+            leader_lease,
+        }
     }
 }
 
@@ -51,5 +62,22 @@ impl pb::raft_service_server::RaftService for RaftServiceImpl {
     async fn install_snapshot(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(request.get_ref(), "install-snapshot")?;
         encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn pre_vote(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc: PreVoteRequest = decode(request.get_ref(), "pre-vote")?;
+        let last_log_id = self
+            .log
+            .last_log_id()
+            .map_err(|error| Status::internal(format!("reading the last log id for a pre-vote: {error}")))?;
+        let voter = VoterView {
+            is_leader: self.raft.metrics().borrow().state == openraft::ServerState::Leader,
+            since_leader: self.leader_contact.elapsed(),
+            lease: self.leader_lease,
+            last_log_id,
+        };
+        let answer = decide(&rpc, &voter);
+        tracing::debug!(candidate = rpc.candidate_id, granted = answer.granted, reason = %answer.reason, "pre-vote");
+        encode(&answer)
     }
 }

@@ -1,0 +1,141 @@
+//! Elections on a real three-coordinator cluster whose links run through the harness's fault
+//! proxies: a follower cut off for 5 s, paused for 3 s, or killed and restarted must not depose a
+//! leader that kept its quorum, and terms grow by at most a handful through all of it (pre-vote).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use raftstream::local_cluster::{poll_until, LocalCluster};
+use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::leader::ExecutorSettings;
+use raftstream_coordinator::node::RaftSettings;
+use raftstream_jepsen::network::{node_endpoint, NetMode, Network};
+use raftstream_proto::v1 as pb;
+
+/// The `raftstream` binary Cargo built next to this package's harness.
+fn raftstream_binary() -> PathBuf {
+    let harness = PathBuf::from(env!("CARGO_BIN_EXE_raftstream-jepsen"));
+    harness.with_file_name("raftstream")
+}
+
+/// What the cluster reports: (leader, the highest term any node is at).
+async fn leader_and_term(client: &ClusterClient) -> Option<(u64, u64)> {
+    let status = client.cluster_status().await.ok()?;
+    let term = status.nodes.iter().map(|node| node.term).max()?;
+    Some((status.leader_id?, term))
+}
+
+/// Polls the cluster for `duration`, recording every leader it reports; returns the distinct
+/// leaders seen and the highest term.
+async fn watch(client: &ClusterClient, duration: Duration, leaders: &mut BTreeSet<u64>, term: &mut u64) {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        if let Some((leader, seen_term)) = leader_and_term(client).await {
+            leaders.insert(leader);
+            *term = (*term).max(seen_term);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `node_id` follows the leader again at the leader's term.
+async fn caught_up(client: &ClusterClient, node_id: u64) -> anyhow::Result<pb::NodeStatus> {
+    poll_until(
+        "the node to follow the leader again",
+        Duration::from_secs(30),
+        || async {
+            let status = client.cluster_status().await.ok()?;
+            let leader = status.nodes.iter().find(|node| node.state == "Leader")?.clone();
+            let node = status.nodes.iter().find(|node| node.node_id == node_id)?.clone();
+            (node.state == "Follower" && node.term == leader.term && node.leader_id == Some(leader.node_id))
+                .then_some(node)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_isolated_paused_or_restarted_does_not_depose_a_leader_with_a_quorum() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let network = Network::start(NetMode::Proxy, 3, &[]).await?;
+    let mut cluster = LocalCluster::start_routed(
+        &raftstream_binary(),
+        directory.path(),
+        3,
+        network.node_addresses.values().cloned().collect(),
+        RaftSettings::default(),
+        ExecutorSettings::default(),
+        network.wiring()?,
+    )?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(5))?;
+    let (_, start_term) = poll_until("the cluster status", Duration::from_secs(10), || {
+        leader_and_term(&client)
+    })
+    .await?;
+    let follower = cluster
+        .nodes()
+        .map(|node| node.node_id)
+        .find(|node_id| *node_id != leader)
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let mut leaders = BTreeSet::from([leader]);
+    let mut term = start_term;
+
+    // --- isolate the follower from both other coordinators for 5 s, then heal
+    let isolated = BTreeSet::from([node_endpoint(follower)]);
+    let rest: BTreeSet<String> = network.endpoints().difference(&isolated).cloned().collect();
+    network.cut_between(&isolated, &rest)?;
+    watch(&client, Duration::from_secs(5), &mut leaders, &mut term).await;
+    network.heal()?;
+    caught_up(&client, follower).await?;
+    watch(&client, Duration::from_secs(1), &mut leaders, &mut term).await;
+    anyhow::ensure!(
+        leaders == BTreeSet::from([leader]),
+        "an isolated follower's return changed the leader: saw {leaders:?}"
+    );
+    let after_isolation = term;
+
+    // --- pause the follower for 3 s (longer than the election timeout), then resume it
+    cluster.signal_node(follower, true)?;
+    watch(&client, Duration::from_secs(3), &mut leaders, &mut term).await;
+    cluster.signal_node(follower, false)?;
+    caught_up(&client, follower).await?;
+    watch(&client, Duration::from_secs(1), &mut leaders, &mut term).await;
+    anyhow::ensure!(
+        leaders == BTreeSet::from([leader]),
+        "a paused follower's return changed the leader: saw {leaders:?}"
+    );
+
+    // --- kill -9 the follower and restart it
+    cluster.kill(follower)?;
+    watch(&client, Duration::from_secs(1), &mut leaders, &mut term).await;
+    cluster.restart(follower)?;
+    caught_up(&client, follower).await?;
+    watch(&client, Duration::from_secs(1), &mut leaders, &mut term).await;
+    anyhow::ensure!(
+        leaders == BTreeSet::from([leader]),
+        "a restarted follower changed the leader: saw {leaders:?}"
+    );
+    anyhow::ensure!(
+        term <= start_term + 2,
+        "terms grew from {start_term} to {term} ({after_isolation} after the isolation) while the leader kept its quorum"
+    );
+
+    // --- and a real leader failure still elects a new leader, with one or two new terms
+    cluster.kill(leader)?;
+    let failover_started = Instant::now();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await?;
+    let failover = failover_started.elapsed();
+    let (_, failover_term) = poll_until("the cluster status", Duration::from_secs(10), || {
+        leader_and_term(&client)
+    })
+    .await?;
+    anyhow::ensure!(new_leader != leader, "the killed leader is still reported");
+    anyhow::ensure!(
+        failover_term <= term + 2,
+        "electing a new leader took terms {term} -> {failover_term}"
+    );
+    tracing::info!(?failover, "new leader elected");
+    Ok(())
+}
