@@ -459,7 +459,7 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                 OutputFormat::Json => {
                     let list: Vec<_> = checkpoints
                         .iter()
-                        .map(|c| json!({"checkpoint_id": c.checkpoint_id, "epoch": c.epoch, "size_bytes": c.size_bytes, "completed_at_ms": c.completed_at_ms, "task_states": c.task_states.len()}))
+                        .map(|c| json!({"checkpoint_id": c.checkpoint_id, "epoch": c.epoch, "size_bytes": c.size_bytes, "triggered_at_ms": c.triggered_at_ms, "completed_at_ms": c.completed_at_ms, "duration_ms": c.completed_at_ms.saturating_sub(c.triggered_at_ms), "task_states": c.task_states.len()}))
                         .collect();
                     println!("{}", serde_json::Value::Array(list));
                 }
@@ -472,10 +472,19 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                                 c.epoch.to_string(),
                                 c.size_bytes.to_string(),
                                 c.completed_at_ms.to_string(),
+                                // Checkpoints recorded before trigger times were kept show none.
+                                if c.triggered_at_ms == 0 {
+                                    "-".to_owned()
+                                } else {
+                                    c.completed_at_ms.saturating_sub(c.triggered_at_ms).to_string()
+                                },
                             ]
                         })
                         .collect();
-                    print_table(&["CHECKPOINT", "EPOCH", "BYTES", "COMPLETED_AT_MS"], rows);
+                    print_table(
+                        &["CHECKPOINT", "EPOCH", "BYTES", "COMPLETED_AT_MS", "DURATION_MS"],
+                        rows,
+                    );
                 }
             }
         }
@@ -502,6 +511,8 @@ pub fn job_json(job: &pb::Job) -> serde_json::Value {
         "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms,
         "last_checkpoint_id": job.last_checkpoint_id,
+        "restored_checkpoint_id": job.restored_checkpoint_id,
+        "restored_at_ms": job.restored_at_ms,
         "subtasks": job.subtasks.iter().map(|s| json!({
             "operator_id": s.operator_id, "subtask_index": s.subtask_index,
             "executor_id": if s.executor_id.is_empty() { serde_json::Value::Null } else { json!(s.executor_id) },
@@ -528,6 +539,9 @@ fn print_job(job: &pb::Job) {
         job.last_checkpoint_id
             .map_or("none completed".to_owned(), |id| id.to_string())
     );
+    if let Some(restored) = job.restored_checkpoint_id {
+        println!("restored:    checkpoint {restored} (at {} ms)", job.restored_at_ms);
+    }
     // An ended job has released its slots.
     let ended = matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled");
     let rows = job

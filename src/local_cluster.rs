@@ -88,6 +88,8 @@ pub struct ClusterWiring {
     /// Per process (`node-N` or an executor id): the Linux network namespace it runs in
     /// (started through `ip netns exec`, which execs, so the child's pid is the process's).
     pub network_namespaces: BTreeMap<String, String>,
+    /// Environment every coordinator process starts with (failpoints in tests).
+    pub coordinator_environment: Vec<(String, String)>,
 }
 
 /// How an executor is wired when its links go through somewhere else (the fault proxy).
@@ -271,6 +273,12 @@ impl LocalCluster {
             .env(
                 "RUST_LOG",
                 std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()),
+            )
+            .envs(
+                self.wiring
+                    .coordinator_environment
+                    .iter()
+                    .map(|(key, value)| (key, value)),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod dial;
 pub mod error;
+pub mod failpoints;
 pub mod ids;
 pub mod leader;
 pub mod node;

@@ -191,6 +191,11 @@ impl CoordinatorConfig {
 /// Runs one coordinator until `shutdown` is cancelled.
 pub async fn run_coordinator(config: CoordinatorConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     let span = tracing::info_span!("coordinator", node_id = config.node_id);
+    if let Ok(failpoints) = std::env::var(crate::failpoints::VARIABLE) {
+        span.in_scope(
+            || tracing::warn!(%failpoints, "FAILPOINTS SET: this coordinator perturbs its timing on purpose"),
+        );
+    }
     serve(config, shutdown).instrument(span).await
 }
 

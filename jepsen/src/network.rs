@@ -129,7 +129,7 @@ impl Network {
     pub fn wiring(&self) -> anyhow::Result<ClusterWiring> {
         let mut wiring = ClusterWiring {
             coordinator_dial: self.coordinator_dial(),
-            network_namespaces: BTreeMap::new(),
+            ..ClusterWiring::default()
         };
         if let Fabric::Namespaces(namespaces) = &self.fabric {
             for endpoint in self.endpoints() {

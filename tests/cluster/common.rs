@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use raftstream::local_cluster::LocalCluster;
+use raftstream::local_cluster::{ClusterWiring, LocalCluster};
 use raftstream_coordinator::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
@@ -45,6 +45,15 @@ impl TestCluster {
     }
 
     pub async fn start_with(settings: RaftSettings, executors: ExecutorSettings) -> anyhow::Result<Self> {
+        Self::start_wired(settings, executors, ClusterWiring::default()).await
+    }
+
+    /// A cluster whose coordinators start as `wiring` says (environment, dial addresses).
+    pub async fn start_wired(
+        settings: RaftSettings,
+        executors: ExecutorSettings,
+        wiring: ClusterWiring,
+    ) -> anyhow::Result<Self> {
         init_tracing();
         // The OS picks each coordinator's port, but the harness must close it before the child
         // binds it, and another test's outgoing connection can take it in between (the
@@ -53,13 +62,14 @@ impl TestCluster {
         let mut attempt = 1;
         loop {
             let directory = tempfile::Builder::new().prefix("raftstream-test-").tempdir()?;
-            let mut cluster = LocalCluster::start_with(
+            let mut cluster = LocalCluster::start_routed(
                 &binary(),
                 directory.path(),
                 3,
                 Vec::new(),
                 settings.clone(),
                 executors.clone(),
+                wiring.clone(),
             )?;
             match cluster.wait_for_leader(Duration::from_secs(30)).await {
                 Ok(_) => return Ok(TestCluster { cluster, directory }),
@@ -142,4 +152,22 @@ pub async fn local_job_names(cluster: &TestCluster, node_id: u64) -> Option<Vec<
 pub async fn placement(client: &ClusterClient, job_id: &str) -> Option<raftstream::demo::Placement> {
     let job = client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()?;
     Some(raftstream::demo::placement_of(&job))
+}
+
+/// A child's log line without its terminal colour codes.
+pub fn without_ansi_colors(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for code in chars.by_ref() {
+                if code.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }

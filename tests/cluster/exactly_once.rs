@@ -8,7 +8,7 @@ use raftstream::wordcount::{check_output, WordCountJob};
 use raftstream_coordinator::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, fast_executors, test_settings, TestCluster};
+use crate::common::{eventually, fast_executors, test_settings, without_ansi_colors, TestCluster};
 use crate::s3_peer::S3Peer;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -351,23 +351,6 @@ async fn a_paused_sink_executor_is_fenced_and_publishes_nothing() -> anyhow::Res
         "aborted {aborted:?} but listed {listed:?}"
     );
     Ok(())
-}
-
-fn without_ansi_colors(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for code in chars.by_ref() {
-                if code.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 /// The checkpoint ids the coordinators' logs say were aborted.

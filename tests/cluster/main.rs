@@ -12,6 +12,7 @@ mod failover;
 mod membership;
 mod operators;
 mod replication;
+mod restore_races;
 mod s3_peer;
 mod snapshot_catchup;
 mod zombie_executor;

@@ -174,6 +174,10 @@ impl Coordinator {
             })
             .collect();
         let size_bytes = checkpoint.size_bytes;
+        if let Some(hold_ms) = crate::failpoints::value(crate::failpoints::HOLD_CHECKPOINT_COMPLETION_MS) {
+            tracing::warn!(job_id = %job_id, checkpoint_id = checkpoint_id.0, hold_ms, "failpoint: holding the checkpoint's completion");
+            tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
+        }
         let took_ms = now_ms().saturating_sub(pending.triggered_at_ms);
         match self
             .context
@@ -206,6 +210,7 @@ impl Coordinator {
             }
             Ok(other) => tracing::warn!(response = ?other, "unexpected answer to CompleteCheckpoint"),
             Err(error) => {
+                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, error = %error, "checkpoint not committed");
                 self.pending.insert(job_id.clone(), pending);
                 self.abort(&job_id, &format!("could not commit it: {error}"));
             }

@@ -119,12 +119,28 @@ impl ElectionTrigger {
                 .filter_map(|id| membership.get_node(&id).map(|node| (id, node.addr.clone())))
                 .collect();
             let voter_count = voters.len() + 1;
+            let round_started = Instant::now();
             let granted = 1 + self.pre_vote_round(metrics.id, &voters).await;
             if !is_quorum(granted, voter_count) {
                 tracing::debug!(
                     granted,
                     voters = voter_count,
                     "pre-vote refused: not standing for election"
+                );
+                continue;
+            }
+            // Another node may have stood (this one voted for it: the term moved) or won (its
+            // leader was heard) while the round was out: standing now would only depose it.
+            let after = self.raft.metrics().borrow().clone();
+            let heard_since = self
+                .contact
+                .elapsed()
+                .is_some_and(|since| since < round_started.elapsed());
+            if after.current_term != metrics.current_term || heard_since || after.state == ServerState::Leader {
+                tracing::debug!(
+                    term = after.current_term,
+                    heard_since,
+                    "another election overtook the pre-vote: not standing"
                 );
                 continue;
             }

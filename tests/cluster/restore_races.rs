@@ -1,0 +1,197 @@
+//! A restore racing the completion of a newer checkpoint: the leader holds a checkpoint between its
+//! last acknowledgement and its commit (a failpoint, as a slow disk would), an executor of the job
+//! is killed meanwhile, and the job restarts from the checkpoint before, whose sinks delete the
+//! held checkpoint's pending files. The held checkpoint must then never complete; if it did, it
+//! would be the latest one while naming sink files that no longer exist (a chaos run found a job
+//! restoring forever from such a checkpoint).
+
+use std::path::Path;
+use std::time::Duration;
+
+use raftstream::local_cluster::ClusterWiring;
+use raftstream::wordcount::{check_output, WordCountJob};
+use raftstream_coordinator::client::ClusterClient;
+use raftstream_coordinator::failpoints;
+use raftstream_proto::v1 as pb;
+
+use crate::common::{eventually, fast_executors, test_settings, without_ansi_colors, TestCluster};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Longer than an executor's lease (1 s) plus the restart delay (200 ms) and the redeployment.
+const HOLD_MS: u64 = 3_000;
+
+/// The sink's checkpointed state, as the file sink writes it (inline in the Raft metadata).
+#[derive(serde::Deserialize)]
+struct SinkState {
+    epoch: u64,
+    pending: Vec<u64>,
+}
+
+/// Every pre-committed file a completed checkpoint of the job names must still be pending or
+/// published: that is what a restore of it will publish. The problems found, if any.
+fn missing_sink_files(checkpoints: &[pb::Checkpoint], output: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    for checkpoint in checkpoints {
+        for handle in checkpoint
+            .task_states
+            .iter()
+            .filter(|handle| handle.operator_id == "out")
+        {
+            let Ok(state) = serde_json::from_slice::<SinkState>(&handle.inline_state) else {
+                continue;
+            };
+            for id in state.pending {
+                let subtask = handle.subtask_index;
+                let pending = output
+                    .join(".pending")
+                    .join(format!("part-{subtask}-{id:012}-e{}", state.epoch));
+                // Pending first: a publish renames it, so the published file exists by the time
+                // it is looked for when the pending one was just renamed.
+                let published = output.join(format!("part-{subtask}-{id:012}.txt"));
+                if !pending.exists() && !published.exists() {
+                    missing.push(format!(
+                        "checkpoint {} names {} (neither pending nor published)",
+                        checkpoint.checkpoint_id,
+                        pending.display()
+                    ));
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// Log lines of every coordinator that contain all of `needles`.
+fn coordinator_log_lines(cluster: &TestCluster, needles: &[&str]) -> Vec<String> {
+    cluster
+        .cluster
+        .nodes()
+        .flat_map(|node| {
+            let log = without_ansi_colors(&std::fs::read_to_string(node.log_path()).unwrap_or_default());
+            log.lines()
+                .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn checkpoint_id_of(line: &str) -> Option<u64> {
+    let (_, rest) = line.split_once("checkpoint_id=")?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
+    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_held_past_a_restart_never_completes_and_output_stays_exact() -> anyhow::Result<()> {
+    let wiring = ClusterWiring {
+        coordinator_environment: vec![(
+            failpoints::VARIABLE.to_owned(),
+            format!("{}={HOLD_MS}", failpoints::HOLD_CHECKPOINT_COMPLETION_MS),
+        )],
+        ..ClusterWiring::default()
+    };
+    let mut cluster = TestCluster::start_wired(test_settings(), fast_executors(), wiring).await?;
+    for executor_id in ["exec-a", "exec-b"] {
+        cluster.cluster.start_executor(executor_id, 10)?;
+    }
+    let client = cluster.client()?;
+    eventually("the executors to connect", PATIENCE, || async {
+        let listed = client.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|e| e.connected).count() == 2).then_some(())
+    })
+    .await?;
+    let spec = WordCountJob {
+        seed: 23,
+        records: 36_000,
+        rate_per_second: Some(3_000),
+        parallelism: 2,
+        vocabulary_size: 80,
+        words_per_record: 4,
+        checkpoint_interval_ms: 200,
+        output_dir: cluster.path().join("output"),
+    };
+    let submitted = client.submit_job(&spec.spec("held-completion"), "held-1").await?;
+    let job_id = submitted.job_id;
+    let running = eventually("a first completed checkpoint", PATIENCE, || async {
+        job(&client, &job_id)
+            .await
+            .filter(|job| job.status == "Running" && job.last_checkpoint_id.is_some())
+    })
+    .await?;
+    let completed_before = running.last_checkpoint_id.unwrap_or(0);
+
+    tracing::info!("--- wait until the leader holds the next checkpoint, every acknowledgement in");
+    let held = eventually("the leader to hold a checkpoint's completion", PATIENCE, || async {
+        coordinator_log_lines(&cluster, &["holding the checkpoint's completion"])
+            .iter()
+            .filter_map(|line| checkpoint_id_of(line))
+            .find(|id| *id > completed_before)
+    })
+    .await?;
+    let victim = running
+        .subtasks
+        .iter()
+        .find(|subtask| subtask.operator_id == "out" && !subtask.executor_id.is_empty())
+        .map(|subtask| subtask.executor_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("the sink is not placed"))?;
+    tracing::info!(held, %victim, "--- kill -9 an executor of the job while checkpoint {held} is held");
+    cluster.cluster.kill_executor(&victim)?;
+
+    // The restart releases the placement that acknowledged `held`; the redeployed sinks restore
+    // the checkpoint before it and delete its pending files. Its completion must be refused.
+    let refused = eventually("the held checkpoint's completion to be decided", PATIENCE, || async {
+        let lines = coordinator_log_lines(&cluster, &["checkpoint not committed", "no longer runs"]);
+        if let Some(line) = lines.into_iter().find(|line| checkpoint_id_of(line) == Some(held)) {
+            return Some(Ok(line));
+        }
+        let checkpoints = client.list_checkpoints(&job_id).await.ok()?;
+        checkpoints.iter().any(|checkpoint| checkpoint.checkpoint_id == held).then(|| {
+            Err(anyhow::anyhow!(
+                "checkpoint {held} completed after a restart released the placement that acknowledged it; sink files it names: {:?}",
+                missing_sink_files(&checkpoints, &spec.output_dir)
+            ))
+        })
+    })
+    .await??;
+    tracing::info!(%refused, "--- refused");
+    let missing = missing_sink_files(&client.list_checkpoints(&job_id).await?, &spec.output_dir);
+    anyhow::ensure!(missing.is_empty(), "{}", missing.join("; "));
+
+    // Through the end of the job, every completed checkpoint's sink files stay restorable.
+    let done = eventually("the job to end", Duration::from_secs(120), || async {
+        let job = job(&client, &job_id).await?;
+        if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
+            return Some(Ok(job));
+        }
+        let checkpoints = client.list_checkpoints(&job_id).await.ok()?;
+        if checkpoints.iter().any(|checkpoint| checkpoint.checkpoint_id == held) {
+            return Some(Err(anyhow::anyhow!(
+                "the held checkpoint {held} completed after its placement was released"
+            )));
+        }
+        let missing = missing_sink_files(&checkpoints, &spec.output_dir);
+        (!missing.is_empty()).then(|| Err(anyhow::anyhow!("{}", missing.join("; "))))
+    })
+    .await??;
+    anyhow::ensure!(
+        done.status == "Finished",
+        "job ended {}: {}",
+        done.status,
+        done.status_reason
+    );
+    anyhow::ensure!(done.restart_count >= 1, "the job must have restarted: {done:?}");
+    let check = check_output(&spec.output_dir, &spec.expected_counts())?;
+    anyhow::ensure!(
+        check.is_exact(),
+        "output is not exact ({} lines in {} files): {}",
+        check.lines,
+        check.files,
+        check.problems.join("; ")
+    );
+    assert_eq!(check.lines, spec.records * spec.words_per_record);
+    Ok(())
+}
