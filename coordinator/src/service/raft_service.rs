@@ -46,6 +46,15 @@ fn encode<T: Serialize>(result: &T) -> Result<Response<pb::RaftPayload>, Status>
 impl pb::raft_service_server::RaftService for RaftServiceImpl {
     async fn append_entries(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(request.get_ref(), "append-entries")?;
+        // The leader reached this node: that is contact, even when its RPC times out before the
+        // answer is back. openraft gives an AppendEntries the heartbeat interval (50 ms) and then
+        // drops it, which cancels this handler, so on a link slower than that, counting contact
+        // only from answered requests made every follower stand for election while the leader
+        // was plainly alive (a chaos run's delay faults took 10-20 terms each that way).
+        // Only a committed vote at least as new as ours is a leader's.
+        if rpc.vote.is_committed() && rpc.vote >= self.raft.metrics().borrow().vote {
+            self.leader_contact.touch();
+        }
         let result = self.raft.append_entries(rpc).await;
         // Anything but "higher vote" means we accepted the sender as our leader.
         if matches!(&result, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_))) {
