@@ -17,6 +17,10 @@ pub struct CheckpointObservation {
     /// Source records covered by the newest of them (from its source offsets), for throughput.
     #[serde(default)]
     pub records_committed: Option<u64>,
+    /// (checkpoint id, when the leader completed it on the run's clock): recovery is measured
+    /// from these, not from when a poll happened to see them.
+    #[serde(default)]
+    pub completed_at_us: Vec<(u64, u64)>,
 }
 
 /// A job restart seen by a client, with the checkpoint it restored (from the job's status).
@@ -139,6 +143,7 @@ mod tests {
             job_id: "job-1".into(),
             completed: completed.to_vec(),
             records_committed: None,
+            completed_at_us: Vec::new(),
         }
     }
 

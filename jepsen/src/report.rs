@@ -57,11 +57,21 @@ pub fn checkpoint_recovery_ms(faults: &[FaultRecord], polls: &[CheckpointObserva
                 .filter(|poll| poll.at_us <= fault.started_us)
                 .map(newest)
                 .max()?;
-            let recovered = polls
+            // The leader's completion time of the first newer checkpoint completed after the
+            // fault began; a poll's own time only where no completion time was recorded.
+            let completed = polls
                 .iter()
-                .filter(|poll| poll.at_us > fault.started_us && newest(poll) > before)
-                .map(|poll| poll.at_us)
-                .min()?;
+                .flat_map(|poll| poll.completed_at_us.iter())
+                .filter(|(id, at_us)| *id > before && *at_us >= fault.started_us)
+                .map(|(_, at_us)| *at_us)
+                .min();
+            let recovered = completed.or_else(|| {
+                polls
+                    .iter()
+                    .filter(|poll| poll.at_us > fault.started_us && newest(poll) > before)
+                    .map(|poll| poll.at_us)
+                    .min()
+            })?;
             Some((fault.kind, (recovered - fault.started_us) as f64 / 1_000.0))
         })
         .collect()
@@ -413,6 +423,7 @@ mod tests {
             job_id: "job-1".into(),
             completed: vec![records / 1_000],
             records_committed: Some(records),
+            completed_at_us: Vec::new(),
         };
         let polls = [
             poll(0, 0),
@@ -444,6 +455,7 @@ mod tests {
             job_id: "job-1".into(),
             completed: completed.to_vec(),
             records_committed: None,
+            completed_at_us: Vec::new(),
         };
         let polls = [
             poll(1_000, &[3]),
@@ -457,6 +469,22 @@ mod tests {
             started_us: 1_500,
             healed_us: 3_000,
         };
-        assert_eq!(checkpoint_recovery_ms(&[fault], &polls), vec![(FaultKind::Kill, 2.5)]);
+        assert_eq!(
+            checkpoint_recovery_ms(&[fault.clone()], &polls),
+            vec![(FaultKind::Kill, 2.5)]
+        );
+
+        // With the leader's completion times, recovery ends when checkpoint 4 completed (at
+        // 3,100 us), not when a poll saw it; 3 completed before the fault and does not count.
+        let timed = |at_us: u64, completed: &[(u64, u64)]| CheckpointObservation {
+            completed_at_us: completed.to_vec(),
+            ..poll(at_us, &completed.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        };
+        let polls = [
+            timed(1_000, &[(3, 900)]),
+            timed(2_500, &[(3, 900)]),
+            timed(4_000, &[(3, 900), (4, 3_100)]),
+        ];
+        assert_eq!(checkpoint_recovery_ms(&[fault], &polls), vec![(FaultKind::Kill, 1.6)]);
     }
 }

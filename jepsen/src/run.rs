@@ -49,14 +49,35 @@ pub struct RunConfig {
     pub net: NetMode,
 }
 
-/// Microseconds on the run's one clock.
+/// Microseconds on the run's one clock, which started at the wall-clock time `origin_ms`.
 #[derive(Clone, Copy)]
-struct Clock(Instant);
+struct Clock {
+    started: Instant,
+    origin_ms: u64,
+}
 
 impl Clock {
-    fn now_us(self) -> u64 {
-        self.0.elapsed().as_micros() as u64
+    fn start() -> Clock {
+        Clock {
+            started: Instant::now(),
+            origin_ms: wall_clock_ms(),
+        }
     }
+
+    fn now_us(self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// A wall-clock time (what the coordinators record, on this same machine) on this clock.
+    fn from_wall_ms(self, wall_ms: u64) -> u64 {
+        wall_ms.saturating_sub(self.origin_ms).saturating_mul(1_000)
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 type History = Arc<Mutex<Vec<Operation<JobInput, JobOutput>>>>;
@@ -84,7 +105,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         bail!("--executors must be at least 2, so a job can move when one fails");
     }
     let (mut cluster, network, admin) = start_cluster(&config).await?;
-    let clock = Clock(Instant::now());
+    let clock = Clock::start();
     let stop = CancellationToken::new();
 
     // The stream job goes first, so the scheduler serves it before the metadata clients' jobs.
@@ -105,6 +126,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         // often, on purpose.
         let mut spec: serde_json::Value = serde_json::from_str(&stream_spec.spec("jepsen-stream"))?;
         spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 1_000_000, "delay_ms": 200});
+        // Six seconds of completed checkpoints stay listed, so a poll slowed by a fault still
+        // sees the first one completed after it (recovery is read from completion times).
+        spec["checkpoint"]["retained"] = serde_json::json!(20);
         let job = admin.submit_job(&spec.to_string(), "jepsen-stream").await?;
         Some(job.job_id)
     } else {
@@ -663,6 +687,10 @@ async fn poll_checkpoints(
                 job_id: job_id.clone(),
                 completed: checkpoints.iter().map(|checkpoint| checkpoint.checkpoint_id).collect(),
                 records_committed: newest_generated_records(&checkpoints, parallelism),
+                completed_at_us: checkpoints
+                    .iter()
+                    .map(|checkpoint| (checkpoint.checkpoint_id, clock.from_wall_ms(checkpoint.completed_at_ms)))
+                    .collect(),
             };
             if let Ok(mut polls) = polls.lock() {
                 polls.checkpoints.push(observation);
