@@ -22,6 +22,9 @@ use crate::tasks::TaskManager;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const OUTBOUND_CAPACITY: usize = 64;
+/// Heartbeat intervals without any message from the leader after which the session is given up.
+const SILENT_HEARTBEATS: u32 = 3;
+const REGISTER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 const REPORT_CAPACITY: usize = 4_096;
 
 /// How to run one executor.
@@ -160,7 +163,10 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         executor_id: executor_id.clone(),
         address,
         slots: config.slots,
-        cluster: ClusterClient::new(&config.coordinators, Duration::from_secs(3600))?,
+        // Registering commits one Raft entry: a coordinator that takes a second for it is cut
+        // off or paused, and the next one is tried (the default waits 12 s per attempt).
+        cluster: ClusterClient::new(&config.coordinators, Duration::from_secs(3600))?
+            .with_attempt_timeout(REGISTER_ATTEMPT_TIMEOUT),
         coordinators: config.coordinators.clone(),
         dial,
     };
@@ -310,10 +316,22 @@ impl Session {
             return SessionEnd::Lost(None);
         }
         let mut client = ExecutorServiceClient::new(endpoint.connect_lazy());
+        // A coordinator behind a partition may accept the connection and then never answer:
+        // give it as long as a session may stay silent, then try the next one.
+        let open_timeout = heartbeat_interval * SILENT_HEARTBEATS;
         let opened = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            opened = client.session(tokio_stream::wrappers::ReceiverStream::new(outbound_receiver)) => opened,
+            opened = tokio::time::timeout(
+                open_timeout,
+                client.session(tokio_stream::wrappers::ReceiverStream::new(outbound_receiver)),
+            ) => match opened {
+                Ok(opened) => opened,
+                Err(_) => {
+                    tracing::info!(target, timeout_ms = open_timeout.as_millis() as u64, "no answer to the session request; trying another coordinator");
+                    return SessionEnd::Lost(None);
+                }
+            },
         };
         let mut inbound = match opened {
             Ok(response) => response.into_inner(),
@@ -335,11 +353,21 @@ impl Session {
         *backoff = FIRST_BACKOFF;
         let mut ticker = tokio::time::interval(heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The leader answers every heartbeat. A leader cut off by a partition or paused keeps
+        // the stream open without a word, and a new leader would declare this executor dead when
+        // the lease it granted ran out; so silence for a few heartbeats ends the session, and the
+        // executor finds the leader again while its tasks keep running.
+        let silence_limit = heartbeat_interval * SILENT_HEARTBEATS;
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = ticker.tick() => {
+                    if last_heard.elapsed() > silence_limit {
+                        tracing::info!(leader = target, silent_ms = last_heard.elapsed().as_millis() as u64, "no word from the leader; reconnecting");
+                        return SessionEnd::Lost(None);
+                    }
                     if outbound.send(self.heartbeat(tasks)).await.is_err() {
                         return SessionEnd::Lost(None);
                     }
@@ -356,7 +384,10 @@ impl Session {
                     }
                 }
                 received = inbound.message() => match received {
-                    Ok(Some(message)) => tasks.apply(&message),
+                    Ok(Some(message)) => {
+                        last_heard = tokio::time::Instant::now();
+                        tasks.apply(&message);
+                    }
                     Ok(None) => {
                         tracing::info!(leader = target, "session closed by the coordinator; reconnecting");
                         return SessionEnd::Lost(None);

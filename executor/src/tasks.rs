@@ -191,7 +191,8 @@ impl TaskManager {
                 tracing::info!(job_id = %aborted.job_id, checkpoint_id = aborted.checkpoint_id, reason = %aborted.reason, "checkpoint aborted");
                 self.tell_job(&aborted.job_id, |_| TaskControl::Aborted(aborted.checkpoint_id));
             }
-            None => {}
+            // The session's keepalive: the session loop notes it, the subtasks need nothing.
+            Some(Body::HeartbeatAck(_)) | None => {}
         }
     }
 

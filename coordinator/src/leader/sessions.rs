@@ -65,6 +65,10 @@ pub enum ExecutorCommand {
     },
     /// The job ended (finished or cancelled): its checkpointed state can go.
     DiscardJobState(JobId),
+    /// A heartbeat arrived; the leader of `term` is alive and reachable.
+    HeartbeatAck {
+        term: u64,
+    },
 }
 
 /// What executors report that the leader's duties act on.

@@ -261,6 +261,7 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
         ExecutorCommand::DiscardJobState(job_id) => Body::DiscardJobState(pb::DiscardJobState {
             job_id: job_id.0.clone(),
         }),
+        ExecutorCommand::HeartbeatAck { term } => Body::HeartbeatAck(pb::HeartbeatAck { term: *term }),
         ExecutorCommand::CheckpointAborted {
             job_id,
             checkpoint_id,

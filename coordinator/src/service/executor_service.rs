@@ -195,6 +195,8 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                 match message.body {
                     Some(pb::executor_message::Body::Heartbeat(heartbeat)) => {
                         sessions.touch(&reader_id);
+                        let term = context.raft.metrics().borrow().current_term;
+                        sessions.send(&reader_id, ExecutorCommand::HeartbeatAck { term });
                         let reported: Vec<_> = heartbeat.running_tasks.iter().filter_map(task_ref_from_proto).collect();
                         sessions.set_finished(
                             &reader_id,
