@@ -21,7 +21,7 @@ use raftstream_proto::v1 as pb;
 
 use crate::bench::{millis, percentile};
 use crate::local_cluster::{poll_until, LocalCluster};
-use crate::wordcount::{check_output, WordCountJob};
+use crate::wordcount::{check_output, generated_records, WordCountJob};
 
 /// Options of `bench stream`.
 #[derive(Debug, Args)]
@@ -262,22 +262,6 @@ impl ThroughputRun {
     }
 }
 
-/// Records the generator subtasks of a checkpoint had emitted, from their offsets: subtask `i`
-/// of `p` emits offsets `i, i + p, ...` and records the next one.
-fn emitted_records(checkpoint: &pb::Checkpoint, parallelism: u32) -> u64 {
-    let parallelism = u64::from(parallelism.max(1));
-    checkpoint
-        .source_offsets
-        .iter()
-        .map(|offset| {
-            offset
-                .offset
-                .saturating_sub(u64::from(offset.subtask_index))
-                .div_ceil(parallelism)
-        })
-        .sum()
-}
-
 fn median_of(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
@@ -335,7 +319,7 @@ async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str)
     let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-3);
     let checkpoints_while_flowing = checkpoints
         .values()
-        .filter(|checkpoint| emitted_records(checkpoint, spec.parallelism) < spec.records)
+        .filter(|checkpoint| generated_records(checkpoint, u64::from(spec.parallelism)) < spec.records)
         .map(|checkpoint| Duration::from_millis(checkpoint.completed_at_ms.saturating_sub(checkpoint.triggered_at_ms)))
         .collect();
     Ok(ThroughputRun {

@@ -74,6 +74,22 @@ impl WordCountJob {
     }
 }
 
+/// Lines a checkpoint's generator offsets cover: generator subtask `i` of `parallelism` emits
+/// offsets `i, i + parallelism, ...` and records the next one.
+pub fn generated_records(checkpoint: &raftstream_proto::v1::Checkpoint, parallelism: u64) -> u64 {
+    let parallelism = parallelism.max(1);
+    checkpoint
+        .source_offsets
+        .iter()
+        .map(|offset| {
+            offset
+                .offset
+                .saturating_sub(u64::from(offset.subtask_index))
+                .div_ceil(parallelism)
+        })
+        .sum()
+}
+
 /// What the committed output holds compared with the expected counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutputCheck {

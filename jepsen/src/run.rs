@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use raftstream::local_cluster::{poll_until, LocalCluster};
-use raftstream::wordcount::{check_output, WordCountJob};
+use raftstream::wordcount::{check_output, generated_records, WordCountJob};
 use raftstream_coordinator::client::{ClientError, ClusterClient};
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
@@ -745,22 +745,6 @@ fn newest_generated_records(checkpoints: &[pb::Checkpoint], parallelism: u64) ->
         .iter()
         .max_by_key(|checkpoint| checkpoint.checkpoint_id)
         .map(|newest| generated_records(newest, parallelism))
-}
-
-/// Lines a checkpoint's generator offsets cover: generator subtask `i` of `parallelism` emits
-/// offsets i, i + parallelism, ..., and records the next one.
-fn generated_records(checkpoint: &pb::Checkpoint, parallelism: u64) -> u64 {
-    let parallelism = parallelism.max(1);
-    checkpoint
-        .source_offsets
-        .iter()
-        .map(|offset| {
-            offset
-                .offset
-                .saturating_sub(u64::from(offset.subtask_index))
-                .div_ceil(parallelism)
-        })
-        .sum()
 }
 
 /// How long the settle phase waits for the stream job to end. A job still catching up after the
