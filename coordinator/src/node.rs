@@ -157,6 +157,12 @@ impl CoordinatorConfig {
                 executors.lease_timeout_ms, executors.heartbeat_interval_ms
             )));
         }
+        if executors.session_break_grace_ms == 0 || executors.session_break_grace_ms > executors.lease_timeout_ms {
+            return Err(NodeError::InvalidConfig(format!(
+                "executors.session_break_grace_ms ({}) must be above 0 and at most executors.lease_timeout_ms ({})",
+                executors.session_break_grace_ms, executors.lease_timeout_ms
+            )));
+        }
         if self.bootstrap && !self.initial_members.contains_key(&self.node_id) {
             return Err(NodeError::InvalidConfig(format!(
                 "bootstrap is on but node {} is not among initial_members {:?}",

@@ -20,7 +20,9 @@ use crate::runtime::task::TaskEnvironment;
 use crate::tasks::TaskManager;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest wait between registration attempts. A registration is one small request; waiting
+/// longer only delays the executor's first work after the coordinators (re)start together.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 const OUTBOUND_CAPACITY: usize = 64;
 /// Heartbeat intervals without any message from the leader after which the session is given up.
 const SILENT_HEARTBEATS: u32 = 3;

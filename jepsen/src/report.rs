@@ -48,6 +48,31 @@ pub fn percentiles(values: &[f64]) -> Option<Percentiles> {
 /// For each fault, how long after it started the job completed a new checkpoint: the stream's
 /// recovery time, at the resolution of the checkpoint polls.
 pub fn checkpoint_recovery_ms(faults: &[FaultRecord], polls: &[CheckpointObservation]) -> Vec<(FaultKind, f64)> {
+    recoveries_per_fault(faults, polls)
+        .into_iter()
+        .map(|recovery| (recovery.kind, recovery.recovery_ms))
+        .collect()
+}
+
+/// One fault's stream recovery: which fault, and fault start -> next completed checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultRecovery {
+    pub kind: FaultKind,
+    pub target: String,
+    /// When the fault began, seconds since the start of the run.
+    pub started_s: f64,
+    pub recovery_ms: f64,
+}
+
+/// The slowest `count` stream recoveries, slowest first: where a tail comes from.
+pub fn slowest_recoveries(faults: &[FaultRecord], polls: &[CheckpointObservation], count: usize) -> Vec<FaultRecovery> {
+    let mut recoveries = recoveries_per_fault(faults, polls);
+    recoveries.sort_by(|a, b| b.recovery_ms.total_cmp(&a.recovery_ms));
+    recoveries.truncate(count);
+    recoveries
+}
+
+fn recoveries_per_fault(faults: &[FaultRecord], polls: &[CheckpointObservation]) -> Vec<FaultRecovery> {
     let newest = |poll: &CheckpointObservation| poll.completed.iter().copied().max().unwrap_or(0);
     faults
         .iter()
@@ -72,7 +97,12 @@ pub fn checkpoint_recovery_ms(faults: &[FaultRecord], polls: &[CheckpointObserva
                     .map(|poll| poll.at_us)
                     .min()
             })?;
-            Some((fault.kind, (recovered - fault.started_us) as f64 / 1_000.0))
+            Some(FaultRecovery {
+                kind: fault.kind,
+                target: fault.target.clone(),
+                started_s: fault.started_us as f64 / 1e6,
+                recovery_ms: (recovered - fault.started_us) as f64 / 1_000.0,
+            })
         })
         .collect()
 }
@@ -282,6 +312,9 @@ pub struct Report {
     pub stream: Option<StreamResult>,
     /// Fault start -> next completed checkpoint, per fault kind.
     pub stream_recovery_ms: BTreeMap<String, Percentiles>,
+    /// The faults with the longest stream recovery, slowest first.
+    #[serde(default)]
+    pub slowest_stream_recoveries: Vec<FaultRecovery>,
     /// Fault start -> next successful metadata operation, per fault kind.
     pub metadata_recovery_ms: BTreeMap<String, Percentiles>,
     /// How far committed throughput fell during each fault and 2 s after (percent below the
@@ -364,6 +397,15 @@ impl Report {
                     figures.p50, figures.p99, figures.max, figures.samples
                 );
             }
+        }
+        for recovery in &self.slowest_stream_recoveries {
+            text += &format!(
+                "slow stream recovery: {} of {} at {:.1} s took {:.0} ms\n",
+                recovery.kind.name(),
+                recovery.target,
+                recovery.started_s,
+                recovery.recovery_ms
+            );
         }
         for (kind, figures) in &self.throughput_dip_percent {
             text += &format!(

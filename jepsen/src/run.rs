@@ -23,8 +23,8 @@ use crate::history::{Operation, Outcome};
 use crate::job_table::{check_job_table, JobInput, JobOutput, JobState};
 use crate::network::{node_endpoint, NetMode, Network};
 use crate::report::{
-    by_kind, checkpoint_recovery_ms, election_figures, metadata_recovery_ms, operation_counts, throughput,
-    throughput_dips, FaultRecord, LeaderObservation, Report, StreamResult,
+    by_kind, checkpoint_recovery_ms, election_figures, metadata_recovery_ms, operation_counts, slowest_recoveries,
+    throughput, throughput_dips, FaultRecord, LeaderObservation, Report, StreamResult,
 };
 use crate::schedule::{schedule, FaultKind, ScheduledFault, Target};
 
@@ -94,7 +94,23 @@ struct Observations {
 }
 
 const STREAM_RATE: u64 = 2_000;
-const SLOTS_PER_EXECUTOR: u32 = 12;
+/// Enough for one executor to hold the stream job (10 subtasks) and every metadata job at once:
+/// a cluster provisioned for the loss of one executor (N+1), as operators run one. With less, the
+/// stream job would wait for the failed executor to return, and its recovery would measure the
+/// fault's duration rather than the system.
+const SLOTS_PER_EXECUTOR: u32 = 24;
+
+/// Metadata jobs kept running at once (two subtasks each). Clients submit more than they cancel;
+/// beyond this they cancel instead, so the jobs never crowd out the stream job's slots.
+const MAX_ACTIVE_METADATA_JOBS: usize = 6;
+
+/// The metadata jobs the clients know of: every one submitted, and those believed running (from
+/// answers and the latest list; a job whose submit went unanswered appears with the next list).
+#[derive(Debug, Default)]
+struct MetadataJobs {
+    known: Vec<String>,
+    active: std::collections::BTreeSet<String>,
+}
 
 /// Runs the cluster, the workloads and the faults; returns what the checkers found.
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
@@ -136,7 +152,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     };
 
     let history: History = Arc::new(Mutex::new(Vec::new()));
-    let known_jobs: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let known_jobs: Arc<Mutex<MetadataJobs>> = Arc::new(Mutex::new(MetadataJobs::default()));
     let mut workers = Vec::new();
     if config.metadata {
         for client_number in 0..config.clients {
@@ -182,7 +198,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
 
     // After healing: one more read of everything through the linearizable path.
     let final_reader = ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?;
-    let known: Vec<String> = known_jobs.lock().map(|jobs| jobs.clone()).unwrap_or_default();
+    let known: Vec<String> = known_jobs.lock().map(|jobs| jobs.known.clone()).unwrap_or_default();
     if config.metadata {
         let mut operations = Vec::new();
         operations.push(list_operation(&final_reader, clock, u32::MAX, stream_job.as_deref()).await);
@@ -240,6 +256,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         checkpoint_anomalies,
         stream,
         stream_recovery_ms: by_kind(&checkpoint_recovery_ms(&faults, &observations)),
+        slowest_stream_recoveries: slowest_recoveries(&faults, &observations, 8),
         metadata_recovery_ms: by_kind(&metadata_recovery_ms(&faults, &history)),
         throughput_dip_percent: by_kind(&throughput_dips(&faults, &throughput_samples, 2.0)),
         faults,
@@ -537,22 +554,26 @@ async fn metadata_client(
     seed: u64,
     clock: Clock,
     history: History,
-    known_jobs: Arc<Mutex<Vec<String>>>,
+    known_jobs: Arc<Mutex<MetadataJobs>>,
     stream_job: Option<String>,
     stop: CancellationToken,
 ) {
     let mut random = StdRng::seed_from_u64(seed ^ (u64::from(number) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut submitted = 0u64;
     while !stop.is_cancelled() {
-        let known: Vec<String> = known_jobs.lock().map(|jobs| jobs.clone()).unwrap_or_default();
-        let pick = |random: &mut StdRng| -> String {
-            match known.len() {
+        let (known, active): (Vec<String>, Vec<String>) = known_jobs
+            .lock()
+            .map(|jobs| (jobs.known.clone(), jobs.active.iter().cloned().collect()))
+            .unwrap_or_default();
+        let pick = |random: &mut StdRng, from: &[String]| -> String {
+            match from.len() {
                 0 => "job-999999".to_owned(),
-                count => known[random.gen_range(0..count)].clone(),
+                count => from[random.gen_range(0..count)].clone(),
             }
         };
         let choice = random.gen_range(0..100);
-        let operation = if choice < 25 || known.is_empty() {
+        let crowded = active.len() >= MAX_ACTIVE_METADATA_JOBS;
+        let operation = if (choice < 25 && !crowded) || known.is_empty() {
             submitted += 1;
             let request_id = format!("client-{number}-submit-{submitted}");
             let invoked_us = clock.now_us();
@@ -560,15 +581,17 @@ async fn metadata_client(
             let outcome = match answer {
                 Ok(job) => {
                     if let Ok(mut jobs) = known_jobs.lock() {
-                        jobs.push(job.job_id.clone());
+                        jobs.known.push(job.job_id.clone());
+                        jobs.active.insert(job.job_id.clone());
                     }
                     Outcome::Ok(JobOutput::Submitted { job_id: job.job_id })
                 }
                 Err(error) => classify(&error, |_| None),
             };
             operation(number, JobInput::Submit { request_id }, outcome, invoked_us, clock)
-        } else if choice < 40 {
-            let job_id = pick(&mut random);
+        } else if choice < 40 || crowded && choice < 25 {
+            // Crowded: a submit becomes a cancel of a running job.
+            let job_id = pick(&mut random, if choice < 25 { &active } else { &known });
             let request_id = format!("client-{number}-cancel-{}", random.gen::<u32>());
             let invoked_us = clock.now_us();
             let outcome = match client.cancel_job(&job_id, &request_id).await {
@@ -579,11 +602,25 @@ async fn metadata_client(
                     _ => None,
                 }),
             };
+            if matches!(outcome, Outcome::Ok(_)) {
+                if let Ok(mut jobs) = known_jobs.lock() {
+                    jobs.active.remove(&job_id);
+                }
+            }
             operation(number, JobInput::Cancel { job_id }, outcome, invoked_us, clock)
         } else if choice < 85 {
-            get_operation(&client, clock, number, &pick(&mut random)).await
+            get_operation(&client, clock, number, &pick(&mut random, &known)).await
         } else {
-            list_operation(&client, clock, number, stream_job.as_deref()).await
+            let listed = list_operation(&client, clock, number, stream_job.as_deref()).await;
+            if let (Outcome::Ok(JobOutput::Listed { jobs }), Ok(mut known_jobs)) = (&listed.outcome, known_jobs.lock())
+            {
+                known_jobs.active = jobs
+                    .iter()
+                    .filter(|(_, state)| **state == JobState::Active)
+                    .map(|(job_id, _)| job_id.clone())
+                    .collect();
+            }
+            listed
         };
         if let Ok(mut recorded) = history.lock() {
             let mut operation = operation;

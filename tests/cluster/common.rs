@@ -122,6 +122,7 @@ pub fn fast_executors() -> ExecutorSettings {
     ExecutorSettings {
         heartbeat_interval_ms: 100,
         lease_timeout_ms: 1_000,
+        session_break_grace_ms: 300,
         scheduling_interval_ms: 50,
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod checkpoint_progress;
 mod cli;
+mod death_detection;
 mod exactly_once;
 mod executors;
 mod failover;

@@ -103,9 +103,40 @@ struct Session {
     outbox: mpsc::Sender<ExecutorCommand>,
 }
 
+/// Why the failure detector declares an executor dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathCause {
+    /// Nothing heard within the lease: a silent failure (pause, partition, or a death nobody saw).
+    LeaseExpired,
+    /// Its session broke with a transport error and it did not reconnect within the grace.
+    SessionBroken,
+}
+
+impl DeathCause {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DeathCause::LeaseExpired => "no heartbeat within its lease",
+            DeathCause::SessionBroken => "its session broke and it did not reconnect within the grace",
+        }
+    }
+}
+
+/// How a session stream ended, as the leader saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnded {
+    /// The executor closed its side (it reconnects or shuts down), or this node stopped leading.
+    Closed,
+    /// The transport failed: the process died or its connection was reset.
+    Broken,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     leases: HashMap<ExecutorId, Instant>,
+    /// Executors whose session broke with a transport error, and when. A process that died takes
+    /// its socket with it, so the leader learns of the death at once instead of a lease later;
+    /// one that merely lost its connection reconnects within the grace and is no longer suspect.
+    suspects: HashMap<ExecutorId, Instant>,
     sessions: HashMap<ExecutorId, Session>,
     next_generation: u64,
     /// Cancelled when this node stops leading: every session stream then ends.
@@ -151,6 +182,7 @@ impl ExecutorSessions {
     pub fn begin_leadership(&self) -> (CancellationToken, mpsc::Receiver<ExecutorEvent>) {
         let mut inner = self.lock();
         inner.leases.clear();
+        inner.suspects.clear();
         inner.sessions.clear();
         inner.finished.clear();
         inner.leadership = CancellationToken::new();
@@ -196,6 +228,7 @@ impl ExecutorSessions {
         inner.leadership.cancel();
         inner.sessions.clear();
         inner.leases.clear();
+        inner.suspects.clear();
         inner.finished.clear();
         inner.events = None;
         inner.leading_since = None;
@@ -220,13 +253,32 @@ impl ExecutorSessions {
         inner.leases.get(executor_id).copied().or(inner.leading_since)
     }
 
-    /// Of `alive`, those whose lease ran out.
-    pub fn expired(&self, alive: &[ExecutorId], lease_timeout: Duration) -> Vec<ExecutorId> {
+    /// Of `alive`, those to declare dead at `now` and why: the lease ran out, or the session broke
+    /// more than `grace` ago and no new one opened.
+    pub fn expired(
+        &self,
+        alive: &[ExecutorId],
+        lease_timeout: Duration,
+        grace: Duration,
+        now: Instant,
+    ) -> Vec<(ExecutorId, DeathCause)> {
         let inner = self.lock();
         alive
             .iter()
-            .filter(|id| Self::last_contact(&inner, id).is_some_and(|at| at.elapsed() > lease_timeout))
-            .cloned()
+            .filter_map(|id| {
+                if Self::last_contact(&inner, id).is_some_and(|at| now.saturating_duration_since(at) > lease_timeout) {
+                    Some((id.clone(), DeathCause::LeaseExpired))
+                } else if !inner.sessions.contains_key(id)
+                    && inner
+                        .suspects
+                        .get(id)
+                        .is_some_and(|since| now.saturating_duration_since(*since) > grace)
+                {
+                    Some((id.clone(), DeathCause::SessionBroken))
+                } else {
+                    None
+                }
+            })
             .collect()
     }
 
@@ -255,11 +307,13 @@ impl ExecutorSessions {
             .sessions
             .insert(executor_id.clone(), Session { generation, outbox });
         inner.leases.insert(executor_id.clone(), Instant::now());
+        inner.suspects.remove(executor_id);
         Some((generation, inbox, inner.leadership.clone()))
     }
 
-    /// Closes a session, unless a newer one has replaced it.
-    pub fn detach(&self, executor_id: &ExecutorId, generation: u64) {
+    /// Closes a session, unless a newer one has replaced it; a broken one makes its executor
+    /// suspect until it reconnects.
+    pub fn detach(&self, executor_id: &ExecutorId, generation: u64, ended: SessionEnded) {
         let mut inner = self.lock();
         if inner
             .sessions
@@ -267,6 +321,9 @@ impl ExecutorSessions {
             .is_some_and(|session| session.generation == generation)
         {
             inner.sessions.remove(executor_id);
+            if ended == SessionEnded::Broken && !inner.leadership.is_cancelled() {
+                inner.suspects.insert(executor_id.clone(), Instant::now());
+            }
         }
     }
 
@@ -275,6 +332,7 @@ impl ExecutorSessions {
         let mut inner = self.lock();
         inner.sessions.remove(executor_id);
         inner.leases.remove(executor_id);
+        inner.suspects.remove(executor_id);
         inner.finished.remove(executor_id);
     }
 
@@ -306,5 +364,76 @@ impl ExecutorSessions {
             .sessions
             .get(executor_id)
             .is_some_and(|session| session.outbox.try_send(command).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_millis(1_500);
+    const GRACE: Duration = Duration::from_millis(300);
+
+    fn leading_with(executor: &ExecutorId) -> (ExecutorSessions, u64) {
+        let sessions = ExecutorSessions::default();
+        let _duties = sessions.begin_leadership();
+        let (generation, _inbox, _leadership) = sessions.attach(executor).expect("leading");
+        (sessions, generation)
+    }
+
+    #[test]
+    fn a_broken_session_is_declared_dead_after_the_grace_not_the_lease() {
+        let executor = ExecutorId("exec-1".into());
+        let (sessions, generation) = leading_with(&executor);
+        sessions.detach(&executor, generation, SessionEnded::Broken);
+        let alive = [executor.clone()];
+        let now = Instant::now();
+        assert!(
+            sessions.expired(&alive, LEASE, GRACE, now).is_empty(),
+            "not within the grace"
+        );
+        assert_eq!(
+            sessions.expired(&alive, LEASE, GRACE, now + Duration::from_millis(400)),
+            vec![(executor.clone(), DeathCause::SessionBroken)]
+        );
+        assert_eq!(
+            sessions.expired(&alive, LEASE, GRACE, now + Duration::from_secs(2)),
+            vec![(executor, DeathCause::LeaseExpired)]
+        );
+    }
+
+    #[test]
+    fn reconnecting_within_the_grace_clears_the_suspicion() {
+        let executor = ExecutorId("exec-1".into());
+        let (sessions, generation) = leading_with(&executor);
+        sessions.detach(&executor, generation, SessionEnded::Broken);
+        sessions.attach(&executor).expect("leading");
+        let later = Instant::now() + Duration::from_millis(400);
+        assert!(sessions.expired(&[executor], LEASE, GRACE, later).is_empty());
+    }
+
+    #[test]
+    fn a_closed_or_replaced_session_leaves_only_the_lease() {
+        let executor = ExecutorId("exec-1".into());
+        let (sessions, first) = leading_with(&executor);
+        // A newer session replaced the first; the old stream breaking says nothing of the executor.
+        let (second, _inbox, _leadership) = sessions.attach(&executor).expect("leading");
+        sessions.detach(&executor, first, SessionEnded::Broken);
+        let later = Instant::now() + Duration::from_millis(400);
+        assert!(sessions.expired(&[executor.clone()], LEASE, GRACE, later).is_empty());
+        // The executor closed its own stream (it looks for the leader again): not suspect.
+        sessions.detach(&executor, second, SessionEnded::Closed);
+        assert!(sessions.expired(&[executor.clone()], LEASE, GRACE, later).is_empty());
+        assert!(sessions.live(&[executor], LEASE).is_empty(), "no session, no work");
+    }
+
+    #[test]
+    fn a_new_leadership_forgets_suspects() {
+        let executor = ExecutorId("exec-1".into());
+        let (sessions, generation) = leading_with(&executor);
+        sessions.detach(&executor, generation, SessionEnded::Broken);
+        let _duties = sessions.begin_leadership();
+        let later = Instant::now() + Duration::from_millis(400);
+        assert!(sessions.expired(&[executor], LEASE, GRACE, later).is_empty());
     }
 }

@@ -13,7 +13,9 @@ use super::convert::{checkpoint_ack_from_proto, executor_command_to_proto, task_
 use super::{forward_target, forwarded_request, is_forwarded, now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
 use crate::ids::ExecutorId;
-use crate::leader::{assigned_tasks, reconcile, ExecutorCommand, ExecutorEvent, ExecutorSessions, ExecutorSettings};
+use crate::leader::{
+    assigned_tasks, reconcile, ExecutorCommand, ExecutorEvent, ExecutorSessions, ExecutorSettings, SessionEnded,
+};
 use crate::state_machine::{Command, Response as Applied};
 
 const MAX_EXECUTOR_ID_CHARS: usize = 128;
@@ -176,18 +178,18 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
         let reader_id = executor_id.clone();
         tokio::spawn(async move {
             let mut next = Some(first);
-            loop {
+            let ended = loop {
                 let message = match next.take() {
                     Some(message) => message,
                     None => tokio::select! {
                         biased;
-                        _ = leadership.cancelled() => break,
+                        _ = leadership.cancelled() => break SessionEnded::Closed,
                         received = inbound.message() => match received {
                             Ok(Some(message)) => message,
-                            Ok(None) => break,
+                            Ok(None) => break SessionEnded::Closed,
                             Err(status) => {
-                                tracing::info!(executor_id = %reader_id, error = %status.message(), "executor session broken");
-                                break;
+                                tracing::info!(executor_id = %reader_id, error = %status.message(), "executor session broken; the executor is suspect until it reconnects");
+                                break SessionEnded::Broken;
                             }
                         },
                     },
@@ -251,8 +253,8 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                     }
                     None => {}
                 }
-            }
-            sessions.detach(&reader_id, generation);
+            };
+            sessions.detach(&reader_id, generation, ended);
         });
         // The stream ends when the outbox closes: on a newer session of the same executor, its
         // death, or the end of this node's leadership; the executor then reconnects.
