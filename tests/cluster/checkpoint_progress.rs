@@ -10,12 +10,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use raftstream::wordcount::check_output;
 use raftstream_coordinator::client::ClusterClient;
 use raftstream_executor::runtime::generator::GeneratorSettings;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, fast_executors, test_settings, TestCluster};
+use crate::common::{ensure_exact_output, eventually, fast_executors, start_executors, test_settings, TestCluster};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 /// The checkpoint interval of the measured jobs.
@@ -147,15 +146,8 @@ fn write_input(directory: &Path, files: u32, lines_per_file: u64) -> anyhow::Res
 
 async fn start_cluster(executors: &[&str]) -> anyhow::Result<(TestCluster, ClusterClient)> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    for executor_id in executors {
-        cluster.cluster.start_executor(executor_id, 12)?;
-    }
-    let client = cluster.client()?;
-    eventually("the executors to connect", PATIENCE, || async {
-        let listed = client.list_executors().await.ok()?;
-        (listed.executors.iter().filter(|e| e.connected).count() == executors.len()).then_some(())
-    })
-    .await?;
+    let with_slots: Vec<(&str, u32)> = executors.iter().map(|executor_id| (*executor_id, 12)).collect();
+    let client = start_executors(&mut cluster, &with_slots).await?;
     Ok((cluster, client))
 }
 
@@ -424,14 +416,5 @@ async fn a_chained_file_job_killed_mid_input_resumes_from_a_checkpoint_after_its
         "everything moved off the killed executor: {:?}",
         done.subtasks
     );
-    let check = check_output(&output, &expected)?;
-    anyhow::ensure!(
-        check.is_exact(),
-        "output is not exact ({} lines in {} files): {}",
-        check.lines,
-        check.files,
-        check.problems.join("; ")
-    );
-    assert_eq!(check.lines, expected.values().sum::<u64>());
-    Ok(())
+    ensure_exact_output(&output, &expected)
 }

@@ -1,10 +1,12 @@
 //! Shared helpers for the cluster tests: real coordinator processes of the built binary, on ports
 //! the OS picks, each test in its own temporary directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raftstream::local_cluster::{ClusterWiring, LocalCluster};
+use raftstream::wordcount::check_output;
 use raftstream_coordinator::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
@@ -171,4 +173,32 @@ pub fn without_ansi_colors(text: &str) -> String {
         }
     }
     plain
+}
+
+/// Starts `executors` (id, slots) and waits until every one holds a session with the leader.
+pub async fn start_executors(cluster: &mut TestCluster, executors: &[(&str, u32)]) -> anyhow::Result<ClusterClient> {
+    for (executor_id, slots) in executors {
+        cluster.cluster.start_executor(executor_id, *slots)?;
+    }
+    let client = cluster.client()?;
+    eventually("the executors to connect", Duration::from_secs(60), || async {
+        let listed = client.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|executor| executor.connected).count() == executors.len()).then_some(())
+    })
+    .await?;
+    Ok(client)
+}
+
+/// The word counts published in `output_dir` are exactly `expected`: nothing lost, nothing twice.
+pub fn ensure_exact_output(output_dir: &Path, expected: &BTreeMap<String, u64>) -> anyhow::Result<()> {
+    let check = check_output(output_dir, expected)?;
+    let expected_lines: u64 = expected.values().sum();
+    anyhow::ensure!(
+        check.is_exact() && check.lines == expected_lines,
+        "output is not exact ({} lines in {} files, expected {expected_lines}): {}",
+        check.lines,
+        check.files,
+        check.problems.join("; ")
+    );
+    Ok(())
 }

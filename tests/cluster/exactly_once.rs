@@ -8,7 +8,9 @@ use raftstream::wordcount::{check_output, WordCountJob};
 use raftstream_coordinator::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, fast_executors, test_settings, without_ansi_colors, TestCluster};
+use crate::common::{
+    ensure_exact_output, eventually, fast_executors, start_executors, test_settings, without_ansi_colors, TestCluster,
+};
 use crate::s3_peer::S3Peer;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -57,17 +59,7 @@ async fn finished(client: &ClusterClient, job_id: &str) -> anyhow::Result<pb::Jo
 }
 
 fn assert_exact(spec: &WordCountJob) -> anyhow::Result<()> {
-    let check = check_output(&spec.output_dir, &spec.expected_counts())?;
-    let expected_lines: u64 = spec.records * spec.words_per_record;
-    anyhow::ensure!(
-        check.is_exact(),
-        "output is not exact ({} lines in {} files, expected {expected_lines}): {}",
-        check.lines,
-        check.files,
-        check.problems.join("; ")
-    );
-    assert_eq!(check.lines, expected_lines);
-    Ok(())
+    ensure_exact_output(&spec.output_dir, &spec.expected_counts())
 }
 
 fn executor_of(job: &pb::Job, operator_id: &str) -> Option<String> {
@@ -91,16 +83,7 @@ fn epochs(job: &pb::Job) -> BTreeMap<String, u64> {
 
 async fn start(cluster_executors: &[(&str, u32)]) -> anyhow::Result<(TestCluster, ClusterClient)> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    for (id, slots) in cluster_executors {
-        cluster.cluster.start_executor(id, *slots)?;
-    }
-    let client = cluster.client()?;
-    let wanted = cluster_executors.len();
-    eventually("the executors to connect", PATIENCE, || async {
-        let listed = client.list_executors().await.ok()?;
-        (listed.executors.iter().filter(|e| e.connected).count() == wanted).then_some(())
-    })
-    .await?;
+    let client = start_executors(&mut cluster, cluster_executors).await?;
     Ok((cluster, client))
 }
 

@@ -9,12 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use raftstream::local_cluster::ClusterWiring;
-use raftstream::wordcount::{check_output, WordCountJob};
+use raftstream::wordcount::WordCountJob;
 use raftstream_coordinator::client::ClusterClient;
 use raftstream_coordinator::failpoints;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, fast_executors, test_settings, without_ansi_colors, TestCluster};
+use crate::common::{
+    ensure_exact_output, eventually, fast_executors, start_executors, test_settings, without_ansi_colors, TestCluster,
+};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 /// Longer than an executor's lease (1 s) plus the restart delay (200 ms) and the redeployment.
@@ -95,15 +97,7 @@ async fn a_checkpoint_held_past_a_restart_never_completes_and_output_stays_exact
         ..ClusterWiring::default()
     };
     let mut cluster = TestCluster::start_wired(test_settings(), fast_executors(), wiring).await?;
-    for executor_id in ["exec-a", "exec-b"] {
-        cluster.cluster.start_executor(executor_id, 10)?;
-    }
-    let client = cluster.client()?;
-    eventually("the executors to connect", PATIENCE, || async {
-        let listed = client.list_executors().await.ok()?;
-        (listed.executors.iter().filter(|e| e.connected).count() == 2).then_some(())
-    })
-    .await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 10), ("exec-b", 10)]).await?;
     let spec = WordCountJob {
         seed: 23,
         records: 36_000,
@@ -184,14 +178,5 @@ async fn a_checkpoint_held_past_a_restart_never_completes_and_output_stays_exact
         done.status_reason
     );
     anyhow::ensure!(done.restart_count >= 1, "the job must have restarted: {done:?}");
-    let check = check_output(&spec.output_dir, &spec.expected_counts())?;
-    anyhow::ensure!(
-        check.is_exact(),
-        "output is not exact ({} lines in {} files): {}",
-        check.lines,
-        check.files,
-        check.problems.join("; ")
-    );
-    assert_eq!(check.lines, spec.records * spec.words_per_record);
-    Ok(())
+    ensure_exact_output(&spec.output_dir, &spec.expected_counts())
 }
