@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use raftstream_coordinator::client::ClusterClient;
+use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::node::{run_coordinator, CoordinatorConfig, RaftSettings};
 use raftstream_proto::v1 as pb;
 use serde_json::json;

@@ -212,7 +212,7 @@ mod tests {
         };
         assert_eq!(job.expected_counts().values().sum::<u64>(), 300);
         let spec = job.spec("wc");
-        let graph = raftstream_coordinator::spec::parse_job_spec(&spec).expect("the spec is valid");
+        let graph = raftstream_api::spec::parse_job_spec(&spec).expect("the spec is valid");
         assert_eq!(graph.total_subtasks(), 10, "five operators at parallelism 2");
     }
 }

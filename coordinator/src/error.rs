@@ -4,8 +4,7 @@ use crate::ids::NodeId;
 use crate::spec::SpecError;
 use crate::state_machine::Rejection;
 
-/// GRPC metadata key that carries the address of the leader when a node cannot serve a request.
-pub const LEADER_HINT_METADATA: &str = "x-raftstream-leader";
+pub use raftstream_api::metadata::LEADER_HINT_METADATA;
 
 /// Everything a coordinator request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +110,7 @@ mod tests {
     fn errors_map_to_the_grpc_codes_clients_expect() {
         let job_id = JobId::from_number(3);
         let ended = CoordinatorError::Rejected(Rejection::JobAlreadyEnded {
-            job_id: job_id.clone(),
+            job_id,
             status: JobStatus::Finished,
         });
         let status = tonic::Status::from(ended);

@@ -5,15 +5,14 @@
 //! - [`assignments`]: the subtasks this executor was told to run, with their epochs.
 //! - [`defects`]: bugs the chaos harness switches on to prove its checkers catch them.
 //! - [`checkpoint`]: the checkpoint store (state handles with checksums; a local directory or object storage such as S3).
-//! - [`report`]: what running subtasks tell the leader, turned into protobuf by the session.
-//! - [`session`]: registration and the session loop.
+//! - [`session`]: registration and the session loop; the only place leader messages and reports
+//!   change between protobuf and `raftstream_api`'s types.
 //! - [`runtime`]: the streaming runtime that runs deployed subtasks.
 //! - [`tasks`]: the subtasks running here, started, fenced and stopped by the leader's messages.
 
 pub mod assignments;
 pub mod checkpoint;
 pub mod defects;
-pub mod report;
 pub mod runtime;
 pub mod session;
 pub mod tasks;

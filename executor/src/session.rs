@@ -1,11 +1,13 @@
 //! Registration and the session with the coordinator leader.
 
-use raftstream_coordinator::dial::DialAddresses;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use raftstream_coordinator::client::{ClientError, ClusterClient};
-use raftstream_coordinator::error::LEADER_HINT_METADATA;
+use raftstream_api::client::{ClientError, ClusterClient};
+use raftstream_api::convert::{executor_command_from_proto, task_ref_to_proto, task_report_to_proto};
+use raftstream_api::dial::DialAddresses;
+use raftstream_api::messages::TaskReport;
+use raftstream_api::metadata::LEADER_HINT_METADATA;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
 use tokio::sync::mpsc;
@@ -14,7 +16,6 @@ use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 use crate::checkpoint::{CheckpointStorage, StorageConfigError};
-use crate::report::TaskReport;
 use crate::runtime::exchange::{ExchangeHub, ExchangeServiceImpl};
 use crate::runtime::task::TaskEnvironment;
 use crate::tasks::TaskManager;
@@ -285,8 +286,8 @@ impl Session {
         let (running_tasks, finished_tasks) = tasks.report();
         self.message(pb::executor_message::Body::Heartbeat(pb::Heartbeat {
             sent_at_ms,
-            running_tasks,
-            finished_tasks,
+            running_tasks: running_tasks.iter().map(task_ref_to_proto).collect(),
+            finished_tasks: finished_tasks.iter().map(task_ref_to_proto).collect(),
         }))
     }
 
@@ -374,21 +375,24 @@ impl Session {
                         return SessionEnd::Lost(None);
                     }
                     for failure in tasks.failures() {
-                        if outbound.send(self.message(failure.into_proto())).await.is_err() {
+                        if outbound.send(self.message(task_report_to_proto(&failure))).await.is_err() {
                             return SessionEnd::Lost(None);
                         }
                     }
                 }
                 report = reports.recv() => {
                     let Some(report) = report else { return SessionEnd::Shutdown };
-                    if outbound.send(self.message(report.into_proto())).await.is_err() {
+                    if outbound.send(self.message(task_report_to_proto(&report))).await.is_err() {
                         return SessionEnd::Lost(None);
                     }
                 }
                 received = inbound.message() => match received {
                     Ok(Some(message)) => {
                         last_heard = tokio::time::Instant::now();
-                        tasks.apply(&message);
+                        match executor_command_from_proto(&message) {
+                            Ok(command) => tasks.apply(command),
+                            Err(error) => tracing::warn!(error = %error, "unusable message from the leader ignored"),
+                        }
                     }
                     Ok(None) => {
                         tracing::info!(leader = target, "session closed by the coordinator; reconnecting");

@@ -6,16 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use raftstream_coordinator::leader::TaskRef;
-use raftstream_coordinator::service::task_ref_from_proto;
-use raftstream_proto::v1 as pb;
+use raftstream_api::ids::{Epoch, JobId};
+use raftstream_api::messages::{ExecutorCommand, TaskRef, TaskReport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes, SubtaskId};
 use crate::checkpoint::{delete_each, CheckpointStore};
-use crate::report::TaskReport;
 use crate::runtime::chain::chain_members;
 use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
@@ -33,7 +31,7 @@ const RESTORE_FAILED: u8 = 3;
 struct RunningTask {
     /// Which task runs it.
     task_id: u64,
-    epoch: u64,
+    epoch: Epoch,
     control: mpsc::Sender<TaskControl>,
     cancel: CancellationToken,
     outcome: Arc<AtomicU8>,
@@ -49,14 +47,6 @@ pub struct TaskManager {
     next_task_id: u64,
 }
 
-fn subtask_id(task: &pb::TaskRef) -> SubtaskId {
-    SubtaskId {
-        job_id: task.job_id.clone(),
-        operator_id: task.operator_id.clone(),
-        subtask_index: task.subtask_index,
-    }
-}
-
 impl TaskManager {
     /// A manager whose subtasks stop when `shutdown` is cancelled.
     pub fn new(environment: TaskEnvironment, shutdown: CancellationToken) -> Self {
@@ -70,12 +60,12 @@ impl TaskManager {
     }
 
     /// What heartbeats report: every held subtask, and those of them that finished.
-    pub fn report(&self) -> (Vec<pb::TaskRef>, Vec<pb::TaskRef>) {
+    pub fn report(&self) -> (Vec<TaskRef>, Vec<TaskRef>) {
         let held = self.assignments.running();
         let finished = held
             .iter()
             .filter(|task| {
-                self.running.get(&subtask_id(task)).is_some_and(|running| {
+                self.running.get(&SubtaskId::of(task)).is_some_and(|running| {
                     running.epoch == task.epoch && running.outcome.load(Ordering::Acquire) == FINISHED
                 })
             })
@@ -91,14 +81,14 @@ impl TaskManager {
             .running()
             .into_iter()
             .filter_map(|task| {
-                let running = self.running.get(&subtask_id(&task))?;
+                let running = self.running.get(&SubtaskId::of(&task))?;
                 let outcome = running.outcome.load(Ordering::Acquire);
                 if running.epoch != task.epoch || !matches!(outcome, FAILED | RESTORE_FAILED) {
                     return None;
                 }
                 let reason = running.failure.lock().map(|reason| reason.clone()).unwrap_or_default();
                 Some(TaskReport::Failed {
-                    task: task_ref_from_proto(&task)?,
+                    task,
                     cannot_restore: outcome == RESTORE_FAILED,
                     reason,
                 })
@@ -114,7 +104,7 @@ impl TaskManager {
 
     fn stop(&mut self, changes: &Changes) {
         for (subtask, epoch) in &changes.stopped {
-            tracing::info!(job_id = %subtask.job_id, operator_id = %subtask.operator_id, subtask_index = subtask.subtask_index, epoch, "subtask stopped");
+            tracing::info!(job_id = %subtask.job_id, operator_id = %subtask.subtask.operator_id, subtask_index = subtask.subtask.subtask_index, epoch = epoch.0, "subtask stopped");
             if let Some(running) = self.running.get(subtask) {
                 if running.epoch == *epoch {
                     running.cancel.cancel();
@@ -124,83 +114,80 @@ impl TaskManager {
         }
     }
 
-    /// Applies one message from the leader.
-    pub fn apply(&mut self, message: &pb::CoordinatorMessage) {
-        use pb::coordinator_message::Body;
-        match &message.body {
-            Some(Body::Assign(assign)) => {
-                let deployment = match SubtaskDeployment::from_proto(assign) {
-                    Ok(deployment) => deployment,
-                    Err(problem) => {
-                        tracing::warn!(problem, "unusable assignment ignored");
-                        return;
-                    }
-                };
-                let changes = self.assignments.apply(message);
+    /// Acts on one command from the leader.
+    pub fn apply(&mut self, command: ExecutorCommand) {
+        match command {
+            ExecutorCommand::Assign(deployment) => {
+                let task = deployment.task.clone();
+                let changes = self.assignments.assign(&task);
                 self.stop(&changes);
-                for (subtask, epoch) in &changes.started {
-                    if *epoch == deployment.epoch && subtask.operator_id == deployment.operator_id {
-                        self.start(deployment.clone());
-                    }
+                if changes.started.iter().any(|(_, epoch)| *epoch == task.epoch) {
+                    self.start(SubtaskDeployment::from_deployment(*deployment));
                 }
                 if !changes.refused.is_empty() {
                     let reason = format!(
                         "epoch {} of {}[{}] already ran on this executor and was stopped; a stopped run never resumes",
-                        deployment.epoch, deployment.operator_id, deployment.subtask_index
+                        task.epoch, task.subtask.operator_id, task.subtask.subtask_index
                     );
-                    tracing::warn!(job_id = %deployment.job_id, reason, "assignment refused");
+                    tracing::warn!(job_id = %task.job_id, reason, "assignment refused");
                     // The leader restarts the job at new epochs on this failure; if the report is
                     // lost, its next reconciliation sends the assignment again and it is refused
                     // again.
                     let _ = self.environment.reports.try_send(TaskReport::Failed {
-                        task: deployment.task_ref(),
+                        task,
                         cannot_restore: false,
                         reason,
                     });
                 }
             }
-            Some(Body::Assignments(_)) | Some(Body::Cancel(_)) => {
-                let changes = self.assignments.apply(message);
+            ExecutorCommand::Assignments(wanted) => {
+                let changes = self.assignments.keep_only(&wanted);
                 self.stop(&changes);
             }
-            Some(Body::TriggerCheckpoint(trigger)) => {
-                self.tell_job(&trigger.job_id, |_| TaskControl::Trigger(trigger.checkpoint_id));
+            ExecutorCommand::Cancel(task) => {
+                let changes = self.assignments.cancel(&task);
+                self.stop(&changes);
             }
-            Some(Body::CheckpointComplete(complete)) => {
+            ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id } => {
+                self.tell_job(&job_id, |_| TaskControl::Trigger(checkpoint_id.0));
+            }
+            ExecutorCommand::CheckpointComplete {
+                job_id,
+                checkpoint_id,
+                acknowledged,
+                oldest_retained,
+            } => {
                 // A chain's task publishes only if every subtask it runs was acknowledged.
-                self.tell_job(&complete.job_id, |members| {
-                    let acknowledged = members.iter().all(|(subtask, epoch)| {
-                        complete.acknowledged.iter().any(|task| {
-                            task.operator_id == subtask.operator_id
-                                && task.subtask_index == subtask.subtask_index
-                                && task.epoch == *epoch
-                        })
-                    });
-                    TaskControl::Complete {
-                        checkpoint_id: complete.checkpoint_id,
-                        acknowledged,
-                        oldest_retained: complete.oldest_retained_checkpoint_id,
-                    }
+                self.tell_job(&job_id, |members| TaskControl::Complete {
+                    checkpoint_id: checkpoint_id.0,
+                    acknowledged: members
+                        .iter()
+                        .all(|(subtask, epoch)| acknowledged.contains(&subtask.at(*epoch))),
+                    oldest_retained: oldest_retained.0,
                 });
             }
-            Some(Body::DiscardJobState(discard)) => {
-                self.assignments.forget_job(&discard.job_id);
-                self.discard_job_state(&discard.job_id);
+            ExecutorCommand::DiscardJobState(job_id) => {
+                self.assignments.forget_job(&job_id);
+                self.discard_job_state(&job_id);
             }
-            Some(Body::CheckpointAborted(aborted)) => {
-                tracing::info!(job_id = %aborted.job_id, checkpoint_id = aborted.checkpoint_id, reason = %aborted.reason, "checkpoint aborted");
-                self.tell_job(&aborted.job_id, |_| TaskControl::Aborted(aborted.checkpoint_id));
+            ExecutorCommand::CheckpointAborted {
+                job_id,
+                checkpoint_id,
+                reason,
+            } => {
+                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, reason = %reason, "checkpoint aborted");
+                self.tell_job(&job_id, |_| TaskControl::Aborted(checkpoint_id.0));
             }
             // The session's keepalive: the session loop notes it, the subtasks need nothing.
-            Some(Body::HeartbeatAck(_)) | None => {}
+            ExecutorCommand::HeartbeatAck { .. } => {}
         }
     }
 
     /// Deletes, in the background, every state file of an ended job from the checkpoint store.
     /// Executors sharing a store may all do it: deleting what is gone already is not an error.
-    fn discard_job_state(&self, job_id: &str) {
+    fn discard_job_state(&self, job_id: &JobId) {
         let store = self.environment.store.clone();
-        let job_id = job_id.to_owned();
+        let job_id = job_id.to_string();
         tokio::spawn(async move {
             let locations = match store.list(&job_id).await {
                 Ok(locations) => locations,
@@ -215,9 +202,9 @@ impl TaskManager {
     }
 
     /// Sends each task of the job one message, made from the subtasks (with epochs) it runs.
-    fn tell_job(&self, job_id: &str, message: impl Fn(&[(&SubtaskId, u64)]) -> TaskControl) {
-        let mut tasks: BTreeMap<u64, (&RunningTask, Vec<(&SubtaskId, u64)>)> = BTreeMap::new();
-        for (subtask, running) in self.running.iter().filter(|(subtask, _)| subtask.job_id == job_id) {
+    fn tell_job(&self, job_id: &JobId, message: impl Fn(&[(&SubtaskId, Epoch)]) -> TaskControl) {
+        let mut tasks: BTreeMap<u64, (&RunningTask, Vec<(&SubtaskId, Epoch)>)> = BTreeMap::new();
+        for (subtask, running) in self.running.iter().filter(|(subtask, _)| &subtask.job_id == job_id) {
             tasks
                 .entry(running.task_id)
                 .or_insert_with(|| (running, Vec::new()))
@@ -233,7 +220,7 @@ impl TaskManager {
             // stuck, and a lost one only delays (completions are cumulative, a lost trigger lets
             // the checkpoint time out).
             if running.control.try_send(message(members)).is_err() {
-                tracing::warn!(job_id, task = ?members, "task is not taking control messages");
+                tracing::warn!(job_id = %job_id, task = ?members, "task is not taking control messages");
             }
         }
     }
@@ -312,23 +299,19 @@ impl TaskManager {
         );
         let running = RunningTask {
             task_id,
-            epoch: 0,
+            epoch: Epoch(0),
             control,
             cancel,
             outcome,
             failure,
         };
         for member in &members {
-            let subtask = SubtaskId {
-                job_id: member.job_id.clone(),
-                operator_id: member.operator_id.clone(),
-                subtask_index: member.subtask_index,
-            };
+            let task = member.task_ref();
             let entry = RunningTask {
-                epoch: member.epoch,
+                epoch: task.epoch,
                 ..running.clone()
             };
-            self.running.insert(subtask, entry);
+            self.running.insert(SubtaskId::of(&task), entry);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use raftstream::local_cluster::{poll_until, LocalCluster};
 use raftstream::wordcount::{check_output, generated_records, WordCountJob};
-use raftstream_coordinator::client::{ClientError, ClusterClient};
+use raftstream_api::client::{ClientError, ClusterClient};
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use raftstream_coordinator::client::ClusterClient;
+use raftstream_api::client::ClusterClient;
 use raftstream_executor::runtime::generator::GeneratorSettings;
 use raftstream_proto::v1 as pb;
 

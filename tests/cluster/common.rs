@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use raftstream::local_cluster::{ClusterWiring, LocalCluster};
 use raftstream::wordcount::check_output;
-use raftstream_coordinator::client::ClusterClient;
+use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;

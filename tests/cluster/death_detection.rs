@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{eventually, job_spec, placement, test_settings, TestCluster};
-use raftstream_coordinator::client::ClusterClient;
+use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 
 const LEASE_MS: u64 = 60_000;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftstream::wordcount::{check_output, WordCountJob};
-use raftstream_coordinator::client::ClusterClient;
+use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{

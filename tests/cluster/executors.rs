@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::{eventually, fast_executors, job_spec, placement, test_settings, TestCluster};
-use raftstream_coordinator::client::ClusterClient;
+use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
 use raftstream::demo::Placement;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use raftstream::local_cluster::ClusterWiring;
 use raftstream::wordcount::WordCountJob;
-use raftstream_coordinator::client::ClusterClient;
+use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::failpoints;
 use raftstream_proto::v1 as pb;
 

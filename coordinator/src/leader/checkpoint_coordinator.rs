@@ -77,7 +77,7 @@ impl Coordinator {
             self.tell_job(
                 job_id,
                 &ExecutorCommand::CheckpointAborted {
-                    job_id: job_id.clone(),
+                    job_id: *job_id,
                     checkpoint_id: pending.checkpoint_id,
                     reason: reason.to_owned(),
                 },
@@ -135,7 +135,7 @@ impl Coordinator {
                     reason
                 };
                 let command = Command::FailSubtask {
-                    job_id: task.job_id.clone(),
+                    job_id: task.job_id,
                     subtask: task.subtask.clone(),
                     epoch: task.epoch,
                     reason: reason.clone(),
@@ -168,7 +168,7 @@ impl Coordinator {
         let acknowledged: Vec<TaskRef> = pending
             .expected()
             .map(|(subtask, epoch)| TaskRef {
-                job_id: job_id.clone(),
+                job_id,
                 subtask: subtask.clone(),
                 epoch,
             })
@@ -181,10 +181,7 @@ impl Coordinator {
         let took_ms = now_ms().saturating_sub(pending.triggered_at_ms);
         match self
             .context
-            .propose(Command::CompleteCheckpoint {
-                job_id: job_id.clone(),
-                checkpoint,
-            })
+            .propose(Command::CompleteCheckpoint { job_id, checkpoint })
             .await
         {
             Ok(Response::CheckpointCompleted { .. }) => {
@@ -201,7 +198,7 @@ impl Coordinator {
                 self.tell_job(
                     &job_id,
                     &ExecutorCommand::CheckpointComplete {
-                        job_id: job_id.clone(),
+                        job_id,
                         checkpoint_id,
                         acknowledged,
                         oldest_retained,
@@ -211,7 +208,7 @@ impl Coordinator {
             Ok(other) => tracing::warn!(response = ?other, "unexpected answer to CompleteCheckpoint"),
             Err(error) => {
                 tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, error = %error, "checkpoint not committed");
-                self.pending.insert(job_id.clone(), pending);
+                self.pending.insert(job_id, pending);
                 self.abort(&job_id, &format!("could not commit it: {error}"));
             }
         }
@@ -228,10 +225,10 @@ impl Coordinator {
                 match state.jobs.get(job_id) {
                     Some(job) if job.status == JobStatus::Running && pending.matches_placements(job) => {
                         if pending.is_expired(now) {
-                            to_abort.push((job_id.clone(), format!("timed out after {} ms", pending.timeout_ms)));
+                            to_abort.push((*job_id, format!("timed out after {} ms", pending.timeout_ms)));
                         }
                     }
-                    _ => to_abort.push((job_id.clone(), "the job's placements changed".to_owned())),
+                    _ => to_abort.push((*job_id, "the job's placements changed".to_owned())),
                 }
             }
             for job in state.jobs.values() {
@@ -252,7 +249,7 @@ impl Coordinator {
                 let interval_passed =
                     last.elapsed() >= Duration::from_millis(interval) || self.final_due.contains(&job.job_id);
                 if interval_passed && reachable {
-                    due.push(job.job_id.clone());
+                    due.push(job.job_id);
                 }
             }
         }
@@ -278,10 +275,10 @@ impl Coordinator {
     }
 
     async fn trigger(&mut self, job_id: JobId) {
-        self.last_trigger.insert(job_id.clone(), Instant::now());
+        self.last_trigger.insert(job_id, Instant::now());
         self.final_due.remove(&job_id);
         let command = Command::TriggerCheckpoint {
-            job_id: job_id.clone(),
+            job_id,
             at_ms: now_ms(),
         };
         let checkpoint_id = match self.context.propose(command).await {
@@ -315,7 +312,7 @@ impl Coordinator {
                     .expected()
                     .filter(|(subtask, epoch)| {
                         finished.contains(&TaskRef {
-                            job_id: job_id.clone(),
+                            job_id,
                             subtask: (*subtask).clone(),
                             epoch: *epoch,
                         })
@@ -332,7 +329,7 @@ impl Coordinator {
         match pending {
             Ok(pending) => {
                 tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, "checkpoint triggered");
-                self.pending.insert(job_id.clone(), pending);
+                self.pending.insert(job_id, pending);
                 let mut notified = sources;
                 notified.sort();
                 notified.dedup();
@@ -340,10 +337,7 @@ impl Coordinator {
                 for executor_id in notified {
                     let sent = self.sessions.send(
                         &executor_id,
-                        ExecutorCommand::TriggerCheckpoint {
-                            job_id: job_id.clone(),
-                            checkpoint_id,
-                        },
+                        ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id },
                     );
                     if !sent {
                         unreachable.push(executor_id.0);

@@ -7,15 +7,7 @@ use std::collections::BTreeMap;
 use crate::ids::{CheckpointId, Epoch, JobId};
 use crate::state_machine::{CompletedCheckpoint, JobRecord, SubtaskKey, TaskStateHandle};
 
-/// An acknowledgement from one subtask.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointAck {
-    pub subtask: SubtaskKey,
-    pub epoch: Epoch,
-    pub state: TaskStateHandle,
-    /// Sources report the offset their state corresponds to.
-    pub source_offset: Option<u64>,
-}
+pub use raftstream_api::messages::CheckpointAck;
 
 /// What an acknowledgement did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +46,7 @@ impl PendingCheckpoint {
             expected.insert(subtask.clone(), assignment.epoch);
         }
         Ok(PendingCheckpoint {
-            job_id: job.job_id.clone(),
+            job_id: job.job_id,
             checkpoint_id,
             triggered_at_ms: now_ms,
             timeout_ms: job.graph.checkpoint.timeout_ms,
@@ -191,7 +183,7 @@ mod tests {
             assert!(apply(
                 &mut state,
                 Command::AssignSubtask {
-                    job_id: job_id.clone(),
+                    job_id,
                     subtask,
                     executor_id: executor_id.clone(),
                     at_ms: 0
@@ -257,24 +249,17 @@ mod tests {
             panic!("complete");
         };
         let running = Command::TransitionJob {
-            job_id: job_id.clone(),
+            job_id,
             to: crate::state_machine::JobStatus::Running,
             reason: String::new(),
             at_ms: 0,
         };
         assert!(apply(&mut state, running).is_ok());
-        assert!(apply(
-            &mut state,
-            Command::TriggerCheckpoint {
-                job_id: job_id.clone(),
-                at_ms: 0
-            }
-        )
-        .is_ok());
+        assert!(apply(&mut state, Command::TriggerCheckpoint { job_id, at_ms: 0 }).is_ok());
         assert!(apply(
             &mut state,
             Command::CompleteCheckpoint {
-                job_id: job_id.clone(),
+                job_id,
                 checkpoint: done
             }
         )

@@ -40,7 +40,7 @@ pub fn deployment(state: &State, task: &TaskRef) -> Option<TaskDeployment> {
     }
     Some(TaskDeployment {
         task: task.clone(),
-        graph_json: serde_json::to_string(&job.graph).ok()?,
+        graph: std::sync::Arc::new(job.graph.clone()),
         placement,
         restore_from: job.checkpoints.back().cloned(),
     })
@@ -54,7 +54,7 @@ pub fn placed_tasks(job: &JobRecord) -> Vec<(crate::ids::ExecutorId, TaskRef)> {
             Some((
                 assignment.executor_id.clone()?,
                 TaskRef {
-                    job_id: job.job_id.clone(),
+                    job_id: job.job_id,
                     subtask: subtask.clone(),
                     epoch: assignment.epoch,
                 },
@@ -152,7 +152,7 @@ mod tests {
         let job_id = JobId::from_number(1);
         for (operator, executor) in [("src", "e1"), ("out", "e2")] {
             let command = Command::AssignSubtask {
-                job_id: job_id.clone(),
+                job_id,
                 subtask: SubtaskKey {
                     operator_id: operator.to_owned(),
                     subtask_index: 0,
@@ -163,7 +163,7 @@ mod tests {
             assert!(apply(&mut state, command).is_ok());
         }
         let running = Command::TransitionJob {
-            job_id: job_id.clone(),
+            job_id,
             to: JobStatus::Running,
             reason: String::new(),
             at_ms: 0,
@@ -176,7 +176,7 @@ mod tests {
     fn deployments_name_every_peer_and_the_latest_checkpoint_only_when_fully_placed() {
         let (mut state, job_id) = running_job(r#"{"strategy": "none"}"#);
         let task = |operator: &str, epoch: u64| TaskRef {
-            job_id: job_id.clone(),
+            job_id,
             subtask: SubtaskKey {
                 operator_id: operator.to_owned(),
                 subtask_index: 0,
@@ -214,7 +214,7 @@ mod tests {
         let fail = |state: &mut State, at_ms: u64| {
             let epoch = state.jobs[&job_id].assignments.values().next().map(|a| a.epoch);
             let command = Command::FailSubtask {
-                job_id: job_id.clone(),
+                job_id,
                 subtask: SubtaskKey {
                     operator_id: "out".to_owned(),
                     subtask_index: 0,
@@ -233,7 +233,7 @@ mod tests {
         // Back to running, fail again: the second delay doubles but is capped.
         for (operator, executor) in [("src", "e1"), ("out", "e2")] {
             let command = Command::AssignSubtask {
-                job_id: job_id.clone(),
+                job_id,
                 subtask: SubtaskKey {
                     operator_id: operator.to_owned(),
                     subtask_index: 0,
@@ -244,7 +244,7 @@ mod tests {
             assert!(apply(&mut state, command).is_ok());
         }
         let running = Command::TransitionJob {
-            job_id: job_id.clone(),
+            job_id,
             to: JobStatus::Running,
             reason: String::new(),
             at_ms: 1_100,
@@ -252,7 +252,7 @@ mod tests {
         assert!(apply(&mut state, running).is_ok());
         let out_epoch = state.jobs[&job_id].assignments.values().next().map(|a| a.epoch);
         let stale = Command::FailSubtask {
-            job_id: job_id.clone(),
+            job_id,
             subtask: SubtaskKey {
                 operator_id: "out".to_owned(),
                 subtask_index: 0,

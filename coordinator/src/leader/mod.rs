@@ -248,7 +248,7 @@ async fn scheduler(
         let round = plan_round(&context, &sessions, lease_timeout);
         for (job_id, reason) in round.give_up {
             let command = Command::TransitionJob {
-                job_id: job_id.clone(),
+                job_id,
                 to: JobStatus::Failed,
                 reason: reason.clone(),
                 at_ms: now_ms(),
@@ -277,14 +277,14 @@ async fn scheduler(
             }
             // Executors that miss the message are told again by heartbeat reconciliation.
             let command = Command::TransitionJob {
-                job_id: job_id.clone(),
+                job_id,
                 to: JobStatus::Cancelled,
                 reason: "cancelled by request".to_owned(),
                 at_ms: now_ms(),
             };
             match context.propose(command).await {
                 Ok(_) => {
-                    let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id.clone()));
+                    let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id));
                     tracing::info!(job_id = %job_id, executors_told_to_discard_state = told, "job cancelled; its subtasks were told to stop");
                 }
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not finish cancelling"),
@@ -292,14 +292,14 @@ async fn scheduler(
         }
         for job_id in round.finished {
             let command = Command::TransitionJob {
-                job_id: job_id.clone(),
+                job_id,
                 to: JobStatus::Finished,
                 reason: "every subtask reached the end of its input and published its output".to_owned(),
                 at_ms: now_ms(),
             };
             match context.propose(command).await {
                 Ok(_) => {
-                    let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id.clone()));
+                    let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id));
                     tracing::info!(job_id = %job_id, executors_told_to_discard_state = told, "job finished");
                 }
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not mark the job finished"),
@@ -336,11 +336,11 @@ fn plan_round(context: &CoordinatorContext, sessions: &ExecutorSessions, lease_t
         match deploy::restart_decision(job, now) {
             deploy::RestartDecision::Place => {}
             deploy::RestartDecision::Wait => {
-                waiting.insert(job.job_id.clone());
+                waiting.insert(job.job_id);
             }
             deploy::RestartDecision::GiveUp(reason) => {
-                waiting.insert(job.job_id.clone());
-                give_up.push((job.job_id.clone(), reason));
+                waiting.insert(job.job_id);
+                give_up.push((job.job_id, reason));
             }
         }
     }
@@ -352,7 +352,7 @@ fn plan_round(context: &CoordinatorContext, sessions: &ExecutorSessions, lease_t
         .jobs
         .values()
         .filter(|job| job.status == JobStatus::Cancelling)
-        .map(|job| (job.job_id.clone(), deploy::placed_tasks(job)))
+        .map(|job| (job.job_id, deploy::placed_tasks(job)))
         .collect();
     let finished_tasks = sessions.finished();
     let finished = state
@@ -364,7 +364,7 @@ fn plan_round(context: &CoordinatorContext, sessions: &ExecutorSessions, lease_t
                 .iter()
                 .all(|(_, task)| finished_tasks.contains(task))
         })
-        .map(|job| job.job_id.clone())
+        .map(|job| job.job_id)
         .collect();
     Round {
         give_up,
@@ -381,7 +381,7 @@ async fn place(context: &CoordinatorContext, placement: Placement) {
         executor_id,
     } = placement;
     let command = Command::AssignSubtask {
-        job_id: job_id.clone(),
+        job_id,
         subtask: subtask.clone(),
         executor_id: executor_id.clone(),
         at_ms: now_ms(),
@@ -411,7 +411,7 @@ async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSess
                     .into_iter()
                     .filter_map(|(executor_id, task)| Some((executor_id, deploy::deployment(state, &task)?)))
                     .collect();
-                (job.job_id.clone(), deployments)
+                (job.job_id, deployments)
             })
             .collect()
     };
@@ -423,7 +423,7 @@ async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSess
                 .map(|checkpoint| checkpoint.checkpoint_id.0)
         });
         let command = Command::TransitionJob {
-            job_id: job_id.clone(),
+            job_id,
             to: JobStatus::Running,
             reason: match restore_from {
                 Some(id) => format!("restored from checkpoint {id}"),
@@ -478,7 +478,7 @@ mod tests {
                 subtask_index: 0,
             };
             let command = Command::AssignSubtask {
-                job_id: job_id.clone(),
+                job_id,
                 subtask,
                 executor_id: executor.clone(),
                 at_ms: 1,
@@ -486,7 +486,7 @@ mod tests {
             assert!(apply(&mut state, command).is_ok());
         }
         let task = |operator: &str, epoch: u64| TaskRef {
-            job_id: job_id.clone(),
+            job_id,
             subtask: SubtaskKey {
                 operator_id: operator.to_owned(),
                 subtask_index: 0,

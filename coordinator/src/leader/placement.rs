@@ -45,7 +45,7 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
         .values()
         .filter(|job| accepts_placements(job.status))
         .collect();
-    jobs.sort_by_key(|job| (job.submitted_at_ms, job.job_id.0.len(), job.job_id.0.clone()));
+    jobs.sort_by_key(|job| (job.submitted_at_ms, job.job_id));
     let mut placements = Vec::new();
     for job in jobs {
         let groups = chain_groups(job);
@@ -57,7 +57,7 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
                 Some((home, slots)) if *slots >= group.waiting.len() as i64 => {
                     *slots -= group.waiting.len() as i64;
                     placements.extend(group.waiting.iter().map(|subtask| Placement {
-                        job_id: job.job_id.clone(),
+                        job_id: job.job_id,
                         subtask: (*subtask).clone(),
                         executor_id: home.clone(),
                     }));
@@ -75,7 +75,7 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
             if let Some((executor_id, slots)) = together {
                 *slots -= wanted;
                 placements.extend(group.waiting.iter().map(|subtask| Placement {
-                    job_id: job.job_id.clone(),
+                    job_id: job.job_id,
                     subtask: (*subtask).clone(),
                     executor_id: (*executor_id).clone(),
                 }));
@@ -91,7 +91,7 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
                 };
                 *slots -= 1;
                 placements.push(Placement {
-                    job_id: job.job_id.clone(),
+                    job_id: job.job_id,
                     subtask: subtask.clone(),
                     executor_id: (*executor_id).clone(),
                 });
@@ -217,7 +217,7 @@ mod tests {
         let first = plan_placements(&state, &ids(&["a"]));
         for placement in first.iter().take(2) {
             let command = Command::AssignSubtask {
-                job_id: placement.job_id.clone(),
+                job_id: placement.job_id,
                 subtask: placement.subtask.clone(),
                 executor_id: placement.executor_id.clone(),
                 at_ms: 1,
@@ -238,7 +238,7 @@ mod tests {
     fn assign_all(state: &mut State, placements: &[Placement]) {
         for placement in placements {
             let command = Command::AssignSubtask {
-                job_id: placement.job_id.clone(),
+                job_id: placement.job_id,
                 subtask: placement.subtask.clone(),
                 executor_id: placement.executor_id.clone(),
                 at_ms: 1,

@@ -8,68 +8,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
-use crate::state_machine::{CompletedCheckpoint, State, SubtaskKey};
+use crate::ids::{CheckpointId, ExecutorId, JobId};
+use crate::state_machine::State;
 
-use super::checkpoints::CheckpointAck;
-
-/// One subtask at one epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TaskRef {
-    pub job_id: JobId,
-    pub subtask: SubtaskKey,
-    pub epoch: Epoch,
-}
-
-/// Where one subtask of a deployed job runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlacedSubtask {
-    pub subtask: SubtaskKey,
-    pub executor_id: ExecutorId,
-    pub executor_address: String,
-    pub epoch: Epoch,
-}
-
-/// Everything an executor needs to start one subtask: the graph, where its peers run, and the
-/// checkpoint to restore from (always the latest completed one in the Raft state).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskDeployment {
-    pub task: TaskRef,
-    pub graph_json: String,
-    pub placement: Vec<PlacedSubtask>,
-    pub restore_from: Option<CompletedCheckpoint>,
-}
-
-/// What the leader tells an executor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecutorCommand {
-    /// The complete set of subtasks the executor may keep (sent when a session opens).
-    Assignments(Vec<TaskRef>),
-    Assign(Box<TaskDeployment>),
-    Cancel(TaskRef),
-    TriggerCheckpoint {
-        job_id: JobId,
-        checkpoint_id: CheckpointId,
-    },
-    CheckpointComplete {
-        job_id: JobId,
-        checkpoint_id: CheckpointId,
-        acknowledged: Vec<TaskRef>,
-        /// The oldest checkpoint the job retains after this one.
-        oldest_retained: CheckpointId,
-    },
-    CheckpointAborted {
-        job_id: JobId,
-        checkpoint_id: CheckpointId,
-        reason: String,
-    },
-    /// The job ended (finished or cancelled): its checkpointed state can go.
-    DiscardJobState(JobId),
-    /// A heartbeat arrived; the leader of `term` is alive and reachable.
-    HeartbeatAck {
-        term: u64,
-    },
-}
+pub use raftstream_api::messages::{CheckpointAck, ExecutorCommand, PlacedSubtask, TaskDeployment, TaskRef};
 
 /// What executors report that the leader's duties act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +106,7 @@ pub fn assigned_tasks(state: &State, executor_id: &ExecutorId) -> Vec<TaskRef> {
                 .iter()
                 .filter(|(_, assignment)| assignment.executor_id.as_ref() == Some(executor_id))
                 .map(|(subtask, assignment)| TaskRef {
-                    job_id: job.job_id.clone(),
+                    job_id: job.job_id,
                     subtask: subtask.clone(),
                     epoch: assignment.epoch,
                 })

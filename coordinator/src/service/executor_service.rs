@@ -4,12 +4,15 @@
 use std::pin::Pin;
 
 use futures::Stream;
+use raftstream_api::messages::TaskReport;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{checkpoint_ack_from_proto, executor_command_to_proto, task_ref_from_proto};
+use super::convert::{
+    checkpoint_ack_from_proto, executor_command_to_proto, task_ref_from_proto, task_status_from_proto,
+};
 use super::{forward_target, forwarded_request, is_forwarded, now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
 use crate::ids::ExecutorId;
@@ -233,22 +236,22 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                     }
                     Some(pb::executor_message::Body::TaskStatus(status)) => {
                         sessions.touch(&reader_id);
-                        let task = status.task.as_ref().and_then(task_ref_from_proto);
-                        match (task.clone(), status.status.as_str()) {
-                            (Some(task), "InputEnded") => sessions.report(ExecutorEvent::InputEnded { task }),
-                            (Some(task), "Finished") => {
+                        match task_status_from_proto(&status) {
+                            Some(TaskReport::InputEnded(task)) => sessions.report(ExecutorEvent::InputEnded { task }),
+                            Some(TaskReport::Finished(task)) => {
                                 sessions.add_finished(&reader_id, task.clone());
                                 sessions.report(ExecutorEvent::Finished { task });
                             }
-                            _ => {}
-                        }
-                        let fatal = status.status == "RestoreFailed";
-                        if let (Some(task), true) = (task, status.status == "Failed" || fatal) {
-                            sessions.report(ExecutorEvent::TaskFailed {
+                            Some(TaskReport::Failed {
                                 task,
-                                reason: status.reason.clone(),
-                                fatal,
-                            });
+                                cannot_restore,
+                                reason,
+                            }) => sessions.report(ExecutorEvent::TaskFailed {
+                                task,
+                                reason,
+                                fatal: cannot_restore,
+                            }),
+                            Some(TaskReport::CheckpointAck { .. }) | None => {}
                         }
                     }
                     None => {}

@@ -36,7 +36,7 @@ impl JobServiceImpl {
             .state
             .jobs
             .get(job_id)
-            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: job_id.clone() }))?;
+            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: *job_id }))?;
         Ok(job_to_proto(&applied.state, job))
     }
 
@@ -68,7 +68,7 @@ fn parse_job_id(text: &str) -> Result<JobId, CoordinatorError> {
     if text.trim().is_empty() {
         return Err(CoordinatorError::InvalidRequest("job_id is empty".to_owned()));
     }
-    Ok(JobId(text.trim().to_owned()))
+    JobId::parse(text.trim()).map_err(|error| CoordinatorError::InvalidRequest(error.to_string()))
 }
 
 fn forward_failed(address: String) -> impl FnOnce(Status) -> Status {
@@ -160,7 +160,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let request_id = parse_request_id(&message.request_id)?;
         let command = Command::CancelJob {
             request_id,
-            job_id: job_id.clone(),
+            job_id,
             at_ms: now_ms(),
         };
         match self.context.propose(command).await {
@@ -201,7 +201,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             .state
             .jobs
             .get(&job_id)
-            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: job_id.clone() }))?;
+            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id }))?;
         let checkpoints = job
             .checkpoints
             .iter()

@@ -24,17 +24,11 @@ use crate::raft::{CommittedIndex, CoordinatorRaft, SharedAppliedState, TypeConfi
 use crate::state_machine::{Command, Response};
 
 pub use admin_service::AdminServiceImpl;
-/// Executors read a deployment's checkpoint and write their reports through these.
-pub use convert::{
-    checkpoint_ack_from_proto, checkpoint_from_proto, placed_subtask_from_proto, task_ref_from_proto,
-    task_ref_to_proto, task_state_to_proto,
-};
 pub use executor_service::ExecutorServiceImpl;
 pub use job_service::JobServiceImpl;
 pub use raft_service::RaftServiceImpl;
 
-/// Metadata set on a request a follower forwards, so the leader never forwards it again.
-pub const FORWARDED_METADATA: &str = "x-raftstream-forwarded";
+pub use raftstream_api::metadata::FORWARDED_METADATA;
 
 /// What every service of one coordinator shares.
 #[derive(Clone)]

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use crate::spec::JobGraph;
+use raftstream_api::serde_pairs as map_as_pairs;
+
+pub use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 
 pub use status::JobStatus;
 
@@ -26,37 +29,6 @@ pub const REMEMBERED_REQUESTS: usize = 10_000;
 /// stays bounded however many jobs come and go.
 pub const RETAINED_ENDED_JOBS: usize = 1_000;
 
-/// JSON map keys must be strings, so maps keyed by structs are written as lists of pairs.
-mod map_as_pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        map: &BTreeMap<K, V>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-        D: Deserializer<'de>,
-    {
-        let pairs: Vec<(K, V)> = Vec::deserialize(deserializer)?;
-        Ok(pairs.into_iter().collect())
-    }
-}
-
-/// One subtask of a job: an operator and the index of its parallel instance.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SubtaskKey {
-    pub operator_id: String,
-    pub subtask_index: u32,
-}
-
 /// Where a subtask runs and under which epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
@@ -67,41 +39,6 @@ pub struct Assignment {
     /// live and has room, so a failure moves only what it must.
     #[serde(default)]
     pub previous_executor: Option<ExecutorId>,
-}
-
-/// Where one subtask's state of a checkpoint lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskStateHandle {
-    pub subtask: SubtaskKey,
-    /// Location in the checkpoint store; empty when the state is inline.
-    pub location: String,
-    pub inline_state: Vec<u8>,
-    pub size_bytes: u64,
-    /// FNV-1a 64 of the state bytes, verified on restore.
-    #[serde(default)]
-    pub checksum: u64,
-}
-
-/// A checkpoint whose `CompleteCheckpoint` entry is committed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompletedCheckpoint {
-    pub checkpoint_id: CheckpointId,
-    /// The highest assignment epoch of the job when the checkpoint was taken.
-    pub epoch: Epoch,
-    pub task_states: Vec<TaskStateHandle>,
-    #[serde(with = "map_as_pairs")]
-    pub source_offsets: BTreeMap<SubtaskKey, u64>,
-    pub size_bytes: u64,
-    pub completed_at_ms: u64,
-    /// When the leader triggered it (0 in checkpoints recorded before this field existed).
-    #[serde(default)]
-    pub triggered_at_ms: u64,
-    /// The placement that acknowledged it: every subtask at the epoch it ran when the barrier
-    /// passed. Committing the checkpoint requires this to still be the job's placement (empty in
-    /// checkpoints recorded before this field existed, which are not checked, so an old log
-    /// replays to the same state).
-    #[serde(default, with = "map_as_pairs")]
-    pub acknowledged_epochs: BTreeMap<SubtaskKey, Epoch>,
 }
 
 /// The checkpoint a job's current run was restored from (Flink's "latest restore").
@@ -443,7 +380,7 @@ fn job_mut<'a>(state: &'a mut State, job_id: &JobId) -> Result<&'a mut JobRecord
     state
         .jobs
         .get_mut(job_id)
-        .ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })
+        .ok_or_else(|| Rejection::UnknownJob { job_id: *job_id })
 }
 
 fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
@@ -471,7 +408,7 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         })
         .collect();
     let record = JobRecord {
-        job_id: job_id.clone(),
+        job_id,
         graph,
         status: JobStatus::Submitted,
         status_reason: String::new(),
@@ -486,13 +423,13 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         last_restore: None,
     };
     state.last_job_number = job_number;
-    state.jobs.insert(job_id.clone(), record);
+    state.jobs.insert(job_id, record);
     Ok(Response::JobSubmitted { job_id })
 }
 
 /// Records that a job ended and forgets the oldest ended jobs beyond the retention bound.
 fn retire(state: &mut State, job_id: &JobId) {
-    state.ended_jobs.push_back(job_id.clone());
+    state.ended_jobs.push_back(*job_id);
     while state.ended_jobs.len() > RETAINED_ENDED_JOBS {
         if let Some(oldest) = state.ended_jobs.pop_front() {
             state.jobs.remove(&oldest);
@@ -513,13 +450,13 @@ fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
     let target = match job.status {
         JobStatus::Cancelling => {
             return Ok(Response::JobCancelRequested {
-                job_id: job_id.clone(),
+                job_id: *job_id,
                 status: job.status,
             })
         }
         status if status.is_terminal() => {
             return Err(Rejection::JobAlreadyEnded {
-                job_id: job_id.clone(),
+                job_id: *job_id,
                 status,
             })
         }
@@ -536,7 +473,7 @@ fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
     let from = job.status;
     if !from.can_become(target) {
         return Err(Rejection::IllegalTransition {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             from,
             to: target,
         });
@@ -549,7 +486,7 @@ fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
         retire(state, job_id);
     }
     Ok(Response::JobCancelRequested {
-        job_id: job_id.clone(),
+        job_id: *job_id,
         status: target,
     })
 }
@@ -559,7 +496,7 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     let from = job.status;
     if !from.can_become(to) {
         return Err(Rejection::IllegalTransition {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             from,
             to,
         });
@@ -583,7 +520,7 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
         retire(state, job_id);
     }
     Ok(Response::JobTransitioned {
-        job_id: job_id.clone(),
+        job_id: *job_id,
         status: to,
     })
 }
@@ -696,7 +633,7 @@ fn fail_subtask(
 ) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     let assignment = job.assignments.get(subtask).ok_or_else(|| Rejection::UnknownSubtask {
-        job_id: job_id.clone(),
+        job_id: *job_id,
         operator_id: subtask.operator_id.clone(),
         subtask_index: subtask.subtask_index,
     })?;
@@ -705,7 +642,7 @@ fn fail_subtask(
     // which the restart that released it is already preparing.
     if current == epoch && assignment.executor_id.is_none() {
         return Err(Rejection::PlacementReleased {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             operator_id: subtask.operator_id.clone(),
             subtask_index: subtask.subtask_index,
             epoch,
@@ -713,7 +650,7 @@ fn fail_subtask(
     }
     if current != epoch {
         return Err(Rejection::StaleEpoch {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             operator_id: subtask.operator_id.clone(),
             subtask_index: subtask.subtask_index,
             epoch,
@@ -725,7 +662,7 @@ fn fail_subtask(
         JobStatus::Running | JobStatus::Submitted | JobStatus::Restarting
     ) {
         return Err(Rejection::JobNotActive {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             status: job.status,
             what: "task failures".to_owned(),
         });
@@ -741,13 +678,13 @@ fn fail_subtask(
         release_slots(job);
         retire(state, job_id);
         return Ok(Response::JobTransitioned {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             status: JobStatus::Failed,
         });
     }
     restart(job, reason, at_ms);
     Ok(Response::JobRestarting {
-        job_id: job_id.clone(),
+        job_id: *job_id,
         restart_count: job.restart_count,
     })
 }
@@ -772,16 +709,16 @@ fn assign_subtask(
     let job = state
         .jobs
         .get(job_id)
-        .ok_or_else(|| Rejection::UnknownJob { job_id: job_id.clone() })?;
+        .ok_or_else(|| Rejection::UnknownJob { job_id: *job_id })?;
     if job.status.is_terminal() || job.status == JobStatus::Cancelling {
         return Err(Rejection::JobNotActive {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             status: job.status,
             what: "assignments".to_owned(),
         });
     }
     let current = job.assignments.get(&subtask).ok_or_else(|| Rejection::UnknownSubtask {
-        job_id: job_id.clone(),
+        job_id: *job_id,
         operator_id: subtask.operator_id.clone(),
         subtask_index: subtask.subtask_index,
     })?;
@@ -801,17 +738,14 @@ fn assign_subtask(
             previous_executor: None,
         },
     );
-    Ok(Response::SubtaskAssigned {
-        job_id: job_id.clone(),
-        epoch,
-    })
+    Ok(Response::SubtaskAssigned { job_id: *job_id, epoch })
 }
 
 fn trigger_checkpoint(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
     let job = job_mut(state, job_id)?;
     if job.status != JobStatus::Running {
         return Err(Rejection::JobNotActive {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             status: job.status,
             what: "checkpoint triggers".to_owned(),
         });
@@ -824,7 +758,7 @@ fn trigger_checkpoint(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyRes
     job.last_triggered_checkpoint_id = Some(checkpoint_id);
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
     Ok(Response::CheckpointTriggered {
-        job_id: job_id.clone(),
+        job_id: *job_id,
         checkpoint_id,
     })
 }
@@ -876,7 +810,7 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
     let job = job_mut(state, job_id)?;
     if job.status.is_terminal() {
         return Err(Rejection::JobNotActive {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             status: job.status,
             what: "checkpoints".to_owned(),
         });
@@ -886,7 +820,7 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
         .is_none_or(|triggered| checkpoint.checkpoint_id > triggered)
     {
         return Err(Rejection::CheckpointNotTriggered {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             checkpoint_id: checkpoint.checkpoint_id,
             last_triggered: job.last_triggered_checkpoint_id,
         });
@@ -894,7 +828,7 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
     if let Some(last) = job.last_checkpoint_id {
         if checkpoint.checkpoint_id <= last {
             return Err(Rejection::CheckpointIdNotIncreasing {
-                job_id: job_id.clone(),
+                job_id: *job_id,
                 checkpoint_id: checkpoint.checkpoint_id,
                 last,
             });
@@ -902,7 +836,7 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
     }
     if checkpoint.epoch > job.last_epoch {
         return Err(Rejection::CheckpointEpochTooNew {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             checkpoint_id: checkpoint.checkpoint_id,
             epoch: checkpoint.epoch,
             current: job.last_epoch,
@@ -910,7 +844,7 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
     }
     if !checkpoint.acknowledged_epochs.is_empty() {
         placement_unchanged(job, &checkpoint).map_err(|problem| Rejection::CheckpointPlacementChanged {
-            job_id: job_id.clone(),
+            job_id: *job_id,
             checkpoint_id: checkpoint.checkpoint_id,
             problem,
         })?;
@@ -924,7 +858,7 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
         job.checkpoints.pop_front();
     }
     Ok(Response::CheckpointCompleted {
-        job_id: job_id.clone(),
+        job_id: *job_id,
         checkpoint_id,
     })
 }

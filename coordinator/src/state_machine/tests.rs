@@ -66,14 +66,14 @@ fn submit_then_cancel_unplaced_job_ends_cancelled() {
         &mut state,
         Command::CancelJob {
             request_id: None,
-            job_id: job_id.clone(),
+            job_id,
             at_ms: 6,
         },
     );
     assert_eq!(
         cancelled,
         Ok(Response::JobCancelRequested {
-            job_id: job_id.clone(),
+            job_id,
             status: JobStatus::Cancelled
         })
     );
@@ -81,7 +81,7 @@ fn submit_then_cancel_unplaced_job_ends_cancelled() {
         &mut state,
         Command::CancelJob {
             request_id: None,
-            job_id: job_id.clone(),
+            job_id,
             at_ms: 7,
         },
     );
@@ -110,7 +110,7 @@ fn cancelling_a_finished_job_is_refused_and_changes_nothing() {
         assert!(apply(
             &mut state,
             Command::TransitionJob {
-                job_id: job_id.clone(),
+                job_id,
                 to,
                 reason: String::new(),
                 at_ms: 1
@@ -123,7 +123,7 @@ fn cancelling_a_finished_job_is_refused_and_changes_nothing() {
         &mut state,
         Command::CancelJob {
             request_id: None,
-            job_id: job_id.clone(),
+            job_id,
             at_ms: 2,
         },
     );
@@ -196,7 +196,7 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
     let first = apply(
         &mut state,
         Command::AssignSubtask {
-            job_id: job_id.clone(),
+            job_id,
             subtask: subtask("src", 0),
             executor_id: executor(1),
             at_ms: 1,
@@ -205,14 +205,14 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
     assert_eq!(
         first,
         Ok(Response::SubtaskAssigned {
-            job_id: job_id.clone(),
+            job_id,
             epoch: Epoch(1)
         })
     );
     let _ = apply(
         &mut state,
         Command::AssignSubtask {
-            job_id: job_id.clone(),
+            job_id,
             subtask: subtask("keys", 0),
             executor_id: executor(1),
             at_ms: 1,
@@ -221,7 +221,7 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
     let full = apply(
         &mut state,
         Command::AssignSubtask {
-            job_id: job_id.clone(),
+            job_id,
             subtask: subtask("out", 0),
             executor_id: executor(1),
             at_ms: 1,
@@ -261,7 +261,7 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
     let moved = apply(
         &mut state,
         Command::AssignSubtask {
-            job_id: job_id.clone(),
+            job_id,
             subtask: subtask("src", 0),
             executor_id: executor(2),
             at_ms: 3,
@@ -270,14 +270,14 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
     assert_eq!(
         moved,
         Ok(Response::SubtaskAssigned {
-            job_id: job_id.clone(),
+            job_id,
             epoch: Epoch(3)
         })
     );
     let running = apply(
         &mut state,
         Command::TransitionJob {
-            job_id: job_id.clone(),
+            job_id,
             to: JobStatus::Running,
             reason: String::new(),
             at_ms: 4,
@@ -288,7 +288,7 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
         &mut state,
         Command::CancelJob {
             request_id: None,
-            job_id: job_id.clone(),
+            job_id,
             at_ms: 5,
         },
     );
@@ -313,13 +313,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
             at_ms: 0,
         },
     );
-    let not_running = apply(
-        &mut state,
-        Command::TriggerCheckpoint {
-            job_id: job_id.clone(),
-            at_ms: 0,
-        },
-    );
+    let not_running = apply(&mut state, Command::TriggerCheckpoint { job_id, at_ms: 0 });
     assert!(
         matches!(not_running, Err(Rejection::JobNotActive { .. })),
         "{not_running:?}"
@@ -327,7 +321,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
     let _ = apply(
         &mut state,
         Command::TransitionJob {
-            job_id: job_id.clone(),
+            job_id,
             to: JobStatus::Running,
             reason: String::new(),
             at_ms: 0,
@@ -336,7 +330,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
     let early = apply(
         &mut state,
         Command::CompleteCheckpoint {
-            job_id: job_id.clone(),
+            job_id,
             checkpoint: checkpoint(1, 0),
         },
     );
@@ -348,14 +342,14 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
         let triggered = apply(
             &mut state,
             Command::TriggerCheckpoint {
-                job_id: job_id.clone(),
+                job_id,
                 at_ms: expected,
             },
         );
         assert_eq!(
             triggered,
             Ok(Response::CheckpointTriggered {
-                job_id: job_id.clone(),
+                job_id,
                 checkpoint_id: CheckpointId(expected)
             })
         );
@@ -365,30 +359,24 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
         assert!(apply(
             &mut state,
             Command::CompleteCheckpoint {
-                job_id: job_id.clone(),
+                job_id,
                 checkpoint: checkpoint(id, 0)
             }
         )
         .is_ok());
     }
-    let next = apply(
-        &mut state,
-        Command::TriggerCheckpoint {
-            job_id: job_id.clone(),
-            at_ms: 9,
-        },
-    );
+    let next = apply(&mut state, Command::TriggerCheckpoint { job_id, at_ms: 9 });
     assert_eq!(
         next,
         Ok(Response::CheckpointTriggered {
-            job_id: job_id.clone(),
+            job_id,
             checkpoint_id: CheckpointId(6)
         })
     );
     let repeat = apply(
         &mut state,
         Command::CompleteCheckpoint {
-            job_id: job_id.clone(),
+            job_id,
             checkpoint: checkpoint(5, 0),
         },
     );
@@ -396,7 +384,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
     let back = apply(
         &mut state,
         Command::CompleteCheckpoint {
-            job_id: job_id.clone(),
+            job_id,
             checkpoint: checkpoint(3, 0),
         },
     );
@@ -417,7 +405,7 @@ fn place_and_run(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> BTr
         let placed = apply(
             state,
             Command::AssignSubtask {
-                job_id: job_id.clone(),
+                job_id,
                 subtask,
                 executor_id: executor_id.clone(),
                 at_ms,
@@ -428,7 +416,7 @@ fn place_and_run(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> BTr
     let running = apply(
         state,
         Command::TransitionJob {
-            job_id: job_id.clone(),
+            job_id,
             to: JobStatus::Running,
             reason: String::new(),
             at_ms,
@@ -473,10 +461,7 @@ fn a_checkpoint_acknowledged_by_a_released_placement_never_completes() {
     let first = place_and_run(&mut state, &executor(1), 1);
     assert_eq!(state.jobs[&job_id].last_restore, None, "a fresh start restores nothing");
     for at_ms in [2, 3] {
-        let trigger = Command::TriggerCheckpoint {
-            job_id: job_id.clone(),
-            at_ms,
-        };
+        let trigger = Command::TriggerCheckpoint { job_id, at_ms };
         assert!(apply(&mut state, trigger).is_ok());
     }
     assert!(apply(&mut state, acknowledged_by(1, &first)).is_ok());
@@ -495,7 +480,7 @@ fn a_checkpoint_acknowledged_by_a_released_placement_never_completes() {
     let released = apply(
         &mut state,
         Command::FailSubtask {
-            job_id: job_id.clone(),
+            job_id,
             subtask: subtask("src", 0),
             epoch: first[&subtask("src", 0)],
             reason: "sink failed".into(),
@@ -522,10 +507,7 @@ fn a_checkpoint_acknowledged_by_a_released_placement_never_completes() {
         matches!(&stale, Err(Rejection::CheckpointPlacementChanged { problem, .. }) if problem.contains("now at epoch")),
         "{stale:?}"
     );
-    let trigger = Command::TriggerCheckpoint {
-        job_id: job_id.clone(),
-        at_ms: 6,
-    };
+    let trigger = Command::TriggerCheckpoint { job_id, at_ms: 6 };
     assert!(apply(&mut state, trigger).is_ok());
     assert!(apply(&mut state, acknowledged_by(3, &second)).is_ok());
     assert_eq!(state.jobs[&job_id].last_checkpoint_id, Some(CheckpointId(3)));

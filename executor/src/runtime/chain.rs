@@ -52,10 +52,10 @@ pub fn chain_members(deployment: &SubtaskDeployment, local_address: &str) -> Vec
 mod tests {
     use std::sync::Arc;
 
-    use raftstream_coordinator::ids::{Epoch, ExecutorId};
-    use raftstream_coordinator::leader::PlacedSubtask;
-    use raftstream_coordinator::spec::parse_job_spec;
-    use raftstream_coordinator::state_machine::SubtaskKey;
+    use raftstream_api::checkpoint::SubtaskKey;
+    use raftstream_api::ids::{Epoch, ExecutorId, JobId};
+    use raftstream_api::messages::PlacedSubtask;
+    use raftstream_api::spec::parse_job_spec;
 
     use super::*;
 
@@ -87,7 +87,7 @@ mod tests {
             })
             .collect();
         SubtaskDeployment {
-            job_id: "job-1".into(),
+            job_id: JobId::from_number(1),
             operator_id: operator_id.into(),
             subtask_index: 0,
             epoch: 0,

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
+use raftstream_api::spec::{
+    Combine, CompareOp, FlatMapFunction, MapFunction, OperatorConfig, OperatorKind, OperatorSpec,
+};
 
 use super::record::{Record, Text};
 use serde::{Deserialize, Serialize};
@@ -30,10 +32,6 @@ pub enum OperatorError {
         "sink {path}: the restored checkpoint {checkpoint_id} lists this pre-committed file, but it is neither pending nor published: its output is lost"
     )]
     PreCommitLost { path: PathBuf, checkpoint_id: u64 },
-}
-
-fn text_param<'a>(operator: &'a OperatorSpec, name: &str) -> Option<&'a str> {
-    operator.params.get(name).and_then(|value| value.as_str())
 }
 
 /// A stateless record transformation.
@@ -62,8 +60,10 @@ pub enum Stateless {
     },
     Filter {
         field: Option<String>,
-        op: String,
+        op: CompareOp,
         value: String,
+        /// The value as a number, read once: numbers compare as numbers.
+        number: Option<f64>,
     },
     /// The value becomes the key. `keep_value: false` when every consumer reads only the key
     /// (a rolling count): the value then moves into the key instead of being copied.
@@ -73,20 +73,6 @@ pub enum Stateless {
     KeyByField {
         field: String,
     },
-}
-
-fn text_list(operator: &OperatorSpec, name: &str) -> Vec<String> {
-    operator
-        .params
-        .get(name)
-        .and_then(|value| value.as_array())
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|item| item.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The text of `field` in a record value holding a JSON object (strings without quotes).
@@ -101,60 +87,45 @@ pub fn field_of(value: &str, field: &str) -> Option<String> {
 impl Stateless {
     /// The transformation of a map, flat_map, filter or key_by operator.
     pub fn of(operator: &OperatorSpec) -> Result<Stateless, OperatorError> {
-        let function = text_param(operator, "function").unwrap_or_default();
-        let fields = text_list(operator, "fields");
-        let delimiter = text_param(operator, "delimiter").unwrap_or(",").to_owned();
-        let needs_fields = |function: &str| -> Result<(), OperatorError> {
-            if fields.is_empty() {
-                return Err(OperatorError::Param {
+        Ok(match &operator.config {
+            OperatorConfig::Map(function) => match function {
+                MapFunction::Identity => Stateless::Identity,
+                MapFunction::Lowercase => Stateless::Lowercase,
+                MapFunction::Uppercase => Stateless::Uppercase,
+                MapFunction::Trim => Stateless::Trim,
+                MapFunction::Project { fields } => Stateless::Project { fields: fields.clone() },
+                MapFunction::ParseCsv { fields, delimiter } => Stateless::ParseCsv {
+                    fields: fields.clone(),
+                    delimiter: delimiter.clone(),
+                },
+                MapFunction::ParseJson => Stateless::ParseJson { explode_arrays: false },
+            },
+            OperatorConfig::FlatMap(function) => match function {
+                FlatMapFunction::SplitWords => Stateless::SplitWords,
+                FlatMapFunction::Split { delimiter } => Stateless::Split {
+                    delimiter: delimiter.clone(),
+                },
+                FlatMapFunction::ParseCsv { fields, delimiter } => Stateless::ParseCsv {
+                    fields: fields.clone(),
+                    delimiter: delimiter.clone(),
+                },
+                FlatMapFunction::ParseJson => Stateless::ParseJson { explode_arrays: true },
+            },
+            OperatorConfig::Filter(filter) => Stateless::Filter {
+                field: filter.field.clone(),
+                op: filter.op,
+                value: filter.value.clone(),
+                number: filter.value.trim().parse::<f64>().ok(),
+            },
+            OperatorConfig::KeyBy { field: Some(field) } => Stateless::KeyByField { field: field.clone() },
+            OperatorConfig::KeyBy { field: None } => Stateless::KeyByValue { keep_value: true },
+            _ => {
+                return Err(OperatorError::Unsupported {
                     operator: operator.id.clone(),
-                    param: "fields".to_owned(),
-                    problem: format!("{function} needs the list of field names"),
-                });
-            }
-            Ok(())
-        };
-        match (operator.kind, function) {
-            (OperatorKind::Map, "identity") => Ok(Stateless::Identity),
-            (OperatorKind::Map, "lowercase") => Ok(Stateless::Lowercase),
-            (OperatorKind::Map, "uppercase") => Ok(Stateless::Uppercase),
-            (OperatorKind::Map, "trim") => Ok(Stateless::Trim),
-            (OperatorKind::Map, "project") => {
-                needs_fields("project")?;
-                Ok(Stateless::Project { fields })
-            }
-            (OperatorKind::Map | OperatorKind::FlatMap, "parse_csv") => {
-                needs_fields("parse_csv")?;
-                Ok(Stateless::ParseCsv { fields, delimiter })
-            }
-            (OperatorKind::Map, "parse_json") => Ok(Stateless::ParseJson { explode_arrays: false }),
-            (OperatorKind::FlatMap, "parse_json") => Ok(Stateless::ParseJson { explode_arrays: true }),
-            (OperatorKind::FlatMap, "split_words") => Ok(Stateless::SplitWords),
-            (OperatorKind::FlatMap, "split") => Ok(Stateless::Split { delimiter }),
-            (OperatorKind::Filter, _) => {
-                let value = match operator.params.get("value") {
-                    Some(serde_json::Value::String(text)) => text.clone(),
-                    Some(other) => other.to_string(),
-                    None => String::new(),
-                };
-                Ok(Stateless::Filter {
-                    field: text_param(operator, "field").map(str::to_owned),
-                    op: text_param(operator, "op").unwrap_or("eq").to_owned(),
-                    value,
+                    kind: operator.kind,
                 })
             }
-            (OperatorKind::KeyBy, _) => Ok(match text_param(operator, "field") {
-                Some(field) => Stateless::KeyByField {
-                    field: field.to_owned(),
-                },
-                None => Stateless::KeyByValue { keep_value: true },
-            }),
-            (kind, function) => Err(OperatorError::Param {
-                operator: operator.id.clone(),
-                param: "function".to_owned(),
-                problem: format!("{kind} {function:?} is not supported"),
-            }),
-        }
+        })
     }
 
     /// Applies the transformation to one record; returns false when the record was dropped as
@@ -238,13 +209,18 @@ impl Stateless {
                 }
                 _ => return false,
             },
-            Stateless::Filter { field, op, value } => {
+            Stateless::Filter {
+                field,
+                op,
+                value,
+                number,
+            } => {
                 let keep = match field {
                     Some(field) => match field_of(&record.value, field) {
-                        Some(subject) => compare(op, &subject, value),
+                        Some(subject) => compare(*op, &subject, value, *number),
                         None => return false,
                     },
-                    None => compare(op, &record.value, value),
+                    None => compare(*op, &record.value, value, *number),
                 };
                 if keep {
                     emit(record);
@@ -274,22 +250,23 @@ impl Stateless {
 }
 
 /// Compares numerically when both sides are numbers, as text otherwise.
-fn compare(op: &str, left: &str, right: &str) -> bool {
+/// `left op right`: as numbers when both read as one (`right_number` is `right` read once), as
+/// text otherwise.
+fn compare(op: CompareOp, left: &str, right: &str, right_number: Option<f64>) -> bool {
     use std::cmp::Ordering;
-    let ordering = match (left.trim().parse::<f64>(), right.trim().parse::<f64>()) {
-        (Ok(a), Ok(b)) => a.partial_cmp(&b),
+    let ordering = || match (left.trim().parse::<f64>().ok(), right_number) {
+        (Some(a), Some(b)) => a.partial_cmp(&b),
         _ => Some(left.cmp(right)),
     };
     match op {
-        "contains" => left.contains(right),
-        "starts_with" => left.starts_with(right),
-        "eq" => ordering == Some(Ordering::Equal),
-        "ne" => ordering != Some(Ordering::Equal),
-        "lt" => ordering == Some(Ordering::Less),
-        "le" => matches!(ordering, Some(Ordering::Less | Ordering::Equal)),
-        "gt" => ordering == Some(Ordering::Greater),
-        "ge" => matches!(ordering, Some(Ordering::Greater | Ordering::Equal)),
-        _ => false,
+        CompareOp::Contains => left.contains(right),
+        CompareOp::StartsWith => left.starts_with(right),
+        CompareOp::Eq => ordering() == Some(Ordering::Equal),
+        CompareOp::Ne => ordering() != Some(Ordering::Equal),
+        CompareOp::Lt => ordering() == Some(Ordering::Less),
+        CompareOp::Le => matches!(ordering(), Some(Ordering::Less | Ordering::Equal)),
+        CompareOp::Gt => ordering() == Some(Ordering::Greater),
+        CompareOp::Ge => matches!(ordering(), Some(Ordering::Greater | Ordering::Equal)),
     }
 }
 
@@ -401,15 +378,6 @@ impl KeyedCount {
     }
 }
 
-/// How a keyed aggregation combines values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Combine {
-    Sum,
-    Min,
-    Max,
-    Concat,
-}
-
 /// A running keyed aggregation (sum, min, max, reduce), emitting the new aggregate on every update.
 /// Numbers are read from the record value, or from one field of a JSON object value.
 #[derive(Debug)]
@@ -431,33 +399,15 @@ pub fn number_text(number: f64) -> String {
 impl KeyedAggregate {
     /// The aggregation of a sum, min, max or reduce operator.
     pub fn of(operator: &OperatorSpec) -> Result<KeyedAggregate, OperatorError> {
-        let combine = match operator.kind {
-            OperatorKind::Sum => Combine::Sum,
-            OperatorKind::Min => Combine::Min,
-            OperatorKind::Max => Combine::Max,
-            OperatorKind::Reduce => match text_param(operator, "function").unwrap_or_default() {
-                "sum" => Combine::Sum,
-                "min" => Combine::Min,
-                "max" => Combine::Max,
-                "concat" => Combine::Concat,
-                other => {
-                    return Err(OperatorError::Param {
-                        operator: operator.id.clone(),
-                        param: "function".to_owned(),
-                        problem: format!("{other:?} is not a reduce function"),
-                    })
-                }
-            },
-            kind => {
-                return Err(OperatorError::Unsupported {
-                    operator: operator.id.clone(),
-                    kind,
-                })
-            }
+        let OperatorConfig::Aggregate { combine, field } = &operator.config else {
+            return Err(OperatorError::Unsupported {
+                operator: operator.id.clone(),
+                kind: operator.kind,
+            });
         };
         Ok(KeyedAggregate {
-            combine,
-            field: text_param(operator, "field").map(str::to_owned),
+            combine: *combine,
+            field: field.clone(),
             values: KeyedMap::default(),
         })
     }
@@ -550,7 +500,12 @@ impl FileSink {
     /// A sink writing under the `path` param: a directory every executor of the job can reach (a
     /// relative path is taken from the executor's working directory).
     pub fn open(operator: &OperatorSpec, subtask_index: u32, epoch: u64) -> Result<FileSink, OperatorError> {
-        let path = text_param(operator, "path").unwrap_or_default();
+        let OperatorConfig::FileSink { path } = &operator.config else {
+            return Err(OperatorError::Unsupported {
+                operator: operator.id.clone(),
+                kind: operator.kind,
+            });
+        };
         let directory = std::path::absolute(path).map_err(|error| OperatorError::Param {
             operator: operator.id.clone(),
             param: "path".to_owned(),
@@ -779,13 +734,8 @@ mod tests {
     use super::*;
 
     fn sink_spec(path: &Path) -> OperatorSpec {
-        OperatorSpec {
-            id: "out".to_owned(),
-            kind: OperatorKind::FileSink,
-            parallelism: 1,
-            inputs: vec!["counts".to_owned()],
-            params: BTreeMap::from([("path".to_owned(), serde_json::Value::String(path.display().to_string()))]),
-        }
+        let params = BTreeMap::from([("path".to_owned(), serde_json::Value::String(path.display().to_string()))]);
+        OperatorSpec::new("out", OperatorKind::FileSink, 1, vec!["counts".to_owned()], params).expect("a valid sink")
     }
 
     fn record(value: &str) -> Record {
@@ -891,16 +841,11 @@ mod tests {
     }
 
     fn spec(kind: OperatorKind, params: serde_json::Value) -> OperatorSpec {
-        OperatorSpec {
-            id: "op".to_owned(),
-            kind,
-            parallelism: 1,
-            inputs: vec!["in".to_owned()],
-            params: params
-                .as_object()
-                .map(|object| object.clone().into_iter().collect())
-                .unwrap_or_default(),
-        }
+        let params = params
+            .as_object()
+            .map(|object| object.clone().into_iter().collect())
+            .unwrap_or_default();
+        OperatorSpec::new("op", kind, 1, vec!["in".to_owned()], params).expect("valid params")
     }
 
     proptest::proptest! {
@@ -981,8 +926,32 @@ mod tests {
         ))
         .expect("valid");
         assert_eq!(run(&explode, &["[1,2]", "nope"]), vec!["|1", "|2"]);
-        let needs_fields = Stateless::of(&spec(OperatorKind::Map, serde_json::json!({"function": "project"})));
-        assert!(needs_fields.is_err());
+        // A project without fields never gets here: the spec is refused at submit (api's tests).
+    }
+
+    #[test]
+    fn a_filter_compares_numbers_as_numbers_and_text_as_text() {
+        let filter = |op: &str, value: serde_json::Value| {
+            Stateless::of(&spec(
+                OperatorKind::Filter,
+                serde_json::json!({"op": op, "value": value}),
+            ))
+            .expect("valid")
+        };
+        // As text "9" > "10"; as numbers it is not.
+        assert_eq!(
+            run(&filter("ge", serde_json::json!(10)), &["9", "10", "11.5"]),
+            vec!["|10", "|11.5"]
+        );
+        assert_eq!(
+            run(&filter("lt", serde_json::json!("m")), &["apple", "zebra"]),
+            vec!["|apple"]
+        );
+        assert_eq!(
+            run(&filter("contains", serde_json::json!("an")), &["banana", "kiwi"]),
+            vec!["|banana"]
+        );
+        assert_eq!(run(&filter("ne", serde_json::json!(3)), &["3.0", "4"]), vec!["|4"]);
     }
 
     #[test]

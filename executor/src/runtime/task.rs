@@ -10,12 +10,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raftstream_coordinator::ids::{Epoch, JobId};
-use raftstream_coordinator::leader::{PlacedSubtask, TaskRef};
-use raftstream_coordinator::service::{checkpoint_from_proto, placed_subtask_from_proto};
-use raftstream_coordinator::spec::{JobGraph, OperatorKind, OperatorSpec};
-use raftstream_coordinator::state_machine::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
-use raftstream_proto::v1 as pb;
+use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+use raftstream_api::dial::DialAddresses;
+use raftstream_api::ids::{CheckpointId, Epoch, JobId};
+use raftstream_api::messages::{PlacedSubtask, TaskDeployment, TaskRef, TaskReport};
+use raftstream_api::spec::{JobGraph, OperatorConfig, OperatorKind, OperatorSpec};
 
 use super::record::Record;
 use serde::{Deserialize, Serialize};
@@ -23,7 +22,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::barriers::{Alignment, BarrierAligner};
-use raftstream_coordinator::dial::DialAddresses;
 
 use super::chain::chain_members;
 use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputChannel};
@@ -33,7 +31,6 @@ use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
 use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless};
 use super::windows::WindowOperator;
 use crate::checkpoint::{checksum, CheckpointStorage, CheckpointStore, StateHandle};
-use crate::report::TaskReport;
 
 mod acknowledger;
 mod input;
@@ -62,7 +59,7 @@ pub const MAX_INLINE_STATE: usize = 1_024;
 /// One subtask as the leader deployed it.
 #[derive(Debug, Clone)]
 pub struct SubtaskDeployment {
-    pub job_id: String,
+    pub job_id: JobId,
     pub operator_id: String,
     pub subtask_index: u32,
     pub epoch: u64,
@@ -74,26 +71,29 @@ pub struct SubtaskDeployment {
 }
 
 impl SubtaskDeployment {
-    /// The deployment carried by an `AssignTask` message.
-    pub fn from_proto(assign: &pb::AssignTask) -> Result<SubtaskDeployment, String> {
-        let task = assign.task.as_ref().ok_or("assignment without a task")?;
-        let graph: JobGraph =
-            serde_json::from_str(&assign.graph_json).map_err(|error| format!("unreadable job graph: {error}"))?;
-        Ok(SubtaskDeployment {
-            job_id: task.job_id.clone(),
-            operator_id: task.operator_id.clone(),
-            subtask_index: task.subtask_index,
-            epoch: task.epoch,
-            graph: Arc::new(graph),
-            placement: assign.placement.iter().map(placed_subtask_from_proto).collect(),
-            restore_from: assign.restore_from.as_ref().map(checkpoint_from_proto),
-        })
+    /// The runtime's view of a deployment from the leader.
+    pub fn from_deployment(deployment: TaskDeployment) -> SubtaskDeployment {
+        let TaskDeployment {
+            task,
+            graph,
+            placement,
+            restore_from,
+        } = deployment;
+        SubtaskDeployment {
+            job_id: task.job_id,
+            operator_id: task.subtask.operator_id,
+            subtask_index: task.subtask.subtask_index,
+            epoch: task.epoch.0,
+            graph,
+            placement,
+            restore_from,
+        }
     }
 
     /// The task reference of this placement.
     pub fn task_ref(&self) -> TaskRef {
         TaskRef {
-            job_id: JobId(self.job_id.clone()),
+            job_id: self.job_id,
             subtask: SubtaskKey {
                 operator_id: self.operator_id.clone(),
                 subtask_index: self.subtask_index,
@@ -169,10 +169,6 @@ enum Logic {
     Print(String),
 }
 
-fn param_u64(operator: &OperatorSpec, name: &str) -> Option<u64> {
-    operator.params.get(name).and_then(|value| value.as_u64())
-}
-
 /// Runs one subtask until it finishes, fails or is cancelled.
 pub async fn run_subtask(
     deployment: SubtaskDeployment,
@@ -193,7 +189,7 @@ pub async fn run_subtask(
         )));
     }
     let key = GateKey {
-        job_id: deployment.job_id.clone(),
+        job_id: deployment.job_id.to_string(),
         operator_id: operator.id.clone(),
         subtask_index: deployment.subtask_index,
     };
@@ -344,17 +340,16 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
             };
             checkpoint.source_offsets.get(&key).copied()
         });
-    Ok(match operator.kind {
-        OperatorKind::Generator => {
-            let defaults = GeneratorSettings::default();
+    Ok(match (&operator.config, operator.kind) {
+        (OperatorConfig::Generator(generator), _) => {
             let settings = GeneratorSettings {
-                seed: param_u64(operator, "seed").unwrap_or(defaults.seed),
-                count: param_u64(operator, "count"),
-                vocabulary_size: param_u64(operator, "vocabulary_size").unwrap_or(defaults.vocabulary_size),
-                words_per_record: param_u64(operator, "words_per_record").unwrap_or(defaults.words_per_record),
+                seed: generator.seed,
+                count: generator.count,
+                vocabulary_size: generator.vocabulary_size,
+                words_per_record: generator.words_per_record,
             };
             let parallelism = u64::from(operator.parallelism.max(1));
-            let rate = param_u64(operator, "rate_per_second");
+            let rate = generator.rate_per_second;
             Logic::Source(Box::new(SourceReader::Generator(GeneratorState {
                 settings,
                 next_offset: restored_offset.unwrap_or(u64::from(deployment.subtask_index)),
@@ -363,12 +358,7 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
                 ms_per_offset: rate.map_or(1.0, |rate| 1_000.0 / rate as f64),
             })))
         }
-        OperatorKind::FileSource => {
-            let path = operator
-                .params
-                .get("path")
-                .and_then(|value| value.as_str())
-                .unwrap_or_default();
+        (OperatorConfig::FileSource { path }, _) => {
             let reader = FileReader::open(
                 std::path::Path::new(path),
                 deployment.subtask_index,
@@ -378,7 +368,7 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
             .map_err(|error| TaskError::Source(error.to_string()))?;
             Logic::Source(Box::new(SourceReader::Files(reader)))
         }
-        OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy => {
+        (_, OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy) => {
             let transform = Stateless::of(operator)?;
             let only_keys_read = deployment
                 .graph
@@ -389,24 +379,20 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
                 other => other,
             })
         }
-        OperatorKind::Count => Logic::Count(KeyedCount::default()),
-        OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max | OperatorKind::Reduce => {
-            Logic::Aggregate(KeyedAggregate::of(operator)?)
-        }
-        OperatorKind::TumblingWindow | OperatorKind::SlidingWindow => {
-            Logic::Window(Box::new(WindowOperator::of(operator, input_count)?))
-        }
-        OperatorKind::FileSink => {
+        (OperatorConfig::Count, _) => Logic::Count(KeyedCount::default()),
+        (OperatorConfig::Aggregate { .. }, _) => Logic::Aggregate(KeyedAggregate::of(operator)?),
+        (OperatorConfig::Window(_), _) => Logic::Window(Box::new(WindowOperator::of(operator, input_count)?)),
+        (OperatorConfig::FileSink { .. }, _) => {
             Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch)?)
         }
-        OperatorKind::Print => Logic::Print(
-            operator
-                .params
-                .get("prefix")
-                .and_then(|value| value.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-        ),
+        (OperatorConfig::Print { prefix }, _) => Logic::Print(prefix.clone()),
+        (_, kind) => {
+            return Err(OperatorError::Unsupported {
+                operator: operator.id.clone(),
+                kind,
+            }
+            .into())
+        }
     })
 }
 

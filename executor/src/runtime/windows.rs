@@ -10,22 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use raftstream_coordinator::spec::{OperatorKind, OperatorSpec};
+use raftstream_api::spec::{OperatorConfig, OperatorSpec, WindowAggregate};
 
 use super::record::Record;
 use serde::{Deserialize, Serialize};
 
 use super::key_groups::{key_group, KeyedMap, StateKey};
 use super::operators::{field_of, number_text, OperatorError};
-
-/// How a window combines the records of one key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Aggregate {
-    Count,
-    Sum,
-    Min,
-    Max,
-}
 
 /// Window state of one key: window start -> aggregate so far.
 type KeyWindows = BTreeMap<i64, f64>;
@@ -35,7 +26,7 @@ type KeyWindows = BTreeMap<i64, f64>;
 pub struct WindowOperator {
     size_ms: i64,
     slide_ms: i64,
-    aggregate: Aggregate,
+    aggregate: WindowAggregate,
     field: Option<String>,
     timestamp_field: Option<String>,
     out_of_orderness_ms: i64,
@@ -59,46 +50,20 @@ struct WindowSnapshot {
 impl WindowOperator {
     /// The window of a tumbling_window or sliding_window operator with `channels` inputs.
     pub fn of(operator: &OperatorSpec, channels: usize) -> Result<WindowOperator, OperatorError> {
-        let number = |name: &str| operator.params.get(name).and_then(|value| value.as_u64());
-        let text = |name: &str| operator.params.get(name).and_then(|value| value.as_str());
-        let param_error = |param: &str, problem: String| OperatorError::Param {
-            operator: operator.id.clone(),
-            param: param.to_owned(),
-            problem,
-        };
-        let size_ms = number("size_ms").ok_or_else(|| param_error("size_ms", "is required".to_owned()))?;
-        let slide_ms = match operator.kind {
-            OperatorKind::SlidingWindow => {
-                number("slide_ms").ok_or_else(|| param_error("slide_ms", "is required".to_owned()))?
-            }
-            _ => size_ms,
-        };
-        if slide_ms == 0 || size_ms == 0 || slide_ms > size_ms {
-            return Err(param_error(
-                "slide_ms",
-                format!("must be between 1 and size_ms ({size_ms}), is {slide_ms}"),
-            ));
-        }
-        let aggregate = match text("aggregate").unwrap_or("count") {
-            "count" => Aggregate::Count,
-            "sum" => Aggregate::Sum,
-            "min" => Aggregate::Min,
-            "max" => Aggregate::Max,
-            other => {
-                return Err(param_error(
-                    "aggregate",
-                    format!("{other:?} is not count, sum, min or max"),
-                ))
-            }
+        let OperatorConfig::Window(config) = &operator.config else {
+            return Err(OperatorError::Unsupported {
+                operator: operator.id.clone(),
+                kind: operator.kind,
+            });
         };
         let as_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         Ok(WindowOperator {
-            size_ms: as_i64(size_ms),
-            slide_ms: as_i64(slide_ms),
-            aggregate,
-            field: text("field").map(str::to_owned),
-            timestamp_field: text("timestamp_field").map(str::to_owned),
-            out_of_orderness_ms: as_i64(number("max_out_of_orderness_ms").unwrap_or(0)),
+            size_ms: as_i64(config.size_ms),
+            slide_ms: as_i64(config.slide_ms),
+            aggregate: config.aggregate,
+            field: config.field.clone(),
+            timestamp_field: config.timestamp_field.clone(),
+            out_of_orderness_ms: as_i64(config.max_out_of_orderness_ms),
             windows: KeyedMap::default(),
             max_event_time: vec![i64::MIN; channels],
             explicit: vec![i64::MIN; channels],
@@ -119,7 +84,7 @@ impl WindowOperator {
             None => Some(record.timestamp_ms),
         };
         let value = match (self.aggregate, &self.field) {
-            (Aggregate::Count, _) => Some(1.0),
+            (WindowAggregate::Count, _) => Some(1.0),
             (_, Some(field)) => field_of(&record.value, field).and_then(|text| text.trim().parse::<f64>().ok()),
             (_, None) => record.value.trim().parse::<f64>().ok(),
         };
@@ -139,14 +104,14 @@ impl WindowOperator {
                 accepted = true;
                 let windows = self.windows.entry(record.key.clone()).or_default();
                 let slot = windows.entry(start).or_insert(match self.aggregate {
-                    Aggregate::Count | Aggregate::Sum => 0.0,
-                    Aggregate::Min => f64::INFINITY,
-                    Aggregate::Max => f64::NEG_INFINITY,
+                    WindowAggregate::Count | WindowAggregate::Sum => 0.0,
+                    WindowAggregate::Min => f64::INFINITY,
+                    WindowAggregate::Max => f64::NEG_INFINITY,
                 });
                 *slot = match self.aggregate {
-                    Aggregate::Count | Aggregate::Sum => *slot + value,
-                    Aggregate::Min => slot.min(value),
-                    Aggregate::Max => slot.max(value),
+                    WindowAggregate::Count | WindowAggregate::Sum => *slot + value,
+                    WindowAggregate::Min => slot.min(value),
+                    WindowAggregate::Max => slot.max(value),
                 };
             }
             start -= self.slide_ms;
@@ -251,18 +216,14 @@ impl WindowOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raftstream_api::spec::OperatorKind;
 
     fn window(kind: OperatorKind, params: serde_json::Value, channels: usize) -> WindowOperator {
-        let spec = OperatorSpec {
-            id: "w".to_owned(),
-            kind,
-            parallelism: 1,
-            inputs: vec!["k".to_owned()],
-            params: params
-                .as_object()
-                .map(|object| object.clone().into_iter().collect())
-                .unwrap_or_default(),
-        };
+        let params = params
+            .as_object()
+            .map(|object| object.clone().into_iter().collect())
+            .unwrap_or_default();
+        let spec = OperatorSpec::new("w", kind, 1, vec!["k".to_owned()], params).expect("valid window params");
         WindowOperator::of(&spec, channels).expect("valid window")
     }
 

@@ -109,7 +109,7 @@ impl<'a> Acknowledger<'a> {
         }
         let store = self.environment.store.clone();
         let deployment = self.deployment;
-        let job_id = deployment.job_id.clone();
+        let job_id = deployment.job_id.to_string();
         let own_files = format!("{}-{}-e", deployment.operator_id, deployment.subtask_index);
         let epoch = deployment.epoch;
         tokio::spawn(async move {
@@ -291,7 +291,7 @@ impl BackgroundAck {
         // session is down or far behind.
         let _ = self.reports.try_send(TaskReport::CheckpointAck {
             task: self.task,
-            checkpoint_id,
+            checkpoint_id: CheckpointId(checkpoint_id),
             state,
             source_offset: self.source_offset,
         });
@@ -302,7 +302,7 @@ impl BackgroundAck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raftstream_coordinator::spec::parse_job_spec;
+    use raftstream_api::spec::parse_job_spec;
 
     fn counting_subtask() -> SubtaskDeployment {
         let spec = r#"{"name": "wc", "operators": [
@@ -315,7 +315,7 @@ mod tests {
             Err(error) => panic!("invalid test spec: {error}"),
         };
         SubtaskDeployment {
-            job_id: "job-1".to_owned(),
+            job_id: JobId::from_number(1),
             operator_id: "counts".to_owned(),
             subtask_index: 0,
             epoch: 3,
@@ -341,7 +341,7 @@ mod tests {
         let mut ids = Vec::new();
         while let Ok(report) = received.try_recv() {
             if let TaskReport::CheckpointAck { checkpoint_id, .. } = report {
-                ids.push(checkpoint_id);
+                ids.push(checkpoint_id.0);
             }
         }
         ids

@@ -152,7 +152,7 @@ pub(super) async fn open_outputs(
                 .find(|placed| placed.subtask.operator_id == consumer.id && placed.subtask.subtask_index == index)
                 .ok_or_else(|| TaskError::Graph(format!("{}[{index}] is not placed", consumer.id)))?;
             let target = GateKey {
-                job_id: deployment.job_id.clone(),
+                job_id: deployment.job_id.to_string(),
                 operator_id: consumer.id.clone(),
                 subtask_index: index,
             };

@@ -196,16 +196,12 @@ mod tests {
     }
 
     fn sink(directory: &std::path::Path) -> FileSink {
-        let spec = OperatorSpec {
-            id: "out".to_owned(),
-            kind: OperatorKind::FileSink,
-            parallelism: 1,
-            inputs: vec!["counts".to_owned()],
-            params: BTreeMap::from([(
-                "path".to_owned(),
-                serde_json::Value::String(directory.display().to_string()),
-            )]),
-        };
+        let params = BTreeMap::from([(
+            "path".to_owned(),
+            serde_json::Value::String(directory.display().to_string()),
+        )]);
+        let spec = OperatorSpec::new("out", OperatorKind::FileSink, 1, vec!["counts".to_owned()], params)
+            .expect("a valid sink");
         match FileSink::open(&spec, 0, 1) {
             Ok(sink) => sink,
             Err(error) => panic!("sink: {error}"),

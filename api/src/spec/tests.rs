@@ -196,3 +196,65 @@ fn source_with_inputs_and_job_without_sink_are_rejected() {
         "{message}"
     );
 }
+
+fn one_operator(kind: &str, params: &str) -> String {
+    format!(
+        r#"{{"name": "typed", "operators": [
+            {{"id": "lines", "kind": "generator"}},
+            {{"id": "op", "kind": "{kind}", "inputs": ["lines"], "params": {params}}},
+            {{"id": "out", "kind": "print", "inputs": ["op"]}}]}}"#
+    )
+}
+
+#[test]
+fn parameters_are_read_once_into_typed_configuration_with_defaults() {
+    let graph = parse_job_spec(&one_operator("filter", r#"{"field": "n", "op": "ge", "value": 10}"#)).expect("valid");
+    let filter = graph.operator("op").expect("the filter");
+    assert_eq!(
+        filter.config,
+        OperatorConfig::Filter(FilterConfig {
+            field: Some("n".into()),
+            op: CompareOp::Ge,
+            value: "10".into(),
+        })
+    );
+    let source = graph.operator("lines").expect("the source");
+    assert_eq!(source.config, OperatorConfig::Generator(GeneratorConfig::default()));
+    let graph = parse_job_spec(&one_operator("flat_map", r#"{"function": "split", "delimiter": ";"}"#)).expect("valid");
+    assert_eq!(
+        graph.operator("op").map(|operator| &operator.config),
+        Some(&OperatorConfig::FlatMap(FlatMapFunction::Split {
+            delimiter: ";".into()
+        }))
+    );
+}
+
+#[test]
+fn a_function_missing_its_fields_is_rejected_at_submit_naming_the_field() {
+    let error = error_of(&one_operator("map", r#"{"function": "project"}"#));
+    assert!(
+        error.contains("\"op\"") && error.contains("params.fields") && error.contains("project needs the list"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_stored_graph_reads_back_with_the_same_configuration() {
+    let graph = parse_job_spec(&one_operator(
+        "map",
+        r#"{"function": "parse_csv", "fields": ["a", "b"]}"#,
+    ))
+    .expect("valid");
+    let stored = serde_json::to_string(&graph).expect("serializes");
+    assert!(
+        !stored.contains("config"),
+        "the stored form is what the user wrote: {stored}"
+    );
+    let read_back: JobGraph = serde_json::from_str(&stored).expect("reads back");
+    assert_eq!(read_back, graph);
+    let tampered = stored.replace(r#""function":"parse_csv""#, r#""function":"explode""#);
+    let refused = serde_json::from_str::<JobGraph>(&tampered)
+        .map(|_| ())
+        .expect_err("an unknown function");
+    assert!(refused.to_string().contains("params.function"), "{refused}");
+}

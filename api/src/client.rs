@@ -201,7 +201,7 @@ impl ClusterClient {
             consistency: consistency as i32,
         };
         let reply = self.with_retry(|channel| {
-            let request = request.clone();
+            let request = request;
             async move {
                 JobServiceClient::new(channel)
                     .max_decoding_message_size(256 << 20)

@@ -2,6 +2,7 @@
 //! and the field at fault.
 
 mod chains;
+mod config;
 mod operators;
 #[cfg(test)]
 mod tests;
@@ -11,6 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use config::operator_config;
+pub use config::{
+    Combine, CompareOp, FilterConfig, FlatMapFunction, GeneratorConfig, MapFunction, OperatorConfig, WindowAggregate,
+    WindowConfig,
+};
 pub use operators::{OperatorKind, OperatorRole, ParamSchema, ParamType};
 
 /// Specs above this size are rejected before parsing, so a huge upload cannot exhaust memory.
@@ -41,12 +47,76 @@ fn chaining_by_default() -> bool {
 
 /// One operator of a job graph.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredOperator", into = "StoredOperator")]
 pub struct OperatorSpec {
     pub id: String,
     pub kind: OperatorKind,
     pub parallelism: u32,
     pub inputs: Vec<String>,
+    /// The parameters as the spec wrote them: what is stored and shown.
     pub params: BTreeMap<String, Value>,
+    /// What they mean, read once; the runtime builds the operator from this alone.
+    pub config: OperatorConfig,
+}
+
+/// An operator as stored in the Raft log and sent to executors: its configuration is read again
+/// from the parameters, so the stored form stays what users wrote.
+#[derive(Serialize, Deserialize)]
+struct StoredOperator {
+    id: String,
+    kind: OperatorKind,
+    parallelism: u32,
+    inputs: Vec<String>,
+    params: BTreeMap<String, Value>,
+}
+
+impl OperatorSpec {
+    /// An operator from its parts, its parameters checked against its kind and read into its
+    /// configuration (as a spec's operators are).
+    pub fn new(
+        id: &str,
+        kind: OperatorKind,
+        parallelism: u32,
+        inputs: Vec<String>,
+        params: BTreeMap<String, Value>,
+    ) -> Result<OperatorSpec, SpecError> {
+        OperatorSpec::try_from(StoredOperator {
+            id: id.to_owned(),
+            kind,
+            parallelism,
+            inputs,
+            params,
+        })
+    }
+}
+
+impl TryFrom<StoredOperator> for OperatorSpec {
+    type Error = SpecError;
+
+    fn try_from(stored: StoredOperator) -> Result<OperatorSpec, SpecError> {
+        validate_params(&stored.id, stored.kind, &stored.params)?;
+        let config = operator_config(&stored.id, stored.kind, &stored.params)?;
+        Ok(OperatorSpec {
+            id: stored.id,
+            kind: stored.kind,
+            parallelism: stored.parallelism,
+            inputs: stored.inputs,
+            params: stored.params,
+            config,
+        })
+    }
+}
+
+impl From<OperatorSpec> for StoredOperator {
+    fn from(operator: OperatorSpec) -> StoredOperator {
+        StoredOperator {
+            id: operator.id,
+            kind: operator.kind,
+            parallelism: operator.parallelism,
+            inputs: operator.inputs,
+            params: operator.params,
+        }
+    }
 }
 
 /// When to checkpoint, and how many completed checkpoints to keep.
@@ -513,12 +583,14 @@ fn parse_operator(
         }
     };
     validate_params(&id, kind, &params)?;
+    let config = operator_config(&id, kind, &params)?;
     Ok(OperatorSpec {
         id,
         kind,
         parallelism,
         inputs,
         params,
+        config,
     })
 }
 

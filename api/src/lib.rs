@@ -1,0 +1,22 @@
+//! Raftstream's shared model: what coordinators, executors, the CLI and the chaos harness agree
+//! on, with no Raft, no storage and no server code.
+//!
+//! - [`ids`]: newtype ids (`JobId`, `ExecutorId`, `CheckpointId`, `Epoch`, `RequestId`, `NodeId`).
+//! - [`spec`]: job specs (YAML/JSON) parsed and validated into job graphs and operator chains.
+//! - [`checkpoint`]: checkpoint metadata (`CompletedCheckpoint`, `TaskStateHandle`, `SubtaskKey`).
+//! - [`messages`]: what the leader and the executors tell each other (`ExecutorCommand`, ...).
+//! - [`convert`]: every conversion between those and their protobuf form.
+//! - [`client`]: a cluster client that tries every coordinator and retries.
+//! - [`dial`]: the table of addresses dialled elsewhere than advertised (the fault proxy).
+//! - [`metadata`]: gRPC metadata keys.
+//! - [`serde_pairs`]: maps keyed by structs, serialized as lists of pairs.
+
+pub mod checkpoint;
+pub mod client;
+pub mod convert;
+pub mod dial;
+pub mod ids;
+pub mod messages;
+pub mod metadata;
+pub mod serde_pairs;
+pub mod spec;

@@ -1,0 +1,100 @@
+//! What the leader and the executors tell each other, as our own types: the protobuf forms exist
+//! only on the wire (see [`crate::convert`]).
+
+use std::sync::Arc;
+
+use crate::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
+use crate::spec::JobGraph;
+
+/// One subtask at one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    pub job_id: JobId,
+    pub subtask: SubtaskKey,
+    pub epoch: Epoch,
+}
+
+/// Where one subtask of a deployed job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedSubtask {
+    pub subtask: SubtaskKey,
+    pub executor_id: ExecutorId,
+    pub executor_address: String,
+    pub epoch: Epoch,
+}
+
+/// Everything an executor needs to start one subtask: the graph, where its peers run, and the
+/// checkpoint to restore from (always the latest completed one in the Raft state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDeployment {
+    pub task: TaskRef,
+    /// The job's validated graph, shared by every deployment of the job.
+    pub graph: Arc<JobGraph>,
+    pub placement: Vec<PlacedSubtask>,
+    pub restore_from: Option<CompletedCheckpoint>,
+}
+
+/// What the leader tells an executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorCommand {
+    /// The complete set of subtasks the executor may keep (sent when a session opens).
+    Assignments(Vec<TaskRef>),
+    Assign(Box<TaskDeployment>),
+    Cancel(TaskRef),
+    TriggerCheckpoint {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+    },
+    CheckpointComplete {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        acknowledged: Vec<TaskRef>,
+        /// The oldest checkpoint the job retains after this one.
+        oldest_retained: CheckpointId,
+    },
+    CheckpointAborted {
+        job_id: JobId,
+        checkpoint_id: CheckpointId,
+        reason: String,
+    },
+    /// The job ended (finished or cancelled): its checkpointed state can go.
+    DiscardJobState(JobId),
+    /// A heartbeat arrived; the leader of `term` is alive and reachable.
+    HeartbeatAck {
+        term: u64,
+    },
+}
+
+/// An acknowledgement from one subtask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointAck {
+    pub subtask: SubtaskKey,
+    pub epoch: Epoch,
+    pub state: TaskStateHandle,
+    /// Sources report the offset their state corresponds to.
+    pub source_offset: Option<u64>,
+}
+
+/// What an executor reports about one of its subtasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskReport {
+    /// A source read the end of its input; the leader asks for a final checkpoint.
+    InputEnded(TaskRef),
+    /// The subtask reached the end of its input and delivered everything.
+    Finished(TaskRef),
+    Failed {
+        task: TaskRef,
+        /// The subtask could not restore its checkpoint: restarting would fail again.
+        cannot_restore: bool,
+        reason: String,
+    },
+    /// The subtask's state of a checkpoint is stored (or inline) and ready to commit.
+    CheckpointAck {
+        task: TaskRef,
+        checkpoint_id: CheckpointId,
+        state: TaskStateHandle,
+        /// Sources: the input offset the state corresponds to.
+        source_offset: Option<u64>,
+    },
+}
