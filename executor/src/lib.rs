@@ -8,13 +8,13 @@
 //! - [`session`]: registration and the session loop; the only place leader messages and reports
 //!   change between protobuf and `raftstream_api`'s types.
 //! - [`runtime`]: the streaming runtime that runs deployed subtasks.
-//! - [`tasks`]: the subtasks running here, started, fenced and stopped by the leader's messages.
+//! - [`task_manager`]: the subtasks running here, started, fenced and stopped by the leader's messages.
 
 pub mod assignments;
 pub mod checkpoint;
 pub mod defects;
 pub mod runtime;
 pub mod session;
-pub mod tasks;
+pub mod task_manager;
 
 pub use session::{run_executor, ExecutorConfig, ExecutorError};

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::checkpoint::{CheckpointStorage, StorageConfigError};
 use crate::runtime::exchange::{ExchangeHub, ExchangeServiceImpl};
 use crate::runtime::task::TaskEnvironment;
-use crate::tasks::TaskManager;
+use crate::task_manager::TaskManager;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// The longest wait between registration attempts. A registration is one small request; waiting

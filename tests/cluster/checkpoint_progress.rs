@@ -19,8 +19,9 @@ use crate::common::{ensure_exact_output, eventually, fast_executors, start_execu
 const PATIENCE: Duration = Duration::from_secs(60);
 /// The checkpoint interval of the measured jobs.
 const INTERVAL_MS: u64 = 100;
-/// Intervals measured after the first completed checkpoint: at least `INTERVALS - 1` checkpoints
-/// must complete in them.
+/// Intervals measured after the first completed checkpoint: at least half of them must see a
+/// checkpoint complete. The defect this guards against completed none while input flowed; on a
+/// loaded 2-core machine a checkpoint may take longer than one interval, so not every one counts.
 const INTERVALS: u64 = 6;
 
 /// Where a measured job's records come from.
@@ -225,10 +226,10 @@ async fn checkpoints_while_input_flows(
         .collect();
     tracing::info!(checkpoints = ?summary, "{what}: completed in {INTERVALS} intervals");
     anyhow::ensure!(
-        in_window.len() as u64 >= INTERVALS - 1,
+        in_window.len() as u64 >= INTERVALS / 2,
         "{what}: {} checkpoints completed in {INTERVALS} intervals of {INTERVAL_MS} ms, expected at least {}: {summary:?}",
         in_window.len(),
-        INTERVALS - 1
+        INTERVALS / 2
     );
     if input == Input::Files {
         for checkpoint in &in_window {

@@ -1,12 +1,12 @@
 //! The streaming runtime on an executor: one tokio task per deployed chain of subtasks ([`task`],
-//! [`chain`]), data exchange with credit-based flow control ([`exchange`]), barrier alignment
+//! [`deployment`]), data exchange with credit-based flow control ([`exchange`]), barrier alignment
 //! ([`barriers`]),
-//! sources ([`generator`], [`file_source`]), record operators and the exactly-once file sink
-//! ([`operators`]), event-time windows ([`windows`]) and keyed exchange by key groups
-//! ([`key_groups`]); all of them pass our own [`record::Record`], never the wire's.
+//! sources ([`generator`], [`file_source`]), the operators by concept (stateless transforms,
+//! keyed state, event-time windows, the exactly-once file sink: [`operators`]) and keyed exchange
+//! by key groups ([`key_groups`]); all of them pass our own [`record::Record`], never the wire's.
 
 pub mod barriers;
-pub mod chain;
+pub mod deployment;
 pub mod exchange;
 pub mod file_source;
 pub mod generator;
@@ -14,4 +14,3 @@ pub mod key_groups;
 pub mod operators;
 pub mod record;
 pub mod task;
-pub mod windows;

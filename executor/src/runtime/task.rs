@@ -8,28 +8,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+use raftstream_api::checkpoint::{SubtaskKey, TaskStateHandle};
 use raftstream_api::dial::DialAddresses;
-use raftstream_api::ids::{CheckpointId, Epoch, JobId};
-use raftstream_api::messages::{PlacedSubtask, TaskDeployment, TaskRef, TaskReport};
-use raftstream_api::spec::{JobGraph, OperatorConfig, OperatorKind, OperatorSpec};
-
-use super::record::Record;
-use serde::{Deserialize, Serialize};
+use raftstream_api::messages::TaskReport;
+use raftstream_api::spec::{OperatorConfig, OperatorKind, OperatorSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::barriers::{Alignment, BarrierAligner};
-
-use super::chain::chain_members;
-use super::exchange::{ChannelEvent, ExchangeHub, GateKey, InputMessage, OutputChannel};
+use super::barriers::BarrierAligner;
+use super::deployment::{chain_members, SubtaskDeployment};
+use super::exchange::{ExchangeHub, GateKey, InputMessage};
 use super::file_source::FileReader;
 use super::generator::GeneratorSettings;
-use super::key_groups::{key_group, key_group_range, subtask_for_key_group};
-use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless};
-use super::windows::WindowOperator;
+use super::key_groups::key_group_range;
+use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator};
+use super::record::Record;
 use crate::checkpoint::{checksum, CheckpointStorage, CheckpointStore, StateHandle};
 
 mod acknowledger;
@@ -40,7 +34,7 @@ mod source;
 
 use acknowledger::Acknowledger;
 use input::InputTask;
-use outputs::{open_outputs, partition, Outputs, Partition};
+use outputs::{open_outputs, partition, Partition};
 use pipeline::Pipeline;
 use source::{run_source, GeneratorState, SourceReader};
 
@@ -55,53 +49,6 @@ pub const SOURCE_BATCH_LINES: usize = 128;
 
 /// State up to this size travels inline in the Raft metadata instead of the checkpoint store.
 pub const MAX_INLINE_STATE: usize = 1_024;
-
-/// One subtask as the leader deployed it.
-#[derive(Debug, Clone)]
-pub struct SubtaskDeployment {
-    pub job_id: JobId,
-    pub operator_id: String,
-    pub subtask_index: u32,
-    pub epoch: u64,
-    pub graph: Arc<JobGraph>,
-    /// Where every subtask of the job runs.
-    pub placement: Vec<PlacedSubtask>,
-    /// The latest completed checkpoint in the Raft state, when the job has one.
-    pub restore_from: Option<CompletedCheckpoint>,
-}
-
-impl SubtaskDeployment {
-    /// The runtime's view of a deployment from the leader.
-    pub fn from_deployment(deployment: TaskDeployment) -> SubtaskDeployment {
-        let TaskDeployment {
-            task,
-            graph,
-            placement,
-            restore_from,
-        } = deployment;
-        SubtaskDeployment {
-            job_id: task.job_id,
-            operator_id: task.subtask.operator_id,
-            subtask_index: task.subtask.subtask_index,
-            epoch: task.epoch.0,
-            graph,
-            placement,
-            restore_from,
-        }
-    }
-
-    /// The task reference of this placement.
-    pub fn task_ref(&self) -> TaskRef {
-        TaskRef {
-            job_id: self.job_id,
-            subtask: SubtaskKey {
-                operator_id: self.operator_id.clone(),
-                subtask_index: self.subtask_index,
-            },
-            epoch: Epoch(self.epoch),
-        }
-    }
-}
 
 /// Messages from the leader about checkpoints, routed to the subtasks of their job.
 #[derive(Debug, Clone, PartialEq, Eq)]

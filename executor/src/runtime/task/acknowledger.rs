@@ -1,8 +1,17 @@
 //! Acknowledging checkpoints: state stored (or inlined) and reported to the leader, and the state
 //! files no retained checkpoint needs any more deleted.
 
-use super::*;
-use crate::checkpoint::delete_each;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use raftstream_api::checkpoint::TaskStateHandle;
+use raftstream_api::ids::CheckpointId;
+use raftstream_api::messages::{TaskRef, TaskReport};
+use tokio::sync::mpsc;
+
+use super::{TaskEnvironment, TaskError, MAX_INLINE_STATE};
+use crate::checkpoint::{checksum, delete_each, CheckpointStorage, CheckpointStore};
+use crate::runtime::deployment::SubtaskDeployment;
 use crate::runtime::operators::SinkSegment;
 
 /// Whether `location` (`<job>/chk-<id>/<operator>-<subtask>-e<epoch>.state`) holds state an
@@ -301,8 +310,12 @@ impl BackgroundAck {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use raftstream_api::dial::DialAddresses;
+    use raftstream_api::ids::JobId;
     use raftstream_api::spec::parse_job_spec;
+
+    use super::*;
+    use crate::runtime::exchange::ExchangeHub;
 
     fn counting_subtask() -> SubtaskDeployment {
         let spec = r#"{"name": "wc", "operators": [

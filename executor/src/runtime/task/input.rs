@@ -1,7 +1,17 @@
 //! Subtasks with inputs: the gate's channels read, barriers aligned, records processed, state
 //! snapshotted and acknowledged, and the sink committed when checkpoints complete.
 
-use super::*;
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::acknowledger::Acknowledger;
+use super::outputs::Outputs;
+use super::pipeline::Pipeline;
+use super::{Logic, TaskControl, TaskEnd, TaskError};
+use crate::runtime::barriers::{Alignment, BarrierAligner};
+use crate::runtime::exchange::{ChannelEvent, InputMessage};
 
 pub(super) struct InputTask {
     /// The task's operators, its head (the one reading the gate) first.

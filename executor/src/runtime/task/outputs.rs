@@ -1,7 +1,14 @@
 //! The output side of a subtask: an edge per consuming operator, records partitioned forward,
 //! by key group or round robin into per-channel batches.
 
-use super::*;
+use raftstream_api::spec::{OperatorKind, OperatorSpec};
+use tokio_util::sync::CancellationToken;
+
+use super::{TaskEnvironment, TaskError, BATCH_RECORDS};
+use crate::runtime::deployment::SubtaskDeployment;
+use crate::runtime::exchange::{ChannelEvent, GateKey, OutputChannel};
+use crate::runtime::key_groups::{key_group, subtask_for_key_group};
+use crate::runtime::record::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Partition {

@@ -1,7 +1,10 @@
 //! The operators of one task, run on each batch by function calls, with the pairs that can be fused
 //! run record by record without a buffer between them.
 
-use super::*;
+use super::acknowledger::Acknowledger;
+use super::{apply_all, count_dropped, snapshot, Logic, TaskError};
+use crate::runtime::operators::FileSink;
+use crate::runtime::record::Record;
 
 /// The operators a task runs on each batch: a source task's operators after its source, or all of
 /// an input task's, its head first. Records pass between them by function calls.
@@ -185,7 +188,10 @@ impl Pipeline {
 mod tests {
     use std::collections::BTreeMap;
 
+    use raftstream_api::spec::{OperatorKind, OperatorSpec};
+
     use super::*;
+    use crate::runtime::operators::{KeyedCount, Stateless};
     use crate::runtime::record::Text;
 
     fn line(text: &str) -> Record {

@@ -2,8 +2,20 @@
 //! and injects barriers when the leader triggers a checkpoint, snapshotting the operators chained
 //! behind the source (keyed state at parallelism 1) and committing a sink at the chain's end.
 
-use super::*;
-use crate::runtime::record::Text;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::acknowledger::Acknowledger;
+use super::outputs::Outputs;
+use super::pipeline::Pipeline;
+use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
+use crate::runtime::exchange::ChannelEvent;
+use crate::runtime::file_source::FileReader;
+use crate::runtime::generator::GeneratorSettings;
+use crate::runtime::record::{Record, Text};
 
 pub(super) struct GeneratorState {
     pub(super) settings: GeneratorSettings,

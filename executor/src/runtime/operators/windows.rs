@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 
 use raftstream_api::spec::{OperatorConfig, OperatorSpec, WindowAggregate};
 
-use super::record::Record;
+use crate::runtime::record::Record;
 use serde::{Deserialize, Serialize};
 
-use super::key_groups::{key_group, KeyedMap, StateKey};
-use super::operators::{field_of, number_text, OperatorError};
+use super::{field_of, number_text, OperatorError};
+use crate::runtime::key_groups::{key_group, KeyedMap, StateKey};
 
 /// Window state of one key: window start -> aggregate so far.
 type KeyWindows = BTreeMap<i64, f64>;

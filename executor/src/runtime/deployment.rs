@@ -1,9 +1,62 @@
-//! Which subtasks of a deployment run together in one task on this executor: a chain (see
-//! `JobGraph::chained_behind`) whose subtasks of the same index the leader placed here. A chain
-//! member placed elsewhere ends the chain there and runs as its own task, so the result is correct
-//! whatever the placement; co-location only makes it faster.
+//! One subtask as the leader deployed it, and which subtasks of a deployment run together in one
+//! task on this executor: the chain behind it (`JobGraph::chain_from`) as far as the leader placed
+//! its members, at the same subtask index, here. A chain member placed elsewhere ends the chain
+//! there and runs as its own task, so the result is correct whatever the placement; co-location
+//! only makes it faster.
 
-use super::task::SubtaskDeployment;
+use std::sync::Arc;
+
+use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey};
+use raftstream_api::ids::{Epoch, JobId};
+use raftstream_api::messages::{PlacedSubtask, TaskDeployment, TaskRef};
+use raftstream_api::spec::JobGraph;
+
+/// One subtask as the leader deployed it.
+#[derive(Debug, Clone)]
+pub struct SubtaskDeployment {
+    pub job_id: JobId,
+    pub operator_id: String,
+    pub subtask_index: u32,
+    pub epoch: u64,
+    pub graph: Arc<JobGraph>,
+    /// Where every subtask of the job runs.
+    pub placement: Vec<PlacedSubtask>,
+    /// The latest completed checkpoint in the Raft state, when the job has one.
+    pub restore_from: Option<CompletedCheckpoint>,
+}
+
+impl SubtaskDeployment {
+    /// The runtime's view of a deployment from the leader.
+    pub fn from_deployment(deployment: TaskDeployment) -> SubtaskDeployment {
+        let TaskDeployment {
+            task,
+            graph,
+            placement,
+            restore_from,
+        } = deployment;
+        SubtaskDeployment {
+            job_id: task.job_id,
+            operator_id: task.subtask.operator_id,
+            subtask_index: task.subtask.subtask_index,
+            epoch: task.epoch.0,
+            graph,
+            placement,
+            restore_from,
+        }
+    }
+
+    /// The task reference of this placement.
+    pub fn task_ref(&self) -> TaskRef {
+        TaskRef {
+            job_id: self.job_id,
+            subtask: SubtaskKey {
+                operator_id: self.operator_id.clone(),
+                subtask_index: self.subtask_index,
+            },
+            epoch: Epoch(self.epoch),
+        }
+    }
+}
 
 fn placed_here(deployment: &SubtaskDeployment, operator_id: &str, local_address: &str) -> Option<u64> {
     deployment
@@ -27,34 +80,25 @@ pub fn chain_members(deployment: &SubtaskDeployment, local_address: &str) -> Vec
         return Vec::new();
     }
     let mut members = vec![deployment.clone()];
-    let mut last = deployment.operator_id.clone();
-    loop {
-        let next = graph
-            .consumers(&last)
-            .find(|consumer| graph.chained_behind(&consumer.id).is_some_and(|input| input.id == last))
-            .map(|consumer| consumer.id.clone());
-        let Some((next, epoch)) =
-            next.and_then(|next| placed_here(deployment, &next, local_address).map(|epoch| (next, epoch)))
-        else {
+    let Some(operator) = graph.operator(&deployment.operator_id) else {
+        return members;
+    };
+    for next in graph.chain_from(operator).into_iter().skip(1) {
+        let Some(epoch) = placed_here(deployment, &next.id, local_address) else {
             break;
         };
         members.push(SubtaskDeployment {
-            operator_id: next.clone(),
+            operator_id: next.id.clone(),
             epoch,
             ..deployment.clone()
         });
-        last = next;
     }
     members
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use raftstream_api::checkpoint::SubtaskKey;
-    use raftstream_api::ids::{Epoch, ExecutorId, JobId};
-    use raftstream_api::messages::PlacedSubtask;
+    use raftstream_api::ids::ExecutorId;
     use raftstream_api::spec::parse_job_spec;
 
     use super::*;

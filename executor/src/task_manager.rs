@@ -14,8 +14,8 @@ use tracing::Instrument;
 
 use crate::assignments::{Assignments, Changes, SubtaskId};
 use crate::checkpoint::{delete_each, CheckpointStore};
-use crate::runtime::chain::chain_members;
-use crate::runtime::task::{run_subtask, SubtaskDeployment, TaskControl, TaskEnd, TaskEnvironment, TaskError};
+use crate::runtime::deployment::{chain_members, SubtaskDeployment};
+use crate::runtime::task::{run_subtask, TaskControl, TaskEnd, TaskEnvironment, TaskError};
 
 /// Checkpoint messages queued per subtask.
 const CONTROL_CAPACITY: usize = 256;
