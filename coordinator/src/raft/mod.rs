@@ -2,6 +2,8 @@
 //! gRPC network between coordinators.
 
 mod election_trigger;
+#[cfg(test)]
+mod golden_history;
 mod log_store;
 mod network;
 pub mod pre_vote;

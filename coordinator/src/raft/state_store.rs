@@ -87,7 +87,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<AppliedState, StorageError<NodeId
     Ok(payload.applied)
 }
 
-fn encode_snapshot(applied: AppliedState) -> Result<Vec<u8>, StorageError<NodeId>> {
+pub(crate) fn encode_snapshot(applied: AppliedState) -> Result<Vec<u8>, StorageError<NodeId>> {
     let payload = SnapshotPayload {
         format_version: SNAPSHOT_FORMAT_VERSION,
         applied,
