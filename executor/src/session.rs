@@ -29,6 +29,8 @@ const OUTBOUND_CAPACITY: usize = 64;
 const SILENT_HEARTBEATS: u32 = 3;
 const REGISTER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 const REPORT_CAPACITY: usize = 4_096;
+/// How long an executor asked to stop waits for its subtasks to stop.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to run one executor.
 #[derive(Debug, Clone)]
@@ -160,6 +162,7 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         dial: dial.clone(),
         store: std::sync::Arc::new(storage),
         reports,
+        tracker: tokio_util::task::TaskTracker::new(),
     };
     let tasks = TaskManager::new(environment, shutdown.clone());
     let session = Session {
@@ -173,7 +176,11 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         coordinators: config.coordinators.clone(),
         dial,
     };
-    session.run(tasks, report_receiver, shutdown).instrument(span).await;
+    let tasks = session
+        .run(tasks, report_receiver, shutdown)
+        .instrument(span.clone())
+        .await;
+    tasks.drain(SHUTDOWN_DRAIN_TIMEOUT).instrument(span).await;
     match server.await {
         Ok(result) => result?,
         Err(join_error) => tracing::warn!(error = %join_error, "executor server task failed"),
@@ -199,7 +206,25 @@ enum SessionEnd {
 }
 
 impl Session {
-    async fn run(self, mut tasks: TaskManager, mut reports: mpsc::Receiver<TaskReport>, shutdown: CancellationToken) {
+    /// Runs the session until `shutdown`; gives the subtasks back to be drained.
+    async fn run(
+        self,
+        tasks: TaskManager,
+        reports: mpsc::Receiver<TaskReport>,
+        shutdown: CancellationToken,
+    ) -> TaskManager {
+        let mut tasks = tasks;
+        let mut reports = reports;
+        self.session_loop(&mut tasks, &mut reports, &shutdown).await;
+        tasks
+    }
+
+    async fn session_loop(
+        &self,
+        tasks: &mut TaskManager,
+        reports: &mut mpsc::Receiver<TaskReport>,
+        shutdown: &CancellationToken,
+    ) {
         let mut registration: Option<pb::RegisterExecutorResponse> = None;
         let mut leader_address: Option<String> = None;
         let mut backoff = FIRST_BACKOFF;
@@ -250,14 +275,7 @@ impl Session {
                     self.coordinators[next_coordinator % self.coordinators.len()].clone()
                 });
             match self
-                .session_with(
-                    &target,
-                    heartbeat_interval,
-                    &mut tasks,
-                    &mut reports,
-                    &shutdown,
-                    &mut backoff,
-                )
+                .session_with(&target, heartbeat_interval, tasks, reports, shutdown, &mut backoff)
                 .await
             {
                 SessionEnd::Shutdown => return,

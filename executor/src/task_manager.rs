@@ -96,6 +96,22 @@ impl TaskManager {
             .collect()
     }
 
+    /// Waits at most `timeout` for every subtask and background task to stop after the executor's
+    /// shutdown cancelled them (a sink finishing its write, a state upload), then gives up on the
+    /// rest, naming how many.
+    pub async fn drain(self, timeout: std::time::Duration) {
+        let tracker = self.environment.tracker.clone();
+        drop(self);
+        tracker.close();
+        if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                still_running = tracker.len(),
+                timeout_ms = timeout.as_millis() as u64,
+                "subtasks did not stop in time; exiting without them"
+            );
+        }
+    }
+
     /// Drops everything (this executor registered anew: the cluster released its placements).
     pub fn clear(&mut self) {
         let changes = self.assignments.clear();
@@ -188,7 +204,7 @@ impl TaskManager {
     fn discard_job_state(&self, job_id: &JobId) {
         let store = self.environment.store.clone();
         let job_id = job_id.to_string();
-        tokio::spawn(async move {
+        self.environment.tracker.spawn(async move {
             let locations = match store.list(&job_id).await {
                 Ok(locations) => locations,
                 Err(error) => {
@@ -262,7 +278,7 @@ impl TaskManager {
         let task_cancel = cancel.clone();
         let task_outcome = outcome.clone();
         let task_failure = failure.clone();
-        tokio::spawn(
+        self.environment.tracker.spawn(
             async move {
                 match run_subtask(deployment, environment, control_receiver, task_cancel).await {
                     Ok(TaskEnd::Finished) => {

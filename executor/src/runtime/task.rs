@@ -15,6 +15,7 @@ use raftstream_api::messages::TaskReport;
 use raftstream_api::spec::{OperatorConfig, OperatorKind, OperatorSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::barriers::BarrierAligner;
 use super::deployment::{chain_members, SubtaskDeployment};
@@ -76,6 +77,8 @@ pub struct TaskEnvironment {
     pub store: Arc<CheckpointStorage>,
     /// Checkpoint acknowledgements and task statuses, to the leader through the session.
     pub reports: mpsc::Sender<TaskReport>,
+    /// Every task the subtasks spawn, so shutdown can wait for them.
+    pub tracker: TaskTracker,
 }
 
 /// Why a subtask stopped before its end.

@@ -121,7 +121,7 @@ impl<'a> Acknowledger<'a> {
         let job_id = deployment.job_id.to_string();
         let own_files = format!("{}-{}-e", deployment.operator_id, deployment.subtask_index);
         let epoch = deployment.epoch;
-        tokio::spawn(async move {
+        self.environment.tracker.spawn(async move {
             let mut obsolete = obsolete;
             if let Some(below) = sweep_below {
                 match store.list(&job_id).await {
@@ -346,6 +346,7 @@ mod tests {
             dial: DialAddresses::new(std::collections::BTreeMap::new()),
             store: Arc::new(CheckpointStorage::local_directory(store_root)),
             reports,
+            tracker: tokio_util::task::TaskTracker::new(),
         };
         (environment, received)
     }
