@@ -536,6 +536,43 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGTERM to an executor, then waits up to `patience` for it to exit; its exit status.
+    pub async fn terminate_executor(
+        &mut self,
+        executor_id: &str,
+        patience: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let process = self
+            .executors
+            .get_mut(executor_id)
+            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        let mut child = process
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM of executor {executor_id} failed with {status}");
+        }
+        let exited = poll_until(&format!("executor {executor_id} to exit"), patience, || {
+            let exited = child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await;
+        match exited {
+            Ok(status) => Ok(status),
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(error)
+            }
+        }
+    }
+
     /// SIGSTOP (`pause`) or SIGCONT (resume) of an executor: a process that stops answering without
     /// dying, the classic zombie.
     pub fn signal_executor(&mut self, executor_id: &str, pause: bool) -> anyhow::Result<()> {

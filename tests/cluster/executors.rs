@@ -176,3 +176,42 @@ async fn subtasks_are_placed_moved_on_executor_death_and_kept_across_leader_fail
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_an_executor_cleanly_and_its_subtasks_move() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = crate::common::start_executors(&mut cluster, &[("leaving", 4), ("staying", 8)]).await?;
+    let patience = Duration::from_secs(30);
+    let job = client.submit_job(&job_spec("sigterm"), "sigterm").await?;
+    eventually("the job to run on both executors", patience, || async {
+        placement(&client, &job.job_id)
+            .await
+            .filter(|placed| waiting(placed) == 0 && on(placed, "leaving") > 0 && on(placed, "staying") > 0)
+    })
+    .await?;
+    let log_path = cluster
+        .cluster
+        .executor("leaving")
+        .map(|executor| executor.log_path())
+        .ok_or_else(|| anyhow::anyhow!("no executor leaving"))?;
+
+    tracing::info!("--- SIGTERM: the executor cancels and drains its subtasks and exits 0");
+    let status = cluster
+        .cluster
+        .terminate_executor("leaving", Duration::from_secs(15))
+        .await?;
+    assert!(status.success(), "the executor exited with {status}");
+    let log = std::fs::read_to_string(&log_path)?;
+    assert!(
+        !log.contains("did not stop in time"),
+        "every subtask stopped within the drain limit: {}",
+        log_path.display()
+    );
+    eventually("its subtasks to move to the executor that stays", patience, || async {
+        placement(&client, &job.job_id)
+            .await
+            .filter(|placed| waiting(placed) == 0 && on(placed, "staying") == placed.len())
+    })
+    .await?;
+    Ok(())
+}
