@@ -49,18 +49,16 @@ pub struct RunConfig {
     pub net: NetMode,
 }
 
-/// Microseconds on the run's one clock, which started at the wall-clock time `origin_ms`.
+/// Microseconds on the run's one clock, a monotonic one started with the run.
 #[derive(Clone, Copy)]
 struct Clock {
     started: Instant,
-    origin_ms: u64,
 }
 
 impl Clock {
     fn start() -> Clock {
         Clock {
             started: Instant::now(),
-            origin_ms: wall_clock_ms(),
         }
     }
 
@@ -68,9 +66,14 @@ impl Clock {
         self.started.elapsed().as_micros() as u64
     }
 
-    /// A wall-clock time (what the coordinators record, on this same machine) on this clock.
+    /// A recent wall-clock time (what the coordinators record, on this same machine) on this
+    /// clock: now, less how long ago it was by the wall clock. Not counted from the run's start:
+    /// the wall clock may step against the monotonic one during a run (a suspended virtual machine
+    /// resumes with its wall clock set forward, here once by 25 s), and every later completion
+    /// time would then read as that much later than the faults it followed.
     fn from_wall_ms(self, wall_ms: u64) -> u64 {
-        wall_ms.saturating_sub(self.origin_ms).saturating_mul(1_000)
+        let ago_us = wall_clock_ms().saturating_sub(wall_ms).saturating_mul(1_000);
+        self.now_us().saturating_sub(ago_us)
     }
 }
 
