@@ -1,8 +1,8 @@
 //! The coordinator's errors and their mapping to gRPC status codes.
 
-use crate::ids::NodeId;
-use crate::spec::SpecError;
 use crate::state_machine::Rejection;
+use raftstream_api::ids::NodeId;
+use raftstream_api::spec::SpecError;
 
 pub use raftstream_api::metadata::LEADER_HINT_METADATA;
 
@@ -103,8 +103,8 @@ impl From<CoordinatorError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::JobId;
     use crate::state_machine::JobStatus;
+    use raftstream_api::ids::JobId;
 
     #[test]
     fn errors_map_to_the_grpc_codes_clients_expect() {

@@ -3,11 +3,13 @@
 //!
 //! - [`state_machine`]: the pure, deterministic state every coordinator agrees on.
 //! - [`raft`]: openraft type config, RocksDB log and state-machine storage, the gRPC Raft network.
-//! - [`leader`]: leader-only duties: executor failure detector and scheduler.
+//! - [`context`]: this node's handle on its Raft node, shared by the services and the leader duties.
+//! - [`leader`]: leader-only duties: executor failure detector, scheduler, checkpoint coordinator.
 //! - [`service`]: the gRPC services (jobs, admin, Raft), converting protobuf at the edge.
 //! - [`node`]: configuration and start-up of one coordinator process.
 //! - [`error`]: the coordinator's errors and their gRPC status codes.
 
+pub mod context;
 pub mod error;
 pub mod failpoints;
 pub mod leader;
@@ -16,5 +18,5 @@ pub mod raft;
 pub mod service;
 pub mod state_machine;
 
-// The shared model, at the paths the coordinator's modules use.
-pub use raftstream_api::{client, dial, ids, spec};
+#[cfg(test)]
+mod test_fixtures;

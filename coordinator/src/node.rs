@@ -1,6 +1,6 @@
 //! One coordinator process: configuration, start-up, serving, and graceful shutdown.
 
-use crate::dial::DialAddresses;
+use raftstream_api::dial::DialAddresses;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,10 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::ids::NodeId;
+use crate::context::CoordinatorContext;
 use crate::leader::{ExecutorSessions, ExecutorSettings, LeaderDuties};
 use crate::raft::{open_stores, CoordinatorRaft, ElectionTrigger, GrpcRaftNetwork, LeaderContact};
-use crate::service::{AdminServiceImpl, CoordinatorContext, ExecutorServiceImpl, JobServiceImpl, RaftServiceImpl};
+use crate::service::{AdminServiceImpl, ExecutorServiceImpl, JobServiceImpl, RaftServiceImpl};
+use raftstream_api::ids::NodeId;
 
 const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

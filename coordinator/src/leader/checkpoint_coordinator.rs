@@ -6,23 +6,23 @@
 //! flight, which it simply never completes.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoints::{AckOutcome, PendingCheckpoint};
+use super::context::LeaderContext;
 use super::deploy::{executors_of, is_fully_placed, placed_tasks};
-use super::sessions::{ExecutorCommand, ExecutorEvent, ExecutorSessions, TaskRef};
-use crate::ids::JobId;
-use crate::service::{now_ms, CoordinatorContext};
+use super::sessions::{ExecutorCommand, ExecutorEvent, TaskRef};
 use crate::state_machine::{Command, JobStatus, Response};
+use raftstream_api::ids::JobId;
 
 const TICK: Duration = Duration::from_millis(10);
 
-struct Coordinator {
-    context: CoordinatorContext,
-    sessions: ExecutorSessions,
+struct Coordinator<C> {
+    context: C,
     pending: HashMap<JobId, PendingCheckpoint>,
     last_trigger: HashMap<JobId, Instant>,
     /// Jobs whose sources reported the end of their input: checkpoint them without waiting.
@@ -31,15 +31,9 @@ struct Coordinator {
 }
 
 /// Runs until `shutdown` is cancelled (this node stopped leading).
-pub async fn run(
-    context: CoordinatorContext,
-    sessions: ExecutorSessions,
-    mut events: mpsc::Receiver<ExecutorEvent>,
-    shutdown: CancellationToken,
-) {
+pub async fn run<C: LeaderContext>(context: C, mut events: mpsc::Receiver<ExecutorEvent>, shutdown: CancellationToken) {
     let mut coordinator = Coordinator {
         context,
-        sessions,
         pending: HashMap::new(),
         last_trigger: HashMap::new(),
         final_due: HashSet::new(),
@@ -60,14 +54,13 @@ pub async fn run(
     }
 }
 
-impl Coordinator {
+impl<C: LeaderContext> Coordinator<C> {
     fn tell_job(&self, job_id: &JobId, command: &ExecutorCommand) {
-        let executors = {
-            let applied = self.context.applied.read();
-            applied.state.jobs.get(job_id).map(executors_of).unwrap_or_default()
-        };
+        let executors = self
+            .context
+            .read_state(|state| state.jobs.get(job_id).map(executors_of).unwrap_or_default());
         for executor_id in executors {
-            self.sessions.send(&executor_id, command.clone());
+            self.context.sessions().send(&executor_id, command.clone());
         }
     }
 
@@ -100,7 +93,7 @@ impl Coordinator {
                     tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, pending = pending.checkpoint_id.0, "ack for another checkpoint");
                     return;
                 }
-                match pending.on_ack(ack, now_ms()) {
+                match pending.on_ack(ack, self.context.now_ms()) {
                     AckOutcome::Pending { .. } => {}
                     AckOutcome::Ignored(reason) => {
                         tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, reason, "checkpoint ack ignored")
@@ -109,14 +102,14 @@ impl Coordinator {
                 }
             }
             ExecutorEvent::Finished { task } => {
-                let outcome = {
-                    let applied = self.context.applied.read();
-                    let job = applied.state.jobs.get(&task.job_id);
-                    match (self.pending.get_mut(&task.job_id), job) {
-                        (Some(pending), Some(job)) => pending.ack_finished(job, &task.subtask, task.epoch, now_ms()),
+                let now_ms = self.context.now_ms();
+                let pending = self.pending.get_mut(&task.job_id);
+                let outcome = self
+                    .context
+                    .read_state(|state| match (pending, state.jobs.get(&task.job_id)) {
+                        (Some(pending), Some(job)) => pending.ack_finished(job, &task.subtask, task.epoch, now_ms),
                         _ => None,
-                    }
-                };
+                    });
                 if let Some(AckOutcome::Complete(checkpoint)) = outcome {
                     self.complete(task.job_id, checkpoint).await;
                 }
@@ -140,7 +133,7 @@ impl Coordinator {
                     epoch: task.epoch,
                     reason: reason.clone(),
                     fatal,
-                    at_ms: now_ms(),
+                    at_ms: self.context.now_ms(),
                 };
                 match self.context.propose(command).await {
                     Ok(Response::JobTransitioned { .. }) => {
@@ -178,7 +171,7 @@ impl Coordinator {
             tracing::warn!(job_id = %job_id, checkpoint_id = checkpoint_id.0, hold_ms, "failpoint: holding the checkpoint's completion");
             tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
         }
-        let took_ms = now_ms().saturating_sub(pending.triggered_at_ms);
+        let took_ms = self.context.now_ms().saturating_sub(pending.triggered_at_ms);
         match self
             .context
             .propose(Command::CompleteCheckpoint { job_id, checkpoint })
@@ -186,15 +179,13 @@ impl Coordinator {
         {
             Ok(Response::CheckpointCompleted { .. }) => {
                 tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, "checkpoint completed");
-                let oldest_retained = self
-                    .context
-                    .applied
-                    .read()
-                    .state
-                    .jobs
-                    .get(&job_id)
-                    .and_then(|job| job.checkpoints.front())
-                    .map_or(checkpoint_id, |oldest| oldest.checkpoint_id);
+                let oldest_retained = self.context.read_state(|state| {
+                    state
+                        .jobs
+                        .get(&job_id)
+                        .and_then(|job| job.checkpoints.front())
+                        .map_or(checkpoint_id, |oldest| oldest.checkpoint_id)
+                });
                 self.tell_job(
                     &job_id,
                     &ExecutorCommand::CheckpointComplete {
@@ -215,12 +206,10 @@ impl Coordinator {
     }
 
     async fn on_tick(&mut self) {
-        let now = now_ms();
-        let mut due = Vec::new();
-        let mut to_abort = Vec::new();
-        {
-            let applied = self.context.applied.read();
-            let state = &applied.state;
+        let now = self.context.now_ms();
+        let sessions = self.context.sessions();
+        let (to_abort, due) = self.context.read_state(|state| {
+            let mut to_abort = Vec::new();
             for (job_id, pending) in &self.pending {
                 match state.jobs.get(job_id) {
                     Some(job) if job.status == JobStatus::Running && pending.matches_placements(job) => {
@@ -231,6 +220,7 @@ impl Coordinator {
                     _ => to_abort.push((*job_id, "the job's placements changed".to_owned())),
                 }
             }
+            let mut due = Vec::new();
             for job in state.jobs.values() {
                 let interval = job.graph.checkpoint.interval_ms;
                 if job.status != JobStatus::Running
@@ -245,30 +235,29 @@ impl Coordinator {
                 // would only time out, so wait until every executor of the job has a session.
                 let reachable = executors_of(job)
                     .iter()
-                    .all(|executor_id| self.sessions.contact(executor_id).0);
+                    .all(|executor_id| sessions.contact(executor_id).0);
                 let interval_passed =
                     last.elapsed() >= Duration::from_millis(interval) || self.final_due.contains(&job.job_id);
                 if interval_passed && reachable {
                     due.push(job.job_id);
                 }
             }
-        }
+            (to_abort, due)
+        });
         for (job_id, reason) in to_abort {
             self.abort(&job_id, &reason);
         }
-        // Forget jobs that ended (one read of the state for both maps).
-        {
-            let applied = self.context.applied.read();
-            let active = |job_id: &JobId| {
-                applied
-                    .state
-                    .jobs
-                    .get(job_id)
-                    .is_some_and(|job| !job.status.is_terminal())
-            };
-            self.last_trigger.retain(|job_id, _| active(job_id));
-            self.final_due.retain(|job_id| active(job_id));
-        }
+        // Forget jobs that ended.
+        let active: HashSet<JobId> = self.context.read_state(|state| {
+            state
+                .jobs
+                .values()
+                .filter(|job| !job.status.is_terminal())
+                .map(|job| job.job_id)
+                .collect()
+        });
+        self.last_trigger.retain(|job_id, _| active.contains(job_id));
+        self.final_due.retain(|job_id| active.contains(job_id));
         for job_id in due {
             self.trigger(job_id).await;
         }
@@ -279,7 +268,7 @@ impl Coordinator {
         self.final_due.remove(&job_id);
         let command = Command::TriggerCheckpoint {
             job_id,
-            at_ms: now_ms(),
+            at_ms: self.context.now_ms(),
         };
         let checkpoint_id = match self.context.propose(command).await {
             Ok(Response::CheckpointTriggered { checkpoint_id, .. }) => checkpoint_id,
@@ -292,11 +281,10 @@ impl Coordinator {
                 return;
             }
         };
-        let (pending, sources) = {
-            let applied = self.context.applied.read();
-            let Some(job) = applied.state.jobs.get(&job_id) else {
-                return;
-            };
+        let now_ms = self.context.now_ms();
+        let finished = self.context.sessions().finished();
+        let started = self.context.read_state(|state| {
+            let job = state.jobs.get(&job_id)?;
             let sources: Vec<_> = placed_tasks(job)
                 .into_iter()
                 .filter(|(_, task)| {
@@ -306,8 +294,8 @@ impl Coordinator {
                 })
                 .map(|(executor_id, _)| executor_id)
                 .collect();
-            let finished = self.sessions.finished();
-            let pending = PendingCheckpoint::start(job, checkpoint_id, now_ms()).map(|mut pending| {
+            let pending = PendingCheckpoint::start(job, checkpoint_id, now_ms).map(|mut pending| {
+                // Subtasks that already finished take no barrier: they count as acknowledged.
                 let done: Vec<_> = pending
                     .expected()
                     .filter(|(subtask, epoch)| {
@@ -320,11 +308,14 @@ impl Coordinator {
                     .map(|(subtask, epoch)| (subtask.clone(), epoch))
                     .collect();
                 for (subtask, epoch) in done {
-                    let _ = pending.ack_finished(job, &subtask, epoch, now_ms());
+                    let _ = pending.ack_finished(job, &subtask, epoch, now_ms);
                 }
                 pending
             });
-            (pending, sources)
+            Some((pending, sources))
+        });
+        let Some((pending, sources)) = started else {
+            return;
         };
         match pending {
             Ok(pending) => {
@@ -335,7 +326,7 @@ impl Coordinator {
                 notified.dedup();
                 let mut unreachable = Vec::new();
                 for executor_id in notified {
-                    let sent = self.sessions.send(
+                    let sent = self.context.sessions().send(
                         &executor_id,
                         ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id },
                     );
@@ -354,5 +345,305 @@ impl Coordinator {
                 tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, reason, "checkpoint not started")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::leader::sessions::ExecutorSessions;
+    use crate::state_machine::State;
+    use crate::test_fixtures::{
+        checkpoint_ack, epoch_of, executor_id, source_to_sink, subtask, InMemoryLeader, StateBuilder,
+    };
+    use raftstream_api::ids::{CheckpointId, Epoch};
+
+    /// Longer than anything a test waits for; on the paused clock it passes in no real time.
+    const PATIENCE: Duration = Duration::from_secs(30);
+    const INTERVAL_MS: u64 = 50;
+    const TIMEOUT_MS: u64 = 200;
+
+    fn job() -> JobId {
+        JobId::from_number(1)
+    }
+
+    /// Job 1, `src -> out`, running with both subtasks on executor `e`.
+    fn running_job() -> State {
+        let graph = source_to_sink(&format!(
+            r#""checkpoint": {{"interval_ms": {INTERVAL_MS}, "timeout_ms": {TIMEOUT_MS}, "retained": 2}},"#
+        ));
+        StateBuilder::new()
+            .executor("e", 4)
+            .job(graph)
+            .place_all(1, "e")
+            .running(1)
+            .build()
+    }
+
+    /// One leader's checkpoint coordinator, and the session of executor `e` with that leader.
+    struct Duty {
+        leader: InMemoryLeader,
+        to_executor: mpsc::Receiver<ExecutorCommand>,
+        stop: CancellationToken,
+        task: JoinHandle<()>,
+    }
+
+    impl Duty {
+        fn start(make_leader: impl FnOnce(ExecutorSessions) -> InMemoryLeader) -> Duty {
+            let sessions = ExecutorSessions::default();
+            let (_leadership, events) = sessions.begin_leadership();
+            let (_generation, to_executor, _) = sessions.attach(&executor_id("e")).expect("leading");
+            let leader = make_leader(sessions);
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(run(leader.clone(), events, stop.clone()));
+            Duty {
+                leader,
+                to_executor,
+                stop,
+                task,
+            }
+        }
+
+        async fn next_command(&mut self) -> ExecutorCommand {
+            match tokio::time::timeout(PATIENCE, self.to_executor.recv()).await {
+                Ok(Some(command)) => command,
+                Ok(None) => panic!("the session closed"),
+                Err(_) => panic!("no command for the executor within {PATIENCE:?}"),
+            }
+        }
+
+        /// Waits for the trigger of the next checkpoint and returns its id.
+        async fn triggered(&mut self) -> CheckpointId {
+            match self.next_command().await {
+                ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id } if job_id == job() => checkpoint_id,
+                other => panic!("expected a checkpoint trigger, got {other:?}"),
+            }
+        }
+
+        /// Executor `e` acknowledges `checkpoint_id` for `operator[0]` at its current epoch.
+        fn ack(&self, operator: &str, checkpoint_id: CheckpointId) {
+            let epoch = epoch_of(&self.leader.state(), 1, operator, 0);
+            self.ack_at(operator, epoch, checkpoint_id);
+        }
+
+        fn ack_at(&self, operator: &str, epoch: Epoch, checkpoint_id: CheckpointId) {
+            self.leader.sessions().report(ExecutorEvent::Ack {
+                job_id: job(),
+                checkpoint_id,
+                ack: checkpoint_ack(operator, 0, epoch, checkpoint_id),
+            });
+        }
+
+        /// Lets the duty take every report queued so far (the paused clock advances only once
+        /// every task is idle).
+        async fn settle(&self) {
+            tokio::time::sleep(TICK * 2).await;
+        }
+
+        fn completions_proposed(&self) -> Vec<CheckpointId> {
+            self.leader
+                .proposed()
+                .into_iter()
+                .filter_map(|command| match command {
+                    Command::CompleteCheckpoint { checkpoint, .. } => Some(checkpoint.checkpoint_id),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.expect("the duty ends without panicking");
+        }
+    }
+
+    fn completed_ids(state: &State) -> Vec<u64> {
+        state.jobs[&job()]
+            .checkpoints
+            .iter()
+            .map(|checkpoint| checkpoint.checkpoint_id.0)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_completes_when_every_subtask_acknowledged_and_is_committed_before_tasks_hear_of_it() {
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        let first = duty.triggered().await;
+        assert_eq!(first, CheckpointId(1), "ids start above what the log holds");
+        duty.ack("src", first);
+        duty.settle().await;
+        assert!(
+            duty.to_executor.try_recv().is_err(),
+            "nothing to say while `out` is missing"
+        );
+        assert!(completed_ids(&duty.leader.state()).is_empty());
+
+        duty.ack("out", first);
+        match duty.next_command().await {
+            ExecutorCommand::CheckpointComplete {
+                job_id,
+                checkpoint_id,
+                acknowledged,
+                oldest_retained,
+            } => {
+                assert_eq!((job_id, checkpoint_id, oldest_retained), (job(), first, first));
+                let mut operators: Vec<_> = acknowledged
+                    .iter()
+                    .map(|task| task.subtask.operator_id.as_str())
+                    .collect();
+                operators.sort_unstable();
+                assert_eq!(operators, ["out", "src"]);
+            }
+            other => panic!("expected the completion, got {other:?}"),
+        }
+        // Sinks publish on that message, so the checkpoint was in the committed state before it.
+        let state = duty.leader.state();
+        assert_eq!(completed_ids(&state), [1]);
+        let completed = &state.jobs[&job()].checkpoints[0];
+        assert_eq!(completed.task_states.len(), 2);
+        assert_eq!(completed.source_offsets.get(&subtask("src", 0)), Some(&100));
+        assert_eq!(completed.size_bytes, 20);
+
+        // The next one follows after the interval, with the next id.
+        assert_eq!(duty.triggered().await, CheckpointId(2));
+        duty.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_not_acknowledged_in_time_is_aborted_and_a_late_ack_never_completes_it() {
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        let first = duty.triggered().await;
+        let triggered_at = Instant::now();
+        duty.ack("src", first);
+        match duty.next_command().await {
+            ExecutorCommand::CheckpointAborted {
+                checkpoint_id, reason, ..
+            } => {
+                assert_eq!(checkpoint_id, first);
+                assert_eq!(reason, format!("timed out after {TIMEOUT_MS} ms"));
+            }
+            other => panic!("expected the abort, got {other:?}"),
+        }
+        assert!(triggered_at.elapsed() >= Duration::from_millis(TIMEOUT_MS));
+
+        duty.ack("out", first);
+        let second = duty.triggered().await;
+        assert_eq!(second, CheckpointId(2), "the aborted id is not reused");
+        assert!(duty.completions_proposed().is_empty(), "{:?}", duty.leader.proposed());
+        assert!(completed_ids(&duty.leader.state()).is_empty());
+        duty.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_whose_placements_change_is_aborted_and_its_acks_never_complete_it() {
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        let first = duty.triggered().await;
+        let old_src = epoch_of(&duty.leader.state(), 1, "src", 0);
+        let old_out = epoch_of(&duty.leader.state(), 1, "out", 0);
+        duty.ack("src", first);
+        duty.settle().await;
+
+        // `out` fails: the job restarts, every placement is released and placed again at new
+        // epochs (the scheduler's work, done here directly).
+        duty.leader.commit(Command::FailSubtask {
+            job_id: job(),
+            subtask: subtask("out", 0),
+            epoch: old_out,
+            reason: "test".into(),
+            fatal: false,
+            at_ms: 0,
+        });
+        duty.settle().await;
+        // The old placement's last ack arrives after the change.
+        duty.ack_at("out", old_out, first);
+        duty.settle().await;
+        for operator in ["src", "out"] {
+            duty.leader.commit(Command::AssignSubtask {
+                job_id: job(),
+                subtask: subtask(operator, 0),
+                executor_id: executor_id("e"),
+                at_ms: 0,
+            });
+        }
+        duty.leader.commit(Command::TransitionJob {
+            job_id: job(),
+            to: JobStatus::Running,
+            reason: "restored".into(),
+            at_ms: 0,
+        });
+        assert!(epoch_of(&duty.leader.state(), 1, "src", 0) > old_src.max(old_out));
+
+        // Checkpoint 1 was dropped: the job, running again, gets checkpoint 2, which its new
+        // placement completes, while acks of the old one count for nothing.
+        let second = loop {
+            match duty.next_command().await {
+                ExecutorCommand::CheckpointAborted {
+                    checkpoint_id, reason, ..
+                } => {
+                    assert_eq!(checkpoint_id, first);
+                    assert_eq!(reason, "the job's placements changed");
+                }
+                ExecutorCommand::TriggerCheckpoint { checkpoint_id, .. } => break checkpoint_id,
+                other => panic!("expected checkpoint 1's abort or checkpoint 2's trigger, got {other:?}"),
+            }
+        };
+        assert_eq!(second, CheckpointId(2));
+        duty.ack_at("src", old_src, second);
+        duty.ack("src", second);
+        duty.ack("out", second);
+        match duty.next_command().await {
+            ExecutorCommand::CheckpointComplete { checkpoint_id, .. } => assert_eq!(checkpoint_id, second),
+            other => panic!("expected checkpoint 2 to complete, got {other:?}"),
+        }
+        assert_eq!(duty.completions_proposed(), [second]);
+        assert_eq!(completed_ids(&duty.leader.state()), [2]);
+        duty.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_never_completes_the_old_leaders_checkpoint() {
+        let mut old = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        let first = old.triggered().await;
+        old.ack("src", first);
+        old.settle().await;
+
+        // A new leader takes over with the committed state (checkpoint 1 triggered, not completed).
+        old.leader.depose();
+        let mut new = Duty::start(|sessions| old.leader.successor(sessions));
+        // Executors report to the new leader what they owed the old one: it ignores them.
+        new.ack("src", first);
+        new.ack("out", first);
+        let second = new.triggered().await;
+        assert_eq!(
+            second,
+            CheckpointId(2),
+            "the new leader continues above the old one's id"
+        );
+
+        // The old leader gets its last ack, but cannot commit any more: it aborts.
+        old.ack("out", first);
+        match old.next_command().await {
+            ExecutorCommand::CheckpointAborted {
+                checkpoint_id, reason, ..
+            } => {
+                assert_eq!(checkpoint_id, first);
+                assert!(reason.contains("could not commit"), "{reason}");
+            }
+            other => panic!("expected the old leader to abort, got {other:?}"),
+        }
+        assert_eq!(old.completions_proposed(), [first], "it tried, and was refused");
+        old.stop().await;
+
+        new.ack("src", second);
+        new.ack("out", second);
+        match new.next_command().await {
+            ExecutorCommand::CheckpointComplete { checkpoint_id, .. } => assert_eq!(checkpoint_id, second),
+            other => panic!("expected checkpoint 2 to complete, got {other:?}"),
+        }
+        assert_eq!(new.completions_proposed(), [second]);
+        assert_eq!(completed_ids(&new.leader.state()), [2], "checkpoint 1 never completed");
+        new.stop().await;
     }
 }

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::ids::{CheckpointId, Epoch, JobId};
 use crate::state_machine::{CompletedCheckpoint, JobRecord, SubtaskKey, TaskStateHandle};
+use raftstream_api::ids::{CheckpointId, Epoch, JobId};
 
 pub use raftstream_api::messages::CheckpointAck;
 
@@ -148,69 +148,23 @@ impl PendingCheckpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::ExecutorId;
-    use crate::spec::parse_job_spec;
     use crate::state_machine::{apply, Command, State};
+    use crate::test_fixtures::{checkpoint_ack, source_to_sink, StateBuilder};
+    use raftstream_api::ids::ExecutorId;
 
+    /// Job 1 with `src` (epoch 1) and `out` (epoch 2) placed on executor `e`.
     fn placed_job() -> (State, JobId) {
-        let mut state = State::default();
-        let executor_id = ExecutorId("e".to_owned());
-        let register = Command::RegisterExecutor {
-            executor_id: executor_id.clone(),
-            address: "a:1".into(),
-            slots: 8,
-            at_ms: 0,
-        };
-        assert!(apply(&mut state, register).is_ok());
-        let spec = r#"{"name": "c", "checkpoint": {"timeout_ms": 100}, "operators": [
-            {"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
-        let graph = parse_job_spec(spec).expect("valid");
-        assert!(apply(
-            &mut state,
-            Command::SubmitJob {
-                request_id: None,
-                graph,
-                at_ms: 0
-            }
-        )
-        .is_ok());
-        let job_id = JobId::from_number(1);
-        for operator in ["src", "out"] {
-            let subtask = SubtaskKey {
-                operator_id: operator.to_owned(),
-                subtask_index: 0,
-            };
-            assert!(apply(
-                &mut state,
-                Command::AssignSubtask {
-                    job_id,
-                    subtask,
-                    executor_id: executor_id.clone(),
-                    at_ms: 0
-                }
-            )
-            .is_ok());
-        }
-        (state, job_id)
+        let state = StateBuilder::new()
+            .executor("e", 8)
+            .job(source_to_sink(r#""checkpoint": {"timeout_ms": 100},"#))
+            .place(1, "src", 0, "e")
+            .place(1, "out", 0, "e")
+            .build();
+        (state, JobId::from_number(1))
     }
 
     fn ack(operator: &str, epoch: u64) -> CheckpointAck {
-        let subtask = SubtaskKey {
-            operator_id: operator.to_owned(),
-            subtask_index: 0,
-        };
-        CheckpointAck {
-            subtask: subtask.clone(),
-            epoch: Epoch(epoch),
-            state: TaskStateHandle {
-                subtask,
-                location: format!("job-1/chk-1/{operator}-0.state"),
-                inline_state: Vec::new(),
-                size_bytes: 10,
-                checksum: 0,
-            },
-            source_offset: (operator == "src").then_some(42),
-        }
+        checkpoint_ack(operator, 0, Epoch(epoch), CheckpointId(1))
     }
 
     #[test]
@@ -236,7 +190,7 @@ mod tests {
         };
         assert_eq!(done.checkpoint_id, CheckpointId(1));
         assert_eq!(done.size_bytes, 20);
-        assert_eq!(done.source_offsets.values().copied().collect::<Vec<_>>(), vec![42]);
+        assert_eq!(done.source_offsets.values().copied().collect::<Vec<_>>(), vec![100]);
         assert!(!pending.is_expired(1_100) && pending.is_expired(1_101));
     }
 
@@ -278,7 +232,7 @@ mod tests {
         };
         assert_eq!(
             next.source_offsets.get(&src),
-            Some(&42),
+            Some(&100),
             "the finished source keeps its offset"
         );
         assert_eq!(next.task_states.len(), 2);

@@ -47,7 +47,7 @@ pub fn deployment(state: &State, task: &TaskRef) -> Option<TaskDeployment> {
 }
 
 /// Every placed subtask of `job` with its executor, for messages that concern the whole job.
-pub fn placed_tasks(job: &JobRecord) -> Vec<(crate::ids::ExecutorId, TaskRef)> {
+pub fn placed_tasks(job: &JobRecord) -> Vec<(raftstream_api::ids::ExecutorId, TaskRef)> {
     job.assignments
         .iter()
         .filter_map(|(subtask, assignment)| {
@@ -64,7 +64,7 @@ pub fn placed_tasks(job: &JobRecord) -> Vec<(crate::ids::ExecutorId, TaskRef)> {
 }
 
 /// The executors that run some subtask of `job`, each once.
-pub fn executors_of(job: &JobRecord) -> Vec<crate::ids::ExecutorId> {
+pub fn executors_of(job: &JobRecord) -> Vec<raftstream_api::ids::ExecutorId> {
     let mut executors: Vec<_> = placed_tasks(job).into_iter().map(|(executor, _)| executor).collect();
     executors.sort();
     executors.dedup();
@@ -84,7 +84,7 @@ pub enum RestartDecision {
 
 /// Decides about a restarting job at `now_ms` (the job entered `Restarting` at `updated_at_ms`).
 pub fn restart_decision(job: &JobRecord, now_ms: u64) -> RestartDecision {
-    use crate::spec::RestartStrategy;
+    use raftstream_api::spec::RestartStrategy;
     if job.status != JobStatus::Restarting {
         return RestartDecision::Place;
     }
@@ -120,56 +120,21 @@ pub fn restart_decision(job: &JobRecord, now_ms: u64) -> RestartDecision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ExecutorId, JobId};
-    use crate::spec::parse_job_spec;
     use crate::state_machine::{apply, Command, SubtaskKey};
+    use crate::test_fixtures::{source_to_sink, StateBuilder};
+    use raftstream_api::ids::{ExecutorId, JobId};
 
+    /// Job 1 (`src` on e1, `out` on e2) running with `restart` as its restart strategy.
     fn running_job(restart: &str) -> (State, JobId) {
-        let mut state = State::default();
-        for (id, address) in [("e1", "h:1"), ("e2", "h:2")] {
-            let register = Command::RegisterExecutor {
-                executor_id: ExecutorId(id.to_owned()),
-                address: address.to_owned(),
-                slots: 4,
-                at_ms: 0,
-            };
-            assert!(apply(&mut state, register).is_ok());
-        }
-        let spec = format!(
-            r#"{{"name": "d", "restart": {restart}, "operators": [
-            {{"id": "src", "kind": "generator"}}, {{"id": "out", "kind": "print", "inputs": ["src"]}}]}}"#
-        );
-        let graph = parse_job_spec(&spec).expect("valid");
-        assert!(apply(
-            &mut state,
-            Command::SubmitJob {
-                request_id: None,
-                graph,
-                at_ms: 0
-            }
-        )
-        .is_ok());
-        let job_id = JobId::from_number(1);
-        for (operator, executor) in [("src", "e1"), ("out", "e2")] {
-            let command = Command::AssignSubtask {
-                job_id,
-                subtask: SubtaskKey {
-                    operator_id: operator.to_owned(),
-                    subtask_index: 0,
-                },
-                executor_id: ExecutorId(executor.to_owned()),
-                at_ms: 0,
-            };
-            assert!(apply(&mut state, command).is_ok());
-        }
-        let running = Command::TransitionJob {
-            job_id,
-            to: JobStatus::Running,
-            reason: String::new(),
-            at_ms: 0,
-        };
-        assert!(apply(&mut state, running).is_ok());
-        (state, job_id)
+        let state = StateBuilder::new()
+            .executor("e1", 4)
+            .executor("e2", 4)
+            .job(source_to_sink(&format!(r#""restart": {restart},"#)))
+            .place(1, "src", 0, "e1")
+            .place(1, "out", 0, "e2")
+            .running(1)
+            .build();
+        (state, JobId::from_number(1))
     }
 
     #[test]
@@ -181,7 +146,7 @@ mod tests {
                 operator_id: operator.to_owned(),
                 subtask_index: 0,
             },
-            epoch: crate::ids::Epoch(epoch),
+            epoch: raftstream_api::ids::Epoch(epoch),
         };
         let deployed = deployment(&state, &task("out", 2)).expect("fully placed");
         let addresses: Vec<&str> = deployed
@@ -189,7 +154,7 @@ mod tests {
             .iter()
             .map(|placed| placed.executor_address.as_str())
             .collect();
-        assert_eq!(addresses, vec!["h:2", "h:1"], "ordered by operator id");
+        assert_eq!(addresses, vec!["e2:1", "e1:1"], "ordered by operator id");
         assert!(deployment(&state, &task("out", 1)).is_none(), "stale epoch");
         let dead = Command::MarkExecutorDead {
             executor_id: ExecutorId("e1".to_owned()),
@@ -219,7 +184,7 @@ mod tests {
                     operator_id: "out".to_owned(),
                     subtask_index: 0,
                 },
-                epoch: epoch.unwrap_or(crate::ids::Epoch(0)),
+                epoch: epoch.unwrap_or(raftstream_api::ids::Epoch(0)),
                 reason: "boom".to_owned(),
                 fatal: false,
                 at_ms,
@@ -257,12 +222,12 @@ mod tests {
                 operator_id: "out".to_owned(),
                 subtask_index: 0,
             },
-            epoch: crate::ids::Epoch(1),
+            epoch: raftstream_api::ids::Epoch(1),
             reason: "zombie".to_owned(),
             fatal: false,
             at_ms: 1_200,
         };
-        assert!(out_epoch != Some(crate::ids::Epoch(1)));
+        assert!(out_epoch != Some(raftstream_api::ids::Epoch(1)));
         assert!(
             apply(&mut state, stale).is_err(),
             "a stale epoch cannot restart the job"

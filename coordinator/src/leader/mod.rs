@@ -12,6 +12,7 @@
 
 pub mod checkpoint_coordinator;
 pub mod checkpoints;
+pub mod context;
 pub mod deploy;
 pub mod placement;
 pub mod sessions;
@@ -26,10 +27,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::ids::{ExecutorId, JobId};
-use crate::service::{now_ms, CoordinatorContext};
+use crate::context::CoordinatorContext;
 use crate::state_machine::{Command, JobStatus, Response, State};
+use raftstream_api::ids::{ExecutorId, JobId};
 
+pub use context::{LeaderContext, RaftLeaderContext};
 pub use placement::{plan_placements, Placement};
 pub use sessions::{
     assigned_tasks, DeathCause, ExecutorCommand, ExecutorEvent, ExecutorSessions, PlacedSubtask, SessionEnded,
@@ -126,33 +128,15 @@ impl LeaderDuties {
                 let duty_token = leadership.child_token();
                 let mut tasks = JoinSet::new();
                 let span = tracing::info_span!("leader", node_id = self.context.node_id, term);
+                let duties = RaftLeaderContext::new(self.context.clone(), self.sessions.clone());
                 tasks.spawn(
-                    failure_detector(
-                        self.context.clone(),
-                        self.sessions.clone(),
-                        self.settings.clone(),
-                        duty_token.clone(),
-                    )
-                    .instrument(span.clone()),
+                    failure_detector(duties.clone(), self.settings.clone(), duty_token.clone())
+                        .instrument(span.clone()),
                 );
                 tasks.spawn(
-                    scheduler(
-                        self.context.clone(),
-                        self.sessions.clone(),
-                        self.settings.clone(),
-                        duty_token.clone(),
-                    )
-                    .instrument(span.clone()),
+                    scheduler(duties.clone(), self.settings.clone(), duty_token.clone()).instrument(span.clone()),
                 );
-                tasks.spawn(
-                    checkpoint_coordinator::run(
-                        self.context.clone(),
-                        self.sessions.clone(),
-                        events,
-                        duty_token.clone(),
-                    )
-                    .instrument(span),
-                );
+                tasks.spawn(checkpoint_coordinator::run(duties, events, duty_token.clone()).instrument(span));
                 running = Some((duty_token, tasks));
             } else if !is_leader && running.is_some() {
                 tracing::info!("stopped leading: stopping leader duties");
@@ -182,10 +166,8 @@ impl LeaderDuties {
     }
 }
 
-fn alive_executors(context: &CoordinatorContext) -> Vec<ExecutorId> {
-    let applied = context.applied.read();
-    applied
-        .state
+fn alive_executors(state: &State) -> Vec<ExecutorId> {
+    state
         .executors
         .values()
         .filter(|executor| executor.alive)
@@ -193,12 +175,8 @@ fn alive_executors(context: &CoordinatorContext) -> Vec<ExecutorId> {
         .collect()
 }
 
-async fn failure_detector(
-    context: CoordinatorContext,
-    sessions: ExecutorSessions,
-    settings: ExecutorSettings,
-    shutdown: CancellationToken,
-) {
+async fn failure_detector<C: LeaderContext>(context: C, settings: ExecutorSettings, shutdown: CancellationToken) {
+    let sessions = context.sessions();
     let lease_timeout = Duration::from_millis(settings.lease_timeout_ms);
     let grace = Duration::from_millis(settings.session_break_grace_ms);
     let check_every = (lease_timeout / 10).min(grace / 4).max(Duration::from_millis(10));
@@ -208,11 +186,12 @@ async fn failure_detector(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(check_every) => {}
         }
-        for (executor_id, cause) in sessions.expired(&alive_executors(&context), lease_timeout, grace, Instant::now()) {
+        let alive = context.read_state(alive_executors);
+        for (executor_id, cause) in sessions.expired(&alive, lease_timeout, grace, Instant::now()) {
             match context
                 .propose(Command::MarkExecutorDead {
                     executor_id: executor_id.clone(),
-                    at_ms: now_ms(),
+                    at_ms: context.now_ms(),
                 })
                 .await
             {
@@ -231,12 +210,8 @@ async fn failure_detector(
     }
 }
 
-async fn scheduler(
-    context: CoordinatorContext,
-    sessions: ExecutorSessions,
-    settings: ExecutorSettings,
-    shutdown: CancellationToken,
-) {
+async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shutdown: CancellationToken) {
+    let sessions = context.sessions();
     let lease_timeout = Duration::from_millis(settings.lease_timeout_ms);
     let interval = Duration::from_millis(settings.scheduling_interval_ms.max(1));
     loop {
@@ -245,13 +220,13 @@ async fn scheduler(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let round = plan_round(&context, &sessions, lease_timeout);
+        let round = context.read_state(|state| plan_round(state, sessions, lease_timeout, context.now_ms()));
         for (job_id, reason) in round.give_up {
             let command = Command::TransitionJob {
                 job_id,
                 to: JobStatus::Failed,
                 reason: reason.clone(),
-                at_ms: now_ms(),
+                at_ms: context.now_ms(),
             };
             match context.propose(command).await {
                 Ok(_) => tracing::warn!(job_id = %job_id, reason, "job failed"),
@@ -270,7 +245,7 @@ async fn scheduler(
             _ = shutdown.cancelled() => return,
             _ = placing => {}
         }
-        deploy_ready_jobs(&context, &sessions).await;
+        deploy_ready_jobs(&context).await;
         for (job_id, placed) in round.cancelling {
             for (executor_id, task) in placed {
                 sessions.send(&executor_id, ExecutorCommand::Cancel(task));
@@ -280,7 +255,7 @@ async fn scheduler(
                 job_id,
                 to: JobStatus::Cancelled,
                 reason: "cancelled by request".to_owned(),
-                at_ms: now_ms(),
+                at_ms: context.now_ms(),
             };
             match context.propose(command).await {
                 Ok(_) => {
@@ -295,7 +270,7 @@ async fn scheduler(
                 job_id,
                 to: JobStatus::Finished,
                 reason: "every subtask reached the end of its input and published its output".to_owned(),
-                at_ms: now_ms(),
+                at_ms: context.now_ms(),
             };
             match context.propose(command).await {
                 Ok(_) => {
@@ -319,17 +294,8 @@ struct Round {
     finished: Vec<JobId>,
 }
 
-fn plan_round(context: &CoordinatorContext, sessions: &ExecutorSessions, lease_timeout: Duration) -> Round {
-    let applied = context.applied.read();
-    let state = &applied.state;
-    let alive: Vec<ExecutorId> = state
-        .executors
-        .values()
-        .filter(|executor| executor.alive)
-        .map(|executor| executor.executor_id.clone())
-        .collect();
-    let live = sessions.live(&alive, lease_timeout);
-    let now = now_ms();
+fn plan_round(state: &State, sessions: &ExecutorSessions, lease_timeout: Duration, now: u64) -> Round {
+    let live = sessions.live(&alive_executors(state), lease_timeout);
     let mut give_up = Vec::new();
     let mut waiting = HashSet::new();
     for job in state.jobs.values() {
@@ -374,7 +340,7 @@ fn plan_round(context: &CoordinatorContext, sessions: &ExecutorSessions, lease_t
     }
 }
 
-async fn place(context: &CoordinatorContext, placement: Placement) {
+async fn place<C: LeaderContext>(context: &C, placement: Placement) {
     let Placement {
         job_id,
         subtask,
@@ -384,7 +350,7 @@ async fn place(context: &CoordinatorContext, placement: Placement) {
         job_id,
         subtask: subtask.clone(),
         executor_id: executor_id.clone(),
-        at_ms: now_ms(),
+        at_ms: context.now_ms(),
     };
     match context.propose(command).await {
         Ok(Response::SubtaskAssigned { epoch, .. }) => {
@@ -397,10 +363,8 @@ async fn place(context: &CoordinatorContext, placement: Placement) {
 }
 
 /// Sends every subtask of each newly fully placed job to its executor and marks the job running.
-async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSessions) {
-    let ready: Vec<(JobId, Vec<(ExecutorId, TaskDeployment)>)> = {
-        let applied = context.applied.read();
-        let state = &applied.state;
+async fn deploy_ready_jobs<C: LeaderContext>(context: &C) {
+    let ready: Vec<(JobId, Vec<(ExecutorId, TaskDeployment)>)> = context.read_state(|state| {
         state
             .jobs
             .values()
@@ -414,7 +378,7 @@ async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSess
                 (job.job_id, deployments)
             })
             .collect()
-    };
+    });
     for (job_id, deployments) in ready {
         let restore_from = deployments.first().and_then(|(_, deployment)| {
             deployment
@@ -429,7 +393,7 @@ async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSess
                 Some(id) => format!("restored from checkpoint {id}"),
                 None => String::new(),
             },
-            at_ms: now_ms(),
+            at_ms: context.now_ms(),
         };
         if let Err(error) = context.propose(command).await {
             tracing::debug!(job_id = %job_id, error = %error, "could not start the job");
@@ -437,7 +401,9 @@ async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSess
         }
         tracing::info!(job_id = %job_id, subtasks = deployments.len(), restore_from, "job deployed");
         for (executor_id, deployment) in deployments {
-            sessions.send(&executor_id, ExecutorCommand::Assign(Box::new(deployment)));
+            context
+                .sessions()
+                .send(&executor_id, ExecutorCommand::Assign(Box::new(deployment)));
         }
     }
 }
@@ -445,46 +411,20 @@ async fn deploy_ready_jobs(context: &CoordinatorContext, sessions: &ExecutorSess
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{Epoch, JobId};
-    use crate::spec::parse_job_spec;
-    use crate::state_machine::{apply, SubtaskKey};
+    use crate::state_machine::SubtaskKey;
+    use crate::test_fixtures::{executor_id, source_to_sink, StateBuilder};
+    use raftstream_api::ids::{Epoch, JobId};
 
     #[test]
     fn reconcile_cancels_stale_epochs_and_resends_missing_assignments() {
-        let mut state = State::default();
-        let executor = ExecutorId("e1".to_owned());
-        let register = Command::RegisterExecutor {
-            executor_id: executor.clone(),
-            address: "a:1".into(),
-            slots: 4,
-            at_ms: 0,
-        };
-        assert!(apply(&mut state, register).is_ok());
-        let spec = r#"{"name": "r", "operators": [{"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
-        let graph = parse_job_spec(spec).expect("valid");
-        assert!(apply(
-            &mut state,
-            Command::SubmitJob {
-                request_id: None,
-                graph,
-                at_ms: 0
-            }
-        )
-        .is_ok());
+        let state = StateBuilder::new()
+            .executor("e1", 4)
+            .job(source_to_sink(""))
+            .place(1, "src", 0, "e1")
+            .place(1, "out", 0, "e1")
+            .build();
+        let executor = executor_id("e1");
         let job_id = JobId::from_number(1);
-        for operator in ["src", "out"] {
-            let subtask = SubtaskKey {
-                operator_id: operator.to_owned(),
-                subtask_index: 0,
-            };
-            let command = Command::AssignSubtask {
-                job_id,
-                subtask,
-                executor_id: executor.clone(),
-                at_ms: 1,
-            };
-            assert!(apply(&mut state, command).is_ok());
-        }
         let task = |operator: &str, epoch: u64| TaskRef {
             job_id,
             subtask: SubtaskKey {

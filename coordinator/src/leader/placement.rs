@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::ids::{ExecutorId, JobId};
 use crate::state_machine::{JobRecord, JobStatus, State, SubtaskKey};
+use raftstream_api::ids::{ExecutorId, JobId};
 
 /// One subtask to place on one executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,35 +149,19 @@ fn chain_groups(job: &JobRecord) -> Vec<ChainGroup<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::parse_job_spec;
     use crate::state_machine::{apply, Command};
+    use crate::test_fixtures::{graph as fixture_graph, source_to_sink, StateBuilder};
 
+    /// `jobs` jobs of two operators at parallelism 2, none placed, on executors with these slots.
     fn state_with(executors: &[(&str, u32)], jobs: u64) -> State {
-        let mut state = State::default();
+        let mut builder = StateBuilder::new();
         for (id, slots) in executors {
-            let command = Command::RegisterExecutor {
-                executor_id: ExecutorId((*id).to_owned()),
-                address: "a:1".into(),
-                slots: *slots,
-                at_ms: 0,
-            };
-            assert!(apply(&mut state, command).is_ok());
+            builder = builder.executor(id, *slots);
         }
-        let spec = r#"{"name": "p", "parallelism": 2, "operators": [
-            {"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
-        for n in 0..jobs {
-            let graph = parse_job_spec(spec).expect("valid spec");
-            assert!(apply(
-                &mut state,
-                Command::SubmitJob {
-                    request_id: None,
-                    graph,
-                    at_ms: n
-                }
-            )
-            .is_ok());
+        for _ in 0..jobs {
+            builder = builder.job(source_to_sink(r#""parallelism": 2,"#));
         }
-        state
+        builder.build()
     }
 
     fn ids(names: &[&str]) -> Vec<ExecutorId> {
@@ -254,7 +238,7 @@ mod tests {
             {"id": "keyed", "kind": "key_by", "inputs": ["words"]},
             {"id": "counts", "kind": "count", "inputs": ["keyed"]},
             {"id": "sink", "kind": "print", "inputs": ["counts"], "parallelism": 1}]}"#;
-        let graph = parse_job_spec(spec).expect("valid spec");
+        let graph = fixture_graph(spec);
         let submit = Command::SubmitJob {
             request_id: None,
             graph,
@@ -331,7 +315,7 @@ mod tests {
             {"id": "keyed", "kind": "key_by", "inputs": ["words"]},
             {"id": "counts", "kind": "count", "inputs": ["keyed"]},
             {"id": "sink", "kind": "print", "inputs": ["counts"]}]}"#;
-        let graph = parse_job_spec(spec).expect("valid spec");
+        let graph = fixture_graph(spec);
         let submit = Command::SubmitJob {
             request_id: None,
             graph,

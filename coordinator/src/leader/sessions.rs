@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::{CheckpointId, ExecutorId, JobId};
 use crate::state_machine::State;
+use raftstream_api::ids::{CheckpointId, ExecutorId, JobId};
 
 pub use raftstream_api::messages::{CheckpointAck, ExecutorCommand, PlacedSubtask, TaskDeployment, TaskRef};
 

@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::pre_vote::{is_quorum, PreVoteRequest, PreVoteResponse};
 use super::{CoordinatorRaft, LogStore};
-use crate::dial::DialAddresses;
+use raftstream_api::dial::DialAddresses;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 

@@ -8,9 +8,9 @@ use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Members
 
 use super::state_store::AppliedState;
 use super::TypeConfig;
-use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
-use crate::spec::parse_job_spec;
 use crate::state_machine::{apply, Command, CompletedCheckpoint, JobStatus, State, SubtaskKey, TaskStateHandle};
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
+use raftstream_api::spec::parse_job_spec;
 
 const JOB_SPEC: &str = r#"{"name": "golden", "parallelism": 2, "max_parallelism": 64,
   "checkpoint": {"interval_ms": 500, "retained": 2},

@@ -3,7 +3,7 @@
 //! Messages are serialized by us (JSON) into an opaque payload, and a remote Raft error travels
 //! back inside the payload so openraft sees it as the peer's answer, not as a network failure.
 
-use crate::dial::DialAddresses;
+use raftstream_api::dial::DialAddresses;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};

@@ -25,8 +25,8 @@ async fn state_is_rebuilt_from_snapshot_after_reopen() -> anyhow_free::Result {
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 
-    use crate::spec::parse_job_spec;
     use crate::state_machine::Command;
+    use raftstream_api::spec::parse_job_spec;
 
     let directory = TempDir::new()?;
     let graph = parse_job_spec(include_str!("../../../examples/wordcount.yaml"))?;
@@ -88,15 +88,15 @@ fn a_log_and_snapshot_written_before_the_api_crate_still_load() -> anyhow_free::
     let job = decoded
         .state
         .jobs
-        .get(&crate::ids::JobId::from_number(1))
+        .get(&raftstream_api::ids::JobId::from_number(1))
         .ok_or("job-1 in the snapshot")?;
     assert_eq!((job.restart_count, job.checkpoints.len()), (1, 1));
     let filter = job.graph.operator("long").ok_or("the filter")?;
     assert_eq!(
         filter.config,
-        crate::spec::OperatorConfig::Filter(crate::spec::FilterConfig {
+        raftstream_api::spec::OperatorConfig::Filter(raftstream_api::spec::FilterConfig {
             field: None,
-            op: crate::spec::CompareOp::Ge,
+            op: raftstream_api::spec::CompareOp::Ge,
             value: "w5".into(),
         }),
         "typed configurations are read from the stored parameters"

@@ -8,7 +8,8 @@ use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
 
-use super::{forward_target, forwarded_request, is_forwarded, CoordinatorContext};
+use super::{forward_to_leader, forwarded_request, is_forwarded};
+use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
 use crate::leader::ExecutorSessions;
 
@@ -209,18 +210,10 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 }))
             }
             Err(error) => {
-                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self
-                    .admin_client(&address)?
-                    .add_learner(forwarded_request(message))
-                    .await;
-                reply.map_err(|status| {
-                    CoordinatorError::ForwardFailed {
-                        leader_address: address,
-                        status,
-                    }
-                    .into()
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    AdminServiceClient::new(leader).add_learner(request).await
                 })
+                .await
             }
         }
     }
@@ -262,18 +255,10 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 }))
             }
             Err(error) => {
-                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self
-                    .admin_client(&address)?
-                    .change_membership(forwarded_request(message))
-                    .await;
-                reply.map_err(|status| {
-                    CoordinatorError::ForwardFailed {
-                        leader_address: address,
-                        status,
-                    }
-                    .into()
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    AdminServiceClient::new(leader).change_membership(request).await
                 })
+                .await
             }
         }
     }
@@ -296,18 +281,15 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 leader_id: metrics.current_leader,
                 leader_address,
             };
-            let address = forward_target(&error, is_forwarded(&request)).ok_or_else(|| Status::from(error))?;
-            let reply = self
-                .admin_client(&address)?
-                .list_executors(forwarded_request(pb::ListExecutorsRequest {}))
-                .await;
-            return reply.map_err(|status| {
-                CoordinatorError::ForwardFailed {
-                    leader_address: address,
-                    status,
-                }
-                .into()
-            });
+            let message = pb::ListExecutorsRequest {};
+            return forward_to_leader(
+                &self.context,
+                error,
+                is_forwarded(&request),
+                message,
+                |leader, request| async move { AdminServiceClient::new(leader).list_executors(request).await },
+            )
+            .await;
         }
         let applied = self.context.applied.read();
         let executors = applied

@@ -13,13 +13,14 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{
     checkpoint_ack_from_proto, executor_command_to_proto, task_ref_from_proto, task_status_from_proto,
 };
-use super::{forward_target, forwarded_request, is_forwarded, now_ms, CoordinatorContext};
+use super::{forward_to_leader, is_forwarded};
+use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
-use crate::ids::ExecutorId;
 use crate::leader::{
     assigned_tasks, reconcile, ExecutorCommand, ExecutorEvent, ExecutorSessions, ExecutorSettings, SessionEnded,
 };
 use crate::state_machine::{Command, Response as Applied};
+use raftstream_api::ids::ExecutorId;
 
 const MAX_EXECUTOR_ID_CHARS: usize = 128;
 const MAX_SLOTS: u32 = 1_024;
@@ -123,17 +124,10 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
             }
             Ok(other) => Err(CoordinatorError::Internal(format!("register answered {other:?}")).into()),
             Err(error) => {
-                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = ExecutorServiceClient::new(self.context.channel(&address)?)
-                    .register(forwarded_request(message))
-                    .await;
-                reply.map_err(|status| {
-                    CoordinatorError::ForwardFailed {
-                        leader_address: address,
-                        status,
-                    }
-                    .into()
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    ExecutorServiceClient::new(leader).register(request).await
                 })
+                .await
             }
         }
     }

@@ -6,11 +6,12 @@ use raftstream_proto::v1::job_service_client::JobServiceClient;
 use tonic::{Request, Response, Status};
 
 use super::convert::{checkpoint_to_proto, job_to_proto, jobs_in_submission_order};
-use super::{forward_target, forwarded_request, is_forwarded, now_ms, CoordinatorContext};
+use super::{forward_to_leader, is_forwarded};
+use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
-use crate::ids::{JobId, RequestId};
-use crate::spec::parse_job_spec;
 use crate::state_machine::{Command, Rejection, Response as Applied};
+use raftstream_api::ids::{JobId, RequestId};
+use raftstream_api::spec::parse_job_spec;
 
 const MAX_REQUEST_ID_CHARS: usize = 128;
 
@@ -26,10 +27,6 @@ impl JobServiceImpl {
         JobServiceImpl { context }
     }
 
-    fn leader_client(&self, address: &str) -> Result<JobServiceClient<tonic::transport::Channel>, Status> {
-        Ok(JobServiceClient::new(self.context.channel(address)?))
-    }
-
     fn job_reply(&self, job_id: &JobId) -> Result<pb::Job, Status> {
         let applied = self.context.applied.read();
         let job = applied
@@ -40,15 +37,13 @@ impl JobServiceImpl {
         Ok(job_to_proto(&applied.state, job))
     }
 
-    /// Confirms a linearizable read, or says where to forward it.
-    async fn prepare_read(&self, consistency: i32, forwarded: bool) -> Result<Option<String>, Status> {
+    /// Confirms that this node may serve a read of `consistency` from its own state: a local
+    /// read always, a linearizable one once the leader's read-index says so.
+    async fn prepare_read(&self, consistency: i32) -> Result<(), CoordinatorError> {
         if consistency == pb::ReadConsistency::Local as i32 {
-            return Ok(None);
+            return Ok(());
         }
-        match self.context.ensure_linearizable().await {
-            Ok(()) => Ok(None),
-            Err(error) => forward_target(&error, forwarded).map(Some).ok_or_else(|| error.into()),
-        }
+        self.context.ensure_linearizable().await
     }
 }
 
@@ -69,16 +64,6 @@ fn parse_job_id(text: &str) -> Result<JobId, CoordinatorError> {
         return Err(CoordinatorError::InvalidRequest("job_id is empty".to_owned()));
     }
     JobId::parse(text.trim()).map_err(|error| CoordinatorError::InvalidRequest(error.to_string()))
-}
-
-fn forward_failed(address: String) -> impl FnOnce(Status) -> Status {
-    move |status| {
-        CoordinatorError::ForwardFailed {
-            leader_address: address,
-            status,
-        }
-        .into()
-    }
 }
 
 #[tonic::async_trait]
@@ -106,12 +91,10 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             }
             Ok(other) => Err(CoordinatorError::Internal(format!("submit answered {other:?}")).into()),
             Err(error) => {
-                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self
-                    .leader_client(&address)?
-                    .submit_job(forwarded_request(message))
-                    .await;
-                reply.map_err(forward_failed(address))
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    JobServiceClient::new(leader).submit_job(request).await
+                })
+                .await
             }
         }
     }
@@ -121,9 +104,11 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let job_id = parse_job_id(&message.job_id)?;
-        if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
-            let reply = self.leader_client(&address)?.get_job(forwarded_request(message)).await;
-            return reply.map_err(forward_failed(address));
+        if let Err(error) = self.prepare_read(message.consistency).await {
+            return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                JobServiceClient::new(leader).get_job(request).await
+            })
+            .await;
         }
         Ok(Response::new(pb::GetJobResponse {
             job: Some(self.job_reply(&job_id)?),
@@ -134,12 +119,11 @@ impl pb::job_service_server::JobService for JobServiceImpl {
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
-            let reply = self
-                .leader_client(&address)?
-                .list_jobs(forwarded_request(message))
-                .await;
-            return reply.map_err(forward_failed(address));
+        if let Err(error) = self.prepare_read(message.consistency).await {
+            return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                JobServiceClient::new(leader).list_jobs(request).await
+            })
+            .await;
         }
         let applied = self.context.applied.read();
         let jobs = jobs_in_submission_order(&applied.state)
@@ -171,12 +155,10 @@ impl pb::job_service_server::JobService for JobServiceImpl {
                 }))
             }
             Err(error) => {
-                let address = forward_target(&error, forwarded).ok_or_else(|| Status::from(error))?;
-                let reply = self
-                    .leader_client(&address)?
-                    .cancel_job(forwarded_request(message))
-                    .await;
-                reply.map_err(forward_failed(address))
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    JobServiceClient::new(leader).cancel_job(request).await
+                })
+                .await
             }
         }
     }
@@ -189,12 +171,11 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         let job_id = parse_job_id(&message.job_id)?;
-        if let Some(address) = self.prepare_read(message.consistency, forwarded).await? {
-            let reply = self
-                .leader_client(&address)?
-                .list_checkpoints(forwarded_request(message))
-                .await;
-            return reply.map_err(forward_failed(address));
+        if let Err(error) = self.prepare_read(message.consistency).await {
+            return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                JobServiceClient::new(leader).list_checkpoints(request).await
+            })
+            .await;
         }
         let applied = self.context.applied.read();
         let job = applied

@@ -4,6 +4,7 @@
 //! allocated from counters held in the state, so replaying the same log always yields the same state.
 //! A rejected command leaves the state exactly as it was.
 
+mod invariants;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -12,9 +13,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
-use crate::spec::JobGraph;
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use raftstream_api::serde_pairs as map_as_pairs;
+use raftstream_api::spec::JobGraph;
 
 pub use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 
@@ -337,6 +338,17 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
             return Ok(response.clone());
         }
     }
+    // Like `debug_assert!`: checked in builds with debug assertions, at the cost of a copy of the
+    // records the command touches.
+    let touched = cfg!(debug_assertions).then(|| invariants::before(state, &command));
+    let result = apply_command(state, command, request_id);
+    if let Some(touched) = touched {
+        invariants::check(&touched, state, &result);
+    }
+    result
+}
+
+fn apply_command(state: &mut State, command: Command, request_id: Option<RequestId>) -> ApplyResult {
     let response = match command {
         Command::SubmitJob { graph, at_ms, .. } => submit_job(state, graph, at_ms),
         Command::CancelJob { job_id, at_ms, .. } => cancel_job(state, &job_id, at_ms),

@@ -3,31 +3,22 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::spec::{parse_job_spec, JobGraph};
+use crate::test_fixtures::{self as fixtures, executor_id, subtask};
+use raftstream_api::spec::JobGraph;
 
+/// Four operators: a generator, a keyed exchange and count at `parallelism`, a print sink.
 fn graph(parallelism: u32, retained: u32) -> JobGraph {
-    let spec = format!(
+    fixtures::graph(&format!(
         r#"{{"name": "g", "parallelism": {parallelism}, "checkpoint": {{"retained": {retained}}}, "operators": [
             {{"id": "src", "kind": "generator", "parallelism": 1}},
             {{"id": "keys", "kind": "key_by", "inputs": ["src"]}},
             {{"id": "counts", "kind": "count", "inputs": ["keys"]}},
             {{"id": "out", "kind": "print", "inputs": ["counts"], "parallelism": 1}}]}}"#
-    );
-    match parse_job_spec(&spec) {
-        Ok(graph) => graph,
-        Err(error) => panic!("test graph is invalid: {error}"),
-    }
+    ))
 }
 
 fn executor(n: u8) -> ExecutorId {
-    ExecutorId(format!("executor-{n}"))
-}
-
-fn subtask(operator: &str, index: u32) -> SubtaskKey {
-    SubtaskKey {
-        operator_id: operator.to_owned(),
-        subtask_index: index,
-    }
+    executor_id(&format!("executor-{n}"))
 }
 
 fn checkpoint(id: u64, epoch: u64) -> CompletedCheckpoint {
