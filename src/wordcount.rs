@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use raftstream_executor::runtime::generator::GeneratorSettings;
+use raftstream_api::spec::GeneratorConfig;
+use raftstream_executor::runtime::generator::GeneratedRecords;
 
 /// Parameters of a word-count job: generator -> flat_map(split_words) -> key_by -> count -> file sink.
 #[derive(Debug, Clone)]
@@ -53,11 +54,12 @@ impl WordCountJob {
 
     /// The final count of every word, computed the obvious way.
     pub fn expected_counts(&self) -> BTreeMap<String, u64> {
-        let settings = GeneratorSettings {
+        let settings = GeneratorConfig {
             seed: self.seed,
             count: Some(self.records),
             vocabulary_size: self.vocabulary_size,
             words_per_record: self.words_per_record,
+            ..GeneratorConfig::default()
         };
         let mut counts = BTreeMap::new();
         let mut line = String::new();

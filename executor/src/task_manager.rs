@@ -165,7 +165,7 @@ impl TaskManager {
                 self.stop(&changes);
             }
             ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id } => {
-                self.tell_job(&job_id, |_| TaskControl::Trigger(checkpoint_id.0));
+                self.tell_job(&job_id, |_| TaskControl::Trigger(checkpoint_id));
             }
             ExecutorCommand::CheckpointComplete {
                 job_id,
@@ -175,11 +175,11 @@ impl TaskManager {
             } => {
                 // A chain's task publishes only if every subtask it runs was acknowledged.
                 self.tell_job(&job_id, |members| TaskControl::Complete {
-                    checkpoint_id: checkpoint_id.0,
+                    checkpoint_id,
                     acknowledged: members
                         .iter()
                         .all(|(subtask, epoch)| acknowledged.contains(&subtask.at(*epoch))),
-                    oldest_retained: oldest_retained.0,
+                    oldest_retained,
                 });
             }
             ExecutorCommand::DiscardJobState(job_id) => {
@@ -192,7 +192,7 @@ impl TaskManager {
                 reason,
             } => {
                 tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, reason = %reason, "checkpoint aborted");
-                self.tell_job(&job_id, |_| TaskControl::Aborted(checkpoint_id.0));
+                self.tell_job(&job_id, |_| TaskControl::Aborted(checkpoint_id));
             }
             // The session's keepalive: the session loop notes it, the subtasks need nothing.
             ExecutorCommand::HeartbeatAck { .. } => {}
@@ -260,7 +260,7 @@ impl TaskManager {
             job_id = %deployment.job_id,
             operator_id = %deployment.operator_id,
             subtask_index = deployment.subtask_index,
-            epoch = deployment.epoch
+            epoch = deployment.epoch.0
         );
         span.in_scope(|| {
             tracing::info!(

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raftstream_api::client::ClusterClient;
-use raftstream_executor::runtime::generator::GeneratorSettings;
+use raftstream_api::spec::GeneratorConfig;
+use raftstream_executor::runtime::generator::GeneratedRecords;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{ensure_exact_output, eventually, fast_executors, start_executors, test_settings, TestCluster};
@@ -124,11 +125,12 @@ fn spec(shape: Shape, input: Input, files: &Path, output: &Path) -> String {
 /// Writes `files` files of `lines_per_file` JSON lines each under `directory`; returns its size.
 fn write_input(directory: &Path, files: u32, lines_per_file: u64) -> anyhow::Result<u64> {
     std::fs::create_dir_all(directory)?;
-    let settings = GeneratorSettings {
+    let settings = GeneratorConfig {
         seed: 3,
         count: None,
         vocabulary_size: 100,
         words_per_record: 1,
+        ..GeneratorConfig::default()
     };
     let mut bytes = 0;
     let mut word = String::new();
@@ -325,11 +327,12 @@ fn file_word_count_spec(files: &Path, output: &Path) -> String {
 /// Writes `lines` generator lines of 8 words into `file`; returns the expected count of every
 /// word starting with `w7`.
 fn write_word_file(file: &Path, lines: u64) -> anyhow::Result<BTreeMap<String, u64>> {
-    let settings = GeneratorSettings {
+    let settings = GeneratorConfig {
         seed: 17,
         count: Some(lines),
         vocabulary_size: 1_000,
         words_per_record: 8,
+        ..GeneratorConfig::default()
     };
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(file)?);
     let mut expected = BTreeMap::new();

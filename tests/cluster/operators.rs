@@ -83,7 +83,8 @@ async fn csv_files_are_filtered_keyed_and_summed_exactly() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Result<()> {
-    use raftstream_executor::runtime::generator::GeneratorSettings;
+    use raftstream_api::spec::GeneratorConfig;
+    use raftstream_executor::runtime::generator::GeneratedRecords;
     let executors = fast_executors();
     let mut cluster = TestCluster::start_with(test_settings(), executors).await?;
     cluster.cluster.start_executor("exec-a", 10)?;
@@ -107,11 +108,12 @@ async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Resul
         ]
     });
     // Event time of record n is n * 1000 / rate ms: the expected count of every (word, window).
-    let settings = GeneratorSettings {
+    let settings = GeneratorConfig {
         seed: 5,
         count: Some(records),
         vocabulary_size: vocabulary,
         words_per_record: 3,
+        ..GeneratorConfig::default()
     };
     let mut expected: BTreeMap<(String, i64), u64> = BTreeMap::new();
     let mut line = String::new();

@@ -17,7 +17,7 @@ pub struct SubtaskDeployment {
     pub job_id: JobId,
     pub operator_id: String,
     pub subtask_index: u32,
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub graph: Arc<JobGraph>,
     /// Where every subtask of the job runs.
     pub placement: Vec<PlacedSubtask>,
@@ -38,7 +38,7 @@ impl SubtaskDeployment {
             job_id: task.job_id,
             operator_id: task.subtask.operator_id,
             subtask_index: task.subtask.subtask_index,
-            epoch: task.epoch.0,
+            epoch: task.epoch,
             graph,
             placement,
             restore_from,
@@ -53,12 +53,12 @@ impl SubtaskDeployment {
                 operator_id: self.operator_id.clone(),
                 subtask_index: self.subtask_index,
             },
-            epoch: Epoch(self.epoch),
+            epoch: self.epoch,
         }
     }
 }
 
-fn placed_here(deployment: &SubtaskDeployment, operator_id: &str, local_address: &str) -> Option<u64> {
+fn placed_here(deployment: &SubtaskDeployment, operator_id: &str, local_address: &str) -> Option<Epoch> {
     deployment
         .placement
         .iter()
@@ -66,7 +66,7 @@ fn placed_here(deployment: &SubtaskDeployment, operator_id: &str, local_address:
             placed.subtask.operator_id == operator_id && placed.subtask.subtask_index == deployment.subtask_index
         })
         .filter(|placed| placed.executor_address == local_address)
-        .map(|placed| placed.epoch.0)
+        .map(|placed| placed.epoch)
 }
 
 /// The subtasks `deployment`'s task runs, itself first: the chain behind it as far as it is placed
@@ -134,7 +134,7 @@ mod tests {
             job_id: JobId::from_number(1),
             operator_id: operator_id.into(),
             subtask_index: 0,
-            epoch: 0,
+            epoch: Epoch(0),
             graph: Arc::new(graph),
             placement,
             restore_from: None,
@@ -144,7 +144,7 @@ mod tests {
     fn members(operator_id: &str, addresses: [&str; 4]) -> Vec<(String, u64)> {
         chain_members(&deployment(operator_id, addresses), "here")
             .into_iter()
-            .map(|member| (member.operator_id, member.epoch))
+            .map(|member| (member.operator_id, member.epoch.0))
             .collect()
     }
 

@@ -1,25 +1,16 @@
 //! The `generator` source: deterministic text records from a seed. Record `n` is a pure function
 //! of (seed, n), so a source rewound to an offset replays exactly what it produced before.
 
-/// Settings of a generator source, from the operator's params.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GeneratorSettings {
-    pub seed: u64,
-    /// `None`: unbounded.
-    pub count: Option<u64>,
-    pub vocabulary_size: u64,
-    pub words_per_record: u64,
-}
+use raftstream_api::spec::GeneratorConfig;
 
-impl Default for GeneratorSettings {
-    fn default() -> Self {
-        GeneratorSettings {
-            seed: 0,
-            count: None,
-            vocabulary_size: 1_000,
-            words_per_record: 8,
-        }
-    }
+/// The records of a generator source, from its validated configuration.
+pub trait GeneratedRecords {
+    /// The index of word `position` of record `offset`, in `0..vocabulary_size`.
+    fn word_index(&self, offset: u64, position: u64) -> u64;
+    /// Writes record `offset` into `line` (cleared first): words `w<index>` separated by spaces.
+    fn write_record(&self, offset: u64, line: &mut String);
+    /// Whether `offset` lies past the end of a bounded source.
+    fn is_exhausted(&self, offset: u64) -> bool;
 }
 
 /// SplitMix64: a tiny, well-mixed deterministic generator.
@@ -31,9 +22,8 @@ fn mix(mut state: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-impl GeneratorSettings {
-    /// The index of word `position` of record `offset`, in `0..vocabulary_size`.
-    pub fn word_index(&self, offset: u64, position: u64) -> u64 {
+impl GeneratedRecords for GeneratorConfig {
+    fn word_index(&self, offset: u64, position: u64) -> u64 {
         let mixed = mix(self.seed ^ mix(offset.wrapping_mul(0x1000_0000_01b3) ^ position));
         // The high half of mixed * vocabulary_size: as uniform as a remainder, without a 64-bit
         // division per word (with itoa for the digits, a line went from 250 to 120 ns).
@@ -41,8 +31,7 @@ impl GeneratorSettings {
         ((u128::from(mixed) * u128::from(self.vocabulary_size.max(1))) >> 64) as u64
     }
 
-    /// Writes record `offset` into `line` (cleared first): words `w<index>` separated by spaces.
-    pub fn write_record(&self, offset: u64, line: &mut String) {
+    fn write_record(&self, offset: u64, line: &mut String) {
         line.clear();
         let mut digits = itoa::Buffer::new();
         for position in 0..self.words_per_record {
@@ -54,8 +43,7 @@ impl GeneratorSettings {
         }
     }
 
-    /// Whether `offset` lies past the end of a bounded source.
-    pub fn is_exhausted(&self, offset: u64) -> bool {
+    fn is_exhausted(&self, offset: u64) -> bool {
         self.count.is_some_and(|count| offset >= count)
     }
 }
@@ -66,18 +54,19 @@ mod tests {
 
     #[test]
     fn records_are_a_pure_function_of_seed_and_offset() {
-        let settings = GeneratorSettings {
+        let settings = GeneratorConfig {
             seed: 42,
             count: Some(10),
             vocabulary_size: 50,
             words_per_record: 4,
+            ..GeneratorConfig::default()
         };
         let (mut first, mut again) = (String::new(), String::new());
         settings.write_record(7, &mut first);
         settings.write_record(7, &mut again);
         assert_eq!(first, again);
         assert_eq!(first.split(' ').count(), 4);
-        let other_seed = GeneratorSettings {
+        let other_seed = GeneratorConfig {
             seed: 43,
             ..settings.clone()
         };
@@ -93,10 +82,10 @@ mod tests {
 
     #[test]
     fn words_spread_evenly_over_the_vocabulary() {
-        let settings = GeneratorSettings {
+        let settings = GeneratorConfig {
             seed: 9,
             vocabulary_size: 10,
-            ..GeneratorSettings::default()
+            ..GeneratorConfig::default()
         };
         let mut seen = [0u32; 10];
         for offset in 0..10_000 {
@@ -109,7 +98,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn word_indices_stay_inside_the_vocabulary(seed: u64, offset: u64, position in 0u64..64, vocabulary_size in 0u64..2_000_000) {
-            let settings = GeneratorSettings { seed, vocabulary_size, ..GeneratorSettings::default() };
+            let settings = GeneratorConfig { seed, vocabulary_size, ..GeneratorConfig::default() };
             proptest::prop_assert!(settings.word_index(offset, position) < vocabulary_size.max(1));
         }
     }

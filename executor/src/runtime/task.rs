@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use raftstream_api::checkpoint::{SubtaskKey, TaskStateHandle};
 use raftstream_api::dial::DialAddresses;
+use raftstream_api::ids::CheckpointId;
 use raftstream_api::messages::TaskReport;
 use raftstream_api::spec::{OperatorConfig, OperatorKind, OperatorSpec};
 use tokio::sync::mpsc;
@@ -21,7 +22,6 @@ use super::barriers::BarrierAligner;
 use super::deployment::{chain_members, SubtaskDeployment};
 use super::exchange::{ExchangeHub, GateKey, InputMessage};
 use super::file_source::FileReader;
-use super::generator::GeneratorSettings;
 use super::key_groups::key_group_range;
 use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator};
 use super::record::Record;
@@ -55,16 +55,16 @@ pub const MAX_INLINE_STATE: usize = 1_024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskControl {
     /// Sources only: inject the barrier of this checkpoint.
-    Trigger(u64),
+    Trigger(CheckpointId),
     /// The checkpoint is committed in the Raft log; `acknowledged` says whether this placement's
     /// acknowledgement is part of it (a sink publishes only then).
     Complete {
-        checkpoint_id: u64,
+        checkpoint_id: CheckpointId,
         acknowledged: bool,
-        /// The oldest checkpoint the job still retains (0: not told).
-        oldest_retained: u64,
+        /// The oldest checkpoint the job still retains.
+        oldest_retained: CheckpointId,
     },
-    Aborted(u64),
+    Aborted(CheckpointId),
 }
 
 /// Where a subtask finds the rest of the executor.
@@ -160,7 +160,7 @@ pub async fn run_subtask(
         }
     }
     let input_count = channels.len();
-    let mut gate = (input_count > 0).then(|| environment.hub.register(key.clone(), deployment.epoch, channels));
+    let mut gate = (input_count > 0).then(|| environment.hub.register(key.clone(), deployment.epoch.0, channels));
     let result = run_registered(
         &members,
         &environment,
@@ -171,7 +171,7 @@ pub async fn run_subtask(
     )
     .await;
     if input_count > 0 {
-        environment.hub.unregister(&key, deployment.epoch);
+        environment.hub.unregister(&key, deployment.epoch.0);
     }
     result
 }
@@ -292,12 +292,7 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
         });
     Ok(match (&operator.config, operator.kind) {
         (OperatorConfig::Generator(generator), _) => {
-            let settings = GeneratorSettings {
-                seed: generator.seed,
-                count: generator.count,
-                vocabulary_size: generator.vocabulary_size,
-                words_per_record: generator.words_per_record,
-            };
+            let settings = generator.clone();
             let parallelism = u64::from(operator.parallelism.max(1));
             let rate = generator.rate_per_second;
             Logic::Source(Box::new(SourceReader::Generator(GeneratorState {
@@ -333,7 +328,7 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
         (OperatorConfig::Aggregate { .. }, _) => Logic::Aggregate(KeyedAggregate::of(operator)?),
         (OperatorConfig::Window(_), _) => Logic::Window(Box::new(WindowOperator::of(operator, input_count)?)),
         (OperatorConfig::FileSink { .. }, _) => {
-            Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch)?)
+            Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch.0)?)
         }
         (OperatorConfig::Print { prefix }, _) => Logic::Print(prefix.clone()),
         (_, kind) => {

@@ -120,7 +120,7 @@ impl<'a> Acknowledger<'a> {
         let deployment = self.deployment;
         let job_id = deployment.job_id.to_string();
         let own_files = format!("{}-{}-e", deployment.operator_id, deployment.subtask_index);
-        let epoch = deployment.epoch;
+        let epoch = deployment.epoch.0;
         self.environment.tracker.spawn(async move {
             let mut obsolete = obsolete;
             if let Some(below) = sweep_below {
@@ -311,7 +311,7 @@ impl BackgroundAck {
 #[cfg(test)]
 mod tests {
     use raftstream_api::dial::DialAddresses;
-    use raftstream_api::ids::JobId;
+    use raftstream_api::ids::{Epoch, JobId};
     use raftstream_api::spec::parse_job_spec;
 
     use super::*;
@@ -331,7 +331,7 @@ mod tests {
             job_id: JobId::from_number(1),
             operator_id: "counts".to_owned(),
             subtask_index: 0,
-            epoch: 3,
+            epoch: Epoch(3),
             graph: Arc::new(graph),
             placement: Vec::new(),
             restore_from: None,

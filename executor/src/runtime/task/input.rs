@@ -12,6 +12,7 @@ use super::pipeline::Pipeline;
 use super::{Logic, TaskControl, TaskEnd, TaskError};
 use crate::runtime::barriers::{Alignment, BarrierAligner};
 use crate::runtime::exchange::{ChannelEvent, InputMessage};
+use raftstream_api::ids::CheckpointId;
 
 pub(super) struct InputTask {
     /// The task's operators, its head (the one reading the gate) first.
@@ -79,7 +80,7 @@ impl InputTask {
                             Some(message) => {
                                 if let TaskControl::Complete { checkpoint_id, oldest_retained, .. } = &message {
                                     for member in acknowledgers {
-                                        member.checkpoint_completed(*checkpoint_id, *oldest_retained);
+                                        member.checkpoint_completed(checkpoint_id.0, oldest_retained.0);
                                     }
                                 }
                                 self.on_control(message)?
@@ -189,11 +190,11 @@ impl InputTask {
     pub(super) fn on_control(&mut self, message: TaskControl) -> Result<(), TaskError> {
         match message {
             TaskControl::Complete {
-                checkpoint_id,
+                checkpoint_id: CheckpointId(checkpoint_id),
                 acknowledged,
                 ..
             } => self.pipeline.checkpoint_completed(checkpoint_id, acknowledged)?,
-            TaskControl::Aborted(checkpoint_id) => {
+            TaskControl::Aborted(CheckpointId(checkpoint_id)) => {
                 if self
                     .aligner
                     .aligning()

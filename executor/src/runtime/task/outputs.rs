@@ -169,7 +169,7 @@ pub(super) async fn open_outputs(
                 environment.dial.resolve(&placed.executor_address),
                 target,
                 placed.epoch.0,
-                (&operator.id, deployment.subtask_index, deployment.epoch),
+                (&operator.id, deployment.subtask_index, deployment.epoch.0),
                 cancel,
             )
             .await?;

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use raftstream_api::ids::CheckpointId;
+use raftstream_api::spec::GeneratorConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,11 +16,11 @@ use super::pipeline::Pipeline;
 use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
 use crate::runtime::exchange::ChannelEvent;
 use crate::runtime::file_source::FileReader;
-use crate::runtime::generator::GeneratorSettings;
+use crate::runtime::generator::GeneratedRecords;
 use crate::runtime::record::{Record, Text};
 
 pub(super) struct GeneratorState {
-    pub(super) settings: GeneratorSettings,
+    pub(super) settings: GeneratorConfig,
     /// The next offset this subtask emits (offsets index, index + parallelism, ...).
     pub(super) next_offset: u64,
     pub(super) step: u64,
@@ -137,7 +139,7 @@ pub(super) async fn run_source(
             biased;
             _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
             message = control.recv() => match message {
-                Some(TaskControl::Trigger(checkpoint_id)) => {
+                Some(TaskControl::Trigger(CheckpointId(checkpoint_id))) => {
                     outputs.flush(false).await?;
                     let position = source.position();
                     let state = serde_json::to_vec(&SourceSnapshot { position }).unwrap_or_default();
@@ -148,7 +150,11 @@ pub(super) async fn run_source(
                         final_barrier = Some(checkpoint_id);
                     }
                 }
-                Some(TaskControl::Complete { checkpoint_id, acknowledged, oldest_retained }) => {
+                Some(TaskControl::Complete {
+                    checkpoint_id: CheckpointId(checkpoint_id),
+                    acknowledged,
+                    oldest_retained: CheckpointId(oldest_retained),
+                }) => {
                     for member in acknowledgers {
                         member.checkpoint_completed(checkpoint_id, oldest_retained);
                     }
@@ -159,7 +165,7 @@ pub(super) async fn run_source(
                     }
                 }
                 // The next checkpoint carries the data on; an aborted final one is replaced.
-                Some(TaskControl::Aborted(checkpoint_id)) => {
+                Some(TaskControl::Aborted(CheckpointId(checkpoint_id))) => {
                     if final_barrier == Some(checkpoint_id) {
                         final_barrier = None;
                     }
