@@ -144,6 +144,22 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Replace a voter (usually a dead one) by a new node running with an empty data dir: adds it
+    /// as a learner, waits until it caught up, then swaps it in for the old one. The same as
+    /// `add-learner` followed by `change-membership`.
+    ReplaceNode {
+        /// The voter to remove.
+        #[arg(long)]
+        dead: u64,
+        /// The new node's id.
+        #[arg(long)]
+        new_id: u64,
+        /// The new node's advertised address (host:port).
+        #[arg(long)]
+        address: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Make exactly these nodes the voters (promotes learners, removes the others).
     ChangeMembership {
         #[arg(long, value_delimiter = ',', required = true)]
@@ -379,6 +395,32 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
                     format!(
                         "node {id} at {address} added as learner (log index {})",
                         reply.log_index
+                    )
+                },
+            );
+            Ok(())
+        }
+        ClusterCommand::ReplaceNode {
+            dead,
+            new_id,
+            address,
+            client,
+        } => {
+            let replaced = client_for(&client)?.replace_node(dead, new_id, &address).await?;
+            print_value(
+                client.output,
+                json!({
+                    "removed": dead,
+                    "added": new_id,
+                    "address": address,
+                    "voters": replaced.voters,
+                    "learner_log_index": replaced.learner_log_index,
+                    "membership_log_index": replaced.membership_log_index,
+                }),
+                || {
+                    format!(
+                        "node {new_id} at {address} replaced node {dead}; voters are now {:?} (log index {})",
+                        replaced.voters, replaced.membership_log_index
                     )
                 },
             );

@@ -33,6 +33,9 @@ pub enum ClientError {
     },
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rejected(Status),
+    /// A request the client refuses before sending it, with the reason.
+    #[error("INVALID_ARGUMENT: {0}")]
+    Invalid(String),
 }
 
 fn code_name(code: Code) -> &'static str {
@@ -54,7 +57,9 @@ impl ClientError {
         match self {
             ClientError::Rejected(status) => status.code(),
             ClientError::Unavailable { .. } => Code::Unavailable,
-            ClientError::NoAddresses | ClientError::InvalidAddress { .. } => Code::InvalidArgument,
+            ClientError::NoAddresses | ClientError::InvalidAddress { .. } | ClientError::Invalid(_) => {
+                Code::InvalidArgument
+            }
         }
     }
 }
@@ -297,4 +302,51 @@ impl ClusterClient {
         })
         .await
     }
+
+    /// Replaces voter `dead` (usually a node that is gone for good) by node `new_id` at `address`,
+    /// which must be running with an empty data dir: adds it as a learner, which returns once it
+    /// has caught up with the log, then makes it a voter in `dead`'s place in one membership
+    /// change. Jobs keep running throughout. Safe to repeat after a failure part way.
+    pub async fn replace_node(&self, dead: u64, new_id: u64, address: &str) -> Result<NodeReplaced, ClientError> {
+        if dead == new_id {
+            return Err(ClientError::Invalid(format!(
+                "the new node needs an id of its own, not {dead}"
+            )));
+        }
+        let status = self.cluster_status().await?;
+        let voters: Vec<u64> = status
+            .members
+            .iter()
+            .filter(|member| member.role == "voter")
+            .map(|member| member.node_id)
+            .collect();
+        if !voters.contains(&dead) {
+            return Err(ClientError::Invalid(format!(
+                "node {dead} is not a voter (voters: {voters:?})"
+            )));
+        }
+        if voters.contains(&new_id) {
+            return Err(ClientError::Invalid(format!("node {new_id} is already a voter")));
+        }
+        let learner = self.add_learner(new_id, address).await?;
+        let mut new_voters: Vec<u64> = voters.iter().copied().filter(|id| *id != dead).collect();
+        new_voters.push(new_id);
+        new_voters.sort_unstable();
+        let changed = self.change_membership(&new_voters).await?;
+        Ok(NodeReplaced {
+            learner_log_index: learner.log_index,
+            membership_log_index: changed.log_index,
+            voters: new_voters,
+        })
+    }
+}
+
+/// What [`ClusterClient::replace_node`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReplaced {
+    /// Where the new node joined as a learner.
+    pub learner_log_index: u64,
+    /// Where the new voters took effect.
+    pub membership_log_index: u64,
+    pub voters: Vec<u64>,
 }

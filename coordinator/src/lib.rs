@@ -7,6 +7,7 @@
 //! - [`leader`]: leader-only duties: executor failure detector, scheduler, checkpoint coordinator.
 //! - [`service`]: the gRPC services (jobs, admin, Raft), converting protobuf at the edge.
 //! - [`node`]: configuration and start-up of one coordinator process.
+//! - [`removal`]: a node removed from the membership notices and stops serving.
 //! - [`error`]: the coordinator's errors and their gRPC status codes.
 
 pub mod context;
@@ -15,6 +16,7 @@ pub mod failpoints;
 pub mod leader;
 pub mod node;
 pub mod raft;
+pub mod removal;
 pub mod service;
 pub mod state_machine;
 

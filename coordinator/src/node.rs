@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::context::CoordinatorContext;
 use crate::leader::{ExecutorSessions, ExecutorSettings, LeaderDuties};
 use crate::raft::{open_stores, CoordinatorRaft, ElectionTrigger, GrpcRaftNetwork, LeaderContact};
+use crate::removal::Removal;
 use crate::service::{AdminServiceImpl, ExecutorServiceImpl, JobServiceImpl, RaftServiceImpl};
 use raftstream_api::ids::NodeId;
 
@@ -109,6 +110,8 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("{0}; stopped serving (start it again only with an empty data dir, to join as a new member)")]
+    RemovedFromCluster(String),
 }
 
 impl CoordinatorConfig {
@@ -252,6 +255,16 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     }
     let leader_contact = LeaderContact::default();
     let mut background = tokio::task::JoinSet::new();
+    let removal = Removal::default();
+    // Silent for several election timeouts: a member would have heard from some leader by then.
+    let silence = Duration::from_millis(config.raft.election_timeout_max_ms.saturating_mul(4).max(1_000));
+    background.spawn(crate::removal::watch(
+        context.clone(),
+        leader_contact.clone(),
+        silence,
+        removal.clone(),
+        shutdown.clone(),
+    ));
     // openraft 0.9 sets the leader lease to the maximum election timeout.
     let leader_lease = Duration::from_millis(config.raft.election_timeout_max_ms);
     let election_trigger = ElectionTrigger::new(
@@ -337,7 +350,10 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         tracing::warn!(error = %error, "Raft did not shut down cleanly");
     }
     served?;
-    Ok(())
+    match removal.reason() {
+        Some(reason) => Err(NodeError::RemovedFromCluster(reason)),
+        None => Ok(()),
+    }
 }
 
 async fn bootstrap_if_pristine(raft: &CoordinatorRaft, config: &CoordinatorConfig) -> Result<(), NodeError> {
