@@ -189,6 +189,19 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change the parallelism of a running job, or of one of its operators: it restarts from
+    /// its latest completed checkpoint at the new parallelism, exactly once.
+    Rescale {
+        job_id: String,
+        /// The new parallelism.
+        #[arg(long)]
+        parallelism: u32,
+        /// Only this operator (default: every operator).
+        #[arg(long)]
+        operator: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Cancel a job.
     Cancel {
         job_id: String,
@@ -488,6 +501,19 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                 OutputFormat::Json => println!("{}", job_json(&job)),
                 OutputFormat::Table => print_job(&job),
             }
+        }
+        JobCommand::Rescale {
+            job_id,
+            parallelism,
+            operator,
+            client,
+        } => {
+            let job = client_for(&client)?
+                .rescale_job(&job_id, operator.as_deref(), parallelism, &random_request_id())
+                .await?;
+            print_value(client.output, job_json(&job), || {
+                format!("{}: {} ({})", job.job_id, job.status, job.status_reason)
+            });
         }
         JobCommand::Cancel { job_id, client } => {
             let job = client_for(&client)?.cancel_job(&job_id, &random_request_id()).await?;

@@ -47,6 +47,7 @@ fn code_name(code: Code) -> &'static str {
         Code::Internal => "INTERNAL",
         Code::Unavailable => "UNAVAILABLE",
         Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         _ => "ERROR",
     }
 }
@@ -218,6 +219,30 @@ impl ClusterClient {
     }
 
     /// Cancels a job.
+    /// Rescales a running job: `operator_id` (every operator when `None`) to `parallelism`.
+    pub async fn rescale_job(
+        &self,
+        job_id: &str,
+        operator_id: Option<&str>,
+        parallelism: u32,
+        request_id: &str,
+    ) -> Result<pb::Job, ClientError> {
+        let request = pb::RescaleJobRequest {
+            job_id: job_id.to_owned(),
+            operator_id: operator_id.unwrap_or_default().to_owned(),
+            parallelism,
+            request_id: request_id.to_owned(),
+        };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).rescale_job(request).await }
+        });
+        reply
+            .await?
+            .job
+            .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
+    }
+
     pub async fn cancel_job(&self, job_id: &str, request_id: &str) -> Result<pb::Job, ClientError> {
         let request = pb::CancelJobRequest {
             job_id: job_id.to_owned(),

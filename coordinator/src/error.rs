@@ -52,7 +52,8 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         Rejection::UnknownJob { .. } | Rejection::UnknownExecutor { .. } | Rejection::UnknownSubtask { .. } => {
             tonic::Code::NotFound
         }
-        Rejection::NoSlots { .. } => tonic::Code::InvalidArgument,
+        Rejection::NoSlots { .. } | Rejection::InvalidRescale { .. } => tonic::Code::InvalidArgument,
+        Rejection::NotEnoughSlots { .. } => tonic::Code::ResourceExhausted,
         Rejection::JobAlreadyEnded { .. }
         | Rejection::IllegalTransition { .. }
         | Rejection::ExecutorDead { .. }

@@ -481,3 +481,67 @@ async fn an_unusable_checkpoint_store_stops_the_executor_with_the_reason() -> an
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_word_count_rescaled_up_and_down_keeps_its_output_exact() -> anyhow::Result<()> {
+    let (cluster, client) = start(&[("exec-a", 12), ("exec-b", 12)]).await?;
+    // 20 s of input, so that both rescales happen while it runs.
+    let spec = WordCountJob {
+        records: 80_000,
+        ..word_count(&cluster)
+    };
+    let submitted = client.submit_job(&spec.spec("wc-rescale"), "wc-rescale").await?;
+    let mut running = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
+
+    tracing::info!("--- requests that cannot be done change nothing");
+    for (operator, parallelism, code, expected) in [
+        (None, 0, tonic::Code::InvalidArgument, "at least 1"),
+        (Some("nope"), 2, tonic::Code::InvalidArgument, "no operator \"nope\""),
+        (None, 129, tonic::Code::InvalidArgument, "max_parallelism of 128"),
+        (None, 100, tonic::Code::ResourceExhausted, "more needed"),
+    ] {
+        let refused = client
+            .rescale_job(&submitted.job_id, operator, parallelism, "")
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("rescaling {operator:?} to {parallelism} was accepted"))?;
+        assert_eq!(refused.code(), code, "{refused}");
+        assert!(refused.to_string().contains(expected), "{refused}");
+    }
+    let unknown = client.rescale_job("job-99", None, 2, "").await.err();
+    assert_eq!(unknown.map(|error| error.code()), Some(tonic::Code::NotFound));
+    let unchanged = job(&client, &submitted.job_id).await;
+    assert_eq!(unchanged.map(|job| job.status), Some("Running".to_owned()));
+
+    for parallelism in [4u32, 1] {
+        let last = running.last_checkpoint_id.unwrap_or(0);
+        tracing::info!(parallelism, last, "--- rescale every operator");
+        let rescaling = client
+            .rescale_job(&submitted.job_id, None, parallelism, &format!("rescale-{parallelism}"))
+            .await?;
+        assert!(
+            rescaling.status == "Restarting" || rescaling.status == "Running",
+            "{rescaling:?}"
+        );
+        running = eventually("the job to run at the new parallelism", PATIENCE, || async {
+            job(&client, &submitted.job_id).await.filter(|job| {
+                let counts = job
+                    .subtasks
+                    .iter()
+                    .filter(|subtask| subtask.operator_id == "counts" && !subtask.executor_id.is_empty())
+                    .count();
+                job.status == "Running" && counts == parallelism as usize && job.last_checkpoint_id.unwrap_or(0) > last
+            })
+        })
+        .await?;
+        assert_eq!(running.subtasks.len(), 5 * parallelism as usize);
+    }
+
+    let done = finished(&client, &submitted.job_id).await?;
+    assert_eq!(
+        done.restart_count, 0,
+        "a rescale is not a failure: {}",
+        done.status_reason
+    );
+    assert_exact(&spec)
+}

@@ -176,6 +176,64 @@ impl JobGraph {
     pub fn operator(&self, operator_id: &str) -> Option<&OperatorSpec> {
         self.operators.iter().find(|operator| operator.id == operator_id)
     }
+
+    /// This graph with `operator` (every operator when `None`) at `parallelism`. Keyed state
+    /// moves by key group, generator offsets and sink output by subtask, so any operator may
+    /// change but a file source, whose files are split by subtask index.
+    pub fn rescaled(&self, operator: Option<&str>, parallelism: u32) -> Result<JobGraph, RescaleError> {
+        if parallelism == 0 {
+            return Err(RescaleError::ZeroParallelism);
+        }
+        if parallelism > self.max_parallelism {
+            return Err(RescaleError::AboveMaxParallelism {
+                parallelism,
+                max_parallelism: self.max_parallelism,
+            });
+        }
+        if let Some(id) = operator {
+            if self.operator(id).is_none() {
+                let known: Vec<&str> = self.operators.iter().map(|operator| operator.id.as_str()).collect();
+                return Err(RescaleError::UnknownOperator {
+                    operator: id.to_owned(),
+                    known: known.join(", "),
+                });
+            }
+        }
+        let mut rescaled = self.clone();
+        for spec in &mut rescaled.operators {
+            let targeted = operator.is_none_or(|id| id == spec.id);
+            if !targeted || spec.parallelism == parallelism {
+                continue;
+            }
+            if spec.kind == OperatorKind::FileSource {
+                return Err(RescaleError::FileSource {
+                    operator: spec.id.clone(),
+                });
+            }
+            spec.parallelism = parallelism;
+        }
+        if rescaled == *self {
+            return Err(RescaleError::Unchanged { parallelism });
+        }
+        Ok(rescaled)
+    }
+}
+
+/// Why a job cannot be rescaled as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RescaleError {
+    #[error("parallelism must be at least 1")]
+    ZeroParallelism,
+    #[error(
+        "parallelism {parallelism} is above the job's max_parallelism of {max_parallelism} (its number of key groups)"
+    )]
+    AboveMaxParallelism { parallelism: u32, max_parallelism: u32 },
+    #[error("the job has no operator {operator:?} (operators: {known})")]
+    UnknownOperator { operator: String, known: String },
+    #[error("operator {operator:?} is a file source, whose files are split by subtask: its parallelism cannot change while the job runs")]
+    FileSource { operator: String },
+    #[error("already at parallelism {parallelism}: nothing to change")]
+    Unchanged { parallelism: u32 },
 }
 
 /// Why a job spec was rejected. The message names the operator and field at fault.

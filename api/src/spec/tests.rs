@@ -258,3 +258,46 @@ fn a_stored_graph_reads_back_with_the_same_configuration() {
         .expect_err("an unknown function");
     assert!(refused.to_string().contains("params.function"), "{refused}");
 }
+
+#[test]
+fn rescaling_changes_only_the_named_operators_and_refuses_what_cannot_be() {
+    let graph = parse_job_spec(
+        r#"{"name": "r", "parallelism": 2, "max_parallelism": 8, "operators": [
+            {"id": "src", "kind": "generator"},
+            {"id": "keys", "kind": "key_by", "inputs": ["src"]},
+            {"id": "counts", "kind": "count", "inputs": ["keys"]},
+            {"id": "out", "kind": "print", "inputs": ["counts"], "parallelism": 1}]}"#,
+    )
+    .expect("valid");
+    let counts_at_4 = graph.rescaled(Some("counts"), 4).expect("rescaled");
+    let parallelism = |graph: &JobGraph, id: &str| graph.operator(id).map(|operator| operator.parallelism);
+    assert_eq!(parallelism(&counts_at_4, "counts"), Some(4));
+    assert_eq!(parallelism(&counts_at_4, "src"), Some(2));
+    let whole = graph.rescaled(None, 3).expect("rescaled");
+    assert!(whole.operators.iter().all(|operator| operator.parallelism == 3));
+
+    assert_eq!(graph.rescaled(None, 0), Err(RescaleError::ZeroParallelism));
+    let above = graph.rescaled(Some("counts"), 9).expect_err("above max");
+    assert!(above.to_string().contains("max_parallelism of 8"), "{above}");
+    let unknown = graph.rescaled(Some("nope"), 2).expect_err("unknown");
+    assert!(
+        unknown.to_string().contains("\"nope\"") && unknown.to_string().contains("src, keys, counts, out"),
+        "{unknown}"
+    );
+    assert_eq!(
+        graph.rescaled(Some("src"), 2),
+        Err(RescaleError::Unchanged { parallelism: 2 })
+    );
+
+    let files = parse_job_spec(
+        r#"{"name": "f", "operators": [
+            {"id": "lines", "kind": "file_source", "params": {"path": "in"}},
+            {"id": "out", "kind": "print", "inputs": ["lines"]}]}"#,
+    )
+    .expect("valid");
+    assert!(matches!(files.rescaled(None, 2), Err(RescaleError::FileSource { .. })));
+    assert_eq!(
+        parallelism(&files.rescaled(Some("out"), 2).expect("rescaled"), "out"),
+        Some(2)
+    );
+}

@@ -85,7 +85,7 @@ pub enum RestartDecision {
 /// Decides about a restarting job at `now_ms` (the job entered `Restarting` at `updated_at_ms`).
 pub fn restart_decision(job: &JobRecord, now_ms: u64) -> RestartDecision {
     use raftstream_api::spec::RestartStrategy;
-    if job.status != JobStatus::Restarting {
+    if job.status != JobStatus::Restarting || job.rescaling {
         return RestartDecision::Place;
     }
     let attempt = job.restart_count.max(1);

@@ -164,6 +164,41 @@ impl pb::job_service_server::JobService for JobServiceImpl {
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn rescale_job(
+        &self,
+        request: Request<pb::RescaleJobRequest>,
+    ) -> Result<Response<pb::RescaleJobResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let job_id = parse_job_id(&message.job_id)?;
+        let request_id = parse_request_id(&message.request_id)?;
+        let operator_id = Some(message.operator_id.trim())
+            .filter(|operator| !operator.is_empty())
+            .map(str::to_owned);
+        let command = Command::RescaleJob {
+            request_id,
+            job_id,
+            operator_id: operator_id.clone(),
+            parallelism: message.parallelism,
+            at_ms: now_ms(),
+        };
+        match self.context.propose(command).await {
+            Ok(_) => {
+                tracing::info!(job_id = %job_id, operator_id = ?operator_id, parallelism = message.parallelism, "job rescaling");
+                Ok(Response::new(pb::RescaleJobResponse {
+                    job: Some(self.job_reply(&job_id)?),
+                }))
+            }
+            Err(error) => {
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    JobServiceClient::new(leader).rescale_job(request).await
+                })
+                .await
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
     async fn list_checkpoints(
         &self,
         request: Request<pb::ListCheckpointsRequest>,

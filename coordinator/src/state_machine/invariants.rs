@@ -25,6 +25,7 @@ pub(super) fn before(state: &State, command: &Command) -> Touched {
         | Command::TransitionJob { job_id, .. }
         | Command::TriggerCheckpoint { job_id, .. }
         | Command::CompleteCheckpoint { job_id, .. }
+        | Command::RescaleJob { job_id, .. }
         | Command::FailSubtask { job_id, .. } => (Some(*job_id), None),
         Command::AssignSubtask {
             job_id, executor_id, ..
@@ -188,8 +189,12 @@ fn job_progressed(before: &JobRecord, after: &JobRecord) -> Result<(), String> {
         }
     }
     for (subtask, assignment) in &after.assignments {
+        // A rescale adds subtasks, unplaced.
         let Some(previous) = before.assignments.get(subtask) else {
-            return Err(format!("{job_id}: subtask {subtask:?} appeared after submission"));
+            if assignment.executor_id.is_some() {
+                return Err(format!("{job_id}: subtask {subtask:?} appeared already placed"));
+            }
+            continue;
         };
         if assignment.epoch < previous.epoch {
             return Err(format!("{job_id}: the epoch of {subtask:?} went back"));

@@ -75,6 +75,14 @@ pub struct JobRecord {
     /// The checkpoint the job's latest deployment restored, if it restored one.
     #[serde(default)]
     pub last_restore: Option<RestoreRecord>,
+    /// Restarting to change its parallelism, not after a failure: placed again at once, without
+    /// the restart strategy's delay, and not counted as a restart.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rescaling: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// An executor process and its slots.
@@ -178,6 +186,18 @@ pub enum Command {
     CompleteCheckpoint {
         job_id: JobId,
         checkpoint: CompletedCheckpoint,
+    },
+    /// Changes the parallelism of one operator (or of every operator) of a running job: the job
+    /// restarts from its latest completed checkpoint at the new parallelism, its keyed state
+    /// redistributed by key group, its generators resuming their offsets, its sinks publishing
+    /// what the checkpoint lists.
+    RescaleJob {
+        request_id: Option<RequestId>,
+        job_id: JobId,
+        /// `None`: every operator.
+        operator_id: Option<String>,
+        parallelism: u32,
+        at_ms: u64,
     },
     /// A subtask placement reported a failure: the whole job restarts from its last completed
     /// checkpoint (its subtasks exchange data, so one rewinding means all rewind).
@@ -303,6 +323,15 @@ pub enum Rejection {
         epoch: Epoch,
         current: Epoch,
     },
+    #[error("job {job_id} cannot be rescaled: {problem}")]
+    InvalidRescale { job_id: JobId, problem: String },
+    #[error("rescaling job {job_id} needs {needed} slots, but only {available} are free or held by it: {missing} more needed (start executors or rescale less)")]
+    NotEnoughSlots {
+        job_id: JobId,
+        needed: u64,
+        available: u64,
+        missing: u64,
+    },
     #[error("job {job_id} is {status}, which takes no {what}")]
     JobNotActive {
         job_id: JobId,
@@ -330,7 +359,9 @@ impl State {
 /// Applies one command. Deterministic; on rejection the state is untouched.
 pub fn apply(state: &mut State, command: Command) -> ApplyResult {
     let request_id = match &command {
-        Command::SubmitJob { request_id, .. } | Command::CancelJob { request_id, .. } => request_id.clone(),
+        Command::SubmitJob { request_id, .. }
+        | Command::CancelJob { request_id, .. }
+        | Command::RescaleJob { request_id, .. } => request_id.clone(),
         _ => None,
     };
     if let Some(request_id) = &request_id {
@@ -372,6 +403,13 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             at_ms,
         } => assign_subtask(state, &job_id, subtask, executor_id, at_ms),
         Command::TriggerCheckpoint { job_id, at_ms } => trigger_checkpoint(state, &job_id, at_ms),
+        Command::RescaleJob {
+            job_id,
+            operator_id,
+            parallelism,
+            at_ms,
+            ..
+        } => rescale_job(state, &job_id, operator_id.as_deref(), parallelism, at_ms),
         Command::CompleteCheckpoint { job_id, checkpoint } => complete_checkpoint(state, &job_id, checkpoint),
         Command::FailSubtask {
             job_id,
@@ -433,6 +471,7 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         last_triggered_checkpoint_id: None,
         last_epoch: Epoch(0),
         last_restore: None,
+        rescaling: false,
     };
     state.last_job_number = job_number;
     state.jobs.insert(job_id, record);
@@ -516,6 +555,7 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     if to == JobStatus::Restarting {
         job.restart_count = job.restart_count.saturating_add(1);
     }
+    job.rescaling = false;
     // A deployment restores the latest completed checkpoint as it was when the leader sent it, and
     // no checkpoint completes between that and this entry: completions need a running job.
     if to == JobStatus::Running {
@@ -534,6 +574,86 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     Ok(Response::JobTransitioned {
         job_id: *job_id,
         status: to,
+    })
+}
+
+fn rescale_job(
+    state: &mut State,
+    job_id: &JobId,
+    operator_id: Option<&str>,
+    parallelism: u32,
+    at_ms: u64,
+) -> ApplyResult {
+    let job = state
+        .jobs
+        .get(job_id)
+        .ok_or(Rejection::UnknownJob { job_id: *job_id })?;
+    if job.status != JobStatus::Running {
+        return Err(Rejection::JobNotActive {
+            job_id: *job_id,
+            status: job.status,
+            what: "rescaling (only a running job can be rescaled)".to_owned(),
+        });
+    }
+    let graph = job
+        .graph
+        .rescaled(operator_id, parallelism)
+        .map_err(|error| Rejection::InvalidRescale {
+            job_id: *job_id,
+            problem: error.to_string(),
+        })?;
+    // Its own slots come back when it stops; the rest must be free on live executors now.
+    let needed = graph.total_subtasks();
+    let held = job
+        .assignments
+        .values()
+        .filter(|assignment| assignment.executor_id.is_some())
+        .count() as u64;
+    let free: u64 = state
+        .executors
+        .values()
+        .filter(|executor| executor.alive)
+        .map(|executor| u64::from(executor.slots.saturating_sub(state.used_slots(&executor.executor_id))))
+        .sum();
+    let available = held + free;
+    if needed > available {
+        return Err(Rejection::NotEnoughSlots {
+            job_id: *job_id,
+            needed,
+            available,
+            missing: needed - available,
+        });
+    }
+    let job = job_mut(state, job_id)?;
+    release_slots(job);
+    let mut assignments = BTreeMap::new();
+    for operator in &graph.operators {
+        for subtask_index in 0..operator.parallelism {
+            let key = SubtaskKey {
+                operator_id: operator.id.clone(),
+                subtask_index,
+            };
+            // A subtask that stays keeps its epoch history; the next placement raises it.
+            let assignment = job.assignments.remove(&key).unwrap_or(Assignment {
+                executor_id: None,
+                epoch: Epoch(0),
+                previous_executor: None,
+            });
+            assignments.insert(key, assignment);
+        }
+    }
+    job.assignments = assignments;
+    job.graph = graph;
+    job.status = JobStatus::Restarting;
+    job.status_reason = match operator_id {
+        Some(operator) => format!("rescaling operator {operator} to parallelism {parallelism}"),
+        None => format!("rescaling every operator to parallelism {parallelism}"),
+    };
+    job.updated_at_ms = job.updated_at_ms.max(at_ms);
+    job.rescaling = true;
+    Ok(Response::JobTransitioned {
+        job_id: *job_id,
+        status: JobStatus::Restarting,
     })
 }
 

@@ -629,6 +629,19 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
                     ..checkpoint(id, 0)
                 }
             }),
+        (
+            job_id.clone(),
+            proptest::option::of(prop_oneof![Just("src"), Just("counts"), Just("nope")]),
+            0u32..5,
+            0u64..100
+        )
+            .prop_map(|(job_id, operator, parallelism, at_ms)| Command::RescaleJob {
+                request_id: None,
+                job_id,
+                operator_id: operator.map(str::to_owned),
+                parallelism,
+                at_ms
+            }),
         (job_id, arbitrary_subtask(), 0u64..12, any::<bool>(), 0u64..100).prop_map(
             |(job_id, subtask, epoch, fatal, at_ms)| Command::FailSubtask {
                 job_id,
@@ -727,7 +740,11 @@ fn check_invariants(before: &State, after: &State, result: &ApplyResult) -> Resu
             );
             prop_assert!(old.last_epoch <= job.last_epoch, "epoch went back");
             for (key, assignment) in &job.assignments {
-                let previous = &old.assignments[key];
+                // A rescale adds subtasks, unplaced.
+                let Some(previous) = old.assignments.get(key) else {
+                    prop_assert!(assignment.executor_id.is_none(), "subtask {:?} appeared placed", key);
+                    continue;
+                };
                 if previous.epoch != assignment.epoch {
                     prop_assert!(previous.epoch < assignment.epoch, "epoch of {:?} did not increase", key);
                 }
@@ -796,4 +813,90 @@ proptest! {
             prop_assert_eq!(copy, state);
         }
     }
+}
+
+fn rescale(operator: Option<&str>, parallelism: u32) -> Command {
+    Command::RescaleJob {
+        request_id: None,
+        job_id: JobId::from_number(1),
+        operator_id: operator.map(str::to_owned),
+        parallelism,
+        at_ms: 50,
+    }
+}
+
+#[test]
+fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_done() {
+    use crate::test_fixtures::StateBuilder;
+    let job_id = JobId::from_number(1);
+    // Job 1: src 1, keys 2, counts 2, out 1 (6 slots) on an executor with 8.
+    let mut state = StateBuilder::new()
+        .executor("e", 8)
+        .job(graph(2, 3))
+        .place_all(1, "e")
+        .build();
+    let not_running = apply(&mut state, rescale(Some("counts"), 3));
+    assert!(
+        matches!(
+            &not_running,
+            Err(Rejection::JobNotActive {
+                status: JobStatus::Submitted,
+                ..
+            })
+        ),
+        "{not_running:?}"
+    );
+    assert!(apply(
+        &mut state,
+        Command::TransitionJob {
+            job_id,
+            to: JobStatus::Running,
+            reason: String::new(),
+            at_ms: 1
+        }
+    )
+    .is_ok());
+    let before = state.clone();
+    for (command, expected) in [
+        (rescale(Some("counts"), 0), "at least 1"),
+        (rescale(Some("counts"), 129), "max_parallelism of 128"),
+        (rescale(Some("nope"), 2), "no operator \"nope\""),
+        (rescale(Some("counts"), 2), "nothing to change"),
+        // 6 held + 2 free = 8 available; every operator at 3 needs 12.
+        (
+            rescale(None, 3),
+            "needs 12 slots, but only 8 are free or held by it: 4 more needed",
+        ),
+    ] {
+        let refused = apply(&mut state, command).expect_err("refused");
+        assert!(refused.to_string().contains(expected), "{refused}");
+        assert_eq!(state, before, "a refused rescale changes nothing");
+    }
+
+    assert_eq!(
+        apply(&mut state, rescale(Some("counts"), 4)),
+        Ok(Response::JobTransitioned {
+            job_id,
+            status: JobStatus::Restarting
+        })
+    );
+    let job = &state.jobs[&job_id];
+    assert!(job.rescaling && job.restart_count == 0, "a rescale is not a failure");
+    assert_eq!(
+        job.graph.operator("counts").map(|operator| operator.parallelism),
+        Some(4)
+    );
+    let counts: Vec<u32> = job
+        .assignments
+        .iter()
+        .filter(|(key, _)| key.operator_id == "counts")
+        .map(|(key, _)| key.subtask_index)
+        .collect();
+    assert_eq!(counts, [0, 1, 2, 3]);
+    assert!(job
+        .assignments
+        .values()
+        .all(|assignment| assignment.executor_id.is_none()));
+    assert_eq!(state.used_slots(&executor_id("e")), 0);
+    assert!(job.status_reason.contains("rescaling operator counts to parallelism 4"));
 }

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use raftstream_api::checkpoint::{SubtaskKey, TaskStateHandle};
+use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 use raftstream_api::dial::DialAddresses;
 use raftstream_api::ids::CheckpointId;
 use raftstream_api::messages::TaskReport;
@@ -22,6 +22,7 @@ use super::barriers::BarrierAligner;
 use super::deployment::{chain_members, SubtaskDeployment};
 use super::exchange::{ExchangeHub, GateKey, InputMessage};
 use super::file_source::FileReader;
+use super::generator::GeneratorPosition;
 use super::key_groups::key_group_range;
 use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator};
 use super::record::Record;
@@ -37,7 +38,7 @@ use acknowledger::Acknowledger;
 use input::InputTask;
 use outputs::{open_outputs, partition, Partition};
 use pipeline::Pipeline;
-use source::{run_source, GeneratorState, SourceReader};
+use source::{run_source, GeneratorState, SourceReader, SourceSnapshot};
 
 /// Records per batch on a channel.
 pub const BATCH_RECORDS: usize = 1_024;
@@ -203,6 +204,44 @@ async fn load_state(
         .map_err(|error| restore_error(error.to_string()))
 }
 
+/// Where generator subtask `deployment` resumes: from the positions every subtask of the operator
+/// had in `checkpoint`, at whatever parallelism they ran.
+async fn resume_generator(
+    deployment: &SubtaskDeployment,
+    operator: &OperatorSpec,
+    environment: &TaskEnvironment,
+    checkpoint: &CompletedCheckpoint,
+) -> Result<GeneratorPosition, TaskError> {
+    let checkpoint_id = checkpoint.checkpoint_id.0;
+    let restore_error = |problem: String| TaskError::Restore { checkpoint_id, problem };
+    let mut handles: Vec<&TaskStateHandle> = checkpoint
+        .task_states
+        .iter()
+        .filter(|handle| handle.subtask.operator_id == operator.id)
+        .collect();
+    handles.sort_by_key(|handle| handle.subtask.subtask_index);
+    let previous_parallelism = handles.len() as u64;
+    let mut previous = Vec::with_capacity(handles.len());
+    for (lane, handle) in handles.into_iter().enumerate() {
+        if handle.subtask.subtask_index as usize != lane {
+            return Err(restore_error(format!(
+                "the checkpoint holds no state of {}[{lane}]",
+                operator.id
+            )));
+        }
+        let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
+        let snapshot: SourceSnapshot = serde_json::from_slice(&bytes)
+            .map_err(|error| restore_error(format!("state of {}[{lane}]: {error}", operator.id)))?;
+        // Checkpoints written before generators could be rescaled hold only the next offset.
+        previous.push(snapshot.generator.unwrap_or(GeneratorPosition {
+            next: snapshot.position,
+            step: previous_parallelism,
+            emitted_before: Vec::new(),
+        }));
+    }
+    GeneratorPosition::resume(deployment.subtask_index, operator.parallelism, &previous).map_err(restore_error)
+}
+
 async fn restore(
     deployment: &SubtaskDeployment,
     operator: &OperatorSpec,
@@ -212,8 +251,14 @@ async fn restore(
     let checkpoint = deployment.restore_from.as_ref();
     let checkpoint_id = checkpoint.map_or(0, |checkpoint| checkpoint.checkpoint_id.0);
     match logic {
-        // Sources were positioned from the checkpoint's offsets when they were opened.
-        Logic::Source(_) => {}
+        Logic::Source(source) => {
+            if let (Some(checkpoint), SourceReader::Generator(generator)) = (checkpoint, source.as_mut()) {
+                if !crate::defects::injected(crate::defects::REPLAY_FROM_START) {
+                    generator.position = resume_generator(deployment, operator, environment, checkpoint).await?;
+                }
+            }
+            // A file source was positioned from the checkpoint's offsets when it was opened.
+        }
         Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_) => {
             let Some(checkpoint) = checkpoint else { return Ok(()) };
             let groups = key_group_range(
@@ -240,25 +285,24 @@ async fn restore(
             }
         }
         Logic::FileSink(sink) => {
-            let key = SubtaskKey {
-                operator_id: operator.id.clone(),
-                subtask_index: deployment.subtask_index,
-            };
-            let state = match checkpoint {
-                Some(checkpoint) => {
-                    let handle = checkpoint.task_states.iter().find(|handle| handle.subtask == key);
-                    match handle {
-                        Some(handle) => Some(load_state(&environment.store, checkpoint_id, handle).await?),
-                        None => None,
-                    }
+            // Its own state, and those of indexes a smaller placement no longer has that it
+            // adopts: their pre-committed output must be published (or cleaned) by someone.
+            let parallelism = operator.parallelism.max(1);
+            let mut states = Vec::new();
+            for handle in checkpoint.iter().flat_map(|checkpoint| &checkpoint.task_states) {
+                let index = handle.subtask.subtask_index;
+                let mine = index == deployment.subtask_index
+                    || (index >= parallelism && index % parallelism == deployment.subtask_index);
+                if handle.subtask.operator_id == operator.id && mine {
+                    states.push((index, load_state(&environment.store, checkpoint_id, handle).await?));
                 }
-                None => None,
-            };
+            }
+            let states: Vec<(u32, &[u8])> = states.iter().map(|(index, bytes)| (*index, bytes.as_slice())).collect();
             // Whatever stops the sink from restoring its checkpoint's output (a pre-committed
             // file gone, unreadable state) is not cured by restarting from the same checkpoint:
             // it fails the job with the reason instead of looping.
             let published = sink
-                .restore(&operator.id, state.as_deref())
+                .restore_adopting(&operator.id, parallelism, &states)
                 .map_err(|error| TaskError::Restore {
                     checkpoint_id,
                     problem: error.to_string(),
@@ -297,8 +341,9 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
             let rate = generator.rate_per_second;
             Logic::Source(Box::new(SourceReader::Generator(GeneratorState {
                 settings,
-                next_offset: restored_offset.unwrap_or(u64::from(deployment.subtask_index)),
-                step: parallelism,
+                // Positioned by `restore` when the deployment restores a checkpoint.
+                position: GeneratorPosition::fresh(deployment.subtask_index, operator.parallelism),
+                last_offset: 0,
                 rate_per_subtask: rate.map(|rate| rate as f64 / parallelism as f64),
                 ms_per_offset: rate.map_or(1.0, |rate| 1_000.0 / rate as f64),
             })))

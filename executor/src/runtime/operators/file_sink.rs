@@ -203,29 +203,56 @@ impl FileSink {
     /// Restores from a completed checkpoint's sink state (or none): publishes what it lists, then
     /// deletes every other pending or in-progress file of this subtask index.
     pub fn restore(&mut self, operator: &str, state: Option<&[u8]>) -> Result<usize, OperatorError> {
+        let own = state.map(|state| (self.subtask_index, state));
+        self.restore_adopting(operator, self.subtask_index + 1, own.as_slice())
+    }
+
+    /// Restores this subtask of a sink now at `parallelism` from a completed checkpoint's sink
+    /// states (`states`: subtask index and state), which may come from a placement at another
+    /// parallelism: this subtask also adopts the indexes that no longer exist (at or above
+    /// `parallelism`) and map to it (index % parallelism). It publishes what their states list,
+    /// then deletes every other pending or in-progress file of its own and the adopted indexes.
+    pub fn restore_adopting(
+        &mut self,
+        operator: &str,
+        parallelism: u32,
+        states: &[(u32, &[u8])],
+    ) -> Result<usize, OperatorError> {
+        let parallelism = parallelism.max(1);
+        let own = self.subtask_index;
+        let is_mine = |index: u32| index == own || (index >= parallelism && index % parallelism == own);
         let mut published = 0;
-        if let Some(bytes) = state {
+        for (index, bytes) in states {
+            if !is_mine(*index) {
+                continue;
+            }
             let snapshot: SinkSnapshot = serde_json::from_slice(bytes).map_err(|error| OperatorError::State {
                 operator: operator.to_owned(),
-                problem: format!("unreadable sink state: {error}"),
+                problem: format!("unreadable sink state of subtask {index}: {error}"),
             })?;
             for id in &snapshot.pending {
-                Self::publish(&self.directory, self.subtask_index, *id, snapshot.epoch)?;
+                Self::publish(&self.directory, *index, *id, snapshot.epoch)?;
                 published += 1;
             }
         }
         let pending_dir = self.directory.join(".pending");
-        let prefix = format!("part-{}-", self.subtask_index);
         let entries = std::fs::read_dir(&pending_dir).map_err(Self::io(&pending_dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) {
+            if pending_file_index(&name).is_some_and(is_mine) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
         sync_directory(&self.directory);
         Ok(published)
     }
+}
+
+/// The subtask index in a pending or in-progress file's name (`part-<index>-...`).
+fn pending_file_index(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("part-")?;
+    let (index, _) = rest.split_once('-')?;
+    index.parse().ok()
 }
 
 /// What a pre-commit produced: the sink's state for the checkpoint, and the segment that must be
@@ -373,5 +400,42 @@ mod tests {
                 && text.contains("checkpoint 12"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_smaller_placement_adopts_the_output_of_the_indexes_it_no_longer_has() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let spec = sink_spec(directory.path());
+        // Three subtasks pre-commit checkpoint 4, which completes; the job is rescaled to 2 before
+        // any of them published, and index 2's records after the barrier are still in progress.
+        let mut states = Vec::new();
+        for index in 0..3 {
+            let mut sink = FileSink::open(&spec, index, 1).expect("opens");
+            sink.write(&record(&format!("from-{index}"))).expect("write");
+            let committed = sink.pre_commit(4).expect("pre-commit");
+            committed.segment.make_durable().expect("sync");
+            sink.write(&record("after the barrier")).expect("write");
+            states.push((index, committed.state));
+        }
+        let states: Vec<(u32, &[u8])> = states.iter().map(|(index, state)| (*index, state.as_slice())).collect();
+
+        let mut first = FileSink::open(&spec, 0, 2).expect("opens");
+        // Index 0 restores itself and adopts index 2 (2 % 2 == 0), not index 1.
+        assert_eq!(first.restore_adopting("out", 2, &states).expect("restore"), 2);
+        let mut second = FileSink::open(&spec, 1, 2).expect("opens");
+        assert_eq!(second.restore_adopting("out", 2, &states).expect("restore"), 1);
+        assert_eq!(published(directory.path()), vec!["from-0", "from-1", "from-2"]);
+        let leftovers: Vec<_> = std::fs::read_dir(directory.path().join(".pending"))
+            .expect("dir")
+            .flatten()
+            .map(|entry| entry.file_name())
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "in-progress output of every old index is gone: {leftovers:?}"
+        );
+        assert_eq!(pending_file_index("part-12-000000000004-e3"), Some(12));
+        assert_eq!(pending_file_index("part-1-e3.inprogress"), Some(1));
+        assert_eq!(pending_file_index("other"), None);
     }
 }

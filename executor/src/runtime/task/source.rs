@@ -16,14 +16,16 @@ use super::pipeline::Pipeline;
 use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
 use crate::runtime::exchange::ChannelEvent;
 use crate::runtime::file_source::FileReader;
-use crate::runtime::generator::GeneratedRecords;
+use crate::runtime::generator::{GeneratedRecords, GeneratorPosition};
 use crate::runtime::record::{Record, Text};
 
 pub(super) struct GeneratorState {
     pub(super) settings: GeneratorConfig,
-    /// The next offset this subtask emits (offsets index, index + parallelism, ...).
-    pub(super) next_offset: u64,
-    pub(super) step: u64,
+    /// Which offsets this subtask emits next (its lane, index + k * parallelism, without those
+    /// an earlier placement emitted).
+    pub(super) position: GeneratorPosition,
+    /// The offset of the record last emitted.
+    pub(super) last_offset: u64,
     pub(super) rate_per_subtask: Option<f64>,
     /// Event time advances by this per offset: 1 ms, or the configured rate's pace, so event
     /// times of a rate-limited generator track the wall clock, and a replay repeats them.
@@ -39,14 +41,14 @@ pub(super) enum SourceReader {
 impl SourceReader {
     pub(super) fn is_exhausted(&self) -> bool {
         match self {
-            SourceReader::Generator(generator) => generator.settings.is_exhausted(generator.next_offset),
+            SourceReader::Generator(generator) => generator.settings.is_exhausted(generator.position.next),
             SourceReader::Files(files) => files.is_exhausted(),
         }
     }
 
     pub(super) fn position(&self) -> u64 {
         match self {
-            SourceReader::Generator(generator) => generator.next_offset,
+            SourceReader::Generator(generator) => generator.position.next,
             SourceReader::Files(files) => files.position(),
         }
     }
@@ -54,10 +56,7 @@ impl SourceReader {
     /// The event time of the record last returned by [`SourceReader::next`].
     pub(super) fn last_timestamp_ms(&self) -> i64 {
         match self {
-            SourceReader::Generator(generator) => {
-                let offset = generator.next_offset.saturating_sub(generator.step);
-                (offset as f64 * generator.ms_per_offset) as i64
-            }
+            SourceReader::Generator(generator) => (generator.last_offset as f64 * generator.ms_per_offset) as i64,
             SourceReader::Files(_) => 0,
         }
     }
@@ -73,11 +72,12 @@ impl SourceReader {
     pub(super) fn next(&mut self, line: &mut String) -> Result<bool, TaskError> {
         match self {
             SourceReader::Generator(generator) => {
-                if generator.settings.is_exhausted(generator.next_offset) {
+                if generator.settings.is_exhausted(generator.position.next) {
                     return Ok(false);
                 }
-                generator.settings.write_record(generator.next_offset, line);
-                generator.next_offset += generator.step;
+                let offset = generator.position.advance();
+                generator.settings.write_record(offset, line);
+                generator.last_offset = offset;
                 Ok(true)
             }
             SourceReader::Files(files) => files
@@ -90,6 +90,23 @@ impl SourceReader {
 #[derive(Serialize, Deserialize)]
 pub(super) struct SourceSnapshot {
     pub(super) position: u64,
+    /// A generator's whole position, so that a placement at another parallelism can resume it
+    /// (absent in checkpoints written before generators could be rescaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) generator: Option<GeneratorPosition>,
+}
+
+impl SourceReader {
+    /// What a checkpoint records of this source.
+    pub(super) fn snapshot(&self) -> SourceSnapshot {
+        SourceSnapshot {
+            position: self.position(),
+            generator: match self {
+                SourceReader::Generator(generator) => Some(generator.position.clone()),
+                SourceReader::Files(_) => None,
+            },
+        }
+    }
 }
 
 pub(super) async fn run_source(
@@ -142,7 +159,7 @@ pub(super) async fn run_source(
                 Some(TaskControl::Trigger(CheckpointId(checkpoint_id))) => {
                     outputs.flush(false).await?;
                     let position = source.position();
-                    let state = serde_json::to_vec(&SourceSnapshot { position }).unwrap_or_default();
+                    let state = serde_json::to_vec(&source.snapshot()).unwrap_or_default();
                     acknowledger.acknowledge(checkpoint_id, state, Some(position), None)?;
                     pipeline.acknowledge_checkpoint(checkpoint_id, chained)?;
                     outputs.broadcast_barrier(checkpoint_id).await?;
