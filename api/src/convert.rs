@@ -168,12 +168,15 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
         ExecutorCommand::Cancel(task) => Body::Cancel(pb::CancelTask {
             task: Some(task_ref_to_proto(task)),
         }),
-        ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id } => {
-            Body::TriggerCheckpoint(pb::TriggerCheckpoint {
-                job_id: job_id.to_string(),
-                checkpoint_id: checkpoint_id.0,
-            })
-        }
+        ExecutorCommand::TriggerCheckpoint {
+            job_id,
+            checkpoint_id,
+            pause_sources,
+        } => Body::TriggerCheckpoint(pb::TriggerCheckpoint {
+            job_id: job_id.to_string(),
+            checkpoint_id: checkpoint_id.0,
+            pause_sources: *pause_sources,
+        }),
         ExecutorCommand::CheckpointComplete {
             job_id,
             checkpoint_id,
@@ -232,6 +235,7 @@ pub fn executor_command_from_proto(message: &pb::CoordinatorMessage) -> Result<E
         Body::TriggerCheckpoint(trigger) => ExecutorCommand::TriggerCheckpoint {
             job_id: job_id_of(&trigger.job_id)?,
             checkpoint_id: CheckpointId(trigger.checkpoint_id),
+            pause_sources: trigger.pause_sources,
         },
         Body::CheckpointComplete(complete) => ExecutorCommand::CheckpointComplete {
             job_id: job_id_of(&complete.job_id)?,
@@ -469,6 +473,7 @@ mod tests {
             ExecutorCommand::TriggerCheckpoint {
                 job_id,
                 checkpoint_id: CheckpointId(5),
+                pause_sources: true,
             },
             ExecutorCommand::CheckpointComplete {
                 job_id,

@@ -45,6 +45,9 @@ pub enum ExecutorCommand {
     TriggerCheckpoint {
         job_id: JobId,
         checkpoint_id: CheckpointId,
+        /// Sources read nothing more after this barrier unless the checkpoint is aborted: the
+        /// job restarts from it (a rescale), so nothing after it would be kept.
+        pause_sources: bool,
     },
     CheckpointComplete {
         job_id: JobId,

@@ -164,8 +164,15 @@ impl TaskManager {
                 let changes = self.assignments.cancel(&task);
                 self.stop(&changes);
             }
-            ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id } => {
-                self.tell_job(&job_id, |_| TaskControl::Trigger(checkpoint_id));
+            ExecutorCommand::TriggerCheckpoint {
+                job_id,
+                checkpoint_id,
+                pause_sources,
+            } => {
+                self.tell_job(&job_id, |_| TaskControl::Trigger {
+                    checkpoint_id,
+                    pause: pause_sources,
+                });
             }
             ExecutorCommand::CheckpointComplete {
                 job_id,

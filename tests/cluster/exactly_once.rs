@@ -523,6 +523,7 @@ async fn a_running_word_count_rescaled_up_and_down_keeps_its_output_exact() -> a
             rescaling.status == "Restarting" || rescaling.status == "Running",
             "{rescaling:?}"
         );
+        let before_rescale = running.restored_checkpoint_id;
         running = eventually("the job to run at the new parallelism", PATIENCE, || async {
             job(&client, &submitted.job_id).await.filter(|job| {
                 let counts = job
@@ -535,6 +536,24 @@ async fn a_running_word_count_rescaled_up_and_down_keeps_its_output_exact() -> a
         })
         .await?;
         assert_eq!(running.subtasks.len(), 5 * parallelism as usize);
+        // It restarted from a checkpoint taken for the rescale (sources paused after its
+        // barrier), not from one taken before the request.
+        let restored = running.restored_checkpoint_id.unwrap_or(0);
+        assert!(
+            restored > last && Some(restored) != before_rescale,
+            "restored checkpoint {restored}, the last before the request was {last}"
+        );
+        let paused_for_it = cluster.cluster.nodes().any(|node| {
+            std::fs::read_to_string(node.log_path()).is_ok_and(|log| {
+                without_ansi_colors(&log).lines().any(|line| {
+                    line.contains("rescaling: the job restarts") && line.contains(&format!("checkpoint_id={restored}"))
+                })
+            })
+        });
+        assert!(
+            paused_for_it,
+            "checkpoint {restored} was not the one taken for the rescale"
+        );
     }
 
     let done = finished(&client, &submitted.job_id).await?;

@@ -17,7 +17,7 @@ use super::context::LeaderContext;
 use super::deploy::{executors_of, is_fully_placed, placed_tasks};
 use super::sessions::{ExecutorCommand, ExecutorEvent, TaskRef};
 use crate::state_machine::{Command, JobStatus, Response};
-use raftstream_api::ids::JobId;
+use raftstream_api::ids::{CheckpointId, JobId};
 
 const TICK: Duration = Duration::from_millis(10);
 
@@ -27,8 +27,16 @@ struct Coordinator<C> {
     last_trigger: HashMap<JobId, Instant>,
     /// Jobs whose sources reported the end of their input: checkpoint them without waiting.
     final_due: HashSet<JobId>,
+    /// Jobs whose in-flight checkpoint pauses their sources, for a rescale.
+    pausing: HashSet<JobId>,
+    /// Aborted attempts at each pending rescale's checkpoint.
+    rescale_attempts: HashMap<JobId, u32>,
     started: Instant,
 }
+
+/// Aborted checkpoints after which a rescale goes ahead from the latest completed checkpoint
+/// (processing again what followed it, exactly once still).
+const RESCALE_CHECKPOINT_ATTEMPTS: u32 = 3;
 
 /// Runs until `shutdown` is cancelled (this node stopped leading).
 pub async fn run<C: LeaderContext>(context: C, mut events: mpsc::Receiver<ExecutorEvent>, shutdown: CancellationToken) {
@@ -37,6 +45,8 @@ pub async fn run<C: LeaderContext>(context: C, mut events: mpsc::Receiver<Execut
         pending: HashMap::new(),
         last_trigger: HashMap::new(),
         final_due: HashSet::new(),
+        pausing: HashSet::new(),
+        rescale_attempts: HashMap::new(),
         started: Instant::now(),
     };
     let mut ticker = tokio::time::interval(TICK);
@@ -65,6 +75,9 @@ impl<C: LeaderContext> Coordinator<C> {
     }
 
     fn abort(&mut self, job_id: &JobId, reason: &str) {
+        if self.pausing.remove(job_id) {
+            *self.rescale_attempts.entry(*job_id).or_default() += 1;
+        }
         if let Some(pending) = self.pending.remove(job_id) {
             tracing::info!(job_id = %job_id, checkpoint_id = pending.checkpoint_id.0, reason, "checkpoint aborted");
             self.tell_job(
@@ -195,6 +208,9 @@ impl<C: LeaderContext> Coordinator<C> {
                         oldest_retained,
                     },
                 );
+                if self.pausing.remove(&job_id) {
+                    self.rescale(job_id, Some(checkpoint_id)).await;
+                }
             }
             Ok(other) => tracing::warn!(response = ?other, "unexpected answer to CompleteCheckpoint"),
             Err(error) => {
@@ -205,10 +221,35 @@ impl<C: LeaderContext> Coordinator<C> {
         }
     }
 
+    /// Commits the job's pending rescale: it restarts from its latest completed checkpoint,
+    /// `paused_at` when that is the one taken for the rescale.
+    async fn rescale(&mut self, job_id: JobId, paused_at: Option<CheckpointId>) {
+        self.rescale_attempts.remove(&job_id);
+        let request = self
+            .context
+            .read_state(|state| state.jobs.get(&job_id).and_then(|job| job.pending_rescale.clone()));
+        let Some(request) = request else { return };
+        let command = Command::RescaleJob {
+            request_id: None,
+            job_id,
+            operator_id: request.operator_id.clone(),
+            parallelism: request.parallelism,
+            at_ms: self.context.now_ms(),
+        };
+        match self.context.propose(command).await {
+            Ok(_) => {
+                tracing::info!(job_id = %job_id, operator_id = ?request.operator_id, parallelism = request.parallelism, checkpoint_id = paused_at.map(|id| id.0), "rescaling: the job restarts from its latest checkpoint")
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %job_id, error = %error, "rescale not committed; it is tried again")
+            }
+        }
+    }
+
     async fn on_tick(&mut self) {
         let now = self.context.now_ms();
         let sessions = self.context.sessions();
-        let (to_abort, due) = self.context.read_state(|state| {
+        let (to_abort, due, rescale_now) = self.context.read_state(|state| {
             let mut to_abort = Vec::new();
             for (job_id, pending) in &self.pending {
                 match state.jobs.get(job_id) {
@@ -221,13 +262,21 @@ impl<C: LeaderContext> Coordinator<C> {
                 }
             }
             let mut due = Vec::new();
+            let mut rescale_now = Vec::new();
             for job in state.jobs.values() {
                 let interval = job.graph.checkpoint.interval_ms;
+                let rescale_pending = job.pending_rescale.is_some();
                 if job.status != JobStatus::Running
-                    || interval == 0
+                    || (interval == 0 && !rescale_pending)
                     || !is_fully_placed(job)
                     || self.pending.contains_key(&job.job_id)
                 {
+                    continue;
+                }
+                if rescale_pending
+                    && self.rescale_attempts.get(&job.job_id).copied().unwrap_or(0) >= RESCALE_CHECKPOINT_ATTEMPTS
+                {
+                    rescale_now.push(job.job_id);
                     continue;
                 }
                 let last = self.last_trigger.get(&job.job_id).copied().unwrap_or(self.started);
@@ -236,13 +285,14 @@ impl<C: LeaderContext> Coordinator<C> {
                 let reachable = executors_of(job)
                     .iter()
                     .all(|executor_id| sessions.contact(executor_id).0);
-                let interval_passed =
-                    last.elapsed() >= Duration::from_millis(interval) || self.final_due.contains(&job.job_id);
+                let interval_passed = last.elapsed() >= Duration::from_millis(interval)
+                    || self.final_due.contains(&job.job_id)
+                    || rescale_pending;
                 if interval_passed && reachable {
                     due.push(job.job_id);
                 }
             }
-            (to_abort, due)
+            (to_abort, due, rescale_now)
         });
         for (job_id, reason) in to_abort {
             self.abort(&job_id, &reason);
@@ -258,6 +308,11 @@ impl<C: LeaderContext> Coordinator<C> {
         });
         self.last_trigger.retain(|job_id, _| active.contains(job_id));
         self.final_due.retain(|job_id| active.contains(job_id));
+        self.rescale_attempts.retain(|job_id, _| active.contains(job_id));
+        for job_id in rescale_now {
+            tracing::warn!(job_id = %job_id, attempts = RESCALE_CHECKPOINT_ATTEMPTS, "no checkpoint for the rescale completed: rescaling from the latest one");
+            self.rescale(job_id, None).await;
+        }
         for job_id in due {
             self.trigger(job_id).await;
         }
@@ -285,6 +340,7 @@ impl<C: LeaderContext> Coordinator<C> {
         let finished = self.context.sessions().finished();
         let started = self.context.read_state(|state| {
             let job = state.jobs.get(&job_id)?;
+            let pause_sources = job.pending_rescale.is_some();
             let sources: Vec<_> = placed_tasks(job)
                 .into_iter()
                 .filter(|(_, task)| {
@@ -312,24 +368,29 @@ impl<C: LeaderContext> Coordinator<C> {
                 }
                 pending
             });
-            Some((pending, sources))
+            Some((pending, sources, pause_sources))
         });
-        let Some((pending, sources)) = started else {
+        let Some((pending, sources, pause_sources)) = started else {
             return;
         };
         match pending {
             Ok(pending) => {
-                tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, "checkpoint triggered");
+                tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, pause_sources, "checkpoint triggered");
                 self.pending.insert(job_id, pending);
+                if pause_sources {
+                    self.pausing.insert(job_id);
+                }
                 let mut notified = sources;
                 notified.sort();
                 notified.dedup();
                 let mut unreachable = Vec::new();
                 for executor_id in notified {
-                    let sent = self.context.sessions().send(
-                        &executor_id,
-                        ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id },
-                    );
+                    let trigger = ExecutorCommand::TriggerCheckpoint {
+                        job_id,
+                        checkpoint_id,
+                        pause_sources,
+                    };
+                    let sent = self.context.sessions().send(&executor_id, trigger);
                     if !sent {
                         unreachable.push(executor_id.0);
                     }
@@ -417,9 +478,41 @@ mod tests {
         /// Waits for the trigger of the next checkpoint and returns its id.
         async fn triggered(&mut self) -> CheckpointId {
             match self.next_command().await {
-                ExecutorCommand::TriggerCheckpoint { job_id, checkpoint_id } if job_id == job() => checkpoint_id,
+                ExecutorCommand::TriggerCheckpoint {
+                    job_id, checkpoint_id, ..
+                } if job_id == job() => checkpoint_id,
                 other => panic!("expected a checkpoint trigger, got {other:?}"),
             }
+        }
+
+        /// Waits for the next trigger; its id and whether it pauses the sources.
+        async fn triggered_pausing(&mut self) -> (CheckpointId, bool) {
+            match self.next_command().await {
+                ExecutorCommand::TriggerCheckpoint {
+                    checkpoint_id,
+                    pause_sources,
+                    ..
+                } => (checkpoint_id, pause_sources),
+                other => panic!("expected a checkpoint trigger, got {other:?}"),
+            }
+        }
+
+        fn request_rescale(&self, operator: &str, parallelism: u32) {
+            self.leader.commit(Command::RequestRescale {
+                request_id: None,
+                job_id: job(),
+                operator_id: Some(operator.to_owned()),
+                parallelism,
+                at_ms: 0,
+            });
+        }
+
+        fn rescales_proposed(&self) -> usize {
+            self.leader
+                .proposed()
+                .iter()
+                .filter(|command| matches!(command, Command::RescaleJob { .. }))
+                .count()
         }
 
         /// Executor `e` acknowledges `checkpoint_id` for `operator[0]` at its current epoch.
@@ -645,5 +738,70 @@ mod tests {
         assert_eq!(new.completions_proposed(), [second]);
         assert_eq!(completed_ids(&new.leader.state()), [2], "checkpoint 1 never completed");
         new.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requested_rescale_goes_through_a_checkpoint_taken_with_paused_sources() {
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        let first = duty.triggered().await;
+        duty.ack("src", first);
+        duty.ack("out", first);
+        assert!(matches!(
+            duty.next_command().await,
+            ExecutorCommand::CheckpointComplete { .. }
+        ));
+
+        duty.request_rescale("out", 2);
+        let asked_at = Instant::now();
+        let (second, pause) = duty.triggered_pausing().await;
+        assert!(pause, "the rescale's checkpoint pauses the sources");
+        assert!(
+            asked_at.elapsed() < Duration::from_millis(INTERVAL_MS),
+            "without waiting for the interval"
+        );
+        assert_eq!(duty.rescales_proposed(), 0, "not before its checkpoint completed");
+        duty.ack("src", second);
+        duty.ack("out", second);
+        assert!(
+            matches!(duty.next_command().await, ExecutorCommand::CheckpointComplete { checkpoint_id, .. } if checkpoint_id == second)
+        );
+        duty.settle().await;
+        assert_eq!(duty.rescales_proposed(), 1);
+        let state = duty.leader.state();
+        let rescaled = &state.jobs[&job()];
+        assert_eq!(rescaled.status, JobStatus::Restarting);
+        assert_eq!(
+            rescaled.checkpoints.back().map(|checkpoint| checkpoint.checkpoint_id),
+            Some(second)
+        );
+        assert_eq!(
+            rescaled.graph.operator("out").map(|operator| operator.parallelism),
+            Some(2)
+        );
+        duty.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rescale_whose_checkpoints_keep_failing_goes_ahead_from_the_latest_one() {
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        duty.request_rescale("out", 2);
+        for attempt in 1..=RESCALE_CHECKPOINT_ATTEMPTS {
+            let (checkpoint_id, pause) = duty.triggered_pausing().await;
+            assert!(pause, "attempt {attempt}");
+            // Nobody acknowledges: it times out, and the abort resumes the sources.
+            match duty.next_command().await {
+                ExecutorCommand::CheckpointAborted {
+                    checkpoint_id: aborted, ..
+                } => assert_eq!(aborted, checkpoint_id),
+                other => panic!("expected the abort, got {other:?}"),
+            }
+            assert_eq!(duty.rescales_proposed(), 0);
+        }
+        duty.settle().await;
+        assert_eq!(duty.rescales_proposed(), 1);
+        let state = duty.leader.state();
+        assert_eq!(state.jobs[&job()].status, JobStatus::Restarting);
+        assert_eq!(state.jobs[&job()].pending_rescale, None);
+        duty.stop().await;
     }
 }

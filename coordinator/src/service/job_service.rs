@@ -175,7 +175,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let operator_id = Some(message.operator_id.trim())
             .filter(|operator| !operator.is_empty())
             .map(str::to_owned);
-        let command = Command::RescaleJob {
+        let command = Command::RequestRescale {
             request_id,
             job_id,
             operator_id: operator_id.clone(),
@@ -184,7 +184,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         };
         match self.context.propose(command).await {
             Ok(_) => {
-                tracing::info!(job_id = %job_id, operator_id = ?operator_id, parallelism = message.parallelism, "job rescaling");
+                tracing::info!(job_id = %job_id, operator_id = ?operator_id, parallelism = message.parallelism, "rescale requested");
                 Ok(Response::new(pb::RescaleJobResponse {
                     job: Some(self.job_reply(&job_id)?),
                 }))

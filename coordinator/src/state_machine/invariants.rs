@@ -26,6 +26,7 @@ pub(super) fn before(state: &State, command: &Command) -> Touched {
         | Command::TriggerCheckpoint { job_id, .. }
         | Command::CompleteCheckpoint { job_id, .. }
         | Command::RescaleJob { job_id, .. }
+        | Command::RequestRescale { job_id, .. }
         | Command::FailSubtask { job_id, .. } => (Some(*job_id), None),
         Command::AssignSubtask {
             job_id, executor_id, ..

@@ -79,6 +79,20 @@ pub struct JobRecord {
     /// the restart strategy's delay, and not counted as a restart.
     #[serde(default, skip_serializing_if = "is_false")]
     pub rescaling: bool,
+    /// A rescale a user asked for: the leader takes a checkpoint with the sources paused after
+    /// its barrier, then commits the rescale, so the job restarts from that checkpoint and
+    /// nothing is processed twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_rescale: Option<RescaleRequest>,
+}
+
+/// A requested change of parallelism, waiting for its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescaleRequest {
+    /// `None`: every operator.
+    pub operator_id: Option<String>,
+    pub parallelism: u32,
+    pub requested_at_ms: u64,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -187,6 +201,17 @@ pub enum Command {
         job_id: JobId,
         checkpoint: CompletedCheckpoint,
     },
+    /// Asks for a rescale of a running job (validated as [`Command::RescaleJob`], and against the
+    /// free slots): the leader then takes a checkpoint with paused sources and commits the
+    /// rescale.
+    RequestRescale {
+        request_id: Option<RequestId>,
+        job_id: JobId,
+        /// `None`: every operator.
+        operator_id: Option<String>,
+        parallelism: u32,
+        at_ms: u64,
+    },
     /// Changes the parallelism of one operator (or of every operator) of a running job: the job
     /// restarts from its latest completed checkpoint at the new parallelism, its keyed state
     /// redistributed by key group, its generators resuming their offsets, its sinks publishing
@@ -251,6 +276,9 @@ pub enum Response {
     JobRestarting {
         job_id: JobId,
         restart_count: u32,
+    },
+    RescaleRequested {
+        job_id: JobId,
     },
 }
 
@@ -361,7 +389,8 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
     let request_id = match &command {
         Command::SubmitJob { request_id, .. }
         | Command::CancelJob { request_id, .. }
-        | Command::RescaleJob { request_id, .. } => request_id.clone(),
+        | Command::RescaleJob { request_id, .. }
+        | Command::RequestRescale { request_id, .. } => request_id.clone(),
         _ => None,
     };
     if let Some(request_id) = &request_id {
@@ -410,6 +439,13 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             at_ms,
             ..
         } => rescale_job(state, &job_id, operator_id.as_deref(), parallelism, at_ms),
+        Command::RequestRescale {
+            job_id,
+            operator_id,
+            parallelism,
+            at_ms,
+            ..
+        } => request_rescale(state, &job_id, operator_id, parallelism, at_ms),
         Command::CompleteCheckpoint { job_id, checkpoint } => complete_checkpoint(state, &job_id, checkpoint),
         Command::FailSubtask {
             job_id,
@@ -472,6 +508,7 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         last_epoch: Epoch(0),
         last_restore: None,
         rescaling: false,
+        pending_rescale: None,
     };
     state.last_job_number = job_number;
     state.jobs.insert(job_id, record);
@@ -556,6 +593,9 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
         job.restart_count = job.restart_count.saturating_add(1);
     }
     job.rescaling = false;
+    if to.is_terminal() {
+        job.pending_rescale = None;
+    }
     // A deployment restores the latest completed checkpoint as it was when the leader sent it, and
     // no checkpoint completes between that and this entry: completions need a running job.
     if to == JobStatus::Running {
@@ -577,13 +617,13 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     })
 }
 
-fn rescale_job(
-    state: &mut State,
+/// The graph `job_id` would run rescaled as asked, if it can be.
+fn rescaled_graph(
+    state: &State,
     job_id: &JobId,
     operator_id: Option<&str>,
     parallelism: u32,
-    at_ms: u64,
-) -> ApplyResult {
+) -> Result<JobGraph, Rejection> {
     let job = state
         .jobs
         .get(job_id)
@@ -595,13 +635,32 @@ fn rescale_job(
             what: "rescaling (only a running job can be rescaled)".to_owned(),
         });
     }
-    let graph = job
-        .graph
+    job.graph
         .rescaled(operator_id, parallelism)
         .map_err(|error| Rejection::InvalidRescale {
             job_id: *job_id,
             problem: error.to_string(),
-        })?;
+        })
+}
+
+fn request_rescale(
+    state: &mut State,
+    job_id: &JobId,
+    operator_id: Option<String>,
+    parallelism: u32,
+    at_ms: u64,
+) -> ApplyResult {
+    let graph = rescaled_graph(state, job_id, operator_id.as_deref(), parallelism)?;
+    let job = job_mut(state, job_id)?;
+    if let Some(pending) = &job.pending_rescale {
+        return Err(Rejection::InvalidRescale {
+            job_id: *job_id,
+            problem: format!(
+                "a rescale to parallelism {} is already in progress",
+                pending.parallelism
+            ),
+        });
+    }
     // Its own slots come back when it stops; the rest must be free on live executors now.
     let needed = graph.total_subtasks();
     let held = job
@@ -624,6 +683,25 @@ fn rescale_job(
             missing: needed - available,
         });
     }
+    let job = job_mut(state, job_id)?;
+    job.pending_rescale = Some(RescaleRequest {
+        operator_id,
+        parallelism,
+        requested_at_ms: at_ms,
+    });
+    Ok(Response::RescaleRequested { job_id: *job_id })
+}
+
+/// Restarts `job_id` at the new parallelism. The slots were checked when it was requested; if
+/// some went since, the subtasks that do not fit wait for slots, as after any restart.
+fn rescale_job(
+    state: &mut State,
+    job_id: &JobId,
+    operator_id: Option<&str>,
+    parallelism: u32,
+    at_ms: u64,
+) -> ApplyResult {
+    let graph = rescaled_graph(state, job_id, operator_id, parallelism)?;
     let job = job_mut(state, job_id)?;
     release_slots(job);
     let mut assignments = BTreeMap::new();
@@ -651,6 +729,7 @@ fn rescale_job(
     };
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
     job.rescaling = true;
+    job.pending_rescale = None;
     Ok(Response::JobTransitioned {
         job_id: *job_id,
         status: JobStatus::Restarting,

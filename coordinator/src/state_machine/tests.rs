@@ -642,6 +642,13 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
                 parallelism,
                 at_ms
             }),
+        (job_id.clone(), 1u32..5, 0u64..100).prop_map(|(job_id, parallelism, at_ms)| Command::RequestRescale {
+            request_id: None,
+            job_id,
+            operator_id: None,
+            parallelism,
+            at_ms
+        }),
         (job_id, arbitrary_subtask(), 0u64..12, any::<bool>(), 0u64..100).prop_map(
             |(job_id, subtask, epoch, fatal, at_ms)| Command::FailSubtask {
                 job_id,
@@ -815,6 +822,16 @@ proptest! {
     }
 }
 
+fn request_rescale(operator: Option<&str>, parallelism: u32) -> Command {
+    Command::RequestRescale {
+        request_id: None,
+        job_id: JobId::from_number(1),
+        operator_id: operator.map(str::to_owned),
+        parallelism,
+        at_ms: 40,
+    }
+}
+
 fn rescale(operator: Option<&str>, parallelism: u32) -> Command {
     Command::RescaleJob {
         request_id: None,
@@ -835,7 +852,7 @@ fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_
         .job(graph(2, 3))
         .place_all(1, "e")
         .build();
-    let not_running = apply(&mut state, rescale(Some("counts"), 3));
+    let not_running = apply(&mut state, request_rescale(Some("counts"), 3));
     assert!(
         matches!(
             &not_running,
@@ -858,20 +875,37 @@ fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_
     .is_ok());
     let before = state.clone();
     for (command, expected) in [
-        (rescale(Some("counts"), 0), "at least 1"),
-        (rescale(Some("counts"), 129), "max_parallelism of 128"),
-        (rescale(Some("nope"), 2), "no operator \"nope\""),
-        (rescale(Some("counts"), 2), "nothing to change"),
+        (request_rescale(Some("counts"), 0), "at least 1"),
+        (request_rescale(Some("counts"), 129), "max_parallelism of 128"),
+        (request_rescale(Some("nope"), 2), "no operator \"nope\""),
+        (request_rescale(Some("counts"), 2), "nothing to change"),
         // 6 held + 2 free = 8 available; every operator at 3 needs 12.
         (
-            rescale(None, 3),
+            request_rescale(None, 3),
             "needs 12 slots, but only 8 are free or held by it: 4 more needed",
         ),
+        (rescale(Some("counts"), 0), "at least 1"),
     ] {
         let refused = apply(&mut state, command).expect_err("refused");
         assert!(refused.to_string().contains(expected), "{refused}");
         assert_eq!(state, before, "a refused rescale changes nothing");
     }
+
+    // A request waits in the state for the leader's checkpoint; one at a time.
+    assert_eq!(
+        apply(&mut state, request_rescale(Some("counts"), 4)),
+        Ok(Response::RescaleRequested { job_id })
+    );
+    assert_eq!(state.jobs[&job_id].status, JobStatus::Running);
+    assert_eq!(
+        state.jobs[&job_id]
+            .pending_rescale
+            .as_ref()
+            .map(|request| request.parallelism),
+        Some(4)
+    );
+    let second = apply(&mut state, request_rescale(Some("counts"), 3)).expect_err("refused");
+    assert!(second.to_string().contains("already in progress"), "{second}");
 
     assert_eq!(
         apply(&mut state, rescale(Some("counts"), 4)),
@@ -882,6 +916,7 @@ fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_
     );
     let job = &state.jobs[&job_id];
     assert!(job.rescaling && job.restart_count == 0, "a rescale is not a failure");
+    assert_eq!(job.pending_rescale, None);
     assert_eq!(
         job.graph.operator("counts").map(|operator| operator.parallelism),
         Some(4)

@@ -55,8 +55,12 @@ pub const MAX_INLINE_STATE: usize = 1_024;
 /// Messages from the leader about checkpoints, routed to the subtasks of their job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskControl {
-    /// Sources only: inject the barrier of this checkpoint.
-    Trigger(CheckpointId),
+    /// Sources only: inject the barrier of this checkpoint, and with `pause` read nothing more
+    /// until it is aborted (the job restarts from it).
+    Trigger {
+        checkpoint_id: CheckpointId,
+        pause: bool,
+    },
     /// The checkpoint is committed in the Raft log; `acknowledged` says whether this placement's
     /// acknowledgement is part of it (a sink publishes only then).
     Complete {

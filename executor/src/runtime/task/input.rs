@@ -204,7 +204,7 @@ impl InputTask {
                     self.release_stash();
                 }
             }
-            TaskControl::Trigger(_) => {}
+            TaskControl::Trigger { .. } => {}
         }
         Ok(())
     }

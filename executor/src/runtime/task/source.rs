@@ -125,6 +125,9 @@ pub(super) async fn run_source(
     let mut final_barrier: Option<u64> = None;
     let mut line = String::new();
     let mut reported_end = false;
+    // The checkpoint after whose barrier this source reads nothing more (the job is about to
+    // restart from it, e.g. to rescale); an abort of that checkpoint resumes reading.
+    let mut paused_at: Option<u64> = None;
     let rate = source.rate_per_subtask();
     let batch = rate.map_or(SOURCE_BATCH_LINES, |rate| {
         ((rate / 50.0) as usize).clamp(1, SOURCE_BATCH_LINES)
@@ -156,7 +159,7 @@ pub(super) async fn run_source(
             biased;
             _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
             message = control.recv() => match message {
-                Some(TaskControl::Trigger(CheckpointId(checkpoint_id))) => {
+                Some(TaskControl::Trigger { checkpoint_id: CheckpointId(checkpoint_id), pause }) => {
                     outputs.flush(false).await?;
                     let position = source.position();
                     let state = serde_json::to_vec(&source.snapshot()).unwrap_or_default();
@@ -165,6 +168,10 @@ pub(super) async fn run_source(
                     outputs.broadcast_barrier(checkpoint_id).await?;
                     if exhausted && final_barrier.is_none() {
                         final_barrier = Some(checkpoint_id);
+                    }
+                    if pause {
+                        tracing::info!(checkpoint_id, "source paused after the barrier: the job restarts from this checkpoint");
+                        paused_at = Some(checkpoint_id);
                     }
                 }
                 Some(TaskControl::Complete {
@@ -186,11 +193,15 @@ pub(super) async fn run_source(
                     if final_barrier == Some(checkpoint_id) {
                         final_barrier = None;
                     }
+                    if paused_at == Some(checkpoint_id) {
+                        tracing::info!(checkpoint_id, "source resumed: the checkpoint it paused for was aborted");
+                        paused_at = None;
+                    }
                 }
                 None => return Ok(TaskEnd::Cancelled),
             },
             _ = async {
-                if exhausted {
+                if exhausted || paused_at.is_some() {
                     std::future::pending::<()>().await;
                 }
                 if let Some(at) = wait_until {
