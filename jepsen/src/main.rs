@@ -22,7 +22,7 @@ struct Args {
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     time_limit: Duration,
     /// Fault kinds: kill, pause, restart-all, partition, delay.
-    #[arg(long, default_value = "kill,pause,restart-all,partition,delay")]
+    #[arg(long, default_value = "kill,pause,restart-all,partition,delay,rescale")]
     faults: String,
     /// Workloads: metadata, stream, checkpoints.
     #[arg(long, default_value = "metadata,stream,checkpoints")]

@@ -192,7 +192,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         )));
     }
 
-    let faults = nemesis(&mut cluster, &network, &config, clock).await?;
+    let faults = nemesis(&mut cluster, &network, &config, clock, stream_job.as_deref()).await?;
     stop.cancel();
     for worker in workers {
         let _ = worker.await;
@@ -341,6 +341,7 @@ async fn nemesis(
     network: &Network,
     config: &RunConfig,
     clock: Clock,
+    stream_job: Option<&str>,
 ) -> anyhow::Result<Vec<FaultRecord>> {
     let planned = schedule(config.seed, &config.faults, config.time_limit.as_millis() as u64);
     let mut records = Vec::new();
@@ -348,7 +349,7 @@ async fn nemesis(
     for fault in planned {
         tokio::time::sleep(Duration::from_millis(fault.quiet_ms)).await;
         let started_us = clock.now_us();
-        let (target, heal_action) = match apply_fault(cluster, network, &fault).await {
+        let (target, heal_action) = match apply_fault(cluster, network, &fault, stream_job).await {
             Ok(injected) => injected,
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), ?fault, "fault skipped");
@@ -389,12 +390,15 @@ pub enum Heal {
     },
     /// Restore every link.
     Network,
+    /// Nothing to undo (a rescale).
+    Nothing,
 }
 
 impl Heal {
     pub fn apply(self, cluster: &mut LocalCluster, network: &Network) -> anyhow::Result<()> {
         match self {
             Heal::Network => network.heal(),
+            Heal::Nothing => Ok(()),
             Heal::RestartNode(node_id) => cluster.restart(node_id),
             Heal::ContinueNode(node_id) => cluster.signal_node(node_id, false),
             Heal::RestartExecutor(executor_id) => cluster.restart_executor(&executor_id),
@@ -417,6 +421,7 @@ pub async fn apply_fault(
     cluster: &mut LocalCluster,
     network: &Network,
     fault: &ScheduledFault,
+    stream_job: Option<&str>,
 ) -> anyhow::Result<(String, Heal)> {
     let node_ids: Vec<u64> = cluster.nodes().map(|node| node.node_id).collect();
     let executors = cluster.executor_ids();
@@ -455,6 +460,17 @@ pub async fn apply_fault(
             };
             isolate([executor_id.clone()].into())?;
             Ok((format!("executor {executor_id} cut off"), Heal::Network))
+        }
+        Target::StreamJob { parallelism } => {
+            let Some(job_id) = stream_job else {
+                bail!("no stream job to rescale");
+            };
+            let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(5))?;
+            let parallelism = rescale_stream_job(&client, job_id, parallelism).await?;
+            Ok((
+                format!("stream job {job_id} to parallelism {parallelism}"),
+                Heal::Nothing,
+            ))
         }
         Target::AllLinks { delay_ms } => {
             network.delay_all(Duration::from_millis(delay_ms))?;
@@ -505,6 +521,40 @@ pub async fn apply_fault(
                 Ok((format!("executor {executor_id}"), Heal::RestartExecutor(executor_id)))
             }
         }
+    }
+}
+
+/// Rescales every operator of the stream job to `parallelism` (or the next one up when it runs at
+/// that already), waiting up to 10 s for it to be running (a restart may be in progress);
+/// returns the parallelism asked for.
+async fn rescale_stream_job(client: &ClusterClient, job_id: &str, parallelism: u32) -> anyhow::Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = client.get_job(job_id, pb::ReadConsistency::Linearizable).await?;
+        let current = job
+            .subtasks
+            .iter()
+            .filter(|subtask| subtask.operator_id == "counts")
+            .count() as u32;
+        let target = if current == parallelism {
+            parallelism % 4 + 1
+        } else {
+            parallelism
+        };
+        if job.status == "Running" {
+            match client.rescale_job(job_id, None, target, "").await {
+                Ok(_) => return Ok(target),
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(error).with_context(|| format!("rescaling {job_id} to {target}"))
+                }
+                // Not running any more, a rescale still in progress, or slots taken by the
+                // metadata clients' jobs for now: try again shortly.
+                Err(_) => {}
+            }
+        } else if Instant::now() >= deadline {
+            bail!("{job_id} stayed {} for 10 s: not rescaled", job.status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -20,6 +20,8 @@ pub enum FaultKind {
     Partition,
     /// Every link slowed through the fault proxy.
     Delay,
+    /// The stream job rescaled to another parallelism (every operator) while it runs.
+    Rescale,
 }
 
 impl FaultKind {
@@ -30,8 +32,9 @@ impl FaultKind {
             "restart-all" => Ok(FaultKind::RestartAll),
             "partition" => Ok(FaultKind::Partition),
             "delay" => Ok(FaultKind::Delay),
+            "rescale" => Ok(FaultKind::Rescale),
             other => Err(format!(
-                "unknown fault {other:?}; available: kill, pause, restart-all, partition, delay"
+                "unknown fault {other:?}; available: kill, pause, restart-all, partition, delay, rescale"
             )),
         }
     }
@@ -43,6 +46,7 @@ impl FaultKind {
             FaultKind::RestartAll => "restart-all",
             FaultKind::Partition => "partition",
             FaultKind::Delay => "delay",
+            FaultKind::Rescale => "rescale",
         }
     }
 }
@@ -68,6 +72,10 @@ pub enum Target {
     /// Every link slowed by this many milliseconds each way.
     AllLinks {
         delay_ms: u64,
+    },
+    /// The stream job, to this parallelism.
+    StreamJob {
+        parallelism: u32,
     },
 }
 
@@ -136,6 +144,13 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], time_limit_ms: u64) -> Vec<Sched
                 },
                 random.gen_range(2_000..5_000),
             ),
+            // Nothing to heal: the time it lasts is the time the job has to settle.
+            FaultKind::Rescale => (
+                Target::StreamJob {
+                    parallelism: random.gen_range(1..=4),
+                },
+                random.gen_range(2_000..4_000),
+            ),
         };
         if elapsed + quiet_ms + duration_ms > time_limit_ms {
             break;
@@ -155,12 +170,13 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], time_limit_ms: u64) -> Vec<Sched
 mod tests {
     use super::*;
 
-    const ALL: [FaultKind; 5] = [
+    const ALL: [FaultKind; 6] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::RestartAll,
         FaultKind::Partition,
         FaultKind::Delay,
+        FaultKind::Rescale,
     ];
 
     #[test]

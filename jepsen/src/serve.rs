@@ -107,7 +107,7 @@ pub async fn serve(config: RunConfig, port: u16) -> anyhow::Result<()> {
                     Err(error) => format!("error: {error:#}"),
                 }
             }
-            Ok(Some(fault)) => match apply_fault(&mut cluster, &network, &fault).await {
+            Ok(Some(fault)) => match apply_fault(&mut cluster, &network, &fault, None).await {
                 Ok((target, heal)) => {
                     if fault.kind == FaultKind::RestartAll {
                         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -18,6 +18,7 @@ fn colour(kind: FaultKind) -> &'static str {
         FaultKind::RestartAll => "#9467bd",
         FaultKind::Partition => "#8c564b",
         FaultKind::Delay => "#17becf",
+        FaultKind::Rescale => "#2ca02c",
     }
 }
 

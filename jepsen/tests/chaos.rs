@@ -70,11 +70,11 @@ fn a_seeded_chaos_run_finds_nothing_and_an_injected_defect_is_caught() {
             "--time-limit",
             "75s",
             "--faults",
-            "kill,pause,restart-all,partition,delay",
+            "kill,pause,restart-all,partition,delay,rescale",
         ],
     );
     assert_eq!(code, Some(0), "a correct system must show no anomaly:\n{text}");
-    for kind in ["kill", "pause", "restart-all", "partition", "delay"] {
+    for kind in ["kill", "pause", "restart-all", "partition", "delay", "rescale"] {
         assert!(
             text.contains(&format!("\"{kind}\"")),
             "no {kind} fault injected:\n{text}"
