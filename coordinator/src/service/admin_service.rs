@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
+use raftstream_api::ids::NodeId;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
@@ -12,6 +14,11 @@ use super::{forward_to_leader, forwarded_request, is_forwarded};
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
 use crate::leader::ExecutorSessions;
+
+/// How long a membership change waits before asking again while another one commits.
+const MEMBERSHIP_RETRY: Duration = Duration::from_millis(25);
+
+type MembershipWriteError = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
 
 /// How long cluster status waits for each peer's own status.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -37,6 +44,33 @@ impl AdminServiceImpl {
     /// The admin service over a coordinator's shared context.
     pub fn new(context: CoordinatorContext, sessions: ExecutorSessions) -> Self {
         AdminServiceImpl { context, sessions }
+    }
+
+    /// Runs a membership change, waiting while the previous one is still being committed:
+    /// openraft refuses a change until the last joint configuration has become the new one, so
+    /// a change asked for right after another (two replacements in a row) would otherwise fail.
+    /// `Err(Elapsed)` when it took longer than four write timeouts.
+    async fn when_no_change_in_progress<Change, Outcome>(
+        &self,
+        change: impl Fn() -> Change,
+    ) -> Result<Result<Outcome, MembershipWriteError>, tokio::time::error::Elapsed>
+    where
+        Change: std::future::Future<Output = Result<Outcome, MembershipWriteError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.context.write_timeout * 4;
+        loop {
+            let outcome = tokio::time::timeout_at(deadline, change()).await?;
+            let in_progress = matches!(
+                &outcome,
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_)
+                )))
+            );
+            if !in_progress || tokio::time::Instant::now() >= deadline {
+                return Ok(outcome);
+            }
+            tokio::time::sleep(MEMBERSHIP_RETRY).await;
+        }
     }
 
     fn local_status(&self) -> pb::NodeStatus {
@@ -194,14 +228,12 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             return Err(membership_error(format!("node {} is already a voter", message.node_id)));
         }
         let node = BasicNode::new(message.address.clone());
-        let outcome = tokio::time::timeout(
-            self.context.write_timeout * 4,
-            self.context.raft.add_learner(message.node_id, node, true),
-        )
-        .await
-        .map_err(|_| {
-            Status::unavailable("the learner did not catch up in time; it keeps catching up in the background")
-        })?;
+        let outcome = self
+            .when_no_change_in_progress(|| self.context.raft.add_learner(message.node_id, node.clone(), true))
+            .await
+            .map_err(|_| {
+                Status::unavailable("the learner did not catch up in time; it keeps catching up in the background")
+            })?;
         match self.context.write_outcome(outcome) {
             Ok(reply) => {
                 tracing::info!(learner = message.node_id, address = %message.address, "learner added");
@@ -241,12 +273,10 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 "node {unknown} is not a member; add it as a learner first"
             )));
         }
-        let outcome = tokio::time::timeout(
-            self.context.write_timeout * 4,
-            self.context.raft.change_membership(voters.clone(), false),
-        )
-        .await
-        .map_err(|_| Status::unavailable("membership change not committed in time; check cluster status"))?;
+        let outcome = self
+            .when_no_change_in_progress(|| self.context.raft.change_membership(voters.clone(), false))
+            .await
+            .map_err(|_| Status::unavailable("membership change not committed in time; check cluster status"))?;
         match self.context.write_outcome(outcome) {
             Ok(reply) => {
                 tracing::info!(voters = ?voters, "membership changed");
