@@ -24,7 +24,9 @@ use super::exchange::{ExchangeHub, GateKey, InputMessage};
 use super::file_source::FileReader;
 use super::generator::GeneratorPosition;
 use super::key_groups::key_group_range;
-use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator};
+use super::operators::{
+    restores_index, FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator,
+};
 use super::record::Record;
 use crate::checkpoint::{checksum, CheckpointStorage, CheckpointStore, StateHandle};
 
@@ -295,9 +297,9 @@ async fn restore(
             let mut states = Vec::new();
             for handle in checkpoint.iter().flat_map(|checkpoint| &checkpoint.task_states) {
                 let index = handle.subtask.subtask_index;
-                let mine = index == deployment.subtask_index
-                    || (index >= parallelism && index % parallelism == deployment.subtask_index);
-                if handle.subtask.operator_id == operator.id && mine {
+                if handle.subtask.operator_id == operator.id
+                    && restores_index(index, deployment.subtask_index, parallelism)
+                {
                     states.push((index, load_state(&environment.store, checkpoint_id, handle).await?));
                 }
             }
@@ -306,7 +308,7 @@ async fn restore(
             // file gone, unreadable state) is not cured by restarting from the same checkpoint:
             // it fails the job with the reason instead of looping.
             let published = sink
-                .restore_adopting(&operator.id, parallelism, &states)
+                .restore(&operator.id, parallelism, &states)
                 .map_err(|error| TaskError::Restore {
                     checkpoint_id,
                     problem: error.to_string(),

@@ -200,27 +200,19 @@ impl FileSink {
         self.pending.is_empty()
     }
 
-    /// Restores from a completed checkpoint's sink state (or none): publishes what it lists, then
-    /// deletes every other pending or in-progress file of this subtask index.
-    pub fn restore(&mut self, operator: &str, state: Option<&[u8]>) -> Result<usize, OperatorError> {
-        let own = state.map(|state| (self.subtask_index, state));
-        self.restore_adopting(operator, self.subtask_index + 1, own.as_slice())
-    }
-
     /// Restores this subtask of a sink now at `parallelism` from a completed checkpoint's sink
     /// states (`states`: subtask index and state), which may come from a placement at another
     /// parallelism: this subtask also adopts the indexes that no longer exist (at or above
     /// `parallelism`) and map to it (index % parallelism). It publishes what their states list,
     /// then deletes every other pending or in-progress file of its own and the adopted indexes.
-    pub fn restore_adopting(
+    pub fn restore(
         &mut self,
         operator: &str,
         parallelism: u32,
         states: &[(u32, &[u8])],
     ) -> Result<usize, OperatorError> {
-        let parallelism = parallelism.max(1);
         let own = self.subtask_index;
-        let is_mine = |index: u32| index == own || (index >= parallelism && index % parallelism == own);
+        let is_mine = |index: u32| restores_index(index, own, parallelism);
         let mut published = 0;
         for (index, bytes) in states {
             if !is_mine(*index) {
@@ -246,6 +238,14 @@ impl FileSink {
         sync_directory(&self.directory);
         Ok(published)
     }
+}
+
+/// Whether sink subtask `own` of a placement at `parallelism` restores the output of subtask
+/// `index` of an earlier placement: its own index, and the indexes a smaller placement no longer
+/// has that map to it (index % parallelism), so every old index has exactly one restorer.
+pub fn restores_index(index: u32, own: u32, parallelism: u32) -> bool {
+    let parallelism = parallelism.max(1);
+    index == own || (index >= parallelism && index % parallelism == own)
 }
 
 /// The subtask index in a pending or in-progress file's name (`part-<index>-...`).
@@ -357,7 +357,7 @@ mod tests {
 
         // Restore from checkpoint 1 at a new epoch: "a" stays once; "b", "c" and the zombie vanish.
         let mut restored = FileSink::open(&sink_spec(directory.path()), 0, 9).expect("opens");
-        assert_eq!(restored.restore("out", Some(&state_1)).expect("restore"), 1);
+        assert_eq!(restored.restore("out", 1, &[(0, &state_1)]).expect("restore"), 1);
         assert_eq!(published(directory.path()), vec!["a"]);
         let leftovers = std::fs::read_dir(directory.path().join(".pending"))
             .expect("dir")
@@ -379,19 +379,19 @@ mod tests {
         assert_eq!(sink.publish_up_to(11).expect("publish"), 1);
         drop(sink);
         let mut restored = FileSink::open(&sink_spec(directory.path()), 1, 5).expect("opens");
-        assert_eq!(restored.restore("out", Some(&second.state)).expect("restore"), 2);
+        assert_eq!(restored.restore("out", 2, &[(1, &second.state)]).expect("restore"), 2);
         assert_eq!(published(directory.path()), vec!["a", "b"]);
 
         // Restored again from 12 at a newer epoch: both files are published, nothing changes.
         let mut again = FileSink::open(&sink_spec(directory.path()), 1, 6).expect("opens");
-        assert_eq!(again.restore("out", Some(&second.state)).expect("restore"), 2);
+        assert_eq!(again.restore("out", 2, &[(1, &second.state)]).expect("restore"), 2);
         assert_eq!(published(directory.path()), vec!["a", "b"]);
 
         // A checkpoint listing a pre-commit that is neither pending nor published fails at once.
         std::fs::remove_file(FileSink::published_path(directory.path(), 1, 12)).expect("remove");
         let mut lost = FileSink::open(&sink_spec(directory.path()), 1, 7).expect("opens");
         let error = lost
-            .restore("out", Some(&second.state))
+            .restore("out", 2, &[(1, &second.state)])
             .expect_err("its output is gone");
         let text = error.to_string();
         assert!(
@@ -421,9 +421,9 @@ mod tests {
 
         let mut first = FileSink::open(&spec, 0, 2).expect("opens");
         // Index 0 restores itself and adopts index 2 (2 % 2 == 0), not index 1.
-        assert_eq!(first.restore_adopting("out", 2, &states).expect("restore"), 2);
+        assert_eq!(first.restore("out", 2, &states).expect("restore"), 2);
         let mut second = FileSink::open(&spec, 1, 2).expect("opens");
-        assert_eq!(second.restore_adopting("out", 2, &states).expect("restore"), 1);
+        assert_eq!(second.restore("out", 2, &states).expect("restore"), 1);
         assert_eq!(published(directory.path()), vec!["from-0", "from-1", "from-2"]);
         let leftovers: Vec<_> = std::fs::read_dir(directory.path().join(".pending"))
             .expect("dir")
@@ -437,5 +437,11 @@ mod tests {
         assert_eq!(pending_file_index("part-12-000000000004-e3"), Some(12));
         assert_eq!(pending_file_index("part-1-e3.inprogress"), Some(1));
         assert_eq!(pending_file_index("other"), None);
+        // Every index of a placement at 5 has exactly one restorer at 2, and each at 2 itself.
+        for index in 0..5 {
+            assert_eq!((0..2).filter(|own| restores_index(index, *own, 2)).count(), 1);
+        }
+        assert!(restores_index(0, 0, 1) && restores_index(3, 0, 1));
+        assert!(!restores_index(1, 0, 4) && !restores_index(0, 1, 2));
     }
 }

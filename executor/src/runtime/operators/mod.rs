@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use raftstream_api::spec::OperatorKind;
 
-pub use file_sink::{FileSink, PreCommitted, SinkSegment};
+pub use file_sink::{restores_index, FileSink, PreCommitted, SinkSegment};
 pub use keyed::{decimal_text, KeyedAggregate, KeyedCount};
 pub use stateless::Stateless;
 pub use windows::WindowOperator;
