@@ -15,7 +15,9 @@ use raftstream_api::spec::GeneratorConfig;
 use raftstream_executor::runtime::generator::GeneratedRecords;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{ensure_exact_output, eventually, fast_executors, start_executors, test_settings, TestCluster};
+use crate::common::{
+    ensure_exact_output, eventually, fast_executors, job, start_executors, test_settings, TestCluster,
+};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 /// The checkpoint interval of the measured jobs.
@@ -152,10 +154,6 @@ async fn start_cluster(executors: &[&str]) -> anyhow::Result<(TestCluster, Clust
     let with_slots: Vec<(&str, u32)> = executors.iter().map(|executor_id| (*executor_id, 12)).collect();
     let client = start_executors(&mut cluster, &with_slots).await?;
     Ok((cluster, client))
-}
-
-async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
-    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
 }
 
 fn now_ms() -> u64 {

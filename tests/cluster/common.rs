@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raftstream::local_cluster::{ClusterWiring, LocalCluster};
-use raftstream::wordcount::check_output;
+use raftstream::wordcount::{check_output, WordCountJob};
 use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
@@ -201,4 +201,38 @@ pub fn ensure_exact_output(output_dir: &Path, expected: &BTreeMap<String, u64>) 
         check.problems.join("; ")
     );
     Ok(())
+}
+
+/// The word count most cluster tests run: 24,000 records at 4,000/s, parallelism 2, 60 words,
+/// checkpoints every 200 ms, output in the cluster's directory. Tests change fields with
+/// struct-update syntax.
+pub fn word_count(cluster: &TestCluster) -> WordCountJob {
+    WordCountJob {
+        seed: 11,
+        records: 24_000,
+        rate_per_second: Some(4_000),
+        parallelism: 2,
+        vocabulary_size: 60,
+        words_per_record: 4,
+        checkpoint_interval_ms: 200,
+        output_dir: cluster.path().join("output"),
+    }
+}
+
+/// The job as the leader sees it now, or None while it cannot be read.
+pub async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
+    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
+}
+
+/// Each subtask's epoch, by `operator[index]`: a subtask that restarted has a new one.
+pub fn subtask_epochs(job: &pb::Job) -> BTreeMap<String, u64> {
+    job.subtasks
+        .iter()
+        .map(|subtask| {
+            (
+                format!("{}[{}]", subtask.operator_id, subtask.subtask_index),
+                subtask.epoch,
+            )
+        })
+        .collect()
 }

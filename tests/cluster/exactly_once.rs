@@ -1,7 +1,6 @@
 //! Word count over a known bounded input, checkpoints every 200 ms, while processes die under it:
 //! the committed output must equal the expected counts exactly (no loss, no duplicate).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftstream::wordcount::{check_output, WordCountJob};
@@ -9,28 +8,12 @@ use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{
-    ensure_exact_output, eventually, fast_executors, start_executors, test_settings, without_ansi_colors, TestCluster,
+    ensure_exact_output, eventually, fast_executors, job, start_executors, subtask_epochs, test_settings,
+    without_ansi_colors, word_count, TestCluster,
 };
 use crate::s3_peer::S3Peer;
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn word_count(cluster: &TestCluster) -> WordCountJob {
-    WordCountJob {
-        seed: 11,
-        records: 24_000,
-        rate_per_second: Some(4_000),
-        parallelism: 2,
-        vocabulary_size: 60,
-        words_per_record: 4,
-        checkpoint_interval_ms: 200,
-        output_dir: cluster.path().join("output"),
-    }
-}
-
-async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
-    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
-}
 
 /// Waits until the job runs with at least `checkpoints` completed checkpoints.
 async fn running_with_checkpoints(client: &ClusterClient, job_id: &str, checkpoints: u64) -> anyhow::Result<pb::Job> {
@@ -67,18 +50,6 @@ fn executor_of(job: &pb::Job, operator_id: &str) -> Option<String> {
         .iter()
         .find(|subtask| subtask.operator_id == operator_id && !subtask.executor_id.is_empty())
         .map(|subtask| subtask.executor_id.clone())
-}
-
-fn epochs(job: &pb::Job) -> BTreeMap<String, u64> {
-    job.subtasks
-        .iter()
-        .map(|subtask| {
-            (
-                format!("{}[{}]", subtask.operator_id, subtask.subtask_index),
-                subtask.epoch,
-            )
-        })
-        .collect()
 }
 
 async fn start(cluster_executors: &[(&str, u32)]) -> anyhow::Result<(TestCluster, ClusterClient)> {
@@ -229,7 +200,11 @@ async fn leader_killed_mid_stream_restarts_nothing_and_output_is_exact() -> anyh
     tracing::info!(checkpoint = ?later.last_checkpoint_id, "checkpoints continued");
     let done = finished(&client, &submitted.job_id).await?;
     assert_eq!(done.restart_count, 0, "a coordinator failover must restart nothing");
-    assert_eq!(epochs(&done), epochs(&before), "no subtask may be re-deployed");
+    assert_eq!(
+        subtask_epochs(&done),
+        subtask_epochs(&before),
+        "no subtask may be re-deployed"
+    );
     assert_exact(&spec)?;
     let checkpoints = client.list_checkpoints(&submitted.job_id).await?;
     let ids: Vec<u64> = checkpoints.iter().map(|checkpoint| checkpoint.checkpoint_id).collect();
@@ -308,9 +283,9 @@ async fn a_paused_sink_executor_is_fenced_and_publishes_nothing() -> anyhow::Res
         })
     })
     .await?;
-    let old_epochs = epochs(&before);
+    let old_epochs = subtask_epochs(&before);
     assert!(
-        epochs(&moved)
+        subtask_epochs(&moved)
             .iter()
             .all(|(subtask, epoch)| *epoch > old_epochs[subtask]),
         "every placement must be fenced by a new epoch"

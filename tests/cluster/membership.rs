@@ -1,7 +1,6 @@
 //! Membership changes: a fourth node joins as learner, is promoted, and an old node is removed;
 //! coordinators are replaced under a running job, and a removed node stops serving.
 
-use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
 
@@ -9,8 +8,8 @@ use raftstream::wordcount::WordCountJob;
 use raftstream_api::client::ClusterClient;
 
 use crate::common::{
-    binary, ensure_exact_output, eventually, fast_executors, job_spec, local_job_names, start_executors, test_settings,
-    TestCluster,
+    binary, ensure_exact_output, eventually, fast_executors, job, job_spec, local_job_names, start_executors,
+    subtask_epochs, test_settings, word_count, TestCluster,
 };
 use raftstream_proto::v1 as pb;
 
@@ -101,22 +100,6 @@ fn replace_node_cli(coordinators: &str, dead: u64, new_id: u64, address: &str) -
         .output()?)
 }
 
-fn subtask_epochs(job: &pb::Job) -> BTreeMap<String, u64> {
-    job.subtasks
-        .iter()
-        .map(|subtask| {
-            (
-                format!("{}[{}]", subtask.operator_id, subtask.subtask_index),
-                subtask.epoch,
-            )
-        })
-        .collect()
-}
-
-async fn job_of(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
-    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinators_replaced_under_a_running_job_restart_nothing_and_a_removed_node_stops() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
@@ -124,16 +107,11 @@ async fn coordinators_replaced_under_a_running_job_restart_nothing_and_a_removed
     let spec = WordCountJob {
         seed: 23,
         records: 60_000,
-        rate_per_second: Some(4_000),
-        parallelism: 2,
-        vocabulary_size: 60,
-        words_per_record: 4,
-        checkpoint_interval_ms: 200,
-        output_dir: cluster.path().join("output"),
+        ..word_count(&cluster)
     };
     let submitted = client.submit_job(&spec.spec("wc-replace"), "wc-replace").await?;
     let before = eventually("the job to run with a checkpoint", Duration::from_secs(60), || async {
-        job_of(&client, &submitted.job_id)
+        job(&client, &submitted.job_id)
             .await
             .filter(|job| job.status == "Running" && job.last_checkpoint_id.is_some())
     })
@@ -205,7 +183,7 @@ async fn coordinators_replaced_under_a_running_job_restart_nothing_and_a_removed
 
     tracing::info!("--- the job never restarted and its output is exact");
     let done = eventually("the job to end", Duration::from_secs(120), || async {
-        job_of(&client, &submitted.job_id)
+        job(&client, &submitted.job_id)
             .await
             .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
     })

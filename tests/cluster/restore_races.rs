@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use raftstream::local_cluster::ClusterWiring;
 use raftstream::wordcount::WordCountJob;
-use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::failpoints;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{
-    ensure_exact_output, eventually, fast_executors, start_executors, test_settings, without_ansi_colors, TestCluster,
+    ensure_exact_output, eventually, fast_executors, job, start_executors, test_settings, without_ansi_colors,
+    word_count, TestCluster,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -83,10 +83,6 @@ fn checkpoint_id_of(line: &str) -> Option<u64> {
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
-    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_held_past_a_restart_never_completes_and_output_stays_exact() -> anyhow::Result<()> {
     let wiring = ClusterWiring {
@@ -102,11 +98,8 @@ async fn a_checkpoint_held_past_a_restart_never_completes_and_output_stays_exact
         seed: 23,
         records: 36_000,
         rate_per_second: Some(3_000),
-        parallelism: 2,
         vocabulary_size: 80,
-        words_per_record: 4,
-        checkpoint_interval_ms: 200,
-        output_dir: cluster.path().join("output"),
+        ..word_count(&cluster)
     };
     let submitted = client.submit_job(&spec.spec("held-completion"), "held-1").await?;
     let job_id = submitted.job_id;
