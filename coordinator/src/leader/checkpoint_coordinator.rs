@@ -230,7 +230,6 @@ impl<C: LeaderContext> Coordinator<C> {
             .read_state(|state| state.jobs.get(&job_id).and_then(|job| job.pending_rescale.clone()));
         let Some(request) = request else { return };
         let command = Command::RescaleJob {
-            request_id: None,
             job_id,
             operator_id: request.operator_id.clone(),
             parallelism: request.parallelism,
@@ -475,24 +474,23 @@ mod tests {
             }
         }
 
-        /// Waits for the trigger of the next checkpoint and returns its id.
+        /// Waits for the trigger of the next regular checkpoint (one that does not pause the
+        /// sources) and returns its id.
         async fn triggered(&mut self) -> CheckpointId {
-            match self.next_command().await {
-                ExecutorCommand::TriggerCheckpoint {
-                    job_id, checkpoint_id, ..
-                } if job_id == job() => checkpoint_id,
-                other => panic!("expected a checkpoint trigger, got {other:?}"),
-            }
+            let (checkpoint_id, pause_sources) = self.triggered_pausing().await;
+            assert!(!pause_sources, "checkpoint {checkpoint_id:?} pauses the sources");
+            checkpoint_id
         }
 
-        /// Waits for the next trigger; its id and whether it pauses the sources.
+        /// Waits for the next trigger of the job's checkpoint; its id and whether it pauses the
+        /// sources.
         async fn triggered_pausing(&mut self) -> (CheckpointId, bool) {
             match self.next_command().await {
                 ExecutorCommand::TriggerCheckpoint {
+                    job_id,
                     checkpoint_id,
                     pause_sources,
-                    ..
-                } => (checkpoint_id, pause_sources),
+                } if job_id == job() => (checkpoint_id, pause_sources),
                 other => panic!("expected a checkpoint trigger, got {other:?}"),
             }
         }

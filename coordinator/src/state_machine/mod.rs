@@ -216,8 +216,8 @@ pub enum Command {
     /// restarts from its latest completed checkpoint at the new parallelism, its keyed state
     /// redistributed by key group, its generators resuming their offsets, its sinks publishing
     /// what the checkpoint lists.
+    /// Committed by the leader only (after the rescale's checkpoint), so it carries no request id.
     RescaleJob {
-        request_id: Option<RequestId>,
         job_id: JobId,
         /// `None`: every operator.
         operator_id: Option<String>,
@@ -389,7 +389,6 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
     let request_id = match &command {
         Command::SubmitJob { request_id, .. }
         | Command::CancelJob { request_id, .. }
-        | Command::RescaleJob { request_id, .. }
         | Command::RequestRescale { request_id, .. } => request_id.clone(),
         _ => None,
     };
@@ -437,7 +436,6 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             operator_id,
             parallelism,
             at_ms,
-            ..
         } => rescale_job(state, &job_id, operator_id.as_deref(), parallelism, at_ms),
         Command::RequestRescale {
             job_id,

@@ -636,7 +636,6 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
             0u64..100
         )
             .prop_map(|(job_id, operator, parallelism, at_ms)| Command::RescaleJob {
-                request_id: None,
                 job_id,
                 operator_id: operator.map(str::to_owned),
                 parallelism,
@@ -834,7 +833,6 @@ fn request_rescale(operator: Option<&str>, parallelism: u32) -> Command {
 
 fn rescale(operator: Option<&str>, parallelism: u32) -> Command {
     Command::RescaleJob {
-        request_id: None,
         job_id: JobId::from_number(1),
         operator_id: operator.map(str::to_owned),
         parallelism,
