@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use raftstream_api::client::ClusterClient;
+use raftstream_api::checkpoint::SavepointRef;
+use raftstream_api::client::{ClusterClient, SubmitOptions};
 use raftstream_coordinator::node::{run_coordinator, CoordinatorConfig, RaftSettings};
 use raftstream_proto::v1 as pb;
 use serde_json::json;
@@ -178,6 +179,13 @@ pub enum JobCommand {
         /// Reuse to make a retried submit create one job; random when absent.
         #[arg(long)]
         request_id: Option<String>,
+        /// Start from a savepoint (JOB:SAVEPOINT, e.g. job-3:17), also at other parallelisms;
+        /// operators are matched by id.
+        #[arg(long, value_name = "JOB:SAVEPOINT")]
+        from_savepoint: Option<SavepointRef>,
+        /// Drop the savepoint's state of operators the job no longer has instead of refusing.
+        #[arg(long, requires = "from_savepoint")]
+        allow_unmatched_state: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -208,12 +216,40 @@ pub enum JobCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Completed checkpoints of a job.
+    /// Take a savepoint of a running job and print its id (`job savepoint delete` deletes one).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Savepoint {
+        #[command(subcommand)]
+        action: Option<SavepointCommand>,
+        /// The running job.
+        #[arg(required = true)]
+        job_id: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a job with a savepoint: the sources stop after it, every sink publishes it, and the
+    /// job ends Stopped; `job submit --from-savepoint` goes on from it.
+    Stop {
+        job_id: String,
+        /// Take a final savepoint (required: without one, use `job cancel`).
+        #[arg(long)]
+        savepoint: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Completed checkpoints and savepoints of a job.
     Checkpoints {
         job_id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `job savepoint ...`
+#[derive(Debug, Subcommand)]
+pub enum SavepointCommand {
+    /// Delete a savepoint and its state files.
+    Delete { job_id: String, savepoint_id: u64 },
 }
 
 /// `bench ...`
@@ -456,15 +492,101 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
         JobCommand::Submit {
             file,
             request_id,
+            from_savepoint,
+            allow_unmatched_state,
             client,
         } => {
             let spec =
                 std::fs::read_to_string(&file).with_context(|| format!("reading job spec {}", file.display()))?;
             let request_id = request_id.unwrap_or_else(random_request_id);
-            let job = client_for(&client)?.submit_job(&spec, &request_id).await?;
+            let options = SubmitOptions {
+                from_savepoint,
+                allow_unmatched_state,
+            };
+            let job = client_for(&client)?
+                .submit_job_with(&spec, &request_id, &options)
+                .await?;
             print_value(client.output, job_json(&job), || {
-                format!("submitted {} ({}): {}", job.job_id, job.name, job.status)
+                let from = match &options.from_savepoint {
+                    Some(savepoint) => format!(" from savepoint {savepoint}"),
+                    None => String::new(),
+                };
+                format!("submitted {} ({}){from}: {}", job.job_id, job.name, job.status)
             });
+        }
+        JobCommand::Savepoint {
+            action: Some(SavepointCommand::Delete { job_id, savepoint_id }),
+            client,
+            ..
+        } => {
+            let savepoint = SavepointRef::parse(&format!("{job_id}:{savepoint_id}"))?;
+            let told = client_for(&client)?
+                .delete_savepoint(&savepoint, &random_request_id())
+                .await?;
+            print_value(
+                client.output,
+                json!({"deleted": savepoint.to_string(), "executors_told": told}),
+                || {
+                    if told == 0 {
+                        format!("deleted savepoint {savepoint}; no executor is connected to delete its files now")
+                    } else {
+                        format!("deleted savepoint {savepoint}; {told} executor(s) told to delete its files")
+                    }
+                },
+            );
+        }
+        JobCommand::Savepoint {
+            action: None,
+            job_id,
+            client,
+        } => {
+            let job_id = job_id.context("which job? (job savepoint JOB_ID)")?;
+            let (savepoint, _) = client_for(&client)?
+                .take_savepoint(&job_id, false, &random_request_id())
+                .await?;
+            print_value(client.output, checkpoint_json(&savepoint), || {
+                format!(
+                    "savepoint {}:{} taken ({} bytes)",
+                    savepoint.job_id, savepoint.checkpoint_id, savepoint.size_bytes
+                )
+            });
+        }
+        JobCommand::Stop {
+            job_id,
+            savepoint,
+            client,
+        } => {
+            if !savepoint {
+                bail!("`job stop` stops a job with a savepoint: pass --savepoint (or `job cancel {job_id}` to end it without one)");
+            }
+            let cluster = client_for(&client)?;
+            let (savepoint, _) = cluster.take_savepoint(&job_id, true, &random_request_id()).await?;
+            let deadline = std::time::Instant::now() + STOP_PATIENCE;
+            let job = loop {
+                let job = cluster.get_job(&job_id, pb::ReadConsistency::Linearizable).await?;
+                if job.status != "Running" || std::time::Instant::now() >= deadline {
+                    break job;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let mut value = checkpoint_json(&savepoint);
+            value["status"] = json!(job.status);
+            print_value(client.output, value, || {
+                format!(
+                    "{}: {} with savepoint {}:{} ({})",
+                    job.job_id, job.status, savepoint.job_id, savepoint.checkpoint_id, job.status_reason
+                )
+            });
+            if job.status != "Stopped" {
+                bail!(
+                    "savepoint {}:{} was taken, but job {} is {}: {}",
+                    savepoint.job_id,
+                    savepoint.checkpoint_id,
+                    job.job_id,
+                    job.status,
+                    job.status_reason
+                );
+            }
         }
         JobCommand::List(args) => {
             let jobs = client_for(&args)?.list_jobs(pb::ReadConsistency::Linearizable).await?;
@@ -525,10 +647,7 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
             let checkpoints = client_for(&client)?.list_checkpoints(&job_id).await?;
             match client.output {
                 OutputFormat::Json => {
-                    let list: Vec<_> = checkpoints
-                        .iter()
-                        .map(|c| json!({"checkpoint_id": c.checkpoint_id, "epoch": c.epoch, "size_bytes": c.size_bytes, "triggered_at_ms": c.triggered_at_ms, "completed_at_ms": c.completed_at_ms, "duration_ms": c.completed_at_ms.saturating_sub(c.triggered_at_ms), "task_states": c.task_states.len()}))
-                        .collect();
+                    let list: Vec<_> = checkpoints.iter().map(checkpoint_json).collect();
                     println!("{}", serde_json::Value::Array(list));
                 }
                 OutputFormat::Table => {
@@ -537,6 +656,7 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                         .map(|c| {
                             vec![
                                 c.checkpoint_id.to_string(),
+                                if c.savepoint { "savepoint" } else { "checkpoint" }.to_owned(),
                                 c.epoch.to_string(),
                                 c.size_bytes.to_string(),
                                 c.completed_at_ms.to_string(),
@@ -550,7 +670,7 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                         })
                         .collect();
                     print_table(
-                        &["CHECKPOINT", "EPOCH", "BYTES", "COMPLETED_AT_MS", "DURATION_MS"],
+                        &["ID", "KIND", "EPOCH", "BYTES", "COMPLETED_AT_MS", "DURATION_MS"],
                         rows,
                     );
                 }
@@ -565,6 +685,14 @@ fn print_value(output: OutputFormat, value: serde_json::Value, table: impl FnOnc
         OutputFormat::Json => println!("{value}"),
         OutputFormat::Table => println!("{}", table()),
     }
+}
+
+/// How long `job stop --savepoint` waits, after the savepoint, for every sink to publish it.
+const STOP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The JSON form of a checkpoint or savepoint, as `--output json` prints it.
+fn checkpoint_json(c: &pb::Checkpoint) -> serde_json::Value {
+    json!({"job_id": c.job_id, "checkpoint_id": c.checkpoint_id, "savepoint": c.savepoint, "epoch": c.epoch, "size_bytes": c.size_bytes, "triggered_at_ms": c.triggered_at_ms, "completed_at_ms": c.completed_at_ms, "duration_ms": c.completed_at_ms.saturating_sub(c.triggered_at_ms), "task_states": c.task_states.len()})
 }
 
 /// The JSON form of a job, as `--output json` prints it.

@@ -47,3 +47,97 @@ pub struct CompletedCheckpoint {
     #[serde(default, with = "crate::serde_pairs")]
     pub acknowledged_epochs: BTreeMap<SubtaskKey, Epoch>,
 }
+
+/// A savepoint: a checkpoint a user took and owns. It is named by its job and its checkpoint id
+/// (`job-3:17`), kept until deleted, and a new job can start from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SavepointRef {
+    pub job_id: crate::ids::JobId,
+    pub savepoint_id: CheckpointId,
+}
+
+/// Text that does not name a savepoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} does not name a savepoint (write JOB:SAVEPOINT, e.g. job-3:17)")]
+pub struct NotASavepoint(pub String);
+
+impl SavepointRef {
+    /// Reads `job-3:17`.
+    pub fn parse(text: &str) -> Result<SavepointRef, NotASavepoint> {
+        let (job, savepoint) = text
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| NotASavepoint(text.to_owned()))?;
+        let job_id = crate::ids::JobId::parse(job).map_err(|_| NotASavepoint(text.to_owned()))?;
+        let savepoint_id = savepoint
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| NotASavepoint(text.to_owned()))?;
+        Ok(SavepointRef {
+            job_id,
+            savepoint_id: CheckpointId(savepoint_id),
+        })
+    }
+
+    /// Where executors store this savepoint's state, apart from the job's checkpoints so that
+    /// neither checkpoint retention nor the end of the job removes it.
+    pub fn state_prefix(&self) -> String {
+        format!("savepoints/{}/sp-{}", self.job_id, self.savepoint_id.0)
+    }
+}
+
+impl std::fmt::Display for SavepointRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.job_id, self.savepoint_id.0)
+    }
+}
+
+impl std::str::FromStr for SavepointRef {
+    type Err = NotASavepoint;
+
+    fn from_str(text: &str) -> Result<SavepointRef, NotASavepoint> {
+        SavepointRef::parse(text)
+    }
+}
+
+/// What the sources do after a checkpoint's barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SourcesAfterBarrier {
+    /// Go on reading (every periodic checkpoint).
+    #[default]
+    Continue,
+    /// Read nothing more unless the checkpoint is aborted: the job restarts from it (a rescale).
+    Pause,
+    /// Read nothing more, and end the stream once the checkpoint completed, so every task
+    /// finishes after publishing it (stop with a savepoint). An abort resumes reading.
+    Stop,
+}
+
+/// How a checkpoint is taken: what the sources do after its barrier, and whether it is a
+/// savepoint (its state stored under the savepoint's own prefix, never removed with the job's
+/// checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CheckpointOptions {
+    pub sources: SourcesAfterBarrier,
+    pub savepoint: bool,
+}
+
+#[cfg(test)]
+mod savepoint_tests {
+    use super::*;
+    use crate::ids::JobId;
+
+    #[test]
+    fn savepoint_names_read_back_and_bad_ones_are_refused() {
+        let reference = SavepointRef::parse("job-3:17").expect("parses");
+        assert_eq!(reference.job_id, JobId::from_number(3));
+        assert_eq!(reference.savepoint_id, CheckpointId(17));
+        assert_eq!(reference.to_string(), "job-3:17");
+        assert_eq!(reference.state_prefix(), "savepoints/job-3/sp-17");
+        for bad in ["job-3", "job-3:", "3:17", "job-3:x", "job-3:0", ":17", "job-3:-1"] {
+            let error = SavepointRef::parse(bad).expect_err(bad);
+            assert!(error.to_string().contains("JOB:SAVEPOINT"), "{error}");
+        }
+    }
+}

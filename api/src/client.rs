@@ -12,6 +12,8 @@ use raftstream_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::checkpoint::SavepointRef;
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -80,6 +82,15 @@ pub struct ClusterClient {
     next: AtomicUsize,
     retry_for: Duration,
     attempt_timeout: Duration,
+}
+
+/// How a job is submitted besides its spec.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// Start from this savepoint's state (operators matched by id).
+    pub from_savepoint: Option<SavepointRef>,
+    /// Drop the savepoint's state of operators the job no longer has instead of refusing.
+    pub allow_unmatched_state: bool,
 }
 
 impl ClusterClient {
@@ -165,9 +176,24 @@ impl ClusterClient {
 
     /// Submits a job spec; `request_id` makes retries create one job.
     pub async fn submit_job(&self, spec: &str, request_id: &str) -> Result<pb::Job, ClientError> {
+        self.submit_job_with(spec, request_id, &SubmitOptions::default()).await
+    }
+
+    /// Submits a job spec with options (start from a savepoint).
+    pub async fn submit_job_with(
+        &self,
+        spec: &str,
+        request_id: &str,
+        options: &SubmitOptions,
+    ) -> Result<pb::Job, ClientError> {
         let request = pb::SubmitJobRequest {
             spec: spec.to_owned(),
             request_id: request_id.to_owned(),
+            from_savepoint: options
+                .from_savepoint
+                .map(|savepoint| savepoint.to_string())
+                .unwrap_or_default(),
+            allow_unmatched_state: options.allow_unmatched_state,
         };
         let reply = self.with_retry(|channel| {
             let request = request.clone();
@@ -218,7 +244,6 @@ impl ClusterClient {
         Ok(reply.await?.jobs)
     }
 
-    /// Cancels a job.
     /// Rescales a running job: `operator_id` (every operator when `None`) to `parallelism`.
     pub async fn rescale_job(
         &self,
@@ -243,6 +268,46 @@ impl ClusterClient {
             .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
     }
 
+    /// Takes a savepoint of a running job and returns it once taken (with the job as it is
+    /// then); with `stop`, the job stops after it (it becomes `Stopped` once every sink
+    /// published the savepoint).
+    pub async fn take_savepoint(
+        &self,
+        job_id: &str,
+        stop: bool,
+        request_id: &str,
+    ) -> Result<(pb::Checkpoint, Option<pb::Job>), ClientError> {
+        let request = pb::TakeSavepointRequest {
+            job_id: job_id.to_owned(),
+            stop,
+            request_id: request_id.to_owned(),
+        };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).take_savepoint(request).await }
+        });
+        let reply = reply.await?;
+        let savepoint = reply
+            .savepoint
+            .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))?;
+        Ok((savepoint, reply.job))
+    }
+
+    /// Deletes a savepoint (and, through the executors, its files); how many executors were told.
+    pub async fn delete_savepoint(&self, savepoint: &SavepointRef, request_id: &str) -> Result<u32, ClientError> {
+        let request = pb::DeleteSavepointRequest {
+            job_id: savepoint.job_id.to_string(),
+            savepoint_id: savepoint.savepoint_id.0,
+            request_id: request_id.to_owned(),
+        };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).delete_savepoint(request).await }
+        });
+        Ok(reply.await?.executors_told)
+    }
+
+    /// Cancels a job.
     pub async fn cancel_job(&self, job_id: &str, request_id: &str) -> Result<pb::Job, ClientError> {
         let request = pb::CancelJobRequest {
             job_id: job_id.to_owned(),

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use raftstream_proto::v1 as pb;
 
-use crate::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+use crate::checkpoint::{
+    CheckpointOptions, CompletedCheckpoint, SavepointRef, SourcesAfterBarrier, SubtaskKey, TaskStateHandle,
+};
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, NotAJobId};
 use crate::messages::{CheckpointAck, ExecutorCommand, PlacedSubtask, TaskDeployment, TaskRef, TaskReport};
 use crate::spec::JobGraph;
@@ -37,6 +39,7 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
         size_bytes: checkpoint.size_bytes,
         completed_at_ms: checkpoint.completed_at_ms,
         triggered_at_ms: checkpoint.triggered_at_ms,
+        savepoint: false,
         task_states: checkpoint.task_states.iter().map(task_state_to_proto).collect(),
         source_offsets: checkpoint
             .source_offsets
@@ -171,11 +174,13 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
         ExecutorCommand::TriggerCheckpoint {
             job_id,
             checkpoint_id,
-            pause_sources,
+            options,
         } => Body::TriggerCheckpoint(pb::TriggerCheckpoint {
             job_id: job_id.to_string(),
             checkpoint_id: checkpoint_id.0,
-            pause_sources: *pause_sources,
+            pause_sources: options.sources != SourcesAfterBarrier::Continue,
+            stop_sources: options.sources == SourcesAfterBarrier::Stop,
+            savepoint: options.savepoint,
         }),
         ExecutorCommand::CheckpointComplete {
             job_id,
@@ -190,6 +195,10 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
         }),
         ExecutorCommand::DiscardJobState(job_id) => Body::DiscardJobState(pb::DiscardJobState {
             job_id: job_id.to_string(),
+        }),
+        ExecutorCommand::DiscardSavepointState(savepoint) => Body::DiscardSavepointState(pb::DiscardSavepointState {
+            job_id: savepoint.job_id.to_string(),
+            savepoint_id: savepoint.savepoint_id.0,
         }),
         ExecutorCommand::HeartbeatAck { term } => Body::HeartbeatAck(pb::HeartbeatAck { term: *term }),
         ExecutorCommand::CheckpointAborted {
@@ -235,7 +244,14 @@ pub fn executor_command_from_proto(message: &pb::CoordinatorMessage) -> Result<E
         Body::TriggerCheckpoint(trigger) => ExecutorCommand::TriggerCheckpoint {
             job_id: job_id_of(&trigger.job_id)?,
             checkpoint_id: CheckpointId(trigger.checkpoint_id),
-            pause_sources: trigger.pause_sources,
+            options: CheckpointOptions {
+                sources: match (trigger.stop_sources, trigger.pause_sources) {
+                    (true, _) => SourcesAfterBarrier::Stop,
+                    (false, true) => SourcesAfterBarrier::Pause,
+                    (false, false) => SourcesAfterBarrier::Continue,
+                },
+                savepoint: trigger.savepoint,
+            },
         },
         Body::CheckpointComplete(complete) => ExecutorCommand::CheckpointComplete {
             job_id: job_id_of(&complete.job_id)?,
@@ -249,6 +265,10 @@ pub fn executor_command_from_proto(message: &pb::CoordinatorMessage) -> Result<E
             reason: aborted.reason.clone(),
         },
         Body::DiscardJobState(discard) => ExecutorCommand::DiscardJobState(job_id_of(&discard.job_id)?),
+        Body::DiscardSavepointState(discard) => ExecutorCommand::DiscardSavepointState(SavepointRef {
+            job_id: job_id_of(&discard.job_id)?,
+            savepoint_id: CheckpointId(discard.savepoint_id),
+        }),
         Body::HeartbeatAck(ack) => ExecutorCommand::HeartbeatAck { term: ack.term },
     })
 }
@@ -473,8 +493,28 @@ mod tests {
             ExecutorCommand::TriggerCheckpoint {
                 job_id,
                 checkpoint_id: CheckpointId(5),
-                pause_sources: true,
+                options: CheckpointOptions {
+                    sources: SourcesAfterBarrier::Pause,
+                    savepoint: false,
+                },
             },
+            ExecutorCommand::TriggerCheckpoint {
+                job_id,
+                checkpoint_id: CheckpointId(6),
+                options: CheckpointOptions {
+                    sources: SourcesAfterBarrier::Stop,
+                    savepoint: true,
+                },
+            },
+            ExecutorCommand::TriggerCheckpoint {
+                job_id,
+                checkpoint_id: CheckpointId(7),
+                options: CheckpointOptions::default(),
+            },
+            ExecutorCommand::DiscardSavepointState(SavepointRef {
+                job_id,
+                savepoint_id: CheckpointId(6),
+            }),
             ExecutorCommand::CheckpointComplete {
                 job_id,
                 checkpoint_id: CheckpointId(5),

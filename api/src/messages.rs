@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+use crate::checkpoint::{CheckpointOptions, CompletedCheckpoint, SavepointRef, SubtaskKey, TaskStateHandle};
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
 use crate::spec::JobGraph;
 
@@ -45,9 +45,8 @@ pub enum ExecutorCommand {
     TriggerCheckpoint {
         job_id: JobId,
         checkpoint_id: CheckpointId,
-        /// Sources read nothing more after this barrier unless the checkpoint is aborted: the
-        /// job restarts from it (a rescale), so nothing after it would be kept.
-        pause_sources: bool,
+        /// What the sources do after the barrier, and whether it is a savepoint.
+        options: CheckpointOptions,
     },
     CheckpointComplete {
         job_id: JobId,
@@ -63,6 +62,8 @@ pub enum ExecutorCommand {
     },
     /// The job ended (finished or cancelled): its checkpointed state can go.
     DiscardJobState(JobId),
+    /// A savepoint was deleted, or failed: its state can go.
+    DiscardSavepointState(SavepointRef),
     /// A heartbeat arrived; the leader of `term` is alive and reachable.
     HeartbeatAck {
         term: u64,

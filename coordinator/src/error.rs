@@ -49,10 +49,13 @@ fn leader_hint(leader_id: &Option<NodeId>, leader_address: &Option<String>) -> S
 
 fn rejection_code(rejection: &Rejection) -> tonic::Code {
     match rejection {
-        Rejection::UnknownJob { .. } | Rejection::UnknownExecutor { .. } | Rejection::UnknownSubtask { .. } => {
-            tonic::Code::NotFound
+        Rejection::UnknownJob { .. }
+        | Rejection::UnknownExecutor { .. }
+        | Rejection::UnknownSubtask { .. }
+        | Rejection::UnknownSavepoint { .. } => tonic::Code::NotFound,
+        Rejection::NoSlots { .. } | Rejection::InvalidRescale { .. } | Rejection::InvalidSavepointRestore { .. } => {
+            tonic::Code::InvalidArgument
         }
-        Rejection::NoSlots { .. } | Rejection::InvalidRescale { .. } => tonic::Code::InvalidArgument,
         Rejection::NotEnoughSlots { .. } => tonic::Code::ResourceExhausted,
         Rejection::JobAlreadyEnded { .. }
         | Rejection::IllegalTransition { .. }
@@ -64,6 +67,7 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         | Rejection::CheckpointPlacementChanged { .. }
         | Rejection::StaleEpoch { .. }
         | Rejection::PlacementReleased { .. }
+        | Rejection::InvalidSavepoint { .. }
         | Rejection::JobNotActive { .. } => tonic::Code::FailedPrecondition,
     }
 }

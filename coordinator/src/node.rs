@@ -311,7 +311,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            JobServiceServer::new(JobServiceImpl::new(context.clone()))
+            JobServiceServer::new(JobServiceImpl::new(context.clone(), sessions.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )

@@ -106,6 +106,8 @@ impl StateBuilder {
             request_id: None,
             graph,
             at_ms,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         })
     }
 

@@ -167,12 +167,9 @@ impl TaskManager {
             ExecutorCommand::TriggerCheckpoint {
                 job_id,
                 checkpoint_id,
-                pause_sources,
+                options,
             } => {
-                self.tell_job(&job_id, |_| TaskControl::Trigger {
-                    checkpoint_id,
-                    pause: pause_sources,
-                });
+                self.tell_job(&job_id, |_| TaskControl::Trigger { checkpoint_id, options });
             }
             ExecutorCommand::CheckpointComplete {
                 job_id,
@@ -191,7 +188,10 @@ impl TaskManager {
             }
             ExecutorCommand::DiscardJobState(job_id) => {
                 self.assignments.forget_job(&job_id);
-                self.discard_job_state(&job_id);
+                self.discard_state(job_id.to_string(), "the ended job's");
+            }
+            ExecutorCommand::DiscardSavepointState(savepoint) => {
+                self.discard_state(savepoint.state_prefix(), "the deleted savepoint's");
             }
             ExecutorCommand::CheckpointAborted {
                 job_id,
@@ -206,21 +206,21 @@ impl TaskManager {
         }
     }
 
-    /// Deletes, in the background, every state file of an ended job from the checkpoint store.
-    /// Executors sharing a store may all do it: deleting what is gone already is not an error.
-    fn discard_job_state(&self, job_id: &JobId) {
+    /// Deletes, in the background, every state file under `prefix` from the checkpoint store
+    /// (an ended job's, or a deleted savepoint's: `whose` says which, for the log). Executors
+    /// sharing a store may all do it: deleting what is gone already is not an error.
+    fn discard_state(&self, prefix: String, whose: &'static str) {
         let store = self.environment.store.clone();
-        let job_id = job_id.to_string();
         self.environment.tracker.spawn(async move {
-            let locations = match store.list(&job_id).await {
+            let locations = match store.list(&prefix).await {
                 Ok(locations) => locations,
                 Err(error) => {
-                    tracing::warn!(job_id = %job_id, error = %error, "could not list the ended job's checkpoint state");
+                    tracing::warn!(prefix, error = %error, "could not list {whose} checkpoint state");
                     return;
                 }
             };
             let deleted = delete_each(store.as_ref(), &locations).await;
-            tracing::info!(job_id = %job_id, deleted, "checkpoint state of the ended job deleted");
+            tracing::info!(prefix, deleted, "{whose} checkpoint state deleted");
         });
     }
 

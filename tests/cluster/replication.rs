@@ -98,7 +98,7 @@ async fn raw_submit(address: &str, spec: String) -> Result<pb::SubmitJobResponse
     client
         .submit_job(pb::SubmitJobRequest {
             spec,
-            request_id: String::new(),
+            ..pb::SubmitJobRequest::default()
         })
         .await
         .map(|reply| reply.into_inner())

@@ -17,6 +17,7 @@ use super::context::LeaderContext;
 use super::deploy::{executors_of, is_fully_placed, placed_tasks};
 use super::sessions::{ExecutorCommand, ExecutorEvent, TaskRef};
 use crate::state_machine::{Command, JobStatus, Response};
+use raftstream_api::checkpoint::{CheckpointOptions, SavepointRef, SourcesAfterBarrier};
 use raftstream_api::ids::{CheckpointId, JobId};
 
 const TICK: Duration = Duration::from_millis(10);
@@ -31,6 +32,10 @@ struct Coordinator<C> {
     pausing: HashSet<JobId>,
     /// Aborted attempts at each pending rescale's checkpoint.
     rescale_attempts: HashMap<JobId, u32>,
+    /// Jobs whose in-flight checkpoint is taken for their pending savepoint.
+    taking_savepoint: HashSet<JobId>,
+    /// Savepoints whose checkpoint was aborted, to be recorded as failed at the next tick.
+    failed_savepoints: Vec<(JobId, String)>,
     started: Instant,
 }
 
@@ -47,6 +52,8 @@ pub async fn run<C: LeaderContext>(context: C, mut events: mpsc::Receiver<Execut
         final_due: HashSet::new(),
         pausing: HashSet::new(),
         rescale_attempts: HashMap::new(),
+        taking_savepoint: HashSet::new(),
+        failed_savepoints: Vec::new(),
         started: Instant::now(),
     };
     let mut ticker = tokio::time::interval(TICK);
@@ -80,6 +87,18 @@ impl<C: LeaderContext> Coordinator<C> {
         }
         if let Some(pending) = self.pending.remove(job_id) {
             tracing::info!(job_id = %job_id, checkpoint_id = pending.checkpoint_id.0, reason, "checkpoint aborted");
+            if self.taking_savepoint.remove(job_id) {
+                self.failed_savepoints.push((
+                    *job_id,
+                    format!("its checkpoint {} was aborted: {reason}", pending.checkpoint_id.0),
+                ));
+                // What its tasks stored for it is nobody's: no savepoint will name it.
+                let discard = ExecutorCommand::DiscardSavepointState(SavepointRef {
+                    job_id: *job_id,
+                    savepoint_id: pending.checkpoint_id,
+                });
+                self.context.sessions().send_to_all(&discard);
+            }
             self.tell_job(
                 job_id,
                 &ExecutorCommand::CheckpointAborted {
@@ -185,13 +204,19 @@ impl<C: LeaderContext> Coordinator<C> {
             tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
         }
         let took_ms = self.context.now_ms().saturating_sub(pending.triggered_at_ms);
+        let savepoint = self.taking_savepoint.contains(&job_id);
         match self
             .context
-            .propose(Command::CompleteCheckpoint { job_id, checkpoint })
+            .propose(Command::CompleteCheckpoint {
+                job_id,
+                checkpoint,
+                savepoint,
+            })
             .await
         {
             Ok(Response::CheckpointCompleted { .. }) => {
-                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, "checkpoint completed");
+                self.taking_savepoint.remove(&job_id);
+                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, savepoint, "checkpoint completed");
                 let oldest_retained = self.context.read_state(|state| {
                     state
                         .jobs
@@ -265,8 +290,11 @@ impl<C: LeaderContext> Coordinator<C> {
             for job in state.jobs.values() {
                 let interval = job.graph.checkpoint.interval_ms;
                 let rescale_pending = job.pending_rescale.is_some();
+                let savepoint_pending = job.pending_savepoint.is_some();
+                // After the savepoint a job stops with, its sources are ending: nothing follows.
                 if job.status != JobStatus::Running
-                    || (interval == 0 && !rescale_pending)
+                    || job.stopping_at.is_some()
+                    || (interval == 0 && !rescale_pending && !savepoint_pending)
                     || !is_fully_placed(job)
                     || self.pending.contains_key(&job.job_id)
                 {
@@ -286,7 +314,8 @@ impl<C: LeaderContext> Coordinator<C> {
                     .all(|executor_id| sessions.contact(executor_id).0);
                 let interval_passed = last.elapsed() >= Duration::from_millis(interval)
                     || self.final_due.contains(&job.job_id)
-                    || rescale_pending;
+                    || rescale_pending
+                    || savepoint_pending;
                 if interval_passed && reachable {
                     due.push(job.job_id);
                 }
@@ -308,6 +337,20 @@ impl<C: LeaderContext> Coordinator<C> {
         self.last_trigger.retain(|job_id, _| active.contains(job_id));
         self.final_due.retain(|job_id| active.contains(job_id));
         self.rescale_attempts.retain(|job_id, _| active.contains(job_id));
+        self.taking_savepoint.retain(|job_id| active.contains(job_id));
+        for (job_id, reason) in std::mem::take(&mut self.failed_savepoints) {
+            let command = Command::FailSavepoint {
+                job_id,
+                reason: reason.clone(),
+                at_ms: self.context.now_ms(),
+            };
+            match self.context.propose(command).await {
+                Ok(_) => tracing::warn!(job_id = %job_id, reason, "savepoint failed"),
+                // The job restarted or ended under it (which ended the request), or leadership
+                // moved: a new leader takes the savepoint again.
+                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "savepoint failure not recorded"),
+            }
+        }
         for job_id in rescale_now {
             tracing::warn!(job_id = %job_id, attempts = RESCALE_CHECKPOINT_ATTEMPTS, "no checkpoint for the rescale completed: rescaling from the latest one");
             self.rescale(job_id, None).await;
@@ -339,7 +382,14 @@ impl<C: LeaderContext> Coordinator<C> {
         let finished = self.context.sessions().finished();
         let started = self.context.read_state(|state| {
             let job = state.jobs.get(&job_id)?;
-            let pause_sources = job.pending_rescale.is_some();
+            let options = CheckpointOptions {
+                sources: match (&job.pending_savepoint, &job.pending_rescale) {
+                    (Some(request), _) if request.stop => SourcesAfterBarrier::Stop,
+                    (_, Some(_)) => SourcesAfterBarrier::Pause,
+                    _ => SourcesAfterBarrier::Continue,
+                },
+                savepoint: job.pending_savepoint.is_some(),
+            };
             let sources: Vec<_> = placed_tasks(job)
                 .into_iter()
                 .filter(|(_, task)| {
@@ -367,17 +417,20 @@ impl<C: LeaderContext> Coordinator<C> {
                 }
                 pending
             });
-            Some((pending, sources, pause_sources))
+            Some((pending, sources, options))
         });
-        let Some((pending, sources, pause_sources)) = started else {
+        let Some((pending, sources, options)) = started else {
             return;
         };
         match pending {
             Ok(pending) => {
-                tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, pause_sources, "checkpoint triggered");
+                tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, ?options, "checkpoint triggered");
                 self.pending.insert(job_id, pending);
-                if pause_sources {
+                if options.sources == SourcesAfterBarrier::Pause {
                     self.pausing.insert(job_id);
+                }
+                if options.savepoint {
+                    self.taking_savepoint.insert(job_id);
                 }
                 let mut notified = sources;
                 notified.sort();
@@ -387,7 +440,7 @@ impl<C: LeaderContext> Coordinator<C> {
                     let trigger = ExecutorCommand::TriggerCheckpoint {
                         job_id,
                         checkpoint_id,
-                        pause_sources,
+                        options,
                     };
                     let sent = self.context.sessions().send(&executor_id, trigger);
                     if !sent {
@@ -489,8 +542,8 @@ mod tests {
                 ExecutorCommand::TriggerCheckpoint {
                     job_id,
                     checkpoint_id,
-                    pause_sources,
-                } if job_id == job() => (checkpoint_id, pause_sources),
+                    options,
+                } if job_id == job() => (checkpoint_id, options.sources == SourcesAfterBarrier::Pause),
                 other => panic!("expected a checkpoint trigger, got {other:?}"),
             }
         }

@@ -214,7 +214,8 @@ mod tests {
             &mut state,
             Command::CompleteCheckpoint {
                 job_id,
-                checkpoint: done
+                checkpoint: done,
+                savepoint: false,
             }
         )
         .is_ok());

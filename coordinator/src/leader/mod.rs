@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use crate::context::CoordinatorContext;
 use crate::state_machine::{Command, JobStatus, Response, State};
+use raftstream_api::checkpoint::SavepointRef;
 use raftstream_api::ids::{ExecutorId, JobId};
 
 pub use context::{LeaderContext, RaftLeaderContext};
@@ -265,17 +266,28 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not finish cancelling"),
             }
         }
-        for job_id in round.finished {
+        for (job_id, stopped_at) in round.finished {
+            let (to, reason) = match stopped_at {
+                Some(savepoint) => (
+                    JobStatus::Stopped,
+                    format!("stopped with savepoint {savepoint}: every subtask published its output"),
+                ),
+                None => (
+                    JobStatus::Finished,
+                    "every subtask reached the end of its input and published its output".to_owned(),
+                ),
+            };
             let command = Command::TransitionJob {
                 job_id,
-                to: JobStatus::Finished,
-                reason: "every subtask reached the end of its input and published its output".to_owned(),
+                to,
+                reason,
                 at_ms: context.now_ms(),
             };
             match context.propose(command).await {
                 Ok(_) => {
+                    // A savepoint's state lives apart from the job's, so it stays.
                     let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id));
-                    tracing::info!(job_id = %job_id, executors_told_to_discard_state = told, "job finished");
+                    tracing::info!(job_id = %job_id, status = %to, executors_told_to_discard_state = told, "job ended");
                 }
                 Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not mark the job finished"),
             }
@@ -291,7 +303,8 @@ struct Round {
     give_up: Vec<(JobId, String)>,
     placements: Vec<Placement>,
     cancelling: Vec<(JobId, Vec<(ExecutorId, TaskRef)>)>,
-    finished: Vec<JobId>,
+    /// Jobs whose every task finished, with the savepoint they stop with, if they stop.
+    finished: Vec<(JobId, Option<SavepointRef>)>,
 }
 
 fn plan_round(state: &State, sessions: &ExecutorSessions, lease_timeout: Duration, now: u64) -> Round {
@@ -330,7 +343,13 @@ fn plan_round(state: &State, sessions: &ExecutorSessions, lease_timeout: Duratio
                 .iter()
                 .all(|(_, task)| finished_tasks.contains(task))
         })
-        .map(|job| job.job_id)
+        .map(|job| {
+            let stopped_at = job.stopping_at.map(|savepoint_id| SavepointRef {
+                job_id: job.job_id,
+                savepoint_id,
+            });
+            (job.job_id, stopped_at)
+        })
         .collect();
     Round {
         give_up,

@@ -243,6 +243,8 @@ mod tests {
             request_id: None,
             graph,
             at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         };
         assert!(apply(state, submit).is_ok());
     }
@@ -320,6 +322,8 @@ mod tests {
             request_id: None,
             graph,
             at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         };
         assert!(apply(&mut state, submit).is_ok());
         let placements = plan_placements(&state, &ids(&["a", "b"]));

@@ -55,11 +55,15 @@ pub fn commands() -> Vec<Command> {
             request_id: Some(RequestId("cli-golden-1".into())),
             graph: graph.clone(),
             at_ms: 1_010,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
         Command::SubmitJob {
             request_id: Some(RequestId("cli-golden-2".into())),
             graph: graph.clone(),
             at_ms: 1_011,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
         Command::CancelJob {
             request_id: Some(RequestId("cli-cancel-2".into())),
@@ -131,6 +135,7 @@ pub fn commands() -> Vec<Command> {
             triggered_at_ms: 1_500,
             acknowledged_epochs,
         },
+        savepoint: false,
     });
     commands.push(Command::MarkExecutorDead {
         executor_id: exec("exec-b"),

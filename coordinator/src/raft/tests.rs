@@ -38,6 +38,8 @@ async fn state_is_rebuilt_from_snapshot_after_reopen() -> anyhow_free::Result {
                 request_id: None,
                 graph: graph.clone(),
                 at_ms: index,
+                from_savepoint: None,
+                allow_unmatched_state: false,
             }),
         });
         state_machine.apply(entries).await?;

@@ -4,6 +4,8 @@
 use raftstream_proto::v1 as pb;
 
 use crate::state_machine::{JobRecord, JobStatus, State};
+use raftstream_api::checkpoint::SavepointRef;
+use raftstream_api::ids::{CheckpointId, JobId};
 
 pub use raftstream_api::convert::*;
 
@@ -78,6 +80,10 @@ pub fn job_to_proto(state: &State, job: &JobRecord) -> pb::Job {
         last_checkpoint_id: job.last_checkpoint_id.map(|id| id.0),
         restored_checkpoint_id: job.last_restore.as_ref().map(|restore| restore.checkpoint_id.0),
         restored_at_ms: job.last_restore.as_ref().map_or(0, |restore| restore.at_ms),
+        from_savepoint: job
+            .from_savepoint
+            .map(|savepoint| savepoint.to_string())
+            .unwrap_or_default(),
         status_reason: match (job.status_reason.is_empty(), waiting_reason(state, job)) {
             (true, Some(waiting)) => waiting,
             (false, Some(waiting)) => format!("{}; {waiting}", job.status_reason),
@@ -89,4 +95,35 @@ pub fn job_to_proto(state: &State, job: &JobRecord) -> pb::Job {
 /// All jobs, oldest first: job ids order by their number.
 pub fn jobs_in_submission_order(state: &State) -> Vec<&JobRecord> {
     state.jobs.values().collect()
+}
+
+/// A job's retained checkpoints and its savepoints (also those of a job already forgotten), by
+/// id; a savepoint that is also still retained appears once, marked.
+pub fn checkpoints_and_savepoints(state: &State, job_id: &JobId) -> Vec<pb::Checkpoint> {
+    let mut listed: std::collections::BTreeMap<u64, pb::Checkpoint> = state
+        .jobs
+        .get(job_id)
+        .into_iter()
+        .flat_map(|job| &job.checkpoints)
+        .map(|checkpoint| (checkpoint.checkpoint_id.0, checkpoint_to_proto(job_id, checkpoint)))
+        .collect();
+    for (savepoint, record) in state.savepoints.range(savepoint_range(job_id)) {
+        let mut view = checkpoint_to_proto(job_id, &record.checkpoint);
+        view.savepoint = true;
+        listed.insert(savepoint.savepoint_id.0, view);
+    }
+    listed.into_values().collect()
+}
+
+/// Every savepoint key of `job_id`, for a range over the ordered map.
+fn savepoint_range(job_id: &JobId) -> std::ops::RangeInclusive<SavepointRef> {
+    let first = SavepointRef {
+        job_id: *job_id,
+        savepoint_id: CheckpointId(0),
+    };
+    let last = SavepointRef {
+        job_id: *job_id,
+        savepoint_id: CheckpointId(u64::MAX),
+    };
+    first..=last
 }

@@ -5,26 +5,68 @@ use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::job_service_client::JobServiceClient;
 use tonic::{Request, Response, Status};
 
-use super::convert::{checkpoint_to_proto, job_to_proto, jobs_in_submission_order};
+use super::convert::{checkpoint_to_proto, checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order};
 use super::{forward_to_leader, is_forwarded};
 use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
+use crate::leader::{ExecutorCommand, ExecutorSessions};
 use crate::state_machine::{Command, Rejection, Response as Applied};
-use raftstream_api::ids::{JobId, RequestId};
+use raftstream_api::checkpoint::SavepointRef;
+use raftstream_api::ids::{CheckpointId, JobId, RequestId};
 use raftstream_api::spec::parse_job_spec;
 
 const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// How long `TakeSavepoint` waits for the savepoint before it answers that it is still being
+/// taken (its outcome then shows in `job checkpoints`).
+const SAVEPOINT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The `JobService` of one coordinator.
 #[derive(Clone)]
 pub struct JobServiceImpl {
     context: CoordinatorContext,
+    /// The executors' sessions with this node (only the leader's have any): a deleted
+    /// savepoint's files are deleted by the executors.
+    sessions: ExecutorSessions,
 }
 
 impl JobServiceImpl {
     /// The job service over a coordinator's shared context.
-    pub fn new(context: CoordinatorContext) -> Self {
-        JobServiceImpl { context }
+    pub fn new(context: CoordinatorContext, sessions: ExecutorSessions) -> Self {
+        JobServiceImpl { context, sessions }
+    }
+
+    /// Waits until this node applied the outcome of the job's savepoint request `ticket`.
+    async fn savepoint_outcome(&self, job_id: &JobId, ticket: u64) -> Result<CheckpointId, Status> {
+        let deadline = tokio::time::Instant::now() + SAVEPOINT_PATIENCE;
+        loop {
+            let outcome = {
+                let applied = self.context.applied.read();
+                let job = applied
+                    .state
+                    .jobs
+                    .get(job_id)
+                    .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id: *job_id }))?;
+                job.last_savepoint
+                    .as_ref()
+                    .filter(|outcome| outcome.ticket >= ticket)
+                    .map(|outcome| outcome.result.clone())
+            };
+            match outcome {
+                Some(Ok(savepoint_id)) => return Ok(savepoint_id),
+                Some(Err(reason)) => {
+                    return Err(Status::aborted(format!("the savepoint of job {job_id} failed: {reason}")))
+                }
+                None if tokio::time::Instant::now() >= deadline => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "the savepoint of job {job_id} is still being taken after {SAVEPOINT_PATIENCE:?}; `job checkpoints {job_id}` lists it once taken"
+                    )))
+                }
+                // Applied state has no change notification; a savepoint takes one checkpoint,
+                // so a few polls per checkpoint cost nothing.
+                None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
     }
 
     fn job_reply(&self, job_id: &JobId) -> Result<pb::Job, Status> {
@@ -77,10 +119,17 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let message = request.into_inner();
         let graph = parse_job_spec(&message.spec).map_err(CoordinatorError::from)?;
         let request_id = parse_request_id(&message.request_id)?;
+        let from_savepoint = Some(message.from_savepoint.trim())
+            .filter(|text| !text.is_empty())
+            .map(SavepointRef::parse)
+            .transpose()
+            .map_err(|error| CoordinatorError::InvalidRequest(error.to_string()))?;
         let command = Command::SubmitJob {
             request_id,
             graph,
             at_ms: now_ms(),
+            from_savepoint,
+            allow_unmatched_state: message.allow_unmatched_state,
         };
         match self.context.propose(command).await {
             Ok(Applied::JobSubmitted { job_id }) => {
@@ -213,16 +262,92 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             .await;
         }
         let applied = self.context.applied.read();
+        let checkpoints = checkpoints_and_savepoints(&applied.state, &job_id);
+        if checkpoints.is_empty() && !applied.state.jobs.contains_key(&job_id) {
+            return Err(CoordinatorError::Rejected(Rejection::UnknownJob { job_id }).into());
+        }
+        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn take_savepoint(
+        &self,
+        request: Request<pb::TakeSavepointRequest>,
+    ) -> Result<Response<pb::TakeSavepointResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let job_id = parse_job_id(&message.job_id)?;
+        let command = Command::RequestSavepoint {
+            request_id: parse_request_id(&message.request_id)?,
+            job_id,
+            stop: message.stop,
+            at_ms: now_ms(),
+        };
+        let ticket = match self.context.propose(command).await {
+            Ok(Applied::SavepointRequested { ticket, .. }) => ticket,
+            Ok(other) => return Err(CoordinatorError::Internal(format!("savepoint answered {other:?}")).into()),
+            Err(error) => {
+                return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    JobServiceClient::new(leader).take_savepoint(request).await
+                })
+                .await
+            }
+        };
+        tracing::info!(job_id = %job_id, ticket, stop = message.stop, "savepoint requested");
+        let savepoint_id = self.savepoint_outcome(&job_id, ticket).await?;
+        let savepoint = SavepointRef { job_id, savepoint_id };
+        let applied = self.context.applied.read();
+        let record = applied
+            .state
+            .savepoints
+            .get(&savepoint)
+            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownSavepoint { savepoint }))?;
+        let mut view = checkpoint_to_proto(&job_id, &record.checkpoint);
+        view.savepoint = true;
         let job = applied
             .state
             .jobs
             .get(&job_id)
-            .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id }))?;
-        let checkpoints = job
-            .checkpoints
-            .iter()
-            .map(|checkpoint| checkpoint_to_proto(&job.job_id, checkpoint))
-            .collect();
-        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
+            .map(|job| job_to_proto(&applied.state, job));
+        Ok(Response::new(pb::TakeSavepointResponse {
+            savepoint: Some(view),
+            job,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn delete_savepoint(
+        &self,
+        request: Request<pb::DeleteSavepointRequest>,
+    ) -> Result<Response<pb::DeleteSavepointResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let savepoint = SavepointRef {
+            job_id: parse_job_id(&message.job_id)?,
+            savepoint_id: CheckpointId(message.savepoint_id),
+        };
+        let command = Command::DeleteSavepoint {
+            request_id: parse_request_id(&message.request_id)?,
+            savepoint,
+        };
+        match self.context.propose(command).await {
+            Ok(_) => {
+                // The leader's sessions: executors share the checkpoint store, so any one of
+                // them deletes the files; all are told in case some cannot reach it.
+                let told = self
+                    .sessions
+                    .send_to_all(&ExecutorCommand::DiscardSavepointState(savepoint));
+                tracing::info!(%savepoint, executors_told = told, "savepoint deleted");
+                Ok(Response::new(pb::DeleteSavepointResponse {
+                    executors_told: u32::try_from(told).unwrap_or(u32::MAX),
+                }))
+            }
+            Err(error) => {
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    JobServiceClient::new(leader).delete_savepoint(request).await
+                })
+                .await
+            }
+        }
     }
 }

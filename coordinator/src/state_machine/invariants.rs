@@ -20,13 +20,15 @@ pub(super) struct Touched {
 /// Copies what `command` may change out of `state`, before it applies.
 pub(super) fn before(state: &State, command: &Command) -> Touched {
     let (job_id, executor_id) = match command {
-        Command::SubmitJob { .. } => (None, None),
+        Command::SubmitJob { .. } | Command::DeleteSavepoint { .. } => (None, None),
         Command::CancelJob { job_id, .. }
         | Command::TransitionJob { job_id, .. }
         | Command::TriggerCheckpoint { job_id, .. }
         | Command::CompleteCheckpoint { job_id, .. }
         | Command::RescaleJob { job_id, .. }
         | Command::RequestRescale { job_id, .. }
+        | Command::RequestSavepoint { job_id, .. }
+        | Command::FailSavepoint { job_id, .. }
         | Command::FailSubtask { job_id, .. } => (Some(*job_id), None),
         Command::AssignSubtask {
             job_id, executor_id, ..

@@ -5,6 +5,7 @@
 //! A rejected command leaves the state exactly as it was.
 
 mod invariants;
+mod savepoints;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -13,12 +14,14 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use raftstream_api::checkpoint::SavepointRef;
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use raftstream_api::serde_pairs as map_as_pairs;
 use raftstream_api::spec::JobGraph;
 
 pub use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 
+pub use savepoints::{SavepointOutcome, SavepointRecord, SavepointRequest};
 pub use status::JobStatus;
 
 /// How many client request ids the state remembers for deduplication. Older ones are forgotten in
@@ -84,6 +87,22 @@ pub struct JobRecord {
     /// nothing is processed twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_rescale: Option<RescaleRequest>,
+    /// A savepoint asked for: the leader takes a checkpoint for it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_savepoint: Option<SavepointRequest>,
+    /// Savepoint requests so far (the last ticket handed out).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub savepoint_tickets: u64,
+    /// How the latest savepoint request ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint: Option<SavepointOutcome>,
+    /// Stopping with this savepoint: its sources ended after it, and the job becomes `Stopped`
+    /// once every task finished (after publishing it). A restart calls the stop off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping_at: Option<CheckpointId>,
+    /// The savepoint the job was submitted from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_savepoint: Option<SavepointRef>,
 }
 
 /// A requested change of parallelism, waiting for its checkpoint.
@@ -97,6 +116,10 @@ pub struct RescaleRequest {
 
 fn is_false(value: &bool) -> bool {
     !*value
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// An executor process and its slots.
@@ -155,6 +178,9 @@ pub struct State {
     pub requests: RequestLog,
     /// Ended jobs, oldest first; beyond [`RETAINED_ENDED_JOBS`] the oldest is forgotten.
     pub ended_jobs: VecDeque<JobId>,
+    /// Savepoints, kept until a user deletes them (also after their job is forgotten).
+    #[serde(default, with = "map_as_pairs", skip_serializing_if = "BTreeMap::is_empty")]
+    pub savepoints: BTreeMap<SavepointRef, SavepointRecord>,
 }
 
 /// A change to the state, as written in the Raft log.
@@ -164,6 +190,12 @@ pub enum Command {
         request_id: Option<RequestId>,
         graph: JobGraph,
         at_ms: u64,
+        /// Start from this savepoint's state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_savepoint: Option<SavepointRef>,
+        /// Drop the savepoint's state of operators the graph no longer has.
+        #[serde(default, skip_serializing_if = "is_false")]
+        allow_unmatched_state: bool,
     },
     CancelJob {
         request_id: Option<RequestId>,
@@ -197,9 +229,29 @@ pub enum Command {
         job_id: JobId,
         at_ms: u64,
     },
+    /// Asks for a savepoint of a running job (and, with `stop`, to stop it after).
+    RequestSavepoint {
+        request_id: Option<RequestId>,
+        job_id: JobId,
+        stop: bool,
+        at_ms: u64,
+    },
+    /// The checkpoint taken for the job's pending savepoint was aborted.
+    FailSavepoint {
+        job_id: JobId,
+        reason: String,
+        at_ms: u64,
+    },
+    DeleteSavepoint {
+        request_id: Option<RequestId>,
+        savepoint: SavepointRef,
+    },
     CompleteCheckpoint {
         job_id: JobId,
         checkpoint: CompletedCheckpoint,
+        /// Taken for the job's pending savepoint.
+        #[serde(default, skip_serializing_if = "is_false")]
+        savepoint: bool,
     },
     /// Asks for a rescale of a running job (validated as [`Command::RescaleJob`], and against the
     /// free slots): the leader then takes a checkpoint with paused sources and commits the
@@ -279,6 +331,16 @@ pub enum Response {
     },
     RescaleRequested {
         job_id: JobId,
+    },
+    SavepointRequested {
+        job_id: JobId,
+        ticket: u64,
+    },
+    SavepointFailed {
+        job_id: JobId,
+    },
+    SavepointDeleted {
+        savepoint: SavepointRef,
     },
 }
 
@@ -360,6 +422,12 @@ pub enum Rejection {
         available: u64,
         missing: u64,
     },
+    #[error("savepoint {savepoint} not found")]
+    UnknownSavepoint { savepoint: SavepointRef },
+    #[error("{problem}")]
+    InvalidSavepoint { problem: String },
+    #[error("cannot start from savepoint {savepoint}: {problem}")]
+    InvalidSavepointRestore { savepoint: SavepointRef, problem: String },
     #[error("job {job_id} is {status}, which takes no {what}")]
     JobNotActive {
         job_id: JobId,
@@ -389,7 +457,9 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
     let request_id = match &command {
         Command::SubmitJob { request_id, .. }
         | Command::CancelJob { request_id, .. }
-        | Command::RequestRescale { request_id, .. } => request_id.clone(),
+        | Command::RequestRescale { request_id, .. }
+        | Command::RequestSavepoint { request_id, .. }
+        | Command::DeleteSavepoint { request_id, .. } => request_id.clone(),
         _ => None,
     };
     if let Some(request_id) = &request_id {
@@ -409,7 +479,13 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
 
 fn apply_command(state: &mut State, command: Command, request_id: Option<RequestId>) -> ApplyResult {
     let response = match command {
-        Command::SubmitJob { graph, at_ms, .. } => submit_job(state, graph, at_ms),
+        Command::SubmitJob {
+            graph,
+            at_ms,
+            from_savepoint,
+            allow_unmatched_state,
+            ..
+        } => submit_job(state, graph, at_ms, from_savepoint, allow_unmatched_state),
         Command::CancelJob { job_id, at_ms, .. } => cancel_job(state, &job_id, at_ms),
         Command::TransitionJob {
             job_id,
@@ -444,7 +520,16 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             at_ms,
             ..
         } => request_rescale(state, &job_id, operator_id, parallelism, at_ms),
-        Command::CompleteCheckpoint { job_id, checkpoint } => complete_checkpoint(state, &job_id, checkpoint),
+        Command::CompleteCheckpoint {
+            job_id,
+            checkpoint,
+            savepoint,
+        } => complete_checkpoint(state, &job_id, checkpoint, savepoint),
+        Command::RequestSavepoint {
+            job_id, stop, at_ms, ..
+        } => savepoints::request_savepoint(state, &job_id, stop, at_ms),
+        Command::FailSavepoint { job_id, reason, at_ms } => savepoints::fail_savepoint(state, &job_id, reason, at_ms),
+        Command::DeleteSavepoint { savepoint, .. } => savepoints::delete_savepoint(state, savepoint),
         Command::FailSubtask {
             job_id,
             subtask,
@@ -467,7 +552,22 @@ fn job_mut<'a>(state: &'a mut State, job_id: &JobId) -> Result<&'a mut JobRecord
         .ok_or_else(|| Rejection::UnknownJob { job_id: *job_id })
 }
 
-fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
+fn submit_job(
+    state: &mut State,
+    graph: JobGraph,
+    at_ms: u64,
+    from_savepoint: Option<SavepointRef>,
+    allow_unmatched_state: bool,
+) -> ApplyResult {
+    let starting_checkpoint = match &from_savepoint {
+        Some(savepoint) => Some(savepoints::starting_checkpoint(
+            state,
+            savepoint,
+            &graph,
+            allow_unmatched_state,
+        )?),
+        None => None,
+    };
     let job_number = state.last_job_number + 1;
     let job_id = JobId::from_number(job_number);
     // Every subtask exists from the start, waiting for a slot, so the status shows what is unplaced.
@@ -500,13 +600,22 @@ fn submit_job(state: &mut State, graph: JobGraph, at_ms: u64) -> ApplyResult {
         submitted_at_ms: at_ms,
         updated_at_ms: at_ms,
         assignments,
-        checkpoints: VecDeque::new(),
-        last_checkpoint_id: None,
-        last_triggered_checkpoint_id: None,
-        last_epoch: Epoch(0),
+        // Started from a savepoint: its checkpoint is the one the first deployment restores, and
+        // ids and epochs go on above it, so no file name of the new job repeats one it lists.
+        last_checkpoint_id: starting_checkpoint.as_ref().map(|checkpoint| checkpoint.checkpoint_id),
+        last_triggered_checkpoint_id: starting_checkpoint.as_ref().map(|checkpoint| checkpoint.checkpoint_id),
+        last_epoch: starting_checkpoint
+            .as_ref()
+            .map_or(Epoch(0), |checkpoint| checkpoint.epoch),
+        checkpoints: starting_checkpoint.into_iter().collect(),
         last_restore: None,
         rescaling: false,
         pending_rescale: None,
+        pending_savepoint: None,
+        savepoint_tickets: 0,
+        last_savepoint: None,
+        stopping_at: None,
+        from_savepoint,
     };
     state.last_job_number = job_number;
     state.jobs.insert(job_id, record);
@@ -564,6 +673,7 @@ fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
             to: target,
         });
     }
+    savepoints::interrupt_savepoint(job, "the job was cancelled");
     job.status = target;
     job.status_reason = "cancelled by request".to_owned();
     job.updated_at_ms = at_ms;
@@ -587,8 +697,16 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
             to,
         });
     }
+    if to == JobStatus::Stopped && job.stopping_at.is_none() {
+        return Err(Rejection::InvalidSavepoint {
+            problem: format!("job {job_id} has taken no savepoint to stop with"),
+        });
+    }
     if to == JobStatus::Restarting {
         job.restart_count = job.restart_count.saturating_add(1);
+    }
+    if to == JobStatus::Restarting || (to.is_terminal() && to != JobStatus::Stopped) {
+        savepoints::interrupt_savepoint(job, &format!("the job became {to}: {reason}"));
     }
     job.rescaling = false;
     if to.is_terminal() {
@@ -650,6 +768,12 @@ fn request_rescale(
 ) -> ApplyResult {
     let graph = rescaled_graph(state, job_id, operator_id.as_deref(), parallelism)?;
     let job = job_mut(state, job_id)?;
+    if job.pending_savepoint.is_some() || job.stopping_at.is_some() {
+        return Err(Rejection::InvalidRescale {
+            job_id: *job_id,
+            problem: "it is taking a savepoint; rescale once that is done".to_owned(),
+        });
+    }
     if let Some(pending) = &job.pending_rescale {
         return Err(Rejection::InvalidRescale {
             job_id: *job_id,
@@ -728,6 +852,7 @@ fn rescale_job(
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
     job.rescaling = true;
     job.pending_rescale = None;
+    savepoints::interrupt_savepoint(job, "the job was rescaled");
     Ok(Response::JobTransitioned {
         job_id: *job_id,
         status: JobStatus::Restarting,
@@ -787,6 +912,7 @@ fn restart(job: &mut JobRecord, reason: String, at_ms: u64) {
         .values()
         .any(|assignment| assignment.executor_id.is_some());
     release_slots(job);
+    savepoints::interrupt_savepoint(job, &format!("the job restarts: {reason}"));
     match job.status {
         JobStatus::Running => {
             job.status = JobStatus::Restarting;
@@ -881,6 +1007,7 @@ fn fail_subtask(
         subtask.operator_id, subtask.subtask_index
     );
     if fatal {
+        savepoints::interrupt_savepoint(job, &format!("the job failed: {reason}"));
         job.status = JobStatus::Failed;
         job.status_reason = reason;
         job.updated_at_ms = at_ms;
@@ -1015,8 +1142,21 @@ fn placement_unchanged(job: &JobRecord, checkpoint: &CompletedCheckpoint) -> Res
     Ok(())
 }
 
-fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedCheckpoint) -> ApplyResult {
+fn complete_checkpoint(
+    state: &mut State,
+    job_id: &JobId,
+    checkpoint: CompletedCheckpoint,
+    savepoint: bool,
+) -> ApplyResult {
     let job = job_mut(state, job_id)?;
+    if savepoint && job.pending_savepoint.is_none() {
+        return Err(Rejection::InvalidSavepoint {
+            problem: format!(
+                "checkpoint {} of job {job_id} was taken for a savepoint the job no longer waits for",
+                checkpoint.checkpoint_id
+            ),
+        });
+    }
     if job.status.is_terminal() {
         return Err(Rejection::JobNotActive {
             job_id: *job_id,
@@ -1061,6 +1201,10 @@ fn complete_checkpoint(state: &mut State, job_id: &JobId, checkpoint: CompletedC
     let checkpoint_id = checkpoint.checkpoint_id;
     job.last_checkpoint_id = Some(checkpoint_id);
     job.updated_at_ms = job.updated_at_ms.max(checkpoint.completed_at_ms);
+    if savepoint {
+        savepoints::record_savepoint(state, job_id, &checkpoint);
+    }
+    let job = job_mut(state, job_id)?;
     job.checkpoints.push_back(checkpoint);
     let retained = usize::try_from(job.graph.checkpoint.retained.max(1)).unwrap_or(usize::MAX);
     while job.checkpoints.len() > retained {

@@ -14,11 +14,14 @@ pub enum JobStatus {
     Cancelled,
     Failed,
     Finished,
+    /// Stopped with a savepoint: every sink published the savepoint, and a new job can go on
+    /// from it.
+    Stopped,
 }
 
 impl JobStatus {
     /// Every status.
-    pub const ALL: [JobStatus; 7] = [
+    pub const ALL: [JobStatus; 8] = [
         JobStatus::Submitted,
         JobStatus::Running,
         JobStatus::Restarting,
@@ -26,11 +29,15 @@ impl JobStatus {
         JobStatus::Cancelled,
         JobStatus::Failed,
         JobStatus::Finished,
+        JobStatus::Stopped,
     ];
 
-    /// Cancelled, Failed and Finished are final: nothing leaves them.
+    /// Cancelled, Failed, Finished and Stopped are final: nothing leaves them.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Cancelled | JobStatus::Failed | JobStatus::Finished)
+        matches!(
+            self,
+            JobStatus::Cancelled | JobStatus::Failed | JobStatus::Finished | JobStatus::Stopped
+        )
     }
 
     /// Whether a job in this status may move to `to`.
@@ -38,10 +45,10 @@ impl JobStatus {
         use JobStatus::*;
         match self {
             Submitted => matches!(to, Running | Cancelling | Cancelled | Failed),
-            Running => matches!(to, Restarting | Cancelling | Failed | Finished),
+            Running => matches!(to, Restarting | Cancelling | Failed | Finished | Stopped),
             Restarting => matches!(to, Running | Cancelling | Cancelled | Failed),
             Cancelling => matches!(to, Cancelled | Failed),
-            Cancelled | Failed | Finished => false,
+            Cancelled | Failed | Finished | Stopped => false,
         }
     }
 
@@ -55,6 +62,7 @@ impl JobStatus {
             JobStatus::Cancelled => "Cancelled",
             JobStatus::Failed => "Failed",
             JobStatus::Finished => "Finished",
+            JobStatus::Stopped => "Stopped",
         }
     }
 }

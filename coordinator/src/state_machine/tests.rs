@@ -43,6 +43,8 @@ fn submit_then_cancel_unplaced_job_ends_cancelled() {
             request_id: None,
             graph: graph(2, 3),
             at_ms: 5,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
     );
     assert_eq!(
@@ -95,6 +97,8 @@ fn cancelling_a_finished_job_is_refused_and_changes_nothing() {
             request_id: None,
             graph: graph(1, 1),
             at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
     );
     for to in [JobStatus::Running, JobStatus::Finished] {
@@ -138,6 +142,8 @@ fn retried_request_applies_once_and_answers_the_same() {
             request_id: request_id.clone(),
             graph: graph(1, 1),
             at_ms: 1,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
     );
     let second = apply(
@@ -146,6 +152,8 @@ fn retried_request_applies_once_and_answers_the_same() {
             request_id,
             graph: graph(1, 1),
             at_ms: 2,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
     );
     assert_eq!(first, second);
@@ -173,6 +181,8 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
             request_id: None,
             graph: graph(1, 2),
             at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
     );
     let _ = apply(
@@ -302,6 +312,8 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
             request_id: None,
             graph: graph(1, 2),
             at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
     );
     let not_running = apply(&mut state, Command::TriggerCheckpoint { job_id, at_ms: 0 });
@@ -323,6 +335,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
         Command::CompleteCheckpoint {
             job_id,
             checkpoint: checkpoint(1, 0),
+            savepoint: false,
         },
     );
     assert!(
@@ -351,7 +364,8 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
             &mut state,
             Command::CompleteCheckpoint {
                 job_id,
-                checkpoint: checkpoint(id, 0)
+                checkpoint: checkpoint(id, 0),
+                savepoint: false,
             }
         )
         .is_ok());
@@ -369,6 +383,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
         Command::CompleteCheckpoint {
             job_id,
             checkpoint: checkpoint(5, 0),
+            savepoint: false,
         },
     );
     assert!(matches!(repeat, Err(Rejection::CheckpointIdNotIncreasing { .. })));
@@ -377,6 +392,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
         Command::CompleteCheckpoint {
             job_id,
             checkpoint: checkpoint(3, 0),
+            savepoint: false,
         },
     );
     assert!(matches!(back, Err(Rejection::CheckpointIdNotIncreasing { .. })));
@@ -429,6 +445,7 @@ fn acknowledged_by(id: u64, epochs: &BTreeMap<SubtaskKey, Epoch>) -> Command {
             acknowledged_epochs: epochs.clone(),
             ..checkpoint(id, epoch.0)
         },
+        savepoint: false,
     }
 }
 
@@ -440,6 +457,8 @@ fn a_checkpoint_acknowledged_by_a_released_placement_never_completes() {
         request_id: None,
         graph: graph(1, 3),
         at_ms: 0,
+        from_savepoint: None,
+        allow_unmatched_state: false,
     };
     assert!(apply(&mut state, submit).is_ok());
     let register = |at_ms| Command::RegisterExecutor {
@@ -515,6 +534,8 @@ fn only_the_most_recent_ended_jobs_are_retained() {
                 request_id: None,
                 graph: graph(1, 1),
                 at_ms: number,
+                from_savepoint: None,
+                allow_unmatched_state: false,
             },
         );
         let cancelled = apply(
@@ -533,6 +554,8 @@ fn only_the_most_recent_ended_jobs_are_retained() {
             request_id: None,
             graph: graph(1, 1),
             at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
         },
     );
     assert_eq!(
@@ -580,6 +603,8 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
                 request_id,
                 graph: graph(parallelism, retained),
                 at_ms,
+                from_savepoint: None,
+                allow_unmatched_state: false,
             }
         }),
         (request_id, job_id.clone(), 0u64..100).prop_map(|(request_id, job_id, at_ms)| Command::CancelJob {
@@ -610,9 +635,30 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
             }
         ),
         (job_id.clone(), 0u64..100).prop_map(|(job_id, at_ms)| Command::TriggerCheckpoint { job_id, at_ms }),
-        (job_id.clone(), 0u64..30, 0u64..12).prop_map(|(job_id, id, epoch)| Command::CompleteCheckpoint {
+        (job_id.clone(), 0u64..30, 0u64..12, any::<bool>()).prop_map(|(job_id, id, epoch, savepoint)| {
+            Command::CompleteCheckpoint {
+                job_id,
+                checkpoint: checkpoint(id, epoch),
+                savepoint,
+            }
+        }),
+        (job_id.clone(), any::<bool>(), 0u64..100).prop_map(|(job_id, stop, at_ms)| Command::RequestSavepoint {
+            request_id: None,
             job_id,
-            checkpoint: checkpoint(id, epoch)
+            stop,
+            at_ms
+        }),
+        (job_id.clone(), 0u64..100).prop_map(|(job_id, at_ms)| Command::FailSavepoint {
+            job_id,
+            reason: "test".into(),
+            at_ms
+        }),
+        (job_id.clone(), 0u64..30).prop_map(|(job_id, id)| Command::DeleteSavepoint {
+            request_id: None,
+            savepoint: raftstream_api::checkpoint::SavepointRef {
+                job_id,
+                savepoint_id: CheckpointId(id)
+            }
         }),
         (
             job_id.clone(),
@@ -627,7 +673,8 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
                         .map(|(subtask, epoch)| (subtask, Epoch(epoch)))
                         .collect(),
                     ..checkpoint(id, 0)
-                }
+                },
+                savepoint: false,
             }),
         (
             job_id.clone(),

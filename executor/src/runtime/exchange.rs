@@ -31,11 +31,19 @@ pub struct GateKey {
     pub subtask_index: u32,
 }
 
+/// A checkpoint's barrier: which checkpoint, and whether it is a savepoint (whose state every
+/// task stores under the savepoint's own prefix, as Flink's barriers carry the checkpoint type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    pub checkpoint_id: u64,
+    pub savepoint: bool,
+}
+
 /// What travels on a channel.
 #[derive(Debug)]
 pub enum ChannelEvent {
     Batch(Vec<Record>),
-    Barrier(u64),
+    Barrier(Barrier),
     Watermark(i64),
     End,
 }
@@ -171,7 +179,10 @@ fn event_of(frame: pb::DataFrame) -> Option<ChannelEvent> {
         pb::data_frame::Body::Batch(batch) => Some(ChannelEvent::Batch(
             batch.records.into_iter().map(Record::from).collect(),
         )),
-        pb::data_frame::Body::Barrier(barrier) => Some(ChannelEvent::Barrier(barrier.checkpoint_id)),
+        pb::data_frame::Body::Barrier(barrier) => Some(ChannelEvent::Barrier(Barrier {
+            checkpoint_id: barrier.checkpoint_id,
+            savepoint: barrier.savepoint,
+        })),
         pb::data_frame::Body::End(_) => Some(ChannelEvent::End),
         pb::data_frame::Body::Watermark(watermark) => Some(ChannelEvent::Watermark(watermark.timestamp_ms)),
         pb::data_frame::Body::Header(_) => None,
@@ -349,9 +360,13 @@ impl OutputChannel {
                     ChannelEvent::Batch(records) => pb::data_frame::Body::Batch(pb::RecordBatch {
                         records: records.into_iter().map(pb::Record::from).collect(),
                     }),
-                    ChannelEvent::Barrier(checkpoint_id) => {
-                        pb::data_frame::Body::Barrier(pb::Barrier { checkpoint_id })
-                    }
+                    ChannelEvent::Barrier(Barrier {
+                        checkpoint_id,
+                        savepoint,
+                    }) => pb::data_frame::Body::Barrier(pb::Barrier {
+                        checkpoint_id,
+                        savepoint,
+                    }),
                     ChannelEvent::End => pb::data_frame::Body::End(pb::EndOfStream {}),
                     ChannelEvent::Watermark(timestamp_ms) => {
                         pb::data_frame::Body::Watermark(pb::Watermark { timestamp_ms })

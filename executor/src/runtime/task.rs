@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+use raftstream_api::checkpoint::{CheckpointOptions, CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 use raftstream_api::dial::DialAddresses;
 use raftstream_api::ids::CheckpointId;
 use raftstream_api::messages::TaskReport;
@@ -57,11 +57,12 @@ pub const MAX_INLINE_STATE: usize = 1_024;
 /// Messages from the leader about checkpoints, routed to the subtasks of their job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskControl {
-    /// Sources only: inject the barrier of this checkpoint, and with `pause` read nothing more
-    /// until it is aborted (the job restarts from it).
+    /// Sources only: inject the barrier of this checkpoint; `options` say what the source does
+    /// after it (go on, pause until it is aborted, or stop once it completed) and whether it is
+    /// a savepoint.
     Trigger {
         checkpoint_id: CheckpointId,
-        pause: bool,
+        options: CheckpointOptions,
     },
     /// The checkpoint is committed in the Raft log; `acknowledged` says whether this placement's
     /// acknowledgement is part of it (a sink publishes only then).
@@ -452,6 +453,7 @@ async fn run_registered(
                 replay: VecDeque::new(),
                 watermarks: vec![i64::MIN; input_count],
                 forwarded_watermark: i64::MIN,
+                aligning_savepoint: None,
             };
             task.run(gate, &mut outputs, &acknowledgers, control, cancel).await
         }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use raftstream_api::checkpoint::TaskStateHandle;
+use raftstream_api::checkpoint::{SavepointRef, TaskStateHandle};
 use raftstream_api::ids::CheckpointId;
 use raftstream_api::messages::{TaskRef, TaskReport};
 use tokio::sync::mpsc;
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::{TaskEnvironment, TaskError, MAX_INLINE_STATE};
 use crate::checkpoint::{checksum, delete_each, CheckpointStorage, CheckpointStore};
 use crate::runtime::deployment::SubtaskDeployment;
+use crate::runtime::exchange::Barrier;
 use crate::runtime::operators::SinkSegment;
 
 /// Whether `location` (`<job>/chk-<id>/<operator>-<subtask>-e<epoch>.state`) holds state an
@@ -156,21 +157,33 @@ impl<'a> Acknowledger<'a> {
     /// acknowledged, since a later checkpoint's sink state lists the segment that did not sync.
     pub(super) fn acknowledge(
         &self,
-        checkpoint_id: u64,
+        barrier: Barrier,
         state: Vec<u8>,
         source_offset: Option<u64>,
         segment: Option<SinkSegment>,
     ) -> Result<(), TaskError> {
         self.failed()?;
+        let checkpoint_id = barrier.checkpoint_id;
         let deployment = self.deployment;
         let location = (state.len() > MAX_INLINE_STATE).then(|| {
-            format!(
-                "{}/chk-{checkpoint_id}/{}-{}-e{}.state",
-                deployment.job_id, deployment.operator_id, deployment.subtask_index, deployment.epoch
-            )
+            let file = format!(
+                "{}-{}-e{}.state",
+                deployment.operator_id, deployment.subtask_index, deployment.epoch
+            );
+            if barrier.savepoint {
+                let savepoint = SavepointRef {
+                    job_id: deployment.job_id,
+                    savepoint_id: CheckpointId(checkpoint_id),
+                };
+                format!("{}/{file}", savepoint.state_prefix())
+            } else {
+                format!("{}/chk-{checkpoint_id}/{file}", deployment.job_id)
+            }
         });
         let work = BackgroundAck {
             checkpoint_id,
+            // A savepoint's files are the user's: no retention of this subtask deletes them.
+            tracked: !barrier.savepoint,
             task: deployment.task_ref(),
             state,
             location,
@@ -253,6 +266,8 @@ struct BackgroundAck {
     state: Vec<u8>,
     /// Where large state goes in the checkpoint store; `None` inlines it.
     location: Option<String>,
+    /// Whether the file joins this subtask's checkpoint files, deleted once not retained.
+    tracked: bool,
     source_offset: Option<u64>,
     segment: Option<SinkSegment>,
     store: Arc<CheckpointStorage>,
@@ -284,8 +299,10 @@ impl BackgroundAck {
                     .put(&location, self.state)
                     .await
                     .map_err(|error| snapshot_error(error.to_string()))?;
-                if let Ok(mut files) = self.files.lock() {
-                    files.written.insert(checkpoint_id, stored.location.clone());
+                if self.tracked {
+                    if let Ok(mut files) = self.files.lock() {
+                        files.written.insert(checkpoint_id, stored.location.clone());
+                    }
                 }
                 TaskStateHandle {
                     subtask: self.task.subtask.clone(),
@@ -351,6 +368,56 @@ mod tests {
         (environment, received)
     }
 
+    fn checkpoint(checkpoint_id: u64) -> Barrier {
+        Barrier {
+            checkpoint_id,
+            savepoint: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_savepoints_state_goes_apart_and_no_later_checkpoint_deletes_it() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let deployment = counting_subtask();
+        let (environment, mut received) = environment(directory.path());
+        let acknowledger = Acknowledger::new(&deployment, &environment);
+        let savepoint = Barrier {
+            checkpoint_id: 2,
+            savepoint: true,
+        };
+        for barrier in [
+            checkpoint(1),
+            savepoint,
+            checkpoint(3),
+            checkpoint(4),
+            checkpoint(5),
+            checkpoint(6),
+        ] {
+            acknowledger
+                .acknowledge(barrier, vec![7; MAX_INLINE_STATE + 1], None, None)
+                .expect("starts");
+        }
+        acknowledger.settle().await.expect("acknowledged");
+        assert_eq!(acknowledged_ids(&mut received), vec![1, 2, 3, 4, 5, 6]);
+        let saved = directory.path().join("savepoints/job-1/sp-2/counts-0-e3.state");
+        assert!(saved.is_file());
+        assert!(!directory.path().join("job-1/chk-2").exists());
+        // 3 to 6 complete, 3 retained: 1 (never completed) and 3 go, the savepoint stays.
+        for completed in [3, 4, 5, 6] {
+            acknowledger.checkpoint_completed(completed, completed.saturating_sub(2));
+        }
+        environment.tracker.close();
+        environment.tracker.wait().await;
+        assert!(!directory.path().join("job-1/chk-1/counts-0-e3.state").exists());
+        assert!(!directory.path().join("job-1/chk-3/counts-0-e3.state").exists());
+        assert!(directory.path().join("job-1/chk-4/counts-0-e3.state").is_file());
+        assert!(saved.is_file(), "the savepoint's state is kept");
+        assert!(
+            !left_by_predecessor("savepoints/job-1/sp-2/counts-0-e1.state", "counts-0-e", 3, 10),
+            "a predecessor's sweep never takes a savepoint's file"
+        );
+    }
+
     fn acknowledged_ids(received: &mut mpsc::Receiver<TaskReport>) -> Vec<u64> {
         let mut ids = Vec::new();
         while let Ok(report) = received.try_recv() {
@@ -369,9 +436,11 @@ mod tests {
         let acknowledger = Acknowledger::new(&deployment, &environment);
         // 1 goes to the store (slower), 2 is inline: 2 must still not overtake 1.
         acknowledger
-            .acknowledge(1, vec![7; MAX_INLINE_STATE + 1], None, None)
+            .acknowledge(checkpoint(1), vec![7; MAX_INLINE_STATE + 1], None, None)
             .expect("starts");
-        acknowledger.acknowledge(2, vec![1], None, None).expect("starts");
+        acknowledger
+            .acknowledge(checkpoint(2), vec![1], None, None)
+            .expect("starts");
         acknowledger.settle().await.expect("both acknowledged");
         assert_eq!(acknowledged_ids(&mut received), vec![1, 2]);
         assert!(directory.path().join("job-1/chk-1/counts-0-e3.state").is_file());
@@ -387,18 +456,18 @@ mod tests {
         let (environment, mut received) = environment(&not_a_directory);
         let acknowledger = Acknowledger::new(&deployment, &environment);
         acknowledger
-            .acknowledge(1, vec![7; MAX_INLINE_STATE + 1], None, None)
+            .acknowledge(checkpoint(1), vec![7; MAX_INLINE_STATE + 1], None, None)
             .expect("starts");
         // Whether this call already sees the failure depends on timing; either way it must not
         // be acknowledged, since it would stand on a checkpoint that was not stored.
-        let _ = acknowledger.acknowledge(2, vec![1], None, None);
+        let _ = acknowledger.acknowledge(checkpoint(2), vec![1], None, None);
         let failure = acknowledger.settle().await.expect_err("the store failed");
         assert!(
             matches!(failure, TaskError::Snapshot { checkpoint_id: 1, .. }),
             "{failure}"
         );
         assert!(
-            acknowledger.acknowledge(3, vec![1], None, None).is_err(),
+            acknowledger.acknowledge(checkpoint(3), vec![1], None, None).is_err(),
             "later checkpoints fail the task"
         );
         acknowledger.settle().await.expect_err("still failed");

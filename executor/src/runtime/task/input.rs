@@ -11,7 +11,7 @@ use super::outputs::Outputs;
 use super::pipeline::Pipeline;
 use super::{Logic, TaskControl, TaskEnd, TaskError};
 use crate::runtime::barriers::{Alignment, BarrierAligner};
-use crate::runtime::exchange::{ChannelEvent, InputMessage};
+use crate::runtime::exchange::{Barrier, ChannelEvent, InputMessage};
 use raftstream_api::ids::CheckpointId;
 
 pub(super) struct InputTask {
@@ -26,6 +26,9 @@ pub(super) struct InputTask {
     /// Per input channel, the last watermark it announced.
     pub(super) watermarks: Vec<i64>,
     pub(super) forwarded_watermark: i64,
+    /// The savepoint whose barriers this task is aligning, if it is one: its snapshot is
+    /// stored as the savepoint's, and the barrier it forwards says so.
+    pub(super) aligning_savepoint: Option<u64>,
 }
 
 impl InputTask {
@@ -109,8 +112,11 @@ impl InputTask {
                         .process(0, channel, &mut records, &mut |record| outputs.push(record))?;
                     outputs.flush(false).await?;
                 }
-                ChannelEvent::Barrier(checkpoint_id) => {
-                    let outcome = self.barrier_arrived(channel, checkpoint_id);
+                ChannelEvent::Barrier(barrier) => {
+                    if barrier.savepoint {
+                        self.aligning_savepoint = Some(barrier.checkpoint_id);
+                    }
+                    let outcome = self.barrier_arrived(channel, barrier.checkpoint_id);
                     self.after_alignment(outcome, outputs, acknowledgers).await?;
                 }
                 ChannelEvent::Watermark(watermark) => {
@@ -162,8 +168,12 @@ impl InputTask {
     ) -> Result<(), TaskError> {
         match outcome {
             Alignment::Snapshot(checkpoint_id) => {
-                self.pipeline.acknowledge_checkpoint(checkpoint_id, acknowledgers)?;
-                outputs.broadcast_barrier(checkpoint_id).await?;
+                let barrier = Barrier {
+                    checkpoint_id,
+                    savepoint: self.aligning_savepoint.take() == Some(checkpoint_id),
+                };
+                self.pipeline.acknowledge_checkpoint(barrier, acknowledgers)?;
+                outputs.broadcast_barrier(barrier).await?;
                 self.release_stash();
             }
             Alignment::Superseded { .. } => self.release_stash(),

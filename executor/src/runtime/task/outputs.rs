@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{TaskEnvironment, TaskError, BATCH_RECORDS};
 use crate::runtime::deployment::SubtaskDeployment;
-use crate::runtime::exchange::{ChannelEvent, GateKey, OutputChannel};
+use crate::runtime::exchange::{Barrier, ChannelEvent, GateKey, OutputChannel};
 use crate::runtime::key_groups::{key_group, subtask_for_key_group};
 use crate::runtime::record::Record;
 
@@ -115,10 +115,10 @@ impl Outputs {
         Ok(())
     }
 
-    pub(super) async fn broadcast_barrier(&mut self, checkpoint_id: u64) -> Result<(), TaskError> {
+    pub(super) async fn broadcast_barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
         self.flush(false).await?;
         for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
-            channel.send(ChannelEvent::Barrier(checkpoint_id)).await?;
+            channel.send(ChannelEvent::Barrier(barrier)).await?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use super::acknowledger::Acknowledger;
 use super::{apply_all, count_dropped, snapshot, Logic, TaskError};
+use crate::runtime::exchange::Barrier;
 use crate::runtime::operators::FileSink;
 use crate::runtime::record::Record;
 
@@ -142,17 +143,17 @@ impl Pipeline {
         }
     }
 
-    /// Snapshots every operator for checkpoint `checkpoint_id` (the sink pre-commits) and
+    /// Snapshots every operator for the barrier's checkpoint (the sink pre-commits) and
     /// acknowledges each through its own acknowledger, given in the operators' order.
     pub(super) fn acknowledge_checkpoint(
         &mut self,
-        checkpoint_id: u64,
+        barrier: Barrier,
         acknowledgers: &[Acknowledger<'_>],
     ) -> Result<(), TaskError> {
         for (logic, acknowledger) in self.logics.iter_mut().zip(acknowledgers) {
             let max_parallelism = acknowledger.deployment.graph.max_parallelism;
-            let (state, segment) = snapshot(logic, checkpoint_id, max_parallelism)?;
-            acknowledger.acknowledge(checkpoint_id, state, None, segment)?;
+            let (state, segment) = snapshot(logic, barrier.checkpoint_id, max_parallelism)?;
+            acknowledger.acknowledge(barrier, state, None, segment)?;
         }
         Ok(())
     }

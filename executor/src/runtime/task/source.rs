@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use raftstream_api::checkpoint::SourcesAfterBarrier;
 use raftstream_api::ids::CheckpointId;
 use raftstream_api::spec::GeneratorConfig;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,7 @@ use super::acknowledger::Acknowledger;
 use super::outputs::Outputs;
 use super::pipeline::Pipeline;
 use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
-use crate::runtime::exchange::ChannelEvent;
+use crate::runtime::exchange::{Barrier, ChannelEvent};
 use crate::runtime::file_source::FileReader;
 use crate::runtime::generator::{GeneratedRecords, GeneratorPosition};
 use crate::runtime::record::{Record, Text};
@@ -128,6 +129,9 @@ pub(super) async fn run_source(
     // The checkpoint after whose barrier this source reads nothing more (the job is about to
     // restart from it, e.g. to rescale); an abort of that checkpoint resumes reading.
     let mut paused_at: Option<u64> = None;
+    // The savepoint the job stops with: once it completed (and every sink publishes it), this
+    // source ends its stream, so every task of the job finishes.
+    let mut stopping_at: Option<u64> = None;
     let rate = source.rate_per_subtask();
     let batch = rate.map_or(SOURCE_BATCH_LINES, |rate| {
         ((rate / 50.0) as usize).clamp(1, SOURCE_BATCH_LINES)
@@ -159,19 +163,28 @@ pub(super) async fn run_source(
             biased;
             _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
             message = control.recv() => match message {
-                Some(TaskControl::Trigger { checkpoint_id: CheckpointId(checkpoint_id), pause }) => {
+                Some(TaskControl::Trigger { checkpoint_id: CheckpointId(checkpoint_id), options }) => {
                     outputs.flush(false).await?;
                     let position = source.position();
                     let state = serde_json::to_vec(&source.snapshot()).unwrap_or_default();
-                    acknowledger.acknowledge(checkpoint_id, state, Some(position), None)?;
-                    pipeline.acknowledge_checkpoint(checkpoint_id, chained)?;
-                    outputs.broadcast_barrier(checkpoint_id).await?;
+                    let barrier = Barrier { checkpoint_id, savepoint: options.savepoint };
+                    acknowledger.acknowledge(barrier, state, Some(position), None)?;
+                    pipeline.acknowledge_checkpoint(barrier, chained)?;
+                    outputs.broadcast_barrier(barrier).await?;
                     if exhausted && final_barrier.is_none() {
                         final_barrier = Some(checkpoint_id);
                     }
-                    if pause {
-                        tracing::info!(checkpoint_id, "source paused after the barrier: the job restarts from this checkpoint");
-                        paused_at = Some(checkpoint_id);
+                    match options.sources {
+                        SourcesAfterBarrier::Continue => {}
+                        SourcesAfterBarrier::Pause => {
+                            tracing::info!(checkpoint_id, "source paused after the barrier: the job restarts from this checkpoint");
+                            paused_at = Some(checkpoint_id);
+                        }
+                        SourcesAfterBarrier::Stop => {
+                            tracing::info!(checkpoint_id, "source stopped after the savepoint's barrier: its stream ends once the savepoint completed");
+                            paused_at = Some(checkpoint_id);
+                            stopping_at = Some(checkpoint_id);
+                        }
                     }
                 }
                 Some(TaskControl::Complete {
@@ -183,7 +196,10 @@ pub(super) async fn run_source(
                         member.checkpoint_completed(checkpoint_id, oldest_retained);
                     }
                     pipeline.checkpoint_completed(checkpoint_id, acknowledged)?;
-                    if final_barrier.is_some_and(|last| checkpoint_id >= last) {
+                    let stopped = stopping_at.is_some_and(|savepoint| checkpoint_id >= savepoint);
+                    if stopped || final_barrier.is_some_and(|last| checkpoint_id >= last) {
+                        // Stopped: no end-of-event-time watermark, so windows keep their
+                        // contents in the savepoint rather than firing them now.
                         outputs.end().await?;
                         return Ok(TaskEnd::Finished);
                     }
@@ -192,6 +208,9 @@ pub(super) async fn run_source(
                 Some(TaskControl::Aborted(CheckpointId(checkpoint_id))) => {
                     if final_barrier == Some(checkpoint_id) {
                         final_barrier = None;
+                    }
+                    if stopping_at == Some(checkpoint_id) {
+                        stopping_at = None;
                     }
                     if paused_at == Some(checkpoint_id) {
                         tracing::info!(checkpoint_id, "source resumed: the checkpoint it paused for was aborted");
