@@ -13,7 +13,7 @@ use raftstream_executor::runtime::generator::GeneratedRecords;
 #[derive(Debug, Clone)]
 pub struct WordCountJob {
     pub seed: u64,
-    /// Records the (bounded) generator emits.
+    /// Records the generator emits; [`WordCountJob::UNBOUNDED`] for no end.
     pub records: u64,
     /// Records per second over all source subtasks; `None`: as fast as possible.
     pub rate_per_second: Option<u64>,
@@ -26,6 +26,9 @@ pub struct WordCountJob {
 }
 
 impl WordCountJob {
+    /// `records` of a generator that never ends (the spec gives it no count).
+    pub const UNBOUNDED: u64 = u64::MAX;
+
     /// The job spec (JSON) under `name`.
     pub fn spec(&self, name: &str) -> String {
         let rate = self
@@ -37,7 +40,7 @@ impl WordCountJob {
   "checkpoint": {{"interval_ms": {interval}, "timeout_ms": 10000}},
   "restart": {{"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200}},
   "operators": [
-    {{"id": "lines", "kind": "generator", "params": {{"seed": {seed}, "count": {records}, "vocabulary_size": {vocabulary}, "words_per_record": {words}{rate}}}}},
+    {{"id": "lines", "kind": "generator", "params": {{"seed": {seed}{count}, "vocabulary_size": {vocabulary}, "words_per_record": {words}{rate}}}}},
     {{"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {{"function": "split_words"}}}},
     {{"id": "by_word", "kind": "key_by", "inputs": ["words"]}},
     {{"id": "counts", "kind": "count", "inputs": ["by_word"]}},
@@ -45,15 +48,23 @@ impl WordCountJob {
             parallelism = self.parallelism,
             interval = self.checkpoint_interval_ms,
             seed = self.seed,
-            records = self.records,
+            count = if self.records == Self::UNBOUNDED {
+                String::new()
+            } else {
+                format!(r#", "count": {}"#, self.records)
+            },
             vocabulary = self.vocabulary_size,
             words = self.words_per_record,
             path = serde_json::Value::String(self.output_dir.display().to_string()),
         )
     }
 
-    /// The final count of every word, computed the obvious way.
+    /// The final count of every word, computed the obvious way (of a bounded input).
     pub fn expected_counts(&self) -> BTreeMap<String, u64> {
+        assert!(
+            self.records != Self::UNBOUNDED,
+            "an unbounded input has no final counts"
+        );
         let settings = GeneratorConfig {
             seed: self.seed,
             count: Some(self.records),

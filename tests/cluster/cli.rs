@@ -1,24 +1,7 @@
 //! The `raftstream` CLI against a real cluster: job commands, both output formats, cluster status,
 //! and the plain error when no leader can be reached.
 
-use std::process::Output;
-
-use crate::common::{binary, test_settings, TestCluster};
-
-fn run_cli(arguments: &[&str]) -> anyhow::Result<Output> {
-    Ok(std::process::Command::new(binary())
-        .args(arguments)
-        .env("RUST_LOG", "warn")
-        .output()?)
-}
-
-fn stdout_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use crate::common::{run_cli, stderr_of, stdout_of, test_settings, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {

@@ -236,3 +236,47 @@ pub fn subtask_epochs(job: &pb::Job) -> BTreeMap<String, u64> {
         })
         .collect()
 }
+
+/// Runs the `raftstream` CLI with `arguments` (quiet logs) and returns what it did.
+pub fn run_cli(arguments: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(binary())
+        .args(arguments)
+        .env("RUST_LOG", "warn")
+        .output()?)
+}
+
+pub fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The word counts published in `output_dir` are an exact prefix of the input: for every word
+/// seen, its updates 1..n each once (nothing lost, nothing twice), whatever n is. Returns the
+/// number of updates, so a test can tell the output is not empty.
+pub fn ensure_exact_prefix(output_dir: &Path) -> anyhow::Result<u64> {
+    let highest = highest_counts(output_dir)?;
+    ensure_exact_output(output_dir, &highest)?;
+    Ok(highest.values().sum())
+}
+
+/// The highest count published for each word.
+pub fn highest_counts(output_dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut highest = BTreeMap::new();
+    for entry in std::fs::read_dir(output_dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("part-") && name.ends_with(".txt")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path())?.lines() {
+            if let Some((word, count)) = line.split_once('\t') {
+                let count: u64 = count.parse()?;
+                let slot = highest.entry(word.to_owned()).or_insert(0);
+                *slot = count.max(*slot);
+            }
+        }
+    }
+    Ok(highest)
+}

@@ -8,8 +8,8 @@ use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{
-    ensure_exact_output, eventually, fast_executors, job, start_executors, subtask_epochs, test_settings,
-    without_ansi_colors, word_count, TestCluster,
+    ensure_exact_output, ensure_exact_prefix, eventually, fast_executors, job, start_executors, subtask_epochs,
+    test_settings, without_ansi_colors, word_count, TestCluster,
 };
 use crate::s3_peer::S3Peer;
 
@@ -458,11 +458,12 @@ async fn an_unusable_checkpoint_store_stops_the_executor_with_the_reason() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_word_count_rescaled_up_and_down_keeps_its_output_exact() -> anyhow::Result<()> {
+async fn a_running_word_count_rescaled_up_and_down_then_stopped_with_a_savepoint_keeps_its_output_exact(
+) -> anyhow::Result<()> {
     let (cluster, client) = start(&[("exec-a", 12), ("exec-b", 12)]).await?;
-    // 20 s of input, so that both rescales happen while it runs.
+    // An input without end: the job runs until it is stopped.
     let spec = WordCountJob {
-        records: 80_000,
+        records: WordCountJob::UNBOUNDED,
         ..word_count(&cluster)
     };
     let submitted = client.submit_job(&spec.spec("wc-rescale"), "wc-rescale").await?;
@@ -531,11 +532,25 @@ async fn a_running_word_count_rescaled_up_and_down_keeps_its_output_exact() -> a
         );
     }
 
-    let done = finished(&client, &submitted.job_id).await?;
+    tracing::info!("--- stop with a savepoint");
+    let (savepoint, _) = client.take_savepoint(&submitted.job_id, true, "stop-1").await?;
+    assert!(savepoint.savepoint && savepoint.checkpoint_id > running.last_checkpoint_id.unwrap_or(0));
+    let stopped = eventually("the job to stop", PATIENCE, || async {
+        job(&client, &submitted.job_id)
+            .await
+            .filter(|job| job.status != "Running")
+    })
+    .await?;
+    assert_eq!(stopped.status, "Stopped", "{}", stopped.status_reason);
     assert_eq!(
-        done.restart_count, 0,
+        stopped.restart_count, 0,
         "a rescale is not a failure: {}",
-        done.status_reason
+        stopped.status_reason
     );
-    assert_exact(&spec)
+    // Every sink published the savepoint before the job ended, and nothing after it exists.
+    let updates = ensure_exact_prefix(&spec.output_dir)?;
+    assert!(updates > 0);
+    let pending = std::fs::read_dir(spec.output_dir.join(".pending"))?.count();
+    assert_eq!(pending, 0, "nothing pending or in progress after the stop");
+    Ok(())
 }

@@ -15,5 +15,6 @@ mod operators;
 mod replication;
 mod restore_races;
 mod s3_peer;
+mod savepoints;
 mod snapshot_catchup;
 mod zombie_executor;
