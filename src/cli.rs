@@ -30,8 +30,14 @@ pub struct Cli {
 pub enum TopCommand {
     /// Run one coordinator node.
     Coordinator(CoordinatorArgs),
-    /// Run one executor (task slots for stream jobs).
-    Executor(ExecutorArgs),
+    /// Run one executor (task slots for stream jobs); `executor drain ID` drains one.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Executor {
+        #[command(subcommand)]
+        action: Option<ExecutorAction>,
+        #[command(flatten)]
+        args: ExecutorArgs,
+    },
     /// Local clusters and cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -81,8 +87,8 @@ pub struct ExecutorArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
     /// Where the executor keeps its id.
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    #[arg(long, required = true)]
+    pub data_dir: Option<PathBuf>,
     /// Checkpoint storage shared by all executors of a job: a directory, file:///dir or
     /// s3://bucket/prefix (S3 settings from the AWS_* environment variables; default:
     /// <data-dir>/checkpoints).
@@ -95,6 +101,23 @@ pub struct ExecutorArgs {
     /// chaos harness's fault proxy); repeatable.
     #[arg(long, value_name = "ADVERTISED=DIALLED")]
     pub dial: Vec<String>,
+    /// On SIGTERM the executor drains itself (its subtasks move to other executors through a
+    /// checkpoint taken for the move) before it exits, waiting at most this long; a second
+    /// SIGTERM exits at once.
+    #[arg(long, default_value_t = 60)]
+    pub drain_timeout_secs: u64,
+}
+
+/// `executor ...` besides running one.
+#[derive(Debug, Subcommand)]
+pub enum ExecutorAction {
+    /// Move every subtask off an executor through a checkpoint taken for the move (nothing is
+    /// processed twice), then have it exit; it takes no new work meanwhile.
+    Drain {
+        executor_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// Output style of the client commands.
@@ -287,21 +310,39 @@ fn parse_dial(entries: &[String]) -> anyhow::Result<std::collections::BTreeMap<S
         .collect()
 }
 
-/// Runs the parsed command line.
-pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs the parsed command line. `drain` is cancelled at the first stop signal when the command
+/// drains before it stops (an executor); `shutdown` then at the second (or at once otherwise).
+pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         TopCommand::Coordinator(args) => run_coordinator_command(args, shutdown).await,
-        TopCommand::Executor(args) => {
+        TopCommand::Executor {
+            action: Some(ExecutorAction::Drain { executor_id, client }),
+            ..
+        } => {
+            let jobs_to_move = client_for(&client)?
+                .drain_executor(&executor_id, &random_request_id())
+                .await?;
+            print_value(
+                client.output,
+                json!({"executor_id": executor_id, "draining": true, "jobs_to_move": jobs_to_move}),
+                || {
+                    format!("executor {executor_id} draining: {jobs_to_move} running job(s) move through a checkpoint taken for the move; it exits once it holds nothing")
+                },
+            );
+            Ok(())
+        }
+        TopCommand::Executor { action: None, args } => {
             let config = raftstream_executor::ExecutorConfig {
                 executor_id: args.id,
                 coordinators: args.coordinators,
                 listen_address: args.listen,
                 slots: args.slots,
-                data_dir: args.data_dir,
+                data_dir: args.data_dir.context("--data-dir is required")?,
                 checkpoint_store: args.checkpoint_store,
                 dial: parse_dial(&args.dial)?,
+                drain_timeout: Duration::from_secs(args.drain_timeout_secs),
             };
-            raftstream_executor::run_executor(config, shutdown).await?;
+            raftstream_executor::run_executor(config, shutdown, drain).await?;
             Ok(())
         }
         TopCommand::Cluster(command) => run_cluster_command(command, shutdown).await,
@@ -411,7 +452,7 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
                     let list: Vec<_> = executors
                         .iter()
                         .map(|e| json!({"executor_id": e.executor_id, "address": e.address, "slots": e.slots, "used_slots": e.used_slots,
-                                        "alive": e.alive, "connected": e.connected, "last_heartbeat_age_ms": e.last_heartbeat_age_ms}))
+                                        "alive": e.alive, "draining": e.draining, "connected": e.connected, "last_heartbeat_age_ms": e.last_heartbeat_age_ms}))
                         .collect();
                     println!("{}", serde_json::Value::Array(list));
                 }
@@ -423,7 +464,13 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
                                 e.executor_id.clone(),
                                 e.address.clone(),
                                 format!("{}/{}", e.used_slots, e.slots),
-                                if e.alive { "alive" } else { "dead" }.to_owned(),
+                                match (e.alive, e.draining) {
+                                    (true, false) => "alive",
+                                    (true, true) => "draining",
+                                    (false, true) => "drained",
+                                    (false, false) => "dead",
+                                }
+                                .to_owned(),
                                 if e.connected { "yes" } else { "no" }.to_owned(),
                                 e.last_heartbeat_age_ms
                                     .map_or("-".to_owned(), |age| format!("{age} ms ago")),
@@ -846,6 +893,12 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 /// Fails with a clear message when a flag combination makes no sense.
+/// Whether the command drains before it stops: the first stop signal starts the drain, the
+/// second stops it at once.
+pub fn drains_before_stopping(cli: &Cli) -> bool {
+    matches!(cli.command, TopCommand::Executor { action: None, .. })
+}
+
 pub fn check_args(cli: &Cli) -> anyhow::Result<()> {
     if let TopCommand::Cluster(ClusterCommand::Up { nodes, .. }) = &cli.command {
         if *nodes == 0 || *nodes > 9 {

@@ -546,7 +546,7 @@ impl LocalCluster {
             .executors
             .get_mut(executor_id)
             .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        let mut child = process
+        let child = process
             .child
             .take()
             .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
@@ -558,19 +558,24 @@ impl LocalCluster {
         if !status.success() {
             bail!("kill -TERM of executor {executor_id} failed with {status}");
         }
-        let exited = poll_until(&format!("executor {executor_id} to exit"), patience, || {
-            let exited = child.try_wait().ok().flatten();
-            async move { exited }
-        })
-        .await;
-        match exited {
-            Ok(status) => Ok(status),
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(error)
-            }
-        }
+        wait_for_exit(executor_id, child, patience).await
+    }
+
+    /// Waits up to `patience` for an executor to exit by itself (drained); its exit status.
+    pub async fn wait_executor_exit(
+        &mut self,
+        executor_id: &str,
+        patience: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let process = self
+            .executors
+            .get_mut(executor_id)
+            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        let child = process
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
+        wait_for_exit(executor_id, child, patience).await
     }
 
     /// SIGSTOP (`pause`) or SIGCONT (resume) of an executor: a process that stops answering without
@@ -641,5 +646,26 @@ impl Drop for LocalCluster {
             let _ = self.kill_executor(&executor_id);
         }
         self.kill_all();
+    }
+}
+
+/// Waits up to `patience` for `child` to exit; kills and reaps it if it does not.
+async fn wait_for_exit(
+    executor_id: &str,
+    mut child: std::process::Child,
+    patience: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let exited = poll_until(&format!("executor {executor_id} to exit"), patience, || {
+        let exited = child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await;
+    match exited {
+        Ok(status) => Ok(status),
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(error)
+        }
     }
 }

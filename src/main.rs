@@ -1,7 +1,7 @@
 //! `raftstream`: one binary for coordinators, local clusters, the job CLI and benchmarks.
 
 use clap::Parser;
-use raftstream::cli::{check_args, run, Cli};
+use raftstream::cli::{check_args, drains_before_stopping, run, Cli};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -22,24 +22,38 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let shutdown = CancellationToken::new();
-    let signal_token = shutdown.clone();
+    let drain = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    let signal_drain = drain.clone();
+    let drains = drains_before_stopping(&cli);
     tokio::spawn(async move {
-        // SIGINT (Ctrl-C) and SIGTERM both mean a graceful stop.
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut stream) => {
-                    stream.recv().await;
+        // SIGINT (Ctrl-C) and SIGTERM both mean a graceful stop; a command that drains first
+        // (an executor) drains at the first and stops at the second.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut signalled = 0;
+        loop {
+            let next_terminate = async {
+                match terminate.as_mut() {
+                    Some(stream) => {
+                        stream.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                Err(_) => std::future::pending::<()>().await,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = next_terminate => {}
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate => {}
+            signalled += 1;
+            if drains && signalled == 1 {
+                signal_drain.cancel();
+            } else {
+                signal_shutdown.cancel();
+                return;
+            }
         }
-        signal_token.cancel();
     });
-    match run(cli, shutdown).await {
+    match run(cli, shutdown, drain).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

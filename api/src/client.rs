@@ -368,6 +368,20 @@ impl ClusterClient {
         .await
     }
 
+    /// Drains an executor: its subtasks move elsewhere through a checkpoint taken for the move,
+    /// then it exits. Returns how many running jobs move.
+    pub async fn drain_executor(&self, executor_id: &str, request_id: &str) -> Result<u32, ClientError> {
+        let request = pb::DrainExecutorRequest {
+            executor_id: executor_id.to_owned(),
+            request_id: request_id.to_owned(),
+        };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { AdminServiceClient::new(channel).drain_executor(request).await }
+        });
+        Ok(reply.await?.jobs_to_move)
+    }
+
     /// Adds a node as a learner (it starts receiving the log).
     pub async fn add_learner(&self, node_id: u64, address: &str) -> Result<pb::AddLearnerResponse, ClientError> {
         let request = pb::AddLearnerRequest {

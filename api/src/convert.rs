@@ -201,6 +201,7 @@ pub fn executor_command_to_proto(command: &ExecutorCommand) -> pb::CoordinatorMe
             savepoint_id: savepoint.savepoint_id.0,
         }),
         ExecutorCommand::HeartbeatAck { term } => Body::HeartbeatAck(pb::HeartbeatAck { term: *term }),
+        ExecutorCommand::Drained => Body::Drained(pb::Drained {}),
         ExecutorCommand::CheckpointAborted {
             job_id,
             checkpoint_id,
@@ -270,6 +271,7 @@ pub fn executor_command_from_proto(message: &pb::CoordinatorMessage) -> Result<E
             savepoint_id: CheckpointId(discard.savepoint_id),
         }),
         Body::HeartbeatAck(ack) => ExecutorCommand::HeartbeatAck { term: ack.term },
+        Body::Drained(_) => ExecutorCommand::Drained,
     })
 }
 
@@ -515,6 +517,7 @@ mod tests {
                 job_id,
                 savepoint_id: CheckpointId(6),
             }),
+            ExecutorCommand::Drained,
             ExecutorCommand::CheckpointComplete {
                 job_id,
                 checkpoint_id: CheckpointId(5),

@@ -64,6 +64,8 @@ pub enum ExecutorCommand {
     DiscardJobState(JobId),
     /// A savepoint was deleted, or failed: its state can go.
     DiscardSavepointState(SavepointRef),
+    /// The executor was drained: every subtask moved elsewhere, so it exits.
+    Drained,
     /// A heartbeat arrived; the leader of `term` is alive and reachable.
     HeartbeatAck {
         term: u64,

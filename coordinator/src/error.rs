@@ -60,6 +60,7 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         Rejection::JobAlreadyEnded { .. }
         | Rejection::IllegalTransition { .. }
         | Rejection::ExecutorDead { .. }
+        | Rejection::ExecutorDraining { .. }
         | Rejection::NoFreeSlot { .. }
         | Rejection::CheckpointIdNotIncreasing { .. }
         | Rejection::CheckpointEpochTooNew { .. }

@@ -47,6 +47,9 @@ pub struct ExecutorConfig {
     pub checkpoint_store: Option<String>,
     /// Advertised addresses (coordinators', other executors') this executor dials elsewhere.
     pub dial: std::collections::BTreeMap<String, String>,
+    /// How long a drain asked for by the process itself (SIGTERM) may take before it exits
+    /// anyway.
+    pub drain_timeout: Duration,
 }
 
 /// Why an executor could not start.
@@ -89,8 +92,15 @@ fn executor_id(config: &ExecutorConfig) -> Result<String, ExecutorError> {
     }
 }
 
-/// Runs an executor until `shutdown` is cancelled.
-pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -> Result<(), ExecutorError> {
+/// Runs an executor until `shutdown` is cancelled, or until the leader says it was drained.
+/// When `drain` is cancelled (the first SIGTERM), it asks the cluster to drain it: its subtasks
+/// move to other executors through a checkpoint taken for the move, then the leader tells it to
+/// exit; after `drain_timeout` it exits anyway.
+pub async fn run_executor(
+    config: ExecutorConfig,
+    shutdown: CancellationToken,
+    drain: CancellationToken,
+) -> Result<(), ExecutorError> {
     if config.slots == 0 {
         return Err(ExecutorError::InvalidConfig("--slots must be at least 1".to_owned()));
     }
@@ -165,6 +175,16 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         tracker: tokio_util::task::TaskTracker::new(),
     };
     let tasks = TaskManager::new(environment, shutdown.clone());
+    let drain_watch = tokio::spawn(
+        drain_on_request(
+            executor_id.clone(),
+            config.coordinators.clone(),
+            config.drain_timeout,
+            drain,
+            shutdown.clone(),
+        )
+        .instrument(span.clone()),
+    );
     let session = Session {
         executor_id: executor_id.clone(),
         address,
@@ -181,11 +201,55 @@ pub async fn run_executor(config: ExecutorConfig, shutdown: CancellationToken) -
         .instrument(span.clone())
         .await;
     tasks.drain(SHUTDOWN_DRAIN_TIMEOUT).instrument(span).await;
+    drain_watch.abort();
     match server.await {
         Ok(result) => result?,
         Err(join_error) => tracing::warn!(error = %join_error, "executor server task failed"),
     }
     Ok(())
+}
+
+/// Once `drain` is cancelled, asks the cluster to drain this executor, then waits for the leader
+/// to say it is drained (which cancels `shutdown`) at most `timeout`.
+async fn drain_on_request(
+    executor_id: String,
+    coordinators: Vec<String>,
+    timeout: Duration,
+    drain: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = drain.cancelled() => {}
+    }
+    tracing::info!(
+        ?timeout,
+        "asked to stop: draining (moving every subtask elsewhere) before exiting; a second signal exits at once"
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        asked = ask_to_drain(&executor_id, &coordinators, timeout) => match asked {
+            Ok(jobs_to_move) => tracing::info!(jobs_to_move, "drain requested"),
+            Err(error) => tracing::warn!(error = %error, "could not ask the cluster to drain this executor"),
+        },
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(?timeout, "not drained in time: exiting anyway");
+            shutdown.cancel();
+        }
+    }
+}
+
+/// Asks the cluster (retrying up to `timeout` while no leader answers) to drain this executor.
+async fn ask_to_drain(executor_id: &str, coordinators: &[String], timeout: Duration) -> Result<u32, ClientError> {
+    let client = ClusterClient::new(coordinators, timeout)?;
+    // One id per request: a later drain of a restarted executor with the same id must not be
+    // answered from the first one.
+    let request_id = format!("drain-{executor_id}-{:016x}", rand::random::<u64>());
+    client.drain_executor(executor_id, &request_id).await
 }
 
 struct Session {

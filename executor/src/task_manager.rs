@@ -203,6 +203,13 @@ impl TaskManager {
             }
             // The session's keepalive: the session loop notes it, the subtasks need nothing.
             ExecutorCommand::HeartbeatAck { .. } => {}
+            ExecutorCommand::Drained => {
+                tracing::info!(
+                    running = self.running.len(),
+                    "drained: every subtask moved to other executors; exiting"
+                );
+                self.shutdown.cancel();
+            }
         }
     }
 

@@ -8,8 +8,8 @@ use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{
-    ensure_exact_output, ensure_exact_prefix, eventually, fast_executors, job, start_executors, subtask_epochs,
-    test_settings, without_ansi_colors, word_count, TestCluster,
+    ensure_exact_output, ensure_exact_prefix, eventually, fast_executors, job, run_cli, start_executors, stderr_of,
+    stdout_of, subtask_epochs, test_settings, without_ansi_colors, word_count, TestCluster,
 };
 use crate::s3_peer::S3Peer;
 
@@ -553,4 +553,104 @@ async fn a_running_word_count_rescaled_up_and_down_then_stopped_with_a_savepoint
     let pending = std::fs::read_dir(spec.output_dir.join(".pending"))?.count();
     assert_eq!(pending, 0, "nothing pending or in progress after the stop");
     Ok(())
+}
+
+/// From every executor's log: for each source subtask cancelled right after checkpoint
+/// `checkpoint_id` (its last barrier), how many records it had produced after that barrier,
+/// which a restart from that checkpoint replays.
+fn records_replayed_from(cluster: &TestCluster, checkpoint_id: u64) -> Vec<u64> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let (_, rest) = line.split_once(&format!("{name}="))?;
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let mut replayed = Vec::new();
+    for executor_id in cluster.cluster.executor_ids() {
+        let Some(log) = cluster
+            .cluster
+            .executor(&executor_id)
+            .and_then(|executor| std::fs::read_to_string(executor.log_path()).ok())
+        else {
+            continue;
+        };
+        for line in without_ansi_colors(&log)
+            .lines()
+            .filter(|line| line.contains("source cancelled"))
+        {
+            if field(line, "last_barrier") == Some(checkpoint_id) {
+                replayed.extend(field(line, "records_after_barrier"));
+            }
+        }
+    }
+    replayed
+}
+
+/// Waits until the job runs again, restored from a checkpoint after `last_before`, with no
+/// subtask on `executor_id`; returns it.
+async fn moved_off(
+    client: &ClusterClient,
+    job_id: &str,
+    executor_id: &str,
+    last_before: u64,
+) -> anyhow::Result<pb::Job> {
+    eventually("the job to run again elsewhere", PATIENCE, || async {
+        job(client, job_id).await.filter(|job| {
+            job.status == "Running"
+                && job.restored_checkpoint_id.unwrap_or(0) > last_before
+                && job.subtasks.iter().all(|subtask| subtask.executor_id != executor_id)
+                && job.subtasks.iter().all(|subtask| !subtask.executor_id.is_empty())
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_executors_under_load_moves_their_subtasks_without_replaying_a_record() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 12), ("exec-b", 12), ("exec-c", 12)]).await?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    let spec = WordCountJob {
+        records: 60_000,
+        vocabulary_size: 500,
+        ..word_count(&cluster)
+    };
+    let submitted = client.submit_job(&spec.spec("wc-drain"), "wc-drain").await?;
+    let job_id = submitted.job_id.clone();
+    let running = running_with_checkpoints(&client, &job_id, 2).await?;
+
+    tracing::info!("--- executor drain, through the CLI, of the executor running counts");
+    let drained = executor_of(&running, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
+    let last_before = running.last_checkpoint_id.unwrap_or(0);
+    let output = run_cli(&["executor", "drain", &drained, "--coordinators", &coordinators])?;
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(stdout_of(&output).contains("draining"), "{}", stdout_of(&output));
+    let moved = moved_off(&client, &job_id, &drained, last_before).await?;
+    let status = cluster.cluster.wait_executor_exit(&drained, PATIENCE).await?;
+    assert!(status.success(), "a drained executor exits cleanly: {status}");
+    let listed = client.list_executors().await?;
+    let record = listed.executors.iter().find(|executor| executor.executor_id == drained);
+    assert!(record.is_some_and(|executor| executor.draining), "{listed:?}");
+    let restored = moved.restored_checkpoint_id.unwrap_or(0);
+    let replayed = records_replayed_from(&cluster, restored);
+    tracing::info!(
+        restored,
+        ?replayed,
+        "records the sources produced after the barrier of the checkpoint moved from"
+    );
+    assert_eq!(
+        replayed,
+        vec![0; 2],
+        "both sources stopped at the barrier of checkpoint {restored}, the one the job moved from"
+    );
+
+    tracing::info!("--- SIGTERM to the executor now running counts: it drains itself, then exits 0");
+    let terminated = executor_of(&moved, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
+    let last_before = moved.last_checkpoint_id.unwrap_or(0);
+    let status = cluster.cluster.terminate_executor(&terminated, PATIENCE).await?;
+    assert!(status.success(), "the executor exited with {status}");
+    let moved = moved_off(&client, &job_id, &terminated, last_before).await?;
+    let restored = moved.restored_checkpoint_id.unwrap_or(0);
+    assert_eq!(records_replayed_from(&cluster, restored), vec![0; 2]);
+
+    let done = finished(&client, &job_id).await?;
+    assert_eq!(done.restart_count, 0, "a move is not a failure: {}", done.status_reason);
+    assert_exact(&spec)
 }

@@ -195,13 +195,18 @@ async fn sigterm_stops_an_executor_cleanly_and_its_subtasks_move() -> anyhow::Re
         .map(|executor| executor.log_path())
         .ok_or_else(|| anyhow::anyhow!("no executor leaving"))?;
 
-    tracing::info!("--- SIGTERM: the executor cancels and drains its subtasks and exits 0");
+    tracing::info!("--- SIGTERM: the executor is drained (its subtasks move), then exits 0");
     let status = cluster
         .cluster
         .terminate_executor("leaving", Duration::from_secs(15))
         .await?;
     assert!(status.success(), "the executor exited with {status}");
     let log = std::fs::read_to_string(&log_path)?;
+    assert!(
+        log.contains("drain requested") && log.contains("drained: every subtask moved"),
+        "it drained before exiting: {}",
+        log_path.display()
+    );
     assert!(
         !log.contains("did not stop in time"),
         "every subtask stopped within the drain limit: {}",

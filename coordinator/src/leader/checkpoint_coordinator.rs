@@ -28,9 +28,9 @@ struct Coordinator<C> {
     last_trigger: HashMap<JobId, Instant>,
     /// Jobs whose sources reported the end of their input: checkpoint them without waiting.
     final_due: HashSet<JobId>,
-    /// Jobs whose in-flight checkpoint pauses their sources, for a rescale.
+    /// Jobs whose in-flight checkpoint pauses their sources, for a rescale or a move.
     pausing: HashSet<JobId>,
-    /// Aborted attempts at each pending rescale's checkpoint.
+    /// Aborted attempts at each pending rescale's or move's checkpoint.
     rescale_attempts: HashMap<JobId, u32>,
     /// Jobs whose in-flight checkpoint is taken for their pending savepoint.
     taking_savepoint: HashSet<JobId>,
@@ -234,7 +234,7 @@ impl<C: LeaderContext> Coordinator<C> {
                     },
                 );
                 if self.pausing.remove(&job_id) {
-                    self.rescale(job_id, Some(checkpoint_id)).await;
+                    self.restart_paused(job_id, Some(checkpoint_id)).await;
                 }
             }
             Ok(other) => tracing::warn!(response = ?other, "unexpected answer to CompleteCheckpoint"),
@@ -246,26 +246,41 @@ impl<C: LeaderContext> Coordinator<C> {
         }
     }
 
-    /// Commits the job's pending rescale: it restarts from its latest completed checkpoint,
-    /// `paused_at` when that is the one taken for the rescale.
-    async fn rescale(&mut self, job_id: JobId, paused_at: Option<CheckpointId>) {
+    /// Commits the job's pending rescale, or else its pending move off a draining executor: it
+    /// restarts from its latest completed checkpoint, `paused_at` when that is the one taken for
+    /// it.
+    async fn restart_paused(&mut self, job_id: JobId, paused_at: Option<CheckpointId>) {
         self.rescale_attempts.remove(&job_id);
-        let request = self
-            .context
-            .read_state(|state| state.jobs.get(&job_id).and_then(|job| job.pending_rescale.clone()));
-        let Some(request) = request else { return };
-        let command = Command::RescaleJob {
-            job_id,
-            operator_id: request.operator_id.clone(),
-            parallelism: request.parallelism,
-            at_ms: self.context.now_ms(),
-        };
-        match self.context.propose(command).await {
-            Ok(_) => {
-                tracing::info!(job_id = %job_id, operator_id = ?request.operator_id, parallelism = request.parallelism, checkpoint_id = paused_at.map(|id| id.0), "rescaling: the job restarts from its latest checkpoint")
+        let (rescale, relocation) = self.context.read_state(|state| {
+            state.jobs.get(&job_id).map_or((None, None), |job| {
+                (job.pending_rescale.clone(), job.pending_relocation.clone())
+            })
+        });
+        let checkpoint_id = paused_at.map(|id| id.0);
+        let at_ms = self.context.now_ms();
+        if let Some(request) = rescale {
+            let command = Command::RescaleJob {
+                job_id,
+                operator_id: request.operator_id.clone(),
+                parallelism: request.parallelism,
+                at_ms,
+            };
+            match self.context.propose(command).await {
+                Ok(_) => {
+                    tracing::info!(job_id = %job_id, operator_id = ?request.operator_id, parallelism = request.parallelism, checkpoint_id, "rescaling: the job restarts from its latest checkpoint")
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %job_id, error = %error, "rescale not committed; it is tried again")
+                }
             }
-            Err(error) => {
-                tracing::warn!(job_id = %job_id, error = %error, "rescale not committed; it is tried again")
+        } else if let Some(request) = relocation {
+            match self.context.propose(Command::RelocateJob { job_id, at_ms }).await {
+                Ok(_) => {
+                    tracing::info!(job_id = %job_id, away_from = %request.away_from, checkpoint_id, "relocating: the job restarts from its latest checkpoint off the draining executor")
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %job_id, error = %error, "move not committed; it is tried again")
+                }
             }
         }
     }
@@ -289,7 +304,7 @@ impl<C: LeaderContext> Coordinator<C> {
             let mut rescale_now = Vec::new();
             for job in state.jobs.values() {
                 let interval = job.graph.checkpoint.interval_ms;
-                let rescale_pending = job.pending_rescale.is_some();
+                let rescale_pending = job.pending_rescale.is_some() || job.pending_relocation.is_some();
                 let savepoint_pending = job.pending_savepoint.is_some();
                 // After the savepoint a job stops with, its sources are ending: nothing follows.
                 if job.status != JobStatus::Running
@@ -352,8 +367,8 @@ impl<C: LeaderContext> Coordinator<C> {
             }
         }
         for job_id in rescale_now {
-            tracing::warn!(job_id = %job_id, attempts = RESCALE_CHECKPOINT_ATTEMPTS, "no checkpoint for the rescale completed: rescaling from the latest one");
-            self.rescale(job_id, None).await;
+            tracing::warn!(job_id = %job_id, attempts = RESCALE_CHECKPOINT_ATTEMPTS, "no checkpoint for the rescale or move completed: going ahead from the latest one");
+            self.restart_paused(job_id, None).await;
         }
         for job_id in due {
             self.trigger(job_id).await;
@@ -383,9 +398,11 @@ impl<C: LeaderContext> Coordinator<C> {
         let started = self.context.read_state(|state| {
             let job = state.jobs.get(&job_id)?;
             let options = CheckpointOptions {
-                sources: match (&job.pending_savepoint, &job.pending_rescale) {
-                    (Some(request), _) if request.stop => SourcesAfterBarrier::Stop,
-                    (_, Some(_)) => SourcesAfterBarrier::Pause,
+                sources: match &job.pending_savepoint {
+                    Some(request) if request.stop => SourcesAfterBarrier::Stop,
+                    _ if job.pending_rescale.is_some() || job.pending_relocation.is_some() => {
+                        SourcesAfterBarrier::Pause
+                    }
                     _ => SourcesAfterBarrier::Continue,
                 },
                 savepoint: job.pending_savepoint.is_some(),

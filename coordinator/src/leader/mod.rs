@@ -215,6 +215,9 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
     let sessions = context.sessions();
     let lease_timeout = Duration::from_millis(settings.lease_timeout_ms);
     let interval = Duration::from_millis(settings.scheduling_interval_ms.max(1));
+    // When each drained executor was last told to exit (it may miss one message; no need to
+    // repeat it every round).
+    let mut told_drained: std::collections::HashMap<ExecutorId, Instant> = std::collections::HashMap::new();
     loop {
         tokio::select! {
             biased;
@@ -222,6 +225,16 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
             _ = tokio::time::sleep(interval) => {}
         }
         let round = context.read_state(|state| plan_round(state, sessions, lease_timeout, context.now_ms()));
+        told_drained.retain(|executor_id, _| round.drained.contains(executor_id));
+        for executor_id in &round.drained {
+            let due = told_drained
+                .get(executor_id)
+                .is_none_or(|told| told.elapsed() >= DRAINED_REPEAT);
+            if due && sessions.send(executor_id, ExecutorCommand::Drained) {
+                tracing::info!(%executor_id, "executor drained: every subtask moved elsewhere; told to exit");
+                told_drained.insert(executor_id.clone(), Instant::now());
+            }
+        }
         for (job_id, reason) in round.give_up {
             let command = Command::TransitionJob {
                 job_id,
@@ -295,6 +308,9 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
     }
 }
 
+/// How often a drained executor that is still connected is told again to exit.
+const DRAINED_REPEAT: Duration = Duration::from_secs(1);
+
 /// Placement proposals in flight at once in one scheduling round.
 const MAX_PLACEMENTS_IN_FLIGHT: usize = 64;
 
@@ -305,6 +321,8 @@ struct Round {
     cancelling: Vec<(JobId, Vec<(ExecutorId, TaskRef)>)>,
     /// Jobs whose every task finished, with the savepoint they stop with, if they stop.
     finished: Vec<(JobId, Option<SavepointRef>)>,
+    /// Draining executors that hold no subtask any more: they may exit.
+    drained: Vec<ExecutorId>,
 }
 
 fn plan_round(state: &State, sessions: &ExecutorSessions, lease_timeout: Duration, now: u64) -> Round {
@@ -351,11 +369,19 @@ fn plan_round(state: &State, sessions: &ExecutorSessions, lease_timeout: Duratio
             (job.job_id, stopped_at)
         })
         .collect();
+    let drained = state
+        .executors
+        .values()
+        .filter(|executor| executor.alive && executor.draining)
+        .filter(|executor| state.used_slots(&executor.executor_id) == 0)
+        .map(|executor| executor.executor_id.clone())
+        .collect();
     Round {
         give_up,
         placements,
         cancelling,
         finished,
+        drained,
     }
 }
 

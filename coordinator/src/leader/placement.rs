@@ -35,7 +35,7 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
             state
                 .executors
                 .get(id)
-                .filter(|executor| executor.alive)
+                .filter(|executor| executor.takes_work())
                 .map(|executor| (id, executor))
         })
         .map(|(id, executor)| (id, i64::from(executor.slots) - i64::from(state.used_slots(id))))

@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
-use raftstream_api::ids::NodeId;
+use raftstream_api::ids::{ExecutorId, NodeId};
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
 
 use super::{forward_to_leader, forwarded_request, is_forwarded};
-use crate::context::CoordinatorContext;
+use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
 use crate::leader::ExecutorSessions;
+use crate::state_machine::{Command, Response as Applied};
 
 /// How long a membership change waits before asking again while another one commits.
 const MEMBERSHIP_RETRY: Duration = Duration::from_millis(25);
@@ -293,6 +294,39 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         }
     }
 
+    async fn drain_executor(
+        &self,
+        request: Request<pb::DrainExecutorRequest>,
+    ) -> Result<Response<pb::DrainExecutorResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let executor_id = message.executor_id.trim();
+        if executor_id.is_empty() {
+            return Err(CoordinatorError::InvalidRequest("executor_id is empty".to_owned()).into());
+        }
+        let command = Command::DrainExecutor {
+            request_id: super::job_service::parse_request_id(&message.request_id)?,
+            executor_id: ExecutorId(executor_id.to_owned()),
+            at_ms: now_ms(),
+        };
+        match self.context.propose(command).await {
+            Ok(Applied::ExecutorDraining {
+                executor_id,
+                jobs_to_move,
+            }) => {
+                tracing::info!(%executor_id, jobs_to_move, "executor draining");
+                Ok(Response::new(pb::DrainExecutorResponse { jobs_to_move }))
+            }
+            Ok(other) => Err(CoordinatorError::Internal(format!("drain answered {other:?}")).into()),
+            Err(error) => {
+                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
+                    AdminServiceClient::new(leader).drain_executor(request).await
+                })
+                .await
+            }
+        }
+    }
+
     async fn list_executors(
         &self,
         request: Request<pb::ListExecutorsRequest>,
@@ -336,6 +370,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                     alive: executor.alive,
                     connected,
                     last_heartbeat_age_ms: age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+                    draining: executor.draining,
                 }
             })
             .collect();

@@ -89,7 +89,7 @@ impl JobServiceImpl {
     }
 }
 
-fn parse_request_id(text: &str) -> Result<Option<RequestId>, CoordinatorError> {
+pub(super) fn parse_request_id(text: &str) -> Result<Option<RequestId>, CoordinatorError> {
     if text.is_empty() {
         return Ok(None);
     }

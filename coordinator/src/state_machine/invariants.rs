@@ -28,14 +28,15 @@ pub(super) fn before(state: &State, command: &Command) -> Touched {
         | Command::RescaleJob { job_id, .. }
         | Command::RequestRescale { job_id, .. }
         | Command::RequestSavepoint { job_id, .. }
+        | Command::RelocateJob { job_id, .. }
         | Command::FailSavepoint { job_id, .. }
         | Command::FailSubtask { job_id, .. } => (Some(*job_id), None),
         Command::AssignSubtask {
             job_id, executor_id, ..
         } => (Some(*job_id), Some(executor_id.clone())),
-        Command::RegisterExecutor { executor_id, .. } | Command::MarkExecutorDead { executor_id, .. } => {
-            (None, Some(executor_id.clone()))
-        }
+        Command::RegisterExecutor { executor_id, .. }
+        | Command::MarkExecutorDead { executor_id, .. }
+        | Command::DrainExecutor { executor_id, .. } => (None, Some(executor_id.clone())),
     };
     // An executor that dies or registers again releases its subtasks in every job it ran.
     let jobs = state

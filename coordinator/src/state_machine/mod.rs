@@ -103,6 +103,18 @@ pub struct JobRecord {
     /// The savepoint the job was submitted from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_savepoint: Option<SavepointRef>,
+    /// Subtasks of the running job are on a draining executor: the leader takes a checkpoint
+    /// with the sources paused after its barrier, then commits `RelocateJob`, so the job moves
+    /// from exactly that checkpoint and nothing is processed twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_relocation: Option<RelocationRequest>,
+}
+
+/// A move of a running job off a draining executor, waiting for its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelocationRequest {
+    pub away_from: ExecutorId,
+    pub requested_at_ms: u64,
 }
 
 /// A requested change of parallelism, waiting for its checkpoint.
@@ -131,6 +143,18 @@ pub struct ExecutorRecord {
     pub alive: bool,
     pub registered_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Being drained: no new placement goes to it; its jobs move through a checkpoint taken for
+    /// the move, and once it holds nothing the leader tells it to exit. Registering again (a new
+    /// process) ends it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub draining: bool,
+}
+
+impl ExecutorRecord {
+    /// Whether new subtasks may be placed on it.
+    pub fn takes_work(&self) -> bool {
+        self.alive && !self.draining
+    }
 }
 
 /// Responses remembered for client request ids, forgotten oldest first.
@@ -276,6 +300,19 @@ pub enum Command {
         parallelism: u32,
         at_ms: u64,
     },
+    /// Stops placing work on an executor and moves what it runs elsewhere (see
+    /// [`ExecutorRecord::draining`]).
+    DrainExecutor {
+        request_id: Option<RequestId>,
+        executor_id: ExecutorId,
+        at_ms: u64,
+    },
+    /// Restarts a running job from its latest checkpoint (the one taken for the move) so that
+    /// its subtasks leave a draining executor. Committed by the leader only.
+    RelocateJob {
+        job_id: JobId,
+        at_ms: u64,
+    },
     /// A subtask placement reported a failure: the whole job restarts from its last completed
     /// checkpoint (its subtasks exchange data, so one rewinding means all rewind).
     FailSubtask {
@@ -342,6 +379,11 @@ pub enum Response {
     SavepointDeleted {
         savepoint: SavepointRef,
     },
+    ExecutorDraining {
+        executor_id: ExecutorId,
+        /// Running jobs that move through a checkpoint taken for the move.
+        jobs_to_move: u32,
+    },
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -361,6 +403,8 @@ pub enum Rejection {
     UnknownExecutor { executor_id: ExecutorId },
     #[error("executor {executor_id} is dead")]
     ExecutorDead { executor_id: ExecutorId },
+    #[error("executor {executor_id} is being drained and takes no new work")]
+    ExecutorDraining { executor_id: ExecutorId },
     #[error("executor {executor_id} has no free slot (all {slots} in use)")]
     NoFreeSlot { executor_id: ExecutorId, slots: u32 },
     #[error("executor {executor_id} must offer at least one slot")]
@@ -459,7 +503,8 @@ pub fn apply(state: &mut State, command: Command) -> ApplyResult {
         | Command::CancelJob { request_id, .. }
         | Command::RequestRescale { request_id, .. }
         | Command::RequestSavepoint { request_id, .. }
-        | Command::DeleteSavepoint { request_id, .. } => request_id.clone(),
+        | Command::DeleteSavepoint { request_id, .. }
+        | Command::DrainExecutor { request_id, .. } => request_id.clone(),
         _ => None,
     };
     if let Some(request_id) = &request_id {
@@ -530,6 +575,8 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
         } => savepoints::request_savepoint(state, &job_id, stop, at_ms),
         Command::FailSavepoint { job_id, reason, at_ms } => savepoints::fail_savepoint(state, &job_id, reason, at_ms),
         Command::DeleteSavepoint { savepoint, .. } => savepoints::delete_savepoint(state, savepoint),
+        Command::DrainExecutor { executor_id, at_ms, .. } => drain_executor(state, &executor_id, at_ms),
+        Command::RelocateJob { job_id, at_ms } => relocate_job(state, &job_id, at_ms),
         Command::FailSubtask {
             job_id,
             subtask,
@@ -616,6 +663,7 @@ fn submit_job(
         last_savepoint: None,
         stopping_at: None,
         from_savepoint,
+        pending_relocation: None,
     };
     state.last_job_number = job_number;
     state.jobs.insert(job_id, record);
@@ -709,8 +757,9 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
         savepoints::interrupt_savepoint(job, &format!("the job became {to}: {reason}"));
     }
     job.rescaling = false;
-    if to.is_terminal() {
+    if to.is_terminal() || to == JobStatus::Restarting {
         job.pending_rescale = None;
+        job.pending_relocation = None;
     }
     // A deployment restores the latest completed checkpoint as it was when the leader sent it, and
     // no checkpoint completes between that and this entry: completions need a running job.
@@ -793,7 +842,7 @@ fn request_rescale(
     let free: u64 = state
         .executors
         .values()
-        .filter(|executor| executor.alive)
+        .filter(|executor| executor.takes_work())
         .map(|executor| u64::from(executor.slots.saturating_sub(state.used_slots(&executor.executor_id))))
         .sum();
     let available = held + free;
@@ -852,6 +901,7 @@ fn rescale_job(
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
     job.rescaling = true;
     job.pending_rescale = None;
+    job.pending_relocation = None;
     savepoints::interrupt_savepoint(job, "the job was rescaled");
     Ok(Response::JobTransitioned {
         job_id: *job_id,
@@ -883,9 +933,89 @@ fn register_executor(
         alive: true,
         registered_at_ms,
         updated_at_ms: at_ms,
+        draining: false,
     };
     state.executors.insert(executor_id.clone(), record);
     Ok(Response::ExecutorRegistered { executor_id })
+}
+
+fn drain_executor(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> ApplyResult {
+    let executor = state
+        .executors
+        .get_mut(executor_id)
+        .ok_or_else(|| Rejection::UnknownExecutor {
+            executor_id: executor_id.clone(),
+        })?;
+    if !executor.alive {
+        return Err(Rejection::ExecutorDead {
+            executor_id: executor_id.clone(),
+        });
+    }
+    executor.draining = true;
+    executor.updated_at_ms = at_ms;
+    let mut jobs_to_move = 0;
+    for job in state.jobs.values_mut() {
+        let on_it = job
+            .assignments
+            .values()
+            .any(|assignment| assignment.executor_id.as_ref() == Some(executor_id));
+        if !on_it {
+            continue;
+        }
+        match job.status {
+            // A pending rescale restarts it anyway, and places nothing on a draining executor.
+            JobStatus::Running if job.pending_rescale.is_some() => jobs_to_move += 1,
+            JobStatus::Running => {
+                jobs_to_move += 1;
+                if job.pending_relocation.is_none() {
+                    job.pending_relocation = Some(RelocationRequest {
+                        away_from: executor_id.clone(),
+                        requested_at_ms: at_ms,
+                    });
+                }
+            }
+            // Not running yet: nothing processed since its checkpoint to lose, so its placements
+            // are released and the scheduler places them again elsewhere, with new epochs.
+            JobStatus::Submitted | JobStatus::Restarting => {
+                release_slots(job);
+                job.updated_at_ms = job.updated_at_ms.max(at_ms);
+            }
+            // Cancelling tasks only stop; ended jobs hold nothing.
+            _ => {}
+        }
+    }
+    Ok(Response::ExecutorDraining {
+        executor_id: executor_id.clone(),
+        jobs_to_move,
+    })
+}
+
+fn relocate_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
+    let job = job_mut(state, job_id)?;
+    if job.status != JobStatus::Running {
+        return Err(Rejection::JobNotActive {
+            job_id: *job_id,
+            status: job.status,
+            what: "moves (only a running job moves)".to_owned(),
+        });
+    }
+    let Some(request) = job.pending_relocation.take() else {
+        return Err(Rejection::JobNotActive {
+            job_id: *job_id,
+            status: job.status,
+            what: "moves (none was asked for)".to_owned(),
+        });
+    };
+    release_slots(job);
+    savepoints::interrupt_savepoint(job, "the job moved off a draining executor");
+    job.status = JobStatus::Restarting;
+    job.status_reason = format!("moving off draining executor {}", request.away_from);
+    job.updated_at_ms = job.updated_at_ms.max(at_ms);
+    job.rescaling = true;
+    Ok(Response::JobTransitioned {
+        job_id: *job_id,
+        status: JobStatus::Restarting,
+    })
 }
 
 fn mark_executor_dead(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> ApplyResult {
@@ -913,6 +1043,8 @@ fn restart(job: &mut JobRecord, reason: String, at_ms: u64) {
         .any(|assignment| assignment.executor_id.is_some());
     release_slots(job);
     savepoints::interrupt_savepoint(job, &format!("the job restarts: {reason}"));
+    // Placed again anyway, never on a draining executor.
+    job.pending_relocation = None;
     match job.status {
         JobStatus::Running => {
             job.status = JobStatus::Restarting;
@@ -1040,6 +1172,9 @@ fn assign_subtask(
         })?;
     if !executor.alive {
         return Err(Rejection::ExecutorDead { executor_id });
+    }
+    if executor.draining {
+        return Err(Rejection::ExecutorDraining { executor_id });
     }
     let slots = executor.slots;
     let job = state

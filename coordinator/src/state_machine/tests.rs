@@ -626,6 +626,12 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
         }),
         (executor_id.clone(), 0u64..100)
             .prop_map(|(executor_id, at_ms)| Command::MarkExecutorDead { executor_id, at_ms }),
+        (executor_id.clone(), 0u64..100).prop_map(|(executor_id, at_ms)| Command::DrainExecutor {
+            request_id: None,
+            executor_id,
+            at_ms
+        }),
+        (job_id.clone(), 0u64..100).prop_map(|(job_id, at_ms)| Command::RelocateJob { job_id, at_ms }),
         (job_id.clone(), arbitrary_subtask(), executor_id, 0u64..100).prop_map(
             |(job_id, subtask, executor_id, at_ms)| Command::AssignSubtask {
                 job_id,
@@ -979,4 +985,92 @@ fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_
         .all(|assignment| assignment.executor_id.is_none()));
     assert_eq!(state.used_slots(&executor_id("e")), 0);
     assert!(job.status_reason.contains("rescaling operator counts to parallelism 4"));
+}
+
+#[test]
+fn a_drained_executor_takes_no_work_and_its_running_jobs_move_through_a_checkpoint() {
+    use crate::test_fixtures::StateBuilder;
+    let running = JobId::from_number(1);
+    let waiting = JobId::from_number(2);
+    // Job 1 runs on "a"; job 2 is placed on "a" too but not running yet; "b" has room.
+    let mut state = StateBuilder::new()
+        .executor("a", 12)
+        .executor("b", 12)
+        .job(graph(1, 3))
+        .place_all(1, "a")
+        .running(1)
+        .job(graph(1, 3))
+        .place_all(2, "a")
+        .build();
+    let drain = |name: &str| Command::DrainExecutor {
+        request_id: None,
+        executor_id: executor_id(name),
+        at_ms: 60,
+    };
+    let unknown = apply(&mut state, drain("nope")).expect_err("unknown");
+    assert!(matches!(unknown, Rejection::UnknownExecutor { .. }));
+    assert_eq!(
+        apply(&mut state, drain("a")),
+        Ok(Response::ExecutorDraining {
+            executor_id: executor_id("a"),
+            jobs_to_move: 1
+        })
+    );
+    assert!(state.executors[&executor_id("a")].draining);
+    let moving = &state.jobs[&running];
+    assert_eq!(
+        moving.status,
+        JobStatus::Running,
+        "it keeps running until its checkpoint"
+    );
+    assert_eq!(
+        moving
+            .pending_relocation
+            .as_ref()
+            .map(|request| request.away_from.clone()),
+        Some(executor_id("a"))
+    );
+    assert!(
+        state.jobs[&waiting]
+            .assignments
+            .values()
+            .all(|assignment| assignment.executor_id.is_none()),
+        "a job not running yet is simply placed again"
+    );
+    let refused = apply(
+        &mut state,
+        Command::AssignSubtask {
+            job_id: waiting,
+            subtask: subtask("src", 0),
+            executor_id: executor_id("a"),
+            at_ms: 61,
+        },
+    )
+    .expect_err("no new work");
+    assert!(refused.to_string().contains("being drained"), "{refused}");
+
+    let relocate = Command::RelocateJob {
+        job_id: running,
+        at_ms: 62,
+    };
+    assert!(apply(&mut state, relocate.clone()).is_ok());
+    let moved = &state.jobs[&running];
+    assert_eq!(moved.status, JobStatus::Restarting);
+    assert!(moved.rescaling && moved.restart_count == 0, "a move is not a failure");
+    assert_eq!(moved.pending_relocation, None);
+    assert_eq!(state.used_slots(&executor_id("a")), 0);
+    let again = apply(&mut state, relocate).expect_err("nothing to move");
+    assert!(again.to_string().contains("moves"), "{again}");
+
+    // The same executor id registering again is a new process: it takes work.
+    fixtures::apply_ok(
+        &mut state,
+        Command::RegisterExecutor {
+            executor_id: executor_id("a"),
+            address: "a:2".into(),
+            slots: 12,
+            at_ms: 70,
+        },
+    );
+    assert!(!state.executors[&executor_id("a")].draining);
 }

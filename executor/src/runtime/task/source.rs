@@ -132,6 +132,18 @@ pub(super) async fn run_source(
     // The savepoint the job stops with: once it completed (and every sink publishes it), this
     // source ends its stream, so every task of the job finishes.
     let mut stopping_at: Option<u64> = None;
+    // The last barrier this source sent, and how many records it produced after it: what a
+    // restart from that checkpoint replays (logged when the source is cancelled).
+    let mut last_barrier: Option<u64> = None;
+    let mut after_barrier = 0u64;
+    let cancelled = |last_barrier: Option<u64>, after_barrier: u64| {
+        tracing::info!(
+            last_barrier,
+            records_after_barrier = after_barrier,
+            "source cancelled; a restart from its last barrier's checkpoint replays records_after_barrier records"
+        );
+        Ok(TaskEnd::Cancelled)
+    };
     let rate = source.rate_per_subtask();
     let batch = rate.map_or(SOURCE_BATCH_LINES, |rate| {
         ((rate / 50.0) as usize).clamp(1, SOURCE_BATCH_LINES)
@@ -161,7 +173,7 @@ pub(super) async fn run_source(
         let wait_until = rate.map(|rate| started + Duration::from_secs_f64(produced as f64 / rate));
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+            _ = cancel.cancelled() => return cancelled(last_barrier, after_barrier),
             message = control.recv() => match message {
                 Some(TaskControl::Trigger { checkpoint_id: CheckpointId(checkpoint_id), options }) => {
                     outputs.flush(false).await?;
@@ -171,6 +183,8 @@ pub(super) async fn run_source(
                     acknowledger.acknowledge(barrier, state, Some(position), None)?;
                     pipeline.acknowledge_checkpoint(barrier, chained)?;
                     outputs.broadcast_barrier(barrier).await?;
+                    last_barrier = Some(checkpoint_id);
+                    after_barrier = 0;
                     if exhausted && final_barrier.is_none() {
                         final_barrier = Some(checkpoint_id);
                     }
@@ -217,7 +231,7 @@ pub(super) async fn run_source(
                         paused_at = None;
                     }
                 }
-                None => return Ok(TaskEnd::Cancelled),
+                None => return cancelled(last_barrier, after_barrier),
             },
             _ = async {
                 if exhausted || paused_at.is_some() {
@@ -233,6 +247,7 @@ pub(super) async fn run_source(
                     }
                     records.push(Record { key: Text::default(), value: Text::from(line.as_str()), timestamp_ms: source.last_timestamp_ms() });
                     produced += 1;
+                    after_barrier += 1;
                 }
                 pipeline.process(0, 0, &mut records, &mut |record| outputs.push(record))?;
                 outputs.flush(true).await?;
