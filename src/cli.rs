@@ -283,6 +283,9 @@ pub enum BenchCommand {
     Raft(crate::bench::RaftBenchArgs),
     /// Word-count throughput, executor recovery and leader failover on a local cluster of real processes.
     Stream(crate::bench_stream::StreamBenchArgs),
+    /// Rescale and drain times of a running job with keyed state, on a local cluster of real
+    /// processes; records replayed by a drain.
+    Elastic(crate::bench_elastic::ElasticBenchArgs),
 }
 
 fn client_for(args: &ClientArgs) -> anyhow::Result<ClusterClient> {
@@ -350,6 +353,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
         TopCommand::Demo(args) => crate::demo::run_demo(args).await,
         TopCommand::Bench(BenchCommand::Raft(args)) => crate::bench::run_raft_bench(args).await,
         TopCommand::Bench(BenchCommand::Stream(args)) => crate::bench_stream::run_stream_bench(args).await,
+        TopCommand::Bench(BenchCommand::Elastic(args)) => crate::bench_elastic::run_elastic_bench(args).await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`wordcount`]: the word-count job of the demo, tests and benchmarks, and its exactly-once check.
 
 pub mod bench;
+pub mod bench_elastic;
 pub mod bench_stream;
 pub mod cli;
 pub mod demo;

@@ -605,6 +605,31 @@ impl LocalCluster {
         self.executors.keys().cloned().collect()
     }
 
+    /// For each source subtask whose log (in any executor's log) says it was cancelled right
+    /// after checkpoint `checkpoint_id`, the records it had produced after that barrier: what a
+    /// restart from that checkpoint replays.
+    pub fn records_replayed_from(&self, checkpoint_id: u64) -> Vec<u64> {
+        let field = |line: &str, name: &str| -> Option<u64> {
+            let (_, rest) = line.split_once(&format!("{name}="))?;
+            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        };
+        let mut replayed = Vec::new();
+        for executor in self.executors.values() {
+            let Ok(log) = std::fs::read_to_string(executor.log_path()) else {
+                continue;
+            };
+            for line in without_ansi_colors(&log)
+                .lines()
+                .filter(|line| line.contains("source cancelled"))
+            {
+                if field(line, "last_barrier") == Some(checkpoint_id) {
+                    replayed.extend(field(line, "records_after_barrier"));
+                }
+            }
+        }
+        replayed
+    }
+
     /// Restarts a killed executor with the same id.
     pub fn restart_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
         self.spawn_executor(executor_id)
@@ -668,4 +693,53 @@ async fn wait_for_exit(
             Err(error)
         }
     }
+}
+
+/// A child's log text without its terminal colour codes.
+pub fn without_ansi_colors(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for code in chars.by_ref() {
+                if code.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Copies every `*.log` file under `directory` (a failed test's cluster) to `destination`,
+/// keeping relative paths, so its processes' logs outlive the test's temporary directory.
+/// Best effort: a test that already failed must not fail differently here.
+pub fn keep_logs(directory: &Path, destination: &Path) -> usize {
+    let mut kept = 0;
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "log") {
+                let Ok(relative) = path.strip_prefix(directory) else {
+                    continue;
+                };
+                let target = destination.join(relative);
+                if let Some(parent) = target.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                if std::fs::copy(&path, &target).is_ok() {
+                    kept += 1;
+                }
+            }
+        }
+    }
+    kept
 }

@@ -18,11 +18,21 @@ fn run(out: &PathBuf, args: &[&str]) -> (Option<i32>, String) {
         .arg(out)
         .output()
         .unwrap_or_else(|error| panic!("starting raftstream-jepsen: {error}"));
-    let text = format!(
+    let mut text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    // A run that did not finish cleanly keeps its processes' logs past the temporary directory.
+    if output.status.code() != Some(0) {
+        let name = out
+            .parent()
+            .and_then(|parent| parent.file_name())
+            .map_or_else(|| "chaos".to_owned(), |name| name.to_string_lossy().into_owned());
+        let destination = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chaos-{name}"));
+        let kept = raftstream::local_cluster::keep_logs(out, &destination);
+        text.push_str(&format!("\n(kept {kept} log files in {})\n", destination.display()));
+    }
     (output.status.code(), text)
 }
 

@@ -41,6 +41,25 @@ pub struct TestCluster {
     pub directory: TempDir,
 }
 
+impl Drop for TestCluster {
+    /// A failing test keeps its processes' logs under `target/tmp/failed-<dir>/`.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let name = self
+                .directory
+                .path()
+                .file_name()
+                .map_or_else(|| "cluster".to_owned(), |name| name.to_string_lossy().into_owned());
+            let destination = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("failed-{name}"));
+            let kept = raftstream::local_cluster::keep_logs(self.directory.path(), &destination);
+            eprintln!(
+                "kept {kept} log files of the failed test's cluster in {}",
+                destination.display()
+            );
+        }
+    }
+}
+
 impl TestCluster {
     pub async fn start(settings: RaftSettings) -> anyhow::Result<Self> {
         Self::start_with(settings, ExecutorSettings::default()).await
@@ -157,23 +176,7 @@ pub async fn placement(client: &ClusterClient, job_id: &str) -> Option<raftstrea
     Some(raftstream::demo::placement_of(&job))
 }
 
-/// A child's log line without its terminal colour codes.
-pub fn without_ansi_colors(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for code in chars.by_ref() {
-                if code.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
+pub use raftstream::local_cluster::without_ansi_colors;
 
 /// Starts `executors` (id, slots) and waits until every one holds a session with the leader.
 pub async fn start_executors(cluster: &mut TestCluster, executors: &[(&str, u32)]) -> anyhow::Result<ClusterClient> {
@@ -257,26 +260,7 @@ pub fn stderr_of(output: &std::process::Output) -> String {
 /// seen, its updates 1..n each once (nothing lost, nothing twice), whatever n is. Returns the
 /// number of updates, so a test can tell the output is not empty.
 pub fn ensure_exact_prefix(output_dir: &Path) -> anyhow::Result<u64> {
-    let highest = highest_counts(output_dir)?;
+    let highest = raftstream::wordcount::highest_counts(output_dir)?;
     ensure_exact_output(output_dir, &highest)?;
     Ok(highest.values().sum())
-}
-
-/// The highest count published for each word.
-pub fn highest_counts(output_dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut highest = BTreeMap::new();
-    for entry in std::fs::read_dir(output_dir)?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("part-") && name.ends_with(".txt")) {
-            continue;
-        }
-        for line in std::fs::read_to_string(entry.path())?.lines() {
-            if let Some((word, count)) = line.split_once('\t') {
-                let count: u64 = count.parse()?;
-                let slot = highest.entry(word.to_owned()).or_insert(0);
-                *slot = count.max(*slot);
-            }
-        }
-    }
-    Ok(highest)
 }

@@ -555,35 +555,6 @@ async fn a_running_word_count_rescaled_up_and_down_then_stopped_with_a_savepoint
     Ok(())
 }
 
-/// From every executor's log: for each source subtask cancelled right after checkpoint
-/// `checkpoint_id` (its last barrier), how many records it had produced after that barrier,
-/// which a restart from that checkpoint replays.
-fn records_replayed_from(cluster: &TestCluster, checkpoint_id: u64) -> Vec<u64> {
-    let field = |line: &str, name: &str| -> Option<u64> {
-        let (_, rest) = line.split_once(&format!("{name}="))?;
-        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    };
-    let mut replayed = Vec::new();
-    for executor_id in cluster.cluster.executor_ids() {
-        let Some(log) = cluster
-            .cluster
-            .executor(&executor_id)
-            .and_then(|executor| std::fs::read_to_string(executor.log_path()).ok())
-        else {
-            continue;
-        };
-        for line in without_ansi_colors(&log)
-            .lines()
-            .filter(|line| line.contains("source cancelled"))
-        {
-            if field(line, "last_barrier") == Some(checkpoint_id) {
-                replayed.extend(field(line, "records_after_barrier"));
-            }
-        }
-    }
-    replayed
-}
-
 /// Waits until the job runs again, restored from a checkpoint after `last_before`, with no
 /// subtask on `executor_id`; returns it.
 async fn moved_off(
@@ -629,7 +600,7 @@ async fn draining_executors_under_load_moves_their_subtasks_without_replaying_a_
     let record = listed.executors.iter().find(|executor| executor.executor_id == drained);
     assert!(record.is_some_and(|executor| executor.draining), "{listed:?}");
     let restored = moved.restored_checkpoint_id.unwrap_or(0);
-    let replayed = records_replayed_from(&cluster, restored);
+    let replayed = cluster.cluster.records_replayed_from(restored);
     tracing::info!(
         restored,
         ?replayed,
@@ -648,9 +619,64 @@ async fn draining_executors_under_load_moves_their_subtasks_without_replaying_a_
     assert!(status.success(), "the executor exited with {status}");
     let moved = moved_off(&client, &job_id, &terminated, last_before).await?;
     let restored = moved.restored_checkpoint_id.unwrap_or(0);
-    assert_eq!(records_replayed_from(&cluster, restored), vec![0; 2]);
+    assert_eq!(cluster.cluster.records_replayed_from(restored), vec![0; 2]);
 
     let done = finished(&client, &job_id).await?;
     assert_eq!(done.restart_count, 0, "a move is not a failure: {}", done.status_reason);
+    assert_exact(&spec)
+}
+
+/// Waits until the job runs with `parallelism` subtasks of `counts`, all placed.
+async fn running_at(client: &ClusterClient, job_id: &str, parallelism: usize) -> anyhow::Result<pb::Job> {
+    eventually("the job to run at the new parallelism", PATIENCE, || async {
+        job(client, job_id).await.filter(|job| {
+            let counts = job
+                .subtasks
+                .iter()
+                .filter(|subtask| subtask.operator_id == "counts")
+                .count();
+            job.status == "Running"
+                && counts == parallelism
+                && job.subtasks.iter().all(|subtask| !subtask.executor_id.is_empty())
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescales_survive_an_executor_killed_and_the_leader_killed_in_their_middle() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("exec-a", 12), ("exec-b", 12), ("exec-c", 12)]).await?;
+    // 25 s of input: both rescales and their recoveries happen while it runs.
+    let spec = WordCountJob {
+        records: 100_000,
+        ..word_count(&cluster)
+    };
+    let submitted = client
+        .submit_job(&spec.spec("wc-rescale-faults"), "wc-rescale-faults")
+        .await?;
+    let job_id = submitted.job_id.clone();
+    let running = running_with_checkpoints(&client, &job_id, 2).await?;
+
+    tracing::info!("--- rescale to 3, and kill -9 an executor of the job while its checkpoint is taken");
+    let victim = executor_of(&running, "counts").ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
+    client.rescale_job(&job_id, None, 3, "faulty-rescale-3").await?;
+    cluster.cluster.kill_executor(&victim)?;
+    let rescaled = running_at(&client, &job_id, 3).await?;
+    assert!(
+        rescaled.subtasks.iter().all(|subtask| subtask.executor_id != victim),
+        "nothing runs on the dead executor"
+    );
+
+    tracing::info!("--- rescale to 1, and kill -9 the coordinator leader at once");
+    let leader = cluster.leader().await?;
+    client.rescale_job(&job_id, None, 1, "faulty-rescale-1").await?;
+    cluster.cluster.kill(leader)?;
+    let new_leader = cluster.leader().await?;
+    assert_ne!(new_leader, leader);
+    let client = cluster.client()?;
+    running_at(&client, &job_id, 1).await?;
+
+    let done = finished(&client, &job_id).await?;
+    assert_eq!(done.subtasks.len(), 5, "it ended at parallelism 1");
     assert_exact(&spec)
 }

@@ -1,0 +1,236 @@
+//! `raftstream bench elastic`: how fast a running job changes shape, on a local cluster of real
+//! processes (three coordinators, three executors, all on this machine):
+//!
+//! - rescale time: `job rescale` -> the job running at the new parallelism (every subtask placed,
+//!   restored from the checkpoint taken for the rescale), alternating between two parallelisms,
+//!   for each size of keyed state asked for;
+//! - drain time: `executor drain` -> the job running on the other executors, and the records its
+//!   sources replayed (produced after the barrier of the checkpoint the job moved from);
+//! - the committed output is checked at the end (stopped with a savepoint: an exact prefix).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use raftstream_api::client::ClusterClient;
+use raftstream_coordinator::leader::ExecutorSettings;
+use raftstream_coordinator::node::RaftSettings;
+use raftstream_proto::v1 as pb;
+
+use crate::bench::{millis, percentile};
+use crate::local_cluster::{poll_until, LocalCluster};
+use crate::wordcount::{check_prefix, WordCountJob};
+
+/// Options of `bench elastic`.
+#[derive(Debug, Args)]
+pub struct ElasticBenchArgs {
+    /// Distinct keys of the keyed state, one run per value: about 25 bytes of checkpointed state
+    /// each (40,000 is about 1 MiB).
+    #[arg(long, value_delimiter = ',', default_value = "40000")]
+    pub keys: Vec<u64>,
+    /// Rescales per run, alternating between the two parallelisms of --parallelism.
+    #[arg(long, default_value_t = 10)]
+    pub rescales: u32,
+    /// The two parallelisms the job alternates between.
+    #[arg(long, value_delimiter = ',', default_value = "2,4")]
+    pub parallelism: Vec<u32>,
+    /// Executor drains per run (each replaced by a fresh executor).
+    #[arg(long, default_value_t = 3)]
+    pub drains: u32,
+    /// Input rate, lines (of 8 words) per second over all sources.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Where the cluster's files go (a fresh temporary directory when absent).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
+    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
+}
+
+fn executor_of(job: &pb::Job, operator_id: &str) -> Option<String> {
+    job.subtasks
+        .iter()
+        .find(|subtask| subtask.operator_id == operator_id && !subtask.executor_id.is_empty())
+        .map(|subtask| subtask.executor_id.clone())
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
+    let [low, high] = args.parallelism.as_slice() else {
+        bail!("--parallelism takes two values, e.g. 2,4");
+    };
+    let (low, high) = (*low, *high);
+    if low == 0 || high == 0 || low == high {
+        bail!("--parallelism takes two different values of at least 1");
+    }
+    let binary = std::env::current_exe().context("locating the raftstream binary")?;
+    let directory = match &args.dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => std::env::temp_dir().join(format!("raftstream-bench-elastic-{}", std::process::id())),
+    };
+    if directory.exists() {
+        std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
+    }
+    let mut cluster = LocalCluster::start_with(
+        &binary,
+        &directory,
+        3,
+        Vec::new(),
+        RaftSettings::default(),
+        ExecutorSettings::default(),
+    )?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
+    let slots = 5 * high.max(low) + 4;
+    let mut next_executor = 0;
+    for _ in 0..3 {
+        next_executor += 1;
+        cluster.start_executor(&format!("elastic-{next_executor}"), slots)?;
+    }
+    poll_until("the executors to connect", Duration::from_secs(30), || async {
+        let listed = client.list_executors().await.ok()?;
+        (listed.executors.iter().filter(|e| e.connected).count() >= 3).then_some(())
+    })
+    .await?;
+    println!(
+        "bench elastic: word count (generator {} lines/s of 8 words -> split -> key_by -> count -> file_sink), \
+         checkpoints every 1000 ms, 3 coordinators and 3 executors on this machine",
+        args.rate
+    );
+    for (run, keys) in args.keys.iter().enumerate() {
+        let spec = WordCountJob {
+            seed: run as u64 + 1,
+            records: WordCountJob::UNBOUNDED,
+            rate_per_second: Some(args.rate),
+            parallelism: low,
+            vocabulary_size: *keys,
+            words_per_record: 8,
+            checkpoint_interval_ms: 1000,
+            output_dir: directory.join(format!("out-{run}")),
+        };
+        let name = format!("elastic-{run}");
+        let submitted = client.submit_job(&spec.spec(&name), &name).await?;
+        let job_id = submitted.job_id;
+        // The state grows as words appear; measured once nearly every key was seen.
+        let target_bytes = keys * 20;
+        let filled = poll_until("the keyed state to fill", Duration::from_secs(1800), || async {
+            let checkpoints = client.list_checkpoints(&job_id).await.ok()?;
+            let last = checkpoints.last()?;
+            (last.size_bytes >= target_bytes).then_some(last.size_bytes)
+        })
+        .await?;
+        println!(
+            "\n{keys} keys: checkpointed state {:.1} MiB",
+            filled as f64 / (1 << 20) as f64
+        );
+
+        let mut rescale_times = Vec::new();
+        let mut parallelism = low;
+        for attempt in 0..args.rescales {
+            parallelism = if parallelism == low { high } else { low };
+            let before = job(&client, &job_id).await.and_then(|job| job.restored_checkpoint_id);
+            let started = Instant::now();
+            client
+                .rescale_job(&job_id, None, parallelism, &format!("{name}-rescale-{attempt}"))
+                .await?;
+            poll_until(
+                "the job to run at the new parallelism",
+                Duration::from_secs(300),
+                || async {
+                    let job = job(&client, &job_id).await?;
+                    let counts = job.subtasks.iter().filter(|s| s.operator_id == "counts").count();
+                    (job.status == "Running"
+                        && counts == parallelism as usize
+                        && job.subtasks.iter().all(|s| !s.executor_id.is_empty())
+                        && job.restored_checkpoint_id != before)
+                        .then_some(())
+                },
+            )
+            .await?;
+            rescale_times.push(started.elapsed());
+        }
+        rescale_times.sort();
+        if !rescale_times.is_empty() {
+            println!(
+                "  rescale {low} <-> {high}, {} times: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                rescale_times.len(),
+                millis(percentile(&rescale_times, 50.0)),
+                millis(percentile(&rescale_times, 99.0)),
+                millis(*rescale_times.last().unwrap_or(&Duration::ZERO)),
+            );
+        }
+
+        let mut drain_times = Vec::new();
+        let mut replayed = Vec::new();
+        for _ in 0..args.drains {
+            let Some(running) = job(&client, &job_id).await else {
+                bail!("{job_id} cannot be read");
+            };
+            let Some(victim) = executor_of(&running, "counts") else {
+                bail!("{job_id} has no placed counts subtask");
+            };
+            next_executor += 1;
+            let replacement = format!("elastic-{next_executor}");
+            cluster.start_executor(&replacement, slots)?;
+            let before = running.restored_checkpoint_id;
+            let started = Instant::now();
+            client
+                .drain_executor(&victim, &format!("{name}-drain-{victim}"))
+                .await?;
+            let moved = poll_until(
+                "the job to run off the drained executor",
+                Duration::from_secs(300),
+                || async {
+                    let job = job(&client, &job_id).await?;
+                    (job.status == "Running"
+                        && job.restored_checkpoint_id != before
+                        && job
+                            .subtasks
+                            .iter()
+                            .all(|s| !s.executor_id.is_empty() && s.executor_id != victim))
+                    .then_some(job)
+                },
+            )
+            .await?;
+            drain_times.push(started.elapsed());
+            let status = cluster.wait_executor_exit(&victim, Duration::from_secs(60)).await?;
+            if !status.success() {
+                println!("  drained executor {victim} exited with {status}");
+            }
+            let restored = moved.restored_checkpoint_id.unwrap_or(0);
+            replayed.push(cluster.records_replayed_from(restored).iter().sum::<u64>());
+        }
+        drain_times.sort();
+        if !drain_times.is_empty() {
+            println!(
+                "  drain, {} times: p50 {:.0} ms, max {:.0} ms; records replayed per drain: {:?}",
+                drain_times.len(),
+                millis(percentile(&drain_times, 50.0)),
+                millis(*drain_times.last().unwrap_or(&Duration::ZERO)),
+                replayed,
+            );
+        }
+
+        let (_, _) = client.take_savepoint(&job_id, true, &format!("{name}-stop")).await?;
+        poll_until("the job to stop", Duration::from_secs(120), || async {
+            job(&client, &job_id).await.filter(|job| job.status == "Stopped")
+        })
+        .await?;
+        let check = check_prefix(&spec.output_dir)?;
+        let exact = check.is_exact();
+        let updates = check.lines;
+        println!(
+            "  stopped with a savepoint: {updates} count updates committed, exactly once: {}",
+            if exact { "yes" } else { "NO" }
+        );
+        let _ = std::fs::remove_dir_all(&spec.output_dir);
+    }
+    drop(cluster);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+    Ok(())
+}
