@@ -21,8 +21,8 @@ struct Args {
     /// How long faults are injected: `90s`, `2m`, `30m`.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     time_limit: Duration,
-    /// Fault kinds: kill, pause, restart-all, partition, delay.
-    #[arg(long, default_value = "kill,pause,restart-all,partition,delay,rescale")]
+    /// Fault kinds: kill, pause, restart-all, partition, delay, rescale, drain.
+    #[arg(long, default_value = "kill,pause,restart-all,partition,delay,rescale,drain")]
     faults: String,
     /// Workloads: metadata, stream, checkpoints.
     #[arg(long, default_value = "metadata,stream,checkpoints")]

@@ -472,6 +472,22 @@ pub async fn apply_fault(
                 Heal::Nothing,
             ))
         }
+        Target::DrainedExecutor(choice) => {
+            let Some(executor_id) = executors.get(choice as usize % executors.len().max(1)).cloned() else {
+                bail!("no executor to drain");
+            };
+            // It exits once drained; one that does not within the patience is killed, which
+            // the report shows (a drain that never finishes is a bug, not a pass).
+            let outcome = match cluster.terminate_executor(&executor_id, DRAIN_PATIENCE).await {
+                Ok(status) if status.success() => "drained, exited 0".to_owned(),
+                Ok(status) => format!("exited with {status} after SIGTERM"),
+                Err(_) => format!("NOT drained within {DRAIN_PATIENCE:?}: killed"),
+            };
+            Ok((
+                format!("executor {executor_id} SIGTERM: {outcome}"),
+                Heal::RestartExecutor(executor_id),
+            ))
+        }
         Target::AllLinks { delay_ms } => {
             network.delay_all(Duration::from_millis(delay_ms))?;
             Ok((format!("every link +{delay_ms} ms"), Heal::Network))
@@ -523,6 +539,9 @@ pub async fn apply_fault(
         }
     }
 }
+
+/// How long a drained executor may take to exit.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Rescales every operator of the stream job to `parallelism` (or the next one up when it runs at
 /// that already), waiting up to 10 s for it to be running (a restart may be in progress);

@@ -22,6 +22,9 @@ pub enum FaultKind {
     Delay,
     /// The stream job rescaled to another parallelism (every operator) while it runs.
     Rescale,
+    /// SIGTERM to an executor: it drains itself (its subtasks move through a checkpoint) and
+    /// exits; started again when the fault heals.
+    Drain,
 }
 
 impl FaultKind {
@@ -33,8 +36,9 @@ impl FaultKind {
             "partition" => Ok(FaultKind::Partition),
             "delay" => Ok(FaultKind::Delay),
             "rescale" => Ok(FaultKind::Rescale),
+            "drain" => Ok(FaultKind::Drain),
             other => Err(format!(
-                "unknown fault {other:?}; available: kill, pause, restart-all, partition, delay, rescale"
+                "unknown fault {other:?}; available: kill, pause, restart-all, partition, delay, rescale, drain"
             )),
         }
     }
@@ -47,6 +51,7 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Delay => "delay",
             FaultKind::Rescale => "rescale",
+            FaultKind::Drain => "drain",
         }
     }
 }
@@ -77,6 +82,8 @@ pub enum Target {
     StreamJob {
         parallelism: u32,
     },
+    /// The n-th executor, told to drain itself (SIGTERM).
+    DrainedExecutor(u32),
 }
 
 /// One fault of the schedule.
@@ -151,6 +158,10 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], time_limit_ms: u64) -> Vec<Sched
                 },
                 random.gen_range(2_000..4_000),
             ),
+            FaultKind::Drain => (
+                Target::DrainedExecutor(random.gen_range(0..8)),
+                random.gen_range(1_000..3_000),
+            ),
         };
         if elapsed + quiet_ms + duration_ms > time_limit_ms {
             break;
@@ -170,13 +181,14 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], time_limit_ms: u64) -> Vec<Sched
 mod tests {
     use super::*;
 
-    const ALL: [FaultKind; 6] = [
+    const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::RestartAll,
         FaultKind::Partition,
         FaultKind::Delay,
         FaultKind::Rescale,
+        FaultKind::Drain,
     ];
 
     #[test]

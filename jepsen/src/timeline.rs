@@ -19,6 +19,7 @@ fn colour(kind: FaultKind) -> &'static str {
         FaultKind::Partition => "#8c564b",
         FaultKind::Delay => "#17becf",
         FaultKind::Rescale => "#2ca02c",
+        FaultKind::Drain => "#bcbd22",
     }
 }
 

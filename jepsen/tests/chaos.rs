@@ -78,13 +78,13 @@ fn a_seeded_chaos_run_finds_nothing_and_an_injected_defect_is_caught() {
             "--seed",
             "1",
             "--time-limit",
-            "75s",
+            "80s",
             "--faults",
-            "kill,pause,restart-all,partition,delay,rescale",
+            "kill,pause,restart-all,partition,delay,rescale,drain",
         ],
     );
     assert_eq!(code, Some(0), "a correct system must show no anomaly:\n{text}");
-    for kind in ["kill", "pause", "restart-all", "partition", "delay", "rescale"] {
+    for kind in ["kill", "pause", "restart-all", "partition", "delay", "rescale", "drain"] {
         assert!(
             text.contains(&format!("\"{kind}\"")),
             "no {kind} fault injected:\n{text}"
