@@ -760,6 +760,8 @@ pub fn job_json(job: &pb::Job) -> serde_json::Value {
         "last_checkpoint_id": job.last_checkpoint_id,
         "restored_checkpoint_id": job.restored_checkpoint_id,
         "restored_at_ms": job.restored_at_ms,
+        "from_savepoint": if job.from_savepoint.is_empty() { serde_json::Value::Null } else { json!(job.from_savepoint) },
+        "history": job.history.iter().map(|event| json!({"at_ms": event.at_ms, "what": event.what})).collect::<Vec<_>>(),
         "subtasks": job.subtasks.iter().map(|s| json!({
             "operator_id": s.operator_id, "subtask_index": s.subtask_index,
             "executor_id": if s.executor_id.is_empty() { serde_json::Value::Null } else { json!(s.executor_id) },
@@ -789,8 +791,15 @@ fn print_job(job: &pb::Job) {
     if let Some(restored) = job.restored_checkpoint_id {
         println!("restored:    checkpoint {restored} (at {} ms)", job.restored_at_ms);
     }
+    if !job.from_savepoint.is_empty() {
+        println!("started:     from savepoint {}", job.from_savepoint);
+    }
+    for (index, event) in job.history.iter().enumerate() {
+        let label = if index == 0 { "history:" } else { "" };
+        println!("{label:<12} {} ms: {}", event.at_ms, event.what);
+    }
     // An ended job has released its slots.
-    let ended = matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled");
+    let ended = matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled" | "Stopped");
     let rows = job
         .subtasks
         .iter()

@@ -680,3 +680,55 @@ async fn rescales_survive_an_executor_killed_and_the_leader_killed_in_their_midd
     assert_eq!(done.subtasks.len(), 5, "it ended at parallelism 1");
     assert_exact(&spec)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_parallelism_grows_when_an_executor_joins_and_shrinks_when_one_dies() -> anyhow::Result<()> {
+    let (mut cluster, client) = start(&[("first", 8)]).await?;
+    let spec = WordCountJob {
+        records: 80_000,
+        ..word_count(&cluster)
+    };
+    // Every operator automatic, rescaled 300 ms after the slots settle.
+    let automatic = spec.spec("wc-auto").replace(
+        r#""parallelism": 2,"#,
+        r#""parallelism": "auto", "autoscale": {"stabilization_ms": 300},"#,
+    );
+    let submitted = client.submit_job(&automatic, "wc-auto").await?;
+    let job_id = submitted.job_id.clone();
+    // 8 slots: 5 operators at parallelism 1 fit, at 2 they would not.
+    let started = running_with_checkpoints(&client, &job_id, 2).await?;
+    assert_eq!(started.subtasks.len(), 5, "{:?}", started.subtasks);
+    assert!(
+        started
+            .history
+            .iter()
+            .any(|event| event.what.contains("start at parallelism 1 (8 free slots)")),
+        "{:?}",
+        started.history
+    );
+
+    tracing::info!("--- a second executor joins: the job grows onto it through a checkpoint");
+    let last_before = started.last_checkpoint_id.unwrap_or(0);
+    cluster.cluster.start_executor("second", 8)?;
+    let grown = running_at(&client, &job_id, 3).await?;
+    assert!(grown.subtasks.iter().any(|subtask| subtask.executor_id == "second"));
+    assert!(grown.restored_checkpoint_id.unwrap_or(0) > last_before);
+
+    tracing::info!("--- kill -9 of the second executor: the job shrinks back and keeps running");
+    cluster.cluster.kill_executor("second")?;
+    let shrunk = running_at(&client, &job_id, 1).await?;
+    assert!(shrunk.subtasks.iter().all(|subtask| subtask.executor_id == "first"));
+
+    let done = finished(&client, &job_id).await?;
+    let history: Vec<&str> = done.history.iter().map(|event| event.what.as_str()).collect();
+    assert!(
+        history
+            .iter()
+            .any(|what| what.contains("rescaled automatic operators to parallelism 3"))
+            && history
+                .iter()
+                .any(|what| what.contains("rescaled automatic operators to parallelism 1")),
+        "{history:?}"
+    );
+    assert_exact(&spec)
+}

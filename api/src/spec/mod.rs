@@ -39,6 +39,44 @@ pub struct JobGraph {
     /// Forward edges between operators of equal parallelism run in one task (default on).
     #[serde(default = "chaining_by_default")]
     pub chaining: bool,
+    /// How operators with `parallelism: auto` follow the cluster's free slots.
+    #[serde(default, skip_serializing_if = "AutoscaleConfig::is_default")]
+    pub autoscale: AutoscaleConfig,
+}
+
+/// Reactive parallelism: how long the slots a job could use must stay the same before the job
+/// is rescaled to them (executors joining one after another cause one rescale, not several).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscaleConfig {
+    pub stabilization_ms: u64,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            stabilization_ms: 2_000,
+        }
+    }
+}
+
+impl AutoscaleConfig {
+    fn is_default(&self) -> bool {
+        *self == AutoscaleConfig::default()
+    }
+}
+
+/// An operator whose parallelism follows the free slots, between `min` and `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoParallelism {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl AutoParallelism {
+    /// `parallelism` brought within the bounds.
+    pub fn clamp(&self, parallelism: u32) -> u32 {
+        parallelism.clamp(self.min, self.max)
+    }
 }
 
 fn chaining_by_default() -> bool {
@@ -51,7 +89,10 @@ fn chaining_by_default() -> bool {
 pub struct OperatorSpec {
     pub id: String,
     pub kind: OperatorKind,
+    /// The parallelism it runs at (for an `auto` operator, the one chosen last).
     pub parallelism: u32,
+    /// `parallelism: auto`: the bounds it follows the free slots within.
+    pub auto: Option<AutoParallelism>,
     pub inputs: Vec<String>,
     /// The parameters as the spec wrote them: what is stored and shown.
     pub params: BTreeMap<String, Value>,
@@ -66,6 +107,8 @@ struct StoredOperator {
     id: String,
     kind: OperatorKind,
     parallelism: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auto: Option<AutoParallelism>,
     inputs: Vec<String>,
     params: BTreeMap<String, Value>,
 }
@@ -84,6 +127,7 @@ impl OperatorSpec {
             id: id.to_owned(),
             kind,
             parallelism,
+            auto: None,
             inputs,
             params,
         })
@@ -100,6 +144,7 @@ impl TryFrom<StoredOperator> for OperatorSpec {
             id: stored.id,
             kind: stored.kind,
             parallelism: stored.parallelism,
+            auto: stored.auto,
             inputs: stored.inputs,
             params: stored.params,
             config,
@@ -113,6 +158,7 @@ impl From<OperatorSpec> for StoredOperator {
             id: operator.id,
             kind: operator.kind,
             parallelism: operator.parallelism,
+            auto: operator.auto,
             inputs: operator.inputs,
             params: operator.params,
         }
@@ -175,6 +221,36 @@ impl JobGraph {
     /// The operator with the given id.
     pub fn operator(&self, operator_id: &str) -> Option<&OperatorSpec> {
         self.operators.iter().find(|operator| operator.id == operator_id)
+    }
+
+    /// Whether any operator's parallelism is `auto`.
+    pub fn is_auto(&self) -> bool {
+        self.operators.iter().any(|operator| operator.auto.is_some())
+    }
+
+    /// This graph with its `auto` operators at `parallelism`, each within its bounds.
+    pub fn with_auto_parallelism(&self, parallelism: u32) -> JobGraph {
+        let mut graph = self.clone();
+        for operator in &mut graph.operators {
+            if let Some(auto) = operator.auto {
+                operator.parallelism = auto.clamp(parallelism);
+            }
+        }
+        graph
+    }
+
+    /// The parallelism for the `auto` operators with which the whole job fits in `slots`: the
+    /// highest that fits, or the lowest their bounds allow when none does (it then waits for
+    /// slots). `None` when no operator is `auto`.
+    pub fn auto_parallelism_for(&self, slots: u64) -> Option<u32> {
+        let highest = self
+            .operators
+            .iter()
+            .filter_map(|operator| operator.auto)
+            .map(|auto| auto.max)
+            .max()?;
+        let fits = |parallelism: u32| self.with_auto_parallelism(parallelism).total_subtasks() <= slots;
+        Some((1..=highest).rev().find(|parallelism| fits(*parallelism)).unwrap_or(1))
     }
 
     /// This graph with `operator` (every operator when `None`) at `parallelism`. Keyed state
@@ -320,6 +396,7 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
         "name",
         "parallelism",
         "max_parallelism",
+        "autoscale",
         "checkpoint",
         "restart",
         "chaining",
@@ -354,9 +431,12 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
         }
     };
     let default_parallelism = match top.get("parallelism") {
-        None => 1,
-        Some(value) => bounded_u32(value, 1, max_parallelism).map_err(|problem| job_error("parallelism", problem))?,
+        None => ParallelismSpec::Fixed(1),
+        Some(value) => {
+            parse_parallelism(value, max_parallelism).map_err(|problem| job_error("parallelism", problem))?
+        }
     };
+    let autoscale = parse_autoscale(top.get("autoscale"))?;
     let checkpoint = parse_checkpoint(top.get("checkpoint"))?;
     let restart = parse_restart(top.get("restart"))?;
     let chaining = match top.get("chaining") {
@@ -404,7 +484,74 @@ fn validate_document(document: &Value) -> Result<JobGraph, SpecError> {
         restart,
         operators,
         chaining,
+        autoscale,
     })
+}
+
+/// A parallelism as a spec writes it: a number, `auto`, or `{min, max}` (auto within bounds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ParallelismSpec {
+    Fixed(u32),
+    Auto(AutoParallelism),
+}
+
+fn parse_parallelism(value: &Value, max_parallelism: u32) -> Result<ParallelismSpec, String> {
+    match value {
+        Value::String(text) if text == "auto" => Ok(ParallelismSpec::Auto(AutoParallelism {
+            min: 1,
+            max: max_parallelism,
+        })),
+        Value::Object(bounds) => {
+            if let Some(unknown) = bounds.keys().find(|key| !["min", "max"].contains(&key.as_str())) {
+                return Err(format!(
+                    "unknown field {unknown:?} of an automatic parallelism; expected min, max"
+                ));
+            }
+            let bound = |name: &str, default: u32| match bounds.get(name) {
+                None => Ok(default),
+                Some(value) => bounded_u32(value, 1, max_parallelism).map_err(|problem| format!("{name} {problem}")),
+            };
+            let min = bound("min", 1)?;
+            let max = bound("max", max_parallelism)?;
+            if min > max {
+                return Err(format!("min {min} is above max {max}"));
+            }
+            Ok(ParallelismSpec::Auto(AutoParallelism { min, max }))
+        }
+        Value::String(text) => Err(format!(
+            "{text:?} is not a parallelism; write a number, auto, or {{min, max}}"
+        )),
+        number => bounded_u32(number, 1, max_parallelism).map(ParallelismSpec::Fixed),
+    }
+}
+
+fn parse_autoscale(value: Option<&Value>) -> Result<AutoscaleConfig, SpecError> {
+    let mut config = AutoscaleConfig::default();
+    let Some(value) = value else { return Ok(config) };
+    let Value::Object(map) = value else {
+        return Err(job_error(
+            "autoscale",
+            format!("must be a mapping, found {}", type_name(value)),
+        ));
+    };
+    if let Some(unknown) = map.keys().find(|key| key.as_str() != "stabilization_ms") {
+        return Err(job_error(
+            &format!("autoscale.{unknown}"),
+            "unknown field; expected stabilization_ms",
+        ));
+    }
+    if let Some(value) = map.get("stabilization_ms") {
+        config.stabilization_ms = value.as_u64().filter(|ms| *ms <= 3_600_000).ok_or_else(|| {
+            job_error(
+                "autoscale.stabilization_ms",
+                format!(
+                    "must be a whole number of milliseconds up to one hour, found {}",
+                    describe(value)
+                ),
+            )
+        })?;
+    }
+    Ok(config)
 }
 
 fn bounded_u32(value: &Value, min: u32, max: u32) -> Result<u32, String> {
@@ -545,7 +692,7 @@ fn valid_operator_id(id: &str) -> bool {
 fn parse_operator(
     position: usize,
     value: &Value,
-    default_parallelism: u32,
+    default_parallelism: ParallelismSpec,
     max_parallelism: u32,
 ) -> Result<OperatorSpec, SpecError> {
     let fallback_name = format!("#{position}");
@@ -603,8 +750,20 @@ fn parse_operator(
     let parallelism = match map.get("parallelism") {
         None => default_parallelism,
         Some(value) => {
-            bounded_u32(value, 1, max_parallelism).map_err(|problem| operator_error(&id, "parallelism", problem))?
+            parse_parallelism(value, max_parallelism).map_err(|problem| operator_error(&id, "parallelism", problem))?
         }
+    };
+    // Until the cluster chooses (at submit), an automatic parallelism starts at its minimum.
+    let (parallelism, auto) = match parallelism {
+        ParallelismSpec::Fixed(parallelism) => (parallelism, None),
+        ParallelismSpec::Auto(_) if kind == OperatorKind::FileSource => {
+            return Err(operator_error(
+                &id,
+                "parallelism",
+                "a file source cannot have an automatic parallelism: its files are split by subtask index",
+            ))
+        }
+        ParallelismSpec::Auto(auto) => (auto.min, Some(auto)),
     };
     let inputs = match map.get("inputs") {
         None => Vec::new(),
@@ -646,6 +805,7 @@ fn parse_operator(
         id,
         kind,
         parallelism,
+        auto,
         inputs,
         params,
         config,

@@ -301,3 +301,76 @@ fn rescaling_changes_only_the_named_operators_and_refuses_what_cannot_be() {
         Some(2)
     );
 }
+
+#[test]
+fn automatic_parallelism_is_read_bounded_and_chosen_for_the_free_slots() {
+    let graph = parse_job_spec(
+        r#"{"name": "a", "parallelism": "auto", "max_parallelism": 16, "autoscale": {"stabilization_ms": 500},
+            "operators": [
+            {"id": "src", "kind": "generator", "parallelism": 1},
+            {"id": "keys", "kind": "key_by", "inputs": ["src"]},
+            {"id": "counts", "kind": "count", "inputs": ["keys"], "parallelism": {"min": 2, "max": 4}},
+            {"id": "out", "kind": "print", "inputs": ["counts"], "parallelism": 1}]}"#,
+    )
+    .expect("valid");
+    let parallelism = |graph: &JobGraph, id: &str| graph.operator(id).map(|operator| operator.parallelism);
+    assert!(graph.is_auto());
+    assert_eq!(graph.autoscale.stabilization_ms, 500);
+    let auto = |id: &str| graph.operator(id).and_then(|operator| operator.auto);
+    assert_eq!(auto("keys"), Some(AutoParallelism { min: 1, max: 16 }));
+    assert_eq!(auto("counts"), Some(AutoParallelism { min: 2, max: 4 }));
+    assert_eq!(auto("src"), None);
+    // Until submitted, an automatic operator is at its minimum.
+    assert_eq!(parallelism(&graph, "counts"), Some(2));
+    // 2 fixed subtasks; keys at p and counts at clamp(p, 2, 4).
+    assert_eq!(graph.auto_parallelism_for(6), Some(2));
+    assert_eq!(graph.auto_parallelism_for(9), Some(3));
+    assert_eq!(graph.auto_parallelism_for(12), Some(6));
+    assert_eq!(graph.auto_parallelism_for(2), Some(1), "nothing fits: the lowest");
+    let at_6 = graph.with_auto_parallelism(6);
+    assert_eq!(
+        (parallelism(&at_6, "keys"), parallelism(&at_6, "counts")),
+        (Some(6), Some(4))
+    );
+    assert_eq!(parallelism(&at_6, "src"), Some(1));
+    // Stored and read back as written.
+    let stored = serde_json::to_string(&graph).expect("serializes");
+    assert_eq!(serde_json::from_str::<JobGraph>(&stored).expect("reads back"), graph);
+    let fixed = parse_job_spec(r#"{"name": "f", "operators": [{"id": "src", "kind": "generator"}, {"id": "out", "kind": "print", "inputs": ["src"]}]}"#).expect("valid");
+    assert!(!fixed.is_auto() && fixed.auto_parallelism_for(100).is_none());
+    assert!(!serde_json::to_string(&fixed).expect("serializes").contains("autoscale"));
+
+    for (spec, expected) in [
+        (
+            r#"{"name": "x", "parallelism": "many", "operators": [{"id": "s", "kind": "generator"}]}"#,
+            "\"many\" is not a parallelism",
+        ),
+        (
+            r#"{"name": "x", "operators": [{"id": "s", "kind": "generator", "parallelism": {"min": 3, "max": 2}}]}"#,
+            "operator \"s\": parallelism: min 3 is above max 2",
+        ),
+        (
+            r#"{"name": "x", "operators": [{"id": "s", "kind": "generator", "parallelism": {"least": 3}}]}"#,
+            "unknown field \"least\"",
+        ),
+        (
+            r#"{"name": "x", "operators": [{"id": "s", "kind": "generator", "parallelism": {"max": 500}}]}"#,
+            "max is 500, must be between 1 and 128",
+        ),
+        (
+            r#"{"name": "x", "operators": [{"id": "s", "kind": "file_source", "parallelism": "auto", "params": {"path": "in"}}]}"#,
+            "a file source cannot have an automatic parallelism",
+        ),
+        (
+            r#"{"name": "x", "autoscale": {"stabilization_ms": -1}, "operators": [{"id": "s", "kind": "generator"}]}"#,
+            "autoscale.stabilization_ms",
+        ),
+        (
+            r#"{"name": "x", "autoscale": {"delay": 1}, "operators": [{"id": "s", "kind": "generator"}]}"#,
+            "autoscale.delay",
+        ),
+    ] {
+        let error = parse_job_spec(spec).expect_err(spec).to_string();
+        assert!(error.contains(expected), "{error}\nexpected: {expected}");
+    }
+}

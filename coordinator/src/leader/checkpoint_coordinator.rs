@@ -264,6 +264,8 @@ impl<C: LeaderContext> Coordinator<C> {
                 operator_id: request.operator_id.clone(),
                 parallelism: request.parallelism,
                 at_ms,
+                auto: request.auto,
+                reason: request.reason.clone(),
             };
             match self.context.propose(command).await {
                 Ok(_) => {
@@ -572,6 +574,8 @@ mod tests {
                 operator_id: Some(operator.to_owned()),
                 parallelism,
                 at_ms: 0,
+                auto: false,
+                reason: String::new(),
             });
         }
 

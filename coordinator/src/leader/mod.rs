@@ -10,6 +10,7 @@
 //! The decisions are pure functions ([`placement`], [`reconcile`]) so they are tested without
 //! sockets; the loops here only read state, propose commands and send messages.
 
+pub mod autoscaler;
 pub mod checkpoint_coordinator;
 pub mod checkpoints;
 pub mod context;
@@ -137,6 +138,7 @@ impl LeaderDuties {
                 tasks.spawn(
                     scheduler(duties.clone(), self.settings.clone(), duty_token.clone()).instrument(span.clone()),
                 );
+                tasks.spawn(autoscaler::run(duties.clone(), duty_token.clone()).instrument(span.clone()));
                 tasks.spawn(checkpoint_coordinator::run(duties, events, duty_token.clone()).instrument(span));
                 running = Some((duty_token, tasks));
             } else if !is_leader && running.is_some() {

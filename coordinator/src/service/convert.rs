@@ -84,6 +84,14 @@ pub fn job_to_proto(state: &State, job: &JobRecord) -> pb::Job {
             .from_savepoint
             .map(|savepoint| savepoint.to_string())
             .unwrap_or_default(),
+        history: job
+            .history
+            .iter()
+            .map(|event| pb::JobEvent {
+                at_ms: event.at_ms,
+                what: event.what.clone(),
+            })
+            .collect(),
         status_reason: match (job.status_reason.is_empty(), waiting_reason(state, job)) {
             (true, Some(waiting)) => waiting,
             (false, Some(waiting)) => format!("{}; {waiting}", job.status_reason),

@@ -230,6 +230,8 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             operator_id: operator_id.clone(),
             parallelism: message.parallelism,
             at_ms: now_ms(),
+            auto: false,
+            reason: String::new(),
         };
         match self.context.propose(command).await {
             Ok(_) => {

@@ -108,6 +108,9 @@ pub struct JobRecord {
     /// from exactly that checkpoint and nothing is processed twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_relocation: Option<RelocationRequest>,
+    /// Changes of its shape (rescales, automatic ones with their reason, moves), oldest first.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub history: VecDeque<JobEvent>,
 }
 
 /// A move of a running job off a draining executor, waiting for its checkpoint.
@@ -124,6 +127,29 @@ pub struct RescaleRequest {
     pub operator_id: Option<String>,
     pub parallelism: u32,
     pub requested_at_ms: u64,
+    /// The `auto` operators, to `parallelism` within their bounds (the leader's autoscaler).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub auto: bool,
+    /// Why, for the job's history (the autoscaler says what it saw).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// One change of a job's shape, kept in its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub at_ms: u64,
+    pub what: String,
+}
+
+/// How many changes a job's history keeps, oldest forgotten first.
+pub const JOB_HISTORY: usize = 32;
+
+fn record_event(job: &mut JobRecord, at_ms: u64, what: String) {
+    job.history.push_back(JobEvent { at_ms, what });
+    while job.history.len() > JOB_HISTORY {
+        job.history.pop_front();
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -287,6 +313,11 @@ pub enum Command {
         operator_id: Option<String>,
         parallelism: u32,
         at_ms: u64,
+        /// The `auto` operators only, within their bounds (the autoscaler).
+        #[serde(default, skip_serializing_if = "is_false")]
+        auto: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
     },
     /// Changes the parallelism of one operator (or of every operator) of a running job: the job
     /// restarts from its latest completed checkpoint at the new parallelism, its keyed state
@@ -299,6 +330,12 @@ pub enum Command {
         operator_id: Option<String>,
         parallelism: u32,
         at_ms: u64,
+        /// The `auto` operators only; accepted also while the job restarts (it then waits for
+        /// slots it may never get: the autoscaler shrinks it to what the cluster has).
+        #[serde(default, skip_serializing_if = "is_false")]
+        auto: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
     },
     /// Stops placing work on an executor and moves what it runs elsewhere (see
     /// [`ExecutorRecord::draining`]).
@@ -484,6 +521,15 @@ pub enum Rejection {
 pub type ApplyResult = Result<Response, Rejection>;
 
 impl State {
+    /// Slots free on the executors that take work (alive, not draining).
+    pub fn free_slots(&self) -> u64 {
+        self.executors
+            .values()
+            .filter(|executor| executor.takes_work())
+            .map(|executor| u64::from(executor.slots.saturating_sub(self.used_slots(&executor.executor_id))))
+            .sum()
+    }
+
     /// Slots of `executor_id` taken by live assignments.
     pub fn used_slots(&self, executor_id: &ExecutorId) -> u32 {
         let used = self
@@ -557,14 +603,28 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             operator_id,
             parallelism,
             at_ms,
-        } => rescale_job(state, &job_id, operator_id.as_deref(), parallelism, at_ms),
+            auto,
+            reason,
+        } => rescale_job(
+            state,
+            &job_id,
+            &RescaleTarget {
+                operator_id: operator_id.as_deref(),
+                parallelism,
+                auto,
+            },
+            reason,
+            at_ms,
+        ),
         Command::RequestRescale {
             job_id,
             operator_id,
             parallelism,
             at_ms,
+            auto,
+            reason,
             ..
-        } => request_rescale(state, &job_id, operator_id, parallelism, at_ms),
+        } => request_rescale(state, &job_id, operator_id, parallelism, auto, reason, at_ms),
         Command::CompleteCheckpoint {
             job_id,
             checkpoint,
@@ -615,6 +675,21 @@ fn submit_job(
         )?),
         None => None,
     };
+    // Automatic operators start at the parallelism the free slots allow now.
+    let mut history = VecDeque::new();
+    let graph = match graph.auto_parallelism_for(state.free_slots()) {
+        Some(parallelism) => {
+            history.push_back(JobEvent {
+                at_ms,
+                what: format!(
+                    "automatic operators start at parallelism {parallelism} ({} free slots)",
+                    state.free_slots()
+                ),
+            });
+            graph.with_auto_parallelism(parallelism)
+        }
+        None => graph,
+    };
     let job_number = state.last_job_number + 1;
     let job_id = JobId::from_number(job_number);
     // Every subtask exists from the start, waiting for a slot, so the status shows what is unplaced.
@@ -664,6 +739,7 @@ fn submit_job(
         stopping_at: None,
         from_savepoint,
         pending_relocation: None,
+        history,
     };
     state.last_job_number = job_number;
     state.jobs.insert(job_id, record);
@@ -782,30 +858,58 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     })
 }
 
-/// The graph `job_id` would run rescaled as asked, if it can be.
-fn rescaled_graph(
-    state: &State,
-    job_id: &JobId,
-    operator_id: Option<&str>,
+/// What a rescale changes: one operator, every operator, or the `auto` operators.
+struct RescaleTarget<'a> {
+    operator_id: Option<&'a str>,
     parallelism: u32,
-) -> Result<JobGraph, Rejection> {
+    auto: bool,
+}
+
+impl RescaleTarget<'_> {
+    fn describe(&self) -> String {
+        match (self.auto, self.operator_id) {
+            (true, _) => format!("automatic operators to parallelism {}", self.parallelism),
+            (false, Some(operator)) => format!("operator {operator} to parallelism {}", self.parallelism),
+            (false, None) => format!("every operator to parallelism {}", self.parallelism),
+        }
+    }
+}
+
+/// The graph `job_id` would run rescaled as asked, if it can be. Only a running job rescales,
+/// but an automatic rescale also applies to a restarting one (to the slots it can get).
+fn rescaled_graph(state: &State, job_id: &JobId, target: &RescaleTarget<'_>) -> Result<JobGraph, Rejection> {
     let job = state
         .jobs
         .get(job_id)
         .ok_or(Rejection::UnknownJob { job_id: *job_id })?;
-    if job.status != JobStatus::Running {
+    let restarting_auto = target.auto && job.status == JobStatus::Restarting;
+    if job.status != JobStatus::Running && !restarting_auto {
         return Err(Rejection::JobNotActive {
             job_id: *job_id,
             status: job.status,
             what: "rescaling (only a running job can be rescaled)".to_owned(),
         });
     }
+    let invalid = |problem: String| Rejection::InvalidRescale {
+        job_id: *job_id,
+        problem,
+    };
+    if target.auto {
+        if !job.graph.is_auto() {
+            return Err(invalid("it has no operator with an automatic parallelism".to_owned()));
+        }
+        let graph = job.graph.with_auto_parallelism(target.parallelism.max(1));
+        if graph == job.graph {
+            return Err(invalid(format!(
+                "its automatic operators are at parallelism {} already",
+                target.parallelism
+            )));
+        }
+        return Ok(graph);
+    }
     job.graph
-        .rescaled(operator_id, parallelism)
-        .map_err(|error| Rejection::InvalidRescale {
-            job_id: *job_id,
-            problem: error.to_string(),
-        })
+        .rescaled(target.operator_id, target.parallelism)
+        .map_err(|error| invalid(error.to_string()))
 }
 
 fn request_rescale(
@@ -813,9 +917,16 @@ fn request_rescale(
     job_id: &JobId,
     operator_id: Option<String>,
     parallelism: u32,
+    auto: bool,
+    reason: String,
     at_ms: u64,
 ) -> ApplyResult {
-    let graph = rescaled_graph(state, job_id, operator_id.as_deref(), parallelism)?;
+    let target = RescaleTarget {
+        operator_id: operator_id.as_deref(),
+        parallelism,
+        auto,
+    };
+    let graph = rescaled_graph(state, job_id, &target)?;
     let job = job_mut(state, job_id)?;
     if job.pending_savepoint.is_some() || job.stopping_at.is_some() {
         return Err(Rejection::InvalidRescale {
@@ -839,13 +950,7 @@ fn request_rescale(
         .values()
         .filter(|assignment| assignment.executor_id.is_some())
         .count() as u64;
-    let free: u64 = state
-        .executors
-        .values()
-        .filter(|executor| executor.takes_work())
-        .map(|executor| u64::from(executor.slots.saturating_sub(state.used_slots(&executor.executor_id))))
-        .sum();
-    let available = held + free;
+    let available = held + state.free_slots();
     if needed > available {
         return Err(Rejection::NotEnoughSlots {
             job_id: *job_id,
@@ -859,6 +964,8 @@ fn request_rescale(
         operator_id,
         parallelism,
         requested_at_ms: at_ms,
+        auto,
+        reason,
     });
     Ok(Response::RescaleRequested { job_id: *job_id })
 }
@@ -868,11 +975,11 @@ fn request_rescale(
 fn rescale_job(
     state: &mut State,
     job_id: &JobId,
-    operator_id: Option<&str>,
-    parallelism: u32,
+    target: &RescaleTarget<'_>,
+    reason: String,
     at_ms: u64,
 ) -> ApplyResult {
-    let graph = rescaled_graph(state, job_id, operator_id, parallelism)?;
+    let graph = rescaled_graph(state, job_id, target)?;
     let job = job_mut(state, job_id)?;
     release_slots(job);
     let mut assignments = BTreeMap::new();
@@ -894,10 +1001,13 @@ fn rescale_job(
     job.assignments = assignments;
     job.graph = graph;
     job.status = JobStatus::Restarting;
-    job.status_reason = match operator_id {
-        Some(operator) => format!("rescaling operator {operator} to parallelism {parallelism}"),
-        None => format!("rescaling every operator to parallelism {parallelism}"),
+    job.status_reason = format!("rescaling {}", target.describe());
+    let because = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
     };
+    record_event(job, at_ms, format!("rescaled {}{because}", target.describe()));
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
     job.rescaling = true;
     job.pending_rescale = None;
@@ -1010,6 +1120,7 @@ fn relocate_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
     savepoints::interrupt_savepoint(job, "the job moved off a draining executor");
     job.status = JobStatus::Restarting;
     job.status_reason = format!("moving off draining executor {}", request.away_from);
+    record_event(job, at_ms, format!("moved off draining executor {}", request.away_from));
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
     job.rescaling = true;
     Ok(Response::JobTransitioned {

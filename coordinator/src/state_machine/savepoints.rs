@@ -375,6 +375,8 @@ mod tests {
                 operator_id: None,
                 parallelism: 1,
                 at_ms: 101,
+                auto: false,
+                reason: String::new(),
             },
         )
         .expect_err("not while a savepoint is taken");

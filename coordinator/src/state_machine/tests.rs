@@ -692,14 +692,18 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
                 job_id,
                 operator_id: operator.map(str::to_owned),
                 parallelism,
-                at_ms
+                at_ms,
+                auto: false,
+                reason: String::new(),
             }),
         (job_id.clone(), 1u32..5, 0u64..100).prop_map(|(job_id, parallelism, at_ms)| Command::RequestRescale {
             request_id: None,
             job_id,
             operator_id: None,
             parallelism,
-            at_ms
+            at_ms,
+            auto: false,
+            reason: String::new(),
         }),
         (job_id, arbitrary_subtask(), 0u64..12, any::<bool>(), 0u64..100).prop_map(
             |(job_id, subtask, epoch, fatal, at_ms)| Command::FailSubtask {
@@ -881,6 +885,8 @@ fn request_rescale(operator: Option<&str>, parallelism: u32) -> Command {
         operator_id: operator.map(str::to_owned),
         parallelism,
         at_ms: 40,
+        auto: false,
+        reason: String::new(),
     }
 }
 
@@ -890,6 +896,8 @@ fn rescale(operator: Option<&str>, parallelism: u32) -> Command {
         operator_id: operator.map(str::to_owned),
         parallelism,
         at_ms: 50,
+        auto: false,
+        reason: String::new(),
     }
 }
 
