@@ -6,7 +6,10 @@
 //!   for each size of keyed state asked for;
 //! - drain time: `executor drain` -> the job running on the other executors, and the records its
 //!   sources replayed (produced after the barrier of the checkpoint the job moved from);
-//! - the committed output is checked at the end (stopped with a savepoint: an exact prefix).
+//! - automatic parallelism: an executor joins -> the job running on it (grown through a
+//!   rescale), for a job whose every operator has `parallelism: auto`;
+//! - the committed output is checked at the end of each run (stopped with a savepoint: an exact
+//!   prefix).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,6 +41,12 @@ pub struct ElasticBenchArgs {
     /// Executor drains per run (each replaced by a fresh executor).
     #[arg(long, default_value_t = 3)]
     pub drains: u32,
+    /// Executors joining one after another under a job with automatic parallelism (0 skips it).
+    #[arg(long, default_value_t = 3)]
+    pub joins: u32,
+    /// The automatic job's stabilization delay, in ms.
+    #[arg(long, default_value_t = 500)]
+    pub stabilization_ms: u64,
     /// Input rate, lines (of 8 words) per second over all sources.
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,
@@ -217,23 +226,91 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             );
         }
 
-        let (_, _) = client.take_savepoint(&job_id, true, &format!("{name}-stop")).await?;
-        poll_until("the job to stop", Duration::from_secs(120), || async {
-            job(&client, &job_id).await.filter(|job| job.status == "Stopped")
+        stop_and_check(&client, &job_id, &spec, &name).await?;
+    }
+
+    if args.joins > 0 {
+        let spec = WordCountJob {
+            seed: 99,
+            records: WordCountJob::UNBOUNDED,
+            rate_per_second: Some(args.rate),
+            parallelism: 1,
+            vocabulary_size: 10_000,
+            words_per_record: 8,
+            checkpoint_interval_ms: 1000,
+            output_dir: directory.join("out-auto"),
+        };
+        let automatic = spec.spec("elastic-auto").replace(
+            r#""parallelism": 1,"#,
+            &format!(
+                r#""parallelism": "auto", "autoscale": {{"stabilization_ms": {}}},"#,
+                args.stabilization_ms
+            ),
+        );
+        let submitted = client.submit_job(&automatic, "elastic-auto").await?;
+        let job_id = submitted.job_id;
+        let started = poll_until("the automatic job to run", Duration::from_secs(60), || async {
+            job(&client, &job_id).await.filter(|job| job.status == "Running")
         })
         .await?;
-        let check = check_prefix(&spec.output_dir)?;
-        let exact = check.is_exact();
-        let updates = check.lines;
         println!(
-            "  stopped with a savepoint: {updates} count updates committed, exactly once: {}",
-            if exact { "yes" } else { "NO" }
+            "\nautomatic parallelism (every operator auto, stabilization {} ms): starts with {} subtasks",
+            args.stabilization_ms,
+            started.subtasks.len()
         );
-        let _ = std::fs::remove_dir_all(&spec.output_dir);
+        let mut reactions = Vec::new();
+        for _ in 0..args.joins {
+            next_executor += 1;
+            let joining = format!("elastic-{next_executor}");
+            let started = Instant::now();
+            cluster.start_executor(&joining, slots)?;
+            let grown = poll_until(
+                "the job to run on the new executor",
+                Duration::from_secs(120),
+                || async {
+                    job(&client, &job_id).await.filter(|job| {
+                        job.status == "Running"
+                            && job.subtasks.iter().all(|s| !s.executor_id.is_empty())
+                            && job.subtasks.iter().any(|s| s.executor_id == joining)
+                    })
+                },
+            )
+            .await?;
+            reactions.push(started.elapsed());
+            println!(
+                "  {joining} joined ({slots} slots): running on it with {} subtasks after {:.0} ms",
+                grown.subtasks.len(),
+                millis(started.elapsed())
+            );
+        }
+        reactions.sort();
+        println!(
+            "  executor start -> job running on it: p50 {:.0} ms, max {:.0} ms (includes the process start, its registration and the stabilization delay)",
+            millis(percentile(&reactions, 50.0)),
+            millis(*reactions.last().unwrap_or(&Duration::ZERO)),
+        );
+        stop_and_check(&client, &job_id, &spec, "elastic-auto").await?;
     }
     drop(cluster);
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&directory);
     }
+    Ok(())
+}
+
+/// Stops the job with a savepoint and says whether its committed output is an exact prefix.
+async fn stop_and_check(client: &ClusterClient, job_id: &str, spec: &WordCountJob, name: &str) -> anyhow::Result<()> {
+    client.take_savepoint(job_id, true, &format!("{name}-stop")).await?;
+    poll_until("the job to stop", Duration::from_secs(120), || async {
+        job(client, job_id).await.filter(|job| job.status == "Stopped")
+    })
+    .await?;
+    let check = check_prefix(&spec.output_dir)?;
+    println!(
+        "  stopped with a savepoint: {} count updates committed, exactly once: {}",
+        check.lines,
+        if check.is_exact() { "yes" } else { "NO" }
+    );
+    let _ = std::fs::remove_dir_all(&spec.output_dir);
     Ok(())
 }
