@@ -230,6 +230,35 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
     }
 
     if args.joins > 0 {
+        // A cluster of its own size: every executor so far is drained (nothing runs on them
+        // now) and one with room for the job at parallelism 1 starts; each joining executor
+        // then has room for one more.
+        const AUTO_SLOTS: u32 = 5;
+        let listed = client.list_executors().await?;
+        for executor in listed
+            .executors
+            .iter()
+            .filter(|executor| executor.alive && !executor.draining)
+        {
+            client
+                .drain_executor(&executor.executor_id, &format!("auto-drain-{}", executor.executor_id))
+                .await?;
+            cluster
+                .wait_executor_exit(&executor.executor_id, Duration::from_secs(60))
+                .await?;
+        }
+        next_executor += 1;
+        let first = format!("elastic-{next_executor}");
+        cluster.start_executor(&first, AUTO_SLOTS)?;
+        poll_until("the executor to connect", Duration::from_secs(30), || async {
+            let listed = client.list_executors().await.ok()?;
+            listed
+                .executors
+                .iter()
+                .any(|executor| executor.executor_id == first && executor.connected)
+                .then_some(())
+        })
+        .await?;
         let spec = WordCountJob {
             seed: 99,
             records: WordCountJob::UNBOUNDED,
@@ -259,17 +288,19 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             started.subtasks.len()
         );
         let mut reactions = Vec::new();
+        let mut subtasks = started.subtasks.len();
         for _ in 0..args.joins {
             next_executor += 1;
             let joining = format!("elastic-{next_executor}");
             let started = Instant::now();
-            cluster.start_executor(&joining, slots)?;
+            cluster.start_executor(&joining, AUTO_SLOTS)?;
             let grown = poll_until(
-                "the job to run on the new executor",
+                "the job to grow onto the new executor",
                 Duration::from_secs(120),
                 || async {
                     job(&client, &job_id).await.filter(|job| {
                         job.status == "Running"
+                            && job.subtasks.len() > subtasks
                             && job.subtasks.iter().all(|s| !s.executor_id.is_empty())
                             && job.subtasks.iter().any(|s| s.executor_id == joining)
                     })
@@ -277,9 +308,9 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             )
             .await?;
             reactions.push(started.elapsed());
+            subtasks = grown.subtasks.len();
             println!(
-                "  {joining} joined ({slots} slots): running on it with {} subtasks after {:.0} ms",
-                grown.subtasks.len(),
+                "  {joining} joined ({AUTO_SLOTS} slots): the job runs on it, {subtasks} subtasks, after {:.0} ms",
                 millis(started.elapsed())
             );
         }
@@ -300,7 +331,13 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
 
 /// Stops the job with a savepoint and says whether its committed output is an exact prefix.
 async fn stop_and_check(client: &ClusterClient, job_id: &str, spec: &WordCountJob, name: &str) -> anyhow::Result<()> {
-    client.take_savepoint(job_id, true, &format!("{name}-stop")).await?;
+    // A rescale may still be under way (the autoscaler's): the stop waits for it.
+    poll_until(
+        "the job to take its stop savepoint",
+        Duration::from_secs(60),
+        || async { client.take_savepoint(job_id, true, &format!("{name}-stop")).await.ok() },
+    )
+    .await?;
     poll_until("the job to stop", Duration::from_secs(120), || async {
         job(client, job_id).await.filter(|job| job.status == "Stopped")
     })
