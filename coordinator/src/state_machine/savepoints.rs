@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use raftstream_api::checkpoint::{CompletedCheckpoint, SavepointRef};
 use raftstream_api::ids::{CheckpointId, JobId};
-use raftstream_api::spec::JobGraph;
+use raftstream_api::spec::{JobGraph, OperatorKind};
 
 use super::{job_mut, ApplyResult, JobRecord, JobStatus, Rejection, Response, State};
 
@@ -216,12 +216,22 @@ pub(super) fn starting_checkpoint(
                 }
             }
             Some(operator) => {
-                let before = record.graph.operator(operator_id).map(|old| old.kind);
-                if before.is_some_and(|kind| kind != operator.kind) {
+                let before = record.graph.operator(operator_id);
+                if let Some(old) = before.filter(|old| old.kind != operator.kind) {
                     return Err(invalid(format!(
                         "operator {operator_id} was {:?} and is {:?} now; its state cannot be read by another kind of operator",
-                        before.unwrap_or(operator.kind),
-                        operator.kind
+                        old.kind, operator.kind
+                    )));
+                }
+                // A file source's subtask reads the files at its index modulo the parallelism,
+                // from one byte position over them: another parallelism would read other files
+                // from it.
+                if let Some(old) = before
+                    .filter(|old| operator.kind == OperatorKind::FileSource && old.parallelism != operator.parallelism)
+                {
+                    return Err(invalid(format!(
+                        "operator {operator_id} is a file source at parallelism {} in the savepoint and {} in the job; its files are split by subtask index, so it must keep its parallelism",
+                        old.parallelism, operator.parallelism
                     )));
                 }
             }
@@ -595,6 +605,46 @@ mod tests {
             .map(|handle| handle.subtask.operator_id.as_str())
             .collect();
         assert!(kept.contains(&"src") && !kept.contains(&"counts"), "{kept:?}");
+    }
+
+    #[test]
+    fn a_file_source_must_keep_its_parallelism_across_a_savepoint() {
+        const FILES: &str = r#"{"name": "files", "parallelism": 2, "operators": [
+            {"id": "src", "kind": "file_source", "params": {"path": "in"}},
+            {"id": "out", "kind": "print", "inputs": ["src"]}]}"#;
+        let mut state = StateBuilder::new()
+            .executor("e", 16)
+            .job(graph(FILES))
+            .place_all(1, "e")
+            .running(1)
+            .build();
+        apply_ok(&mut state, request(true));
+        let id = trigger(&mut state);
+        let taken = completed(&state, id, true);
+        apply_ok(&mut state, taken);
+        let before = state.clone();
+        let refused = apply(
+            &mut state,
+            submit_from(
+                &FILES.replace(r#""parallelism": 2"#, r#""parallelism": 3"#),
+                savepoint_ref(id),
+                false,
+            ),
+        )
+        .expect_err("another parallelism of a file source");
+        assert!(
+            refused
+                .to_string()
+                .contains("operator src is a file source at parallelism 2 in the savepoint and 3"),
+            "{refused}"
+        );
+        assert_eq!(state, before);
+        // Other operators may change.
+        let resumed = FILES.replace(
+            r#"{"id": "out", "kind": "print", "inputs": ["src"]}"#,
+            r#"{"id": "out", "kind": "print", "inputs": ["src"], "parallelism": 3}"#,
+        );
+        assert!(apply(&mut state, submit_from(&resumed, savepoint_ref(id), false)).is_ok());
     }
 
     #[test]
