@@ -22,6 +22,7 @@ use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;
 
 use crate::bench::{millis, percentile};
+use crate::bench_stream::job;
 use crate::local_cluster::{poll_until, LocalCluster};
 use crate::wordcount::{check_prefix, WordCountJob};
 
@@ -53,10 +54,6 @@ pub struct ElasticBenchArgs {
     /// Where the cluster's files go (a fresh temporary directory when absent).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-}
-
-async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
-    client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
 }
 
 fn executor_of(job: &pb::Job, operator_id: &str) -> Option<String> {

@@ -49,7 +49,7 @@ pub struct StreamBenchArgs {
     pub dir: Option<PathBuf>,
 }
 
-async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
+pub(crate) async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
     client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
 }
 

@@ -536,20 +536,25 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The running process of an executor, taken out of the cluster's hands to be waited for.
+    fn take_executor_child(&mut self, executor_id: &str) -> anyhow::Result<std::process::Child> {
+        let process = self
+            .executors
+            .get_mut(executor_id)
+            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+        process
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))
+    }
+
     /// SIGTERM to an executor, then waits up to `patience` for it to exit; its exit status.
     pub async fn terminate_executor(
         &mut self,
         executor_id: &str,
         patience: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let process = self
-            .executors
-            .get_mut(executor_id)
-            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        let child = process
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
+        let child = self.take_executor_child(executor_id)?;
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
@@ -567,14 +572,7 @@ impl LocalCluster {
         executor_id: &str,
         patience: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
-        let process = self
-            .executors
-            .get_mut(executor_id)
-            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        let child = process
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
+        let child = self.take_executor_child(executor_id)?;
         wait_for_exit(executor_id, child, patience).await
     }
 

@@ -354,6 +354,15 @@ mod tests {
         }
     }
 
+    /// Requests a savepoint of job 1 and completes the checkpoint taken for it; its id.
+    fn take_savepoint(state: &mut State, stop: bool) -> u64 {
+        apply_ok(state, request(stop));
+        let id = trigger(state);
+        let taken = completed(state, id, true);
+        apply_ok(state, taken);
+        id
+    }
+
     fn savepoint_ref(id: u64) -> SavepointRef {
         SavepointRef {
             job_id: job(),
@@ -455,10 +464,7 @@ mod tests {
         ));
 
         let mut state = running();
-        apply_ok(&mut state, request(true));
-        let id = trigger(&mut state);
-        let taken = completed(&state, id, true);
-        apply_ok(&mut state, taken);
+        let id = take_savepoint(&mut state, true);
         assert_eq!(state.jobs[&job()].stopping_at, Some(CheckpointId(id)));
         assert!(state.savepoints[&savepoint_ref(id)].stopped_job);
         apply_ok(
@@ -504,10 +510,7 @@ mod tests {
     /// Job 1 stopped with savepoint 1; returns the state and the savepoint.
     fn stopped_with_savepoint() -> (State, SavepointRef) {
         let mut state = running();
-        apply_ok(&mut state, request(true));
-        let id = trigger(&mut state);
-        let taken = completed(&state, id, true);
-        apply_ok(&mut state, taken);
+        let id = take_savepoint(&mut state, true);
         apply_ok(
             &mut state,
             Command::TransitionJob {
@@ -618,10 +621,7 @@ mod tests {
             .place_all(1, "e")
             .running(1)
             .build();
-        apply_ok(&mut state, request(true));
-        let id = trigger(&mut state);
-        let taken = completed(&state, id, true);
-        apply_ok(&mut state, taken);
+        let id = take_savepoint(&mut state, true);
         let before = state.clone();
         let refused = apply(
             &mut state,
