@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, fast_executors, test_settings, TestCluster};
+use crate::common::{
+    ensure_exact_output, eventually, fast_executors, job, start_executors, test_settings, TestCluster,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_files_are_filtered_keyed_and_summed_exactly() -> anyhow::Result<()> {
@@ -173,4 +175,95 @@ async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Resul
     assert_eq!(lines, expected.len());
     assert_eq!(seen, expected);
     Ok(())
+}
+
+/// A file source is rescaled like any operator: its files' progress moves by file name, so a
+/// placement at another parallelism continues each file where the subtask that read it stood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_source_rescaled_while_it_reads_counts_every_word_once() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 12), ("exec-b", 12)]).await?;
+    let input = cluster.path().join("input");
+    std::fs::create_dir_all(&input)?;
+    // Seven files of different lengths, read at 1,200 lines/s in all: about 9 s, long enough
+    // for two rescales, each of which lands in the middle of files.
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for file in 0..7u64 {
+        let mut text = String::new();
+        for line in 0..(1_200 + 150 * file) {
+            let words: Vec<String> = (0..3)
+                .map(|word| format!("w{}", (file * 7_919 + line * 31 + word * 13) % 97))
+                .collect();
+            for word in &words {
+                *expected.entry(word.clone()).or_default() += 1;
+            }
+            text.push_str(&words.join(" "));
+            text.push('\n');
+        }
+        std::fs::write(input.join(format!("part-{file}.txt")), text)?;
+    }
+    let output = cluster.path().join("counts");
+    let spec = serde_json::json!({
+        "name": "file-rescale",
+        "parallelism": 2,
+        "checkpoint": {"interval_ms": 200, "timeout_ms": 10000},
+        "operators": [
+            {"id": "lines", "kind": "file_source", "params": {"path": input.display().to_string(), "rate_per_second": 1200}},
+            {"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {"function": "split_words"}},
+            {"id": "by_word", "kind": "key_by", "inputs": ["words"]},
+            {"id": "counts", "kind": "count", "inputs": ["by_word"]},
+            {"id": "out", "kind": "file_sink", "inputs": ["counts"], "params": {"path": output.display().to_string()}}
+        ]
+    });
+    let submitted = client.submit_job(&spec.to_string(), "file-rescale").await?;
+    let job_id = submitted.job_id.as_str();
+    for parallelism in [3u32, 1] {
+        // Rescale once the current placement checkpointed some progress.
+        let running = eventually("the job to run and checkpoint", Duration::from_secs(60), || async {
+            job(&client, job_id)
+                .await
+                .filter(|job| job.status == "Running" && job.last_checkpoint_id.is_some())
+        })
+        .await?;
+        let last = running.last_checkpoint_id.unwrap_or(0);
+        client
+            .rescale_job(job_id, None, parallelism, &format!("files-{parallelism}"))
+            .await?;
+        eventually(
+            "the job to run at the new parallelism",
+            Duration::from_secs(60),
+            || async {
+                job(&client, job_id).await.filter(|job| {
+                    let sources = job
+                        .subtasks
+                        .iter()
+                        .filter(|subtask| subtask.operator_id == "lines" && !subtask.executor_id.is_empty())
+                        .count();
+                    matches!(job.status.as_str(), "Running" | "Finished")
+                        && sources == parallelism as usize
+                        && job.restored_checkpoint_id.unwrap_or(0) > last
+                })
+            },
+        )
+        .await?;
+    }
+    let done = eventually("the job to end", Duration::from_secs(60), || async {
+        job(&client, job_id)
+            .await
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    assert_eq!(done.status, "Finished", "{}", done.status_reason);
+    assert_eq!(
+        done.restart_count, 0,
+        "rescales are not failures: {}",
+        done.status_reason
+    );
+    let rescales = done
+        .history
+        .iter()
+        .filter(|event| event.what.starts_with("rescaled"))
+        .count();
+    assert_eq!(rescales, 2, "{:?}", done.history);
+    ensure_exact_output(&output, &expected)
 }

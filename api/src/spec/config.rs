@@ -14,6 +14,9 @@ pub enum OperatorConfig {
     Generator(GeneratorConfig),
     FileSource {
         path: String,
+        /// Lines per second over all subtasks (a replay or test paces its input); unbounded when
+        /// `None`.
+        rate_per_second: Option<u64>,
     },
     Map(MapFunction),
     FlatMap(FlatMapFunction),
@@ -246,6 +249,7 @@ pub(super) fn operator_config(
         }
         OperatorKind::FileSource => OperatorConfig::FileSource {
             path: params.text("path").unwrap_or_default(),
+            rate_per_second: params.number("rate_per_second"),
         },
         OperatorKind::Map => OperatorConfig::Map(match function.as_str() {
             "identity" => MapFunction::Identity,

@@ -254,8 +254,8 @@ impl JobGraph {
     }
 
     /// This graph with `operator` (every operator when `None`) at `parallelism`. Keyed state
-    /// moves by key group, generator offsets and sink output by subtask, so any operator may
-    /// change but a file source, whose files are split by subtask index.
+    /// moves by key group, generator offsets by lane, file progress by file and sink output by
+    /// subtask, so any operator may change.
     pub fn rescaled(&self, operator: Option<&str>, parallelism: u32) -> Result<JobGraph, RescaleError> {
         if parallelism == 0 {
             return Err(RescaleError::ZeroParallelism);
@@ -281,11 +281,6 @@ impl JobGraph {
             if !targeted || spec.parallelism == parallelism {
                 continue;
             }
-            if spec.kind == OperatorKind::FileSource {
-                return Err(RescaleError::FileSource {
-                    operator: spec.id.clone(),
-                });
-            }
             spec.parallelism = parallelism;
         }
         if rescaled == *self {
@@ -306,8 +301,6 @@ pub enum RescaleError {
     AboveMaxParallelism { parallelism: u32, max_parallelism: u32 },
     #[error("the job has no operator {operator:?} (operators: {known})")]
     UnknownOperator { operator: String, known: String },
-    #[error("operator {operator:?} is a file source, whose files are split by subtask: its parallelism cannot change while the job runs")]
-    FileSource { operator: String },
     #[error("already at parallelism {parallelism}: nothing to change")]
     Unchanged { parallelism: u32 },
 }
@@ -756,13 +749,6 @@ fn parse_operator(
     // Until the cluster chooses (at submit), an automatic parallelism starts at its minimum.
     let (parallelism, auto) = match parallelism {
         ParallelismSpec::Fixed(parallelism) => (parallelism, None),
-        ParallelismSpec::Auto(_) if kind == OperatorKind::FileSource => {
-            return Err(operator_error(
-                &id,
-                "parallelism",
-                "a file source cannot have an automatic parallelism: its files are split by subtask index",
-            ))
-        }
         ParallelismSpec::Auto(auto) => (auto.min, Some(auto)),
     };
     let inputs = match map.get("inputs") {

@@ -153,7 +153,7 @@ impl OperatorKind {
                 optional("vocabulary_size", UnsignedAtLeast(1)),
                 optional("words_per_record", UnsignedAtLeast(1)),
             ],
-            OperatorKind::FileSource => vec![required("path", Text)],
+            OperatorKind::FileSource => vec![required("path", Text), optional("rate_per_second", UnsignedAtLeast(1))],
             OperatorKind::Map => vec![
                 required(
                     "function",

@@ -295,7 +295,10 @@ fn rescaling_changes_only_the_named_operators_and_refuses_what_cannot_be() {
             {"id": "out", "kind": "print", "inputs": ["lines"]}]}"#,
     )
     .expect("valid");
-    assert!(matches!(files.rescaled(None, 2), Err(RescaleError::FileSource { .. })));
+    assert_eq!(
+        parallelism(&files.rescaled(None, 2).expect("rescaled"), "lines"),
+        Some(2)
+    );
     assert_eq!(
         parallelism(&files.rescaled(Some("out"), 2).expect("rescaled"), "out"),
         Some(2)
@@ -356,10 +359,6 @@ fn automatic_parallelism_is_read_bounded_and_chosen_for_the_free_slots() {
         (
             r#"{"name": "x", "operators": [{"id": "s", "kind": "generator", "parallelism": {"max": 500}}]}"#,
             "max is 500, must be between 1 and 128",
-        ),
-        (
-            r#"{"name": "x", "operators": [{"id": "s", "kind": "file_source", "parallelism": "auto", "params": {"path": "in"}}]}"#,
-            "a file source cannot have an automatic parallelism",
         ),
         (
             r#"{"name": "x", "autoscale": {"stabilization_ms": -1}, "operators": [{"id": "s", "kind": "generator"}]}"#,

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use raftstream_api::checkpoint::{CheckpointOptions, CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+use raftstream_api::checkpoint::{CheckpointOptions, CompletedCheckpoint, TaskStateHandle};
 use raftstream_api::dial::DialAddresses;
 use raftstream_api::ids::CheckpointId;
 use raftstream_api::messages::TaskReport;
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::barriers::BarrierAligner;
 use super::deployment::{chain_members, SubtaskDeployment};
 use super::exchange::{ExchangeHub, GateKey, InputMessage};
-use super::file_source::FileReader;
+use super::file_source::{progress_at_position, FileProgress, FileReader};
 use super::generator::GeneratorPosition;
 use super::key_groups::key_group_range;
 use super::operators::{
@@ -211,14 +211,13 @@ async fn load_state(
         .map_err(|error| restore_error(error.to_string()))
 }
 
-/// Where generator subtask `deployment` resumes: from the positions every subtask of the operator
-/// had in `checkpoint`, at whatever parallelism they ran.
-async fn resume_generator(
-    deployment: &SubtaskDeployment,
+/// The state of every subtask of source `operator` in `checkpoint`, by subtask index (all of the
+/// placement that took it, whatever its parallelism).
+async fn source_snapshots(
     operator: &OperatorSpec,
     environment: &TaskEnvironment,
     checkpoint: &CompletedCheckpoint,
-) -> Result<GeneratorPosition, TaskError> {
+) -> Result<Vec<SourceSnapshot>, TaskError> {
     let checkpoint_id = checkpoint.checkpoint_id.0;
     let restore_error = |problem: String| TaskError::Restore { checkpoint_id, problem };
     let mut handles: Vec<&TaskStateHandle> = checkpoint
@@ -227,26 +226,87 @@ async fn resume_generator(
         .filter(|handle| handle.subtask.operator_id == operator.id)
         .collect();
     handles.sort_by_key(|handle| handle.subtask.subtask_index);
-    let previous_parallelism = handles.len() as u64;
-    let mut previous = Vec::with_capacity(handles.len());
-    for (lane, handle) in handles.into_iter().enumerate() {
-        if handle.subtask.subtask_index as usize != lane {
+    let mut snapshots = Vec::with_capacity(handles.len());
+    for (index, handle) in handles.into_iter().enumerate() {
+        if handle.subtask.subtask_index as usize != index {
             return Err(restore_error(format!(
-                "the checkpoint holds no state of {}[{lane}]",
+                "the checkpoint holds no state of {}[{index}]",
                 operator.id
             )));
         }
         let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
-        let snapshot: SourceSnapshot = serde_json::from_slice(&bytes)
-            .map_err(|error| restore_error(format!("state of {}[{lane}]: {error}", operator.id)))?;
-        // Checkpoints written before generators could be rescaled hold only the next offset.
-        previous.push(snapshot.generator.unwrap_or(GeneratorPosition {
-            next: snapshot.position,
-            step: previous_parallelism,
-            emitted_before: Vec::new(),
-        }));
+        snapshots.push(
+            serde_json::from_slice(&bytes)
+                .map_err(|error| restore_error(format!("state of {}[{index}]: {error}", operator.id)))?,
+        );
     }
-    GeneratorPosition::resume(deployment.subtask_index, operator.parallelism, &previous).map_err(restore_error)
+    Ok(snapshots)
+}
+
+/// Where generator subtask `deployment` resumes: from the positions every subtask of the operator
+/// had in `checkpoint`, at whatever parallelism they ran.
+async fn resume_generator(
+    deployment: &SubtaskDeployment,
+    operator: &OperatorSpec,
+    environment: &TaskEnvironment,
+    checkpoint: &CompletedCheckpoint,
+) -> Result<GeneratorPosition, TaskError> {
+    let snapshots = source_snapshots(operator, environment, checkpoint).await?;
+    let previous_parallelism = snapshots.len() as u64;
+    let previous: Vec<GeneratorPosition> = snapshots
+        .into_iter()
+        .map(|snapshot| {
+            // Checkpoints written before generators could be rescaled hold only the next offset.
+            snapshot.generator.unwrap_or(GeneratorPosition {
+                next: snapshot.position,
+                step: previous_parallelism,
+                emitted_before: Vec::new(),
+            })
+        })
+        .collect();
+    GeneratorPosition::resume(deployment.subtask_index, operator.parallelism, &previous).map_err(|problem| {
+        TaskError::Restore {
+            checkpoint_id: checkpoint.checkpoint_id.0,
+            problem,
+        }
+    })
+}
+
+/// How far every file of file source `operator` was read in `checkpoint`, merged over the
+/// subtasks of the placement that took it (each file was read by one of them).
+async fn file_progress(
+    operator: &OperatorSpec,
+    environment: &TaskEnvironment,
+    checkpoint: &CompletedCheckpoint,
+) -> Result<FileProgress, TaskError> {
+    let OperatorConfig::FileSource { path, .. } = &operator.config else {
+        return Err(TaskError::Graph(format!(
+            "operator {} is not a file source",
+            operator.id
+        )));
+    };
+    let snapshots = source_snapshots(operator, environment, checkpoint).await?;
+    let previous_parallelism = snapshots.len() as u32;
+    let mut merged = FileProgress::new();
+    for (index, snapshot) in snapshots.into_iter().enumerate() {
+        let progress = match snapshot.files {
+            Some(progress) => progress,
+            // Checkpoints written before file sources could be rescaled hold the bytes consumed
+            // over the subtask's files read in order.
+            None => progress_at_position(
+                std::path::Path::new(path),
+                index as u32,
+                previous_parallelism,
+                snapshot.position,
+            )
+            .map_err(|error| TaskError::Source(error.to_string()))?,
+        };
+        for (file, consumed) in progress {
+            let entry = merged.entry(file).or_default();
+            *entry = (*entry).max(consumed);
+        }
+    }
+    Ok(merged)
 }
 
 async fn restore(
@@ -264,7 +324,11 @@ async fn restore(
                     generator.position = resume_generator(deployment, operator, environment, checkpoint).await?;
                 }
             }
-            // A file source was positioned from the checkpoint's offsets when it was opened.
+            if let (Some(checkpoint), SourceReader::Files { reader, .. }) = (checkpoint, source.as_mut()) {
+                if !crate::defects::injected(crate::defects::REPLAY_FROM_START) {
+                    reader.resume(&file_progress(operator, environment, checkpoint).await?);
+                }
+            }
         }
         Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_) => {
             let Some(checkpoint) = checkpoint else { return Ok(()) };
@@ -328,19 +392,6 @@ async fn restore(
 }
 
 fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count: usize) -> Result<Logic, TaskError> {
-    // A source resumes at the offset the restored checkpoint recorded for it in the Raft state.
-    let replay_everything = crate::defects::injected(crate::defects::REPLAY_FROM_START);
-    let restored_offset = deployment
-        .restore_from
-        .as_ref()
-        .filter(|_| !replay_everything)
-        .and_then(|checkpoint| {
-            let key = SubtaskKey {
-                operator_id: operator.id.clone(),
-                subtask_index: deployment.subtask_index,
-            };
-            checkpoint.source_offsets.get(&key).copied()
-        });
     Ok(match (&operator.config, operator.kind) {
         (OperatorConfig::Generator(generator), _) => {
             let settings = generator.clone();
@@ -355,15 +406,19 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
                 ms_per_offset: rate.map_or(1.0, |rate| 1_000.0 / rate as f64),
             })))
         }
-        (OperatorConfig::FileSource { path }, _) => {
+        (OperatorConfig::FileSource { path, rate_per_second }, _) => {
+            // Positioned by `restore` when the deployment restores a checkpoint.
             let reader = FileReader::open(
                 std::path::Path::new(path),
                 deployment.subtask_index,
                 operator.parallelism,
-                restored_offset.unwrap_or(0),
             )
             .map_err(|error| TaskError::Source(error.to_string()))?;
-            Logic::Source(Box::new(SourceReader::Files(reader)))
+            let rate_per_subtask = rate_per_second.map(|rate| rate as f64 / f64::from(operator.parallelism.max(1)));
+            Logic::Source(Box::new(SourceReader::Files {
+                reader,
+                rate_per_subtask,
+            }))
         }
         (_, OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy) => {
             let transform = Stateless::of(operator)?;

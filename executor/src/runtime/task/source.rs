@@ -16,7 +16,7 @@ use super::outputs::Outputs;
 use super::pipeline::Pipeline;
 use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
 use crate::runtime::exchange::{Barrier, ChannelEvent};
-use crate::runtime::file_source::FileReader;
+use crate::runtime::file_source::{FileProgress, FileReader};
 use crate::runtime::generator::{GeneratedRecords, GeneratorPosition};
 use crate::runtime::record::{Record, Text};
 
@@ -36,21 +36,24 @@ pub(super) struct GeneratorState {
 /// Where a source's records come from; its position is the offset checkpoints record.
 pub(super) enum SourceReader {
     Generator(GeneratorState),
-    Files(FileReader),
+    Files {
+        reader: FileReader,
+        rate_per_subtask: Option<f64>,
+    },
 }
 
 impl SourceReader {
     pub(super) fn is_exhausted(&self) -> bool {
         match self {
             SourceReader::Generator(generator) => generator.settings.is_exhausted(generator.position.next),
-            SourceReader::Files(files) => files.is_exhausted(),
+            SourceReader::Files { reader, .. } => reader.is_exhausted(),
         }
     }
 
     pub(super) fn position(&self) -> u64 {
         match self {
             SourceReader::Generator(generator) => generator.position.next,
-            SourceReader::Files(files) => files.position(),
+            SourceReader::Files { reader, .. } => reader.position(),
         }
     }
 
@@ -58,14 +61,14 @@ impl SourceReader {
     pub(super) fn last_timestamp_ms(&self) -> i64 {
         match self {
             SourceReader::Generator(generator) => (generator.last_offset as f64 * generator.ms_per_offset) as i64,
-            SourceReader::Files(_) => 0,
+            SourceReader::Files { .. } => 0,
         }
     }
 
     pub(super) fn rate_per_subtask(&self) -> Option<f64> {
         match self {
             SourceReader::Generator(generator) => generator.rate_per_subtask,
-            SourceReader::Files(_) => None,
+            SourceReader::Files { rate_per_subtask, .. } => *rate_per_subtask,
         }
     }
 
@@ -81,7 +84,7 @@ impl SourceReader {
                 generator.last_offset = offset;
                 Ok(true)
             }
-            SourceReader::Files(files) => files
+            SourceReader::Files { reader, .. } => reader
                 .next_line(line)
                 .map_err(|error| TaskError::Source(error.to_string())),
         }
@@ -95,6 +98,10 @@ pub(super) struct SourceSnapshot {
     /// (absent in checkpoints written before generators could be rescaled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) generator: Option<GeneratorPosition>,
+    /// A file source's bytes consumed of each file, so that a placement at another parallelism
+    /// can resume it (absent in checkpoints written before file sources could be rescaled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) files: Option<FileProgress>,
 }
 
 impl SourceReader {
@@ -104,7 +111,11 @@ impl SourceReader {
             position: self.position(),
             generator: match self {
                 SourceReader::Generator(generator) => Some(generator.position.clone()),
-                SourceReader::Files(_) => None,
+                SourceReader::Files { .. } => None,
+            },
+            files: match self {
+                SourceReader::Generator(_) => None,
+                SourceReader::Files { reader, .. } => Some(reader.progress()),
             },
         }
     }
