@@ -23,7 +23,7 @@ const JOB_SPEC: &str = r#"{"name": "golden", "parallelism": 2, "max_parallelism"
     {"id": "per_second", "kind": "tumbling_window", "inputs": ["by_word"], "params": {"size_ms": 1000, "aggregate": "count"}},
     {"id": "out", "kind": "file_sink", "inputs": ["per_second"], "params": {"path": "/tmp/golden-out"}}]}"#;
 
-fn subtask(operator_id: &str, subtask_index: u32) -> SubtaskKey {
+pub(super) fn subtask(operator_id: &str, subtask_index: u32) -> SubtaskKey {
     SubtaskKey {
         operator_id: operator_id.to_owned(),
         subtask_index,
@@ -152,8 +152,13 @@ pub fn commands() -> Vec<Command> {
     commands
 }
 
-/// The whole log: a blank entry, the first membership, then the commands, all of term 1 by node 1.
+/// The whole log: a blank entry, the first membership, then the commands.
 pub fn entries() -> Vec<Entry<TypeConfig>> {
+    entries_of(commands())
+}
+
+/// A log of `commands` after a blank entry and the first membership, all of term 1 by node 1.
+pub(super) fn entries_of(commands: Vec<Command>) -> Vec<Entry<TypeConfig>> {
     let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
     let members: BTreeMap<u64, BasicNode> = (1..=3)
         .map(|id| (id, BasicNode::new(format!("127.0.0.1:710{id}"))))
@@ -169,7 +174,7 @@ pub fn entries() -> Vec<Entry<TypeConfig>> {
             payload: EntryPayload::Membership(Membership::new(vec![voters], members)),
         },
     ];
-    for (position, command) in commands().into_iter().enumerate() {
+    for (position, command) in commands.into_iter().enumerate() {
         entries.push(Entry {
             log_id: log_id(3 + position as u64),
             payload: EntryPayload::Normal(command),

@@ -4,6 +4,8 @@
 mod election_trigger;
 #[cfg(test)]
 mod golden_history;
+#[cfg(test)]
+mod golden_history_v2;
 mod log_store;
 mod network;
 pub mod pre_vote;

@@ -1,4 +1,5 @@
 use openraft::testing::{StoreBuilder, Suite};
+use openraft::Entry;
 use openraft::StorageError;
 use tempfile::TempDir;
 
@@ -76,17 +77,9 @@ async fn corrupted_snapshot_is_refused_with_a_named_error() -> anyhow_free::Resu
 /// again today gives the same bytes, so nodes of either version read each other's storage.
 #[test]
 fn a_log_and_snapshot_written_before_the_api_crate_still_load() -> anyhow_free::Result {
-    use openraft::Entry;
-
     let snapshot = include_bytes!("../../tests/golden/snapshot-v1.json");
     let log = include_str!("../../tests/golden/log-entries-v1.jsonl");
-    let decoded = state_store::decode_snapshot(snapshot)?;
-    let entries = log
-        .lines()
-        .map(serde_json::from_str::<Entry<TypeConfig>>)
-        .collect::<Result<Vec<_>, _>>()?;
-    assert_eq!(entries, super::golden_history::entries());
-    assert_eq!(super::golden_history::applied_state(&entries), decoded);
+    let decoded = read_back_as_written(log, snapshot, &super::golden_history::entries())?;
     let job = decoded
         .state
         .jobs
@@ -103,6 +96,23 @@ fn a_log_and_snapshot_written_before_the_api_crate_still_load() -> anyhow_free::
         }),
         "typed configurations are read from the stored parameters"
     );
+    Ok(())
+}
+
+/// The golden `log` and `snapshot` hold `expected`'s entries and the state they lead to, and
+/// today's code writes them byte for byte the same. Returns the snapshot read back.
+fn read_back_as_written(
+    log: &str,
+    snapshot: &[u8],
+    expected: &[Entry<TypeConfig>],
+) -> Result<state_store::AppliedState, Box<dyn std::error::Error>> {
+    let decoded = state_store::decode_snapshot(snapshot)?;
+    let entries = log
+        .lines()
+        .map(serde_json::from_str::<Entry<TypeConfig>>)
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(entries, expected);
+    assert_eq!(super::golden_history::applied_state(&entries), decoded);
     for (line, entry) in log.lines().zip(&entries) {
         assert_eq!(
             serde_json::to_string(entry)?,
@@ -112,10 +122,55 @@ fn a_log_and_snapshot_written_before_the_api_crate_still_load() -> anyhow_free::
         );
     }
     assert_eq!(
-        String::from_utf8(state_store::encode_snapshot(decoded)?)?,
+        String::from_utf8(state_store::encode_snapshot(decoded.clone())?)?,
         String::from_utf8(snapshot.to_vec())?,
         "the snapshot is written as before"
     );
+    Ok(decoded)
+}
+
+/// The commands elasticity added (savepoints, rescales by a user and by the autoscaler, a drain
+/// and the move it causes, a job resumed from a savepoint) keep their stored form: a log and
+/// snapshot written when they landed read back and are written again the same. With
+/// `RAFTSTREAM_WRITE_GOLDEN=1` the test writes the files instead (only for a deliberate, new
+/// version of the format: a changed file means nodes of two versions no longer read each other).
+#[test]
+fn a_log_and_snapshot_with_the_elasticity_commands_still_load() -> anyhow_free::Result {
+    use crate::state_machine::{apply, State};
+
+    let expected = super::golden_history_v2::entries();
+    // Every command of the history takes effect, so the snapshot holds what they record.
+    let mut state = State::default();
+    for (position, command) in super::golden_history_v2::commands().into_iter().enumerate() {
+        if let Err(rejection) = apply(&mut state, command.clone()) {
+            panic!("command {position} ({command:?}) was rejected: {rejection}");
+        }
+    }
+    let job = state
+        .jobs
+        .get(&raftstream_api::ids::JobId::from_number(1))
+        .ok_or("job-1")?;
+    assert_eq!(job.graph.operator("counts").map(|counts| counts.parallelism), Some(4));
+    assert_eq!(state.savepoints.len(), 1, "savepoint 2 was deleted");
+    assert!(state.jobs.contains_key(&raftstream_api::ids::JobId::from_number(2)));
+
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    if std::env::var_os("RAFTSTREAM_WRITE_GOLDEN").is_some() {
+        let mut log = String::new();
+        for entry in &expected {
+            log.push_str(&serde_json::to_string(entry)?);
+            log.push('\n');
+        }
+        std::fs::write(directory.join("log-entries-v2.jsonl"), log)?;
+        let applied = super::golden_history::applied_state(&expected);
+        std::fs::write(
+            directory.join("snapshot-v2.json"),
+            state_store::encode_snapshot(applied)?,
+        )?;
+    }
+    let log = include_str!("../../tests/golden/log-entries-v2.jsonl");
+    let snapshot = include_bytes!("../../tests/golden/snapshot-v2.json");
+    read_back_as_written(log, snapshot, &expected)?;
     Ok(())
 }
 
