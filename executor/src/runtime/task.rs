@@ -337,18 +337,35 @@ async fn restore(
                 deployment.graph.max_parallelism,
                 operator.parallelism,
             );
-            // Every subtask's state of the operator: a rescaled job takes its key groups from any.
-            for handle in checkpoint
+            // The states of the old subtasks whose key groups overlap this subtask's: one at an
+            // unchanged parallelism, a few after a rescale. (A checkpoint holds a state of every
+            // subtask of the placement that took it, so their number is its parallelism.)
+            let handles: Vec<&TaskStateHandle> = checkpoint
                 .task_states
                 .iter()
                 .filter(|handle| handle.subtask.operator_id == operator.id)
-            {
+                .collect();
+            let previous_parallelism = handles.len() as u32;
+            let mut indexes: Vec<u32> = handles.iter().map(|handle| handle.subtask.subtask_index).collect();
+            indexes.sort_unstable();
+            let complete = indexes.iter().copied().eq(0..previous_parallelism);
+            for handle in handles {
+                let own = handle.subtask.subtask_index == deployment.subtask_index;
+                let old_groups = key_group_range(
+                    handle.subtask.subtask_index,
+                    deployment.graph.max_parallelism,
+                    previous_parallelism,
+                );
+                let overlaps = !complete || (old_groups.start < groups.end && groups.start < old_groups.end);
+                // A window's own state also holds its input channels' progress.
+                if !overlaps && !(own && matches!(logic, Logic::Window(_))) {
+                    continue;
+                }
                 let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
                 match logic {
                     Logic::Count(counts) => counts.restore(&operator.id, &bytes, &groups)?,
                     Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, &bytes, &groups)?,
                     Logic::Window(window) => {
-                        let own = handle.subtask.subtask_index == deployment.subtask_index;
                         window.restore(&operator.id, &bytes, &groups, own)?;
                     }
                     _ => {}

@@ -1,58 +1,23 @@
 //! Keyed state: running counts and aggregates per key, checkpointed by key group so that any
 //! range of key groups can be restored on its own (rescaling, a moved subtask).
 
-use std::collections::BTreeMap;
-
 use raftstream_api::spec::{Combine, OperatorConfig, OperatorSpec};
-use serde::{Deserialize, Serialize};
 
+use super::keyed_state::{decode_keyed, encode_keyed, StateValue};
 use super::{field_of, number_text, OperatorError};
-use crate::runtime::key_groups::{key_group, KeyedMap, StateKey};
+use crate::runtime::key_groups::KeyedMap;
 use crate::runtime::record::{Record, Text};
 
-/// Checkpointed keyed state: entries grouped by key group, so any subtask range can take its part.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct KeyedSnapshot<V> {
-    max_parallelism: u32,
-    groups: BTreeMap<u32, Vec<(String, V)>>,
-}
-
-fn snapshot_keyed<V: Serialize + Clone>(entries: &KeyedMap<V>, max_parallelism: u32) -> Vec<u8> {
-    let mut snapshot = KeyedSnapshot {
-        max_parallelism,
-        groups: BTreeMap::new(),
-    };
-    for (key, value) in entries {
-        snapshot
-            .groups
-            .entry(key_group(key, max_parallelism))
-            .or_default()
-            .push((key.to_string(), value.clone()));
-    }
-    // Serializing plain maps of strings and numbers cannot fail.
-    serde_json::to_vec(&snapshot).unwrap_or_default()
-}
-
-fn restore_keyed<V: serde::de::DeserializeOwned>(
+fn restore_keyed<V: StateValue + serde::de::DeserializeOwned>(
     entries: &mut KeyedMap<V>,
     operator: &str,
     bytes: &[u8],
     groups: &std::ops::Range<u32>,
 ) -> Result<(), OperatorError> {
-    let snapshot: KeyedSnapshot<V> = serde_json::from_slice(bytes).map_err(|error| OperatorError::State {
+    decode_keyed(entries, bytes, groups).map_err(|problem| OperatorError::State {
         operator: operator.to_owned(),
-        problem: format!("unreadable keyed state: {error}"),
-    })?;
-    for (group, group_entries) in snapshot.groups {
-        if groups.contains(&group) {
-            entries.extend(
-                group_entries
-                    .into_iter()
-                    .map(|(key, value)| (StateKey::from(key), value)),
-            );
-        }
-    }
-    Ok(())
+        problem: format!("unreadable keyed state: {problem}"),
+    })
 }
 
 /// `number` in decimal as record text: at most 20 digits, so always inline (no allocation).
@@ -94,7 +59,7 @@ impl KeyedCount {
 
     /// The state as bytes, grouped by key group.
     pub fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
-        snapshot_keyed(&self.counts, max_parallelism)
+        encode_keyed(&self.counts, max_parallelism)
     }
 
     /// Adds the entries of `bytes` whose key group lies in `groups`.
@@ -188,7 +153,7 @@ impl KeyedAggregate {
 
     /// The state as bytes, grouped by key group.
     pub fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
-        snapshot_keyed(&self.values, max_parallelism)
+        encode_keyed(&self.values, max_parallelism)
     }
 
     /// Adds the entries of `bytes` whose key group lies in `groups`.

@@ -6,6 +6,7 @@
 
 mod file_sink;
 mod keyed;
+mod keyed_state;
 mod stateless;
 mod windows;
 

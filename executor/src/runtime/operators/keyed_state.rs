@@ -1,0 +1,313 @@
+//! The checkpoint format of keyed state: entries laid out by key group behind an index of the
+//! groups, so a subtask restoring a range of key groups (after a rescale or a move) decodes only
+//! its own groups' bytes, as Flink's key-group-indexed snapshots allow. Written in two passes over
+//! the map (sizes per group, then each entry at its group's place) with no copy of the keys.
+//!
+//! Layout (integers little-endian, `varint` = LEB128):
+//! ```text
+//! "RSK2" | max_parallelism u32 | groups u32 | groups x (group u32, offset u64, length u64, entries u64)
+//! | per group, its entries: varint key length, key bytes, value
+//! ```
+//! Offsets count from the end of the index. Values are a varint (counts) or a varint length and
+//! JSON (aggregates). State written before this format (JSON) is still read.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::runtime::key_groups::{key_group, KeyedMap, StateKey};
+
+const MAGIC: &[u8; 4] = b"RSK2";
+const INDEX_ENTRY_BYTES: usize = 4 + 8 + 8 + 8;
+
+/// How a value of keyed state is written.
+pub trait StateValue: Sized {
+    fn encoded_len(&self) -> usize;
+    fn encode(&self, out: &mut Vec<u8>);
+    fn decode(input: &mut &[u8]) -> Option<Self>;
+}
+
+fn varint_len(mut value: u64) -> usize {
+    let mut bytes = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        bytes += 1;
+    }
+    bytes
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn take_varint(input: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = input.split_first()?;
+        *input = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn take_bytes<'a>(input: &mut &'a [u8], length: usize) -> Option<&'a [u8]> {
+    if input.len() < length {
+        return None;
+    }
+    let (bytes, rest) = input.split_at(length);
+    *input = rest;
+    Some(bytes)
+}
+
+fn take_u32(input: &mut &[u8]) -> Option<u32> {
+    take_bytes(input, 4)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u32::from_le_bytes)
+}
+
+fn take_u64(input: &mut &[u8]) -> Option<u64> {
+    take_bytes(input, 8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+impl StateValue for u64 {
+    fn encoded_len(&self) -> usize {
+        varint_len(*self)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, *self);
+    }
+
+    fn decode(input: &mut &[u8]) -> Option<Self> {
+        take_varint(input)
+    }
+}
+
+impl StateValue for serde_json::Value {
+    fn encoded_len(&self) -> usize {
+        let length = self.to_string().len();
+        varint_len(length as u64) + length
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let text = self.to_string();
+        put_varint(out, text.len() as u64);
+        out.extend_from_slice(text.as_bytes());
+    }
+
+    fn decode(input: &mut &[u8]) -> Option<Self> {
+        let length = usize::try_from(take_varint(input)?).ok()?;
+        serde_json::from_slice(take_bytes(input, length)?).ok()
+    }
+}
+
+/// Where one key group's entries lie.
+#[derive(Debug, Clone, Copy, Default)]
+struct GroupSlot {
+    offset: u64,
+    length: u64,
+    entries: u64,
+}
+
+/// Keyed state as checkpoint bytes, grouped by key group.
+pub fn encode_keyed<V: StateValue>(entries: &KeyedMap<V>, max_parallelism: u32) -> Vec<u8> {
+    let entry_len = |key: &StateKey, value: &V| {
+        let key_len = key.as_str().len();
+        varint_len(key_len as u64) + key_len + value.encoded_len()
+    };
+    // Pass 1: the bytes and entries of each group.
+    let mut slots: BTreeMap<u32, GroupSlot> = BTreeMap::new();
+    for (key, value) in entries {
+        let slot = slots.entry(key_group(key, max_parallelism)).or_default();
+        slot.length += entry_len(key, value) as u64;
+        slot.entries += 1;
+    }
+    let mut offset = 0u64;
+    for slot in slots.values_mut() {
+        slot.offset = offset;
+        offset += slot.length;
+    }
+    let header = MAGIC.len() + 8 + slots.len() * INDEX_ENTRY_BYTES;
+    let mut out = Vec::with_capacity(header + offset as usize);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&max_parallelism.to_le_bytes());
+    out.extend_from_slice(&(slots.len() as u32).to_le_bytes());
+    for (group, slot) in &slots {
+        out.extend_from_slice(&group.to_le_bytes());
+        out.extend_from_slice(&slot.offset.to_le_bytes());
+        out.extend_from_slice(&slot.length.to_le_bytes());
+        out.extend_from_slice(&slot.entries.to_le_bytes());
+    }
+    // Pass 2: each entry at its group's cursor.
+    out.resize(header + offset as usize, 0);
+    let mut cursors: BTreeMap<u32, usize> = slots
+        .iter()
+        .map(|(group, slot)| (*group, header + slot.offset as usize))
+        .collect();
+    let mut scratch = Vec::new();
+    for (key, value) in entries {
+        let Some(cursor) = cursors.get_mut(&key_group(key, max_parallelism)) else {
+            continue;
+        };
+        scratch.clear();
+        put_varint(&mut scratch, key.as_str().len() as u64);
+        scratch.extend_from_slice(key.as_str().as_bytes());
+        value.encode(&mut scratch);
+        out[*cursor..*cursor + scratch.len()].copy_from_slice(&scratch);
+        *cursor += scratch.len();
+    }
+    out
+}
+
+/// The JSON keyed state of checkpoints written before [`encode_keyed`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct JsonKeyedSnapshot<V> {
+    max_parallelism: u32,
+    groups: BTreeMap<u32, Vec<(String, V)>>,
+}
+
+/// Adds the entries of `bytes` whose key group lies in `groups` to `entries`, decoding only
+/// those groups. The error says what is wrong with the bytes.
+pub fn decode_keyed<V: StateValue + DeserializeOwned>(
+    entries: &mut KeyedMap<V>,
+    bytes: &[u8],
+    groups: &std::ops::Range<u32>,
+) -> Result<(), String> {
+    let Some(mut input) = bytes.strip_prefix(MAGIC.as_slice()) else {
+        let snapshot: JsonKeyedSnapshot<V> = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+        for (group, group_entries) in snapshot.groups {
+            if groups.contains(&group) {
+                entries.extend(
+                    group_entries
+                        .into_iter()
+                        .map(|(key, value)| (StateKey::from(key), value)),
+                );
+            }
+        }
+        return Ok(());
+    };
+    let truncated = || "the keyed state is truncated".to_owned();
+    let _max_parallelism = take_u32(&mut input).ok_or_else(truncated)?;
+    let count = take_u32(&mut input).ok_or_else(truncated)? as usize;
+    let index =
+        take_bytes(&mut input, count.checked_mul(INDEX_ENTRY_BYTES).ok_or_else(truncated)?).ok_or_else(truncated)?;
+    let data = input;
+    let mut index = index;
+    for _ in 0..count {
+        let group = take_u32(&mut index).ok_or_else(truncated)?;
+        let offset = take_u64(&mut index).ok_or_else(truncated)?;
+        let length = take_u64(&mut index).ok_or_else(truncated)?;
+        let expected = take_u64(&mut index).ok_or_else(truncated)?;
+        if !groups.contains(&group) {
+            continue;
+        }
+        let slice = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(length).ok())
+            .and_then(|(offset, length)| data.get(offset..offset.checked_add(length)?))
+            .ok_or_else(|| format!("key group {group} lies outside the keyed state"))?;
+        entries.reserve(usize::try_from(expected).unwrap_or(0).min(slice.len()));
+        let mut slice = slice;
+        let mut decoded = 0u64;
+        while !slice.is_empty() {
+            let entry = (|| {
+                let key_len = usize::try_from(take_varint(&mut slice)?).ok()?;
+                let key = std::str::from_utf8(take_bytes(&mut slice, key_len)?).ok()?;
+                let value = V::decode(&mut slice)?;
+                Some((StateKey::from(key), value))
+            })()
+            .ok_or_else(|| format!("entry {decoded} of key group {group} is malformed"))?;
+            entries.insert(entry.0, entry.1);
+            decoded += 1;
+        }
+        if decoded != expected {
+            return Err(format!(
+                "key group {group} holds {decoded} entries, its index says {expected}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_of(entries: &[(&str, u64)]) -> KeyedMap<u64> {
+        entries
+            .iter()
+            .map(|(key, value)| (StateKey::from(*key), *value))
+            .collect()
+    }
+
+    fn sorted(map: &KeyedMap<u64>) -> Vec<(String, u64)> {
+        let mut entries: Vec<(String, u64)> = map.iter().map(|(key, value)| (key.to_string(), *value)).collect();
+        entries.sort();
+        entries
+    }
+
+    proptest::proptest! {
+        /// Any split of the key groups into ranges restores every entry exactly once.
+        #[test]
+        fn ranges_restore_each_entry_once(
+            entries in proptest::collection::btree_map("\\PC{0,40}", proptest::num::u64::ANY, 0..300),
+            parallelism in 1u32..9,
+        ) {
+            let map: KeyedMap<u64> = entries.iter().map(|(key, value)| (StateKey::from(key.as_str()), *value)).collect();
+            let bytes = encode_keyed(&map, 32);
+            let mut restored: KeyedMap<u64> = KeyedMap::default();
+            for index in 0..parallelism {
+                let range = crate::runtime::key_groups::key_group_range(index, 32, parallelism);
+                let mut part: KeyedMap<u64> = KeyedMap::default();
+                decode_keyed(&mut part, &bytes, &range).map_err(proptest::test_runner::TestCaseError::fail)?;
+                for key in part.keys() {
+                    proptest::prop_assert!(range.contains(&key_group(key, 32)));
+                }
+                restored.extend(part);
+            }
+            proptest::prop_assert_eq!(sorted(&restored), sorted(&map));
+        }
+    }
+
+    #[test]
+    fn aggregate_values_and_old_json_state_read_back() {
+        let values: KeyedMap<serde_json::Value> = [
+            (StateKey::from("a"), serde_json::json!(2.5)),
+            (StateKey::from("b"), serde_json::json!("x,y")),
+        ]
+        .into_iter()
+        .collect();
+        let mut restored = KeyedMap::default();
+        decode_keyed(&mut restored, &encode_keyed(&values, 128), &(0..128)).expect("decodes");
+        assert_eq!(restored, values);
+
+        let json = br#"{"max_parallelism":128,"groups":{"3":[["w1",4]],"90":[["w2",1]]}}"#;
+        let mut counts: KeyedMap<u64> = KeyedMap::default();
+        decode_keyed(&mut counts, json, &(0..50)).expect("decodes");
+        assert_eq!(sorted(&counts), vec![("w1".to_owned(), 4)]);
+    }
+
+    #[test]
+    fn damaged_state_is_an_error_that_says_what_is_wrong() {
+        let bytes = encode_keyed(&map_of(&[("alpha", 1), ("beta", 300), ("gamma", 70_000)]), 128);
+        let mut sink: KeyedMap<u64> = KeyedMap::default();
+        let truncated = decode_keyed(&mut sink, &bytes[..bytes.len() - 2], &(0..128)).expect_err("truncated");
+        assert!(
+            truncated.contains("outside the keyed state") || truncated.contains("malformed"),
+            "{truncated}"
+        );
+        assert!(decode_keyed(&mut sink, &bytes[..10], &(0..128))
+            .expect_err("no index")
+            .contains("truncated"));
+        assert!(decode_keyed(&mut sink, b"{not json", &(0..128)).is_err());
+    }
+}
