@@ -29,9 +29,9 @@ use crate::wordcount::{check_prefix, WordCountJob};
 /// Options of `bench elastic`.
 #[derive(Debug, Args)]
 pub struct ElasticBenchArgs {
-    /// Distinct keys of the keyed state, one run per value: about 15 bytes of checkpointed state
-    /// each (70,000 is about 1 MiB).
-    #[arg(long, value_delimiter = ',', default_value = "70000")]
+    /// Distinct keys of the keyed state, one run per value: about 12 bytes of checkpointed state
+    /// each (90,000 is about 1 MiB, 90,000,000 about 1 GiB).
+    #[arg(long, value_delimiter = ',', default_value = "90000")]
     pub keys: Vec<u64>,
     /// Rescales per run, alternating between the two parallelisms of --parallelism.
     #[arg(long, default_value_t = 10)]
@@ -102,7 +102,7 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
     })
     .await?;
     println!(
-        "bench elastic: word count (generator {} lines/s of 8 words -> split -> key_by -> count -> file_sink), \
+        "bench elastic: word count (generator {} lines/s of 8 sequential words -> split -> key_by -> count -> file_sink), \
          checkpoints every 1000 ms, 3 coordinators and 3 executors on this machine",
         args.rate
     );
@@ -118,7 +118,14 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             output_dir: directory.join(format!("out-{run}")),
         };
         let name = format!("elastic-{run}");
-        let submitted = client.submit_job(&spec.spec(&name), &name).await?;
+        // Sequential words: every key appears once per `keys` words, so the state reaches its
+        // size in one pass over the vocabulary (random words would take many).
+        let submitted = client
+            .submit_job(
+                &spec.spec_with_generator_params(&name, r#", "word_order": "sequential""#),
+                &name,
+            )
+            .await?;
         let job_id = submitted.job_id;
         // The state grows as words appear; measured once every key was seen (two checkpoints in
         // a row within 1 % of each other: the counts still grow, by a digit now and then).

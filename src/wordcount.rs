@@ -31,6 +31,12 @@ impl WordCountJob {
 
     /// The job spec (JSON) under `name`.
     pub fn spec(&self, name: &str) -> String {
+        self.spec_with_generator_params(name, "")
+    }
+
+    /// The job spec with `extra` (e.g. `, "word_order": "sequential"`) after the generator's
+    /// parameters.
+    pub fn spec_with_generator_params(&self, name: &str, extra: &str) -> String {
         let rate = self
             .rate_per_second
             .map(|rate| format!(r#", "rate_per_second": {rate}"#))
@@ -40,7 +46,7 @@ impl WordCountJob {
   "checkpoint": {{"interval_ms": {interval}, "timeout_ms": 10000}},
   "restart": {{"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200}},
   "operators": [
-    {{"id": "lines", "kind": "generator", "params": {{"seed": {seed}{count}, "vocabulary_size": {vocabulary}, "words_per_record": {words}{rate}}}}},
+    {{"id": "lines", "kind": "generator", "params": {{"seed": {seed}{count}, "vocabulary_size": {vocabulary}, "words_per_record": {words}{rate}{extra}}}}},
     {{"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {{"function": "split_words"}}}},
     {{"id": "by_word", "kind": "key_by", "inputs": ["words"]}},
     {{"id": "counts", "kind": "count", "inputs": ["by_word"]}},

@@ -50,6 +50,10 @@ pub struct GeneratorConfig {
     pub rate_per_second: Option<u64>,
     pub vocabulary_size: u64,
     pub words_per_record: u64,
+    /// `word_order: sequential`: the words of the stream are `w0, w1, ...` modulo the vocabulary
+    /// (every word once per `vocabulary_size` words, so keyed state of a known size fills in one
+    /// pass) instead of drawn at random from the seed.
+    pub sequential_words: bool,
 }
 
 impl Default for GeneratorConfig {
@@ -60,6 +64,7 @@ impl Default for GeneratorConfig {
             rate_per_second: None,
             vocabulary_size: 1_000,
             words_per_record: 8,
+            sequential_words: false,
         }
     }
 }
@@ -245,6 +250,7 @@ pub(super) fn operator_config(
                 rate_per_second: params.number("rate_per_second"),
                 vocabulary_size: params.number("vocabulary_size").unwrap_or(defaults.vocabulary_size),
                 words_per_record: params.number("words_per_record").unwrap_or(defaults.words_per_record),
+                sequential_words: params.text("word_order").is_some_and(|order| order == "sequential"),
             })
         }
         OperatorKind::FileSource => OperatorConfig::FileSource {

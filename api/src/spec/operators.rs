@@ -152,6 +152,7 @@ impl OperatorKind {
                 optional("rate_per_second", UnsignedAtLeast(1)),
                 optional("vocabulary_size", UnsignedAtLeast(1)),
                 optional("words_per_record", UnsignedAtLeast(1)),
+                optional("word_order", OneOf(&["random", "sequential"])),
             ],
             OperatorKind::FileSource => vec![required("path", Text), optional("rate_per_second", UnsignedAtLeast(1))],
             OperatorKind::Map => vec![
