@@ -127,8 +127,11 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             )
             .await?;
         let job_id = submitted.job_id;
-        // The state grows as words appear; measured once every key was seen (two checkpoints in
-        // a row within 1 % of each other: the counts still grow, by a digit now and then).
+        // Every key has been seen once the sources emitted `keys` words (sequential words);
+        // measured from then on, at the first two checkpoints in a row within 1 % of each other
+        // (the counts still grow, by a byte now and then).
+        let fill_time = Duration::from_secs_f64(*keys as f64 / (8.0 * args.rate as f64));
+        tokio::time::sleep(fill_time).await;
         let filled = poll_until("the keyed state to fill", Duration::from_secs(1800), || async {
             let checkpoints = client.list_checkpoints(&job_id).await.ok()?;
             let [.., before, last] = checkpoints.as_slice() else {
@@ -147,7 +150,10 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
         let mut parallelism = low;
         for attempt in 0..args.rescales {
             parallelism = if parallelism == low { high } else { low };
-            let before = job(&client, &job_id).await.and_then(|job| job.restored_checkpoint_id);
+            // The rescale's entry in the job's history tells it happened: the job may restart
+            // from the checkpoint it restored before (when no checkpoint for the rescale could
+            // complete), so the restored checkpoint does not.
+            let before = job(&client, &job_id).await.and_then(|job| job.history.last().cloned());
             let started = Instant::now();
             client
                 .rescale_job(&job_id, None, parallelism, &format!("{name}-rescale-{attempt}"))
@@ -161,8 +167,8 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
                     (job.status == "Running"
                         && counts == parallelism as usize
                         && job.subtasks.iter().all(|s| !s.executor_id.is_empty())
-                        && job.restored_checkpoint_id != before)
-                        .then_some(())
+                        && job.history.last() != before.as_ref())
+                    .then_some(())
                 },
             )
             .await?;
@@ -191,7 +197,7 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             next_executor += 1;
             let replacement = format!("elastic-{next_executor}");
             cluster.start_executor(&replacement, slots)?;
-            let before = running.restored_checkpoint_id;
+            let before = running.history.last().cloned();
             let started = Instant::now();
             client
                 .drain_executor(&victim, &format!("{name}-drain-{victim}"))
@@ -202,7 +208,7 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
                 || async {
                     let job = job(&client, &job_id).await?;
                     (job.status == "Running"
-                        && job.restored_checkpoint_id != before
+                        && job.history.last() != before.as_ref()
                         && job
                             .subtasks
                             .iter()

@@ -362,14 +362,12 @@ async fn restore(
                     continue;
                 }
                 let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
-                match logic {
-                    Logic::Count(counts) => counts.restore(&operator.id, &bytes, &groups)?,
-                    Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, &bytes, &groups)?,
-                    Logic::Window(window) => {
-                        window.restore(&operator.id, &bytes, &groups, own)?;
-                    }
-                    _ => {}
-                }
+                off_the_workers(|| match logic {
+                    Logic::Count(counts) => counts.restore(&operator.id, &bytes, &groups),
+                    Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, &bytes, &groups),
+                    Logic::Window(window) => window.restore(&operator.id, &bytes, &groups, own),
+                    _ => Ok(()),
+                })?;
             }
         }
         Logic::FileSink(sink) => {
@@ -610,6 +608,20 @@ fn apply_all(
     Ok(())
 }
 
+/// Runs `work` (encoding or decoding keyed state: a second or more for tens of MiB) telling tokio
+/// that this worker thread is busy, so the executor's other tasks move to another thread
+/// meanwhile. Without it, two subtasks restoring large state held both workers of a 2-core
+/// machine, the session missed its heartbeats and the leader declared the executor dead.
+fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_threaded {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 /// One operator's state for checkpoint `checkpoint_id`; a sink pre-commits its output and hands
 /// back the segment to sync before the acknowledgement.
 fn snapshot(
@@ -618,9 +630,9 @@ fn snapshot(
     max_parallelism: u32,
 ) -> Result<(Vec<u8>, Option<SinkSegment>), TaskError> {
     Ok(match logic {
-        Logic::Count(counts) => (counts.snapshot(max_parallelism), None),
-        Logic::Aggregate(aggregate) => (aggregate.snapshot(max_parallelism), None),
-        Logic::Window(window) => (window.snapshot(max_parallelism), None),
+        Logic::Count(counts) => (off_the_workers(|| counts.snapshot(max_parallelism)), None),
+        Logic::Aggregate(aggregate) => (off_the_workers(|| aggregate.snapshot(max_parallelism)), None),
+        Logic::Window(window) => (off_the_workers(|| window.snapshot(max_parallelism)), None),
         Logic::FileSink(sink) => {
             let pre_committed = sink.pre_commit(checkpoint_id)?;
             (pre_committed.state, Some(pre_committed.segment))
