@@ -119,10 +119,11 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
         };
         let name = format!("elastic-{run}");
         // Sequential words: every key appears once per `keys` words, so the state reaches its
-        // size in one pass over the vocabulary (random words would take many).
+        // size in one pass over the vocabulary (random words would take many). Checkpoints of
+        // about 1 GiB take seconds: they time out after 2 minutes rather than 10 s.
         let submitted = client
             .submit_job(
-                &spec.spec_with_generator_params(&name, r#", "word_order": "sequential""#),
+                &spec.spec_with(&name, r#", "word_order": "sequential""#, 120_000),
                 &name,
             )
             .await?;
@@ -147,6 +148,7 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
         );
 
         let mut rescale_times = Vec::new();
+        let mut restored_times = Vec::new();
         let mut parallelism = low;
         for attempt in 0..args.rescales {
             parallelism = if parallelism == low { high } else { low };
@@ -158,7 +160,7 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             client
                 .rescale_job(&job_id, None, parallelism, &format!("{name}-rescale-{attempt}"))
                 .await?;
-            poll_until(
+            let placed = poll_until(
                 "the job to run at the new parallelism",
                 Duration::from_secs(300),
                 || async {
@@ -168,21 +170,36 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
                         && counts == parallelism as usize
                         && job.subtasks.iter().all(|s| !s.executor_id.is_empty())
                         && job.history.last() != before.as_ref())
-                    .then_some(())
+                    .then_some(job)
                 },
             )
             .await?;
             rescale_times.push(started.elapsed());
+            // Running means every subtask is deployed; a checkpoint completes only once every
+            // subtask restored its state and passed the barrier on: an upper bound of the time
+            // to process again (it includes up to one checkpoint interval of waiting).
+            let restored = placed.restored_checkpoint_id;
+            poll_until("a checkpoint after the rescale", Duration::from_secs(300), || async {
+                let job = job(&client, &job_id).await?;
+                (job.last_checkpoint_id > restored).then_some(())
+            })
+            .await?;
+            restored_times.push(started.elapsed());
         }
-        rescale_times.sort();
-        if !rescale_times.is_empty() {
-            println!(
-                "  rescale {low} <-> {high}, {} times: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                rescale_times.len(),
-                millis(percentile(&rescale_times, 50.0)),
-                millis(percentile(&rescale_times, 99.0)),
-                millis(*rescale_times.last().unwrap_or(&Duration::ZERO)),
-            );
+        for (what, times) in [
+            ("running (deployed)", &mut rescale_times),
+            ("first checkpoint after it", &mut restored_times),
+        ] {
+            times.sort();
+            if !times.is_empty() {
+                println!(
+                    "  rescale {low} <-> {high} -> {what}, {} times: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                    times.len(),
+                    millis(percentile(times, 50.0)),
+                    millis(percentile(times, 99.0)),
+                    millis(*times.last().unwrap_or(&Duration::ZERO)),
+                );
+            }
         }
 
         let mut drain_times = Vec::new();

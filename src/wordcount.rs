@@ -31,19 +31,19 @@ impl WordCountJob {
 
     /// The job spec (JSON) under `name`.
     pub fn spec(&self, name: &str) -> String {
-        self.spec_with_generator_params(name, "")
+        self.spec_with(name, "", 10_000)
     }
 
     /// The job spec with `extra` (e.g. `, "word_order": "sequential"`) after the generator's
-    /// parameters.
-    pub fn spec_with_generator_params(&self, name: &str, extra: &str) -> String {
+    /// parameters and checkpoints timing out after `timeout_ms`.
+    pub fn spec_with(&self, name: &str, extra: &str, timeout_ms: u64) -> String {
         let rate = self
             .rate_per_second
             .map(|rate| format!(r#", "rate_per_second": {rate}"#))
             .unwrap_or_default();
         format!(
             r#"{{"name": "{name}", "parallelism": {parallelism},
-  "checkpoint": {{"interval_ms": {interval}, "timeout_ms": 10000}},
+  "checkpoint": {{"interval_ms": {interval}, "timeout_ms": {timeout_ms}}},
   "restart": {{"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200}},
   "operators": [
     {{"id": "lines", "kind": "generator", "params": {{"seed": {seed}{count}, "vocabulary_size": {vocabulary}, "words_per_record": {words}{rate}{extra}}}}},
