@@ -128,18 +128,14 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             )
             .await?;
         let job_id = submitted.job_id;
-        // Every key has been seen once the sources emitted `keys` words (sequential words);
-        // measured from then on, at the first two checkpoints in a row within 1 % of each other
-        // (the counts still grow, by a byte now and then).
-        let fill_time = Duration::from_secs_f64(*keys as f64 / (8.0 * args.rate as f64));
-        tokio::time::sleep(fill_time).await;
-        let filled = poll_until("the keyed state to fill", Duration::from_secs(1800), || async {
+        // Every key has been seen once the sources emitted `keys` words (sequential words, 8
+        // per record): measured at the first checkpoint whose every source offset is past that.
+        let records_needed = keys.div_ceil(8) + u64::from(high);
+        let filled = poll_until("the keyed state to fill", Duration::from_secs(3600), || async {
             let checkpoints = client.list_checkpoints(&job_id).await.ok()?;
-            let [.., before, last] = checkpoints.as_slice() else {
-                return None;
-            };
-            (last.size_bytes > 0 && last.size_bytes <= before.size_bytes + before.size_bytes / 100)
-                .then_some(last.size_bytes)
+            let last = checkpoints.last()?;
+            let lowest = last.source_offsets.iter().map(|offset| offset.offset).min()?;
+            (lowest >= records_needed).then_some(last.size_bytes)
         })
         .await?;
         println!(

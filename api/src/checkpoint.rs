@@ -46,6 +46,70 @@ pub struct CompletedCheckpoint {
     /// replays to the same state).
     #[serde(default, with = "crate::serde_pairs")]
     pub acknowledged_epochs: BTreeMap<SubtaskKey, Epoch>,
+    /// What started it (absent, and read as the interval, in checkpoints recorded before).
+    #[serde(default, skip_serializing_if = "CheckpointTrigger::is_interval")]
+    pub trigger: CheckpointTrigger,
+}
+
+/// What made the leader start a checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointTrigger {
+    /// `checkpoint.interval_ms` passed.
+    #[default]
+    Interval,
+    /// The sources emitted `checkpoint.max_records` records since the last completed checkpoint
+    /// (half of it, in fact: the checkpoint should complete before they must wait).
+    Records,
+    /// The sources emitted `checkpoint.max_bytes` since the last completed checkpoint (half).
+    Bytes,
+    /// A bounded source read its last record: the final checkpoint.
+    EndOfInput,
+    /// A savepoint was asked for.
+    Savepoint,
+    /// A rescale or a move off a draining executor: the job restarts from it.
+    Rescale,
+}
+
+impl CheckpointTrigger {
+    pub fn is_interval(&self) -> bool {
+        *self == CheckpointTrigger::Interval
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckpointTrigger::Interval => "interval",
+            CheckpointTrigger::Records => "records",
+            CheckpointTrigger::Bytes => "bytes",
+            CheckpointTrigger::EndOfInput => "end_of_input",
+            CheckpointTrigger::Savepoint => "savepoint",
+            CheckpointTrigger::Rescale => "rescale",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointTrigger {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CheckpointTrigger {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            CheckpointTrigger::Interval,
+            CheckpointTrigger::Records,
+            CheckpointTrigger::Bytes,
+            CheckpointTrigger::EndOfInput,
+            CheckpointTrigger::Savepoint,
+            CheckpointTrigger::Rescale,
+        ]
+        .into_iter()
+        .find(|trigger| trigger.as_str() == text)
+        .ok_or_else(|| format!("{text:?} is not a checkpoint trigger"))
+    }
 }
 
 /// A savepoint: a checkpoint a user took and owns. It is named by its job and its checkpoint id

@@ -40,6 +40,7 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
         completed_at_ms: checkpoint.completed_at_ms,
         triggered_at_ms: checkpoint.triggered_at_ms,
         savepoint: false,
+        trigger: checkpoint.trigger.to_string(),
         task_states: checkpoint.task_states.iter().map(task_state_to_proto).collect(),
         source_offsets: checkpoint
             .source_offsets
@@ -123,6 +124,7 @@ pub fn checkpoint_from_proto(checkpoint: &pb::Checkpoint) -> CompletedCheckpoint
         triggered_at_ms: checkpoint.triggered_at_ms,
         // Executors restore from a checkpoint; which placement acknowledged it is the leader's.
         acknowledged_epochs: BTreeMap::new(),
+        trigger: checkpoint.trigger.parse().unwrap_or_default(),
     }
 }
 
@@ -318,7 +320,21 @@ pub fn task_report_to_proto(report: &TaskReport) -> pb::executor_message::Body {
                 .collect(),
             state: Some(task_state_to_proto(state)),
         }),
+        TaskReport::CheckpointWanted { task, trigger } => {
+            pb::executor_message::Body::CheckpointWanted(pb::CheckpointWanted {
+                task: Some(task_ref_to_proto(task)),
+                trigger: trigger.to_string(),
+            })
+        }
     }
+}
+
+/// A source's request for a checkpoint; `None` when it names no subtask or no known trigger.
+pub fn checkpoint_wanted_from_proto(wanted: &pb::CheckpointWanted) -> Option<TaskReport> {
+    Some(TaskReport::CheckpointWanted {
+        task: task_ref_from_proto(wanted.task.as_ref()?)?,
+        trigger: wanted.trigger.parse().ok()?,
+    })
 }
 
 /// A subtask's status from an executor; `None` when it names no subtask or no known outcome.
@@ -364,6 +380,7 @@ pub fn checkpoint_ack_from_proto(ack: &pb::CheckpointAck) -> Option<(TaskRef, Ch
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CheckpointTrigger;
 
     #[test]
     fn a_checkpoint_survives_its_protobuf_view() {
@@ -395,6 +412,7 @@ mod tests {
             completed_at_ms: 1_764_000_000_000,
             triggered_at_ms: 1_763_999_999_990,
             acknowledged_epochs: BTreeMap::new(),
+            trigger: Default::default(),
         };
         let wire = checkpoint_to_proto(&JobId::from_number(1), &checkpoint);
         assert_eq!(wire.job_id, "job-1");
@@ -457,6 +475,19 @@ mod tests {
             };
             assert_eq!(task_status_from_proto(&wire), Some(report));
         }
+        let wanted = TaskReport::CheckpointWanted {
+            task: task("lines", 0),
+            trigger: CheckpointTrigger::Bytes,
+        };
+        let pb::executor_message::Body::CheckpointWanted(wire) = task_report_to_proto(&wanted) else {
+            panic!("a checkpoint request travels as itself");
+        };
+        assert_eq!(checkpoint_wanted_from_proto(&wire), Some(wanted));
+        let unknown_trigger = pb::CheckpointWanted {
+            trigger: "moon phase".into(),
+            ..wire
+        };
+        assert_eq!(checkpoint_wanted_from_proto(&unknown_trigger), None);
         let unknown = pb::TaskStatus {
             task: Some(task_ref_to_proto(&task("out", 3))),
             reason: String::new(),

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::checkpoint::{CheckpointOptions, CompletedCheckpoint, SavepointRef, SubtaskKey, TaskStateHandle};
+use crate::checkpoint::{
+    CheckpointOptions, CheckpointTrigger, CompletedCheckpoint, SavepointRef, SubtaskKey, TaskStateHandle,
+};
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
 use crate::spec::JobGraph;
 
@@ -95,6 +97,9 @@ pub enum TaskReport {
         cannot_restore: bool,
         reason: String,
     },
+    /// A source emitted half its share of `checkpoint.max_records` (or `max_bytes`) since the
+    /// last completed checkpoint: `trigger` says which.
+    CheckpointWanted { task: TaskRef, trigger: CheckpointTrigger },
     /// The subtask's state of a checkpoint is stored (or inline) and ready to commit.
     CheckpointAck {
         task: TaskRef,

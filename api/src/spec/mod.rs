@@ -172,6 +172,28 @@ pub struct CheckpointConfig {
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub retained: u32,
+    /// At most this many records emitted by the sources (together) since the last completed
+    /// checkpoint: what a failure replays. A checkpoint starts at half of it; a source that
+    /// reached its share waits for one to complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_records: Option<u64>,
+    /// The same bound in bytes of source records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// No checkpoint starts sooner than this after the last one ended (completed or aborted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_pause_ms: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+impl CheckpointConfig {
+    /// Whether anything triggers checkpoints of a running job by itself.
+    pub fn is_enabled(&self) -> bool {
+        self.interval_ms > 0 || self.max_records.is_some() || self.max_bytes.is_some()
+    }
 }
 
 /// What to do when a task fails.
@@ -196,6 +218,9 @@ impl Default for CheckpointConfig {
             interval_ms: 1_000,
             timeout_ms: 60_000,
             retained: 3,
+            max_records: None,
+            max_bytes: None,
+            min_pause_ms: 0,
         }
     }
 }
@@ -600,7 +625,15 @@ fn sub_mapping<'a>(
 
 fn parse_checkpoint(value: Option<&Value>) -> Result<CheckpointConfig, SpecError> {
     let mut config = CheckpointConfig::default();
-    let Some(map) = sub_mapping(value, "checkpoint", &["interval_ms", "timeout_ms", "retained"])? else {
+    let allowed = [
+        "interval_ms",
+        "timeout_ms",
+        "retained",
+        "max_records",
+        "max_bytes",
+        "min_pause_ms",
+    ];
+    let Some(map) = sub_mapping(value, "checkpoint", &allowed)? else {
         return Ok(config);
     };
     if let Some(value) = map.get("interval_ms") {
@@ -615,7 +648,71 @@ fn parse_checkpoint(value: Option<&Value>) -> Result<CheckpointConfig, SpecError
     if let Some(value) = map.get("retained") {
         config.retained = bounded_u32(value, 1, 100).map_err(|problem| job_error("checkpoint.retained", problem))?;
     }
+    if let Some(value) = map.get("max_records") {
+        config.max_records =
+            Some(bounded_u64(value, 1).map_err(|problem| job_error("checkpoint.max_records", problem))?);
+    }
+    if let Some(value) = map.get("max_bytes") {
+        config.max_bytes = Some(byte_size(value).map_err(|problem| job_error("checkpoint.max_bytes", problem))?);
+    }
+    if let Some(value) = map.get("min_pause_ms") {
+        config.min_pause_ms = bounded_u64(value, 0).map_err(|problem| job_error("checkpoint.min_pause_ms", problem))?;
+    }
+    if config.interval_ms > 0 && config.min_pause_ms > config.interval_ms {
+        return Err(job_error(
+            "checkpoint.min_pause_ms",
+            format!(
+                "{} is above interval_ms {}: checkpoints could never keep their interval",
+                config.min_pause_ms, config.interval_ms
+            ),
+        ));
+    }
+    if !config.is_enabled() && map.contains_key("retained") {
+        return Err(job_error(
+            "checkpoint.retained",
+            "keeps checkpoints, but every trigger is off (interval_ms is 0 and there is no max_records or max_bytes)",
+        ));
+    }
     Ok(config)
+}
+
+/// A size in bytes: a whole number, or a number with a unit (`64MiB`, `512 KiB`, `1GB`).
+fn byte_size(value: &Value) -> Result<u64, String> {
+    let size = match value {
+        Value::Number(_) => bounded_u64(value, 1)?,
+        Value::String(text) => {
+            let text = text.trim();
+            let split = text
+                .find(|character: char| !character.is_ascii_digit())
+                .unwrap_or(text.len());
+            let (digits, unit) = text.split_at(split);
+            let number: u64 = digits
+                .parse()
+                .map_err(|_| format!("{text:?} is not a size (write e.g. 65536, \"64MiB\" or \"1GB\")"))?;
+            let multiplier: u64 = match unit.trim() {
+                "" | "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                "KB" | "kB" => 1_000,
+                "MB" => 1_000_000,
+                "GB" => 1_000_000_000,
+                other => {
+                    return Err(format!(
+                        "unknown unit {other:?} in {text:?} (B, KiB, MiB, GiB, KB, MB or GB)"
+                    ))
+                }
+            };
+            number
+                .checked_mul(multiplier)
+                .ok_or_else(|| format!("{text:?} is too large"))?
+        }
+        other => return Err(format!("must be a size, found {}", describe(other))),
+    };
+    if size == 0 {
+        return Err("must be at least 1 byte".to_owned());
+    }
+    Ok(size)
 }
 
 fn parse_restart(value: Option<&Value>) -> Result<RestartStrategy, SpecError> {

@@ -17,7 +17,7 @@ use super::context::LeaderContext;
 use super::deploy::{executors_of, is_fully_placed, placed_tasks};
 use super::sessions::{ExecutorCommand, ExecutorEvent, TaskRef};
 use crate::state_machine::{Command, JobStatus, Response};
-use raftstream_api::checkpoint::{CheckpointOptions, SavepointRef, SourcesAfterBarrier};
+use raftstream_api::checkpoint::{CheckpointOptions, CheckpointTrigger, SavepointRef, SourcesAfterBarrier};
 use raftstream_api::ids::{CheckpointId, JobId};
 
 const TICK: Duration = Duration::from_millis(10);
@@ -28,6 +28,11 @@ struct Coordinator<C> {
     last_trigger: HashMap<JobId, Instant>,
     /// Jobs whose sources reported the end of their input: checkpoint them without waiting.
     final_due: HashSet<JobId>,
+    /// Jobs whose sources emitted half their share of `max_records` or `max_bytes` since the
+    /// last completed checkpoint: checkpoint them once `min_pause_ms` allows.
+    volume_due: HashMap<JobId, CheckpointTrigger>,
+    /// When each job's last checkpoint ended (completed or aborted), for `min_pause_ms`.
+    last_end: HashMap<JobId, Instant>,
     /// Jobs whose in-flight checkpoint pauses their sources, for a rescale or a move.
     pausing: HashSet<JobId>,
     /// Aborted attempts at each pending rescale's or move's checkpoint.
@@ -50,6 +55,8 @@ pub async fn run<C: LeaderContext>(context: C, mut events: mpsc::Receiver<Execut
         pending: HashMap::new(),
         last_trigger: HashMap::new(),
         final_due: HashSet::new(),
+        volume_due: HashMap::new(),
+        last_end: HashMap::new(),
         pausing: HashSet::new(),
         rescale_attempts: HashMap::new(),
         taking_savepoint: HashSet::new(),
@@ -86,6 +93,7 @@ impl<C: LeaderContext> Coordinator<C> {
             *self.rescale_attempts.entry(*job_id).or_default() += 1;
         }
         if let Some(pending) = self.pending.remove(job_id) {
+            self.last_end.insert(*job_id, Instant::now());
             tracing::info!(job_id = %job_id, checkpoint_id = pending.checkpoint_id.0, reason, "checkpoint aborted");
             if self.taking_savepoint.remove(job_id) {
                 self.failed_savepoints.push((
@@ -146,6 +154,33 @@ impl<C: LeaderContext> Coordinator<C> {
                     self.complete(task.job_id, checkpoint).await;
                 }
             }
+            ExecutorEvent::SessionOpened { executor_id } => {
+                // A checkpoint trigger sent on the executor's previous session may be lost with
+                // it: its checkpoints in flight could then only time out, holding up the job's
+                // next checkpoint (and a rescale waiting for one) for the whole timeout.
+                let affected: Vec<JobId> = self.context.read_state(|state| {
+                    self.pending
+                        .keys()
+                        .filter(|job_id| {
+                            state
+                                .jobs
+                                .get(job_id)
+                                .is_some_and(|job| executors_of(job).contains(&executor_id))
+                        })
+                        .copied()
+                        .collect()
+                });
+                for job_id in affected {
+                    self.abort(
+                        &job_id,
+                        &format!("executor {executor_id} opened a new session and may have missed the trigger"),
+                    );
+                }
+            }
+            ExecutorEvent::CheckpointWanted { task, trigger } => {
+                tracing::debug!(job_id = %task.job_id, operator_id = %task.subtask.operator_id, subtask_index = task.subtask.subtask_index, %trigger, "a source wants a checkpoint");
+                self.volume_due.entry(task.job_id).or_insert(trigger);
+            }
             ExecutorEvent::InputEnded { task } => {
                 tracing::debug!(job_id = %task.job_id, operator_id = %task.subtask.operator_id, subtask_index = task.subtask.subtask_index, "source input ended: final checkpoint due");
                 self.final_due.insert(task.job_id);
@@ -189,6 +224,7 @@ impl<C: LeaderContext> Coordinator<C> {
         let Some(pending) = self.pending.remove(&job_id) else {
             return;
         };
+        self.last_end.insert(job_id, Instant::now());
         let checkpoint_id = checkpoint.checkpoint_id;
         let acknowledged: Vec<TaskRef> = pending
             .expected()
@@ -205,6 +241,7 @@ impl<C: LeaderContext> Coordinator<C> {
         }
         let took_ms = self.context.now_ms().saturating_sub(pending.triggered_at_ms);
         let savepoint = self.taking_savepoint.contains(&job_id);
+        let trigger = pending.trigger;
         match self
             .context
             .propose(Command::CompleteCheckpoint {
@@ -216,7 +253,7 @@ impl<C: LeaderContext> Coordinator<C> {
         {
             Ok(Response::CheckpointCompleted { .. }) => {
                 self.taking_savepoint.remove(&job_id);
-                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, savepoint, "checkpoint completed");
+                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, savepoint, %trigger, "checkpoint completed");
                 let oldest_retained = self.context.read_state(|state| {
                     state
                         .jobs
@@ -305,13 +342,14 @@ impl<C: LeaderContext> Coordinator<C> {
             let mut due = Vec::new();
             let mut rescale_now = Vec::new();
             for job in state.jobs.values() {
-                let interval = job.graph.checkpoint.interval_ms;
+                let config = &job.graph.checkpoint;
+                let interval = config.interval_ms;
                 let rescale_pending = job.pending_rescale.is_some() || job.pending_relocation.is_some();
                 let savepoint_pending = job.pending_savepoint.is_some();
                 // After the savepoint a job stops with, its sources are ending: nothing follows.
                 if job.status != JobStatus::Running
                     || job.stopping_at.is_some()
-                    || (interval == 0 && !rescale_pending && !savepoint_pending)
+                    || (!config.is_enabled() && !rescale_pending && !savepoint_pending)
                     || !is_fully_placed(job)
                     || self.pending.contains_key(&job.job_id)
                 {
@@ -329,12 +367,27 @@ impl<C: LeaderContext> Coordinator<C> {
                 let reachable = executors_of(job)
                     .iter()
                     .all(|executor_id| sessions.contact(executor_id).0);
-                let interval_passed = last.elapsed() >= Duration::from_millis(interval)
-                    || self.final_due.contains(&job.job_id)
-                    || rescale_pending
-                    || savepoint_pending;
-                if interval_passed && reachable {
-                    due.push(job.job_id);
+                let paused_long_enough = self
+                    .last_end
+                    .get(&job.job_id)
+                    .is_none_or(|end| end.elapsed() >= Duration::from_millis(config.min_pause_ms));
+                // The reason recorded with the checkpoint: the most pressing one that holds.
+                let trigger = if rescale_pending {
+                    Some(CheckpointTrigger::Rescale)
+                } else if savepoint_pending {
+                    Some(CheckpointTrigger::Savepoint)
+                } else if self.final_due.contains(&job.job_id) {
+                    Some(CheckpointTrigger::EndOfInput)
+                } else if !paused_long_enough {
+                    None
+                } else if let Some(volume) = self.volume_due.get(&job.job_id) {
+                    Some(*volume)
+                } else {
+                    (interval > 0 && last.elapsed() >= Duration::from_millis(interval))
+                        .then_some(CheckpointTrigger::Interval)
+                };
+                if let (Some(trigger), true) = (trigger, reachable) {
+                    due.push((job.job_id, trigger));
                 }
             }
             (to_abort, due, rescale_now)
@@ -353,6 +406,8 @@ impl<C: LeaderContext> Coordinator<C> {
         });
         self.last_trigger.retain(|job_id, _| active.contains(job_id));
         self.final_due.retain(|job_id| active.contains(job_id));
+        self.volume_due.retain(|job_id, _| active.contains(job_id));
+        self.last_end.retain(|job_id, _| active.contains(job_id));
         self.rescale_attempts.retain(|job_id, _| active.contains(job_id));
         self.taking_savepoint.retain(|job_id| active.contains(job_id));
         for (job_id, reason) in std::mem::take(&mut self.failed_savepoints) {
@@ -372,14 +427,15 @@ impl<C: LeaderContext> Coordinator<C> {
             tracing::warn!(job_id = %job_id, attempts = RESCALE_CHECKPOINT_ATTEMPTS, "no checkpoint for the rescale or move completed: going ahead from the latest one");
             self.restart_paused(job_id, None).await;
         }
-        for job_id in due {
-            self.trigger(job_id).await;
+        for (job_id, trigger) in due {
+            self.trigger(job_id, trigger).await;
         }
     }
 
-    async fn trigger(&mut self, job_id: JobId) {
+    async fn trigger(&mut self, job_id: JobId, trigger: CheckpointTrigger) {
         self.last_trigger.insert(job_id, Instant::now());
         self.final_due.remove(&job_id);
+        self.volume_due.remove(&job_id);
         let command = Command::TriggerCheckpoint {
             job_id,
             at_ms: self.context.now_ms(),
@@ -419,6 +475,7 @@ impl<C: LeaderContext> Coordinator<C> {
                 .map(|(executor_id, _)| executor_id)
                 .collect();
             let pending = PendingCheckpoint::start(job, checkpoint_id, now_ms).map(|mut pending| {
+                pending.trigger = trigger;
                 // Subtasks that already finished take no barrier: they count as acknowledged.
                 let done: Vec<_> = pending
                     .expected()

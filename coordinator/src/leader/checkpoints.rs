@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::state_machine::{CompletedCheckpoint, JobRecord, SubtaskKey, TaskStateHandle};
+use raftstream_api::checkpoint::CheckpointTrigger;
 use raftstream_api::ids::{CheckpointId, Epoch, JobId};
 
 pub use raftstream_api::messages::CheckpointAck;
@@ -27,6 +28,8 @@ pub struct PendingCheckpoint {
     pub checkpoint_id: CheckpointId,
     pub triggered_at_ms: u64,
     pub timeout_ms: u64,
+    /// What started it, recorded in the completed checkpoint.
+    pub trigger: CheckpointTrigger,
     job_epoch: Epoch,
     expected: BTreeMap<SubtaskKey, Epoch>,
     acked: BTreeMap<SubtaskKey, CheckpointAck>,
@@ -50,6 +53,7 @@ impl PendingCheckpoint {
             checkpoint_id,
             triggered_at_ms: now_ms,
             timeout_ms: job.graph.checkpoint.timeout_ms,
+            trigger: CheckpointTrigger::Interval,
             job_epoch: job.last_epoch,
             expected,
             acked: BTreeMap::new(),
@@ -118,6 +122,7 @@ impl PendingCheckpoint {
             completed_at_ms: now_ms,
             triggered_at_ms: self.triggered_at_ms,
             acknowledged_epochs: self.expected.clone(),
+            trigger: self.trigger,
         })
     }
 

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::state_machine::State;
+use raftstream_api::checkpoint::CheckpointTrigger;
 use raftstream_api::ids::{CheckpointId, ExecutorId, JobId};
 
 pub use raftstream_api::messages::{CheckpointAck, ExecutorCommand, PlacedSubtask, TaskDeployment, TaskRef};
@@ -25,6 +26,11 @@ pub enum ExecutorEvent {
     Finished { task: TaskRef },
     /// A bounded source produced its last record: its job wants its final checkpoint now.
     InputEnded { task: TaskRef },
+    /// An executor opened a (new) session: what was sent on its previous one may be lost.
+    SessionOpened { executor_id: ExecutorId },
+    /// A source emitted half its share of the job's record or byte limit since the last
+    /// completed checkpoint.
+    CheckpointWanted { task: TaskRef, trigger: CheckpointTrigger },
     TaskFailed {
         task: TaskRef,
         reason: String,

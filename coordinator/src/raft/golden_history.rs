@@ -134,6 +134,7 @@ pub fn commands() -> Vec<Command> {
             completed_at_ms: 1_560,
             triggered_at_ms: 1_500,
             acknowledged_epochs,
+            trigger: Default::default(),
         },
         savepoint: false,
     });

@@ -70,6 +70,7 @@ fn checkpoint(id: u64, epoch: u64, at_ms: u64, savepoint: bool) -> CompletedChec
         completed_at_ms: at_ms + 40,
         triggered_at_ms: at_ms,
         acknowledged_epochs: Default::default(),
+        trigger: Default::default(),
     }
 }
 

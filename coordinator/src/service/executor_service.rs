@@ -170,6 +170,9 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
             .ok_or_else(|| Status::from(self.not_leader()))?;
         tracing::info!(executor_id = %executor_id, subtasks = initial.len(), "executor session opened");
         let sessions = self.sessions.clone();
+        sessions.report(ExecutorEvent::SessionOpened {
+            executor_id: executor_id.clone(),
+        });
         let context = self.context.clone();
         sessions.send(&executor_id, ExecutorCommand::Assignments(initial));
         let reader_id = executor_id.clone();
@@ -228,6 +231,14 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                             });
                         }
                     }
+                    Some(pb::executor_message::Body::CheckpointWanted(wanted)) => {
+                        sessions.touch(&reader_id);
+                        if let Some(TaskReport::CheckpointWanted { task, trigger }) =
+                            raftstream_api::convert::checkpoint_wanted_from_proto(&wanted)
+                        {
+                            sessions.report(ExecutorEvent::CheckpointWanted { task, trigger });
+                        }
+                    }
                     Some(pb::executor_message::Body::TaskStatus(status)) => {
                         sessions.touch(&reader_id);
                         match task_status_from_proto(&status) {
@@ -245,7 +256,7 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                                 reason,
                                 fatal: cannot_restore,
                             }),
-                            Some(TaskReport::CheckpointAck { .. }) | None => {}
+                            Some(TaskReport::CheckpointAck { .. } | TaskReport::CheckpointWanted { .. }) | None => {}
                         }
                     }
                     None => {}

@@ -31,6 +31,7 @@ fn checkpoint(id: u64, epoch: u64) -> CompletedCheckpoint {
         completed_at_ms: id,
         triggered_at_ms: id.saturating_sub(1),
         acknowledged_epochs: BTreeMap::new(),
+        trigger: Default::default(),
     }
 }
 
