@@ -667,12 +667,30 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
             }
         }
         JobCommand::Status { job_id, client } => {
-            let job = client_for(&client)?
-                .get_job(&job_id, pb::ReadConsistency::Linearizable)
-                .await?;
+            let cluster = client_for(&client)?;
+            let job = cluster.get_job(&job_id, pb::ReadConsistency::Linearizable).await?;
+            // The retained checkpoints, with what triggered each.
+            let checkpoints = cluster.list_checkpoints(&job_id).await?;
             match client.output {
-                OutputFormat::Json => println!("{}", job_json(&job)),
-                OutputFormat::Table => print_job(&job),
+                OutputFormat::Json => {
+                    let mut value = job_json(&job);
+                    value["checkpoints"] = checkpoints.iter().map(checkpoint_json).collect();
+                    println!("{value}");
+                }
+                OutputFormat::Table => {
+                    print_job(&job);
+                    for (index, c) in checkpoints.iter().enumerate() {
+                        let label = if index == 0 { "checkpoints:" } else { "" };
+                        println!(
+                            "{label:<12} {} {} ({}, {} bytes, {} ms)",
+                            if c.savepoint { "savepoint" } else { "checkpoint" },
+                            c.checkpoint_id,
+                            trigger_of(c),
+                            c.size_bytes,
+                            c.completed_at_ms.saturating_sub(c.triggered_at_ms)
+                        );
+                    }
+                }
             }
         }
         JobCommand::Rescale {
@@ -708,6 +726,7 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                             vec![
                                 c.checkpoint_id.to_string(),
                                 if c.savepoint { "savepoint" } else { "checkpoint" }.to_owned(),
+                                trigger_of(c).to_owned(),
                                 c.epoch.to_string(),
                                 c.size_bytes.to_string(),
                                 c.completed_at_ms.to_string(),
@@ -721,7 +740,15 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                         })
                         .collect();
                     print_table(
-                        &["ID", "KIND", "EPOCH", "BYTES", "COMPLETED_AT_MS", "DURATION_MS"],
+                        &[
+                            "ID",
+                            "KIND",
+                            "TRIGGER",
+                            "EPOCH",
+                            "BYTES",
+                            "COMPLETED_AT_MS",
+                            "DURATION_MS",
+                        ],
                         rows,
                     );
                 }
@@ -741,9 +768,18 @@ fn print_value(output: OutputFormat, value: serde_json::Value, table: impl FnOnc
 /// How long `job stop --savepoint` waits, after the savepoint, for every sink to publish it.
 const STOP_PATIENCE: Duration = Duration::from_secs(120);
 
+/// What started a checkpoint (`interval` for those recorded before triggers were).
+fn trigger_of(checkpoint: &pb::Checkpoint) -> &str {
+    if checkpoint.trigger.is_empty() {
+        "interval"
+    } else {
+        &checkpoint.trigger
+    }
+}
+
 /// The JSON form of a checkpoint or savepoint, as `--output json` prints it.
 fn checkpoint_json(c: &pb::Checkpoint) -> serde_json::Value {
-    json!({"job_id": c.job_id, "checkpoint_id": c.checkpoint_id, "savepoint": c.savepoint, "epoch": c.epoch, "size_bytes": c.size_bytes, "triggered_at_ms": c.triggered_at_ms, "completed_at_ms": c.completed_at_ms, "duration_ms": c.completed_at_ms.saturating_sub(c.triggered_at_ms), "task_states": c.task_states.len()})
+    json!({"job_id": c.job_id, "checkpoint_id": c.checkpoint_id, "savepoint": c.savepoint, "trigger": trigger_of(c), "epoch": c.epoch, "size_bytes": c.size_bytes, "triggered_at_ms": c.triggered_at_ms, "completed_at_ms": c.completed_at_ms, "duration_ms": c.completed_at_ms.saturating_sub(c.triggered_at_ms), "task_states": c.task_states.len()})
 }
 
 /// The JSON form of a job, as `--output json` prints it.

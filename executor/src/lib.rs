@@ -11,6 +11,7 @@
 //! - [`task_manager`]: the subtasks running here, started, fenced and stopped by the leader's messages.
 
 pub mod assignments;
+pub mod blocking;
 pub mod checkpoint;
 pub mod defects;
 pub mod runtime;

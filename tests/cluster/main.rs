@@ -17,4 +17,5 @@ mod restore_races;
 mod s3_peer;
 mod savepoints;
 mod snapshot_catchup;
+mod volume_checkpoints;
 mod zombie_executor;

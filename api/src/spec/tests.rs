@@ -386,13 +386,19 @@ fn checkpoint_of(checkpoint: &str) -> Result<CheckpointConfig, String> {
 
 #[test]
 fn checkpoints_may_be_bounded_by_records_and_bytes() {
-    let config = checkpoint_of(r#"{"interval_ms": 1000, "max_records": 100000, "max_bytes": "64MiB", "min_pause_ms": 100}"#)
-        .expect("valid");
+    let config =
+        checkpoint_of(r#"{"interval_ms": 1000, "max_records": 100000, "max_bytes": "64MiB", "min_pause_ms": 100}"#)
+            .expect("valid");
     assert_eq!(
         (config.max_records, config.max_bytes, config.min_pause_ms),
         (Some(100_000), Some(64 << 20), 100)
     );
-    for (bytes, expected) in [("65536", 65_536), (r#""512 KiB""#, 512 << 10), (r#""1GB""#, 1_000_000_000), (r#""7B""#, 7)] {
+    for (bytes, expected) in [
+        ("65536", 65_536),
+        (r#""512 KiB""#, 512 << 10),
+        (r#""1GB""#, 1_000_000_000),
+        (r#""7B""#, 7),
+    ] {
         let config = checkpoint_of(&format!(r#"{{"max_bytes": {bytes}}}"#)).expect("valid");
         assert_eq!(config.max_bytes, Some(expected), "{bytes}");
     }
@@ -411,14 +417,26 @@ fn checkpoints_may_be_bounded_by_records_and_bytes() {
 fn bad_checkpoint_bounds_name_the_field() {
     for (checkpoint, expected) in [
         (r#"{"max_records": 0}"#, "checkpoint.max_records"),
-        (r#"{"max_records": "many"}"#, "checkpoint.max_records: must be a whole number"),
+        (
+            r#"{"max_records": "many"}"#,
+            "checkpoint.max_records: must be a whole number",
+        ),
         (r#"{"max_bytes": 0}"#, "checkpoint.max_bytes"),
-        (r#"{"max_bytes": "0MiB"}"#, "checkpoint.max_bytes: must be at least 1 byte"),
+        (
+            r#"{"max_bytes": "0MiB"}"#,
+            "checkpoint.max_bytes: must be at least 1 byte",
+        ),
         (r#"{"max_bytes": "64 parsecs"}"#, "unknown unit \"parsecs\""),
         (r#"{"max_bytes": "lots"}"#, "is not a size"),
         (r#"{"max_bytes": true}"#, "checkpoint.max_bytes: must be a size"),
-        (r#"{"interval_ms": 100, "min_pause_ms": 500}"#, "checkpoint.min_pause_ms: 500 is above interval_ms 100"),
-        (r#"{"interval_ms": 0, "retained": 2}"#, "checkpoint.retained: keeps checkpoints, but every trigger is off"),
+        (
+            r#"{"interval_ms": 100, "min_pause_ms": 500}"#,
+            "checkpoint.min_pause_ms: 500 is above interval_ms 100",
+        ),
+        (
+            r#"{"interval_ms": 0, "retained": 2}"#,
+            "checkpoint.retained: keeps checkpoints, but every trigger is off",
+        ),
         (r#"{"max_rows": 5}"#, "max_rows"),
     ] {
         let error = checkpoint_of(checkpoint).expect_err(checkpoint);

@@ -325,7 +325,7 @@ mod tests {
                     .iter()
                     .map(|(key, assignment)| (key.clone(), assignment.epoch))
                     .collect(),
-                    trigger: Default::default(),
+                trigger: Default::default(),
             },
             savepoint,
         }

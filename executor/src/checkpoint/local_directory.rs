@@ -65,7 +65,7 @@ impl CheckpointStore for LocalDirectoryStore {
         let handle = StateHandle {
             location: location.to_owned(),
             size_bytes: bytes.len() as u64,
-            checksum: checksum(&bytes),
+            checksum: crate::blocking::off_the_workers(|| checksum(&bytes)),
         };
         tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
             .await

@@ -93,7 +93,7 @@ pub fn verify(handle: &StateHandle, bytes: &[u8]) -> Result<(), CheckpointStoreE
             problem: format!("{} bytes, expected {}", bytes.len(), handle.size_bytes),
         });
     }
-    let actual = checksum(bytes);
+    let actual = crate::blocking::off_the_workers(|| checksum(bytes));
     if actual != handle.checksum {
         return Err(CheckpointStoreError::Corrupted {
             location: handle.location.clone(),

@@ -66,7 +66,7 @@ impl CheckpointStore for ObjectStorageStore {
         let handle = StateHandle {
             location: location.to_owned(),
             size_bytes: bytes.len() as u64,
-            checksum: checksum(&bytes),
+            checksum: crate::blocking::off_the_workers(|| checksum(&bytes)),
         };
         // Not found on a write means the bucket is missing: say so rather than "state missing".
         self.objects

@@ -13,6 +13,8 @@ use raftstream_api::checkpoint::{CheckpointOptions, CompletedCheckpoint, TaskSta
 use raftstream_api::dial::DialAddresses;
 use raftstream_api::ids::CheckpointId;
 use raftstream_api::messages::TaskReport;
+
+use crate::blocking::off_the_workers;
 use raftstream_api::spec::{OperatorConfig, OperatorKind, OperatorSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,7 @@ mod acknowledger;
 mod input;
 mod outputs;
 mod pipeline;
+mod replay_budget;
 mod source;
 
 use acknowledger::Acknowledger;
@@ -606,20 +609,6 @@ fn apply_all(
         Logic::Source(_) => {}
     }
     Ok(())
-}
-
-/// Runs `work` (encoding or decoding keyed state: a second or more for tens of MiB) telling tokio
-/// that this worker thread is busy, so the executor's other tasks move to another thread
-/// meanwhile. Without it, two subtasks restoring large state held both workers of a 2-core
-/// machine, the session missed its heartbeats and the leader declared the executor dead.
-fn off_the_workers<R>(work: impl FnOnce() -> R) -> R {
-    let multi_threaded = tokio::runtime::Handle::try_current()
-        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_threaded {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
 }
 
 /// One operator's state for checkpoint `checkpoint_id`; a sink pre-commits its output and hands

@@ -4,9 +4,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use raftstream_api::checkpoint::{SavepointRef, TaskStateHandle};
+use raftstream_api::checkpoint::{CheckpointTrigger, SavepointRef, TaskStateHandle};
 use raftstream_api::ids::CheckpointId;
 use raftstream_api::messages::{TaskRef, TaskReport};
+use raftstream_api::spec::CheckpointConfig;
 use tokio::sync::mpsc;
 
 use super::{TaskEnvironment, TaskError, MAX_INLINE_STATE};
@@ -136,6 +137,26 @@ impl<'a> Acknowledger<'a> {
             }
             delete_each(store.as_ref(), &obsolete).await;
         });
+    }
+
+    /// Asks the leader for a checkpoint: this source emitted half its share of the job's record
+    /// or byte bound since the last completed checkpoint.
+    pub(super) fn report_checkpoint_wanted(&self, trigger: CheckpointTrigger) {
+        // A lost request only delays the checkpoint: the source asks again after the next
+        // barrier or abort, and waits once it reached its share.
+        let _ = self.environment.reports.try_send(TaskReport::CheckpointWanted {
+            task: self.deployment.task_ref(),
+            trigger,
+        });
+    }
+
+    /// The job's checkpoint configuration and the parallelism of this subtask's operator.
+    pub(super) fn checkpoint_config(&self) -> (&CheckpointConfig, u32) {
+        let graph = &self.deployment.graph;
+        let parallelism = graph
+            .operator(&self.deployment.operator_id)
+            .map_or(1, |operator| operator.parallelism);
+        (&graph.checkpoint, parallelism)
     }
 
     /// Tells the leader this source reached the end of its input.
@@ -289,7 +310,7 @@ impl BackgroundAck {
             None => TaskStateHandle {
                 subtask: self.task.subtask.clone(),
                 location: String::new(),
-                checksum: checksum(&self.state),
+                checksum: crate::blocking::off_the_workers(|| checksum(&self.state)),
                 inline_state: self.state,
                 size_bytes,
             },

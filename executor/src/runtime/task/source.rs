@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::acknowledger::Acknowledger;
 use super::outputs::Outputs;
 use super::pipeline::Pipeline;
+use super::replay_budget::ReplayBudget;
 use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
 use crate::runtime::exchange::{Barrier, ChannelEvent};
 use crate::runtime::file_source::{FileProgress, FileReader};
@@ -163,7 +164,20 @@ pub(super) async fn run_source(
         return Err(TaskError::Graph("a source task without its acknowledger".to_owned()));
     };
     let mut records = Vec::with_capacity(batch);
+    // The job's bound on what a failure replays, this subtask's share of it.
+    let mut budget = {
+        let (config, parallelism) = acknowledger.checkpoint_config();
+        ReplayBudget::of(config, parallelism).filter(|_| checkpointing)
+    };
+    let mut waiting_for_budget = false;
     loop {
+        let over_budget = budget.as_ref().is_some_and(ReplayBudget::exhausted);
+        if over_budget != waiting_for_budget {
+            waiting_for_budget = over_budget;
+            if over_budget {
+                tracing::debug!("source waits: it emitted its share of checkpoint.max_records or max_bytes since the last completed checkpoint");
+            }
+        }
         let exhausted = source.is_exhausted();
         if exhausted && !checkpointing {
             pipeline.commit_at_end_without_checkpoints()?;
@@ -196,6 +210,9 @@ pub(super) async fn run_source(
                     outputs.broadcast_barrier(barrier).await?;
                     last_barrier = Some(checkpoint_id);
                     after_barrier = 0;
+                    if let Some(budget) = budget.as_mut() {
+                        budget.barrier(checkpoint_id);
+                    }
                     if exhausted && final_barrier.is_none() {
                         final_barrier = Some(checkpoint_id);
                     }
@@ -220,6 +237,9 @@ pub(super) async fn run_source(
                     for member in acknowledgers {
                         member.checkpoint_completed(checkpoint_id, oldest_retained);
                     }
+                    if let Some(budget) = budget.as_mut() {
+                        budget.completed(checkpoint_id);
+                    }
                     pipeline.checkpoint_completed(checkpoint_id, acknowledged)?;
                     let stopped = stopping_at.is_some_and(|savepoint| checkpoint_id >= savepoint);
                     if stopped || final_barrier.is_some_and(|last| checkpoint_id >= last) {
@@ -231,6 +251,12 @@ pub(super) async fn run_source(
                 }
                 // The next checkpoint carries the data on; an aborted final one is replaced.
                 Some(TaskControl::Aborted(CheckpointId(checkpoint_id))) => {
+                    if let Some(budget) = budget.as_mut() {
+                        budget.aborted(checkpoint_id);
+                        if let Some(trigger) = budget.wanted() {
+                            acknowledger.report_checkpoint_wanted(trigger);
+                        }
+                    }
                     if final_barrier == Some(checkpoint_id) {
                         final_barrier = None;
                     }
@@ -245,20 +271,31 @@ pub(super) async fn run_source(
                 None => return cancelled(last_barrier, after_barrier),
             },
             _ = async {
-                if exhausted || paused_at.is_some() {
+                if exhausted || paused_at.is_some() || over_budget {
                     std::future::pending::<()>().await;
                 }
                 if let Some(at) = wait_until {
                     tokio::time::sleep_until(at.into()).await;
                 }
             } => {
-                for _ in 0..batch {
+                let allowed = budget.as_ref().map_or(batch, |budget| {
+                    usize::try_from(budget.records_left()).unwrap_or(usize::MAX).min(batch)
+                });
+                let mut bytes = 0u64;
+                for _ in 0..allowed {
                     if !source.next(&mut line)? {
                         break;
                     }
+                    bytes += line.len() as u64 + 1;
                     records.push(Record { key: Text::default(), value: Text::from(line.as_str()), timestamp_ms: source.last_timestamp_ms() });
                     produced += 1;
                     after_barrier += 1;
+                }
+                if let Some(budget) = budget.as_mut() {
+                    budget.emitted(records.len() as u64, bytes);
+                    if let Some(trigger) = budget.wanted() {
+                        acknowledger.report_checkpoint_wanted(trigger);
+                    }
                 }
                 pipeline.process(0, 0, &mut records, &mut |record| outputs.push(record))?;
                 outputs.flush(true).await?;
