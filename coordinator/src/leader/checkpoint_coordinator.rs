@@ -733,6 +733,92 @@ mod tests {
         duty.stop().await;
     }
 
+    /// Job 1 with a 60 s interval, bounded by records, and `min_pause_ms` between checkpoints.
+    fn volume_bounded_job(min_pause_ms: u64) -> State {
+        let graph = source_to_sink(&format!(
+            r#""checkpoint": {{"interval_ms": 60000, "timeout_ms": {TIMEOUT_MS}, "max_records": 1000, "min_pause_ms": {min_pause_ms}}},"#
+        ));
+        StateBuilder::new()
+            .executor("e", 4)
+            .job(graph)
+            .place_all(1, "e")
+            .running(1)
+            .build()
+    }
+
+    fn want_checkpoint(duty: &Duty, trigger: CheckpointTrigger) {
+        let epoch = epoch_of(&duty.leader.state(), 1, "src", 0);
+        duty.leader.sessions().report(ExecutorEvent::CheckpointWanted {
+            task: TaskRef {
+                job_id: job(),
+                subtask: subtask("src", 0),
+                epoch,
+            },
+            trigger,
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_asking_for_a_checkpoint_gets_one_long_before_the_interval_after_the_minimum_pause() {
+        const MIN_PAUSE_MS: u64 = 300;
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(volume_bounded_job(MIN_PAUSE_MS), sessions));
+        let started = Instant::now();
+        want_checkpoint(&duty, CheckpointTrigger::Records);
+        let first = duty.triggered().await;
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "triggered at once, not after the interval"
+        );
+        duty.ack("src", first);
+        duty.ack("out", first);
+        assert!(matches!(
+            duty.next_command().await,
+            ExecutorCommand::CheckpointComplete { .. }
+        ));
+        let ended = Instant::now();
+        assert_eq!(
+            duty.leader.state().jobs[&job()].checkpoints[0].trigger,
+            CheckpointTrigger::Records,
+            "the completed checkpoint says what started it"
+        );
+        // Asked again at once: the next one waits out the minimum pause after the last ended.
+        want_checkpoint(&duty, CheckpointTrigger::Bytes);
+        let second = duty.triggered().await;
+        assert!(ended.elapsed() >= Duration::from_millis(MIN_PAUSE_MS));
+        assert!(ended.elapsed() < Duration::from_millis(MIN_PAUSE_MS + 100));
+        duty.ack("src", second);
+        duty.ack("out", second);
+        assert!(matches!(
+            duty.next_command().await,
+            ExecutorCommand::CheckpointComplete { .. }
+        ));
+        assert_eq!(
+            duty.leader.state().jobs[&job()].checkpoints[1].trigger,
+            CheckpointTrigger::Bytes
+        );
+        duty.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_session_of_an_executor_aborts_the_checkpoint_whose_trigger_it_may_have_missed() {
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        let first = duty.triggered().await;
+        duty.leader.sessions().report(ExecutorEvent::SessionOpened {
+            executor_id: executor_id("e"),
+        });
+        match duty.next_command().await {
+            ExecutorCommand::CheckpointAborted {
+                checkpoint_id, reason, ..
+            } => {
+                assert_eq!(checkpoint_id, first);
+                assert!(reason.contains("new session"), "{reason}");
+            }
+            other => panic!("expected the abort, got {other:?}"),
+        }
+        assert_eq!(duty.triggered().await, CheckpointId(2));
+        duty.stop().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_checkpoint_not_acknowledged_in_time_is_aborted_and_a_late_ack_never_completes_it() {
         let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
