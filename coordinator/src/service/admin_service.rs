@@ -269,7 +269,11 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             .nodes()
             .map(|(id, _)| *id)
             .collect();
-        if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
+        // Only the leader's view decides: a follower may not have the entry that added the
+        // learner yet (a client that added it through another node asks here right after), and
+        // forwards the request instead.
+        let leading = metrics.current_leader == Some(self.context.node_id);
+        if let Some(unknown) = voters.iter().find(|id| leading && !known.contains(id)) {
             return Err(membership_error(format!(
                 "node {unknown} is not a member; add it as a learner first"
             )));
