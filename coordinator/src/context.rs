@@ -48,6 +48,23 @@ fn not_leader(node_id: NodeId, forward: openraft::error::ForwardToLeader<NodeId,
 }
 
 impl CoordinatorContext {
+    /// The error of a request only the leader serves, naming the leader this node knows of.
+    pub fn not_leader(&self) -> CoordinatorError {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader_address = metrics.current_leader.and_then(|leader| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|node| node.addr.clone())
+        });
+        CoordinatorError::NotLeader {
+            node_id: self.node_id,
+            leader_id: metrics.current_leader,
+            leader_address,
+        }
+    }
+
     /// The context of the coordinator `node_id`, reachable at `address`.
     pub fn new(
         node_id: NodeId,

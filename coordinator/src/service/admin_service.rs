@@ -270,10 +270,19 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             .map(|(id, _)| *id)
             .collect();
         // Only the leader's view decides: a follower may not have the entry that added the
-        // learner yet (a client that added it through another node asks here right after), and
-        // forwards the request instead.
-        let leading = metrics.current_leader == Some(self.context.node_id);
-        if let Some(unknown) = voters.iter().find(|id| leading && !known.contains(id)) {
+        // learner yet (a client that added it through another node asks here right after), so
+        // it forwards the request as it is.
+        if metrics.current_leader != Some(self.context.node_id) {
+            return forward_to_leader(
+                &self.context,
+                self.context.not_leader(),
+                forwarded,
+                message,
+                |leader, request| async move { AdminServiceClient::new(leader).change_membership(request).await },
+            )
+            .await;
+        }
+        if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
             return Err(membership_error(format!(
                 "node {unknown} is not a member; add it as a learner first"
             )));

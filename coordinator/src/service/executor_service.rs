@@ -43,23 +43,8 @@ impl ExecutorServiceImpl {
         }
     }
 
-    fn leader_address(&self) -> Option<String> {
-        let metrics = self.context.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader?;
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|node| node.addr.clone())
-    }
-
     fn not_leader(&self) -> CoordinatorError {
-        let metrics = self.context.raft.metrics().borrow().clone();
-        CoordinatorError::NotLeader {
-            node_id: self.context.node_id,
-            leader_id: metrics.current_leader,
-            leader_address: self.leader_address(),
-        }
+        self.context.not_leader()
     }
 }
 
