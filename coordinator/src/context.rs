@@ -48,20 +48,23 @@ fn not_leader(node_id: NodeId, forward: openraft::error::ForwardToLeader<NodeId,
 }
 
 impl CoordinatorContext {
+    /// The address of the leader this node knows of.
+    pub fn leader_address(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+    }
+
     /// The error of a request only the leader serves, naming the leader this node knows of.
     pub fn not_leader(&self) -> CoordinatorError {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader_address = metrics.current_leader.and_then(|leader| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|node| node.addr.clone())
-        });
         CoordinatorError::NotLeader {
             node_id: self.node_id,
-            leader_id: metrics.current_leader,
-            leader_address,
+            leader_id: self.raft.metrics().borrow().current_leader,
+            leader_address: self.leader_address(),
         }
     }
 

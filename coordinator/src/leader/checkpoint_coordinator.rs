@@ -624,6 +624,16 @@ mod tests {
             }
         }
 
+        /// Waits for the abort of a checkpoint; its id and reason.
+        async fn aborted(&mut self) -> (CheckpointId, String) {
+            match self.next_command().await {
+                ExecutorCommand::CheckpointAborted {
+                    checkpoint_id, reason, ..
+                } => (checkpoint_id, reason),
+                other => panic!("expected an abort, got {other:?}"),
+            }
+        }
+
         fn request_rescale(&self, operator: &str, parallelism: u32) {
             self.leader.commit(Command::RequestRescale {
                 request_id: None,
@@ -806,15 +816,9 @@ mod tests {
         duty.leader.sessions().report(ExecutorEvent::SessionOpened {
             executor_id: executor_id("e"),
         });
-        match duty.next_command().await {
-            ExecutorCommand::CheckpointAborted {
-                checkpoint_id, reason, ..
-            } => {
-                assert_eq!(checkpoint_id, first);
-                assert!(reason.contains("new session"), "{reason}");
-            }
-            other => panic!("expected the abort, got {other:?}"),
-        }
+        let (checkpoint_id, reason) = duty.aborted().await;
+        assert_eq!(checkpoint_id, first);
+        assert!(reason.contains("new session"), "{reason}");
         assert_eq!(duty.triggered().await, CheckpointId(2));
         duty.stop().await;
     }
@@ -932,15 +936,9 @@ mod tests {
 
         // The old leader gets its last ack, but cannot commit any more: it aborts.
         old.ack("out", first);
-        match old.next_command().await {
-            ExecutorCommand::CheckpointAborted {
-                checkpoint_id, reason, ..
-            } => {
-                assert_eq!(checkpoint_id, first);
-                assert!(reason.contains("could not commit"), "{reason}");
-            }
-            other => panic!("expected the old leader to abort, got {other:?}"),
-        }
+        let (checkpoint_id, reason) = old.aborted().await;
+        assert_eq!(checkpoint_id, first);
+        assert!(reason.contains("could not commit"), "{reason}");
         assert_eq!(old.completions_proposed(), [first], "it tried, and was refused");
         old.stop().await;
 

@@ -138,14 +138,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         // The leader's view of the membership is authoritative (a follower may lag behind a
         // change); a node that cannot reach the leader answers with its own view.
         if !is_forwarded(&request) && metrics.state != ServerState::Leader {
-            let leader_address = metrics.current_leader.and_then(|leader| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&leader)
-                    .map(|node| node.addr.clone())
-            });
-            if let Some(address) = leader_address {
+            if let Some(address) = self.context.leader_address() {
                 if let Ok(mut client) = self.admin_client(&address) {
                     let call = client.cluster_status(forwarded_request(pb::ClusterStatusRequest {}));
                     if let Ok(Ok(reply)) = tokio::time::timeout(PEER_STATUS_TIMEOUT * 2, call).await {
