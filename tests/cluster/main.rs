@@ -8,6 +8,7 @@ mod checkpoint_progress;
 mod cli;
 mod death_detection;
 mod exactly_once;
+mod exchanges;
 mod executors;
 mod failover;
 mod membership;

@@ -4,7 +4,7 @@
 //! instead of a queue. The scheduler keeps a chain's subtasks on one executor; the executor runs a
 //! chain as one task only when they are.
 
-use super::{JobGraph, OperatorKind, OperatorRole, OperatorSpec};
+use super::{Exchange, JobGraph, OperatorKind, OperatorRole, OperatorSpec};
 
 impl JobGraph {
     /// The operators that read `operator_id`'s output.
@@ -25,11 +25,10 @@ impl JobGraph {
         };
         let input = self.operator(input_id)?;
         let only_consumer = self.consumers(input_id).count() == 1;
-        // A key_by's hash exchange sends every key group to the one subtask there is when both
-        // sides have parallelism 1: the edge is then a forward one (Flink always cuts the chain
-        // at a keyBy and pays a hand-off between threads per record batch for it).
-        let forward = input.parallelism == operator.parallelism
-            && (input.kind != OperatorKind::KeyBy || operator.parallelism == 1);
+        // Any exchange sends everything to the one subtask there is when both sides have
+        // parallelism 1: the edge is then a forward one (Flink always cuts the chain at a keyBy
+        // and pays a hand-off between threads per record batch for it).
+        let forward = self.exchange(input, operator) == Exchange::Forward;
         // Windows keep a watermark per input channel and stay tasks of their own.
         let follower = match operator.kind.role() {
             OperatorRole::Transform | OperatorRole::Sink => true,

@@ -24,7 +24,11 @@ pub enum OperatorConfig {
     /// `None`: the record value becomes the key.
     KeyBy {
         field: Option<String>,
+        hash: KeyHash,
     },
+    /// `rebalance`, `rescale` and `broadcast`: records pass unchanged, the exchange after them is
+    /// what they are for.
+    Exchange,
     Count,
     /// A running keyed aggregate (`sum`, `min`, `max`, `reduce`) of the value or of one field.
     Aggregate {
@@ -38,6 +42,17 @@ pub enum OperatorConfig {
     Print {
         prefix: String,
     },
+}
+
+/// How a `key_by` maps keys to the consumer's subtasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHash {
+    /// Every record of a key to the subtask owning the key's key group: what keyed state needs.
+    Plain,
+    /// `hash: salted`: a key's records go to `salts` key groups in turn (default: as many as the
+    /// consumer has subtasks), so a hot key is spread instead of saturating one subtask. A keyed
+    /// operator cannot follow it (a key's state would be split); stateless work and sinks can.
+    Salted { salts: Option<u32> },
 }
 
 /// A deterministic generator of lines of words.
@@ -298,7 +313,23 @@ pub(super) fn operator_config(
         }
         OperatorKind::KeyBy => OperatorConfig::KeyBy {
             field: params.text("field"),
+            hash: match params.text("hash").as_deref() {
+                Some("salted") => KeyHash::Salted {
+                    salts: params
+                        .number("salts")
+                        .map(|salts| u32::try_from(salts).unwrap_or(u32::MAX)),
+                },
+                _ if params.values.contains_key("salts") => {
+                    return Err(operator_error(
+                        id,
+                        "params.salts",
+                        "only applies with hash: salted".to_owned(),
+                    ))
+                }
+                _ => KeyHash::Plain,
+            },
         },
+        OperatorKind::Rebalance | OperatorKind::Rescale | OperatorKind::Broadcast => OperatorConfig::Exchange,
         OperatorKind::Count => OperatorConfig::Count,
         OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max | OperatorKind::Reduce => {
             let combine = match (kind, function.as_str()) {

@@ -3,6 +3,7 @@
 
 mod chains;
 mod config;
+mod exchanges;
 mod operators;
 #[cfg(test)]
 mod tests;
@@ -14,9 +15,10 @@ use serde_json::{Map, Value};
 
 use config::operator_config;
 pub use config::{
-    Combine, CompareOp, FilterConfig, FlatMapFunction, GeneratorConfig, MapFunction, OperatorConfig, WindowAggregate,
-    WindowConfig,
+    Combine, CompareOp, FilterConfig, FlatMapFunction, GeneratorConfig, KeyHash, MapFunction, OperatorConfig,
+    WindowAggregate, WindowConfig,
 };
+pub use exchanges::Exchange;
 pub use operators::{OperatorKind, OperatorRole, ParamSchema, ParamType};
 
 /// Specs above this size are rejected before parsing, so a huge upload cannot exhaust memory.
@@ -1006,6 +1008,24 @@ fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError> {
                     format!(
                         "{} needs a keyed stream, but input {input:?} is a {}; put a key_by before it",
                         operator.kind, upstream.kind
+                    ),
+                ));
+            }
+            if role == OperatorRole::KeyedTransform
+                && matches!(
+                    upstream.config,
+                    OperatorConfig::KeyBy {
+                        hash: KeyHash::Salted { .. },
+                        ..
+                    }
+                )
+            {
+                return Err(operator_error(
+                    &operator.id,
+                    "inputs",
+                    format!(
+                        "{} keeps state per key, but input {input:?} is a salted key_by that spreads each key over several subtasks; use hash: plain (or two_phase on the aggregate for a hot key)",
+                        operator.kind
                     ),
                 ));
             }

@@ -12,6 +12,9 @@ pub enum OperatorKind {
     FlatMap,
     Filter,
     KeyBy,
+    Rebalance,
+    Rescale,
+    Broadcast,
     Count,
     Sum,
     Min,
@@ -80,13 +83,16 @@ const WINDOW_COMMON: [ParamSchema; 4] = [
 
 impl OperatorKind {
     /// All kinds, in the order the documentation lists them.
-    pub const ALL: [OperatorKind; 15] = [
+    pub const ALL: [OperatorKind; 18] = [
         OperatorKind::Generator,
         OperatorKind::FileSource,
         OperatorKind::Map,
         OperatorKind::FlatMap,
         OperatorKind::Filter,
         OperatorKind::KeyBy,
+        OperatorKind::Rebalance,
+        OperatorKind::Rescale,
+        OperatorKind::Broadcast,
         OperatorKind::Count,
         OperatorKind::Sum,
         OperatorKind::Min,
@@ -107,6 +113,9 @@ impl OperatorKind {
             OperatorKind::FlatMap => "flat_map",
             OperatorKind::Filter => "filter",
             OperatorKind::KeyBy => "key_by",
+            OperatorKind::Rebalance => "rebalance",
+            OperatorKind::Rescale => "rescale",
+            OperatorKind::Broadcast => "broadcast",
             OperatorKind::Count => "count",
             OperatorKind::Sum => "sum",
             OperatorKind::Min => "min",
@@ -128,9 +137,13 @@ impl OperatorKind {
     pub fn role(self) -> OperatorRole {
         match self {
             OperatorKind::Generator | OperatorKind::FileSource => OperatorRole::Source,
-            OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy => {
-                OperatorRole::Transform
-            }
+            OperatorKind::Map
+            | OperatorKind::FlatMap
+            | OperatorKind::Filter
+            | OperatorKind::KeyBy
+            | OperatorKind::Rebalance
+            | OperatorKind::Rescale
+            | OperatorKind::Broadcast => OperatorRole::Transform,
             OperatorKind::Count
             | OperatorKind::Sum
             | OperatorKind::Min
@@ -184,7 +197,13 @@ impl OperatorKind {
                 ),
                 required("value", Scalar),
             ],
-            OperatorKind::KeyBy => vec![optional("field", Text)],
+            OperatorKind::KeyBy => vec![
+                optional("field", Text),
+                optional("hash", OneOf(&["plain", "salted"])),
+                optional("salts", UnsignedAtLeast(2)),
+            ],
+            // Records pass unchanged; the kind chooses the exchange on the edges out of it.
+            OperatorKind::Rebalance | OperatorKind::Rescale | OperatorKind::Broadcast => vec![],
             OperatorKind::Count => vec![],
             OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max => vec![optional("field", Text)],
             OperatorKind::Reduce => vec![

@@ -443,3 +443,46 @@ fn bad_checkpoint_bounds_name_the_field() {
         assert!(error.contains(expected), "{checkpoint}: {error}");
     }
 }
+
+#[test]
+fn exchanges_are_operator_kinds_and_a_salted_key_by_is_read_with_its_salts() {
+    for kind in ["rebalance", "rescale", "broadcast"] {
+        let graph = parse_job_spec(&one_operator(kind, "{}")).expect("valid");
+        assert_eq!(
+            graph.operator("op").map(|op| &op.config),
+            Some(&OperatorConfig::Exchange)
+        );
+        let error = error_of(&one_operator(kind, r#"{"field": "user"}"#));
+        assert!(error.contains("\"op\"") && error.contains("field"), "{error}");
+    }
+    let graph = parse_job_spec(&one_operator("key_by", r#"{"hash": "salted", "salts": 4}"#)).expect("valid");
+    assert_eq!(
+        graph.operator("op").map(|op| &op.config),
+        Some(&OperatorConfig::KeyBy {
+            field: None,
+            hash: KeyHash::Salted { salts: Some(4) }
+        })
+    );
+}
+
+#[test]
+fn bad_key_by_hashes_name_the_operator_and_field() {
+    let error = error_of(&one_operator("key_by", r#"{"hash": "random"}"#));
+    assert!(
+        error.contains("\"op\"") && error.contains("hash") && error.contains("random"),
+        "{error}"
+    );
+    let error = error_of(&one_operator("key_by", r#"{"salts": 4}"#));
+    assert!(
+        error.contains("\"op\"") && error.contains("params.salts") && error.contains("salted"),
+        "{error}"
+    );
+    let error = error_of(&one_operator("key_by", r#"{"hash": "salted", "salts": 1}"#));
+    assert!(error.contains("\"op\"") && error.contains("salts"), "{error}");
+    // A keyed aggregate behind a salted key_by would count each key in several places.
+    let error = error_of(&word_count_with(
+        "    inputs: [words]\n",
+        "    inputs: [words]\n    params: { hash: salted }\n",
+    ));
+    assert!(error.contains("\"counts\"") && error.contains("salted"), "{error}");
+}

@@ -41,7 +41,7 @@ mod source;
 
 use acknowledger::Acknowledger;
 use input::InputTask;
-use outputs::{open_outputs, partition, Partition};
+use outputs::open_outputs;
 use pipeline::Pipeline;
 use source::{run_source, GeneratorState, SourceReader, SourceSnapshot};
 
@@ -160,11 +160,10 @@ pub async fn run_subtask(
         let input = graph
             .operator(input_id)
             .ok_or_else(|| TaskError::Graph(format!("no operator {input_id:?}")))?;
-        let sources: Vec<u32> = if partition(input, &operator) == Partition::Forward {
-            vec![deployment.subtask_index]
-        } else {
-            (0..input.parallelism).collect()
-        };
+        let sources =
+            graph
+                .exchange(input, &operator)
+                .senders(deployment.subtask_index, input.parallelism, operator.parallelism);
         for index in sources {
             let next = channels.len();
             channels.insert((input.id.clone(), index), next);
@@ -438,7 +437,16 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
                 rate_per_subtask,
             }))
         }
-        (_, OperatorKind::Map | OperatorKind::FlatMap | OperatorKind::Filter | OperatorKind::KeyBy) => {
+        (
+            _,
+            OperatorKind::Map
+            | OperatorKind::FlatMap
+            | OperatorKind::Filter
+            | OperatorKind::KeyBy
+            | OperatorKind::Rebalance
+            | OperatorKind::Rescale
+            | OperatorKind::Broadcast,
+        ) => {
             let transform = Stateless::of(operator)?;
             let only_keys_read = deployment
                 .graph

@@ -79,8 +79,9 @@ impl Stateless {
                 value: filter.value.clone(),
                 number: filter.value.trim().parse::<f64>().ok(),
             },
-            OperatorConfig::KeyBy { field: Some(field) } => Stateless::KeyByField { field: field.clone() },
-            OperatorConfig::KeyBy { field: None } => Stateless::KeyByValue { keep_value: true },
+            OperatorConfig::KeyBy { field: Some(field), .. } => Stateless::KeyByField { field: field.clone() },
+            OperatorConfig::KeyBy { field: None, .. } => Stateless::KeyByValue { keep_value: true },
+            OperatorConfig::Exchange => Stateless::Identity,
             _ => {
                 return Err(OperatorError::Unsupported {
                     operator: operator.id.clone(),

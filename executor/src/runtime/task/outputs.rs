@@ -1,7 +1,8 @@
-//! The output side of a subtask: an edge per consuming operator, records partitioned forward,
-//! by key group or round robin into per-channel batches.
+//! The output side of a subtask: an edge per consuming operator, records partitioned by the
+//! edge's [`Exchange`] (forward, by key group, round robin over all or a local subset of the
+//! consumer's subtasks, or to all of them) into per-channel batches.
 
-use raftstream_api::spec::{OperatorKind, OperatorSpec};
+use raftstream_api::spec::{Exchange, OperatorSpec};
 use tokio_util::sync::CancellationToken;
 
 use super::{TaskEnvironment, TaskError, BATCH_RECORDS};
@@ -10,69 +11,100 @@ use crate::runtime::exchange::{Barrier, ChannelEvent, GateKey, OutputChannel};
 use crate::runtime::key_groups::{key_group, subtask_for_key_group};
 use crate::runtime::record::Record;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Partition {
-    Forward,
-    Hash,
-    RoundRobin,
-}
-
-pub(super) fn partition(from: &OperatorSpec, to: &OperatorSpec) -> Partition {
-    if from.kind == OperatorKind::KeyBy {
-        Partition::Hash
-    } else if from.parallelism == to.parallelism {
-        Partition::Forward
-    } else {
-        Partition::RoundRobin
-    }
-}
-
-pub(super) struct Edge {
-    pub(super) partition: Partition,
-    pub(super) channels: Vec<OutputChannel>,
-    pub(super) buffers: Vec<Vec<Record>>,
-    pub(super) next: usize,
-    /// Hash partition over several channels: the channel of each key group, worked out once
+/// Where each record of an edge goes, by the edge's exchange.
+#[derive(Debug)]
+struct Router {
+    exchange: Exchange,
+    channels: usize,
+    max_parallelism: u32,
+    /// Round robin: the channel the last record went to; salted hash: the salt it took.
+    next: usize,
+    /// Hash exchange over several channels: the channel of each key group, worked out once
     /// instead of with a division per record.
-    pub(super) channel_of_key_group: Vec<usize>,
+    channel_of_key_group: Vec<usize>,
 }
 
-impl Edge {
-    fn new(partition: Partition, channels: Vec<OutputChannel>, max_parallelism: u32) -> Edge {
-        let channel_of_key_group = if partition == Partition::Hash && channels.len() > 1 {
+/// The channel(s) a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Route {
+    One(usize),
+    All,
+}
+
+impl Router {
+    fn new(exchange: Exchange, channels: usize, max_parallelism: u32) -> Router {
+        let channel_of_key_group = if matches!(exchange, Exchange::Hash { .. }) && channels > 1 {
             (0..max_parallelism.max(1))
-                .map(|group| subtask_for_key_group(group, max_parallelism, channels.len() as u32) as usize)
+                .map(|group| subtask_for_key_group(group, max_parallelism, channels as u32) as usize)
                 .collect()
         } else {
             Vec::new()
         };
-        Edge {
-            partition,
-            buffers: (0..channels.len()).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect(),
+        Router {
+            exchange,
             channels,
+            max_parallelism: max_parallelism.max(1),
             next: 0,
             channel_of_key_group,
         }
     }
 
-    /// Buffers `record` for the channel it goes to.
-    fn push(&mut self, record: Record, max_parallelism: u32) {
-        let target = match self.partition {
-            // One consumer owns every key group: nothing to hash.
-            _ if self.buffers.len() == 1 => 0,
-            Partition::Forward => 0,
-            Partition::Hash => self
-                .channel_of_key_group
-                .get(key_group(&record.key, max_parallelism) as usize)
-                .copied()
-                .unwrap_or(0),
-            Partition::RoundRobin => {
-                self.next = (self.next + 1) % self.buffers.len().max(1);
-                self.next
+    fn route(&mut self, key: &str) -> Route {
+        match self.exchange {
+            // One consumer: nothing to choose.
+            _ if self.channels <= 1 => Route::One(0),
+            Exchange::Forward => Route::One(0),
+            Exchange::Hash { salts } => {
+                let mut group = key_group(key, self.max_parallelism);
+                if salts > 1 {
+                    // The key's records take `salts` key groups in turn, spaced so that each
+                    // lands in another subtask's range.
+                    self.next = (self.next + 1) % salts as usize;
+                    let stride = (self.max_parallelism / salts).max(1);
+                    group = (group + self.next as u32 * stride) % self.max_parallelism;
+                }
+                Route::One(self.channel_of_key_group.get(group as usize).copied().unwrap_or(0))
             }
-        };
-        if let Some(buffer) = self.buffers.get_mut(target) {
-            buffer.push(record);
+            Exchange::RoundRobin | Exchange::Rescale => {
+                self.next = (self.next + 1) % self.channels;
+                Route::One(self.next)
+            }
+            Exchange::Broadcast => Route::All,
+        }
+    }
+}
+
+pub(super) struct Edge {
+    router: Router,
+    pub(super) channels: Vec<OutputChannel>,
+    pub(super) buffers: Vec<Vec<Record>>,
+}
+
+impl Edge {
+    fn new(exchange: Exchange, channels: Vec<OutputChannel>, max_parallelism: u32) -> Edge {
+        Edge {
+            router: Router::new(exchange, channels.len(), max_parallelism),
+            buffers: (0..channels.len()).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect(),
+            channels,
+        }
+    }
+
+    /// Buffers `record` for the channel(s) it goes to.
+    fn push(&mut self, record: Record) {
+        match self.router.route(&record.key) {
+            Route::One(target) => {
+                if let Some(buffer) = self.buffers.get_mut(target) {
+                    buffer.push(record);
+                }
+            }
+            Route::All => {
+                if let Some((last, others)) = self.buffers.split_last_mut() {
+                    for buffer in others {
+                        buffer.push(record.clone());
+                    }
+                    last.push(record);
+                }
+            }
         }
     }
 }
@@ -80,7 +112,6 @@ impl Edge {
 /// The output side of a subtask: one edge per consuming operator.
 pub(super) struct Outputs {
     pub(super) edges: Vec<Edge>,
-    pub(super) max_parallelism: u32,
 }
 
 impl Outputs {
@@ -90,9 +121,9 @@ impl Outputs {
             return;
         };
         for edge in others {
-            edge.push(record.clone(), self.max_parallelism);
+            edge.push(record.clone());
         }
-        last.push(record, self.max_parallelism);
+        last.push(record);
     }
 
     pub(super) async fn flush(&mut self, only_full: bool) -> Result<(), TaskError> {
@@ -145,12 +176,8 @@ pub(super) async fn open_outputs(
         .iter()
         .filter(|candidate| candidate.inputs.contains(&operator.id))
     {
-        let partition = partition(operator, consumer);
-        let targets: Vec<u32> = if partition == Partition::Forward {
-            vec![deployment.subtask_index]
-        } else {
-            (0..consumer.parallelism).collect()
-        };
+        let exchange = graph.exchange(operator, consumer);
+        let targets = exchange.receivers(deployment.subtask_index, operator.parallelism, consumer.parallelism);
         let mut channels = Vec::with_capacity(targets.len());
         for index in targets {
             let placed = deployment
@@ -175,10 +202,55 @@ pub(super) async fn open_outputs(
             .await?;
             channels.push(channel);
         }
-        edges.push(Edge::new(partition, channels, graph.max_parallelism));
+        edges.push(Edge::new(exchange, channels, graph.max_parallelism));
     }
-    Ok(Outputs {
-        edges,
-        max_parallelism: graph.max_parallelism,
-    })
+    Ok(Outputs { edges })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    fn routes(router: &mut Router, keys: &[&str]) -> Vec<Route> {
+        keys.iter().map(|key| router.route(key)).collect()
+    }
+
+    #[test]
+    fn a_plain_hash_keeps_a_key_on_one_channel_and_a_salted_one_spreads_it() {
+        let mut plain = Router::new(Exchange::Hash { salts: 1 }, 4, 128);
+        let first = plain.route("hot");
+        assert!(routes(&mut plain, &["hot"; 100]).iter().all(|route| *route == first));
+
+        let mut salted = Router::new(Exchange::Hash { salts: 4 }, 4, 128);
+        let mut per_channel: BTreeMap<usize, usize> = BTreeMap::new();
+        for route in routes(&mut salted, &["hot"; 400]) {
+            let Route::One(channel) = route else {
+                panic!("a hash sends a record to one channel");
+            };
+            *per_channel.entry(channel).or_default() += 1;
+        }
+        assert_eq!(
+            per_channel.len(),
+            4,
+            "the hot key reaches every subtask: {per_channel:?}"
+        );
+        assert!(per_channel.values().all(|count| *count == 100), "{per_channel:?}");
+    }
+
+    #[test]
+    fn round_robin_takes_every_channel_in_turn_and_broadcast_takes_all() {
+        let mut round_robin = Router::new(Exchange::RoundRobin, 3, 128);
+        let taken: Vec<Route> = routes(&mut round_robin, &["k"; 6]);
+        let channels: BTreeSet<_> = taken.iter().collect();
+        assert_eq!(channels.len(), 3);
+        assert_ne!(taken[0], taken[1]);
+        let mut broadcast = Router::new(Exchange::Broadcast, 3, 128);
+        assert_eq!(broadcast.route("k"), Route::All);
+        // A single consumer subtask gets everything, whatever the exchange.
+        for exchange in [Exchange::Broadcast, Exchange::RoundRobin, Exchange::Hash { salts: 2 }] {
+            assert_eq!(Router::new(exchange, 1, 128).route("k"), Route::One(0));
+        }
+    }
 }
