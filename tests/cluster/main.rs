@@ -18,5 +18,6 @@ mod restore_races;
 mod s3_peer;
 mod savepoints;
 mod snapshot_catchup;
+mod two_phase;
 mod volume_checkpoints;
 mod zombie_executor;

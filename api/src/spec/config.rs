@@ -29,11 +29,14 @@ pub enum OperatorConfig {
     /// `rebalance`, `rescale` and `broadcast`: records pass unchanged, the exchange after them is
     /// what they are for.
     Exchange,
-    Count,
+    Count {
+        two_phase: Option<PreAggregation>,
+    },
     /// A running keyed aggregate (`sum`, `min`, `max`, `reduce`) of the value or of one field.
     Aggregate {
         combine: Combine,
         field: Option<String>,
+        two_phase: Option<PreAggregation>,
     },
     Window(WindowConfig),
     FileSink {
@@ -42,6 +45,33 @@ pub enum OperatorConfig {
     Print {
         prefix: String,
     },
+}
+
+/// `two_phase: true` on a keyed aggregate or window: each subtask feeding its `key_by` folds the
+/// records of a key (of a window pane) into one partial result before the keyed exchange, so a
+/// hot key sends the aggregate a partial every flush instead of every record. Partials are
+/// flushed at every barrier (a checkpoint never holds one), before every watermark, and after
+/// `flush_records` records or `flush_ms`, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreAggregation {
+    pub flush_ms: u64,
+    pub flush_records: u64,
+}
+
+impl PreAggregation {
+    pub const DEFAULT_FLUSH_MS: u64 = 100;
+    pub const DEFAULT_FLUSH_RECORDS: u64 = 10_000;
+}
+
+impl OperatorConfig {
+    /// The pre-aggregation of a two-phase aggregate or window.
+    pub fn two_phase(&self) -> Option<PreAggregation> {
+        match self {
+            OperatorConfig::Count { two_phase } | OperatorConfig::Aggregate { two_phase, .. } => *two_phase,
+            OperatorConfig::Window(window) => window.two_phase,
+            _ => None,
+        }
+    }
 }
 
 /// How a `key_by` maps keys to the consumer's subtasks.
@@ -69,6 +99,9 @@ pub struct GeneratorConfig {
     /// (every word once per `vocabulary_size` words, so keyed state of a known size fills in one
     /// pass) instead of drawn at random from the seed.
     pub sequential_words: bool,
+    /// `hot_word_percent`: this share of all words is `w0`, the rest drawn from the vocabulary as
+    /// usual: a skewed stream with one hot key, for trying two-phase aggregation.
+    pub hot_word_percent: u64,
 }
 
 impl Default for GeneratorConfig {
@@ -80,6 +113,7 @@ impl Default for GeneratorConfig {
             vocabulary_size: 1_000,
             words_per_record: 8,
             sequential_words: false,
+            hot_word_percent: 0,
         }
     }
 }
@@ -187,6 +221,7 @@ pub struct WindowConfig {
     /// The event time; `None`: the record's own timestamp.
     pub timestamp_field: Option<String>,
     pub max_out_of_orderness_ms: u64,
+    pub two_phase: Option<PreAggregation>,
 }
 
 /// The parameters of one operator, their types already checked against its kind's schema.
@@ -202,6 +237,29 @@ impl Params<'_> {
 
     fn number(&self, name: &str) -> Option<u64> {
         self.values.get(name).and_then(Value::as_u64)
+    }
+
+    /// `two_phase` with its flush bounds; the bounds alone are refused.
+    fn two_phase(&self) -> Result<Option<PreAggregation>, SpecError> {
+        if self.values.get("two_phase").and_then(Value::as_bool) == Some(true) {
+            return Ok(Some(PreAggregation {
+                flush_ms: self.number("flush_ms").unwrap_or(PreAggregation::DEFAULT_FLUSH_MS),
+                flush_records: self
+                    .number("flush_records")
+                    .unwrap_or(PreAggregation::DEFAULT_FLUSH_RECORDS),
+            }));
+        }
+        match ["flush_ms", "flush_records"]
+            .into_iter()
+            .find(|name| self.values.contains_key(*name))
+        {
+            Some(name) => Err(operator_error(
+                self.operator,
+                &format!("params.{name}"),
+                "only applies with two_phase: true",
+            )),
+            None => Ok(None),
+        }
     }
 
     fn required_number(&self, name: &str) -> Result<u64, SpecError> {
@@ -259,13 +317,30 @@ pub(super) fn operator_config(
     Ok(match kind {
         OperatorKind::Generator => {
             let defaults = GeneratorConfig::default();
+            let sequential_words = params.text("word_order").is_some_and(|order| order == "sequential");
+            let hot_word_percent = params.number("hot_word_percent").unwrap_or(0);
+            if hot_word_percent > 100 {
+                return Err(operator_error(
+                    id,
+                    "params.hot_word_percent",
+                    format!("is {hot_word_percent}, must be at most 100"),
+                ));
+            }
+            if hot_word_percent > 0 && sequential_words {
+                return Err(operator_error(
+                    id,
+                    "params.hot_word_percent",
+                    "only applies with word_order: random",
+                ));
+            }
             OperatorConfig::Generator(GeneratorConfig {
                 seed: params.number("seed").unwrap_or(defaults.seed),
                 count: params.number("count"),
                 rate_per_second: params.number("rate_per_second"),
                 vocabulary_size: params.number("vocabulary_size").unwrap_or(defaults.vocabulary_size),
                 words_per_record: params.number("words_per_record").unwrap_or(defaults.words_per_record),
-                sequential_words: params.text("word_order").is_some_and(|order| order == "sequential"),
+                sequential_words,
+                hot_word_percent,
             })
         }
         OperatorKind::FileSource => OperatorConfig::FileSource {
@@ -330,7 +405,9 @@ pub(super) fn operator_config(
             },
         },
         OperatorKind::Rebalance | OperatorKind::Rescale | OperatorKind::Broadcast => OperatorConfig::Exchange,
-        OperatorKind::Count => OperatorConfig::Count,
+        OperatorKind::Count => OperatorConfig::Count {
+            two_phase: params.two_phase()?,
+        },
         OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max | OperatorKind::Reduce => {
             let combine = match (kind, function.as_str()) {
                 (OperatorKind::Sum, _) | (OperatorKind::Reduce, "sum") => Combine::Sum,
@@ -339,9 +416,18 @@ pub(super) fn operator_config(
                 (_, "concat") => Combine::Concat,
                 (_, other) => return Err(params.unknown("function", other)),
             };
+            let two_phase = params.two_phase()?;
+            if two_phase.is_some() && combine == Combine::Concat {
+                return Err(operator_error(
+                    id,
+                    "params.two_phase",
+                    "a concat reduce keeps its values in arrival order, which partial results cannot; use two_phase with sum, min or max",
+                ));
+            }
             OperatorConfig::Aggregate {
                 combine,
                 field: params.text("field"),
+                two_phase,
             }
         }
         OperatorKind::TumblingWindow | OperatorKind::SlidingWindow => {
@@ -372,6 +458,7 @@ pub(super) fn operator_config(
                 field: params.text("field"),
                 timestamp_field: params.text("timestamp_field"),
                 max_out_of_orderness_ms: params.number("max_out_of_orderness_ms").unwrap_or(0),
+                two_phase: params.two_phase()?,
             })
         }
         OperatorKind::FileSink => OperatorConfig::FileSink {

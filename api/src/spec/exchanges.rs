@@ -65,8 +65,10 @@ fn rescale_linked(sender: u32, receiver: u32, senders: u32, receivers: u32) -> b
 impl JobGraph {
     /// The exchange on the edge from `from` to its consumer `to`.
     pub fn exchange(&self, from: &OperatorSpec, to: &OperatorSpec) -> Exchange {
-        // One subtask on each side: every exchange sends everything to the one there is.
-        if from.parallelism == 1 && to.parallelism == 1 {
+        // One subtask on each side: every exchange sends everything to the one there is. A
+        // two-phase aggregate's first phase runs on the sending side of its keyed exchange, so
+        // that one stays a real exchange (and its ends separate tasks).
+        if from.parallelism == 1 && to.parallelism == 1 && to.config.two_phase().is_none() {
             return Exchange::Forward;
         }
         match (&from.config, from.kind) {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use config::operator_config;
 pub use config::{
     Combine, CompareOp, FilterConfig, FlatMapFunction, GeneratorConfig, KeyHash, MapFunction, OperatorConfig,
-    WindowAggregate, WindowConfig,
+    PreAggregation, WindowAggregate, WindowConfig,
 };
 pub use exchanges::Exchange;
 pub use operators::{OperatorKind, OperatorRole, ParamSchema, ParamType};
@@ -928,6 +928,7 @@ fn validate_params(id: &str, kind: OperatorKind, params: &BTreeMap<String, Value
                     type_name(other)
                 )),
             },
+            ParamType::Flag => (!value.is_boolean()).then(|| format!("is {}, must be true or false", describe(value))),
             ParamType::OneOf(choices) => match value.as_str() {
                 Some(choice) if choices.contains(&choice) => None,
                 _ => Some(format!("is {}, must be one of {}", describe(value), choices.join(", "))),

@@ -47,6 +47,8 @@ pub enum ParamType {
     Scalar,
     /// One of the listed strings.
     OneOf(&'static [&'static str]),
+    /// `true` or `false`.
+    Flag,
 }
 
 /// One parameter an operator kind accepts.
@@ -79,6 +81,12 @@ const WINDOW_COMMON: [ParamSchema; 4] = [
     optional("field", ParamType::Text),
     optional("timestamp_field", ParamType::Text),
     optional("max_out_of_orderness_ms", ParamType::UnsignedAtLeast(0)),
+];
+/// Two-phase aggregation (see `PreAggregation`): every aggregate and window accepts it.
+const TWO_PHASE: [ParamSchema; 3] = [
+    optional("two_phase", ParamType::Flag),
+    optional("flush_ms", ParamType::UnsignedAtLeast(1)),
+    optional("flush_records", ParamType::UnsignedAtLeast(1)),
 ];
 
 impl OperatorKind {
@@ -166,6 +174,7 @@ impl OperatorKind {
                 optional("vocabulary_size", UnsignedAtLeast(1)),
                 optional("words_per_record", UnsignedAtLeast(1)),
                 optional("word_order", OneOf(&["random", "sequential"])),
+                optional("hot_word_percent", UnsignedAtLeast(0)),
             ],
             OperatorKind::FileSource => vec![required("path", Text), optional("rate_per_second", UnsignedAtLeast(1))],
             OperatorKind::Map => vec![
@@ -204,15 +213,24 @@ impl OperatorKind {
             ],
             // Records pass unchanged; the kind chooses the exchange on the edges out of it.
             OperatorKind::Rebalance | OperatorKind::Rescale | OperatorKind::Broadcast => vec![],
-            OperatorKind::Count => vec![],
-            OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max => vec![optional("field", Text)],
-            OperatorKind::Reduce => vec![
-                required("function", OneOf(&["sum", "min", "max", "concat"])),
-                optional("field", Text),
-            ],
+            OperatorKind::Count => TWO_PHASE.to_vec(),
+            OperatorKind::Sum | OperatorKind::Min | OperatorKind::Max => {
+                let mut params = vec![optional("field", Text)];
+                params.extend(TWO_PHASE);
+                params
+            }
+            OperatorKind::Reduce => {
+                let mut params = vec![
+                    required("function", OneOf(&["sum", "min", "max", "concat"])),
+                    optional("field", Text),
+                ];
+                params.extend(TWO_PHASE);
+                params
+            }
             OperatorKind::TumblingWindow => {
                 let mut params = vec![required("size_ms", UnsignedAtLeast(1))];
                 params.extend(WINDOW_COMMON);
+                params.extend(TWO_PHASE);
                 params
             }
             OperatorKind::SlidingWindow => {
@@ -221,6 +239,7 @@ impl OperatorKind {
                     required("slide_ms", UnsignedAtLeast(1)),
                 ];
                 params.extend(WINDOW_COMMON);
+                params.extend(TWO_PHASE);
                 params
             }
             OperatorKind::FileSink => vec![required("path", Text)],

@@ -486,3 +486,71 @@ fn bad_key_by_hashes_name_the_operator_and_field() {
     ));
     assert!(error.contains("\"counts\"") && error.contains("salted"), "{error}");
 }
+
+#[test]
+fn two_phase_aggregates_are_read_with_their_flush_bounds() {
+    let spec = word_count_with(
+        "kind: count",
+        "kind: count\n    params: { two_phase: true, flush_ms: 50 }",
+    );
+    let graph = parse_job_spec(&spec).expect("valid");
+    assert_eq!(
+        graph.operator("counts").and_then(|op| op.config.two_phase()),
+        Some(PreAggregation {
+            flush_ms: 50,
+            flush_records: PreAggregation::DEFAULT_FLUSH_RECORDS
+        })
+    );
+    let window = one_operator(
+        "key_by",
+        "{}",
+    )
+    .replace(
+        r#"{"id": "out", "kind": "print", "inputs": ["op"]}"#,
+        r#"{"id": "w", "kind": "sliding_window", "inputs": ["op"], "params": {"size_ms": 1000, "slide_ms": 250, "aggregate": "sum", "two_phase": true, "flush_records": 7}},
+           {"id": "out", "kind": "print", "inputs": ["w"]}"#,
+    );
+    let graph = parse_job_spec(&window).expect("valid");
+    assert_eq!(
+        graph
+            .operator("w")
+            .and_then(|op| op.config.two_phase())
+            .map(|pre| pre.flush_records),
+        Some(7)
+    );
+    let one_phase = parse_job_spec(WORD_COUNT).expect("valid");
+    assert_eq!(one_phase.operator("counts").and_then(|op| op.config.two_phase()), None);
+}
+
+#[test]
+fn bad_two_phase_parameters_name_the_operator_and_field() {
+    let with = |params: &str| {
+        error_of(&word_count_with(
+            "kind: count",
+            &format!("kind: count\n    params: {params}"),
+        ))
+    };
+    let error = with("{ two_phase: \"yes\" }");
+    assert!(
+        error.contains("\"counts\"") && error.contains("params.two_phase") && error.contains("true or false"),
+        "{error}"
+    );
+    let error = with("{ flush_ms: 10 }");
+    assert!(
+        error.contains("\"counts\"") && error.contains("params.flush_ms") && error.contains("two_phase"),
+        "{error}"
+    );
+    let error = with("{ two_phase: true, flush_records: 0 }");
+    assert!(
+        error.contains("\"counts\"") && error.contains("params.flush_records"),
+        "{error}"
+    );
+    let error = error_of(&word_count_with(
+        "kind: count",
+        "kind: reduce\n    params: { function: concat, two_phase: true }",
+    ));
+    assert!(
+        error.contains("\"counts\"") && error.contains("params.two_phase") && error.contains("concat"),
+        "{error}"
+    );
+}

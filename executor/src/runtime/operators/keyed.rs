@@ -29,9 +29,30 @@ pub fn decimal_text(number: u64) -> Text {
 #[derive(Debug, Default)]
 pub struct KeyedCount {
     counts: KeyedMap<u64>,
+    /// Two-phase: each record holds a partial count to add, not one occurrence.
+    merges_partials: bool,
 }
 
 impl KeyedCount {
+    /// The count of a two-phase `count`: its input records are partial counts.
+    pub fn merging_partials() -> KeyedCount {
+        KeyedCount {
+            merges_partials: true,
+            ..KeyedCount::default()
+        }
+    }
+
+    /// Counts `record` (one occurrence, or its partial count) and returns the key's new count.
+    pub fn add(&mut self, record: &Record) -> u64 {
+        if !self.merges_partials {
+            return self.add_one(&record.key);
+        }
+        let partial = record.value.trim().parse::<u64>().unwrap_or(0);
+        let count = self.counts.entry(record.key.clone()).or_default();
+        *count += partial;
+        *count
+    }
+
     /// Counts one record of `key` and returns the key's new count.
     pub fn add_one(&mut self, key: &Text) -> u64 {
         // The key is copied only the first time it is seen.
@@ -49,7 +70,7 @@ impl KeyedCount {
 
     /// Counts one record and emits (key, new count).
     pub fn apply(&mut self, record: Record, emit: &mut impl FnMut(Record)) {
-        let count = self.add_one(&record.key);
+        let count = self.add(&record);
         emit(Record {
             value: decimal_text(count),
             key: record.key,
@@ -95,7 +116,12 @@ pub struct KeyedAggregate {
 impl KeyedAggregate {
     /// The aggregation of a sum, min, max or reduce operator.
     pub fn of(operator: &OperatorSpec) -> Result<KeyedAggregate, OperatorError> {
-        let OperatorConfig::Aggregate { combine, field } = &operator.config else {
+        let OperatorConfig::Aggregate {
+            combine,
+            field,
+            two_phase,
+        } = &operator.config
+        else {
             return Err(OperatorError::Unsupported {
                 operator: operator.id.clone(),
                 kind: operator.kind,
@@ -103,7 +129,8 @@ impl KeyedAggregate {
         };
         Ok(KeyedAggregate {
             combine: *combine,
-            field: field.clone(),
+            // Two-phase: the first phase read the field; a partial's value is the number.
+            field: field.clone().filter(|_| two_phase.is_none()),
             values: KeyedMap::default(),
         })
     }

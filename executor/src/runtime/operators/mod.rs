@@ -7,6 +7,7 @@
 mod file_sink;
 mod keyed;
 mod keyed_state;
+mod pre_aggregate;
 mod stateless;
 mod windows;
 
@@ -16,6 +17,7 @@ use raftstream_api::spec::OperatorKind;
 
 pub use file_sink::{restores_index, FileSink, PreCommitted, SinkSegment};
 pub use keyed::{decimal_text, KeyedAggregate, KeyedCount};
+pub use pre_aggregate::PreAggregate;
 pub use stateless::Stateless;
 pub use windows::WindowOperator;
 

@@ -30,6 +30,9 @@ pub struct WindowOperator {
     field: Option<String>,
     timestamp_field: Option<String>,
     out_of_orderness_ms: i64,
+    /// Two-phase: each record is a partial aggregate of one pane, its value the number and its
+    /// timestamp the latest event time folded in.
+    merges_partials: bool,
     windows: KeyedMap<KeyWindows>,
     /// Per input channel: largest event time seen, explicit watermark.
     max_event_time: Vec<i64>,
@@ -61,9 +64,11 @@ impl WindowOperator {
             size_ms: as_i64(config.size_ms),
             slide_ms: as_i64(config.slide_ms),
             aggregate: config.aggregate,
-            field: config.field.clone(),
-            timestamp_field: config.timestamp_field.clone(),
+            // Two-phase: the first phase read the fields.
+            field: config.field.clone().filter(|_| config.two_phase.is_none()),
+            timestamp_field: config.timestamp_field.clone().filter(|_| config.two_phase.is_none()),
             out_of_orderness_ms: as_i64(config.max_out_of_orderness_ms),
+            merges_partials: config.two_phase.is_some(),
             windows: KeyedMap::default(),
             max_event_time: vec![i64::MIN; channels],
             explicit: vec![i64::MIN; channels],
@@ -84,7 +89,7 @@ impl WindowOperator {
             None => Some(record.timestamp_ms),
         };
         let value = match (self.aggregate, &self.field) {
-            (WindowAggregate::Count, _) => Some(1.0),
+            (WindowAggregate::Count, _) if !self.merges_partials => Some(1.0),
             (_, Some(field)) => field_of(&record.value, field).and_then(|text| text.trim().parse::<f64>().ok()),
             (_, None) => record.value.trim().parse::<f64>().ok(),
         };

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::acknowledger::Acknowledger;
-use super::outputs::Outputs;
+use super::outputs::{sleep_until_if, Outputs};
 use super::pipeline::Pipeline;
 use super::{Logic, TaskControl, TaskEnd, TaskError};
 use crate::runtime::barriers::{Alignment, BarrierAligner};
@@ -73,11 +73,17 @@ impl InputTask {
                     }
                 }
             }
+            let partials_deadline = outputs.partials_deadline();
             let message = match self.replay.pop_front() {
                 Some(message) => message,
                 None => tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+                    // A two-phase aggregate's partials wait at most its flush_ms, input or not.
+                    _ = sleep_until_if(partials_deadline), if partials_deadline.is_some() => {
+                        outputs.flush(false).await?;
+                        continue;
+                    }
                     message = control.recv() => {
                         match message {
                             Some(message) => {

@@ -2,6 +2,8 @@
 //! edge's [`Exchange`] (forward, by key group, round robin over all or a local subset of the
 //! consumer's subtasks, or to all of them) into per-channel batches.
 
+use std::time::Instant;
+
 use raftstream_api::spec::{Exchange, OperatorSpec};
 use tokio_util::sync::CancellationToken;
 
@@ -9,6 +11,7 @@ use super::{TaskEnvironment, TaskError, BATCH_RECORDS};
 use crate::runtime::deployment::SubtaskDeployment;
 use crate::runtime::exchange::{Barrier, ChannelEvent, GateKey, OutputChannel};
 use crate::runtime::key_groups::{key_group, subtask_for_key_group};
+use crate::runtime::operators::PreAggregate;
 use crate::runtime::record::Record;
 
 /// Where each record of an edge goes, by the edge's exchange.
@@ -74,38 +77,80 @@ impl Router {
     }
 }
 
+/// Sleeps until `deadline`; never returns without one.
+pub(super) async fn sleep_until_if(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Buffers `record` for the channel(s) `router` picks.
+fn route_into(router: &mut Router, buffers: &mut [Vec<Record>], record: Record) {
+    match router.route(&record.key) {
+        Route::One(target) => {
+            if let Some(buffer) = buffers.get_mut(target) {
+                buffer.push(record);
+            }
+        }
+        Route::All => {
+            if let Some((last, others)) = buffers.split_last_mut() {
+                for buffer in others {
+                    buffer.push(record.clone());
+                }
+                last.push(record);
+            }
+        }
+    }
+}
+
 pub(super) struct Edge {
     router: Router,
+    /// Into a two-phase aggregate: the first phase, folding records into partials.
+    pre_aggregate: Option<PreAggregate>,
     pub(super) channels: Vec<OutputChannel>,
     pub(super) buffers: Vec<Vec<Record>>,
 }
 
 impl Edge {
-    fn new(exchange: Exchange, channels: Vec<OutputChannel>, max_parallelism: u32) -> Edge {
+    fn new(
+        exchange: Exchange,
+        pre_aggregate: Option<PreAggregate>,
+        channels: Vec<OutputChannel>,
+        max_parallelism: u32,
+    ) -> Edge {
         Edge {
             router: Router::new(exchange, channels.len(), max_parallelism),
+            pre_aggregate,
             buffers: (0..channels.len()).map(|_| Vec::with_capacity(BATCH_RECORDS)).collect(),
             channels,
         }
     }
 
-    /// Buffers `record` for the channel(s) it goes to.
+    /// Buffers `record` for the channel(s) it goes to, or folds it into its partial.
     fn push(&mut self, record: Record) {
-        match self.router.route(&record.key) {
-            Route::One(target) => {
-                if let Some(buffer) = self.buffers.get_mut(target) {
-                    buffer.push(record);
-                }
-            }
-            Route::All => {
-                if let Some((last, others)) = self.buffers.split_last_mut() {
-                    for buffer in others {
-                        buffer.push(record.clone());
-                    }
-                    last.push(record);
-                }
-            }
+        match self.pre_aggregate.as_mut() {
+            Some(pre_aggregate) => pre_aggregate.add(&record),
+            None => route_into(&mut self.router, &mut self.buffers, record),
         }
+    }
+
+    /// Moves the partials into the channel buffers: always when `now` is `None`, otherwise when
+    /// a flush bound is reached.
+    fn release_partials(&mut self, now: Option<Instant>) {
+        let Edge {
+            router,
+            pre_aggregate: Some(pre_aggregate),
+            buffers,
+            ..
+        } = self
+        else {
+            return;
+        };
+        if pre_aggregate.is_empty() || now.is_some_and(|now| !pre_aggregate.is_due(now)) {
+            return;
+        }
+        pre_aggregate.flush(&mut |partial| route_into(router, buffers, partial));
     }
 }
 
@@ -126,7 +171,36 @@ impl Outputs {
         last.push(record);
     }
 
+    /// When held partials must be sent at the latest, if any are held.
+    pub(super) fn partials_deadline(&self) -> Option<Instant> {
+        self.edges
+            .iter()
+            .filter_map(|edge| edge.pre_aggregate.as_ref()?.deadline())
+            .min()
+    }
+
+    /// Sends full batches (every non-empty one unless `only_full`), after releasing the partials
+    /// whose flush bound is reached.
     pub(super) async fn flush(&mut self, only_full: bool) -> Result<(), TaskError> {
+        if self.edges.iter().any(|edge| edge.pre_aggregate.is_some()) {
+            let now = Instant::now();
+            for edge in &mut self.edges {
+                edge.release_partials(Some(now));
+            }
+        }
+        self.send_buffers(only_full).await
+    }
+
+    /// Releases every partial and sends everything buffered: before a barrier (a checkpoint never
+    /// holds a partial), a watermark (a window never fires without one) or the end.
+    async fn flush_all(&mut self) -> Result<(), TaskError> {
+        for edge in &mut self.edges {
+            edge.release_partials(None);
+        }
+        self.send_buffers(false).await
+    }
+
+    async fn send_buffers(&mut self, only_full: bool) -> Result<(), TaskError> {
         for edge in &mut self.edges {
             for (target, buffer) in edge.buffers.iter_mut().enumerate() {
                 if buffer.is_empty() || (only_full && buffer.len() < BATCH_RECORDS) {
@@ -140,6 +214,7 @@ impl Outputs {
     }
 
     pub(super) async fn broadcast(&mut self, event: impl Fn() -> ChannelEvent) -> Result<(), TaskError> {
+        self.flush_all().await?;
         for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
             channel.send(event()).await?;
         }
@@ -147,7 +222,7 @@ impl Outputs {
     }
 
     pub(super) async fn broadcast_barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
-        self.flush(false).await?;
+        self.flush_all().await?;
         for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
             channel.send(ChannelEvent::Barrier(barrier)).await?;
         }
@@ -155,7 +230,7 @@ impl Outputs {
     }
 
     pub(super) async fn end(&mut self) -> Result<(), TaskError> {
-        self.flush(false).await?;
+        self.flush_all().await?;
         for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
             channel.send(ChannelEvent::End).await?;
         }
@@ -202,7 +277,11 @@ pub(super) async fn open_outputs(
             .await?;
             channels.push(channel);
         }
-        edges.push(Edge::new(exchange, channels, graph.max_parallelism));
+        // The first phase of a two-phase aggregate runs on its keyed exchange's sending side.
+        let pre_aggregate = matches!(exchange, Exchange::Hash { .. })
+            .then(|| PreAggregate::of(consumer))
+            .flatten();
+        edges.push(Edge::new(exchange, pre_aggregate, channels, graph.max_parallelism));
     }
     Ok(Outputs { edges })
 }

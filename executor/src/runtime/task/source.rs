@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::acknowledger::Acknowledger;
-use super::outputs::Outputs;
+use super::outputs::{sleep_until_if, Outputs};
 use super::pipeline::Pipeline;
 use super::replay_budget::ReplayBudget;
 use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
@@ -196,9 +196,14 @@ pub(super) async fn run_source(
             reported_end = true;
         }
         let wait_until = rate.map(|rate| started + Duration::from_secs_f64(produced as f64 / rate));
+        let partials_deadline = outputs.partials_deadline();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return cancelled(last_barrier, after_barrier),
+            // A two-phase aggregate's partials wait at most its flush_ms, paused source or not.
+            _ = sleep_until_if(partials_deadline), if partials_deadline.is_some() => {
+                outputs.flush(false).await?;
+            }
             message = control.recv() => match message {
                 Some(TaskControl::Trigger { checkpoint_id: CheckpointId(checkpoint_id), options }) => {
                     outputs.flush(false).await?;

@@ -1,0 +1,160 @@
+//! Two-phase aggregation on a skewed stream (one word is 90 % of all words), end to end on
+//! executors: a two-phase count and a two-phase tumbling window publish exactly what the
+//! one-phase operators would, across a kill -9 of an executor and a restart from a checkpoint,
+//! while the hot key reaches its keyed subtask as a few partials instead of every record.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use raftstream_api::spec::GeneratorConfig;
+use raftstream_executor::runtime::generator::GeneratedRecords;
+use raftstream_proto::v1 as pb;
+
+use crate::common::{eventually, fast_executors, test_settings, TestCluster};
+
+/// The published lines of the file sink in `dir`, split at tabs, in commit order (the files
+/// sort by subtask and checkpoint; these sinks have one subtask).
+fn published_rows(dir: &Path) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "txt"))
+        .collect();
+    files.sort();
+    let mut rows = Vec::new();
+    for file in files {
+        for line in std::fs::read_to_string(file)?.lines() {
+            rows.push(line.split('\t').map(str::to_owned).collect());
+        }
+    }
+    Ok(rows)
+}
+
+/// The final count of every word from a running count's updates, checking that each word's
+/// updates only grow (a replayed partial would repeat or jump back); and how many updates the
+/// hot word got.
+fn final_counts(dir: &Path, name: &str) -> anyhow::Result<(BTreeMap<String, u64>, usize)> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut hot_updates = 0;
+    for row in published_rows(dir)? {
+        let [word, count] = row.as_slice() else {
+            anyhow::bail!("{name}: bad line {row:?}");
+        };
+        let count: u64 = count.parse()?;
+        let previous = counts.insert(word.clone(), count).unwrap_or(0);
+        anyhow::ensure!(
+            count > previous,
+            "{name}: {word} went from {previous} to {count}: an update was published twice"
+        );
+        if word == "w0" {
+            hot_updates += 1;
+        }
+    }
+    Ok((counts, hot_updates))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_count_and_window_equal_one_phase_on_a_hot_key_across_a_kill() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    cluster.cluster.start_executor("exec-a", 16)?;
+    cluster.cluster.start_executor("exec-b", 16)?;
+    let client = cluster.client()?;
+    let (records, rate, vocabulary, words) = (20_000u64, 4_000u64, 50u64, 4u64);
+    let out = |name: &str| cluster.path().join(name).display().to_string();
+    let spec = serde_json::json!({
+        "name": "skewed",
+        "parallelism": 2,
+        "checkpoint": {"interval_ms": 200},
+        "restart": {"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 100},
+        "operators": [
+            {"id": "lines", "kind": "generator", "params": {"seed": 3, "count": records, "rate_per_second": rate, "vocabulary_size": vocabulary, "words_per_record": words, "hot_word_percent": 90}},
+            {"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {"function": "split_words"}},
+            {"id": "by_word", "kind": "key_by", "inputs": ["words"]},
+            {"id": "one_phase", "kind": "count", "inputs": ["by_word"]},
+            {"id": "out_one_phase", "kind": "file_sink", "parallelism": 1, "inputs": ["one_phase"], "params": {"path": out("one_phase")}},
+            {"id": "two_phase", "kind": "count", "inputs": ["by_word"], "params": {"two_phase": true, "flush_ms": 50}},
+            {"id": "out_two_phase", "kind": "file_sink", "parallelism": 1, "inputs": ["two_phase"], "params": {"path": out("two_phase")}},
+            {"id": "per_second", "kind": "tumbling_window", "inputs": ["by_word"], "params": {"size_ms": 1000, "aggregate": "count", "max_out_of_orderness_ms": 50, "two_phase": true}},
+            {"id": "out_windows", "kind": "file_sink", "parallelism": 1, "inputs": ["per_second"], "params": {"path": out("windows")}}
+        ]
+    });
+    let settings = GeneratorConfig {
+        seed: 3,
+        count: Some(records),
+        vocabulary_size: vocabulary,
+        words_per_record: words,
+        hot_word_percent: 90,
+        ..GeneratorConfig::default()
+    };
+    // Event time of record n is n * 1000 / rate ms.
+    let mut expected_counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut expected_windows: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    let mut line = String::new();
+    for offset in 0..records {
+        settings.write_record(offset, &mut line);
+        let time = (offset as f64 * (1_000.0 / rate as f64)) as i64;
+        for word in line.split(' ') {
+            *expected_counts.entry(word.to_owned()).or_default() += 1;
+            *expected_windows
+                .entry((word.to_owned(), time - time % 1_000))
+                .or_default() += 1;
+        }
+    }
+    let hot_share = expected_counts.get("w0").copied().unwrap_or(0) as f64 / (records * words) as f64;
+    assert!(
+        hot_share > 0.85,
+        "the generator's hot word is {:.0} % of the words",
+        hot_share * 100.0
+    );
+
+    let submitted = client.submit_job(&spec.to_string(), "skewed").await?;
+    let running = eventually("the job to run with checkpoints", Duration::from_secs(60), || async {
+        client
+            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()
+            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= 3)
+    })
+    .await?;
+    let victim = running
+        .subtasks
+        .iter()
+        .find(|subtask| subtask.operator_id == "two_phase" && !subtask.executor_id.is_empty())
+        .map(|subtask| subtask.executor_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("the two-phase count is not placed"))?;
+    cluster.cluster.kill_executor(&victim)?;
+    let done = eventually("the job to end", Duration::from_secs(90), || async {
+        client
+            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    assert_eq!(done.status, "Finished", "{}", done.status_reason);
+    assert!(done.restart_count >= 1, "the kill restarted the job");
+
+    let (one_phase, one_phase_hot_updates) = final_counts(&cluster.path().join("one_phase"), "one-phase")?;
+    let (two_phase, two_phase_hot_updates) = final_counts(&cluster.path().join("two_phase"), "two-phase")?;
+    assert_eq!(one_phase, expected_counts, "one-phase counts");
+    assert_eq!(two_phase, one_phase, "two-phase counts equal the one-phase ones");
+    // The one-phase count publishes one update per hot word; the two-phase one one per partial.
+    assert!(
+        two_phase_hot_updates * 20 < one_phase_hot_updates,
+        "the hot word reached the two-phase count as {two_phase_hot_updates} partials against {one_phase_hot_updates} records"
+    );
+
+    let mut windows: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for row in published_rows(&cluster.path().join("windows"))? {
+        let [word, start, end, count] = row.as_slice() else {
+            anyhow::bail!("bad window line {row:?}");
+        };
+        let start: i64 = start.parse()?;
+        assert_eq!(end.parse::<i64>()?, start + 1_000);
+        let previous = windows.insert((word.clone(), start), count.parse()?);
+        assert!(previous.is_none(), "window ({word}, {start}) published twice");
+    }
+    assert_eq!(windows, expected_windows, "two-phase windows");
+    Ok(())
+}
