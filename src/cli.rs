@@ -1,5 +1,6 @@
 //! The `raftstream` subcommands. Tables for people, JSON (`--output json`) for scripts.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -671,14 +672,31 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
             let job = cluster.get_job(&job_id, pb::ReadConsistency::Linearizable).await?;
             // The retained checkpoints, with what triggered each.
             let checkpoints = cluster.list_checkpoints(&job_id).await?;
+            // Volatile counts from the leader's memory: a status without them is still useful.
+            let metrics = cluster.get_job_metrics(&job_id).await.unwrap_or_else(|error| {
+                eprintln!("warning: no metrics from the leader: {error}");
+                Vec::new()
+            });
             match client.output {
                 OutputFormat::Json => {
                     let mut value = job_json(&job);
                     value["checkpoints"] = checkpoints.iter().map(checkpoint_json).collect();
+                    value["metrics"] = metrics.iter().map(subtask_metrics_json).collect();
+                    value["hot_keys"] = hot_keys_by_operator(&metrics)
+                        .into_iter()
+                        .map(|(operator, keys)| {
+                            let keys: Vec<serde_json::Value> = keys
+                                .iter()
+                                .map(|(key, count, share)| json!({"key": key, "count": count, "share": share}))
+                                .collect();
+                            (operator, serde_json::Value::Array(keys))
+                        })
+                        .collect::<serde_json::Map<String, serde_json::Value>>()
+                        .into();
                     println!("{value}");
                 }
                 OutputFormat::Table => {
-                    print_job(&job);
+                    print_job(&job, &metrics);
                     for (index, c) in checkpoints.iter().enumerate() {
                         let label = if index == 0 { "checkpoints:" } else { "" };
                         println!(
@@ -807,7 +825,57 @@ pub fn job_json(job: &pb::Job) -> serde_json::Value {
     })
 }
 
-fn print_job(job: &pb::Job) {
+/// One task's counts as JSON.
+fn subtask_metrics_json(metrics: &pb::SubtaskMetrics) -> serde_json::Value {
+    let task = metrics.task.clone().unwrap_or_default();
+    json!({
+        "subtask": format!("{}[{}]", task.operator_id, task.subtask_index),
+        "epoch": task.epoch,
+        "chained": metrics.chained,
+        "records_in": metrics.records_in,
+        "records_out": metrics.records_out,
+        "busy_ms": metrics.busy_ms,
+        "records_in_per_second": metrics.records_in_per_second,
+        "busy_ratio": metrics.busy_ratio,
+        "hot_keys": metrics.hot_keys.iter().map(|hot| json!({"key": hot.key, "count": hot.count, "error": hot.error})).collect::<Vec<_>>(),
+        "keys_counted": metrics.keys_counted,
+    })
+}
+
+/// Per keyed operator, its hottest keys over all its subtasks (each key lives in one subtask),
+/// with their estimated count and share of the operator's input, hottest first.
+fn hot_keys_by_operator(metrics: &[pb::SubtaskMetrics]) -> BTreeMap<String, Vec<(String, u64, f64)>> {
+    let mut counts: BTreeMap<String, (BTreeMap<String, u64>, u64)> = BTreeMap::new();
+    for subtask in metrics.iter().filter(|subtask| subtask.keys_counted > 0) {
+        let operator = subtask
+            .task
+            .as_ref()
+            .map(|task| task.operator_id.clone())
+            .unwrap_or_default();
+        let (keys, counted) = counts.entry(operator).or_default();
+        *counted += subtask.keys_counted;
+        for hot in &subtask.hot_keys {
+            *keys.entry(hot.key.clone()).or_default() += hot.count;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(operator, (keys, counted))| {
+            let mut keys: Vec<(String, u64, f64)> = keys
+                .into_iter()
+                .map(|(key, count)| (key, count, count as f64 / counted.max(1) as f64))
+                .collect();
+            keys.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            keys.truncate(HOT_KEYS_SHOWN);
+            (operator, keys)
+        })
+        .collect()
+}
+
+/// Hottest keys `job status` lists per keyed operator.
+const HOT_KEYS_SHOWN: usize = 5;
+
+fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) {
     println!("job:         {} ({})", job.job_id, job.name);
     println!(
         "status:      {}{}",
@@ -834,13 +902,51 @@ fn print_job(job: &pb::Job) {
         let label = if index == 0 { "history:" } else { "" };
         println!("{label:<12} {} ms: {}", event.at_ms, event.what);
     }
+    for (index, (operator, keys)) in hot_keys_by_operator(metrics).into_iter().enumerate() {
+        let label = if index == 0 { "hot keys:" } else { "" };
+        let shown: Vec<String> = keys
+            .iter()
+            .map(|(key, count, share)| format!("{key} {:.1}% ({count})", share * 100.0))
+            .collect();
+        println!("{label:<12} {operator}: {}", shown.join(", "));
+    }
     // An ended job has released its slots.
     let ended = matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled" | "Stopped");
+    let metrics_of = |operator: &str, index: u32| {
+        metrics.iter().find(|m| {
+            m.task
+                .as_ref()
+                .is_some_and(|task| task.operator_id == operator && task.subtask_index == index)
+        })
+    };
+    // Chained operators run in their head's task, which reports for the whole chain.
+    let chained_into = |operator: &str| {
+        metrics.iter().find_map(|m| {
+            m.chained
+                .iter()
+                .any(|member| member == operator)
+                .then(|| m.task.as_ref().map(|task| task.operator_id.clone()))
+                .flatten()
+        })
+    };
     let rows = job
         .subtasks
         .iter()
         .map(|s| {
-            vec![
+            let counts = match (
+                metrics_of(&s.operator_id, s.subtask_index),
+                chained_into(&s.operator_id),
+            ) {
+                (Some(m), _) => vec![
+                    m.records_in.to_string(),
+                    m.records_out.to_string(),
+                    format!("{:.0}", m.records_in_per_second),
+                    format!("{:.0}%", m.busy_ratio * 100.0),
+                ],
+                (None, Some(head)) => vec![format!("(in {head})"), String::new(), String::new(), String::new()],
+                (None, None) => vec!["-".to_owned(), "-".to_owned(), "-".to_owned(), "-".to_owned()],
+            };
+            let mut row = vec![
                 format!("{}[{}]", s.operator_id, s.subtask_index),
                 if s.executor_id.is_empty() && ended {
                     "-".to_owned()
@@ -850,10 +956,12 @@ fn print_job(job: &pb::Job) {
                     s.executor_id.clone()
                 },
                 s.epoch.to_string(),
-            ]
+            ];
+            row.extend(counts);
+            row
         })
         .collect();
-    print_table(&["SUBTASK", "EXECUTOR", "EPOCH"], rows);
+    print_table(&["SUBTASK", "EXECUTOR", "EPOCH", "IN", "OUT", "IN/S", "BUSY"], rows);
 }
 
 fn print_cluster_status(status: &pb::ClusterStatusResponse, output: OutputFormat) {

@@ -227,6 +227,18 @@ impl ClusterClient {
             .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
     }
 
+    /// What the job's tasks last reported to the leader (records, busy time, hottest keys).
+    pub async fn get_job_metrics(&self, job_id: &str) -> Result<Vec<pb::SubtaskMetrics>, ClientError> {
+        let request = pb::GetJobMetricsRequest {
+            job_id: job_id.to_owned(),
+        };
+        let reply = self.with_retry(|channel| {
+            let request = request.clone();
+            async move { JobServiceClient::new(channel).get_job_metrics(request).await }
+        });
+        Ok(reply.await?.subtasks)
+    }
+
     /// All jobs, oldest first.
     pub async fn list_jobs(&self, consistency: pb::ReadConsistency) -> Result<Vec<pb::Job>, ClientError> {
         let request = pb::ListJobsRequest {

@@ -8,7 +8,9 @@ use crate::checkpoint::{
     CheckpointOptions, CompletedCheckpoint, SavepointRef, SourcesAfterBarrier, SubtaskKey, TaskStateHandle,
 };
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, NotAJobId};
-use crate::messages::{CheckpointAck, ExecutorCommand, PlacedSubtask, TaskDeployment, TaskRef, TaskReport};
+use crate::messages::{
+    CheckpointAck, ExecutorCommand, HotKey, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef, TaskReport,
+};
 use crate::spec::JobGraph;
 
 /// A message that cannot be turned into our types.
@@ -136,6 +138,53 @@ pub fn task_ref_to_proto(task: &TaskRef) -> pb::TaskRef {
         subtask_index: task.subtask.subtask_index,
         epoch: task.epoch.0,
     }
+}
+
+pub fn subtask_metrics_to_proto(metrics: &SubtaskMetrics) -> pb::SubtaskMetrics {
+    pb::SubtaskMetrics {
+        task: Some(task_ref_to_proto(&metrics.task)),
+        records_in: metrics.records_in,
+        records_out: metrics.records_out,
+        busy_ms: metrics.busy_ms,
+        records_in_per_second: metrics.records_in_per_second,
+        busy_ratio: metrics.busy_ratio,
+        hot_keys: metrics
+            .hot_keys
+            .iter()
+            .map(|hot| pb::HotKey {
+                key: hot.key.clone(),
+                count: hot.count,
+                error: hot.error,
+            })
+            .collect(),
+        keys_counted: metrics.keys_counted,
+        chained: metrics.chained.clone(),
+    }
+}
+
+/// Metrics from an executor; `None` when they name no subtask.
+pub fn subtask_metrics_from_proto(metrics: &pb::SubtaskMetrics) -> Option<SubtaskMetrics> {
+    // Rates and ratios are shown, never computed with: anything not finite reads as 0.
+    let finite = |value: f64| if value.is_finite() { value.max(0.0) } else { 0.0 };
+    Some(SubtaskMetrics {
+        task: task_ref_from_proto(metrics.task.as_ref()?)?,
+        records_in: metrics.records_in,
+        records_out: metrics.records_out,
+        busy_ms: metrics.busy_ms,
+        records_in_per_second: finite(metrics.records_in_per_second),
+        busy_ratio: finite(metrics.busy_ratio).min(1.0),
+        hot_keys: metrics
+            .hot_keys
+            .iter()
+            .map(|hot| HotKey {
+                key: hot.key.clone(),
+                count: hot.count,
+                error: hot.error,
+            })
+            .collect(),
+        keys_counted: metrics.keys_counted,
+        chained: metrics.chained.clone(),
+    })
 }
 
 /// A subtask reference from an executor; `None` when it names no job or operator.

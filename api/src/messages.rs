@@ -109,3 +109,34 @@ pub enum TaskReport {
         source_offset: Option<u64>,
     },
 }
+
+/// What one task (reported as its chain's head subtask) counted since it started, as its
+/// executor reports it about once a second. Volatile: the leader keeps the latest in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubtaskMetrics {
+    pub task: TaskRef,
+    /// Records into the chain's head (a source: records it read) and out of its tail.
+    pub records_in: u64,
+    pub records_out: u64,
+    /// Time not spent waiting for input, blocked output (backpressure) included.
+    pub busy_ms: u64,
+    /// Over the interval since the executor's previous report.
+    pub records_in_per_second: f64,
+    pub busy_ratio: f64,
+    /// Keyed heads: the hottest keys of the input, hottest first.
+    pub hot_keys: Vec<HotKey>,
+    /// Records the hot-key sketch counted.
+    pub keys_counted: u64,
+    /// The operators chained behind the head, in order.
+    pub chained: Vec<String>,
+}
+
+/// One key's estimated share of a keyed subtask's input (Space-Saving).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotKey {
+    pub key: String,
+    /// Upper bound of the key's records.
+    pub count: u64,
+    /// How much of `count` may belong to other keys.
+    pub error: u64,
+}

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use raftstream_api::client::{ClientError, ClusterClient};
-use raftstream_api::convert::{executor_command_from_proto, task_ref_to_proto, task_report_to_proto};
+use raftstream_api::convert::{
+    executor_command_from_proto, subtask_metrics_to_proto, task_ref_to_proto, task_report_to_proto,
+};
 use raftstream_api::dial::DialAddresses;
 use raftstream_api::messages::TaskReport;
 use raftstream_api::metadata::LEADER_HINT_METADATA;
@@ -25,6 +27,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// longer only delays the executor's first work after the coordinators (re)start together.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 const OUTBOUND_CAPACITY: usize = 64;
+/// How often a heartbeat carries the tasks' metrics.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Heartbeat intervals without any message from the leader after which the session is given up.
 const SILENT_HEARTBEATS: u32 = 3;
 const REGISTER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -173,6 +178,7 @@ pub async fn run_executor(
         store: std::sync::Arc::new(storage),
         reports,
         tracker: tokio_util::task::TaskTracker::new(),
+        metrics: crate::runtime::metrics::MetricsRegistry::default(),
     };
     let tasks = TaskManager::new(environment, shutdown.clone());
     let drain_watch = tokio::spawn(
@@ -361,15 +367,22 @@ impl Session {
         }
     }
 
-    fn heartbeat(&self, tasks: &TaskManager) -> pb::ExecutorMessage {
+    /// A heartbeat; `with_metrics` adds what the tasks counted (about once a second).
+    fn heartbeat(&self, tasks: &TaskManager, with_metrics: bool) -> pb::ExecutorMessage {
         let sent_at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
         let (running_tasks, finished_tasks) = tasks.report();
+        let metrics = if with_metrics {
+            tasks.metrics().iter().map(subtask_metrics_to_proto).collect()
+        } else {
+            Vec::new()
+        };
         self.message(pb::executor_message::Body::Heartbeat(pb::Heartbeat {
             sent_at_ms,
             running_tasks: running_tasks.iter().map(task_ref_to_proto).collect(),
             finished_tasks: finished_tasks.iter().map(task_ref_to_proto).collect(),
+            metrics,
         }))
     }
 
@@ -397,7 +410,7 @@ impl Session {
             }
         };
         let (outbound, outbound_receiver) = mpsc::channel(OUTBOUND_CAPACITY);
-        if outbound.send(self.heartbeat(tasks)).await.is_err() {
+        if outbound.send(self.heartbeat(tasks, false)).await.is_err() {
             return SessionEnd::Lost(None);
         }
         let mut client = ExecutorServiceClient::new(endpoint.connect_lazy());
@@ -444,6 +457,7 @@ impl Session {
         // executor finds the leader again while its tasks keep running.
         let silence_limit = heartbeat_interval * SILENT_HEARTBEATS;
         let mut last_heard = tokio::time::Instant::now();
+        let mut metrics_sent = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -453,7 +467,11 @@ impl Session {
                         tracing::info!(leader = target, silent_ms = last_heard.elapsed().as_millis() as u64, "no word from the leader; reconnecting");
                         return SessionEnd::Lost(None);
                     }
-                    if outbound.send(self.heartbeat(tasks)).await.is_err() {
+                    let with_metrics = metrics_sent.elapsed() >= METRICS_INTERVAL;
+                    if with_metrics {
+                        metrics_sent = tokio::time::Instant::now();
+                    }
+                    if outbound.send(self.heartbeat(tasks, with_metrics)).await.is_err() {
                         return SessionEnd::Lost(None);
                     }
                     for failure in tasks.failures() {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use raftstream_api::ids::{Epoch, JobId};
-use raftstream_api::messages::{ExecutorCommand, TaskRef, TaskReport};
+use raftstream_api::messages::{ExecutorCommand, SubtaskMetrics, TaskRef, TaskReport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -60,6 +60,11 @@ impl TaskManager {
     }
 
     /// What heartbeats report: every held subtask, and those of them that finished.
+    /// What the running tasks counted.
+    pub fn metrics(&self) -> Vec<SubtaskMetrics> {
+        self.environment.metrics.report()
+    }
+
     pub fn report(&self) -> (Vec<TaskRef>, Vec<TaskRef>) {
         let held = self.assignments.running();
         let finished = held

@@ -158,3 +158,99 @@ async fn two_phase_count_and_window_equal_one_phase_on_a_hot_key_across_a_kill()
     assert_eq!(windows, expected_windows, "two-phase windows");
     Ok(())
 }
+
+/// Before choosing `two_phase`, a user sees the skew: `job status` shows each subtask's records
+/// and busy time, and the hottest keys of the keyed operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_status_shows_the_hot_key_and_the_subtask_it_overloads() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    cluster.cluster.start_executor("exec-a", 8)?;
+    cluster.cluster.start_executor("exec-b", 8)?;
+    let client = cluster.client()?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    let spec = serde_json::json!({
+        "name": "skew-shown",
+        "parallelism": 2,
+        "checkpoint": {"interval_ms": 500},
+        "operators": [
+            {"id": "lines", "kind": "generator", "params": {"seed": 4, "rate_per_second": 2_000, "vocabulary_size": 1_000, "words_per_record": 4, "hot_word_percent": 90}},
+            {"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {"function": "split_words"}},
+            {"id": "by_word", "kind": "key_by", "inputs": ["words"]},
+            {"id": "counts", "kind": "count", "inputs": ["by_word"]},
+            {"id": "out", "kind": "print", "inputs": ["counts"]}
+        ]
+    });
+    let submitted = client.submit_job(&spec.to_string(), "skew-shown").await?;
+    let job_id = submitted.job_id.clone();
+    // Metrics reach the leader about once a second; wait until the counts have seen a few
+    // thousand words.
+    let status = eventually(
+        "job status to show the counts' input",
+        Duration::from_secs(60),
+        || async {
+            let output = crate::common::run_cli(&[
+                "job",
+                "status",
+                &job_id,
+                "--coordinators",
+                &coordinators,
+                "--output",
+                "json",
+            ])
+            .ok()?;
+            let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            let counted: u64 = status["metrics"]
+                .as_array()?
+                .iter()
+                .filter(|subtask| {
+                    subtask["subtask"]
+                        .as_str()
+                        .is_some_and(|name| name.starts_with("counts["))
+                })
+                .filter_map(|subtask| subtask["records_in"].as_u64())
+                .sum();
+            (counted >= 4_000).then_some(status)
+        },
+    )
+    .await?;
+    let hottest = &status["hot_keys"]["counts"][0];
+    assert_eq!(hottest["key"], "w0", "{status}");
+    let share = hottest["share"].as_f64().unwrap_or(0.0);
+    assert!((0.8..=1.0).contains(&share), "w0's share of the counts' input: {share}");
+    let inputs: Vec<u64> = status["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|subtask| {
+            subtask["subtask"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("counts["))
+        })
+        .filter_map(|subtask| subtask["records_in"].as_u64())
+        .collect();
+    assert_eq!(inputs.len(), 2, "{status}");
+    let (hot, cold) = (
+        inputs.iter().max().copied().unwrap_or(0),
+        inputs.iter().min().copied().unwrap_or(0),
+    );
+    assert!(
+        hot > 4 * cold,
+        "the subtask owning w0 gets most of the input: {inputs:?}"
+    );
+    // The source's task reports what it read and that the flat_map and key_by run in it.
+    let source = status["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|subtask| subtask["subtask"] == "lines[0]")
+        .cloned()
+        .unwrap_or_default();
+    assert!(source["records_in"].as_u64().unwrap_or(0) > 0, "{source}");
+    assert_eq!(source["chained"], serde_json::json!(["words", "by_word"]));
+
+    let table = crate::common::run_cli(&["job", "status", &job_id, "--coordinators", &coordinators])?;
+    let text = crate::common::stdout_of(&table);
+    assert!(text.contains("hot keys:") && text.contains("counts: w0"), "{text}");
+    assert!(text.contains("BUSY") && text.contains("(in lines)"), "{text}");
+    Ok(())
+}

@@ -12,7 +12,9 @@ use crate::state_machine::State;
 use raftstream_api::checkpoint::CheckpointTrigger;
 use raftstream_api::ids::{CheckpointId, ExecutorId, JobId};
 
-pub use raftstream_api::messages::{CheckpointAck, ExecutorCommand, PlacedSubtask, TaskDeployment, TaskRef};
+pub use raftstream_api::messages::{
+    CheckpointAck, ExecutorCommand, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef,
+};
 
 /// What executors report that the leader's duties act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,8 @@ struct Inner {
     events: Option<mpsc::Sender<ExecutorEvent>>,
     /// What each executor last reported as finished.
     finished: HashMap<ExecutorId, Vec<TaskRef>>,
+    /// What each executor's tasks last counted (volatile: shown, never acted on).
+    metrics: HashMap<ExecutorId, Vec<SubtaskMetrics>>,
 }
 
 /// Leases and open sessions of the executors, shared by the executor service and the leader
@@ -156,6 +160,29 @@ impl ExecutorSessions {
         self.lock().finished.insert(executor_id.clone(), finished);
     }
 
+    /// Records what an executor's tasks counted (replacing its previous report).
+    pub fn set_metrics(&self, executor_id: &ExecutorId, metrics: Vec<SubtaskMetrics>) {
+        self.lock().metrics.insert(executor_id.clone(), metrics);
+    }
+
+    /// What the tasks of `job_id` last reported, on any executor, for the placements in
+    /// `current` (older placements' reports are left out).
+    pub fn job_metrics(&self, job_id: &JobId, current: impl Fn(&TaskRef) -> bool) -> Vec<SubtaskMetrics> {
+        let inner = self.lock();
+        let mut metrics: Vec<SubtaskMetrics> = inner
+            .metrics
+            .values()
+            .flatten()
+            .filter(|metrics| metrics.task.job_id == *job_id && current(&metrics.task))
+            .cloned()
+            .collect();
+        metrics.sort_by(|a, b| {
+            (&a.task.subtask.operator_id, a.task.subtask.subtask_index)
+                .cmp(&(&b.task.subtask.operator_id, b.task.subtask.subtask_index))
+        });
+        metrics
+    }
+
     /// Records one finished subtask of an executor (before its next heartbeat repeats it).
     pub fn add_finished(&self, executor_id: &ExecutorId, task: TaskRef) {
         let mut inner = self.lock();
@@ -178,6 +205,7 @@ impl ExecutorSessions {
         inner.leases.clear();
         inner.suspects.clear();
         inner.finished.clear();
+        inner.metrics.clear();
         inner.events = None;
         inner.leading_since = None;
     }
@@ -282,6 +310,7 @@ impl ExecutorSessions {
         inner.leases.remove(executor_id);
         inner.suspects.remove(executor_id);
         inner.finished.remove(executor_id);
+        inner.metrics.remove(executor_id);
     }
 
     /// Whether the executor has an open session, and how long ago the leader heard from it (since

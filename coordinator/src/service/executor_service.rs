@@ -11,7 +11,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{
-    checkpoint_ack_from_proto, executor_command_to_proto, task_ref_from_proto, task_status_from_proto,
+    checkpoint_ack_from_proto, executor_command_to_proto, subtask_metrics_from_proto, task_ref_from_proto,
+    task_status_from_proto,
 };
 use super::{forward_to_leader, is_forwarded};
 use crate::context::{now_ms, CoordinatorContext};
@@ -184,6 +185,16 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                         sessions.touch(&reader_id);
                         let term = context.raft.metrics().borrow().current_term;
                         sessions.send(&reader_id, ExecutorCommand::HeartbeatAck { term });
+                        if !heartbeat.metrics.is_empty() {
+                            sessions.set_metrics(
+                                &reader_id,
+                                heartbeat
+                                    .metrics
+                                    .iter()
+                                    .filter_map(subtask_metrics_from_proto)
+                                    .collect(),
+                            );
+                        }
                         let reported: Vec<_> = heartbeat.running_tasks.iter().filter_map(task_ref_from_proto).collect();
                         sessions.set_finished(
                             &reader_id,

@@ -5,7 +5,9 @@ use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::job_service_client::JobServiceClient;
 use tonic::{Request, Response, Status};
 
-use super::convert::{checkpoint_to_proto, checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order};
+use super::convert::{
+    checkpoint_to_proto, checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order, subtask_metrics_to_proto,
+};
 use super::{forward_to_leader, is_forwarded};
 use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
@@ -162,6 +164,46 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         Ok(Response::new(pb::GetJobResponse {
             job: Some(self.job_reply(&job_id)?),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    async fn get_job_metrics(
+        &self,
+        request: Request<pb::GetJobMetricsRequest>,
+    ) -> Result<Response<pb::GetJobMetricsResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let message = request.into_inner();
+        let job_id = parse_job_id(&message.job_id)?;
+        // Executors report to the leader only.
+        if !self.sessions.is_leading() {
+            return forward_to_leader(
+                &self.context,
+                self.context.not_leader(),
+                forwarded,
+                message,
+                |leader, request| async move { JobServiceClient::new(leader).get_job_metrics(request).await },
+            )
+            .await;
+        }
+        let current: std::collections::BTreeMap<_, _> = {
+            let applied = self.context.applied.read();
+            let job = applied
+                .state
+                .jobs
+                .get(&job_id)
+                .ok_or_else(|| CoordinatorError::Rejected(Rejection::UnknownJob { job_id }))?;
+            job.assignments
+                .iter()
+                .map(|(subtask, assignment)| (subtask.clone(), assignment.epoch))
+                .collect()
+        };
+        let subtasks = self
+            .sessions
+            .job_metrics(&job_id, |task| current.get(&task.subtask) == Some(&task.epoch))
+            .iter()
+            .map(subtask_metrics_to_proto)
+            .collect();
+        Ok(Response::new(pb::GetJobMetricsResponse { subtasks }))
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]

@@ -26,6 +26,7 @@ use super::exchange::{ExchangeHub, GateKey, InputMessage};
 use super::file_source::{progress_at_position, FileProgress, FileReader};
 use super::generator::GeneratorPosition;
 use super::key_groups::key_group_range;
+use super::metrics::MetricsRegistry;
 use super::operators::{
     restores_index, FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator,
 };
@@ -90,6 +91,8 @@ pub struct TaskEnvironment {
     pub reports: mpsc::Sender<TaskReport>,
     /// Every task the subtasks spawn, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Every task's counters, reported to the leader by the session.
+    pub metrics: MetricsRegistry,
 }
 
 /// Why a subtask stopped before its end.
@@ -509,6 +512,19 @@ async fn run_registered(
         .map(|member| Acknowledger::new(member, environment))
         .collect();
     let checkpointing = head.graph.checkpoint.interval_ms > 0;
+    let keyed_head = matches!(
+        logics.first(),
+        Some(Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_))
+    );
+    let metrics = environment.metrics.register(
+        head.task_ref(),
+        members
+            .iter()
+            .skip(1)
+            .map(|member| member.operator_id.clone())
+            .collect(),
+        keyed_head,
+    );
     let mut logics = logics.into_iter();
     let head_logic = logics
         .next()
@@ -523,6 +539,7 @@ async fn run_registered(
                 control,
                 cancel,
                 checkpointing,
+                &metrics.counters,
             )
             .await
         }
@@ -536,6 +553,7 @@ async fn run_registered(
                 watermarks: vec![i64::MIN; input_count],
                 forwarded_watermark: i64::MIN,
                 aligning_savepoint: None,
+                counters: metrics.counters.clone(),
             };
             task.run(gate, &mut outputs, &acknowledgers, control, cancel).await
         }

@@ -385,6 +385,7 @@ mod tests {
             store: Arc::new(CheckpointStorage::local_directory(store_root)),
             reports,
             tracker: tokio_util::task::TaskTracker::new(),
+            metrics: crate::runtime::metrics::MetricsRegistry::default(),
         };
         (environment, received)
     }

@@ -2,6 +2,8 @@
 //! snapshotted and acknowledged, and the sink committed when checkpoints complete.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +14,7 @@ use super::pipeline::Pipeline;
 use super::{Logic, TaskControl, TaskEnd, TaskError};
 use crate::runtime::barriers::{Alignment, BarrierAligner};
 use crate::runtime::exchange::{Barrier, ChannelEvent, InputMessage};
+use crate::runtime::metrics::TaskCounters;
 use raftstream_api::ids::CheckpointId;
 
 pub(super) struct InputTask {
@@ -29,6 +32,7 @@ pub(super) struct InputTask {
     /// The savepoint whose barriers this task is aligning, if it is one: its snapshot is
     /// stored as the savepoint's, and the barrier it forwards says so.
     pub(super) aligning_savepoint: Option<u64>,
+    pub(super) counters: Arc<TaskCounters>,
 }
 
 impl InputTask {
@@ -114,9 +118,13 @@ impl InputTask {
             }
             match message.event {
                 ChannelEvent::Batch(mut records) => {
+                    let started = Instant::now();
+                    self.counters.received(&records);
                     self.pipeline
                         .process(0, channel, &mut records, &mut |record| outputs.push(record))?;
                     outputs.flush(false).await?;
+                    self.counters.sent_total(outputs.records_out);
+                    self.counters.worked(started.elapsed());
                 }
                 ChannelEvent::Barrier(barrier) => {
                     if barrier.savepoint {

@@ -157,10 +157,13 @@ impl Edge {
 /// The output side of a subtask: one edge per consuming operator.
 pub(super) struct Outputs {
     pub(super) edges: Vec<Edge>,
+    /// Records the task's tail emitted (partials count once they leave, not when folded).
+    pub(super) records_out: u64,
 }
 
 impl Outputs {
     pub(super) fn push(&mut self, record: Record) {
+        self.records_out += 1;
         // Every consumer but the last gets a copy; the last takes the record itself.
         let Some((last, others)) = self.edges.split_last_mut() else {
             return;
@@ -283,7 +286,7 @@ pub(super) async fn open_outputs(
             .flatten();
         edges.push(Edge::new(exchange, pre_aggregate, channels, graph.max_parallelism));
     }
-    Ok(Outputs { edges })
+    Ok(Outputs { edges, records_out: 0 })
 }
 
 #[cfg(test)]

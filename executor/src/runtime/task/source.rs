@@ -19,6 +19,7 @@ use super::{TaskControl, TaskEnd, TaskError, SOURCE_BATCH_LINES};
 use crate::runtime::exchange::{Barrier, ChannelEvent};
 use crate::runtime::file_source::{FileProgress, FileReader};
 use crate::runtime::generator::{GeneratedRecords, GeneratorPosition};
+use crate::runtime::metrics::TaskCounters;
 use crate::runtime::record::{Record, Text};
 
 pub(super) struct GeneratorState {
@@ -130,6 +131,7 @@ pub(super) async fn run_source(
     control: &mut mpsc::Receiver<TaskControl>,
     cancel: &CancellationToken,
     checkpointing: bool,
+    counters: &TaskCounters,
 ) -> Result<TaskEnd, TaskError> {
     let started = Instant::now();
     let mut produced = 0u64;
@@ -283,6 +285,7 @@ pub(super) async fn run_source(
                     tokio::time::sleep_until(at.into()).await;
                 }
             } => {
+                let working_since = Instant::now();
                 let allowed = budget.as_ref().map_or(batch, |budget| {
                     usize::try_from(budget.records_left()).unwrap_or(usize::MAX).min(batch)
                 });
@@ -302,11 +305,14 @@ pub(super) async fn run_source(
                         acknowledger.report_checkpoint_wanted(trigger);
                     }
                 }
+                counters.read(records.len() as u64);
                 pipeline.process(0, 0, &mut records, &mut |record| outputs.push(record))?;
                 outputs.flush(true).await?;
                 if rate.is_some() {
                     outputs.flush(false).await?;
                 }
+                counters.sent_total(outputs.records_out);
+                counters.worked(working_since.elapsed());
                 // While input lasts, nothing above waits when a chain ends in a sink (no channel
                 // to fill) and the source has no rate: without a yield point the task would hold
                 // its worker thread until the input ended. What it spawned meanwhile would wait

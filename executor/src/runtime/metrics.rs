@@ -1,0 +1,241 @@
+//! What each running task counts (records in and out, busy time, its keyed input's hottest
+//! keys), read by the session about once a second and reported to the leader, so `job status`
+//! shows skew before a user turns on `two_phase`. Tasks update plain atomics once per batch; the
+//! hot-key sketch samples one record in [`KEY_SAMPLE`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftstream_api::messages::{SubtaskMetrics, TaskRef};
+
+use super::heavy_hitters::SpaceSaving;
+use super::record::Record;
+
+/// One record in this many feeds the hot-key sketch (with this weight): the sketch's update is a
+/// hash lookup, as dear as a keyed count's own.
+pub const KEY_SAMPLE: usize = 8;
+/// Counters of the hot-key sketch, and how many keys a report names.
+const SKETCH_CAPACITY: usize = 64;
+const HOT_KEYS_REPORTED: usize = 8;
+
+/// The counters of one task.
+#[derive(Debug)]
+pub struct TaskCounters {
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+    busy_ns: AtomicU64,
+    /// Keyed heads only: the sketch, and how many records to skip before the next sample
+    /// (carried across batches, so small batches are not sampled at their first record only).
+    hot_keys: Option<Mutex<(SpaceSaving, usize)>>,
+}
+
+impl TaskCounters {
+    /// `records` entered the chain's head.
+    pub fn received(&self, records: &[Record]) {
+        self.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        if let Some(sampled) = &self.hot_keys {
+            if let Ok(mut sampled) = sampled.lock() {
+                let (sketch, skip) = &mut *sampled;
+                let mut next = *skip;
+                while let Some(record) = records.get(next) {
+                    sketch.add(&record.key, KEY_SAMPLE as u64);
+                    next += KEY_SAMPLE;
+                }
+                *skip = next - records.len();
+            }
+        }
+    }
+
+    /// A source read `records` records.
+    pub fn read(&self, records: u64) {
+        self.records_in.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// The chain's tail has sent `total` records since the task started.
+    pub fn sent_total(&self, total: u64) {
+        self.records_out.store(total, Ordering::Relaxed);
+    }
+
+    /// The task worked for `busy`.
+    pub fn worked(&self, busy: Duration) {
+        self.busy_ns
+            .fetch_add(u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Registered {
+    task: TaskRef,
+    chained: Vec<String>,
+    counters: Arc<TaskCounters>,
+    /// At the previous report: when, records in, busy nanoseconds.
+    previous: Option<(Instant, u64, u64)>,
+}
+
+/// Every running task's counters on this executor.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsRegistry(Arc<Mutex<RegistryInner>>);
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    next_id: u64,
+    tasks: HashMap<u64, Registered>,
+}
+
+/// A task's registration: its counters, dropped from the registry with it.
+#[derive(Debug)]
+pub struct TaskMetrics {
+    registry: MetricsRegistry,
+    id: u64,
+    pub counters: Arc<TaskCounters>,
+}
+
+impl Drop for TaskMetrics {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.registry.0.lock() {
+            inner.tasks.remove(&self.id);
+        }
+    }
+}
+
+impl MetricsRegistry {
+    /// Registers the task of chain head `task` (with `chained` behind it); `keyed` heads track
+    /// their hottest keys.
+    pub fn register(&self, task: TaskRef, chained: Vec<String>, keyed: bool) -> TaskMetrics {
+        let counters = Arc::new(TaskCounters {
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            hot_keys: keyed.then(|| Mutex::new((SpaceSaving::new(SKETCH_CAPACITY), 0))),
+        });
+        let id = match self.0.lock() {
+            Ok(mut inner) => {
+                inner.next_id += 1;
+                let id = inner.next_id;
+                inner.tasks.insert(
+                    id,
+                    Registered {
+                        task,
+                        chained,
+                        counters: counters.clone(),
+                        previous: None,
+                    },
+                );
+                id
+            }
+            // A poisoned registry only loses metrics; the task runs on.
+            Err(_) => 0,
+        };
+        TaskMetrics {
+            registry: self.clone(),
+            id,
+            counters,
+        }
+    }
+
+    /// What every task counted, with rates since the previous report.
+    pub fn report(&self) -> Vec<SubtaskMetrics> {
+        let Ok(mut inner) = self.0.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut reports: Vec<SubtaskMetrics> = inner
+            .tasks
+            .values_mut()
+            .map(|registered| {
+                let counters = &registered.counters;
+                let records_in = counters.records_in.load(Ordering::Relaxed);
+                let busy_ns = counters.busy_ns.load(Ordering::Relaxed);
+                let (records_in_per_second, busy_ratio) = match registered.previous {
+                    Some((at, previous_in, previous_busy)) if now > at => {
+                        let seconds = (now - at).as_secs_f64();
+                        (
+                            records_in.saturating_sub(previous_in) as f64 / seconds,
+                            (busy_ns.saturating_sub(previous_busy) as f64 / 1e9 / seconds).min(1.0),
+                        )
+                    }
+                    _ => (0.0, 0.0),
+                };
+                registered.previous = Some((now, records_in, busy_ns));
+                let (hot_keys, keys_counted) = counters
+                    .hot_keys
+                    .as_ref()
+                    .and_then(|sampled| sampled.lock().ok())
+                    .map_or((Vec::new(), 0), |sampled| {
+                        (sampled.0.top(HOT_KEYS_REPORTED), sampled.0.total())
+                    });
+                SubtaskMetrics {
+                    task: registered.task.clone(),
+                    records_in,
+                    records_out: counters.records_out.load(Ordering::Relaxed),
+                    busy_ms: busy_ns / 1_000_000,
+                    records_in_per_second,
+                    busy_ratio,
+                    hot_keys,
+                    keys_counted,
+                    chained: registered.chained.clone(),
+                }
+            })
+            .collect();
+        reports.sort_by(|a, b| {
+            (&a.task.subtask.operator_id, a.task.subtask.subtask_index)
+                .cmp(&(&b.task.subtask.operator_id, b.task.subtask.subtask_index))
+        });
+        reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftstream_api::checkpoint::SubtaskKey;
+    use raftstream_api::ids::{Epoch, JobId};
+
+    use super::*;
+
+    fn task(operator: &str) -> TaskRef {
+        TaskRef {
+            job_id: JobId::from_number(1),
+            subtask: SubtaskKey {
+                operator_id: operator.to_owned(),
+                subtask_index: 0,
+            },
+            epoch: Epoch(1),
+        }
+    }
+
+    #[test]
+    fn a_registered_task_reports_its_counts_and_leaves_with_its_registration() {
+        let registry = MetricsRegistry::default();
+        let keyed = registry.register(task("counts"), vec!["sink".to_owned()], true);
+        let source = registry.register(task("lines"), Vec::new(), false);
+        let records: Vec<Record> = (0..80)
+            .map(|n| Record {
+                key: if n % 5 == 0 { "cold".into() } else { "hot".into() },
+                ..Record::default()
+            })
+            .collect();
+        // In batches of 3: the samples still fall on every 8th record.
+        for batch in records.chunks(3) {
+            keyed.counters.received(batch);
+        }
+        keyed.counters.sent_total(5);
+        keyed.counters.worked(Duration::from_millis(3));
+        source.counters.read(1_000);
+        let reports = registry.report();
+        assert_eq!(reports.len(), 2);
+        let counts = &reports[0];
+        assert_eq!(counts.task.subtask.operator_id, "counts");
+        assert_eq!((counts.records_in, counts.records_out, counts.busy_ms), (80, 5, 3));
+        assert_eq!(counts.chained, vec!["sink".to_owned()]);
+        assert_eq!(counts.hot_keys.first().map(|hot| hot.key.as_str()), Some("hot"));
+        assert_eq!(
+            counts.keys_counted, 80,
+            "sampled records count with the sample's weight"
+        );
+        assert!(reports[1].hot_keys.is_empty(), "a source keeps no sketch");
+        drop(keyed);
+        assert_eq!(registry.report().len(), 1, "a finished task is no longer reported");
+    }
+}
