@@ -287,6 +287,9 @@ pub enum BenchCommand {
     /// Rescale and drain times of a running job with keyed state, on a local cluster of real
     /// processes; records replayed by a drain.
     Elastic(crate::bench_elastic::ElasticBenchArgs),
+    /// A word count with one hot word, one-phase against two-phase aggregation: throughput, the
+    /// hot subtask's share of the input, the hottest keys, on a local cluster of real processes.
+    Skew(crate::bench_skew::SkewBenchArgs),
 }
 
 fn client_for(args: &ClientArgs) -> anyhow::Result<ClusterClient> {
@@ -355,6 +358,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
         TopCommand::Bench(BenchCommand::Raft(args)) => crate::bench::run_raft_bench(args).await,
         TopCommand::Bench(BenchCommand::Stream(args)) => crate::bench_stream::run_stream_bench(args).await,
         TopCommand::Bench(BenchCommand::Elastic(args)) => crate::bench_elastic::run_elastic_bench(args).await,
+        TopCommand::Bench(BenchCommand::Skew(args)) => crate::bench_skew::run_skew_bench(args).await,
     }
 }
 

@@ -285,8 +285,27 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The cluster of `config` on its faultable network, with every executor connected.
+/// Attempts at starting the cluster when a port it was given got taken first.
+const START_ATTEMPTS: u32 = 3;
+
+/// The cluster of `config` on its faultable network, with every executor connected. Ports are
+/// ones the OS reported free, closed again before the processes bind them: another process on
+/// the machine (a parallel test) may take one in between, and the whole start is then tried
+/// again on fresh ports rather than failing the run.
 pub async fn start_cluster(config: &RunConfig) -> anyhow::Result<(LocalCluster, Network, ClusterClient)> {
+    let mut attempt = 1;
+    loop {
+        match start_cluster_once(config).await {
+            Err(error) if attempt < START_ATTEMPTS && format!("{error:#}").contains("Address already in use") => {
+                tracing::warn!(attempt, error = %format!("{error:#}"), "a port was taken before the cluster bound it; starting again on fresh ports");
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
+async fn start_cluster_once(config: &RunConfig) -> anyhow::Result<(LocalCluster, Network, ClusterClient)> {
     std::fs::create_dir_all(&config.out).with_context(|| format!("creating {}", config.out.display()))?;
     let cluster_dir = config.out.join("cluster");
     if cluster_dir.exists() {

@@ -254,3 +254,82 @@ async fn job_status_shows_the_hot_key_and_the_subtask_it_overloads() -> anyhow::
     assert!(text.contains("BUSY") && text.contains("(in lines)"), "{text}");
     Ok(())
 }
+
+/// `two_phase: auto` starts one-phase, switches when one subtask takes more than its skew factor
+/// times the mean input, says so in the job's history, and the counts stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phase_auto_switches_on_a_hot_key_and_stays_exact() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    cluster.cluster.start_executor("exec-a", 8)?;
+    cluster.cluster.start_executor("exec-b", 8)?;
+    let client = cluster.client()?;
+    let (records, rate, vocabulary, words) = (48_000u64, 4_000u64, 50u64, 4u64);
+    let output = cluster.path().join("counts");
+    let spec = serde_json::json!({
+        "name": "auto-two-phase",
+        "parallelism": 2,
+        "checkpoint": {"interval_ms": 200},
+        "operators": [
+            {"id": "lines", "kind": "generator", "params": {"seed": 8, "count": records, "rate_per_second": rate, "vocabulary_size": vocabulary, "words_per_record": words, "hot_word_percent": 90}},
+            {"id": "words", "kind": "flat_map", "inputs": ["lines"], "params": {"function": "split_words"}},
+            {"id": "by_word", "kind": "key_by", "inputs": ["words"]},
+            // At parallelism 2 the hot subtask takes at most twice the mean: a lower factor.
+            {"id": "counts", "kind": "count", "inputs": ["by_word"], "params": {"two_phase": "auto", "skew_factor": 1.5}},
+            {"id": "out", "kind": "file_sink", "parallelism": 1, "inputs": ["counts"], "params": {"path": output.display().to_string()}}
+        ]
+    });
+    let settings = GeneratorConfig {
+        seed: 8,
+        count: Some(records),
+        vocabulary_size: vocabulary,
+        words_per_record: words,
+        hot_word_percent: 90,
+        ..GeneratorConfig::default()
+    };
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut line = String::new();
+    for offset in 0..records {
+        settings.write_record(offset, &mut line);
+        for word in line.split(' ') {
+            *expected.entry(word.to_owned()).or_default() += 1;
+        }
+    }
+    let submitted = client.submit_job(&spec.to_string(), "auto-two-phase").await?;
+    let switched = eventually("the count to switch to two phases", Duration::from_secs(60), || async {
+        client
+            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()
+            .filter(|job| job.history.iter().any(|event| event.what.contains("two-phase")))
+    })
+    .await?;
+    let event = switched
+        .history
+        .iter()
+        .find(|event| event.what.contains("two-phase"))
+        .map(|event| event.what.clone())
+        .unwrap_or_default();
+    assert!(event.contains("counts") && event.contains("mean input"), "{event}");
+    let done = eventually("the job to end", Duration::from_secs(90), || async {
+        client
+            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
+            .await
+            .ok()
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    assert_eq!(done.status, "Finished", "{}", done.status_reason);
+    assert_eq!(done.restart_count, 0, "a switch is not a failure");
+    let graph: serde_json::Value = serde_json::from_str(&done.graph_json)?;
+    let counts = graph["operators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|operator| operator["id"] == "counts")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(counts["params"]["two_phase"], true, "{counts}");
+    let (published, _) = final_counts(&output, "auto")?;
+    assert_eq!(published, expected);
+    Ok(())
+}

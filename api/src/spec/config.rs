@@ -30,13 +30,13 @@ pub enum OperatorConfig {
     /// what they are for.
     Exchange,
     Count {
-        two_phase: Option<PreAggregation>,
+        two_phase: TwoPhase,
     },
     /// A running keyed aggregate (`sum`, `min`, `max`, `reduce`) of the value or of one field.
     Aggregate {
         combine: Combine,
         field: Option<String>,
-        two_phase: Option<PreAggregation>,
+        two_phase: TwoPhase,
     },
     Window(WindowConfig),
     FileSink {
@@ -63,13 +63,40 @@ impl PreAggregation {
     pub const DEFAULT_FLUSH_RECORDS: u64 = 10_000;
 }
 
+/// Whether an aggregate or window runs in two phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TwoPhase {
+    #[default]
+    Off,
+    On(PreAggregation),
+    /// `two_phase: auto`: one phase until the leader sees one subtask's input exceed
+    /// `skew_percent` of the mean over the operator's subtasks; then on, from the next checkpoint.
+    Auto {
+        pre_aggregation: PreAggregation,
+        skew_percent: u64,
+    },
+}
+
+impl TwoPhase {
+    /// `skew_factor` when the spec does not say: twice the mean.
+    pub const DEFAULT_SKEW_PERCENT: u64 = 200;
+}
+
 impl OperatorConfig {
-    /// The pre-aggregation of a two-phase aggregate or window.
+    /// The pre-aggregation of a two-phase aggregate or window (not of one that may switch to it).
     pub fn two_phase(&self) -> Option<PreAggregation> {
+        match self.two_phase_mode() {
+            TwoPhase::On(pre_aggregation) => Some(pre_aggregation),
+            TwoPhase::Off | TwoPhase::Auto { .. } => None,
+        }
+    }
+
+    /// Off, on, or waiting for skew (aggregates and windows; off for everything else).
+    pub fn two_phase_mode(&self) -> TwoPhase {
         match self {
             OperatorConfig::Count { two_phase } | OperatorConfig::Aggregate { two_phase, .. } => *two_phase,
             OperatorConfig::Window(window) => window.two_phase,
-            _ => None,
+            _ => TwoPhase::Off,
         }
     }
 }
@@ -221,7 +248,7 @@ pub struct WindowConfig {
     /// The event time; `None`: the record's own timestamp.
     pub timestamp_field: Option<String>,
     pub max_out_of_orderness_ms: u64,
-    pub two_phase: Option<PreAggregation>,
+    pub two_phase: TwoPhase,
 }
 
 /// The parameters of one operator, their types already checked against its kind's schema.
@@ -239,26 +266,45 @@ impl Params<'_> {
         self.values.get(name).and_then(Value::as_u64)
     }
 
-    /// `two_phase` with its flush bounds; the bounds alone are refused.
-    fn two_phase(&self) -> Result<Option<PreAggregation>, SpecError> {
-        if self.values.get("two_phase").and_then(Value::as_bool) == Some(true) {
-            return Ok(Some(PreAggregation {
-                flush_ms: self.number("flush_ms").unwrap_or(PreAggregation::DEFAULT_FLUSH_MS),
-                flush_records: self
-                    .number("flush_records")
-                    .unwrap_or(PreAggregation::DEFAULT_FLUSH_RECORDS),
-            }));
+    /// `two_phase` with its flush bounds and skew factor; those alone are refused.
+    fn two_phase(&self) -> Result<TwoPhase, SpecError> {
+        let pre_aggregation = PreAggregation {
+            flush_ms: self.number("flush_ms").unwrap_or(PreAggregation::DEFAULT_FLUSH_MS),
+            flush_records: self
+                .number("flush_records")
+                .unwrap_or(PreAggregation::DEFAULT_FLUSH_RECORDS),
+        };
+        let refuse = |name: &str, needs: &str| {
+            Err(operator_error(
+                self.operator,
+                &format!("params.{name}"),
+                format!("only applies with two_phase: {needs}"),
+            ))
+        };
+        let two_phase = self.values.get("two_phase");
+        if two_phase.and_then(Value::as_str) == Some("auto") {
+            let skew_percent = self
+                .values
+                .get("skew_factor")
+                .and_then(Value::as_f64)
+                .map_or(TwoPhase::DEFAULT_SKEW_PERCENT, |factor| (factor * 100.0).round() as u64);
+            return Ok(TwoPhase::Auto {
+                pre_aggregation,
+                skew_percent,
+            });
+        }
+        if self.values.contains_key("skew_factor") {
+            return refuse("skew_factor", "auto");
+        }
+        if two_phase.and_then(Value::as_bool) == Some(true) {
+            return Ok(TwoPhase::On(pre_aggregation));
         }
         match ["flush_ms", "flush_records"]
             .into_iter()
             .find(|name| self.values.contains_key(*name))
         {
-            Some(name) => Err(operator_error(
-                self.operator,
-                &format!("params.{name}"),
-                "only applies with two_phase: true",
-            )),
-            None => Ok(None),
+            Some(name) => refuse(name, "true or auto"),
+            None => Ok(TwoPhase::Off),
         }
     }
 
@@ -417,7 +463,7 @@ pub(super) fn operator_config(
                 (_, other) => return Err(params.unknown("function", other)),
             };
             let two_phase = params.two_phase()?;
-            if two_phase.is_some() && combine == Combine::Concat {
+            if two_phase != TwoPhase::Off && combine == Combine::Concat {
                 return Err(operator_error(
                     id,
                     "params.two_phase",

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use config::operator_config;
 pub use config::{
     Combine, CompareOp, FilterConfig, FlatMapFunction, GeneratorConfig, KeyHash, MapFunction, OperatorConfig,
-    PreAggregation, WindowAggregate, WindowConfig,
+    PreAggregation, TwoPhase, WindowAggregate, WindowConfig,
 };
 pub use exchanges::Exchange;
 pub use operators::{OperatorKind, OperatorRole, ParamSchema, ParamType};
@@ -283,6 +283,46 @@ impl JobGraph {
     /// This graph with `operator` (every operator when `None`) at `parallelism`. Keyed state
     /// moves by key group, generator offsets by lane, file progress by file and sink output by
     /// subtask, so any operator may change.
+    /// The graph with `two_phase: auto` operator `operator_id` switched to two phases for good
+    /// (its parameters say `two_phase: true` from then on, its flush bounds kept).
+    pub fn with_two_phase_on(&self, operator_id: &str) -> Result<JobGraph, RescaleError> {
+        let mut switched = self.clone();
+        let Some(operator) = switched
+            .operators
+            .iter_mut()
+            .find(|operator| operator.id == operator_id)
+        else {
+            let known: Vec<&str> = self.operators.iter().map(|operator| operator.id.as_str()).collect();
+            return Err(RescaleError::UnknownOperator {
+                operator: operator_id.to_owned(),
+                known: known.join(", "),
+            });
+        };
+        if !matches!(operator.config.two_phase_mode(), TwoPhase::Auto { .. }) {
+            return Err(RescaleError::NotAutoTwoPhase {
+                operator: operator_id.to_owned(),
+            });
+        }
+        let mut params = operator.params.clone();
+        params.remove("skew_factor");
+        params.insert("two_phase".to_owned(), Value::Bool(true));
+        *operator = OperatorSpec::new(
+            &operator.id,
+            operator.kind,
+            operator.parallelism,
+            operator.inputs.clone(),
+            params,
+        )
+        .map(|mut switched| {
+            switched.auto = operator.auto;
+            switched
+        })
+        .map_err(|error| RescaleError::NotAutoTwoPhase {
+            operator: format!("{operator_id} ({error})"),
+        })?;
+        Ok(switched)
+    }
+
     pub fn rescaled(&self, operator: Option<&str>, parallelism: u32) -> Result<JobGraph, RescaleError> {
         if parallelism == 0 {
             return Err(RescaleError::ZeroParallelism);
@@ -322,6 +362,10 @@ impl JobGraph {
 pub enum RescaleError {
     #[error("parallelism must be at least 1")]
     ZeroParallelism,
+    #[error(
+        "operator {operator:?} does not wait to switch to two phases (it is not two_phase: auto, or already switched)"
+    )]
+    NotAutoTwoPhase { operator: String },
     #[error(
         "parallelism {parallelism} is above the job's max_parallelism of {max_parallelism} (its number of key groups)"
     )]
@@ -928,7 +972,12 @@ fn validate_params(id: &str, kind: OperatorKind, params: &BTreeMap<String, Value
                     type_name(other)
                 )),
             },
-            ParamType::Flag => (!value.is_boolean()).then(|| format!("is {}, must be true or false", describe(value))),
+            ParamType::FlagOrAuto => (!value.is_boolean() && value.as_str() != Some("auto"))
+                .then(|| format!("is {}, must be true, false or \"auto\"", describe(value))),
+            ParamType::FactorAboveOne => match value.as_f64() {
+                Some(factor) if factor > 1.0 && factor.is_finite() => None,
+                _ => Some(format!("is {}, must be a number above 1", describe(value))),
+            },
             ParamType::OneOf(choices) => match value.as_str() {
                 Some(choice) if choices.contains(&choice) => None,
                 _ => Some(format!("is {}, must be one of {}", describe(value), choices.join(", "))),

@@ -47,8 +47,10 @@ pub enum ParamType {
     Scalar,
     /// One of the listed strings.
     OneOf(&'static [&'static str]),
-    /// `true` or `false`.
-    Flag,
+    /// `true`, `false` or `"auto"`.
+    FlagOrAuto,
+    /// A number above 1 (a factor).
+    FactorAboveOne,
 }
 
 /// One parameter an operator kind accepts.
@@ -83,10 +85,11 @@ const WINDOW_COMMON: [ParamSchema; 4] = [
     optional("max_out_of_orderness_ms", ParamType::UnsignedAtLeast(0)),
 ];
 /// Two-phase aggregation (see `PreAggregation`): every aggregate and window accepts it.
-const TWO_PHASE: [ParamSchema; 3] = [
-    optional("two_phase", ParamType::Flag),
+const TWO_PHASE: [ParamSchema; 4] = [
+    optional("two_phase", ParamType::FlagOrAuto),
     optional("flush_ms", ParamType::UnsignedAtLeast(1)),
     optional("flush_records", ParamType::UnsignedAtLeast(1)),
+    optional("skew_factor", ParamType::FactorAboveOne),
 ];
 
 impl OperatorKind {

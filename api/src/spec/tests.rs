@@ -532,7 +532,7 @@ fn bad_two_phase_parameters_name_the_operator_and_field() {
     };
     let error = with("{ two_phase: \"yes\" }");
     assert!(
-        error.contains("\"counts\"") && error.contains("params.two_phase") && error.contains("true or false"),
+        error.contains("\"counts\"") && error.contains("params.two_phase") && error.contains("\"auto\""),
         "{error}"
     );
     let error = with("{ flush_ms: 10 }");
@@ -551,6 +551,101 @@ fn bad_two_phase_parameters_name_the_operator_and_field() {
     ));
     assert!(
         error.contains("\"counts\"") && error.contains("params.two_phase") && error.contains("concat"),
+        "{error}"
+    );
+}
+
+#[test]
+fn two_phase_auto_waits_for_skew_and_switches_for_good() {
+    let spec = word_count_with(
+        "kind: count",
+        "kind: count\n    params: { two_phase: auto, skew_factor: 1.5, flush_ms: 20 }",
+    );
+    let graph = parse_job_spec(&spec).expect("valid");
+    let counts = graph.operator("counts").expect("counts");
+    assert_eq!(
+        counts.config.two_phase_mode(),
+        TwoPhase::Auto {
+            pre_aggregation: PreAggregation {
+                flush_ms: 20,
+                flush_records: PreAggregation::DEFAULT_FLUSH_RECORDS
+            },
+            skew_percent: 150
+        }
+    );
+    assert_eq!(counts.config.two_phase(), None, "one phase until switched");
+    let switched = graph.with_two_phase_on("counts").expect("switches");
+    let counts = switched.operator("counts").expect("counts");
+    assert_eq!(counts.config.two_phase().map(|pre| pre.flush_ms), Some(20));
+    assert_eq!(counts.params.get("two_phase"), Some(&Value::Bool(true)));
+    assert!(!counts.params.contains_key("skew_factor"));
+    // Once on, or never auto: nothing to switch.
+    assert!(switched.with_two_phase_on("counts").is_err());
+    assert!(graph.with_two_phase_on("by_word").is_err());
+    assert!(graph.with_two_phase_on("nothing").is_err());
+    let default_factor = parse_job_spec(&word_count_with(
+        "kind: count",
+        "kind: count\n    params: { two_phase: auto }",
+    ))
+    .expect("valid");
+    assert!(matches!(
+        default_factor.operator("counts").map(|op| op.config.two_phase_mode()),
+        Some(TwoPhase::Auto { skew_percent: 200, .. })
+    ));
+}
+
+#[test]
+fn a_skew_factor_needs_two_phase_auto_and_must_exceed_one() {
+    let with = |params: &str| {
+        error_of(&word_count_with(
+            "kind: count",
+            &format!("kind: count\n    params: {params}"),
+        ))
+    };
+    let error = with("{ skew_factor: 3 }");
+    assert!(
+        error.contains("\"counts\"") && error.contains("params.skew_factor") && error.contains("auto"),
+        "{error}"
+    );
+    let error = with("{ two_phase: true, skew_factor: 3 }");
+    assert!(error.contains("params.skew_factor"), "{error}");
+    let error = with("{ two_phase: auto, skew_factor: 1 }");
+    assert!(
+        error.contains("params.skew_factor") && error.contains("above 1"),
+        "{error}"
+    );
+    let error = with("{ two_phase: auto, skew_factor: fast }");
+    assert!(error.contains("params.skew_factor"), "{error}");
+}
+
+#[test]
+fn a_hot_word_share_is_a_percentage_of_a_random_stream() {
+    let graph = parse_job_spec(&word_count_with(
+        "words_per_record: 8 }",
+        "words_per_record: 8, hot_word_percent: 90 }",
+    ))
+    .expect("valid");
+    assert!(matches!(
+        graph.operator("lines").map(|op| &op.config),
+        Some(OperatorConfig::Generator(GeneratorConfig {
+            hot_word_percent: 90,
+            ..
+        }))
+    ));
+    let error = error_of(&word_count_with(
+        "words_per_record: 8 }",
+        "words_per_record: 8, hot_word_percent: 101 }",
+    ));
+    assert!(
+        error.contains("\"lines\"") && error.contains("params.hot_word_percent") && error.contains("100"),
+        "{error}"
+    );
+    let error = error_of(&word_count_with(
+        "words_per_record: 8 }",
+        "words_per_record: 8, hot_word_percent: 50, word_order: sequential }",
+    ));
+    assert!(
+        error.contains("params.hot_word_percent") && error.contains("random"),
         "{error}"
     );
 }

@@ -295,7 +295,22 @@ impl<C: LeaderContext> Coordinator<C> {
         });
         let checkpoint_id = paused_at.map(|id| id.0);
         let at_ms = self.context.now_ms();
-        if let Some(request) = rescale {
+        if let Some(request) = rescale.as_ref().filter(|request| request.two_phase) {
+            let command = Command::SwitchTwoPhase {
+                job_id,
+                operator_id: request.operator_id.clone().unwrap_or_default(),
+                at_ms,
+                reason: request.reason.clone(),
+            };
+            match self.context.propose(command).await {
+                Ok(_) => {
+                    tracing::info!(job_id = %job_id, operator_id = ?request.operator_id, checkpoint_id, "switching to two-phase aggregation: the job restarts from its latest checkpoint")
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %job_id, error = %error, "switch to two phases not committed; it is tried again")
+                }
+            }
+        } else if let Some(request) = rescale {
             let command = Command::RescaleJob {
                 job_id,
                 operator_id: request.operator_id.clone(),

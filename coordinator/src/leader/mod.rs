@@ -17,6 +17,7 @@ pub mod context;
 pub mod deploy;
 pub mod placement;
 pub mod sessions;
+pub mod skew_watch;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -139,6 +140,7 @@ impl LeaderDuties {
                     scheduler(duties.clone(), self.settings.clone(), duty_token.clone()).instrument(span.clone()),
                 );
                 tasks.spawn(autoscaler::run(duties.clone(), duty_token.clone()).instrument(span.clone()));
+                tasks.spawn(skew_watch::run(duties.clone(), duty_token.clone()).instrument(span.clone()));
                 tasks.spawn(checkpoint_coordinator::run(duties, events, duty_token.clone()).instrument(span));
                 running = Some((duty_token, tasks));
             } else if !is_leader && running.is_some() {

@@ -29,6 +29,8 @@ pub(super) fn before(state: &State, command: &Command) -> Touched {
         | Command::RequestRescale { job_id, .. }
         | Command::RequestSavepoint { job_id, .. }
         | Command::RelocateJob { job_id, .. }
+        | Command::RequestTwoPhase { job_id, .. }
+        | Command::SwitchTwoPhase { job_id, .. }
         | Command::FailSavepoint { job_id, .. }
         | Command::FailSubtask { job_id, .. } => (Some(*job_id), None),
         Command::AssignSubtask {

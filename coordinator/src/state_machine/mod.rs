@@ -133,6 +133,9 @@ pub struct RescaleRequest {
     /// Why, for the job's history (the autoscaler says what it saw).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Not a change of parallelism: `operator_id` switches to two-phase aggregation.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub two_phase: bool,
 }
 
 /// One change of a job's shape, kept in its history.
@@ -349,6 +352,23 @@ pub enum Command {
     RelocateJob {
         job_id: JobId,
         at_ms: u64,
+    },
+    /// The leader saw one subtask of `two_phase: auto` operator `operator_id` take more than its
+    /// skew factor times the mean input: like a rescale, it takes a checkpoint with paused
+    /// sources, then commits [`Command::SwitchTwoPhase`]. Committed by the leader only.
+    RequestTwoPhase {
+        job_id: JobId,
+        operator_id: String,
+        at_ms: u64,
+        reason: String,
+    },
+    /// Restarts the running job from its latest checkpoint (the one taken for the switch) with
+    /// operator `operator_id` in two phases, for the rest of the job's life.
+    SwitchTwoPhase {
+        job_id: JobId,
+        operator_id: String,
+        at_ms: u64,
+        reason: String,
     },
     /// A subtask placement reported a failure: the whole job restarts from its last completed
     /// checkpoint (its subtasks exchange data, so one rewinding means all rewind).
@@ -612,10 +632,41 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
                 operator_id: operator_id.as_deref(),
                 parallelism,
                 auto,
+                two_phase: false,
             },
             reason,
             at_ms,
         ),
+        Command::RequestTwoPhase {
+            job_id,
+            operator_id,
+            at_ms,
+            reason,
+        } => request_two_phase(state, &job_id, operator_id, reason, at_ms),
+        Command::SwitchTwoPhase {
+            job_id,
+            operator_id,
+            at_ms,
+            reason,
+        } => {
+            let parallelism = state
+                .jobs
+                .get(&job_id)
+                .and_then(|job| job.graph.operator(&operator_id))
+                .map_or(1, |operator| operator.parallelism);
+            rescale_job(
+                state,
+                &job_id,
+                &RescaleTarget {
+                    operator_id: Some(&operator_id),
+                    parallelism,
+                    auto: false,
+                    two_phase: true,
+                },
+                reason,
+                at_ms,
+            )
+        }
         Command::RequestRescale {
             job_id,
             operator_id,
@@ -858,16 +909,22 @@ fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: Stri
     })
 }
 
-/// What a rescale changes: one operator, every operator, or the `auto` operators.
+/// What a rescale changes: one operator, every operator, or the `auto` operators; or, at the same
+/// parallelism, an operator switching to two-phase aggregation.
 struct RescaleTarget<'a> {
     operator_id: Option<&'a str>,
     parallelism: u32,
     auto: bool,
+    two_phase: bool,
 }
 
 impl RescaleTarget<'_> {
     fn describe(&self) -> String {
         match (self.auto, self.operator_id) {
+            _ if self.two_phase => format!(
+                "operator {} to two-phase aggregation",
+                self.operator_id.unwrap_or_default()
+            ),
             (true, _) => format!("automatic operators to parallelism {}", self.parallelism),
             (false, Some(operator)) => format!("operator {operator} to parallelism {}", self.parallelism),
             (false, None) => format!("every operator to parallelism {}", self.parallelism),
@@ -894,6 +951,12 @@ fn rescaled_graph(state: &State, job_id: &JobId, target: &RescaleTarget<'_>) -> 
         job_id: *job_id,
         problem,
     };
+    if target.two_phase {
+        return job
+            .graph
+            .with_two_phase_on(target.operator_id.unwrap_or_default())
+            .map_err(|error| invalid(error.to_string()));
+    }
     if target.auto {
         if !job.graph.is_auto() {
             return Err(invalid("it has no operator with an automatic parallelism".to_owned()));
@@ -925,6 +988,7 @@ fn request_rescale(
         operator_id: operator_id.as_deref(),
         parallelism,
         auto,
+        two_phase: false,
     };
     let graph = rescaled_graph(state, job_id, &target)?;
     let job = job_mut(state, job_id)?;
@@ -966,6 +1030,50 @@ fn request_rescale(
         requested_at_ms: at_ms,
         auto,
         reason,
+        two_phase: false,
+    });
+    Ok(Response::RescaleRequested { job_id: *job_id })
+}
+
+/// Asks for a running job's `two_phase: auto` operator to switch to two phases through a
+/// checkpoint with paused sources (the same path as a rescale, at the same parallelism).
+fn request_two_phase(
+    state: &mut State,
+    job_id: &JobId,
+    operator_id: String,
+    reason: String,
+    at_ms: u64,
+) -> ApplyResult {
+    let target = RescaleTarget {
+        operator_id: Some(&operator_id),
+        parallelism: 0,
+        auto: false,
+        two_phase: true,
+    };
+    let graph = rescaled_graph(state, job_id, &target)?;
+    let job = job_mut(state, job_id)?;
+    let busy = if job.pending_rescale.is_some() {
+        Some("a rescale is in progress")
+    } else if job.pending_savepoint.is_some() || job.stopping_at.is_some() {
+        Some("it is taking a savepoint")
+    } else if job.pending_relocation.is_some() {
+        Some("it is moving off a draining executor")
+    } else {
+        None
+    };
+    if let Some(busy) = busy {
+        return Err(Rejection::InvalidRescale {
+            job_id: *job_id,
+            problem: format!("{busy}; switch to two phases after it"),
+        });
+    }
+    job.pending_rescale = Some(RescaleRequest {
+        parallelism: graph.operator(&operator_id).map_or(1, |operator| operator.parallelism),
+        operator_id: Some(operator_id),
+        requested_at_ms: at_ms,
+        auto: false,
+        reason,
+        two_phase: true,
     });
     Ok(Response::RescaleRequested { job_id: *job_id })
 }
@@ -1007,7 +1115,8 @@ fn rescale_job(
     } else {
         format!(": {reason}")
     };
-    record_event(job, at_ms, format!("rescaled {}{because}", target.describe()));
+    let change = if target.two_phase { "switched" } else { "rescaled" };
+    record_event(job, at_ms, format!("{change} {}{because}", target.describe()));
     job.updated_at_ms = job.updated_at_ms.max(at_ms);
     job.rescaling = true;
     job.pending_rescale = None;

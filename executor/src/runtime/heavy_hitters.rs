@@ -4,17 +4,17 @@
 //! seen more than `total / capacity` times is guaranteed a counter, and a counter's count is
 //! never below the key's true count nor above it by more than its error.
 
-use std::collections::HashMap;
-
 use raftstream_api::messages::HotKey;
 
+use crate::runtime::key_groups::KeyedMap;
 use crate::runtime::record::Text;
 
 /// A Space-Saving sketch of at most `capacity` keys.
 #[derive(Debug)]
 pub struct SpaceSaving {
     capacity: usize,
-    counters: HashMap<Text, (u64, u64)>,
+    /// Keyed state's map and hasher: a lookup per sampled record is the sketch's whole cost.
+    counters: KeyedMap<(u64, u64)>,
     total: u64,
 }
 
@@ -22,7 +22,7 @@ impl SpaceSaving {
     pub fn new(capacity: usize) -> SpaceSaving {
         SpaceSaving {
             capacity: capacity.max(1),
-            counters: HashMap::with_capacity(capacity.max(1)),
+            counters: KeyedMap::with_capacity_and_hasher(capacity.max(1), Default::default()),
             total: 0,
         }
     }
@@ -30,7 +30,7 @@ impl SpaceSaving {
     /// Counts `weight` occurrences of `key`.
     pub fn add(&mut self, key: &Text, weight: u64) {
         self.total += weight;
-        if let Some((count, _)) = self.counters.get_mut(key) {
+        if let Some((count, _)) = self.counters.get_mut(key.as_str()) {
             *count += weight;
             return;
         }
@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn the_heavy_keys_of_a_long_tail_are_found_with_bounded_error() {
         let mut sketch = SpaceSaving::new(16);
-        let mut exact: HashMap<String, u64> = HashMap::new();
+        let mut exact: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         // Key "hot" is half the stream, "warm" a tenth, and 5,000 cold keys share the rest.
         for n in 0u64..100_000 {
             let key = match n % 10 {

@@ -460,8 +460,10 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
                 other => other,
             })
         }
-        (OperatorConfig::Count { two_phase: None }, _) => Logic::Count(KeyedCount::default()),
-        (OperatorConfig::Count { two_phase: Some(_) }, _) => Logic::Count(KeyedCount::merging_partials()),
+        (OperatorConfig::Count { .. }, _) if operator.config.two_phase().is_some() => {
+            Logic::Count(KeyedCount::merging_partials())
+        }
+        (OperatorConfig::Count { .. }, _) => Logic::Count(KeyedCount::default()),
         (OperatorConfig::Aggregate { .. }, _) => Logic::Aggregate(KeyedAggregate::of(operator)?),
         (OperatorConfig::Window(_), _) => Logic::Window(Box::new(WindowOperator::of(operator, input_count)?)),
         (OperatorConfig::FileSink { .. }, _) => {

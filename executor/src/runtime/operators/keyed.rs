@@ -116,12 +116,7 @@ pub struct KeyedAggregate {
 impl KeyedAggregate {
     /// The aggregation of a sum, min, max or reduce operator.
     pub fn of(operator: &OperatorSpec) -> Result<KeyedAggregate, OperatorError> {
-        let OperatorConfig::Aggregate {
-            combine,
-            field,
-            two_phase,
-        } = &operator.config
-        else {
+        let OperatorConfig::Aggregate { combine, field, .. } = &operator.config else {
             return Err(OperatorError::Unsupported {
                 operator: operator.id.clone(),
                 kind: operator.kind,
@@ -130,7 +125,7 @@ impl KeyedAggregate {
         Ok(KeyedAggregate {
             combine: *combine,
             // Two-phase: the first phase read the field; a partial's value is the number.
-            field: field.clone().filter(|_| two_phase.is_none()),
+            field: field.clone().filter(|_| operator.config.two_phase().is_none()),
             values: KeyedMap::default(),
         })
     }

@@ -60,15 +60,16 @@ impl WindowOperator {
             });
         };
         let as_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let merges_partials = operator.config.two_phase().is_some();
         Ok(WindowOperator {
             size_ms: as_i64(config.size_ms),
             slide_ms: as_i64(config.slide_ms),
             aggregate: config.aggregate,
             // Two-phase: the first phase read the fields.
-            field: config.field.clone().filter(|_| config.two_phase.is_none()),
-            timestamp_field: config.timestamp_field.clone().filter(|_| config.two_phase.is_none()),
+            field: config.field.clone().filter(|_| !merges_partials),
+            timestamp_field: config.timestamp_field.clone().filter(|_| !merges_partials),
             out_of_orderness_ms: as_i64(config.max_out_of_orderness_ms),
-            merges_partials: config.two_phase.is_some(),
+            merges_partials,
             windows: KeyedMap::default(),
             max_event_time: vec![i64::MIN; channels],
             explicit: vec![i64::MIN; channels],
