@@ -182,8 +182,8 @@ async fn job_status_shows_the_hot_key_and_the_subtask_it_overloads() -> anyhow::
     });
     let submitted = client.submit_job(&spec.to_string(), "skew-shown").await?;
     let job_id = submitted.job_id.clone();
-    // Metrics reach the leader about once a second; wait until the counts have seen a few
-    // thousand words.
+    // Metrics reach the leader about once a second; wait until the counts have seen enough
+    // words for the sampled sketch (one in 64) to tell the hot word's share.
     let status = eventually(
         "job status to show the counts' input",
         Duration::from_secs(60),
@@ -209,7 +209,7 @@ async fn job_status_shows_the_hot_key_and_the_subtask_it_overloads() -> anyhow::
                 })
                 .filter_map(|subtask| subtask["records_in"].as_u64())
                 .sum();
-            (counted >= 4_000).then_some(status)
+            (counted >= 16_000).then_some(status)
         },
     )
     .await?;
