@@ -290,6 +290,9 @@ pub enum BenchCommand {
     /// A word count with one hot word, one-phase against two-phase aggregation: throughput, the
     /// hot subtask's share of the input, the hottest keys, on a local cluster of real processes.
     Skew(crate::bench_skew::SkewBenchArgs),
+    /// Records a kill -9 makes the job process again, with checkpoints by time only and with
+    /// `max_records`, at a source running as fast as it can, on a local cluster of real processes.
+    Replay(crate::bench_replay::ReplayBenchArgs),
 }
 
 fn client_for(args: &ClientArgs) -> anyhow::Result<ClusterClient> {
@@ -359,6 +362,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
         TopCommand::Bench(BenchCommand::Stream(args)) => crate::bench_stream::run_stream_bench(args).await,
         TopCommand::Bench(BenchCommand::Elastic(args)) => crate::bench_elastic::run_elastic_bench(args).await,
         TopCommand::Bench(BenchCommand::Skew(args)) => crate::bench_skew::run_skew_bench(args).await,
+        TopCommand::Bench(BenchCommand::Replay(args)) => crate::bench_replay::run_replay_bench(args).await,
     }
 }
 

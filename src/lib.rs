@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod bench_elastic;
+pub mod bench_replay;
 pub mod bench_skew;
 pub mod bench_stream;
 pub mod cli;

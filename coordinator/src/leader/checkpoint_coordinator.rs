@@ -349,6 +349,17 @@ impl<C: LeaderContext> Coordinator<C> {
                     Some(job) if job.status == JobStatus::Running && pending.matches_placements(job) => {
                         if pending.is_expired(now) {
                             to_abort.push((*job_id, format!("timed out after {} ms", pending.timeout_ms)));
+                        } else if (job.pending_rescale.is_some() || job.pending_relocation.is_some())
+                            && !self.pausing.contains(job_id)
+                            && !self.taking_savepoint.contains(job_id)
+                        {
+                            // A regular checkpoint cannot serve the rescale (its sources go on
+                            // past the barrier) and with a large state it takes seconds to end:
+                            // the rescale's own checkpoint starts now instead of after it.
+                            to_abort.push((
+                                *job_id,
+                                "a rescale or move is waiting: its own checkpoint replaces this one".to_owned(),
+                            ));
                         }
                     }
                     _ => to_abort.push((*job_id, "the job's placements changed".to_owned())),
@@ -1006,6 +1017,34 @@ mod tests {
             rescaled.graph.operator("out").map(|operator| operator.parallelism),
             Some(2)
         );
+        duty.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rescale_aborts_the_regular_checkpoint_in_flight_instead_of_waiting_for_it() {
+        let mut duty = Duty::start(|sessions| InMemoryLeader::new(running_job(), sessions));
+        let regular = duty.triggered().await;
+        duty.ack("src", regular);
+        // `out` is still writing its state when the rescale is asked for.
+        duty.request_rescale("out", 2);
+        let (aborted, reason) = duty.aborted().await;
+        assert_eq!(aborted, regular);
+        assert!(reason.contains("rescale"), "{reason}");
+        let (paused, pause) = duty.triggered_pausing().await;
+        assert!(
+            pause && paused > regular,
+            "the rescale's own checkpoint follows at once"
+        );
+        // The late ack of the aborted checkpoint completes nothing.
+        duty.ack("out", regular);
+        duty.ack("src", paused);
+        duty.ack("out", paused);
+        assert!(
+            matches!(duty.next_command().await, ExecutorCommand::CheckpointComplete { checkpoint_id, .. } if checkpoint_id == paused)
+        );
+        duty.settle().await;
+        assert_eq!(duty.rescales_proposed(), 1);
+        assert_eq!(completed_ids(&duty.leader.state()), [paused.0]);
         duty.stop().await;
     }
 

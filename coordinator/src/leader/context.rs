@@ -23,6 +23,25 @@ pub trait LeaderContext: Clone + Send + Sync + 'static {
     /// Milliseconds since the Unix epoch, as stamped into commands. Durations the duties measure
     /// themselves (intervals, delays) use the monotonic `tokio::time::Instant` instead.
     fn now_ms(&self) -> u64;
+
+    /// Whether a connection to `address` (an executor's advertised address) is refused: nothing
+    /// listens there, so the process that did is gone. A timeout or any other outcome says
+    /// nothing (a slow or partitioned host is not a dead process).
+    fn nothing_listens_at(&self, address: &str) -> impl Future<Output = bool> + Send {
+        connection_refused(address.to_owned())
+    }
+}
+
+/// How long a probe of an executor's address waits for an answer: a refusal on a live network
+/// comes back in a round trip; what takes longer is left to the grace and the lease.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether connecting to `address` is refused (see `LeaderContext::nothing_listens_at`).
+pub async fn connection_refused(address: String) -> bool {
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address.as_str())).await {
+        Ok(Err(error)) => error.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(Ok(_)) | Err(_) => false,
+    }
 }
 
 /// The leader duties of a coordinator: its Raft node and its executors' sessions.
@@ -53,5 +72,9 @@ impl LeaderContext for RaftLeaderContext {
 
     fn now_ms(&self) -> u64 {
         now_ms()
+    }
+
+    fn nothing_listens_at(&self, address: &str) -> impl Future<Output = bool> + Send {
+        connection_refused(self.coordinator.dial.resolve(address).to_owned())
     }
 }

@@ -60,6 +60,9 @@ pub enum DeathCause {
     LeaseExpired,
     /// Its session broke with a transport error and it did not reconnect within the grace.
     SessionBroken,
+    /// Its session broke with a transport error and its address then refused a connection: no
+    /// process listens there any more, so waiting out the grace would only delay the restart.
+    ProcessGone,
 }
 
 impl DeathCause {
@@ -67,6 +70,7 @@ impl DeathCause {
         match self {
             DeathCause::LeaseExpired => "no heartbeat within its lease",
             DeathCause::SessionBroken => "its session broke and it did not reconnect within the grace",
+            DeathCause::ProcessGone => "its session broke and its address refused a connection",
         }
     }
 }
@@ -80,13 +84,37 @@ pub enum SessionEnded {
     Broken,
 }
 
+/// An executor whose session broke with a transport error.
+#[derive(Debug, Clone, Copy)]
+struct Suspicion {
+    since: Instant,
+    /// The broken session's generation: tells this suspicion from a later one.
+    generation: u64,
+    /// A probe of its address was started for this suspicion.
+    probed: bool,
+    /// The probe found nothing listening at its address.
+    gone: bool,
+}
+
+/// A suspect whose address should be probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub executor_id: ExecutorId,
+    /// The broken session's generation.
+    generation: u64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     leases: HashMap<ExecutorId, Instant>,
     /// Executors whose session broke with a transport error, and when. A process that died takes
     /// its socket with it, so the leader learns of the death at once instead of a lease later;
     /// one that merely lost its connection reconnects within the grace and is no longer suspect.
-    suspects: HashMap<ExecutorId, Instant>,
+    suspects: HashMap<ExecutorId, Suspicion>,
+    /// Wakes the failure detector when a session breaks or a probe confirms a death.
+    suspicion_changed: Arc<tokio::sync::Notify>,
+    /// Wakes the scheduler when subtasks lost their executor.
+    placements_wanted: Arc<tokio::sync::Notify>,
     sessions: HashMap<ExecutorId, Session>,
     next_generation: u64,
     /// Cancelled when this node stops leading: every session stream then ends.
@@ -244,15 +272,17 @@ impl ExecutorSessions {
             .filter_map(|id| {
                 if Self::last_contact(&inner, id).is_some_and(|at| now.saturating_duration_since(at) > lease_timeout) {
                     Some((id.clone(), DeathCause::LeaseExpired))
-                } else if !inner.sessions.contains_key(id)
-                    && inner
-                        .suspects
-                        .get(id)
-                        .is_some_and(|since| now.saturating_duration_since(*since) > grace)
-                {
-                    Some((id.clone(), DeathCause::SessionBroken))
-                } else {
+                } else if inner.sessions.contains_key(id) {
                     None
+                } else {
+                    let suspicion = inner.suspects.get(id)?;
+                    if suspicion.gone {
+                        Some((id.clone(), DeathCause::ProcessGone))
+                    } else if now.saturating_duration_since(suspicion.since) > grace {
+                        Some((id.clone(), DeathCause::SessionBroken))
+                    } else {
+                        None
+                    }
                 }
             })
             .collect()
@@ -298,7 +328,65 @@ impl ExecutorSessions {
         {
             inner.sessions.remove(executor_id);
             if ended == SessionEnded::Broken && !inner.leadership.is_cancelled() {
-                inner.suspects.insert(executor_id.clone(), Instant::now());
+                let suspicion = Suspicion {
+                    since: Instant::now(),
+                    generation,
+                    probed: false,
+                    gone: false,
+                };
+                inner.suspects.insert(executor_id.clone(), suspicion);
+                inner.suspicion_changed.notify_one();
+            }
+        }
+    }
+
+    /// What the failure detector waits on besides its clock: a session broke or a probe
+    /// confirmed a death.
+    pub fn suspicion_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.lock().suspicion_changed.clone()
+    }
+
+    /// What the scheduler waits on besides its clock: subtasks lost their executor.
+    pub fn placements_wanted(&self) -> Arc<tokio::sync::Notify> {
+        self.lock().placements_wanted.clone()
+    }
+
+    /// Suspects not probed yet, now marked as probed.
+    pub fn take_probe_requests(&self) -> Vec<ProbeRequest> {
+        let mut inner = self.lock();
+        inner
+            .suspects
+            .iter_mut()
+            .filter(|(_, suspicion)| !suspicion.probed)
+            .map(|(executor_id, suspicion)| {
+                suspicion.probed = true;
+                ProbeRequest {
+                    executor_id: executor_id.clone(),
+                    generation: suspicion.generation,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the suspicion `probe` was started for still holds (no new session since).
+    pub fn is_suspect(&self, probe: &ProbeRequest) -> bool {
+        let inner = self.lock();
+        !inner.sessions.contains_key(&probe.executor_id)
+            && inner
+                .suspects
+                .get(&probe.executor_id)
+                .is_some_and(|suspicion| suspicion.generation == probe.generation && !suspicion.gone)
+    }
+
+    /// A probe found nothing listening at the suspect's address. Ignored when the executor
+    /// reconnected (or broke again) since the probe started.
+    pub fn confirm_gone(&self, probe: &ProbeRequest) {
+        let mut inner = self.lock();
+        let still_suspect = !inner.sessions.contains_key(&probe.executor_id);
+        if let Some(suspicion) = inner.suspects.get_mut(&probe.executor_id) {
+            if still_suspect && suspicion.generation == probe.generation {
+                suspicion.gone = true;
+                inner.suspicion_changed.notify_one();
             }
         }
     }
@@ -402,6 +490,70 @@ mod tests {
         sessions.detach(&executor, second, SessionEnded::Closed);
         assert!(sessions.expired(&[executor.clone()], LEASE, GRACE, later).is_empty());
         assert!(sessions.live(&[executor], LEASE).is_empty(), "no session, no work");
+    }
+
+    #[test]
+    fn a_refused_probe_declares_the_suspect_dead_before_the_grace() {
+        let executor = ExecutorId("exec-1".into());
+        let (sessions, generation) = leading_with(&executor);
+        sessions.detach(&executor, generation, SessionEnded::Broken);
+        let probes = sessions.take_probe_requests();
+        assert_eq!(probes.len(), 1);
+        assert!(
+            sessions.take_probe_requests().is_empty(),
+            "each suspicion is probed once"
+        );
+        let now = Instant::now();
+        assert!(sessions.expired(&[executor.clone()], LEASE, GRACE, now).is_empty());
+        assert!(sessions.is_suspect(&probes[0]));
+        sessions.confirm_gone(&probes[0]);
+        assert!(!sessions.is_suspect(&probes[0]), "confirmed: nothing more to probe");
+        assert_eq!(
+            sessions.expired(&[executor.clone()], LEASE, GRACE, now),
+            vec![(executor, DeathCause::ProcessGone)]
+        );
+    }
+
+    #[test]
+    fn a_probe_answered_after_a_reconnect_changes_nothing() {
+        let executor = ExecutorId("exec-1".into());
+        let (sessions, generation) = leading_with(&executor);
+        sessions.detach(&executor, generation, SessionEnded::Broken);
+        let first = sessions.take_probe_requests();
+        // It reconnects and breaks again: the first probe's answer is about the old suspicion.
+        let (second, _inbox, _leadership) = sessions.attach(&executor).expect("leading");
+        assert!(!sessions.is_suspect(&first[0]), "reconnected: the probe stops");
+        sessions.confirm_gone(&first[0]);
+        assert!(sessions
+            .expired(&[executor.clone()], LEASE, GRACE, Instant::now())
+            .is_empty());
+        sessions.detach(&executor, second, SessionEnded::Broken);
+        sessions.confirm_gone(&first[0]);
+        assert!(
+            sessions
+                .expired(&[executor.clone()], LEASE, GRACE, Instant::now())
+                .is_empty(),
+            "a stale probe does not confirm a newer suspicion"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_refused_connection_counts_as_nothing_listening() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        assert!(
+            !super::super::context::connection_refused(address.clone()).await,
+            "a listener answers"
+        );
+        drop(listener);
+        assert!(
+            super::super::context::connection_refused(address).await,
+            "nothing listens any more"
+        );
+        assert!(
+            !super::super::context::connection_refused("no-such-host.invalid:1".to_owned()).await,
+            "a name that does not resolve says nothing about a process"
+        );
     }
 
     #[test]
