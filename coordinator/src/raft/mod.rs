@@ -6,6 +6,8 @@ mod election_trigger;
 mod golden_history;
 #[cfg(test)]
 mod golden_history_v2;
+#[cfg(test)]
+mod golden_history_v3;
 mod log_store;
 mod network;
 pub mod pre_vote;

@@ -174,6 +174,60 @@ fn a_log_and_snapshot_with_the_elasticity_commands_still_load() -> anyhow_free::
     Ok(())
 }
 
+/// What skew handling and volume-triggered checkpoints added (new exchange kinds and two-phase
+/// parameters in a stored graph, checkpoint triggers, the leader's switch to two phases) keeps its
+/// stored form, as the v2 files do for elasticity (`RAFTSTREAM_WRITE_GOLDEN=1` writes them).
+#[test]
+fn a_log_and_snapshot_with_two_phase_switches_and_checkpoint_triggers_still_load() -> anyhow_free::Result {
+    use crate::state_machine::{apply, State};
+    use raftstream_api::checkpoint::CheckpointTrigger;
+    use raftstream_api::spec::TwoPhase;
+
+    let expected = super::golden_history_v3::entries();
+    let mut state = State::default();
+    for (position, command) in super::golden_history_v3::commands().into_iter().enumerate() {
+        if let Err(rejection) = apply(&mut state, command.clone()) {
+            panic!("command {position} ({command:?}) was rejected: {rejection}");
+        }
+    }
+    let job = state
+        .jobs
+        .get(&raftstream_api::ids::JobId::from_number(1))
+        .ok_or("job-1")?;
+    let counts = job.graph.operator("counts").ok_or("counts")?;
+    assert!(
+        matches!(counts.config.two_phase_mode(), TwoPhase::On(_)),
+        "the switch made counts two-phase: {:?}",
+        counts.config
+    );
+    let triggers: Vec<CheckpointTrigger> = job.checkpoints.iter().map(|checkpoint| checkpoint.trigger).collect();
+    assert_eq!(triggers.last(), Some(&CheckpointTrigger::Rescale));
+    assert!(
+        job.history.iter().any(|event| event.what.contains("two-phase")),
+        "{:?}",
+        job.history
+    );
+
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    if std::env::var_os("RAFTSTREAM_WRITE_GOLDEN").is_some() {
+        let mut log = String::new();
+        for entry in &expected {
+            log.push_str(&serde_json::to_string(entry)?);
+            log.push('\n');
+        }
+        std::fs::write(directory.join("log-entries-v3.jsonl"), log)?;
+        let applied = super::golden_history::applied_state(&expected);
+        std::fs::write(
+            directory.join("snapshot-v3.json"),
+            state_store::encode_snapshot(applied)?,
+        )?;
+    }
+    let log = include_str!("../../tests/golden/log-entries-v3.jsonl");
+    let snapshot = include_bytes!("../../tests/golden/snapshot-v3.json");
+    read_back_as_written(log, snapshot, &expected)?;
+    Ok(())
+}
+
 /// Tests return boxed errors instead of unwrapping, so a failure prints its cause.
 mod anyhow_free {
     pub type Result = std::result::Result<(), Box<dyn std::error::Error>>;
