@@ -1,6 +1,6 @@
 //! `raftstream bench replay`: how many records a kill -9 makes the job process a second time, with
-//! checkpoints triggered by time only and with `max_records` besides, at a source that runs as
-//! fast as the job takes its records (far above what one interval was sized for).
+//! checkpoints triggered by time only and with `max_records` besides, at a source emitting far more
+//! per interval than the bound (`--rate`).
 //!
 //! The job counts words and prints every count update (`word<TAB>n`) into its executor's log; a
 //! record processed again after a restore prints its line a second time, so the replays are the
@@ -18,7 +18,7 @@ use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
 
 use crate::bench_stream::job;
-use crate::local_cluster::{poll_until, without_ansi_colors, LocalCluster};
+use crate::local_cluster::{poll_until, LocalCluster};
 
 /// Options of `bench replay`.
 #[derive(Debug, Args)]
@@ -32,6 +32,9 @@ pub struct ReplayBenchArgs {
     /// Kills per job.
     #[arg(long, default_value_t = 3)]
     pub kills: u32,
+    /// Generator lines per second: far above what the record bound lets through per interval.
+    #[arg(long, default_value_t = 200_000)]
+    pub rate: u64,
     /// How long after a completed checkpoint each kill comes, as a share of the interval.
     #[arg(long, default_value_t = 0.8)]
     pub kill_at: f64,
@@ -43,7 +46,8 @@ pub struct ReplayBenchArgs {
 const PATIENCE: Duration = Duration::from_secs(60);
 const EXECUTORS: [&str; 2] = ["replay-a", "replay-b"];
 
-fn spec(name: &str, prefix: &str, interval_ms: u64, max_records: Option<u64>) -> String {
+fn spec(name: &str, prefix: &str, args: &ReplayBenchArgs, max_records: Option<u64>) -> String {
+    let interval_ms = args.interval_ms;
     let mut checkpoint = serde_json::json!({"interval_ms": interval_ms, "timeout_ms": 30_000});
     if let Some(max_records) = max_records {
         checkpoint["max_records"] = serde_json::json!(max_records);
@@ -54,7 +58,7 @@ fn spec(name: &str, prefix: &str, interval_ms: u64, max_records: Option<u64>) ->
         "checkpoint": checkpoint,
         "restart": {"strategy": "fixed_delay", "max_attempts": 100, "delay_ms": 0},
         "operators": [
-            {"id": "lines", "kind": "generator", "params": {"seed": 5, "vocabulary_size": 500, "words_per_record": 1}},
+            {"id": "lines", "kind": "generator", "params": {"seed": 5, "vocabulary_size": 500, "words_per_record": 1, "rate_per_second": args.rate}},
             {"id": "by_word", "kind": "key_by", "inputs": ["lines"]},
             {"id": "counts", "kind": "count", "inputs": ["by_word"]},
             {"id": "out", "kind": "print", "inputs": ["counts"], "params": {"prefix": prefix}}
@@ -64,25 +68,35 @@ fn spec(name: &str, prefix: &str, interval_ms: u64, max_records: Option<u64>) ->
 }
 
 /// Lines printed with `prefix` over every executor's log, and how many of them were printed
-/// before (replays).
+/// before (replays). Each word's updates count 1, 2, .. N exactly once in the committed order, so
+/// the lines beyond the highest count of each word are the replays (no line kept in memory: the
+/// logs reach gigabytes).
 fn printed(cluster: &LocalCluster, prefix: &str) -> anyhow::Result<(u64, u64)> {
-    let mut times: HashMap<String, u64> = HashMap::new();
+    use std::io::BufRead;
+    let mut highest: HashMap<String, u64> = HashMap::new();
+    let mut total = 0u64;
     for executor_id in cluster.executor_ids() {
         let Some(executor) = cluster.executor(&executor_id) else {
             continue;
         };
-        let log = std::fs::read_to_string(executor.log_path())
+        let log = std::fs::File::open(executor.log_path())
             .with_context(|| format!("reading {}", executor.log_path().display()))?;
-        for line in without_ansi_colors(&log)
-            .lines()
-            .filter(|line| line.starts_with(prefix))
-        {
-            *times.entry(line.to_owned()).or_default() += 1;
+        for line in std::io::BufReader::new(log).lines() {
+            let line = line?;
+            let Some((word, count)) = line.strip_prefix(prefix).and_then(|update| update.split_once('\t')) else {
+                continue;
+            };
+            let count: u64 = count
+                .trim()
+                .parse()
+                .with_context(|| format!("a count update that is not a count: {line:?}"))?;
+            total += 1;
+            let seen = highest.entry(word.to_owned()).or_default();
+            *seen = (*seen).max(count);
         }
     }
-    let total = times.values().sum();
-    let replayed = times.values().map(|n| n - 1).sum();
-    Ok((total, replayed))
+    let distinct: u64 = highest.values().sum();
+    Ok((total, total.saturating_sub(distinct)))
 }
 
 /// What one job's kills replayed.
@@ -100,9 +114,7 @@ async fn kill_rounds(
     max_records: Option<u64>,
 ) -> anyhow::Result<(Vec<KillOutcome>, u64)> {
     let prefix = format!("{name}\t");
-    let submitted = client
-        .submit_job(&spec(name, &prefix, args.interval_ms, max_records), name)
-        .await?;
+    let submitted = client.submit_job(&spec(name, &prefix, args, max_records), name).await?;
     let job_id = submitted.job_id.as_str();
     let mut outcomes = Vec::new();
     let mut replayed_before = 0;
@@ -181,8 +193,8 @@ async fn kill_rounds(
 
 /// Runs the benchmark and prints its figures.
 pub async fn run_replay_bench(args: ReplayBenchArgs) -> anyhow::Result<()> {
-    if args.max_records == 0 || args.interval_ms == 0 || !(0.0..=1.0).contains(&args.kill_at) {
-        bail!("--max-records and --interval-ms must be above 0 and --kill-at within 0..1");
+    if args.max_records == 0 || args.interval_ms == 0 || args.rate == 0 || !(0.0..=1.0).contains(&args.kill_at) {
+        bail!("--max-records, --interval-ms and --rate must be above 0 and --kill-at within 0..1");
     }
     let binary = std::env::current_exe().context("locating the raftstream binary")?;
     let directory = match &args.dir {
@@ -211,9 +223,10 @@ pub async fn run_replay_bench(args: ReplayBenchArgs) -> anyhow::Result<()> {
     })
     .await?;
     println!(
-        "bench replay: generator (no rate limit) -> key_by -> count -> print, parallelism 1, checkpoints every {} ms; \
+        "bench replay: generator ({} lines/s, one word each) -> key_by -> count -> print, parallelism 1, checkpoints every {} ms; \
          kill -9 of the source's executor {:.0} % of an interval after a checkpoint completed, {} times per job; \
          replayed = count updates printed again after the restore",
+        args.rate,
         args.interval_ms,
         args.kill_at * 100.0,
         args.kills

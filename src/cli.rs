@@ -291,7 +291,8 @@ pub enum BenchCommand {
     /// hot subtask's share of the input, the hottest keys, on a local cluster of real processes.
     Skew(crate::bench_skew::SkewBenchArgs),
     /// Records a kill -9 makes the job process again, with checkpoints by time only and with
-    /// `max_records`, at a source running as fast as it can, on a local cluster of real processes.
+    /// `max_records`, at a source far faster than the bound allows per interval, on a local
+    /// cluster of real processes.
     Replay(crate::bench_replay::ReplayBenchArgs),
 }
 

@@ -207,12 +207,12 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     )
     .await?;
     let recovery = killed_at.elapsed();
-    // The lease is the backstop; a survivor exchanging data with the dead executor usually sees
-    // its streams break first and reports it, so say which of the two it was.
+    // The lease is the backstop; a dead process breaks its session (and its peers' data
+    // streams) at once, and its address then refuses connections, so say which of the two it was.
     let lease = Duration::from_millis(executor_settings.lease_timeout_ms);
     let detection = if recovery < lease {
         format!(
-            "its peers saw the data streams break before its {} ms lease ran out",
+            "declared dead from its broken connections before its {} ms lease ran out",
             lease.as_millis()
         )
     } else {
