@@ -48,6 +48,46 @@ pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1_000.0
 }
 
+/// A benchmark's cluster: three coordinators with default settings, in `dir` or else a fresh
+/// temporary directory named after `name` (cleared first), with a leader elected, and a client.
+pub async fn start_bench_cluster(
+    dir: Option<&std::path::Path>,
+    name: &str,
+) -> anyhow::Result<(LocalCluster, ClusterClient, PathBuf)> {
+    let binary = std::env::current_exe().context("locating the raftstream binary")?;
+    let directory = match dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => std::env::temp_dir().join(format!("raftstream-bench-{name}-{}", std::process::id())),
+    };
+    if directory.exists() {
+        std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
+    }
+    let mut cluster = LocalCluster::start_with(
+        &binary,
+        &directory,
+        3,
+        Vec::new(),
+        RaftSettings::default(),
+        raftstream_coordinator::leader::ExecutorSettings::default(),
+    )?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await?;
+    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
+    Ok((cluster, client, directory))
+}
+
+/// Waits until executor `executor_id` is alive and has a session with the leader.
+pub async fn wait_for_executor(client: &ClusterClient, executor_id: &str, timeout: Duration) -> anyhow::Result<()> {
+    crate::local_cluster::poll_until(&format!("executor {executor_id} to connect"), timeout, || async {
+        let listed = client.list_executors().await.ok()?;
+        listed
+            .executors
+            .iter()
+            .any(|e| e.executor_id == executor_id && e.alive && e.connected)
+            .then_some(())
+    })
+    .await
+}
+
 /// Runs the benchmark and prints its figures.
 pub async fn run_raft_bench(args: RaftBenchArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("locating the raftstream binary")?;

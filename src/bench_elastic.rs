@@ -14,16 +14,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use raftstream_api::client::ClusterClient;
-use raftstream_coordinator::leader::ExecutorSettings;
-use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;
 
 use crate::bench::{millis, percentile};
 use crate::bench_stream::job;
-use crate::local_cluster::{poll_until, LocalCluster};
+use crate::local_cluster::poll_until;
 use crate::wordcount::{check_prefix, WordCountJob};
 
 /// Options of `bench elastic`.
@@ -72,24 +70,7 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
     if low == 0 || high == 0 || low == high {
         bail!("--parallelism takes two different values of at least 1");
     }
-    let binary = std::env::current_exe().context("locating the raftstream binary")?;
-    let directory = match &args.dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => std::env::temp_dir().join(format!("raftstream-bench-elastic-{}", std::process::id())),
-    };
-    if directory.exists() {
-        std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
-    }
-    let mut cluster = LocalCluster::start_with(
-        &binary,
-        &directory,
-        3,
-        Vec::new(),
-        RaftSettings::default(),
-        ExecutorSettings::default(),
-    )?;
-    cluster.wait_for_leader(Duration::from_secs(20)).await?;
-    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
+    let (mut cluster, client, directory) = crate::bench::start_bench_cluster(args.dir.as_deref(), "elastic").await?;
     let slots = 5 * high.max(low) + 4;
     let mut next_executor = 0;
     for _ in 0..3 {

@@ -14,8 +14,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use raftstream_api::client::ClusterClient;
-use raftstream_coordinator::leader::ExecutorSettings;
-use raftstream_coordinator::node::RaftSettings;
 
 use crate::bench_stream::job;
 use crate::local_cluster::{poll_until, LocalCluster};
@@ -176,15 +174,7 @@ async fn kill_rounds(
         });
         replayed_before = replayed;
         cluster.restart_executor(&victim)?;
-        poll_until("the killed executor to rejoin", PATIENCE, || async {
-            let listed = client.list_executors().await.ok()?;
-            listed
-                .executors
-                .iter()
-                .any(|e| e.executor_id == victim && e.alive && e.connected)
-                .then_some(())
-        })
-        .await?;
+        crate::bench::wait_for_executor(client, &victim, PATIENCE).await?;
     }
     client.cancel_job(job_id, &format!("{name}-cancel")).await?;
     let (total, _) = printed(cluster, &prefix)?;
@@ -196,24 +186,7 @@ pub async fn run_replay_bench(args: ReplayBenchArgs) -> anyhow::Result<()> {
     if args.max_records == 0 || args.interval_ms == 0 || args.rate == 0 || !(0.0..=1.0).contains(&args.kill_at) {
         bail!("--max-records, --interval-ms and --rate must be above 0 and --kill-at within 0..1");
     }
-    let binary = std::env::current_exe().context("locating the raftstream binary")?;
-    let directory = match &args.dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => std::env::temp_dir().join(format!("raftstream-bench-replay-{}", std::process::id())),
-    };
-    if directory.exists() {
-        std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
-    }
-    let mut cluster = LocalCluster::start_with(
-        &binary,
-        &directory,
-        3,
-        Vec::new(),
-        RaftSettings::default(),
-        ExecutorSettings::default(),
-    )?;
-    cluster.wait_for_leader(Duration::from_secs(20)).await?;
-    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
+    let (mut cluster, client, directory) = crate::bench::start_bench_cluster(args.dir.as_deref(), "replay").await?;
     for executor_id in EXECUTORS {
         cluster.start_executor(executor_id, 8)?;
     }

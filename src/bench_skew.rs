@@ -8,16 +8,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use raftstream_api::client::ClusterClient;
 use raftstream_api::spec::GeneratorConfig;
-use raftstream_coordinator::leader::ExecutorSettings;
-use raftstream_coordinator::node::RaftSettings;
 use raftstream_executor::runtime::generator::GeneratedRecords;
 use raftstream_proto::v1 as pb;
 
-use crate::local_cluster::{poll_until, LocalCluster};
+use crate::local_cluster::poll_until;
 use crate::wordcount::highest_counts;
 
 /// Options of `bench skew`.
@@ -154,24 +152,7 @@ async fn skew_run(
 
 /// Runs the benchmark and prints its figures.
 pub async fn run_skew_bench(args: SkewBenchArgs) -> anyhow::Result<()> {
-    let binary = std::env::current_exe().context("locating the raftstream binary")?;
-    let directory = match &args.dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => std::env::temp_dir().join(format!("raftstream-bench-skew-{}", std::process::id())),
-    };
-    if directory.exists() {
-        std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
-    }
-    let mut cluster = LocalCluster::start_with(
-        &binary,
-        &directory,
-        3,
-        Vec::new(),
-        RaftSettings::default(),
-        ExecutorSettings::default(),
-    )?;
-    cluster.wait_for_leader(Duration::from_secs(20)).await?;
-    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
+    let (mut cluster, client, directory) = crate::bench::start_bench_cluster(args.dir.as_deref(), "skew").await?;
     cluster.start_executor("bench-1", 32)?;
     poll_until("the executor to connect", Duration::from_secs(20), || async {
         let listed = client.list_executors().await.ok()?;

@@ -416,15 +416,7 @@ async fn recovery(
             millis(checkpointed)
         );
         cluster.restart_executor(&victim)?;
-        poll_until("the killed executor to rejoin", Duration::from_secs(30), || async {
-            let listed = client.list_executors().await.ok()?;
-            listed
-                .executors
-                .iter()
-                .any(|e| e.executor_id == victim && e.alive && e.connected)
-                .then_some(())
-        })
-        .await?;
+        crate::bench::wait_for_executor(client, &victim, Duration::from_secs(30)).await?;
     }
     if !recoveries.is_empty() {
         recoveries.sort();

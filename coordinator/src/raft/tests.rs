@@ -154,20 +154,7 @@ fn a_log_and_snapshot_with_the_elasticity_commands_still_load() -> anyhow_free::
     assert_eq!(state.savepoints.len(), 1, "savepoint 2 was deleted");
     assert!(state.jobs.contains_key(&raftstream_api::ids::JobId::from_number(2)));
 
-    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    if std::env::var_os("RAFTSTREAM_WRITE_GOLDEN").is_some() {
-        let mut log = String::new();
-        for entry in &expected {
-            log.push_str(&serde_json::to_string(entry)?);
-            log.push('\n');
-        }
-        std::fs::write(directory.join("log-entries-v2.jsonl"), log)?;
-        let applied = super::golden_history::applied_state(&expected);
-        std::fs::write(
-            directory.join("snapshot-v2.json"),
-            state_store::encode_snapshot(applied)?,
-        )?;
-    }
+    write_golden_if_asked("v2", &expected)?;
     let log = include_str!("../../tests/golden/log-entries-v2.jsonl");
     let snapshot = include_bytes!("../../tests/golden/snapshot-v2.json");
     read_back_as_written(log, snapshot, &expected)?;
@@ -208,23 +195,31 @@ fn a_log_and_snapshot_with_two_phase_switches_and_checkpoint_triggers_still_load
         job.history
     );
 
-    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    if std::env::var_os("RAFTSTREAM_WRITE_GOLDEN").is_some() {
-        let mut log = String::new();
-        for entry in &expected {
-            log.push_str(&serde_json::to_string(entry)?);
-            log.push('\n');
-        }
-        std::fs::write(directory.join("log-entries-v3.jsonl"), log)?;
-        let applied = super::golden_history::applied_state(&expected);
-        std::fs::write(
-            directory.join("snapshot-v3.json"),
-            state_store::encode_snapshot(applied)?,
-        )?;
-    }
+    write_golden_if_asked("v3", &expected)?;
     let log = include_str!("../../tests/golden/log-entries-v3.jsonl");
     let snapshot = include_bytes!("../../tests/golden/snapshot-v3.json");
     read_back_as_written(log, snapshot, &expected)?;
+    Ok(())
+}
+
+/// With `RAFTSTREAM_WRITE_GOLDEN=1`, writes `expected` and the state it leads to as the golden
+/// files of `version` (only for a deliberate, new version of the format).
+fn write_golden_if_asked(version: &str, expected: &[openraft::Entry<super::TypeConfig>]) -> anyhow_free::Result {
+    if std::env::var_os("RAFTSTREAM_WRITE_GOLDEN").is_none() {
+        return Ok(());
+    }
+    let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut log = String::new();
+    for entry in expected {
+        log.push_str(&serde_json::to_string(entry)?);
+        log.push('\n');
+    }
+    std::fs::write(directory.join(format!("log-entries-{version}.jsonl")), log)?;
+    let applied = super::golden_history::applied_state(expected);
+    std::fs::write(
+        directory.join(format!("snapshot-{version}.json")),
+        state_store::encode_snapshot(applied)?,
+    )?;
     Ok(())
 }
 
