@@ -75,7 +75,7 @@ fn checkpoint(id: u64, epoch: u64, at_ms: u64, savepoint: bool) -> CompletedChec
 }
 
 /// Places every subtask of job-1's current graph, alternating between `executors`.
-fn place_all(commands: &mut Vec<Command>, graph: &JobGraph, executors: &[&str], at_ms: u64) {
+pub(super) fn place_all(commands: &mut Vec<Command>, graph: &JobGraph, executors: &[&str], at_ms: u64) {
     let job_id = JobId::from_number(1);
     let mut position = 0usize;
     for operator in &graph.operators {

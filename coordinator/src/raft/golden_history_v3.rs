@@ -8,8 +8,9 @@
 use openraft::Entry;
 
 use super::golden_history::{entries_of, subtask};
+use super::golden_history_v2::place_all;
 use super::TypeConfig;
-use crate::state_machine::{Command, CompletedCheckpoint, JobStatus, TaskStateHandle};
+use crate::state_machine::{Command, CompletedCheckpoint, TaskStateHandle};
 use raftstream_api::checkpoint::CheckpointTrigger;
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use raftstream_api::spec::{parse_job_spec, JobGraph};
@@ -72,29 +73,6 @@ fn checkpoint(id: u64, epoch: u64, at_ms: u64, trigger: CheckpointTrigger) -> Co
     }
 }
 
-/// Places every subtask of job-1's `graph`, alternating between two executors.
-fn place_all(commands: &mut Vec<Command>, graph: &JobGraph, at_ms: u64) {
-    let job_id = JobId::from_number(1);
-    let mut position = 0usize;
-    for operator in &graph.operators {
-        for index in 0..operator.parallelism {
-            commands.push(Command::AssignSubtask {
-                job_id,
-                subtask: subtask(&operator.id, index),
-                executor_id: exec(["exec-a", "exec-b"][position % 2]),
-                at_ms,
-            });
-            position += 1;
-        }
-    }
-    commands.push(Command::TransitionJob {
-        job_id,
-        to: JobStatus::Running,
-        reason: String::new(),
-        at_ms: at_ms + 1,
-    });
-}
-
 /// The commands of the history, in log order (index 3 onwards: 1 is blank, 2 a membership).
 pub fn commands() -> Vec<Command> {
     let job_id = JobId::from_number(1);
@@ -119,7 +97,7 @@ pub fn commands() -> Vec<Command> {
             allow_unmatched_state: false,
         },
     ];
-    place_all(&mut commands, &graph(), 1_020);
+    place_all(&mut commands, &graph(), &["exec-a", "exec-b"], 1_020);
     // Checkpoints started by the record bound, the byte bound and the interval.
     for (id, at_ms, trigger) in [
         (1, 1_400, CheckpointTrigger::Records),
@@ -154,7 +132,7 @@ pub fn commands() -> Vec<Command> {
         at_ms: 7_100,
         reason,
     });
-    place_all(&mut commands, &graph(), 7_150);
+    place_all(&mut commands, &graph(), &["exec-a", "exec-b"], 7_150);
     commands
 }
 
