@@ -143,6 +143,7 @@ impl TaskManager {
                 let changes = self.assignments.assign(&task);
                 self.stop(&changes);
                 if changes.started.iter().any(|(_, epoch)| *epoch == task.epoch) {
+                    tracing::info!(job_id = %task.job_id, operator_id = %task.subtask.operator_id, subtask_index = task.subtask.subtask_index, epoch = task.epoch.0, "subtask assigned");
                     self.start(SubtaskDeployment::from_deployment(*deployment));
                 }
                 if !changes.refused.is_empty() {

@@ -35,6 +35,19 @@ async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {
         .collect();
     assert!(!on_zombie.is_empty(), "the zombie must hold something: {before:?}");
 
+    // The placement is committed before the deployments reach the zombie; pausing it in between
+    // would leave it nothing to release.
+    let log_path = cluster
+        .cluster
+        .executor("zombie")
+        .map(|e| e.log_path())
+        .ok_or_else(|| anyhow::anyhow!("no zombie"))?;
+    eventually("the zombie to take its assignments", patience, || async {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        (log.matches("subtask assigned").count() >= on_zombie.len()).then_some(())
+    })
+    .await?;
+
     tracing::info!("--- SIGSTOP the zombie for longer than its lease");
     cluster.cluster.signal_executor("zombie", true)?;
     let moved = eventually("the zombie's subtasks to move to steady", patience, || async {
@@ -70,11 +83,6 @@ async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {
         .await
         .ok_or_else(|| anyhow::anyhow!("job vanished"))?;
     assert_eq!(after, moved, "the zombie's return must not move anything back");
-    let log_path = cluster
-        .cluster
-        .executor("zombie")
-        .map(|e| e.log_path())
-        .ok_or_else(|| anyhow::anyhow!("no zombie"))?;
     let log = eventually(
         "the zombie to log the release of its old subtasks",
         patience,
