@@ -73,6 +73,10 @@ pub struct CoordinatorArgs {
     /// Initialize a new cluster from --peers if this node's storage is empty.
     #[arg(long)]
     pub bootstrap: bool,
+    /// HTTP listen address (host:port) for /metrics, /healthz and /readyz; with --config, it
+    /// overrides the file's `http_listen_address`.
+    #[arg(long, alias = "metrics-listen", value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 /// How to run one executor.
@@ -107,6 +111,9 @@ pub struct ExecutorArgs {
     /// SIGTERM exits at once.
     #[arg(long, default_value_t = 60)]
     pub drain_timeout_secs: u64,
+    /// HTTP listen address (host:port) for /metrics, /healthz and /readyz.
+    #[arg(long, alias = "metrics-listen", value_name = "ADDR")]
+    pub http_listen: Option<String>,
 }
 
 /// `executor ...` besides running one.
@@ -352,6 +359,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
                 checkpoint_store: args.checkpoint_store,
                 dial: parse_dial(&args.dial)?,
                 drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+                http_listen_address: parse_http_listen(args.http_listen.as_deref())?,
             };
             raftstream_executor::run_executor(config, shutdown, drain).await?;
             Ok(())
@@ -367,8 +375,20 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
     }
 }
 
+/// `--http-listen`, checked: a bad address is an error naming it, not a silent default.
+fn parse_http_listen(address: Option<&str>) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    address
+        .map(|address| {
+            address
+                .parse()
+                .with_context(|| format!("--http-listen {address:?} is not host:port (e.g. 127.0.0.1:9100)"))
+        })
+        .transpose()
+}
+
 async fn run_coordinator_command(args: CoordinatorArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let config = match args.config {
+    let http_listen = parse_http_listen(args.http_listen.as_deref())?;
+    let mut config = match args.config {
         Some(path) => CoordinatorConfig::from_file(&path)?,
         None => {
             let node_id = args.id.context("--id is required without --config")?;
@@ -397,11 +417,15 @@ async fn run_coordinator_command(args: CoordinatorArgs, shutdown: CancellationTo
                 raft: RaftSettings::default(),
                 executors: Default::default(),
                 dial_addresses: Default::default(),
+                http_listen_address: None,
             };
             config.validate()?;
             config
         }
     };
+    if http_listen.is_some() {
+        config.http_listen_address = http_listen;
+    }
     run_coordinator(config, shutdown).await?;
     Ok(())
 }

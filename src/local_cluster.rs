@@ -42,6 +42,8 @@ pub fn free_local_address() -> anyhow::Result<String> {
 pub struct CoordinatorProcess {
     pub node_id: u64,
     pub address: String,
+    /// Where it serves HTTP (`/metrics`, `/healthz`, `/readyz`).
+    pub http_address: String,
     pub node_dir: PathBuf,
     child: Option<Child>,
 }
@@ -109,6 +111,8 @@ pub struct ExecutorProcess {
     pub executor_id: String,
     pub directory: PathBuf,
     pub slots: u32,
+    /// Where it serves HTTP (`/metrics`, `/healthz`, `/readyz`).
+    pub http_address: String,
     routes: Option<ExecutorRoutes>,
     child: Option<Child>,
 }
@@ -215,6 +219,7 @@ impl LocalCluster {
     ) -> anyhow::Result<()> {
         let node_dir = self.directory.join(format!("node-{node_id}"));
         std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+        let http_address = free_local_address()?;
         let config = CoordinatorConfig {
             node_id,
             listen_address: address.parse().with_context(|| format!("address {address:?}"))?,
@@ -225,10 +230,16 @@ impl LocalCluster {
             raft: self.raft.clone(),
             executors: self.executor_settings.clone(),
             dial_addresses: self.wiring.coordinator_dial.get(&node_id).cloned().unwrap_or_default(),
+            http_listen_address: Some(
+                http_address
+                    .parse()
+                    .with_context(|| format!("address {http_address:?}"))?,
+            ),
         };
         let process = CoordinatorProcess {
             node_id,
             address,
+            http_address,
             node_dir,
             child: None,
         };
@@ -435,6 +446,7 @@ impl LocalCluster {
             executor_id: executor_id.to_owned(),
             directory,
             slots,
+            http_address: free_local_address()?,
             routes,
             child: None,
         };
@@ -496,6 +508,8 @@ impl LocalCluster {
                 &coordinators,
                 "--slots",
                 &process.slots.to_string(),
+                "--http-listen",
+                &process.http_address,
                 "--id",
                 executor_id,
             ])

@@ -12,6 +12,7 @@ use openraft::BasicNode;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::CoordinatorError;
+use crate::metrics::{CoordinatorMetrics, ProposalOutcome};
 use crate::raft::{CommittedIndex, CoordinatorRaft, SharedAppliedState, TypeConfig};
 use crate::state_machine::{Command, Response};
 use raftstream_api::dial::DialAddresses;
@@ -29,6 +30,8 @@ pub struct CoordinatorContext {
     pub write_timeout: Duration,
     /// How this node reaches the addresses other nodes advertise.
     pub dial: DialAddresses,
+    /// What `/metrics` counts as it happens (proposals, leader changes, checkpoint outcomes).
+    pub metrics: CoordinatorMetrics,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -85,20 +88,29 @@ impl CoordinatorContext {
             committed,
             write_timeout,
             dial: DialAddresses::default(),
+            metrics: CoordinatorMetrics::default(),
             channels: Arc::default(),
         }
     }
 
     /// Proposes a command through Raft and waits until it is committed and applied.
     pub async fn propose(&self, command: Command) -> Result<Response, CoordinatorError> {
+        let started = std::time::Instant::now();
         let write = self.raft.client_write(command);
-        let outcome = tokio::time::timeout(self.write_timeout, write).await.map_err(|_| {
-            CoordinatorError::RaftUnavailable(format!(
+        let written = match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(outcome) => self.write_outcome(outcome),
+            Err(_) => Err(CoordinatorError::RaftUnavailable(format!(
                 "not committed within {:?}; the write may or may not take effect, retry with the same request id",
                 self.write_timeout
-            ))
-        })?;
-        Ok(self.write_outcome(outcome)?.data?)
+            ))),
+        };
+        let outcome = match &written {
+            Ok(_) => ProposalOutcome::Committed,
+            Err(CoordinatorError::NotLeader { .. }) => ProposalOutcome::NotLeader,
+            Err(_) => ProposalOutcome::Failed,
+        };
+        self.metrics.proposal(outcome, started.elapsed());
+        Ok(written?.data?)
     }
 
     /// Maps the outcome of a Raft write (a command or a membership change) to our errors.

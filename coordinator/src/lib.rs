@@ -7,6 +7,7 @@
 //! - [`leader`]: leader-only duties: executor failure detector, scheduler, checkpoint coordinator.
 //! - [`service`]: the gRPC services (jobs, admin, Raft), converting protobuf at the edge.
 //! - [`node`]: configuration and start-up of one coordinator process.
+//! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - [`removal`]: a node removed from the membership notices and stops serving.
 //! - [`error`]: the coordinator's errors and their gRPC status codes.
 
@@ -14,6 +15,7 @@ pub mod context;
 pub mod error;
 pub mod failpoints;
 pub mod leader;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod removal;

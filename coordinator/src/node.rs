@@ -83,6 +83,9 @@ pub struct CoordinatorConfig {
     /// fault proxy): advertised -> dialled.
     #[serde(default)]
     pub dial_addresses: BTreeMap<String, String>,
+    /// Where to serve HTTP: `/metrics`, `/healthz`, `/readyz` (none: no HTTP listener).
+    #[serde(default)]
+    pub http_listen_address: Option<SocketAddr>,
 }
 
 /// Why a coordinator could not start or stopped abnormally.
@@ -106,6 +109,8 @@ pub enum NodeError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Http(#[from] raftstream_observability::HttpError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -223,6 +228,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     })?;
     let committed = log_store.committed_index();
     let applied = state_machine.shared_state();
+    let snapshot_stats = state_machine.snapshot_stats();
 
     let raft_config = Arc::new(config.openraft_config()?);
     let dial = DialAddresses::new(config.dial_addresses.clone());
@@ -250,11 +256,27 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     );
     context.dial = dial.clone();
 
+    let http_listener = match config.http_listen_address {
+        Some(address) => Some(raftstream_observability::bind(address).await?),
+        None => None,
+    };
+
     if config.bootstrap {
         bootstrap_if_pristine(&raft, &config).await?;
     }
     let leader_contact = LeaderContact::default();
     let mut background = tokio::task::JoinSet::new();
+    background.spawn(count_leader_changes(context.clone(), shutdown.clone()));
+    if let Some(listener) = http_listener {
+        let registry = context.metrics.registry(context.clone(), snapshot_stats);
+        let service = raftstream_observability::HttpService::new(registry, readiness(context.clone()));
+        let http_shutdown = shutdown.clone();
+        background.spawn(async move {
+            if let Err(error) = raftstream_observability::serve(listener, service, http_shutdown).await {
+                tracing::error!(%error, "the HTTP listener stopped");
+            }
+        });
+    }
     let removal = Removal::default();
     // Silent for several election timeouts: a member would have heard from some leader by then.
     let silence = Duration::from_millis(config.raft.election_timeout_max_ms.saturating_mul(4).max(1_000));
@@ -354,6 +376,46 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         Some(reason) => Err(NodeError::RemovedFromCluster(reason)),
         None => Ok(()),
     }
+}
+
+/// Counts every change of the leader this node knows of, for `/metrics`.
+async fn count_leader_changes(context: CoordinatorContext, shutdown: CancellationToken) {
+    let mut watch = context.raft.metrics();
+    let mut known = watch.borrow().current_leader;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let leader = watch.borrow().current_leader;
+        if leader != known && leader.is_some() {
+            context.metrics.leader_changed();
+        }
+        known = leader;
+    }
+}
+
+/// `/readyz` on a coordinator: it is a member of a cluster and knows its leader.
+fn readiness(context: CoordinatorContext) -> raftstream_observability::ReadinessCheck {
+    use raftstream_observability::Readiness;
+    std::sync::Arc::new(move || {
+        let metrics = context.raft.metrics().borrow().clone();
+        let member = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(node_id, _)| *node_id == context.node_id);
+        match (member, metrics.current_leader) {
+            (false, _) => Readiness::NotReady(format!("node {} is not a member of a cluster", context.node_id)),
+            (true, None) => Readiness::NotReady("no leader is known".to_owned()),
+            (true, Some(_)) => Readiness::Ready,
+        }
+    })
 }
 
 async fn bootstrap_if_pristine(raft: &CoordinatorRaft, config: &CoordinatorConfig) -> Result<(), NodeError> {

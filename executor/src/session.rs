@@ -55,6 +55,8 @@ pub struct ExecutorConfig {
     /// How long a drain asked for by the process itself (SIGTERM) may take before it exits
     /// anyway.
     pub drain_timeout: Duration,
+    /// Where to serve HTTP: `/metrics`, `/healthz`, `/readyz` (none: no HTTP listener).
+    pub http_listen_address: Option<std::net::SocketAddr>,
 }
 
 /// Why an executor could not start.
@@ -77,6 +79,8 @@ pub enum ExecutorError {
     Client(#[from] ClientError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Http(#[from] raftstream_observability::HttpError),
 }
 
 fn executor_id(config: &ExecutorConfig) -> Result<String, ExecutorError> {
@@ -138,6 +142,10 @@ pub async fn run_executor(
             source,
         })?
         .to_string();
+    let http_listener = match config.http_listen_address {
+        Some(address) => Some(raftstream_observability::bind(address).await?),
+        None => None,
+    };
     let span = tracing::info_span!("executor", executor_id = %executor_id);
     if let Ok(defects) = std::env::var(crate::defects::VARIABLE) {
         span.in_scope(|| tracing::error!(%defects, "DEFECTS INJECTED ON PURPOSE: this executor is wrong by design"));
@@ -180,6 +188,14 @@ pub async fn run_executor(
         tracker: tokio_util::task::TaskTracker::new(),
         metrics: crate::runtime::metrics::MetricsRegistry::default(),
     };
+    let in_session = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http = http_listener.map(|listener| {
+        let service = raftstream_observability::HttpService::new(
+            crate::observe::registry(environment.metrics.clone(), in_session.clone()),
+            crate::observe::readiness(in_session.clone()),
+        );
+        tokio::spawn(raftstream_observability::serve(listener, service, shutdown.clone()).instrument(span.clone()))
+    });
     let tasks = TaskManager::new(environment, shutdown.clone());
     let drain_watch = tokio::spawn(
         drain_on_request(
@@ -201,6 +217,7 @@ pub async fn run_executor(
             .with_attempt_timeout(REGISTER_ATTEMPT_TIMEOUT),
         coordinators: config.coordinators.clone(),
         dial,
+        in_session,
     };
     let tasks = session
         .run(tasks, report_receiver, shutdown)
@@ -208,6 +225,12 @@ pub async fn run_executor(
         .await;
     tasks.drain(SHUTDOWN_DRAIN_TIMEOUT).instrument(span).await;
     drain_watch.abort();
+    if let Some(http) = http {
+        match http.await {
+            Ok(served) => served?,
+            Err(join_error) => tracing::warn!(error = %join_error, "executor HTTP task failed"),
+        }
+    }
     match server.await {
         Ok(result) => result?,
         Err(join_error) => tracing::warn!(error = %join_error, "executor server task failed"),
@@ -265,6 +288,8 @@ struct Session {
     cluster: ClusterClient,
     coordinators: Vec<String>,
     dial: DialAddresses,
+    /// Set while a session with the leader is open (`/readyz`).
+    in_session: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum SessionEnd {
@@ -344,10 +369,11 @@ impl Session {
                     next_coordinator += 1;
                     self.coordinators[next_coordinator % self.coordinators.len()].clone()
                 });
-            match self
+            let ended = self
                 .session_with(&target, heartbeat_interval, tasks, reports, shutdown, &mut backoff)
-                .await
-            {
+                .await;
+            self.in_session.store(false, std::sync::atomic::Ordering::Relaxed);
+            match ended {
                 SessionEnd::Shutdown => return,
                 SessionEnd::MustRegister => {
                     registration = None;
@@ -448,6 +474,7 @@ impl Session {
             }
         };
         tracing::info!(leader = target, "session open");
+        self.in_session.store(true, std::sync::atomic::Ordering::Relaxed);
         *backoff = FIRST_BACKOFF;
         let mut ticker = tokio::time::interval(heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

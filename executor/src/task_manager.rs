@@ -194,6 +194,7 @@ impl TaskManager {
             }
             ExecutorCommand::DiscardJobState(job_id) => {
                 self.assignments.forget_job(&job_id);
+                self.environment.metrics.job_ended(&job_id);
                 self.discard_state(job_id.to_string(), "the ended job's");
             }
             ExecutorCommand::DiscardSavepointState(savepoint) => {

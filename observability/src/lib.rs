@@ -9,6 +9,7 @@
 //! its `_total` suffix and there are no `# UNIT`/`# EOF` lines.
 
 mod exposition;
+mod families;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 pub use exposition::{encode, negotiate, ExpositionFormat};
+pub use families::{single, Families, Labels};
 pub use prometheus_client;
 
 /// Whether a process can do its job now, and if not, why.

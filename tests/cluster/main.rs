@@ -12,6 +12,7 @@ mod exchanges;
 mod executors;
 mod failover;
 mod membership;
+mod observability;
 mod operators;
 mod replication;
 mod restore_races;

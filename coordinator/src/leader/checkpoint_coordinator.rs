@@ -16,6 +16,7 @@ use super::checkpoints::{AckOutcome, PendingCheckpoint};
 use super::context::LeaderContext;
 use super::deploy::{executors_of, is_fully_placed, placed_tasks};
 use super::sessions::{ExecutorCommand, ExecutorEvent, TaskRef};
+use crate::metrics::CheckpointEvent;
 use crate::state_machine::{Command, JobStatus, Response};
 use raftstream_api::checkpoint::{CheckpointOptions, CheckpointTrigger, SavepointRef, SourcesAfterBarrier};
 use raftstream_api::ids::{CheckpointId, JobId};
@@ -93,6 +94,7 @@ impl<C: LeaderContext> Coordinator<C> {
             *self.rescale_attempts.entry(*job_id).or_default() += 1;
         }
         if let Some(pending) = self.pending.remove(job_id) {
+            self.context.count_checkpoint(*job_id, CheckpointEvent::Failed);
             self.last_end.insert(*job_id, Instant::now());
             tracing::info!(job_id = %job_id, checkpoint_id = pending.checkpoint_id.0, reason, "checkpoint aborted");
             if self.taking_savepoint.remove(job_id) {
@@ -252,6 +254,7 @@ impl<C: LeaderContext> Coordinator<C> {
             .await
         {
             Ok(Response::CheckpointCompleted { .. }) => {
+                self.context.count_checkpoint(job_id, CheckpointEvent::Completed);
                 self.taking_savepoint.remove(&job_id);
                 tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, size_bytes, took_ms, savepoint, %trigger, "checkpoint completed");
                 let oldest_retained = self.context.read_state(|state| {
@@ -527,6 +530,7 @@ impl<C: LeaderContext> Coordinator<C> {
         match pending {
             Ok(pending) => {
                 tracing::debug!(job_id = %job_id, checkpoint_id = checkpoint_id.0, ?options, "checkpoint triggered");
+                self.context.count_checkpoint(job_id, CheckpointEvent::Triggered);
                 self.pending.insert(job_id, pending);
                 if options.sources == SourcesAfterBarrier::Pause {
                     self.pausing.insert(job_id);

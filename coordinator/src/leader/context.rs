@@ -7,7 +7,9 @@ use std::future::Future;
 use super::sessions::ExecutorSessions;
 use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
+use crate::metrics::CheckpointEvent;
 use crate::state_machine::{Command, Response, State};
+use raftstream_api::ids::JobId;
 
 /// The leader's view of its cluster.
 pub trait LeaderContext: Clone + Send + Sync + 'static {
@@ -30,6 +32,9 @@ pub trait LeaderContext: Clone + Send + Sync + 'static {
     fn nothing_listens_at(&self, address: &str) -> impl Future<Output = bool> + Send {
         connection_refused(address.to_owned())
     }
+
+    /// Counts a checkpoint's progress for `/metrics` (nothing by default: tests count nothing).
+    fn count_checkpoint(&self, _job_id: JobId, _event: CheckpointEvent) {}
 }
 
 /// How long a probe of an executor's address waits for an answer: a refusal on a live network
@@ -76,5 +81,9 @@ impl LeaderContext for RaftLeaderContext {
 
     fn nothing_listens_at(&self, address: &str) -> impl Future<Output = bool> + Send {
         connection_refused(self.coordinator.dial.resolve(address).to_owned())
+    }
+
+    fn count_checkpoint(&self, job_id: JobId, event: CheckpointEvent) {
+        self.coordinator.metrics.checkpoint(job_id, event);
     }
 }

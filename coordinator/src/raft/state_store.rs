@@ -5,6 +5,7 @@
 //! is deterministic). Snapshots are written with sync before the log behind them may be purged.
 
 use std::io::Cursor;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -16,6 +17,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use super::{TypeConfig, STATE_FAMILY};
+use crate::metrics::SnapshotStats;
 use crate::state_machine::{apply, ApplyResult, Response, State};
 
 type NodeId = u64;
@@ -61,6 +63,7 @@ impl SharedAppliedState {
 pub struct StateMachineStore {
     database: Arc<DB>,
     applied: SharedAppliedState,
+    snapshots: Arc<SnapshotStats>,
 }
 
 fn storage_read_error(what: &str, error: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -101,8 +104,13 @@ impl StateMachineStore {
         let store = StateMachineStore {
             database,
             applied: SharedAppliedState::default(),
+            snapshots: Arc::default(),
         };
         if let Some(snapshot) = store.read_stored_snapshot()? {
+            store
+                .snapshots
+                .last_size_bytes
+                .store(snapshot.snapshot.get_ref().len() as u64, Ordering::Relaxed);
             let restored = decode_snapshot(snapshot.snapshot.get_ref())?;
             *store.applied.write() = restored;
         }
@@ -112,6 +120,11 @@ impl StateMachineStore {
     /// The applied state, for the services to read.
     pub fn shared_state(&self) -> SharedAppliedState {
         self.applied.clone()
+    }
+
+    /// Snapshots built and installed here, for `/metrics`.
+    pub fn snapshot_stats(&self) -> Arc<SnapshotStats> {
+        self.snapshots.clone()
     }
 
     fn family(&self) -> Result<&rocksdb::ColumnFamily, StorageError<NodeId>> {
@@ -183,6 +196,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             snapshot_id,
         };
         self.write_stored_snapshot(&meta, &data)?;
+        self.snapshots.built.fetch_add(1, Ordering::Relaxed);
+        self.snapshots
+            .last_size_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, size_bytes = data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
@@ -251,6 +268,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         restored.last_membership = meta.last_membership.clone();
         self.write_stored_snapshot(meta, &data)?;
         *self.applied.write() = restored;
+        self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
+        self.snapshots
+            .last_size_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
         tracing::info!(snapshot_id = %meta.snapshot_id, size_bytes = data.len(), "installed snapshot");
         Ok(())
     }

@@ -3,11 +3,12 @@
 //! shows skew before a user turns on `two_phase`. Tasks update plain atomics once per batch; the
 //! hot-key sketch samples one record in [`KEY_SAMPLE`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftstream_api::ids::JobId;
 use raftstream_api::messages::{SubtaskMetrics, TaskRef};
 
 use super::heavy_hitters::SpaceSaving;
@@ -29,6 +30,9 @@ pub struct TaskCounters {
     records_in: AtomicU64,
     records_out: AtomicU64,
     busy_ns: AtomicU64,
+    /// A chain ending in a file sink: lines and bytes it wrote.
+    sink_lines: AtomicU64,
+    sink_bytes: AtomicU64,
     /// Keyed heads only: the sketch, and how many records to skip before the next sample
     /// (carried across batches, so small batches are not sampled at their first record only).
     hot_keys: Option<Mutex<(SpaceSaving, usize)>>,
@@ -61,6 +65,12 @@ impl TaskCounters {
         self.records_out.store(total, Ordering::Relaxed);
     }
 
+    /// The chain's sink has written `lines` lines of `bytes` bytes since the task started.
+    pub fn sink_totals(&self, (lines, bytes): (u64, u64)) {
+        self.sink_lines.store(lines, Ordering::Relaxed);
+        self.sink_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// The task worked for `busy`.
     pub fn worked(&self, busy: Duration) {
         self.busy_ns
@@ -85,6 +95,48 @@ pub struct MetricsRegistry(Arc<Mutex<RegistryInner>>);
 struct RegistryInner {
     next_id: u64,
     tasks: HashMap<u64, Registered>,
+    /// What ended tasks counted, per subtask, so `/metrics` counters never go back when a task
+    /// ends or restarts at a new epoch, and a scrape after a short job still sees its totals.
+    retired: HashMap<SubtaskTotalsKey, TaskTotals>,
+    /// Ended jobs, oldest first: the totals of the [`ENDED_JOBS_SHOWN`] latest stay.
+    ended_jobs: std::collections::VecDeque<JobId>,
+}
+
+/// Ended jobs whose subtasks' totals `/metrics` still shows.
+const ENDED_JOBS_SHOWN: usize = 16;
+
+/// One subtask's counters as `/metrics` shows them: every task it ran here, summed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TaskTotals {
+    /// The operators the task ran, head first.
+    pub operators: Vec<String>,
+    pub running: bool,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub busy_ns: u64,
+    pub sink_lines: u64,
+    pub sink_bytes: u64,
+}
+
+impl TaskTotals {
+    fn add(&mut self, counters: &TaskCounters) {
+        self.records_in += counters.records_in.load(Ordering::Relaxed);
+        self.records_out += counters.records_out.load(Ordering::Relaxed);
+        self.busy_ns += counters.busy_ns.load(Ordering::Relaxed);
+        self.sink_lines += counters.sink_lines.load(Ordering::Relaxed);
+        self.sink_bytes += counters.sink_bytes.load(Ordering::Relaxed);
+    }
+}
+
+/// Job, head operator, subtask index.
+pub type SubtaskTotalsKey = (JobId, String, u32);
+
+fn totals_key(task: &TaskRef) -> SubtaskTotalsKey {
+    (
+        task.job_id,
+        task.subtask.operator_id.clone(),
+        task.subtask.subtask_index,
+    )
 }
 
 /// A task's registration: its counters, dropped from the registry with it.
@@ -98,9 +150,19 @@ pub struct TaskMetrics {
 impl Drop for TaskMetrics {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.registry.0.lock() {
-            inner.tasks.remove(&self.id);
+            if let Some(ended) = inner.tasks.remove(&self.id) {
+                let retired = inner.retired.entry(totals_key(&ended.task)).or_default();
+                retired.add(&ended.counters);
+                retired.operators = operators_of(&ended);
+            }
         }
     }
+}
+
+fn operators_of(registered: &Registered) -> Vec<String> {
+    std::iter::once(registered.task.subtask.operator_id.clone())
+        .chain(registered.chained.iter().cloned())
+        .collect()
 }
 
 impl MetricsRegistry {
@@ -111,6 +173,8 @@ impl MetricsRegistry {
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            sink_lines: AtomicU64::new(0),
+            sink_bytes: AtomicU64::new(0),
             hot_keys: keyed.then(|| Mutex::new((SpaceSaving::new(SKETCH_CAPACITY), 0))),
         });
         let id = match self.0.lock() {
@@ -135,6 +199,38 @@ impl MetricsRegistry {
             registry: self.clone(),
             id,
             counters,
+        }
+    }
+
+    /// Every subtask's totals (job, head operator, subtask index) over the tasks it ran here,
+    /// live and ended, for `/metrics`.
+    pub fn totals(&self) -> Vec<(SubtaskTotalsKey, TaskTotals)> {
+        let Ok(inner) = self.0.lock() else {
+            return Vec::new();
+        };
+        let mut totals: BTreeMap<SubtaskTotalsKey, TaskTotals> = inner.retired.clone().into_iter().collect();
+        for registered in inner.tasks.values() {
+            let entry = totals.entry(totals_key(&registered.task)).or_default();
+            entry.add(&registered.counters);
+            entry.running = true;
+            entry.operators = operators_of(registered);
+        }
+        totals.into_iter().collect()
+    }
+
+    /// `job_id` ended: its totals stay until [`ENDED_JOBS_SHOWN`] later jobs ended too.
+    pub fn job_ended(&self, job_id: &JobId) {
+        let Ok(mut inner) = self.0.lock() else {
+            return;
+        };
+        if inner.ended_jobs.contains(job_id) {
+            return;
+        }
+        inner.ended_jobs.push_back(*job_id);
+        while inner.ended_jobs.len() > ENDED_JOBS_SHOWN {
+            if let Some(oldest) = inner.ended_jobs.pop_front() {
+                inner.retired.retain(|(job, _, _), _| *job != oldest);
+            }
         }
     }
 
@@ -240,5 +336,41 @@ mod tests {
         assert!(reports[1].hot_keys.is_empty(), "a source keeps no sketch");
         drop(keyed);
         assert_eq!(registry.report().len(), 1, "a finished task is no longer reported");
+    }
+
+    #[test]
+    fn totals_sum_every_task_a_subtask_ran_and_outlive_its_job_until_later_jobs_end() {
+        let registry = MetricsRegistry::default();
+        let first = registry.register(task("counts"), vec!["sink".to_owned()], false);
+        first.counters.read(10);
+        first.counters.sink_totals((4, 40));
+        drop(first);
+        let mut second_run = task("counts");
+        second_run.epoch = Epoch(2);
+        let second = registry.register(second_run, vec!["sink".to_owned()], false);
+        second.counters.read(5);
+        second.counters.sink_totals((1, 10));
+        let totals = registry.totals();
+        assert_eq!(totals.len(), 1, "{totals:?}");
+        let (key, counted) = &totals[0];
+        assert_eq!(key, &(JobId::from_number(1), "counts".to_owned(), 0));
+        assert_eq!(
+            (counted.records_in, counted.sink_lines, counted.sink_bytes),
+            (15, 5, 50)
+        );
+        assert!(counted.running);
+        assert_eq!(counted.operators, vec!["counts".to_owned(), "sink".to_owned()]);
+        drop(second);
+        let ended = registry.totals();
+        assert_eq!(ended[0].1.records_in, 15, "an ended task's counts stay");
+        assert!(!ended[0].1.running);
+        registry.job_ended(&JobId::from_number(1));
+        assert_eq!(registry.totals().len(), 1, "an ended job's totals stay a while");
+        for later in 2..=ENDED_JOBS_SHOWN as u64 {
+            registry.job_ended(&JobId::from_number(later));
+        }
+        assert_eq!(registry.totals().len(), 1);
+        registry.job_ended(&JobId::from_number(99));
+        assert!(registry.totals().is_empty(), "only the latest ended jobs stay");
     }
 }

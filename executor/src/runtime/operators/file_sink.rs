@@ -22,6 +22,9 @@ pub struct FileSink {
     epoch: u64,
     in_progress: Option<std::io::BufWriter<std::fs::File>>,
     written: u64,
+    /// Lines and bytes written by this sink since it opened, for `/metrics`.
+    lines_total: u64,
+    bytes_total: u64,
     /// Pre-committed, not yet published checkpoint ids.
     pending: Vec<u64>,
 }
@@ -59,6 +62,8 @@ impl FileSink {
             epoch,
             in_progress: None,
             written: 0,
+            lines_total: 0,
+            bytes_total: 0,
             pending: Vec::new(),
         })
     }
@@ -122,8 +127,16 @@ impl FileSink {
                 });
             }
             self.written += 1;
+            self.lines_total += 1;
+            let separators = if key.is_empty() { 1 } else { 2 };
+            self.bytes_total += (key.len() + value.len() + separators) as u64;
         }
         Ok(())
+    }
+
+    /// Lines and bytes written since the sink opened (committed or not).
+    pub fn totals(&self) -> (u64, u64) {
+        (self.lines_total, self.bytes_total)
     }
 
     /// Whether records were written since the last pre-commit.

@@ -124,6 +124,9 @@ impl InputTask {
                         .process(0, channel, &mut records, &mut |record| outputs.push(record))?;
                     outputs.flush(false).await?;
                     self.counters.sent_total(outputs.records_out);
+                    if let Some(sink) = self.pipeline.sink() {
+                        self.counters.sink_totals(sink.totals());
+                    }
                     self.counters.worked(started.elapsed());
                 }
                 ChannelEvent::Barrier(barrier) => {

@@ -312,6 +312,9 @@ pub(super) async fn run_source(
                     outputs.flush(false).await?;
                 }
                 counters.sent_total(outputs.records_out);
+                if let Some(sink) = pipeline.sink() {
+                    counters.sink_totals(sink.totals());
+                }
                 counters.worked(working_since.elapsed());
                 // While input lasts, nothing above waits when a chain ends in a sink (no channel
                 // to fill) and the source has no rate: without a yield point the task would hold

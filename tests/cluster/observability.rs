@@ -1,0 +1,259 @@
+//! Every process serves `/metrics`, `/healthz` and `/readyz` over HTTP: scraped from real
+//! coordinator and executor processes during and after a word count and across a leader kill.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raftstream_proto::v1 as pb;
+
+use crate::common::{eventually, fast_executors, job, start_executors, test_settings, word_count, TestCluster};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// One sample of a text-format scrape.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// The samples of a Prometheus text exposition (our label values hold no `,` `"` or `}`).
+fn parse_samples(text: &str) -> anyhow::Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|line| !line.is_empty() && !line.starts_with('#')) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| anyhow::anyhow!("no value in {line:?}"))?;
+        let value: f64 = value.parse().map_err(|_| anyhow::anyhow!("bad value in {line:?}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .ok_or_else(|| anyhow::anyhow!("unclosed labels in {line:?}"))?;
+                let mut labels = BTreeMap::new();
+                for pair in inner.split(',').filter(|pair| !pair.is_empty()) {
+                    let (key, quoted) = pair
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("bad label {pair:?} in {line:?}"))?;
+                    labels.insert(key.to_owned(), quoted.trim_matches('"').to_owned());
+                }
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), BTreeMap::new()),
+        };
+        samples.push(Sample { name, labels, value });
+    }
+    Ok(samples)
+}
+
+/// The sum of `name`'s samples whose labels include every pair of `with`.
+fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|sample| sample.name == name)
+        .filter(|sample| {
+            with.iter()
+                .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+        })
+        .map(|sample| sample.value)
+        .sum()
+}
+
+async fn get(http: &reqwest::Client, address: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let response = http.get(format!("http://{address}{path}")).send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Scrapes `address`, and has promtool lint it when promtool is installed.
+async fn scrape(http: &reqwest::Client, address: &str) -> anyhow::Result<Vec<Sample>> {
+    let (status, text) = get(http, address, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics on {address} answered {status}: {text}");
+    if let Some(verdict) = promtool_check(&text) {
+        anyhow::ensure!(
+            verdict.is_ok(),
+            "promtool rejected {address}'s metrics: {verdict:?}\n{text}"
+        );
+    }
+    parse_samples(&text)
+}
+
+fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
+    let output = child.wait_with_output().ok()?;
+    Some(if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_serves_metrics_health_and_readiness_that_follow_a_word_count_and_a_leader_kill(
+) -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 8), ("exec-b", 8)]).await?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let coordinators: BTreeMap<u64, String> = cluster
+        .cluster
+        .nodes()
+        .map(|node| (node.node_id, node.http_address.clone()))
+        .collect();
+    let executors: Vec<String> = ["exec-a", "exec-b"]
+        .iter()
+        .filter_map(|id| {
+            cluster
+                .cluster
+                .executor(id)
+                .map(|executor| executor.http_address.clone())
+        })
+        .collect();
+    anyhow::ensure!(executors.len() == 2, "both executors must be known");
+
+    tracing::info!("--- every process is healthy and, once in the cluster, ready");
+    for address in coordinators.values().chain(&executors) {
+        let (status, _) = get(&http, address, "/healthz").await?;
+        anyhow::ensure!(status == 200, "/healthz on {address} answered {status}");
+        eventually("the process to be ready", PATIENCE, || async {
+            get(&http, address, "/readyz")
+                .await
+                .ok()
+                .filter(|(status, _)| *status == 200)
+        })
+        .await?;
+    }
+
+    tracing::info!("--- a word count runs to its end");
+    let spec = word_count(&cluster);
+    let submitted = client.submit_job(&spec.spec("wc-metrics"), "wc-metrics").await?;
+    let job_id = submitted.job_id.clone();
+    let leader = cluster.leader().await?;
+    let leader_address = coordinators[&leader].clone();
+    let running = eventually("a checkpoint while the job runs", PATIENCE, || async {
+        let samples = scrape(&http, &leader_address).await.ok()?;
+        let running = total(
+            &samples,
+            "raftstream_job_status",
+            &[("job", &job_id), ("status", "Running")],
+        );
+        let completed = total(
+            &samples,
+            "raftstream_job_checkpoints_completed_total",
+            &[("job", &job_id)],
+        );
+        (running == 1.0 && completed >= 1.0).then_some(samples)
+    })
+    .await?;
+    anyhow::ensure!(
+        total(
+            &running,
+            "raftstream_job_last_checkpoint_size_bytes",
+            &[("job", &job_id)]
+        ) > 0.0,
+        "a completed checkpoint has a size"
+    );
+    anyhow::ensure!(total(&running, "raftstream_raft_is_leader", &[]) == 1.0);
+    anyhow::ensure!(total(&running, "raftstream_executors", &[("state", "alive")]) == 2.0);
+    anyhow::ensure!(total(&running, "raftstream_raft_proposals_total", &[("outcome", "committed")]) > 0.0);
+
+    let ended: pb::Job = eventually("the job to end", Duration::from_secs(120), || async {
+        job(&client, &job_id)
+            .await
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    anyhow::ensure!(
+        ended.status == "Finished",
+        "job ended {}: {}",
+        ended.status,
+        ended.status_reason
+    );
+
+    tracing::info!("--- the executors counted every record the sink wrote and the source read");
+    let expected_lines: u64 = spec.expected_counts().values().sum();
+    let (mut written, mut read) = (0.0, 0.0);
+    for address in &executors {
+        let samples = scrape(&http, address).await?;
+        written += total(
+            &samples,
+            "raftstream_sink_records_written_total",
+            &[("job", &job_id), ("operator", "out")],
+        );
+        read += total(
+            &samples,
+            "raftstream_subtask_records_in_total",
+            &[("job", &job_id), ("operator", "lines")],
+        );
+    }
+    anyhow::ensure!(
+        written == expected_lines as f64,
+        "the sinks wrote {written} records, the word count has {expected_lines} updates"
+    );
+    anyhow::ensure!(
+        read == spec.records as f64,
+        "the sources read {read} of {} records",
+        spec.records
+    );
+
+    let after = scrape(&http, &leader_address).await?;
+    anyhow::ensure!(
+        total(
+            &after,
+            "raftstream_job_status",
+            &[("job", &job_id), ("status", "Finished")]
+        ) == 1.0
+    );
+    anyhow::ensure!(total(&after, "raftstream_job_restarts_total", &[("job", &job_id)]) == 0.0);
+
+    tracing::info!("--- kill -9 the leader: the survivors count a leader change");
+    let mut changes_before = BTreeMap::new();
+    for (node_id, address) in &coordinators {
+        if *node_id != leader {
+            let samples = scrape(&http, address).await?;
+            anyhow::ensure!(total(&samples, "raftstream_raft_is_leader", &[]) == 0.0);
+            anyhow::ensure!(
+                total(&samples, "raftstream_job_status", &[]) == 0.0,
+                "followers leave the jobs to the leader"
+            );
+            changes_before.insert(*node_id, total(&samples, "raftstream_raft_leader_changes_total", &[]));
+        }
+    }
+    cluster.cluster.kill(leader)?;
+    let new_leader = eventually("a new leader", PATIENCE, || async {
+        for (node_id, address) in &coordinators {
+            if *node_id == leader {
+                continue;
+            }
+            let samples = scrape(&http, address).await.ok()?;
+            if total(&samples, "raftstream_raft_is_leader", &[]) == 1.0 {
+                return Some(*node_id);
+            }
+        }
+        None
+    })
+    .await?;
+    for (node_id, before) in &changes_before {
+        let address = &coordinators[node_id];
+        eventually("the survivor to count the leader change", PATIENCE, || async {
+            let samples = scrape(&http, address).await.ok()?;
+            let changes = total(&samples, "raftstream_raft_leader_changes_total", &[]);
+            let knows = total(&samples, "raftstream_raft_leader_id", &[]) == new_leader as f64;
+            (changes > *before && knows).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
