@@ -24,6 +24,17 @@ pub const DEFAULT_COORDINATORS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:
 pub struct Cli {
     #[command(subcommand)]
     pub command: TopCommand,
+    /// How logs (on stderr) are written: text for people, json (one object per line, with the
+    /// node/job/operator/subtask ids of the spans around each event) for log pipelines.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "RAFTSTREAM_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The subcommands.

@@ -257,3 +257,66 @@ async fn every_process_serves_metrics_health_and_readiness_that_follow_a_word_co
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_started_with_log_format_json_writes_one_json_object_per_line() -> anyhow::Result<()> {
+    let directory = tempfile::tempdir()?;
+    let address = raftstream::local_cluster::free_local_address()?;
+    let http_address = raftstream::local_cluster::free_local_address()?;
+    let log_path = directory.path().join("coordinator.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new(crate::common::binary())
+        .args(["coordinator", "--log-format", "json", "--id", "1", "--listen", &address])
+        .args([
+            "--peers",
+            &format!("1={address}"),
+            "--bootstrap",
+            "--http-listen",
+            &http_address,
+        ])
+        .arg("--data-dir")
+        .arg(directory.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let ready = eventually(
+        "the single-node cluster to be ready and serving gRPC",
+        PATIENCE,
+        || async {
+            let logged = std::fs::read_to_string(&log_path).ok()?;
+            get(&http, &http_address, "/readyz")
+                .await
+                .ok()
+                .filter(|(status, _)| *status == 200 && logged.contains("coordinator serving"))
+        },
+    )
+    .await;
+    child.kill()?;
+    child.wait()?;
+    ready?;
+    let text = std::fs::read_to_string(&log_path)?;
+    anyhow::ensure!(text.lines().count() > 3, "too little logged: {text}");
+    let mut serving_spans = None;
+    for line in text.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).map_err(|error| anyhow::anyhow!("not JSON ({error}): {line}"))?;
+        anyhow::ensure!(
+            event.get("timestamp").is_some() && event.get("level").is_some() && event.get("fields").is_some(),
+            "an event without timestamp, level or fields: {line}"
+        );
+        if event["fields"]["message"] == "coordinator serving" {
+            serving_spans = Some(event["spans"].clone());
+        }
+    }
+    let spans = serving_spans.ok_or_else(|| anyhow::anyhow!("no 'coordinator serving' event in {text}"))?;
+    anyhow::ensure!(
+        spans
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|span| span["node_id"] == 1)),
+        "the event's spans carry the node id: {spans}"
+    );
+    Ok(())
+}
