@@ -18,6 +18,7 @@ use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
 
 use crate::bench::{millis, percentile};
 use crate::local_cluster::{poll_until, LocalCluster};
@@ -47,6 +48,11 @@ pub struct StreamBenchArgs {
     /// Where the cluster's files go (a fresh temporary directory when absent).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Rounds of the metrics-cost comparison (0 skips it): in each, the word count runs on an
+    /// executor without an HTTP listener and on one with it, scraped (with the leader) every
+    /// second; both with 1 s checkpoints, at the first parallelism given.
+    #[arg(long, default_value_t = 0)]
+    pub metrics_rounds: u32,
 }
 
 pub(crate) async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
@@ -210,6 +216,9 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    if args.metrics_rounds > 0 {
+        metrics_cost(&mut cluster, &client, &directory, &args).await?;
+    }
     if args.kills > 0 || args.leader_kills > 0 {
         recovery(&mut cluster, &client, &directory, &args, &settings).await?;
     }
@@ -218,6 +227,120 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&directory);
     }
     Ok(())
+}
+
+/// Throughput of the word count on an executor without metrics against one serving them and
+/// scraped every second, in interleaved rounds; each round runs on fresh executors (the one
+/// before is killed), so neither setting inherits the other's warm caches.
+async fn metrics_cost(
+    cluster: &mut LocalCluster,
+    client: &ClusterClient,
+    directory: &std::path::Path,
+    args: &StreamBenchArgs,
+) -> anyhow::Result<()> {
+    let parallelism = args.parallelism.first().copied().unwrap_or(1);
+    println!(
+        "metrics cost: {} lines, parallelism {parallelism}, 1 s checkpoints; without the HTTP listener vs with it \
+         scraped every second (executor and leader); {} interleaved rounds",
+        args.records, args.metrics_rounds
+    );
+    let leader_http = match client.cluster_status().await?.leader_id {
+        Some(leader) => cluster.node(leader).map(|node| node.http_address.clone()),
+        None => None,
+    };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut scrapes = 0u64;
+    for round in 0..args.metrics_rounds {
+        for (setting, with_metrics) in [false, true].into_iter().enumerate() {
+            for executor_id in cluster.executor_ids() {
+                cluster.kill_executor(&executor_id)?;
+            }
+            let executor_id = format!("bench-m{round}-{setting}");
+            cluster.set_executor_http(with_metrics);
+            cluster.start_executor(&executor_id, 16)?;
+            crate::bench::wait_for_executor(client, &executor_id, Duration::from_secs(20)).await?;
+            let spec = WordCountJob {
+                seed: u64::from(round),
+                records: args.records,
+                rate_per_second: None,
+                parallelism,
+                vocabulary_size: 10_000,
+                words_per_record: 8,
+                checkpoint_interval_ms: 1_000,
+                output_dir: directory.join(format!("out-metrics-{round}-{setting}")),
+            };
+            let targets: Vec<String> = if with_metrics {
+                cluster
+                    .executor(&executor_id)
+                    .map(|executor| executor.http_address.clone())
+                    .into_iter()
+                    .chain(leader_http.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let scraping = CancellationToken::new();
+            let scraper = tokio::spawn(scrape_every_second(http.clone(), targets, scraping.clone()));
+            let measured = throughput_run(client, &spec, &format!("bench-metrics-{round}-{setting}")).await;
+            scraping.cancel();
+            scrapes += scraper.await.unwrap_or(0);
+            let measured = measured?;
+            let check = check_output(&spec.output_dir, &spec.expected_counts())?;
+            anyhow::ensure!(
+                check.is_exact() && check.lines == args.records * 8,
+                "round {round}: output not exact: {}",
+                check.problems.join("; ")
+            );
+            let _ = std::fs::remove_dir_all(&spec.output_dir);
+            let rate = args.records as f64 / measured.seconds;
+            println!(
+                "   round {round}: {} {rate:.0} lines/s",
+                if with_metrics { "with metrics   " } else { "without metrics" }
+            );
+            rates[setting].push(rate);
+        }
+    }
+    cluster.set_executor_http(true);
+    let overheads: Vec<f64> = rates[0]
+        .iter()
+        .zip(&rates[1])
+        .map(|(without, with)| (1.0 - with / without) * 100.0)
+        .collect();
+    println!(
+        "metrics cost: median lines/s without {:.0}, with {:.0}; paired cost per round {} -> median {:.1} % ({scrapes} scrapes, all exact)",
+        median_of(rates[0].clone()).unwrap_or(0.0),
+        median_of(rates[1].clone()).unwrap_or(0.0),
+        overheads.iter().map(|overhead| format!("{overhead:.1} %")).collect::<Vec<_>>().join(", "),
+        median_of(overheads.clone()).unwrap_or(0.0),
+    );
+    // Later parts of the bench run on an executor like the first one.
+    for executor_id in cluster.executor_ids() {
+        cluster.kill_executor(&executor_id)?;
+    }
+    cluster.start_executor("bench-1", 16)?;
+    crate::bench::wait_for_executor(client, "bench-1", Duration::from_secs(20)).await
+}
+
+/// Scrapes each of `targets`' `/metrics` once a second until `stop`; how many scrapes succeeded.
+async fn scrape_every_second(http: reqwest::Client, targets: Vec<String>, stop: CancellationToken) -> u64 {
+    let mut scraped = 0;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return scraped,
+            _ = ticker.tick() => {}
+        }
+        for target in &targets {
+            let body = match http.get(format!("http://{target}/metrics")).send().await {
+                Ok(response) => response.text().await,
+                Err(error) => Err(error),
+            };
+            if body.is_ok_and(|body| !body.is_empty()) {
+                scraped += 1;
+            }
+        }
+    }
 }
 
 /// One measured run: lines/s, the checkpoints completed while its input flowed, whether the

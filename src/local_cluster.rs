@@ -79,6 +79,8 @@ pub struct LocalCluster {
     executor_checkpoint_store: Option<(String, Vec<(String, String)>)>,
     /// Added to every executor's environment.
     executor_environment: Vec<(String, String)>,
+    /// Whether executors started from now on serve HTTP (`/metrics` ...) on their `http_address`.
+    executor_http: bool,
     wiring: ClusterWiring,
 }
 
@@ -202,6 +204,7 @@ impl LocalCluster {
             executors: BTreeMap::new(),
             executor_checkpoint_store: None,
             executor_environment: Vec::new(),
+            executor_http: true,
             wiring,
         };
         for (node_id, address) in &members {
@@ -460,6 +463,12 @@ impl LocalCluster {
         self.directory.join("checkpoints")
     }
 
+    /// Whether executors started (or restarted) from now on serve HTTP (on by default; the
+    /// metrics-cost benchmark compares executors without it).
+    pub fn set_executor_http(&mut self, enabled: bool) {
+        self.executor_http = enabled;
+    }
+
     /// Executors started (or restarted) from now on get `environment` added to theirs.
     pub fn set_executor_environment(&mut self, environment: Vec<(String, String)>) {
         self.executor_environment = environment;
@@ -491,6 +500,9 @@ impl LocalCluster {
             .append(true)
             .open(process.log_path())?;
         let mut routing = Vec::new();
+        if self.executor_http {
+            routing.extend(["--http-listen".to_owned(), process.http_address.clone()]);
+        }
         let coordinators = match &process.routes {
             Some(routes) => {
                 routing.extend(["--listen".to_owned(), routes.listen.clone()]);
@@ -508,8 +520,6 @@ impl LocalCluster {
                 &coordinators,
                 "--slots",
                 &process.slots.to_string(),
-                "--http-listen",
-                &process.http_address,
                 "--id",
                 executor_id,
             ])
