@@ -20,7 +20,7 @@ use raftstream_api::ids::JobId;
 use raftstream_observability::{single, Families, Labels};
 
 use crate::context::{now_ms, CoordinatorContext};
-use crate::state_machine::{JobRecord, JobStatus, State};
+use crate::state_machine::{CompletedCheckpoint, JobRecord, JobStatus, State};
 
 /// How a proposal ended, as the `outcome` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,46 +413,49 @@ fn encode_jobs(
             (job_labels(job), downtime)
         }),
     )?;
-    let last = |job: &&JobRecord| {
-        job.checkpoints
-            .back()
-            .map(|checkpoint| (job_labels(job), checkpoint.clone()))
-    };
-    families.gauge(
-        "job_last_checkpoint_duration",
-        "Time from triggering the job's latest completed checkpoint to its completion",
-        Some(Unit::Seconds),
-        jobs.iter().filter_map(last).map(|(labels, checkpoint)| {
-            (
-                labels,
-                seconds_between(checkpoint.triggered_at_ms, checkpoint.completed_at_ms),
-            )
-        }),
-    )?;
-    families.gauge(
-        "job_last_checkpoint_size",
-        "State size of the job's latest completed checkpoint",
-        Some(Unit::Bytes),
-        jobs.iter()
-            .filter_map(last)
-            .map(|(labels, checkpoint)| (labels, u64_value(checkpoint.size_bytes))),
-    )?;
-    families.gauge(
-        "job_last_completed_checkpoint_id",
-        "Id of the job's latest completed checkpoint",
-        None,
-        jobs.iter()
-            .filter_map(last)
-            .map(|(labels, checkpoint)| (labels, u64_value(checkpoint.checkpoint_id.0))),
-    )?;
-    families.gauge(
-        "job_last_checkpoint_age",
-        "Time since the job's latest checkpoint completed",
-        Some(Unit::Seconds),
-        jobs.iter()
-            .filter_map(last)
-            .map(|(labels, checkpoint)| (labels, seconds_between(checkpoint.completed_at_ms, now_ms))),
-    )?;
+    // The latest completed checkpoint of each job that has one, read by reference (a checkpoint
+    // holds every task's state handles).
+    let latest: Vec<(Labels, &CompletedCheckpoint)> = jobs
+        .iter()
+        .filter_map(|job| job.checkpoints.back().map(|checkpoint| (job_labels(job), checkpoint)))
+        .collect();
+    type LatestValue = fn(&CompletedCheckpoint, u64) -> f64;
+    let latest_families: [(&str, &str, Option<Unit>, LatestValue); 4] = [
+        (
+            "job_last_checkpoint_duration",
+            "Time from triggering the job's latest completed checkpoint to its completion",
+            Some(Unit::Seconds),
+            |checkpoint, _| seconds_between(checkpoint.triggered_at_ms, checkpoint.completed_at_ms),
+        ),
+        (
+            "job_last_checkpoint_size",
+            "State size of the job's latest completed checkpoint",
+            Some(Unit::Bytes),
+            |checkpoint, _| u64_value(checkpoint.size_bytes),
+        ),
+        (
+            "job_last_completed_checkpoint_id",
+            "Id of the job's latest completed checkpoint",
+            None,
+            |checkpoint, _| u64_value(checkpoint.checkpoint_id.0),
+        ),
+        (
+            "job_last_checkpoint_age",
+            "Time since the job's latest checkpoint completed",
+            Some(Unit::Seconds),
+            |checkpoint, now_ms| seconds_between(checkpoint.completed_at_ms, now_ms),
+        ),
+    ];
+    for (name, help, unit, value) in latest_families {
+        families.gauge(
+            name,
+            help,
+            unit,
+            latest
+                .iter()
+                .map(|(labels, checkpoint)| (labels.clone(), value(checkpoint, now_ms))),
+        )?;
+    }
     families.gauge(
         "job_last_restore_timestamp",
         "When the job last restarted from a checkpoint (Unix time)",

@@ -10,7 +10,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
 use raftstream_observability::{single, Families, Labels, Readiness, ReadinessCheck};
 
-use crate::runtime::metrics::MetricsRegistry;
+use crate::runtime::metrics::{MetricsRegistry, SubtaskTotalsKey};
 
 /// The registry `/metrics` serves on an executor.
 pub fn registry(tasks: MetricsRegistry, in_session: Arc<AtomicBool>) -> Registry {
@@ -40,7 +40,7 @@ impl Collector for TaskCollector {
     fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let mut families = Families::new(encoder);
         let totals = self.tasks.totals();
-        let labels = |(job_id, operator_id, subtask_index): &(raftstream_api::ids::JobId, String, u32)| -> Labels {
+        let labels = |(job_id, operator_id, subtask_index): &SubtaskTotalsKey| -> Labels {
             vec![
                 ("job", job_id.to_string()),
                 ("operator", operator_id.clone()),

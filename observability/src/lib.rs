@@ -10,6 +10,7 @@
 
 mod exposition;
 mod families;
+pub mod promtool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

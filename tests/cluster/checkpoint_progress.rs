@@ -401,18 +401,7 @@ async fn a_chained_file_job_killed_mid_input_resumes_from_a_checkpoint_after_its
         restored_offset >= offset && restored_offset > 0,
         "the restore rewound the source to {restored_offset} (the checkpoint before the kill was at {offset})"
     );
-    let done = eventually("the job to end", Duration::from_secs(120), || async {
-        job(&client, &job_id)
-            .await
-            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
-    })
-    .await?;
-    anyhow::ensure!(
-        done.status == "Finished",
-        "job ended {}: {}",
-        done.status,
-        done.status_reason
-    );
+    let done = crate::common::finished(&client, &job_id).await?;
     anyhow::ensure!(
         done.subtasks.iter().all(|subtask| subtask.executor_id != victim),
         "everything moved off the killed executor: {:?}",

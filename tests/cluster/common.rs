@@ -227,6 +227,24 @@ pub async fn job(client: &ClusterClient, job_id: &str) -> Option<pb::Job> {
     client.get_job(job_id, pb::ReadConsistency::Linearizable).await.ok()
 }
 
+/// Waits (up to 120 s) for the job to end and returns it; an end other than `Finished` is an
+/// error naming the status and its reason.
+pub async fn finished(client: &ClusterClient, job_id: &str) -> anyhow::Result<pb::Job> {
+    let job = eventually("the job to end", Duration::from_secs(120), || async {
+        job(client, job_id)
+            .await
+            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
+    })
+    .await?;
+    anyhow::ensure!(
+        job.status == "Finished",
+        "job ended {}: {}",
+        job.status,
+        job.status_reason
+    );
+    Ok(job)
+}
+
 /// Each subtask's epoch, by `operator[index]`: a subtask that restarted has a new one.
 pub fn subtask_epochs(job: &pb::Job) -> BTreeMap<String, u64> {
     job.subtasks

@@ -8,8 +8,8 @@ use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{
-    ensure_exact_output, ensure_exact_prefix, eventually, fast_executors, job, run_cli, start_executors, stderr_of,
-    stdout_of, subtask_epochs, test_settings, without_ansi_colors, word_count, TestCluster,
+    ensure_exact_output, ensure_exact_prefix, eventually, fast_executors, finished, job, run_cli, start_executors,
+    stderr_of, stdout_of, subtask_epochs, test_settings, without_ansi_colors, word_count, TestCluster,
 };
 use crate::s3_peer::S3Peer;
 
@@ -23,22 +23,6 @@ async fn running_with_checkpoints(client: &ClusterClient, job_id: &str, checkpoi
             .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= checkpoints)
     })
     .await
-}
-
-async fn finished(client: &ClusterClient, job_id: &str) -> anyhow::Result<pb::Job> {
-    let job = eventually("the job to end", Duration::from_secs(120), || async {
-        job(client, job_id)
-            .await
-            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
-    })
-    .await?;
-    anyhow::ensure!(
-        job.status == "Finished",
-        "job ended {}: {}",
-        job.status,
-        job.status_reason
-    );
-    Ok(job)
 }
 
 fn assert_exact(spec: &WordCountJob) -> anyhow::Result<()> {

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftstream_proto::v1 as pb;
-
-use crate::common::{eventually, fast_executors, job, start_executors, test_settings, word_count, TestCluster};
+use crate::common::{eventually, fast_executors, finished, start_executors, test_settings, word_count, TestCluster};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -70,35 +68,13 @@ async fn get(http: &reqwest::Client, address: &str, path: &str) -> anyhow::Resul
 async fn scrape(http: &reqwest::Client, address: &str) -> anyhow::Result<Vec<Sample>> {
     let (status, text) = get(http, address, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics on {address} answered {status}: {text}");
-    if let Some(verdict) = promtool_check(&text) {
+    if let Some(verdict) = raftstream_observability::promtool::check(&text) {
         anyhow::ensure!(
             verdict.is_ok(),
             "promtool rejected {address}'s metrics: {verdict:?}\n{text}"
         );
     }
     parse_samples(&text)
-}
-
-fn promtool_check(text: &str) -> Option<Result<(), String>> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .ok()?;
-    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
-    let output = child.wait_with_output().ok()?;
-    Some(if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,18 +145,7 @@ async fn every_process_serves_metrics_health_and_readiness_that_follow_a_word_co
     anyhow::ensure!(total(&running, "raftstream_executors", &[("state", "alive")]) == 2.0);
     anyhow::ensure!(total(&running, "raftstream_raft_proposals_total", &[("outcome", "committed")]) > 0.0);
 
-    let ended: pb::Job = eventually("the job to end", Duration::from_secs(120), || async {
-        job(&client, &job_id)
-            .await
-            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
-    })
-    .await?;
-    anyhow::ensure!(
-        ended.status == "Finished",
-        "job ended {}: {}",
-        ended.status,
-        ended.status_reason
-    );
+    finished(&client, &job_id).await?;
 
     tracing::info!("--- the executors counted every record the sink wrote and the source read");
     let expected_lines: u64 = spec.expected_counts().values().sum();
