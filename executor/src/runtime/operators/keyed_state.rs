@@ -12,6 +12,7 @@
 //! JSON (aggregates). State written before this format (JSON) is still read.
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -124,40 +125,41 @@ pub fn encode_keyed<V: StateValue>(entries: &KeyedMap<V>, max_parallelism: u32) 
         let key_len = key.as_str().len();
         varint_len(key_len as u64) + key_len + value.encoded_len()
     };
-    // Pass 1: the bytes and entries of each group.
-    let mut slots: BTreeMap<u32, GroupSlot> = BTreeMap::new();
+    // Pass 1: each entry's group (hashed once, kept for pass 2, which visits the unchanged map
+    // in the same order), and the bytes and entries of each group. Dense tables by group: a
+    // tree lookup per entry cost more than writing the entry.
+    let mut slots = vec![GroupSlot::default(); max_parallelism.max(1) as usize];
+    let mut entry_groups: Vec<u32> = Vec::with_capacity(entries.len());
     for (key, value) in entries {
-        let slot = slots.entry(key_group(key, max_parallelism)).or_default();
+        let group = key_group(key, max_parallelism);
+        let slot = &mut slots[group as usize];
         slot.length += entry_len(key, value) as u64;
         slot.entries += 1;
+        entry_groups.push(group);
     }
+    let used = slots.iter().filter(|slot| slot.entries > 0).count();
     let mut offset = 0u64;
-    for slot in slots.values_mut() {
+    for slot in slots.iter_mut().filter(|slot| slot.entries > 0) {
         slot.offset = offset;
         offset += slot.length;
     }
-    let header = MAGIC.len() + 8 + slots.len() * INDEX_ENTRY_BYTES;
+    let header = MAGIC.len() + 8 + used * INDEX_ENTRY_BYTES;
     let mut out = Vec::with_capacity(header + offset as usize);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&max_parallelism.to_le_bytes());
-    out.extend_from_slice(&(slots.len() as u32).to_le_bytes());
-    for (group, slot) in &slots {
-        out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&(used as u32).to_le_bytes());
+    for (group, slot) in slots.iter().enumerate().filter(|(_, slot)| slot.entries > 0) {
+        out.extend_from_slice(&(group as u32).to_le_bytes());
         out.extend_from_slice(&slot.offset.to_le_bytes());
         out.extend_from_slice(&slot.length.to_le_bytes());
         out.extend_from_slice(&slot.entries.to_le_bytes());
     }
     // Pass 2: each entry at its group's cursor.
     out.resize(header + offset as usize, 0);
-    let mut cursors: BTreeMap<u32, usize> = slots
-        .iter()
-        .map(|(group, slot)| (*group, header + slot.offset as usize))
-        .collect();
+    let mut cursors: Vec<usize> = slots.iter().map(|slot| header + slot.offset as usize).collect();
     let mut scratch = Vec::new();
-    for (key, value) in entries {
-        let Some(cursor) = cursors.get_mut(&key_group(key, max_parallelism)) else {
-            continue;
-        };
+    for ((key, value), group) in entries.iter().zip(entry_groups) {
+        let cursor = &mut cursors[group as usize];
         scratch.clear();
         put_varint(&mut scratch, key.as_str().len() as u64);
         scratch.extend_from_slice(key.as_str().as_bytes());
@@ -166,6 +168,65 @@ pub fn encode_keyed<V: StateValue>(entries: &KeyedMap<V>, max_parallelism: u32) 
         *cursor += scratch.len();
     }
     out
+}
+
+/// Entries on their way into a large map, sorted roughly by the bucket each will take.
+///
+/// A checkpoint lists a group's keys in no order the new map can use, so inserting them as they
+/// come touches the map's table at random: two cache misses and TLB misses per entry, 450 ns of
+/// the 480 ns per entry a restore of 9 million keys took. Collected first into one batch per
+/// 1/1024 of the table (by the low bits of the entry's hash, which choose its bucket), each batch
+/// then fills one small region of the table that stays in cache. Purely a matter of speed: with
+/// any other layout of the map's table the result is the same map.
+struct InsertBatches<V> {
+    batches: Vec<Vec<(StateKey, V)>>,
+    bucket_mask: u64,
+    shift: u32,
+}
+
+impl<V> InsertBatches<V> {
+    /// Below this many buckets the table fits in cache and entries go straight in.
+    const SMALL_TABLE_BUCKETS: usize = 1 << 16;
+    const BATCH_BITS: u32 = 10;
+
+    /// For `adding` entries into `map`, which has room for them.
+    fn for_map(map: &KeyedMap<V>, adding: usize) -> Self {
+        // hashbrown keeps 7/8 of a power-of-two number of buckets usable and picks an entry's
+        // first bucket by the low bits of its hash.
+        let buckets = (map.capacity().saturating_mul(8) / 7).max(1).next_power_of_two();
+        if buckets < Self::SMALL_TABLE_BUCKETS {
+            return InsertBatches {
+                batches: Vec::new(),
+                bucket_mask: 0,
+                shift: 0,
+            };
+        }
+        let bits = buckets.trailing_zeros();
+        // About the entries each batch gets, with a little room for an uneven hash.
+        let expected = (adding >> Self::BATCH_BITS) * 9 / 8;
+        InsertBatches {
+            batches: (0..1usize << Self::BATCH_BITS)
+                .map(|_| Vec::with_capacity(expected))
+                .collect(),
+            bucket_mask: buckets as u64 - 1,
+            shift: bits - Self::BATCH_BITS,
+        }
+    }
+
+    fn add(&mut self, map: &mut KeyedMap<V>, key: StateKey, value: V) {
+        if self.batches.is_empty() {
+            map.insert(key, value);
+            return;
+        }
+        let bucket = map.hasher().hash_one(&key) & self.bucket_mask;
+        self.batches[(bucket >> self.shift) as usize].push((key, value));
+    }
+
+    fn insert_all(self, map: &mut KeyedMap<V>) {
+        for batch in self.batches {
+            map.extend(batch);
+        }
+    }
 }
 
 /// The JSON keyed state of checkpoints written before [`encode_keyed`].
@@ -202,6 +263,10 @@ pub fn decode_keyed<V: StateValue + DeserializeOwned>(
         take_bytes(&mut input, count.checked_mul(INDEX_ENTRY_BYTES).ok_or_else(truncated)?).ok_or_else(truncated)?;
     let data = input;
     let mut index = index;
+    // The groups to decode, first: the map grows once to hold all of them. (Growing it group by
+    // group resized it at every group, since a reserve grows a map to exactly what it is asked
+    // for: restoring 9 million keys took 3.9 s instead of 1.)
+    let mut wanted = Vec::new();
     for _ in 0..count {
         let group = take_u32(&mut index).ok_or_else(truncated)?;
         let offset = take_u64(&mut index).ok_or_else(truncated)?;
@@ -215,18 +280,26 @@ pub fn decode_keyed<V: StateValue + DeserializeOwned>(
             .zip(usize::try_from(length).ok())
             .and_then(|(offset, length)| data.get(offset..offset.checked_add(length)?))
             .ok_or_else(|| format!("key group {group} lies outside the keyed state"))?;
-        entries.reserve(usize::try_from(expected).unwrap_or(0).min(slice.len()));
-        let mut slice = slice;
+        wanted.push((group, slice, expected));
+    }
+    // An entry takes at least two bytes, which bounds what a damaged index can make us allocate.
+    let room: usize = wanted
+        .iter()
+        .map(|(_, slice, expected)| usize::try_from(*expected).unwrap_or(0).min(slice.len() / 2))
+        .sum();
+    entries.reserve(room);
+    let mut batches = InsertBatches::for_map(entries, room);
+    for (group, mut slice, expected) in wanted {
         let mut decoded = 0u64;
         while !slice.is_empty() {
-            let entry = (|| {
+            let (key, value) = (|| {
                 let key_len = usize::try_from(take_varint(&mut slice)?).ok()?;
                 let key = std::str::from_utf8(take_bytes(&mut slice, key_len)?).ok()?;
                 let value = V::decode(&mut slice)?;
                 Some((StateKey::from(key), value))
             })()
             .ok_or_else(|| format!("entry {decoded} of key group {group} is malformed"))?;
-            entries.insert(entry.0, entry.1);
+            batches.add(entries, key, value);
             decoded += 1;
         }
         if decoded != expected {
@@ -235,6 +308,7 @@ pub fn decode_keyed<V: StateValue + DeserializeOwned>(
             ));
         }
     }
+    batches.insert_all(entries);
     Ok(())
 }
 
@@ -276,6 +350,54 @@ mod tests {
             }
             proptest::prop_assert_eq!(sorted(&restored), sorted(&map));
         }
+    }
+
+    /// Maps large enough to be filled batch by batch restore exactly as small ones: every entry
+    /// once, in the subtask that owns its group, also into a map that already holds entries.
+    #[test]
+    fn large_states_restore_every_entry_once_by_range() {
+        let map: KeyedMap<u64> = (0..150_000u64)
+            .map(|n| (StateKey::from(format!("key-{n}").as_str()), n * 7))
+            .collect();
+        let bytes = encode_keyed(&map, 128);
+        assert!(bytes.starts_with(MAGIC));
+        let mut whole: KeyedMap<u64> = KeyedMap::default();
+        decode_keyed(&mut whole, &bytes, &(0..128)).expect("decodes");
+        assert_eq!(whole, map);
+        // Two ranges restored one after the other into one map, as a subtask adopting the
+        // groups of two old subtasks does.
+        let mut merged: KeyedMap<u64> = KeyedMap::default();
+        decode_keyed(&mut merged, &bytes, &(0..40)).expect("decodes");
+        let first = merged.len();
+        assert!(merged.keys().all(|key| key_group(key, 128) < 40));
+        decode_keyed(&mut merged, &bytes, &(40..128)).expect("decodes");
+        assert!(first > 0 && first < map.len());
+        assert_eq!(merged, map);
+    }
+
+    /// The layout is the documented one: the index lists the groups in order and each group's
+    /// bytes hold its entries, so checkpoints written by one build are read by another.
+    #[test]
+    fn the_index_lists_groups_in_order_with_their_entries() {
+        let map = map_of(&[("alpha", 1), ("beta", 300), ("gamma", 70_000), ("delta", 5)]);
+        let bytes = encode_keyed(&map, 16);
+        let mut input = &bytes[4..];
+        assert_eq!(take_u32(&mut input), Some(16));
+        let count = take_u32(&mut input).expect("group count");
+        let mut groups = Vec::new();
+        let mut entries = 0;
+        for _ in 0..count {
+            let group = take_u32(&mut input).expect("group");
+            let _offset = take_u64(&mut input).expect("offset");
+            let _length = take_u64(&mut input).expect("length");
+            entries += take_u64(&mut input).expect("entries");
+            groups.push(group);
+        }
+        let mut expected: Vec<u32> = map.keys().map(|key| key_group(key, 16)).collect();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(groups, expected);
+        assert_eq!(entries, 4);
     }
 
     #[test]
