@@ -126,6 +126,8 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
 
         let mut rescale_times = Vec::new();
         let mut restored_times = Vec::new();
+        let mut running_times = Vec::new();
+        let mut slowest_restores = Vec::new();
         let mut parallelism = low;
         for attempt in 0..args.rescales {
             parallelism = if parallelism == low { high } else { low };
@@ -152,7 +154,32 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             )
             .await?;
             rescale_times.push(started.elapsed());
-            // Running means every subtask is deployed; a checkpoint completes only once every
+            // Running: every subtask of the placement the job has now restored its state and
+            // processes (its executor said so to the leader).
+            let slowest_restore = poll_until(
+                "every subtask to run at the new parallelism",
+                Duration::from_secs(300),
+                || async {
+                    let job = job(&client, &job_id).await?;
+                    let reply = client.get_job_metrics(&job_id).await.ok()?;
+                    let mut slowest = 0;
+                    for subtask in &job.subtasks {
+                        let running = reply.running.iter().find(|running| {
+                            running.task.as_ref().is_some_and(|task| {
+                                task.operator_id == subtask.operator_id
+                                    && task.subtask_index == subtask.subtask_index
+                                    && task.epoch == subtask.epoch
+                            })
+                        })?;
+                        slowest = slowest.max(running.restore_ms);
+                    }
+                    Some(slowest)
+                },
+            )
+            .await?;
+            running_times.push(started.elapsed());
+            slowest_restores.push(Duration::from_millis(slowest_restore));
+            // A checkpoint completes only once every
             // subtask restored its state and passed the barrier on: an upper bound of the time
             // to process again (it includes up to one checkpoint interval of waiting).
             let restored = placed.restored_checkpoint_id;
@@ -164,8 +191,10 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
             restored_times.push(started.elapsed());
         }
         for (what, times) in [
-            ("running (deployed)", &mut rescale_times),
+            ("deployed (every subtask placed and sent)", &mut rescale_times),
+            ("running (every subtask restored and processing)", &mut running_times),
             ("first checkpoint after it", &mut restored_times),
+            ("slowest subtask restore within it", &mut slowest_restores),
         ] {
             times.sort();
             if !times.is_empty() {

@@ -124,7 +124,11 @@ async fn skew_run(
         // Finished tasks report nothing: keep the last report that had the count in it.
         if metrics_read.elapsed() >= Duration::from_millis(300) {
             metrics_read = Instant::now();
-            if let Ok(metrics) = client.get_job_metrics(&submitted.job_id).await {
+            if let Ok(metrics) = client
+                .get_job_metrics(&submitted.job_id)
+                .await
+                .map(|reply| reply.subtasks)
+            {
                 if counts_view(&metrics).1 > 0 {
                     last_metrics = metrics;
                 }

@@ -718,15 +718,29 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
             // The retained checkpoints, with what triggered each.
             let checkpoints = cluster.list_checkpoints(&job_id).await?;
             // Volatile counts from the leader's memory: a status without them is still useful.
-            let metrics = cluster.get_job_metrics(&job_id).await.unwrap_or_else(|error| {
+            let reply = cluster.get_job_metrics(&job_id).await.map_err(|error| {
                 eprintln!("warning: no metrics from the leader: {error}");
-                Vec::new()
             });
+            let running = reply.as_ref().ok().map(|reply| reply.running.clone());
+            let metrics = reply.map(|reply| reply.subtasks).unwrap_or_default();
             match client.output {
                 OutputFormat::Json => {
                     let mut value = job_json(&job);
                     value["checkpoints"] = checkpoints.iter().map(checkpoint_json).collect();
                     value["metrics"] = metrics.iter().map(subtask_metrics_json).collect();
+                    if let Some(running) = &running {
+                        value["running"] = running
+                            .iter()
+                            .map(|running| {
+                                let task = running.task.clone().unwrap_or_default();
+                                json!({
+                                    "subtask": format!("{}[{}]", task.operator_id, task.subtask_index),
+                                    "epoch": task.epoch,
+                                    "restore_ms": running.restore_ms,
+                                })
+                            })
+                            .collect();
+                    }
                     value["hot_keys"] = hot_keys_by_operator(&metrics)
                         .into_iter()
                         .map(|(operator, keys)| {
@@ -741,7 +755,7 @@ async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                     println!("{value}");
                 }
                 OutputFormat::Table => {
-                    print_job(&job, &metrics);
+                    print_job(&job, &metrics, running.as_deref());
                     for (index, c) in checkpoints.iter().enumerate() {
                         let label = if index == 0 { "checkpoints:" } else { "" };
                         println!(
@@ -920,7 +934,8 @@ fn hot_keys_by_operator(metrics: &[pb::SubtaskMetrics]) -> BTreeMap<String, Vec<
 /// Hottest keys `job status` lists per keyed operator.
 const HOT_KEYS_SHOWN: usize = 5;
 
-fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) {
+/// `running`: the subtasks the leader knows run (None when it could not be asked).
+fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics], running: Option<&[pb::SubtaskRunning]>) {
     println!("job:         {} ({})", job.job_id, job.name);
     println!(
         "status:      {}{}",
@@ -991,8 +1006,27 @@ fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) {
                 (None, Some(head)) => vec![format!("(in {head})"), String::new(), String::new(), String::new()],
                 (None, None) => vec!["-".to_owned(), "-".to_owned(), "-".to_owned(), "-".to_owned()],
             };
+            let is_running = |running: &[pb::SubtaskRunning]| {
+                running.iter().any(|r| {
+                    r.task.as_ref().is_some_and(|task| {
+                        task.operator_id == s.operator_id
+                            && task.subtask_index == s.subtask_index
+                            && task.epoch == s.epoch
+                    })
+                })
+            };
+            // Flink's DEPLOYING and INITIALIZING are one STARTING here: placed, restoring its
+            // state or opening its channels.
+            let state = match running {
+                _ if ended => "-",
+                _ if s.executor_id.is_empty() => "WAITING",
+                Some(running) if is_running(running) => "RUNNING",
+                Some(_) => "STARTING",
+                None => "?",
+            };
             let mut row = vec![
                 format!("{}[{}]", s.operator_id, s.subtask_index),
+                state.to_owned(),
                 if s.executor_id.is_empty() && ended {
                     "-".to_owned()
                 } else if s.executor_id.is_empty() {
@@ -1006,7 +1040,10 @@ fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) {
             row
         })
         .collect();
-    print_table(&["SUBTASK", "EXECUTOR", "EPOCH", "IN", "OUT", "IN/S", "BUSY"], rows);
+    print_table(
+        &["SUBTASK", "STATE", "EXECUTOR", "EPOCH", "IN", "OUT", "IN/S", "BUSY"],
+        rows,
+    );
 }
 
 fn print_cluster_status(status: &pb::ClusterStatusResponse, output: OutputFormat) {

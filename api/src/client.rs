@@ -227,8 +227,9 @@ impl ClusterClient {
             .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
     }
 
-    /// What the job's tasks last reported to the leader (records, busy time, hottest keys).
-    pub async fn get_job_metrics(&self, job_id: &str) -> Result<Vec<pb::SubtaskMetrics>, ClientError> {
+    /// What the job's tasks last reported to the leader (records, busy time, hottest keys) and
+    /// which subtasks of its current placement run (restored and processing).
+    pub async fn get_job_metrics(&self, job_id: &str) -> Result<pb::GetJobMetricsResponse, ClientError> {
         let request = pb::GetJobMetricsRequest {
             job_id: job_id.to_owned(),
         };
@@ -236,7 +237,7 @@ impl ClusterClient {
             let request = request.clone();
             async move { JobServiceClient::new(channel).get_job_metrics(request).await }
         });
-        Ok(reply.await?.subtasks)
+        reply.await
     }
 
     /// All jobs, oldest first.

@@ -333,9 +333,16 @@ pub fn task_report_to_proto(report: &TaskReport) -> pb::executor_message::Body {
             task: Some(task_ref_to_proto(task)),
             reason: reason.to_owned(),
             outcome: outcome as i32,
+            restore_ms: 0,
         })
     };
     match report {
+        TaskReport::Running { task, restore_ms } => pb::executor_message::Body::TaskStatus(pb::TaskStatus {
+            task: Some(task_ref_to_proto(task)),
+            reason: String::new(),
+            outcome: pb::TaskOutcome::Running as i32,
+            restore_ms: *restore_ms,
+        }),
         TaskReport::InputEnded(task) => status(task, pb::TaskOutcome::InputEnded, ""),
         TaskReport::Finished(task) => status(task, pb::TaskOutcome::Finished, ""),
         TaskReport::Failed {
@@ -390,6 +397,10 @@ pub fn checkpoint_wanted_from_proto(wanted: &pb::CheckpointWanted) -> Option<Tas
 pub fn task_status_from_proto(status: &pb::TaskStatus) -> Option<TaskReport> {
     let task = task_ref_from_proto(status.task.as_ref()?)?;
     match pb::TaskOutcome::try_from(status.outcome).ok()? {
+        pb::TaskOutcome::Running => Some(TaskReport::Running {
+            task,
+            restore_ms: status.restore_ms,
+        }),
         pb::TaskOutcome::InputEnded => Some(TaskReport::InputEnded(task)),
         pb::TaskOutcome::Finished => Some(TaskReport::Finished(task)),
         pb::TaskOutcome::Failed | pb::TaskOutcome::RestoreFailed => Some(TaskReport::Failed {
@@ -514,6 +525,10 @@ mod tests {
             reason: "disk full".into(),
         };
         for report in [
+            TaskReport::Running {
+                task: task("counts", 1),
+                restore_ms: 1_234,
+            },
             TaskReport::InputEnded(task("lines", 1)),
             TaskReport::Finished(task("out", 3)),
             failed(false),
@@ -541,6 +556,7 @@ mod tests {
             task: Some(task_ref_to_proto(&task("out", 3))),
             reason: String::new(),
             outcome: 99,
+            restore_ms: 0,
         };
         assert_eq!(
             task_status_from_proto(&unknown),

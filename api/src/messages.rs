@@ -87,6 +87,9 @@ pub struct CheckpointAck {
 /// What an executor reports about one of its subtasks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskReport {
+    /// The subtask restored its state (if any) and started processing, `restore_ms` after its
+    /// deployment reached the executor.
+    Running { task: TaskRef, restore_ms: u64 },
     /// A source read the end of its input; the leader asks for a final checkpoint.
     InputEnded(TaskRef),
     /// The subtask reached the end of its input and delivered everything.

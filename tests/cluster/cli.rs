@@ -55,7 +55,7 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
     let status = run_cli(&["job", "status", &job_id, "--coordinators", &coordinators])?;
     let status = stdout_of(&status);
     assert!(
-        status.contains("counts[1]") && status.contains("(waiting for a slot)"),
+        status.contains("counts[1]") && status.contains("(waiting for a slot)") && status.contains("WAITING"),
         "{status}"
     );
 

@@ -496,6 +496,24 @@ async fn a_running_word_count_rescaled_up_and_down_then_stopped_with_a_savepoint
         })
         .await?;
         assert_eq!(running.subtasks.len(), 5 * parallelism as usize);
+        // Every subtask of the new placement told the leader it restored and runs.
+        let placed = running.subtasks.clone();
+        eventually("every subtask to report running", PATIENCE, || async {
+            let reply = client.get_job_metrics(&submitted.job_id).await.ok()?;
+            placed
+                .iter()
+                .all(|subtask| {
+                    reply.running.iter().any(|running| {
+                        running.task.as_ref().is_some_and(|task| {
+                            task.operator_id == subtask.operator_id
+                                && task.subtask_index == subtask.subtask_index
+                                && task.epoch == subtask.epoch
+                        })
+                    })
+                })
+                .then_some(())
+        })
+        .await?;
         // It restarted from a checkpoint taken for the rescale (sources paused after its
         // barrier), not from one taken before the request.
         let restored = running.restored_checkpoint_id.unwrap_or(0);

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state_machine::State;
 use raftstream_api::checkpoint::CheckpointTrigger;
-use raftstream_api::ids::{CheckpointId, ExecutorId, JobId};
+use raftstream_api::checkpoint::SubtaskKey;
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId};
 
 pub use raftstream_api::messages::{
     CheckpointAck, ExecutorCommand, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef,
@@ -127,6 +128,9 @@ struct Inner {
     finished: HashMap<ExecutorId, Vec<TaskRef>>,
     /// What each executor's tasks last counted (volatile: shown, never acted on).
     metrics: HashMap<ExecutorId, Vec<SubtaskMetrics>>,
+    /// The latest placement of each subtask reported running, with its restore time in ms
+    /// (volatile, like the metrics: one entry per subtask, replaced by its next placement).
+    running: HashMap<(JobId, SubtaskKey), (Epoch, u64)>,
 }
 
 /// Leases and open sessions of the executors, shared by the executor service and the leader
@@ -211,6 +215,44 @@ impl ExecutorSessions {
         metrics
     }
 
+    /// Records that `task` restored its state and runs, after `restore_ms`.
+    pub fn set_running(&self, task: TaskRef, restore_ms: u64) {
+        self.lock()
+            .running
+            .insert((task.job_id, task.subtask), (task.epoch, restore_ms));
+    }
+
+    /// The subtasks of `job_id` in `current` that run, with their restore time in ms: reported
+    /// running, or (to a leader that took over after the report) reporting metrics, which a task
+    /// does only once it runs; their restore time is then unknown (`None`).
+    pub fn job_running(&self, job_id: &JobId, current: impl Fn(&TaskRef) -> bool) -> Vec<(TaskRef, Option<u64>)> {
+        let inner = self.lock();
+        let mut running: Vec<(TaskRef, Option<u64>)> = inner
+            .running
+            .iter()
+            .filter(|((job, _), _)| job == job_id)
+            .map(|((job, subtask), (epoch, restore_ms))| {
+                let task = TaskRef {
+                    job_id: *job,
+                    subtask: subtask.clone(),
+                    epoch: *epoch,
+                };
+                (task, Some(*restore_ms))
+            })
+            .filter(|(task, _)| current(task))
+            .collect();
+        let reported: Vec<TaskRef> = running.iter().map(|(task, _)| task.clone()).collect();
+        for metrics in inner.metrics.values().flatten() {
+            if metrics.task.job_id == *job_id && current(&metrics.task) && !reported.contains(&metrics.task) {
+                running.push((metrics.task.clone(), None));
+            }
+        }
+        running.sort_by(|(a, _), (b, _)| {
+            (&a.subtask.operator_id, a.subtask.subtask_index).cmp(&(&b.subtask.operator_id, b.subtask.subtask_index))
+        });
+        running
+    }
+
     /// Records one finished subtask of an executor (before its next heartbeat repeats it).
     pub fn add_finished(&self, executor_id: &ExecutorId, task: TaskRef) {
         let mut inner = self.lock();
@@ -234,6 +276,7 @@ impl ExecutorSessions {
         inner.suspects.clear();
         inner.finished.clear();
         inner.metrics.clear();
+        inner.running.clear();
         inner.events = None;
         inner.leading_since = None;
     }

@@ -238,6 +238,7 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                     Some(pb::executor_message::Body::TaskStatus(status)) => {
                         sessions.touch(&reader_id);
                         match task_status_from_proto(&status) {
+                            Some(TaskReport::Running { task, restore_ms }) => sessions.set_running(task, restore_ms),
                             Some(TaskReport::InputEnded(task)) => sessions.report(ExecutorEvent::InputEnded { task }),
                             Some(TaskReport::Finished(task)) => {
                                 sessions.add_finished(&reader_id, task.clone());

@@ -14,7 +14,9 @@ use crate::error::CoordinatorError;
 use crate::leader::{ExecutorCommand, ExecutorSessions};
 use crate::state_machine::{Command, Rejection, Response as Applied};
 use raftstream_api::checkpoint::SavepointRef;
+use raftstream_api::convert::task_ref_to_proto;
 use raftstream_api::ids::{CheckpointId, JobId, RequestId};
+use raftstream_api::messages::TaskRef;
 use raftstream_api::spec::parse_job_spec;
 
 const MAX_REQUEST_ID_CHARS: usize = 128;
@@ -197,13 +199,23 @@ impl pb::job_service_server::JobService for JobServiceImpl {
                 .map(|(subtask, assignment)| (subtask.clone(), assignment.epoch))
                 .collect()
         };
+        let is_current = |task: &TaskRef| current.get(&task.subtask) == Some(&task.epoch);
         let subtasks = self
             .sessions
-            .job_metrics(&job_id, |task| current.get(&task.subtask) == Some(&task.epoch))
+            .job_metrics(&job_id, is_current)
             .iter()
             .map(subtask_metrics_to_proto)
             .collect();
-        Ok(Response::new(pb::GetJobMetricsResponse { subtasks }))
+        let running = self
+            .sessions
+            .job_running(&job_id, is_current)
+            .into_iter()
+            .map(|(task, restore_ms)| pb::SubtaskRunning {
+                task: Some(task_ref_to_proto(&task)),
+                restore_ms: restore_ms.unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(pb::GetJobMetricsResponse { subtasks, running }))
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]

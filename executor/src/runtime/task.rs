@@ -489,6 +489,7 @@ async fn run_registered(
     control: &mut mpsc::Receiver<TaskControl>,
     cancel: &CancellationToken,
 ) -> Result<TaskEnd, TaskError> {
+    let starting = std::time::Instant::now();
     let mut logics = Vec::with_capacity(members.len());
     for (position, member) in members.iter().enumerate() {
         let operator = member
@@ -527,6 +528,19 @@ async fn run_registered(
             .collect(),
         keyed_head,
     );
+    // Restored and connected: the leader learns each member runs (what a rescale or a restart
+    // waits for). A lost report (the session is down) leaves the subtask shown as restoring
+    // until its metrics arrive with a heartbeat.
+    let restore_ms = u64::try_from(starting.elapsed().as_millis()).unwrap_or(u64::MAX);
+    for member in members {
+        let _ = environment.reports.try_send(TaskReport::Running {
+            task: member.task_ref(),
+            restore_ms,
+        });
+    }
+    if restore_ms >= 1_000 {
+        tracing::info!(restore_ms, "subtask restored its state and runs");
+    }
     let mut logics = logics.into_iter();
     let head_logic = logics
         .next()
