@@ -608,4 +608,53 @@ mod tests {
         let later = Instant::now() + Duration::from_millis(400);
         assert!(sessions.expired(&[executor], LEASE, GRACE, later).is_empty());
     }
+
+    #[test]
+    fn running_reports_follow_the_current_placement_and_metrics_stand_in_after_a_takeover() {
+        let job_id = JobId::from_number(1);
+        let task = |operator: &str, index: u32, epoch: u64| TaskRef {
+            job_id,
+            subtask: SubtaskKey {
+                operator_id: operator.to_owned(),
+                subtask_index: index,
+            },
+            epoch: Epoch(epoch),
+        };
+        let sessions = ExecutorSessions::default();
+        let _duties = sessions.begin_leadership();
+        sessions.set_running(task("counts", 0, 3), 1_200);
+        sessions.set_running(task("counts", 1, 3), 900);
+        // A later placement of counts[1] replaces the earlier report.
+        sessions.set_running(task("counts", 1, 4), 40);
+        let current = |t: &TaskRef| t.epoch == Epoch(4) || t.subtask.subtask_index == 0;
+        assert_eq!(
+            sessions.job_running(&job_id, current),
+            vec![(task("counts", 0, 3), Some(1_200)), (task("counts", 1, 4), Some(40))]
+        );
+        // Only the current placement counts: counts[0] at epoch 3 is not current any more.
+        assert_eq!(
+            sessions.job_running(&job_id, |t| t.epoch == Epoch(4)),
+            vec![(task("counts", 1, 4), Some(40))]
+        );
+        // A new leader has no reports, only the metrics of tasks that run.
+        sessions.end_leadership();
+        let _duties = sessions.begin_leadership();
+        assert!(sessions.job_running(&job_id, |_| true).is_empty());
+        let metrics = SubtaskMetrics {
+            task: task("counts", 1, 4),
+            records_in: 10,
+            records_out: 10,
+            busy_ms: 1,
+            records_in_per_second: 10.0,
+            busy_ratio: 0.1,
+            hot_keys: Vec::new(),
+            keys_counted: 0,
+            chained: Vec::new(),
+        };
+        sessions.set_metrics(&ExecutorId("exec-1".into()), vec![metrics]);
+        assert_eq!(
+            sessions.job_running(&job_id, |t| t.epoch == Epoch(4)),
+            vec![(task("counts", 1, 4), None)]
+        );
+    }
 }
