@@ -28,7 +28,8 @@ use super::generator::GeneratorPosition;
 use super::key_groups::key_group_range;
 use super::metrics::MetricsRegistry;
 use super::operators::{
-    restores_index, FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator,
+    entries_in_groups, restores_index, FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless,
+    WindowOperator,
 };
 use super::record::Record;
 use crate::checkpoint::{checksum, CheckpointStorage, CheckpointStore, StateHandle};
@@ -354,6 +355,9 @@ async fn restore(
             let mut indexes: Vec<u32> = handles.iter().map(|handle| handle.subtask.subtask_index).collect();
             indexes.sort_unstable();
             let complete = indexes.iter().copied().eq(0..previous_parallelism);
+            // Every state this subtask needs is read first, so its map is sized once for all
+            // of them (a rescale down merges several).
+            let mut states = Vec::new();
             for handle in handles {
                 let own = handle.subtask.subtask_index == deployment.subtask_index;
                 let old_groups = key_group_range(
@@ -366,14 +370,22 @@ async fn restore(
                 if !overlaps && !(own && matches!(logic, Logic::Window(_))) {
                     continue;
                 }
-                let bytes = load_state(&environment.store, checkpoint_id, handle).await?;
-                off_the_workers(|| match logic {
-                    Logic::Count(counts) => counts.restore(&operator.id, &bytes, &groups),
-                    Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, &bytes, &groups),
-                    Logic::Window(window) => window.restore(&operator.id, &bytes, &groups, own),
-                    _ => Ok(()),
-                })?;
+                states.push((own, load_state(&environment.store, checkpoint_id, handle).await?));
             }
+            off_the_workers(|| {
+                let keys: usize = states.iter().map(|(_, bytes)| entries_in_groups(bytes, &groups)).sum();
+                match logic {
+                    Logic::Count(counts) => counts.reserve(keys),
+                    Logic::Aggregate(aggregate) => aggregate.reserve(keys),
+                    _ => {}
+                }
+                states.iter().try_for_each(|(own, bytes)| match logic {
+                    Logic::Count(counts) => counts.restore(&operator.id, bytes, &groups),
+                    Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, bytes, &groups),
+                    Logic::Window(window) => window.restore(&operator.id, bytes, &groups, *own),
+                    _ => Ok(()),
+                })
+            })?;
         }
         Logic::FileSink(sink) => {
             // Its own state, and those of indexes a smaller placement no longer has that it

@@ -3,6 +3,7 @@
 
 use raftstream_api::spec::{Combine, OperatorConfig, OperatorSpec};
 
+pub use super::keyed_state::entries_in_groups;
 use super::keyed_state::{decode_keyed, encode_keyed, StateValue};
 use super::{field_of, number_text, OperatorError};
 use crate::runtime::key_groups::KeyedMap;
@@ -91,6 +92,11 @@ impl KeyedCount {
         groups: &std::ops::Range<u32>,
     ) -> Result<(), OperatorError> {
         restore_keyed(&mut self.counts, operator, bytes, groups)
+    }
+
+    /// Makes room for `additional` keys before restoring them.
+    pub fn reserve(&mut self, additional: usize) {
+        self.counts.reserve(additional);
     }
 
     /// How many keys are held.
@@ -186,6 +192,11 @@ impl KeyedAggregate {
         groups: &std::ops::Range<u32>,
     ) -> Result<(), OperatorError> {
         restore_keyed(&mut self.values, operator, bytes, groups)
+    }
+
+    /// Makes room for `additional` keys before restoring them.
+    pub fn reserve(&mut self, additional: usize) {
+        self.values.reserve(additional);
     }
 }
 
