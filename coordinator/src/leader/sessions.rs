@@ -222,15 +222,20 @@ impl ExecutorSessions {
             .insert((task.job_id, task.subtask), (task.epoch, restore_ms));
     }
 
-    /// The subtasks of `job_id` in `current` that run, with their restore time in ms: reported
-    /// running, or (to a leader that took over after the report) reporting metrics, which a task
-    /// does only once it runs; their restore time is then unknown (`None`).
-    pub fn job_running(&self, job_id: &JobId, current: impl Fn(&TaskRef) -> bool) -> Vec<(TaskRef, Option<u64>)> {
+    /// The subtasks of `job_id` that run at their current epoch (`current_epoch`), with their
+    /// restore time in ms: reported running, or (to a leader that took over after the report)
+    /// reporting metrics, which a task does only once it runs, for itself and the operators
+    /// chained behind it; their restore time is then unknown (`None`).
+    pub fn job_running(
+        &self,
+        job_id: &JobId,
+        current_epoch: impl Fn(&SubtaskKey) -> Option<Epoch>,
+    ) -> Vec<(TaskRef, Option<u64>)> {
         let inner = self.lock();
         let mut running: Vec<(TaskRef, Option<u64>)> = inner
             .running
             .iter()
-            .filter(|((job, _), _)| job == job_id)
+            .filter(|((job, subtask), (epoch, _))| job == job_id && current_epoch(subtask) == Some(*epoch))
             .map(|((job, subtask), (epoch, restore_ms))| {
                 let task = TaskRef {
                     job_id: *job,
@@ -239,12 +244,30 @@ impl ExecutorSessions {
                 };
                 (task, Some(*restore_ms))
             })
-            .filter(|(task, _)| current(task))
             .collect();
-        let reported: Vec<TaskRef> = running.iter().map(|(task, _)| task.clone()).collect();
+        let mut seen: std::collections::HashSet<SubtaskKey> =
+            running.iter().map(|(task, _)| task.subtask.clone()).collect();
         for metrics in inner.metrics.values().flatten() {
-            if metrics.task.job_id == *job_id && current(&metrics.task) && !reported.contains(&metrics.task) {
-                running.push((metrics.task.clone(), None));
+            let head = &metrics.task;
+            if head.job_id != *job_id || current_epoch(&head.subtask) != Some(head.epoch) {
+                continue;
+            }
+            let members =
+                std::iter::once(head.subtask.clone()).chain(metrics.chained.iter().map(|operator_id| SubtaskKey {
+                    operator_id: operator_id.clone(),
+                    subtask_index: head.subtask.subtask_index,
+                }));
+            for subtask in members {
+                if let Some(epoch) = current_epoch(&subtask) {
+                    if seen.insert(subtask.clone()) {
+                        let task = TaskRef {
+                            job_id: *job_id,
+                            subtask,
+                            epoch,
+                        };
+                        running.push((task, None));
+                    }
+                }
             }
         }
         running.sort_by(|(a, _), (b, _)| {
@@ -612,34 +635,44 @@ mod tests {
     #[test]
     fn running_reports_follow_the_current_placement_and_metrics_stand_in_after_a_takeover() {
         let job_id = JobId::from_number(1);
+        let key = |operator: &str, index: u32| SubtaskKey {
+            operator_id: operator.to_owned(),
+            subtask_index: index,
+        };
         let task = |operator: &str, index: u32, epoch: u64| TaskRef {
             job_id,
-            subtask: SubtaskKey {
-                operator_id: operator.to_owned(),
-                subtask_index: index,
-            },
+            subtask: key(operator, index),
             epoch: Epoch(epoch),
         };
+        // The current placement: counts[0] at 3, counts[1] at 4, its chained sink out[1] at 5.
+        let placement: HashMap<SubtaskKey, Epoch> = [
+            (key("counts", 0), Epoch(3)),
+            (key("counts", 1), Epoch(4)),
+            (key("out", 1), Epoch(5)),
+        ]
+        .into_iter()
+        .collect();
+        let current = |subtask: &SubtaskKey| placement.get(subtask).copied();
         let sessions = ExecutorSessions::default();
         let _duties = sessions.begin_leadership();
         sessions.set_running(task("counts", 0, 3), 1_200);
-        sessions.set_running(task("counts", 1, 3), 900);
+        sessions.set_running(task("counts", 1, 2), 900);
+        assert_eq!(
+            sessions.job_running(&job_id, current),
+            vec![(task("counts", 0, 3), Some(1_200))],
+            "counts[1] reported running at an older placement only"
+        );
         // A later placement of counts[1] replaces the earlier report.
         sessions.set_running(task("counts", 1, 4), 40);
-        let current = |t: &TaskRef| t.epoch == Epoch(4) || t.subtask.subtask_index == 0;
         assert_eq!(
             sessions.job_running(&job_id, current),
             vec![(task("counts", 0, 3), Some(1_200)), (task("counts", 1, 4), Some(40))]
         );
-        // Only the current placement counts: counts[0] at epoch 3 is not current any more.
-        assert_eq!(
-            sessions.job_running(&job_id, |t| t.epoch == Epoch(4)),
-            vec![(task("counts", 1, 4), Some(40))]
-        );
-        // A new leader has no reports, only the metrics of tasks that run.
+        // A new leader has no reports, only the metrics of tasks that run, reported by their
+        // chain's head for every operator of the chain.
         sessions.end_leadership();
         let _duties = sessions.begin_leadership();
-        assert!(sessions.job_running(&job_id, |_| true).is_empty());
+        assert!(sessions.job_running(&job_id, current).is_empty());
         let metrics = SubtaskMetrics {
             task: task("counts", 1, 4),
             records_in: 10,
@@ -649,12 +682,12 @@ mod tests {
             busy_ratio: 0.1,
             hot_keys: Vec::new(),
             keys_counted: 0,
-            chained: Vec::new(),
+            chained: vec!["out".to_owned()],
         };
         sessions.set_metrics(&ExecutorId("exec-1".into()), vec![metrics]);
         assert_eq!(
-            sessions.job_running(&job_id, |t| t.epoch == Epoch(4)),
-            vec![(task("counts", 1, 4), None)]
+            sessions.job_running(&job_id, current),
+            vec![(task("counts", 1, 4), None), (task("out", 1, 5), None)]
         );
     }
 }

@@ -208,7 +208,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             .collect();
         let running = self
             .sessions
-            .job_running(&job_id, is_current)
+            .job_running(&job_id, |subtask| current.get(subtask).copied())
             .into_iter()
             .map(|(task, restore_ms)| pb::SubtaskRunning {
                 task: Some(task_ref_to_proto(&task)),

@@ -541,8 +541,8 @@ async fn run_registered(
         keyed_head,
     );
     // Restored and connected: the leader learns each member runs (what a rescale or a restart
-    // waits for). A lost report (the session is down) leaves the subtask shown as restoring
-    // until its metrics arrive with a heartbeat.
+    // waits for). After a lost report (the session was down) the leader counts the chain as
+    // running once its metrics arrive with a heartbeat.
     let restore_ms = u64::try_from(starting.elapsed().as_millis()).unwrap_or(u64::MAX);
     for member in members {
         let _ = environment.reports.try_send(TaskReport::Running {
