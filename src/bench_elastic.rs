@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use raftstream_api::client::ClusterClient;
+use raftstream_api::client::{running_entry, ClusterClient};
 use raftstream_proto::v1 as pb;
 
 use crate::bench::{millis, percentile};
@@ -164,13 +164,7 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
                     let reply = client.get_job_metrics(&job_id).await.ok()?;
                     let mut slowest = 0;
                     for subtask in &job.subtasks {
-                        let running = reply.running.iter().find(|running| {
-                            running.task.as_ref().is_some_and(|task| {
-                                task.operator_id == subtask.operator_id
-                                    && task.subtask_index == subtask.subtask_index
-                                    && task.epoch == subtask.epoch
-                            })
-                        })?;
+                        let running = running_entry(&reply.running, subtask)?;
                         slowest = slowest.max(running.restore_ms);
                     }
                     Some(slowest)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raftstream_api::checkpoint::SavepointRef;
-use raftstream_api::client::{ClusterClient, SubmitOptions};
+use raftstream_api::client::{running_entry, ClusterClient, SubmitOptions};
 use raftstream_coordinator::node::{run_coordinator, CoordinatorConfig, RaftSettings};
 use raftstream_proto::v1 as pb;
 use serde_json::json;
@@ -1006,21 +1006,12 @@ fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics], running: Option<&[pb
                 (None, Some(head)) => vec![format!("(in {head})"), String::new(), String::new(), String::new()],
                 (None, None) => vec!["-".to_owned(), "-".to_owned(), "-".to_owned(), "-".to_owned()],
             };
-            let is_running = |running: &[pb::SubtaskRunning]| {
-                running.iter().any(|r| {
-                    r.task.as_ref().is_some_and(|task| {
-                        task.operator_id == s.operator_id
-                            && task.subtask_index == s.subtask_index
-                            && task.epoch == s.epoch
-                    })
-                })
-            };
             // Flink's DEPLOYING and INITIALIZING are one STARTING here: placed, restoring its
             // state or opening its channels.
             let state = match running {
                 _ if ended => "-",
                 _ if s.executor_id.is_empty() => "WAITING",
-                Some(running) if is_running(running) => "RUNNING",
+                Some(running) if running_entry(running, s).is_some() => "RUNNING",
                 Some(_) => "STARTING",
                 None => "?",
             };

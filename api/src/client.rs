@@ -54,6 +54,18 @@ fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The entry of `running` (a `GetJobMetrics` reply's running subtasks) for `subtask` at its
+/// placed epoch: `None` while that placement still deploys or restores.
+pub fn running_entry<'a>(running: &'a [pb::SubtaskRunning], subtask: &pb::Subtask) -> Option<&'a pb::SubtaskRunning> {
+    running.iter().find(|entry| {
+        entry.task.as_ref().is_some_and(|task| {
+            task.operator_id == subtask.operator_id
+                && task.subtask_index == subtask.subtask_index
+                && task.epoch == subtask.epoch
+        })
+    })
+}
+
 impl ClientError {
     /// The gRPC code behind this error (UNAVAILABLE when nothing answered).
     pub fn code(&self) -> Code {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use raftstream::wordcount::{check_output, WordCountJob};
-use raftstream_api::client::ClusterClient;
+use raftstream_api::client::{running_entry, ClusterClient};
 use raftstream_proto::v1 as pb;
 
 use crate::common::{
@@ -502,15 +502,7 @@ async fn a_running_word_count_rescaled_up_and_down_then_stopped_with_a_savepoint
             let reply = client.get_job_metrics(&submitted.job_id).await.ok()?;
             placed
                 .iter()
-                .all(|subtask| {
-                    reply.running.iter().any(|running| {
-                        running.task.as_ref().is_some_and(|task| {
-                            task.operator_id == subtask.operator_id
-                                && task.subtask_index == subtask.subtask_index
-                                && task.epoch == subtask.epoch
-                        })
-                    })
-                })
+                .all(|subtask| running_entry(&reply.running, subtask).is_some())
                 .then_some(())
         })
         .await?;
