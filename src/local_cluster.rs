@@ -117,6 +117,8 @@ pub struct ExecutorProcess {
     pub http_address: String,
     routes: Option<ExecutorRoutes>,
     child: Option<Child>,
+    /// Where the current process's output starts in the (appended) log.
+    log_start: u64,
 }
 
 impl ExecutorProcess {
@@ -386,21 +388,51 @@ impl LocalCluster {
                 if let Some(status) = child.try_wait()? {
                     process.child = None;
                     let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
-                    let tail: Vec<&str> = log
-                        .lines()
-                        .rev()
-                        .take(15)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect();
                     bail!(
                         "coordinator {} exited with {status}; log tail:\n{}",
                         process.node_id,
-                        tail.join("\n")
+                        log_tail(&log, 15)
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Fails if an executor exited on its own, pointing at its log; one that found its HTTP port
+    /// taken (the harness closes the port the OS picked before the child binds it, and another
+    /// process can take it in between) starts again on a new port instead. For use while waiting
+    /// for executors to connect, not while they are meant to exit (drain, SIGTERM).
+    pub fn check_executors_running(&mut self) -> anyhow::Result<()> {
+        let mut port_taken = Vec::new();
+        for process in self.executors.values_mut() {
+            let Some(child) = process.child.as_mut() else {
+                continue;
+            };
+            let Some(status) = child.try_wait()? else {
+                continue;
+            };
+            process.child = None;
+            let log = std::fs::read(process.log_path()).unwrap_or_default();
+            let since_start = String::from_utf8_lossy(log.get(process.log_start as usize..).unwrap_or_default());
+            if since_start.contains("Address already in use") {
+                port_taken.push(process.executor_id.clone());
+                continue;
+            }
+            bail!(
+                "executor {} exited with {status}; log tail:\n{}",
+                process.executor_id,
+                log_tail(&since_start, 15)
+            );
+        }
+        for executor_id in port_taken {
+            let process = self
+                .executors
+                .get_mut(&executor_id)
+                .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
+            process.http_address = free_local_address()?;
+            tracing::warn!(%executor_id, http_address = %process.http_address, "an executor's port was taken before it bound it; starting it again");
+            self.spawn_executor(&executor_id)?;
         }
         Ok(())
     }
@@ -443,15 +475,28 @@ impl LocalCluster {
         slots: u32,
         routes: Option<ExecutorRoutes>,
     ) -> anyhow::Result<()> {
+        let http_address = free_local_address()?;
+        self.start_executor_serving_on(executor_id, slots, routes, http_address)
+    }
+
+    /// Starts an executor serving HTTP on `http_address`, which the caller chose.
+    pub fn start_executor_serving_on(
+        &mut self,
+        executor_id: &str,
+        slots: u32,
+        routes: Option<ExecutorRoutes>,
+        http_address: String,
+    ) -> anyhow::Result<()> {
         let directory = self.directory.join(executor_id);
         std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
         let process = ExecutorProcess {
             executor_id: executor_id.to_owned(),
             directory,
             slots,
-            http_address: free_local_address()?,
+            http_address,
             routes,
             child: None,
+            log_start: 0,
         };
         self.executors.insert(executor_id.to_owned(), process);
         self.spawn_executor(executor_id)
@@ -499,6 +544,7 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(process.log_path())?;
+        process.log_start = log.metadata().map_or(0, |metadata| metadata.len());
         let mut routing = Vec::new();
         if self.executor_http {
             routing.extend(["--http-listen".to_owned(), process.http_address.clone()]);
@@ -694,6 +740,13 @@ impl Drop for LocalCluster {
         }
         self.kill_all();
     }
+}
+
+/// The last `lines` lines of a log.
+fn log_tail(log: &str, lines: usize) -> String {
+    let mut tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    tail.reverse();
+    tail.join("\n")
 }
 
 /// Waits up to `patience` for `child` to exit; kills and reaps it if it does not.

@@ -183,13 +183,28 @@ pub async fn start_executors(cluster: &mut TestCluster, executors: &[(&str, u32)
     for (executor_id, slots) in executors {
         cluster.cluster.start_executor(executor_id, *slots)?;
     }
+    wait_for_executors(cluster, executors.len()).await
+}
+
+/// Waits until `count` executors hold a session with the leader.
+pub async fn wait_for_executors(cluster: &mut TestCluster, count: usize) -> anyhow::Result<ClusterClient> {
     let client = cluster.client()?;
-    eventually("the executors to connect", Duration::from_secs(60), || async {
-        let listed = client.list_executors().await.ok()?;
-        (listed.executors.iter().filter(|executor| executor.connected).count() == executors.len()).then_some(())
-    })
-    .await?;
-    Ok(client)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // An executor that crashed fails the wait at once with its log; one whose port was
+        // taken starts again.
+        cluster.cluster.check_executors_running()?;
+        if let Ok(listed) = client.list_executors().await {
+            if listed.executors.iter().filter(|executor| executor.connected).count() == count {
+                return Ok(client);
+            }
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out after 60 s waiting for the executors to connect"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The word counts published in `output_dir` are exactly `expected`: nothing lost, nothing twice.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::{eventually, fast_executors, job_spec, placement, test_settings, TestCluster};
+use crate::common::{eventually, fast_executors, job_spec, placement, test_settings, wait_for_executors, TestCluster};
 use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
@@ -218,5 +218,36 @@ async fn sigterm_stops_an_executor_cleanly_and_its_subtasks_move() -> anyhow::Re
             .filter(|placed| waiting(placed) == 0 && on(placed, "staying") == placed.len())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_whose_port_was_taken_starts_again_and_one_that_crashes_is_reported() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    // The port the harness picked is taken by someone else before the executor binds it.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken = squatter.local_addr()?.to_string();
+    cluster
+        .cluster
+        .start_executor_serving_on("exec-a", 2, None, taken.clone())?;
+    wait_for_executors(&mut cluster, 1).await?;
+    let executor = cluster
+        .cluster
+        .executor("exec-a")
+        .ok_or_else(|| anyhow::anyhow!("exec-a is gone"))?;
+    assert_ne!(executor.http_address, taken, "it must serve on a new port");
+    let log = std::fs::read_to_string(executor.log_path())?;
+    assert!(log.contains("Address already in use"), "{log}");
+
+    // An executor that exits for another reason fails the wait at once, with its log.
+    cluster.cluster.start_executor("exec-b", 0)?;
+    let error = wait_for_executors(&mut cluster, 2)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an executor with 0 slots must not connect"))?;
+    let message = format!("{error:#}");
+    assert!(message.contains("executor exec-b exited"), "{message}");
+    assert!(message.contains("slots"), "{message}");
+    drop(squatter);
     Ok(())
 }
