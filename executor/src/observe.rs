@@ -10,7 +10,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::{Registry, Unit};
 use raftstream_observability::{single, Families, Labels, Readiness, ReadinessCheck};
 
-use crate::runtime::metrics::{MetricsRegistry, SubtaskTotalsKey};
+use crate::runtime::metrics::{MetricsRegistry, SubtaskTotalsKey, TaskTotals};
 
 /// The registry `/metrics` serves on an executor.
 pub fn registry(tasks: MetricsRegistry, in_session: Arc<AtomicBool>) -> Registry {
@@ -78,6 +78,77 @@ impl Collector for TaskCollector {
             totals
                 .iter()
                 .map(|(key, counted)| (labels(key), counted.records_out as f64)),
+        )?;
+        let counter = |value: fn(&TaskTotals) -> u64| {
+            move |(key, counted): &(SubtaskTotalsKey, TaskTotals)| (labels(key), value(counted) as f64)
+        };
+        families.counter(
+            "subtask_received",
+            "Payload bytes into the subtask's chain head (key, value and 8 for the event time per record; a source: line bytes)",
+            Some(Unit::Bytes),
+            totals.iter().map(counter(|counted| counted.bytes_in)),
+        )?;
+        families.counter(
+            "subtask_sent",
+            "Payload bytes the subtask's chain sent downstream (key, value and 8 for the event time per record)",
+            Some(Unit::Bytes),
+            totals.iter().map(counter(|counted| counted.bytes_out)),
+        )?;
+        families.counter(
+            "subtask_batches_in",
+            "Batches of records into the subtask's chain head (a source: batches it read)",
+            None,
+            totals.iter().map(counter(|counted| counted.batches_in)),
+        )?;
+        families.counter(
+            "subtask_batches_out",
+            "Batches of records the subtask's chain sent downstream",
+            None,
+            totals.iter().map(counter(|counted| counted.batches_out)),
+        )?;
+        families.counter(
+            "subtask_backpressured",
+            "Time the subtask waited for room in full output channels (backpressure from downstream)",
+            Some(Unit::Seconds),
+            totals
+                .iter()
+                .map(|(key, counted)| (labels(key), counted.blocked_ns as f64 / 1e9)),
+        )?;
+        families.counter(
+            "subtask_checkpoint_alignment",
+            "Time the subtask spent aligning checkpoint barriers (first barrier in to the last), all checkpoints",
+            Some(Unit::Seconds),
+            totals
+                .iter()
+                .map(|(key, counted)| (labels(key), counted.alignment_ns as f64 / 1e9)),
+        )?;
+        families.gauge(
+            "subtask_last_checkpoint_alignment",
+            "How long the running subtask's latest barrier alignment took",
+            Some(Unit::Seconds),
+            totals
+                .iter()
+                .filter_map(|(key, counted)| Some((labels(key), counted.last_alignment_ns? as f64 / 1e9))),
+        )?;
+        families.gauge(
+            "subtask_checkpointed_state",
+            "Size of the running subtask's state (its whole chain) in its latest checkpoint",
+            Some(Unit::Bytes),
+            totals
+                .iter()
+                .filter_map(|(key, counted)| Some((labels(key), counted.state_bytes? as f64))),
+        )?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        families.gauge(
+            "subtask_watermark_lag",
+            "Wall-clock time minus the running subtask's event-time watermark (event-time operators only)",
+            Some(Unit::Seconds),
+            totals.iter().filter_map(|(key, counted)| {
+                let watermark = counted.watermark_ms?;
+                Some((labels(key), now_ms.saturating_sub(watermark) as f64 / 1e3))
+            }),
         )?;
         families.counter(
             "subtask_busy",

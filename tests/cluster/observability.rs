@@ -145,13 +145,53 @@ async fn every_process_serves_metrics_health_and_readiness_that_follow_a_word_co
     anyhow::ensure!(total(&running, "raftstream_executors", &[("state", "alive")]) == 2.0);
     anyhow::ensure!(total(&running, "raftstream_raft_proposals_total", &[("outcome", "committed")]) > 0.0);
 
+    tracing::info!("--- the executors show the running subtasks' checkpointed state and barrier alignment");
+    eventually(
+        "checkpointed state and alignment on the executors",
+        PATIENCE,
+        || async {
+            let (mut state, mut alignment) = (0.0, 0.0);
+            for address in &executors {
+                let samples = scrape(&http, address).await.ok()?;
+                state += total(
+                    &samples,
+                    "raftstream_subtask_checkpointed_state_bytes",
+                    &[("job", &job_id)],
+                );
+                // The counts subtasks read two channels each (one per source subtask): they align.
+                alignment += total(
+                    &samples,
+                    "raftstream_subtask_checkpoint_alignment_seconds_total",
+                    &[("job", &job_id), ("operator", "counts")],
+                );
+            }
+            (state > 0.0 && alignment > 0.0).then_some(())
+        },
+    )
+    .await?;
+
     finished(&client, &job_id).await?;
 
     tracing::info!("--- the executors counted every record the sink wrote and the source read");
     let expected_lines: u64 = spec.expected_counts().values().sum();
     let (mut written, mut read) = (0.0, 0.0);
+    let (mut source_batches, mut source_bytes_out, mut backpressure_samples) = (0.0, 0.0, 0);
     for address in &executors {
         let samples = scrape(&http, address).await?;
+        source_batches += total(
+            &samples,
+            "raftstream_subtask_batches_in_total",
+            &[("job", &job_id), ("operator", "lines")],
+        );
+        source_bytes_out += total(
+            &samples,
+            "raftstream_subtask_sent_bytes_total",
+            &[("job", &job_id), ("operator", "lines")],
+        );
+        backpressure_samples += samples
+            .iter()
+            .filter(|sample| sample.name == "raftstream_subtask_backpressured_seconds_total" && sample.value >= 0.0)
+            .count();
         written += total(
             &samples,
             "raftstream_sink_records_written_total",
@@ -172,6 +212,17 @@ async fn every_process_serves_metrics_health_and_readiness_that_follow_a_word_co
         "the sources read {read} of {} records",
         spec.records
     );
+    anyhow::ensure!(
+        source_batches > 0.0 && source_batches <= spec.records as f64,
+        "the sources read {read} records in {source_batches} batches"
+    );
+    // Every line sent on carries at least its 8-byte event time and a word.
+    anyhow::ensure!(
+        source_bytes_out > 9.0 * spec.records as f64,
+        "the sources sent {source_bytes_out} bytes for {} lines",
+        spec.records
+    );
+    anyhow::ensure!(backpressure_samples > 0, "every subtask shows its backpressure time");
 
     let after = scrape(&http, &leader_address).await?;
     anyhow::ensure!(

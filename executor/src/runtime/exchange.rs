@@ -342,19 +342,21 @@ impl OutputChannel {
         Ok(OutputChannel::Remote { frames, failed })
     }
 
-    /// Sends one event, waiting while the receiver is behind (backpressure).
-    pub async fn send(&self, event: ChannelEvent) -> Result<(), SendError> {
+    /// Sends one event, waiting while the receiver is behind (backpressure); how long it waited
+    /// for room (zero when the channel had some).
+    pub async fn send(&self, event: ChannelEvent) -> Result<Duration, SendError> {
         match self {
-            OutputChannel::Local { sender, channel } => sender
-                .send(InputMessage {
+            OutputChannel::Local { sender, channel } => {
+                let message = InputMessage {
                     channel: *channel,
                     event,
-                })
-                .await
-                .map_err(|_| SendError {
+                };
+                let stopped = || SendError {
                     target: "a local subtask".to_owned(),
                     problem: "it stopped".to_owned(),
-                }),
+                };
+                send_timing_backpressure(sender, message, stopped).await
+            }
             OutputChannel::Remote { frames, failed } => {
                 let body = match event {
                     ChannelEvent::Batch(records) => pb::data_frame::Body::Batch(pb::RecordBatch {
@@ -372,18 +374,64 @@ impl OutputChannel {
                         pb::data_frame::Body::Watermark(pb::Watermark { timestamp_ms })
                     }
                 };
-                frames
-                    .send(pb::DataFrame { body: Some(body) })
-                    .await
-                    .map_err(|_| SendError {
-                        target: "a remote subtask".to_owned(),
-                        problem: failed
-                            .lock()
-                            .ok()
-                            .and_then(|slot| slot.clone())
-                            .unwrap_or_else(|| "the stream closed".to_owned()),
-                    })
+                let closed = || SendError {
+                    target: "a remote subtask".to_owned(),
+                    problem: failed
+                        .lock()
+                        .ok()
+                        .and_then(|slot| slot.clone())
+                        .unwrap_or_else(|| "the stream closed".to_owned()),
+                };
+                send_timing_backpressure(frames, pb::DataFrame { body: Some(body) }, closed).await
             }
         }
+    }
+}
+
+/// Sends `message`, timing only a wait for room: the clock is read only when the channel is full.
+async fn send_timing_backpressure<T>(
+    sender: &mpsc::Sender<T>,
+    message: T,
+    closed: impl FnOnce() -> SendError,
+) -> Result<Duration, SendError> {
+    match sender.try_send(message) {
+        Ok(()) => Ok(Duration::ZERO),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        Err(mpsc::error::TrySendError::Full(message)) => {
+            let waiting_since = Instant::now();
+            sender.send(message).await.map_err(|_| closed())?;
+            Ok(waiting_since.elapsed())
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stopped() -> SendError {
+        SendError {
+            target: "test".to_owned(),
+            problem: "closed".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_counts_only_the_time_it_waited_for_room() {
+        let (sender, mut receiver) = mpsc::channel::<u32>(1);
+        let waited = send_timing_backpressure(&sender, 1, stopped).await.expect("room");
+        assert_eq!(waited, Duration::ZERO, "a channel with room costs no wait");
+        // Full now: the next send waits until the receiver takes the first message.
+        let blocked = send_timing_backpressure(&sender, 2, stopped);
+        tokio::pin!(blocked);
+        assert!(
+            futures::poll!(&mut blocked).is_pending(),
+            "a full channel makes it wait"
+        );
+        assert_eq!(receiver.recv().await, Some(1));
+        let waited = blocked.await.expect("room after the receive");
+        assert!(waited > Duration::ZERO);
+        assert_eq!(receiver.recv().await, Some(2));
+        drop(receiver);
+        assert!(send_timing_backpressure(&sender, 3, stopped).await.is_err());
     }
 }

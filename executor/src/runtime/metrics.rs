@@ -4,7 +4,7 @@
 //! hot-key sketch samples one record in [`KEY_SAMPLE`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,49 @@ pub const KEY_SAMPLE: usize = 64;
 const SKETCH_CAPACITY: usize = 32;
 const HOT_KEYS_REPORTED: usize = 8;
 
+/// What a task's output side has sent since the task started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OutputTotals {
+    pub records: u64,
+    pub batches: u64,
+    /// Key and value bytes plus 8 for the event time, per record: what the records carry, not
+    /// their encoding on the wire (local channels encode nothing).
+    pub bytes: u64,
+    /// Time spent waiting for room in a full output channel: backpressure from downstream.
+    pub blocked_ns: u64,
+}
+
+/// The payload bytes of `records`, counted as [`OutputTotals::bytes`] says.
+pub fn payload_bytes(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|record| (record.key.len() + record.value.len() + 8) as u64)
+        .sum()
+}
+
+/// No watermark yet (`i64::MIN`) or the end of event time (`i64::MAX`): no lag to show.
+fn has_watermark(watermark: i64) -> bool {
+    watermark != i64::MIN && watermark != i64::MAX
+}
+
 /// The counters of one task.
 #[derive(Debug)]
 pub struct TaskCounters {
     records_in: AtomicU64,
+    batches_in: AtomicU64,
+    bytes_in: AtomicU64,
     records_out: AtomicU64,
+    batches_out: AtomicU64,
+    bytes_out: AtomicU64,
+    blocked_ns: AtomicU64,
     busy_ns: AtomicU64,
+    /// Barrier alignment: all alignments summed, and the latest one.
+    alignment_ns: AtomicU64,
+    last_alignment_ns: AtomicU64,
+    /// Bytes of the chain's state in its latest checkpoint.
+    state_bytes: AtomicU64,
+    /// The task's event-time watermark (ms since the epoch), `i64::MIN` before the first.
+    watermark_ms: AtomicI64,
     /// A chain ending in a file sink: lines and bytes it wrote.
     sink_lines: AtomicU64,
     sink_bytes: AtomicU64,
@@ -42,6 +79,8 @@ impl TaskCounters {
     /// `records` entered the chain's head.
     pub fn received(&self, records: &[Record]) {
         self.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.batches_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(payload_bytes(records), Ordering::Relaxed);
         if let Some(sampled) = &self.hot_keys {
             if let Ok(mut sampled) = sampled.lock() {
                 let (sketch, skip) = &mut *sampled;
@@ -55,14 +94,36 @@ impl TaskCounters {
         }
     }
 
-    /// A source read `records` records.
-    pub fn read(&self, records: u64) {
+    /// A source read `records` records of `bytes` bytes in one batch.
+    pub fn read(&self, records: u64, bytes: u64) {
         self.records_in.fetch_add(records, Ordering::Relaxed);
+        self.batches_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// The chain's tail has sent `total` records since the task started.
-    pub fn sent_total(&self, total: u64) {
-        self.records_out.store(total, Ordering::Relaxed);
+    /// What the chain's tail has sent since the task started.
+    pub fn sent_totals(&self, totals: &OutputTotals) {
+        self.records_out.store(totals.records, Ordering::Relaxed);
+        self.batches_out.store(totals.batches, Ordering::Relaxed);
+        self.bytes_out.store(totals.bytes, Ordering::Relaxed);
+        self.blocked_ns.store(totals.blocked_ns, Ordering::Relaxed);
+    }
+
+    /// A barrier alignment took `took` (first barrier in to the last).
+    pub fn aligned(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.alignment_ns.fetch_add(nanos, Ordering::Relaxed);
+        self.last_alignment_ns.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The chain's state took `bytes` in the checkpoint just taken.
+    pub fn snapshotted(&self, bytes: u64) {
+        self.state_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The task's watermark is now `watermark_ms`.
+    pub fn watermark(&self, watermark_ms: i64) {
+        self.watermark_ms.store(watermark_ms, Ordering::Relaxed);
     }
 
     /// The chain's sink has written `lines` lines of `bytes` bytes since the task started.
@@ -112,19 +173,45 @@ pub struct TaskTotals {
     pub operators: Vec<String>,
     pub running: bool,
     pub records_in: u64,
+    pub batches_in: u64,
+    pub bytes_in: u64,
     pub records_out: u64,
+    pub batches_out: u64,
+    pub bytes_out: u64,
+    pub blocked_ns: u64,
     pub busy_ns: u64,
+    pub alignment_ns: u64,
     pub sink_lines: u64,
     pub sink_bytes: u64,
+    /// Gauges of the running task (none once it ended): its latest alignment, its state's size
+    /// in its latest checkpoint, and its watermark (ms) when it has one.
+    pub last_alignment_ns: Option<u64>,
+    pub state_bytes: Option<u64>,
+    pub watermark_ms: Option<i64>,
 }
 
 impl TaskTotals {
     fn add(&mut self, counters: &TaskCounters) {
-        self.records_in += counters.records_in.load(Ordering::Relaxed);
-        self.records_out += counters.records_out.load(Ordering::Relaxed);
-        self.busy_ns += counters.busy_ns.load(Ordering::Relaxed);
-        self.sink_lines += counters.sink_lines.load(Ordering::Relaxed);
-        self.sink_bytes += counters.sink_bytes.load(Ordering::Relaxed);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        self.records_in += load(&counters.records_in);
+        self.batches_in += load(&counters.batches_in);
+        self.bytes_in += load(&counters.bytes_in);
+        self.records_out += load(&counters.records_out);
+        self.batches_out += load(&counters.batches_out);
+        self.bytes_out += load(&counters.bytes_out);
+        self.blocked_ns += load(&counters.blocked_ns);
+        self.busy_ns += load(&counters.busy_ns);
+        self.alignment_ns += load(&counters.alignment_ns);
+        self.sink_lines += load(&counters.sink_lines);
+        self.sink_bytes += load(&counters.sink_bytes);
+    }
+
+    /// The gauges of a running task.
+    fn set_gauges(&mut self, counters: &TaskCounters) {
+        self.last_alignment_ns = Some(counters.last_alignment_ns.load(Ordering::Relaxed));
+        self.state_bytes = Some(counters.state_bytes.load(Ordering::Relaxed));
+        let watermark = counters.watermark_ms.load(Ordering::Relaxed);
+        self.watermark_ms = has_watermark(watermark).then_some(watermark);
     }
 }
 
@@ -171,8 +258,17 @@ impl MetricsRegistry {
     pub fn register(&self, task: TaskRef, chained: Vec<String>, keyed: bool) -> TaskMetrics {
         let counters = Arc::new(TaskCounters {
             records_in: AtomicU64::new(0),
+            batches_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
+            batches_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            blocked_ns: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            alignment_ns: AtomicU64::new(0),
+            last_alignment_ns: AtomicU64::new(0),
+            state_bytes: AtomicU64::new(0),
+            watermark_ms: AtomicI64::new(i64::MIN),
             sink_lines: AtomicU64::new(0),
             sink_bytes: AtomicU64::new(0),
             hot_keys: keyed.then(|| Mutex::new((SpaceSaving::new(SKETCH_CAPACITY), 0))),
@@ -212,6 +308,7 @@ impl MetricsRegistry {
         for registered in inner.tasks.values() {
             let entry = totals.entry(totals_key(&registered.task)).or_default();
             entry.add(&registered.counters);
+            entry.set_gauges(&registered.counters);
             entry.running = true;
             entry.operators = operators_of(registered);
         }
@@ -319,9 +416,12 @@ mod tests {
         for batch in records.chunks(30) {
             keyed.counters.received(batch);
         }
-        keyed.counters.sent_total(5);
+        keyed.counters.sent_totals(&OutputTotals {
+            records: 5,
+            ..OutputTotals::default()
+        });
         keyed.counters.worked(Duration::from_millis(3));
-        source.counters.read(1_000);
+        source.counters.read(1_000, 10_000);
         let reports = registry.report();
         assert_eq!(reports.len(), 2);
         let counts = &reports[0];
@@ -342,14 +442,23 @@ mod tests {
     fn totals_sum_every_task_a_subtask_ran_and_outlive_its_job_until_later_jobs_end() {
         let registry = MetricsRegistry::default();
         let first = registry.register(task("counts"), vec!["sink".to_owned()], false);
-        first.counters.read(10);
+        first.counters.read(10, 100);
         first.counters.sink_totals((4, 40));
         drop(first);
         let mut second_run = task("counts");
         second_run.epoch = Epoch(2);
         let second = registry.register(second_run, vec!["sink".to_owned()], false);
-        second.counters.read(5);
+        second.counters.read(5, 50);
         second.counters.sink_totals((1, 10));
+        second.counters.sent_totals(&OutputTotals {
+            records: 3,
+            batches: 2,
+            bytes: 30,
+            blocked_ns: 7,
+        });
+        second.counters.aligned(Duration::from_millis(4));
+        second.counters.aligned(Duration::from_millis(2));
+        second.counters.snapshotted(1_234);
         let totals = registry.totals();
         assert_eq!(totals.len(), 1, "{totals:?}");
         let (key, counted) = &totals[0];
@@ -360,10 +469,30 @@ mod tests {
         );
         assert!(counted.running);
         assert_eq!(counted.operators, vec!["counts".to_owned(), "sink".to_owned()]);
+        assert_eq!((counted.batches_in, counted.bytes_in), (2, 150));
+        assert_eq!(
+            (
+                counted.records_out,
+                counted.batches_out,
+                counted.bytes_out,
+                counted.blocked_ns
+            ),
+            (3, 2, 30, 7)
+        );
+        assert_eq!(counted.alignment_ns, 6_000_000, "alignments add up");
+        assert_eq!(counted.last_alignment_ns, Some(2_000_000), "the gauge is the latest");
+        assert_eq!(counted.state_bytes, Some(1_234));
+        assert_eq!(counted.watermark_ms, None, "no watermark yet");
+        second.counters.watermark(1_700_000_000_000);
+        assert_eq!(registry.totals()[0].1.watermark_ms, Some(1_700_000_000_000));
+        second.counters.watermark(i64::MAX);
+        assert_eq!(registry.totals()[0].1.watermark_ms, None, "event time ended: no lag");
         drop(second);
         let ended = registry.totals();
         assert_eq!(ended[0].1.records_in, 15, "an ended task's counts stay");
         assert!(!ended[0].1.running);
+        assert_eq!(ended[0].1.alignment_ns, 6_000_000);
+        assert_eq!(ended[0].1.state_bytes, None, "an ended task has no gauges");
         registry.job_ended(&JobId::from_number(1));
         assert_eq!(registry.totals().len(), 1, "an ended job's totals stay a while");
         for later in 2..=ENDED_JOBS_SHOWN as u64 {

@@ -581,6 +581,7 @@ async fn run_registered(
                 watermarks: vec![i64::MIN; input_count],
                 forwarded_watermark: i64::MIN,
                 aligning_savepoint: None,
+                alignment_started: None,
                 counters: metrics.counters.clone(),
             };
             task.run(gate, &mut outputs, &acknowledgers, control, cancel).await

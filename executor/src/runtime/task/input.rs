@@ -32,6 +32,8 @@ pub(super) struct InputTask {
     /// The savepoint whose barriers this task is aligning, if it is one: its snapshot is
     /// stored as the savepoint's, and the barrier it forwards says so.
     pub(super) aligning_savepoint: Option<u64>,
+    /// When the first barrier of the alignment under way arrived.
+    pub(super) alignment_started: Option<Instant>,
     pub(super) counters: Arc<TaskCounters>,
 }
 
@@ -123,9 +125,12 @@ impl InputTask {
                     self.pipeline
                         .process(0, channel, &mut records, &mut |record| outputs.push(record))?;
                     outputs.flush(false).await?;
-                    self.counters.sent_total(outputs.records_out);
+                    self.counters.sent_totals(&outputs.totals);
                     if let Some(sink) = self.pipeline.sink() {
                         self.counters.sink_totals(sink.totals());
+                    }
+                    if let Some(Logic::Window(window)) = self.pipeline.logics.first() {
+                        self.counters.watermark(window.watermark());
                     }
                     self.counters.worked(started.elapsed());
                 }
@@ -133,6 +138,7 @@ impl InputTask {
                     if barrier.savepoint {
                         self.aligning_savepoint = Some(barrier.checkpoint_id);
                     }
+                    self.alignment_started.get_or_insert_with(Instant::now);
                     let outcome = self.barrier_arrived(channel, barrier.checkpoint_id);
                     self.after_alignment(outcome, outputs, acknowledgers).await?;
                 }
@@ -185,15 +191,23 @@ impl InputTask {
     ) -> Result<(), TaskError> {
         match outcome {
             Alignment::Snapshot(checkpoint_id) => {
+                if let Some(started) = self.alignment_started.take() {
+                    self.counters.aligned(started.elapsed());
+                }
                 let barrier = Barrier {
                     checkpoint_id,
                     savepoint: self.aligning_savepoint.take() == Some(checkpoint_id),
                 };
-                self.pipeline.acknowledge_checkpoint(barrier, acknowledgers)?;
+                let state_bytes = self.pipeline.acknowledge_checkpoint(barrier, acknowledgers)?;
+                self.counters.snapshotted(state_bytes);
                 outputs.broadcast_barrier(barrier).await?;
                 self.release_stash();
             }
-            Alignment::Superseded { .. } => self.release_stash(),
+            Alignment::Superseded { .. } => {
+                // The alignment of the newer checkpoint starts with the barrier that overtook.
+                self.alignment_started = Some(Instant::now());
+                self.release_stash()
+            }
             Alignment::Waiting | Alignment::Stale => {}
         }
         Ok(())
@@ -208,6 +222,7 @@ impl InputTask {
         };
         if watermark > self.forwarded_watermark {
             self.forwarded_watermark = watermark;
+            self.counters.watermark(watermark);
             outputs.flush(false).await?;
             outputs.broadcast(|| ChannelEvent::Watermark(watermark)).await?;
         }
@@ -228,6 +243,7 @@ impl InputTask {
                     .is_some_and(|aligning| aligning <= checkpoint_id)
                 {
                     self.aligner.on_abort(checkpoint_id);
+                    self.alignment_started = None;
                     self.release_stash();
                 }
             }

@@ -11,6 +11,7 @@ use super::{TaskEnvironment, TaskError, BATCH_RECORDS};
 use crate::runtime::deployment::SubtaskDeployment;
 use crate::runtime::exchange::{Barrier, ChannelEvent, GateKey, OutputChannel};
 use crate::runtime::key_groups::{key_group, subtask_for_key_group};
+use crate::runtime::metrics::{payload_bytes, OutputTotals};
 use crate::runtime::operators::PreAggregate;
 use crate::runtime::record::Record;
 
@@ -157,13 +158,14 @@ impl Edge {
 /// The output side of a subtask: one edge per consuming operator.
 pub(super) struct Outputs {
     pub(super) edges: Vec<Edge>,
-    /// Records the task's tail emitted (partials count once they leave, not when folded).
-    pub(super) records_out: u64,
+    /// What the task's tail sent: records (partials count once they leave, not when folded),
+    /// batches, bytes, and the time it waited on full channels.
+    pub(super) totals: OutputTotals,
 }
 
 impl Outputs {
     pub(super) fn push(&mut self, record: Record) {
-        self.records_out += 1;
+        self.totals.records += 1;
         // Every consumer but the last gets a copy; the last takes the record itself.
         let Some((last, others)) = self.edges.split_last_mut() else {
             return;
@@ -210,34 +212,31 @@ impl Outputs {
                     continue;
                 }
                 let batch = std::mem::replace(buffer, Vec::with_capacity(BATCH_RECORDS));
-                edge.channels[target].send(ChannelEvent::Batch(batch)).await?;
+                self.totals.batches += 1;
+                self.totals.bytes += payload_bytes(&batch);
+                let blocked = edge.channels[target].send(ChannelEvent::Batch(batch)).await?;
+                self.totals.blocked_ns += u64::try_from(blocked.as_nanos()).unwrap_or(u64::MAX);
             }
         }
         Ok(())
     }
 
+    /// Sends `event` on every channel of every edge, after everything buffered.
     pub(super) async fn broadcast(&mut self, event: impl Fn() -> ChannelEvent) -> Result<(), TaskError> {
         self.flush_all().await?;
         for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
-            channel.send(event()).await?;
+            let blocked = channel.send(event()).await?;
+            self.totals.blocked_ns += u64::try_from(blocked.as_nanos()).unwrap_or(u64::MAX);
         }
         Ok(())
     }
 
     pub(super) async fn broadcast_barrier(&mut self, barrier: Barrier) -> Result<(), TaskError> {
-        self.flush_all().await?;
-        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
-            channel.send(ChannelEvent::Barrier(barrier)).await?;
-        }
-        Ok(())
+        self.broadcast(|| ChannelEvent::Barrier(barrier)).await
     }
 
     pub(super) async fn end(&mut self) -> Result<(), TaskError> {
-        self.flush_all().await?;
-        for channel in self.edges.iter().flat_map(|edge| &edge.channels) {
-            channel.send(ChannelEvent::End).await?;
-        }
-        Ok(())
+        self.broadcast(|| ChannelEvent::End).await
     }
 }
 
@@ -286,7 +285,10 @@ pub(super) async fn open_outputs(
             .flatten();
         edges.push(Edge::new(exchange, pre_aggregate, channels, graph.max_parallelism));
     }
-    Ok(Outputs { edges, records_out: 0 })
+    Ok(Outputs {
+        edges,
+        totals: OutputTotals::default(),
+    })
 }
 
 #[cfg(test)]

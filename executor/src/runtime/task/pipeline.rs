@@ -149,13 +149,15 @@ impl Pipeline {
         &mut self,
         barrier: Barrier,
         acknowledgers: &[Acknowledger<'_>],
-    ) -> Result<(), TaskError> {
+    ) -> Result<u64, TaskError> {
+        let mut state_bytes = 0;
         for (logic, acknowledger) in self.logics.iter_mut().zip(acknowledgers) {
             let max_parallelism = acknowledger.deployment.graph.max_parallelism;
             let (state, segment) = snapshot(logic, barrier.checkpoint_id, max_parallelism)?;
+            state_bytes += state.len() as u64;
             acknowledger.acknowledge(barrier, state, None, segment)?;
         }
-        Ok(())
+        Ok(state_bytes)
     }
 
     /// Checkpoint `checkpoint_id` is committed in the Raft log: the sink publishes what it

@@ -212,8 +212,10 @@ pub(super) async fn run_source(
                     let position = source.position();
                     let state = serde_json::to_vec(&source.snapshot()).unwrap_or_default();
                     let barrier = Barrier { checkpoint_id, savepoint: options.savepoint };
+                    let source_state_bytes = state.len() as u64;
                     acknowledger.acknowledge(barrier, state, Some(position), None)?;
-                    pipeline.acknowledge_checkpoint(barrier, chained)?;
+                    let chained_state_bytes = pipeline.acknowledge_checkpoint(barrier, chained)?;
+                    counters.snapshotted(source_state_bytes + chained_state_bytes);
                     outputs.broadcast_barrier(barrier).await?;
                     last_barrier = Some(checkpoint_id);
                     after_barrier = 0;
@@ -305,13 +307,13 @@ pub(super) async fn run_source(
                         acknowledger.report_checkpoint_wanted(trigger);
                     }
                 }
-                counters.read(records.len() as u64);
+                counters.read(records.len() as u64, bytes);
                 pipeline.process(0, 0, &mut records, &mut |record| outputs.push(record))?;
                 outputs.flush(true).await?;
                 if rate.is_some() {
                     outputs.flush(false).await?;
                 }
-                counters.sent_total(outputs.records_out);
+                counters.sent_totals(&outputs.totals);
                 if let Some(sink) = pipeline.sink() {
                     counters.sink_totals(sink.totals());
                 }
