@@ -461,10 +461,11 @@ async fn run_cluster_command(command: ClusterCommand, shutdown: CancellationToke
             println!("Raftstream cluster up: {nodes} coordinators, leader is node {leader}");
             for node in cluster.nodes() {
                 println!(
-                    "  node {}  {}  pid {}  http://{}/metrics  log {}",
+                    "  node {}  {}  pid {}  dashboard http://{}/  metrics http://{}/metrics  log {}",
                     node.node_id,
                     node.address,
                     node.pid().unwrap_or(0),
+                    node.http_address,
                     node.http_address,
                     node.log_path().display()
                 );

@@ -13,6 +13,7 @@
 
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod failpoints;
 pub mod leader;
 pub mod metrics;

@@ -91,6 +91,8 @@ pub struct CoordinatorConfig {
 /// Why a coordinator could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error(transparent)]
+    Dashboard(#[from] raftstream_dashboard::DashboardError),
     #[error("invalid coordinator config: {0}")]
     InvalidConfig(String),
     #[error("reading config file {path}: {source}")]
@@ -245,6 +247,10 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
             address: config.listen_address,
             source,
         })?;
+    let listener_address = listener.local_addr().map_err(|source| NodeError::Bind {
+        address: config.listen_address,
+        source,
+    })?;
     let address = config.advertised();
     let mut context = CoordinatorContext::new(
         node_id,
@@ -266,10 +272,28 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     }
     let leader_contact = LeaderContact::default();
     let mut background = tokio::task::JoinSet::new();
-    background.spawn(count_leader_changes(context.clone(), shutdown.clone()));
+    let events = crate::events::ClusterEvents::default();
+    background.spawn(crate::events::observe(
+        context.clone(),
+        events.clone(),
+        shutdown.clone(),
+    ));
     if let Some(listener) = http_listener {
         let registry = context.metrics.registry(context.clone(), snapshot_stats);
-        let service = raftstream_observability::HttpService::new(registry, readiness(context.clone()));
+        // The dashboard asks this node's own gRPC services, which read through the leader.
+        let own_grpc = match listener_address {
+            address if address.ip().is_unspecified() => {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+            }
+            address => address,
+        };
+        let dashboard = raftstream_dashboard::routes(
+            node_id,
+            &own_grpc.to_string(),
+            std::sync::Arc::new(move || events.entries()),
+        )?;
+        let service =
+            raftstream_observability::HttpService::new(registry, readiness(context.clone())).with_routes(dashboard);
         let http_shutdown = shutdown.clone();
         background.spawn(async move {
             if let Err(error) = raftstream_observability::serve(listener, service, http_shutdown).await {
@@ -379,27 +403,6 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
 }
 
 /// Counts every change of the leader this node knows of, for `/metrics`.
-async fn count_leader_changes(context: CoordinatorContext, shutdown: CancellationToken) {
-    let mut watch = context.raft.metrics();
-    let mut known = watch.borrow().current_leader;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            changed = watch.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-        }
-        let leader = watch.borrow().current_leader;
-        if leader != known && leader.is_some() {
-            context.metrics.leader_changed();
-        }
-        known = leader;
-    }
-}
-
 /// `/readyz` on a coordinator: it is a member of a cluster and knows its leader.
 fn readiness(context: CoordinatorContext) -> raftstream_observability::ReadinessCheck {
     use raftstream_observability::Readiness;

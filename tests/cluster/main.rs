@@ -6,6 +6,7 @@ mod common;
 
 mod checkpoint_progress;
 mod cli;
+mod dashboard;
 mod death_detection;
 mod exactly_once;
 mod exchanges;
