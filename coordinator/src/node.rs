@@ -297,7 +297,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         let http_shutdown = shutdown.clone();
         background.spawn(async move {
             if let Err(error) = raftstream_observability::serve(listener, service, http_shutdown).await {
-                tracing::error!(%error, "the HTTP listener stopped");
+                tracing::error!(error = %raftstream_observability::chain(&error), "the HTTP listener stopped");
             }
         });
     }
@@ -393,7 +393,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     }
     tracing::info!("shutting down Raft");
     if let Err(error) = raft.shutdown().await {
-        tracing::warn!(error = %error, "Raft did not shut down cleanly");
+        tracing::warn!(error = %raftstream_observability::chain(&error), "Raft did not shut down cleanly");
     }
     served?;
     match removal.reason() {

@@ -260,7 +260,7 @@ async fn drain_on_request(
         _ = shutdown.cancelled() => return,
         asked = ask_to_drain(&executor_id, &coordinators, timeout) => match asked {
             Ok(jobs_to_move) => tracing::info!(jobs_to_move, "drain requested"),
-            Err(error) => tracing::warn!(error = %error, "could not ask the cluster to drain this executor"),
+            Err(error) => tracing::warn!(error = %raftstream_observability::chain(&error), "could not ask the cluster to drain this executor"),
         },
     }
     tokio::select! {
@@ -348,7 +348,7 @@ impl Session {
                         registration = Some(reply);
                     }
                     Err(error) => {
-                        tracing::warn!(error = %error, "registration failed; retrying");
+                        tracing::warn!(error = %raftstream_observability::chain(&error), "registration failed; retrying");
                         if !sleep_or_shutdown(&shutdown, backoff).await {
                             return;
                         }
@@ -431,7 +431,7 @@ impl Session {
         let endpoint = match Endpoint::from_shared(format!("http://{target}")) {
             Ok(endpoint) => endpoint.connect_timeout(Duration::from_millis(500)).tcp_nodelay(true),
             Err(error) => {
-                tracing::warn!(target, error = %error, "bad coordinator address");
+                tracing::warn!(target, error = %raftstream_observability::chain(&error), "bad coordinator address");
                 return SessionEnd::Lost(None);
             }
         };
@@ -518,7 +518,7 @@ impl Session {
                         last_heard = tokio::time::Instant::now();
                         match executor_command_from_proto(&message) {
                             Ok(command) => tasks.apply(command),
-                            Err(error) => tracing::warn!(error = %error, "unusable message from the leader ignored"),
+                            Err(error) => tracing::warn!(error = %raftstream_observability::chain(&error), "unusable message from the leader ignored"),
                         }
                     }
                     Ok(None) => {

@@ -229,7 +229,7 @@ impl TaskManager {
             let locations = match store.list(&prefix).await {
                 Ok(locations) => locations,
                 Err(error) => {
-                    tracing::warn!(prefix, error = %error, "could not list {whose} checkpoint state");
+                    tracing::warn!(prefix, error = %raftstream_observability::chain(&error), "could not list {whose} checkpoint state");
                     return;
                 }
             };
@@ -312,10 +312,10 @@ impl TaskManager {
                     Ok(TaskEnd::Cancelled) => tracing::debug!("subtask cancelled"),
                     Err(error) => {
                         let outcome = if matches!(error, TaskError::Restore { .. }) {
-                            tracing::error!(error = %error, "subtask cannot restore its checkpoint");
+                            tracing::error!(error = %raftstream_observability::chain(&error), "subtask cannot restore its checkpoint");
                             RESTORE_FAILED
                         } else {
-                            tracing::warn!(error = %error, "subtask failed");
+                            tracing::warn!(error = %raftstream_observability::chain(&error), "subtask failed");
                             FAILED
                         };
                         if let Ok(mut reason) = task_failure.lock() {

@@ -1,13 +1,14 @@
 //! The HTTP side of every Raftstream process, beside its gRPC port: `/metrics` (Prometheus),
 //! `/healthz` (the process is up) and `/readyz` (it can do its job: a coordinator in a cluster
 //! with a known leader, an executor with a session), plus whatever routes the process adds (the
-//! coordinators' dashboard).
+//! coordinators' dashboard), and the cause chain errors are logged with.
 //!
 //! Metrics are kept in a `prometheus-client` registry, which encodes OpenMetrics. Prometheus asks
 //! for OpenMetrics in its `Accept` header and gets it; any other client (curl, `promtool check
 //! metrics`, older scrapers) gets the classic text format 0.0.4, where a counter's family carries
 //! its `_total` suffix and there are no `# UNIT`/`# EOF` lines.
 
+mod error_chain;
 mod exposition;
 mod families;
 pub mod promtool;
@@ -23,6 +24,7 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+pub use error_chain::{chain, ErrorChain};
 pub use exposition::{encode, negotiate, ExpositionFormat};
 pub use families::{single, Families, Labels};
 pub use prometheus_client;

@@ -130,7 +130,7 @@ pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
                     tracing::info!(job_id = %job_id, parallelism = decision.parallelism, reason = %decision.reason, "automatic rescale")
                 }
                 Err(error) => {
-                    tracing::info!(job_id = %job_id, error = %error, "automatic rescale not done; tried again")
+                    tracing::info!(job_id = %job_id, error = %raftstream_observability::chain(&error), "automatic rescale not done; tried again")
                 }
             }
         }

@@ -215,7 +215,7 @@ impl<C: LeaderContext> Coordinator<C> {
                     }
                     Ok(other) => tracing::warn!(response = ?other, "unexpected answer to FailSubtask"),
                     Err(error) => {
-                        tracing::info!(job_id = %task.job_id, error = %error, reason, "subtask failure not acted on")
+                        tracing::info!(job_id = %task.job_id, error = %raftstream_observability::chain(&error), reason, "subtask failure not acted on")
                     }
                 }
             }
@@ -279,7 +279,7 @@ impl<C: LeaderContext> Coordinator<C> {
             }
             Ok(other) => tracing::warn!(response = ?other, "unexpected answer to CompleteCheckpoint"),
             Err(error) => {
-                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, error = %error, "checkpoint not committed");
+                tracing::info!(job_id = %job_id, checkpoint_id = checkpoint_id.0, error = %raftstream_observability::chain(&error), "checkpoint not committed");
                 self.pending.insert(job_id, pending);
                 self.abort(&job_id, &format!("could not commit it: {error}"));
             }
@@ -310,7 +310,7 @@ impl<C: LeaderContext> Coordinator<C> {
                     tracing::info!(job_id = %job_id, operator_id = ?request.operator_id, checkpoint_id, "switching to two-phase aggregation: the job restarts from its latest checkpoint")
                 }
                 Err(error) => {
-                    tracing::warn!(job_id = %job_id, error = %error, "switch to two phases not committed; it is tried again")
+                    tracing::warn!(job_id = %job_id, error = %raftstream_observability::chain(&error), "switch to two phases not committed; it is tried again")
                 }
             }
         } else if let Some(request) = rescale {
@@ -327,7 +327,7 @@ impl<C: LeaderContext> Coordinator<C> {
                     tracing::info!(job_id = %job_id, operator_id = ?request.operator_id, parallelism = request.parallelism, checkpoint_id, "rescaling: the job restarts from its latest checkpoint")
                 }
                 Err(error) => {
-                    tracing::warn!(job_id = %job_id, error = %error, "rescale not committed; it is tried again")
+                    tracing::warn!(job_id = %job_id, error = %raftstream_observability::chain(&error), "rescale not committed; it is tried again")
                 }
             }
         } else if let Some(request) = relocation {
@@ -336,7 +336,7 @@ impl<C: LeaderContext> Coordinator<C> {
                     tracing::info!(job_id = %job_id, away_from = %request.away_from, checkpoint_id, "relocating: the job restarts from its latest checkpoint off the draining executor")
                 }
                 Err(error) => {
-                    tracing::warn!(job_id = %job_id, error = %error, "move not committed; it is tried again")
+                    tracing::warn!(job_id = %job_id, error = %raftstream_observability::chain(&error), "move not committed; it is tried again")
                 }
             }
         }
@@ -449,7 +449,9 @@ impl<C: LeaderContext> Coordinator<C> {
                 Ok(_) => tracing::warn!(job_id = %job_id, reason, "savepoint failed"),
                 // The job restarted or ended under it (which ended the request), or leadership
                 // moved: a new leader takes the savepoint again.
-                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "savepoint failure not recorded"),
+                Err(error) => {
+                    tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "savepoint failure not recorded")
+                }
             }
         }
         for job_id in rescale_now {
@@ -476,7 +478,7 @@ impl<C: LeaderContext> Coordinator<C> {
                 return;
             }
             Err(error) => {
-                tracing::debug!(job_id = %job_id, error = %error, "checkpoint not triggered");
+                tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "checkpoint not triggered");
                 return;
             }
         };

@@ -243,7 +243,7 @@ async fn failure_detector<C: LeaderContext>(context: C, settings: ExecutorSettin
                     tracing::warn!(executor_id = %executor_id, response = ?other, "unexpected answer to MarkExecutorDead")
                 }
                 Err(error) => {
-                    tracing::warn!(executor_id = %executor_id, error = %error, "could not declare executor dead")
+                    tracing::warn!(executor_id = %executor_id, error = %raftstream_observability::chain(&error), "could not declare executor dead")
                 }
             }
         }
@@ -286,7 +286,9 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
             };
             match context.propose(command).await {
                 Ok(_) => tracing::warn!(job_id = %job_id, reason, "job failed"),
-                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not fail the job"),
+                Err(error) => {
+                    tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "could not fail the job")
+                }
             }
         }
         // Placements are proposed together, in order: openraft appends and replicates them as
@@ -318,7 +320,9 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
                     let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id));
                     tracing::info!(job_id = %job_id, executors_told_to_discard_state = told, "job cancelled; its subtasks were told to stop");
                 }
-                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not finish cancelling"),
+                Err(error) => {
+                    tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "could not finish cancelling")
+                }
             }
         }
         for (job_id, stopped_at) in round.finished {
@@ -344,7 +348,9 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
                     let told = sessions.send_to_all(&ExecutorCommand::DiscardJobState(job_id));
                     tracing::info!(job_id = %job_id, status = %to, executors_told_to_discard_state = told, "job ended");
                 }
-                Err(error) => tracing::debug!(job_id = %job_id, error = %error, "could not mark the job finished"),
+                Err(error) => {
+                    tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "could not mark the job finished")
+                }
             }
         }
     }
@@ -445,7 +451,9 @@ async fn place<C: LeaderContext>(context: &C, placement: Placement) {
         }
         Ok(other) => tracing::warn!(response = ?other, "unexpected answer to AssignSubtask"),
         // A race with a cancel or an executor death: the next round decides again.
-        Err(error) => tracing::debug!(job_id = %job_id, error = %error, "placement refused"),
+        Err(error) => {
+            tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "placement refused")
+        }
     }
 }
 
@@ -483,7 +491,7 @@ async fn deploy_ready_jobs<C: LeaderContext>(context: &C) {
             at_ms: context.now_ms(),
         };
         if let Err(error) = context.propose(command).await {
-            tracing::debug!(job_id = %job_id, error = %error, "could not start the job");
+            tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "could not start the job");
             continue;
         }
         tracing::info!(job_id = %job_id, subtasks = deployments.len(), restore_from, "job deployed");

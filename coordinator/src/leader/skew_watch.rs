@@ -138,7 +138,7 @@ pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
             match context.propose(command).await {
                 Ok(_) => tracing::info!(job_id = %job_id, operator_id, reason, "switching to two-phase aggregation"),
                 Err(error) => {
-                    tracing::info!(job_id = %job_id, error = %error, "switch to two phases not requested; tried again")
+                    tracing::info!(job_id = %job_id, error = %raftstream_observability::chain(&error), "switch to two phases not requested; tried again")
                 }
             }
         }

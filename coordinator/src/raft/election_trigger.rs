@@ -158,7 +158,7 @@ impl ElectionTrigger {
         let last_log_id = match self.log.last_log_id() {
             Ok(last) => last,
             Err(error) => {
-                tracing::warn!(error = %error, "cannot read the last log id for a pre-vote");
+                tracing::warn!(error = %raftstream_observability::chain(&error), "cannot read the last log id for a pre-vote");
                 return 0;
             }
         };

@@ -79,7 +79,9 @@ pub async fn delete_each(store: &impl CheckpointStore, locations: &[String]) -> 
     for location in locations {
         match store.delete(location).await {
             Ok(()) => deleted += 1,
-            Err(error) => tracing::warn!(error = %error, "could not delete obsolete checkpoint state"),
+            Err(error) => {
+                tracing::warn!(error = %raftstream_observability::chain(&error), "could not delete obsolete checkpoint state")
+            }
         }
     }
     deleted

@@ -132,7 +132,7 @@ impl<'a> Acknowledger<'a> {
                             .into_iter()
                             .filter(|location| left_by_predecessor(location, &own_files, epoch, below)),
                     ),
-                    Err(error) => tracing::warn!(error = %error, "could not list checkpoint state"),
+                    Err(error) => tracing::warn!(error = %raftstream_observability::chain(&error), "could not list checkpoint state"),
                 }
             }
             delete_each(store.as_ref(), &obsolete).await;
@@ -228,7 +228,7 @@ impl<'a> Acknowledger<'a> {
                 return;
             }
             if let Err(error) = work.run().await {
-                tracing::error!(checkpoint_id, error = %error, "checkpoint not acknowledged");
+                tracing::error!(checkpoint_id, error = %raftstream_observability::chain(&error), "checkpoint not acknowledged");
                 if let Ok(mut failed) = failure.lock() {
                     failed.get_or_insert((checkpoint_id, error.to_string()));
                 }
