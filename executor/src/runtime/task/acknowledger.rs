@@ -234,9 +234,10 @@ impl<'a> Acknowledger<'a> {
                 }
             }
         };
+        // Inside the subtask's span: its logs carry the job, operator, subtask and checkpoint.
         *in_flight = Some(tokio::spawn(tracing::Instrument::instrument(
             acknowledging,
-            tracing::Span::current(),
+            tracing::info_span!("checkpoint", checkpoint_id),
         )));
         Ok(())
     }
