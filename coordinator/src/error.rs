@@ -68,6 +68,7 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         | Rejection::CheckpointPlacementChanged { .. }
         | Rejection::StaleEpoch { .. }
         | Rejection::PlacementReleased { .. }
+        | Rejection::DeploymentOutdated { .. }
         | Rejection::InvalidSavepoint { .. }
         | Rejection::JobNotActive { .. } => tonic::Code::FailedPrecondition,
     }

@@ -143,6 +143,7 @@ impl StateBuilder {
             to: JobStatus::Running,
             reason: String::new(),
             at_ms,
+            deployed_through_epoch: None,
         })
     }
 

@@ -916,6 +916,7 @@ mod tests {
             to: JobStatus::Running,
             reason: "restored".into(),
             at_ms: 0,
+            deployed_through_epoch: None,
         });
         assert!(epoch_of(&duty.leader.state(), 1, "src", 0) > old_src.max(old_out));
 

@@ -212,6 +212,7 @@ mod tests {
             to: crate::state_machine::JobStatus::Running,
             reason: String::new(),
             at_ms: 0,
+            deployed_through_epoch: None,
         };
         assert!(apply(&mut state, running).is_ok());
         assert!(apply(&mut state, Command::TriggerCheckpoint { job_id, at_ms: 0 }).is_ok());

@@ -213,6 +213,7 @@ mod tests {
             to: JobStatus::Running,
             reason: String::new(),
             at_ms: 1_100,
+            deployed_through_epoch: None,
         };
         assert!(apply(&mut state, running).is_ok());
         let out_epoch = state.jobs[&job_id].assignments.values().next().map(|a| a.epoch);

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::context::CoordinatorContext;
 use crate::state_machine::{Command, JobStatus, Response, State};
 use raftstream_api::checkpoint::SavepointRef;
-use raftstream_api::ids::{ExecutorId, JobId};
+use raftstream_api::ids::{Epoch, ExecutorId, JobId};
 
 pub use context::{LeaderContext, RaftLeaderContext};
 pub use placement::{plan_placements, Placement};
@@ -283,6 +283,7 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
                 to: JobStatus::Failed,
                 reason: reason.clone(),
                 at_ms: context.now_ms(),
+                deployed_through_epoch: None,
             };
             match context.propose(command).await {
                 Ok(_) => tracing::warn!(job_id = %job_id, reason, "job failed"),
@@ -314,6 +315,7 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
                 to: JobStatus::Cancelled,
                 reason: "cancelled by request".to_owned(),
                 at_ms: context.now_ms(),
+                deployed_through_epoch: None,
             };
             match context.propose(command).await {
                 Ok(_) => {
@@ -341,6 +343,7 @@ async fn scheduler<C: LeaderContext>(context: C, settings: ExecutorSettings, shu
                 to,
                 reason,
                 at_ms: context.now_ms(),
+                deployed_through_epoch: None,
             };
             match context.propose(command).await {
                 Ok(_) => {
@@ -459,7 +462,7 @@ async fn place<C: LeaderContext>(context: &C, placement: Placement) {
 
 /// Sends every subtask of each newly fully placed job to its executor and marks the job running.
 async fn deploy_ready_jobs<C: LeaderContext>(context: &C) {
-    let ready: Vec<(JobId, Vec<(ExecutorId, TaskDeployment)>)> = context.read_state(|state| {
+    let ready: Vec<(JobId, Epoch, Vec<(ExecutorId, TaskDeployment)>)> = context.read_state(|state| {
         state
             .jobs
             .values()
@@ -470,11 +473,11 @@ async fn deploy_ready_jobs<C: LeaderContext>(context: &C) {
                     .into_iter()
                     .filter_map(|(executor_id, task)| Some((executor_id, deploy::deployment(state, &task)?)))
                     .collect();
-                (job.job_id, deployments)
+                (job.job_id, job.last_epoch, deployments)
             })
             .collect()
     });
-    for (job_id, deployments) in ready {
+    for (job_id, deployed_through_epoch, deployments) in ready {
         let restore_from = deployments.first().and_then(|(_, deployment)| {
             deployment
                 .restore_from
@@ -489,6 +492,10 @@ async fn deploy_ready_jobs<C: LeaderContext>(context: &C) {
                 None => String::new(),
             },
             at_ms: context.now_ms(),
+            // The state read above may be outdated by the time this entry applies (an executor
+            // declared dead in between releases its subtasks): then the start is refused and the
+            // next round places and deploys again.
+            deployed_through_epoch: Some(deployed_through_epoch),
         };
         if let Err(error) = context.propose(command).await {
             tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "could not start the job");

@@ -91,6 +91,7 @@ pub fn commands() -> Vec<Command> {
         to: JobStatus::Running,
         reason: String::new(),
         at_ms: 1_030,
+        deployed_through_epoch: None,
     });
     commands.push(Command::TriggerCheckpoint {
         job_id: job,

@@ -94,6 +94,7 @@ pub(super) fn place_all(commands: &mut Vec<Command>, graph: &JobGraph, executors
         to: JobStatus::Running,
         reason: String::new(),
         at_ms: at_ms + 1,
+        deployed_through_epoch: None,
     });
 }
 

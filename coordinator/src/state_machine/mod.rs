@@ -260,6 +260,13 @@ pub enum Command {
         to: JobStatus,
         reason: String,
         at_ms: u64,
+        /// For a start (`Running`) proposed after the leader sent a deployment: the job's last
+        /// epoch when it built that deployment. The start is refused unless every subtask is
+        /// still placed and none was placed again since, so an executor dying between the
+        /// deployment and this entry leaves the job restarting instead of "running" with nothing
+        /// placed. Absent in older logs, which apply as they always did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployed_through_epoch: Option<Epoch>,
     },
     RegisterExecutor {
         executor_id: ExecutorId,
@@ -493,6 +500,13 @@ pub enum Rejection {
         checkpoint_id: CheckpointId,
         problem: String,
     },
+    #[error("job {job_id} was not started: its placement changed after the leader deployed it through epoch {} (last epoch {}, {unplaced} subtasks waiting for a slot)", deployed_through.0, last_epoch.0)]
+    DeploymentOutdated {
+        job_id: JobId,
+        deployed_through: Epoch,
+        last_epoch: Epoch,
+        unplaced: u32,
+    },
     #[error("subtask {operator_id}[{subtask_index}] of job {job_id} at epoch {epoch} was released already (the job is restarting)")]
     PlacementReleased {
         job_id: JobId,
@@ -603,7 +617,11 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             to,
             reason,
             at_ms,
-        } => transition_job(state, &job_id, to, reason, at_ms),
+            deployed_through_epoch,
+        } => match deployed_through_epoch {
+            Some(deployed_through) => start_deployed_job(state, &job_id, to, deployed_through, reason, at_ms),
+            None => transition_job(state, &job_id, to, reason, at_ms),
+        },
         Command::RegisterExecutor {
             executor_id,
             address,
@@ -860,6 +878,32 @@ fn cancel_job(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {
         job_id: *job_id,
         status: target,
     })
+}
+
+/// A transition that starts what the leader deployed: refused when the placement changed since.
+fn start_deployed_job(
+    state: &mut State,
+    job_id: &JobId,
+    to: JobStatus,
+    deployed_through: Epoch,
+    reason: String,
+    at_ms: u64,
+) -> ApplyResult {
+    let job = job_mut(state, job_id)?;
+    let unplaced = job
+        .assignments
+        .values()
+        .filter(|assignment| assignment.executor_id.is_none())
+        .count();
+    if unplaced > 0 || job.last_epoch != deployed_through {
+        return Err(Rejection::DeploymentOutdated {
+            job_id: *job_id,
+            deployed_through,
+            last_epoch: job.last_epoch,
+            unplaced: u32::try_from(unplaced).unwrap_or(u32::MAX),
+        });
+    }
+    transition_job(state, job_id, to, reason, at_ms)
 }
 
 fn transition_job(state: &mut State, job_id: &JobId, to: JobStatus, reason: String, at_ms: u64) -> ApplyResult {

@@ -432,6 +432,7 @@ mod tests {
                 to: JobStatus::Stopped,
                 reason: String::new(),
                 at_ms: 5,
+                deployed_through_epoch: None,
             },
         )
         .expect_err("no savepoint to stop with");
@@ -464,6 +465,7 @@ mod tests {
                 to: JobStatus::Stopped,
                 reason: "stopped".into(),
                 at_ms: 300,
+                deployed_through_epoch: None,
             },
         );
         assert_eq!(state.jobs[&job()].status, JobStatus::Stopped);
@@ -508,6 +510,7 @@ mod tests {
                 to: JobStatus::Stopped,
                 reason: "stopped".into(),
                 at_ms: 300,
+                deployed_through_epoch: None,
             },
         );
         (state, savepoint_ref(id))

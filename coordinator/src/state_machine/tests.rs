@@ -109,7 +109,8 @@ fn cancelling_a_finished_job_is_refused_and_changes_nothing() {
                 job_id,
                 to,
                 reason: String::new(),
-                at_ms: 1
+                at_ms: 1,
+                deployed_through_epoch: None,
             }
         )
         .is_ok());
@@ -283,6 +284,7 @@ fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
             to: JobStatus::Running,
             reason: String::new(),
             at_ms: 4,
+            deployed_through_epoch: None,
         },
     );
     assert!(running.is_ok());
@@ -329,6 +331,7 @@ fn checkpoints_must_increase_and_only_the_retained_are_kept() {
             to: JobStatus::Running,
             reason: String::new(),
             at_ms: 0,
+            deployed_through_epoch: None,
         },
     );
     let early = apply(
@@ -428,6 +431,7 @@ fn place_and_run(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> BTr
             to: JobStatus::Running,
             reason: String::new(),
             at_ms,
+            deployed_through_epoch: Some(state.jobs[&job_id].last_epoch),
         },
     );
     assert!(running.is_ok(), "{running:?}");
@@ -436,6 +440,125 @@ fn place_and_run(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> BTr
         .iter()
         .map(|(subtask, assignment)| (subtask.clone(), assignment.epoch))
         .collect()
+}
+
+/// A chaos run found this: the leader read a fully placed job and deployed it, its executor was
+/// declared dead before the start applied, and the start made the job "running" with nothing
+/// placed; a client's cancel of it was then refused as an illegal transition (Running ->
+/// Cancelled) and reported as "already ended". A start carries the epoch it deployed through.
+#[test]
+fn a_start_deployed_before_its_executor_died_is_refused_and_the_job_cancels() {
+    let job_id = JobId::from_number(1);
+    let submitted = |state: &mut State| {
+        let register = Command::RegisterExecutor {
+            executor_id: executor(1),
+            address: "a".into(),
+            slots: 8,
+            at_ms: 0,
+        };
+        assert!(apply(state, register).is_ok());
+        let submit = Command::SubmitJob {
+            request_id: None,
+            graph: graph(1, 3),
+            at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
+        };
+        assert!(apply(state, submit).is_ok());
+        let subtasks: Vec<SubtaskKey> = state.jobs[&job_id].assignments.keys().cloned().collect();
+        for subtask in subtasks {
+            let place = Command::AssignSubtask {
+                job_id,
+                subtask,
+                executor_id: executor(1),
+                at_ms: 1,
+            };
+            assert!(apply(state, place).is_ok());
+        }
+    };
+    let start = |deployed_through_epoch| Command::TransitionJob {
+        job_id,
+        to: JobStatus::Running,
+        reason: String::new(),
+        at_ms: 3,
+        deployed_through_epoch,
+    };
+    let dead = Command::MarkExecutorDead {
+        executor_id: executor(1),
+        at_ms: 2,
+    };
+    let cancel = Command::CancelJob {
+        request_id: Some(RequestId("cancel-1".into())),
+        job_id,
+        at_ms: 4,
+    };
+
+    let mut state = State::default();
+    submitted(&mut state);
+    let deployed_through = state.jobs[&job_id].last_epoch;
+    assert!(apply(&mut state, dead.clone()).is_ok());
+    let before = state.clone();
+    let refused = apply(&mut state, start(Some(deployed_through)));
+    assert!(
+        matches!(refused, Err(Rejection::DeploymentOutdated { unplaced: 4, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(state, before, "a refused start changes nothing");
+    assert_eq!(
+        state.jobs[&job_id].status,
+        JobStatus::Submitted,
+        "waiting to be placed again"
+    );
+    assert_eq!(
+        apply(&mut state, cancel.clone()),
+        Ok(Response::JobCancelRequested {
+            job_id,
+            status: JobStatus::Cancelled
+        })
+    );
+
+    // Placed again after the death (new epochs): a start for the old placement is refused too,
+    // the one for the new placement is taken.
+    let mut state = State::default();
+    submitted(&mut state);
+    let deployed_through = state.jobs[&job_id].last_epoch;
+    assert!(apply(&mut state, dead.clone()).is_ok());
+    let register = Command::RegisterExecutor {
+        executor_id: executor(1),
+        address: "a".into(),
+        slots: 8,
+        at_ms: 2,
+    };
+    assert!(apply(&mut state, register).is_ok());
+    let subtasks: Vec<SubtaskKey> = state.jobs[&job_id].assignments.keys().cloned().collect();
+    for subtask in subtasks {
+        let place = Command::AssignSubtask {
+            job_id,
+            subtask,
+            executor_id: executor(1),
+            at_ms: 2,
+        };
+        assert!(apply(&mut state, place).is_ok());
+    }
+    let stale = apply(&mut state, start(Some(deployed_through)));
+    assert!(
+        matches!(stale, Err(Rejection::DeploymentOutdated { unplaced: 0, .. })),
+        "{stale:?}"
+    );
+    let current = state.jobs[&job_id].last_epoch;
+    assert!(apply(&mut state, start(Some(current))).is_ok());
+    assert_eq!(state.jobs[&job_id].status, JobStatus::Running);
+
+    // An entry from an older log (no epoch) applies as it always did, so replaying it gives the
+    // state the node that wrote it had: running with nothing placed, and a cancel refused.
+    let mut state = State::default();
+    submitted(&mut state);
+    assert!(apply(&mut state, dead).is_ok());
+    assert!(apply(&mut state, start(None)).is_ok());
+    assert!(matches!(
+        apply(&mut state, cancel),
+        Err(Rejection::IllegalTransition { .. })
+    ));
 }
 
 fn acknowledged_by(id: u64, epochs: &BTreeMap<SubtaskKey, Epoch>) -> Command {
@@ -613,12 +736,19 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
             job_id,
             at_ms
         }),
-        (job_id.clone(), arbitrary_status(), 0u64..100).prop_map(|(job_id, to, at_ms)| Command::TransitionJob {
-            job_id,
-            to,
-            reason: "test".into(),
-            at_ms
-        }),
+        (
+            job_id.clone(),
+            arbitrary_status(),
+            0u64..100,
+            proptest::option::of((0u64..12).prop_map(Epoch))
+        )
+            .prop_map(|(job_id, to, at_ms, deployed_through_epoch)| Command::TransitionJob {
+                job_id,
+                to,
+                reason: "test".into(),
+                at_ms,
+                deployed_through_epoch,
+            }),
         (executor_id.clone(), 0u32..4, 0u64..100).prop_map(|(executor_id, slots, at_ms)| Command::RegisterExecutor {
             executor_id,
             address: "127.0.0.1:1".into(),
@@ -929,7 +1059,8 @@ fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_
             job_id,
             to: JobStatus::Running,
             reason: String::new(),
-            at_ms: 1
+            at_ms: 1,
+            deployed_through_epoch: None,
         }
     )
     .is_ok());
