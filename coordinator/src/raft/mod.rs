@@ -8,6 +8,8 @@ mod golden_history;
 mod golden_history_v2;
 #[cfg(test)]
 mod golden_history_v3;
+#[cfg(test)]
+mod golden_history_v4;
 mod log_store;
 mod network;
 pub mod pre_vote;

@@ -202,6 +202,35 @@ fn a_log_and_snapshot_with_two_phase_switches_and_checkpoint_triggers_still_load
     Ok(())
 }
 
+/// A start naming the placement it deployed (`deployed_through_epoch`, refused when that placement
+/// changed) keeps its stored form, and a log holding a refused one replays to the same state.
+#[test]
+fn a_log_and_snapshot_with_starts_that_name_their_placement_still_load() -> anyhow_free::Result {
+    use crate::state_machine::{apply, JobStatus, Rejection, State};
+
+    let expected = super::golden_history_v4::entries();
+    let mut state = State::default();
+    for (position, command) in super::golden_history_v4::commands().into_iter().enumerate() {
+        let applied = apply(&mut state, command.clone());
+        match (position == super::golden_history_v4::REFUSED_START, applied) {
+            (false, Ok(_)) | (true, Err(Rejection::DeploymentOutdated { .. })) => {}
+            (_, outcome) => panic!("command {position} ({command:?}): {outcome:?}"),
+        }
+    }
+    let job = state
+        .jobs
+        .get(&raftstream_api::ids::JobId::from_number(1))
+        .ok_or("job-1")?;
+    assert_eq!(job.status, JobStatus::Cancelling, "started on exec-a, then cancelled");
+    assert_eq!(job.restart_count, 1);
+
+    write_golden_if_asked("v4", &expected)?;
+    let log = include_str!("../../tests/golden/log-entries-v4.jsonl");
+    let snapshot = include_bytes!("../../tests/golden/snapshot-v4.json");
+    read_back_as_written(log, snapshot, &expected)?;
+    Ok(())
+}
+
 /// With `RAFTSTREAM_WRITE_GOLDEN=1`, writes `expected` and the state it leads to as the golden
 /// files of `version` (only for a deliberate, new version of the format).
 fn write_golden_if_asked(version: &str, expected: &[openraft::Entry<super::TypeConfig>]) -> anyhow_free::Result {
