@@ -10,8 +10,12 @@ pub const VARIABLE: &str = "RAFTSTREAM_FAILPOINTS";
 /// `CompleteCheckpoint`, as a slow disk or a slow link to the followers would.
 pub const HOLD_CHECKPOINT_COMPLETION_MS: &str = "hold-checkpoint-completion-ms";
 
+/// Milliseconds the leader holds a job's start between reading the placement it deploys and
+/// proposing the start, as a slow round of the scheduler would.
+pub const HOLD_JOB_START_MS: &str = "hold-job-start-ms";
+
 /// The failpoints this build knows.
-pub const KNOWN: &[&str] = &[HOLD_CHECKPOINT_COMPLETION_MS];
+pub const KNOWN: &[&str] = &[HOLD_CHECKPOINT_COMPLETION_MS, HOLD_JOB_START_MS];
 
 /// The value failpoint `name` is set to, if it is set (and is a number).
 pub fn value(name: &str) -> Option<u64> {

@@ -178,6 +178,21 @@ pub async fn placement(client: &ClusterClient, job_id: &str) -> Option<raftstrea
 
 pub use raftstream::local_cluster::without_ansi_colors;
 
+/// Log lines of every coordinator that contain all of `needles`.
+pub fn coordinator_log_lines(cluster: &TestCluster, needles: &[&str]) -> Vec<String> {
+    cluster
+        .cluster
+        .nodes()
+        .flat_map(|node| {
+            let log = without_ansi_colors(&std::fs::read_to_string(node.log_path()).unwrap_or_default());
+            log.lines()
+                .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Starts `executors` (id, slots) and waits until every one holds a session with the leader.
 pub async fn start_executors(cluster: &mut TestCluster, executors: &[(&str, u32)]) -> anyhow::Result<ClusterClient> {
     for (executor_id, slots) in executors {

@@ -14,13 +14,15 @@ use raftstream_coordinator::failpoints;
 use raftstream_proto::v1 as pb;
 
 use crate::common::{
-    ensure_exact_output, eventually, fast_executors, job, start_executors, test_settings, without_ansi_colors,
-    word_count, TestCluster,
+    coordinator_log_lines, ensure_exact_output, eventually, fast_executors, finished, job, start_executors,
+    test_settings, word_count, TestCluster,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
 /// Longer than an executor's lease (1 s) plus the restart delay (200 ms) and the redeployment.
 const HOLD_MS: u64 = 3_000;
+/// Far longer than declaring a killed executor dead from its broken session (about 300 ms).
+const HOLD_START_MS: u64 = 2_500;
 
 /// The sink's checkpointed state, as the file sink writes it (inline in the Raft metadata).
 #[derive(serde::Deserialize)]
@@ -61,21 +63,6 @@ fn missing_sink_files(checkpoints: &[pb::Checkpoint], output: &Path) -> Vec<Stri
         }
     }
     missing
-}
-
-/// Log lines of every coordinator that contain all of `needles`.
-fn coordinator_log_lines(cluster: &TestCluster, needles: &[&str]) -> Vec<String> {
-    cluster
-        .cluster
-        .nodes()
-        .flat_map(|node| {
-            let log = without_ansi_colors(&std::fs::read_to_string(node.log_path()).unwrap_or_default());
-            log.lines()
-                .filter(|line| needles.iter().all(|needle| line.contains(needle)))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 fn checkpoint_id_of(line: &str) -> Option<u64> {
@@ -171,5 +158,90 @@ async fn a_checkpoint_held_past_a_restart_never_completes_and_output_stays_exact
         done.status_reason
     );
     anyhow::ensure!(done.restart_count >= 1, "the job must have restarted: {done:?}");
+    ensure_exact_output(&spec.output_dir, &spec.expected_counts())
+}
+
+/// The leader's start of a job races the death of an executor it deployed to: the leader holds the
+/// start between reading the placement and proposing it (a failpoint, as a slow scheduler round
+/// would), and an executor of the job is killed meanwhile. The start must be refused, so the job
+/// is never "running" with subtasks placed nowhere (a chaos run found one, whose cancel was then
+/// refused as an illegal transition); the job is placed again and runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_deployed_before_its_executor_died_is_refused_and_the_job_runs_exactly_once() -> anyhow::Result<()> {
+    let wiring = ClusterWiring {
+        coordinator_environment: vec![(
+            failpoints::VARIABLE.to_owned(),
+            format!("{}={HOLD_START_MS}", failpoints::HOLD_JOB_START_MS),
+        )],
+        ..ClusterWiring::default()
+    };
+    let mut cluster = TestCluster::start_wired(test_settings(), fast_executors(), wiring).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 10), ("exec-b", 10)]).await?;
+    let spec = WordCountJob {
+        seed: 29,
+        records: 12_000,
+        rate_per_second: Some(4_000),
+        ..word_count(&cluster)
+    };
+    let job_id = client
+        .submit_job(&spec.spec("held-start"), "held-start-1")
+        .await?
+        .job_id;
+    let job_field = format!("job_id={job_id}");
+
+    eventually("the leader to hold the job's first start", PATIENCE, || async {
+        (!coordinator_log_lines(&cluster, &["holding the job's start", &job_field]).is_empty()).then_some(())
+    })
+    .await?;
+    let placed = job(&client, &job_id)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("job {job_id} not readable"))?;
+    anyhow::ensure!(
+        placed.status != "Running",
+        "the start is held, yet the job runs: {placed:?}"
+    );
+    let victim = placed
+        .subtasks
+        .iter()
+        .map(|subtask| subtask.executor_id.clone())
+        .find(|executor_id| !executor_id.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("nothing of the job is placed while its start is held"))?;
+    tracing::info!(%victim, "--- kill -9 an executor the held start deployed to");
+    cluster.cluster.kill_executor(&victim)?;
+
+    // Until the job runs again, every view of it that says "Running" has each subtask placed, and
+    // none on the dead executor.
+    let running = eventually("the job running on the survivor", PATIENCE, || async {
+        let job = job(&client, &job_id).await?;
+        if job.status != "Running" {
+            return None;
+        }
+        let misplaced: Vec<String> = job
+            .subtasks
+            .iter()
+            .filter(|subtask| subtask.executor_id.is_empty() || subtask.executor_id == victim)
+            .map(|subtask| {
+                format!(
+                    "{}[{}] on {:?}",
+                    subtask.operator_id, subtask.subtask_index, subtask.executor_id
+                )
+            })
+            .collect();
+        Some(if misplaced.is_empty() {
+            Ok(job)
+        } else {
+            Err(anyhow::anyhow!("job {job_id} is Running with {}", misplaced.join(", ")))
+        })
+    })
+    .await??;
+    let refused = coordinator_log_lines(&cluster, &["job start refused", &job_field]);
+    anyhow::ensure!(
+        !refused.is_empty(),
+        "the held start was not refused; the job's history: {:?}",
+        running.history
+    );
+    tracing::info!(refused = %refused[0], "--- the held start was refused");
+
+    finished(&client, &job_id).await?;
     ensure_exact_output(&spec.output_dir, &spec.expected_counts())
 }

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::context::CoordinatorContext;
-use crate::state_machine::{Command, JobStatus, Response, State};
+use crate::error::CoordinatorError;
+use crate::state_machine::{Command, JobStatus, Rejection, Response, State};
 use raftstream_api::checkpoint::SavepointRef;
 use raftstream_api::ids::{Epoch, ExecutorId, JobId};
 
@@ -497,9 +498,20 @@ async fn deploy_ready_jobs<C: LeaderContext>(context: &C) {
             // next round places and deploys again.
             deployed_through_epoch: Some(deployed_through_epoch),
         };
-        if let Err(error) = context.propose(command).await {
-            tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "could not start the job");
-            continue;
+        if let Some(hold_ms) = crate::failpoints::value(crate::failpoints::HOLD_JOB_START_MS) {
+            tracing::warn!(job_id = %job_id, deployed_through_epoch = deployed_through_epoch.0, hold_ms, "failpoint: holding the job's start");
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        }
+        match context.propose(command).await {
+            Ok(_) => {}
+            Err(CoordinatorError::Rejected(rejection @ Rejection::DeploymentOutdated { .. })) => {
+                tracing::info!(job_id = %job_id, %rejection, "job start refused; it is placed and deployed again");
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(job_id = %job_id, error = %raftstream_observability::chain(&error), "could not start the job");
+                continue;
+            }
         }
         tracing::info!(job_id = %job_id, subtasks = deployments.len(), restore_from, "job deployed");
         for (executor_id, deployment) in deployments {
