@@ -260,11 +260,11 @@ pub enum Command {
         to: JobStatus,
         reason: String,
         at_ms: u64,
-        /// For a start (`Running`) proposed after the leader sent a deployment: the job's last
-        /// epoch when it built that deployment. The start is refused unless every subtask is
-        /// still placed and none was placed again since, so an executor dying between the
-        /// deployment and this entry leaves the job restarting instead of "running" with nothing
-        /// placed. Absent in older logs, which apply as they always did.
+        /// For a start (`Running`) of a deployment the leader built (and sends to the executors
+        /// once this entry commits): the job's last epoch when it read the placement. The start
+        /// is refused unless every subtask is still placed and none was placed again since, so
+        /// an executor declared dead in between leaves the job waiting to be placed again instead
+        /// of "running" with nothing placed. Absent in older logs, which apply as they always did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deployed_through_epoch: Option<Epoch>,
     },
@@ -500,7 +500,7 @@ pub enum Rejection {
         checkpoint_id: CheckpointId,
         problem: String,
     },
-    #[error("job {job_id} was not started: its placement changed after the leader deployed it through epoch {} (last epoch {}, {unplaced} subtasks waiting for a slot)", deployed_through.0, last_epoch.0)]
+    #[error("job {job_id} was not started: its placement changed after the leader built its deployment through epoch {} (last epoch {}, {unplaced} subtasks waiting for a slot)", deployed_through.0, last_epoch.0)]
     DeploymentOutdated {
         job_id: JobId,
         deployed_through: Epoch,
