@@ -23,6 +23,29 @@ const JOB_SPEC: &str = r#"{"name": "golden", "parallelism": 2, "max_parallelism"
     {"id": "per_second", "kind": "tumbling_window", "inputs": ["by_word"], "params": {"size_ms": 1000, "aggregate": "count"}},
     {"id": "out", "kind": "file_sink", "inputs": ["per_second"], "params": {"path": "/tmp/golden-out"}}]}"#;
 
+pub(super) fn exec(name: &str) -> ExecutorId {
+    ExecutorId(name.to_owned())
+}
+
+/// A golden history's job spec, parsed (it is valid by construction).
+pub(super) fn graph_of(spec: &str) -> raftstream_api::spec::JobGraph {
+    match parse_job_spec(spec) {
+        Ok(graph) => graph,
+        Err(error) => panic!("golden spec: {error}"),
+    }
+}
+
+/// Executors `exec-a` (127.0.0.1:7001) and `exec-b` (:7002) registering with `slots` each, at
+/// 1,000 and 1,001 ms: how the later golden histories begin.
+pub(super) fn register_two_executors(slots: u32) -> [Command; 2] {
+    [("exec-a", 7001, 1_000), ("exec-b", 7002, 1_001)].map(|(name, port, at_ms)| Command::RegisterExecutor {
+        executor_id: exec(name),
+        address: format!("127.0.0.1:{port}"),
+        slots,
+        at_ms,
+    })
+}
+
 pub(super) fn subtask(operator_id: &str, subtask_index: u32) -> SubtaskKey {
     SubtaskKey {
         operator_id: operator_id.to_owned(),

@@ -6,12 +6,12 @@
 
 use openraft::Entry;
 
-use super::golden_history::{entries_of, subtask};
+use super::golden_history::{entries_of, exec, graph_of, register_two_executors, subtask};
 use super::TypeConfig;
 use crate::state_machine::{Command, CompletedCheckpoint, JobStatus, TaskStateHandle};
 use raftstream_api::checkpoint::SavepointRef;
-use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
-use raftstream_api::spec::{parse_job_spec, JobGraph};
+use raftstream_api::ids::{CheckpointId, Epoch, JobId, RequestId};
+use raftstream_api::spec::JobGraph;
 
 /// A word count whose `counts` operator runs at the parallelism the free slots allow (up to 4).
 const JOB_SPEC: &str = r#"{"name": "elastic", "parallelism": 1, "max_parallelism": 32,
@@ -25,14 +25,7 @@ const JOB_SPEC: &str = r#"{"name": "elastic", "parallelism": 1, "max_parallelism
     {"id": "out", "kind": "file_sink", "inputs": ["counts"], "params": {"path": "/tmp/golden-elastic"}}]}"#;
 
 fn graph() -> JobGraph {
-    match parse_job_spec(JOB_SPEC) {
-        Ok(graph) => graph,
-        Err(error) => panic!("golden spec: {error}"),
-    }
-}
-
-fn exec(name: &str) -> ExecutorId {
-    ExecutorId(name.to_owned())
+    graph_of(JOB_SPEC)
 }
 
 fn request(name: &str) -> Option<RequestId> {
@@ -106,19 +99,10 @@ pub fn commands() -> Vec<Command> {
         savepoint_id: CheckpointId(id),
     };
     let started = graph().with_auto_parallelism(4);
+    let [register_a, register_b] = register_two_executors(4);
     let mut commands = vec![
-        Command::RegisterExecutor {
-            executor_id: exec("exec-a"),
-            address: "127.0.0.1:7001".into(),
-            slots: 4,
-            at_ms: 1_000,
-        },
-        Command::RegisterExecutor {
-            executor_id: exec("exec-b"),
-            address: "127.0.0.1:7002".into(),
-            slots: 4,
-            at_ms: 1_001,
-        },
+        register_a,
+        register_b,
         // Eight free slots: `counts` starts at 4 beside the four other operators.
         Command::SubmitJob {
             request_id: request("cli-submit-1"),

@@ -7,13 +7,13 @@
 
 use openraft::Entry;
 
-use super::golden_history::{entries_of, subtask};
+use super::golden_history::{entries_of, graph_of, register_two_executors, subtask};
 use super::golden_history_v2::place_all;
 use super::TypeConfig;
 use crate::state_machine::{Command, CompletedCheckpoint, TaskStateHandle};
 use raftstream_api::checkpoint::CheckpointTrigger;
-use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
-use raftstream_api::spec::{parse_job_spec, JobGraph};
+use raftstream_api::ids::{CheckpointId, Epoch, JobId, RequestId};
+use raftstream_api::spec::JobGraph;
 
 /// A skewed word count: checkpoints bounded by records and bytes, the count switching to two
 /// phases by itself, a two-phase window, and every exchange kind besides `key_by`.
@@ -32,14 +32,7 @@ const JOB_SPEC: &str = r#"{"name": "skewed", "parallelism": 2,
     {"id": "shown", "kind": "print", "inputs": ["everywhere"]}]}"#;
 
 fn graph() -> JobGraph {
-    match parse_job_spec(JOB_SPEC) {
-        Ok(graph) => graph,
-        Err(error) => panic!("golden spec: {error}"),
-    }
-}
-
-fn exec(name: &str) -> ExecutorId {
-    ExecutorId(name.to_owned())
+    graph_of(JOB_SPEC)
 }
 
 /// Completed checkpoint `id` of job-1 at `epoch`, with one stored and one inline state, started
@@ -76,19 +69,10 @@ fn checkpoint(id: u64, epoch: u64, at_ms: u64, trigger: CheckpointTrigger) -> Co
 /// The commands of the history, in log order (index 3 onwards: 1 is blank, 2 a membership).
 pub fn commands() -> Vec<Command> {
     let job_id = JobId::from_number(1);
+    let [register_a, register_b] = register_two_executors(16);
     let mut commands = vec![
-        Command::RegisterExecutor {
-            executor_id: exec("exec-a"),
-            address: "127.0.0.1:7001".into(),
-            slots: 16,
-            at_ms: 1_000,
-        },
-        Command::RegisterExecutor {
-            executor_id: exec("exec-b"),
-            address: "127.0.0.1:7002".into(),
-            slots: 16,
-            at_ms: 1_001,
-        },
+        register_a,
+        register_b,
         Command::SubmitJob {
             request_id: Some(RequestId("cli-submit-1".to_owned())),
             graph: graph(),

@@ -7,11 +7,11 @@
 
 use openraft::Entry;
 
-use super::golden_history::{entries_of, subtask};
+use super::golden_history::{entries_of, exec, graph_of, register_two_executors, subtask};
 use super::TypeConfig;
 use crate::state_machine::{Command, JobStatus};
-use raftstream_api::ids::{Epoch, ExecutorId, JobId, RequestId};
-use raftstream_api::spec::{parse_job_spec, JobGraph};
+use raftstream_api::ids::{Epoch, JobId, RequestId};
+use raftstream_api::spec::JobGraph;
 
 const JOB_SPEC: &str = r#"{"name": "ticks", "parallelism": 1,
   "operators": [
@@ -22,14 +22,7 @@ const JOB_SPEC: &str = r#"{"name": "ticks", "parallelism": 1,
 pub const REFUSED_START: usize = 8;
 
 fn graph() -> JobGraph {
-    match parse_job_spec(JOB_SPEC) {
-        Ok(graph) => graph,
-        Err(error) => panic!("golden spec: {error}"),
-    }
-}
-
-fn exec(name: &str) -> ExecutorId {
-    ExecutorId(name.to_owned())
+    graph_of(JOB_SPEC)
 }
 
 /// The commands of the history, in log order (index 3 onwards: 1 is blank, 2 a membership).
@@ -48,19 +41,10 @@ pub fn commands() -> Vec<Command> {
         at_ms,
         deployed_through_epoch: Some(Epoch(through)),
     };
+    let [register_a, register_b] = register_two_executors(4);
     vec![
-        Command::RegisterExecutor {
-            executor_id: exec("exec-a"),
-            address: "127.0.0.1:7001".into(),
-            slots: 4,
-            at_ms: 1_000,
-        },
-        Command::RegisterExecutor {
-            executor_id: exec("exec-b"),
-            address: "127.0.0.1:7002".into(),
-            slots: 4,
-            at_ms: 1_001,
-        },
+        register_a,
+        register_b,
         Command::SubmitJob {
             request_id: Some(RequestId("cli-submit-1".to_owned())),
             graph: graph(),

@@ -449,7 +449,8 @@ fn place_and_run(state: &mut State, executor_id: &ExecutorId, at_ms: u64) -> BTr
 #[test]
 fn a_start_deployed_before_its_executor_died_is_refused_and_the_job_cancels() {
     let job_id = JobId::from_number(1);
-    let submitted = |state: &mut State| {
+    // Registers executor 1 (again, after its death) and places every subtask of the job on it.
+    let place_all = |state: &mut State| {
         let register = Command::RegisterExecutor {
             executor_id: executor(1),
             address: "a".into(),
@@ -457,14 +458,6 @@ fn a_start_deployed_before_its_executor_died_is_refused_and_the_job_cancels() {
             at_ms: 0,
         };
         assert!(apply(state, register).is_ok());
-        let submit = Command::SubmitJob {
-            request_id: None,
-            graph: graph(1, 3),
-            at_ms: 0,
-            from_savepoint: None,
-            allow_unmatched_state: false,
-        };
-        assert!(apply(state, submit).is_ok());
         let subtasks: Vec<SubtaskKey> = state.jobs[&job_id].assignments.keys().cloned().collect();
         for subtask in subtasks {
             let place = Command::AssignSubtask {
@@ -475,6 +468,17 @@ fn a_start_deployed_before_its_executor_died_is_refused_and_the_job_cancels() {
             };
             assert!(apply(state, place).is_ok());
         }
+    };
+    let submitted = |state: &mut State| {
+        let submit = Command::SubmitJob {
+            request_id: None,
+            graph: graph(1, 3),
+            at_ms: 0,
+            from_savepoint: None,
+            allow_unmatched_state: false,
+        };
+        assert!(apply(state, submit).is_ok());
+        place_all(state);
     };
     let start = |deployed_through_epoch| Command::TransitionJob {
         job_id,
@@ -523,23 +527,7 @@ fn a_start_deployed_before_its_executor_died_is_refused_and_the_job_cancels() {
     submitted(&mut state);
     let deployed_through = state.jobs[&job_id].last_epoch;
     assert!(apply(&mut state, dead.clone()).is_ok());
-    let register = Command::RegisterExecutor {
-        executor_id: executor(1),
-        address: "a".into(),
-        slots: 8,
-        at_ms: 2,
-    };
-    assert!(apply(&mut state, register).is_ok());
-    let subtasks: Vec<SubtaskKey> = state.jobs[&job_id].assignments.keys().cloned().collect();
-    for subtask in subtasks {
-        let place = Command::AssignSubtask {
-            job_id,
-            subtask,
-            executor_id: executor(1),
-            at_ms: 2,
-        };
-        assert!(apply(&mut state, place).is_ok());
-    }
+    place_all(&mut state);
     let stale = apply(&mut state, start(Some(deployed_through)));
     assert!(
         matches!(stale, Err(Rejection::DeploymentOutdated { unplaced: 0, .. })),
