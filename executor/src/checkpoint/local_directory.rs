@@ -41,7 +41,33 @@ fn io_error(location: &str) -> impl FnOnce(std::io::Error) -> CheckpointStoreErr
     }
 }
 
+/// How often a write starts again after its directory vanished under it.
+const DIRECTORY_RACE_ATTEMPTS: usize = 16;
+
+/// Writes `bytes` to `path` durably. `delete` removes a directory the moment its last file goes,
+/// so a directory this write just found or created can be removed by another writer's delete
+/// before the temporary file lands in it (`create_dir_all` then fails with "File exists" or the
+/// create with "not found"); once the temporary file is in, the directory is not empty and stays.
+/// Both failures mean "try again", and each retry follows a delete that made progress.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match write_once(path, bytes) {
+            Err(error)
+                if attempt < DIRECTORY_RACE_ATTEMPTS
+                    && matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists
+                    ) =>
+            {
+                attempt += 1;
+            }
+            written => return written,
+        }
+    }
+}
+
+fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let directory = path
         .parent()
@@ -201,6 +227,36 @@ mod tests {
         assert_eq!(listed, vec!["job-1/chk-7/counts-0.state", "job-1/chk-8/counts-0.state"]);
         assert!(store.list("job-9").await?.is_empty());
         assert!(error_text(store.list("../job-1").await).contains("invalid state location"));
+        Ok(())
+    }
+
+    /// Executors starting together each probe `_probe/<id>` and delete it, and a delete takes its
+    /// directory when it empties: a write must not fail because another writer's delete removed the
+    /// directory it had just found or made (seen in CI as "File exists" at an executor's start).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_sharing_a_directory_that_deletes_remove_never_fail() -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let store = LocalDirectoryStore::new(directory.path());
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..4 {
+            let store = store.clone();
+            writers.spawn(async move {
+                let location = format!("_probe/executor-{writer}");
+                for round in 0..400u32 {
+                    let handle = store.put(&location, round.to_le_bytes().to_vec()).await?;
+                    store.get(&handle).await?;
+                    store.delete(&location).await?;
+                }
+                Ok::<(), CheckpointStoreError>(())
+            });
+        }
+        while let Some(finished) = writers.join_next().await {
+            finished??;
+        }
+        assert!(
+            !directory.path().join("_probe").exists(),
+            "the last delete took the directory"
+        );
         Ok(())
     }
 
