@@ -46,6 +46,8 @@ pub struct CoordinatorProcess {
     pub http_address: String,
     pub node_dir: PathBuf,
     child: Option<Child>,
+    /// Where the current process's output starts in the (appended) log.
+    log_start: u64,
 }
 
 impl CoordinatorProcess {
@@ -247,6 +249,7 @@ impl LocalCluster {
             http_address,
             node_dir,
             child: None,
+            log_start: 0,
         };
         std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)
             .with_context(|| format!("writing {}", process.config_path().display()))?;
@@ -282,6 +285,7 @@ impl LocalCluster {
             .append(true)
             .open(process.log_path())
             .with_context(|| format!("opening {}", process.log_path().display()))?;
+        process.log_start = log.metadata().map_or(0, |metadata| metadata.len());
         let child = command
             .arg("coordinator")
             .arg("--config")
@@ -381,20 +385,53 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Fails if a child exited on its own (a crash or a port taken), pointing at its log.
+    /// Fails if a child exited on its own (a crash or its Raft port taken), pointing at its log.
+    /// One that found its HTTP port taken (picked like an executor's, see
+    /// [`LocalCluster::check_executors_running`]) starts again on a new one: it binds that port
+    /// before it touches its Raft state, so nothing else changes.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
+        let mut http_port_taken = Vec::new();
         for process in self.nodes.values_mut() {
-            if let Some(child) = process.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    process.child = None;
-                    let log = std::fs::read_to_string(process.log_path()).unwrap_or_default();
-                    bail!(
-                        "coordinator {} exited with {status}; log tail:\n{}",
-                        process.node_id,
-                        log_tail(&log, 15)
-                    );
-                }
+            let Some(child) = process.child.as_mut() else {
+                continue;
+            };
+            let Some(status) = child.try_wait()? else {
+                continue;
+            };
+            process.child = None;
+            let log = std::fs::read(process.log_path()).unwrap_or_default();
+            let since_start = String::from_utf8_lossy(log.get(process.log_start as usize..).unwrap_or_default());
+            let http_bind_failure = format!("binding the HTTP listener on {}", process.http_address);
+            if since_start.contains(&http_bind_failure) && since_start.contains("Address already in use") {
+                http_port_taken.push(process.node_id);
+                continue;
             }
+            bail!(
+                "coordinator {} exited with {status}; log tail:\n{}",
+                process.node_id,
+                log_tail(&since_start, 15)
+            );
+        }
+        for node_id in http_port_taken {
+            let process = self
+                .nodes
+                .get_mut(&node_id)
+                .ok_or_else(|| anyhow!("no node {node_id}"))?;
+            let http_address = free_local_address()?;
+            let config_text = std::fs::read_to_string(process.config_path())
+                .with_context(|| format!("reading {}", process.config_path().display()))?;
+            let mut config: CoordinatorConfig = serde_yaml::from_str(&config_text)
+                .with_context(|| format!("parsing {}", process.config_path().display()))?;
+            config.http_listen_address = Some(
+                http_address
+                    .parse()
+                    .with_context(|| format!("address {http_address:?}"))?,
+            );
+            std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)
+                .with_context(|| format!("writing {}", process.config_path().display()))?;
+            process.http_address = http_address;
+            tracing::warn!(node_id, http_address = %process.http_address, "a coordinator's HTTP port was taken before it bound it; starting it again");
+            self.spawn(node_id)?;
         }
         Ok(())
     }

@@ -336,3 +336,63 @@ async fn a_process_started_with_log_format_json_writes_one_json_object_per_line(
     );
     Ok(())
 }
+
+/// The harness picks a coordinator's HTTP port and closes it before the child binds it; another
+/// process can take it in between. The coordinator then exits before it touches its Raft state,
+/// and the harness starts it again on a new port instead of failing the test that needed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_whose_http_port_was_taken_starts_again_on_a_new_one() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let follower = cluster.follower().await?;
+    cluster.cluster.kill(follower)?;
+    let taken = cluster
+        .cluster
+        .node(follower)
+        .map(|node| node.http_address.clone())
+        .ok_or_else(|| anyhow::anyhow!("node {follower} is gone"))?;
+    let squatter = std::net::TcpListener::bind(&taken)?;
+    cluster.cluster.restart(follower)?;
+
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let served_on = loop {
+        cluster.cluster.check_running()?;
+        let address = cluster
+            .cluster
+            .node(follower)
+            .map(|node| node.http_address.clone())
+            .ok_or_else(|| anyhow::anyhow!("node {follower} is gone"))?;
+        if address != taken && matches!(get(&http, &address, "/healthz").await, Ok((200, _))) {
+            break address;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "node {follower} never served HTTP on a new port"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let log = cluster
+        .cluster
+        .node(follower)
+        .map(|node| std::fs::read_to_string(node.log_path()))
+        .transpose()?
+        .unwrap_or_default();
+    assert!(
+        log.contains(&format!("binding the HTTP listener on {taken}")) && log.contains("Address already in use"),
+        "{log}"
+    );
+    // It is a member again: the cluster reports it with the leader's term.
+    let client = cluster.client()?;
+    eventually("the restarted node to follow the leader", PATIENCE, || async {
+        let status = client.cluster_status().await.ok()?;
+        status
+            .nodes
+            .iter()
+            .any(|node| node.node_id == follower && node.state == "Follower")
+            .then_some(())
+    })
+    .await?;
+    tracing::info!(%served_on, "the coordinator serves HTTP on a new port");
+    drop(squatter);
+    Ok(())
+}
