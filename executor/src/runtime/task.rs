@@ -45,7 +45,7 @@ use acknowledger::Acknowledger;
 use input::InputTask;
 use outputs::open_outputs;
 use pipeline::Pipeline;
-use source::{run_source, GeneratorState, SourceReader, SourceSnapshot};
+use source::{GeneratorState, SourceReader, SourceSnapshot, SourceTask};
 
 /// Records per batch on a channel.
 pub const BATCH_RECORDS: usize = 1_024;
@@ -559,17 +559,15 @@ async fn run_registered(
         .ok_or_else(|| TaskError::Graph("a task without operators".to_owned()))?;
     let end = match (head_logic, gate) {
         (Logic::Source(source), _) => {
-            run_source(
-                *source,
-                Pipeline::new(logics.collect()),
-                &mut outputs,
-                &acknowledgers,
-                control,
-                cancel,
+            let task = SourceTask {
+                source: *source,
+                pipeline: Pipeline::new(logics.collect()),
+                outputs: &mut outputs,
+                acknowledgers: &acknowledgers,
                 checkpointing,
-                &metrics.counters,
-            )
-            .await
+                counters: &metrics.counters,
+            };
+            task.run(control, cancel).await
         }
         (head, Some(gate)) => {
             let mut task = InputTask {
