@@ -20,7 +20,9 @@ use raftstream_api::ids::JobId;
 use raftstream_observability::{single, Families, Labels};
 
 use crate::context::{now_ms, CoordinatorContext};
-use crate::state_machine::{CompletedCheckpoint, JobRecord, JobStatus, State};
+use raftstream_api::checkpoint::CompletedCheckpoint;
+
+use crate::state_machine::{JobRecord, JobStatus, State};
 
 /// How a proposal ended, as the `outcome` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::context::CoordinatorContext;
-use crate::leader::{ExecutorSessions, ExecutorSettings, LeaderDuties};
+use crate::leader::sessions::ExecutorSessions;
+use crate::leader::{ExecutorSettings, LeaderDuties};
 use crate::raft::{open_stores, CoordinatorRaft, ElectionTrigger, GrpcRaftNetwork, LeaderContact};
 use crate::removal::Removal;
 use crate::service::{AdminServiceImpl, ExecutorServiceImpl, JobServiceImpl, RaftServiceImpl};

@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::CoordinatorError;
 use crate::leader::checkpoints::CheckpointAck;
-use crate::leader::{ExecutorSessions, LeaderContext};
-use crate::state_machine::{apply, Command, JobStatus, Response, State, SubtaskKey, TaskStateHandle};
+use crate::leader::context::LeaderContext;
+use crate::leader::sessions::ExecutorSessions;
+use crate::state_machine::{apply, Command, JobStatus, Response, State};
+use raftstream_api::checkpoint::{SubtaskKey, TaskStateHandle};
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId};
 use raftstream_api::spec::{parse_job_spec, JobGraph};
 

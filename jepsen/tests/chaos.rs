@@ -116,6 +116,12 @@ fn partitions_and_kills_on_network_namespaces_find_nothing() {
         ],
     );
     if code == Some(2) && (text.contains("needs root") || text.contains("install it")) {
+        // CI runs as root with iptables installed (scripts/ensure-build-deps.sh --test) and sets
+        // RAFTSTREAM_REQUIRE_NETNS there, so this run cannot pass there without running.
+        assert!(
+            std::env::var_os("RAFTSTREAM_REQUIRE_NETNS").is_none(),
+            "network namespaces are required (RAFTSTREAM_REQUIRE_NETNS is set) but the run could not make them:\n{text}"
+        );
         eprintln!("skipped: this machine cannot make network namespaces:\n{text}");
         return;
     }

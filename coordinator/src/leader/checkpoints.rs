@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::state_machine::{CompletedCheckpoint, JobRecord, SubtaskKey, TaskStateHandle};
+use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
+
+use crate::state_machine::JobRecord;
 use raftstream_api::checkpoint::CheckpointTrigger;
 use raftstream_api::ids::{CheckpointId, Epoch, JobId};
 

@@ -4,9 +4,9 @@
 
 use std::future::Future;
 
-use super::sessions::ExecutorSessions;
 use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
+use crate::leader::sessions::ExecutorSessions;
 use crate::metrics::CheckpointEvent;
 use crate::state_machine::{Command, Response, State};
 use raftstream_api::ids::JobId;

@@ -2,8 +2,8 @@
 //! place, so each one knows where its peers run; all of them restore from the same checkpoint (the
 //! latest completed one in the Raft state, never anything an executor remembers).
 
-use crate::leader::sessions::{PlacedSubtask, TaskDeployment, TaskRef};
 use crate::state_machine::{JobRecord, JobStatus, State};
+use raftstream_api::messages::{PlacedSubtask, TaskDeployment, TaskRef};
 
 /// Whether every subtask of `job` has an executor.
 pub fn is_fully_placed(job: &JobRecord) -> bool {
@@ -120,8 +120,9 @@ pub fn restart_decision(job: &JobRecord, now_ms: u64) -> RestartDecision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::{apply, Command, SubtaskKey};
+    use crate::state_machine::{apply, Command};
     use crate::test_fixtures::{source_to_sink, StateBuilder};
+    use raftstream_api::checkpoint::SubtaskKey;
     use raftstream_api::ids::{ExecutorId, JobId};
 
     /// Job 1 (`src` on e1, `out` on e2) running with `restart` as its restart strategy.

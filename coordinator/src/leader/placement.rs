@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::state_machine::{JobRecord, JobStatus, State, SubtaskKey};
+use crate::state_machine::{JobRecord, JobStatus, State};
+use raftstream_api::checkpoint::SubtaskKey;
 use raftstream_api::ids::{ExecutorId, JobId};
 
 /// One subtask to place on one executor.

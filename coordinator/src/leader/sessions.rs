@@ -13,9 +13,7 @@ use raftstream_api::checkpoint::CheckpointTrigger;
 use raftstream_api::checkpoint::SubtaskKey;
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId};
 
-pub use raftstream_api::messages::{
-    CheckpointAck, ExecutorCommand, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef,
-};
+use raftstream_api::messages::{CheckpointAck, ExecutorCommand, SubtaskMetrics, TaskRef};
 
 /// What executors report that the leader's duties act on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,10 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::context::LeaderContext;
-use super::sessions::SubtaskMetrics;
 use crate::state_machine::{Command, JobRecord, JobStatus};
 use raftstream_api::checkpoint::SubtaskKey;
 use raftstream_api::ids::{Epoch, JobId};
+use raftstream_api::messages::SubtaskMetrics;
 use raftstream_api::spec::TwoPhase;
 
 const TICK: Duration = Duration::from_millis(500);

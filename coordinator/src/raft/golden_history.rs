@@ -8,7 +8,8 @@ use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Members
 
 use super::state_store::AppliedState;
 use super::TypeConfig;
-use crate::state_machine::{apply, Command, CompletedCheckpoint, JobStatus, State, SubtaskKey, TaskStateHandle};
+use crate::state_machine::{apply, Command, JobStatus, State};
+use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use raftstream_api::spec::parse_job_spec;
 

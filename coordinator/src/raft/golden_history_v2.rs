@@ -8,8 +8,9 @@ use openraft::Entry;
 
 use super::golden_history::{entries_of, exec, graph_of, register_two_executors, subtask};
 use super::TypeConfig;
-use crate::state_machine::{Command, CompletedCheckpoint, JobStatus, TaskStateHandle};
+use crate::state_machine::{Command, JobStatus};
 use raftstream_api::checkpoint::SavepointRef;
+use raftstream_api::checkpoint::{CompletedCheckpoint, TaskStateHandle};
 use raftstream_api::ids::{CheckpointId, Epoch, JobId, RequestId};
 use raftstream_api::spec::JobGraph;
 

@@ -10,8 +10,9 @@ use openraft::Entry;
 use super::golden_history::{entries_of, graph_of, register_two_executors, subtask};
 use super::golden_history_v2::place_all;
 use super::TypeConfig;
-use crate::state_machine::{Command, CompletedCheckpoint, TaskStateHandle};
+use crate::state_machine::Command;
 use raftstream_api::checkpoint::CheckpointTrigger;
+use raftstream_api::checkpoint::{CompletedCheckpoint, TaskStateHandle};
 use raftstream_api::ids::{CheckpointId, Epoch, JobId, RequestId};
 use raftstream_api::spec::JobGraph;
 

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{forward_to_leader, forwarded_request, is_forwarded};
 use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
-use crate::leader::ExecutorSessions;
+use crate::leader::sessions::ExecutorSessions;
 use crate::state_machine::{Command, Response as Applied};
 
 /// How long a membership change waits before asking again while another one commits.

@@ -5,9 +5,8 @@ use raftstream_proto::v1 as pb;
 
 use crate::state_machine::{JobRecord, JobStatus, State};
 use raftstream_api::checkpoint::SavepointRef;
+use raftstream_api::convert::checkpoint_to_proto;
 use raftstream_api::ids::{CheckpointId, JobId};
-
-pub use raftstream_api::convert::*;
 
 /// Why a job that is not running yet waits, when it waits for slots: read from the state, not
 /// stored, so it is always current.

@@ -10,18 +10,18 @@ use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{
-    checkpoint_ack_from_proto, executor_command_to_proto, subtask_metrics_from_proto, task_ref_from_proto,
-    task_status_from_proto,
-};
 use super::{forward_to_leader, is_forwarded};
 use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
-use crate::leader::{
-    assigned_tasks, reconcile, ExecutorCommand, ExecutorEvent, ExecutorSessions, ExecutorSettings, SessionEnded,
-};
+use crate::leader::sessions::{assigned_tasks, ExecutorEvent, ExecutorSessions, SessionEnded};
+use crate::leader::{reconcile, ExecutorSettings};
 use crate::state_machine::{Command, Response as Applied};
+use raftstream_api::convert::{
+    checkpoint_ack_from_proto, executor_command_to_proto, subtask_metrics_from_proto, task_ref_from_proto,
+    task_status_from_proto,
+};
 use raftstream_api::ids::ExecutorId;
+use raftstream_api::messages::ExecutorCommand;
 
 const MAX_EXECUTOR_ID_CHARS: usize = 128;
 const MAX_SLOTS: u32 = 1_024;

@@ -5,17 +5,18 @@ use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::job_service_client::JobServiceClient;
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    checkpoint_to_proto, checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order, subtask_metrics_to_proto,
-};
+use super::convert::{checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order};
+
 use super::{forward_to_leader, is_forwarded};
 use crate::context::{now_ms, CoordinatorContext};
 use crate::error::CoordinatorError;
-use crate::leader::{ExecutorCommand, ExecutorSessions};
+use crate::leader::sessions::ExecutorSessions;
 use crate::state_machine::{Command, Rejection, Response as Applied};
 use raftstream_api::checkpoint::SavepointRef;
 use raftstream_api::convert::task_ref_to_proto;
+use raftstream_api::convert::{checkpoint_to_proto, subtask_metrics_to_proto};
 use raftstream_api::ids::{CheckpointId, JobId, RequestId};
+use raftstream_api::messages::ExecutorCommand;
 use raftstream_api::messages::TaskRef;
 use raftstream_api::spec::parse_job_spec;
 

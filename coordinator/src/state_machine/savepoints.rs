@@ -10,7 +10,8 @@ use raftstream_api::checkpoint::{CompletedCheckpoint, SavepointRef};
 use raftstream_api::ids::{CheckpointId, JobId};
 use raftstream_api::spec::JobGraph;
 
-use super::{job_mut, ApplyResult, JobRecord, JobStatus, Rejection, Response, State};
+use super::jobs::job_mut;
+use super::{ApplyResult, JobRecord, JobStatus, Rejection, Response, State};
 
 /// A savepoint asked for and not yet taken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::test_fixtures::{self as fixtures, executor_id, subtask};
+use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey};
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use raftstream_api::spec::JobGraph;
 
 /// Four operators: a generator, a keyed exchange and count at `parallelism`, a print sink.
