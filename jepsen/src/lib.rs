@@ -12,12 +12,14 @@
 //!   [`network`]: which proxy (or, with `--net netns`, which namespace) carries which link.
 //!   [`netns`]: network namespaces, iptables partitions and netem delays.
 //! - [`run`]: one run against a real cluster of processes; [`report`]: what it found;
-//!   [`timeline`]: the same as a picture; [`serve`]: fault commands for a person.
+//!   [`nemesis`]: the faults injected and healed; [`timeline`]: the same as a picture;
+//!   [`serve`]: fault commands for a person.
 
 pub mod checkpoints;
 pub mod history;
 pub mod job_table;
 pub mod linearizable;
+pub mod nemesis;
 pub mod netns;
 pub mod network;
 pub mod proxy;
@@ -25,4 +27,6 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod serve;
+mod settle;
 pub mod timeline;
+mod workloads;
