@@ -3,14 +3,10 @@
 //! - [`local_cluster`]: coordinator child processes (start, kill -9, restart, wipe).
 //! - [`cli`]: the subcommands and their table/JSON output.
 //! - [`demo`]: `raftstream demo`, the README's main command.
-//! - [`bench`]: `raftstream bench raft|stream`.
+//! - [`bench`]: `raftstream bench raft|stream|replay|skew|elastic`, one module each under `bench/`.
 //! - [`wordcount`]: the word-count job of the demo, tests and benchmarks, and its exactly-once check.
 
 pub mod bench;
-pub mod bench_elastic;
-pub mod bench_replay;
-pub mod bench_skew;
-pub mod bench_stream;
 pub mod cli;
 pub mod demo;
 pub mod local_cluster;

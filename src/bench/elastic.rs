@@ -19,8 +19,8 @@ use clap::Args;
 use raftstream_api::client::{running_entry, ClusterClient};
 use raftstream_proto::v1 as pb;
 
+use crate::bench::stream::job;
 use crate::bench::{millis, percentile};
-use crate::bench_stream::job;
 use crate::local_cluster::poll_until;
 use crate::wordcount::{check_prefix, WordCountJob};
 

@@ -1,7 +1,12 @@
 //! `raftstream bench raft`: committed writes (job submits and cancels) per second and latency at
 //! several client counts, and leader failover time (kill -9 of the leader -> first successful
 //! write), on a local three-node cluster of real coordinator processes. `bench stream` lives in
-//! [`crate::bench_stream`].
+//! [`crate::bench::stream`].
+
+pub mod elastic;
+pub mod replay;
+pub mod skew;
+pub mod stream;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use raftstream_api::client::ClusterClient;
 
-use crate::bench_stream::job;
+use crate::bench::stream::job;
 use crate::local_cluster::{poll_until, LocalCluster};
 
 /// Options of `bench replay`.
