@@ -1,6 +1,8 @@
 //! Coordinator processes on this machine: start, `kill -9`, restart, wipe. Used by `cluster up`,
 //! the benchmarks and the cluster tests, so all three exercise the real binary.
 
+mod executors;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -363,12 +365,12 @@ impl LocalCluster {
             .nodes
             .get_mut(&node_id)
             .ok_or_else(|| anyhow!("no node {node_id}"))?;
-        let text = std::fs::read_to_string(process.config_path())?;
-        let mut config: CoordinatorConfig = serde_yaml::from_str(&text)?;
         // Only a pristine cluster bootstraps; a node that lost its data must be caught up by the
         // leader, never start a cluster of its own.
-        config.bootstrap = false;
-        std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)?;
+        rewrite_config(&process.config_path(), |config| {
+            config.bootstrap = false;
+            Ok(())
+        })?;
         self.spawn(node_id)
     }
 
@@ -392,15 +394,10 @@ impl LocalCluster {
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         let mut http_port_taken = Vec::new();
         for process in self.nodes.values_mut() {
-            let Some(child) = process.child.as_mut() else {
+            let log_path = process.log_path();
+            let Some((status, since_start)) = exited(&mut process.child, &log_path, process.log_start)? else {
                 continue;
             };
-            let Some(status) = child.try_wait()? else {
-                continue;
-            };
-            process.child = None;
-            let log = std::fs::read(process.log_path()).unwrap_or_default();
-            let since_start = String::from_utf8_lossy(log.get(process.log_start as usize..).unwrap_or_default());
             let http_bind_failure = format!("binding the HTTP listener on {}", process.http_address);
             if since_start.contains(&http_bind_failure) && since_start.contains("Address already in use") {
                 http_port_taken.push(process.node_id);
@@ -418,17 +415,14 @@ impl LocalCluster {
                 .get_mut(&node_id)
                 .ok_or_else(|| anyhow!("no node {node_id}"))?;
             let http_address = free_local_address()?;
-            let config_text = std::fs::read_to_string(process.config_path())
-                .with_context(|| format!("reading {}", process.config_path().display()))?;
-            let mut config: CoordinatorConfig = serde_yaml::from_str(&config_text)
-                .with_context(|| format!("parsing {}", process.config_path().display()))?;
-            config.http_listen_address = Some(
-                http_address
-                    .parse()
-                    .with_context(|| format!("address {http_address:?}"))?,
-            );
-            std::fs::write(process.config_path(), serde_yaml::to_string(&config)?)
-                .with_context(|| format!("writing {}", process.config_path().display()))?;
+            rewrite_config(&process.config_path(), |config| {
+                config.http_listen_address = Some(
+                    http_address
+                        .parse()
+                        .with_context(|| format!("address {http_address:?}"))?,
+                );
+                Ok(())
+            })?;
             process.http_address = http_address;
             tracing::warn!(node_id, http_address = %process.http_address, "a coordinator's HTTP port was taken before it bound it; starting it again");
             self.spawn(node_id)?;
@@ -443,15 +437,10 @@ impl LocalCluster {
     pub fn check_executors_running(&mut self) -> anyhow::Result<()> {
         let mut port_taken = Vec::new();
         for process in self.executors.values_mut() {
-            let Some(child) = process.child.as_mut() else {
+            let log_path = process.log_path();
+            let Some((status, since_start)) = exited(&mut process.child, &log_path, process.log_start)? else {
                 continue;
             };
-            let Some(status) = child.try_wait()? else {
-                continue;
-            };
-            process.child = None;
-            let log = std::fs::read(process.log_path()).unwrap_or_default();
-            let since_start = String::from_utf8_lossy(log.get(process.log_start as usize..).unwrap_or_default());
             if since_start.contains("Address already in use") {
                 port_taken.push(process.executor_id.clone());
                 continue;
@@ -500,251 +489,6 @@ impl LocalCluster {
         }
     }
 
-    /// Starts an executor process with `slots` slots, connected to every coordinator.
-    pub fn start_executor(&mut self, executor_id: &str, slots: u32) -> anyhow::Result<()> {
-        self.start_executor_routed(executor_id, slots, None)
-    }
-
-    /// Starts an executor whose links go where `routes` says.
-    pub fn start_executor_routed(
-        &mut self,
-        executor_id: &str,
-        slots: u32,
-        routes: Option<ExecutorRoutes>,
-    ) -> anyhow::Result<()> {
-        let http_address = free_local_address()?;
-        self.start_executor_serving_on(executor_id, slots, routes, http_address)
-    }
-
-    /// Starts an executor serving HTTP on `http_address`, which the caller chose.
-    pub fn start_executor_serving_on(
-        &mut self,
-        executor_id: &str,
-        slots: u32,
-        routes: Option<ExecutorRoutes>,
-        http_address: String,
-    ) -> anyhow::Result<()> {
-        let directory = self.directory.join(executor_id);
-        std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
-        let process = ExecutorProcess {
-            executor_id: executor_id.to_owned(),
-            directory,
-            slots,
-            http_address,
-            routes,
-            child: None,
-            log_start: 0,
-        };
-        self.executors.insert(executor_id.to_owned(), process);
-        self.spawn_executor(executor_id)
-    }
-
-    /// The checkpoint directory all executors of this cluster share, unless
-    /// [`LocalCluster::use_checkpoint_store`] chose another store.
-    pub fn checkpoint_dir(&self) -> PathBuf {
-        self.directory.join("checkpoints")
-    }
-
-    /// Whether executors started (or restarted) from now on serve HTTP (on by default; the
-    /// metrics-cost benchmark compares executors without it).
-    pub fn set_executor_http(&mut self, enabled: bool) {
-        self.executor_http = enabled;
-    }
-
-    /// Executors started (or restarted) from now on get `environment` added to theirs.
-    pub fn set_executor_environment(&mut self, environment: Vec<(String, String)>) {
-        self.executor_environment = environment;
-    }
-
-    /// Executors started (or restarted) from now on write checkpoints to `url`, with `environment`
-    /// added to theirs (for S3: `AWS_ENDPOINT`, credentials, `AWS_ALLOW_HTTP`).
-    pub fn use_checkpoint_store(&mut self, url: &str, environment: Vec<(String, String)>) {
-        self.executor_checkpoint_store = Some((url.to_owned(), environment));
-    }
-
-    fn spawn_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
-        let coordinators = self.addresses().join(",");
-        let (checkpoint_store, store_environment) = match &self.executor_checkpoint_store {
-            Some((url, environment)) => (url.clone(), environment.clone()),
-            None => (self.checkpoint_dir().display().to_string(), Vec::new()),
-        };
-        let mut command = self.binary_command(executor_id);
-        let environment = self.executor_environment.clone();
-        let process = self
-            .executors
-            .get_mut(executor_id)
-            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        if process.child.is_some() {
-            bail!("executor {executor_id} is already running");
-        }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(process.log_path())?;
-        process.log_start = log.metadata().map_or(0, |metadata| metadata.len());
-        let mut routing = Vec::new();
-        if self.executor_http {
-            routing.extend(["--http-listen".to_owned(), process.http_address.clone()]);
-        }
-        let coordinators = match &process.routes {
-            Some(routes) => {
-                routing.extend(["--listen".to_owned(), routes.listen.clone()]);
-                for (advertised, dialled) in &routes.dial {
-                    routing.extend(["--dial".to_owned(), format!("{advertised}={dialled}")]);
-                }
-                routes.coordinators.join(",")
-            }
-            None => coordinators,
-        };
-        let child = command
-            .args([
-                "executor",
-                "--coordinators",
-                &coordinators,
-                "--slots",
-                &process.slots.to_string(),
-                "--id",
-                executor_id,
-            ])
-            .args(&routing)
-            .arg("--data-dir")
-            .arg(&process.directory)
-            .arg("--checkpoint-store")
-            .arg(&checkpoint_store)
-            .envs(store_environment)
-            .envs(environment)
-            .env(
-                "RUST_LOG",
-                std::env::var("RAFTSTREAM_CHILD_LOG").unwrap_or_else(|_| "info".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting executor {executor_id}"))?;
-        process.child = Some(child);
-        Ok(())
-    }
-
-    /// `kill -9` of an executor, then reaps it.
-    pub fn kill_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
-        let process = self
-            .executors
-            .get_mut(executor_id)
-            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        if let Some(mut child) = process.child.take() {
-            child
-                .kill()
-                .with_context(|| format!("killing executor {executor_id}"))?;
-            child
-                .wait()
-                .with_context(|| format!("reaping executor {executor_id}"))?;
-        }
-        Ok(())
-    }
-
-    /// The running process of an executor, taken out of the cluster's hands to be waited for.
-    fn take_executor_child(&mut self, executor_id: &str) -> anyhow::Result<std::process::Child> {
-        let process = self
-            .executors
-            .get_mut(executor_id)
-            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        process
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))
-    }
-
-    /// SIGTERM to an executor, then waits up to `patience` for it to exit; its exit status.
-    pub async fn terminate_executor(
-        &mut self,
-        executor_id: &str,
-        patience: Duration,
-    ) -> anyhow::Result<std::process::ExitStatus> {
-        let child = self.take_executor_child(executor_id)?;
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -TERM of executor {executor_id} failed with {status}");
-        }
-        wait_for_exit(executor_id, child, patience).await
-    }
-
-    /// Waits up to `patience` for an executor to exit by itself (drained); its exit status.
-    pub async fn wait_executor_exit(
-        &mut self,
-        executor_id: &str,
-        patience: Duration,
-    ) -> anyhow::Result<std::process::ExitStatus> {
-        let child = self.take_executor_child(executor_id)?;
-        wait_for_exit(executor_id, child, patience).await
-    }
-
-    /// SIGSTOP (`pause`) or SIGCONT (resume) of an executor: a process that stops answering without
-    /// dying, the classic zombie.
-    pub fn signal_executor(&mut self, executor_id: &str, pause: bool) -> anyhow::Result<()> {
-        let process = self
-            .executors
-            .get(executor_id)
-            .ok_or_else(|| anyhow!("no executor {executor_id}"))?;
-        let pid = process
-            .pid()
-            .ok_or_else(|| anyhow!("executor {executor_id} is not running"))?;
-        stop_or_continue(pid, pause)
-    }
-
-    /// SIGSTOP (`pause`) or SIGCONT (resume) of a coordinator.
-    pub fn signal_node(&mut self, node_id: u64, pause: bool) -> anyhow::Result<()> {
-        let process = self.nodes.get(&node_id).ok_or_else(|| anyhow!("no node {node_id}"))?;
-        let pid = process
-            .pid()
-            .ok_or_else(|| anyhow!("coordinator {node_id} is not running"))?;
-        stop_or_continue(pid, pause)
-    }
-
-    /// The ids of the executors started so far.
-    pub fn executor_ids(&self) -> Vec<String> {
-        self.executors.keys().cloned().collect()
-    }
-
-    /// For each source subtask whose log (in any executor's log) says it was cancelled right
-    /// after checkpoint `checkpoint_id`, the records it had produced after that barrier: what a
-    /// restart from that checkpoint replays.
-    pub fn records_replayed_from(&self, checkpoint_id: u64) -> Vec<u64> {
-        let field = |line: &str, name: &str| -> Option<u64> {
-            let (_, rest) = line.split_once(&format!("{name}="))?;
-            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-        };
-        let mut replayed = Vec::new();
-        for executor in self.executors.values() {
-            let Ok(log) = std::fs::read_to_string(executor.log_path()) else {
-                continue;
-            };
-            for line in without_ansi_colors(&log)
-                .lines()
-                .filter(|line| line.contains("source cancelled"))
-            {
-                if field(line, "last_barrier") == Some(checkpoint_id) {
-                    replayed.extend(field(line, "records_after_barrier"));
-                }
-            }
-        }
-        replayed
-    }
-
-    /// Restarts a killed executor with the same id.
-    pub fn restart_executor(&mut self, executor_id: &str) -> anyhow::Result<()> {
-        self.spawn_executor(executor_id)
-    }
-
-    /// One executor process.
-    pub fn executor(&self, executor_id: &str) -> Option<&ExecutorProcess> {
-        self.executors.get(executor_id)
-    }
-
     /// Stops every node (SIGKILL) and reaps them.
     pub fn kill_all(&mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
@@ -780,6 +524,35 @@ impl Drop for LocalCluster {
 }
 
 /// The last `lines` lines of a log.
+/// Whether the process in `child` exited on its own, with its status and what it logged since it
+/// started (its log file is appended to across restarts, from byte `log_start` on); the child is
+/// then cleared.
+fn exited(
+    child: &mut Option<std::process::Child>,
+    log_path: &Path,
+    log_start: u64,
+) -> anyhow::Result<Option<(std::process::ExitStatus, String)>> {
+    let Some(process) = child.as_mut() else {
+        return Ok(None);
+    };
+    let Some(status) = process.try_wait()? else {
+        return Ok(None);
+    };
+    *child = None;
+    let log = std::fs::read(log_path).unwrap_or_default();
+    let since_start = String::from_utf8_lossy(log.get(log_start as usize..).unwrap_or_default()).into_owned();
+    Ok(Some((status, since_start)))
+}
+
+/// Reads a coordinator's config file, changes it and writes it back (for its next start).
+fn rewrite_config(path: &Path, edit: impl FnOnce(&mut CoordinatorConfig) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: CoordinatorConfig =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    edit(&mut config)?;
+    std::fs::write(path, serde_yaml::to_string(&config)?).with_context(|| format!("writing {}", path.display()))
+}
+
 fn log_tail(log: &str, lines: usize) -> String {
     let mut tail: Vec<&str> = log.lines().rev().take(lines).collect();
     tail.reverse();
