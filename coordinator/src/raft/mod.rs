@@ -2,14 +2,6 @@
 //! gRPC network between coordinators.
 
 mod election_trigger;
-#[cfg(test)]
-mod golden_history;
-#[cfg(test)]
-mod golden_history_v2;
-#[cfg(test)]
-mod golden_history_v3;
-#[cfg(test)]
-mod golden_history_v4;
 mod log_store;
 mod network;
 pub mod pre_vote;

@@ -1,3 +1,8 @@
+mod golden_history;
+mod golden_history_v2;
+mod golden_history_v3;
+mod golden_history_v4;
+
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::Entry;
 use openraft::StorageError;
@@ -30,7 +35,7 @@ async fn state_is_rebuilt_from_snapshot_after_reopen() -> anyhow_free::Result {
     use raftstream_api::spec::parse_job_spec;
 
     let directory = TempDir::new()?;
-    let graph = parse_job_spec(include_str!("../../../examples/wordcount.yaml"))?;
+    let graph = parse_job_spec(include_str!("../../../../examples/wordcount.yaml"))?;
     let expected = {
         let (_log_store, mut state_machine) = open_stores(directory.path())?;
         let entries = (1..=3).map(|index| Entry::<TypeConfig> {
@@ -77,9 +82,9 @@ async fn corrupted_snapshot_is_refused_with_a_named_error() -> anyhow_free::Resu
 /// again today gives the same bytes, so nodes of either version read each other's storage.
 #[test]
 fn a_log_and_snapshot_written_before_the_api_crate_still_load() -> anyhow_free::Result {
-    let snapshot = include_bytes!("../../tests/golden/snapshot-v1.json");
-    let log = include_str!("../../tests/golden/log-entries-v1.jsonl");
-    let decoded = read_back_as_written(log, snapshot, &super::golden_history::entries())?;
+    let snapshot = include_bytes!("../../../tests/golden/snapshot-v1.json");
+    let log = include_str!("../../../tests/golden/log-entries-v1.jsonl");
+    let decoded = read_back_as_written(log, snapshot, &golden_history::entries())?;
     let job = decoded
         .state
         .jobs
@@ -112,7 +117,7 @@ fn read_back_as_written(
         .map(serde_json::from_str::<Entry<TypeConfig>>)
         .collect::<Result<Vec<_>, _>>()?;
     assert_eq!(entries, expected);
-    assert_eq!(super::golden_history::applied_state(&entries), decoded);
+    assert_eq!(golden_history::applied_state(&entries), decoded);
     for (line, entry) in log.lines().zip(&entries) {
         assert_eq!(
             serde_json::to_string(entry)?,
@@ -138,10 +143,10 @@ fn read_back_as_written(
 fn a_log_and_snapshot_with_the_elasticity_commands_still_load() -> anyhow_free::Result {
     use crate::state_machine::{apply, State};
 
-    let expected = super::golden_history_v2::entries();
+    let expected = golden_history_v2::entries();
     // Every command of the history takes effect, so the snapshot holds what they record.
     let mut state = State::default();
-    for (position, command) in super::golden_history_v2::commands().into_iter().enumerate() {
+    for (position, command) in golden_history_v2::commands().into_iter().enumerate() {
         if let Err(rejection) = apply(&mut state, command.clone()) {
             panic!("command {position} ({command:?}) was rejected: {rejection}");
         }
@@ -155,8 +160,8 @@ fn a_log_and_snapshot_with_the_elasticity_commands_still_load() -> anyhow_free::
     assert!(state.jobs.contains_key(&raftstream_api::ids::JobId::from_number(2)));
 
     write_golden_if_asked("v2", &expected)?;
-    let log = include_str!("../../tests/golden/log-entries-v2.jsonl");
-    let snapshot = include_bytes!("../../tests/golden/snapshot-v2.json");
+    let log = include_str!("../../../tests/golden/log-entries-v2.jsonl");
+    let snapshot = include_bytes!("../../../tests/golden/snapshot-v2.json");
     read_back_as_written(log, snapshot, &expected)?;
     Ok(())
 }
@@ -170,9 +175,9 @@ fn a_log_and_snapshot_with_two_phase_switches_and_checkpoint_triggers_still_load
     use raftstream_api::checkpoint::CheckpointTrigger;
     use raftstream_api::spec::TwoPhase;
 
-    let expected = super::golden_history_v3::entries();
+    let expected = golden_history_v3::entries();
     let mut state = State::default();
-    for (position, command) in super::golden_history_v3::commands().into_iter().enumerate() {
+    for (position, command) in golden_history_v3::commands().into_iter().enumerate() {
         if let Err(rejection) = apply(&mut state, command.clone()) {
             panic!("command {position} ({command:?}) was rejected: {rejection}");
         }
@@ -196,8 +201,8 @@ fn a_log_and_snapshot_with_two_phase_switches_and_checkpoint_triggers_still_load
     );
 
     write_golden_if_asked("v3", &expected)?;
-    let log = include_str!("../../tests/golden/log-entries-v3.jsonl");
-    let snapshot = include_bytes!("../../tests/golden/snapshot-v3.json");
+    let log = include_str!("../../../tests/golden/log-entries-v3.jsonl");
+    let snapshot = include_bytes!("../../../tests/golden/snapshot-v3.json");
     read_back_as_written(log, snapshot, &expected)?;
     Ok(())
 }
@@ -208,11 +213,11 @@ fn a_log_and_snapshot_with_two_phase_switches_and_checkpoint_triggers_still_load
 fn a_log_and_snapshot_with_starts_that_name_their_placement_still_load() -> anyhow_free::Result {
     use crate::state_machine::{apply, JobStatus, Rejection, State};
 
-    let expected = super::golden_history_v4::entries();
+    let expected = golden_history_v4::entries();
     let mut state = State::default();
-    for (position, command) in super::golden_history_v4::commands().into_iter().enumerate() {
+    for (position, command) in golden_history_v4::commands().into_iter().enumerate() {
         let applied = apply(&mut state, command.clone());
-        match (position == super::golden_history_v4::REFUSED_START, applied) {
+        match (position == golden_history_v4::REFUSED_START, applied) {
             (false, Ok(_)) | (true, Err(Rejection::DeploymentOutdated { .. })) => {}
             (_, outcome) => panic!("command {position} ({command:?}): {outcome:?}"),
         }
@@ -225,8 +230,8 @@ fn a_log_and_snapshot_with_starts_that_name_their_placement_still_load() -> anyh
     assert_eq!(job.restart_count, 1);
 
     write_golden_if_asked("v4", &expected)?;
-    let log = include_str!("../../tests/golden/log-entries-v4.jsonl");
-    let snapshot = include_bytes!("../../tests/golden/snapshot-v4.json");
+    let log = include_str!("../../../tests/golden/log-entries-v4.jsonl");
+    let snapshot = include_bytes!("../../../tests/golden/snapshot-v4.json");
     read_back_as_written(log, snapshot, &expected)?;
     Ok(())
 }
@@ -244,7 +249,7 @@ fn write_golden_if_asked(version: &str, expected: &[openraft::Entry<super::TypeC
         log.push('\n');
     }
     std::fs::write(directory.join(format!("log-entries-{version}.jsonl")), log)?;
-    let applied = super::golden_history::applied_state(expected);
+    let applied = golden_history::applied_state(expected);
     std::fs::write(
         directory.join(format!("snapshot-{version}.json")),
         state_store::encode_snapshot(applied)?,

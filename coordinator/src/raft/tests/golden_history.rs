@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, StoredMembership};
 
-use super::state_store::AppliedState;
-use super::TypeConfig;
+use crate::raft::state_store::AppliedState;
+use crate::raft::TypeConfig;
 use crate::state_machine::{apply, Command, JobStatus, State};
 use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
