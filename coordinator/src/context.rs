@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
@@ -33,13 +33,6 @@ pub struct CoordinatorContext {
     /// What `/metrics` counts as it happens (proposals, leader changes, checkpoint outcomes).
     pub metrics: CoordinatorMetrics,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
-}
-
-/// Milliseconds since the Unix epoch, as the leader stamps them into commands.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn not_leader(node_id: NodeId, forward: openraft::error::ForwardToLeader<NodeId, BasicNode>) -> CoordinatorError {

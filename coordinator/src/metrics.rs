@@ -6,7 +6,7 @@
 //! leader only, so summing over coordinators never counts a job twice.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ use prometheus_client::registry::{Registry, Unit};
 use raftstream_api::ids::JobId;
 use raftstream_observability::{single, Families, Labels};
 
-use crate::context::{now_ms, CoordinatorContext};
+use crate::clock::now_ms;
+use crate::raft::{CommittedIndex, CoordinatorRaft, SharedAppliedState, SnapshotStats};
 use raftstream_api::checkpoint::CompletedCheckpoint;
 
 use crate::state_machine::{JobRecord, JobStatus, State};
@@ -58,14 +59,6 @@ struct CheckpointCounts {
     triggered: u64,
     completed: u64,
     failed: u64,
-}
-
-/// Snapshots this node built or installed, and the size of the latest.
-#[derive(Debug, Default)]
-pub struct SnapshotStats {
-    pub built: AtomicU64,
-    pub installed: AtomicU64,
-    pub last_size_bytes: AtomicU64,
 }
 
 /// What a coordinator counts as it happens; cheap to clone.
@@ -134,8 +127,8 @@ impl CoordinatorMetrics {
         }
     }
 
-    /// The registry `/metrics` serves: these counters and what `context` shows at each scrape.
-    pub fn registry(&self, context: CoordinatorContext, snapshots: Arc<SnapshotStats>) -> Registry {
+    /// The registry `/metrics` serves: these counters and what `sources` show at each scrape.
+    pub fn registry(&self, sources: ScrapeSources) -> Registry {
         let mut registry = Registry::with_prefix("raftstream");
         registry.register(
             "raft_leader_changes",
@@ -154,26 +147,34 @@ impl CoordinatorMetrics {
             self.0.proposal_duration.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
-            context,
+            sources,
             counted: self.clone(),
-            snapshots,
         }));
         registry
     }
 }
 
+/// What a scrape reads: the Raft node, the applied state, the committed index and the snapshot
+/// counts.
+pub struct ScrapeSources {
+    pub node_id: u64,
+    pub raft: CoordinatorRaft,
+    pub applied: SharedAppliedState,
+    pub committed: CommittedIndex,
+    pub snapshots: Arc<SnapshotStats>,
+}
+
 /// Reads the Raft node and the applied state at each scrape.
 struct StateCollector {
-    context: CoordinatorContext,
+    sources: ScrapeSources,
     counted: CoordinatorMetrics,
-    snapshots: Arc<SnapshotStats>,
 }
 
 impl std::fmt::Debug for StateCollector {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("StateCollector")
-            .field("node_id", &self.context.node_id)
+            .field("node_id", &self.sources.node_id)
             .finish()
     }
 }
@@ -183,7 +184,7 @@ impl Collector for StateCollector {
         let mut families = Families::new(encoder);
         let is_leader = self.encode_raft(&mut families)?;
         if is_leader {
-            let applied = self.context.applied.read();
+            let applied = self.sources.applied.read();
             self.counted.retain_jobs(&applied.state);
             encode_cluster(&mut families, &applied.state)?;
             encode_jobs(&mut families, &applied.state, &self.counted, now_ms())?;
@@ -199,8 +200,8 @@ fn u64_value(value: u64) -> f64 {
 impl StateCollector {
     /// This node's Raft position; whether it leads.
     fn encode_raft(&self, families: &mut Families<'_>) -> Result<bool, std::fmt::Error> {
-        let metrics = self.context.raft.metrics().borrow().clone();
-        let is_leader = metrics.current_leader == Some(self.context.node_id);
+        let metrics = self.sources.raft.metrics().borrow().clone();
+        let is_leader = metrics.current_leader == Some(self.sources.node_id);
         families.gauge(
             "raft_term",
             "Current Raft term",
@@ -230,7 +231,7 @@ impl StateCollector {
             "raft_committed_index",
             "Index of the last entry this node knows is committed",
             None,
-            single(self.context.committed.get().map_or(0.0, u64_value)),
+            single(self.sources.committed.get().map_or(0.0, u64_value)),
         )?;
         families.gauge(
             "raft_applied_index",
@@ -279,19 +280,21 @@ impl StateCollector {
             "raft_snapshots_built",
             "Snapshots this node built",
             None,
-            single(u64_value(self.snapshots.built.load(Ordering::Relaxed))),
+            single(u64_value(self.sources.snapshots.built.load(Ordering::Relaxed))),
         )?;
         families.counter(
             "raft_snapshots_installed",
             "Snapshots this node installed from the leader",
             None,
-            single(u64_value(self.snapshots.installed.load(Ordering::Relaxed))),
+            single(u64_value(self.sources.snapshots.installed.load(Ordering::Relaxed))),
         )?;
         families.gauge(
             "raft_snapshot_size",
             "Size of this node's latest snapshot",
             Some(Unit::Bytes),
-            single(u64_value(self.snapshots.last_size_bytes.load(Ordering::Relaxed))),
+            single(u64_value(
+                self.sources.snapshots.last_size_bytes.load(Ordering::Relaxed),
+            )),
         )?;
         Ok(is_leader)
     }

@@ -280,7 +280,13 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
         shutdown.clone(),
     ));
     if let Some(listener) = http_listener {
-        let registry = context.metrics.registry(context.clone(), snapshot_stats);
+        let registry = context.metrics.registry(crate::metrics::ScrapeSources {
+            node_id: context.node_id,
+            raft: context.raft.clone(),
+            applied: context.applied.clone(),
+            committed: context.committed.clone(),
+            snapshots: snapshot_stats,
+        });
         // The dashboard asks this node's own gRPC services, which read through the leader.
         let own_grpc = match listener_address {
             address if address.ip().is_unspecified() => {

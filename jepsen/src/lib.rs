@@ -16,6 +16,8 @@
 //!   [`serve`]: fault commands for a person.
 
 pub mod checkpoints;
+pub mod config;
+pub mod endpoint;
 pub mod history;
 pub mod job_table;
 pub mod linearizable;
@@ -23,6 +25,7 @@ pub mod nemesis;
 pub mod netns;
 pub mod network;
 pub mod proxy;
+mod recording;
 pub mod report;
 pub mod run;
 pub mod schedule;

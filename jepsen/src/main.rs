@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use raftstream_jepsen::config::RunConfig;
 use raftstream_jepsen::job_table::{check_job_table, JobInput, JobOutput};
 use raftstream_jepsen::network::NetMode;
-use raftstream_jepsen::run::{parse_faults, run, RunConfig};
+use raftstream_jepsen::run::{parse_faults, run};
 use tracing_subscriber::EnvFilter;
 
 /// Starts coordinators and executors from the `raftstream` binary, runs workloads while injecting

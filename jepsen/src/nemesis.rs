@@ -9,9 +9,11 @@ use raftstream::local_cluster::LocalCluster;
 use raftstream_api::client::ClusterClient;
 use raftstream_proto::v1 as pb;
 
-use crate::network::{node_endpoint, Network};
+use crate::config::RunConfig;
+use crate::endpoint::node_endpoint;
+use crate::network::Network;
+use crate::recording::Clock;
 use crate::report::FaultRecord;
-use crate::run::{Clock, RunConfig};
 use crate::schedule::{schedule, FaultKind, ScheduledFault, Target};
 
 /// Injects the seeded faults one after another until the schedule (sized to the time limit) ends.

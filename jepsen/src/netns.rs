@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::network::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Every process listens on this port of its own address.
 const PORT: u16 = 7000;

@@ -10,15 +10,9 @@ use std::time::Duration;
 use raftstream::local_cluster::{free_local_address, ClusterWiring, ExecutorRoutes};
 use tokio_util::sync::CancellationToken;
 
+use crate::endpoint::{node_endpoint, Endpoint};
 use crate::netns::Namespaces;
 use crate::proxy::LinkProxy;
-
-/// A process on the network: `node-N` or an executor id.
-pub type Endpoint = String;
-
-pub fn node_endpoint(node_id: u64) -> Endpoint {
-    format!("node-{node_id}")
-}
 
 /// How faults reach the links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

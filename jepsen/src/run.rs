@@ -2,9 +2,8 @@
 //! the seeded faults, then healing, settling and checking.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use raftstream::local_cluster::{poll_until, LocalCluster};
@@ -12,108 +11,28 @@ use raftstream::wordcount::WordCountJob;
 use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
-use raftstream_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoints::{check_checkpoints, CheckpointObservation, RestoreObservation};
-use crate::history::Operation;
-use crate::job_table::{check_job_table, JobInput, JobOutput};
+use crate::checkpoints::check_checkpoints;
+use crate::config::RunConfig;
+use crate::job_table::check_job_table;
 use crate::nemesis::{heal_everything, nemesis};
 use crate::network::{NetMode, Network};
+use crate::recording::{Clock, History, MetadataJobs, Observations};
 use crate::report::{
     by_kind, checkpoint_recovery_ms, election_figures, metadata_recovery_ms, operation_counts, slowest_recoveries,
-    throughput, throughput_dips, LeaderObservation, Report,
+    throughput, throughput_dips, Report,
 };
 use crate::schedule::FaultKind;
 use crate::settle::finish_stream;
 use crate::workloads::{get_operation, list_operation, metadata_client, poll_checkpoints};
 
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub seed: u64,
-    pub time_limit: Duration,
-    pub faults: Vec<FaultKind>,
-    pub metadata: bool,
-    pub stream: bool,
-    pub checkpoints: bool,
-    pub nodes: u64,
-    pub executors: u32,
-    pub clients: u32,
-    pub out: PathBuf,
-    /// The `raftstream` binary the cluster runs.
-    pub binary: PathBuf,
-    /// A bug switched on in the executors (see `raftstream_executor::defects`).
-    pub inject_defect: Option<String>,
-    /// Where the faults act: the harness's proxies or the kernel's namespaces.
-    pub net: NetMode,
-}
-
-/// Microseconds on the run's one clock, a monotonic one started with the run.
-#[derive(Clone, Copy)]
-pub(crate) struct Clock {
-    pub(crate) started: Instant,
-}
-
-impl Clock {
-    pub(crate) fn start() -> Clock {
-        Clock {
-            started: Instant::now(),
-        }
-    }
-
-    pub(crate) fn now_us(self) -> u64 {
-        self.started.elapsed().as_micros() as u64
-    }
-
-    /// A recent wall-clock time (what the coordinators record, on this same machine) on this
-    /// clock: now, less how long ago it was by the wall clock. Not counted from the run's start:
-    /// the wall clock may step against the monotonic one during a run (a suspended virtual machine
-    /// resumes with its wall clock set forward, here once by 25 s), and every later completion
-    /// time would then read as that much later than the faults it followed.
-    pub(crate) fn from_wall_ms(self, wall_ms: u64) -> u64 {
-        let ago_us = wall_clock_ms().saturating_sub(wall_ms).saturating_mul(1_000);
-        self.now_us().saturating_sub(ago_us)
-    }
-}
-
-pub(crate) fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-pub(crate) type History = Arc<Mutex<Vec<Operation<JobInput, JobOutput>>>>;
-
-/// What the poller saw of the stream job and the cluster.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Observations {
-    pub(crate) checkpoints: Vec<CheckpointObservation>,
-    pub(crate) restores: Vec<RestoreObservation>,
-    pub(crate) leaders: Vec<LeaderObservation>,
-    /// The stream job as last seen once it ended: 1,000 jobs ending after it (the metadata
-    /// clients cancel many), the coordinators forget it.
-    pub(crate) stream_ended: Option<pb::Job>,
-}
-
-pub(crate) const STREAM_RATE: u64 = 2_000;
+const STREAM_RATE: u64 = 2_000;
 /// Enough for one executor to hold the stream job (10 subtasks) and every metadata job at once:
 /// a cluster provisioned for the loss of one executor (N+1), as operators run one. With less, the
 /// stream job would wait for the failed executor to return, and its recovery would measure the
 /// fault's duration rather than the system.
-pub(crate) const SLOTS_PER_EXECUTOR: u32 = 24;
-
-/// Metadata jobs kept running at once (two subtasks each). Clients submit more than they cancel;
-/// beyond this they cancel instead, so the jobs never crowd out the stream job's slots.
-pub(crate) const MAX_ACTIVE_METADATA_JOBS: usize = 6;
-
-/// The metadata jobs the clients know of: every one submitted, and those believed running (from
-/// answers and the latest list; a job whose submit went unanswered appears with the next list).
-#[derive(Debug, Default)]
-pub(crate) struct MetadataJobs {
-    pub(crate) known: Vec<String>,
-    pub(crate) active: std::collections::BTreeSet<String>,
-}
+const SLOTS_PER_EXECUTOR: u32 = 24;
 
 /// Runs the cluster, the workloads and the faults; returns what the checkers found.
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {

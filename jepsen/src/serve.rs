@@ -8,8 +8,9 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+use crate::config::RunConfig;
 use crate::nemesis::{apply_fault, heal_everything, Heal};
-use crate::run::{start_cluster, RunConfig};
+use crate::run::start_cluster;
 use crate::schedule::{FaultKind, ScheduledFault, Target};
 
 /// A command line (`partition leader`, `delay 15`, `heal`, ...) as a fault; `None` for `heal` and

@@ -15,8 +15,8 @@ use tonic::Code;
 use crate::checkpoints::{CheckpointObservation, RestoreObservation};
 use crate::history::{Operation, Outcome};
 use crate::job_table::{JobInput, JobOutput, JobState};
+use crate::recording::{Clock, History, MetadataJobs, Observations, MAX_ACTIVE_METADATA_JOBS};
 use crate::report::LeaderObservation;
-use crate::run::{Clock, History, MetadataJobs, Observations, MAX_ACTIVE_METADATA_JOBS};
 
 /// A metadata job: never ends on its own (unbounded, slow, restarts forever), so only a cancel
 /// changes its state, as the model assumes.

@@ -12,7 +12,8 @@ use raftstream::local_cluster::{poll_until, LocalCluster};
 use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
-use raftstream_jepsen::network::{node_endpoint, NetMode, Network};
+use raftstream_jepsen::endpoint::node_endpoint;
+use raftstream_jepsen::network::{NetMode, Network};
 use raftstream_proto::v1 as pb;
 
 /// The `raftstream` binary Cargo built next to this package's harness.
@@ -172,7 +173,8 @@ fn epochs(job: &pb::Job) -> Vec<(String, u32, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_everyone_is_replaced_without_restarting_any_subtask() -> anyhow::Result<()> {
     use raftstream::wordcount::WordCountJob;
-    use raftstream_jepsen::run::{start_cluster, RunConfig};
+    use raftstream_jepsen::config::RunConfig;
+    use raftstream_jepsen::run::start_cluster;
 
     let directory = tempfile::tempdir()?;
     let config = RunConfig {

@@ -4,7 +4,8 @@
 
 use std::future::Future;
 
-use crate::context::{now_ms, CoordinatorContext};
+use crate::clock::now_ms;
+use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
 use crate::leader::sessions::ExecutorSessions;
 use crate::metrics::CheckpointEvent;

@@ -20,7 +20,9 @@ use crate::state_machine::{ApplyResult, Command};
 pub use election_trigger::{ElectionTrigger, LeaderContact};
 pub use log_store::{CommittedIndex, LogStore};
 pub use network::{GrpcRaftNetwork, RaftPeerClient};
-pub use state_store::{AppliedState, SharedAppliedState, SnapshotPayload, StateMachineStore, SNAPSHOT_FORMAT_VERSION};
+pub use state_store::{
+    AppliedState, SharedAppliedState, SnapshotPayload, SnapshotStats, StateMachineStore, SNAPSHOT_FORMAT_VERSION,
+};
 
 openraft::declare_raft_types!(
     /// The openraft types of the coordinator: commands in, apply results out.

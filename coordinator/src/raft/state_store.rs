@@ -5,7 +5,7 @@
 //! is deterministic). Snapshots are written with sync before the log behind them may be purged.
 
 use std::io::Cursor;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -17,10 +17,17 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use super::{TypeConfig, STATE_FAMILY};
-use crate::metrics::SnapshotStats;
 use crate::state_machine::{apply, ApplyResult, Response, State};
 
 type NodeId = u64;
+
+/// Snapshots this node built or installed, and the size of the latest.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    pub built: AtomicU64,
+    pub installed: AtomicU64,
+    pub last_size_bytes: AtomicU64,
+}
 
 /// Bumped whenever the snapshot layout changes; older layouts are refused by name, never misread.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;

@@ -11,7 +11,8 @@ use raftstream_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
 
 use super::{forward_to_leader, forwarded_request, is_forwarded};
-use crate::context::{now_ms, CoordinatorContext};
+use crate::clock::now_ms;
+use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
 use crate::leader::sessions::ExecutorSessions;
 use crate::state_machine::{Command, Response as Applied};

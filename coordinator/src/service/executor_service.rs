@@ -11,7 +11,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{forward_to_leader, is_forwarded};
-use crate::context::{now_ms, CoordinatorContext};
+use crate::clock::now_ms;
+use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
 use crate::leader::sessions::{assigned_tasks, ExecutorEvent, ExecutorSessions, SessionEnded};
 use crate::leader::{reconcile, ExecutorSettings};

@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 use super::convert::{checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order};
 
 use super::{forward_to_leader, is_forwarded};
-use crate::context::{now_ms, CoordinatorContext};
+use crate::clock::now_ms;
+use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
 use crate::leader::sessions::ExecutorSessions;
 use crate::state_machine::{Command, Rejection, Response as Applied};

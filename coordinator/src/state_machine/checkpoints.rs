@@ -4,8 +4,7 @@
 use raftstream_api::checkpoint::CompletedCheckpoint;
 use raftstream_api::ids::{CheckpointId, JobId};
 
-use super::jobs::job_mut;
-use super::model::{JobRecord, State};
+use super::model::{job_mut, JobRecord, State};
 use super::{savepoints, ApplyResult, JobStatus, Rejection, Response};
 
 pub(super) fn trigger_checkpoint(state: &mut State, job_id: &JobId, at_ms: u64) -> ApplyResult {

@@ -6,7 +6,6 @@ use raftstream_api::checkpoint::{CompletedCheckpoint, SavepointRef, SubtaskKey};
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use raftstream_api::spec::JobGraph;
 
-use super::model::is_false;
 use super::JobStatus;
 
 /// A change to the state, as written in the Raft log.
@@ -326,3 +325,13 @@ pub enum Rejection {
 
 /// The outcome of applying one log entry.
 pub type ApplyResult = Result<Response, Rejection>;
+
+/// For `skip_serializing_if`: a field at its default is left out of the log entry and the
+/// snapshot, so older entries and snapshots read the same.
+pub(super) fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+pub(super) fn is_zero(value: &u64) -> bool {
+    *value == 0
+}

@@ -4,8 +4,8 @@
 use raftstream_api::checkpoint::SubtaskKey;
 use raftstream_api::ids::{Epoch, ExecutorId, JobId};
 
-use super::jobs::{job_mut, release_slots, restart};
-use super::model::{Assignment, ExecutorRecord, RelocationRequest, State};
+use super::jobs::{release_slots, restart};
+use super::model::{job_mut, Assignment, ExecutorRecord, RelocationRequest, State};
 use super::{ApplyResult, JobStatus, Rejection, Response};
 
 pub(super) fn register_executor(

@@ -7,15 +7,8 @@ use raftstream_api::checkpoint::{SavepointRef, SubtaskKey};
 use raftstream_api::ids::{Epoch, JobId};
 use raftstream_api::spec::JobGraph;
 
-use super::model::{Assignment, JobEvent, JobRecord, RestoreRecord, State, RETAINED_ENDED_JOBS};
+use super::model::{job_mut, Assignment, JobEvent, JobRecord, RestoreRecord, State, RETAINED_ENDED_JOBS};
 use super::{savepoints, ApplyResult, JobStatus, Rejection, Response};
-
-pub(super) fn job_mut<'a>(state: &'a mut State, job_id: &JobId) -> Result<&'a mut JobRecord, Rejection> {
-    state
-        .jobs
-        .get_mut(job_id)
-        .ok_or_else(|| Rejection::UnknownJob { job_id: *job_id })
-}
 
 pub(super) fn submit_job(
     state: &mut State,

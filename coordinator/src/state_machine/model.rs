@@ -10,7 +10,7 @@ use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
 use raftstream_api::serde_pairs as map_as_pairs;
 use raftstream_api::spec::JobGraph;
 
-use super::command::Response;
+use super::command::{is_false, is_zero, Rejection, Response};
 use super::{JobStatus, SavepointOutcome, SavepointRecord, SavepointRequest};
 
 /// How many client request ids the state remembers for deduplication. Older ones are forgotten in
@@ -144,14 +144,6 @@ pub(super) fn record_event(job: &mut JobRecord, at_ms: u64, what: String) {
     }
 }
 
-pub(super) fn is_false(value: &bool) -> bool {
-    !*value
-}
-
-pub(super) fn is_zero(value: &u64) -> bool {
-    *value == 0
-}
-
 /// An executor process and its slots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutorRecord {
@@ -245,4 +237,12 @@ impl State {
             .count();
         u32::try_from(used).unwrap_or(u32::MAX)
     }
+}
+
+/// The job `job_id`, or the rejection that names it unknown.
+pub(super) fn job_mut<'a>(state: &'a mut State, job_id: &JobId) -> Result<&'a mut JobRecord, Rejection> {
+    state
+        .jobs
+        .get_mut(job_id)
+        .ok_or_else(|| Rejection::UnknownJob { job_id: *job_id })
 }

@@ -7,8 +7,8 @@ use raftstream_api::checkpoint::SubtaskKey;
 use raftstream_api::ids::{Epoch, JobId};
 use raftstream_api::spec::JobGraph;
 
-use super::jobs::{job_mut, release_slots};
-use super::model::{record_event, Assignment, RescaleRequest, State};
+use super::jobs::release_slots;
+use super::model::{job_mut, record_event, Assignment, RescaleRequest, State};
 use super::savepoints;
 use super::{ApplyResult, JobStatus, Rejection, Response};
 

@@ -10,7 +10,7 @@ use raftstream_api::checkpoint::{CompletedCheckpoint, SavepointRef};
 use raftstream_api::ids::{CheckpointId, JobId};
 use raftstream_api::spec::JobGraph;
 
-use super::jobs::job_mut;
+use super::model::job_mut;
 use super::{ApplyResult, JobRecord, JobStatus, Rejection, Response, State};
 
 /// A savepoint asked for and not yet taken.
