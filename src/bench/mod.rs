@@ -270,3 +270,49 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
     }
 }
+
+/// How long a benchmark waits for a bounded job to end.
+const RUN_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Follows a bounded job to its end, from the first read that saw it `Running`.
+pub struct RunToEnd {
+    job_id: String,
+    started: Option<Instant>,
+    deadline: Instant,
+}
+
+impl RunToEnd {
+    /// Starts following `job_id`, just submitted.
+    pub fn new(job_id: &str) -> RunToEnd {
+        RunToEnd {
+            job_id: job_id.to_owned(),
+            started: None,
+            deadline: Instant::now() + RUN_PATIENCE,
+        }
+    }
+
+    /// Reads the job once: the seconds it ran once it `Finished`, `None` while it has not ended;
+    /// fails when it ended otherwise, or has not ended within 600 s.
+    pub async fn poll(&mut self, client: &ClusterClient) -> anyhow::Result<Option<f64>> {
+        if let Ok(job) = client
+            .get_job(&self.job_id, raftstream_proto::v1::ReadConsistency::Linearizable)
+            .await
+        {
+            if job.status == "Running" && self.started.is_none() {
+                self.started = Some(Instant::now());
+            }
+            match job.status.as_str() {
+                "Finished" => {
+                    let ran = self.started.map_or(0.0, |at| at.elapsed().as_secs_f64());
+                    return Ok(Some(ran.max(1e-3)));
+                }
+                "Failed" | "Cancelled" => bail!("{} ended {}: {}", self.job_id, job.status, job.status_reason),
+                _ => {}
+            }
+        }
+        if Instant::now() > self.deadline {
+            bail!("{} did not finish within {} s", self.job_id, RUN_PATIENCE.as_secs());
+        }
+        Ok(None)
+    }
+}

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use clap::Args;
 use raftstream_api::client::ClusterClient;
 use raftstream_api::spec::GeneratorConfig;
 use raftstream_executor::runtime::generator::GeneratedRecords;
 use raftstream_proto::v1 as pb;
 
+use super::RunToEnd;
 use crate::local_cluster::poll_until;
 use crate::wordcount::highest_counts;
 
@@ -105,21 +105,12 @@ async fn skew_run(
     expected: &BTreeMap<String, u64>,
 ) -> anyhow::Result<SkewRun> {
     let submitted = client.submit_job(spec_text, name).await?;
-    let mut started = None;
+    let mut run = RunToEnd::new(&submitted.job_id);
     let mut last_metrics: Vec<pb::SubtaskMetrics> = Vec::new();
     let mut metrics_read = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let ended = loop {
-        if let Ok(job) = client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-        {
-            if job.status == "Running" && started.is_none() {
-                started = Some(Instant::now());
-            }
-            if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
-                break job;
-            }
+    let seconds = loop {
+        if let Some(seconds) = run.poll(client).await? {
+            break seconds;
         }
         // Finished tasks report nothing: keep the last report that had the count in it.
         if metrics_read.elapsed() >= Duration::from_millis(300) {
@@ -134,15 +125,8 @@ async fn skew_run(
                 }
             }
         }
-        if Instant::now() > deadline {
-            bail!("{} did not finish within 600 s", submitted.job_id);
-        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    if ended.status != "Finished" {
-        bail!("{} ended {}: {}", submitted.job_id, ended.status, ended.status_reason);
-    }
-    let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-3);
     let (hot_share, counts_input, hot_keys) = counts_view(&last_metrics);
     let exact = highest_counts(output)? == *expected;
     Ok(SkewRun {

@@ -20,6 +20,7 @@ use raftstream_coordinator::node::RaftSettings;
 use raftstream_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
+use super::RunToEnd;
 use crate::bench::{millis, percentile};
 use crate::local_cluster::{poll_until, LocalCluster};
 use crate::wordcount::{check_output, generated_records, WordCountJob};
@@ -438,18 +439,12 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// completed while its input flowed (read every 100 ms, so none is missed between reads).
 async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str) -> anyhow::Result<ThroughputRun> {
     let submitted = client.submit_job(&spec.spec(name), name).await?;
-    let mut started = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut run = RunToEnd::new(&submitted.job_id);
     let mut checkpoints: BTreeMap<u64, pb::Checkpoint> = BTreeMap::new();
     let mut last_read = Instant::now();
-    let ended = loop {
-        if let Some(job) = job(client, &submitted.job_id).await {
-            if job.status == "Running" && started.is_none() {
-                started = Some(Instant::now());
-            }
-            if matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled") {
-                break job;
-            }
+    let seconds = loop {
+        if let Some(seconds) = run.poll(client).await? {
+            break seconds;
         }
         if spec.checkpoint_interval_ms > 0 && last_read.elapsed() >= Duration::from_millis(100) {
             last_read = Instant::now();
@@ -461,15 +456,8 @@ async fn throughput_run(client: &ClusterClient, spec: &WordCountJob, name: &str)
                 );
             }
         }
-        if Instant::now() > deadline {
-            bail!("{} did not finish within 600 s", submitted.job_id);
-        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    if ended.status != "Finished" {
-        bail!("{} ended {}: {}", submitted.job_id, ended.status, ended.status_reason);
-    }
-    let seconds = started.map_or(0.0, |at| at.elapsed().as_secs_f64()).max(1e-3);
     let checkpoints_while_flowing = checkpoints
         .values()
         .filter(|checkpoint| generated_records(checkpoint, u64::from(spec.parallelism)) < spec.records)

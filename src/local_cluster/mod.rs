@@ -392,24 +392,7 @@ impl LocalCluster {
     /// [`LocalCluster::check_executors_running`]) starts again on a new one: it binds that port
     /// before it touches its Raft state, so nothing else changes.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        let mut http_port_taken = Vec::new();
-        for process in self.nodes.values_mut() {
-            let log_path = process.log_path();
-            let Some((status, since_start)) = exited(&mut process.child, &log_path, process.log_start)? else {
-                continue;
-            };
-            let http_bind_failure = format!("binding the HTTP listener on {}", process.http_address);
-            if since_start.contains(&http_bind_failure) && since_start.contains("Address already in use") {
-                http_port_taken.push(process.node_id);
-                continue;
-            }
-            bail!(
-                "coordinator {} exited with {status}; log tail:\n{}",
-                process.node_id,
-                log_tail(&since_start, 15)
-            );
-        }
-        for node_id in http_port_taken {
+        for node_id in lost_their_port(self.nodes.values_mut())? {
             let process = self
                 .nodes
                 .get_mut(&node_id)
@@ -435,23 +418,7 @@ impl LocalCluster {
     /// process can take it in between) starts again on a new port instead. For use while waiting
     /// for executors to connect, not while they are meant to exit (drain, SIGTERM).
     pub fn check_executors_running(&mut self) -> anyhow::Result<()> {
-        let mut port_taken = Vec::new();
-        for process in self.executors.values_mut() {
-            let log_path = process.log_path();
-            let Some((status, since_start)) = exited(&mut process.child, &log_path, process.log_start)? else {
-                continue;
-            };
-            if since_start.contains("Address already in use") {
-                port_taken.push(process.executor_id.clone());
-                continue;
-            }
-            bail!(
-                "executor {} exited with {status}; log tail:\n{}",
-                process.executor_id,
-                log_tail(&since_start, 15)
-            );
-        }
-        for executor_id in port_taken {
+        for executor_id in lost_their_port(self.executors.values_mut())? {
             let process = self
                 .executors
                 .get_mut(&executor_id)
@@ -524,6 +491,103 @@ impl Drop for LocalCluster {
 }
 
 /// The last `lines` lines of a log.
+/// A child process of the harness, as [`lost_their_port`] reads it.
+trait ChildProcess {
+    /// What names it in the cluster's maps (node id, executor id).
+    type Key;
+    fn key(&self) -> Self::Key;
+    /// How an error names it.
+    fn describe(&self) -> String;
+    fn child_mut(&mut self) -> &mut Option<Child>;
+    fn log_path(&self) -> PathBuf;
+    /// Where in its log file (appended to across restarts) its current process began.
+    fn log_start(&self) -> u64;
+    /// Whether what it logged says it exited because its HTTP port was taken.
+    fn lost_its_port(&self, since_start: &str) -> bool;
+}
+
+impl ChildProcess for CoordinatorProcess {
+    type Key = u64;
+
+    fn key(&self) -> u64 {
+        self.node_id
+    }
+
+    fn describe(&self) -> String {
+        format!("coordinator {}", self.node_id)
+    }
+
+    fn child_mut(&mut self) -> &mut Option<Child> {
+        &mut self.child
+    }
+
+    fn log_path(&self) -> PathBuf {
+        CoordinatorProcess::log_path(self)
+    }
+
+    fn log_start(&self) -> u64 {
+        self.log_start
+    }
+
+    fn lost_its_port(&self, since_start: &str) -> bool {
+        let http_bind_failure = format!("binding the HTTP listener on {}", self.http_address);
+        since_start.contains(&http_bind_failure) && since_start.contains("Address already in use")
+    }
+}
+
+impl ChildProcess for ExecutorProcess {
+    type Key = String;
+
+    fn key(&self) -> String {
+        self.executor_id.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!("executor {}", self.executor_id)
+    }
+
+    fn child_mut(&mut self) -> &mut Option<Child> {
+        &mut self.child
+    }
+
+    fn log_path(&self) -> PathBuf {
+        ExecutorProcess::log_path(self)
+    }
+
+    fn log_start(&self) -> u64 {
+        self.log_start
+    }
+
+    fn lost_its_port(&self, since_start: &str) -> bool {
+        since_start.contains("Address already in use")
+    }
+}
+
+/// The processes that exited because their HTTP port was taken (the harness closes the port the
+/// OS picked before the child binds it, and another process can take it in between), to start
+/// again on a new one; fails, with its log tail, on one that exited for any other reason.
+fn lost_their_port<'a, P: ChildProcess + 'a>(
+    processes: impl Iterator<Item = &'a mut P>,
+) -> anyhow::Result<Vec<P::Key>> {
+    let mut lost = Vec::new();
+    for process in processes {
+        let (log_path, log_start) = (process.log_path(), process.log_start());
+        let Some((status, since_start)) = exited(process.child_mut(), &log_path, log_start)? else {
+            continue;
+        };
+        if process.lost_its_port(&since_start) {
+            lost.push(process.key());
+            continue;
+        }
+        bail!(
+            "{} exited with {status}; log tail:\n{}",
+            process.describe(),
+            log_tail(&since_start, 15)
+        );
+    }
+    Ok(lost)
+}
+
 /// Whether the process in `child` exited on its own, with its status and what it logged since it
 /// started (its log file is appended to across restarts, from byte `log_start` on); the child is
 /// then cleared.

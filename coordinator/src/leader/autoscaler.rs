@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::context::LeaderContext;
+use super::ticker::{duty_ticker, next_round};
 use crate::state_machine::{Command, JobRecord, JobStatus, State};
 use raftstream_api::ids::JobId;
 
@@ -70,14 +71,8 @@ fn decide(state: &State, job: &JobRecord) -> Option<Decision> {
 pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
     // Per job: the decision seen and since when it has been the same.
     let mut seen: HashMap<JobId, (Decision, Instant)> = HashMap::new();
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = duty_ticker(TICK);
+    while next_round(&mut ticker, &shutdown).await {
         let decisions: Vec<(JobId, Option<Decision>, u64)> = context.read_state(|state| {
             state
                 .jobs

@@ -26,6 +26,7 @@ pub mod placement;
 mod scheduler;
 pub mod sessions;
 pub mod skew_watch;
+mod ticker;
 
 use std::collections::HashSet;
 use std::time::Duration;

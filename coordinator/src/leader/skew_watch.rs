@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::context::LeaderContext;
+use super::ticker::{duty_ticker, next_round};
 use crate::state_machine::{Command, JobRecord, JobStatus};
 use raftstream_api::checkpoint::SubtaskKey;
 use raftstream_api::ids::{Epoch, JobId};
@@ -75,14 +76,8 @@ pub fn skewed_operator(job: &JobRecord, metrics: &[SubtaskMetrics]) -> Option<(S
 pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
     // Per job: the operator seen skewed and since when.
     let mut seen: HashMap<JobId, (String, Instant)> = HashMap::new();
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = duty_ticker(TICK);
+    while next_round(&mut ticker, &shutdown).await {
         // The running jobs that may switch, with their current placements' epochs.
         let watched: Vec<(JobId, BTreeMap<SubtaskKey, Epoch>)> = context.read_state(|state| {
             state

@@ -10,7 +10,7 @@ use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
 
-use super::{forward_to_leader, forwarded_request, is_forwarded};
+use super::{forwarded_request, is_forwarded, reply_or_forward};
 use crate::clock::now_ms;
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
@@ -229,20 +229,16 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             .map_err(|_| {
                 Status::unavailable("the learner did not catch up in time; it keeps catching up in the background")
             })?;
-        match self.context.write_outcome(outcome) {
-            Ok(reply) => {
-                tracing::info!(learner = message.node_id, address = %message.address, "learner added");
-                Ok(Response::new(pb::AddLearnerResponse {
-                    log_index: reply.log_id.index,
-                }))
-            }
-            Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    AdminServiceClient::new(leader).add_learner(request).await
-                })
-                .await
-            }
-        }
+        let (learner, address) = (message.node_id, message.address.clone());
+        let outcome = self.context.write_outcome(outcome);
+        let call = leader_call!(AdminServiceClient::add_learner);
+        reply_or_forward(&self.context, outcome, forwarded, message, call, |reply| {
+            tracing::info!(learner, %address, "learner added");
+            Ok(pb::AddLearnerResponse {
+                log_index: reply.log_id.index,
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
@@ -267,14 +263,13 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         // learner yet (a client that added it through another node asks here right after), so
         // it forwards the request as it is.
         if metrics.current_leader != Some(self.context.node_id) {
-            return forward_to_leader(
-                &self.context,
+            return forward!(
+                self.context,
                 self.context.not_leader(),
                 forwarded,
                 message,
-                |leader, request| async move { AdminServiceClient::new(leader).change_membership(request).await },
-            )
-            .await;
+                AdminServiceClient::change_membership
+            );
         }
         if let Some(unknown) = voters.iter().find(|id| !known.contains(id)) {
             return Err(membership_error(format!(
@@ -285,20 +280,15 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             .when_no_change_in_progress(|| self.context.raft.change_membership(voters.clone(), false))
             .await
             .map_err(|_| Status::unavailable("membership change not committed in time; check cluster status"))?;
-        match self.context.write_outcome(outcome) {
-            Ok(reply) => {
-                tracing::info!(voters = ?voters, "membership changed");
-                Ok(Response::new(pb::ChangeMembershipResponse {
-                    log_index: reply.log_id.index,
-                }))
-            }
-            Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    AdminServiceClient::new(leader).change_membership(request).await
-                })
-                .await
-            }
-        }
+        let outcome = self.context.write_outcome(outcome);
+        let call = leader_call!(AdminServiceClient::change_membership);
+        reply_or_forward(&self.context, outcome, forwarded, message, call, |reply| {
+            tracing::info!(voters = ?voters, "membership changed");
+            Ok(pb::ChangeMembershipResponse {
+                log_index: reply.log_id.index,
+            })
+        })
+        .await
     }
 
     async fn drain_executor(
@@ -316,22 +306,26 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             executor_id: ExecutorId(executor_id.to_owned()),
             at_ms: now_ms(),
         };
-        match self.context.propose(command).await {
-            Ok(Applied::ExecutorDraining {
-                executor_id,
-                jobs_to_move,
-            }) => {
-                tracing::info!(%executor_id, jobs_to_move, "executor draining");
-                Ok(Response::new(pb::DrainExecutorResponse { jobs_to_move }))
-            }
-            Ok(other) => Err(CoordinatorError::Internal(format!("drain answered {other:?}")).into()),
-            Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    AdminServiceClient::new(leader).drain_executor(request).await
-                })
-                .await
-            }
-        }
+        let outcome = self.context.propose(command).await;
+        let call = leader_call!(AdminServiceClient::drain_executor);
+        reply_or_forward(
+            &self.context,
+            outcome,
+            forwarded,
+            message,
+            call,
+            |applied| match applied {
+                Applied::ExecutorDraining {
+                    executor_id,
+                    jobs_to_move,
+                } => {
+                    tracing::info!(%executor_id, jobs_to_move, "executor draining");
+                    Ok(pb::DrainExecutorResponse { jobs_to_move })
+                }
+                other => Err(CoordinatorError::Internal(format!("drain answered {other:?}")).into()),
+            },
+        )
+        .await
     }
 
     async fn list_executors(
@@ -353,14 +347,13 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 leader_address,
             };
             let message = pb::ListExecutorsRequest {};
-            return forward_to_leader(
-                &self.context,
+            return forward!(
+                self.context,
                 error,
                 is_forwarded(&request),
                 message,
-                |leader, request| async move { AdminServiceClient::new(leader).list_executors(request).await },
-            )
-            .await;
+                AdminServiceClient::list_executors
+            );
         }
         let applied = self.context.applied.read();
         let executors = applied

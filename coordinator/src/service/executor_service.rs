@@ -10,7 +10,7 @@ use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{forward_to_leader, is_forwarded};
+use super::is_forwarded;
 use crate::clock::now_ms;
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
@@ -111,10 +111,7 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
             }
             Ok(other) => Err(CoordinatorError::Internal(format!("register answered {other:?}")).into()),
             Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    ExecutorServiceClient::new(leader).register(request).await
-                })
-                .await
+                forward!(self.context, error, forwarded, message, ExecutorServiceClient::register)
             }
         }
     }

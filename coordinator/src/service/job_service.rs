@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order};
 
-use super::{forward_to_leader, is_forwarded};
+use super::{is_forwarded, reply_or_forward};
 use crate::clock::now_ms;
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
@@ -137,21 +137,25 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             from_savepoint,
             allow_unmatched_state: message.allow_unmatched_state,
         };
-        match self.context.propose(command).await {
-            Ok(Applied::JobSubmitted { job_id }) => {
-                tracing::debug!(job_id = %job_id, "job submitted");
-                Ok(Response::new(pb::SubmitJobResponse {
-                    job: Some(self.job_reply(&job_id)?),
-                }))
-            }
-            Ok(other) => Err(CoordinatorError::Internal(format!("submit answered {other:?}")).into()),
-            Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    JobServiceClient::new(leader).submit_job(request).await
-                })
-                .await
-            }
-        }
+        let outcome = self.context.propose(command).await;
+        let call = leader_call!(JobServiceClient::submit_job);
+        reply_or_forward(
+            &self.context,
+            outcome,
+            forwarded,
+            message,
+            call,
+            |applied| match applied {
+                Applied::JobSubmitted { job_id } => {
+                    tracing::debug!(job_id = %job_id, "job submitted");
+                    Ok(pb::SubmitJobResponse {
+                        job: Some(self.job_reply(&job_id)?),
+                    })
+                }
+                other => Err(CoordinatorError::Internal(format!("submit answered {other:?}")).into()),
+            },
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
@@ -160,10 +164,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let message = request.into_inner();
         let job_id = parse_job_id(&message.job_id)?;
         if let Err(error) = self.prepare_read(message.consistency).await {
-            return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                JobServiceClient::new(leader).get_job(request).await
-            })
-            .await;
+            return forward!(self.context, error, forwarded, message, JobServiceClient::get_job);
         }
         Ok(Response::new(pb::GetJobResponse {
             job: Some(self.job_reply(&job_id)?),
@@ -180,14 +181,13 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let job_id = parse_job_id(&message.job_id)?;
         // Executors report to the leader only.
         if !self.sessions.is_leading() {
-            return forward_to_leader(
-                &self.context,
+            return forward!(
+                self.context,
                 self.context.not_leader(),
                 forwarded,
                 message,
-                |leader, request| async move { JobServiceClient::new(leader).get_job_metrics(request).await },
-            )
-            .await;
+                JobServiceClient::get_job_metrics
+            );
         }
         let current: std::collections::BTreeMap<_, _> = {
             let applied = self.context.applied.read();
@@ -225,10 +225,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
         if let Err(error) = self.prepare_read(message.consistency).await {
-            return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                JobServiceClient::new(leader).list_jobs(request).await
-            })
-            .await;
+            return forward!(self.context, error, forwarded, message, JobServiceClient::list_jobs);
         }
         let applied = self.context.applied.read();
         let jobs = jobs_in_submission_order(&applied.state)
@@ -252,20 +249,15 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             job_id,
             at_ms: now_ms(),
         };
-        match self.context.propose(command).await {
-            Ok(_) => {
-                tracing::debug!(job_id = %job_id, "job cancel requested");
-                Ok(Response::new(pb::CancelJobResponse {
-                    job: Some(self.job_reply(&job_id)?),
-                }))
-            }
-            Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    JobServiceClient::new(leader).cancel_job(request).await
-                })
-                .await
-            }
-        }
+        let outcome = self.context.propose(command).await;
+        let call = leader_call!(JobServiceClient::cancel_job);
+        reply_or_forward(&self.context, outcome, forwarded, message, call, |_| {
+            tracing::debug!(job_id = %job_id, "job cancel requested");
+            Ok(pb::CancelJobResponse {
+                job: Some(self.job_reply(&job_id)?),
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
@@ -289,20 +281,16 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             auto: false,
             reason: String::new(),
         };
-        match self.context.propose(command).await {
-            Ok(_) => {
-                tracing::info!(job_id = %job_id, operator_id = ?operator_id, parallelism = message.parallelism, "rescale requested");
-                Ok(Response::new(pb::RescaleJobResponse {
-                    job: Some(self.job_reply(&job_id)?),
-                }))
-            }
-            Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    JobServiceClient::new(leader).rescale_job(request).await
-                })
-                .await
-            }
-        }
+        let parallelism = message.parallelism;
+        let outcome = self.context.propose(command).await;
+        let call = leader_call!(JobServiceClient::rescale_job);
+        reply_or_forward(&self.context, outcome, forwarded, message, call, |_| {
+            tracing::info!(job_id = %job_id, operator_id = ?operator_id, parallelism, "rescale requested");
+            Ok(pb::RescaleJobResponse {
+                job: Some(self.job_reply(&job_id)?),
+            })
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
@@ -314,10 +302,13 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let message = request.into_inner();
         let job_id = parse_job_id(&message.job_id)?;
         if let Err(error) = self.prepare_read(message.consistency).await {
-            return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                JobServiceClient::new(leader).list_checkpoints(request).await
-            })
-            .await;
+            return forward!(
+                self.context,
+                error,
+                forwarded,
+                message,
+                JobServiceClient::list_checkpoints
+            );
         }
         let applied = self.context.applied.read();
         let checkpoints = checkpoints_and_savepoints(&applied.state, &job_id);
@@ -345,10 +336,13 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             Ok(Applied::SavepointRequested { ticket, .. }) => ticket,
             Ok(other) => return Err(CoordinatorError::Internal(format!("savepoint answered {other:?}")).into()),
             Err(error) => {
-                return forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    JobServiceClient::new(leader).take_savepoint(request).await
-                })
-                .await
+                return forward!(
+                    self.context,
+                    error,
+                    forwarded,
+                    message,
+                    JobServiceClient::take_savepoint
+                )
             }
         };
         tracing::info!(job_id = %job_id, ticket, stop = message.stop, "savepoint requested");
@@ -388,24 +382,19 @@ impl pb::job_service_server::JobService for JobServiceImpl {
             request_id: parse_request_id(&message.request_id)?,
             savepoint,
         };
-        match self.context.propose(command).await {
-            Ok(_) => {
-                // The leader's sessions: executors share the checkpoint store, so any one of
-                // them deletes the files; all are told in case some cannot reach it.
-                let told = self
-                    .sessions
-                    .send_to_all(&ExecutorCommand::DiscardSavepointState(savepoint));
-                tracing::info!(%savepoint, executors_told = told, "savepoint deleted");
-                Ok(Response::new(pb::DeleteSavepointResponse {
-                    executors_told: u32::try_from(told).unwrap_or(u32::MAX),
-                }))
-            }
-            Err(error) => {
-                forward_to_leader(&self.context, error, forwarded, message, |leader, request| async move {
-                    JobServiceClient::new(leader).delete_savepoint(request).await
-                })
-                .await
-            }
-        }
+        let outcome = self.context.propose(command).await;
+        let call = leader_call!(JobServiceClient::delete_savepoint);
+        reply_or_forward(&self.context, outcome, forwarded, message, call, |_| {
+            // The leader's sessions: executors share the checkpoint store, so any one of them
+            // deletes the files; all are told in case some cannot reach it.
+            let told = self
+                .sessions
+                .send_to_all(&ExecutorCommand::DiscardSavepointState(savepoint));
+            tracing::info!(%savepoint, executors_told = told, "savepoint deleted");
+            Ok(pb::DeleteSavepointResponse {
+                executors_told: u32::try_from(told).unwrap_or(u32::MAX),
+            })
+        })
+        .await
     }
 }

@@ -1,6 +1,23 @@
 //! The gRPC services of a coordinator. Protobuf types stop here: handlers convert requests into
 //! commands and state into replies.
 
+/// The call that forwards a request to the leader's `Client::method` (for [`forward_to_leader`]
+/// and [`reply_or_forward`]). A macro because each names a different generated client and method.
+macro_rules! leader_call {
+    ($client:ident :: $method:ident) => {
+        |leader, request| async move { $client::new(leader).$method(request).await }
+    };
+}
+
+/// Answers a request this node could not serve (`error`: another node leads) by forwarding
+/// `message` to the leader's `Client::method`; see [`forward_to_leader`].
+macro_rules! forward {
+    ($context:expr, $error:expr, $forwarded:expr, $message:expr, $client:ident :: $method:ident) => {
+        $crate::service::forward_to_leader(&$context, $error, $forwarded, $message, leader_call!($client::$method))
+            .await
+    };
+}
+
 mod admin_service;
 mod convert;
 mod executor_service;
@@ -20,7 +37,7 @@ pub use executor_service::ExecutorServiceImpl;
 pub use job_service::JobServiceImpl;
 pub use raft_service::RaftServiceImpl;
 
-pub use raftstream_api::metadata::FORWARDED_METADATA;
+use raftstream_api::metadata::FORWARDED_METADATA;
 
 /// Whether a request was already forwarded by a follower.
 pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
@@ -71,4 +88,26 @@ where
         }
         .into()
     })
+}
+
+/// The shape of every write: `outcome` is what this node did with the request (a proposal, a
+/// membership change); when it succeeded the client gets `answer` of it, and when this node could
+/// not do it because another node leads, the request goes to that leader through `call` (see
+/// [`forward_to_leader`]).
+pub async fn reply_or_forward<T, M, R, Call, Reply>(
+    context: &CoordinatorContext,
+    outcome: Result<T, CoordinatorError>,
+    already_forwarded: bool,
+    message: M,
+    call: Call,
+    answer: impl FnOnce(T) -> Result<R, Status>,
+) -> Result<tonic::Response<R>, Status>
+where
+    Call: FnOnce(Channel, tonic::Request<M>) -> Reply,
+    Reply: Future<Output = Result<tonic::Response<R>, Status>>,
+{
+    match outcome {
+        Ok(done) => answer(done).map(tonic::Response::new),
+        Err(error) => forward_to_leader(context, error, already_forwarded, message, call).await,
+    }
 }

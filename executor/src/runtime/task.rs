@@ -26,7 +26,9 @@ use super::exchange::{ExchangeHub, GateKey, InputMessage};
 use super::file_source::FileReader;
 use super::generator::GeneratorPosition;
 use super::metrics::MetricsRegistry;
-use super::operators::{FileSink, KeyedAggregate, KeyedCount, OperatorError, SinkSegment, Stateless, WindowOperator};
+use super::operators::{
+    FileSink, KeyedAggregate, KeyedCount, KeyedMapState, OperatorError, SinkSegment, Stateless, WindowOperator,
+};
 use super::record::Record;
 use crate::checkpoint::CheckpointStorage;
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoints::{AckOutcome, PendingCheckpoint};
 use super::context::LeaderContext;
 use super::deploy::{executors_of, is_fully_placed, placed_tasks};
+use super::ticker::duty_ticker;
 use crate::leader::sessions::ExecutorEvent;
 use crate::metrics::CheckpointEvent;
 use crate::state_machine::{Command, JobStatus, Response};
@@ -69,8 +70,7 @@ pub async fn run<C: LeaderContext>(context: C, mut events: mpsc::Receiver<Execut
         failed_savepoints: Vec::new(),
         started: Instant::now(),
     };
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = duty_ticker(TICK);
     loop {
         tokio::select! {
             biased;

@@ -9,16 +9,34 @@ use super::{field_of, number_text, OperatorError};
 use crate::runtime::key_groups::KeyedMap;
 use crate::runtime::record::{Record, Text};
 
-fn restore_keyed<V: StateValue + serde::de::DeserializeOwned>(
-    entries: &mut KeyedMap<V>,
-    operator: &str,
-    bytes: &[u8],
-    groups: &std::ops::Range<u32>,
-) -> Result<(), OperatorError> {
-    decode_keyed(entries, bytes, groups).map_err(|problem| OperatorError::State {
-        operator: operator.to_owned(),
-        problem: format!("unreadable keyed state: {problem}"),
-    })
+/// An operator whose whole state is one map from key to value, checkpointed by key group: its
+/// snapshot, restore and sizing are the map's.
+pub trait KeyedMapState {
+    type Value: StateValue + serde::de::DeserializeOwned;
+
+    /// The map the operator keeps.
+    fn entries(&self) -> &KeyedMap<Self::Value>;
+
+    /// The same, to change.
+    fn entries_mut(&mut self) -> &mut KeyedMap<Self::Value>;
+
+    /// The state as bytes, grouped by key group.
+    fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
+        encode_keyed(self.entries(), max_parallelism)
+    }
+
+    /// Adds the entries of `bytes` whose key group lies in `groups`.
+    fn restore(&mut self, operator: &str, bytes: &[u8], groups: &std::ops::Range<u32>) -> Result<(), OperatorError> {
+        decode_keyed(self.entries_mut(), bytes, groups).map_err(|problem| OperatorError::State {
+            operator: operator.to_owned(),
+            problem: format!("unreadable keyed state: {problem}"),
+        })
+    }
+
+    /// Makes room for `additional` keys before restoring them.
+    fn reserve(&mut self, additional: usize) {
+        self.entries_mut().reserve(additional);
+    }
 }
 
 /// `number` in decimal as record text: at most 20 digits, so always inline (no allocation).
@@ -77,26 +95,6 @@ impl KeyedCount {
             key: record.key,
             timestamp_ms: record.timestamp_ms,
         });
-    }
-
-    /// The state as bytes, grouped by key group.
-    pub fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
-        encode_keyed(&self.counts, max_parallelism)
-    }
-
-    /// Adds the entries of `bytes` whose key group lies in `groups`.
-    pub fn restore(
-        &mut self,
-        operator: &str,
-        bytes: &[u8],
-        groups: &std::ops::Range<u32>,
-    ) -> Result<(), OperatorError> {
-        restore_keyed(&mut self.counts, operator, bytes, groups)
-    }
-
-    /// Makes room for `additional` keys before restoring them.
-    pub fn reserve(&mut self, additional: usize) {
-        self.counts.reserve(additional);
     }
 
     /// How many keys are held.
@@ -178,25 +176,29 @@ impl KeyedAggregate {
         });
         true
     }
+}
 
-    /// The state as bytes, grouped by key group.
-    pub fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
-        encode_keyed(&self.values, max_parallelism)
+impl KeyedMapState for KeyedCount {
+    type Value = u64;
+
+    fn entries(&self) -> &KeyedMap<u64> {
+        &self.counts
     }
 
-    /// Adds the entries of `bytes` whose key group lies in `groups`.
-    pub fn restore(
-        &mut self,
-        operator: &str,
-        bytes: &[u8],
-        groups: &std::ops::Range<u32>,
-    ) -> Result<(), OperatorError> {
-        restore_keyed(&mut self.values, operator, bytes, groups)
+    fn entries_mut(&mut self) -> &mut KeyedMap<u64> {
+        &mut self.counts
+    }
+}
+
+impl KeyedMapState for KeyedAggregate {
+    type Value = serde_json::Value;
+
+    fn entries(&self) -> &KeyedMap<serde_json::Value> {
+        &self.values
     }
 
-    /// Makes room for `additional` keys before restoring them.
-    pub fn reserve(&mut self, additional: usize) {
-        self.values.reserve(additional);
+    fn entries_mut(&mut self) -> &mut KeyedMap<serde_json::Value> {
+        &mut self.values
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use raftstream_api::spec::OperatorKind;
 
 pub use file_sink::{restores_index, FileSink, PreCommitted, SinkSegment};
-pub use keyed::{decimal_text, entries_in_groups, KeyedAggregate, KeyedCount};
+pub use keyed::{decimal_text, entries_in_groups, KeyedAggregate, KeyedCount, KeyedMapState};
 pub use pre_aggregate::PreAggregate;
 pub use stateless::Stateless;
 pub use windows::WindowOperator;

@@ -12,7 +12,7 @@ use crate::runtime::deployment::SubtaskDeployment;
 use crate::runtime::file_source::{progress_at_position, FileProgress};
 use crate::runtime::generator::GeneratorPosition;
 use crate::runtime::key_groups::key_group_range;
-use crate::runtime::operators::{entries_in_groups, restores_index};
+use crate::runtime::operators::{entries_in_groups, restores_index, KeyedMapState};
 
 /// The bytes of one task's state in a checkpoint, verified.
 pub(super) async fn load_state(
