@@ -392,7 +392,18 @@ impl LocalCluster {
     /// [`LocalCluster::check_executors_running`]) starts again on a new one: it binds that port
     /// before it touches its Raft state, so nothing else changes.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        for node_id in lost_their_port(self.nodes.values_mut())? {
+        let checks = self.nodes.values_mut().map(|process| ChildCheck {
+            key: process.node_id,
+            name: format!("coordinator {}", process.node_id),
+            log_path: process.log_path(),
+            log_start: process.log_start,
+            port_taken: vec![
+                format!("binding the HTTP listener on {}", process.http_address),
+                "Address already in use".to_owned(),
+            ],
+            child: &mut process.child,
+        });
+        for node_id in lost_their_port(checks)? {
             let process = self
                 .nodes
                 .get_mut(&node_id)
@@ -418,7 +429,15 @@ impl LocalCluster {
     /// process can take it in between) starts again on a new port instead. For use while waiting
     /// for executors to connect, not while they are meant to exit (drain, SIGTERM).
     pub fn check_executors_running(&mut self) -> anyhow::Result<()> {
-        for executor_id in lost_their_port(self.executors.values_mut())? {
+        let checks = self.executors.values_mut().map(|process| ChildCheck {
+            key: process.executor_id.clone(),
+            name: format!("executor {}", process.executor_id),
+            log_path: process.log_path(),
+            log_start: process.log_start,
+            port_taken: vec!["Address already in use".to_owned()],
+            child: &mut process.child,
+        });
+        for executor_id in lost_their_port(checks)? {
             let process = self
                 .executors
                 .get_mut(&executor_id)
@@ -491,97 +510,40 @@ impl Drop for LocalCluster {
 }
 
 /// The last `lines` lines of a log.
-/// A child process of the harness, as [`lost_their_port`] reads it.
-trait ChildProcess {
+/// What [`lost_their_port`] reads of one child process of the harness.
+struct ChildCheck<'a, K> {
     /// What names it in the cluster's maps (node id, executor id).
-    type Key;
-    fn key(&self) -> Self::Key;
+    key: K,
     /// How an error names it.
-    fn describe(&self) -> String;
-    fn child_mut(&mut self) -> &mut Option<Child>;
-    fn log_path(&self) -> PathBuf;
+    name: String,
+    child: &'a mut Option<Child>,
+    log_path: PathBuf,
     /// Where in its log file (appended to across restarts) its current process began.
-    fn log_start(&self) -> u64;
-    /// Whether what it logged says it exited because its HTTP port was taken.
-    fn lost_its_port(&self, since_start: &str) -> bool;
-}
-
-impl ChildProcess for CoordinatorProcess {
-    type Key = u64;
-
-    fn key(&self) -> u64 {
-        self.node_id
-    }
-
-    fn describe(&self) -> String {
-        format!("coordinator {}", self.node_id)
-    }
-
-    fn child_mut(&mut self) -> &mut Option<Child> {
-        &mut self.child
-    }
-
-    fn log_path(&self) -> PathBuf {
-        CoordinatorProcess::log_path(self)
-    }
-
-    fn log_start(&self) -> u64 {
-        self.log_start
-    }
-
-    fn lost_its_port(&self, since_start: &str) -> bool {
-        let http_bind_failure = format!("binding the HTTP listener on {}", self.http_address);
-        since_start.contains(&http_bind_failure) && since_start.contains("Address already in use")
-    }
-}
-
-impl ChildProcess for ExecutorProcess {
-    type Key = String;
-
-    fn key(&self) -> String {
-        self.executor_id.clone()
-    }
-
-    fn describe(&self) -> String {
-        format!("executor {}", self.executor_id)
-    }
-
-    fn child_mut(&mut self) -> &mut Option<Child> {
-        &mut self.child
-    }
-
-    fn log_path(&self) -> PathBuf {
-        ExecutorProcess::log_path(self)
-    }
-
-    fn log_start(&self) -> u64 {
-        self.log_start
-    }
-
-    fn lost_its_port(&self, since_start: &str) -> bool {
-        since_start.contains("Address already in use")
-    }
+    log_start: u64,
+    /// Lines that, all present in what it logged, say it exited because its HTTP port was taken.
+    port_taken: Vec<String>,
 }
 
 /// The processes that exited because their HTTP port was taken (the harness closes the port the
 /// OS picked before the child binds it, and another process can take it in between), to start
 /// again on a new one; fails, with its log tail, on one that exited for any other reason.
-fn lost_their_port<'a, P: ChildProcess + 'a>(
-    processes: impl Iterator<Item = &'a mut P>,
-) -> anyhow::Result<Vec<P::Key>> {
+fn lost_their_port<'a, K: 'a>(processes: impl Iterator<Item = ChildCheck<'a, K>>) -> anyhow::Result<Vec<K>> {
     let mut lost = Vec::new();
     for process in processes {
-        let (log_path, log_start) = (process.log_path(), process.log_start());
-        let Some((status, since_start)) = exited(process.child_mut(), &log_path, log_start)? else {
+        let Some((status, since_start)) = exited(process.child, &process.log_path, process.log_start)? else {
             continue;
         };
-        if process.lost_its_port(&since_start) {
-            lost.push(process.key());
+        if process
+            .port_taken
+            .iter()
+            .all(|line| since_start.contains(line.as_str()))
+        {
+            lost.push(process.key);
             continue;
         }
         bail!(
             "{} exited with {status}; log tail:\n{}",
-            process.describe(),
+            process.name,
             log_tail(&since_start, 15)
         );
     }

@@ -312,3 +312,32 @@ pub fn ensure_exact_prefix(output_dir: &Path) -> anyhow::Result<u64> {
     ensure_exact_output(output_dir, &highest)?;
     Ok(highest.values().sum())
 }
+
+/// Submits `spec`, waits until it runs with 3 checkpoints completed, kills with kill -9 the
+/// executor running a subtask of `operator`, and waits (up to 120 s) for the job to end: it must
+/// have `Finished` after at least one restart. Returns the job as it ended.
+pub async fn finished_across_an_executor_kill(
+    cluster: &mut TestCluster,
+    client: &ClusterClient,
+    spec: &str,
+    name: &str,
+    operator: &str,
+) -> anyhow::Result<pb::Job> {
+    let submitted = client.submit_job(spec, name).await?;
+    let running = eventually("the job to run with checkpoints", Duration::from_secs(60), || async {
+        job(client, &submitted.job_id)
+            .await
+            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= 3)
+    })
+    .await?;
+    let victim = running
+        .subtasks
+        .iter()
+        .find(|subtask| subtask.operator_id == operator && !subtask.executor_id.is_empty())
+        .map(|subtask| subtask.executor_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("{operator} is not placed"))?;
+    cluster.cluster.kill_executor(&victim)?;
+    let done = finished(client, &submitted.job_id).await?;
+    anyhow::ensure!(done.restart_count >= 1, "the kill of {victim} restarted nothing");
+    Ok(done)
+}

@@ -4,13 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use raftstream_api::spec::GeneratorConfig;
 use raftstream_executor::runtime::generator::GeneratedRecords;
-use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, fast_executors, test_settings, TestCluster};
+use crate::common::{fast_executors, finished_across_an_executor_kill, test_settings, TestCluster};
 
 /// Every published line of the file sink in `dir`, with how often it was published.
 fn published_lines(dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -73,32 +71,7 @@ async fn every_exchange_delivers_each_record_once_across_a_kill_and_restart() ->
         *input.entry(line.clone()).or_default() += 1;
     }
 
-    let submitted = client.submit_job(&spec.to_string(), "exchanges").await?;
-    let running = eventually("the job to run with checkpoints", Duration::from_secs(60), || async {
-        client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-            .ok()
-            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= 3)
-    })
-    .await?;
-    let victim = running
-        .subtasks
-        .iter()
-        .find(|subtask| subtask.operator_id == "lines" && !subtask.executor_id.is_empty())
-        .map(|subtask| subtask.executor_id.clone())
-        .ok_or_else(|| anyhow::anyhow!("the source is not placed"))?;
-    cluster.cluster.kill_executor(&victim)?;
-    let done = eventually("the job to end", Duration::from_secs(90), || async {
-        client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-            .ok()
-            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
-    })
-    .await?;
-    assert_eq!(done.status, "Finished", "{}", done.status_reason);
-    assert!(done.restart_count >= 1, "the kill restarted the job");
+    finished_across_an_executor_kill(&mut cluster, &client, &spec.to_string(), "exchanges", "lines").await?;
 
     let transformed = |change: fn(&str) -> String, copies: u64| -> BTreeMap<String, u64> {
         input

@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use raftstream_proto::v1 as pb;
-
 use crate::common::{
-    ensure_exact_output, eventually, fast_executors, job, start_executors, test_settings, TestCluster,
+    ensure_exact_output, eventually, fast_executors, finished, finished_across_an_executor_kill, job, start_executors,
+    test_settings, TestCluster,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,15 +49,7 @@ async fn csv_files_are_filtered_keyed_and_summed_exactly() -> anyhow::Result<()>
         ]
     });
     let submitted = client.submit_job(&spec.to_string(), "csv-sums").await?;
-    let done = eventually("the job to end", Duration::from_secs(60), || async {
-        client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-            .ok()
-            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
-    })
-    .await?;
-    assert_eq!(done.status, "Finished", "{}", done.status_reason);
+    finished(&client, &submitted.job_id).await?;
 
     // Files in commit order; per key, updates arrive in order, so the last one is the total.
     let mut files: Vec<_> = std::fs::read_dir(&output)?
@@ -127,32 +118,14 @@ async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Resul
         }
     }
 
-    let submitted = client.submit_job(&spec.to_string(), "windowed-counts").await?;
-    let running = eventually("the job to run with checkpoints", Duration::from_secs(60), || async {
-        client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-            .ok()
-            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= 3)
-    })
+    finished_across_an_executor_kill(
+        &mut cluster,
+        &client,
+        &spec.to_string(),
+        "windowed-counts",
+        "per_second",
+    )
     .await?;
-    let victim = running
-        .subtasks
-        .iter()
-        .find(|s| s.operator_id == "per_second" && !s.executor_id.is_empty())
-        .map(|s| s.executor_id.clone())
-        .ok_or_else(|| anyhow::anyhow!("the window is not placed"))?;
-    cluster.cluster.kill_executor(&victim)?;
-    let done = eventually("the job to end", Duration::from_secs(60), || async {
-        client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-            .ok()
-            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
-    })
-    .await?;
-    assert_eq!(done.status, "Finished", "{}", done.status_reason);
-    assert!(done.restart_count >= 1);
 
     let mut seen: BTreeMap<(String, i64), u64> = BTreeMap::new();
     let mut lines = 0;

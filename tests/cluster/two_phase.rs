@@ -11,7 +11,7 @@ use raftstream_api::spec::GeneratorConfig;
 use raftstream_executor::runtime::generator::GeneratedRecords;
 use raftstream_proto::v1 as pb;
 
-use crate::common::{eventually, fast_executors, test_settings, TestCluster};
+use crate::common::{eventually, fast_executors, finished_across_an_executor_kill, test_settings, TestCluster};
 
 /// The published lines of the file sink in `dir`, split at tabs, in commit order (the files
 /// sort by subtask and checkpoint; these sinks have one subtask).
@@ -108,32 +108,7 @@ async fn two_phase_count_and_window_equal_one_phase_on_a_hot_key_across_a_kill()
         hot_share * 100.0
     );
 
-    let submitted = client.submit_job(&spec.to_string(), "skewed").await?;
-    let running = eventually("the job to run with checkpoints", Duration::from_secs(60), || async {
-        client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-            .ok()
-            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= 3)
-    })
-    .await?;
-    let victim = running
-        .subtasks
-        .iter()
-        .find(|subtask| subtask.operator_id == "two_phase" && !subtask.executor_id.is_empty())
-        .map(|subtask| subtask.executor_id.clone())
-        .ok_or_else(|| anyhow::anyhow!("the two-phase count is not placed"))?;
-    cluster.cluster.kill_executor(&victim)?;
-    let done = eventually("the job to end", Duration::from_secs(90), || async {
-        client
-            .get_job(&submitted.job_id, pb::ReadConsistency::Linearizable)
-            .await
-            .ok()
-            .filter(|job| matches!(job.status.as_str(), "Finished" | "Failed" | "Cancelled"))
-    })
-    .await?;
-    assert_eq!(done.status, "Finished", "{}", done.status_reason);
-    assert!(done.restart_count >= 1, "the kill restarted the job");
+    finished_across_an_executor_kill(&mut cluster, &client, &spec.to_string(), "skewed", "two_phase").await?;
 
     let (one_phase, one_phase_hot_updates) = final_counts(&cluster.path().join("one_phase"), "one-phase")?;
     let (two_phase, two_phase_hot_updates) = final_counts(&cluster.path().join("two_phase"), "two-phase")?;
