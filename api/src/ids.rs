@@ -21,12 +21,13 @@ pub struct NotAJobId(pub String);
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ExecutorId(pub String);
 
-/// A checkpoint of one job; ids strictly increase per job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A checkpoint of one job; ids strictly increase per job (0: none yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CheckpointId(pub u64);
 
-/// The fencing token of one placement of a subtask; it grows on every (re)assignment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The fencing token of one placement of a subtask; it grows on every (re)assignment (0: never
+/// placed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Epoch(pub u64);
 
 /// A client-chosen id that makes a retried write apply once.

@@ -3,6 +3,7 @@
 //! every input has delivered barrier n; then the task snapshots its state and releases them.
 //! Pure logic: the task loop asks which inputs it may read and reports barriers.
 
+use raftstream_api::ids::CheckpointId;
 use std::collections::BTreeSet;
 
 /// What the task must do after a barrier.
@@ -12,10 +13,10 @@ pub enum Alignment {
     Waiting,
     /// Every input delivered the barrier: snapshot for this checkpoint, forward the barrier, and
     /// read all inputs again.
-    Snapshot(u64),
+    Snapshot(CheckpointId),
     /// A newer checkpoint's barrier overtook an unfinished alignment: the older checkpoint is
     /// abandoned (the coordinator will abort it) and alignment starts for the newer one.
-    Superseded { abandoned: u64 },
+    Superseded { abandoned: CheckpointId },
     /// A barrier for a checkpoint already completed or abandoned here: ignore it.
     Stale,
 }
@@ -24,9 +25,9 @@ pub enum Alignment {
 #[derive(Debug, Clone)]
 pub struct BarrierAligner {
     inputs: usize,
-    aligning: Option<(u64, BTreeSet<usize>)>,
+    aligning: Option<(CheckpointId, BTreeSet<usize>)>,
     /// The last checkpoint snapshotted or abandoned; barriers at or below it are stale.
-    last_finished: Option<u64>,
+    last_finished: Option<CheckpointId>,
 }
 
 impl BarrierAligner {
@@ -47,12 +48,12 @@ impl BarrierAligner {
     }
 
     /// The checkpoint being aligned, if any.
-    pub fn aligning(&self) -> Option<u64> {
+    pub fn aligning(&self) -> Option<CheckpointId> {
         self.aligning.as_ref().map(|(checkpoint_id, _)| *checkpoint_id)
     }
 
     /// Records that `input` delivered the barrier of `checkpoint_id`.
-    pub fn on_barrier(&mut self, input: usize, checkpoint_id: u64) -> Alignment {
+    pub fn on_barrier(&mut self, input: usize, checkpoint_id: CheckpointId) -> Alignment {
         if input >= self.inputs || self.last_finished.is_some_and(|last| checkpoint_id <= last) {
             return Alignment::Stale;
         }
@@ -84,7 +85,7 @@ impl BarrierAligner {
     }
 
     /// The coordinator aborted `checkpoint_id`: stop aligning for it and release every input.
-    pub fn on_abort(&mut self, checkpoint_id: u64) {
+    pub fn on_abort(&mut self, checkpoint_id: CheckpointId) {
         if self.aligning().is_some_and(|current| current <= checkpoint_id) {
             self.aligning = None;
         }
@@ -101,25 +102,36 @@ mod tests {
     #[test]
     fn blocks_inputs_that_delivered_the_barrier_until_all_have() {
         let mut aligner = BarrierAligner::new(3);
-        assert_eq!(aligner.on_barrier(0, 1), Alignment::Waiting);
+        assert_eq!(aligner.on_barrier(0, CheckpointId(1)), Alignment::Waiting);
         assert!(aligner.is_blocked(0) && !aligner.is_blocked(1));
-        assert_eq!(aligner.on_barrier(2, 1), Alignment::Waiting);
-        assert_eq!(aligner.on_barrier(1, 1), Alignment::Snapshot(1));
+        assert_eq!(aligner.on_barrier(2, CheckpointId(1)), Alignment::Waiting);
+        assert_eq!(
+            aligner.on_barrier(1, CheckpointId(1)),
+            Alignment::Snapshot(CheckpointId(1))
+        );
         assert!(!aligner.is_blocked(0) && !aligner.is_blocked(2));
-        assert_eq!(aligner.on_barrier(0, 1), Alignment::Stale);
+        assert_eq!(aligner.on_barrier(0, CheckpointId(1)), Alignment::Stale);
     }
 
     #[test]
     fn newer_barrier_supersedes_and_abort_releases() {
         let mut aligner = BarrierAligner::new(2);
-        assert_eq!(aligner.on_barrier(0, 4), Alignment::Waiting);
-        assert_eq!(aligner.on_barrier(1, 5), Alignment::Superseded { abandoned: 4 });
-        assert_eq!(aligner.on_barrier(0, 4), Alignment::Stale);
-        aligner.on_abort(5);
+        assert_eq!(aligner.on_barrier(0, CheckpointId(4)), Alignment::Waiting);
+        assert_eq!(
+            aligner.on_barrier(1, CheckpointId(5)),
+            Alignment::Superseded {
+                abandoned: CheckpointId(4)
+            }
+        );
+        assert_eq!(aligner.on_barrier(0, CheckpointId(4)), Alignment::Stale);
+        aligner.on_abort(CheckpointId(5));
         assert!(!aligner.is_blocked(1));
-        assert_eq!(aligner.on_barrier(0, 5), Alignment::Stale);
-        assert_eq!(aligner.on_barrier(0, 6), Alignment::Waiting);
-        assert_eq!(aligner.on_barrier(1, 6), Alignment::Snapshot(6));
+        assert_eq!(aligner.on_barrier(0, CheckpointId(5)), Alignment::Stale);
+        assert_eq!(aligner.on_barrier(0, CheckpointId(6)), Alignment::Waiting);
+        assert_eq!(
+            aligner.on_barrier(1, CheckpointId(6)),
+            Alignment::Snapshot(CheckpointId(6))
+        );
     }
 
     proptest! {
@@ -137,12 +149,12 @@ mod tests {
             let mut snapshots = Vec::new();
             for (step, (input, checkpoint)) in barriers.into_iter().enumerate() {
                 if let Some(abort) = seed_abort.filter(|_| step == 10) {
-                    aligner.on_abort(abort);
+                    aligner.on_abort(CheckpointId(abort));
                 }
                 if input < inputs {
                     seen.entry(checkpoint).or_default().insert(input);
                 }
-                if let Alignment::Snapshot(id) = aligner.on_barrier(input, checkpoint) {
+                if let Alignment::Snapshot(CheckpointId(id)) = aligner.on_barrier(input, CheckpointId(checkpoint)) {
                     prop_assert_eq!(seen.get(&id).map(BTreeSet::len), Some(inputs), "snapshot {} before every input delivered it", id);
                     snapshots.push(id);
                 }

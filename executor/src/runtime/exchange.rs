@@ -4,6 +4,7 @@
 //! (`ExchangeService.Transfer`). Flow control is credit-based end to end: the gate's queue is
 //! bounded, so a slow consumer stops reading its HTTP/2 stream, whose window then stops the sender.
 
+use raftstream_api::ids::{CheckpointId, Epoch, JobId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ const GATE_WAIT: Duration = Duration::from_secs(30);
 /// One subtask of one job, without its epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GateKey {
-    pub job_id: String,
+    pub job_id: JobId,
     pub operator_id: String,
     pub subtask_index: u32,
 }
@@ -35,7 +36,7 @@ pub struct GateKey {
 /// task stores under the savepoint's own prefix, as Flink's barriers carry the checkpoint type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Barrier {
-    pub checkpoint_id: u64,
+    pub checkpoint_id: CheckpointId,
     pub savepoint: bool,
 }
 
@@ -56,7 +57,7 @@ pub struct InputMessage {
 }
 
 struct Gate {
-    epoch: u64,
+    epoch: Epoch,
     sender: mpsc::Sender<InputMessage>,
     /// Upstream (operator, subtask) -> input channel number.
     channels: HashMap<(String, u32), usize>,
@@ -68,7 +69,11 @@ pub enum ConnectError {
     #[error("subtask {0:?} has not started here")]
     NotStarted(GateKey),
     #[error("subtask {key:?} runs at epoch {current} here, the sender expected epoch {expected}")]
-    EpochMismatch { key: GateKey, expected: u64, current: u64 },
+    EpochMismatch {
+        key: GateKey,
+        expected: Epoch,
+        current: Epoch,
+    },
     #[error("subtask {key:?} has no input from {operator_id}[{subtask_index}]")]
     UnknownUpstream {
         key: GateKey,
@@ -90,7 +95,7 @@ impl ExchangeHub {
     pub fn register(
         &self,
         key: GateKey,
-        epoch: u64,
+        epoch: Epoch,
         channels: HashMap<(String, u32), usize>,
     ) -> mpsc::Receiver<InputMessage> {
         let (sender, receiver) = mpsc::channel(GATE_CAPACITY);
@@ -106,7 +111,7 @@ impl ExchangeHub {
     }
 
     /// Removes a subtask's gate, unless a newer epoch replaced it.
-    pub fn unregister(&self, key: &GateKey, epoch: u64) {
+    pub fn unregister(&self, key: &GateKey, epoch: Epoch) {
         let mut gates = self.lock();
         if gates.get(key).is_some_and(|gate| gate.epoch == epoch) {
             gates.remove(key);
@@ -117,7 +122,7 @@ impl ExchangeHub {
     pub fn connect(
         &self,
         key: &GateKey,
-        epoch: u64,
+        epoch: Epoch,
         operator_id: &str,
         subtask_index: u32,
     ) -> Result<(mpsc::Sender<InputMessage>, usize), ConnectError> {
@@ -146,7 +151,7 @@ impl ExchangeHub {
     pub async fn connect_waiting(
         &self,
         key: &GateKey,
-        epoch: u64,
+        epoch: Epoch,
         operator_id: &str,
         subtask_index: u32,
         cancel: &CancellationToken,
@@ -180,7 +185,7 @@ fn event_of(frame: pb::DataFrame) -> Option<ChannelEvent> {
             batch.records.into_iter().map(Record::from).collect(),
         )),
         pb::data_frame::Body::Barrier(barrier) => Some(ChannelEvent::Barrier(Barrier {
-            checkpoint_id: barrier.checkpoint_id,
+            checkpoint_id: CheckpointId(barrier.checkpoint_id),
             savepoint: barrier.savepoint,
         })),
         pb::data_frame::Body::End(_) => Some(ChannelEvent::End),
@@ -204,8 +209,9 @@ impl pb::exchange_service_server::ExchangeService for ExchangeServiceImpl {
                 "an exchange stream must start with its header",
             ));
         };
+        let job_id = JobId::parse(&header.job_id).map_err(|error| Status::invalid_argument(error.to_string()))?;
         let key = GateKey {
-            job_id: header.job_id.clone(),
+            job_id,
             operator_id: header.target_operator_id.clone(),
             subtask_index: header.target_subtask_index,
         };
@@ -213,7 +219,7 @@ impl pb::exchange_service_server::ExchangeService for ExchangeServiceImpl {
             .hub
             .connect_waiting(
                 &key,
-                header.target_epoch,
+                Epoch(header.target_epoch),
                 &header.source_operator_id,
                 header.source_subtask_index,
                 &self.shutdown,
@@ -267,8 +273,8 @@ impl OutputChannel {
         local_address: &str,
         address: &str,
         target: GateKey,
-        target_epoch: u64,
-        source: (&str, u32, u64),
+        target_epoch: Epoch,
+        source: (&str, u32, Epoch),
         cancel: &CancellationToken,
     ) -> Result<OutputChannel, SendError> {
         let (source_operator, source_index, source_epoch) = source;
@@ -311,13 +317,13 @@ impl OutputChannel {
         };
         let (frames, receiver) = mpsc::channel(REMOTE_CAPACITY);
         let header = pb::ChannelHeader {
-            job_id: target.job_id.clone(),
+            job_id: target.job_id.to_string(),
             target_operator_id: target.operator_id.clone(),
             target_subtask_index: target.subtask_index,
-            target_epoch,
+            target_epoch: target_epoch.0,
             source_operator_id: source_operator.to_owned(),
             source_subtask_index: source_index,
-            source_epoch,
+            source_epoch: source_epoch.0,
         };
         let _ = frames
             .send(pb::DataFrame {
@@ -366,7 +372,7 @@ impl OutputChannel {
                         checkpoint_id,
                         savepoint,
                     }) => pb::data_frame::Body::Barrier(pb::Barrier {
-                        checkpoint_id,
+                        checkpoint_id: checkpoint_id.0,
                         savepoint,
                     }),
                     ChannelEvent::End => pb::data_frame::Body::End(pb::EndOfStream {}),

@@ -102,9 +102,15 @@ pub enum TaskError {
     #[error(transparent)]
     Operator(#[from] OperatorError),
     #[error("restoring checkpoint {checkpoint_id}: {problem}")]
-    Restore { checkpoint_id: u64, problem: String },
+    Restore {
+        checkpoint_id: CheckpointId,
+        problem: String,
+    },
     #[error("writing state of checkpoint {checkpoint_id}: {problem}")]
-    Snapshot { checkpoint_id: u64, problem: String },
+    Snapshot {
+        checkpoint_id: CheckpointId,
+        problem: String,
+    },
     #[error(transparent)]
     Send(#[from] super::exchange::SendError),
     #[error("job graph: {0}")]
@@ -154,7 +160,7 @@ pub async fn run_subtask(
         )));
     }
     let key = GateKey {
-        job_id: deployment.job_id.to_string(),
+        job_id: deployment.job_id,
         operator_id: operator.id.clone(),
         subtask_index: deployment.subtask_index,
     };
@@ -174,7 +180,7 @@ pub async fn run_subtask(
         }
     }
     let input_count = channels.len();
-    let mut gate = (input_count > 0).then(|| environment.hub.register(key.clone(), deployment.epoch.0, channels));
+    let mut gate = (input_count > 0).then(|| environment.hub.register(key.clone(), deployment.epoch, channels));
     let result = run_registered(
         &members,
         &environment,
@@ -185,7 +191,7 @@ pub async fn run_subtask(
     )
     .await;
     if input_count > 0 {
-        environment.hub.unregister(&key, deployment.epoch.0);
+        environment.hub.unregister(&key, deployment.epoch);
     }
     result
 }
@@ -246,7 +252,7 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
         (OperatorConfig::Aggregate { .. }, _) => Logic::Aggregate(KeyedAggregate::of(operator)?),
         (OperatorConfig::Window(_), _) => Logic::Window(Box::new(WindowOperator::of(operator, input_count)?)),
         (OperatorConfig::FileSink { .. }, _) => {
-            Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch.0)?)
+            Logic::FileSink(FileSink::open(operator, deployment.subtask_index, deployment.epoch)?)
         }
         (OperatorConfig::Print { prefix }, _) => Logic::Print(prefix.clone()),
         (_, kind) => {
@@ -436,7 +442,7 @@ fn apply_all(
 /// back the segment to sync before the acknowledgement.
 fn snapshot(
     logic: &mut Logic,
-    checkpoint_id: u64,
+    checkpoint_id: CheckpointId,
     max_parallelism: u32,
 ) -> Result<(Vec<u8>, Option<SinkSegment>), TaskError> {
     Ok(match logic {

@@ -1,5 +1,6 @@
 //! The exactly-once file sink: two-phase commit of output files per checkpoint.
 
+use raftstream_api::ids::{CheckpointId, Epoch};
 use std::path::{Path, PathBuf};
 
 use raftstream_api::spec::{OperatorConfig, OperatorSpec};
@@ -19,27 +20,27 @@ use crate::runtime::record::Record;
 pub struct FileSink {
     directory: PathBuf,
     subtask_index: u32,
-    epoch: u64,
+    epoch: Epoch,
     in_progress: Option<std::io::BufWriter<std::fs::File>>,
     written: u64,
     /// Lines and bytes written by this sink since it opened, for `/metrics`.
     lines_total: u64,
     bytes_total: u64,
     /// Pre-committed, not yet published checkpoint ids.
-    pending: Vec<u64>,
+    pending: Vec<CheckpointId>,
 }
 
 /// The sink's checkpointed state: the pending files to publish if this checkpoint is restored.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SinkSnapshot {
-    epoch: u64,
-    pending: Vec<u64>,
+    epoch: Epoch,
+    pending: Vec<CheckpointId>,
 }
 
 impl FileSink {
     /// A sink writing under the `path` param: a directory every executor of the job can reach (a
     /// relative path is taken from the executor's working directory).
-    pub fn open(operator: &OperatorSpec, subtask_index: u32, epoch: u64) -> Result<FileSink, OperatorError> {
+    pub fn open(operator: &OperatorSpec, subtask_index: u32, epoch: Epoch) -> Result<FileSink, OperatorError> {
         let OperatorConfig::FileSink { path } = &operator.config else {
             return Err(OperatorError::Unsupported {
                 operator: operator.id.clone(),
@@ -74,13 +75,13 @@ impl FileSink {
             .join(format!("part-{}-e{}.inprogress", self.subtask_index, self.epoch))
     }
 
-    fn pending_path(directory: &Path, subtask_index: u32, checkpoint_id: u64, epoch: u64) -> PathBuf {
+    fn pending_path(directory: &Path, subtask_index: u32, checkpoint_id: CheckpointId, epoch: Epoch) -> PathBuf {
         directory
             .join(".pending")
             .join(format!("part-{subtask_index}-{checkpoint_id:012}-e{epoch}"))
     }
 
-    fn published_path(directory: &Path, subtask_index: u32, checkpoint_id: u64) -> PathBuf {
+    fn published_path(directory: &Path, subtask_index: u32, checkpoint_id: CheckpointId) -> PathBuf {
         directory.join(format!("part-{subtask_index}-{checkpoint_id:012}.txt"))
     }
 
@@ -148,7 +149,7 @@ impl FileSink {
     /// flushed and renamed to its pending name, and new records go to a fresh in-progress file.
     /// The segment is not durable yet: the caller syncs it ([`SinkSegment::make_durable`]) before
     /// acknowledging the checkpoint, which may happen off the task while records keep flowing.
-    pub fn pre_commit(&mut self, checkpoint_id: u64) -> Result<PreCommitted, OperatorError> {
+    pub fn pre_commit(&mut self, checkpoint_id: CheckpointId) -> Result<PreCommitted, OperatorError> {
         let target = Self::pending_path(&self.directory, self.subtask_index, checkpoint_id, self.epoch);
         let file = match self.in_progress.take() {
             Some(writer) => {
@@ -176,8 +177,9 @@ impl FileSink {
     }
 
     /// Publishes the pending files up to `checkpoint_id` (it is committed).
-    pub fn publish_up_to(&mut self, checkpoint_id: u64) -> Result<usize, OperatorError> {
-        let (ready, later): (Vec<u64>, Vec<u64>) = self.pending.iter().partition(|id| **id <= checkpoint_id);
+    pub fn publish_up_to(&mut self, checkpoint_id: CheckpointId) -> Result<usize, OperatorError> {
+        let (ready, later): (Vec<CheckpointId>, Vec<CheckpointId>) =
+            self.pending.iter().partition(|id| **id <= checkpoint_id);
         for id in &ready {
             Self::publish(&self.directory, self.subtask_index, *id, self.epoch)?;
         }
@@ -188,7 +190,12 @@ impl FileSink {
         Ok(ready.len())
     }
 
-    fn publish(directory: &Path, subtask_index: u32, checkpoint_id: u64, epoch: u64) -> Result<(), OperatorError> {
+    fn publish(
+        directory: &Path,
+        subtask_index: u32,
+        checkpoint_id: CheckpointId,
+        epoch: Epoch,
+    ) -> Result<(), OperatorError> {
         let from = Self::pending_path(directory, subtask_index, checkpoint_id, epoch);
         let to = Self::published_path(directory, subtask_index, checkpoint_id);
         match std::fs::rename(&from, &to) {
@@ -344,14 +351,14 @@ mod tests {
     #[test]
     fn only_committed_checkpoints_are_published_and_restore_publishes_exactly_its_list() {
         let directory = tempfile::tempdir().expect("temp dir");
-        let mut sink = FileSink::open(&sink_spec(directory.path()), 0, 7).expect("opens");
+        let mut sink = FileSink::open(&sink_spec(directory.path()), 0, Epoch(7)).expect("opens");
         sink.write(&record("a")).expect("write");
-        let first = sink.pre_commit(1).expect("pre-commit 1");
+        let first = sink.pre_commit(CheckpointId(1)).expect("pre-commit 1");
         // Records after the barrier go to a new in-progress file while the segment syncs.
         sink.write(&record("b")).expect("write");
         first.segment.make_durable().expect("sync 1");
         let state_1 = first.state;
-        sink.pre_commit(2)
+        sink.pre_commit(CheckpointId(2))
             .expect("pre-commit 2")
             .segment
             .make_durable()
@@ -360,16 +367,16 @@ mod tests {
             published(directory.path()).is_empty(),
             "nothing visible before completion"
         );
-        assert_eq!(sink.publish_up_to(1).expect("publish"), 1);
+        assert_eq!(sink.publish_up_to(CheckpointId(1)).expect("publish"), 1);
         assert_eq!(published(directory.path()), vec!["a"]);
         // Crash here: checkpoint 2 never completed; a zombie writes a pending file later.
         sink.write(&record("c")).expect("write");
         drop(sink);
-        let zombie = FileSink::pending_path(directory.path(), 0, 3, 7);
+        let zombie = FileSink::pending_path(directory.path(), 0, CheckpointId(3), Epoch(7));
         std::fs::write(&zombie, "zombie\n").expect("zombie file");
 
         // Restore from checkpoint 1 at a new epoch: "a" stays once; "b", "c" and the zombie vanish.
-        let mut restored = FileSink::open(&sink_spec(directory.path()), 0, 9).expect("opens");
+        let mut restored = FileSink::open(&sink_spec(directory.path()), 0, Epoch(9)).expect("opens");
         assert_eq!(restored.restore("out", 1, &[(0, &state_1)]).expect("restore"), 1);
         assert_eq!(published(directory.path()), vec!["a"]);
         let leftovers = std::fs::read_dir(directory.path().join(".pending"))
@@ -381,35 +388,40 @@ mod tests {
     #[test]
     fn a_restore_whose_pre_committed_file_is_gone_names_the_file_and_checkpoint() {
         let directory = tempfile::tempdir().expect("temp dir");
-        let mut sink = FileSink::open(&sink_spec(directory.path()), 1, 4).expect("opens");
+        let mut sink = FileSink::open(&sink_spec(directory.path()), 1, Epoch(4)).expect("opens");
         sink.write(&record("a")).expect("write");
-        let first = sink.pre_commit(11).expect("pre-commit 11");
+        let first = sink.pre_commit(CheckpointId(11)).expect("pre-commit 11");
         first.segment.make_durable().expect("sync");
         sink.write(&record("b")).expect("write");
-        let second = sink.pre_commit(12).expect("pre-commit 12");
+        let second = sink.pre_commit(CheckpointId(12)).expect("pre-commit 12");
         second.segment.make_durable().expect("sync");
         // 11 was published before a crash: restoring 12 (which lists 11 and 12) publishes 12 only.
-        assert_eq!(sink.publish_up_to(11).expect("publish"), 1);
+        assert_eq!(sink.publish_up_to(CheckpointId(11)).expect("publish"), 1);
         drop(sink);
-        let mut restored = FileSink::open(&sink_spec(directory.path()), 1, 5).expect("opens");
+        let mut restored = FileSink::open(&sink_spec(directory.path()), 1, Epoch(5)).expect("opens");
         assert_eq!(restored.restore("out", 2, &[(1, &second.state)]).expect("restore"), 2);
         assert_eq!(published(directory.path()), vec!["a", "b"]);
 
         // Restored again from 12 at a newer epoch: both files are published, nothing changes.
-        let mut again = FileSink::open(&sink_spec(directory.path()), 1, 6).expect("opens");
+        let mut again = FileSink::open(&sink_spec(directory.path()), 1, Epoch(6)).expect("opens");
         assert_eq!(again.restore("out", 2, &[(1, &second.state)]).expect("restore"), 2);
         assert_eq!(published(directory.path()), vec!["a", "b"]);
 
         // A checkpoint listing a pre-commit that is neither pending nor published fails at once.
-        std::fs::remove_file(FileSink::published_path(directory.path(), 1, 12)).expect("remove");
-        let mut lost = FileSink::open(&sink_spec(directory.path()), 1, 7).expect("opens");
+        std::fs::remove_file(FileSink::published_path(directory.path(), 1, CheckpointId(12))).expect("remove");
+        let mut lost = FileSink::open(&sink_spec(directory.path()), 1, Epoch(7)).expect("opens");
         let error = lost
             .restore("out", 2, &[(1, &second.state)])
             .expect_err("its output is gone");
         let text = error.to_string();
         assert!(
-            matches!(error, OperatorError::PreCommitLost { checkpoint_id: 12, .. })
-                && text.contains("part-1-000000000012-e4")
+            matches!(
+                error,
+                OperatorError::PreCommitLost {
+                    checkpoint_id: CheckpointId(12),
+                    ..
+                }
+            ) && text.contains("part-1-000000000012-e4")
                 && text.contains("checkpoint 12"),
             "{text}"
         );
@@ -423,19 +435,19 @@ mod tests {
         // any of them published, and index 2's records after the barrier are still in progress.
         let mut states = Vec::new();
         for index in 0..3 {
-            let mut sink = FileSink::open(&spec, index, 1).expect("opens");
+            let mut sink = FileSink::open(&spec, index, Epoch(1)).expect("opens");
             sink.write(&record(&format!("from-{index}"))).expect("write");
-            let committed = sink.pre_commit(4).expect("pre-commit");
+            let committed = sink.pre_commit(CheckpointId(4)).expect("pre-commit");
             committed.segment.make_durable().expect("sync");
             sink.write(&record("after the barrier")).expect("write");
             states.push((index, committed.state));
         }
         let states: Vec<(u32, &[u8])> = states.iter().map(|(index, state)| (*index, state.as_slice())).collect();
 
-        let mut first = FileSink::open(&spec, 0, 2).expect("opens");
+        let mut first = FileSink::open(&spec, 0, Epoch(2)).expect("opens");
         // Index 0 restores itself and adopts index 2 (2 % 2 == 0), not index 1.
         assert_eq!(first.restore("out", 2, &states).expect("restore"), 2);
-        let mut second = FileSink::open(&spec, 1, 2).expect("opens");
+        let mut second = FileSink::open(&spec, 1, Epoch(2)).expect("opens");
         assert_eq!(second.restore("out", 2, &states).expect("restore"), 1);
         assert_eq!(published(directory.path()), vec!["from-0", "from-1", "from-2"]);
         let leftovers: Vec<_> = std::fs::read_dir(directory.path().join(".pending"))

@@ -11,6 +11,7 @@ mod pre_aggregate;
 mod stateless;
 mod windows;
 
+use raftstream_api::ids::CheckpointId;
 use std::path::PathBuf;
 
 use raftstream_api::spec::OperatorKind;
@@ -39,7 +40,7 @@ pub enum OperatorError {
     #[error(
         "sink {path}: the restored checkpoint {checkpoint_id} lists this pre-committed file, but it is neither pending nor published: its output is lost"
     )]
-    PreCommitLost { path: PathBuf, checkpoint_id: u64 },
+    PreCommitLost { path: PathBuf, checkpoint_id: CheckpointId },
 }
 
 /// The text of `field` in a record value holding a JSON object (strings without quotes).

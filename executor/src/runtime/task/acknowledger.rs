@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use raftstream_api::checkpoint::{CheckpointTrigger, SavepointRef, TaskStateHandle};
-use raftstream_api::ids::CheckpointId;
+use raftstream_api::ids::{CheckpointId, Epoch};
 use raftstream_api::messages::{TaskRef, TaskReport};
 use raftstream_api::spec::CheckpointConfig;
 use tokio::sync::mpsc;
@@ -19,7 +19,7 @@ use crate::runtime::operators::SinkSegment;
 /// Whether `location` (`<job>/chk-<id>/<operator>-<subtask>-e<epoch>.state`) holds state an
 /// earlier epoch of this subtask (`own_files` = `<operator>-<subtask>-e`) wrote for a checkpoint
 /// below `below`.
-pub(super) fn left_by_predecessor(location: &str, own_files: &str, epoch: u64, below: u64) -> bool {
+pub(super) fn left_by_predecessor(location: &str, own_files: &str, epoch: Epoch, below: CheckpointId) -> bool {
     let mut parts = location.rsplit('/');
     let (Some(file), Some(directory)) = (parts.next(), parts.next()) else {
         return false;
@@ -29,7 +29,7 @@ pub(super) fn left_by_predecessor(location: &str, own_files: &str, epoch: u64, b
         .strip_prefix(own_files)
         .and_then(|rest| rest.strip_suffix(".state"))
         .and_then(|written| written.parse::<u64>().ok());
-    matches!((checkpoint_id, written_epoch), (Some(id), Some(written)) if id < below && written < epoch)
+    matches!((checkpoint_id, written_epoch), (Some(id), Some(written)) if id < below.0 && written < epoch.0)
 }
 
 pub(super) struct Acknowledger<'a> {
@@ -40,7 +40,7 @@ pub(super) struct Acknowledger<'a> {
     /// before it, so this subtask's acknowledgements leave in checkpoint order.
     in_flight: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The first background acknowledgement that failed: checkpoint id and why.
-    failure: Arc<std::sync::Mutex<Option<(u64, String)>>>,
+    failure: Arc<std::sync::Mutex<Option<(CheckpointId, String)>>>,
 }
 
 /// The state files this subtask wrote, so they are deleted once no retained checkpoint needs them:
@@ -49,20 +49,24 @@ pub(super) struct Acknowledger<'a> {
 /// it finds them by listing, once the job no longer retains the checkpoints they belong to.
 #[derive(Debug, Default)]
 pub(super) struct StateFiles {
-    pub(super) written: std::collections::BTreeMap<u64, String>,
-    pub(super) completed: VecDeque<u64>,
+    pub(super) written: std::collections::BTreeMap<CheckpointId, String>,
+    pub(super) completed: VecDeque<CheckpointId>,
     pub(super) retained: usize,
     /// The first checkpoint this subtask saw completed: predecessors stopped before it.
-    pub(super) first_completed: Option<u64>,
+    pub(super) first_completed: Option<CheckpointId>,
     /// Predecessors' files below this checkpoint are already deleted.
-    pub(super) swept_below: u64,
+    pub(super) swept_below: CheckpointId,
 }
 
 impl StateFiles {
     /// Whether to delete predecessors' files now, and below which checkpoint: whenever the
     /// job's oldest retained checkpoint moves up, until it passes this subtask's first completed
     /// one (at most `retained` listings per subtask).
-    pub(super) fn predecessor_sweep_due(&mut self, checkpoint_id: u64, oldest_retained: u64) -> Option<u64> {
+    pub(super) fn predecessor_sweep_due(
+        &mut self,
+        checkpoint_id: CheckpointId,
+        oldest_retained: CheckpointId,
+    ) -> Option<CheckpointId> {
         let first = *self.first_completed.get_or_insert(checkpoint_id);
         if self.swept_below >= first || oldest_retained <= self.swept_below {
             return None;
@@ -72,7 +76,7 @@ impl StateFiles {
     }
 
     /// Checkpoint `checkpoint_id` completed: the files that are no longer needed.
-    pub(super) fn completed(&mut self, checkpoint_id: u64) -> Vec<String> {
+    pub(super) fn completed(&mut self, checkpoint_id: CheckpointId) -> Vec<String> {
         if self.completed.back().is_some_and(|last| *last >= checkpoint_id) {
             return Vec::new();
         }
@@ -81,7 +85,7 @@ impl StateFiles {
             self.completed.pop_front();
         }
         let oldest_kept = self.completed.front().copied().unwrap_or(checkpoint_id);
-        let obsolete: Vec<u64> = self
+        let obsolete: Vec<CheckpointId> = self
             .written
             .keys()
             .copied()
@@ -107,7 +111,7 @@ impl<'a> Acknowledger<'a> {
 
     /// Deletes, in the background, the state files no retained checkpoint needs any more: its
     /// own, and those its predecessors left below `oldest_retained`.
-    pub(super) fn checkpoint_completed(&self, checkpoint_id: u64, oldest_retained: u64) {
+    pub(super) fn checkpoint_completed(&self, checkpoint_id: CheckpointId, oldest_retained: CheckpointId) {
         let (obsolete, sweep_below) = match self.files.lock() {
             Ok(mut files) => (
                 files.completed(checkpoint_id),
@@ -122,7 +126,7 @@ impl<'a> Acknowledger<'a> {
         let deployment = self.deployment;
         let job_id = deployment.job_id.to_string();
         let own_files = format!("{}-{}-e", deployment.operator_id, deployment.subtask_index);
-        let epoch = deployment.epoch.0;
+        let epoch = deployment.epoch;
         self.environment.tracker.spawn(async move {
             let mut obsolete = obsolete;
             if let Some(below) = sweep_below {
@@ -194,7 +198,7 @@ impl<'a> Acknowledger<'a> {
             if barrier.savepoint {
                 let savepoint = SavepointRef {
                     job_id: deployment.job_id,
-                    savepoint_id: CheckpointId(checkpoint_id),
+                    savepoint_id: checkpoint_id,
                 };
                 format!("{}/{file}", savepoint.state_prefix())
             } else {
@@ -228,7 +232,7 @@ impl<'a> Acknowledger<'a> {
                 return;
             }
             if let Err(error) = work.run().await {
-                tracing::error!(checkpoint_id, error = %raftstream_observability::chain(&error), "checkpoint not acknowledged");
+                tracing::error!(checkpoint_id = checkpoint_id.0, error = %raftstream_observability::chain(&error), "checkpoint not acknowledged");
                 if let Ok(mut failed) = failure.lock() {
                     failed.get_or_insert((checkpoint_id, error.to_string()));
                 }
@@ -237,7 +241,7 @@ impl<'a> Acknowledger<'a> {
         // Inside the subtask's span: its logs carry the job, operator, subtask and checkpoint.
         *in_flight = Some(tokio::spawn(tracing::Instrument::instrument(
             acknowledging,
-            tracing::info_span!("checkpoint", checkpoint_id),
+            tracing::info_span!("checkpoint", checkpoint_id = checkpoint_id.0),
         )));
         Ok(())
     }
@@ -253,7 +257,7 @@ impl<'a> Acknowledger<'a> {
                 None => Ok(()),
             },
             Err(_) => Err(TaskError::Snapshot {
-                checkpoint_id: 0,
+                checkpoint_id: CheckpointId::default(),
                 problem: "acknowledgement state poisoned".to_owned(),
             }),
         }
@@ -283,7 +287,7 @@ impl Drop for Acknowledger<'_> {
 
 /// The background part of one acknowledgement.
 struct BackgroundAck {
-    checkpoint_id: u64,
+    checkpoint_id: CheckpointId,
     task: TaskRef,
     state: Vec<u8>,
     /// Where large state goes in the checkpoint store; `None` inlines it.
@@ -339,7 +343,7 @@ impl BackgroundAck {
         // session is down or far behind.
         let _ = self.reports.try_send(TaskReport::CheckpointAck {
             task: self.task,
-            checkpoint_id: CheckpointId(checkpoint_id),
+            checkpoint_id,
             state,
             source_offset: self.source_offset,
         });
@@ -393,7 +397,7 @@ mod tests {
 
     fn checkpoint(checkpoint_id: u64) -> Barrier {
         Barrier {
-            checkpoint_id,
+            checkpoint_id: CheckpointId(checkpoint_id),
             savepoint: false,
         }
     }
@@ -405,7 +409,7 @@ mod tests {
         let (environment, mut received) = environment(directory.path());
         let acknowledger = Acknowledger::new(&deployment, &environment);
         let savepoint = Barrier {
-            checkpoint_id: 2,
+            checkpoint_id: CheckpointId(2),
             savepoint: true,
         };
         for barrier in [
@@ -427,7 +431,7 @@ mod tests {
         assert!(!directory.path().join("job-1/chk-2").exists());
         // 3 to 6 complete, 3 retained: 1 (never completed) and 3 go, the savepoint stays.
         for completed in [3, 4, 5, 6] {
-            acknowledger.checkpoint_completed(completed, completed.saturating_sub(2));
+            acknowledger.checkpoint_completed(CheckpointId(completed), CheckpointId(completed.saturating_sub(2)));
         }
         environment.tracker.close();
         environment.tracker.wait().await;
@@ -436,7 +440,12 @@ mod tests {
         assert!(directory.path().join("job-1/chk-4/counts-0-e3.state").is_file());
         assert!(saved.is_file(), "the savepoint's state is kept");
         assert!(
-            !left_by_predecessor("savepoints/job-1/sp-2/counts-0-e1.state", "counts-0-e", 3, 10),
+            !left_by_predecessor(
+                "savepoints/job-1/sp-2/counts-0-e1.state",
+                "counts-0-e",
+                Epoch(3),
+                CheckpointId(10)
+            ),
             "a predecessor's sweep never takes a savepoint's file"
         );
     }
@@ -486,7 +495,13 @@ mod tests {
         let _ = acknowledger.acknowledge(checkpoint(2), vec![1], None, None);
         let failure = acknowledger.settle().await.expect_err("the store failed");
         assert!(
-            matches!(failure, TaskError::Snapshot { checkpoint_id: 1, .. }),
+            matches!(
+                failure,
+                TaskError::Snapshot {
+                    checkpoint_id: CheckpointId(1),
+                    ..
+                }
+            ),
             "{failure}"
         );
         assert!(
@@ -504,55 +519,91 @@ mod tests {
             ..StateFiles::default()
         };
         for id in 1..=5 {
-            files.written.insert(id, format!("chk-{id}"));
+            files.written.insert(CheckpointId(id), format!("chk-{id}"));
         }
         // 2 was aborted: once 3 completes nothing needs it.
-        assert!(files.completed(1).is_empty());
-        assert_eq!(files.completed(3), vec!["chk-2"]);
+        assert!(files.completed(CheckpointId(1)).is_empty());
+        assert_eq!(files.completed(CheckpointId(3)), vec!["chk-2"]);
         // 4 completes: keep 3 and 4, drop 1.
-        assert_eq!(files.completed(4), vec!["chk-1"]);
-        assert!(files.completed(4).is_empty(), "a repeated notice changes nothing");
-        assert_eq!(files.completed(5), vec!["chk-3"]);
-        assert_eq!(files.written.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(files.completed(CheckpointId(4)), vec!["chk-1"]);
+        assert!(
+            files.completed(CheckpointId(4)).is_empty(),
+            "a repeated notice changes nothing"
+        );
+        assert_eq!(files.completed(CheckpointId(5)), vec!["chk-3"]);
+        assert_eq!(
+            files.written.keys().copied().collect::<Vec<_>>(),
+            vec![CheckpointId(4), CheckpointId(5)]
+        );
     }
 
     #[test]
     fn predecessors_files_are_swept_as_the_retained_window_passes_the_first_completion() {
         let mut files = StateFiles::default();
         // Restarted after checkpoint 10; 3 retained. First completion 12: 10 and 11 still retained.
-        assert_eq!(files.predecessor_sweep_due(12, 10), Some(10));
-        assert_eq!(files.predecessor_sweep_due(13, 10), None, "the window did not move");
-        assert_eq!(files.predecessor_sweep_due(14, 12), Some(12));
+        assert_eq!(
+            files.predecessor_sweep_due(CheckpointId(12), CheckpointId(10)),
+            Some(CheckpointId(10))
+        );
+        assert_eq!(
+            files.predecessor_sweep_due(CheckpointId(13), CheckpointId(10)),
+            None,
+            "the window did not move"
+        );
+        assert_eq!(
+            files.predecessor_sweep_due(CheckpointId(14), CheckpointId(12)),
+            Some(CheckpointId(12))
+        );
         // Past the first completion: everything predecessors left is gone, no more listing.
-        assert_eq!(files.predecessor_sweep_due(15, 13), None);
-        assert_eq!(files.predecessor_sweep_due(20, 18), None);
+        assert_eq!(files.predecessor_sweep_due(CheckpointId(15), CheckpointId(13)), None);
+        assert_eq!(files.predecessor_sweep_due(CheckpointId(20), CheckpointId(18)), None);
         // Not told (an older leader): never sweeps.
         let mut untold = StateFiles::default();
-        assert_eq!(untold.predecessor_sweep_due(5, 0), None);
+        assert_eq!(untold.predecessor_sweep_due(CheckpointId(5), CheckpointId(0)), None);
     }
 
     #[test]
     fn only_earlier_epochs_files_of_the_same_subtask_below_the_window_are_predecessors() {
         let own = "counts-1-e";
-        assert!(left_by_predecessor("job-1/chk-4/counts-1-e2.state", own, 3, 5));
+        assert!(left_by_predecessor(
+            "job-1/chk-4/counts-1-e2.state",
+            own,
+            Epoch(3),
+            CheckpointId(5)
+        ));
         assert!(
-            !left_by_predecessor("job-1/chk-5/counts-1-e2.state", own, 3, 5),
+            !left_by_predecessor("job-1/chk-5/counts-1-e2.state", own, Epoch(3), CheckpointId(5)),
             "still retained"
         );
         assert!(
-            !left_by_predecessor("job-1/chk-4/counts-1-e3.state", own, 3, 5),
+            !left_by_predecessor("job-1/chk-4/counts-1-e3.state", own, Epoch(3), CheckpointId(5)),
             "its own"
         );
         assert!(
-            !left_by_predecessor("job-1/chk-4/counts-1-e4.state", own, 3, 5),
+            !left_by_predecessor("job-1/chk-4/counts-1-e4.state", own, Epoch(3), CheckpointId(5)),
             "a newer one's"
         );
         assert!(
-            !left_by_predecessor("job-1/chk-4/counts-11-e2.state", own, 3, 5),
+            !left_by_predecessor("job-1/chk-4/counts-11-e2.state", own, Epoch(3), CheckpointId(5)),
             "another subtask"
         );
-        assert!(!left_by_predecessor("job-1/chk-4/counts-1-0-e2.state", own, 3, 5));
-        assert!(!left_by_predecessor("job-1/chk-x/counts-1-e2.state", own, 3, 5));
-        assert!(!left_by_predecessor("counts-1-e2.state", own, 3, 5));
+        assert!(!left_by_predecessor(
+            "job-1/chk-4/counts-1-0-e2.state",
+            own,
+            Epoch(3),
+            CheckpointId(5)
+        ));
+        assert!(!left_by_predecessor(
+            "job-1/chk-x/counts-1-e2.state",
+            own,
+            Epoch(3),
+            CheckpointId(5)
+        ));
+        assert!(!left_by_predecessor(
+            "counts-1-e2.state",
+            own,
+            Epoch(3),
+            CheckpointId(5)
+        ));
     }
 }

@@ -31,7 +31,7 @@ pub(super) struct InputTask {
     pub(super) forwarded_watermark: i64,
     /// The savepoint whose barriers this task is aligning, if it is one: its snapshot is
     /// stored as the savepoint's, and the barrier it forwards says so.
-    pub(super) aligning_savepoint: Option<u64>,
+    pub(super) aligning_savepoint: Option<CheckpointId>,
     /// When the first barrier of the alignment under way arrived.
     pub(super) alignment_started: Option<Instant>,
     pub(super) counters: Arc<TaskCounters>,
@@ -95,7 +95,7 @@ impl InputTask {
                             Some(message) => {
                                 if let TaskControl::Complete { checkpoint_id, oldest_retained, .. } = &message {
                                     for member in acknowledgers {
-                                        member.checkpoint_completed(checkpoint_id.0, oldest_retained.0);
+                                        member.checkpoint_completed(*checkpoint_id, *oldest_retained);
                                     }
                                 }
                                 self.on_control(message)?
@@ -167,7 +167,7 @@ impl InputTask {
         }
     }
 
-    pub(super) fn barrier_arrived(&mut self, channel: usize, checkpoint_id: u64) -> Alignment {
+    pub(super) fn barrier_arrived(&mut self, channel: usize, checkpoint_id: CheckpointId) -> Alignment {
         let mut outcome = self.aligner.on_barrier(channel, checkpoint_id);
         if matches!(outcome, Alignment::Waiting | Alignment::Superseded { .. }) {
             if let Alignment::Superseded { .. } = outcome {
@@ -232,11 +232,11 @@ impl InputTask {
     pub(super) fn on_control(&mut self, message: TaskControl) -> Result<(), TaskError> {
         match message {
             TaskControl::Complete {
-                checkpoint_id: CheckpointId(checkpoint_id),
+                checkpoint_id,
                 acknowledged,
                 ..
             } => self.pipeline.checkpoint_completed(checkpoint_id, acknowledged)?,
-            TaskControl::Aborted(CheckpointId(checkpoint_id)) => {
+            TaskControl::Aborted(checkpoint_id) => {
                 if self
                     .aligner
                     .aligning()

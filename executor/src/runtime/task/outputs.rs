@@ -263,7 +263,7 @@ pub(super) async fn open_outputs(
                 .find(|placed| placed.subtask.operator_id == consumer.id && placed.subtask.subtask_index == index)
                 .ok_or_else(|| TaskError::Graph(format!("{}[{index}] is not placed", consumer.id)))?;
             let target = GateKey {
-                job_id: deployment.job_id.to_string(),
+                job_id: deployment.job_id,
                 operator_id: consumer.id.clone(),
                 subtask_index: index,
             };
@@ -272,8 +272,8 @@ pub(super) async fn open_outputs(
                 &environment.local_address,
                 environment.dial.resolve(&placed.executor_address),
                 target,
-                placed.epoch.0,
-                (&operator.id, deployment.subtask_index, deployment.epoch.0),
+                placed.epoch,
+                (&operator.id, deployment.subtask_index, deployment.epoch),
                 cancel,
             )
             .await?;

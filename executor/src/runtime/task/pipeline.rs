@@ -6,6 +6,7 @@ use super::{apply_all, count_dropped, snapshot, Logic, TaskError};
 use crate::runtime::exchange::Barrier;
 use crate::runtime::operators::FileSink;
 use crate::runtime::record::Record;
+use raftstream_api::ids::CheckpointId;
 
 /// The operators a task runs on each batch: a source task's operators after its source, or all of
 /// an input task's, its head first. Records pass between them by function calls.
@@ -162,14 +163,22 @@ impl Pipeline {
 
     /// Checkpoint `checkpoint_id` is committed in the Raft log: the sink publishes what it
     /// pre-committed up to it, but only when this placement's acknowledgement is part of it.
-    pub(super) fn checkpoint_completed(&mut self, checkpoint_id: u64, acknowledged: bool) -> Result<(), TaskError> {
+    pub(super) fn checkpoint_completed(
+        &mut self,
+        checkpoint_id: CheckpointId,
+        acknowledged: bool,
+    ) -> Result<(), TaskError> {
         let Some(sink) = self.sink() else { return Ok(()) };
         if acknowledged {
             let published = sink.publish_up_to(checkpoint_id)?;
-            tracing::debug!(checkpoint_id, published, "sink published committed output");
+            tracing::debug!(
+                checkpoint_id = checkpoint_id.0,
+                published,
+                "sink published committed output"
+            );
         } else {
             tracing::warn!(
-                checkpoint_id,
+                checkpoint_id = checkpoint_id.0,
                 "checkpoint completed without this placement: publishing nothing (fenced)"
             );
         }
@@ -180,8 +189,8 @@ impl Pipeline {
     /// input commits the sink.
     pub(super) fn commit_at_end_without_checkpoints(&mut self) -> Result<(), TaskError> {
         if let Some(sink) = self.sink() {
-            sink.pre_commit(0)?.segment.make_durable()?;
-            sink.publish_up_to(0)?;
+            sink.pre_commit(CheckpointId::default())?.segment.make_durable()?;
+            sink.publish_up_to(CheckpointId::default())?;
         }
         Ok(())
     }
@@ -211,7 +220,7 @@ mod tests {
         )]);
         let spec = OperatorSpec::new("out", OperatorKind::FileSink, 1, vec!["counts".to_owned()], params)
             .expect("a valid sink");
-        match FileSink::open(&spec, 0, 1) {
+        match FileSink::open(&spec, 0, raftstream_api::ids::Epoch(1)) {
             Ok(sink) => sink,
             Err(error) => panic!("sink: {error}"),
         }
@@ -219,7 +228,7 @@ mod tests {
 
     /// Commits what the pipeline's sink (its last operator) holds as checkpoint `checkpoint_id`
     /// and reads the published file back.
-    fn commit_and_read(pipeline: &mut Pipeline, directory: &std::path::Path, checkpoint_id: u64) -> String {
+    fn commit_and_read(pipeline: &mut Pipeline, directory: &std::path::Path, checkpoint_id: CheckpointId) -> String {
         let Some(Logic::FileSink(sink)) = pipeline.logics.last_mut() else {
             panic!("the sink is last");
         };
@@ -314,7 +323,7 @@ mod tests {
             .process(1, 0, &mut fired, &mut |_| passed_on += 1)
             .expect("runs");
         assert_eq!(passed_on, 0, "a sink emits nothing");
-        let written = commit_and_read(&mut pipeline, directory.path(), 1);
+        let written = commit_and_read(&mut pipeline, directory.path(), CheckpointId(1));
         assert_eq!(written, "a\t1\nb\t1\na\t2\n1\nlate\t9\n");
     }
 
@@ -327,7 +336,7 @@ mod tests {
         ]);
         let mut records = vec![line("one two"), line("three")];
         pipeline.process(0, 0, &mut records, &mut |_| {}).expect("runs");
-        let written = commit_and_read(&mut pipeline, directory.path(), 4);
+        let written = commit_and_read(&mut pipeline, directory.path(), CheckpointId(4));
         assert_eq!(written, "one\ntwo\nthree\n");
     }
 
@@ -357,15 +366,15 @@ mod tests {
         let Some(sink) = pipeline.sink() else {
             panic!("the sink is last")
         };
-        sink.pre_commit(3)
+        sink.pre_commit(CheckpointId(3))
             .expect("pre-commit")
             .segment
             .make_durable()
             .expect("sync");
         let published = directory.path().join("part-0-000000000003.txt");
-        pipeline.checkpoint_completed(3, false).expect("fenced");
+        pipeline.checkpoint_completed(CheckpointId(3), false).expect("fenced");
         assert!(!published.exists(), "a fenced placement published its output");
-        pipeline.checkpoint_completed(3, true).expect("publish");
+        pipeline.checkpoint_completed(CheckpointId(3), true).expect("publish");
         assert_eq!(std::fs::read_to_string(published).expect("published"), "kept back\n");
     }
 

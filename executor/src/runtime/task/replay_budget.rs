@@ -4,6 +4,7 @@
 //! completes. So a failure replays at most the bound plus the batch that crossed it, per source
 //! subtask, whatever the input rate (time-based checkpoints bound only time).
 
+use raftstream_api::ids::CheckpointId;
 use std::collections::VecDeque;
 
 use raftstream_api::checkpoint::CheckpointTrigger;
@@ -21,7 +22,7 @@ pub(super) struct ReplayBudget {
     max_bytes: Option<u64>,
     emitted: Emitted,
     /// What had been emitted when each barrier not yet completed went out.
-    barriers: VecDeque<(u64, Emitted)>,
+    barriers: VecDeque<(CheckpointId, Emitted)>,
     /// What had been emitted at the barrier of the last completed checkpoint.
     safe: Emitted,
     /// A checkpoint was asked for since the last barrier (or abort).
@@ -47,13 +48,13 @@ impl ReplayBudget {
         self.emitted.bytes += bytes;
     }
 
-    pub(super) fn barrier(&mut self, checkpoint_id: u64) {
+    pub(super) fn barrier(&mut self, checkpoint_id: CheckpointId) {
         self.barriers.push_back((checkpoint_id, self.emitted));
         self.requested = false;
     }
 
     /// Checkpoint `checkpoint_id` completed: what preceded its barrier is safe.
-    pub(super) fn completed(&mut self, checkpoint_id: u64) {
+    pub(super) fn completed(&mut self, checkpoint_id: CheckpointId) {
         while let Some(&(id, emitted)) = self.barriers.front() {
             if id > checkpoint_id {
                 break;
@@ -66,7 +67,7 @@ impl ReplayBudget {
     }
 
     /// A checkpoint was aborted: ask again if the budget still calls for one.
-    pub(super) fn aborted(&mut self, checkpoint_id: u64) {
+    pub(super) fn aborted(&mut self, checkpoint_id: CheckpointId) {
         self.barriers.retain(|(id, _)| *id != checkpoint_id);
         self.requested = false;
     }
@@ -138,12 +139,12 @@ mod tests {
         budget.emitted(1, 10);
         assert_eq!(budget.wanted(), Some(CheckpointTrigger::Records));
         assert_eq!(budget.wanted(), None, "asked once per barrier");
-        budget.barrier(7);
+        budget.barrier(CheckpointId(7));
         budget.emitted(125, 1_000);
         assert!(budget.exhausted(), "250 emitted since the last completed checkpoint");
         // Asked again after the barrier: more is at risk than half the share.
         assert_eq!(budget.wanted(), Some(CheckpointTrigger::Records));
-        budget.completed(7);
+        budget.completed(CheckpointId(7));
         assert!(!budget.exhausted(), "only the 125 after barrier 7 are at risk");
         assert_eq!(budget.records_left(), 125);
     }
@@ -153,19 +154,19 @@ mod tests {
         let mut budget = budget(None, Some(100), 1);
         budget.emitted(3, 60);
         assert_eq!(budget.wanted(), Some(CheckpointTrigger::Bytes));
-        budget.barrier(1);
+        budget.barrier(CheckpointId(1));
         budget.emitted(3, 40);
         assert!(budget.exhausted());
-        budget.aborted(1);
+        budget.aborted(CheckpointId(1));
         assert!(budget.exhausted(), "nothing became safe");
         assert_eq!(budget.wanted(), Some(CheckpointTrigger::Bytes));
-        budget.barrier(2);
-        budget.completed(2);
+        budget.barrier(CheckpointId(2));
+        budget.completed(CheckpointId(2));
         assert!(!budget.exhausted());
         // A completion for an older barrier than one aborted does not count the newer one.
         budget.emitted(1, 70);
-        budget.barrier(3);
-        budget.completed(1);
+        budget.barrier(CheckpointId(3));
+        budget.completed(CheckpointId(1));
         assert!(!budget.exhausted());
         assert_eq!(budget.records_left(), u64::MAX);
     }

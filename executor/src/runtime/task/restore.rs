@@ -2,6 +2,7 @@
 //! the old subtasks' files, a generator's or file source's position, a sink's pending output.
 
 use raftstream_api::checkpoint::{CompletedCheckpoint, TaskStateHandle};
+use raftstream_api::ids::CheckpointId;
 use raftstream_api::spec::{OperatorConfig, OperatorSpec};
 
 use super::source::{SourceReader, SourceSnapshot};
@@ -17,7 +18,7 @@ use crate::runtime::operators::{entries_in_groups, restores_index, KeyedMapState
 /// The bytes of one task's state in a checkpoint, verified.
 pub(super) async fn load_state(
     store: &CheckpointStorage,
-    checkpoint_id: u64,
+    checkpoint_id: CheckpointId,
     handle: &TaskStateHandle,
 ) -> Result<Vec<u8>, TaskError> {
     let restore_error = |problem: String| TaskError::Restore { checkpoint_id, problem };
@@ -48,7 +49,7 @@ pub(super) async fn source_snapshots(
     environment: &TaskEnvironment,
     checkpoint: &CompletedCheckpoint,
 ) -> Result<Vec<SourceSnapshot>, TaskError> {
-    let checkpoint_id = checkpoint.checkpoint_id.0;
+    let checkpoint_id = checkpoint.checkpoint_id;
     let restore_error = |problem: String| TaskError::Restore { checkpoint_id, problem };
     let mut handles: Vec<&TaskStateHandle> = checkpoint
         .task_states
@@ -96,7 +97,7 @@ pub(super) async fn resume_generator(
         .collect();
     GeneratorPosition::resume(deployment.subtask_index, operator.parallelism, &previous).map_err(|problem| {
         TaskError::Restore {
-            checkpoint_id: checkpoint.checkpoint_id.0,
+            checkpoint_id: checkpoint.checkpoint_id,
             problem,
         }
     })
@@ -146,7 +147,7 @@ pub(super) async fn restore(
     logic: &mut Logic,
 ) -> Result<(), TaskError> {
     let checkpoint = deployment.restore_from.as_ref();
-    let checkpoint_id = checkpoint.map_or(0, |checkpoint| checkpoint.checkpoint_id.0);
+    let checkpoint_id = checkpoint.map_or(CheckpointId::default(), |checkpoint| checkpoint.checkpoint_id);
     match logic {
         Logic::Source(source) => {
             if let (Some(checkpoint), SourceReader::Generator(generator)) = (checkpoint, source.as_mut()) {
@@ -236,7 +237,7 @@ pub(super) async fn restore(
                 })?;
             if published > 0 {
                 tracing::info!(
-                    checkpoint_id,
+                    checkpoint_id = checkpoint_id.0,
                     published,
                     "published pre-committed output of the restored checkpoint"
                 );

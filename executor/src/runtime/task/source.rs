@@ -283,17 +283,17 @@ impl SourceTask<'_, '_> {
                         self.barrier(checkpoint_id, options.savepoint).await?;
                         checkpoints.barrier_sent(checkpoint_id, exhausted, options.sources);
                         if let Some(budget) = budget.as_mut() {
-                            budget.barrier(checkpoint_id.0);
+                            budget.barrier(checkpoint_id);
                         }
                     }
                     Some(TaskControl::Complete { checkpoint_id, acknowledged, oldest_retained }) => {
                         for member in acknowledgers {
-                            member.checkpoint_completed(checkpoint_id.0, oldest_retained.0);
+                            member.checkpoint_completed(checkpoint_id, oldest_retained);
                         }
                         if let Some(budget) = budget.as_mut() {
-                            budget.completed(checkpoint_id.0);
+                            budget.completed(checkpoint_id);
                         }
-                        self.pipeline.checkpoint_completed(checkpoint_id.0, acknowledged)?;
+                        self.pipeline.checkpoint_completed(checkpoint_id, acknowledged)?;
                         if checkpoints.ends_stream(checkpoint_id) {
                             // Stopped: no end-of-event-time watermark, so windows keep their
                             // contents in the savepoint rather than firing them now.
@@ -303,7 +303,7 @@ impl SourceTask<'_, '_> {
                     }
                     Some(TaskControl::Aborted(checkpoint_id)) => {
                         if let Some(budget) = budget.as_mut() {
-                            budget.aborted(checkpoint_id.0);
+                            budget.aborted(checkpoint_id);
                             if let Some(trigger) = budget.wanted() {
                                 acknowledger.report_checkpoint_wanted(trigger);
                             }
@@ -354,11 +354,11 @@ impl SourceTask<'_, '_> {
         self.outputs.flush(false).await?;
         let position = self.source.position();
         let state = serde_json::to_vec(&self.source.snapshot()).map_err(|error| TaskError::Snapshot {
-            checkpoint_id: checkpoint_id.0,
+            checkpoint_id,
             problem: format!("encoding the source's position: {error}"),
         })?;
         let barrier = Barrier {
-            checkpoint_id: checkpoint_id.0,
+            checkpoint_id,
             savepoint,
         };
         let source_state_bytes = state.len() as u64;
