@@ -4,8 +4,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A Raft node id of a coordinator.
-pub type NodeId = u64;
+/// A coordinator's Raft node id. Serialised as its number (Raft log, votes, snapshots and config
+/// files read the same as when it was a bare `u64`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
 
 /// A job, numbered by the state machine in submission order; written `job-<n>` everywhere it
 /// leaves the process (protobuf, logs, the Raft state), so ids order by number, not as text.
@@ -91,7 +94,13 @@ macro_rules! display_inner {
         }
     )*};
 }
-display_inner!(ExecutorId, CheckpointId, Epoch, RequestId);
+display_inner!(NodeId, ExecutorId, CheckpointId, Epoch, RequestId);
+
+impl From<u64> for NodeId {
+    fn from(number: u64) -> NodeId {
+        NodeId(number)
+    }
+}
 
 #[cfg(test)]
 mod tests {

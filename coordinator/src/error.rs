@@ -128,8 +128,8 @@ mod tests {
             tonic::Code::NotFound
         );
         let not_leader = tonic::Status::from(CoordinatorError::NotLeader {
-            node_id: 2,
-            leader_id: Some(1),
+            node_id: NodeId(2),
+            leader_id: Some(NodeId(1)),
             leader_address: Some("127.0.0.1:7101".to_owned()),
         });
         assert_eq!(not_leader.code(), tonic::Code::Unavailable);

@@ -4,6 +4,7 @@
 //! rather than written to it, so the replicated state machine and its stored form stay as they
 //! are. A node that starts later sees only what happens from then on.
 
+use crate::clock::now_ms;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,12 +147,6 @@ impl ClusterEvents {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
-}
-
 /// Watches the leader (counting its changes in the metrics) and the applied state until
 /// `shutdown`.
 pub async fn observe(context: CoordinatorContext, events: ClusterEvents, shutdown: CancellationToken) {
@@ -163,7 +158,7 @@ pub async fn observe(context: CoordinatorContext, events: ClusterEvents, shutdow
             let metrics = watch.borrow();
             (metrics.current_leader, metrics.current_term)
         };
-        if events.observe_leader(leader, term, now_ms()) {
+        if events.observe_leader(leader.map(|leader| leader.0), term, now_ms()) {
             context.metrics.leader_changed();
         }
         tokio::select! {

@@ -22,6 +22,7 @@ use raftstream_observability::{single, Families, Labels};
 use crate::clock::now_ms;
 use crate::raft::{CommittedIndex, CoordinatorRaft, SharedAppliedState, SnapshotStats};
 use raftstream_api::checkpoint::CompletedCheckpoint;
+use raftstream_api::ids::NodeId;
 
 use crate::state_machine::{JobRecord, JobStatus, State};
 
@@ -157,7 +158,7 @@ impl CoordinatorMetrics {
 /// What a scrape reads: the Raft node, the applied state, the committed index and the snapshot
 /// counts.
 pub struct ScrapeSources {
-    pub node_id: u64,
+    pub node_id: NodeId,
     pub raft: CoordinatorRaft,
     pub applied: SharedAppliedState,
     pub committed: CommittedIndex,
@@ -212,7 +213,9 @@ impl StateCollector {
             "raft_leader_id",
             "Node id of the leader this node knows of (absent when none)",
             None,
-            metrics.current_leader.map(|leader| (Labels::new(), u64_value(leader))),
+            metrics
+                .current_leader
+                .map(|leader| (Labels::new(), u64_value(leader.0))),
         )?;
         families.gauge(
             "raft_is_leader",
@@ -220,7 +223,7 @@ impl StateCollector {
             None,
             single(if is_leader { 1.0 } else { 0.0 }),
         )?;
-        let index = |log_id: Option<openraft::LogId<u64>>| u64_value(log_id.map_or(0, |log_id| log_id.index));
+        let index = |log_id: Option<openraft::LogId<NodeId>>| u64_value(log_id.map_or(0, |log_id| log_id.index));
         families.gauge(
             "raft_last_log_index",
             "Index of the last entry in this node's log",

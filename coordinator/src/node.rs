@@ -208,7 +208,7 @@ impl CoordinatorConfig {
 
 /// Runs one coordinator until `shutdown` is cancelled.
 pub async fn run_coordinator(config: CoordinatorConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
-    let span = tracing::info_span!("coordinator", node_id = config.node_id);
+    let span = tracing::info_span!("coordinator", node_id = config.node_id.0);
     if let Ok(failpoints) = std::env::var(crate::failpoints::VARIABLE) {
         span.in_scope(
             || tracing::warn!(%failpoints, "FAILPOINTS SET: this coordinator perturbs its timing on purpose"),
@@ -295,7 +295,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
             address => address,
         };
         let dashboard = raftstream_dashboard::routes(
-            node_id,
+            node_id.0,
             &own_grpc.to_string(),
             std::sync::Arc::new(move || events.entries()),
         )?;
@@ -334,7 +334,7 @@ async fn serve(config: CoordinatorConfig, shutdown: CancellationToken) -> Result
     background.spawn(
         duties
             .run(shutdown.child_token())
-            .instrument(tracing::info_span!("duties", node_id)),
+            .instrument(tracing::info_span!("duties", node_id = node_id.0)),
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -105,7 +105,7 @@ async fn removed_according_to_peers(context: &CoordinatorContext, peers: &[Strin
             continue;
         };
         let status = reply.into_inner();
-        let Some(leader_id) = status.leader_id.filter(|leader| *leader != context.node_id) else {
+        let Some(leader_id) = status.leader_id.filter(|leader| *leader != context.node_id.0) else {
             continue;
         };
         // Only the leader's own answer is authoritative: a follower that could not reach its
@@ -117,7 +117,7 @@ async fn removed_according_to_peers(context: &CoordinatorContext, peers: &[Strin
         if !leader_answered {
             continue;
         }
-        if status.members.iter().all(|member| member.node_id != context.node_id) {
+        if status.members.iter().all(|member| member.node_id != context.node_id.0) {
             let members: Vec<u64> = status.members.iter().map(|member| member.node_id).collect();
             return Some(format!(
                 "node {} was removed from the cluster: leader {leader_id} (term {}) lists members {members:?}",

@@ -228,8 +228,8 @@ impl LeaderContext for InMemoryLeader {
         tokio::time::sleep(COMMIT_LATENCY).await;
         if self.deposed.load(Ordering::SeqCst) {
             return Err(CoordinatorError::NotLeader {
-                node_id: 1,
-                leader_id: Some(2),
+                node_id: raftstream_api::ids::NodeId(1),
+                leader_id: Some(raftstream_api::ids::NodeId(2)),
                 leader_address: None,
             });
         }

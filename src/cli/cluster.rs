@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use raftstream_api::ids::NodeId;
 use raftstream_coordinator::node::{run_coordinator, CoordinatorConfig, RaftSettings};
 use raftstream_proto::v1 as pb;
 use serde_json::json;
@@ -31,10 +32,10 @@ pub(super) async fn run_coordinator_command(args: CoordinatorArgs, shutdown: Can
                     .trim()
                     .parse()
                     .with_context(|| format!("--peers entry {peer:?}: {id:?} is not a node id"))?;
-                initial_members.insert(id, address.trim().to_owned());
+                initial_members.insert(NodeId(id), address.trim().to_owned());
             }
             let config = CoordinatorConfig {
-                node_id,
+                node_id: NodeId(node_id),
                 listen_address: listen
                     .parse()
                     .with_context(|| format!("--listen {listen:?} is not host:port"))?,

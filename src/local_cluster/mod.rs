@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use raftstream_api::client::ClusterClient;
+use raftstream_api::ids::NodeId;
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::{CoordinatorConfig, RaftSettings};
 
@@ -230,11 +231,14 @@ impl LocalCluster {
         std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
         let http_address = free_local_address()?;
         let config = CoordinatorConfig {
-            node_id,
+            node_id: NodeId(node_id),
             listen_address: address.parse().with_context(|| format!("address {address:?}"))?,
             advertise_address: None,
             data_dir: node_dir.join("data"),
-            initial_members,
+            initial_members: initial_members
+                .into_iter()
+                .map(|(id, address)| (NodeId(id), address))
+                .collect(),
             bootstrap,
             raft: self.raft.clone(),
             executors: self.executor_settings.clone(),

@@ -136,7 +136,7 @@ impl LeaderDuties {
                 let (leadership, events) = self.sessions.begin_leadership();
                 let duty_token = leadership.child_token();
                 let mut tasks = JoinSet::new();
-                let span = tracing::info_span!("leader", node_id = self.context.node_id, term);
+                let span = tracing::info_span!("leader", node_id = self.context.node_id.0, term);
                 let duties = RaftLeaderContext::new(self.context.clone(), self.sessions.clone());
                 tasks.spawn(
                     failure_detector(duties.clone(), self.settings.clone(), duty_token.clone())

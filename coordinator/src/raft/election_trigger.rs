@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::pre_vote::{is_quorum, PreVoteRequest, PreVoteResponse};
 use super::{CoordinatorRaft, LogStore};
 use raftstream_api::dial::DialAddresses;
+use raftstream_api::ids::NodeId;
 
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -113,7 +114,7 @@ impl ElectionTrigger {
                 continue;
             }
             last_attempt = Some(Instant::now());
-            let voters: Vec<(u64, String)> = membership
+            let voters: Vec<(NodeId, String)> = membership
                 .voter_ids()
                 .filter(|id| *id != metrics.id)
                 .filter_map(|id| membership.get_node(&id).map(|node| (id, node.addr.clone())))
@@ -154,7 +155,7 @@ impl ElectionTrigger {
     }
 
     /// Asks every other voter for a pre-vote at once; returns how many granted it in time.
-    async fn pre_vote_round(&mut self, candidate_id: u64, voters: &[(u64, String)]) -> usize {
+    async fn pre_vote_round(&mut self, candidate_id: NodeId, voters: &[(NodeId, String)]) -> usize {
         let last_log_id = match self.log.last_log_id() {
             Ok(last) => last,
             Err(error) => {
@@ -187,7 +188,7 @@ impl ElectionTrigger {
                 match answer {
                     Some(answer) if answer.granted => true,
                     Some(answer) => {
-                        tracing::debug!(voter_id, reason = %answer.reason, "pre-vote refused");
+                        tracing::debug!(voter_id = voter_id.0, reason = %answer.reason, "pre-vote refused");
                         false
                     }
                     None => false,

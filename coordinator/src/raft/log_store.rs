@@ -17,7 +17,7 @@ const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged_log_id";
 
-type NodeId = u64;
+use raftstream_api::ids::NodeId;
 
 /// The committed log index as last saved by openraft, shared with the status service.
 #[derive(Debug, Clone, Default)]

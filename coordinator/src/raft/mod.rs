@@ -29,7 +29,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = ApplyResult,
-        NodeId = u64,
+        NodeId = raftstream_api::ids::NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
@@ -55,8 +55,11 @@ pub fn open_database(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
 }
 
 /// Opens the log store and the state machine of one coordinator on a shared database.
-pub fn open_stores(path: &Path) -> Result<(LogStore, StateMachineStore), openraft::StorageError<u64>> {
-    let database = open_database(path).map_err(|error| openraft::StorageIOError::<u64>::read(&error))?;
+pub fn open_stores(
+    path: &Path,
+) -> Result<(LogStore, StateMachineStore), openraft::StorageError<raftstream_api::ids::NodeId>> {
+    let database =
+        open_database(path).map_err(|error| openraft::StorageIOError::<raftstream_api::ids::NodeId>::read(&error))?;
     let log_store = LogStore::new(database.clone());
     let state_machine = StateMachineStore::open(database)?;
     Ok((log_store, state_machine))

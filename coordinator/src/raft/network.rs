@@ -21,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::TypeConfig;
 
-type NodeId = u64;
+use raftstream_api::ids::NodeId;
 
 /// Largest gRPC message a coordinator accepts; snapshot chunks and append batches stay below it.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -16,13 +16,14 @@
 use std::time::Duration;
 
 use openraft::LogId;
+use raftstream_api::ids::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// "Would you vote for me if I stood now?"
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreVoteRequest {
-    pub candidate_id: u64,
-    pub last_log_id: Option<LogId<u64>>,
+    pub candidate_id: NodeId,
+    pub last_log_id: Option<LogId<NodeId>>,
 }
 
 /// A voter's answer, with its reason when it refuses.
@@ -41,7 +42,7 @@ pub struct VoterView {
     pub since_leader: Option<Duration>,
     /// How long a leader's contact holds (openraft's leader lease).
     pub lease: Duration,
-    pub last_log_id: Option<LogId<u64>>,
+    pub last_log_id: Option<LogId<NodeId>>,
 }
 
 /// Answers a pre-vote: pure, so every case is tested without a cluster.
@@ -77,18 +78,18 @@ mod tests {
 
     use super::*;
 
-    fn log_id(term: u64, index: u64) -> Option<LogId<u64>> {
-        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    fn log_id(term: u64, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(term, NodeId(1)), index))
     }
 
-    fn request(last_log_id: Option<LogId<u64>>) -> PreVoteRequest {
+    fn request(last_log_id: Option<LogId<NodeId>>) -> PreVoteRequest {
         PreVoteRequest {
-            candidate_id: 2,
+            candidate_id: NodeId(2),
             last_log_id,
         }
     }
 
-    fn voter(since_leader_ms: Option<u64>, last_log_id: Option<LogId<u64>>) -> VoterView {
+    fn voter(since_leader_ms: Option<u64>, last_log_id: Option<LogId<NodeId>>) -> VoterView {
         VoterView {
             is_leader: false,
             since_leader: since_leader_ms.map(Duration::from_millis),

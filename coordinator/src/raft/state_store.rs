@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{TypeConfig, STATE_FAMILY};
 use crate::state_machine::{apply, ApplyResult, Response, State};
 
-type NodeId = u64;
+use raftstream_api::ids::NodeId;
 
 /// Snapshots this node built or installed, and the size of the latest.
 #[derive(Debug, Default)]

@@ -78,11 +78,11 @@ impl AdminServiceImpl {
     fn local_status(&self) -> pb::NodeStatus {
         let metrics = self.context.raft.metrics().borrow().clone();
         pb::NodeStatus {
-            node_id: self.context.node_id,
+            node_id: self.context.node_id.0,
             address: self.context.address.clone(),
             state: state_name(metrics.state).to_owned(),
             term: metrics.current_term,
-            leader_id: metrics.current_leader,
+            leader_id: metrics.current_leader.map(|leader| leader.0),
             last_log_index: metrics.last_log_index,
             committed_index: self.context.committed.get(),
             applied_index: metrics.last_applied.map(|log_id| log_id.index),
@@ -149,11 +149,11 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             }
         }
         let membership = metrics.membership_config.membership().clone();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members: Vec<pb::Member> = membership
             .nodes()
             .map(|(node_id, node)| pb::Member {
-                node_id: *node_id,
+                node_id: node_id.0,
                 address: node.addr.clone(),
                 role: if voters.contains(node_id) { "voter" } else { "learner" }.to_owned(),
             })
@@ -161,7 +161,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         let statuses = members.iter().map(|member| {
             let (node_id, address) = (member.node_id, member.address.clone());
             async move {
-                if node_id == self.context.node_id {
+                if node_id == self.context.node_id.0 {
                     self.local_status()
                 } else {
                     self.peer_status(node_id, address).await
@@ -169,7 +169,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             }
         });
         let mut nodes = futures::future::join_all(statuses).await;
-        if !members.iter().any(|member| member.node_id == self.context.node_id) {
+        if !members.iter().any(|member| member.node_id == self.context.node_id.0) {
             nodes.push(self.local_status());
         }
         // Prefer the highest term any node reports, since this node may be partitioned.
@@ -177,7 +177,9 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             .iter()
             .filter(|node| node.state == "Leader")
             .max_by_key(|node| node.term);
-        let leader_id = leader_node.map(|node| node.node_id).or(metrics.current_leader);
+        let leader_id = leader_node
+            .map(|node| node.node_id)
+            .or(metrics.current_leader.map(|leader| leader.0));
         let term = nodes.iter().map(|node| node.term).max().unwrap_or(metrics.current_term);
         Ok(Response::new(pb::ClusterStatusResponse {
             leader_id,
@@ -196,7 +198,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,
@@ -218,13 +220,17 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             .membership_config
             .membership()
             .voter_ids()
-            .any(|id| id == message.node_id)
+            .any(|id| id == NodeId(message.node_id))
         {
             return Err(membership_error(format!("node {} is already a voter", message.node_id)));
         }
         let node = BasicNode::new(message.address.clone());
         let outcome = self
-            .when_no_change_in_progress(|| self.context.raft.add_learner(message.node_id, node.clone(), true))
+            .when_no_change_in_progress(|| {
+                self.context
+                    .raft
+                    .add_learner(NodeId(message.node_id), node.clone(), true)
+            })
             .await
             .map_err(|_| {
                 Status::unavailable("the learner did not catch up in time; it keeps catching up in the background")
@@ -241,19 +247,19 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn change_membership(
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
-        let voters: BTreeSet<u64> = message.voter_ids.iter().copied().collect();
+        let voters: BTreeSet<NodeId> = message.voter_ids.iter().copied().map(NodeId).collect();
         if voters.is_empty() {
             return Err(membership_error("voter_ids must name at least one node"));
         }
         let metrics = self.context.raft.metrics().borrow().clone();
-        let known: BTreeSet<u64> = metrics
+        let known: BTreeSet<NodeId> = metrics
             .membership_config
             .membership()
             .nodes()

@@ -83,7 +83,7 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, St
 
 #[tonic::async_trait]
 impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn register(
         &self,
         request: Request<pb::RegisterExecutorRequest>,
@@ -103,7 +103,7 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                 self.sessions.touch(&executor_id);
                 tracing::info!(executor_id = %executor_id, address = %message.address, slots = message.slots, "executor registered");
                 Ok(Response::new(pb::RegisterExecutorResponse {
-                    leader_id: self.context.node_id,
+                    leader_id: self.context.node_id.0,
                     heartbeat_interval_ms: self.settings.heartbeat_interval_ms,
                     lease_timeout_ms: self.settings.lease_timeout_ms,
                     leader_address: self.context.address.clone(),
@@ -118,7 +118,7 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
 
     type SessionStream = SessionStream;
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn session(
         &self,
         request: Request<Streaming<pb::ExecutorMessage>>,

@@ -116,7 +116,7 @@ fn parse_job_id(text: &str) -> Result<JobId, CoordinatorError> {
 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobServiceImpl {
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn submit_job(
         &self,
         request: Request<pb::SubmitJobRequest>,
@@ -158,7 +158,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
@@ -171,7 +171,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn get_job_metrics(
         &self,
         request: Request<pb::GetJobMetricsRequest>,
@@ -220,7 +220,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         Ok(Response::new(pb::GetJobMetricsResponse { subtasks, running }))
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let message = request.into_inner();
@@ -235,7 +235,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn cancel_job(
         &self,
         request: Request<pb::CancelJobRequest>,
@@ -260,7 +260,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn rescale_job(
         &self,
         request: Request<pb::RescaleJobRequest>,
@@ -293,7 +293,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn list_checkpoints(
         &self,
         request: Request<pb::ListCheckpointsRequest>,
@@ -318,7 +318,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         Ok(Response::new(pb::ListCheckpointsResponse { checkpoints }))
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn take_savepoint(
         &self,
         request: Request<pb::TakeSavepointRequest>,
@@ -367,7 +367,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id))]
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn delete_savepoint(
         &self,
         request: Request<pb::DeleteSavepointRequest>,

@@ -1,5 +1,6 @@
 //! `RaftService`: the receiving end of the Raft network.
 
+use raftstream_api::ids::NodeId;
 use std::time::Duration;
 
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest};
@@ -64,7 +65,7 @@ impl pb::raft_service_server::RaftService for RaftServiceImpl {
     }
 
     async fn vote(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
-        let rpc: VoteRequest<u64> = decode(request.get_ref(), "vote")?;
+        let rpc: VoteRequest<NodeId> = decode(request.get_ref(), "vote")?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -86,7 +87,7 @@ impl pb::raft_service_server::RaftService for RaftServiceImpl {
             last_log_id,
         };
         let answer = decide(&rpc, &voter);
-        tracing::debug!(candidate = rpc.candidate_id, granted = answer.granted, reason = %answer.reason, "pre-vote");
+        tracing::debug!(candidate = rpc.candidate_id.0, granted = answer.granted, reason = %answer.reason, "pre-vote");
         encode(&answer)
     }
 }

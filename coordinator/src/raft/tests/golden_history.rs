@@ -10,7 +10,7 @@ use crate::raft::state_store::AppliedState;
 use crate::raft::TypeConfig;
 use crate::state_machine::{apply, Command, JobStatus, State};
 use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey, TaskStateHandle};
-use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, NodeId, RequestId};
 use raftstream_api::spec::parse_job_spec;
 
 const JOB_SPEC: &str = r#"{"name": "golden", "parallelism": 2, "max_parallelism": 64,
@@ -185,11 +185,11 @@ pub fn entries() -> Vec<Entry<TypeConfig>> {
 
 /// A log of `commands` after a blank entry and the first membership, all of term 1 by node 1.
 pub(super) fn entries_of(commands: Vec<Command>) -> Vec<Entry<TypeConfig>> {
-    let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
-    let members: BTreeMap<u64, BasicNode> = (1..=3)
-        .map(|id| (id, BasicNode::new(format!("127.0.0.1:710{id}"))))
+    let log_id = |index| LogId::new(CommittedLeaderId::new(1, NodeId(1)), index);
+    let members: BTreeMap<NodeId, BasicNode> = (1..=3)
+        .map(|id| (NodeId(id), BasicNode::new(format!("127.0.0.1:710{id}"))))
         .collect();
-    let voters: BTreeSet<u64> = members.keys().copied().collect();
+    let voters: BTreeSet<NodeId> = members.keys().copied().collect();
     let mut entries = vec![
         Entry {
             log_id: log_id(1),

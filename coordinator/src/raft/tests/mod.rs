@@ -6,6 +6,7 @@ mod golden_history_v4;
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::Entry;
 use openraft::StorageError;
+use raftstream_api::ids::NodeId;
 use tempfile::TempDir;
 
 use super::*;
@@ -13,7 +14,7 @@ use super::*;
 struct RocksStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksStoreBuilder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let directory = TempDir::new().map_err(|error| openraft::StorageIOError::write(&error))?;
         let (log_store, state_machine) = open_stores(directory.path())?;
         Ok((directory, log_store, state_machine))
@@ -22,7 +23,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksSto
 
 /// openraft's storage conformance suite against the RocksDB log and state machine.
 #[test]
-fn rocksdb_stores_pass_openraft_storage_suite() -> Result<(), StorageError<u64>> {
+fn rocksdb_stores_pass_openraft_storage_suite() -> Result<(), StorageError<NodeId>> {
     Suite::test_all(RocksStoreBuilder)
 }
 
@@ -39,7 +40,7 @@ async fn state_is_rebuilt_from_snapshot_after_reopen() -> anyhow_free::Result {
     let expected = {
         let (_log_store, mut state_machine) = open_stores(directory.path())?;
         let entries = (1..=3).map(|index| Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(CommittedLeaderId::new(1, NodeId(1)), index),
             payload: EntryPayload::Normal(Command::SubmitJob {
                 request_id: None,
                 graph: graph.clone(),
