@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{CheckpointId, Epoch};
+use crate::ids::{CheckpointId, Epoch, OperatorId};
 
 /// One subtask of a job: an operator and the index of its parallel instance.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SubtaskKey {
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub subtask_index: u32,
 }
 

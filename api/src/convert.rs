@@ -7,7 +7,7 @@ use raftstream_proto::v1 as pb;
 use crate::checkpoint::{
     CheckpointOptions, CompletedCheckpoint, SavepointRef, SourcesAfterBarrier, SubtaskKey, TaskStateHandle,
 };
-use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, NotAJobId};
+use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, NotAJobId, OperatorId};
 use crate::messages::{
     CheckpointAck, ExecutorCommand, HotKey, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef, TaskReport,
 };
@@ -48,7 +48,7 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
             .source_offsets
             .iter()
             .map(|(key, offset)| pb::SourceOffset {
-                operator_id: key.operator_id.clone(),
+                operator_id: key.operator_id.to_string(),
                 subtask_index: key.subtask_index,
                 offset: *offset,
             })
@@ -59,7 +59,7 @@ pub fn checkpoint_to_proto(job_id: &JobId, checkpoint: &CompletedCheckpoint) -> 
 /// The protobuf view of where one subtask's state of a checkpoint lives.
 pub fn task_state_to_proto(handle: &TaskStateHandle) -> pb::TaskStateHandle {
     pb::TaskStateHandle {
-        operator_id: handle.subtask.operator_id.clone(),
+        operator_id: handle.subtask.operator_id.to_string(),
         subtask_index: handle.subtask.subtask_index,
         location: handle.location.clone(),
         inline_state: handle.inline_state.clone(),
@@ -72,7 +72,7 @@ pub fn task_state_to_proto(handle: &TaskStateHandle) -> pb::TaskStateHandle {
 pub fn task_state_from_proto(handle: &pb::TaskStateHandle) -> TaskStateHandle {
     TaskStateHandle {
         subtask: SubtaskKey {
-            operator_id: handle.operator_id.clone(),
+            operator_id: OperatorId::from(handle.operator_id.as_str()),
             subtask_index: handle.subtask_index,
         },
         location: handle.location.clone(),
@@ -85,7 +85,7 @@ pub fn task_state_from_proto(handle: &pb::TaskStateHandle) -> TaskStateHandle {
 /// The protobuf view of where one subtask of a deployed job runs.
 pub fn placed_subtask_to_proto(placed: &PlacedSubtask) -> pb::Subtask {
     pb::Subtask {
-        operator_id: placed.subtask.operator_id.clone(),
+        operator_id: placed.subtask.operator_id.to_string(),
         subtask_index: placed.subtask.subtask_index,
         executor_id: placed.executor_id.0.clone(),
         epoch: placed.epoch.0,
@@ -97,7 +97,7 @@ pub fn placed_subtask_to_proto(placed: &PlacedSubtask) -> pb::Subtask {
 pub fn placed_subtask_from_proto(placed: &pb::Subtask) -> PlacedSubtask {
     PlacedSubtask {
         subtask: SubtaskKey {
-            operator_id: placed.operator_id.clone(),
+            operator_id: OperatorId::from(placed.operator_id.as_str()),
             subtask_index: placed.subtask_index,
         },
         executor_id: ExecutorId(placed.executor_id.clone()),
@@ -109,7 +109,7 @@ pub fn placed_subtask_from_proto(placed: &pb::Subtask) -> PlacedSubtask {
 /// A checkpoint read back from its protobuf view: what an executor restores from.
 pub fn checkpoint_from_proto(checkpoint: &pb::Checkpoint) -> CompletedCheckpoint {
     let key = |operator_id: &str, subtask_index: u32| SubtaskKey {
-        operator_id: operator_id.to_owned(),
+        operator_id: OperatorId::from(operator_id),
         subtask_index,
     };
     CompletedCheckpoint {
@@ -134,7 +134,7 @@ pub fn checkpoint_from_proto(checkpoint: &pb::Checkpoint) -> CompletedCheckpoint
 pub fn task_ref_to_proto(task: &TaskRef) -> pb::TaskRef {
     pb::TaskRef {
         job_id: task.job_id.to_string(),
-        operator_id: task.subtask.operator_id.clone(),
+        operator_id: task.subtask.operator_id.to_string(),
         subtask_index: task.subtask.subtask_index,
         epoch: task.epoch.0,
     }
@@ -158,7 +158,7 @@ pub fn subtask_metrics_to_proto(metrics: &SubtaskMetrics) -> pb::SubtaskMetrics 
             })
             .collect(),
         keys_counted: metrics.keys_counted,
-        chained: metrics.chained.clone(),
+        chained: metrics.chained.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -183,7 +183,7 @@ pub fn subtask_metrics_from_proto(metrics: &pb::SubtaskMetrics) -> Option<Subtas
             })
             .collect(),
         keys_counted: metrics.keys_counted,
-        chained: metrics.chained.clone(),
+        chained: metrics.chained.iter().map(|id| OperatorId::from(id.as_str())).collect(),
     })
 }
 
@@ -195,7 +195,7 @@ pub fn task_ref_from_proto(task: &pb::TaskRef) -> Option<TaskRef> {
     Some(TaskRef {
         job_id: JobId::parse(&task.job_id).ok()?,
         subtask: SubtaskKey {
-            operator_id: task.operator_id.clone(),
+            operator_id: OperatorId::from(task.operator_id.as_str()),
             subtask_index: task.subtask_index,
         },
         epoch: Epoch(task.epoch),
@@ -368,7 +368,7 @@ pub fn task_report_to_proto(report: &TaskReport) -> pb::executor_message::Body {
             checkpoint_id: checkpoint_id.0,
             source_offsets: source_offset
                 .map(|offset| pb::SourceOffset {
-                    operator_id: task.subtask.operator_id.clone(),
+                    operator_id: task.subtask.operator_id.to_string(),
                     subtask_index: task.subtask.subtask_index,
                     offset,
                 })
@@ -425,7 +425,8 @@ pub fn checkpoint_ack_from_proto(ack: &pb::CheckpointAck) -> Option<(TaskRef, Ch
         .source_offsets
         .iter()
         .find(|offset| {
-            offset.operator_id == task.subtask.operator_id && offset.subtask_index == task.subtask.subtask_index
+            task.subtask.operator_id == offset.operator_id.as_str()
+                && offset.subtask_index == task.subtask.subtask_index
         })
         .map(|offset| offset.offset);
     let checkpoint_ack = CheckpointAck {

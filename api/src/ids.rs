@@ -24,6 +24,19 @@ pub struct NotAJobId(pub String);
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ExecutorId(pub String);
 
+/// An operator of a job graph, named by the spec's `id:`; savepoints match state to operators by
+/// it. Serialised as its text, so stored specs, checkpoints and the Raft log read as before.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OperatorId(pub String);
+
+/// Debug-printed as the quoted text, as messages showed operator ids before the type existed.
+impl fmt::Debug for OperatorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 /// A checkpoint of one job; ids strictly increase per job (0: none yet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CheckpointId(pub u64);
@@ -94,7 +107,44 @@ macro_rules! display_inner {
         }
     )*};
 }
-display_inner!(NodeId, ExecutorId, CheckpointId, Epoch, RequestId);
+display_inner!(NodeId, ExecutorId, OperatorId, CheckpointId, Epoch, RequestId);
+
+impl OperatorId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for OperatorId {
+    fn from(text: &str) -> OperatorId {
+        OperatorId(text.to_owned())
+    }
+}
+
+impl From<String> for OperatorId {
+    fn from(text: String) -> OperatorId {
+        OperatorId(text)
+    }
+}
+
+/// Lets maps keyed by operator be looked up with a `&str`.
+impl std::borrow::Borrow<str> for OperatorId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for OperatorId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for OperatorId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
 
 impl From<u64> for NodeId {
     fn from(number: u64) -> NodeId {
@@ -137,5 +187,14 @@ mod tests {
         assert!(serde_json::from_str::<JobId>(r#""12""#).is_err());
         let keyed: std::collections::BTreeMap<JobId, u8> = [(JobId::from_number(3), 1)].into();
         assert_eq!(serde_json::to_string(&keyed).expect("map"), r#"{"job-3":1}"#);
+    }
+
+    #[test]
+    fn operator_ids_are_their_text_in_json() {
+        let id = OperatorId::from("count");
+        assert_eq!(serde_json::to_string(&id).expect("serializes"), r#""count""#);
+        assert_eq!(serde_json::from_str::<OperatorId>(r#""count""#).expect("reads"), id);
+        let keyed: std::collections::BTreeMap<OperatorId, u8> = [(id.clone(), 1)].into();
+        assert_eq!(keyed.get("count"), Some(&1), "looked up by its text");
     }
 }

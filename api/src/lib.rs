@@ -1,7 +1,7 @@
 //! Raftstream's shared model: what coordinators, executors, the CLI and the chaos harness agree
 //! on, with no Raft, no storage and no server code.
 //!
-//! - [`ids`]: newtype ids (`JobId`, `ExecutorId`, `CheckpointId`, `Epoch`, `RequestId`, `NodeId`).
+//! - [`ids`]: newtype ids (`JobId`, `ExecutorId`, `OperatorId`, `CheckpointId`, `Epoch`, `RequestId`, `NodeId`).
 //! - [`spec`]: job specs (YAML/JSON) parsed and validated into job graphs and operator chains.
 //! - [`checkpoint`]: checkpoint metadata (`CompletedCheckpoint`, `TaskStateHandle`, `SubtaskKey`).
 //! - [`messages`]: what the leader and the executors tell each other (`ExecutorCommand`, ...).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::checkpoint::{
     CheckpointOptions, CheckpointTrigger, CompletedCheckpoint, SavepointRef, SubtaskKey, TaskStateHandle,
 };
-use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId};
+use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, OperatorId};
 use crate::spec::JobGraph;
 
 /// One subtask at one epoch.
@@ -131,7 +131,7 @@ pub struct SubtaskMetrics {
     /// Records the hot-key sketch counted.
     pub keys_counted: u64,
     /// The operators chained behind the head, in order.
-    pub chained: Vec<String>,
+    pub chained: Vec<OperatorId>,
 }
 
 /// One key's estimated share of a keyed subtask's input (Space-Saving).

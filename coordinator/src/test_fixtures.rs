@@ -37,7 +37,7 @@ pub fn executor_id(name: &str) -> ExecutorId {
 
 pub fn subtask(operator: &str, index: u32) -> SubtaskKey {
     SubtaskKey {
-        operator_id: operator.to_owned(),
+        operator_id: operator.into(),
         subtask_index: index,
     }
 }
@@ -133,7 +133,12 @@ impl StateBuilder {
             .map(|(subtask, _)| subtask.clone())
             .collect();
         for subtask in waiting {
-            self = self.place(job_number, &subtask.operator_id, subtask.subtask_index, executor);
+            self = self.place(
+                job_number,
+                subtask.operator_id.as_str(),
+                subtask.subtask_index,
+                executor,
+            );
         }
         self
     }

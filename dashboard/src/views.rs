@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use raftstream_api::ids::OperatorId;
 use raftstream_proto::v1 as pb;
 use serde::Serialize;
 
@@ -173,20 +174,20 @@ pub struct JobView {
 /// One vertex of the job graph.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OperatorView {
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub kind: String,
     pub parallelism: u32,
-    pub inputs: Vec<String>,
+    pub inputs: Vec<OperatorId>,
     /// Records per second into the operator's subtasks (chained operators report with their
     /// chain's head, so they show none of their own).
     pub records_in_per_second: Option<f64>,
     /// The operator runs inside the chain of this head operator.
-    pub chained_to: Option<String>,
+    pub chained_to: Option<OperatorId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SubtaskView {
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub subtask_index: u32,
     /// Empty while it waits for a slot.
     pub executor_id: String,
@@ -242,12 +243,18 @@ pub fn job_view(job: &pb::Job, checkpoints: &[pb::Checkpoint], metrics: Option<&
         .operators
         .iter()
         .map(|operator| OperatorView {
-            operator_id: operator.operator_id.clone(),
+            operator_id: OperatorId::from(operator.operator_id.as_str()),
             kind: operator.kind.clone(),
             parallelism: operator.parallelism,
-            inputs: operator.inputs.clone(),
+            inputs: operator
+                .inputs
+                .iter()
+                .map(|input| OperatorId::from(input.as_str()))
+                .collect(),
             records_in_per_second: rate.get(&operator.operator_id).copied(),
-            chained_to: chained_to.get(&operator.operator_id).cloned(),
+            chained_to: chained_to
+                .get(&operator.operator_id)
+                .map(|head| OperatorId::from(head.as_str())),
         })
         .collect();
     let subtasks = job
@@ -264,7 +271,7 @@ pub fn job_view(job: &pb::Job, checkpoints: &[pb::Checkpoint], metrics: Option<&
                 "STARTING"
             };
             SubtaskView {
-                operator_id: subtask.operator_id.clone(),
+                operator_id: OperatorId::from(subtask.operator_id.as_str()),
                 subtask_index: subtask.subtask_index,
                 executor_id: subtask.executor_id.clone(),
                 epoch: subtask.epoch,
@@ -483,7 +490,10 @@ mod tests {
         ];
         let view = job_view(&job(), &checkpoints, Some(&metrics));
         assert_eq!(view.operators[0].records_in_per_second, Some(250.0));
-        assert_eq!(view.operators[1].chained_to.as_deref(), Some("lines"));
+        assert_eq!(
+            view.operators[1].chained_to.as_ref().map(OperatorId::as_str),
+            Some("lines")
+        );
         let states: Vec<&str> = view.subtasks.iter().map(|subtask| subtask.state.as_str()).collect();
         assert_eq!(states, vec!["RUNNING", "WAITING"]);
         assert_eq!(view.subtasks[0].records_out, Some(2_000));

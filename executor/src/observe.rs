@@ -43,7 +43,7 @@ impl Collector for TaskCollector {
         let labels = |(job_id, operator_id, subtask_index): &SubtaskTotalsKey| -> Labels {
             vec![
                 ("job", job_id.to_string()),
-                ("operator", operator_id.clone()),
+                ("operator", operator_id.to_string()),
                 ("subtask", subtask_index.to_string()),
             ]
         };

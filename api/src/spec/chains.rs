@@ -23,8 +23,8 @@ impl JobGraph {
         let [input_id] = operator.inputs.as_slice() else {
             return None;
         };
-        let input = self.operator(input_id)?;
-        let only_consumer = self.consumers(input_id).count() == 1;
+        let input = self.operator(input_id.as_str())?;
+        let only_consumer = self.consumers(input_id.as_str()).count() == 1;
         // Any exchange sends everything to the one subtask there is when both sides have
         // parallelism 1: the edge is then a forward one (Flink always cuts the chain at a keyBy
         // and pays a hand-off between threads per record batch for it).
@@ -45,8 +45,8 @@ impl JobGraph {
     pub fn chain_from<'a>(&'a self, head: &'a OperatorSpec) -> Vec<&'a OperatorSpec> {
         let mut chain = vec![head];
         let mut last = head;
-        while let Some(next) = self.consumers(&last.id).find(|consumer| {
-            self.chained_behind(&consumer.id)
+        while let Some(next) = self.consumers(last.id.as_str()).find(|consumer| {
+            self.chained_behind(consumer.id.as_str())
                 .is_some_and(|input| input.id == last.id)
         }) {
             chain.push(next);
@@ -59,7 +59,7 @@ impl JobGraph {
     pub fn chains(&self) -> Vec<Vec<&OperatorSpec>> {
         self.operators
             .iter()
-            .filter(|operator| self.chained_behind(&operator.id).is_none())
+            .filter(|operator| self.chained_behind(operator.id.as_str()).is_none())
             .map(|head| self.chain_from(head))
             .collect()
     }
@@ -77,7 +77,7 @@ mod tests {
         graph
             .chains()
             .into_iter()
-            .map(|chain| chain.into_iter().map(|operator| operator.id.clone()).collect())
+            .map(|chain| chain.into_iter().map(|operator| operator.id.to_string()).collect())
             .collect()
     }
 

@@ -13,6 +13,7 @@ mod validate;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use crate::ids::OperatorId;
 use serde_json::Value;
 
 use config::operator_config;
@@ -93,13 +94,13 @@ fn chaining_by_default() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "StoredOperator", into = "StoredOperator")]
 pub struct OperatorSpec {
-    pub id: String,
+    pub id: OperatorId,
     pub kind: OperatorKind,
     /// The parallelism it runs at (for an `auto` operator, the one chosen last).
     pub parallelism: u32,
     /// `parallelism: auto`: the bounds it follows the free slots within.
     pub auto: Option<AutoParallelism>,
-    pub inputs: Vec<String>,
+    pub inputs: Vec<OperatorId>,
     /// The parameters as the spec wrote them: what is stored and shown.
     pub params: BTreeMap<String, Value>,
     /// What they mean, read once; the runtime builds the operator from this alone.
@@ -110,12 +111,12 @@ pub struct OperatorSpec {
 /// from the parameters, so the stored form stays what users wrote.
 #[derive(Serialize, Deserialize)]
 struct StoredOperator {
-    id: String,
+    id: OperatorId,
     kind: OperatorKind,
     parallelism: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auto: Option<AutoParallelism>,
-    inputs: Vec<String>,
+    inputs: Vec<OperatorId>,
     params: BTreeMap<String, Value>,
 }
 
@@ -126,11 +127,11 @@ impl OperatorSpec {
         id: &str,
         kind: OperatorKind,
         parallelism: u32,
-        inputs: Vec<String>,
+        inputs: Vec<OperatorId>,
         params: BTreeMap<String, Value>,
     ) -> Result<OperatorSpec, SpecError> {
         OperatorSpec::try_from(StoredOperator {
-            id: id.to_owned(),
+            id: OperatorId::from(id),
             kind,
             parallelism,
             auto: None,
@@ -144,8 +145,8 @@ impl TryFrom<StoredOperator> for OperatorSpec {
     type Error = SpecError;
 
     fn try_from(stored: StoredOperator) -> Result<OperatorSpec, SpecError> {
-        validate_params(&stored.id, stored.kind, &stored.params)?;
-        let config = operator_config(&stored.id, stored.kind, &stored.params)?;
+        validate_params(stored.id.as_str(), stored.kind, &stored.params)?;
+        let config = operator_config(stored.id.as_str(), stored.kind, &stored.params)?;
         Ok(OperatorSpec {
             id: stored.id,
             kind: stored.kind,
@@ -311,7 +312,7 @@ impl JobGraph {
         params.remove("skew_factor");
         params.insert("two_phase".to_owned(), Value::Bool(true));
         *operator = OperatorSpec::new(
-            &operator.id,
+            operator.id.as_str(),
             operator.kind,
             operator.parallelism,
             operator.inputs.clone(),
@@ -348,7 +349,7 @@ impl JobGraph {
         }
         let mut rescaled = self.clone();
         for spec in &mut rescaled.operators {
-            let targeted = operator.is_none_or(|id| id == spec.id);
+            let targeted = operator.is_none_or(|id| spec.id == id);
             if !targeted || spec.parallelism == parallelism {
                 continue;
             }

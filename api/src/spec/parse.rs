@@ -119,7 +119,7 @@ pub(super) fn validate_document(document: &Value) -> Result<JobGraph, SpecError>
     for (position, value) in operator_values.iter().enumerate() {
         let operator = parse_operator(position, value, default_parallelism, max_parallelism)?;
         if !seen_ids.insert(operator.id.clone()) {
-            return Err(operator_error(&operator.id, "id", "duplicate operator id"));
+            return Err(operator_error(operator.id.as_str(), "id", "duplicate operator id"));
         }
         operators.push(operator);
     }

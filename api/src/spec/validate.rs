@@ -123,11 +123,11 @@ pub(super) fn parse_operator(
     validate_params(&id, kind, &params)?;
     let config = operator_config(&id, kind, &params)?;
     Ok(OperatorSpec {
-        id,
+        id: OperatorId(id),
         kind,
         parallelism,
         auto,
-        inputs,
+        inputs: inputs.into_iter().map(OperatorId).collect(),
         params,
         config,
     })
@@ -212,14 +212,14 @@ pub(super) fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError
         let role = operator.kind.role();
         if role == OperatorRole::Source && !operator.inputs.is_empty() {
             return Err(operator_error(
-                &operator.id,
+                operator.id.as_str(),
                 "inputs",
                 format!("a {} source takes no inputs", operator.kind),
             ));
         }
         if role != OperatorRole::Source && operator.inputs.is_empty() {
             return Err(operator_error(
-                &operator.id,
+                operator.id.as_str(),
                 "inputs",
                 format!("missing; a {} needs at least one input", operator.kind),
             ));
@@ -227,25 +227,29 @@ pub(super) fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError
         let mut seen = BTreeSet::new();
         for input in &operator.inputs {
             if !seen.insert(input) {
-                return Err(operator_error(&operator.id, "inputs", format!("lists {input:?} twice")));
+                return Err(operator_error(
+                    operator.id.as_str(),
+                    "inputs",
+                    format!("lists {input:?} twice"),
+                ));
             }
             let Some(upstream) = by_id.get(input.as_str()) else {
                 return Err(operator_error(
-                    &operator.id,
+                    operator.id.as_str(),
                     "inputs",
                     format!("refers to unknown operator {input:?}"),
                 ));
             };
             if upstream.kind.role() == OperatorRole::Sink {
                 return Err(operator_error(
-                    &operator.id,
+                    operator.id.as_str(),
                     "inputs",
                     format!("{input:?} is a sink ({}) and has no output", upstream.kind),
                 ));
             }
             if role == OperatorRole::KeyedTransform && upstream.kind != OperatorKind::KeyBy {
                 return Err(operator_error(
-                    &operator.id,
+                    operator.id.as_str(),
                     "inputs",
                     format!(
                         "{} needs a keyed stream, but input {input:?} is a {}; put a key_by before it",
@@ -263,7 +267,7 @@ pub(super) fn validate_edges(operators: &[OperatorSpec]) -> Result<(), SpecError
                 )
             {
                 return Err(operator_error(
-                    &operator.id,
+                    operator.id.as_str(),
                     "inputs",
                     format!(
                         "{} keeps state per key, but input {input:?} is a salted key_by that spreads each key over several subtasks; use hash: plain (or two_phase on the aggregate for a hot key)",

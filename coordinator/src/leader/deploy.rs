@@ -123,7 +123,7 @@ mod tests {
     use crate::state_machine::{apply, Command};
     use crate::test_fixtures::{source_to_sink, StateBuilder};
     use raftstream_api::checkpoint::SubtaskKey;
-    use raftstream_api::ids::{ExecutorId, JobId};
+    use raftstream_api::ids::{ExecutorId, JobId, OperatorId};
 
     /// Job 1 (`src` on e1, `out` on e2) running with `restart` as its restart strategy.
     fn running_job(restart: &str) -> (State, JobId) {
@@ -144,7 +144,7 @@ mod tests {
         let task = |operator: &str, epoch: u64| TaskRef {
             job_id,
             subtask: SubtaskKey {
-                operator_id: operator.to_owned(),
+                operator_id: operator.into(),
                 subtask_index: 0,
             },
             epoch: raftstream_api::ids::Epoch(epoch),
@@ -182,7 +182,7 @@ mod tests {
             let command = Command::FailSubtask {
                 job_id,
                 subtask: SubtaskKey {
-                    operator_id: "out".to_owned(),
+                    operator_id: OperatorId::from("out"),
                     subtask_index: 0,
                 },
                 epoch: epoch.unwrap_or(raftstream_api::ids::Epoch(0)),
@@ -201,7 +201,7 @@ mod tests {
             let command = Command::AssignSubtask {
                 job_id,
                 subtask: SubtaskKey {
-                    operator_id: operator.to_owned(),
+                    operator_id: operator.into(),
                     subtask_index: 0,
                 },
                 executor_id: ExecutorId(executor.to_owned()),
@@ -221,7 +221,7 @@ mod tests {
         let stale = Command::FailSubtask {
             job_id,
             subtask: SubtaskKey {
-                operator_id: "out".to_owned(),
+                operator_id: OperatorId::from("out"),
                 subtask_index: 0,
             },
             epoch: raftstream_api::ids::Epoch(1),

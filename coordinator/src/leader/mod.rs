@@ -197,7 +197,7 @@ mod tests {
         let task = |operator: &str, epoch: u64| TaskRef {
             job_id,
             subtask: SubtaskKey {
-                operator_id: operator.to_owned(),
+                operator_id: operator.into(),
                 subtask_index: 0,
             },
             epoch: Epoch(epoch),

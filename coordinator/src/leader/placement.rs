@@ -253,7 +253,7 @@ mod tests {
     fn executor_of(state: &State, operator: &str, index: u32) -> Option<String> {
         let job = state.jobs.get(&JobId::from_number(1))?;
         let key = SubtaskKey {
-            operator_id: operator.to_owned(),
+            operator_id: operator.into(),
             subtask_index: index,
         };
         job.assignments.get(&key)?.executor_id.as_ref().map(|id| id.0.clone())

@@ -499,6 +499,7 @@ impl ExecutorSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raftstream_api::ids::OperatorId;
 
     const LEASE: Duration = Duration::from_millis(1_500);
     const GRACE: Duration = Duration::from_millis(300);
@@ -634,7 +635,7 @@ mod tests {
     fn running_reports_follow_the_current_placement_and_metrics_stand_in_after_a_takeover() {
         let job_id = JobId::from_number(1);
         let key = |operator: &str, index: u32| SubtaskKey {
-            operator_id: operator.to_owned(),
+            operator_id: operator.into(),
             subtask_index: index,
         };
         let task = |operator: &str, index: u32, epoch: u64| TaskRef {
@@ -680,7 +681,7 @@ mod tests {
             busy_ratio: 0.1,
             hot_keys: Vec::new(),
             keys_counted: 0,
-            chained: vec!["out".to_owned()],
+            chained: vec![OperatorId::from("out")],
         };
         sessions.set_metrics(&ExecutorId("exec-1".into()), vec![metrics]);
         assert_eq!(

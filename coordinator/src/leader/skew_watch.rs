@@ -14,7 +14,7 @@ use super::context::LeaderContext;
 use super::ticker::{duty_ticker, next_round};
 use crate::state_machine::{Command, JobRecord, JobStatus};
 use raftstream_api::checkpoint::SubtaskKey;
-use raftstream_api::ids::{Epoch, JobId};
+use raftstream_api::ids::{Epoch, JobId, OperatorId};
 use raftstream_api::messages::SubtaskMetrics;
 use raftstream_api::spec::TwoPhase;
 
@@ -27,7 +27,7 @@ const MIN_RECORDS_PER_SECOND: f64 = 100.0;
 
 /// The `two_phase: auto` operator of `job` whose input is skewed beyond its factor according to
 /// `metrics` (the job's current tasks' latest reports), and why.
-pub fn skewed_operator(job: &JobRecord, metrics: &[SubtaskMetrics]) -> Option<(String, String)> {
+pub fn skewed_operator(job: &JobRecord, metrics: &[SubtaskMetrics]) -> Option<(OperatorId, String)> {
     if job.status != JobStatus::Running
         || job.pending_rescale.is_some()
         || job.pending_savepoint.is_some()
@@ -75,7 +75,7 @@ pub fn skewed_operator(job: &JobRecord, metrics: &[SubtaskMetrics]) -> Option<(S
 /// Runs until `shutdown` is cancelled (this node stopped leading).
 pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
     // Per job: the operator seen skewed and since when.
-    let mut seen: HashMap<JobId, (String, Instant)> = HashMap::new();
+    let mut seen: HashMap<JobId, (OperatorId, Instant)> = HashMap::new();
     let mut ticker = duty_ticker(TICK);
     while next_round(&mut ticker, &shutdown).await {
         // The running jobs that may switch, with their current placements' epochs.
@@ -119,7 +119,7 @@ pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
                     }
                 }
                 _ => {
-                    seen.insert(job_id, (operator_id, Instant::now()));
+                    seen.insert(job_id, (operator_id.clone(), Instant::now()));
                     continue;
                 }
             }
@@ -131,7 +131,9 @@ pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
                 reason: reason.clone(),
             };
             match context.propose(command).await {
-                Ok(_) => tracing::info!(job_id = %job_id, operator_id, reason, "switching to two-phase aggregation"),
+                Ok(_) => {
+                    tracing::info!(job_id = %job_id, operator_id = %operator_id, reason, "switching to two-phase aggregation")
+                }
                 Err(error) => {
                     tracing::info!(job_id = %job_id, error = %raftstream_observability::chain(&error), "switch to two phases not requested; tried again")
                 }
@@ -144,6 +146,7 @@ pub async fn run<C: LeaderContext>(context: C, shutdown: CancellationToken) {
 mod tests {
     use super::*;
     use crate::state_machine::{apply, Command, State};
+    use raftstream_api::ids::OperatorId;
     use raftstream_api::messages::TaskRef;
     use raftstream_api::spec::parse_job_spec;
 
@@ -181,7 +184,7 @@ mod tests {
                 task: TaskRef {
                     job_id: job.job_id,
                     subtask: SubtaskKey {
-                        operator_id: "counts".to_owned(),
+                        operator_id: OperatorId::from("counts"),
                         subtask_index: index as u32,
                     },
                     epoch: Epoch(1),

@@ -10,7 +10,7 @@ use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
 
-use super::{forwarded_request, is_forwarded, reply_or_forward};
+use super::{forwarded_request, is_forwarded, reply_or_forward, unexpected_outcome};
 use crate::clock::now_ms;
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
@@ -328,7 +328,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                     tracing::info!(%executor_id, jobs_to_move, "executor draining");
                     Ok(pb::DrainExecutorResponse { jobs_to_move })
                 }
-                other => Err(CoordinatorError::Internal(format!("drain answered {other:?}")).into()),
+                other => Err(unexpected_outcome("drain", &other)),
             },
         )
         .await

@@ -38,17 +38,17 @@ pub fn job_to_proto(state: &State, job: &JobRecord) -> pb::Job {
         .operators
         .iter()
         .map(|operator| pb::Operator {
-            operator_id: operator.id.clone(),
+            operator_id: operator.id.to_string(),
             kind: operator.kind.name().to_owned(),
             parallelism: operator.parallelism,
-            inputs: operator.inputs.clone(),
+            inputs: operator.inputs.iter().map(ToString::to_string).collect(),
         })
         .collect();
     let subtasks = job
         .assignments
         .iter()
         .map(|(key, assignment)| pb::Subtask {
-            operator_id: key.operator_id.clone(),
+            operator_id: key.operator_id.to_string(),
             subtask_index: key.subtask_index,
             executor_id: assignment
                 .executor_id

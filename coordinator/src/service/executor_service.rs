@@ -10,7 +10,7 @@ use raftstream_proto::v1::executor_service_client::ExecutorServiceClient;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::is_forwarded;
+use super::{is_forwarded, unexpected_outcome};
 use crate::clock::now_ms;
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
@@ -109,7 +109,7 @@ impl pb::executor_service_server::ExecutorService for ExecutorServiceImpl {
                     leader_address: self.context.address.clone(),
                 }))
             }
-            Ok(other) => Err(CoordinatorError::Internal(format!("register answered {other:?}")).into()),
+            Ok(other) => Err(unexpected_outcome("register", &other)),
             Err(error) => {
                 forward!(self.context, error, forwarded, message, ExecutorServiceClient::register)
             }

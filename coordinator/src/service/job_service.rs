@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{checkpoints_and_savepoints, job_to_proto, jobs_in_submission_order};
 
-use super::{is_forwarded, reply_or_forward};
+use super::{is_forwarded, reply_or_forward, unexpected_outcome};
 use crate::clock::now_ms;
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
@@ -16,7 +16,7 @@ use crate::state_machine::{Command, Rejection, Response as Applied};
 use raftstream_api::checkpoint::SavepointRef;
 use raftstream_api::convert::task_ref_to_proto;
 use raftstream_api::convert::{checkpoint_to_proto, subtask_metrics_to_proto};
-use raftstream_api::ids::{CheckpointId, JobId, RequestId};
+use raftstream_api::ids::{CheckpointId, JobId, OperatorId, RequestId};
 use raftstream_api::messages::ExecutorCommand;
 use raftstream_api::messages::TaskRef;
 use raftstream_api::spec::parse_job_spec;
@@ -152,7 +152,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
                         job: Some(self.job_reply(&job_id)?),
                     })
                 }
-                other => Err(CoordinatorError::Internal(format!("submit answered {other:?}")).into()),
+                other => Err(unexpected_outcome("submit", &other)),
             },
         )
         .await
@@ -271,7 +271,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         let request_id = parse_request_id(&message.request_id)?;
         let operator_id = Some(message.operator_id.trim())
             .filter(|operator| !operator.is_empty())
-            .map(str::to_owned);
+            .map(OperatorId::from);
         let command = Command::RequestRescale {
             request_id,
             job_id,
@@ -334,7 +334,7 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         };
         let ticket = match self.context.propose(command).await {
             Ok(Applied::SavepointRequested { ticket, .. }) => ticket,
-            Ok(other) => return Err(CoordinatorError::Internal(format!("savepoint answered {other:?}")).into()),
+            Ok(other) => return Err(unexpected_outcome("savepoint", &other)),
             Err(error) => {
                 return forward!(
                     self.context,

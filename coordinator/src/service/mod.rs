@@ -31,6 +31,7 @@ use tonic::Status;
 
 use crate::context::CoordinatorContext;
 use crate::error::CoordinatorError;
+use crate::state_machine::Response as Applied;
 
 pub use admin_service::AdminServiceImpl;
 pub use executor_service::ExecutorServiceImpl;
@@ -88,6 +89,12 @@ where
         }
         .into()
     })
+}
+
+/// The error for a command applied with an outcome its request never expects: a bug in this
+/// coordinator, not in the request, so the caller sees an internal error naming both.
+pub fn unexpected_outcome(request: &str, applied: &Applied) -> Status {
+    CoordinatorError::Internal(format!("{request} answered {applied:?}")).into()
 }
 
 /// The shape of every write: `outcome` is what this node did with the request (a proposal, a

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use raftstream_api::checkpoint::{CompletedCheckpoint, SavepointRef, SubtaskKey};
-use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, OperatorId, RequestId};
 use raftstream_api::spec::JobGraph;
 
 use super::JobStatus;
@@ -92,7 +92,7 @@ pub enum Command {
         request_id: Option<RequestId>,
         job_id: JobId,
         /// `None`: every operator.
-        operator_id: Option<String>,
+        operator_id: Option<OperatorId>,
         parallelism: u32,
         at_ms: u64,
         /// The `auto` operators only, within their bounds (the autoscaler).
@@ -109,7 +109,7 @@ pub enum Command {
     RescaleJob {
         job_id: JobId,
         /// `None`: every operator.
-        operator_id: Option<String>,
+        operator_id: Option<OperatorId>,
         parallelism: u32,
         at_ms: u64,
         /// The `auto` operators only; accepted also while the job restarts (it then waits for
@@ -137,7 +137,7 @@ pub enum Command {
     /// sources, then commits [`Command::SwitchTwoPhase`]. Committed by the leader only.
     RequestTwoPhase {
         job_id: JobId,
-        operator_id: String,
+        operator_id: OperatorId,
         at_ms: u64,
         reason: String,
     },
@@ -145,7 +145,7 @@ pub enum Command {
     /// operator `operator_id` in two phases, for the rest of the job's life.
     SwitchTwoPhase {
         job_id: JobId,
-        operator_id: String,
+        operator_id: OperatorId,
         at_ms: u64,
         reason: String,
     },
@@ -248,7 +248,7 @@ pub enum Rejection {
     #[error("job {job_id} has no subtask {operator_id}[{subtask_index}]")]
     UnknownSubtask {
         job_id: JobId,
-        operator_id: String,
+        operator_id: OperatorId,
         subtask_index: u32,
     },
     #[error("checkpoint {checkpoint_id} of job {job_id} does not follow the last completed checkpoint {last}")]
@@ -282,7 +282,7 @@ pub enum Rejection {
     #[error("subtask {operator_id}[{subtask_index}] of job {job_id} at epoch {epoch} was released already (the job is restarting)")]
     PlacementReleased {
         job_id: JobId,
-        operator_id: String,
+        operator_id: OperatorId,
         subtask_index: u32,
         epoch: Epoch,
     },
@@ -295,7 +295,7 @@ pub enum Rejection {
     #[error("subtask {operator_id}[{subtask_index}] of job {job_id} runs at epoch {current}, not {epoch}")]
     StaleEpoch {
         job_id: JobId,
-        operator_id: String,
+        operator_id: OperatorId,
         subtask_index: u32,
         epoch: Epoch,
         current: Epoch,

@@ -16,7 +16,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use raftstream_api::ids::RequestId;
+use raftstream_api::ids::{OperatorId, RequestId};
 
 pub use command::{ApplyResult, Command, Rejection, Response};
 pub use model::{
@@ -102,7 +102,7 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             state,
             &job_id,
             &RescaleTarget {
-                operator_id: operator_id.as_deref(),
+                operator_id: operator_id.as_ref().map(OperatorId::as_str),
                 parallelism,
                 auto,
                 two_phase: false,
@@ -125,13 +125,13 @@ fn apply_command(state: &mut State, command: Command, request_id: Option<Request
             let parallelism = state
                 .jobs
                 .get(&job_id)
-                .and_then(|job| job.graph.operator(&operator_id))
+                .and_then(|job| job.graph.operator(operator_id.as_str()))
                 .map_or(1, |operator| operator.parallelism);
             rescale_job(
                 state,
                 &job_id,
                 &RescaleTarget {
-                    operator_id: Some(&operator_id),
+                    operator_id: Some(operator_id.as_str()),
                     parallelism,
                     auto: false,
                     two_phase: true,

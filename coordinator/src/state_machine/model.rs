@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use raftstream_api::checkpoint::{CompletedCheckpoint, SavepointRef, SubtaskKey};
-use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, OperatorId, RequestId};
 use raftstream_api::serde_pairs as map_as_pairs;
 use raftstream_api::spec::JobGraph;
 
@@ -113,7 +113,7 @@ pub struct RelocationRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RescaleRequest {
     /// `None`: every operator.
-    pub operator_id: Option<String>,
+    pub operator_id: Option<OperatorId>,
     pub parallelism: u32,
     pub requested_at_ms: u64,
     /// The `auto` operators, to `parallelism` within their bounds (the leader's autoscaler).

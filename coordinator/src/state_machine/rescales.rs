@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use raftstream_api::checkpoint::SubtaskKey;
-use raftstream_api::ids::{Epoch, JobId};
+use raftstream_api::ids::{Epoch, JobId, OperatorId};
 use raftstream_api::spec::JobGraph;
 
 use super::jobs::release_slots;
@@ -81,14 +81,14 @@ pub(super) fn rescaled_graph(state: &State, job_id: &JobId, target: &RescaleTarg
 pub(super) fn request_rescale(
     state: &mut State,
     job_id: &JobId,
-    operator_id: Option<String>,
+    operator_id: Option<OperatorId>,
     parallelism: u32,
     auto: bool,
     reason: String,
     at_ms: u64,
 ) -> ApplyResult {
     let target = RescaleTarget {
-        operator_id: operator_id.as_deref(),
+        operator_id: operator_id.as_ref().map(OperatorId::as_str),
         parallelism,
         auto,
         two_phase: false,
@@ -143,12 +143,12 @@ pub(super) fn request_rescale(
 pub(super) fn request_two_phase(
     state: &mut State,
     job_id: &JobId,
-    operator_id: String,
+    operator_id: OperatorId,
     reason: String,
     at_ms: u64,
 ) -> ApplyResult {
     let target = RescaleTarget {
-        operator_id: Some(&operator_id),
+        operator_id: Some(operator_id.as_str()),
         parallelism: 0,
         auto: false,
         two_phase: true,
@@ -171,7 +171,9 @@ pub(super) fn request_two_phase(
         });
     }
     job.pending_rescale = Some(RescaleRequest {
-        parallelism: graph.operator(&operator_id).map_or(1, |operator| operator.parallelism),
+        parallelism: graph
+            .operator(operator_id.as_str())
+            .map_or(1, |operator| operator.parallelism),
         operator_id: Some(operator_id),
         requested_at_ms: at_ms,
         auto: false,

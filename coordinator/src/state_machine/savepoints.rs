@@ -210,14 +210,14 @@ pub(super) fn starting_checkpoint(
         .filter(|handle| holds_state(handle))
     {
         let operator_id = &handle.subtask.operator_id;
-        match graph.operator(operator_id) {
+        match graph.operator(operator_id.as_str()) {
             None => {
                 if !unmatched.contains(operator_id) {
                     unmatched.push(operator_id.clone());
                 }
             }
             Some(operator) => {
-                let before = record.graph.operator(operator_id);
+                let before = record.graph.operator(operator_id.as_str());
                 if let Some(old) = before.filter(|old| old.kind != operator.kind) {
                     return Err(invalid(format!(
                         "operator {operator_id} was {:?} and is {:?} now; its state cannot be read by another kind of operator",
@@ -236,10 +236,10 @@ pub(super) fn starting_checkpoint(
     let mut checkpoint = record.checkpoint.clone();
     checkpoint
         .task_states
-        .retain(|handle| graph.operator(&handle.subtask.operator_id).is_some());
+        .retain(|handle| graph.operator(handle.subtask.operator_id.as_str()).is_some());
     checkpoint
         .source_offsets
-        .retain(|subtask, _| graph.operator(&subtask.operator_id).is_some());
+        .retain(|subtask, _| graph.operator(subtask.operator_id.as_str()).is_some());
     // Its placement belongs to the old job; the new job's epochs start above the savepoint's,
     // so no file name a new subtask writes can repeat one the savepoint lists.
     checkpoint.acknowledged_epochs.clear();
@@ -308,7 +308,7 @@ mod tests {
                 } else {
                     0
                 };
-                handle(&key.operator_id, key.subtask_index, size)
+                handle(key.operator_id.as_str(), key.subtask_index, size)
             })
             .collect();
         Command::CompleteCheckpoint {

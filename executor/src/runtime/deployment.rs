@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey};
-use raftstream_api::ids::{Epoch, JobId};
+use raftstream_api::ids::{Epoch, JobId, OperatorId};
 use raftstream_api::messages::{PlacedSubtask, TaskDeployment, TaskRef};
 use raftstream_api::spec::JobGraph;
 
@@ -15,7 +15,7 @@ use raftstream_api::spec::JobGraph;
 #[derive(Debug, Clone)]
 pub struct SubtaskDeployment {
     pub job_id: JobId,
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub subtask_index: u32,
     pub epoch: Epoch,
     pub graph: Arc<JobGraph>,
@@ -74,17 +74,17 @@ fn placed_here(deployment: &SubtaskDeployment, operator_id: &str, local_address:
 pub fn chain_members(deployment: &SubtaskDeployment, local_address: &str) -> Vec<SubtaskDeployment> {
     let graph = &deployment.graph;
     if graph
-        .chained_behind(&deployment.operator_id)
-        .is_some_and(|input| placed_here(deployment, &input.id, local_address).is_some())
+        .chained_behind(deployment.operator_id.as_str())
+        .is_some_and(|input| placed_here(deployment, input.id.as_str(), local_address).is_some())
     {
         return Vec::new();
     }
     let mut members = vec![deployment.clone()];
-    let Some(operator) = graph.operator(&deployment.operator_id) else {
+    let Some(operator) = graph.operator(deployment.operator_id.as_str()) else {
         return members;
     };
     for next in graph.chain_from(operator).into_iter().skip(1) {
-        let Some(epoch) = placed_here(deployment, &next.id, local_address) else {
+        let Some(epoch) = placed_here(deployment, next.id.as_str(), local_address) else {
             break;
         };
         members.push(SubtaskDeployment {
@@ -122,7 +122,7 @@ mod tests {
             .enumerate()
             .map(|(position, (operator, address))| PlacedSubtask {
                 subtask: SubtaskKey {
-                    operator_id: (*operator).to_owned(),
+                    operator_id: (*operator).into(),
                     subtask_index: 0,
                 },
                 executor_id: ExecutorId(String::new()),
@@ -141,7 +141,7 @@ mod tests {
         }
     }
 
-    fn members(operator_id: &str, addresses: [&str; 4]) -> Vec<(String, u64)> {
+    fn members(operator_id: &str, addresses: [&str; 4]) -> Vec<(OperatorId, u64)> {
         chain_members(&deployment(operator_id, addresses), "here")
             .into_iter()
             .map(|member| (member.operator_id, member.epoch.0))

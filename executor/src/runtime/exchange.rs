@@ -4,7 +4,7 @@
 //! (`ExchangeService.Transfer`). Flow control is credit-based end to end: the gate's queue is
 //! bounded, so a slow consumer stops reading its HTTP/2 stream, whose window then stops the sender.
 
-use raftstream_api::ids::{CheckpointId, Epoch, JobId};
+use raftstream_api::ids::{CheckpointId, Epoch, JobId, OperatorId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ const GATE_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GateKey {
     pub job_id: JobId,
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub subtask_index: u32,
 }
 
@@ -60,7 +60,7 @@ struct Gate {
     epoch: Epoch,
     sender: mpsc::Sender<InputMessage>,
     /// Upstream (operator, subtask) -> input channel number.
-    channels: HashMap<(String, u32), usize>,
+    channels: HashMap<(OperatorId, u32), usize>,
 }
 
 /// Why a channel could not be opened.
@@ -77,7 +77,7 @@ pub enum ConnectError {
     #[error("subtask {key:?} has no input from {operator_id}[{subtask_index}]")]
     UnknownUpstream {
         key: GateKey,
-        operator_id: String,
+        operator_id: OperatorId,
         subtask_index: u32,
     },
 }
@@ -96,7 +96,7 @@ impl ExchangeHub {
         &self,
         key: GateKey,
         epoch: Epoch,
-        channels: HashMap<(String, u32), usize>,
+        channels: HashMap<(OperatorId, u32), usize>,
     ) -> mpsc::Receiver<InputMessage> {
         let (sender, receiver) = mpsc::channel(GATE_CAPACITY);
         self.lock().insert(
@@ -137,11 +137,11 @@ impl ExchangeHub {
         }
         let channel = gate
             .channels
-            .get(&(operator_id.to_owned(), subtask_index))
+            .get(&(operator_id.into(), subtask_index))
             .copied()
             .ok_or_else(|| ConnectError::UnknownUpstream {
                 key: key.clone(),
-                operator_id: operator_id.to_owned(),
+                operator_id: operator_id.into(),
                 subtask_index,
             })?;
         Ok((gate.sender.clone(), channel))
@@ -212,7 +212,7 @@ impl pb::exchange_service_server::ExchangeService for ExchangeServiceImpl {
         let job_id = JobId::parse(&header.job_id).map_err(|error| Status::invalid_argument(error.to_string()))?;
         let key = GateKey {
             job_id,
-            operator_id: header.target_operator_id.clone(),
+            operator_id: header.target_operator_id.clone().into(),
             subtask_index: header.target_subtask_index,
         };
         let (sender, channel) = self
@@ -318,7 +318,7 @@ impl OutputChannel {
         let (frames, receiver) = mpsc::channel(REMOTE_CAPACITY);
         let header = pb::ChannelHeader {
             job_id: target.job_id.to_string(),
-            target_operator_id: target.operator_id.clone(),
+            target_operator_id: target.operator_id.to_string(),
             target_subtask_index: target.subtask_index,
             target_epoch: target_epoch.0,
             source_operator_id: source_operator.to_owned(),

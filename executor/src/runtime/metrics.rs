@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raftstream_api::ids::JobId;
+use raftstream_api::ids::{JobId, OperatorId};
 use raftstream_api::messages::{SubtaskMetrics, TaskRef};
 
 use super::heavy_hitters::SpaceSaving;
@@ -142,7 +142,7 @@ impl TaskCounters {
 #[derive(Debug)]
 struct Registered {
     task: TaskRef,
-    chained: Vec<String>,
+    chained: Vec<OperatorId>,
     counters: Arc<TaskCounters>,
     /// At the previous report: when, records in, busy nanoseconds.
     previous: Option<(Instant, u64, u64)>,
@@ -170,7 +170,7 @@ const ENDED_JOBS_SHOWN: usize = 16;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct TaskTotals {
     /// The operators the task ran, head first.
-    pub operators: Vec<String>,
+    pub operators: Vec<OperatorId>,
     pub running: bool,
     pub records_in: u64,
     pub batches_in: u64,
@@ -216,7 +216,7 @@ impl TaskTotals {
 }
 
 /// Job, head operator, subtask index.
-pub type SubtaskTotalsKey = (JobId, String, u32);
+pub type SubtaskTotalsKey = (JobId, OperatorId, u32);
 
 fn totals_key(task: &TaskRef) -> SubtaskTotalsKey {
     (
@@ -246,7 +246,7 @@ impl Drop for TaskMetrics {
     }
 }
 
-fn operators_of(registered: &Registered) -> Vec<String> {
+fn operators_of(registered: &Registered) -> Vec<OperatorId> {
     std::iter::once(registered.task.subtask.operator_id.clone())
         .chain(registered.chained.iter().cloned())
         .collect()
@@ -255,7 +255,7 @@ fn operators_of(registered: &Registered) -> Vec<String> {
 impl MetricsRegistry {
     /// Registers the task of chain head `task` (with `chained` behind it); `keyed` heads track
     /// their hottest keys.
-    pub fn register(&self, task: TaskRef, chained: Vec<String>, keyed: bool) -> TaskMetrics {
+    pub fn register(&self, task: TaskRef, chained: Vec<OperatorId>, keyed: bool) -> TaskMetrics {
         let counters = Arc::new(TaskCounters {
             records_in: AtomicU64::new(0),
             batches_in: AtomicU64::new(0),
@@ -394,7 +394,7 @@ mod tests {
         TaskRef {
             job_id: JobId::from_number(1),
             subtask: SubtaskKey {
-                operator_id: operator.to_owned(),
+                operator_id: operator.into(),
                 subtask_index: 0,
             },
             epoch: Epoch(1),
@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn a_registered_task_reports_its_counts_and_leaves_with_its_registration() {
         let registry = MetricsRegistry::default();
-        let keyed = registry.register(task("counts"), vec!["sink".to_owned()], true);
+        let keyed = registry.register(task("counts"), vec![OperatorId::from("sink")], true);
         let source = registry.register(task("lines"), Vec::new(), false);
         let records: Vec<Record> = (0..640)
             .map(|n| Record {
@@ -427,7 +427,7 @@ mod tests {
         let counts = &reports[0];
         assert_eq!(counts.task.subtask.operator_id, "counts");
         assert_eq!((counts.records_in, counts.records_out, counts.busy_ms), (640, 5, 3));
-        assert_eq!(counts.chained, vec!["sink".to_owned()]);
+        assert_eq!(counts.chained, vec![OperatorId::from("sink")]);
         assert_eq!(counts.hot_keys.first().map(|hot| hot.key.as_str()), Some("hot"));
         assert_eq!(
             counts.keys_counted, 640,
@@ -441,13 +441,13 @@ mod tests {
     #[test]
     fn totals_sum_every_task_a_subtask_ran_and_outlive_its_job_until_later_jobs_end() {
         let registry = MetricsRegistry::default();
-        let first = registry.register(task("counts"), vec!["sink".to_owned()], false);
+        let first = registry.register(task("counts"), vec![OperatorId::from("sink")], false);
         first.counters.read(10, 100);
         first.counters.sink_totals((4, 40));
         drop(first);
         let mut second_run = task("counts");
         second_run.epoch = Epoch(2);
-        let second = registry.register(second_run, vec!["sink".to_owned()], false);
+        let second = registry.register(second_run, vec![OperatorId::from("sink")], false);
         second.counters.read(5, 50);
         second.counters.sink_totals((1, 10));
         second.counters.sent_totals(&OutputTotals {
@@ -462,13 +462,16 @@ mod tests {
         let totals = registry.totals();
         assert_eq!(totals.len(), 1, "{totals:?}");
         let (key, counted) = &totals[0];
-        assert_eq!(key, &(JobId::from_number(1), "counts".to_owned(), 0));
+        assert_eq!(key, &(JobId::from_number(1), OperatorId::from("counts"), 0));
         assert_eq!(
             (counted.records_in, counted.sink_lines, counted.sink_bytes),
             (15, 5, 50)
         );
         assert!(counted.running);
-        assert_eq!(counted.operators, vec!["counts".to_owned(), "sink".to_owned()]);
+        assert_eq!(
+            counted.operators,
+            vec![OperatorId::from("counts"), OperatorId::from("sink")]
+        );
         assert_eq!((counted.batches_in, counted.bytes_in), (2, 150));
         assert_eq!(
             (

@@ -149,7 +149,7 @@ pub async fn run_subtask(
 ) -> Result<TaskEnd, TaskError> {
     let graph = deployment.graph.clone();
     let operator = graph
-        .operator(&deployment.operator_id)
+        .operator(deployment.operator_id.as_str())
         .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", deployment.operator_id)))?
         .clone();
     let members = chain_members(&deployment, &environment.local_address);
@@ -168,7 +168,7 @@ pub async fn run_subtask(
     let mut channels = HashMap::new();
     for input_id in &operator.inputs {
         let input = graph
-            .operator(input_id)
+            .operator(input_id.as_str())
             .ok_or_else(|| TaskError::Graph(format!("no operator {input_id:?}")))?;
         let sources =
             graph
@@ -238,7 +238,7 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
             let transform = Stateless::of(operator)?;
             let only_keys_read = deployment
                 .graph
-                .consumers(&operator.id)
+                .consumers(operator.id.as_str())
                 .all(|consumer| consumer.kind == OperatorKind::Count);
             Logic::Stateless(match transform {
                 Stateless::KeyByValue { .. } if only_keys_read => Stateless::KeyByValue { keep_value: false },
@@ -257,7 +257,7 @@ fn logic_of(deployment: &SubtaskDeployment, operator: &OperatorSpec, input_count
         (OperatorConfig::Print { prefix }, _) => Logic::Print(prefix.clone()),
         (_, kind) => {
             return Err(OperatorError::Unsupported {
-                operator: operator.id.clone(),
+                operator: operator.id.to_string(),
                 kind,
             }
             .into())
@@ -279,7 +279,7 @@ async fn run_registered(
     for (position, member) in members.iter().enumerate() {
         let operator = member
             .graph
-            .operator(&member.operator_id)
+            .operator(member.operator_id.as_str())
             .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", member.operator_id)))?;
         // A chained operator reads one input: the one before it.
         let inputs = if position == 0 { input_count } else { 1 };
@@ -292,7 +292,7 @@ async fn run_registered(
     };
     let tail_operator = tail
         .graph
-        .operator(&tail.operator_id)
+        .operator(tail.operator_id.as_str())
         .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", tail.operator_id)))?;
     let mut outputs = open_outputs(tail, tail_operator, environment, cancel).await?;
     let acknowledgers: Vec<Acknowledger<'_>> = members
@@ -332,11 +332,15 @@ async fn run_registered(
         .ok_or_else(|| TaskError::Graph("a task without operators".to_owned()))?;
     let end = match (head_logic, gate) {
         (Logic::Source(source), _) => {
+            let Some((head, chained)) = acknowledgers.split_first() else {
+                return Err(TaskError::Graph("a source task without its acknowledger".to_owned()));
+            };
             let task = SourceTask {
                 source: *source,
                 pipeline: Pipeline::new(logics.collect()),
                 outputs: &mut outputs,
-                acknowledgers: &acknowledgers,
+                head,
+                chained,
                 checkpointing,
                 counters: &metrics.counters,
             };

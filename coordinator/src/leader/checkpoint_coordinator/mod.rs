@@ -159,6 +159,8 @@ impl<C: LeaderContext> Coordinator<C> {
             }
             ExecutorEvent::Finished { task } => {
                 let now_ms = self.context.now_ms();
+                // Field by field rather than through `pending_mut`, which would borrow all of
+                // `self` while `self.context` reads the state.
                 let pending = self.jobs.get_mut(&task.job_id).and_then(|job| job.pending.as_mut());
                 let outcome = self
                     .context
@@ -442,7 +444,7 @@ impl<C: LeaderContext> Coordinator<C> {
                 .into_iter()
                 .filter(|(_, task)| {
                     job.graph
-                        .operator(&task.subtask.operator_id)
+                        .operator(task.subtask.operator_id.as_str())
                         .is_some_and(|operator| operator.inputs.is_empty())
                 })
                 .map(|(executor_id, _)| executor_id)

@@ -97,7 +97,7 @@ impl Duty {
         self.leader.commit(Command::RequestRescale {
             request_id: None,
             job_id: job(),
-            operator_id: Some(operator.to_owned()),
+            operator_id: Some(operator.into()),
             parallelism,
             at_ms: 0,
             auto: false,

@@ -49,7 +49,7 @@ pub(super) fn register_two_executors(slots: u32) -> [Command; 2] {
 
 pub(super) fn subtask(operator_id: &str, subtask_index: u32) -> SubtaskKey {
     SubtaskKey {
-        operator_id: operator_id.to_owned(),
+        operator_id: operator_id.into(),
         subtask_index,
     }
 }

@@ -76,7 +76,7 @@ pub(super) fn place_all(commands: &mut Vec<Command>, graph: &JobGraph, executors
         for index in 0..operator.parallelism {
             commands.push(Command::AssignSubtask {
                 job_id,
-                subtask: subtask(&operator.id, index),
+                subtask: subtask(operator.id.as_str(), index),
                 executor_id: exec(executors[position % executors.len()]),
                 at_ms,
             });

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::test_fixtures::{self as fixtures, executor_id, subtask};
 use raftstream_api::checkpoint::{CompletedCheckpoint, SubtaskKey};
-use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, RequestId};
+use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, OperatorId, RequestId};
 use raftstream_api::spec::JobGraph;
 
 /// Four operators: a generator, a keyed exchange and count at `parallelism`, a print sink.
@@ -93,7 +93,7 @@ fn request_rescale(operator: Option<&str>, parallelism: u32) -> Command {
     Command::RequestRescale {
         request_id: None,
         job_id: JobId::from_number(1),
-        operator_id: operator.map(str::to_owned),
+        operator_id: operator.map(OperatorId::from),
         parallelism,
         at_ms: 40,
         auto: false,
@@ -104,7 +104,7 @@ fn request_rescale(operator: Option<&str>, parallelism: u32) -> Command {
 fn rescale(operator: Option<&str>, parallelism: u32) -> Command {
     Command::RescaleJob {
         job_id: JobId::from_number(1),
-        operator_id: operator.map(str::to_owned),
+        operator_id: operator.map(OperatorId::from),
         parallelism,
         at_ms: 50,
         auto: false,

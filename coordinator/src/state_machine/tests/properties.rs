@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use raftstream_api::ids::OperatorId;
 
 fn arbitrary_status() -> impl Strategy<Value = JobStatus> {
     prop::sample::select(JobStatus::ALL.to_vec())
@@ -120,7 +121,7 @@ fn arbitrary_command() -> impl Strategy<Value = Command> {
         )
             .prop_map(|(job_id, operator, parallelism, at_ms)| Command::RescaleJob {
                 job_id,
-                operator_id: operator.map(str::to_owned),
+                operator_id: operator.map(OperatorId::from),
                 parallelism,
                 at_ms,
                 auto: false,

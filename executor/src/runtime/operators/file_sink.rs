@@ -43,12 +43,12 @@ impl FileSink {
     pub fn open(operator: &OperatorSpec, subtask_index: u32, epoch: Epoch) -> Result<FileSink, OperatorError> {
         let OperatorConfig::FileSink { path } = &operator.config else {
             return Err(OperatorError::Unsupported {
-                operator: operator.id.clone(),
+                operator: operator.id.to_string(),
                 kind: operator.kind,
             });
         };
         let directory = std::path::absolute(path).map_err(|error| OperatorError::Param {
-            operator: operator.id.clone(),
+            operator: operator.id.to_string(),
             param: "path".to_owned(),
             problem: format!("{path:?}: {error}"),
         })?;
@@ -321,10 +321,18 @@ mod tests {
 
     use super::super::test_support::record;
     use super::*;
+    use raftstream_api::ids::OperatorId;
 
     fn sink_spec(path: &Path) -> OperatorSpec {
         let params = BTreeMap::from([("path".to_owned(), serde_json::Value::String(path.display().to_string()))]);
-        OperatorSpec::new("out", OperatorKind::FileSink, 1, vec!["counts".to_owned()], params).expect("a valid sink")
+        OperatorSpec::new(
+            "out",
+            OperatorKind::FileSink,
+            1,
+            vec![OperatorId::from("counts")],
+            params,
+        )
+        .expect("a valid sink")
     }
 
     fn published(directory: &Path) -> Vec<String> {

@@ -122,7 +122,7 @@ impl KeyedAggregate {
     pub fn of(operator: &OperatorSpec) -> Result<KeyedAggregate, OperatorError> {
         let OperatorConfig::Aggregate { combine, field, .. } = &operator.config else {
             return Err(OperatorError::Unsupported {
-                operator: operator.id.clone(),
+                operator: operator.id.to_string(),
                 kind: operator.kind,
             });
         };

@@ -63,6 +63,7 @@ pub fn number_text(number: f64) -> String {
 
 #[cfg(test)]
 pub(crate) mod test_support {
+    use raftstream_api::ids::OperatorId;
     use raftstream_api::spec::{OperatorKind, OperatorSpec};
 
     use crate::runtime::record::Record;
@@ -73,7 +74,7 @@ pub(crate) mod test_support {
             .as_object()
             .map(|object| object.clone().into_iter().collect())
             .unwrap_or_default();
-        OperatorSpec::new("op", kind, 1, vec!["in".to_owned()], params).expect("valid params")
+        OperatorSpec::new("op", kind, 1, vec![OperatorId::from("in")], params).expect("valid params")
     }
 
     pub fn record(value: &str) -> Record {

@@ -84,7 +84,7 @@ impl Stateless {
             OperatorConfig::Exchange => Stateless::Identity,
             _ => {
                 return Err(OperatorError::Unsupported {
-                    operator: operator.id.clone(),
+                    operator: operator.id.to_string(),
                     kind: operator.kind,
                 })
             }

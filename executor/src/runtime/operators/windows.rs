@@ -55,7 +55,7 @@ impl WindowOperator {
     pub fn of(operator: &OperatorSpec, channels: usize) -> Result<WindowOperator, OperatorError> {
         let OperatorConfig::Window(config) = &operator.config else {
             return Err(OperatorError::Unsupported {
-                operator: operator.id.clone(),
+                operator: operator.id.to_string(),
                 kind: operator.kind,
             });
         };
@@ -222,6 +222,7 @@ impl WindowOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raftstream_api::ids::OperatorId;
     use raftstream_api::spec::OperatorKind;
 
     fn window(kind: OperatorKind, params: serde_json::Value, channels: usize) -> WindowOperator {
@@ -229,7 +230,7 @@ mod tests {
             .as_object()
             .map(|object| object.clone().into_iter().collect())
             .unwrap_or_default();
-        let spec = OperatorSpec::new("w", kind, 1, vec!["k".to_owned()], params).expect("valid window params");
+        let spec = OperatorSpec::new("w", kind, 1, vec![OperatorId::from("k")], params).expect("valid window params");
         WindowOperator::of(&spec, channels).expect("valid window")
     }
 

@@ -158,7 +158,7 @@ impl<'a> Acknowledger<'a> {
     pub(super) fn checkpoint_config(&self) -> (&CheckpointConfig, u32) {
         let graph = &self.deployment.graph;
         let parallelism = graph
-            .operator(&self.deployment.operator_id)
+            .operator(self.deployment.operator_id.as_str())
             .map_or(1, |operator| operator.parallelism);
         (&graph.checkpoint, parallelism)
     }
@@ -354,7 +354,7 @@ impl BackgroundAck {
 #[cfg(test)]
 mod tests {
     use raftstream_api::dial::DialAddresses;
-    use raftstream_api::ids::{Epoch, JobId};
+    use raftstream_api::ids::{Epoch, JobId, OperatorId};
     use raftstream_api::spec::parse_job_spec;
 
     use super::*;
@@ -372,7 +372,7 @@ mod tests {
         };
         SubtaskDeployment {
             job_id: JobId::from_number(1),
-            operator_id: "counts".to_owned(),
+            operator_id: OperatorId::from("counts"),
             subtask_index: 0,
             epoch: Epoch(3),
             graph: Arc::new(graph),

@@ -273,7 +273,7 @@ pub(super) async fn open_outputs(
                 environment.dial.resolve(&placed.executor_address),
                 target,
                 placed.epoch,
-                (&operator.id, deployment.subtask_index, deployment.epoch),
+                (operator.id.as_str(), deployment.subtask_index, deployment.epoch),
                 cancel,
             )
             .await?;

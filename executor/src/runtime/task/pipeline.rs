@@ -205,6 +205,7 @@ mod tests {
     use super::*;
     use crate::runtime::operators::{KeyedCount, Stateless};
     use crate::runtime::record::Text;
+    use raftstream_api::ids::OperatorId;
 
     fn line(text: &str) -> Record {
         Record {
@@ -218,8 +219,14 @@ mod tests {
             "path".to_owned(),
             serde_json::Value::String(directory.display().to_string()),
         )]);
-        let spec = OperatorSpec::new("out", OperatorKind::FileSink, 1, vec!["counts".to_owned()], params)
-            .expect("a valid sink");
+        let spec = OperatorSpec::new(
+            "out",
+            OperatorKind::FileSink,
+            1,
+            vec![OperatorId::from("counts")],
+            params,
+        )
+        .expect("a valid sink");
         match FileSink::open(&spec, 0, raftstream_api::ids::Epoch(1)) {
             Ok(sink) => sink,
             Err(error) => panic!("sink: {error}"),

@@ -205,9 +205,9 @@ pub(super) async fn restore(
                     _ => {}
                 }
                 states.iter().try_for_each(|(own, bytes)| match logic {
-                    Logic::Count(counts) => counts.restore(&operator.id, bytes, &groups),
-                    Logic::Aggregate(aggregate) => aggregate.restore(&operator.id, bytes, &groups),
-                    Logic::Window(window) => window.restore(&operator.id, bytes, &groups, *own),
+                    Logic::Count(counts) => counts.restore(operator.id.as_str(), bytes, &groups),
+                    Logic::Aggregate(aggregate) => aggregate.restore(operator.id.as_str(), bytes, &groups),
+                    Logic::Window(window) => window.restore(operator.id.as_str(), bytes, &groups, *own),
                     _ => Ok(()),
                 })
             })?;
@@ -230,7 +230,7 @@ pub(super) async fn restore(
             // file gone, unreadable state) is not cured by restarting from the same checkpoint:
             // it fails the job with the reason instead of looping.
             let published = sink
-                .restore(&operator.id, parallelism, &states)
+                .restore(operator.id.as_str(), parallelism, &states)
                 .map_err(|error| TaskError::Restore {
                     checkpoint_id,
                     problem: error.to_string(),

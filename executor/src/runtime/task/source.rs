@@ -212,8 +212,10 @@ pub(super) struct SourceTask<'a, 'b> {
     pub(super) source: SourceReader,
     pub(super) pipeline: Pipeline,
     pub(super) outputs: &'a mut Outputs,
-    /// The head's acknowledger first, then one per chained operator.
-    pub(super) acknowledgers: &'a [Acknowledger<'b>],
+    /// The source's own acknowledger: it reports input ended and checkpoints wanted.
+    pub(super) head: &'a Acknowledger<'b>,
+    /// One per operator chained behind the source, in chain order.
+    pub(super) chained: &'a [Acknowledger<'b>],
     pub(super) checkpointing: bool,
     pub(super) counters: &'a TaskCounters,
 }
@@ -232,10 +234,7 @@ impl SourceTask<'_, '_> {
         let batch = rate.map_or(SOURCE_BATCH_LINES, |rate| {
             ((rate / 50.0) as usize).clamp(1, SOURCE_BATCH_LINES)
         });
-        let acknowledgers = self.acknowledgers;
-        let Some(acknowledger) = acknowledgers.first() else {
-            return Err(TaskError::Graph("a source task without its acknowledger".to_owned()));
-        };
+        let acknowledger = self.head;
         let mut records = Vec::with_capacity(batch);
         // The job's bound on what a failure replays, this subtask's share of it.
         let mut budget = {
@@ -287,7 +286,7 @@ impl SourceTask<'_, '_> {
                         }
                     }
                     Some(TaskControl::Complete { checkpoint_id, acknowledged, oldest_retained }) => {
-                        for member in acknowledgers {
+                        for member in std::iter::once(self.head).chain(self.chained) {
                             member.checkpoint_completed(checkpoint_id, oldest_retained);
                         }
                         if let Some(budget) = budget.as_mut() {
@@ -347,10 +346,6 @@ impl SourceTask<'_, '_> {
 
     /// Snapshots the source and its chain at a checkpoint's barrier and sends the barrier on.
     async fn barrier(&mut self, checkpoint_id: CheckpointId, savepoint: bool) -> Result<(), TaskError> {
-        let acknowledgers = self.acknowledgers;
-        let Some(acknowledger) = acknowledgers.first() else {
-            return Err(TaskError::Graph("a source task without its acknowledger".to_owned()));
-        };
         self.outputs.flush(false).await?;
         let position = self.source.position();
         let state = serde_json::to_vec(&self.source.snapshot()).map_err(|error| TaskError::Snapshot {
@@ -362,9 +357,8 @@ impl SourceTask<'_, '_> {
             savepoint,
         };
         let source_state_bytes = state.len() as u64;
-        acknowledger.acknowledge(barrier, state, Some(position), None)?;
-        let chained = acknowledgers.get(1..).unwrap_or_default();
-        let chained_state_bytes = self.pipeline.acknowledge_checkpoint(barrier, chained)?;
+        self.head.acknowledge(barrier, state, Some(position), None)?;
+        let chained_state_bytes = self.pipeline.acknowledge_checkpoint(barrier, self.chained)?;
         self.counters.snapshotted(source_state_bytes + chained_state_bytes);
         self.outputs.broadcast_barrier(barrier).await?;
         Ok(())
