@@ -64,8 +64,13 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
     }
     let executor_settings = ExecutorSettings::default();
+    // One slot per core, as an executor offers by default; the job's two slices must fit on
+    // one executor when the other is killed, so never fewer than two.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let slots = (cores < 2).then_some(2);
     println!(
-        "1. starting three coordinators and two executors with 10 slots each (files in {})",
+        "1. starting three coordinators and two executors with {} slots each (files in {})",
+        slots.map_or(cores, |slots: u32| slots as usize),
         directory.display()
     );
     let mut cluster = LocalCluster::start_with(
@@ -86,8 +91,8 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             if node.node_id == leader { "  <- leader" } else { "" }
         );
     }
-    cluster.start_executor("exec-1", 10)?;
-    cluster.start_executor("exec-2", 10)?;
+    cluster.start_executor("exec-1", slots)?;
+    cluster.start_executor("exec-2", slots)?;
 
     let follower = cluster
         .nodes()

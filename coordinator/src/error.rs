@@ -62,6 +62,7 @@ fn rejection_code(rejection: &Rejection) -> tonic::Code {
         | Rejection::ExecutorDead { .. }
         | Rejection::ExecutorDraining { .. }
         | Rejection::NoFreeSlot { .. }
+        | Rejection::SliceElsewhere { .. }
         | Rejection::CheckpointIdNotIncreasing { .. }
         | Rejection::CheckpointEpochTooNew { .. }
         | Rejection::CheckpointNotTriggered { .. }

@@ -322,16 +322,20 @@ fn encode_cluster(families: &mut Families<'_>, state: &State) -> Result<(), std:
             (vec![("state", "dead".to_owned())], u64_value(dead)),
         ],
     )?;
-    let running = state.jobs.values().filter(|job| !job.status.is_terminal());
-    let (mut used, mut waiting) = (0u64, 0u64);
-    for job in running {
-        for assignment in job.assignments.values() {
-            match assignment.executor_id {
-                Some(_) => used += 1,
-                None => waiting += 1,
-            }
-        }
-    }
+    // A slot holds one parallel slice of a job, however many of its subtasks that is.
+    let used: u64 = state
+        .executors
+        .values()
+        .filter(|executor| executor.alive)
+        .map(|executor| u64::from(state.used_slots(&executor.executor_id)))
+        .sum();
+    let waiting = state
+        .jobs
+        .values()
+        .filter(|job| !job.status.is_terminal())
+        .flat_map(|job| job.assignments.values())
+        .filter(|assignment| assignment.executor_id.is_none())
+        .count() as u64;
     families.gauge(
         "executor_slots",
         "Task slots of live executors, in all and in use",

@@ -31,6 +31,16 @@ pub fn source_to_sink(fields: &str) -> JobGraph {
     ))
 }
 
+/// Like [`source_to_sink`], with the sink in a slot sharing group of its own, so the two may run
+/// on different executors.
+pub fn source_to_separate_sink(fields: &str) -> JobGraph {
+    graph(&format!(
+        r#"{{"name": "fixture", {fields} "operators": [
+            {{"id": "src", "kind": "generator"}},
+            {{"id": "out", "kind": "print", "inputs": ["src"], "slot_sharing_group": "sink"}}]}}"#
+    ))
+}
+
 pub fn executor_id(name: &str) -> ExecutorId {
     ExecutorId(name.to_owned())
 }

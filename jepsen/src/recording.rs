@@ -58,7 +58,7 @@ pub(crate) struct Observations {
     pub(crate) stream_ended: Option<pb::Job>,
 }
 
-/// Metadata jobs kept running at once (two subtasks each). Clients submit more than they cancel;
+/// Metadata jobs kept running at once (one slot each). Clients submit more than they cancel;
 /// beyond this they cancel instead, so the jobs never crowd out the stream job's slots.
 pub(crate) const MAX_ACTIVE_METADATA_JOBS: usize = 6;
 

@@ -28,11 +28,11 @@ use crate::settle::finish_stream;
 use crate::workloads::{get_operation, list_operation, metadata_client, poll_checkpoints};
 
 const STREAM_RATE: u64 = 2_000;
-/// Enough for one executor to hold the stream job (10 subtasks) and every metadata job at once:
+/// Enough for one executor to hold the stream job (2 slices) and every metadata job (1 each) at once:
 /// a cluster provisioned for the loss of one executor (N+1), as operators run one. With less, the
 /// stream job would wait for the failed executor to return, and its recovery would measure the
 /// fault's duration rather than the system.
-const SLOTS_PER_EXECUTOR: u32 = 24;
+const SLOTS_PER_EXECUTOR: u32 = 8;
 
 /// Runs the cluster, the workloads and the faults; returns what the checkers found.
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
@@ -258,7 +258,7 @@ pub(crate) async fn start_cluster_once(config: &RunConfig) -> anyhow::Result<(Lo
     for executor_id in &executor_ids {
         cluster.start_executor_routed(
             executor_id,
-            SLOTS_PER_EXECUTOR,
+            Some(SLOTS_PER_EXECUTOR),
             Some(network.executor_routes(executor_id)?),
         )?;
     }

@@ -71,7 +71,8 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
         bail!("--parallelism takes two different values of at least 1");
     }
     let (mut cluster, client, directory) = crate::bench::start_bench_cluster(args.dir.as_deref(), "elastic").await?;
-    let slots = 5 * high.max(low) + 4;
+    // One executor can hold the whole job at either parallelism (a slot per slice).
+    let slots = high.max(low);
     let mut next_executor = 0;
     for _ in 0..3 {
         next_executor += 1;
@@ -258,9 +259,9 @@ pub async fn run_elastic_bench(args: ElasticBenchArgs) -> anyhow::Result<()> {
 
     if args.joins > 0 {
         // A cluster of its own size: every executor so far is drained (nothing runs on them
-        // now) and one with room for the job at parallelism 1 starts; each joining executor
-        // then has room for one more.
-        const AUTO_SLOTS: u32 = 5;
+        // now) and one with room for the job at parallelism 1 (one slice) starts; each joining
+        // executor then has room for one more slice.
+        const AUTO_SLOTS: u32 = 1;
         let listed = client.list_executors().await?;
         for executor in listed
             .executors

@@ -188,7 +188,8 @@ pub async fn run_replay_bench(args: ReplayBenchArgs) -> anyhow::Result<()> {
     }
     let (mut cluster, client, directory) = crate::bench::start_bench_cluster(args.dir.as_deref(), "replay").await?;
     for executor_id in EXECUTORS {
-        cluster.start_executor(executor_id, 8)?;
+        // The parallelism-1 job is one slice: either executor can take it when the other dies.
+        cluster.start_executor(executor_id, 1)?;
     }
     poll_until("the executors to connect", Duration::from_secs(20), || async {
         let listed = client.list_executors().await.ok()?;

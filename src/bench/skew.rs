@@ -141,7 +141,8 @@ async fn skew_run(
 /// Runs the benchmark and prints its figures.
 pub async fn run_skew_bench(args: SkewBenchArgs) -> anyhow::Result<()> {
     let (mut cluster, client, directory) = crate::bench::start_bench_cluster(args.dir.as_deref(), "skew").await?;
-    cluster.start_executor("bench-1", 32)?;
+    // One slot per slice: room for the job at the highest parallelism measured.
+    cluster.start_executor("bench-1", args.parallelism.iter().copied().max().unwrap_or(1))?;
     poll_until("the executor to connect", Duration::from_secs(20), || async {
         let listed = client.list_executors().await.ok()?;
         listed.executors.iter().any(|e| e.connected).then_some(())

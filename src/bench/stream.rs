@@ -88,7 +88,7 @@ pub async fn run_stream_bench(args: StreamBenchArgs) -> anyhow::Result<()> {
     )?;
     cluster.wait_for_leader(Duration::from_secs(20)).await?;
     let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
-    cluster.start_executor("bench-1", 16)?;
+    cluster.start_executor("bench-1", bench_slots(&args))?;
     poll_until("the executor to connect", Duration::from_secs(20), || async {
         let listed = client.list_executors().await.ok()?;
         listed.executors.iter().any(|e| e.connected).then_some(())
@@ -266,7 +266,7 @@ async fn metrics_cost(
             }
             let executor_id = format!("bench-m{round}-{setting}");
             cluster.set_executor_http(with_metrics);
-            cluster.start_executor(&executor_id, 16)?;
+            cluster.start_executor(&executor_id, bench_slots(args))?;
             crate::bench::wait_for_executor(client, &executor_id, Duration::from_secs(20)).await?;
             let spec = WordCountJob {
                 seed: u64::from(round),
@@ -349,7 +349,7 @@ async fn metrics_cost(
     for executor_id in cluster.executor_ids() {
         cluster.kill_executor(&executor_id)?;
     }
-    cluster.start_executor("bench-1", 16)?;
+    cluster.start_executor("bench-1", bench_slots(args))?;
     crate::bench::wait_for_executor(client, "bench-1", Duration::from_secs(20)).await
 }
 
@@ -414,6 +414,12 @@ impl ThroughputRun {
             self.seconds
         )
     }
+}
+
+/// Slots for a bench executor: one slice per slot, so the highest parallelism measured (at least
+/// the recovery job's 2), since one executor runs a whole job.
+fn bench_slots(args: &StreamBenchArgs) -> u32 {
+    args.parallelism.iter().copied().max().unwrap_or(1).max(2)
 }
 
 fn median_of(mut values: Vec<f64>) -> Option<f64> {
@@ -486,10 +492,12 @@ async fn recovery(
         checkpoint_interval_ms: 1_000,
         output_dir: directory.join("out-recovery"),
     };
-    // The restart strategy's delay is the user's guard against crash loops and would add itself
-    // to every recovery; what is measured here is the system's own reaction.
+    // The default restart strategy, as a job without a `restart:` section gets: at once after a
+    // completed checkpoint, backing off only when failures repeat before one.
     let mut job_spec: serde_json::Value = serde_json::from_str(&spec.spec("bench-recovery"))?;
-    job_spec["restart"]["delay_ms"] = serde_json::json!(0);
+    if let Some(fields) = job_spec.as_object_mut() {
+        fields.remove("restart");
+    }
     // The job starts while only one executor runs, so that executor holds the whole job and no
     // peer sees a data stream break when it dies: only the leader's own detection counts.
     let submitted = client
@@ -502,14 +510,14 @@ async fn recovery(
             .filter(|job| job.status == "Running" && job.last_checkpoint_id.is_some())
     })
     .await?;
-    cluster.start_executor("bench-2", 16)?;
+    cluster.start_executor("bench-2", bench_slots(args))?;
     poll_until("two executors to connect", Duration::from_secs(20), || async {
         let listed = client.list_executors().await.ok()?;
         (listed.executors.iter().filter(|e| e.connected && e.alive).count() == 2).then_some(())
     })
     .await?;
     println!(
-        "executor recovery (defaults: heartbeat {} ms, lease {} ms, session-break grace {} ms; job at 50,000 lines/s, parallelism 2, checkpoints every 1 s, restart delay 0; the killed executor runs every subtask):",
+        "executor recovery (defaults: heartbeat {} ms, lease {} ms, session-break grace {} ms; job at 50,000 lines/s, parallelism 2, checkpoints every 1 s, the default restart strategy; the killed executor runs every subtask):",
         settings.heartbeat_interval_ms, settings.lease_timeout_ms, settings.session_break_grace_ms
     );
     let mut recoveries = Vec::new();

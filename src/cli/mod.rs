@@ -100,9 +100,10 @@ pub struct ExecutorArgs {
     /// Coordinator addresses; any reachable one works.
     #[arg(long, value_delimiter = ',', env = "RAFTSTREAM_COORDINATORS", default_value = DEFAULT_COORDINATORS)]
     pub coordinators: Vec<String>,
-    /// Task slots this executor offers.
-    #[arg(long, default_value_t = 4)]
-    pub slots: u32,
+    /// Task slots this executor offers; each runs one parallel slice of a job (default: the
+    /// cores available to this process).
+    #[arg(long)]
+    pub slots: Option<u32>,
     /// gRPC listen address of the executor (data exchange between subtasks, health checks).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
@@ -369,7 +370,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
                 executor_id: args.id,
                 coordinators: args.coordinators,
                 listen_address: args.listen,
-                slots: args.slots,
+                slots: args.slots.unwrap_or_else(available_cores),
                 data_dir: args.data_dir.context("--data-dir is required")?,
                 checkpoint_store: args.checkpoint_store,
                 dial: parse_dial(&args.dial)?,
@@ -415,4 +416,13 @@ pub fn check_args(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cores this process may use (its CPU affinity and cgroup quota count): an executor's
+/// default slot count, one parallel slice of a job per core as in Flink.
+fn available_cores() -> u32 {
+    std::thread::available_parallelism()
+        .ok()
+        .and_then(|cores| u32::try_from(cores.get()).ok())
+        .unwrap_or(1)
 }

@@ -13,16 +13,17 @@ use super::{
 };
 
 impl LocalCluster {
-    /// Starts an executor process with `slots` slots, connected to every coordinator.
-    pub fn start_executor(&mut self, executor_id: &str, slots: u32) -> anyhow::Result<()> {
-        self.start_executor_routed(executor_id, slots, None)
+    /// Starts an executor process with `slots` slots (`None`: its default, one per core),
+    /// connected to every coordinator.
+    pub fn start_executor(&mut self, executor_id: &str, slots: impl Into<Option<u32>>) -> anyhow::Result<()> {
+        self.start_executor_routed(executor_id, slots.into(), None)
     }
 
     /// Starts an executor whose links go where `routes` says.
     pub fn start_executor_routed(
         &mut self,
         executor_id: &str,
-        slots: u32,
+        slots: Option<u32>,
         routes: Option<ExecutorRoutes>,
     ) -> anyhow::Result<()> {
         let http_address = free_local_address()?;
@@ -33,7 +34,7 @@ impl LocalCluster {
     pub fn start_executor_serving_on(
         &mut self,
         executor_id: &str,
-        slots: u32,
+        slots: Option<u32>,
         routes: Option<ExecutorRoutes>,
         http_address: String,
     ) -> anyhow::Result<()> {
@@ -110,15 +111,13 @@ impl LocalCluster {
             None => coordinators,
         };
         let child = command
-            .args([
-                "executor",
-                "--coordinators",
-                &coordinators,
-                "--slots",
-                &process.slots.to_string(),
-                "--id",
-                executor_id,
-            ])
+            .args(["executor", "--coordinators", &coordinators, "--id", executor_id])
+            .args(
+                process
+                    .slots
+                    .iter()
+                    .flat_map(|slots| ["--slots".to_owned(), slots.to_string()]),
+            )
             .args(&routing)
             .arg("--data-dir")
             .arg(&process.directory)

@@ -117,7 +117,8 @@ pub struct ExecutorRoutes {
 pub struct ExecutorProcess {
     pub executor_id: String,
     pub directory: PathBuf,
-    pub slots: u32,
+    /// `None`: the executor's default (one per core).
+    pub slots: Option<u32>,
     /// Where it serves HTTP (`/metrics`, `/healthz`, `/readyz`).
     pub http_address: String,
     routes: Option<ExecutorRoutes>,

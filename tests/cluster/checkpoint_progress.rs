@@ -149,9 +149,10 @@ fn write_input(directory: &Path, files: u32, lines_per_file: u64) -> anyhow::Res
     Ok(bytes)
 }
 
+/// Executors of two slots: every job here has parallelism 1 or 2, one at a time.
 async fn start_cluster(executors: &[&str]) -> anyhow::Result<(TestCluster, ClusterClient)> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let with_slots: Vec<(&str, u32)> = executors.iter().map(|executor_id| (*executor_id, 12)).collect();
+    let with_slots: Vec<(&str, u32)> = executors.iter().map(|executor_id| (*executor_id, 2)).collect();
     let client = start_executors(&mut cluster, &with_slots).await?;
     Ok((cluster, client))
 }

@@ -123,7 +123,7 @@ async fn the_dashboard_from_a_follower_shows_members_a_running_job_and_a_new_lea
         return Ok(());
     };
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 16), ("exec-b", 16)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let spec = WordCountJob {
         records: 10_000_000,
         rate_per_second: Some(2_000),
@@ -160,7 +160,7 @@ async fn the_dashboard_from_a_follower_shows_members_a_running_job_and_a_new_lea
         (view["executors"].as_array()?.len() == 2).then_some(view)
     })
     .await?;
-    anyhow::ensure!(executors["executors"][0]["slots"] == 16, "{executors}");
+    anyhow::ensure!(executors["executors"][0]["slots"] == 2, "{executors}");
     let (status, malformed) = api("/jobs/no-such-job").await?;
     anyhow::ensure!(
         status == 400

@@ -44,7 +44,7 @@ async fn start(cluster_executors: &[(&str, u32)]) -> anyhow::Result<(TestCluster
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2)]).await?;
     // Enough words that keyed state goes to files, which the restarted subtasks must clean up,
     // and enough records (10 s) that they do so while the job still runs.
     let spec = WordCountJob {
@@ -93,7 +93,7 @@ async fn executor_killed_mid_stream_recovers_with_exact_output() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_word_count_in_one_task_recovers_its_counts_and_sink_after_a_kill() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2)]).await?;
     // At parallelism 1 the key_by's exchange is a forward one: source, split, key_by, count and
     // sink run as one task, whose source loop snapshots the counts and commits the sink.
     let spec = WordCountJob {
@@ -123,7 +123,7 @@ async fn a_word_count_in_one_task_recovers_its_counts_and_sink_after_a_kill() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_jobs_checkpoint_state_is_deleted() -> anyhow::Result<()> {
-    let (cluster, client) = start(&[("exec-a", 10)]).await?;
+    let (cluster, client) = start(&[("exec-a", 2)]).await?;
     let spec = WordCountJob {
         vocabulary_size: 500,
         records: 10_000_000,
@@ -161,7 +161,7 @@ fn checkpoint_of(file: &std::path::Path) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_stream_restarts_nothing_and_output_is_exact() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2)]).await?;
     // Enough words that keyed state goes to files, to see them cleaned up behind the checkpoints.
     let spec = WordCountJob {
         vocabulary_size: 500,
@@ -219,7 +219,7 @@ fn state_files(directory: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_killed_and_restarted_resumes_from_the_last_checkpoint() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2)]).await?;
     let spec = word_count(&cluster);
     let submitted = client.submit_job(&spec.spec("wc-kill-all"), "wc-3").await?;
     let before = running_with_checkpoints(&client, &submitted.job_id, 3).await?;
@@ -249,7 +249,7 @@ async fn every_process_killed_and_restarted_resumes_from_the_last_checkpoint() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_sink_executor_is_fenced_and_publishes_nothing() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2)]).await?;
     let spec = word_count(&cluster);
     let submitted = client.submit_job(&spec.spec("wc-zombie"), "wc-4").await?;
     let before = running_with_checkpoints(&client, &submitted.job_id, 2).await?;
@@ -329,7 +329,7 @@ fn corrupt_state_files(directory: &std::path::Path) -> anyhow::Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_checkpoint_fails_the_job_with_a_clear_reason_and_no_wrong_output() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 10), ("exec-b", 10)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2)]).await?;
     // Enough distinct words that the keyed state goes to files, not inline into the Raft log.
     let spec = WordCountJob {
         vocabulary_size: 500,
@@ -376,7 +376,7 @@ async fn checkpoints_in_s3_restore_a_killed_executors_subtasks_exactly() -> anyh
         .cluster
         .use_checkpoint_store("s3://raftstream/checkpoints", s3.environment());
     for id in ["exec-a", "exec-b"] {
-        cluster.cluster.start_executor(id, 10)?;
+        cluster.cluster.start_executor(id, 2)?;
     }
     let client = cluster.client()?;
     eventually("the executors to connect", PATIENCE, || async {
@@ -444,7 +444,7 @@ async fn an_unusable_checkpoint_store_stops_the_executor_with_the_reason() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_word_count_rescaled_up_and_down_then_stopped_with_a_savepoint_keeps_its_output_exact(
 ) -> anyhow::Result<()> {
-    let (cluster, client) = start(&[("exec-a", 12), ("exec-b", 12)]).await?;
+    let (cluster, client) = start(&[("exec-a", 2), ("exec-b", 2)]).await?;
     // An input without end: the job runs until it is stopped.
     let spec = WordCountJob {
         records: WordCountJob::UNBOUNDED,
@@ -570,7 +570,7 @@ async fn moved_off(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_executors_under_load_moves_their_subtasks_without_replaying_a_record() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 12), ("exec-b", 12), ("exec-c", 12)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2), ("exec-c", 2)]).await?;
     let coordinators = cluster.cluster.addresses().join(",");
     let spec = WordCountJob {
         records: 60_000,
@@ -639,7 +639,7 @@ async fn running_at(client: &ClusterClient, job_id: &str, parallelism: usize) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescales_survive_an_executor_killed_and_the_leader_killed_in_their_middle() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("exec-a", 12), ("exec-b", 12), ("exec-c", 12)]).await?;
+    let (mut cluster, client) = start(&[("exec-a", 2), ("exec-b", 2), ("exec-c", 2)]).await?;
     // 25 s of input: both rescales and their recoveries happen while it runs.
     let spec = WordCountJob {
         records: 100_000,
@@ -677,7 +677,7 @@ async fn rescales_survive_an_executor_killed_and_the_leader_killed_in_their_midd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_automatic_parallelism_grows_when_an_executor_joins_and_shrinks_when_one_dies() -> anyhow::Result<()> {
-    let (mut cluster, client) = start(&[("first", 8)]).await?;
+    let (mut cluster, client) = start(&[("first", 1)]).await?;
     let spec = WordCountJob {
         records: 80_000,
         ..word_count(&cluster)
@@ -689,21 +689,21 @@ async fn an_automatic_parallelism_grows_when_an_executor_joins_and_shrinks_when_
     );
     let submitted = client.submit_job(&automatic, "wc-auto").await?;
     let job_id = submitted.job_id.clone();
-    // 8 slots: 5 operators at parallelism 1 fit, at 2 they would not.
+    // 1 slot: one slice of the job, so parallelism 1.
     let started = running_with_checkpoints(&client, &job_id, 2).await?;
     assert_eq!(started.subtasks.len(), 5, "{:?}", started.subtasks);
     assert!(
         started
             .history
             .iter()
-            .any(|event| event.what.contains("start at parallelism 1 (8 free slots)")),
+            .any(|event| event.what.contains("start at parallelism 1 (1 free slots)")),
         "{:?}",
         started.history
     );
 
     tracing::info!("--- a second executor joins: the job grows onto it through a checkpoint");
     let last_before = started.last_checkpoint_id.unwrap_or(0);
-    cluster.cluster.start_executor("second", 8)?;
+    cluster.cluster.start_executor("second", 2)?;
     let grown = running_at(&client, &job_id, 3).await?;
     assert!(grown.subtasks.iter().any(|subtask| subtask.executor_id == "second"));
     assert!(grown.restored_checkpoint_id.unwrap_or(0) > last_before);

@@ -27,8 +27,8 @@ fn published_lines(dir: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exchange_delivers_each_record_once_across_a_kill_and_restart() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    cluster.cluster.start_executor("exec-a", 32)?;
-    cluster.cluster.start_executor("exec-b", 32)?;
+    cluster.cluster.start_executor("exec-a", 4)?;
+    cluster.cluster.start_executor("exec-b", 4)?;
     let client = cluster.client()?;
     let (records, rate) = (12_000u64, 3_000u64);
     let out = |name: &str| cluster.path().join(name).display().to_string();

@@ -19,6 +19,7 @@ mod replication;
 mod restore_races;
 mod s3_peer;
 mod savepoints;
+mod slots;
 mod snapshot_catchup;
 mod two_phase;
 mod volume_checkpoints;

@@ -103,7 +103,7 @@ fn replace_node_cli(coordinators: &str, dead: u64, new_id: u64, address: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinators_replaced_under_a_running_job_restart_nothing_and_a_removed_node_stops() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 10), ("exec-b", 10)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let spec = WordCountJob {
         seed: 23,
         records: 60_000,

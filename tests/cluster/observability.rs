@@ -81,7 +81,7 @@ async fn scrape(http: &reqwest::Client, address: &str) -> anyhow::Result<Vec<Sam
 async fn every_process_serves_metrics_health_and_readiness_that_follow_a_word_count_and_a_leader_kill(
 ) -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 8), ("exec-b", 8)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let coordinators: BTreeMap<u64, String> = cluster
         .cluster

@@ -13,8 +13,8 @@ use crate::common::{
 async fn csv_files_are_filtered_keyed_and_summed_exactly() -> anyhow::Result<()> {
     let executors = fast_executors();
     let mut cluster = TestCluster::start_with(test_settings(), executors).await?;
-    cluster.cluster.start_executor("exec-a", 8)?;
-    cluster.cluster.start_executor("exec-b", 8)?;
+    cluster.cluster.start_executor("exec-a", 2)?;
+    cluster.cluster.start_executor("exec-b", 2)?;
     let client = cluster.client()?;
 
     let input = cluster.path().join("input");
@@ -80,8 +80,8 @@ async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Resul
     use raftstream_executor::runtime::generator::GeneratedRecords;
     let executors = fast_executors();
     let mut cluster = TestCluster::start_with(test_settings(), executors).await?;
-    cluster.cluster.start_executor("exec-a", 10)?;
-    cluster.cluster.start_executor("exec-b", 10)?;
+    cluster.cluster.start_executor("exec-a", 2)?;
+    cluster.cluster.start_executor("exec-b", 2)?;
     let client = cluster.client()?;
     let (records, rate, vocabulary) = (16_000u64, 4_000u64, 20u64);
     let output = cluster.path().join("windows");
@@ -155,7 +155,7 @@ async fn event_time_windows_are_exact_across_an_executor_kill() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_source_rescaled_while_it_reads_counts_every_word_once() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 12), ("exec-b", 12)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let input = cluster.path().join("input");
     std::fs::create_dir_all(&input)?;
     // Seven files of different lengths, read at 1,200 lines/s in all: about 9 s, long enough

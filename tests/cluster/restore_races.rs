@@ -80,7 +80,7 @@ async fn a_checkpoint_held_past_a_restart_never_completes_and_output_stays_exact
         ..ClusterWiring::default()
     };
     let mut cluster = TestCluster::start_wired(test_settings(), fast_executors(), wiring).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 10), ("exec-b", 10)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let spec = WordCountJob {
         seed: 23,
         records: 36_000,
@@ -176,7 +176,7 @@ async fn a_start_deployed_before_its_executor_died_is_refused_and_the_job_runs_e
         ..ClusterWiring::default()
     };
     let mut cluster = TestCluster::start_wired(test_settings(), fast_executors(), wiring).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 10), ("exec-b", 10)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let spec = WordCountJob {
         seed: 29,
         records: 12_000,

@@ -28,7 +28,7 @@ fn files_under(directory: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_stopped_with_a_savepoint_resumes_from_it_at_another_parallelism_exactly_once() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 12), ("exec-b", 12)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let coordinators = cluster.cluster.addresses().join(",");
     let cli = |arguments: &[&str]| {
         let mut all = arguments.to_vec();

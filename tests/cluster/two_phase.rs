@@ -57,8 +57,8 @@ fn final_counts(dir: &Path, name: &str) -> anyhow::Result<(BTreeMap<String, u64>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_count_and_window_equal_one_phase_on_a_hot_key_across_a_kill() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    cluster.cluster.start_executor("exec-a", 16)?;
-    cluster.cluster.start_executor("exec-b", 16)?;
+    cluster.cluster.start_executor("exec-a", 2)?;
+    cluster.cluster.start_executor("exec-b", 2)?;
     let client = cluster.client()?;
     let (records, rate, vocabulary, words) = (20_000u64, 4_000u64, 50u64, 4u64);
     let out = |name: &str| cluster.path().join(name).display().to_string();
@@ -139,8 +139,8 @@ async fn two_phase_count_and_window_equal_one_phase_on_a_hot_key_across_a_kill()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_status_shows_the_hot_key_and_the_subtask_it_overloads() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    cluster.cluster.start_executor("exec-a", 8)?;
-    cluster.cluster.start_executor("exec-b", 8)?;
+    cluster.cluster.start_executor("exec-a", 2)?;
+    cluster.cluster.start_executor("exec-b", 2)?;
     let client = cluster.client()?;
     let coordinators = cluster.cluster.addresses().join(",");
     let spec = serde_json::json!({
@@ -235,8 +235,8 @@ async fn job_status_shows_the_hot_key_and_the_subtask_it_overloads() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_auto_switches_on_a_hot_key_and_stays_exact() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    cluster.cluster.start_executor("exec-a", 8)?;
-    cluster.cluster.start_executor("exec-b", 8)?;
+    cluster.cluster.start_executor("exec-a", 2)?;
+    cluster.cluster.start_executor("exec-b", 2)?;
     let client = cluster.client()?;
     let (records, rate, vocabulary, words) = (48_000u64, 4_000u64, 50u64, 4u64);
     let output = cluster.path().join("counts");

@@ -45,7 +45,7 @@ async fn max_records_bounds_what_a_kill_replays_at_a_source_far_faster_than_the_
         ..ClusterWiring::default()
     };
     let mut cluster = TestCluster::start_wired(test_settings(), fast_executors(), wiring).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 8), ("exec-b", 8)]).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 1), ("exec-b", 1)]).await?;
     // A generator without a rate and a 60 s interval: only the record bound checkpoints.
     let spec = serde_json::json!({
         "name": "bounded-replay",

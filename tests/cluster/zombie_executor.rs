@@ -13,9 +13,9 @@ async fn paused_executor_is_fenced_and_rejoins_empty() -> anyhow::Result<()> {
     let client = cluster.client()?;
     let patience = Duration::from_secs(30);
 
-    tracing::info!("--- zombie (4 slots) and steady (8 slots) share an 8-subtask job");
-    cluster.cluster.start_executor("zombie", 4)?;
-    cluster.cluster.start_executor("steady", 8)?;
+    tracing::info!("--- zombie and steady (2 slots each) share the two slices of an 8-subtask job");
+    cluster.cluster.start_executor("zombie", 2)?;
+    cluster.cluster.start_executor("steady", 2)?;
     eventually("both executors to connect", patience, || async {
         let listed = client.list_executors().await.ok()?;
         (listed.executors.len() == 2 && listed.executors.iter().all(|e| e.connected)).then_some(())

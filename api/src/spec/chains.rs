@@ -38,7 +38,10 @@ impl JobGraph {
             ),
             OperatorRole::Source => false,
         };
-        (only_consumer && forward && follower).then_some(input)
+        // A chain runs in one slot, so it never crosses sharing groups.
+        let groups = self.sharing_groups();
+        let same_group = groups.get(operator_id) == groups.get(input_id.as_str());
+        (only_consumer && forward && follower && same_group).then_some(input)
     }
 
     /// The operators chained behind `head`, in order, `head` first.

@@ -6,14 +6,15 @@ mod config;
 mod exchanges;
 mod operators;
 mod parse;
+mod slots;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use crate::ids::OperatorId;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use config::operator_config;
@@ -24,6 +25,7 @@ pub use config::{
 pub use exchanges::Exchange;
 pub use operators::{OperatorKind, OperatorRole, ParamSchema, ParamType};
 pub use parse::parse_job_spec;
+pub use slots::{SlotKey, DEFAULT_SHARING_GROUP};
 use validate::validate_params;
 
 /// Specs above this size are rejected before parsing, so a huge upload cannot exhaust memory.
@@ -49,6 +51,15 @@ pub struct JobGraph {
     /// How operators with `parallelism: auto` follow the cluster's free slots.
     #[serde(default, skip_serializing_if = "AutoscaleConfig::is_default")]
     pub autoscale: AutoscaleConfig,
+    /// How the job's subtasks take slots: one slot per parallel slice of each sharing group
+    /// (true for every parsed spec), or one per subtask (false: jobs stored before slot sharing,
+    /// whose Raft log entries must replay to the state they produced then).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub slot_sharing: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Reactive parallelism: how long the slots a job could use must stay the same before the job
@@ -103,6 +114,8 @@ pub struct OperatorSpec {
     pub inputs: Vec<OperatorId>,
     /// The parameters as the spec wrote them: what is stored and shown.
     pub params: BTreeMap<String, Value>,
+    /// The slot sharing group the spec named for it; without one it shares its inputs' group.
+    pub slot_sharing_group: Option<String>,
     /// What they mean, read once; the runtime builds the operator from this alone.
     pub config: OperatorConfig,
 }
@@ -118,6 +131,8 @@ struct StoredOperator {
     auto: Option<AutoParallelism>,
     inputs: Vec<OperatorId>,
     params: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slot_sharing_group: Option<String>,
 }
 
 impl OperatorSpec {
@@ -137,6 +152,7 @@ impl OperatorSpec {
             auto: None,
             inputs,
             params,
+            slot_sharing_group: None,
         })
     }
 }
@@ -154,6 +170,7 @@ impl TryFrom<StoredOperator> for OperatorSpec {
             auto: stored.auto,
             inputs: stored.inputs,
             params: stored.params,
+            slot_sharing_group: stored.slot_sharing_group,
             config,
         })
     }
@@ -168,6 +185,7 @@ impl From<OperatorSpec> for StoredOperator {
             auto: operator.auto,
             inputs: operator.inputs,
             params: operator.params,
+            slot_sharing_group: operator.slot_sharing_group,
         }
     }
 }
@@ -212,10 +230,19 @@ pub enum RestartStrategy {
         max_attempts: u32,
         delay_ms: u64,
     },
+    /// Delays doubling from `initial_delay_ms` up to `max_delay_ms`. With `first_delay_ms` the
+    /// first restart of a run of failures waits that long and the doubling starts at the second.
+    /// With `reset_after_ms` `max_attempts` counts restarts within a run (else over the job's
+    /// life), and a run ends when the job completes a checkpoint after restarting or fails that
+    /// long after its previous failure.
     ExponentialBackoff {
         max_attempts: u32,
         initial_delay_ms: u64,
         max_delay_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_delay_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reset_after_ms: Option<u64>,
     },
 }
 
@@ -232,17 +259,70 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// Without a `restart:` section a job restarts at once and backs off when it keeps failing before
+/// it completes a checkpoint: 0 ms, then 100 ms doubling to 30 s, 10 attempts in a row; a
+/// completed checkpoint or 10 minutes without a failure end the run. (Flink's default since 1.19
+/// is an exponential delay too, from 1 s.)
 impl Default for RestartStrategy {
     fn default() -> Self {
-        RestartStrategy::FixedDelay {
-            max_attempts: 3,
-            delay_ms: 1_000,
+        RestartStrategy::ExponentialBackoff {
+            max_attempts: 10,
+            initial_delay_ms: 100,
+            max_delay_ms: 30_000,
+            first_delay_ms: Some(0),
+            reset_after_ms: Some(600_000),
+        }
+    }
+}
+
+impl RestartStrategy {
+    /// How many restarts it allows (in a run of failures when it has `reset_after_ms`).
+    pub fn max_attempts(&self) -> u32 {
+        match self {
+            RestartStrategy::None => 0,
+            RestartStrategy::FixedDelay { max_attempts, .. }
+            | RestartStrategy::ExponentialBackoff { max_attempts, .. } => *max_attempts,
+        }
+    }
+
+    /// After how long without a failure the next one starts a new run of attempts, if ever.
+    pub fn reset_after_ms(&self) -> Option<u64> {
+        match self {
+            RestartStrategy::ExponentialBackoff { reset_after_ms, .. } => *reset_after_ms,
+            _ => None,
+        }
+    }
+
+    /// How long restart number `attempt` (1 for the first) waits.
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        let doubled = |initial: u64, doublings: u32, max: u64| {
+            let factor = 1u64.checked_shl(doublings.min(62)).unwrap_or(u64::MAX);
+            initial.saturating_mul(factor).min(max)
+        };
+        match self {
+            RestartStrategy::None => 0,
+            RestartStrategy::FixedDelay { delay_ms, .. } => *delay_ms,
+            RestartStrategy::ExponentialBackoff {
+                initial_delay_ms,
+                max_delay_ms,
+                first_delay_ms: Some(first_delay_ms),
+                ..
+            } => match attempt {
+                0 | 1 => *first_delay_ms,
+                later => doubled(*initial_delay_ms, later - 2, *max_delay_ms),
+            },
+            RestartStrategy::ExponentialBackoff {
+                initial_delay_ms,
+                max_delay_ms,
+                first_delay_ms: None,
+                ..
+            } => doubled(*initial_delay_ms, attempt.saturating_sub(1), *max_delay_ms),
         }
     }
 }
 
 impl JobGraph {
-    /// The number of subtasks (slots) the job needs.
+    /// The number of subtasks the job runs (its slot need is [`JobGraph::slots_needed`]).
     pub fn total_subtasks(&self) -> u64 {
         self.operators
             .iter()
@@ -281,7 +361,7 @@ impl JobGraph {
             .filter_map(|operator| operator.auto)
             .map(|auto| auto.max)
             .max()?;
-        let fits = |parallelism: u32| self.with_auto_parallelism(parallelism).total_subtasks() <= slots;
+        let fits = |parallelism: u32| self.with_auto_parallelism(parallelism).slots_needed() <= slots;
         Some((1..=highest).rev().find(|parallelism| fits(*parallelism)).unwrap_or(1))
     }
 

@@ -132,6 +132,7 @@ pub(super) fn validate_document(document: &Value) -> Result<JobGraph, SpecError>
         operators,
         chaining,
         autoscale,
+        slot_sharing: true,
     })
 }
 
@@ -351,6 +352,8 @@ pub(super) fn parse_restart(value: Option<&Value>) -> Result<RestartStrategy, Sp
         "delay_ms",
         "initial_delay_ms",
         "max_delay_ms",
+        "first_delay_ms",
+        "reset_after_ms",
     ];
     let Some(map) = sub_mapping(value, "restart", &allowed)? else {
         return Ok(RestartStrategy::default());
@@ -364,6 +367,11 @@ pub(super) fn parse_restart(value: Option<&Value>) -> Result<RestartStrategy, Sp
         map.get("max_attempts")
             .map(|value| bounded_u32(value, 0, 1_000_000).map_err(|problem| job_error("restart.max_attempts", problem)))
             .unwrap_or(Ok(default))
+    };
+    let optional = |field: &str, min: u64| -> Result<Option<u64>, SpecError> {
+        map.get(field)
+            .map(|value| bounded_u64(value, min).map_err(|problem| job_error(&format!("restart.{field}"), problem)))
+            .transpose()
     };
     let strategy = match map.get("strategy") {
         None => "fixed_delay",
@@ -391,6 +399,8 @@ pub(super) fn parse_restart(value: Option<&Value>) -> Result<RestartStrategy, Sp
                 max_attempts: attempts(10)?,
                 initial_delay_ms,
                 max_delay_ms,
+                first_delay_ms: optional("first_delay_ms", 0)?,
+                reset_after_ms: optional("reset_after_ms", 1)?,
             })
         }
         other => Err(job_error(

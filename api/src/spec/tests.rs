@@ -325,11 +325,21 @@ fn automatic_parallelism_is_read_bounded_and_chosen_for_the_free_slots() {
     assert_eq!(auto("src"), None);
     // Until submitted, an automatic operator is at its minimum.
     assert_eq!(parallelism(&graph, "counts"), Some(2));
-    // 2 fixed subtasks; keys at p and counts at clamp(p, 2, 4).
-    assert_eq!(graph.auto_parallelism_for(6), Some(2));
-    assert_eq!(graph.auto_parallelism_for(9), Some(3));
-    assert_eq!(graph.auto_parallelism_for(12), Some(6));
-    assert_eq!(graph.auto_parallelism_for(2), Some(1), "nothing fits: the lowest");
+    // One sharing group: the job takes max(1, p, clamp(p, 2, 4), 1) slots.
+    assert_eq!(graph.auto_parallelism_for(6), Some(6));
+    assert_eq!(graph.auto_parallelism_for(9), Some(9));
+    assert_eq!(graph.auto_parallelism_for(40), Some(16), "at most max_parallelism");
+    assert_eq!(
+        graph.auto_parallelism_for(2),
+        Some(2),
+        "counts at its minimum of 2 sets the need"
+    );
+    assert_eq!(graph.auto_parallelism_for(1), Some(1), "nothing fits: the lowest");
+    // Stored before slot sharing: 2 fixed subtasks, keys at p and counts at clamp(p, 2, 4).
+    let mut per_subtask = graph.clone();
+    per_subtask.slot_sharing = false;
+    assert_eq!(per_subtask.auto_parallelism_for(6), Some(2));
+    assert_eq!(per_subtask.auto_parallelism_for(12), Some(6));
     let at_6 = graph.with_auto_parallelism(6);
     assert_eq!(
         (parallelism(&at_6, "keys"), parallelism(&at_6, "counts")),

@@ -49,7 +49,7 @@ pub(super) fn parse_operator(
             ))
         }
     };
-    const OPERATOR_FIELDS: &[&str] = &["id", "kind", "inputs", "parallelism", "params"];
+    const OPERATOR_FIELDS: &[&str] = &["id", "kind", "inputs", "parallelism", "params", "slot_sharing_group"];
     if let Some(unknown) = map.keys().find(|key| !OPERATOR_FIELDS.contains(&key.as_str())) {
         return Err(operator_error(
             &id,
@@ -120,6 +120,24 @@ pub(super) fn parse_operator(
             ))
         }
     };
+    let slot_sharing_group = match map.get("slot_sharing_group") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(group)) if valid_operator_id(group) => Some(group.clone()),
+        Some(Value::String(group)) => {
+            return Err(operator_error(
+                &id,
+                "slot_sharing_group",
+                format!("{group:?} must be 1-128 characters of letters, digits, '_', '-' or '.'"),
+            ))
+        }
+        Some(other) => {
+            return Err(operator_error(
+                &id,
+                "slot_sharing_group",
+                format!("must be a string, found {}", type_name(other)),
+            ))
+        }
+    };
     validate_params(&id, kind, &params)?;
     let config = operator_config(&id, kind, &params)?;
     Ok(OperatorSpec {
@@ -129,6 +147,7 @@ pub(super) fn parse_operator(
         auto,
         inputs: inputs.into_iter().map(OperatorId).collect(),
         params,
+        slot_sharing_group,
         config,
     })
 }

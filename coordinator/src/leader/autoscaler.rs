@@ -38,11 +38,7 @@ fn decide(state: &State, job: &JobRecord) -> Option<Decision> {
     {
         return None;
     }
-    let held = job
-        .assignments
-        .values()
-        .filter(|assignment| assignment.executor_id.is_some())
-        .count() as u64;
+    let held = job.slots_held();
     let free = state.free_slots();
     let capacity = held + free;
     let target = job.graph.auto_parallelism_for(capacity)?;
@@ -50,10 +46,10 @@ fn decide(state: &State, job: &JobRecord) -> Option<Decision> {
     if at_target == job.graph {
         return None;
     }
-    let needed = job.graph.total_subtasks();
+    let needed = job.graph.slots_needed();
     let reason = format!("{capacity} slots for it ({free} free), it needs {needed}");
     match job.status {
-        JobStatus::Running if at_target.total_subtasks() > needed => Some(Decision {
+        JobStatus::Running if at_target.slots_needed() > needed => Some(Decision {
             parallelism: target,
             running: true,
             reason,
@@ -149,9 +145,10 @@ mod tests {
 
     #[test]
     fn a_job_starts_at_what_the_slots_allow_grows_when_they_grow_and_shrinks_when_it_cannot_restart() {
-        // 6 slots: 2 fixed subtasks and 2 automatic operators at 2.
+        // 3 slots: three slices of the whole job (keys at 3, counts at 3, the fixed ones in the
+        // first slice).
         let mut state = StateBuilder::new()
-            .executor("a", 6)
+            .executor("a", 3)
             .job(auto_job())
             .place_all(1, "a")
             .running(1)
@@ -163,25 +160,24 @@ mod tests {
                 .operator(id)
                 .map(|operator| operator.parallelism)
         };
-        assert_eq!((at(&state, "keys"), at(&state, "counts")), (Some(2), Some(2)));
+        assert_eq!((at(&state, "keys"), at(&state, "counts")), (Some(3), Some(3)));
         assert!(state.jobs[&job_id].history[0]
             .what
-            .contains("start at parallelism 2 (6 free slots)"));
+            .contains("start at parallelism 3 (3 free slots)"));
         assert_eq!(decide(&state, &state.jobs[&job_id]), None, "it has what it can get");
 
-        // A second executor with 10 slots: 16 in all, keys 13 and counts at its max of 4 would
-        // need 19; 12 keys, 4 counts and 2 fixed fit.
+        // A second executor with 5 slots: 8 in all, so keys at 8 and counts at its max of 4.
         apply_ok(
             &mut state,
             Command::RegisterExecutor {
                 executor_id: executor_id("b"),
                 address: "b:1".into(),
-                slots: 10,
+                slots: 5,
                 at_ms: 10,
             },
         );
         let grow = decide(&state, &state.jobs[&job_id]).expect("it grows");
-        assert!(grow.running && grow.parallelism == 10, "{grow:?}");
+        assert!(grow.running && grow.parallelism == 8, "{grow:?}");
         apply_ok(
             &mut state,
             Command::RequestRescale {
@@ -206,12 +202,12 @@ mod tests {
                 reason: grow.reason,
             },
         );
-        assert_eq!((at(&state, "keys"), at(&state, "counts")), (Some(10), Some(4)));
+        assert_eq!((at(&state, "keys"), at(&state, "counts")), (Some(8), Some(4)));
         assert!(state.jobs[&job_id].history[1]
             .what
-            .contains("rescaled automatic operators to parallelism 10: 16 slots"));
+            .contains("rescaled automatic operators to parallelism 8: 8 slots"));
 
-        // "b" dies while the job restarts: 6 slots are left, so it shrinks back, at once.
+        // "b" dies while the job restarts: 3 slots are left, so it shrinks back, at once.
         apply_ok(
             &mut state,
             Command::MarkExecutorDead {
@@ -220,7 +216,7 @@ mod tests {
             },
         );
         let shrink = decide(&state, &state.jobs[&job_id]).expect("it shrinks");
-        assert!(!shrink.running && shrink.parallelism == 2, "{shrink:?}");
+        assert!(!shrink.running && shrink.parallelism == 3, "{shrink:?}");
         apply_ok(
             &mut state,
             Command::RescaleJob {
@@ -232,7 +228,7 @@ mod tests {
                 reason: shrink.reason,
             },
         );
-        assert_eq!((at(&state, "keys"), at(&state, "counts")), (Some(2), Some(2)));
+        assert_eq!((at(&state, "keys"), at(&state, "counts")), (Some(3), Some(3)));
         assert_eq!(decide(&state, &state.jobs[&job_id]), None);
     }
 }

@@ -84,26 +84,17 @@ pub enum RestartDecision {
 
 /// Decides about a restarting job at `now_ms` (the job entered `Restarting` at `updated_at_ms`).
 pub fn restart_decision(job: &JobRecord, now_ms: u64) -> RestartDecision {
-    use raftstream_api::spec::RestartStrategy;
     if job.status != JobStatus::Restarting || job.rescaling {
         return RestartDecision::Place;
     }
-    let attempt = job.restart_count.max(1);
-    let (max_attempts, delay_ms) = match &job.graph.restart {
-        RestartStrategy::None => (0, 0),
-        RestartStrategy::FixedDelay { max_attempts, delay_ms } => (*max_attempts, *delay_ms),
-        RestartStrategy::ExponentialBackoff {
-            max_attempts,
-            initial_delay_ms,
-            max_delay_ms,
-        } => {
-            let factor = 1u64.checked_shl(attempt.saturating_sub(1).min(62)).unwrap_or(u64::MAX);
-            (
-                *max_attempts,
-                initial_delay_ms.saturating_mul(factor).min(*max_delay_ms),
-            )
-        }
+    let strategy = &job.graph.restart;
+    // A strategy that forgets failures after a stable period counts the current run of them.
+    let attempt = match strategy.reset_after_ms() {
+        Some(_) => job.restart_streak.max(1),
+        None => job.restart_count.max(1),
     };
+    let max_attempts = strategy.max_attempts();
+    let delay_ms = strategy.delay_ms(attempt);
     if attempt > max_attempts {
         return RestartDecision::GiveUp(format!(
             "gave up after {max_attempts} restart attempts; last failure: {}",
@@ -121,7 +112,7 @@ pub fn restart_decision(job: &JobRecord, now_ms: u64) -> RestartDecision {
 mod tests {
     use super::*;
     use crate::state_machine::{apply, Command};
-    use crate::test_fixtures::{source_to_sink, StateBuilder};
+    use crate::test_fixtures::{source_to_separate_sink, StateBuilder};
     use raftstream_api::checkpoint::SubtaskKey;
     use raftstream_api::ids::{ExecutorId, JobId, OperatorId};
 
@@ -130,7 +121,7 @@ mod tests {
         let state = StateBuilder::new()
             .executor("e1", 4)
             .executor("e2", 4)
-            .job(source_to_sink(&format!(r#""restart": {restart},"#)))
+            .job(source_to_separate_sink(&format!(r#""restart": {restart},"#)))
             .place(1, "src", 0, "e1")
             .place(1, "out", 0, "e2")
             .running(1)
@@ -240,5 +231,141 @@ mod tests {
         assert_eq!(restart_decision(job, 2_149), RestartDecision::Wait);
         assert_eq!(restart_decision(job, 2_150), RestartDecision::Place);
         assert!(fail(&mut state, 3_000).is_err(), "not running: nothing to fail");
+    }
+
+    /// Fails `src[0]` of job 1 at `at_ms` (a restart) and returns the scheduler's decision then;
+    /// when that is to place it, places and runs it again on `e1`.
+    fn fail_at(state: &mut State, at_ms: u64) -> RestartDecision {
+        fail_at_without_placing(state, at_ms);
+        let decision = restart_decision(&state.jobs[&JobId::from_number(1)], at_ms);
+        if decision == RestartDecision::Place {
+            place_and_run(state, at_ms);
+        }
+        decision
+    }
+
+    #[test]
+    fn the_default_strategy_restarts_at_once_backs_off_when_failures_repeat_and_forgets_them_later() {
+        let strategy = raftstream_api::spec::RestartStrategy::default();
+        let delays: Vec<u64> = (1..=11).map(|attempt| strategy.delay_ms(attempt)).collect();
+        assert_eq!(
+            delays,
+            [0, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000]
+        );
+        let mut state = StateBuilder::new()
+            .executor("e1", 4)
+            .job(crate::test_fixtures::source_to_sink(""))
+            .place_all(1, "e1")
+            .running(1)
+            .build();
+        let job_id = JobId::from_number(1);
+        // A failure after a stable period: placed again at once.
+        assert_eq!(fail_at(&mut state, 1_000), RestartDecision::Place);
+        // The next, 50 ms later, waits 100 ms; the one after that 200 ms.
+        let second = 1_050;
+        fail_at_without_placing(&mut state, second);
+        assert_eq!(
+            restart_decision(&state.jobs[&job_id], second + 99),
+            RestartDecision::Wait
+        );
+        assert_eq!(
+            restart_decision(&state.jobs[&job_id], second + 100),
+            RestartDecision::Place
+        );
+        place_and_run(&mut state, second + 100);
+        fail_at_without_placing(&mut state, 1_200);
+        assert_eq!(restart_decision(&state.jobs[&job_id], 1_399), RestartDecision::Wait);
+        place_and_run(&mut state, 1_400);
+        assert_eq!(state.jobs[&job_id].restart_streak, 3);
+        // A checkpoint completed after the restart is progress: the run is over.
+        crate::test_fixtures::apply_ok(&mut state, Command::TriggerCheckpoint { job_id, at_ms: 1_500 });
+        let checkpoint_id = state.jobs[&job_id].last_triggered_checkpoint_id.expect("triggered");
+        let checkpoint = raftstream_api::checkpoint::CompletedCheckpoint {
+            checkpoint_id,
+            epoch: raftstream_api::ids::Epoch(0),
+            task_states: Vec::new(),
+            source_offsets: Default::default(),
+            size_bytes: 0,
+            completed_at_ms: 1_510,
+            triggered_at_ms: 1_500,
+            acknowledged_epochs: Default::default(),
+            trigger: Default::default(),
+        };
+        crate::test_fixtures::apply_ok(
+            &mut state,
+            Command::CompleteCheckpoint {
+                job_id,
+                checkpoint,
+                savepoint: false,
+            },
+        );
+        assert_eq!(state.jobs[&job_id].restart_streak, 0);
+        assert_eq!(
+            fail_at(&mut state, 1_600),
+            RestartDecision::Place,
+            "so the next is at once"
+        );
+        // Ten minutes without a failure: the next starts a new run, at once.
+        assert_eq!(fail_at(&mut state, 1_600 + 600_000), RestartDecision::Place);
+        assert_eq!(state.jobs[&job_id].restart_streak, 1);
+        // A function that fails every record: ten restarts in a row, then the job fails for good.
+        let mut at_ms = 1_600 + 600_000;
+        let mut gave_up = None;
+        for _ in 0..20 {
+            at_ms += 10;
+            fail_at_without_placing(&mut state, at_ms);
+            let job = &state.jobs[&job_id];
+            match restart_decision(job, at_ms + 60_000) {
+                RestartDecision::GiveUp(reason) => {
+                    gave_up = Some((job.restart_streak, reason));
+                    break;
+                }
+                _ => place_and_run(&mut state, at_ms),
+            }
+        }
+        let (streak, reason) = gave_up.expect("it gives up");
+        assert_eq!(streak, 11, "the eleventh restart in a row is refused");
+        assert!(reason.contains("gave up after 10 restart attempts"), "{reason}");
+    }
+
+    fn fail_at_without_placing(state: &mut State, at_ms: u64) {
+        let job_id = JobId::from_number(1);
+        let epoch = state.jobs[&job_id].assignments[&crate::test_fixtures::subtask("src", 0)].epoch;
+        crate::test_fixtures::apply_ok(
+            state,
+            Command::FailSubtask {
+                job_id,
+                subtask: crate::test_fixtures::subtask("src", 0),
+                epoch,
+                reason: "the user's function threw".into(),
+                fatal: false,
+                at_ms,
+            },
+        );
+    }
+
+    fn place_and_run(state: &mut State, at_ms: u64) {
+        let job_id = JobId::from_number(1);
+        for operator in ["src", "out"] {
+            crate::test_fixtures::apply_ok(
+                state,
+                Command::AssignSubtask {
+                    job_id,
+                    subtask: crate::test_fixtures::subtask(operator, 0),
+                    executor_id: ExecutorId("e1".into()),
+                    at_ms,
+                },
+            );
+        }
+        crate::test_fixtures::apply_ok(
+            state,
+            Command::TransitionJob {
+                job_id,
+                to: JobStatus::Running,
+                reason: String::new(),
+                at_ms,
+                deployed_through_epoch: None,
+            },
+        );
     }
 }

@@ -14,7 +14,7 @@ fn waiting_reason(state: &State, job: &JobRecord) -> Option<String> {
     if !matches!(job.status, JobStatus::Submitted | JobStatus::Restarting) {
         return None;
     }
-    let unplaced = job.assignments.values().filter(|a| a.executor_id.is_none()).count() as u64;
+    let unplaced = job.slots_waiting();
     if unplaced == 0 {
         return None;
     }

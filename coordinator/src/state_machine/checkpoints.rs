@@ -136,6 +136,9 @@ pub(super) fn complete_checkpoint(
     }
     let job = job_mut(state, job_id)?;
     job.checkpoints.push_back(checkpoint);
+    // A checkpoint completed since the last restart is progress: the run of failures is over (a
+    // job that keeps failing before it gets one is what backs off).
+    job.restart_streak = 0;
     let retained = usize::try_from(job.graph.checkpoint.retained.max(1)).unwrap_or(usize::MAX);
     while job.checkpoints.len() > retained {
         job.checkpoints.pop_front();

@@ -243,6 +243,13 @@ pub enum Rejection {
     ExecutorDraining { executor_id: ExecutorId },
     #[error("executor {executor_id} has no free slot (all {slots} in use)")]
     NoFreeSlot { executor_id: ExecutorId, slots: u32 },
+    #[error("subtask {operator_id}[{subtask_index}] of job {job_id} shares a slot with subtasks on executor {executor_id} and must run there")]
+    SliceElsewhere {
+        job_id: JobId,
+        operator_id: OperatorId,
+        subtask_index: u32,
+        executor_id: ExecutorId,
+    },
     #[error("executor {executor_id} must offer at least one slot")]
     NoSlots { executor_id: ExecutorId },
     #[error("job {job_id} has no subtask {operator_id}[{subtask_index}]")]
@@ -333,5 +340,9 @@ pub(super) fn is_false(value: &bool) -> bool {
 }
 
 pub(super) fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+pub(super) fn is_zero_u32(value: &u32) -> bool {
     *value == 0
 }

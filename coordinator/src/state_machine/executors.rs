@@ -169,9 +169,23 @@ pub(super) fn assign_subtask(
         operator_id: subtask.operator_id.clone(),
         subtask_index: subtask.subtask_index,
     })?;
+    // A slot holds its whole slice: a member joins the executor its slice runs on, taking no
+    // further slot there, and never another.
     let already_there = current.executor_id.as_ref() == Some(&executor_id);
-    if !already_there && state.used_slots(&executor_id) >= slots {
-        return Err(Rejection::NoFreeSlot { executor_id, slots });
+    match job.slice_home(&subtask) {
+        Some(home) if *home != executor_id => {
+            return Err(Rejection::SliceElsewhere {
+                job_id: *job_id,
+                operator_id: subtask.operator_id.clone(),
+                subtask_index: subtask.subtask_index,
+                executor_id: home.clone(),
+            })
+        }
+        Some(_) => {}
+        None if !already_there && state.used_slots(&executor_id) >= slots => {
+            return Err(Rejection::NoFreeSlot { executor_id, slots });
+        }
+        None => {}
     }
     let job = job_mut(state, job_id)?;
     let epoch = Epoch(job.last_epoch.0 + 1);

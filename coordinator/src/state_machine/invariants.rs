@@ -116,7 +116,7 @@ fn violation(touched: &Touched, state: &State, result: &ApplyResult) -> Result<(
         }
         if !executor.alive && used > 0 {
             return Err(format!(
-                "dead executor {} still holds {used} subtasks",
+                "dead executor {} still holds {used} slots",
                 executor.executor_id
             ));
         }
@@ -141,6 +141,14 @@ fn job_holds(state: &State, job: &JobRecord) -> Result<(), String> {
         }
         if assignment.epoch > job.last_epoch {
             return Err(format!("{job_id}: an assignment's epoch is above the job's last epoch"));
+        }
+        if let (Some(executor_id), Some(home)) = (&assignment.executor_id, job.slice_home(subtask)) {
+            if executor_id != home {
+                return Err(format!(
+                    "{job_id}: {}[{}] runs on {executor_id}, apart from its slice on {home}",
+                    subtask.operator_id, subtask.subtask_index
+                ));
+            }
         }
     }
     if job.last_checkpoint_id > job.last_triggered_checkpoint_id {
@@ -252,13 +260,20 @@ mod tests {
             at_ms: 9,
         };
         let touched = before(&state, &command);
-        // What a broken command could do: move `src` to `b` at its old epoch.
-        let assignment = state
-            .jobs
-            .get_mut(&job())
-            .and_then(|job| job.assignments.get_mut(&subtask("src", 0)))
-            .expect("placed");
-        assignment.executor_id = Some(executor_id("b"));
+        // What a broken command could do: move `src` to `b` at its old epoch, apart from `out`,
+        // which shares its slot; then `out` after it.
+        let move_to_b = |state: &mut State, operator: &str| {
+            let assignment = state
+                .jobs
+                .get_mut(&job())
+                .and_then(|job| job.assignments.get_mut(&subtask(operator, 0)))
+                .expect("placed");
+            assignment.executor_id = Some(executor_id("b"));
+        };
+        move_to_b(&mut state, "src");
+        let problem = violation(&touched, &state, &Ok(Response::Nothing)).expect_err("caught");
+        assert!(problem.contains("apart from its slice"), "{problem}");
+        move_to_b(&mut state, "out");
         let problem = violation(&touched, &state, &Ok(Response::Nothing)).expect_err("caught");
         assert!(problem.contains("moved without a new epoch"), "{problem}");
     }

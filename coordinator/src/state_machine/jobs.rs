@@ -70,6 +70,8 @@ pub(super) fn submit_job(
         status: JobStatus::Submitted,
         status_reason: String::new(),
         restart_count: 0,
+        restart_streak: 0,
+        last_failure_at_ms: 0,
         submitted_at_ms: at_ms,
         updated_at_ms: at_ms,
         assignments,
@@ -210,7 +212,7 @@ pub(super) fn transition_job(
         });
     }
     if to == JobStatus::Restarting {
-        job.restart_count = job.restart_count.saturating_add(1);
+        count_restart(job, at_ms);
     }
     if to == JobStatus::Restarting || (to.is_terminal() && to != JobStatus::Stopped) {
         savepoints::interrupt_savepoint(job, &format!("the job became {to}: {reason}"));
@@ -255,17 +257,33 @@ pub(super) fn restart(job: &mut JobRecord, reason: String, at_ms: u64) {
     match job.status {
         JobStatus::Running => {
             job.status = JobStatus::Restarting;
-            job.restart_count = job.restart_count.saturating_add(1);
+            count_restart(job, at_ms);
         }
         // The next placement was lost before it ran: that is another attempt, counted against the
         // restart strategy, or a job whose placements keep failing would restart forever.
         JobStatus::Restarting if had_placements => {
-            job.restart_count = job.restart_count.saturating_add(1);
+            count_restart(job, at_ms);
         }
         _ => {}
     }
     job.status_reason = reason;
     job.updated_at_ms = at_ms;
+}
+
+/// Counts one more restart of `job`, begun at `at_ms`: over its life, and in its current run of
+/// failures when its strategy forgets failures after a stable period. A run also ends when a
+/// checkpoint completes (`complete_checkpoint`).
+fn count_restart(job: &mut JobRecord, at_ms: u64) {
+    job.restart_count = job.restart_count.saturating_add(1);
+    if let Some(reset_after_ms) = job.graph.restart.reset_after_ms() {
+        let stable = job.restart_streak == 0 || at_ms.saturating_sub(job.last_failure_at_ms) >= reset_after_ms;
+        job.restart_streak = if stable {
+            1
+        } else {
+            job.restart_streak.saturating_add(1)
+        };
+        job.last_failure_at_ms = at_ms;
+    }
 }
 
 pub(super) fn fail_subtask(

@@ -1,16 +1,16 @@
 //! What the state machine holds: jobs with their placements and checkpoints, executors, the
 //! savepoints, and the responses remembered for client request ids.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use raftstream_api::checkpoint::{CompletedCheckpoint, SavepointRef, SubtaskKey};
 use raftstream_api::ids::{CheckpointId, Epoch, ExecutorId, JobId, OperatorId, RequestId};
 use raftstream_api::serde_pairs as map_as_pairs;
-use raftstream_api::spec::JobGraph;
+use raftstream_api::spec::{JobGraph, SlotKey};
 
-use super::command::{is_false, is_zero, Rejection, Response};
+use super::command::{is_false, is_zero, is_zero_u32, Rejection, Response};
 use super::{JobStatus, SavepointOutcome, SavepointRecord, SavepointRequest};
 
 /// How many client request ids the state remembers for deduplication. Older ones are forgotten in
@@ -50,6 +50,13 @@ pub struct JobRecord {
     pub status: JobStatus,
     pub status_reason: String,
     pub restart_count: u32,
+    /// Restarts in the current run of failures, for a restart strategy that forgets failures
+    /// after a stable period (`reset_after_ms`); 0 for others.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub restart_streak: u32,
+    /// When the last restart of such a strategy began.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_failure_at_ms: u64,
     pub submitted_at_ms: u64,
     pub updated_at_ms: u64,
     #[serde(with = "map_as_pairs")]
@@ -227,15 +234,65 @@ impl State {
             .sum()
     }
 
-    /// Slots of `executor_id` taken by live assignments.
+    /// Slots of `executor_id` taken by live assignments (one per slice of a job placed there).
     pub fn used_slots(&self, executor_id: &ExecutorId) -> u32 {
-        let used = self
-            .jobs
+        self.jobs
             .values()
-            .flat_map(|job| job.assignments.values())
-            .filter(|assignment| assignment.executor_id.as_ref() == Some(executor_id))
+            .map(|job| job.slots_on(executor_id))
+            .fold(0, u32::saturating_add)
+    }
+}
+
+impl JobRecord {
+    /// Every slot of the job with a placed member, and where (see `raftstream_api::spec::SlotKey`).
+    fn placed_slots(&self) -> BTreeSet<(&ExecutorId, SlotKey<'_>)> {
+        let groups = self.graph.slot_groups();
+        self.assignments
+            .iter()
+            .filter_map(|(subtask, assignment)| {
+                let executor_id = assignment.executor_id.as_ref()?;
+                Some((executor_id, JobGraph::slot_of(&groups, subtask)?))
+            })
+            .collect()
+    }
+
+    /// The slots this job takes on `executor_id`.
+    pub fn slots_on(&self, executor_id: &ExecutorId) -> u32 {
+        let on_it = self
+            .placed_slots()
+            .into_iter()
+            .filter(|(placed_on, _)| *placed_on == executor_id)
             .count();
-        u32::try_from(used).unwrap_or(u32::MAX)
+        u32::try_from(on_it).unwrap_or(u32::MAX)
+    }
+
+    /// The slots this job takes on all executors.
+    pub fn slots_held(&self) -> u64 {
+        self.placed_slots().len() as u64
+    }
+
+    /// The slots this job still needs: slices with a member waiting and none placed.
+    pub fn slots_waiting(&self) -> u64 {
+        let groups = self.graph.slot_groups();
+        let placed: BTreeSet<SlotKey<'_>> = self.placed_slots().into_iter().map(|(_, slot)| slot).collect();
+        let waiting: BTreeSet<SlotKey<'_>> = self
+            .assignments
+            .iter()
+            .filter(|(_, assignment)| assignment.executor_id.is_none())
+            .filter_map(|(subtask, _)| JobGraph::slot_of(&groups, subtask))
+            .filter(|slot| !placed.contains(slot))
+            .collect();
+        waiting.len() as u64
+    }
+
+    /// Where the other members of `subtask`'s slice run, if one is placed.
+    pub fn slice_home(&self, subtask: &SubtaskKey) -> Option<&ExecutorId> {
+        let groups = self.graph.slot_groups();
+        let slot = JobGraph::slot_of(&groups, subtask)?;
+        self.assignments.iter().find_map(|(member, assignment)| {
+            let executor_id = assignment.executor_id.as_ref()?;
+            (member != subtask && JobGraph::slot_of(&groups, member) == Some(slot)).then_some(executor_id)
+        })
     }
 }
 

@@ -111,13 +111,8 @@ pub(super) fn request_rescale(
         });
     }
     // Its own slots come back when it stops; the rest must be free on live executors now.
-    let needed = graph.total_subtasks();
-    let held = job
-        .assignments
-        .values()
-        .filter(|assignment| assignment.executor_id.is_some())
-        .count() as u64;
-    let available = held + state.free_slots();
+    let needed = graph.slots_needed();
+    let available = job.slots_held() + state.free_slots();
     if needed > available {
         return Err(Rejection::NotEnoughSlots {
             job_id: *job_id,

@@ -28,12 +28,22 @@ pub(super) fn exec(name: &str) -> ExecutorId {
     ExecutorId(name.to_owned())
 }
 
-/// A golden history's job spec, parsed (it is valid by construction).
+/// A golden history's job spec, parsed as the code that wrote the golden files did: one slot
+/// per subtask (before slot sharing) and, without a `restart:` section, the fixed 1 s delay that
+/// was the default then.
 pub(super) fn graph_of(spec: &str) -> raftstream_api::spec::JobGraph {
-    match parse_job_spec(spec) {
+    let mut graph = match parse_job_spec(spec) {
         Ok(graph) => graph,
         Err(error) => panic!("golden spec: {error}"),
+    };
+    graph.slot_sharing = false;
+    if !spec.contains(r#""restart""#) {
+        graph.restart = raftstream_api::spec::RestartStrategy::FixedDelay {
+            max_attempts: 3,
+            delay_ms: 1_000,
+        };
     }
+    graph
 }
 
 /// Executors `exec-a` (127.0.0.1:7001) and `exec-b` (:7002) registering with `slots` each, at
@@ -56,10 +66,7 @@ pub(super) fn subtask(operator_id: &str, subtask_index: u32) -> SubtaskKey {
 
 /// The commands of the history, in log order (index 3 onwards: 1 is blank, 2 a membership).
 pub fn commands() -> Vec<Command> {
-    let graph = match parse_job_spec(JOB_SPEC) {
-        Ok(graph) => graph,
-        Err(error) => panic!("golden spec: {error}"),
-    };
+    let graph = graph_of(JOB_SPEC);
     let exec = |name: &str| ExecutorId(name.to_owned());
     let job = JobId::from_number(1);
     let mut commands = vec![

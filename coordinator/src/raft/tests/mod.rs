@@ -2,6 +2,7 @@ mod golden_history;
 mod golden_history_v2;
 mod golden_history_v3;
 mod golden_history_v4;
+mod golden_history_v5;
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::Entry;
@@ -233,6 +234,40 @@ fn a_log_and_snapshot_with_starts_that_name_their_placement_still_load() -> anyh
     write_golden_if_asked("v4", &expected)?;
     let log = include_str!("../../../tests/golden/log-entries-v4.jsonl");
     let snapshot = include_bytes!("../../../tests/golden/snapshot-v4.json");
+    read_back_as_written(log, snapshot, &expected)?;
+    Ok(())
+}
+
+/// Slot sharing and the restart strategy that forgets failures keep their stored form: a job
+/// whose slices take one slot each, a member refused apart from its slice, and a run of two
+/// restarts replay to the same state.
+#[test]
+fn a_log_and_snapshot_with_slot_sharing_and_runs_of_restarts_still_load() -> anyhow_free::Result {
+    use crate::state_machine::{apply, JobStatus, Rejection, State};
+
+    let expected = golden_history_v5::entries();
+    let mut state = State::default();
+    for (position, command) in golden_history_v5::commands().into_iter().enumerate() {
+        let applied = apply(&mut state, command.clone());
+        match (position == golden_history_v5::REFUSED_PLACEMENT, applied) {
+            (false, Ok(_)) | (true, Err(Rejection::SliceElsewhere { .. })) => {}
+            (_, outcome) => panic!("command {position} ({command:?}): {outcome:?}"),
+        }
+    }
+    let job = state
+        .jobs
+        .get(&raftstream_api::ids::JobId::from_number(1))
+        .ok_or("job-1")?;
+    assert_eq!(job.status, JobStatus::Restarting);
+    assert_eq!(
+        (job.restart_count, job.restart_streak, job.last_failure_at_ms),
+        (2, 2, 2_020)
+    );
+    assert!(job.graph.slot_sharing);
+
+    write_golden_if_asked("v5", &expected)?;
+    let log = include_str!("../../../tests/golden/log-entries-v5.jsonl");
+    let snapshot = include_bytes!("../../../tests/golden/snapshot-v5.json");
     read_back_as_written(log, snapshot, &expected)?;
     Ok(())
 }

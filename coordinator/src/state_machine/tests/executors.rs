@@ -6,11 +6,14 @@ use super::*;
 fn running_job_cancel_goes_through_cancelling_and_executor_death_frees_slots() {
     let mut state = State::default();
     let job_id = JobId::from_number(1);
+    // Stored before slot sharing: each subtask takes a slot.
+    let mut per_subtask = graph(1, 2);
+    per_subtask.slot_sharing = false;
     let _ = apply(
         &mut state,
         Command::SubmitJob {
             request_id: None,
-            graph: graph(1, 2),
+            graph: per_subtask,
             at_ms: 0,
             from_savepoint: None,
             allow_unmatched_state: false,
@@ -220,4 +223,51 @@ fn a_drained_executor_takes_no_work_and_its_running_jobs_move_through_a_checkpoi
         },
     );
     assert!(!state.executors[&executor_id("a")].draining);
+}
+
+#[test]
+fn a_slot_holds_one_slice_whose_members_never_run_apart() {
+    use crate::test_fixtures::StateBuilder;
+    // src 1, keys 2, counts 2, out 1: two slices, on executors of one slot each.
+    let mut state = StateBuilder::new()
+        .executor("executor-1", 1)
+        .executor("executor-2", 1)
+        .job(graph(2, 2))
+        .build();
+    let job_id = JobId::from_number(1);
+    let assign = |state: &mut State, operator: &str, index: u32, to: u8| {
+        apply(
+            state,
+            Command::AssignSubtask {
+                job_id,
+                subtask: subtask(operator, index),
+                executor_id: executor(to),
+                at_ms: 1,
+            },
+        )
+    };
+    for (operator, index) in [("src", 0), ("keys", 0), ("counts", 0), ("out", 0)] {
+        assert!(
+            assign(&mut state, operator, index, 1).is_ok(),
+            "slice 0 shares one slot"
+        );
+    }
+    assert_eq!(state.used_slots(&executor(1)), 1);
+    assert_eq!(
+        assign(&mut state, "keys", 1, 1),
+        Err(Rejection::NoFreeSlot {
+            executor_id: executor(1),
+            slots: 1
+        }),
+        "slice 1 needs a slot of its own"
+    );
+    assert!(assign(&mut state, "keys", 1, 2).is_ok());
+    let apart = assign(&mut state, "counts", 1, 1).expect_err("refused");
+    assert!(
+        matches!(&apart, Rejection::SliceElsewhere { executor_id, .. } if *executor_id == executor(2)),
+        "{apart}"
+    );
+    assert!(assign(&mut state, "counts", 1, 2).is_ok());
+    let job = &state.jobs[&job_id];
+    assert_eq!((job.slots_held(), job.slots_waiting()), (2, 0));
 }

@@ -6,7 +6,7 @@ use super::*;
 fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_done() {
     use crate::test_fixtures::StateBuilder;
     let job_id = JobId::from_number(1);
-    // Job 1: src 1, keys 2, counts 2, out 1 (6 slots) on an executor with 8.
+    // Job 1: src 1, keys 2, counts 2, out 1 (2 slices: 2 slots) on an executor with 8.
     let mut state = StateBuilder::new()
         .executor("e", 8)
         .job(graph(2, 3))
@@ -40,10 +40,10 @@ fn a_rescale_restarts_the_job_at_the_new_parallelism_and_refuses_what_cannot_be_
         (request_rescale(Some("counts"), 129), "max_parallelism of 128"),
         (request_rescale(Some("nope"), 2), "no operator \"nope\""),
         (request_rescale(Some("counts"), 2), "nothing to change"),
-        // 6 held + 2 free = 8 available; every operator at 3 needs 12.
+        // 2 held + 6 free = 8 available; every operator at 9 needs 9 slices.
         (
-            request_rescale(None, 3),
-            "needs 12 slots, but only 8 are free or held by it: 4 more needed",
+            request_rescale(None, 9),
+            "needs 9 slots, but only 8 are free or held by it: 1 more needed",
         ),
         (rescale(Some("counts"), 0), "at least 1"),
     ] {
