@@ -81,8 +81,8 @@ async function jobsView() {
     `<td><a class="job-link" href="#/jobs/${encodeURIComponent(j.job_id)}">${escapeHtml(j.name)}</a></td>` +
     `<td class="muted">${escapeHtml(j.job_id)}</td><td class="status-${escapeHtml(j.status)}">${escapeHtml(j.status)}</td>` +
     `<td>${j.restart_count}</td><td>${j.last_checkpoint_id ?? ""}</td><td>${j.operators}</td><td>${j.subtasks}</td>` +
-    `<td>${time(j.submitted_at_ms)}</td></tr>`);
-  return `<h2>Jobs</h2>` + table(["Name", "Id", "Status", "Restarts", "Last checkpoint", "Operators", "Subtasks", "Submitted"], rows, "jobs");
+    `<td>${j.slots_held}/${j.slots_needed}</td><td>${time(j.submitted_at_ms)}</td></tr>`);
+  return `<h2>Jobs</h2>` + table(["Name", "Id", "Status", "Restarts", "Last checkpoint", "Operators", "Subtasks", "Slots held", "Submitted"], rows, "jobs");
 }
 
 // Lays the operators out in columns by their distance from a source, and draws the edges.
@@ -142,6 +142,7 @@ async function jobView(jobId) {
   return `<h2>${escapeHtml(job.name)} <span class="muted">${escapeHtml(job.job_id)}</span></h2>` +
     `<div class="summary"><div>Status<b id="job-status" class="status-${escapeHtml(job.status)}">${escapeHtml(job.status)}</b></div>` +
     `<div>Restarts<b id="job-restarts">${job.restart_count}</b></div>` +
+    `<div>Slots held<b id="job-slots">${job.slots_held}/${job.slots_needed}</b></div>` +
     `<div>Last checkpoint<b id="job-last-checkpoint">${job.last_checkpoint_id ?? "none"}</b></div></div>` +
     (job.status_reason ? `<p class="muted">${escapeHtml(job.status_reason)}</p>` : "") +
     `<h2>Graph</h2>${graph(job.operators)}` +

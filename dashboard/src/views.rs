@@ -140,6 +140,9 @@ pub struct JobSummary {
     pub last_checkpoint_id: Option<u64>,
     pub operators: usize,
     pub subtasks: usize,
+    /// Slots the job takes (one per parallel slice) and holds now.
+    pub slots_needed: u64,
+    pub slots_held: u64,
 }
 
 pub fn job_summary(job: &pb::Job) -> JobSummary {
@@ -153,6 +156,8 @@ pub fn job_summary(job: &pb::Job) -> JobSummary {
         last_checkpoint_id: job.last_checkpoint_id,
         operators: job.operators.len(),
         subtasks: job.subtasks.len(),
+        slots_needed: job.slots_needed,
+        slots_held: job.slots_held,
     }
 }
 

@@ -38,6 +38,8 @@ pub fn job_json(job: &pb::Job) -> serde_json::Value {
         "status": job.status,
         "status_reason": job.status_reason,
         "restart_count": job.restart_count,
+        "slots_needed": job.slots_needed,
+        "slots_held": job.slots_held,
         "submitted_at_ms": job.submitted_at_ms,
         "updated_at_ms": job.updated_at_ms,
         "last_checkpoint_id": job.last_checkpoint_id,
@@ -117,6 +119,10 @@ pub(super) fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics], running: 
         }
     );
     println!("restarts:    {}", job.restart_count);
+    println!(
+        "slots:       {} held of {} needed (one per parallel slice)",
+        job.slots_held, job.slots_needed
+    );
     println!(
         "checkpoint:  {}",
         job.last_checkpoint_id

@@ -58,6 +58,12 @@ async fn cli_submits_lists_inspects_and_cancels_jobs() -> anyhow::Result<()> {
         status.contains("counts[1]") && status.contains("(waiting for a slot)") && status.contains("WAITING"),
         "{status}"
     );
+    // Eight subtasks in two parallel slices: two slots, none free anywhere.
+    assert!(
+        status.contains("slots:       0 held of 2 needed") && status.contains("waiting for 2 free slots"),
+        "{status}"
+    );
+    assert_eq!(job["slots_needed"], 2, "{job}");
 
     tracing::info!("--- cluster status");
     let cluster_status = run_cli(&["cluster", "status", "--coordinators", &coordinators, "--output", "json"])?;

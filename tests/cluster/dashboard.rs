@@ -281,6 +281,15 @@ async fn drive(
         operators.contains(&"counts".to_owned()),
         "the graph draws every operator: {operators:?}"
     );
+    // The word count at parallelism 2: two slices, two slots, whatever its subtask count.
+    page_until(
+        browser,
+        "the job's slots",
+        PATIENCE,
+        "const slots = document.getElementById('job-slots'); return slots ? slots.textContent : null;",
+        |slots| (slots.as_str() == Some("2/2")).then_some(()),
+    )
+    .await?;
     let checkpoint_script = "const row = document.querySelector('#checkpoints tbody tr'); return row ? Number(row.dataset.checkpointId) : null;";
     let first_checkpoint = page_until(
         browser,

@@ -16,6 +16,7 @@ mod membership;
 mod observability;
 mod operators;
 mod replication;
+mod restarts;
 mod restore_races;
 mod s3_peer;
 mod savepoints;

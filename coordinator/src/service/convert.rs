@@ -91,6 +91,8 @@ pub fn job_to_proto(state: &State, job: &JobRecord) -> pb::Job {
                 what: event.what.clone(),
             })
             .collect(),
+        slots_needed: job.graph.slots_needed(),
+        slots_held: job.slots_held(),
         status_reason: match (job.status_reason.is_empty(), waiting_reason(state, job)) {
             (true, Some(waiting)) => waiting,
             (false, Some(waiting)) => format!("{}; {waiting}", job.status_reason),
