@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use raftstream::local_cluster::{poll_until, LocalCluster};
+use raftstream::local_cluster::LocalCluster;
 use raftstream::wordcount::WordCountJob;
 use raftstream_api::client::ClusterClient;
 use raftstream_coordinator::leader::ExecutorSettings;
@@ -264,12 +264,22 @@ pub(crate) async fn start_cluster_once(config: &RunConfig) -> anyhow::Result<(Lo
     }
     let admin =
         ClusterClient::new(&cluster.addresses(), Duration::from_secs(30))?.with_attempt_timeout(Duration::from_secs(2));
-    poll_until("the executors to connect", Duration::from_secs(30), || async {
-        let listed = admin.list_executors().await.ok()?;
-        (listed.executors.iter().filter(|executor| executor.connected).count() == config.executors as usize)
-            .then_some(())
-    })
-    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // An executor that found its HTTP port taken (the harness closes the port the OS picked
+        // before the child binds it) starts again on a new one; one that crashed fails the start
+        // with its log.
+        cluster.check_executors_running()?;
+        if let Ok(listed) = admin.list_executors().await {
+            if listed.executors.iter().filter(|executor| executor.connected).count() == config.executors as usize {
+                break;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("timed out after 30s waiting for the executors to connect");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok((cluster, network, admin))
 }
 

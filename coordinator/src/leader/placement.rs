@@ -65,6 +65,17 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
                 executor_id: executor_id.clone(),
             }));
         };
+        // Where each subtask index of the job runs (its first slice there): a slice of another
+        // sharing group goes next to it when there is room, so forward exchanges between the
+        // groups stay on one executor.
+        let mut index_home: BTreeMap<u32, &ExecutorId> = BTreeMap::new();
+        if job.graph.slot_sharing {
+            for (subtask, assignment) in &job.assignments {
+                if let Some(executor_id) = &assignment.executor_id {
+                    index_home.entry(subtask.subtask_index).or_insert(executor_id);
+                }
+            }
+        }
         // First the units that fit where they belong (a restart moves only what it must).
         let mut elsewhere = Vec::new();
         for unit in units {
@@ -81,19 +92,35 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
                 Some((home, slots)) if *slots >= unit.slots => {
                     *slots -= unit.slots;
                     place(&mut placements, &unit, home);
+                    if let Some(index) = unit.index {
+                        index_home.entry(index).or_insert(home);
+                    }
                 }
                 _ => elsewhere.push(unit),
             }
         }
         for unit in elsewhere {
-            // Most free slots first; BTreeMap order makes the tie-break by id deterministic.
-            let together = free
-                .iter_mut()
-                .filter(|(_, slots)| **slots >= unit.slots)
-                .max_by_key(|(id, slots)| (**slots, std::cmp::Reverse(**id)));
-            if let Some((executor_id, slots)) = together {
-                *slots -= unit.slots;
+            let neighbour = unit
+                .index
+                .and_then(|index| index_home.get(&index).copied())
+                .filter(|home| free.get(*home).is_some_and(|slots| *slots >= unit.slots));
+            // Else most free slots first; BTreeMap order makes the tie-break by id deterministic.
+            let together = match neighbour {
+                Some(home) => free.get_key_value(home).map(|(id, _)| *id),
+                None => free
+                    .iter()
+                    .filter(|(_, slots)| **slots >= unit.slots)
+                    .max_by_key(|(id, slots)| (**slots, std::cmp::Reverse(**id)))
+                    .map(|(id, _)| *id),
+            };
+            if let Some(executor_id) = together {
+                if let Some(slots) = free.get_mut(executor_id) {
+                    *slots -= unit.slots;
+                }
                 place(&mut placements, &unit, executor_id);
+                if let Some(index) = unit.index {
+                    index_home.entry(index).or_insert(executor_id);
+                }
                 continue;
             }
             if !unit.splittable {
@@ -132,6 +159,8 @@ struct PlacementUnit<'a> {
     slots: i64,
     /// Whether its members may go to different executors when no executor has room for all.
     splittable: bool,
+    /// The subtask index of a slice (jobs with slot sharing).
+    index: Option<u32>,
 }
 
 /// The slices of a job with slot sharing that have members waiting, in slot order.
@@ -149,6 +178,7 @@ fn slices_waiting(job: &JobRecord) -> Vec<PlacementUnit<'_>> {
             previous: None,
             slots: 1,
             splittable: false,
+            index: Some(slot.index),
         });
         match &assignment.executor_id {
             Some(executor_id) => {
@@ -177,6 +207,7 @@ fn chain_groups(job: &JobRecord) -> Vec<PlacementUnit<'_>> {
                 previous: None,
                 slots: 0,
                 splittable: true,
+                index: None,
             };
             for operator in &chain {
                 let key = SubtaskKey {
@@ -348,6 +379,36 @@ mod tests {
                 assert_eq!(moved_to, &vec!["c".to_owned()], "slice {index} moves whole");
             }
         }
+    }
+
+    #[test]
+    fn slices_of_one_index_in_two_groups_go_to_one_executor_when_it_has_room() {
+        let mut state = state_with(&[("a", 2), ("b", 2)], 0);
+        let spec = r#"{"name": "wc", "parallelism": 2, "operators": [
+            {"id": "lines", "kind": "generator"},
+            {"id": "upper", "kind": "map", "inputs": ["lines"], "params": {"function": "uppercase"}},
+            {"id": "out", "kind": "print", "inputs": ["upper"], "slot_sharing_group": "sink"}]}"#;
+        assert!(apply(&mut state, submit(fixture_graph(spec))).is_ok());
+        let placements = plan_placements(&state, &ids(&["a", "b"]));
+        assign_all(&mut state, &placements);
+        let executor_of = |operator: &str, index: u32| {
+            placements
+                .iter()
+                .find(|placement| placement.subtask.operator_id == operator && placement.subtask.subtask_index == index)
+                .map(|placement| placement.executor_id.0.clone())
+        };
+        for index in 0..2 {
+            assert_eq!(
+                executor_of("out", index),
+                executor_of("upper", index),
+                "out[{index}] reads upper[{index}] over a forward edge"
+            );
+        }
+        assert_ne!(
+            executor_of("lines", 0),
+            executor_of("lines", 1),
+            "the slices still spread"
+        );
     }
 
     fn register(id: &str, slots: u32) -> Command {
