@@ -34,6 +34,7 @@ pub fn accepts_placements(status: JobStatus) -> bool {
 /// subtask; its chains are kept together when one executor has room for all of a chain's
 /// subtasks of one index, and placed one by one otherwise.
 pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
+    let used = state.used_slots_by_executor();
     let mut free: BTreeMap<&ExecutorId, i64> = live
         .iter()
         .filter_map(|id| {
@@ -43,7 +44,12 @@ pub fn plan_placements(state: &State, live: &[ExecutorId]) -> Vec<Placement> {
                 .filter(|executor| executor.takes_work())
                 .map(|executor| (id, executor))
         })
-        .map(|(id, executor)| (id, i64::from(executor.slots) - i64::from(state.used_slots(id))))
+        .map(|(id, executor)| {
+            (
+                id,
+                i64::from(executor.slots) - i64::from(used.get(id).copied().unwrap_or(0)),
+            )
+        })
         .collect();
     let mut jobs: Vec<_> = state
         .jobs
@@ -391,12 +397,7 @@ mod tests {
         assert!(apply(&mut state, submit(fixture_graph(spec))).is_ok());
         let placements = plan_placements(&state, &ids(&["a", "b"]));
         assign_all(&mut state, &placements);
-        let executor_of = |operator: &str, index: u32| {
-            placements
-                .iter()
-                .find(|placement| placement.subtask.operator_id == operator && placement.subtask.subtask_index == index)
-                .map(|placement| placement.executor_id.0.clone())
-        };
+        let executor_of = |operator: &str, index: u32| planned_on(&placements, operator, index);
         for index in 0..2 {
             assert_eq!(
                 executor_of("out", index),
@@ -409,6 +410,14 @@ mod tests {
             executor_of("lines", 1),
             "the slices still spread"
         );
+    }
+
+    /// Where `placements` put `operator[index]`.
+    fn planned_on(placements: &[Placement], operator: &str, index: u32) -> Option<String> {
+        placements
+            .iter()
+            .find(|placement| placement.subtask.operator_id == operator && placement.subtask.subtask_index == index)
+            .map(|placement| placement.executor_id.0.clone())
     }
 
     fn register(id: &str, slots: u32) -> Command {
@@ -557,12 +566,7 @@ mod tests {
         assert!(apply(&mut state, submit).is_ok());
         let placements = plan_placements(&state, &ids(&["a", "b"]));
         assert_eq!(placements.len(), 10);
-        let executor_of = |operator: &str, index: u32| {
-            placements
-                .iter()
-                .find(|placement| placement.subtask.operator_id == operator && placement.subtask.subtask_index == index)
-                .map(|placement| placement.executor_id.0.clone())
-        };
+        let executor_of = |operator: &str, index: u32| planned_on(&placements, operator, index);
         for index in 0..2 {
             assert_eq!(executor_of("words", index), executor_of("lines", index));
             assert_eq!(executor_of("keyed", index), executor_of("lines", index));

@@ -227,19 +227,31 @@ pub struct State {
 impl State {
     /// Slots free on the executors that take work (alive, not draining).
     pub fn free_slots(&self) -> u64 {
+        let used = self.used_slots_by_executor();
         self.executors
             .values()
             .filter(|executor| executor.takes_work())
-            .map(|executor| u64::from(executor.slots.saturating_sub(self.used_slots(&executor.executor_id))))
+            .map(|executor| {
+                let taken = used.get(&executor.executor_id).copied().unwrap_or(0);
+                u64::from(executor.slots.saturating_sub(taken))
+            })
             .sum()
     }
 
     /// Slots of `executor_id` taken by live assignments (one per slice of a job placed there).
     pub fn used_slots(&self, executor_id: &ExecutorId) -> u32 {
-        self.jobs
-            .values()
-            .map(|job| job.slots_on(executor_id))
-            .fold(0, u32::saturating_add)
+        self.used_slots_by_executor().get(executor_id).copied().unwrap_or(0)
+    }
+
+    /// [`State::used_slots`] of every executor that holds any, read in one pass over the jobs
+    /// (for callers that look at every executor).
+    pub fn used_slots_by_executor(&self) -> BTreeMap<&ExecutorId, u32> {
+        let mut used: BTreeMap<&ExecutorId, u32> = BTreeMap::new();
+        for (executor_id, _) in self.jobs.values().flat_map(JobRecord::placed_slots) {
+            let count = used.entry(executor_id).or_insert(0);
+            *count = count.saturating_add(1);
+        }
+        used
     }
 }
 
@@ -254,16 +266,6 @@ impl JobRecord {
                 Some((executor_id, JobGraph::slot_of(&groups, subtask)?))
             })
             .collect()
-    }
-
-    /// The slots this job takes on `executor_id`.
-    pub fn slots_on(&self, executor_id: &ExecutorId) -> u32 {
-        let on_it = self
-            .placed_slots()
-            .into_iter()
-            .filter(|(placed_on, _)| *placed_on == executor_id)
-            .count();
-        u32::try_from(on_it).unwrap_or(u32::MAX)
     }
 
     /// The slots this job takes on all executors.
