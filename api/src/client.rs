@@ -223,6 +223,21 @@ impl ClusterClient {
             .ok_or_else(|| ClientError::Rejected(Status::internal("empty reply")))
     }
 
+    /// Stores a user function's component (`sha256` is its hash) in the checkpoint store through
+    /// the cluster; answers which executor stored it.
+    pub async fn upload_function(&self, sha256: &str, bytes: &[u8]) -> Result<pb::UploadFunctionResponse, ClientError> {
+        let chunks = crate::function_upload::function_chunks(sha256, bytes);
+        self.with_retry(|channel| {
+            let chunks = chunks.clone();
+            async move {
+                JobServiceClient::new(channel)
+                    .upload_function(tokio_stream::iter(chunks))
+                    .await
+            }
+        })
+        .await
+    }
+
     /// One job.
     pub async fn get_job(&self, job_id: &str, consistency: pb::ReadConsistency) -> Result<pb::Job, ClientError> {
         let request = pb::GetJobRequest {

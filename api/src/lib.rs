@@ -7,6 +7,7 @@
 //! - [`messages`]: what the leader and the executors tell each other (`ExecutorCommand`, ...).
 //! - [`convert`]: every conversion between those and their protobuf form.
 //! - [`client`]: a cluster client that tries every coordinator and retries.
+//! - [`function_upload`]: a user function's component in chunks, sent and received.
 //! - [`dial`]: the table of addresses dialled elsewhere than advertised (the fault proxy).
 //! - [`metadata`]: gRPC metadata keys.
 //! - [`serde_pairs`]: maps keyed by structs, serialized as lists of pairs.
@@ -15,6 +16,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod convert;
 pub mod dial;
+pub mod function_upload;
 pub mod ids;
 pub mod messages;
 pub mod metadata;

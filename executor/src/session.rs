@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::checkpoint::{CheckpointStorage, StorageConfigError};
 use crate::runtime::exchange::{ExchangeHub, ExchangeServiceImpl};
 use crate::runtime::task::TaskEnvironment;
+use crate::runtime::user_functions::FunctionRuntime;
 use crate::task_manager::TaskManager;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -57,6 +58,8 @@ pub struct ExecutorConfig {
     pub drain_timeout: Duration,
     /// Where to serve HTTP: `/metrics`, `/healthz`, `/readyz` (none: no HTTP listener).
     pub http_listen_address: Option<std::net::SocketAddr>,
+    /// The most memory one instance of a user function may have, whatever its job asks for.
+    pub max_function_memory_mib: u64,
 }
 
 /// Why an executor could not start.
@@ -165,12 +168,29 @@ pub async fn run_executor(
         hub: hub.clone(),
         shutdown: shutdown.clone(),
     };
+    let storage = std::sync::Arc::new(storage);
+    let function_store = crate::function_store::FunctionStoreServiceImpl {
+        executor_id: executor_id.clone(),
+        store: storage.clone(),
+    };
+    let functions = std::sync::Arc::new(
+        FunctionRuntime::new(
+            storage.clone(),
+            &config.data_dir.join("function-cache"),
+            config.max_function_memory_mib << 20,
+        )
+        .map_err(|error| ExecutorError::InvalidConfig(format!("user functions: {error}")))?,
+    );
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(raftstream_proto::v1::exchange_service_server::ExchangeServiceServer::new(exchange))
+            .add_service(
+                raftstream_proto::v1::function_store_service_server::FunctionStoreServiceServer::new(function_store)
+                    .max_decoding_message_size(2 * raftstream_api::function_upload::FUNCTION_CHUNK_BYTES),
+            )
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async move {
                 server_shutdown.cancelled().await
             }),
@@ -183,10 +203,11 @@ pub async fn run_executor(
         hub,
         local_address: address.clone(),
         dial: dial.clone(),
-        store: std::sync::Arc::new(storage),
+        store: storage,
         reports,
         tracker: tokio_util::task::TaskTracker::new(),
         metrics: crate::runtime::metrics::MetricsRegistry::default(),
+        functions,
     };
     let in_session = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = http_listener.map(|listener| {

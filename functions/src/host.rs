@@ -103,7 +103,7 @@ impl FunctionHost {
 }
 
 /// Refuses what is not a component before the compiler sees it, with an error a user can act on.
-fn check_component_bytes(name: &str, bytes: &[u8]) -> Result<(), FunctionError> {
+pub fn check_component_bytes(name: &str, bytes: &[u8]) -> Result<(), FunctionError> {
     let (Some(magic), Some(layer)) = (bytes.get(0..4), bytes.get(4..8)) else {
         return Err(FunctionError::NotWebAssembly {
             function: name.to_owned(),

@@ -21,7 +21,7 @@ mod instance;
 pub use cache::CompiledCache;
 pub use error::FunctionError;
 pub use events::{Event, EventRef, KeyedValuesRef, Processed};
-pub use host::{CompiledFunction, FunctionHost};
+pub use host::{check_component_bytes, CompiledFunction, FunctionHost};
 pub use instance::{Export, FunctionInstance, FunctionLimits};
 
 /// The WIT package version this host implements; a component built against another major

@@ -33,9 +33,9 @@ pub(super) async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                 from_savepoint,
                 allow_unmatched_state,
             };
-            let job = client_for(&client)?
-                .submit_job_with(&spec, &request_id, &options)
-                .await?;
+            let cluster = client_for(&client)?;
+            let spec = super::functions::prepare_functions(&spec, &file, &cluster).await?;
+            let job = cluster.submit_job_with(&spec, &request_id, &options).await?;
             print_value(client.output, job_json(&job), || {
                 let from = match &options.from_savepoint {
                     Some(savepoint) => format!(" from savepoint {savepoint}"),

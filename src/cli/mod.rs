@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod cluster;
+mod functions;
 mod job;
 mod output;
 
@@ -130,6 +131,9 @@ pub struct ExecutorArgs {
     /// HTTP listen address (host:port) for /metrics, /healthz and /readyz.
     #[arg(long, alias = "metrics-listen", value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// The most memory one instance of a user function may have (MiB), whatever its job asks.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_function_memory_mib: u64,
 }
 
 /// `executor ...` besides running one.
@@ -376,6 +380,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
                 dial: parse_dial(&args.dial)?,
                 drain_timeout: Duration::from_secs(args.drain_timeout_secs),
                 http_listen_address: parse_http_listen(args.http_listen.as_deref())?,
+                max_function_memory_mib: args.max_function_memory_mib,
             };
             raftstream_executor::run_executor(config, shutdown, drain).await?;
             Ok(())

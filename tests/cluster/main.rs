@@ -12,6 +12,7 @@ mod exactly_once;
 mod exchanges;
 mod executors;
 mod failover;
+mod functions;
 mod membership;
 mod observability;
 mod operators;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::functions::{UdfCall, UdfExport};
 use super::{operator_error, OperatorKind, SpecError};
 
 /// One operator's configuration, by kind.
@@ -45,6 +46,8 @@ pub enum OperatorConfig {
     Print {
         prefix: String,
     },
+    /// A user function's export (`params.udf`), in place of a built-in.
+    Udf(UdfCall),
 }
 
 /// `two_phase: true` on a keyed aggregate or window: each subtask feeding its `key_by` folds the
@@ -359,6 +362,9 @@ pub(super) fn operator_config(
         operator: id,
         values: params,
     };
+    if let (Some(function), Some(export)) = (params.text(super::operators::UDF_PARAM), UdfExport::of(kind)) {
+        return Ok(OperatorConfig::Udf(UdfCall { function, export }));
+    }
     let function = params.text("function").unwrap_or_default();
     Ok(match kind {
         OperatorKind::Generator => {
@@ -513,5 +519,7 @@ pub(super) fn operator_config(
         OperatorKind::Print => OperatorConfig::Print {
             prefix: params.text("prefix").unwrap_or_default(),
         },
+        // Its only parameter, `udf`, is required and handled above.
+        OperatorKind::Process => return Err(operator_error(id, "params.udf", "missing; process requires it")),
     })
 }

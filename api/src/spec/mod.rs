@@ -4,6 +4,7 @@
 mod chains;
 mod config;
 mod exchanges;
+mod functions;
 mod operators;
 mod parse;
 mod slots;
@@ -23,6 +24,10 @@ pub use config::{
     PreAggregation, TwoPhase, WindowAggregate, WindowConfig,
 };
 pub use exchanges::Exchange;
+pub use functions::{
+    function_location, FunctionRef, UdfCall, UdfExport, DEFAULT_CALL_TIMEOUT_MS, DEFAULT_FUNCTION_MEMORY_MIB,
+    MAX_FUNCTION_BYTES,
+};
 pub use operators::{OperatorKind, OperatorRole, ParamSchema, ParamType};
 pub use parse::parse_job_spec;
 pub use slots::{SlotKey, DEFAULT_SHARING_GROUP};
@@ -56,6 +61,9 @@ pub struct JobGraph {
     /// whose Raft log entries must replay to the state they produced then).
     #[serde(default, skip_serializing_if = "is_false")]
     pub slot_sharing: bool,
+    /// The user functions operators call, by name (absent in jobs without any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub functions: BTreeMap<String, FunctionRef>,
 }
 
 fn is_false(value: &bool) -> bool {

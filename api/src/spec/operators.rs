@@ -20,6 +20,7 @@ pub enum OperatorKind {
     Min,
     Max,
     Reduce,
+    Process,
     TumblingWindow,
     SlidingWindow,
     FileSink,
@@ -52,6 +53,9 @@ pub enum ParamType {
     /// A number above 1 (a factor).
     FactorAboveOne,
 }
+
+/// The parameter naming a user function; with it an operator takes no other parameter.
+pub const UDF_PARAM: &str = "udf";
 
 /// One parameter an operator kind accepts.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +98,7 @@ const TWO_PHASE: [ParamSchema; 4] = [
 
 impl OperatorKind {
     /// All kinds, in the order the documentation lists them.
-    pub const ALL: [OperatorKind; 18] = [
+    pub const ALL: [OperatorKind; 19] = [
         OperatorKind::Generator,
         OperatorKind::FileSource,
         OperatorKind::Map,
@@ -109,6 +113,7 @@ impl OperatorKind {
         OperatorKind::Min,
         OperatorKind::Max,
         OperatorKind::Reduce,
+        OperatorKind::Process,
         OperatorKind::TumblingWindow,
         OperatorKind::SlidingWindow,
         OperatorKind::FileSink,
@@ -132,6 +137,7 @@ impl OperatorKind {
             OperatorKind::Min => "min",
             OperatorKind::Max => "max",
             OperatorKind::Reduce => "reduce",
+            OperatorKind::Process => "process",
             OperatorKind::TumblingWindow => "tumbling_window",
             OperatorKind::SlidingWindow => "sliding_window",
             OperatorKind::FileSink => "file_sink",
@@ -160,6 +166,7 @@ impl OperatorKind {
             | OperatorKind::Min
             | OperatorKind::Max
             | OperatorKind::Reduce
+            | OperatorKind::Process
             | OperatorKind::TumblingWindow
             | OperatorKind::SlidingWindow => OperatorRole::KeyedTransform,
             OperatorKind::FileSink | OperatorKind::Print => OperatorRole::Sink,
@@ -195,11 +202,13 @@ impl OperatorKind {
                 ),
                 optional("fields", TextList),
                 optional("delimiter", Text),
+                optional("udf", Text),
             ],
             OperatorKind::FlatMap => vec![
                 required("function", OneOf(&["split_words", "split", "parse_csv", "parse_json"])),
                 optional("fields", TextList),
                 optional("delimiter", Text),
+                optional("udf", Text),
             ],
             OperatorKind::Filter => vec![
                 optional("field", Text),
@@ -208,11 +217,13 @@ impl OperatorKind {
                     OneOf(&["eq", "ne", "lt", "le", "gt", "ge", "contains", "starts_with"]),
                 ),
                 required("value", Scalar),
+                optional("udf", Text),
             ],
             OperatorKind::KeyBy => vec![
                 optional("field", Text),
                 optional("hash", OneOf(&["plain", "salted"])),
                 optional("salts", UnsignedAtLeast(2)),
+                optional("udf", Text),
             ],
             // Records pass unchanged; the kind chooses the exchange on the edges out of it.
             OperatorKind::Rebalance | OperatorKind::Rescale | OperatorKind::Broadcast => vec![],
@@ -226,10 +237,12 @@ impl OperatorKind {
                 let mut params = vec![
                     required("function", OneOf(&["sum", "min", "max", "concat"])),
                     optional("field", Text),
+                    optional("udf", Text),
                 ];
                 params.extend(TWO_PHASE);
                 params
             }
+            OperatorKind::Process => vec![required("udf", Text)],
             OperatorKind::TumblingWindow => {
                 let mut params = vec![required("size_ms", UnsignedAtLeast(1))];
                 params.extend(WINDOW_COMMON);

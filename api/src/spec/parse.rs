@@ -47,6 +47,7 @@ pub(super) fn validate_document(document: &Value) -> Result<JobGraph, SpecError>
         "checkpoint",
         "restart",
         "chaining",
+        "functions",
         "operators",
     ];
     if let Some(unknown) = top.keys().find(|key| !TOP_FIELDS.contains(&key.as_str())) {
@@ -124,6 +125,27 @@ pub(super) fn validate_document(document: &Value) -> Result<JobGraph, SpecError>
         operators.push(operator);
     }
     validate_edges(&operators)?;
+    let functions = super::functions::parse_functions(top.get("functions"))?;
+    for operator in &operators {
+        if let OperatorConfig::Udf(call) = &operator.config {
+            if !functions.contains_key(&call.function) {
+                let known: Vec<&str> = functions.keys().map(String::as_str).collect();
+                return Err(operator_error(
+                    operator.id.as_str(),
+                    "params.udf",
+                    format!(
+                        "unknown function {:?}; the spec's functions are: {}",
+                        call.function,
+                        if known.is_empty() {
+                            "(none)".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
     Ok(JobGraph {
         name,
         max_parallelism,
@@ -133,6 +155,7 @@ pub(super) fn validate_document(document: &Value) -> Result<JobGraph, SpecError>
         chaining,
         autoscale,
         slot_sharing: true,
+        functions,
     })
 }
 

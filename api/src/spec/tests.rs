@@ -659,3 +659,117 @@ fn a_hot_word_share_is_a_percentage_of_a_random_stream() {
         "{error}"
     );
 }
+
+const SHA_A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn udf_spec(functions: &str, operators: &str) -> String {
+    format!(
+        "name: udf\nfunctions:\n{functions}\noperators:\n  - {{id: src, kind: generator}}\n{operators}  - {{id: out, kind: print, inputs: [last]}}\n"
+    )
+}
+
+#[test]
+fn user_functions_are_named_in_the_spec_and_called_by_operators() {
+    let spec = udf_spec(
+        &format!("  words: {{sha256: {SHA_A}, size_bytes: 1000, language: javascript, call_timeout_ms: 200}}"),
+        "  - {id: split, kind: flat_map, inputs: [src], params: {udf: words}}\n  - {id: keyed, kind: key_by, inputs: [split], params: {udf: words}}\n  - {id: last, kind: reduce, inputs: [keyed], params: {udf: words}}\n",
+    );
+    let graph = parse_job_spec(&spec).expect("valid");
+    let words = &graph.functions["words"];
+    assert_eq!(
+        (words.size_bytes, words.language.as_str(), words.call_timeout_ms),
+        (1000, "javascript", 200)
+    );
+    assert_eq!(words.memory_limit_bytes, DEFAULT_FUNCTION_MEMORY_MIB << 20);
+    let exports: Vec<Option<UdfExport>> = graph
+        .operators
+        .iter()
+        .map(|operator| match &operator.config {
+            OperatorConfig::Udf(call) => Some(call.export),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        exports,
+        vec![
+            None,
+            Some(UdfExport::FlatMap),
+            Some(UdfExport::Key),
+            Some(UdfExport::Reduce),
+            None
+        ]
+    );
+    // The log keeps the graph as JSON: functions round-trip, and a graph without them is
+    // written as before.
+    let json = serde_json::to_string(&graph).expect("json");
+    assert_eq!(serde_json::from_str::<JobGraph>(&json).expect("back"), graph);
+    let plain = serde_json::to_string(&parse_job_spec(WORD_COUNT).expect("valid")).expect("json");
+    assert!(!plain.contains("functions"), "{plain}");
+}
+
+#[test]
+fn bad_function_specs_name_the_function_and_the_field() {
+    let ok_function = format!("  words: {{sha256: {SHA_A}, size_bytes: 10}}");
+    let map = "  - {id: last, kind: map, inputs: [src], params: {udf: words}}\n";
+    let cases = [
+        (
+            udf_spec(
+                &ok_function,
+                "  - {id: last, kind: map, inputs: [src], params: {udf: nope}}\n",
+            ),
+            "unknown function \"nope\"; the spec's functions are: words",
+        ),
+        (
+            udf_spec("  words: {source: words.js}", map),
+            "functions.words.source: a file on the submitting machine",
+        ),
+        (
+            udf_spec("  words: {sha256: ABC, size_bytes: 10}", map),
+            "functions.words.sha256: must be 64 lowercase hex digits",
+        ),
+        (
+            udf_spec(&format!("  words: {{sha256: {SHA_A}, size_bytes: 0}}"), map),
+            "functions.words.size_bytes: is 0",
+        ),
+        (
+            udf_spec(
+                &format!("  words: {{sha256: {SHA_A}, size_bytes: 10, memory_limit_mib: 99999}}"),
+                map,
+            ),
+            "functions.words.memory_limit_mib: is 99999, must be a whole number from 1 to 4096",
+        ),
+        (
+            udf_spec(
+                &format!("  words: {{sha256: {SHA_A}, size_bytes: 10, language: cobol}}"),
+                map,
+            ),
+            "functions.words.language: is \"cobol\"",
+        ),
+        (
+            udf_spec(&format!("  \"no way\": {{sha256: {SHA_A}, size_bytes: 10}}"), map),
+            "functions.no way: a function name is",
+        ),
+        (
+            udf_spec(
+                &ok_function,
+                "  - {id: last, kind: map, inputs: [src], params: {udf: words, function: lowercase}}\n",
+            ),
+            "params.function: an operator calling a user function (params.udf) takes no other parameter",
+        ),
+        (
+            udf_spec(
+                &ok_function,
+                "  - {id: last, kind: process, inputs: [src], params: {udf: words}}\n",
+            ),
+            "\"last\"",
+        ),
+        (
+            udf_spec(&ok_function, "  - {id: last, kind: process, inputs: [src]}\n"),
+            "params.udf: missing; process requires it",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let message = error_of(&spec);
+        assert!(message.contains(expected), "expected {expected:?} in: {message}");
+    }
+}

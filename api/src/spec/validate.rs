@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use super::config::operator_config;
+use super::operators::UDF_PARAM;
 use super::parse::{bounded_u64, describe, parse_parallelism, ParallelismSpec};
 use super::*;
 
@@ -197,6 +198,17 @@ pub(super) fn validate_params(id: &str, kind: OperatorKind, params: &BTreeMap<St
         if let Some(problem) = problem {
             return Err(operator_error(id, &field, problem));
         }
+    }
+    if params.contains_key(UDF_PARAM) {
+        // A user function replaces the built-in's parameters.
+        if let Some(other) = params.keys().find(|name| name.as_str() != UDF_PARAM) {
+            return Err(operator_error(
+                id,
+                &format!("params.{other}"),
+                format!("an operator calling a user function (params.{UDF_PARAM}) takes no other parameter"),
+            ));
+        }
+        return Ok(());
     }
     if let Some(missing) = schema
         .iter()

@@ -367,6 +367,71 @@ impl pb::job_service_server::JobService for JobServiceImpl {
         }))
     }
 
+    /// Any coordinator: the executors write the checkpoint store, so the upload goes to one that
+    /// takes work (else any live one), tried in turn until one stores it.
+    #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
+    async fn upload_function(
+        &self,
+        request: Request<tonic::Streaming<pb::FunctionChunk>>,
+    ) -> Result<Response<pb::UploadFunctionResponse>, Status> {
+        let mut stream = request.into_inner();
+        let function = raftstream_api::function_upload::receive_function(&mut stream).await?;
+        let mut executors: Vec<(bool, String)> = {
+            let applied = self.context.applied.read();
+            applied
+                .state
+                .executors
+                .values()
+                .filter(|executor| executor.alive)
+                .map(|executor| (!executor.takes_work(), executor.address.clone()))
+                .collect()
+        };
+        executors.sort();
+        if executors.is_empty() {
+            return Err(Status::unavailable(
+                "no live executor to store the function in the checkpoint store: start an executor, then upload again",
+            ));
+        }
+        let chunks = raftstream_api::function_upload::function_chunks(&function.sha256, &function.bytes);
+        let mut last_error = None;
+        for (_, address) in executors {
+            let endpoint = match tonic::transport::Endpoint::from_shared(format!(
+                "http://{}",
+                self.context.dial.resolve(&address)
+            )) {
+                Ok(endpoint) => endpoint.connect_timeout(std::time::Duration::from_secs(2)),
+                Err(error) => {
+                    last_error = Some(Status::internal(format!("executor address {address}: {error}")));
+                    continue;
+                }
+            };
+            let stored = async {
+                let channel = endpoint
+                    .connect()
+                    .await
+                    .map_err(|error| Status::unavailable(error.to_string()))?;
+                pb::function_store_service_client::FunctionStoreServiceClient::new(channel)
+                    .store_function(tokio_stream::iter(chunks.clone()))
+                    .await
+            }
+            .await;
+            match stored {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    tracing::info!(sha256 = %reply.sha256, size_bytes = reply.size_bytes, stored_by = %reply.stored_by, "function stored");
+                    return Ok(Response::new(reply));
+                }
+                // The bytes are at fault (hash, not a component): another executor says the same.
+                Err(status) if status.code() == tonic::Code::InvalidArgument => return Err(status),
+                Err(status) => {
+                    tracing::warn!(%address, error = %status.message(), "executor could not store the function; trying the next");
+                    last_error = Some(status);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Status::unavailable("no executor stored the function")))
+    }
+
     #[tracing::instrument(skip_all, fields(node_id = self.context.node_id.0))]
     async fn delete_savepoint(
         &self,

@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::{checksum, verify, CheckpointStore, CheckpointStoreError, StateHandle};
+use super::{checksum, CheckpointStore, CheckpointStoreError, StateHandle};
 
 /// Checkpoint state under one root directory.
 #[derive(Debug, Clone)]
@@ -103,19 +103,15 @@ impl CheckpointStore for LocalDirectoryStore {
         Ok(handle)
     }
 
-    async fn get(&self, handle: &StateHandle) -> Result<Vec<u8>, CheckpointStoreError> {
-        let path = self.path_of(&handle.location)?;
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(CheckpointStoreError::Missing {
-                    location: handle.location.clone(),
-                })
-            }
-            Err(error) => return Err(io_error(&handle.location)(error)),
-        };
-        verify(handle, &bytes)?;
-        Ok(bytes)
+    async fn read(&self, location: &str) -> Result<Vec<u8>, CheckpointStoreError> {
+        let path = self.path_of(location)?;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(CheckpointStoreError::Missing {
+                location: location.to_owned(),
+            }),
+            Err(error) => Err(io_error(location)(error)),
+        }
     }
 
     async fn delete(&self, location: &str) -> Result<(), CheckpointStoreError> {

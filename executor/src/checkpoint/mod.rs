@@ -63,7 +63,16 @@ pub trait CheckpointStore: Send + Sync {
         bytes: Vec<u8>,
     ) -> impl Future<Output = Result<StateHandle, CheckpointStoreError>> + Send;
     /// Reads the state behind `handle`, verifying its size and checksum.
-    fn get(&self, handle: &StateHandle) -> impl Future<Output = Result<Vec<u8>, CheckpointStoreError>> + Send;
+    fn get(&self, handle: &StateHandle) -> impl Future<Output = Result<Vec<u8>, CheckpointStoreError>> + Send {
+        async move {
+            let bytes = self.read(&handle.location).await?;
+            verify(handle, &bytes)?;
+            Ok(bytes)
+        }
+    }
+    /// Reads the bytes at `location` as they are; the caller verifies them (a user function
+    /// against its SHA-256).
+    fn read(&self, location: &str) -> impl Future<Output = Result<Vec<u8>, CheckpointStoreError>> + Send;
     /// Deletes the state at `location` (a checkpoint that is no longer retained, or was aborted);
     /// deleting what is not there is not an error.
     fn delete(&self, location: &str) -> impl Future<Output = Result<(), CheckpointStoreError>> + Send;

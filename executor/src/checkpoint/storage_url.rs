@@ -104,10 +104,10 @@ impl CheckpointStore for CheckpointStorage {
         }
     }
 
-    async fn get(&self, handle: &StateHandle) -> Result<Vec<u8>, CheckpointStoreError> {
+    async fn read(&self, location: &str) -> Result<Vec<u8>, CheckpointStoreError> {
         match self {
-            CheckpointStorage::LocalDirectory { store, .. } => store.get(handle).await,
-            CheckpointStorage::Object { store, .. } => store.get(handle).await,
+            CheckpointStorage::LocalDirectory { store, .. } => store.read(location).await,
+            CheckpointStorage::Object { store, .. } => store.read(location).await,
         }
     }
 

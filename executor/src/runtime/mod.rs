@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod operators;
 pub mod record;
 pub mod task;
+pub mod user_functions;

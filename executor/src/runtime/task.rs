@@ -30,6 +30,7 @@ use super::operators::{
     FileSink, KeyedAggregate, KeyedCount, KeyedMapState, OperatorError, SinkSegment, Stateless, WindowOperator,
 };
 use super::record::Record;
+use super::user_functions::{udf_call, FunctionLoadError, FunctionRuntime, KeyedUdf, UdfCallError, UdfTransform};
 use crate::checkpoint::CheckpointStorage;
 
 mod acknowledger;
@@ -94,6 +95,8 @@ pub struct TaskEnvironment {
     pub tracker: TaskTracker,
     /// Every task's counters, reported to the leader by the session.
     pub metrics: MetricsRegistry,
+    /// User functions: fetched, compiled once and instantiated per subtask.
+    pub functions: Arc<FunctionRuntime>,
 }
 
 /// Why a subtask stopped before its end.
@@ -119,6 +122,10 @@ pub enum TaskError {
     InputClosed,
     #[error("source: {0}")]
     Source(String),
+    #[error(transparent)]
+    FunctionLoad(#[from] FunctionLoadError),
+    #[error(transparent)]
+    FunctionCall(#[from] UdfCallError),
 }
 
 /// How a subtask ended without error.
@@ -138,6 +145,38 @@ enum Logic {
     Window(Box<WindowOperator>),
     FileSink(FileSink),
     Print(String),
+    /// A user function's map, flat_map, filter or key_by.
+    Udf(Box<UdfTransform>),
+    /// A user function's reduce or process, over keyed state the engine keeps.
+    KeyedUdf(Box<KeyedUdf>),
+}
+
+/// The logic of an operator calling a user function: its own instance of the function.
+async fn udf_logic(
+    operator: &OperatorSpec,
+    call: &raftstream_api::spec::UdfCall,
+    deployment: &SubtaskDeployment,
+    environment: &TaskEnvironment,
+) -> Result<Logic, TaskError> {
+    let function = deployment.graph.functions.get(&call.function).ok_or_else(|| {
+        TaskError::Graph(format!(
+            "operator {:?} calls function {:?}, which the job does not have",
+            operator.id, call.function
+        ))
+    })?;
+    let instance = environment.functions.instantiate(&call.function, function).await?;
+    Ok(if call.export.is_keyed() {
+        Logic::KeyedUdf(Box::new(KeyedUdf {
+            instance,
+            export: call.export,
+            state: Default::default(),
+        }))
+    } else {
+        Logic::Udf(Box::new(UdfTransform {
+            instance,
+            export: call.export,
+        }))
+    })
 }
 
 /// Runs one subtask until it finishes, fails or is cancelled.
@@ -283,7 +322,10 @@ async fn run_registered(
             .ok_or_else(|| TaskError::Graph(format!("no operator {:?}", member.operator_id)))?;
         // A chained operator reads one input: the one before it.
         let inputs = if position == 0 { input_count } else { 1 };
-        let mut logic = logic_of(member, operator, inputs)?;
+        let mut logic = match udf_call(&operator.config) {
+            Some(call) => udf_logic(operator, call, member, environment).await?,
+            None => logic_of(member, operator, inputs)?,
+        };
         restore(member, operator, environment, &mut logic).await?;
         logics.push(logic);
     }
@@ -302,7 +344,7 @@ async fn run_registered(
     let checkpointing = head.graph.checkpoint.interval_ms > 0;
     let keyed_head = matches!(
         logics.first(),
-        Some(Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_))
+        Some(Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_) | Logic::KeyedUdf(_))
     );
     let metrics = environment.metrics.register(
         head.task_ref(),
@@ -437,6 +479,8 @@ fn apply_all(
                 }
             }
         }
+        Logic::Udf(transform) => transform.apply_batch(records.collect(), emit)?,
+        Logic::KeyedUdf(keyed) => keyed.apply_batch(records.collect(), emit)?,
         Logic::Source(_) => {}
     }
     Ok(())
@@ -452,11 +496,12 @@ fn snapshot(
     Ok(match logic {
         Logic::Count(counts) => (off_the_workers(|| counts.snapshot(max_parallelism)), None),
         Logic::Aggregate(aggregate) => (off_the_workers(|| aggregate.snapshot(max_parallelism)), None),
+        Logic::KeyedUdf(keyed) => (off_the_workers(|| keyed.snapshot(max_parallelism)), None),
         Logic::Window(window) => (off_the_workers(|| window.snapshot(max_parallelism)), None),
         Logic::FileSink(sink) => {
             let pre_committed = sink.pre_commit(checkpoint_id)?;
             (pre_committed.state, Some(pre_committed.segment))
         }
-        Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) => (Vec::new(), None),
+        Logic::Source(_) | Logic::Stateless(_) | Logic::Print(_) | Logic::Udf(_) => (Vec::new(), None),
     })
 }

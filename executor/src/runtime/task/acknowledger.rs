@@ -383,14 +383,22 @@ mod tests {
 
     fn environment(store_root: &std::path::Path) -> (TaskEnvironment, mpsc::Receiver<TaskReport>) {
         let (reports, received) = mpsc::channel(16);
+        let store = Arc::new(CheckpointStorage::local_directory(store_root));
+        let functions = crate::runtime::user_functions::FunctionRuntime::new(
+            store.clone(),
+            &store_root.with_extension("function-cache"),
+            64 << 20,
+        )
+        .expect("function runtime");
         let environment = TaskEnvironment {
             hub: ExchangeHub::default(),
             local_address: String::new(),
             dial: DialAddresses::new(std::collections::BTreeMap::new()),
-            store: Arc::new(CheckpointStorage::local_directory(store_root)),
+            store,
             reports,
             tracker: tokio_util::task::TaskTracker::new(),
             metrics: crate::runtime::metrics::MetricsRegistry::default(),
+            functions: Arc::new(functions),
         };
         (environment, received)
     }

@@ -161,7 +161,7 @@ pub(super) async fn restore(
                 }
             }
         }
-        Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_) => {
+        Logic::Count(_) | Logic::Aggregate(_) | Logic::Window(_) | Logic::KeyedUdf(_) => {
             let Some(checkpoint) = checkpoint else { return Ok(()) };
             let groups = key_group_range(
                 deployment.subtask_index,
@@ -202,11 +202,13 @@ pub(super) async fn restore(
                 match logic {
                     Logic::Count(counts) => counts.reserve(keys),
                     Logic::Aggregate(aggregate) => aggregate.reserve(keys),
+                    Logic::KeyedUdf(keyed) => keyed.reserve(keys),
                     _ => {}
                 }
                 states.iter().try_for_each(|(own, bytes)| match logic {
                     Logic::Count(counts) => counts.restore(operator.id.as_str(), bytes, &groups),
                     Logic::Aggregate(aggregate) => aggregate.restore(operator.id.as_str(), bytes, &groups),
+                    Logic::KeyedUdf(keyed) => keyed.restore(operator.id.as_str(), bytes, &groups),
                     Logic::Window(window) => window.restore(operator.id.as_str(), bytes, &groups, *own),
                     _ => Ok(()),
                 })
@@ -243,7 +245,7 @@ pub(super) async fn restore(
                 );
             }
         }
-        Logic::Stateless(_) | Logic::Print(_) => {}
+        Logic::Stateless(_) | Logic::Print(_) | Logic::Udf(_) => {}
     }
     Ok(())
 }
