@@ -4,7 +4,7 @@
 # With --test, also the S3 peer the tests run checkpoints against (moto's server, from PyPI), and
 # as root iptables for the chaos test on network namespaces, promtool to lint /metrics,
 # chromium with chromedriver for the dashboard's browser test, and the tools that build user
-# functions into WebAssembly components (componentize-qjs from npm).
+# functions into WebAssembly components (componentize-qjs from npm, componentize-py from PyPI).
 set -euo pipefail
 
 # libclang itself (libclang.so, libclang-14.so.1, ...), not libclang-cpp, which some machines have
@@ -48,6 +48,13 @@ if [ "${1:-}" = "--test" ] && ! command -v componentize-qjs >/dev/null 2>&1; the
     }
     $SUDO_NPM npm install -g --silent componentize-qjs@0.4.5 >&2
     command -v componentize-qjs >/dev/null || { echo "componentize-qjs still missing after npm install" >&2; exit 1; }
+fi
+
+# The Python user-function tests build components with componentize-py (CPython, from PyPI).
+if [ "${1:-}" = "--test" ] && ! command -v componentize-py >/dev/null 2>&1; then
+    echo "componentize-py not found: installing it from PyPI (the Python user-function tests)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check 'componentize-py==0.25.1' >&2
+    command -v componentize-py >/dev/null || { echo "componentize-py still missing after pip install" >&2; exit 1; }
 fi
 
 # The dashboard's browser test drives Debian's headless chromium through chromedriver.

@@ -147,7 +147,7 @@ pub fn check_prefix(directory: &Path) -> std::io::Result<OutputCheck> {
 }
 
 /// The published `part-*.txt` files under `directory`, sorted.
-fn published_files(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn published_files(directory: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(directory)?
         .flatten()
         .map(|entry| entry.path())

@@ -2,6 +2,7 @@
 //! uploaded through a coordinator into the checkpoint store, run by the executors in the sandbox,
 //! exactly once through a kill -9; and the bad inputs, refused before anything is committed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::common::{
     word_count, TestCluster,
 };
 
-/// The word count's split and count as JavaScript: a flat_map and a reduce.
+/// The word count's split and count as JavaScript, for the bad-input cases.
 const WORD_COUNT_JS: &str = r#"
 export function flatMap(line) {
   return line.split(/[^A-Za-z0-9]+/).filter((word) => word.length > 0);
@@ -24,7 +25,40 @@ export function reduce(count, word) {
 }
 "#;
 
-/// The word count of `job` with its split and count done by the function `wc` from `source`.
+/// The example job `examples/functions/<language>/<name>.yaml` as JSON, its function's source
+/// copied into `dir` (where the spec is written), sink and source paths made absolute in `dir`.
+fn example(language: &str, name: &str, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/functions")
+        .join(language);
+    let mut spec: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(examples.join(format!("{name}.yaml")))?)?;
+    let functions = spec["functions"].as_object().cloned().unwrap_or_default();
+    for function in functions.values() {
+        let source = function["source"].as_str().unwrap_or_default();
+        std::fs::copy(examples.join(source), dir.join(source))?;
+    }
+    for operator in spec["operators"].as_array_mut().into_iter().flatten() {
+        if let Some(path) = operator["params"]["path"].as_str() {
+            operator["params"]["path"] = serde_json::json!(dir.join(path).display().to_string());
+        }
+    }
+    Ok(spec)
+}
+
+/// The word count example of `language` over the input of `job`.
+fn word_count_example(language: &str, job: &WordCountJob, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut spec = example(language, "wordcount", dir)?;
+    spec["checkpoint"]["interval_ms"] = serde_json::json!(job.checkpoint_interval_ms);
+    spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200});
+    spec["operators"][0]["params"] = serde_json::json!({
+        "seed": job.seed, "count": job.records, "rate_per_second": job.rate_per_second,
+        "vocabulary_size": job.vocabulary_size, "words_per_record": job.words_per_record});
+    spec["operators"][4]["params"]["path"] = serde_json::json!(job.output_dir.display().to_string());
+    Ok(spec)
+}
+
+/// A spec whose word count calls the function `wc` from `source` (in the test's directory).
 fn udf_word_count_spec(job: &WordCountJob, name: &str, source: &str) -> serde_json::Value {
     serde_json::json!({
         "name": name,
@@ -42,6 +76,88 @@ fn udf_word_count_spec(job: &WordCountJob, name: &str, source: &str) -> serde_js
             {"id": "out", "kind": "file_sink", "inputs": ["counts"],
              "params": {"path": job.output_dir.display().to_string()}}]
     })
+}
+
+/// The reduce emits each key's count once per batch: the highest count published per word is
+/// its final count, above the truth after a duplicate and below it after a loss.
+fn ensure_final_counts(job: &WordCountJob) -> anyhow::Result<()> {
+    let published = highest_counts(&job.output_dir)?;
+    let expected = job.expected_counts();
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(word, count)| published.get(*word) != Some(*count))
+        .take(5)
+        .map(|(word, count)| format!("{word}: {:?} published, {count} expected", published.get(word)))
+        .collect();
+    anyhow::ensure!(
+        wrong.is_empty() && published.len() == expected.len(),
+        "the published counts differ from the input's ({} words published, {} expected): {}",
+        published.len(),
+        expected.len(),
+        wrong.join("; ")
+    );
+    Ok(())
+}
+
+/// Writes `lines` transactions of 40 accounts (whole amounts, seeded) to `dir/transactions.jsonl`
+/// and returns each account's final sum.
+fn write_transactions(dir: &Path, lines: u64) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut text = String::new();
+    let mut totals = BTreeMap::new();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..lines {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let account = format!("a{}", state % 40);
+        let amount = (state >> 8) % 500;
+        text.push_str(&format!("{{\"account\": \"{account}\", \"amount\": {amount}}}\n"));
+        *totals.entry(account).or_insert(0.0) += amount as f64;
+    }
+    std::fs::write(dir.join("transactions.jsonl"), text)?;
+    Ok(totals)
+}
+
+/// The alerts published in `dir`: every account whose sum passed the threshold, with the highest
+/// sum published, which must be its final sum.
+fn ensure_alerts(alerts_dir: &Path, totals: &BTreeMap<String, f64>, threshold: f64) -> anyhow::Result<()> {
+    let mut highest: BTreeMap<String, f64> = BTreeMap::new();
+    for path in raftstream::wordcount::published_files(alerts_dir)? {
+        for line in std::fs::read_to_string(&path)?.lines() {
+            let (account, total) = line
+                .split_once('\t')
+                .ok_or_else(|| anyhow::anyhow!("an alert without a tab: {line:?}"))?;
+            let total: f64 = total.parse()?;
+            let slot = highest.entry(account.to_owned()).or_insert(0.0);
+            *slot = slot.max(total);
+        }
+    }
+    let expected: BTreeMap<String, f64> = totals
+        .iter()
+        .filter(|(_, total)| **total > threshold)
+        .map(|(account, total)| (account.clone(), *total))
+        .collect();
+    anyhow::ensure!(!expected.is_empty(), "the input alerts nobody: the test proves nothing");
+    anyhow::ensure!(highest == expected, "alerts {highest:?}, expected {expected:?}");
+    Ok(())
+}
+
+/// Waits until the job runs with at least `checkpoints` completed checkpoints.
+async fn running_with_checkpoints(client: &ClusterClient, job_id: &str, checkpoints: u64) -> anyhow::Result<pb::Job> {
+    eventually("the job to run with checkpoints", Duration::from_secs(90), || async {
+        job(client, job_id)
+            .await
+            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= checkpoints)
+    })
+    .await
+}
+
+fn executor_of(job: &pb::Job, operator_id: &str) -> anyhow::Result<String> {
+    job.subtasks
+        .iter()
+        .find(|subtask| subtask.operator_id == operator_id && !subtask.executor_id.is_empty())
+        .map(|subtask| subtask.executor_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("{operator_id} is not placed"))
 }
 
 /// Writes `spec` and submits it with the CLI; returns the CLI's output.
@@ -75,51 +191,97 @@ async fn jobs(client: &ClusterClient) -> anyhow::Result<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_javascript_word_count_is_exact_through_an_executor_kill() -> anyhow::Result<()> {
+async fn the_javascript_word_count_is_exact_through_an_executor_kill() -> anyhow::Result<()> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
     let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let coordinators = cluster.cluster.addresses().join(",");
-    std::fs::write(cluster.path().join("wc.js"), WORD_COUNT_JS)?;
     let wc = WordCountJob {
         records: 16_000,
         ..word_count(&cluster)
     };
+    let spec = word_count_example("javascript", &wc, cluster.path())?;
 
-    tracing::info!("--- job submit builds wc.js, uploads it and submits the job naming its hash");
-    let submitted = submit(
-        cluster.path(),
-        &coordinators,
-        "udf-wc",
-        &udf_word_count_spec(&wc, "udf-wc", "wc.js"),
-    )?;
-    let job_id = job_id_of(&submitted)?;
-    let running = eventually("the job to run with checkpoints", Duration::from_secs(60), || async {
-        job(&client, &job_id)
-            .await
-            .filter(|job| job.status == "Running" && job.last_checkpoint_id.unwrap_or(0) >= 3)
-    })
-    .await?;
-    let victim = running
-        .subtasks
-        .iter()
-        .find(|subtask| subtask.operator_id == "counts" && !subtask.executor_id.is_empty())
-        .map(|subtask| subtask.executor_id.clone())
-        .ok_or_else(|| anyhow::anyhow!("counts is not placed"))?;
-
+    tracing::info!("--- job submit builds wordcount.js, uploads it and submits the job naming its hash");
+    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "js-wc", &spec)?)?;
+    let running = running_with_checkpoints(&client, &job_id, 3).await?;
+    let victim = executor_of(&running, "counts")?;
     tracing::info!(%victim, "--- kill -9 the executor running the user reduce");
     cluster.cluster.kill_executor(&victim)?;
     let done = finished(&client, &job_id).await?;
     anyhow::ensure!(done.restart_count >= 1, "the kill of {victim} restarted nothing");
-    // The reduce emits each key's count once per batch: the highest count published per word is
-    // its final count, which is above the truth after a duplicate and below it after a loss.
-    let published = highest_counts(&wc.output_dir)?;
-    anyhow::ensure!(
-        published == wc.expected_counts(),
-        "the published counts differ from the input's ({} words published, {} expected)",
-        published.len(),
-        wc.expected_counts().len()
-    );
-    Ok(())
+    ensure_final_counts(&wc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_word_count_is_exact_through_a_leader_kill() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    let wc = WordCountJob {
+        records: 16_000,
+        ..word_count(&cluster)
+    };
+    let spec = word_count_example("python", &wc, cluster.path())?;
+    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "py-wc", &spec)?)?;
+    running_with_checkpoints(&client, &job_id, 3).await?;
+    let leader = cluster.leader().await?;
+    tracing::info!(leader, "--- kill -9 the coordinator leader");
+    cluster.cluster.kill(leader)?;
+    let done = finished(&client, &job_id).await?;
+    assert_eq!(done.restart_count, 0, "a leader change restarts no job: {done:?}");
+    ensure_final_counts(&wc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_fraud_rule_is_exact_through_a_rescale_from_two_to_three() -> anyhow::Result<()> {
+    let cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let mut cluster = cluster;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    // 20 s of input at 2,000 lines/s: the rescale happens while it runs.
+    let totals = write_transactions(cluster.path(), 40_000)?;
+    let mut spec = example("javascript", "fraud", cluster.path())?;
+    spec["checkpoint"]["interval_ms"] = serde_json::json!(200);
+    spec["operators"][0]["params"]["rate_per_second"] = serde_json::json!(2_000);
+    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "js-fraud", &spec)?)?;
+    let running = running_with_checkpoints(&client, &job_id, 2).await?;
+    let last = running.last_checkpoint_id.unwrap_or(0);
+
+    tracing::info!("--- rescale the running sums (a user reduce) from 2 to 3");
+    client.rescale_job(&job_id, Some("totals"), 3, "fraud-rescale").await?;
+    eventually("the job to run with three reduces", Duration::from_secs(60), || async {
+        job(&client, &job_id).await.filter(|job| {
+            let totals = job
+                .subtasks
+                .iter()
+                .filter(|subtask| subtask.operator_id == "totals" && !subtask.executor_id.is_empty())
+                .count();
+            job.status == "Running" && totals == 3 && job.last_checkpoint_id.unwrap_or(0) > last
+        })
+    })
+    .await?;
+    finished(&client, &job_id).await?;
+    ensure_alerts(&cluster.path().join("js-fraud-alerts"), &totals, 10_000.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_fraud_rule_is_exact_through_an_executor_kill() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    let totals = write_transactions(cluster.path(), 12_000)?;
+    let mut spec = example("python", "fraud", cluster.path())?;
+    spec["checkpoint"]["interval_ms"] = serde_json::json!(200);
+    spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200});
+    spec["operators"][0]["params"]["rate_per_second"] = serde_json::json!(2_000);
+    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "py-fraud", &spec)?)?;
+    let running = running_with_checkpoints(&client, &job_id, 3).await?;
+    let victim = executor_of(&running, "totals")?;
+    tracing::info!(%victim, "--- kill -9 the executor running the user reduce");
+    cluster.cluster.kill_executor(&victim)?;
+    let done = finished(&client, &job_id).await?;
+    anyhow::ensure!(done.restart_count >= 1, "the kill of {victim} restarted nothing");
+    ensure_alerts(&cluster.path().join("py-fraud-alerts"), &totals, 10_000.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,8 @@ impl JobGraph {
                     KeyHash::Salted { salts } => salts.unwrap_or(to.parallelism).clamp(1, to.parallelism.max(1)),
                 },
             },
+            // A user key selector: the plain hash of the key it chose.
+            (_, OperatorKind::KeyBy) => Exchange::Hash { salts: 1 },
             (_, OperatorKind::Rebalance) => Exchange::RoundRobin,
             (_, OperatorKind::Broadcast) => Exchange::Broadcast,
             (_, OperatorKind::Rescale) if from.parallelism == to.parallelism => Exchange::Forward,

@@ -773,3 +773,17 @@ fn bad_function_specs_name_the_function_and_the_field() {
         assert!(message.contains(expected), "expected {expected:?} in: {message}");
     }
 }
+
+#[test]
+fn a_user_key_selector_feeds_its_consumer_by_the_hash_of_the_key() {
+    let spec = udf_spec(
+        &format!("  accounts: {{sha256: {SHA_A}, size_bytes: 10}}"),
+        "  - {id: keyed, kind: key_by, inputs: [src], params: {udf: accounts}}\n  - {id: last, kind: reduce, inputs: [keyed], params: {udf: accounts}}\n",
+    );
+    let graph = parse_job_spec(&spec.replace("name: udf\n", "name: udf\nparallelism: 2\n")).expect("valid");
+    let (keyed, last) = (
+        graph.operator("keyed").expect("keyed"),
+        graph.operator("last").expect("last"),
+    );
+    assert_eq!(graph.exchange(keyed, last), Exchange::Hash { salts: 1 });
+}

@@ -2,6 +2,7 @@
 //! library wrapped around the user's plain functions. A `.wasm` is taken as it is.
 
 mod javascript;
+mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,7 +83,8 @@ pub fn build_component(source: &Path, work_dir: &Path) -> Result<BuiltFunction, 
     let bytes = match language {
         Language::Wasm => read(source)?,
         Language::JavaScript => javascript::build(source, work_dir)?,
-        Language::Python | Language::Rust => {
+        Language::Python => python::build(source, work_dir)?,
+        Language::Rust => {
             return Err(BuildError::ToolMissing {
                 language: language.name(),
                 tool: "(not yet supported)",

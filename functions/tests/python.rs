@@ -1,0 +1,117 @@
+//! Python functions built by componentize-py (from PyPI; `scripts/ensure-build-deps.sh --test`
+//! installs it) and run in the sandbox: every export through the guest library, print() and a
+//! raised exception. One build: a Python component takes seconds to build and to compile.
+
+use raftstream_functions::build::{build_component, BuildError, Language};
+use raftstream_functions::{
+    EventRef, Export, FunctionError, FunctionHost, FunctionInstance, FunctionLimits, KeyedValuesRef,
+};
+
+const FRAUD: &str = r#"
+import json
+
+def map(value):
+    return value.upper()
+
+def flat_map(value):
+    return [word for word in value.split() if word]
+
+def filter(value, event):
+    return len(value) > 3 and event.timestamp_ms >= 0
+
+def key(value):
+    return json.loads(value)["account"]
+
+def reduce(total, value, key):
+    print("reduce", key, value)
+    return str(float(total or 0) + float(json.loads(value)["amount"]))
+
+def process(key, state, values):
+    seen = int(state or 0) + len(values)
+    if seen >= 3:
+        return None, [f"alert {key} after {seen}"]
+    return seen, []
+
+def broken(value):
+    return 1 / 0
+"#;
+
+fn event<'a>(key: &'a str, value: &'a str, timestamp_ms: i64) -> EventRef<'a> {
+    EventRef {
+        key,
+        value,
+        timestamp_ms,
+    }
+}
+
+#[test]
+fn a_python_module_of_plain_functions_runs_every_export() {
+    let host = FunctionHost::new().expect("host");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("fraud.py");
+    std::fs::write(&source, FRAUD.replace("def broken", "def map_broken")).expect("write");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("work dir");
+    let built = match build_component(&source, &work) {
+        Ok(built) => built,
+        Err(error @ BuildError::ToolMissing { .. }) => {
+            panic!("{error} (scripts/ensure-build-deps.sh --test installs it)")
+        }
+        Err(error) => panic!("building fraud.py: {error}"),
+    };
+    assert_eq!(built.language, Language::Python);
+    let compiled = host.compile("fraud", &built.bytes).expect("compile");
+    let mut function = FunctionInstance::new(&host, &compiled, FunctionLimits::default()).expect("instantiate");
+    for export in Export::ALL {
+        function.check_export(export).expect("every export is defined");
+    }
+    let mapped = function.map(&[event("k", "ab", 7)]).expect("map");
+    assert_eq!(
+        (mapped[0].key.as_str(), mapped[0].value.as_str(), mapped[0].timestamp_ms),
+        ("k", "AB", 7)
+    );
+    let split = function
+        .flat_map(&[event("", "to be  or", 1), event("", "", 2)])
+        .expect("flat_map");
+    assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 0]);
+    assert_eq!(
+        function
+            .filter(&[event("", "long enough", 0), event("", "late!", -1)])
+            .expect("filter"),
+        vec![true, false]
+    );
+    let transactions = [
+        event("", r#"{"account":"a1","amount":5}"#, 0),
+        event("", r#"{"account":"a1","amount":2.5}"#, 0),
+    ];
+    assert_eq!(function.key(&transactions).expect("key"), vec!["a1", "a1"]);
+    let sums = function
+        .reduce(&[KeyedValuesRef {
+            key: "a1",
+            state: Some(b"10"),
+            events: &transactions,
+        }])
+        .expect("reduce");
+    assert_eq!(sums, vec![b"17.5".to_vec()]);
+    let three = [event("u", "x", 1), event("u", "y", 2), event("u", "z", 3)];
+    let processed = function
+        .process(&[KeyedValuesRef {
+            key: "u",
+            state: None,
+            events: &three,
+        }])
+        .expect("process");
+    assert_eq!(processed[0].state, None);
+    assert_eq!(processed[0].outputs[0].value, "alert u after 3");
+    assert_eq!(processed[0].outputs[0].timestamp_ms, 3);
+
+    // A Python exception is the export's error, with its type and traceback.
+    let error = function.key(&[event("", "not json", 0)]).expect_err("raises");
+    let message = error.to_string();
+    assert!(
+        matches!(error, FunctionError::Guest { export: "key", .. })
+            && message.contains("JSONDecodeError")
+            && message.contains("Traceback"),
+        "{message}"
+    );
+}
