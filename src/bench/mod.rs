@@ -4,6 +4,7 @@
 //! [`crate::bench::stream`].
 
 pub mod elastic;
+pub mod functions;
 pub mod replay;
 pub mod skew;
 pub mod stream;

@@ -422,14 +422,14 @@ fn bench_slots(args: &StreamBenchArgs) -> u32 {
     args.parallelism.iter().copied().max().unwrap_or(1).max(2)
 }
 
-fn median_of(mut values: Vec<f64>) -> Option<f64> {
+pub(crate) fn median_of(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
 }
 
 /// CPU time (user + system, all threads) a process has used, from `/proc/PID/stat`: the honest
 /// "per core" denominator when coordinators share the machine's cores with the executor.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     // utime and stime are fields 14 and 15, counted in USER_HZ ticks (100 per second on Linux);
     // the fields after the command name (which may contain spaces) start at field 3.
     const TICKS_PER_SECOND: f64 = 100.0;

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// The spec text to submit: `spec` itself when no function has a `source`, else the spec as JSON
 /// with each such function built, checked, uploaded and named by its hash.
-pub(super) async fn prepare_functions(spec: &str, spec_path: &Path, client: &ClusterClient) -> anyhow::Result<String> {
+pub(crate) async fn prepare_functions(spec: &str, spec_path: &Path, client: &ClusterClient) -> anyhow::Result<String> {
     let mut document: Value = if spec.trim_start().starts_with('{') {
         serde_json::from_str(spec).context("reading the job spec as JSON")?
     } else {

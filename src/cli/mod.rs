@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 mod cluster;
-mod functions;
+pub(crate) mod functions;
 mod job;
 mod output;
 
@@ -317,6 +317,9 @@ pub enum BenchCommand {
     /// A word count with one hot word, one-phase against two-phase aggregation: throughput, the
     /// hot subtask's share of the input, the hottest keys, on a local cluster of real processes.
     Skew(crate::bench::skew::SkewBenchArgs),
+    /// The word count with the built-in operators against the same logic as user functions
+    /// (JavaScript, Python): lines/s and lines per executor CPU-second, as ratios to the built-in.
+    Functions(crate::bench::functions::FunctionsBenchArgs),
     /// Records a kill -9 makes the job process again, with checkpoints by time only and with
     /// `max_records`, at a source far faster than the bound allows per interval, on a local
     /// cluster of real processes.
@@ -393,6 +396,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
         TopCommand::Bench(BenchCommand::Elastic(args)) => crate::bench::elastic::run_elastic_bench(args).await,
         TopCommand::Bench(BenchCommand::Skew(args)) => crate::bench::skew::run_skew_bench(args).await,
         TopCommand::Bench(BenchCommand::Replay(args)) => crate::bench::replay::run_replay_bench(args).await,
+        TopCommand::Bench(BenchCommand::Functions(args)) => crate::bench::functions::run_functions_bench(args).await,
     }
 }
 
