@@ -11,12 +11,74 @@ use prometheus_client::registry::{Registry, Unit};
 use raftstream_observability::{single, Families, Labels, Readiness, ReadinessCheck};
 
 use crate::runtime::metrics::{MetricsRegistry, SubtaskTotalsKey, TaskTotals};
+use crate::runtime::user_functions::{CallTotals, FunctionRuntime};
 
 /// The registry `/metrics` serves on an executor.
-pub fn registry(tasks: MetricsRegistry, in_session: Arc<AtomicBool>) -> Registry {
+pub fn registry(tasks: MetricsRegistry, in_session: Arc<AtomicBool>, functions: Arc<FunctionRuntime>) -> Registry {
     let mut registry = Registry::with_prefix("raftstream");
     registry.register_collector(Box::new(TaskCollector { tasks, in_session }));
+    registry.register_collector(Box::new(FunctionCollector { functions }));
     registry
+}
+
+/// User functions: compiles, cache loads, and calls by function and export.
+struct FunctionCollector {
+    functions: Arc<FunctionRuntime>,
+}
+
+impl std::fmt::Debug for FunctionCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FunctionCollector")
+    }
+}
+
+impl Collector for FunctionCollector {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut families = Families::new(encoder);
+        families.counter(
+            "function_compiles",
+            "User functions this executor compiled (a deployment of one it compiled before, here or in its disk cache, compiles nothing)",
+            None,
+            single(self.functions.compiles() as f64),
+        )?;
+        families.counter(
+            "function_cache_loads",
+            "User functions this executor loaded compiled from its disk cache",
+            None,
+            single(self.functions.cache_loads() as f64),
+        )?;
+        let totals = self.functions.call_totals();
+        let labels = |totals: &CallTotals| -> Labels {
+            vec![
+                ("function", totals.function.clone()),
+                ("export", totals.export.to_owned()),
+            ]
+        };
+        families.counter(
+            "function_calls",
+            "Batch calls of a user function's export",
+            None,
+            totals.iter().map(|counted| (labels(counted), counted.calls as f64)),
+        )?;
+        families.counter(
+            "function_records",
+            "Records (reduce and process: values) handed to a user function's export",
+            None,
+            totals.iter().map(|counted| (labels(counted), counted.records as f64)),
+        )?;
+        families.counter(
+            "function_errors",
+            "Calls of a user function's export that failed (an error, a trap, a limit)",
+            None,
+            totals.iter().map(|counted| (labels(counted), counted.errors as f64)),
+        )?;
+        families.counter(
+            "function_call",
+            "Time spent in calls of a user function's export",
+            Some(Unit::Seconds),
+            totals.iter().map(|counted| (labels(counted), counted.seconds)),
+        )
+    }
 }
 
 /// `/readyz` on an executor: it is registered and holds a session with the leader.

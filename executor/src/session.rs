@@ -212,7 +212,11 @@ pub async fn run_executor(
     let in_session = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let http = http_listener.map(|listener| {
         let service = raftstream_observability::HttpService::new(
-            crate::observe::registry(environment.metrics.clone(), in_session.clone()),
+            crate::observe::registry(
+                environment.metrics.clone(),
+                in_session.clone(),
+                environment.functions.clone(),
+            ),
             crate::observe::readiness(in_session.clone()),
         );
         tokio::spawn(raftstream_observability::serve(listener, service, shutdown.clone()).instrument(span.clone()))

@@ -24,12 +24,21 @@ pub struct EventRef<'a> {
     pub timestamp_ms: i64,
 }
 
-/// One key's events of a batch with the key's state before them (`reduce`, `process`).
+/// One key's values of a batch with the key's accumulator before them (`reduce`).
 #[derive(ComponentType, Lower, Debug, Clone)]
 #[component(record)]
 pub struct KeyedValuesRef<'a> {
     pub key: &'a str,
-    pub state: Option<&'a [u8]>,
+    pub state: Option<&'a str>,
+    pub values: &'a [&'a str],
+}
+
+/// One key's events of a batch with the key's state before them (`process`).
+#[derive(ComponentType, Lower, Debug, Clone)]
+#[component(record)]
+pub struct KeyedEventsRef<'a> {
+    pub key: &'a str,
+    pub state: Option<&'a str>,
     pub events: &'a [EventRef<'a>],
 }
 
@@ -38,7 +47,7 @@ pub struct KeyedValuesRef<'a> {
 #[component(record)]
 pub struct Processed {
     /// The key's new state; `None` clears it.
-    pub state: Option<Vec<u8>>,
+    pub state: Option<String>,
     pub outputs: Vec<Event>,
 }
 

@@ -8,7 +8,7 @@ use wasmtime::component::{ComponentExportIndex, ComponentNamedList, Instance, Li
 use wasmtime::Store;
 
 use crate::error::FunctionError;
-use crate::events::{Event, EventRef, KeyedValuesRef, LogLevel, Processed};
+use crate::events::{EventRef, KeyedEventsRef, KeyedValuesRef, LogLevel, Processed};
 use crate::host::{CompiledFunction, FunctionHost, EPOCH_TICK};
 
 /// The exports of the world, each the function an operator kind calls.
@@ -230,16 +230,16 @@ impl FunctionInstance {
         })
     }
 
-    /// One event out per event in.
-    pub fn map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<Event>, FunctionError> {
-        let out: Vec<Event> = self.call(Export::Map, (events,))?;
+    /// Each event's new value.
+    pub fn map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<String>, FunctionError> {
+        let out: Vec<String> = self.call(Export::Map, (events,))?;
         self.check_count(Export::Map, events.len(), out.len())?;
         Ok(out)
     }
 
-    /// Each event's outputs, in order.
-    pub fn flat_map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<Vec<Event>>, FunctionError> {
-        let out: Vec<Vec<Event>> = self.call(Export::FlatMap, (events,))?;
+    /// Each event's output values, in order.
+    pub fn flat_map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<Vec<String>>, FunctionError> {
+        let out: Vec<Vec<String>> = self.call(Export::FlatMap, (events,))?;
         self.check_count(Export::FlatMap, events.len(), out.len())?;
         Ok(out)
     }
@@ -259,14 +259,14 @@ impl FunctionInstance {
     }
 
     /// Each group's new accumulator.
-    pub fn reduce(&mut self, groups: &[KeyedValuesRef<'_>]) -> Result<Vec<Vec<u8>>, FunctionError> {
-        let out: Vec<Vec<u8>> = self.call(Export::Reduce, (groups,))?;
+    pub fn reduce(&mut self, groups: &[KeyedValuesRef<'_>]) -> Result<Vec<String>, FunctionError> {
+        let out: Vec<String> = self.call(Export::Reduce, (groups,))?;
         self.check_count(Export::Reduce, groups.len(), out.len())?;
         Ok(out)
     }
 
     /// Each group's new state and outputs.
-    pub fn process(&mut self, groups: &[KeyedValuesRef<'_>]) -> Result<Vec<Processed>, FunctionError> {
+    pub fn process(&mut self, groups: &[KeyedEventsRef<'_>]) -> Result<Vec<Processed>, FunctionError> {
         let out: Vec<Processed> = self.call(Export::Process, (groups,))?;
         self.check_count(Export::Process, groups.len(), out.len())?;
         Ok(out)

@@ -20,7 +20,7 @@ mod instance;
 
 pub use cache::CompiledCache;
 pub use error::FunctionError;
-pub use events::{Event, EventRef, KeyedValuesRef, Processed};
+pub use events::{Event, EventRef, KeyedEventsRef, KeyedValuesRef, Processed};
 pub use host::{check_component_bytes, CompiledFunction, FunctionHost};
 pub use instance::{Export, FunctionInstance, FunctionLimits};
 

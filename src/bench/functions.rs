@@ -14,9 +14,9 @@ use raftstream_api::client::ClusterClient;
 use super::stream::{cpu_seconds, median_of};
 use super::RunToEnd;
 use crate::local_cluster::{poll_until, LocalCluster};
+use crate::wordcount::{check_output, highest_counts, WordCountJob};
 use raftstream_coordinator::leader::ExecutorSettings;
 use raftstream_coordinator::node::RaftSettings;
-use crate::wordcount::{check_output, highest_counts, WordCountJob};
 
 #[derive(Debug, Args)]
 pub struct FunctionsBenchArgs {

@@ -14,6 +14,7 @@ use crate::common::{
     eventually, fast_executors, finished, job, run_cli, start_executors, stderr_of, stdout_of, test_settings,
     word_count, TestCluster,
 };
+use crate::observability::{scrape, total};
 
 /// The word count's split and count as JavaScript, for the bad-input cases.
 const WORD_COUNT_JS: &str = r#"
@@ -142,6 +143,32 @@ fn ensure_alerts(alerts_dir: &Path, totals: &BTreeMap<String, f64>, threshold: f
     Ok(())
 }
 
+/// The (sha256, size) of the one function component in the cluster's checkpoint store.
+fn find_stored_function(root: &Path) -> anyhow::Result<(String, u64)> {
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|name| name == "functions")
+                && path.extension().is_some_and(|extension| extension == "wasm")
+            {
+                let sha256 = path
+                    .file_stem()
+                    .and_then(|stem| stem.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                return Ok((sha256, std::fs::metadata(&path)?.len()));
+            }
+        }
+    }
+    anyhow::bail!("no function component under {}", root.display())
+}
+
 /// Waits until the job runs with at least `checkpoints` completed checkpoints.
 async fn running_with_checkpoints(client: &ClusterClient, job_id: &str, checkpoints: u64) -> anyhow::Result<pb::Job> {
     eventually("the job to run with checkpoints", Duration::from_secs(90), || async {
@@ -209,7 +236,48 @@ async fn the_javascript_word_count_is_exact_through_an_executor_kill() -> anyhow
     cluster.cluster.kill_executor(&victim)?;
     let done = finished(&client, &job_id).await?;
     anyhow::ensure!(done.restart_count >= 1, "the kill of {victim} restarted nothing");
-    ensure_final_counts(&wc)
+    ensure_final_counts(&wc)?;
+
+    let survivor = ["exec-a", "exec-b"]
+        .into_iter()
+        .find(|id| *id != victim)
+        .and_then(|id| cluster.cluster.executor(id))
+        .map(|executor| executor.http_address.clone())
+        .ok_or_else(|| anyhow::anyhow!("the surviving executor is not known"))?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let metric = |samples: &[crate::observability::Sample], name: &str| total(samples, name, &[("function", "wc")]);
+    let before = scrape(&http, &survivor).await?;
+    assert_eq!(
+        total(&before, "raftstream_function_compiles_total", &[]),
+        1.0,
+        "the survivor compiled the function once, restart included"
+    );
+
+    tracing::info!("--- the same function again, named by its hash: a second deployment compiles nothing");
+    // Builds are not byte-for-byte reproducible (QuickJS snapshots differ), so the second job
+    // names the stored component by its hash, as a job resubmitted from its spec would.
+    let stored = find_stored_function(cluster.path())?;
+    let again = WordCountJob {
+        output_dir: cluster.path().join("output-again"),
+        ..wc
+    };
+    let mut spec = word_count_example("javascript", &again, cluster.path())?;
+    spec["name"] = serde_json::json!("js-wc-again");
+    spec["functions"]["wc"] = serde_json::json!({"sha256": stored.0, "size_bytes": stored.1, "language": "javascript"});
+    let second = client.submit_job(&spec.to_string(), "js-wc-again").await?;
+    finished(&client, &second.job_id).await?;
+    ensure_final_counts(&again)?;
+    let after = scrape(&http, &survivor).await?;
+    assert_eq!(
+        total(&after, "raftstream_function_compiles_total", &[]),
+        1.0,
+        "a second deployment compiled nothing"
+    );
+    assert!(
+        metric(&after, "raftstream_function_calls_total") > metric(&before, "raftstream_function_calls_total"),
+        "the survivor called the function for the second job"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +337,8 @@ async fn the_python_fraud_rule_is_exact_through_an_executor_kill() -> anyhow::Re
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
     let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
     let coordinators = cluster.cluster.addresses().join(",");
-    let totals = write_transactions(cluster.path(), 12_000)?;
+    // 15 s of input at 2,000 lines/s: the kill comes while it runs.
+    let totals = write_transactions(cluster.path(), 30_000)?;
     let mut spec = example("python", "fraud", cluster.path())?;
     spec["checkpoint"]["interval_ms"] = serde_json::json!(200);
     spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200});

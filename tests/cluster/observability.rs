@@ -10,14 +10,14 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// One sample of a text-format scrape.
 #[derive(Debug)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
 }
 
 /// The samples of a Prometheus text exposition (our label values hold no `,` `"` or `}`).
-fn parse_samples(text: &str) -> anyhow::Result<Vec<Sample>> {
+pub(crate) fn parse_samples(text: &str) -> anyhow::Result<Vec<Sample>> {
     let mut samples = Vec::new();
     for line in text.lines().filter(|line| !line.is_empty() && !line.starts_with('#')) {
         let (series, value) = line
@@ -46,7 +46,7 @@ fn parse_samples(text: &str) -> anyhow::Result<Vec<Sample>> {
 }
 
 /// The sum of `name`'s samples whose labels include every pair of `with`.
-fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+pub(crate) fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|sample| sample.name == name)
@@ -58,14 +58,14 @@ fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn get(http: &reqwest::Client, address: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(http: &reqwest::Client, address: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let response = http.get(format!("http://{address}{path}")).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
 }
 
 /// Scrapes `address`, and has promtool lint it when promtool is installed.
-async fn scrape(http: &reqwest::Client, address: &str) -> anyhow::Result<Vec<Sample>> {
+pub(crate) async fn scrape(http: &reqwest::Client, address: &str) -> anyhow::Result<Vec<Sample>> {
     let (status, text) = get(http, address, "/metrics").await?;
     anyhow::ensure!(status == 200, "/metrics on {address} answered {status}: {text}");
     if let Some(verdict) = raftstream_observability::promtool::check(&text) {

@@ -165,16 +165,19 @@ async fn udf_logic(
         ))
     })?;
     let instance = environment.functions.instantiate(&call.function, function).await?;
+    let counters = environment.functions.counters(&call.function, call.export);
     Ok(if call.export.is_keyed() {
         Logic::KeyedUdf(Box::new(KeyedUdf {
             instance,
             export: call.export,
             state: Default::default(),
+            counters,
         }))
     } else {
         Logic::Udf(Box::new(UdfTransform {
             instance,
             export: call.export,
+            counters,
         }))
     })
 }

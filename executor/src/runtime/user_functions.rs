@@ -2,14 +2,16 @@
 //! compiled once per executor (in memory for every subtask, on disk for restarts), instantiated per
 //! subtask; and the operators that call them once per batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use raftstream_api::spec::{function_location, FunctionRef, UdfCall, UdfExport};
 use raftstream_functions::{
     CompiledCache, CompiledFunction, Event, EventRef, FunctionError, FunctionHost, FunctionInstance, FunctionLimits,
-    KeyedValuesRef,
+    KeyedEventsRef, KeyedValuesRef,
 };
 use tokio::sync::OnceCell;
 
@@ -52,6 +54,42 @@ pub struct FunctionRuntime {
     compiled: Mutex<HashMap<String, Arc<OnceCell<CompiledFunction>>>>,
     /// The most memory an instance may have, whatever a job asks for.
     max_memory_bytes: u64,
+    /// Calls by (function, export), over every subtask that ran here.
+    counters: Mutex<BTreeMap<(String, &'static str), Arc<CallCounters>>>,
+    cache_loads: AtomicU64,
+}
+
+/// What the calls of one function's export did on this executor.
+#[derive(Debug, Default)]
+pub struct CallCounters {
+    pub calls: AtomicU64,
+    pub records: AtomicU64,
+    pub errors: AtomicU64,
+    pub nanos: AtomicU64,
+}
+
+impl CallCounters {
+    /// Counts one call of `records` records that took from `started` until now.
+    fn count<T, E>(&self, records: usize, started: Instant, outcome: &Result<T, E>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        if outcome.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One line of [`FunctionRuntime::call_totals`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallTotals {
+    pub function: String,
+    pub export: &'static str,
+    pub calls: u64,
+    pub records: u64,
+    pub errors: u64,
+    pub seconds: f64,
 }
 
 impl FunctionRuntime {
@@ -67,7 +105,39 @@ impl FunctionRuntime {
             store,
             compiled: Mutex::new(HashMap::new()),
             max_memory_bytes,
+            counters: Mutex::new(BTreeMap::new()),
+            cache_loads: AtomicU64::new(0),
         })
+    }
+
+    /// How many compiled functions were loaded from the disk cache instead of compiled.
+    pub fn cache_loads(&self) -> u64 {
+        self.cache_loads.load(Ordering::Relaxed)
+    }
+
+    /// The counters of `function`'s `export`, shared by every subtask calling it here.
+    pub fn counters(&self, function: &str, export: UdfExport) -> Arc<CallCounters> {
+        let mut counters = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters
+            .entry((function.to_owned(), export.wit_name()))
+            .or_default()
+            .clone()
+    }
+
+    /// Every function's calls on this executor so far.
+    pub fn call_totals(&self) -> Vec<CallTotals> {
+        let counters = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters
+            .iter()
+            .map(|((function, export), counted)| CallTotals {
+                function: function.clone(),
+                export,
+                calls: counted.calls.load(Ordering::Relaxed),
+                records: counted.records.load(Ordering::Relaxed),
+                errors: counted.errors.load(Ordering::Relaxed),
+                seconds: counted.nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            })
+            .collect()
     }
 
     /// How many components this executor compiled since it started (not loaded from its cache or
@@ -108,6 +178,9 @@ impl FunctionRuntime {
                     function: name.to_owned(),
                     problem: join_error.to_string(),
                 })??;
+                if compiled.from_cache {
+                    self.cache_loads.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(
                     function = name,
                     sha256 = %function.sha256,
@@ -152,6 +225,19 @@ impl FunctionRuntime {
 pub struct UdfTransform {
     pub(crate) instance: FunctionInstance,
     pub(crate) export: UdfExport,
+    pub(crate) counters: Arc<CallCounters>,
+}
+
+/// Runs one call off the async workers (it may run for seconds), counting it.
+fn counted<T>(
+    counters: &CallCounters,
+    records: usize,
+    call: impl FnOnce() -> Result<T, FunctionError>,
+) -> Result<T, FunctionError> {
+    let started = Instant::now();
+    let outcome = crate::blocking::off_the_workers(call);
+    counters.count(records, started, &outcome);
+    outcome
 }
 
 /// A failed call with the batch's first key, for the subtask's error.
@@ -171,15 +257,16 @@ fn call_error(source: FunctionError, records: &[Record]) -> UdfCallError {
     }
 }
 
+fn event_ref(record: &Record) -> EventRef<'_> {
+    EventRef {
+        key: &record.key,
+        value: &record.value,
+        timestamp_ms: record.timestamp_ms,
+    }
+}
+
 fn event_refs(records: &[Record]) -> Vec<EventRef<'_>> {
-    records
-        .iter()
-        .map(|record| EventRef {
-            key: &record.key,
-            value: &record.value,
-            timestamp_ms: record.timestamp_ms,
-        })
-        .collect()
+    records.iter().map(event_ref).collect()
 }
 
 fn record_of(event: Event) -> Record {
@@ -201,17 +288,29 @@ impl UdfTransform {
         let export = self.export;
         match export {
             UdfExport::Map => {
-                let out = crate::blocking::off_the_workers(|| instance.map(&events))
+                let values = counted(&self.counters, records.len(), || instance.map(&events))
                     .map_err(|error| call_error(error, &records))?;
-                out.into_iter().map(record_of).for_each(emit);
+                drop(events);
+                for (mut record, value) in records.into_iter().zip(values) {
+                    record.value = value.into();
+                    emit(record);
+                }
             }
             UdfExport::FlatMap => {
-                let out = crate::blocking::off_the_workers(|| instance.flat_map(&events))
+                let outputs = counted(&self.counters, records.len(), || instance.flat_map(&events))
                     .map_err(|error| call_error(error, &records))?;
-                out.into_iter().flatten().map(record_of).for_each(emit);
+                for (record, values) in records.iter().zip(outputs) {
+                    for value in values {
+                        emit(Record {
+                            key: record.key.clone(),
+                            value: value.into(),
+                            timestamp_ms: record.timestamp_ms,
+                        });
+                    }
+                }
             }
             UdfExport::Filter => {
-                let keep = crate::blocking::off_the_workers(|| instance.filter(&events))
+                let keep = counted(&self.counters, records.len(), || instance.filter(&events))
                     .map_err(|error| call_error(error, &records))?;
                 drop(events);
                 for (record, keep) in records.into_iter().zip(keep) {
@@ -221,7 +320,7 @@ impl UdfTransform {
                 }
             }
             UdfExport::Key => {
-                let keys = crate::blocking::off_the_workers(|| instance.key(&events))
+                let keys = counted(&self.counters, records.len(), || instance.key(&events))
                     .map_err(|error| call_error(error, &records))?;
                 drop(events);
                 for (mut record, key) in records.into_iter().zip(keys) {
@@ -241,60 +340,82 @@ impl UdfTransform {
 pub struct KeyedUdf {
     pub(crate) instance: FunctionInstance,
     pub(crate) export: UdfExport,
-    pub(crate) state: KeyedMap<Vec<u8>>,
+    pub(crate) state: KeyedMap<String>,
+    pub(crate) counters: Arc<CallCounters>,
+}
+
+/// The indexes of `records` grouped by key, keys in first-seen order.
+fn group_by_key(records: &[Record]) -> Vec<(&str, Vec<usize>)> {
+    let mut group_of: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (position, record) in records.iter().enumerate() {
+        let index = *group_of.entry(record.key.as_str()).or_insert_with(|| {
+            groups.push((record.key.as_str(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[index].1.push(position);
+    }
+    groups
 }
 
 impl KeyedUdf {
     /// Folds one batch: groups its records by key (in first-seen order), calls the function once,
     /// stores each key's new state and emits, for a reduce, each key's new accumulator once (the
-    /// value after the batch's records), for a process, what it returned.
+    /// value after the batch's records, at the time of the key's last record), for a process,
+    /// what it returned.
     pub fn apply_batch(&mut self, records: Vec<Record>, emit: &mut impl FnMut(Record)) -> Result<(), UdfCallError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut group_of: HashMap<&str, usize> = HashMap::new();
-        let mut grouped: Vec<Vec<EventRef<'_>>> = Vec::new();
-        let mut keys: Vec<&str> = Vec::new();
-        for record in &records {
-            let index = *group_of.entry(record.key.as_str()).or_insert_with(|| {
-                grouped.push(Vec::new());
-                keys.push(record.key.as_str());
-                grouped.len() - 1
-            });
-            grouped[index].push(EventRef {
-                key: &record.key,
-                value: &record.value,
-                timestamp_ms: record.timestamp_ms,
-            });
-        }
-        let groups: Vec<KeyedValuesRef<'_>> = keys
-            .iter()
-            .zip(&grouped)
-            .map(|(key, events)| KeyedValuesRef {
-                key,
-                state: self.state.get(*key).map(Vec::as_slice),
-                events,
-            })
-            .collect();
+        let groups = group_by_key(&records);
         let instance = &mut self.instance;
         match self.export {
             UdfExport::Reduce => {
-                let accumulators = crate::blocking::off_the_workers(|| instance.reduce(&groups))
+                let values: Vec<Vec<&str>> = groups
+                    .iter()
+                    .map(|(_, members)| members.iter().map(|&at| records[at].value.as_str()).collect())
+                    .collect();
+                let calls: Vec<KeyedValuesRef<'_>> = groups
+                    .iter()
+                    .zip(&values)
+                    .map(|((key, _), values)| KeyedValuesRef {
+                        key,
+                        state: self.state.get(*key).map(String::as_str),
+                        values,
+                    })
+                    .collect();
+                let accumulators = counted(&self.counters, records.len(), || instance.reduce(&calls))
                     .map_err(|error| call_error(error, &records))?;
-                for ((key, events), accumulator) in keys.iter().zip(&grouped).zip(accumulators) {
-                    let value = String::from_utf8_lossy(&accumulator).into_owned();
+                drop(calls);
+                for ((key, members), accumulator) in groups.iter().zip(accumulators) {
+                    let timestamp_ms = members.last().map_or(0, |&at| records[at].timestamp_ms);
+                    let value: crate::runtime::record::Text = accumulator.as_str().into();
                     self.state.insert((*key).into(), accumulator);
                     emit(Record {
                         key: (*key).into(),
-                        value: value.into(),
-                        timestamp_ms: events.last().map_or(0, |event| event.timestamp_ms),
+                        value,
+                        timestamp_ms,
                     });
                 }
             }
             UdfExport::Process => {
-                let processed = crate::blocking::off_the_workers(|| instance.process(&groups))
+                let events: Vec<Vec<EventRef<'_>>> = groups
+                    .iter()
+                    .map(|(_, members)| members.iter().map(|&at| event_ref(&records[at])).collect())
+                    .collect();
+                let calls: Vec<KeyedEventsRef<'_>> = groups
+                    .iter()
+                    .zip(&events)
+                    .map(|((key, _), events)| KeyedEventsRef {
+                        key,
+                        state: self.state.get(*key).map(String::as_str),
+                        events,
+                    })
+                    .collect();
+                let processed = counted(&self.counters, records.len(), || instance.process(&calls))
                     .map_err(|error| call_error(error, &records))?;
-                for (key, result) in keys.iter().zip(processed) {
+                drop(calls);
+                for ((key, _), result) in groups.iter().zip(processed) {
                     match result.state {
                         Some(state) => {
                             self.state.insert((*key).into(), state);
@@ -313,13 +434,13 @@ impl KeyedUdf {
 }
 
 impl KeyedMapState for KeyedUdf {
-    type Value = Vec<u8>;
+    type Value = String;
 
-    fn entries(&self) -> &KeyedMap<Vec<u8>> {
+    fn entries(&self) -> &KeyedMap<String> {
         &self.state
     }
 
-    fn entries_mut(&mut self) -> &mut KeyedMap<Vec<u8>> {
+    fn entries_mut(&mut self) -> &mut KeyedMap<String> {
         &mut self.state
     }
 }

@@ -6,12 +6,13 @@ one as `user.py` and builds both into one component with componentize-py (no WAS
 sockets or clock; print() goes to the executor's log).
 
 A user module defines any of:
-    map(value[, event])              -> a value, a (key, value) pair or {"key", "value", "timestamp_ms"}
-    flat_map(value[, event])         -> an iterable of those
+    map(value[, event])              -> the new value (the key and time stay)
+    flat_map(value[, event])         -> an iterable of values
     filter(value[, event])           -> truthy to keep the event
     key(value[, event])              -> the event's key
     reduce(accumulator, value, key)  -> the new accumulator (None the first time for a key)
-    process(key, state, values)      -> (new state or None to clear it, iterable of outputs)
+    process(key, state, values)      -> (new state or None to clear it, iterable of outputs: values,
+                                        (key, value) pairs or {"key", "value", "timestamp_ms"})
 Values, keys, accumulators and states are str; anything else returned becomes one (JSON for dicts
 and lists).
 """
@@ -116,13 +117,11 @@ def _guarded(body):
 class WitWorld:
     def map(self, events):
         function = _per_event("map")
-        return _guarded(lambda: [_event(function(event.value, event), event) for event in events])
+        return _guarded(lambda: [_text(function(event.value, event)) for event in events])
 
     def flat_map(self, events):
         function = _per_event("flat_map")
-        return _guarded(
-            lambda: [[_event(output, event) for output in (function(event.value, event) or ())] for event in events]
-        )
+        return _guarded(lambda: [[_text(output) for output in (function(event.value, event) or ())] for event in events])
 
     def filter(self, events):
         function = _per_event("filter")
@@ -136,10 +135,11 @@ class WitWorld:
         function = _need("reduce")
 
         def fold(group):
-            accumulator = None if group.state is None else group.state.decode("utf-8", "replace")
-            for event in group.events:
-                accumulator = _text(function(accumulator, event.value, group.key))
-            return (accumulator or "").encode("utf-8")
+            accumulator = group.state
+            key = group.key
+            for value in group.values:
+                accumulator = _text(function(accumulator, value, key))
+            return accumulator or ""
 
         return _guarded(lambda: [fold(group) for group in groups])
 
@@ -147,12 +147,11 @@ class WitWorld:
         function = _need("process")
 
         def run(group):
-            state = None if group.state is None else group.state.decode("utf-8", "replace")
-            new_state, outputs = function(group.key, state, [event.value for event in group.events])
+            new_state, outputs = function(group.key, group.state, [event.value for event in group.events])
             last = group.events[-1] if group.events else Event(key=group.key, value="", timestamp_ms=0)
             template = Event(key=group.key, value="", timestamp_ms=last.timestamp_ms)
             return Processed(
-                state=None if new_state is None else _text(new_state).encode("utf-8"),
+                state=None if new_state is None else _text(new_state),
                 outputs=[_event(output, template) for output in (outputs or ())],
             )
 

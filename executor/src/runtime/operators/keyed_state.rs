@@ -93,20 +93,20 @@ impl StateValue for u64 {
     }
 }
 
-/// A user function's state or accumulator: its length, then its bytes.
-impl StateValue for Vec<u8> {
+/// A user function's state or accumulator: its length, then its UTF-8 bytes.
+impl StateValue for String {
     fn encoded_len(&self) -> usize {
         varint_len(self.len() as u64) + self.len()
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
         put_varint(out, self.len() as u64);
-        out.extend_from_slice(self);
+        out.extend_from_slice(self.as_bytes());
     }
 
     fn decode(input: &mut &[u8]) -> Option<Self> {
         let length = usize::try_from(take_varint(input)?).ok()?;
-        take_bytes(input, length).map(<[u8]>::to_vec)
+        String::from_utf8(take_bytes(input, length)?.to_vec()).ok()
     }
 }
 
