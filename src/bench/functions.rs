@@ -217,7 +217,7 @@ async fn run_once(
 ) -> anyhow::Result<Measured> {
     let executor_pid = cluster.executor("bench-1").and_then(|executor| executor.pid());
     let cpu_before = executor_pid.and_then(cpu_seconds);
-    let submitted = client.submit_job(&spec, name).await?;
+    let submitted = client.submit_job(spec, name).await?;
     let mut run = RunToEnd::new(&submitted.job_id);
     let seconds = loop {
         if let Some(seconds) = run.poll(client).await? {

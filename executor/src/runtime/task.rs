@@ -201,6 +201,25 @@ pub async fn run_subtask(
             operator.id, deployment.subtask_index
         )));
     }
+    // User functions compile before the gate opens: upstream subtasks wait to connect instead of
+    // filling this subtask's input while it compiles (a Python component takes seconds), so a
+    // rate-limited source starts its clock only once the pipeline behind it can run, instead of
+    // bursting to catch up afterwards.
+    for member in &members {
+        let Some(member_operator) = member.graph.operator(member.operator_id.as_str()) else {
+            continue;
+        };
+        let Some(call) = udf_call(&member_operator.config) else {
+            continue;
+        };
+        let Some(function) = member.graph.functions.get(&call.function) else {
+            continue;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(TaskEnd::Cancelled),
+            prepared = environment.functions.prepare(&call.function, function) => prepared?,
+        }
+    }
     let key = GateKey {
         job_id: deployment.job_id,
         operator_id: operator.id.clone(),

@@ -57,6 +57,8 @@ pub struct FunctionRuntime {
     /// Calls by (function, export), over every subtask that ran here.
     counters: Mutex<BTreeMap<(String, &'static str), Arc<CallCounters>>>,
     cache_loads: AtomicU64,
+    /// The compiles in flight.
+    compiles: tokio_util::task::TaskTracker,
 }
 
 /// What the calls of one function's export did on this executor.
@@ -107,6 +109,7 @@ impl FunctionRuntime {
             max_memory_bytes,
             counters: Mutex::new(BTreeMap::new()),
             cache_loads: AtomicU64::new(0),
+            compiles: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -147,7 +150,11 @@ impl FunctionRuntime {
     }
 
     /// A fresh instance of function `name` for one subtask.
-    pub async fn instantiate(&self, name: &str, function: &FunctionRef) -> Result<FunctionInstance, FunctionLoadError> {
+    pub async fn instantiate(
+        self: &Arc<Self>,
+        name: &str,
+        function: &FunctionRef,
+    ) -> Result<FunctionInstance, FunctionLoadError> {
         let compiled = self.compiled(name, function).await?;
         let limits = FunctionLimits {
             memory_bytes: usize::try_from(function.memory_limit_bytes.min(self.max_memory_bytes)).unwrap_or(usize::MAX),
@@ -159,40 +166,66 @@ impl FunctionRuntime {
         })?)
     }
 
-    async fn compiled(&self, name: &str, function: &FunctionRef) -> Result<CompiledFunction, FunctionLoadError> {
+    /// Makes sure `function` is compiled here (fetched, verified, compiled or loaded from the disk
+    /// cache), so that instantiating it is quick.
+    pub async fn prepare(self: &Arc<Self>, name: &str, function: &FunctionRef) -> Result<(), FunctionLoadError> {
+        self.compiled(name, function).await.map(drop)
+    }
+
+    async fn compiled(
+        self: &Arc<Self>,
+        name: &str,
+        function: &FunctionRef,
+    ) -> Result<CompiledFunction, FunctionLoadError> {
         let cell = {
             let mut compiled = self.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             compiled.entry(function.sha256.clone()).or_default().clone()
         };
-        let ready = cell
-            .get_or_try_init(|| async {
-                let host = self.host.clone();
-                let cache = self.cache.clone();
-                let bytes = self.fetch(name, function).await?;
-                let (name_owned, sha256) = (name.to_owned(), function.sha256.clone());
-                let compiled = tokio::task::spawn_blocking(move || {
-                    cache.load_or_compile(&host, &name_owned, &sha256, || Ok(bytes))
-                })
+        let runtime = self.clone();
+        let (name_owned, function_owned) = (name.to_owned(), function.clone());
+        // In a task of its own: a subtask cancelled while it waits (its job restarting, say)
+        // leaves the compile running, and its next deployment finds it done instead of
+        // starting it again.
+        let ready = self
+            .compiles
+            .spawn(async move {
+                cell.get_or_try_init(|| runtime.load(&name_owned, &function_owned))
+                    .await
+                    .cloned()
+            })
+            .await
+            .map_err(|join_error| FunctionLoadError::Interrupted {
+                function: name.to_owned(),
+                problem: join_error.to_string(),
+            })??;
+        let mut compiled = ready;
+        compiled.name = name.to_owned();
+        Ok(compiled)
+    }
+
+    /// Fetches, verifies and compiles (or loads from the disk cache) one function.
+    async fn load(&self, name: &str, function: &FunctionRef) -> Result<CompiledFunction, FunctionLoadError> {
+        let host = self.host.clone();
+        let cache = self.cache.clone();
+        let bytes = self.fetch(name, function).await?;
+        let (name_owned, sha256) = (name.to_owned(), function.sha256.clone());
+        let compiled =
+            tokio::task::spawn_blocking(move || cache.load_or_compile(&host, &name_owned, &sha256, || Ok(bytes)))
                 .await
                 .map_err(|join_error| FunctionLoadError::Interrupted {
                     function: name.to_owned(),
                     problem: join_error.to_string(),
                 })??;
-                if compiled.from_cache {
-                    self.cache_loads.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::info!(
-                    function = name,
-                    sha256 = %function.sha256,
-                    from_cache = compiled.from_cache,
-                    compile_ms = compiled.compile_time.as_millis() as u64,
-                    "function ready"
-                );
-                Ok::<_, FunctionLoadError>(compiled)
-            })
-            .await?;
-        let mut compiled = ready.clone();
-        compiled.name = name.to_owned();
+        if compiled.from_cache {
+            self.cache_loads.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(
+            function = name,
+            sha256 = %function.sha256,
+            from_cache = compiled.from_cache,
+            compile_ms = compiled.compile_time.as_millis() as u64,
+            "function ready"
+        );
         Ok(compiled)
     }
 
