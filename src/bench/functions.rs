@@ -7,16 +7,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use raftstream_api::client::ClusterClient;
 
 use super::stream::{cpu_seconds, median_of};
 use super::RunToEnd;
-use crate::local_cluster::{poll_until, LocalCluster};
+use crate::local_cluster::LocalCluster;
 use crate::wordcount::{check_output, highest_counts, WordCountJob};
-use raftstream_coordinator::leader::ExecutorSettings;
-use raftstream_coordinator::node::RaftSettings;
 
 #[derive(Debug, Args)]
 pub struct FunctionsBenchArgs {
@@ -53,30 +50,9 @@ struct Measured {
 }
 
 pub async fn run_functions_bench(args: FunctionsBenchArgs) -> anyhow::Result<()> {
-    let binary = std::env::current_exe().context("locating the raftstream binary")?;
-    let directory = match &args.dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => std::env::temp_dir().join(format!("raftstream-bench-functions-{}", std::process::id())),
-    };
-    if directory.exists() {
-        std::fs::remove_dir_all(&directory).with_context(|| format!("clearing {}", directory.display()))?;
-    }
-    let mut cluster = LocalCluster::start_with(
-        &binary,
-        &directory,
-        3,
-        Vec::new(),
-        RaftSettings::default(),
-        ExecutorSettings::default(),
-    )?;
-    cluster.wait_for_leader(Duration::from_secs(20)).await?;
-    let client = ClusterClient::new(&cluster.addresses(), Duration::from_secs(10))?;
+    let (mut cluster, client, directory) = super::start_bench_cluster(args.dir.as_deref(), "functions").await?;
     cluster.start_executor("bench-1", 1)?;
-    poll_until("the executor to connect", Duration::from_secs(20), || async {
-        let listed = client.list_executors().await.ok()?;
-        listed.executors.iter().any(|e| e.connected).then_some(())
-    })
-    .await?;
+    super::wait_for_executor(&client, "bench-1", Duration::from_secs(20)).await?;
 
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/functions");
     let mut variants = vec![Variant {
