@@ -43,6 +43,12 @@ impl Export {
             Export::Process => "process",
         }
     }
+
+    /// The export of that WIT name: the world's names are the one contract between the job model
+    /// (which names the export an operator calls) and the host.
+    pub fn from_wit_name(name: &str) -> Option<Export> {
+        Export::ALL.into_iter().find(|export| export.wit_name() == name)
+    }
 }
 
 impl std::fmt::Display for Export {

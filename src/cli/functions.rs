@@ -88,15 +88,27 @@ fn exports_called(document: &Value) -> Vec<(String, Export)> {
         .filter_map(|operator| {
             let function = operator.get("params")?.get("udf")?.as_str()?;
             let kind = OperatorKind::from_name(operator.get("kind")?.as_str()?)?;
-            let export = match UdfExport::of(kind)? {
-                UdfExport::Map => Export::Map,
-                UdfExport::FlatMap => Export::FlatMap,
-                UdfExport::Filter => Export::Filter,
-                UdfExport::Key => Export::Key,
-                UdfExport::Reduce => Export::Reduce,
-                UdfExport::Process => Export::Process,
-            };
+            let export = Export::from_wit_name(UdfExport::of(kind)?.wit_name())?;
             Some((function.to_owned(), export))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_export_the_job_model_names_is_one_the_host_knows() {
+        let named: Vec<&str> = OperatorKind::ALL
+            .into_iter()
+            .filter_map(UdfExport::of)
+            .map(UdfExport::wit_name)
+            .collect();
+        assert_eq!(named.len(), Export::ALL.len());
+        for name in named {
+            let export = Export::from_wit_name(name).unwrap_or_else(|| panic!("the host has no export {name}"));
+            assert_eq!(export.wit_name(), name);
+        }
+    }
 }
