@@ -96,6 +96,9 @@ pub(crate) struct GuestContext {
     log_tokens: f64,
     log_refilled: Instant,
     logs_dropped: u64,
+    /// The last error line the guest wrote during the current call, kept even when the log is
+    /// rate-limited: a guest that aborts (a Rust panic) says why there, and the trap carries it.
+    last_error_line: Option<String>,
 }
 
 /// Table elements an instance may have (a table entry is a function reference; interpreters
@@ -125,6 +128,14 @@ impl wasmtime::ResourceLimiter for GuestContext {
 
 impl GuestContext {
     pub(crate) fn log(&mut self, level: LogLevel, message: &str) {
+        let mut end = message.len().min(LOG_LINE_BYTES);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let line = &message[..end];
+        if level == LogLevel::Error {
+            self.last_error_line = Some(line.to_owned());
+        }
         let now = Instant::now();
         let refill = now.duration_since(self.log_refilled).as_secs_f64() * LOG_LINES_PER_SECOND;
         self.log_tokens = (self.log_tokens + refill).min(LOG_BURST);
@@ -134,11 +145,6 @@ impl GuestContext {
             return;
         }
         self.log_tokens -= 1.0;
-        let mut end = message.len().min(LOG_LINE_BYTES);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let line = &message[..end];
         let function = &*self.function;
         let dropped = std::mem::take(&mut self.logs_dropped);
         match level {
@@ -181,6 +187,7 @@ impl FunctionInstance {
                 log_tokens: LOG_BURST,
                 log_refilled: Instant::now(),
                 logs_dropped: 0,
+                last_error_line: None,
             },
         );
         store.limiter(|context| context);
@@ -238,44 +245,32 @@ impl FunctionInstance {
 
     /// Each event's new value.
     pub fn map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<String>, FunctionError> {
-        let out: Vec<String> = self.call(Export::Map, (events,))?;
-        self.check_count(Export::Map, events.len(), out.len())?;
-        Ok(out)
+        self.call_batch(Export::Map, (events,), events.len())
     }
 
     /// Each event's output values, in order.
     pub fn flat_map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<Vec<String>>, FunctionError> {
-        let out: Vec<Vec<String>> = self.call(Export::FlatMap, (events,))?;
-        self.check_count(Export::FlatMap, events.len(), out.len())?;
-        Ok(out)
+        self.call_batch(Export::FlatMap, (events,), events.len())
     }
 
     /// Whether each event is kept.
     pub fn filter(&mut self, events: &[EventRef<'_>]) -> Result<Vec<bool>, FunctionError> {
-        let out: Vec<bool> = self.call(Export::Filter, (events,))?;
-        self.check_count(Export::Filter, events.len(), out.len())?;
-        Ok(out)
+        self.call_batch(Export::Filter, (events,), events.len())
     }
 
     /// Each event's key.
     pub fn key(&mut self, events: &[EventRef<'_>]) -> Result<Vec<String>, FunctionError> {
-        let out: Vec<String> = self.call(Export::Key, (events,))?;
-        self.check_count(Export::Key, events.len(), out.len())?;
-        Ok(out)
+        self.call_batch(Export::Key, (events,), events.len())
     }
 
     /// Each group's new accumulator.
     pub fn reduce(&mut self, groups: &[KeyedValuesRef<'_>]) -> Result<Vec<String>, FunctionError> {
-        let out: Vec<String> = self.call(Export::Reduce, (groups,))?;
-        self.check_count(Export::Reduce, groups.len(), out.len())?;
-        Ok(out)
+        self.call_batch(Export::Reduce, (groups,), groups.len())
     }
 
     /// Each group's new state and outputs.
     pub fn process(&mut self, groups: &[KeyedEventsRef<'_>]) -> Result<Vec<Processed>, FunctionError> {
-        let out: Vec<Processed> = self.call(Export::Process, (groups,))?;
-        self.check_count(Export::Process, groups.len(), out.len())?;
-        Ok(out)
+        self.call_batch(Export::Process, (groups,), groups.len())
     }
 
     /// The function's name in its job.
@@ -283,16 +278,22 @@ impl FunctionInstance {
         &self.function
     }
 
-    fn check_count(&mut self, export: Export, expected: usize, returned: usize) -> Result<(), FunctionError> {
-        if expected == returned {
-            return Ok(());
+    /// Calls a batch export that answers once per input (event or group) and checks that it did.
+    fn call_batch<Params, Item>(&mut self, export: Export, params: Params, expected: usize) -> Result<Vec<Item>, FunctionError>
+    where
+        Params: ComponentNamedList + Lower,
+        (Result<Vec<Item>, String>,): ComponentNamedList + Lift,
+    {
+        let answers: Vec<Item> = self.call(export, params)?;
+        if answers.len() != expected {
+            return Err(FunctionError::AnswerCount {
+                function: self.function.to_string(),
+                export: export.wit_name(),
+                expected,
+                returned: answers.len(),
+            });
         }
-        Err(FunctionError::AnswerCount {
-            function: self.function.to_string(),
-            export: export.wit_name(),
-            expected,
-            returned,
-        })
+        Ok(answers)
     }
 
     fn call<Params, Output>(&mut self, export: Export, params: Params) -> Result<Output, FunctionError>
@@ -318,6 +319,7 @@ impl FunctionInstance {
             .get_typed_func::<Params, (Result<Output, String>,)>(&mut self.store, index)
             .map_err(|error| missing(format!("{error:#}")))?;
         self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        self.store.data_mut().last_error_line = None;
         match typed.call(&mut self.store, params) {
             Ok((Ok(output),)) => Ok(output),
             Ok((Err(message),)) => Err(FunctionError::Guest {
@@ -361,10 +363,13 @@ impl FunctionInstance {
                     .collect::<String>()
             })
             .unwrap_or_default();
-        let message = match error.downcast_ref::<wasmtime::Trap>() {
+        let mut message = match error.downcast_ref::<wasmtime::Trap>() {
             Some(trap) => trap.to_string(),
             None => format!("{error}"),
         };
+        if let Some(said) = &self.store.data().last_error_line {
+            message = format!("{said} ({message})");
+        }
         FunctionError::Trap {
             function,
             export,
