@@ -18,7 +18,7 @@ fn build_js(host: &FunctionHost, name: &str, source: &str) -> CompiledFunction {
     std::fs::write(&path, source).expect("write source");
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("work dir");
-    let built = match build_component(&path, &work) {
+    let built = match build_component(&path, &work, &Export::ALL) {
         Ok(built) => built,
         Err(error @ BuildError::ToolMissing { .. }) => {
             panic!("{error} (scripts/ensure-build-deps.sh --test installs it)")
@@ -269,7 +269,7 @@ fn a_second_load_compiles_nothing_and_a_damaged_cache_file_is_replaced() {
     std::fs::write(&source, "export function map(value) { return value.toUpperCase(); }").expect("write");
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("work dir");
-    let bytes = build_component(&source, &work).expect("build").bytes;
+    let bytes = build_component(&source, &work, &Export::ALL).expect("build").bytes;
     let sha256 = raftstream_functions::sha256_hex(&bytes);
     let cache = raftstream_functions::CompiledCache::open(&dir.path().join("cache")).expect("cache");
 

@@ -52,7 +52,7 @@ fn a_python_module_of_plain_functions_runs_every_export() {
     std::fs::write(&source, FRAUD.replace("def broken", "def map_broken")).expect("write");
     let work = dir.path().join("work");
     std::fs::create_dir(&work).expect("work dir");
-    let built = match build_component(&source, &work) {
+    let built = match build_component(&source, &work, &Export::ALL) {
         Ok(built) => built,
         Err(error @ BuildError::ToolMissing { .. }) => {
             panic!("{error} (scripts/ensure-build-deps.sh --test installs it)")

@@ -36,11 +36,16 @@ pub(crate) async fn prepare_functions(spec: &str, spec_path: &Path, client: &Clu
     for (name, entry) in functions.iter_mut() {
         let Some(source) = entry.get("source") else { continue };
         let Some(source) = source.as_str() else {
-            bail!("job spec: functions.{name}.source: must be a path (a .js, .py or .wasm file, or a Rust crate's directory)");
+            bail!("job spec: functions.{name}.source: must be a path (a .js, .py, .rs or .wasm file)");
         };
         let path = base.join(source);
         let work = tempfile::tempdir().context("a temporary directory to build in")?;
-        let built = build_component(&path, work.path()).with_context(|| format!("function {name}"))?;
+        let exports: Vec<Export> = exports_by_function
+            .iter()
+            .filter(|(function, _)| function == name)
+            .map(|(_, export)| *export)
+            .collect();
+        let built = build_component(&path, work.path(), &exports).with_context(|| format!("function {name}"))?;
         if built.bytes.len() as u64 > MAX_FUNCTION_BYTES {
             bail!(
                 "function {name} ({}): {} bytes, above the limit of {MAX_FUNCTION_BYTES}",
@@ -61,8 +66,8 @@ pub(crate) async fn prepare_functions(spec: &str, spec_path: &Path, client: &Clu
                 ..FunctionLimits::default()
             },
         )?;
-        for export in exports_by_function.iter().filter(|(function, _)| function == name) {
-            instance.check_export(export.1)?;
+        for export in exports {
+            instance.check_export(export)?;
         }
         let uploaded = client
             .upload_function(&compiled.sha256, &built.bytes)

@@ -3,9 +3,12 @@
 
 mod javascript;
 mod python;
+mod rust;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::Export;
 
 /// The language a function is written in, from its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +21,8 @@ pub enum Language {
 }
 
 impl Language {
-    /// The language of `source`: by extension, or a directory holding a Cargo.toml (Rust).
+    /// The language of `source`, by its extension.
     pub fn of(source: &Path) -> Result<Language, BuildError> {
-        if source.is_dir() && source.join("Cargo.toml").is_file() {
-            return Ok(Language::Rust);
-        }
         match source.extension().and_then(|extension| extension.to_str()) {
             Some("js" | "mjs") => Ok(Language::JavaScript),
             Some("py") => Ok(Language::Python),
@@ -49,7 +49,7 @@ impl Language {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(
-        "{}: cannot tell the language: name a .js, .py or .wasm file, or a Rust crate's directory",
+        "{}: cannot tell the language: name a .js, .py, .rs or .wasm file",
         source_path.display()
     )]
     UnknownLanguage { source_path: PathBuf },
@@ -78,19 +78,15 @@ pub struct BuiltFunction {
 
 /// Builds `source` into a component, using `work_dir` (empty, removed by the caller) for the
 /// tools' files.
-pub fn build_component(source: &Path, work_dir: &Path) -> Result<BuiltFunction, BuildError> {
+/// `exports` are the ones the job calls: a Rust function is compiled with calls to exactly those
+/// (the interpreted languages look their functions up when called).
+pub fn build_component(source: &Path, work_dir: &Path, exports: &[Export]) -> Result<BuiltFunction, BuildError> {
     let language = Language::of(source)?;
     let bytes = match language {
         Language::Wasm => read(source)?,
         Language::JavaScript => javascript::build(source, work_dir)?,
         Language::Python => python::build(source, work_dir)?,
-        Language::Rust => {
-            return Err(BuildError::ToolMissing {
-                language: language.name(),
-                tool: "(not yet supported)",
-                install: "build it into a .wasm component yourself and name that file",
-            })
-        }
+        Language::Rust => rust::build(source, work_dir, exports)?,
     };
     Ok(BuiltFunction { language, bytes })
 }
