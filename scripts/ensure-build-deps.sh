@@ -4,7 +4,8 @@
 # With --test, also the S3 peer the tests run checkpoints against (moto's server, from PyPI), and
 # as root iptables for the chaos test on network namespaces, promtool to lint /metrics,
 # chromium with chromedriver for the dashboard's browser test, and the tools that build user
-# functions into WebAssembly components (componentize-qjs from npm, componentize-py from PyPI).
+# functions into WebAssembly components (componentize-qjs and jco from npm, componentize-py from
+# PyPI, Debian's rustc-web for Rust).
 set -euo pipefail
 
 # libclang itself (libclang.so, libclang-14.so.1, ...), not libclang-cpp, which some machines have
@@ -55,6 +56,31 @@ if [ "${1:-}" = "--test" ] && ! command -v componentize-py >/dev/null 2>&1; then
     echo "componentize-py not found: installing it from PyPI (the Python user-function tests)" >&2
     python3 -m pip install --quiet --disable-pip-version-check 'componentize-py==0.25.1' >&2
     command -v componentize-py >/dev/null || { echo "componentize-py still missing after pip install" >&2; exit 1; }
+fi
+
+# The Rust user-function tests build for wasm32-unknown-unknown and wrap the module with jco
+# (npm). rustup's toolchains here have no wasm32 target and cannot download one; Debian's
+# rustc-web with its library sources (rust-web-src) builds the standard library for it, and
+# lld-22 links it.
+rust_targets_wasm() {
+    local libdir
+    libdir=$(rustc --print target-libdir --target wasm32-unknown-unknown 2>/dev/null) &&
+        compgen -G "$libdir/libstd-*" >/dev/null && return 0
+    [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] && [ -f /usr/lib/rustlib/src/rust/library/Cargo.lock ] &&
+        compgen -G '/usr/bin/wasm-ld*' >/dev/null
+}
+if [ "${1:-}" = "--test" ] && [ "$(id -u)" -eq 0 ] && ! rust_targets_wasm; then
+    echo "no Rust toolchain for wasm32: installing rustc-web, cargo-web, rust-web-src and lld-22 (the Rust user-function tests)" >&2
+    # Updated lists first: the security suite carries the newer rustc-web (1.96 when written).
+    { apt-get update >/dev/null 2>&1 || true; } &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rustc-web cargo-web rust-web-src lld-22 >/dev/null ||
+        echo "could not install Debian's rustc-web: the Rust user-function tests will fail under .ci/run" >&2
+fi
+if [ "${1:-}" = "--test" ] && ! command -v jco >/dev/null 2>&1; then
+    echo "jco not found: installing @bytecodealliance/jco from npm (wraps Rust user functions into components)" >&2
+    if [ "$(id -u)" -eq 0 ]; then SUDO_NPM=""; else SUDO_NPM="sudo"; fi
+    $SUDO_NPM npm install -g --silent @bytecodealliance/jco@1.35.0 >&2
+    command -v jco >/dev/null || { echo "jco still missing after npm install" >&2; exit 1; }
 fi
 
 # The dashboard's browser test drives Debian's headless chromium through chromedriver.

@@ -225,31 +225,126 @@ async fn jobs(client: &ClusterClient) -> anyhow::Result<usize> {
     Ok(client.list_jobs(pb::ReadConsistency::Linearizable).await?.len())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_javascript_word_count_is_exact_through_an_executor_kill() -> anyhow::Result<()> {
+/// A fault injected into a running example job.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// kill -9 of the executor running this operator: the job restarts from its checkpoint.
+    KillExecutorOf(&'static str),
+    /// kill -9 of the coordinator leader: no job restarts.
+    KillLeader,
+    /// The operator rescaled while the job runs (its keyed state moves by key group).
+    Rescale { operator: &'static str, parallelism: u32 },
+}
+
+/// How a job ran through its faults.
+struct FaultyRun {
+    /// The executors killed, in order.
+    killed_executors: Vec<String>,
+}
+
+/// Submits `spec` with the CLI (which builds its functions), injects `faults` one after the
+/// other, each once the job has a checkpoint more, and waits for the job to finish.
+async fn run_through_faults(
+    cluster: &mut TestCluster,
+    client: &ClusterClient,
+    name: &str,
+    spec: &serde_json::Value,
+    faults: &[Fault],
+) -> anyhow::Result<FaultyRun> {
+    let coordinators = cluster.cluster.addresses().join(",");
+    let job_id = job_id_of(&submit(cluster.path(), &coordinators, name, spec)?)?;
+    let mut running = running_with_checkpoints(client, &job_id, 3).await?;
+    let mut expected_restarts = running.restart_count;
+    let mut killed_executors = Vec::new();
+    for fault in faults {
+        let checkpoint = running.last_checkpoint_id.unwrap_or(0);
+        match *fault {
+            Fault::KillExecutorOf(operator) => {
+                let victim = executor_of(&running, operator)?;
+                tracing::info!(%victim, operator, "--- kill -9 the executor running the operator");
+                cluster.cluster.kill_executor(&victim)?;
+                killed_executors.push(victim);
+                expected_restarts += 1;
+            }
+            Fault::KillLeader => {
+                let leader = cluster.leader().await?;
+                tracing::info!(leader, "--- kill -9 the coordinator leader");
+                cluster.cluster.kill(leader)?;
+            }
+            Fault::Rescale { operator, parallelism } => {
+                tracing::info!(operator, parallelism, "--- rescale while the job runs");
+                client.rescale_job(&job_id, Some(operator), parallelism, &format!("{name}-rescale")).await?;
+                eventually("the job to run rescaled", Duration::from_secs(60), || async {
+                    job(client, &job_id).await.filter(|job| {
+                        let placed = job
+                            .subtasks
+                            .iter()
+                            .filter(|subtask| subtask.operator_id == operator && !subtask.executor_id.is_empty())
+                            .count();
+                        job.status == "Running" && placed == parallelism as usize
+                    })
+                })
+                .await?;
+            }
+        }
+        running = running_with_checkpoints(client, &job_id, checkpoint + 1).await?;
+    }
+    let done = finished(client, &job_id).await?;
+    anyhow::ensure!(
+        done.restart_count >= expected_restarts,
+        "after {faults:?} the job restarted {} times, {expected_restarts} expected at least",
+        done.restart_count
+    );
+    if !faults.iter().any(|fault| matches!(fault, Fault::KillExecutorOf(_))) {
+        anyhow::ensure!(
+            done.restart_count == running.restart_count,
+            "{faults:?} restart no job: {done:?}"
+        );
+    }
+    Ok(FaultyRun { killed_executors })
+}
+
+/// The word count example of `language` over `records` lines (at 4,000 lines/s, so the faults
+/// come while it runs), exact through `faults`.
+async fn word_count_example_through(
+    language: &str,
+    records: u64,
+    faults: &[Fault],
+) -> anyhow::Result<(TestCluster, ClusterClient, WordCountJob, FaultyRun)> {
     let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
     let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
-    let coordinators = cluster.cluster.addresses().join(",");
-    // 12 s of input at 4,000 lines/s: the fault comes while it runs.
     let wc = WordCountJob {
-        records: 48_000,
+        records,
         ..word_count(&cluster)
     };
-    let spec = word_count_example("javascript", &wc, cluster.path())?;
-
-    tracing::info!("--- job submit builds wordcount.js, uploads it and submits the job naming its hash");
-    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "js-wc", &spec)?)?;
-    let running = running_with_checkpoints(&client, &job_id, 3).await?;
-    let victim = executor_of(&running, "counts")?;
-    tracing::info!(%victim, "--- kill -9 the executor running the user reduce");
-    cluster.cluster.kill_executor(&victim)?;
-    let done = finished(&client, &job_id).await?;
-    anyhow::ensure!(done.restart_count >= 1, "the kill of {victim} restarted nothing");
+    let spec = word_count_example(language, &wc, cluster.path())?;
+    let run = run_through_faults(&mut cluster, &client, &format!("{language}-wc"), &spec, faults).await?;
     ensure_final_counts(&wc)?;
+    Ok((cluster, client, wc, run))
+}
 
+/// The fraud example of `language` over `lines` transactions (at 2,000 lines/s), its alerts
+/// exact through `faults`.
+async fn fraud_example_through(language: &str, lines: u64, faults: &[Fault]) -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
+    let totals = write_transactions(cluster.path(), lines)?;
+    let mut spec = example(language, "fraud", cluster.path())?;
+    spec["checkpoint"]["interval_ms"] = serde_json::json!(200);
+    spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200});
+    spec["operators"][0]["params"]["rate_per_second"] = serde_json::json!(2_000);
+    let alerts = spec["operators"][4]["params"]["path"].as_str().unwrap_or_default().to_owned();
+    run_through_faults(&mut cluster, &client, &format!("{language}-fraud"), &spec, faults).await?;
+    ensure_alerts(Path::new(&alerts), &totals, 10_000.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_word_count_is_exact_through_an_executor_kill() -> anyhow::Result<()> {
+    let (cluster, client, wc, run) =
+        word_count_example_through("javascript", 48_000, &[Fault::KillExecutorOf("counts")]).await?;
     let survivor = ["exec-a", "exec-b"]
         .into_iter()
-        .find(|id| *id != victim)
+        .find(|id| !run.killed_executors.iter().any(|killed| killed == id))
         .and_then(|id| cluster.cluster.executor(id))
         .map(|executor| executor.http_address.clone())
         .ok_or_else(|| anyhow::anyhow!("the surviving executor is not known"))?;
@@ -291,79 +386,37 @@ async fn the_javascript_word_count_is_exact_through_an_executor_kill() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_word_count_is_exact_through_a_leader_kill() -> anyhow::Result<()> {
-    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
-    let coordinators = cluster.cluster.addresses().join(",");
-    // 12 s of input at 4,000 lines/s: the fault comes while it runs.
-    let wc = WordCountJob {
-        records: 48_000,
-        ..word_count(&cluster)
-    };
-    let spec = word_count_example("python", &wc, cluster.path())?;
-    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "py-wc", &spec)?)?;
-    let running = running_with_checkpoints(&client, &job_id, 3).await?;
-    let leader = cluster.leader().await?;
-    tracing::info!(leader, "--- kill -9 the coordinator leader");
-    cluster.cluster.kill(leader)?;
-    let done = finished(&client, &job_id).await?;
-    assert_eq!(
-        done.restart_count, running.restart_count,
-        "a leader change restarts no job: {done:?}"
-    );
-    ensure_final_counts(&wc)
+    word_count_example_through("python", 48_000, &[Fault::KillLeader]).await.map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_word_count_is_exact_through_an_executor_kill_and_a_leader_kill() -> anyhow::Result<()> {
+    word_count_example_through("rust", 60_000, &[Fault::KillExecutorOf("counts"), Fault::KillLeader])
+        .await
+        .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_fraud_rule_is_exact_through_a_rescale_from_two_to_three() -> anyhow::Result<()> {
-    let cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let mut cluster = cluster;
-    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
-    let coordinators = cluster.cluster.addresses().join(",");
-    // 20 s of input at 2,000 lines/s: the rescale happens while it runs.
-    let totals = write_transactions(cluster.path(), 40_000)?;
-    let mut spec = example("javascript", "fraud", cluster.path())?;
-    spec["checkpoint"]["interval_ms"] = serde_json::json!(200);
-    spec["operators"][0]["params"]["rate_per_second"] = serde_json::json!(2_000);
-    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "js-fraud", &spec)?)?;
-    let running = running_with_checkpoints(&client, &job_id, 2).await?;
-    let last = running.last_checkpoint_id.unwrap_or(0);
-
-    tracing::info!("--- rescale the running sums (a user reduce) from 2 to 3");
-    client.rescale_job(&job_id, Some("totals"), 3, "fraud-rescale").await?;
-    eventually("the job to run with three reduces", Duration::from_secs(60), || async {
-        job(&client, &job_id).await.filter(|job| {
-            let totals = job
-                .subtasks
-                .iter()
-                .filter(|subtask| subtask.operator_id == "totals" && !subtask.executor_id.is_empty())
-                .count();
-            job.status == "Running" && totals == 3 && job.last_checkpoint_id.unwrap_or(0) > last
-        })
-    })
-    .await?;
-    finished(&client, &job_id).await?;
-    ensure_alerts(&cluster.path().join("js-fraud-alerts"), &totals, 10_000.0)
+    let rescale = Fault::Rescale {
+        operator: "totals",
+        parallelism: 3,
+    };
+    fraud_example_through("javascript", 40_000, &[rescale]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_fraud_rule_is_exact_through_an_executor_kill() -> anyhow::Result<()> {
-    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
-    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
-    let coordinators = cluster.cluster.addresses().join(",");
-    // 15 s of input at 2,000 lines/s: the kill comes while it runs.
-    let totals = write_transactions(cluster.path(), 30_000)?;
-    let mut spec = example("python", "fraud", cluster.path())?;
-    spec["checkpoint"]["interval_ms"] = serde_json::json!(200);
-    spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200});
-    spec["operators"][0]["params"]["rate_per_second"] = serde_json::json!(2_000);
-    let job_id = job_id_of(&submit(cluster.path(), &coordinators, "py-fraud", &spec)?)?;
-    let running = running_with_checkpoints(&client, &job_id, 3).await?;
-    let victim = executor_of(&running, "totals")?;
-    tracing::info!(%victim, "--- kill -9 the executor running the user reduce");
-    cluster.cluster.kill_executor(&victim)?;
-    let done = finished(&client, &job_id).await?;
-    anyhow::ensure!(done.restart_count >= 1, "the kill of {victim} restarted nothing");
-    ensure_alerts(&cluster.path().join("py-fraud-alerts"), &totals, 10_000.0)
+    fraud_example_through("python", 30_000, &[Fault::KillExecutorOf("totals")]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_fraud_rule_is_exact_through_a_rescale_from_two_to_three() -> anyhow::Result<()> {
+    let rescale = Fault::Rescale {
+        operator: "totals",
+        parallelism: 3,
+    };
+    fraud_example_through("rust", 40_000, &[rescale]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
