@@ -143,6 +143,22 @@ fn ensure_alerts(alerts_dir: &Path, totals: &BTreeMap<String, f64>, threshold: f
     Ok(())
 }
 
+/// Where the component `sha256` is stored under the cluster's checkpoint store.
+fn stored_function_path(root: &Path, sha256: &str) -> anyhow::Result<std::path::PathBuf> {
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.ends_with(format!("functions/{sha256}.wasm")) {
+                return Ok(path);
+            }
+        }
+    }
+    anyhow::bail!("no component {sha256} under {}", root.display())
+}
+
 /// The (sha256, size) of the one function component in the cluster's checkpoint store.
 fn find_stored_function(root: &Path) -> anyhow::Result<(String, u64)> {
     let mut pending = vec![root.to_owned()];
@@ -518,5 +534,120 @@ async fn bad_functions_are_refused_at_submit_and_a_failing_one_fails_its_job() -
         "the reason names the function, the export and the guest's message: {}",
         failed.status_reason
     );
+    Ok(())
+}
+
+/// A one-function job over generated lines: `map` calls the function from `source` (already in
+/// the test's directory) with the limits given.
+fn map_job(name: &str, function: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "checkpoint": {"interval_ms": 200},
+        "restart": {"strategy": "fixed_delay", "max_attempts": 1, "delay_ms": 100},
+        "functions": {"f": function},
+        "operators": [
+            {"id": "lines", "kind": "generator", "params": {"seed": 3, "count": 2000, "vocabulary_size": 50}},
+            {"id": "mapped", "kind": "map", "inputs": ["lines"], "params": {"udf": "f"}},
+            {"id": "out", "kind": "print", "inputs": ["mapped"]}]
+    })
+}
+
+/// Waits for the job to fail and returns the reason it gives.
+async fn failure_reason(client: &ClusterClient, job_id: &str) -> anyhow::Result<String> {
+    let failed = eventually("the job to fail", Duration::from_secs(60), || async {
+        job(client, job_id).await.filter(|job| job.status == "Failed")
+    })
+    .await?;
+    Ok(failed.status_reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_a_memory_bomb_and_damaged_bytes_fail_their_jobs_by_name() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2)]).await?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    let dir = cluster.path();
+
+    tracing::info!("--- an endless loop on one record: stopped at the deadline, every attempt");
+    std::fs::write(
+        dir.join("spin.js"),
+        "export function map(line) { if (line.includes('w3')) { for (;;) {} } return line; }",
+    )?;
+    let spec = map_job("spin", serde_json::json!({"source": "spin.js", "call_timeout_ms": 300}));
+    let job_id = job_id_of(&submit(dir, &coordinators, "spin", &spec)?)?;
+    let reason = failure_reason(&client, &job_id).await?;
+    assert!(
+        reason.contains("f.map") && reason.contains("call deadline of 300 ms"),
+        "the reason names the function, the export and the deadline: {reason}"
+    );
+
+    tracing::info!("--- a memory bomb: stopped at the function's memory limit");
+    std::fs::write(
+        dir.join("hoard.js"),
+        "const hoard = []; export function map(line) { for (;;) { hoard.push(new Array(65536).fill(line)); } }",
+    )?;
+    let spec = map_job("hoard", serde_json::json!({"source": "hoard.js", "memory_limit_mib": 16}));
+    let job_id = job_id_of(&submit(dir, &coordinators, "hoard", &spec)?)?;
+    let reason = failure_reason(&client, &job_id).await?;
+    assert!(
+        reason.contains("f.map") && reason.contains(&format!("memory limit of {} bytes", 16 << 20)),
+        "the reason names the function and the limit: {reason}"
+    );
+
+    tracing::info!("--- bytes in the store that do not match the job's hash: refused by the executor");
+    let source = dir.join("upper.js");
+    std::fs::write(&source, "export function map(line) { return line.toUpperCase(); }")?;
+    let work = tempfile::tempdir_in(dir)?;
+    let built = raftstream_functions::build::build_component(
+        &source,
+        work.path(),
+        &[raftstream_functions::Export::Map],
+    )?;
+    let sha256 = raftstream_functions::sha256_hex(&built.bytes);
+    client.upload_function(&sha256, &built.bytes).await?;
+    let stored = find_stored_function(dir)?;
+    anyhow::ensure!(stored.0 == sha256, "the store holds {stored:?}, not {sha256}");
+    let path = stored_function_path(dir, &sha256)?;
+    let mut damaged = std::fs::read(&path)?;
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&path, damaged)?;
+    let spec = map_job(
+        "damaged",
+        serde_json::json!({"sha256": sha256, "size_bytes": built.bytes.len(), "language": "javascript"}),
+    );
+    let submitted = client.submit_job(&spec.to_string(), "damaged").await?;
+    let reason = failure_reason(&client, &submitted.job_id).await?;
+    assert!(
+        reason.contains("do not match the job's hash") && reason.contains(&sha256),
+        "the reason names the mismatch and the hash: {reason}"
+    );
+
+    tracing::info!("--- over the size limit: at the CLI, at the upload and in a spec");
+    let limit = raftstream_api::spec::MAX_FUNCTION_BYTES;
+    let mut big = b"\0asm\x0d\x00\x01\x00".to_vec();
+    big.resize(usize::try_from(limit + 1)?, 0);
+    std::fs::write(dir.join("big.wasm"), &big)?;
+    let refused = submit(dir, &coordinators, "big", &map_job("big", serde_json::json!({"source": "big.wasm"})))?;
+    let message = stderr_of(&refused);
+    assert!(
+        !refused.status.success() && message.contains("above the limit"),
+        "{message}"
+    );
+    let upload = client
+        .upload_function(&raftstream_functions::sha256_hex(&big), &big)
+        .await
+        .expect_err("an upload over the limit is refused");
+    assert!(upload.to_string().contains(&format!("between 1 and {limit} bytes")), "{upload}");
+    let spec = map_job(
+        "big-by-hash",
+        serde_json::json!({"sha256": sha256, "size_bytes": limit + 1, "language": "wasm"}),
+    );
+    let refused = client
+        .submit_job(&spec.to_string(), "big-by-hash")
+        .await
+        .expect_err("a spec naming a function over the limit is refused");
+    assert!(refused.to_string().contains("size_bytes"), "{refused}");
+    assert_eq!(jobs(&client).await?, 3, "only the three failed jobs were committed");
     Ok(())
 }

@@ -47,7 +47,8 @@ pub enum FunctionLoadError {
 
 /// The executor's function host, its compiled cache and the components compiled so far.
 pub struct FunctionRuntime {
-    host: Arc<FunctionHost>,
+    /// Made on first use: an executor that never runs a function keeps no engine or epoch thread.
+    host: Mutex<Option<Arc<FunctionHost>>>,
     cache: CompiledCache,
     store: Arc<CheckpointStorage>,
     /// One cell per component hash: concurrent deployments of one function wait for one compile.
@@ -102,7 +103,7 @@ impl FunctionRuntime {
         max_memory_bytes: u64,
     ) -> Result<FunctionRuntime, FunctionError> {
         Ok(FunctionRuntime {
-            host: FunctionHost::new()?,
+            host: Mutex::new(None),
             cache: CompiledCache::open(cache_dir)?,
             store,
             compiled: Mutex::new(HashMap::new()),
@@ -111,6 +112,17 @@ impl FunctionRuntime {
             cache_loads: AtomicU64::new(0),
             compiles: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// The engine, made the first time a function is needed.
+    fn host(&self) -> Result<Arc<FunctionHost>, FunctionError> {
+        let mut host = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(host) = &*host {
+            return Ok(host.clone());
+        }
+        let made = FunctionHost::new()?;
+        *host = Some(made.clone());
+        Ok(made)
     }
 
     /// How many compiled functions were loaded from the disk cache instead of compiled.
@@ -146,7 +158,8 @@ impl FunctionRuntime {
     /// How many components this executor compiled since it started (not loaded from its cache or
     /// reused in memory).
     pub fn compiles(&self) -> u64 {
-        self.host.compiles()
+        let host = self.host.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        host.as_ref().map_or(0, |host| host.compiles())
     }
 
     /// A fresh instance of function `name` for one subtask.
@@ -160,7 +173,7 @@ impl FunctionRuntime {
             memory_bytes: usize::try_from(function.memory_limit_bytes.min(self.max_memory_bytes)).unwrap_or(usize::MAX),
             call_timeout: std::time::Duration::from_millis(function.call_timeout_ms),
         };
-        let host = self.host.clone();
+        let host = self.host()?;
         Ok(crate::blocking::off_the_workers(|| {
             FunctionInstance::new(&host, &compiled, limits)
         })?)
@@ -205,7 +218,7 @@ impl FunctionRuntime {
 
     /// Fetches, verifies and compiles (or loads from the disk cache) one function.
     async fn load(&self, name: &str, function: &FunctionRef) -> Result<CompiledFunction, FunctionLoadError> {
-        let host = self.host.clone();
+        let host = self.host()?;
         let cache = self.cache.clone();
         let bytes = self.fetch(name, function).await?;
         let (name_owned, sha256) = (name.to_owned(), function.sha256.clone());
