@@ -605,8 +605,6 @@ async fn an_endless_loop_a_memory_bomb_and_damaged_bytes_fail_their_jobs_by_name
     )?;
     let sha256 = raftstream_functions::sha256_hex(&built.bytes);
     client.upload_function(&sha256, &built.bytes).await?;
-    let stored = find_stored_function(dir)?;
-    anyhow::ensure!(stored.0 == sha256, "the store holds {stored:?}, not {sha256}");
     let path = stored_function_path(dir, &sha256)?;
     let mut damaged = std::fs::read(&path)?;
     let middle = damaged.len() / 2;
