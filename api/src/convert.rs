@@ -9,9 +9,9 @@ use crate::checkpoint::{
 };
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, NotAJobId, OperatorId};
 use crate::messages::{
-    CheckpointAck, ExecutorCommand, HotKey, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef, TaskReport,
+    CheckpointAck, ExecutorCommand, FunctionCalls, HotKey, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef, TaskReport,
 };
-use crate::spec::JobGraph;
+use crate::spec::{JobGraph, UdfExport};
 
 /// A message that cannot be turned into our types.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +159,20 @@ pub fn subtask_metrics_to_proto(metrics: &SubtaskMetrics) -> pb::SubtaskMetrics 
             .collect(),
         keys_counted: metrics.keys_counted,
         chained: metrics.chained.iter().map(ToString::to_string).collect(),
+        functions: metrics
+            .functions
+            .iter()
+            .map(|calls| pb::FunctionCalls {
+                function: calls.function.clone(),
+                export: calls.export.wit_name().to_owned(),
+                calls: calls.calls,
+                records: calls.records,
+                errors: calls.errors,
+                call_nanos: calls.call_nanos,
+                compile_ms: calls.compile_ms,
+                from_cache: calls.from_cache,
+            })
+            .collect(),
     }
 }
 
@@ -184,6 +198,23 @@ pub fn subtask_metrics_from_proto(metrics: &pb::SubtaskMetrics) -> Option<Subtas
             .collect(),
         keys_counted: metrics.keys_counted,
         chained: metrics.chained.iter().map(|id| OperatorId::from(id.as_str())).collect(),
+        // A line naming an export this version does not know is left out, not guessed.
+        functions: metrics
+            .functions
+            .iter()
+            .filter_map(|calls| {
+                Some(FunctionCalls {
+                    function: calls.function.clone(),
+                    export: UdfExport::from_wit_name(&calls.export)?,
+                    calls: calls.calls,
+                    records: calls.records,
+                    errors: calls.errors,
+                    call_nanos: calls.call_nanos,
+                    compile_ms: calls.compile_ms,
+                    from_cache: calls.from_cache,
+                })
+            })
+            .collect(),
     })
 }
 

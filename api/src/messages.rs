@@ -7,7 +7,7 @@ use crate::checkpoint::{
     CheckpointOptions, CheckpointTrigger, CompletedCheckpoint, SavepointRef, SubtaskKey, TaskStateHandle,
 };
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, OperatorId};
-use crate::spec::JobGraph;
+use crate::spec::{JobGraph, UdfExport};
 
 /// One subtask at one epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,6 +132,23 @@ pub struct SubtaskMetrics {
     pub keys_counted: u64,
     /// The operators chained behind the head, in order.
     pub chained: Vec<OperatorId>,
+    /// The user functions the chain calls, one line per (function, export).
+    pub functions: Vec<FunctionCalls>,
+}
+
+/// What one subtask's calls of a user function's export did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCalls {
+    pub function: String,
+    pub export: UdfExport,
+    pub calls: u64,
+    pub records: u64,
+    pub errors: u64,
+    /// Time inside the calls.
+    pub call_nanos: u64,
+    /// How long the executor took to compile the function, or to load it from its disk cache.
+    pub compile_ms: u64,
+    pub from_cache: bool,
 }
 
 /// One key's estimated share of a keyed subtask's input (Space-Saving).

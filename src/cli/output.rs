@@ -70,6 +70,11 @@ pub(super) fn subtask_metrics_json(metrics: &pb::SubtaskMetrics) -> serde_json::
         "busy_ratio": metrics.busy_ratio,
         "hot_keys": metrics.hot_keys.iter().map(|hot| json!({"key": hot.key, "count": hot.count, "error": hot.error})).collect::<Vec<_>>(),
         "keys_counted": metrics.keys_counted,
+        "functions": metrics.functions.iter().map(|calls| json!({
+            "function": calls.function, "export": calls.export, "calls": calls.calls, "records": calls.records,
+            "errors": calls.errors, "call_nanos": calls.call_nanos, "compile_ms": calls.compile_ms,
+            "from_cache": calls.from_cache,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -101,6 +106,81 @@ pub(super) fn hot_keys_by_operator(metrics: &[pb::SubtaskMetrics]) -> BTreeMap<S
             (operator, keys)
         })
         .collect()
+}
+
+/// The job's user functions as `job status` shows them: each one's language, hash and size (from
+/// the job's graph), how long the executors took to compile it (the slowest), and per export the
+/// calls its subtasks report, summed.
+pub(super) fn functions_json(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) -> Vec<serde_json::Value> {
+    let graph: serde_json::Value = serde_json::from_str(&job.graph_json).unwrap_or(serde_json::Value::Null);
+    let Some(functions) = graph.get("functions").and_then(serde_json::Value::as_object) else {
+        return Vec::new();
+    };
+    functions
+        .iter()
+        .map(|(name, function)| {
+            let lines: Vec<&pb::FunctionCalls> = metrics
+                .iter()
+                .flat_map(|subtask| &subtask.functions)
+                .filter(|calls| &calls.function == name)
+                .collect();
+            let mut exports: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+            for calls in &lines {
+                let sums = exports.entry(calls.export.as_str()).or_default();
+                sums.0 += calls.calls;
+                sums.1 += calls.records;
+                sums.2 += calls.errors;
+                sums.3 += calls.call_nanos;
+            }
+            let compile_ms = lines.iter().map(|calls| calls.compile_ms).max();
+            json!({
+                "name": name,
+                "language": function.get("language").cloned().unwrap_or(json!("wasm")),
+                "sha256": function.get("sha256"),
+                "size_bytes": function.get("size_bytes"),
+                "compile_ms": compile_ms,
+                "from_cache": !lines.is_empty() && lines.iter().all(|calls| calls.from_cache),
+                "exports": exports.into_iter().map(|(export, (calls, records, errors, nanos))| json!({
+                    "export": export,
+                    "calls": calls,
+                    "records": records,
+                    "errors": errors,
+                    "call_seconds": nanos as f64 / 1e9,
+                    "micros_per_call": if calls == 0 { 0.0 } else { nanos as f64 / 1e3 / calls as f64 },
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+fn print_functions(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) {
+    for (index, function) in functions_json(job, metrics).iter().enumerate() {
+        let label = if index == 0 { "functions:" } else { "" };
+        let sha256 = function["sha256"].as_str().unwrap_or_default();
+        let compiled = match function["compile_ms"].as_u64() {
+            Some(ms) if function["from_cache"].as_bool() == Some(true) => format!(", loaded from the disk cache in {ms} ms"),
+            Some(ms) => format!(", compiled in {ms} ms"),
+            None => String::new(),
+        };
+        println!(
+            "{label:<12} {} ({}, sha256 {}, {} bytes{compiled})",
+            function["name"].as_str().unwrap_or_default(),
+            function["language"].as_str().unwrap_or_default(),
+            sha256.get(..12).unwrap_or(sha256),
+            function["size_bytes"],
+        );
+        for export in function["exports"].as_array().into_iter().flatten() {
+            println!(
+                "{:<12}   {}: {} calls, {} records, {} errors, {:.1} us per call",
+                "",
+                export["export"].as_str().unwrap_or_default(),
+                export["calls"],
+                export["records"],
+                export["errors"],
+                export["micros_per_call"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
 }
 
 /// Hottest keys `job status` lists per keyed operator.
@@ -138,6 +218,7 @@ pub(super) fn print_job(job: &pb::Job, metrics: &[pb::SubtaskMetrics], running: 
         let label = if index == 0 { "history:" } else { "" };
         println!("{label:<12} {} ms: {}", event.at_ms, event.what);
     }
+    print_functions(job, metrics);
     for (index, (operator, keys)) in hot_keys_by_operator(metrics).into_iter().enumerate() {
         let label = if index == 0 { "hot keys:" } else { "" };
         let shown: Vec<String> = keys

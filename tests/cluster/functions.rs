@@ -185,6 +185,53 @@ fn find_stored_function(root: &Path) -> anyhow::Result<(String, u64)> {
     anyhow::bail!("no function component under {}", root.display())
 }
 
+/// `job status` lists each of the job's functions with its language, hash and size, the time
+/// to compile it, and calls of the exports its operators use.
+async fn ensure_status_shows_functions(coordinators: &str, job_id: &str, spec: &serde_json::Value) -> anyhow::Result<()> {
+    let functions = spec["functions"].as_object().cloned().unwrap_or_default();
+    let language = |name: &str| {
+        let source = functions[name]["source"].as_str().unwrap_or_default();
+        match Path::new(source).extension().and_then(|extension| extension.to_str()) {
+            Some("rs") => "rust",
+            Some("js") => "javascript",
+            Some("py") => "python",
+            _ => "wasm",
+        }
+    };
+    let shown = eventually("job status to show the functions' calls", Duration::from_secs(30), || async {
+        let output = run_cli(&["job", "status", job_id, "--coordinators", coordinators, "--output", "json"]).ok()?;
+        let status: serde_json::Value = serde_json::from_str(&stdout_of(&output)).ok()?;
+        let listed = status["functions"].as_array()?.clone();
+        let complete = listed.len() == functions.len()
+            && listed.iter().all(|function| {
+                let name = function["name"].as_str().unwrap_or_default();
+                function["language"] == language(name)
+                    && function["sha256"].as_str().is_some_and(|sha| sha.len() == 64)
+                    && function["size_bytes"].as_u64().is_some_and(|size| size > 0)
+                    && function["compile_ms"].is_u64()
+                    && function["exports"].as_array().is_some_and(|exports| {
+                        !exports.is_empty()
+                            && exports.iter().all(|export| {
+                                export["calls"].as_u64().is_some_and(|calls| calls > 0)
+                                    && export["micros_per_call"].as_f64().is_some_and(|micros| micros > 0.0)
+                            })
+                    })
+            });
+        complete.then_some(listed)
+    })
+    .await?;
+    let table = run_cli(&["job", "status", job_id, "--coordinators", coordinators])?;
+    let printed = stdout_of(&table);
+    for function in &shown {
+        let name = function["name"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            printed.contains("functions:") && printed.contains(&format!("{name} ({}", language(name))) && printed.contains("us per call"),
+            "job status lists function {name}:\n{printed}"
+        );
+    }
+    Ok(())
+}
+
 /// Waits until the job runs with at least `checkpoints` completed checkpoints.
 async fn running_with_checkpoints(client: &ClusterClient, job_id: &str, checkpoints: u64) -> anyhow::Result<pb::Job> {
     let running = eventually("the job to run with checkpoints", Duration::from_secs(90), || async {
@@ -270,6 +317,7 @@ async fn run_through_faults(
     let coordinators = cluster.cluster.addresses().join(",");
     let job_id = job_id_of(&submit(cluster.path(), &coordinators, name, spec)?)?;
     let mut running = running_with_checkpoints(client, &job_id, 3).await?;
+    ensure_status_shows_functions(&coordinators, &job_id, spec).await?;
     let mut expected_restarts = running.restart_count;
     let mut killed_executors = Vec::new();
     for fault in faults {

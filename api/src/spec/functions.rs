@@ -77,6 +77,20 @@ impl UdfExport {
         }
     }
 
+    /// The export of that WIT name.
+    pub fn from_wit_name(name: &str) -> Option<UdfExport> {
+        [
+            UdfExport::Map,
+            UdfExport::FlatMap,
+            UdfExport::Filter,
+            UdfExport::Key,
+            UdfExport::Reduce,
+            UdfExport::Process,
+        ]
+        .into_iter()
+        .find(|export| export.wit_name() == name)
+    }
+
     /// Whether the export keeps per-key state in the engine (and needs a keyed input).
     pub fn is_keyed(self) -> bool {
         matches!(self, UdfExport::Reduce | UdfExport::Process)

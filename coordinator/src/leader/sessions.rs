@@ -682,6 +682,7 @@ mod tests {
             hot_keys: Vec::new(),
             keys_counted: 0,
             chained: vec![OperatorId::from("out")],
+            functions: Vec::new(),
         };
         sessions.set_metrics(&ExecutorId("exec-1".into()), vec![metrics]);
         assert_eq!(

@@ -197,6 +197,7 @@ mod tests {
                 hot_keys: Vec::new(),
                 keys_counted: 0,
                 chained: Vec::new(),
+                functions: Vec::new(),
             })
             .collect()
     }

@@ -13,6 +13,7 @@ use raftstream_api::messages::{SubtaskMetrics, TaskRef};
 
 use super::heavy_hitters::SpaceSaving;
 use super::record::Record;
+use super::user_functions::SubtaskFunction;
 
 /// One record in this many feeds the hot-key sketch (with this weight). A key the sketch does not
 /// hold (most of them, with many keys) costs a scan of its counters: at one in 8 and 64 counters
@@ -73,9 +74,16 @@ pub struct TaskCounters {
     /// Keyed heads only: the sketch, and how many records to skip before the next sample
     /// (carried across batches, so small batches are not sampled at their first record only).
     hot_keys: Option<Mutex<(SpaceSaving, usize)>>,
+    /// The user functions the chain calls.
+    functions: Mutex<Vec<SubtaskFunction>>,
 }
 
 impl TaskCounters {
+    /// The user functions the chain calls, reported with its metrics.
+    pub fn set_functions(&self, functions: Vec<SubtaskFunction>) {
+        *self.functions.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = functions;
+    }
+
     /// `records` entered the chain's head.
     pub fn received(&self, records: &[Record]) {
         self.records_in.fetch_add(records.len() as u64, Ordering::Relaxed);
@@ -272,6 +280,7 @@ impl MetricsRegistry {
             sink_lines: AtomicU64::new(0),
             sink_bytes: AtomicU64::new(0),
             hot_keys: keyed.then(|| Mutex::new((SpaceSaving::new(SKETCH_CAPACITY), 0))),
+            functions: Mutex::new(Vec::new()),
         });
         let id = match self.0.lock() {
             Ok(mut inner) => {
@@ -372,6 +381,13 @@ impl MetricsRegistry {
                     hot_keys,
                     keys_counted,
                     chained: registered.chained.clone(),
+                    functions: counters
+                        .functions
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .iter()
+                        .map(SubtaskFunction::calls)
+                        .collect(),
                 }
             })
             .collect();

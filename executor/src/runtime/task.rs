@@ -30,7 +30,9 @@ use super::operators::{
     FileSink, KeyedAggregate, KeyedCount, KeyedMapState, OperatorError, SinkSegment, Stateless, WindowOperator,
 };
 use super::record::Record;
-use super::user_functions::{udf_call, FunctionLoadError, FunctionRuntime, KeyedUdf, UdfCallError, UdfTransform};
+use super::user_functions::{
+    udf_call, CallCounters, FunctionLoadError, FunctionRuntime, KeyedUdf, SubtaskFunction, UdfCallError, UdfTransform,
+};
 use crate::checkpoint::CheckpointStorage;
 
 mod acknowledger;
@@ -164,20 +166,26 @@ async fn udf_logic(
             operator.id, call.function
         ))
     })?;
-    let instance = environment.functions.instantiate(&call.function, function).await?;
-    let counters = environment.functions.counters(&call.function, call.export);
+    let (instance, readiness) = environment.functions.instantiate(&call.function, function).await?;
+    let calls = SubtaskFunction {
+        function: call.function.clone(),
+        export: call.export,
+        counters: CallCounters::for_subtask(environment.functions.counters(&call.function, call.export)),
+        compile_ms: readiness.compile_ms,
+        from_cache: readiness.from_cache,
+    };
     Ok(if call.export.is_keyed() {
         Logic::KeyedUdf(Box::new(KeyedUdf {
             instance,
             export: call.export,
             state: Default::default(),
-            counters,
+            calls,
         }))
     } else {
         Logic::Udf(Box::new(UdfTransform {
             instance,
             export: call.export,
-            counters,
+            calls,
         }))
     })
 }
@@ -376,6 +384,16 @@ async fn run_registered(
             .map(|member| member.operator_id.clone())
             .collect(),
         keyed_head,
+    );
+    metrics.counters.set_functions(
+        logics
+            .iter()
+            .filter_map(|logic| match logic {
+                Logic::Udf(transform) => Some(transform.calls.clone()),
+                Logic::KeyedUdf(keyed) => Some(keyed.calls.clone()),
+                _ => None,
+            })
+            .collect(),
     );
     // Restored and connected: the leader learns each member runs (what a rescale or a restart
     // waits for). After a lost report (the session was down) the leader counts the chain as

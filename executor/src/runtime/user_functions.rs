@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use raftstream_api::messages::FunctionCalls;
 use raftstream_api::spec::{function_location, FunctionRef, UdfCall, UdfExport};
 use raftstream_functions::{
     CompiledCache, CompiledFunction, Event, EventRef, FunctionError, FunctionHost, FunctionInstance, FunctionLimits,
@@ -62,26 +63,78 @@ pub struct FunctionRuntime {
     compiles: tokio_util::task::TaskTracker,
 }
 
-/// What the calls of one function's export did on this executor.
+/// What the calls of one function's export did: on this executor (for `/metrics`), or in one
+/// subtask (for the job's status), which counts into the executor's too.
 #[derive(Debug, Default)]
 pub struct CallCounters {
     pub calls: AtomicU64,
     pub records: AtomicU64,
     pub errors: AtomicU64,
     pub nanos: AtomicU64,
+    /// The executor's counters a subtask's count also goes to.
+    parent: Option<Arc<CallCounters>>,
 }
 
 impl CallCounters {
+    /// A subtask's counters, counting into `parent` as well.
+    pub fn for_subtask(parent: Arc<CallCounters>) -> Arc<CallCounters> {
+        Arc::new(CallCounters {
+            parent: Some(parent),
+            ..CallCounters::default()
+        })
+    }
+
     /// Counts one call of `records` records that took from `started` until now.
     fn count<T, E>(&self, records: usize, started: Instant, outcome: &Result<T, E>) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.records.fetch_add(records as u64, Ordering::Relaxed);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.add(records as u64, nanos, outcome.is_err());
+    }
+
+    fn add(&self, records: u64, nanos: u64, failed: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
         self.nanos.fetch_add(nanos, Ordering::Relaxed);
-        if outcome.is_err() {
+        if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(parent) = &self.parent {
+            parent.add(records, nanos, failed);
+        }
     }
+}
+
+/// One subtask's use of a function's export: what its status reports.
+#[derive(Debug, Clone)]
+pub struct SubtaskFunction {
+    pub function: String,
+    pub export: UdfExport,
+    pub counters: Arc<CallCounters>,
+    /// How long this executor took to compile the function (or load it from its disk cache).
+    pub compile_ms: u64,
+    pub from_cache: bool,
+}
+
+impl SubtaskFunction {
+    /// The calls so far, as reported to the leader.
+    pub fn calls(&self) -> FunctionCalls {
+        FunctionCalls {
+            function: self.function.clone(),
+            export: self.export,
+            calls: self.counters.calls.load(Ordering::Relaxed),
+            records: self.counters.records.load(Ordering::Relaxed),
+            errors: self.counters.errors.load(Ordering::Relaxed),
+            call_nanos: self.counters.nanos.load(Ordering::Relaxed),
+            compile_ms: self.compile_ms,
+            from_cache: self.from_cache,
+        }
+    }
+}
+
+/// How a function became ready on this executor.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    pub compile_ms: u64,
+    pub from_cache: bool,
 }
 
 /// One line of [`FunctionRuntime::call_totals`].
@@ -167,16 +220,19 @@ impl FunctionRuntime {
         self: &Arc<Self>,
         name: &str,
         function: &FunctionRef,
-    ) -> Result<FunctionInstance, FunctionLoadError> {
+    ) -> Result<(FunctionInstance, Readiness), FunctionLoadError> {
         let compiled = self.compiled(name, function).await?;
+        let readiness = Readiness {
+            compile_ms: u64::try_from(compiled.compile_time.as_millis()).unwrap_or(u64::MAX),
+            from_cache: compiled.from_cache,
+        };
         let limits = FunctionLimits {
             memory_bytes: usize::try_from(function.memory_limit_bytes.min(self.max_memory_bytes)).unwrap_or(usize::MAX),
             call_timeout: std::time::Duration::from_millis(function.call_timeout_ms),
         };
         let host = self.host()?;
-        Ok(crate::blocking::off_the_workers(|| {
-            FunctionInstance::new(&host, &compiled, limits)
-        })?)
+        let instance = crate::blocking::off_the_workers(|| FunctionInstance::new(&host, &compiled, limits))?;
+        Ok((instance, readiness))
     }
 
     /// Makes sure `function` is compiled here (fetched, verified, compiled or loaded from the disk
@@ -271,7 +327,7 @@ impl FunctionRuntime {
 pub struct UdfTransform {
     pub(crate) instance: FunctionInstance,
     pub(crate) export: UdfExport,
-    pub(crate) counters: Arc<CallCounters>,
+    pub(crate) calls: SubtaskFunction,
 }
 
 /// Runs one call off the async workers (it may run for seconds), counting it.
@@ -334,7 +390,7 @@ impl UdfTransform {
         let export = self.export;
         match export {
             UdfExport::Map => {
-                let values = counted(&self.counters, records.len(), || instance.map(&events))
+                let values = counted(&self.calls.counters, records.len(), || instance.map(&events))
                     .map_err(|error| call_error(error, &records))?;
                 drop(events);
                 for (mut record, value) in records.into_iter().zip(values) {
@@ -343,7 +399,7 @@ impl UdfTransform {
                 }
             }
             UdfExport::FlatMap => {
-                let outputs = counted(&self.counters, records.len(), || instance.flat_map(&events))
+                let outputs = counted(&self.calls.counters, records.len(), || instance.flat_map(&events))
                     .map_err(|error| call_error(error, &records))?;
                 for (record, values) in records.iter().zip(outputs) {
                     for value in values {
@@ -356,7 +412,7 @@ impl UdfTransform {
                 }
             }
             UdfExport::Filter => {
-                let keep = counted(&self.counters, records.len(), || instance.filter(&events))
+                let keep = counted(&self.calls.counters, records.len(), || instance.filter(&events))
                     .map_err(|error| call_error(error, &records))?;
                 drop(events);
                 for (record, keep) in records.into_iter().zip(keep) {
@@ -366,7 +422,7 @@ impl UdfTransform {
                 }
             }
             UdfExport::Key => {
-                let keys = counted(&self.counters, records.len(), || instance.key(&events))
+                let keys = counted(&self.calls.counters, records.len(), || instance.key(&events))
                     .map_err(|error| call_error(error, &records))?;
                 drop(events);
                 for (mut record, key) in records.into_iter().zip(keys) {
@@ -387,7 +443,7 @@ pub struct KeyedUdf {
     pub(crate) instance: FunctionInstance,
     pub(crate) export: UdfExport,
     pub(crate) state: KeyedMap<String>,
-    pub(crate) counters: Arc<CallCounters>,
+    pub(crate) calls: SubtaskFunction,
 }
 
 /// The indexes of `records` grouped by key, keys in first-seen order.
@@ -430,7 +486,7 @@ impl KeyedUdf {
                         values,
                     })
                     .collect();
-                let accumulators = counted(&self.counters, records.len(), || instance.reduce(&calls))
+                let accumulators = counted(&self.calls.counters, records.len(), || instance.reduce(&calls))
                     .map_err(|error| call_error(error, &records))?;
                 drop(calls);
                 for ((key, members), accumulator) in groups.iter().zip(accumulators) {
@@ -458,7 +514,7 @@ impl KeyedUdf {
                         events,
                     })
                     .collect();
-                let processed = counted(&self.counters, records.len(), || instance.process(&calls))
+                let processed = counted(&self.calls.counters, records.len(), || instance.process(&calls))
                     .map_err(|error| call_error(error, &records))?;
                 drop(calls);
                 for ((key, _), result) in groups.iter().zip(processed) {
