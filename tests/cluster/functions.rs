@@ -697,3 +697,61 @@ async fn an_endless_loop_a_memory_bomb_and_damaged_bytes_fail_their_jobs_by_name
     assert_eq!(jobs(&client).await?, 3, "only the three failed jobs were committed");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_resumed_from_a_savepoint_may_run_a_new_version_of_its_function() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start_with(test_settings(), fast_executors()).await?;
+    let client = start_executors(&mut cluster, &[("exec-a", 2), ("exec-b", 2)]).await?;
+    let coordinators = cluster.cluster.addresses().join(",");
+    let dir = cluster.path();
+    // 12 s of input at 4,000 lines/s: the stop comes part way.
+    let wc = WordCountJob {
+        records: 48_000,
+        ..word_count(&cluster)
+    };
+    std::fs::write(dir.join("wc.js"), WORD_COUNT_JS)?;
+    let first_spec = udf_word_count_spec(&wc, "wc-v1", "wc.js");
+    let job_id = job_id_of(&submit(dir, &coordinators, "wc-v1", &first_spec)?)?;
+    let first = running_with_checkpoints(&client, &job_id, 2).await?;
+
+    tracing::info!("--- stop with a savepoint part way");
+    let stopped = run_cli(&["job", "stop", &job_id, "--savepoint", "--coordinators", &coordinators])?;
+    anyhow::ensure!(stopped.status.success(), "{}", stderr_of(&stopped));
+    let savepoint = crate::savepoints::savepoint_id_in(&stdout_of(&stopped), &job_id)
+        .ok_or_else(|| anyhow::anyhow!("no savepoint id in {:?}", stdout_of(&stopped)))?;
+
+    tracing::info!("--- resume with a new version of the function (the same counting, built anew)");
+    std::fs::write(
+        dir.join("wc-v2.js"),
+        format!("// version 2: counts from the savepoint's state on\n{WORD_COUNT_JS}"),
+    )?;
+    let second_spec = udf_word_count_spec(&wc, "wc-v2", "wc-v2.js");
+    let path = dir.join("wc-v2.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&second_spec)?)?;
+    let resumed = run_cli(&[
+        "job",
+        "submit",
+        &path.to_string_lossy(),
+        "--from-savepoint",
+        &format!("{job_id}:{savepoint}"),
+        "--coordinators",
+        &coordinators,
+        "--output",
+        "json",
+    ])?;
+    let resumed_id = job_id_of(&resumed)?;
+    let done = finished(&client, &resumed_id).await?;
+    assert_eq!(done.from_savepoint, format!("{job_id}:{savepoint}"));
+    let sha_of = |job: &pb::Job| -> anyhow::Result<String> {
+        let graph: serde_json::Value = serde_json::from_str(&job.graph_json)?;
+        Ok(graph["functions"]["wc"]["sha256"].as_str().unwrap_or_default().to_owned())
+    };
+    let (old, new) = (sha_of(&first)?, sha_of(&done)?);
+    anyhow::ensure!(
+        !old.is_empty() && !new.is_empty() && old != new,
+        "the resumed job runs the new version: {old} then {new}"
+    );
+    // The counts continue from the savepoint's state: the highest count published per word over
+    // both jobs is the input's.
+    ensure_final_counts(&wc)
+}

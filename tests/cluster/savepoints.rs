@@ -16,7 +16,7 @@ use crate::common::{
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The savepoint id in the CLI's `savepoint job-1:7 taken (...)` or `... with savepoint job-1:7`.
-fn savepoint_id_in(text: &str, job_id: &str) -> Option<u64> {
+pub(crate) fn savepoint_id_in(text: &str, job_id: &str) -> Option<u64> {
     let (_, rest) = text.split_once(&format!("savepoint {job_id}:"))?;
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
