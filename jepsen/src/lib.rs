@@ -22,6 +22,7 @@ pub mod history;
 pub mod job_table;
 pub mod linearizable;
 pub mod nemesis;
+pub mod out_dir;
 pub mod netns;
 pub mod network;
 pub mod proxy;

@@ -136,6 +136,7 @@ async fn run_from(args: Args) -> anyhow::Result<bool> {
         }
     }
     let out = std::path::absolute(&args.out)?;
+    let _out_lock = raftstream_jepsen::out_dir::OutDirLock::acquire(&out)?;
     let config = RunConfig {
         seed: args.seed,
         time_limit: args.time_limit,
