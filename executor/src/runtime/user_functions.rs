@@ -16,7 +16,7 @@ use raftstream_functions::{
 };
 use tokio::sync::OnceCell;
 
-use super::key_groups::KeyedMap;
+use super::key_groups::{KeyedMap, StateHasher};
 use super::operators::KeyedMapState;
 use super::record::Record;
 use crate::checkpoint::{CheckpointStorage, CheckpointStore};
@@ -448,7 +448,9 @@ pub struct KeyedUdf {
 
 /// The indexes of `records` grouped by key, keys in first-seen order.
 fn group_by_key(records: &[Record]) -> Vec<(&str, Vec<usize>)> {
-    let mut group_of: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    // The state's hasher, not SipHash: the grouping hashes every record's key.
+    let mut group_of: HashMap<&str, usize, std::hash::BuildHasherDefault<StateHasher>> =
+        HashMap::with_capacity_and_hasher(records.len(), Default::default());
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
     for (position, record) in records.iter().enumerate() {
         let index = *group_of.entry(record.key.as_str()).or_insert_with(|| {
@@ -458,6 +460,32 @@ fn group_by_key(records: &[Record]) -> Vec<(&str, Vec<usize>)> {
         groups[index].1.push(position);
     }
     groups
+}
+
+/// Each group's records mapped by `member`, one list per group, in the groups' order.
+fn group_members<'r, T>(
+    groups: &[(&str, Vec<usize>)],
+    records: &'r [Record],
+    member: impl Fn(&'r Record) -> T,
+) -> Vec<Vec<T>> {
+    groups
+        .iter()
+        .map(|(_, positions)| positions.iter().map(|&at| member(&records[at])).collect())
+        .collect()
+}
+
+/// One call argument per group: its key, the key's state and its members.
+fn keyed_calls<'a, T, C>(
+    groups: &[(&'a str, Vec<usize>)],
+    members: &'a [Vec<T>],
+    state: &'a KeyedMap<String>,
+    make: impl Fn(&'a str, Option<&'a str>, &'a [T]) -> C,
+) -> Vec<C> {
+    groups
+        .iter()
+        .zip(members)
+        .map(|((key, _), members)| make(key, state.get(*key).map(String::as_str), members))
+        .collect()
 }
 
 impl KeyedUdf {
@@ -473,26 +501,24 @@ impl KeyedUdf {
         let instance = &mut self.instance;
         match self.export {
             UdfExport::Reduce => {
-                let values: Vec<Vec<&str>> = groups
-                    .iter()
-                    .map(|(_, members)| members.iter().map(|&at| records[at].value.as_str()).collect())
-                    .collect();
-                let calls: Vec<KeyedValuesRef<'_>> = groups
-                    .iter()
-                    .zip(&values)
-                    .map(|((key, _), values)| KeyedValuesRef {
-                        key,
-                        state: self.state.get(*key).map(String::as_str),
-                        values,
-                    })
-                    .collect();
+                let values = group_members(&groups, &records, |record| record.value.as_str());
+                let calls = keyed_calls(&groups, &values, &self.state, |key, state, values| KeyedValuesRef {
+                    key,
+                    state,
+                    values,
+                });
                 let accumulators = counted(&self.calls.counters, records.len(), || instance.reduce(&calls))
                     .map_err(|error| call_error(error, &records))?;
                 drop(calls);
                 for ((key, members), accumulator) in groups.iter().zip(accumulators) {
                     let timestamp_ms = members.last().map_or(0, |&at| records[at].timestamp_ms);
                     let value: crate::runtime::record::Text = accumulator.as_str().into();
-                    self.state.insert((*key).into(), accumulator);
+                    match self.state.get_mut(*key) {
+                        Some(state) => *state = accumulator,
+                        None => {
+                            self.state.insert((*key).into(), accumulator);
+                        }
+                    }
                     emit(Record {
                         key: (*key).into(),
                         value,
@@ -501,19 +527,12 @@ impl KeyedUdf {
                 }
             }
             UdfExport::Process => {
-                let events: Vec<Vec<EventRef<'_>>> = groups
-                    .iter()
-                    .map(|(_, members)| members.iter().map(|&at| event_ref(&records[at])).collect())
-                    .collect();
-                let calls: Vec<KeyedEventsRef<'_>> = groups
-                    .iter()
-                    .zip(&events)
-                    .map(|((key, _), events)| KeyedEventsRef {
-                        key,
-                        state: self.state.get(*key).map(String::as_str),
-                        events,
-                    })
-                    .collect();
+                let events = group_members(&groups, &records, event_ref);
+                let calls = keyed_calls(&groups, &events, &self.state, |key, state, events| KeyedEventsRef {
+                    key,
+                    state,
+                    events,
+                });
                 let processed = counted(&self.calls.counters, records.len(), || instance.process(&calls))
                     .map_err(|error| call_error(error, &records))?;
                 drop(calls);
