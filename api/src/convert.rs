@@ -9,7 +9,8 @@ use crate::checkpoint::{
 };
 use crate::ids::{CheckpointId, Epoch, ExecutorId, JobId, NotAJobId, OperatorId};
 use crate::messages::{
-    CheckpointAck, ExecutorCommand, FunctionCalls, HotKey, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef, TaskReport,
+    CheckpointAck, ExecutorCommand, FunctionCalls, HotKey, PlacedSubtask, SubtaskMetrics, TaskDeployment, TaskRef,
+    TaskReport,
 };
 use crate::spec::{JobGraph, UdfExport};
 

@@ -7,6 +7,7 @@
 //! - [`messages`]: what the leader and the executors tell each other (`ExecutorCommand`, ...).
 //! - [`convert`]: every conversion between those and their protobuf form.
 //! - [`client`]: a cluster client that tries every coordinator and retries.
+//! - [`function_status`]: a job's user functions with their calls, as `job status` shows them.
 //! - [`function_upload`]: a user function's component in chunks, sent and received.
 //! - [`dial`]: the table of addresses dialled elsewhere than advertised (the fault proxy).
 //! - [`metadata`]: gRPC metadata keys.
@@ -16,6 +17,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod convert;
 pub mod dial;
+pub mod function_status;
 pub mod function_upload;
 pub mod ids;
 pub mod messages;

@@ -139,6 +139,15 @@ async function jobView(jobId) {
     `<td>${bytes(c.size_bytes)}</td><td>${time(c.completed_at_ms)}</td></tr>`);
   const history = job.history.slice().reverse().map((e) => `<tr><td>${time(e.at_ms)}</td><td>${escapeHtml(e.what)}</td></tr>`);
   const restarts = job.restarts.slice().reverse().map((e) => `<tr><td>${time(e.at_ms)}</td><td>${escapeHtml(e.what)}</td></tr>`);
+  // One row per exported function the job calls (a function without calls yet shows one row).
+  const functions = job.functions.flatMap((f) => {
+    const head = `<td>${escapeHtml(f.name)}</td><td>${escapeHtml(f.language)}</td><td title="${escapeHtml(f.sha256)}">${escapeHtml(f.sha256.slice(0, 12))}</td>` +
+      `<td>${bytes(f.size_bytes)}</td><td>${f.compile_ms === null ? "" : f.compile_ms + " ms" + (f.from_cache ? " (cache)" : "")}</td>`;
+    const exports = f.exports.length ? f.exports : [null];
+    return exports.map((e) => `<tr data-function="${escapeHtml(f.name)}">${head}` +
+      (e === null ? "<td></td><td></td><td></td><td></td>" :
+        `<td>${escapeHtml(e.export)}</td><td>${e.calls}</td><td>${e.errors}</td><td>${e.micros_per_call.toFixed(1)} µs</td>`) + "</tr>");
+  });
   return `<h2>${escapeHtml(job.name)} <span class="muted">${escapeHtml(job.job_id)}</span></h2>` +
     `<div class="summary"><div>Status<b id="job-status" class="status-${escapeHtml(job.status)}">${escapeHtml(job.status)}</b></div>` +
     `<div>Restarts<b id="job-restarts">${job.restart_count}</b></div>` +
@@ -147,6 +156,7 @@ async function jobView(jobId) {
     (job.status_reason ? `<p class="muted">${escapeHtml(job.status_reason)}</p>` : "") +
     `<h2>Graph</h2>${graph(job.operators)}` +
     `<h2>Subtasks</h2>` + table(["Subtask", "Executor", "Epoch", "State", "Records in", "Records out", "Busy"], subtasks, "subtasks") +
+    (functions.length ? `<h2>Functions</h2>` + table(["Function", "Language", "SHA-256", "Size", "Compile", "Export", "Calls", "Errors", "Per call"], functions, "functions") : "") +
     `<h2>Checkpoints</h2>` + table(["Id", "Trigger", "Duration", "Size", "Completed"], checkpoints, "checkpoints") +
     `<h2>Restarts</h2>` + table(["At", "Why"], restarts, "restarts") +
     `<h2>History (rescales, moves)</h2>` + table(["At", "What"], history, "history");

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use raftstream_api::function_status::{job_functions, FunctionStatus};
 use raftstream_api::ids::OperatorId;
 use raftstream_proto::v1 as pb;
 use serde::Serialize;
@@ -174,6 +175,8 @@ pub struct JobView {
     /// Restarts with their reasons, as the serving coordinator saw them (newest last).
     pub restarts: Vec<EventView>,
     pub restored_checkpoint_id: Option<u64>,
+    /// The job's user functions with the calls its subtasks report.
+    pub functions: Vec<FunctionStatus>,
 }
 
 /// One vertex of the job graph.
@@ -315,6 +318,7 @@ pub fn job_view(job: &pb::Job, checkpoints: &[pb::Checkpoint], metrics: Option<&
             .collect(),
         restarts: Vec::new(),
         restored_checkpoint_id: job.restored_checkpoint_id,
+        functions: job_functions(job, metrics.map_or(&[], |metrics| metrics.subtasks.as_slice())),
     }
 }
 

@@ -279,7 +279,12 @@ impl FunctionInstance {
     }
 
     /// Calls a batch export that answers once per input (event or group) and checks that it did.
-    fn call_batch<Params, Item>(&mut self, export: Export, params: Params, expected: usize) -> Result<Vec<Item>, FunctionError>
+    fn call_batch<Params, Item>(
+        &mut self,
+        export: Export,
+        params: Params,
+        expected: usize,
+    ) -> Result<Vec<Item>, FunctionError>
     where
         Params: ComponentNamedList + Lower,
         (Result<Vec<Item>, String>,): ComponentNamedList + Lift,

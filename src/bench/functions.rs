@@ -68,7 +68,11 @@ pub async fn run_functions_bench(args: FunctionsBenchArgs) -> anyhow::Result<()>
             other => anyhow::bail!("--languages: {other:?} is not one of javascript, python, rust"),
         };
         // A compiled function runs near the built-in's rate: it gets the built-in's input size.
-        let records = if language == "rust" { args.records } else { args.function_records };
+        let records = if language == "rust" {
+            args.records
+        } else {
+            args.function_records
+        };
         variants.push(Variant {
             label: language.clone(),
             source: Some(source),

@@ -9,8 +9,8 @@ use raftstream_proto::v1 as pb;
 use serde_json::json;
 
 use super::output::{
-    checkpoint_json, functions_json, hot_keys_by_operator, job_json, print_job, print_table, print_value, subtask_metrics_json,
-    trigger_of,
+    checkpoint_json, functions_json, hot_keys_by_operator, job_json, print_job, print_table, print_value,
+    subtask_metrics_json, trigger_of,
 };
 use super::{client_for, random_request_id, JobCommand, OutputFormat, SavepointCommand};
 
@@ -161,7 +161,7 @@ pub(super) async fn run_job_command(command: JobCommand) -> anyhow::Result<()> {
                     let mut value = job_json(&job);
                     value["checkpoints"] = checkpoints.iter().map(checkpoint_json).collect();
                     value["metrics"] = metrics.iter().map(subtask_metrics_json).collect();
-                    value["functions"] = functions_json(&job, &metrics).into();
+                    value["functions"] = functions_json(&job, &metrics);
                     if let Some(running) = &running {
                         value["running"] = running
                             .iter()

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use raftstream_api::client::running_entry;
+use raftstream_api::function_status::job_functions;
 use raftstream_proto::v1 as pb;
 use serde_json::json;
 
@@ -108,76 +109,30 @@ pub(super) fn hot_keys_by_operator(metrics: &[pb::SubtaskMetrics]) -> BTreeMap<S
         .collect()
 }
 
-/// The job's user functions as `job status` shows them: each one's language, hash and size (from
-/// the job's graph), how long the executors took to compile it (the slowest), and per export the
-/// calls its subtasks report, summed.
-pub(super) fn functions_json(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) -> Vec<serde_json::Value> {
-    let graph: serde_json::Value = serde_json::from_str(&job.graph_json).unwrap_or(serde_json::Value::Null);
-    let Some(functions) = graph.get("functions").and_then(serde_json::Value::as_object) else {
-        return Vec::new();
-    };
-    functions
-        .iter()
-        .map(|(name, function)| {
-            let lines: Vec<&pb::FunctionCalls> = metrics
-                .iter()
-                .flat_map(|subtask| &subtask.functions)
-                .filter(|calls| &calls.function == name)
-                .collect();
-            let mut exports: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
-            for calls in &lines {
-                let sums = exports.entry(calls.export.as_str()).or_default();
-                sums.0 += calls.calls;
-                sums.1 += calls.records;
-                sums.2 += calls.errors;
-                sums.3 += calls.call_nanos;
-            }
-            let compile_ms = lines.iter().map(|calls| calls.compile_ms).max();
-            json!({
-                "name": name,
-                "language": function.get("language").cloned().unwrap_or(json!("wasm")),
-                "sha256": function.get("sha256"),
-                "size_bytes": function.get("size_bytes"),
-                "compile_ms": compile_ms,
-                "from_cache": !lines.is_empty() && lines.iter().all(|calls| calls.from_cache),
-                "exports": exports.into_iter().map(|(export, (calls, records, errors, nanos))| json!({
-                    "export": export,
-                    "calls": calls,
-                    "records": records,
-                    "errors": errors,
-                    "call_seconds": nanos as f64 / 1e9,
-                    "micros_per_call": if calls == 0 { 0.0 } else { nanos as f64 / 1e3 / calls as f64 },
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect()
+/// The job's user functions as `job status --output json` prints them.
+pub(super) fn functions_json(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) -> serde_json::Value {
+    serde_json::to_value(job_functions(job, metrics)).unwrap_or(serde_json::Value::Null)
 }
 
 fn print_functions(job: &pb::Job, metrics: &[pb::SubtaskMetrics]) {
-    for (index, function) in functions_json(job, metrics).iter().enumerate() {
+    for (index, function) in job_functions(job, metrics).iter().enumerate() {
         let label = if index == 0 { "functions:" } else { "" };
-        let sha256 = function["sha256"].as_str().unwrap_or_default();
-        let compiled = match function["compile_ms"].as_u64() {
-            Some(ms) if function["from_cache"].as_bool() == Some(true) => format!(", loaded from the disk cache in {ms} ms"),
+        let compiled = match function.compile_ms {
+            Some(ms) if function.from_cache => format!(", loaded from the disk cache in {ms} ms"),
             Some(ms) => format!(", compiled in {ms} ms"),
             None => String::new(),
         };
         println!(
             "{label:<12} {} ({}, sha256 {}, {} bytes{compiled})",
-            function["name"].as_str().unwrap_or_default(),
-            function["language"].as_str().unwrap_or_default(),
-            sha256.get(..12).unwrap_or(sha256),
-            function["size_bytes"],
+            function.name,
+            function.language,
+            function.sha256.get(..12).unwrap_or(&function.sha256),
+            function.size_bytes,
         );
-        for export in function["exports"].as_array().into_iter().flatten() {
+        for export in &function.exports {
             println!(
                 "{:<12}   {}: {} calls, {} records, {} errors, {:.1} us per call",
-                "",
-                export["export"].as_str().unwrap_or_default(),
-                export["calls"],
-                export["records"],
-                export["errors"],
-                export["micros_per_call"].as_f64().unwrap_or(0.0),
+                "", export.export, export.calls, export.records, export.errors, export.micros_per_call,
             );
         }
     }

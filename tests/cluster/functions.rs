@@ -187,7 +187,11 @@ fn find_stored_function(root: &Path) -> anyhow::Result<(String, u64)> {
 
 /// `job status` lists each of the job's functions with its language, hash and size, the time
 /// to compile it, and calls of the exports its operators use.
-async fn ensure_status_shows_functions(coordinators: &str, job_id: &str, spec: &serde_json::Value) -> anyhow::Result<()> {
+async fn ensure_status_shows_functions(
+    coordinators: &str,
+    job_id: &str,
+    spec: &serde_json::Value,
+) -> anyhow::Result<()> {
     let functions = spec["functions"].as_object().cloned().unwrap_or_default();
     let language = |name: &str| {
         let source = functions[name]["source"].as_str().unwrap_or_default();
@@ -198,34 +202,49 @@ async fn ensure_status_shows_functions(coordinators: &str, job_id: &str, spec: &
             _ => "wasm",
         }
     };
-    let shown = eventually("job status to show the functions' calls", Duration::from_secs(30), || async {
-        let output = run_cli(&["job", "status", job_id, "--coordinators", coordinators, "--output", "json"]).ok()?;
-        let status: serde_json::Value = serde_json::from_str(&stdout_of(&output)).ok()?;
-        let listed = status["functions"].as_array()?.clone();
-        let complete = listed.len() == functions.len()
-            && listed.iter().all(|function| {
-                let name = function["name"].as_str().unwrap_or_default();
-                function["language"] == language(name)
-                    && function["sha256"].as_str().is_some_and(|sha| sha.len() == 64)
-                    && function["size_bytes"].as_u64().is_some_and(|size| size > 0)
-                    && function["compile_ms"].is_u64()
-                    && function["exports"].as_array().is_some_and(|exports| {
-                        !exports.is_empty()
-                            && exports.iter().all(|export| {
-                                export["calls"].as_u64().is_some_and(|calls| calls > 0)
-                                    && export["micros_per_call"].as_f64().is_some_and(|micros| micros > 0.0)
-                            })
-                    })
-            });
-        complete.then_some(listed)
-    })
+    let shown = eventually(
+        "job status to show the functions' calls",
+        Duration::from_secs(30),
+        || async {
+            let output = run_cli(&[
+                "job",
+                "status",
+                job_id,
+                "--coordinators",
+                coordinators,
+                "--output",
+                "json",
+            ])
+            .ok()?;
+            let status: serde_json::Value = serde_json::from_str(&stdout_of(&output)).ok()?;
+            let listed = status["functions"].as_array()?.clone();
+            let complete = listed.len() == functions.len()
+                && listed.iter().all(|function| {
+                    let name = function["name"].as_str().unwrap_or_default();
+                    function["language"] == language(name)
+                        && function["sha256"].as_str().is_some_and(|sha| sha.len() == 64)
+                        && function["size_bytes"].as_u64().is_some_and(|size| size > 0)
+                        && function["compile_ms"].is_u64()
+                        && function["exports"].as_array().is_some_and(|exports| {
+                            !exports.is_empty()
+                                && exports.iter().all(|export| {
+                                    export["calls"].as_u64().is_some_and(|calls| calls > 0)
+                                        && export["micros_per_call"].as_f64().is_some_and(|micros| micros > 0.0)
+                                })
+                        })
+                });
+            complete.then_some(listed)
+        },
+    )
     .await?;
     let table = run_cli(&["job", "status", job_id, "--coordinators", coordinators])?;
     let printed = stdout_of(&table);
     for function in &shown {
         let name = function["name"].as_str().unwrap_or_default();
         anyhow::ensure!(
-            printed.contains("functions:") && printed.contains(&format!("{name} ({}", language(name))) && printed.contains("us per call"),
+            printed.contains("functions:")
+                && printed.contains(&format!("{name} ({}", language(name)))
+                && printed.contains("us per call"),
             "job status lists function {name}:\n{printed}"
         );
     }
@@ -337,7 +356,9 @@ async fn run_through_faults(
             }
             Fault::Rescale { operator, parallelism } => {
                 tracing::info!(operator, parallelism, "--- rescale while the job runs");
-                client.rescale_job(&job_id, Some(operator), parallelism, &format!("{name}-rescale")).await?;
+                client
+                    .rescale_job(&job_id, Some(operator), parallelism, &format!("{name}-rescale"))
+                    .await?;
                 eventually("the job to run rescaled", Duration::from_secs(60), || async {
                     job(client, &job_id).await.filter(|job| {
                         let placed = job
@@ -397,7 +418,10 @@ async fn fraud_example_through(language: &str, lines: u64, faults: &[Fault]) -> 
     spec["checkpoint"]["interval_ms"] = serde_json::json!(200);
     spec["restart"] = serde_json::json!({"strategy": "fixed_delay", "max_attempts": 10, "delay_ms": 200});
     spec["operators"][0]["params"]["rate_per_second"] = serde_json::json!(2_000);
-    let alerts = spec["operators"][4]["params"]["path"].as_str().unwrap_or_default().to_owned();
+    let alerts = spec["operators"][4]["params"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     run_through_faults(&mut cluster, &client, &format!("{language}-fraud"), &spec, faults).await?;
     ensure_alerts(Path::new(&alerts), &totals, 10_000.0)
 }
@@ -450,7 +474,9 @@ async fn the_javascript_word_count_is_exact_through_an_executor_kill() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_word_count_is_exact_through_a_leader_kill() -> anyhow::Result<()> {
-    word_count_example_through("python", 48_000, &[Fault::KillLeader]).await.map(drop)
+    word_count_example_through("python", 48_000, &[Fault::KillLeader])
+        .await
+        .map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,7 +660,10 @@ async fn an_endless_loop_a_memory_bomb_and_damaged_bytes_fail_their_jobs_by_name
         dir.join("hoard.js"),
         "const hoard = []; export function map(line) { for (;;) { hoard.push(new Array(65536).fill(line)); } }",
     )?;
-    let spec = map_job("hoard", serde_json::json!({"source": "hoard.js", "memory_limit_mib": 16}));
+    let spec = map_job(
+        "hoard",
+        serde_json::json!({"source": "hoard.js", "memory_limit_mib": 16}),
+    );
     let job_id = job_id_of(&submit(dir, &coordinators, "hoard", &spec)?)?;
     let reason = failure_reason(&client, &job_id).await?;
     assert!(
@@ -646,11 +675,8 @@ async fn an_endless_loop_a_memory_bomb_and_damaged_bytes_fail_their_jobs_by_name
     let source = dir.join("upper.js");
     std::fs::write(&source, "export function map(line) { return line.toUpperCase(); }")?;
     let work = tempfile::tempdir_in(dir)?;
-    let built = raftstream_functions::build::build_component(
-        &source,
-        work.path(),
-        &[raftstream_functions::Export::Map],
-    )?;
+    let built =
+        raftstream_functions::build::build_component(&source, work.path(), &[raftstream_functions::Export::Map])?;
     let sha256 = raftstream_functions::sha256_hex(&built.bytes);
     client.upload_function(&sha256, &built.bytes).await?;
     let path = stored_function_path(dir, &sha256)?;
@@ -674,7 +700,12 @@ async fn an_endless_loop_a_memory_bomb_and_damaged_bytes_fail_their_jobs_by_name
     let mut big = b"\0asm\x0d\x00\x01\x00".to_vec();
     big.resize(usize::try_from(limit + 1)?, 0);
     std::fs::write(dir.join("big.wasm"), &big)?;
-    let refused = submit(dir, &coordinators, "big", &map_job("big", serde_json::json!({"source": "big.wasm"})))?;
+    let refused = submit(
+        dir,
+        &coordinators,
+        "big",
+        &map_job("big", serde_json::json!({"source": "big.wasm"})),
+    )?;
     let message = stderr_of(&refused);
     assert!(
         !refused.status.success() && message.contains("above the limit"),
@@ -684,7 +715,10 @@ async fn an_endless_loop_a_memory_bomb_and_damaged_bytes_fail_their_jobs_by_name
         .upload_function(&raftstream_functions::sha256_hex(&big), &big)
         .await
         .expect_err("an upload over the limit is refused");
-    assert!(upload.to_string().contains(&format!("between 1 and {limit} bytes")), "{upload}");
+    assert!(
+        upload.to_string().contains(&format!("between 1 and {limit} bytes")),
+        "{upload}"
+    );
     let spec = map_job(
         "big-by-hash",
         serde_json::json!({"sha256": sha256, "size_bytes": limit + 1, "language": "wasm"}),
@@ -744,7 +778,10 @@ async fn a_job_resumed_from_a_savepoint_may_run_a_new_version_of_its_function() 
     assert_eq!(done.from_savepoint, format!("{job_id}:{savepoint}"));
     let sha_of = |job: &pb::Job| -> anyhow::Result<String> {
         let graph: serde_json::Value = serde_json::from_str(&job.graph_json)?;
-        Ok(graph["functions"]["wc"]["sha256"].as_str().unwrap_or_default().to_owned())
+        Ok(graph["functions"]["wc"]["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
     };
     let (old, new) = (sha_of(&first)?, sha_of(&done)?);
     anyhow::ensure!(

@@ -45,7 +45,13 @@ pub(super) fn build(source: &Path, work_dir: &Path, exports: &[Export]) -> Resul
     let library = generated_library(exports);
     // One package name per content: builds of different functions share the target directory
     // (and its standard library) without overwriting each other's output.
-    let content = [manifest_extra.as_str(), user_code.as_str(), library.as_str(), GUEST_LIBRARY].join("\0");
+    let content = [
+        manifest_extra.as_str(),
+        user_code.as_str(),
+        library.as_str(),
+        GUEST_LIBRARY,
+    ]
+    .join("\0");
     let package = format!("raftstream_function_{}", &crate::sha256_hex(content.as_bytes())[..16]);
 
     write_wit(work_dir)?;
@@ -57,7 +63,10 @@ pub(super) fn build(source: &Path, work_dir: &Path, exports: &[Export]) -> Resul
     write(&src.join("user.rs"), user_code.as_bytes())?;
     write(&src.join("raftstream_guest.rs"), GUEST_LIBRARY.as_bytes())?;
     write(&src.join("lib.rs"), library.as_bytes())?;
-    write(&work_dir.join("Cargo.toml"), manifest(&package, &manifest_extra).as_bytes())?;
+    write(
+        &work_dir.join("Cargo.toml"),
+        manifest(&package, &manifest_extra).as_bytes(),
+    )?;
 
     let target_dir = shared_target_dir();
     let mut cargo = toolchain.cargo_build(work_dir, &target_dir);
@@ -180,7 +189,10 @@ fn shared_target_dir() -> PathBuf {
 fn split_front_matter(text: &str) -> Result<(String, String), String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut first = 0;
-    if lines.first().is_some_and(|line| line.starts_with("#!") && !line.starts_with("#![")) {
+    if lines
+        .first()
+        .is_some_and(|line| line.starts_with("#!") && !line.starts_with("#!["))
+    {
         first = 1;
     }
     while lines.get(first).is_some_and(|line| line.trim().is_empty()) {
@@ -315,7 +327,10 @@ mod tests {
         assert_eq!(code.lines().nth(4), Some("pub fn map(v: &str) -> String {"));
 
         let plain = "pub fn key(v: &str) -> String { v.into() }\n";
-        assert_eq!(split_front_matter(plain).expect("none"), (String::new(), plain.to_owned()));
+        assert_eq!(
+            split_front_matter(plain).expect("none"),
+            (String::new(), plain.to_owned())
+        );
 
         let cargo_tagged = "#!/usr/bin/env cargo\n---cargo\n[dependencies]\n---\nfn f() {}";
         assert_eq!(split_front_matter(cargo_tagged).expect("tagged").0, "[dependencies]");
