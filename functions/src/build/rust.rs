@@ -1,7 +1,7 @@
 //! Rust: the user's `.rs` file becomes the module `user` of a generated crate, with the guest
-//! library (the module `raftstream_guest`) and an `impl Guest` that calls the user's functions for the exports the job uses;
-//! cargo builds it for `wasm32-unknown-unknown` and `jco new` wraps the core module into a
-//! component. Dependencies come from a cargo-script front matter at the top of the file:
+//! library (the module `raftstream_guest`) and an `impl Guest` that calls the user's functions
+//! for the exports the job uses; cargo builds it for `wasm32-unknown-unknown` and `jco new`
+//! wraps the core module into a component. Dependencies come from a cargo-script front matter at the top of the file:
 //!
 //! ```text
 //! ---
@@ -105,13 +105,11 @@ impl Toolchain {
         let debian_cargo = Path::new("/usr/bin/cargo");
         if debian_cargo.is_file() && Path::new(DEBIAN_LIBRARY_SOURCES).is_file() {
             if let Some(libdir) = target_libdir(debian_rustc) {
-                if has_standard_library(&libdir) || libdir.starts_with("/usr/lib/rustlib") {
-                    return Ok(Toolchain {
-                        cargo: debian_cargo.to_owned(),
-                        rustc: debian_rustc.to_owned(),
-                        build_std: !has_standard_library(&libdir),
-                    });
-                }
+                return Ok(Toolchain {
+                    cargo: debian_cargo.to_owned(),
+                    rustc: debian_rustc.to_owned(),
+                    build_std: !has_standard_library(&libdir),
+                });
             }
         }
         Err(BuildError::ToolMissing {
