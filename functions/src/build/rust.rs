@@ -1,7 +1,8 @@
 //! Rust: the user's `.rs` file becomes the module `user` of a generated crate, with the guest
 //! library (the module `raftstream_guest`) and an `impl Guest` that calls the user's functions
 //! for the exports the job uses; cargo builds it for `wasm32-unknown-unknown` and `jco new`
-//! wraps the core module into a component. Dependencies come from a cargo-script front matter at the top of the file:
+//! wraps the core module into a component. Dependencies come from a cargo-script front matter
+//! at the top of the file:
 //!
 //! ```text
 //! ---
