@@ -195,12 +195,7 @@ async fn ensure_status_shows_functions(
     let functions = spec["functions"].as_object().cloned().unwrap_or_default();
     let language = |name: &str| {
         let source = functions[name]["source"].as_str().unwrap_or_default();
-        match Path::new(source).extension().and_then(|extension| extension.to_str()) {
-            Some("rs") => "rust",
-            Some("js") => "javascript",
-            Some("py") => "python",
-            _ => "wasm",
-        }
+        raftstream_functions::build::Language::of(Path::new(source)).map_or("?", |language| language.name())
     };
     let shown = eventually(
         "job status to show the functions' calls",

@@ -177,16 +177,11 @@ async fn udf_logic(
     Ok(if call.export.is_keyed() {
         Logic::KeyedUdf(Box::new(KeyedUdf {
             instance,
-            export: call.export,
             state: Default::default(),
             calls,
         }))
     } else {
-        Logic::Udf(Box::new(UdfTransform {
-            instance,
-            export: call.export,
-            calls,
-        }))
+        Logic::Udf(Box::new(UdfTransform { instance, calls }))
     })
 }
 

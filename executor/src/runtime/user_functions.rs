@@ -326,7 +326,7 @@ impl FunctionRuntime {
 /// A stateless operator calling a user function (map, flat_map, filter or key_by) once per batch.
 pub struct UdfTransform {
     pub(crate) instance: FunctionInstance,
-    pub(crate) export: UdfExport,
+    /// The function and export it calls, with the subtask's counters.
     pub(crate) calls: SubtaskFunction,
 }
 
@@ -387,7 +387,7 @@ impl UdfTransform {
         }
         let events = event_refs(&records);
         let instance = &mut self.instance;
-        let export = self.export;
+        let export = self.calls.export;
         match export {
             UdfExport::Map => {
                 let values = counted(&self.calls.counters, records.len(), || instance.map(&events))
@@ -441,7 +441,6 @@ impl UdfTransform {
 /// the key's records of the batch, grouped so that one call covers the whole batch.
 pub struct KeyedUdf {
     pub(crate) instance: FunctionInstance,
-    pub(crate) export: UdfExport,
     pub(crate) state: KeyedMap<String>,
     pub(crate) calls: SubtaskFunction,
 }
@@ -499,7 +498,7 @@ impl KeyedUdf {
         }
         let groups = group_by_key(&records);
         let instance = &mut self.instance;
-        match self.export {
+        match self.calls.export {
             UdfExport::Reduce => {
                 let values = group_members(&groups, &records, |record| record.value.as_str());
                 let calls = keyed_calls(&groups, &values, &self.state, |key, state, values| KeyedValuesRef {
