@@ -60,6 +60,18 @@ pub enum FunctionError {
         expected: usize,
         returned: usize,
     },
+    #[error("{function}.{export}: returned a malformed answer: {problem}")]
+    MalformedAnswer {
+        function: String,
+        export: &'static str,
+        problem: String,
+    },
+    #[error("{function}.{export}: a batch of {bytes} bytes in one column, above the 4 GiB the interface can address")]
+    BatchTooLarge {
+        function: String,
+        export: &'static str,
+        bytes: usize,
+    },
     #[error("{function}: the instance failed before and cannot be called again")]
     Poisoned { function: String },
     #[error("compiled-function cache {path}: {reason}")]

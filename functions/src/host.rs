@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+use crate::columns::LogLevel;
 use crate::error::FunctionError;
-use crate::events::LogLevel;
 use crate::instance::GuestContext;
 
 /// How often the epoch advances: a call's deadline is a whole number of these.

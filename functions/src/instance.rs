@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{ComponentExportIndex, ComponentNamedList, Instance, Lift, Lower};
+use wasmtime::component::{ComponentExportIndex, Instance};
 use wasmtime::Store;
 
+use crate::columns::{Answer, Batch, Events, FannedOut, KeyedEvents, KeyedValues, LogLevel, Processed, Strings};
 use crate::error::FunctionError;
-use crate::events::{EventRef, KeyedEventsRef, KeyedValuesRef, LogLevel, Processed};
 use crate::host::{CompiledFunction, FunctionHost, EPOCH_TICK};
 
 /// The exports of the world, each the function an operator kind calls.
@@ -226,12 +226,12 @@ impl FunctionInstance {
     /// empty batch, which a guest library answers with an error when the user did not write it.
     pub fn check_export(&mut self, export: Export) -> Result<(), FunctionError> {
         let checked = match export {
-            Export::Map => self.map(&[]).map(drop),
-            Export::FlatMap => self.flat_map(&[]).map(drop),
-            Export::Filter => self.filter(&[]).map(drop),
-            Export::Key => self.key(&[]).map(drop),
-            Export::Reduce => self.reduce(&[]).map(drop),
-            Export::Process => self.process(&[]).map(drop),
+            Export::Map => self.map(&Events::default()).map(drop),
+            Export::FlatMap => self.flat_map(&Events::default()).map(drop),
+            Export::Filter => self.filter(&Events::default()).map(drop),
+            Export::Key => self.key(&Events::default()).map(drop),
+            Export::Reduce => self.reduce(&KeyedValues::default()).map(drop),
+            Export::Process => self.process(&KeyedEvents::default()).map(drop),
         };
         checked.map_err(|error| match error {
             FunctionError::Guest { message, .. } => FunctionError::MissingExport {
@@ -244,33 +244,33 @@ impl FunctionInstance {
     }
 
     /// Each event's new value.
-    pub fn map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<String>, FunctionError> {
-        self.call_batch(Export::Map, (events,), events.len())
+    pub fn map(&mut self, batch: &Events) -> Result<Strings, FunctionError> {
+        self.call_batch(Export::Map, batch)
     }
 
     /// Each event's output values, in order.
-    pub fn flat_map(&mut self, events: &[EventRef<'_>]) -> Result<Vec<Vec<String>>, FunctionError> {
-        self.call_batch(Export::FlatMap, (events,), events.len())
+    pub fn flat_map(&mut self, batch: &Events) -> Result<FannedOut, FunctionError> {
+        self.call_batch(Export::FlatMap, batch)
     }
 
     /// Whether each event is kept.
-    pub fn filter(&mut self, events: &[EventRef<'_>]) -> Result<Vec<bool>, FunctionError> {
-        self.call_batch(Export::Filter, (events,), events.len())
+    pub fn filter(&mut self, batch: &Events) -> Result<Vec<bool>, FunctionError> {
+        self.call_batch(Export::Filter, batch)
     }
 
     /// Each event's key.
-    pub fn key(&mut self, events: &[EventRef<'_>]) -> Result<Vec<String>, FunctionError> {
-        self.call_batch(Export::Key, (events,), events.len())
+    pub fn key(&mut self, batch: &Events) -> Result<Strings, FunctionError> {
+        self.call_batch(Export::Key, batch)
     }
 
     /// Each group's new accumulator.
-    pub fn reduce(&mut self, groups: &[KeyedValuesRef<'_>]) -> Result<Vec<String>, FunctionError> {
-        self.call_batch(Export::Reduce, (groups,), groups.len())
+    pub fn reduce(&mut self, groups: &KeyedValues) -> Result<Strings, FunctionError> {
+        self.call_batch(Export::Reduce, groups)
     }
 
     /// Each group's new state and outputs.
-    pub fn process(&mut self, groups: &[KeyedEventsRef<'_>]) -> Result<Vec<Processed>, FunctionError> {
-        self.call_batch(Export::Process, (groups,), groups.len())
+    pub fn process(&mut self, groups: &KeyedEvents) -> Result<Processed, FunctionError> {
+        self.call_batch(Export::Process, groups)
     }
 
     /// The function's name in its job.
@@ -278,34 +278,34 @@ impl FunctionInstance {
         &self.function
     }
 
-    /// Calls a batch export that answers once per input (event or group) and checks that it did.
-    fn call_batch<Params, Item>(
-        &mut self,
-        export: Export,
-        params: Params,
-        expected: usize,
-    ) -> Result<Vec<Item>, FunctionError>
-    where
-        Params: ComponentNamedList + Lower,
-        (Result<Vec<Item>, String>,): ComponentNamedList + Lift,
-    {
-        let answers: Vec<Item> = self.call(export, params)?;
-        if answers.len() != expected {
+    /// Calls a batch export, and checks that its answer has one entry per input and offsets
+    /// that hold together.
+    fn call_batch<B: Batch, A: Answer>(&mut self, export: Export, batch: &B) -> Result<A, FunctionError> {
+        if batch.largest_column() > u32::MAX as usize {
+            return Err(FunctionError::BatchTooLarge {
+                function: self.function.to_string(),
+                export: export.wit_name(),
+                bytes: batch.largest_column(),
+            });
+        }
+        let answer: A = self.call(export, batch)?;
+        if answer.entries() != batch.inputs() {
             return Err(FunctionError::AnswerCount {
                 function: self.function.to_string(),
                 export: export.wit_name(),
-                expected,
-                returned: answers.len(),
+                expected: batch.inputs(),
+                returned: answer.entries(),
             });
         }
-        Ok(answers)
+        answer.check().map_err(|problem| FunctionError::MalformedAnswer {
+            function: self.function.to_string(),
+            export: export.wit_name(),
+            problem,
+        })?;
+        Ok(answer)
     }
 
-    fn call<Params, Output>(&mut self, export: Export, params: Params) -> Result<Output, FunctionError>
-    where
-        Params: ComponentNamedList + Lower,
-        (Result<Output, String>,): ComponentNamedList + Lift,
-    {
+    fn call<B: Batch, A: Answer>(&mut self, export: Export, batch: &B) -> Result<A, FunctionError> {
         if self.poisoned {
             return Err(FunctionError::Poisoned {
                 function: self.function.to_string(),
@@ -321,11 +321,11 @@ impl FunctionInstance {
         };
         let typed = self
             .instance
-            .get_typed_func::<Params, (Result<Output, String>,)>(&mut self.store, index)
+            .get_typed_func::<(&B,), (Result<A, String>,)>(&mut self.store, index)
             .map_err(|error| missing(format!("{error:#}")))?;
         self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
         self.store.data_mut().last_error_line = None;
-        match typed.call(&mut self.store, params) {
+        match typed.call(&mut self.store, (batch,)) {
             Ok((Ok(output),)) => Ok(output),
             Ok((Err(message),)) => Err(FunctionError::Guest {
                 function: self.function.to_string(),

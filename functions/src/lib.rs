@@ -9,24 +9,24 @@
 //! - [`CompiledCache`] (`cache`): compiled code on disk by content hash, so a restart or rescale
 //!   never compiles a function again.
 //! - [`build`]: turns a JavaScript, Python or Rust source into a component with the installed tools.
-//! - `events`: the records crossing the boundary.
+//! - `columns`: the batches crossing the boundary, as columns of strings with their offsets.
 
 pub mod build;
 mod cache;
+mod columns;
 mod error;
-mod events;
 mod host;
 mod instance;
 
 pub use cache::CompiledCache;
+pub use columns::{EventView, Events, FannedOut, KeyedEvents, KeyedValues, OptionalStrings, Processed, Strings};
 pub use error::FunctionError;
-pub use events::{Event, EventRef, KeyedEventsRef, KeyedValuesRef, Processed};
 pub use host::{check_component_bytes, CompiledFunction, FunctionHost};
 pub use instance::{Export, FunctionInstance, FunctionLimits};
 
 /// The WIT package version this host implements; a component built against another major
 /// version is refused by its import names.
-pub const WORLD_VERSION: &str = "0.1.0";
+pub const WORLD_VERSION: &str = "0.2.0";
 
 /// The WIT world's text, for tools that build guests (the CLI writes it next to a source).
 pub const WIT: &str = include_str!("../wit/stream-function.wit");

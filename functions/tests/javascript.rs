@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use raftstream_functions::build::{build_component, BuildError, Language};
 use raftstream_functions::{
-    CompiledFunction, EventRef, Export, FunctionError, FunctionHost, FunctionInstance, FunctionLimits, KeyedEventsRef,
-    KeyedValuesRef,
+    CompiledFunction, EventView, Events, Export, FunctionError, FunctionHost, FunctionInstance, FunctionLimits,
+    KeyedEvents, KeyedValues, Strings,
 };
 
 /// Builds `source` (a user module for the guest library) as `name.js` in a temp dir.
@@ -53,12 +53,20 @@ fn build_raw_js(host: &FunctionHost, name: &str, source: &str, stub_wasi: bool) 
         .expect("compile")
 }
 
-fn event<'a>(key: &'a str, value: &'a str, timestamp_ms: i64) -> EventRef<'a> {
-    EventRef {
+fn event<'a>(key: &'a str, value: &'a str, timestamp_ms: i64) -> EventView<'a> {
+    EventView {
         key,
         value,
         timestamp_ms,
     }
+}
+
+fn batch(events: &[EventView<'_>]) -> Events {
+    events.iter().copied().collect()
+}
+
+fn texts(column: &Strings) -> Vec<&str> {
+    column.iter().collect()
 }
 
 fn instance(host: &Arc<FunctionHost>, function: &CompiledFunction) -> FunctionInstance {
@@ -88,67 +96,66 @@ fn every_export_runs_on_a_batch_through_the_guest_library() {
         function.check_export(export).expect("every export is implemented");
     }
 
-    let mapped = function.map(&[event("k", "ab", 7), event("", "ü", -1)]).expect("map");
-    assert_eq!(mapped, vec!["AB", "Ü"]);
+    let mapped = function
+        .map(&batch(&[
+            event("k", "ab", 7),
+            event("", "ü", -1),
+            event("", "ß€😀x", 0),
+        ]))
+        .expect("map");
+    assert_eq!(texts(&mapped), vec!["AB", "Ü", "SS€😀X"]);
     let split = function
-        .flat_map(&[event("", "to be, or", 1), event("", "", 2), event("", "not", 3)])
+        .flat_map(&batch(&[
+            event("", "to be, or", 1),
+            event("", "", 2),
+            event("", "not", 3),
+        ]))
         .expect("flat_map");
-    assert_eq!(split, vec![vec!["to", "be", "or"], vec![], vec!["not"]]);
+    assert_eq!(split.outputs_of(0).collect::<Vec<_>>(), vec!["to", "be", "or"]);
+    assert_eq!(split.outputs_of(1).count(), 0);
+    assert_eq!(split.outputs_of(2).collect::<Vec<_>>(), vec!["not"]);
+    // Text that is not ASCII: the guest library maps the byte offsets to its UTF-16 indexes.
+    let split = function
+        .flat_map(&batch(&[event("", "grüße, 😀 zoë", 1), event("", "plain words", 2)]))
+        .expect("flat_map");
+    assert_eq!(
+        split.values().iter().collect::<Vec<_>>(),
+        vec!["gr", "e", "zo", "plain", "words"]
+    );
     let kept = function
-        .filter(&[event("", "long enough", 0), event("", "no", 0), event("", "late", -5)])
+        .filter(&batch(&[
+            event("", "long enough", 0),
+            event("", "no", 0),
+            event("", "late", -5),
+        ]))
         .expect("filter");
     assert_eq!(kept, vec![true, false, false]);
     let keys = function
-        .key(&[
+        .key(&batch(&[
             event("", r#"{"account":"a1","amount":5}"#, 0),
             event("", r#"{"account":7}"#, 0),
-        ])
+        ]))
         .expect("key");
-    assert_eq!(keys, vec!["a1", "7"]);
+    assert_eq!(texts(&keys), vec!["a1", "7"]);
 
-    let sums = function
-        .reduce(&[
-            KeyedValuesRef {
-                key: "a",
-                state: None,
-                values: &["2", "3"],
-            },
-            KeyedValuesRef {
-                key: "b",
-                state: Some("32"),
-                values: &["10"],
-            },
-        ])
-        .expect("reduce");
-    assert_eq!(sums, vec!["5", "42"]);
+    let mut groups = KeyedValues::default();
+    groups.push_group("a", None, ["2", "3"]);
+    groups.push_group("b", Some("32"), ["10"]);
+    let sums = function.reduce(&groups).expect("reduce");
+    assert_eq!(texts(&sums), vec!["5", "42"]);
 
-    let two = [event("u", "x", 5), event("u", "y", 6)];
-    let processed = function
-        .process(&[KeyedEventsRef {
-            key: "u",
-            state: None,
-            events: &two,
-        }])
-        .expect("process");
-    assert_eq!(processed[0].state.as_deref(), Some("2"));
-    assert!(processed[0].outputs.is_empty());
-    let one = [event("u", "z", 9)];
-    let processed = function
-        .process(&[KeyedEventsRef {
-            key: "u",
-            state: Some("2"),
-            events: &one,
-        }])
-        .expect("process");
-    assert_eq!(processed[0].state, None, "the state is cleared after the alert");
-    assert_eq!(processed[0].outputs.len(), 1);
+    let mut groups = KeyedEvents::default();
+    groups.push_group("u", None, [event("u", "x", 5), event("u", "y", 6)]);
+    let processed = function.process(&groups).expect("process");
+    assert_eq!(processed.state_of(0), Some("2"));
+    assert_eq!(processed.outputs_of(0).count(), 0);
+    let mut groups = KeyedEvents::default();
+    groups.push_group("u", Some("2"), [event("u", "z", 9)]);
+    let processed = function.process(&groups).expect("process");
+    assert_eq!(processed.state_of(0), None, "the state is cleared after the alert");
     assert_eq!(
-        (
-            processed[0].outputs[0].key.as_str(),
-            processed[0].outputs[0].value.as_str(),
-            processed[0].outputs[0].timestamp_ms
-        ),
-        ("u", "alert u after 3", 9)
+        processed.outputs_of(0).collect::<Vec<_>>(),
+        vec![event("u", "alert u after 3", 9)]
     );
 }
 
@@ -168,7 +175,7 @@ fn a_missing_export_a_guest_error_and_a_trap_name_the_function() {
         "{missing}"
     );
     let failed = function
-        .map(&[event("", "ok", 0), event("", "bad", 0)])
+        .map(&batch(&[event("", "ok", 0), event("", "bad", 0)]))
         .expect_err("throws");
     let message = failed.to_string();
     assert!(
@@ -176,21 +183,27 @@ fn a_missing_export_a_guest_error_and_a_trap_name_the_function() {
         "{message}"
     );
     // A guest error is an answer, not a trap: the instance still works.
-    assert_eq!(function.map(&[event("", "ok", 0)]).expect("still callable").len(), 1);
+    assert_eq!(
+        function
+            .map(&batch(&[event("", "ok", 0)]))
+            .expect("still callable")
+            .len(),
+        1
+    );
 }
 
 #[test]
-fn a_component_that_answers_too_few_or_imports_wasi_is_refused() {
+fn a_component_that_answers_too_few_or_malformed_or_imports_wasi_is_refused() {
     let host = FunctionHost::new().expect("host");
     let short = build_raw_js(
         &host,
         "short",
-        r#"export function filter(events) { return events.slice(1).map(() => true); }"#,
+        r#"export function filter(batch) { return batch.values.ends.slice(1).map(() => true); }"#,
         true,
     );
     let mut function = instance(&host, &short);
     let error = function
-        .filter(&[event("", "a", 0), event("", "b", 0)])
+        .filter(&batch(&[event("", "a", 0), event("", "b", 0)]))
         .expect_err("one answer short");
     assert!(
         matches!(
@@ -203,11 +216,30 @@ fn a_component_that_answers_too_few_or_imports_wasi_is_refused() {
         ),
         "{error}"
     );
+    // Offsets past the text, or inside a character, are refused before anyone reads them.
+    let lying = build_raw_js(
+        &host,
+        "lying",
+        r#"export function map(batch) { return { data: batch.values.data, ends: batch.values.ends.map((end) => end + 1) }; }
+           export function key(batch) { return { data: "ü", ends: [1] }; }"#,
+        true,
+    );
+    let mut function = instance(&host, &lying);
+    let error = function.map(&batch(&[event("", "ab", 0)])).expect_err("past the text");
+    assert!(
+        matches!(&error, FunctionError::MalformedAnswer { export: "map", problem, .. } if problem.contains("string 0 ends at byte 3, outside 0..=2")),
+        "{error}"
+    );
+    let error = function
+        .key(&batch(&[event("", "ab", 0)]))
+        .expect_err("inside a character");
+    assert!(error.to_string().contains("inside a character"), "{error}");
+
     // Without --stub-wasi the component imports WASI, which the sandbox does not provide.
     let with_wasi = build_raw_js(
         &host,
         "with_wasi",
-        "export function map(events) { return events; }",
+        "export function map(batch) { return batch.values; }",
         false,
     );
     let error = FunctionInstance::new(&host, &with_wasi, FunctionLimits::default())
@@ -230,14 +262,14 @@ fn an_endless_loop_is_stopped_within_twice_the_deadline() {
     };
     let mut function = FunctionInstance::new(&host, &spin, limits).expect("instantiate");
     let started = Instant::now();
-    let error = function.map(&[event("", "x", 0)]).expect_err("stopped");
+    let error = function.map(&batch(&[event("", "x", 0)])).expect_err("stopped");
     let took = started.elapsed();
     assert!(
         matches!(error, FunctionError::Deadline { timeout_ms: 300, .. }),
         "{error}"
     );
     assert!(took < Duration::from_millis(600), "stopped after {took:?}");
-    let again = function.map(&[event("", "x", 0)]).expect_err("poisoned");
+    let again = function.map(&batch(&[event("", "x", 0)])).expect_err("poisoned");
     assert!(matches!(again, FunctionError::Poisoned { .. }), "{again}");
 }
 
@@ -254,7 +286,7 @@ fn a_memory_bomb_is_stopped_at_the_limit() {
         ..FunctionLimits::default()
     };
     let mut function = FunctionInstance::new(&host, &bomb, limits).expect("instantiate");
-    let error = function.map(&[event("", "x", 0)]).expect_err("stopped");
+    let error = function.map(&batch(&[event("", "x", 0)])).expect_err("stopped");
     assert!(
         matches!(error, FunctionError::MemoryLimit { limit_bytes, .. } if limit_bytes == 32 << 20),
         "{error}"
@@ -284,7 +316,14 @@ fn a_second_load_compiles_nothing_and_a_damaged_cache_file_is_replaced() {
     assert!(second.from_cache);
     assert_eq!(host.compiles(), 1, "the second load compiled nothing");
     let mut function = instance(&host, &second);
-    assert_eq!(function.map(&[event("", "ok", 0)]).expect("map"), vec!["OK"]);
+    assert_eq!(
+        function
+            .map(&batch(&[event("", "ok", 0)]))
+            .expect("map")
+            .iter()
+            .collect::<Vec<_>>(),
+        vec!["OK"]
+    );
 
     // Flip a byte of the compiled code: the checksum catches it and the function is compiled again.
     let file = std::fs::read_dir(dir.path().join("cache"))
@@ -302,5 +341,12 @@ fn a_second_load_compiles_nothing_and_a_damaged_cache_file_is_replaced() {
     assert!(!third.from_cache);
     assert_eq!(host.compiles(), 2);
     let mut function = instance(&host, &third);
-    assert_eq!(function.map(&[event("", "ok", 0)]).expect("map"), vec!["OK"]);
+    assert_eq!(
+        function
+            .map(&batch(&[event("", "ok", 0)]))
+            .expect("map")
+            .iter()
+            .collect::<Vec<_>>(),
+        vec!["OK"]
+    );
 }

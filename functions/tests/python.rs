@@ -4,7 +4,8 @@
 
 use raftstream_functions::build::{build_component, BuildError, Language};
 use raftstream_functions::{
-    EventRef, Export, FunctionError, FunctionHost, FunctionInstance, FunctionLimits, KeyedEventsRef, KeyedValuesRef,
+    EventView, Events, Export, FunctionError, FunctionHost, FunctionInstance, FunctionLimits, KeyedEvents, KeyedValues,
+    Strings,
 };
 
 const FRAUD: &str = r#"
@@ -36,12 +37,20 @@ def broken(value):
     return 1 / 0
 "#;
 
-fn event<'a>(key: &'a str, value: &'a str, timestamp_ms: i64) -> EventRef<'a> {
-    EventRef {
+fn event<'a>(key: &'a str, value: &'a str, timestamp_ms: i64) -> EventView<'a> {
+    EventView {
         key,
         value,
         timestamp_ms,
     }
+}
+
+fn batch(events: &[EventView<'_>]) -> Events {
+    events.iter().copied().collect()
+}
+
+fn texts(column: &Strings) -> Vec<&str> {
+    column.iter().collect()
 }
 
 #[test]
@@ -65,15 +74,18 @@ fn a_python_module_of_plain_functions_runs_every_export() {
     for export in Export::ALL {
         function.check_export(export).expect("every export is defined");
     }
-    let mapped = function.map(&[event("k", "ab", 7)]).expect("map");
-    assert_eq!(mapped, vec!["AB"]);
+    let mapped = function
+        .map(&batch(&[event("k", "ab", 7), event("", "grüße 😀", 0)]))
+        .expect("map");
+    assert_eq!(texts(&mapped), vec!["AB", "GRÜSSE 😀"]);
     let split = function
-        .flat_map(&[event("", "to be  or", 1), event("", "", 2)])
+        .flat_map(&batch(&[event("", "to be  or", 1), event("", "", 2)]))
         .expect("flat_map");
-    assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 0]);
+    assert_eq!(split.outputs_of(0).collect::<Vec<_>>(), vec!["to", "be", "or"]);
+    assert_eq!(split.outputs_of(1).count(), 0);
     assert_eq!(
         function
-            .filter(&[event("", "long enough", 0), event("", "late!", -1)])
+            .filter(&batch(&[event("", "long enough", 0), event("", "late!", -1)]))
             .expect("filter"),
         vec![true, false]
     );
@@ -81,29 +93,26 @@ fn a_python_module_of_plain_functions_runs_every_export() {
         event("", r#"{"account":"a1","amount":5}"#, 0),
         event("", r#"{"account":"a1","amount":2.5}"#, 0),
     ];
-    assert_eq!(function.key(&transactions).expect("key"), vec!["a1", "a1"]);
-    let sums = function
-        .reduce(&[KeyedValuesRef {
-            key: "a1",
-            state: Some("10"),
-            values: &[transactions[0].value, transactions[1].value],
-        }])
-        .expect("reduce");
-    assert_eq!(sums, vec!["17.5"]);
+    assert_eq!(
+        texts(&function.key(&batch(&transactions)).expect("key")),
+        vec!["a1", "a1"]
+    );
+    let mut groups = KeyedValues::default();
+    groups.push_group("a1", Some("10"), [transactions[0].value, transactions[1].value]);
+    let sums = function.reduce(&groups).expect("reduce");
+    assert_eq!(texts(&sums), vec!["17.5"]);
     let three = [event("u", "x", 1), event("u", "y", 2), event("u", "z", 3)];
-    let processed = function
-        .process(&[KeyedEventsRef {
-            key: "u",
-            state: None,
-            events: &three,
-        }])
-        .expect("process");
-    assert_eq!(processed[0].state, None);
-    assert_eq!(processed[0].outputs[0].value, "alert u after 3");
-    assert_eq!(processed[0].outputs[0].timestamp_ms, 3);
+    let mut groups = KeyedEvents::default();
+    groups.push_group("u", None, three);
+    let processed = function.process(&groups).expect("process");
+    assert_eq!(processed.state_of(0), None);
+    assert_eq!(
+        processed.outputs_of(0).collect::<Vec<_>>(),
+        vec![event("u", "alert u after 3", 3)]
+    );
 
     // A Python exception is the export's error, with its type and traceback.
-    let error = function.key(&[event("", "not json", 0)]).expect_err("raises");
+    let error = function.key(&batch(&[event("", "not json", 0)])).expect_err("raises");
     let message = error.to_string();
     assert!(
         matches!(error, FunctionError::Guest { export: "key", .. })

@@ -5,7 +5,8 @@
 
 use raftstream_functions::build::{build_component, BuildError, Language};
 use raftstream_functions::{
-    EventRef, Export, FunctionError, FunctionHost, FunctionInstance, FunctionLimits, KeyedEventsRef, KeyedValuesRef,
+    EventView, Events, Export, FunctionError, FunctionHost, FunctionInstance, FunctionLimits, KeyedEvents, KeyedValues,
+    Strings,
 };
 
 const FRAUD: &str = r#"---
@@ -50,12 +51,20 @@ pub fn process(key: &str, state: Option<&str>, values: &[&str]) -> (Option<Strin
 }
 "#;
 
-fn event<'a>(key: &'a str, value: &'a str, timestamp_ms: i64) -> EventRef<'a> {
-    EventRef {
+fn event<'a>(key: &'a str, value: &'a str, timestamp_ms: i64) -> EventView<'a> {
+    EventView {
         key,
         value,
         timestamp_ms,
     }
+}
+
+fn batch(events: &[EventView<'_>]) -> Events {
+    events.iter().copied().collect()
+}
+
+fn texts(column: &Strings) -> Vec<&str> {
+    column.iter().collect()
 }
 
 fn build(dir: &std::path::Path, name: &str, text: &str, exports: &[Export]) -> Vec<u8> {
@@ -85,14 +94,18 @@ fn a_rust_file_of_plain_functions_runs_every_export() {
     for export in Export::ALL {
         function.check_export(export).expect("every export is defined");
     }
-    assert_eq!(function.map(&[event("k", "ab", 7)]).expect("map"), vec!["AB"]);
+    assert_eq!(
+        texts(&function.map(&batch(&[event("k", "ab", 7)])).expect("map")),
+        vec!["AB"]
+    );
     let split = function
-        .flat_map(&[event("", "to be  or", 1), event("", "", 2)])
+        .flat_map(&batch(&[event("", "to be  or", 1), event("", "", 2)]))
         .expect("flat_map");
-    assert_eq!(split, vec![vec!["to", "be", "or"], vec![]]);
+    assert_eq!(split.outputs_of(0).collect::<Vec<_>>(), vec!["to", "be", "or"]);
+    assert_eq!(split.outputs_of(1).count(), 0);
     assert_eq!(
         function
-            .filter(&[event("", "long enough", 0), event("", "ab", -1)])
+            .filter(&batch(&[event("", "long enough", 0), event("", "ab", -1)]))
             .expect("filter"),
         vec![true, false]
     );
@@ -100,52 +113,38 @@ fn a_rust_file_of_plain_functions_runs_every_export() {
         event("", r#"{"account":"a1","amount":5}"#, 0),
         event("", r#"{"account":"a1","amount":2.5}"#, 0),
     ];
-    assert_eq!(function.key(&transactions).expect("key"), vec!["a1", "a1"]);
-    let sums = function
-        .reduce(&[
-            KeyedValuesRef {
-                key: "a1",
-                state: Some("10"),
-                values: &[transactions[0].value, transactions[1].value],
-            },
-            KeyedValuesRef {
-                key: "a2",
-                state: None,
-                values: &[transactions[0].value],
-            },
-        ])
-        .expect("reduce");
-    assert_eq!(sums, vec!["17.5", "5"]);
+    assert_eq!(
+        texts(&function.key(&batch(&transactions)).expect("key")),
+        vec!["a1", "a1"]
+    );
+    let mut groups = KeyedValues::default();
+    groups.push_group("a1", Some("10"), [transactions[0].value, transactions[1].value]);
+    groups.push_group("a2", None, [transactions[0].value]);
+    let sums = function.reduce(&groups).expect("reduce");
+    assert_eq!(texts(&sums), vec!["17.5", "5"]);
     let three = [event("u", "x", 1), event("u", "y", 2), event("u", "z", 3)];
-    let processed = function
-        .process(&[
-            KeyedEventsRef {
-                key: "u",
-                state: None,
-                events: &three,
-            },
-            KeyedEventsRef {
-                key: "v",
-                state: Some("1"),
-                events: &three[..1],
-            },
-        ])
-        .expect("process");
-    assert_eq!(processed[0].state, None);
-    assert_eq!(processed[0].outputs[0].value, "alert u after 3");
-    assert_eq!(processed[0].outputs[0].key, "u");
-    assert_eq!(processed[0].outputs[0].timestamp_ms, 3);
-    assert_eq!(processed[1].state.as_deref(), Some("2"));
-    assert!(processed[1].outputs.is_empty());
+    let mut groups = KeyedEvents::default();
+    groups.push_group("u", None, three);
+    groups.push_group("v", Some("1"), [three[0]]);
+    let processed = function.process(&groups).expect("process");
+    assert_eq!(processed.state_of(0), None);
+    assert_eq!(
+        processed.outputs_of(0).collect::<Vec<_>>(),
+        vec![event("u", "alert u after 3", 3)]
+    );
+    assert_eq!(processed.state_of(1), Some("2"));
+    assert_eq!(processed.outputs_of(1).count(), 0);
 
     // An Err is the export's error, with the user's message.
-    let error = function.key(&[event("", "not json", 0)]).expect_err("Err");
+    let error = function.key(&batch(&[event("", "not json", 0)])).expect_err("Err");
     assert!(
         matches!(&error, FunctionError::Guest { export: "key", message, .. } if message.starts_with("not a transaction")),
         "{error}"
     );
     // A panic traps the instance; the trap carries the panic's message and place.
-    let error = function.key(&[event("", r#"{"amount":1}"#, 0)]).expect_err("panics");
+    let error = function
+        .key(&batch(&[event("", r#"{"amount":1}"#, 0)]))
+        .expect_err("panics");
     let message = error.to_string();
     assert!(
         matches!(error, FunctionError::Trap { export: "key", .. })
@@ -154,7 +153,7 @@ fn a_rust_file_of_plain_functions_runs_every_export() {
         "{message}"
     );
     assert!(matches!(
-        function.map(&[event("", "x", 0)]),
+        function.map(&batch(&[event("", "x", 0)])),
         Err(FunctionError::Poisoned { .. })
     ));
 }

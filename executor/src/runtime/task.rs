@@ -175,13 +175,9 @@ async fn udf_logic(
         from_cache: readiness.from_cache,
     };
     Ok(if call.export.is_keyed() {
-        Logic::KeyedUdf(Box::new(KeyedUdf {
-            instance,
-            state: Default::default(),
-            calls,
-        }))
+        Logic::KeyedUdf(Box::new(KeyedUdf::new(instance, calls)))
     } else {
-        Logic::Udf(Box::new(UdfTransform { instance, calls }))
+        Logic::Udf(Box::new(UdfTransform::new(instance, calls)))
     })
 }
 

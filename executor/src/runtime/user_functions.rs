@@ -11,8 +11,8 @@ use std::time::Instant;
 use raftstream_api::messages::FunctionCalls;
 use raftstream_api::spec::{function_location, FunctionRef, UdfCall, UdfExport};
 use raftstream_functions::{
-    CompiledCache, CompiledFunction, Event, EventRef, FunctionError, FunctionHost, FunctionInstance, FunctionLimits,
-    KeyedEventsRef, KeyedValuesRef,
+    CompiledCache, CompiledFunction, EventView, Events, FunctionError, FunctionHost, FunctionInstance, FunctionLimits,
+    KeyedEvents, KeyedValues,
 };
 use tokio::sync::OnceCell;
 
@@ -325,9 +325,11 @@ impl FunctionRuntime {
 
 /// A stateless operator calling a user function (map, flat_map, filter or key_by) once per batch.
 pub struct UdfTransform {
-    pub(crate) instance: FunctionInstance,
+    instance: FunctionInstance,
     /// The function and export it calls, with the subtask's counters.
     pub(crate) calls: SubtaskFunction,
+    /// The batch as the function gets it, its buffers kept from one batch to the next.
+    batch: Events,
 }
 
 /// Runs one call off the async workers (it may run for seconds), counting it.
@@ -359,19 +361,15 @@ fn call_error(source: FunctionError, records: &[Record]) -> UdfCallError {
     }
 }
 
-fn event_ref(record: &Record) -> EventRef<'_> {
-    EventRef {
+fn event_view(record: &Record) -> EventView<'_> {
+    EventView {
         key: &record.key,
         value: &record.value,
         timestamp_ms: record.timestamp_ms,
     }
 }
 
-fn event_refs(records: &[Record]) -> Vec<EventRef<'_>> {
-    records.iter().map(event_ref).collect()
-}
-
-fn record_of(event: Event) -> Record {
+fn record_of(event: EventView<'_>) -> Record {
     Record {
         key: event.key.into(),
         value: event.value.into(),
@@ -380,29 +378,39 @@ fn record_of(event: Event) -> Record {
 }
 
 impl UdfTransform {
+    pub fn new(instance: FunctionInstance, calls: SubtaskFunction) -> UdfTransform {
+        UdfTransform {
+            instance,
+            calls,
+            batch: Events::default(),
+        }
+    }
+
     /// Runs one batch through the function; what it emits goes to `emit`, in input order.
     pub fn apply_batch(&mut self, records: Vec<Record>, emit: &mut impl FnMut(Record)) -> Result<(), UdfCallError> {
         if records.is_empty() {
             return Ok(());
         }
-        let events = event_refs(&records);
-        let instance = &mut self.instance;
-        let export = self.calls.export;
-        match export {
+        let batch = &mut self.batch;
+        batch.clear();
+        for record in &records {
+            batch.push(&record.key, &record.value, record.timestamp_ms);
+        }
+        let (instance, batch, counters) = (&mut self.instance, &self.batch, &self.calls.counters);
+        match self.calls.export {
             UdfExport::Map => {
-                let values = counted(&self.calls.counters, records.len(), || instance.map(&events))
+                let values = counted(counters, records.len(), || instance.map(batch))
                     .map_err(|error| call_error(error, &records))?;
-                drop(events);
-                for (mut record, value) in records.into_iter().zip(values) {
+                for (mut record, value) in records.into_iter().zip(values.iter()) {
                     record.value = value.into();
                     emit(record);
                 }
             }
             UdfExport::FlatMap => {
-                let outputs = counted(&self.calls.counters, records.len(), || instance.flat_map(&events))
+                let fanned = counted(counters, records.len(), || instance.flat_map(batch))
                     .map_err(|error| call_error(error, &records))?;
-                for (record, values) in records.iter().zip(outputs) {
-                    for value in values {
+                for (index, record) in records.iter().enumerate() {
+                    for value in fanned.outputs_of(index) {
                         emit(Record {
                             key: record.key.clone(),
                             value: value.into(),
@@ -412,9 +420,8 @@ impl UdfTransform {
                 }
             }
             UdfExport::Filter => {
-                let keep = counted(&self.calls.counters, records.len(), || instance.filter(&events))
+                let keep = counted(counters, records.len(), || instance.filter(batch))
                     .map_err(|error| call_error(error, &records))?;
-                drop(events);
                 for (record, keep) in records.into_iter().zip(keep) {
                     if keep {
                         emit(record);
@@ -422,10 +429,9 @@ impl UdfTransform {
                 }
             }
             UdfExport::Key => {
-                let keys = counted(&self.calls.counters, records.len(), || instance.key(&events))
+                let keys = counted(counters, records.len(), || instance.key(batch))
                     .map_err(|error| call_error(error, &records))?;
-                drop(events);
-                for (mut record, key) in records.into_iter().zip(keys) {
+                for (mut record, key) in records.into_iter().zip(keys.iter()) {
                     record.key = key.into();
                     emit(record);
                 }
@@ -440,54 +446,79 @@ impl UdfTransform {
 /// (checkpointed and rescaled by key group like a count's) and hands it to the function with
 /// the key's records of the batch, grouped so that one call covers the whole batch.
 pub struct KeyedUdf {
-    pub(crate) instance: FunctionInstance,
+    instance: FunctionInstance,
     pub(crate) state: KeyedMap<String>,
     pub(crate) calls: SubtaskFunction,
+    /// The grouped batch as the function gets it, its buffers kept from one batch to the next.
+    values: KeyedValues,
+    events: KeyedEvents,
 }
 
-/// The indexes of `records` grouped by key, keys in first-seen order.
-fn group_by_key(records: &[Record]) -> Vec<(&str, Vec<usize>)> {
-    // The state's hasher, not SipHash: the grouping hashes every record's key.
-    let mut group_of: HashMap<&str, usize, std::hash::BuildHasherDefault<StateHasher>> =
-        HashMap::with_capacity_and_hasher(records.len(), Default::default());
-    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (position, record) in records.iter().enumerate() {
-        let index = *group_of.entry(record.key.as_str()).or_insert_with(|| {
-            groups.push((record.key.as_str(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[index].1.push(position);
+/// A batch's record positions grouped by key, keys in first-seen order: one vector of positions
+/// for all groups (a batch of a word count has nearly as many keys as records, and a vector per
+/// group was an allocation per record).
+struct Grouped<'r> {
+    keys: Vec<&'r str>,
+    /// Where each group's positions end in `members`.
+    ends: Vec<usize>,
+    members: Vec<usize>,
+}
+
+impl<'r> Grouped<'r> {
+    fn of(records: &'r [Record]) -> Grouped<'r> {
+        // The state's hasher, not SipHash: the grouping hashes every record's key.
+        let mut group_of: HashMap<&str, usize, std::hash::BuildHasherDefault<StateHasher>> =
+            HashMap::with_capacity_and_hasher(records.len(), Default::default());
+        let mut keys = Vec::new();
+        let mut sizes: Vec<usize> = Vec::new();
+        let mut group_ids = Vec::with_capacity(records.len());
+        for record in records {
+            let group = *group_of.entry(record.key.as_str()).or_insert_with(|| {
+                keys.push(record.key.as_str());
+                sizes.push(0);
+                keys.len() - 1
+            });
+            sizes[group] += 1;
+            group_ids.push(group);
+        }
+        let mut ends = Vec::with_capacity(keys.len());
+        let mut next = Vec::with_capacity(keys.len());
+        let mut total = 0;
+        for size in &sizes {
+            next.push(total);
+            total += size;
+            ends.push(total);
+        }
+        let mut members = vec![0; records.len()];
+        for (position, &group) in group_ids.iter().enumerate() {
+            members[next[group]] = position;
+            next[group] += 1;
+        }
+        Grouped { keys, ends, members }
     }
-    groups
-}
 
-/// Each group's records mapped by `member`, one list per group, in the groups' order.
-fn group_members<'r, T>(
-    groups: &[(&str, Vec<usize>)],
-    records: &'r [Record],
-    member: impl Fn(&'r Record) -> T,
-) -> Vec<Vec<T>> {
-    groups
-        .iter()
-        .map(|(_, positions)| positions.iter().map(|&at| member(&records[at])).collect())
-        .collect()
-}
-
-/// One call argument per group: its key, the key's state and its members.
-fn keyed_calls<'a, T, C>(
-    groups: &[(&'a str, Vec<usize>)],
-    members: &'a [Vec<T>],
-    state: &'a KeyedMap<String>,
-    make: impl Fn(&'a str, Option<&'a str>, &'a [T]) -> C,
-) -> Vec<C> {
-    groups
-        .iter()
-        .zip(members)
-        .map(|((key, _), members)| make(key, state.get(*key).map(String::as_str), members))
-        .collect()
+    /// Each group's key and record positions, in the groups' order.
+    fn groups(&self) -> impl Iterator<Item = (&'r str, &[usize])> + '_ {
+        let mut start = 0;
+        self.keys.iter().zip(&self.ends).map(move |(key, &end)| {
+            let members = &self.members[start..end];
+            start = end;
+            (*key, members)
+        })
+    }
 }
 
 impl KeyedUdf {
+    pub fn new(instance: FunctionInstance, calls: SubtaskFunction) -> KeyedUdf {
+        KeyedUdf {
+            instance,
+            state: KeyedMap::default(),
+            calls,
+            values: KeyedValues::default(),
+            events: KeyedEvents::default(),
+        }
+    }
+
     /// Folds one batch: groups its records by key (in first-seen order), calls the function once,
     /// stores each key's new state and emits, for a reduce, each key's new accumulator once (the
     /// value after the batch's records, at the time of the key's last record), for a process,
@@ -496,55 +527,54 @@ impl KeyedUdf {
         if records.is_empty() {
             return Ok(());
         }
-        let groups = group_by_key(&records);
-        let instance = &mut self.instance;
+        let grouped = Grouped::of(&records);
+        let (instance, counters) = (&mut self.instance, &self.calls.counters);
         match self.calls.export {
             UdfExport::Reduce => {
-                let values = group_members(&groups, &records, |record| record.value.as_str());
-                let calls = keyed_calls(&groups, &values, &self.state, |key, state, values| KeyedValuesRef {
-                    key,
-                    state,
-                    values,
-                });
-                let accumulators = counted(&self.calls.counters, records.len(), || instance.reduce(&calls))
+                let batch = &mut self.values;
+                batch.clear();
+                for (key, members) in grouped.groups() {
+                    let state = self.state.get(key).map(String::as_str);
+                    batch.push_group(key, state, members.iter().map(|&at| records[at].value.as_str()));
+                }
+                let batch = &self.values;
+                let accumulators = counted(counters, records.len(), || instance.reduce(batch))
                     .map_err(|error| call_error(error, &records))?;
-                drop(calls);
-                for ((key, members), accumulator) in groups.iter().zip(accumulators) {
+                for ((key, members), accumulator) in grouped.groups().zip(accumulators.iter()) {
                     let timestamp_ms = members.last().map_or(0, |&at| records[at].timestamp_ms);
-                    let value: crate::runtime::record::Text = accumulator.as_str().into();
-                    match self.state.get_mut(*key) {
-                        Some(state) => *state = accumulator,
+                    match self.state.get_mut(key) {
+                        Some(state) => accumulator.clone_into(state),
                         None => {
-                            self.state.insert((*key).into(), accumulator);
+                            self.state.insert(key.into(), accumulator.to_owned());
                         }
                     }
                     emit(Record {
-                        key: (*key).into(),
-                        value,
+                        key: key.into(),
+                        value: accumulator.into(),
                         timestamp_ms,
                     });
                 }
             }
             UdfExport::Process => {
-                let events = group_members(&groups, &records, event_ref);
-                let calls = keyed_calls(&groups, &events, &self.state, |key, state, events| KeyedEventsRef {
-                    key,
-                    state,
-                    events,
-                });
-                let processed = counted(&self.calls.counters, records.len(), || instance.process(&calls))
+                let batch = &mut self.events;
+                batch.clear();
+                for (key, members) in grouped.groups() {
+                    let state = self.state.get(key).map(String::as_str);
+                    batch.push_group(key, state, members.iter().map(|&at| event_view(&records[at])));
+                }
+                let batch = &self.events;
+                let processed = counted(counters, records.len(), || instance.process(batch))
                     .map_err(|error| call_error(error, &records))?;
-                drop(calls);
-                for ((key, _), result) in groups.iter().zip(processed) {
-                    match result.state {
+                for (index, key) in grouped.keys.iter().enumerate() {
+                    match processed.state_of(index) {
                         Some(state) => {
-                            self.state.insert((*key).into(), state);
+                            self.state.insert((*key).into(), state.to_owned());
                         }
                         None => {
                             self.state.remove(*key);
                         }
                     }
-                    result.outputs.into_iter().map(record_of).for_each(&mut *emit);
+                    processed.outputs_of(index).map(record_of).for_each(&mut *emit);
                 }
             }
             _ => {}
@@ -570,5 +600,40 @@ pub fn udf_call(config: &raftstream_api::spec::OperatorConfig) -> Option<&UdfCal
     match config {
         raftstream_api::spec::OperatorConfig::Udf(call) => Some(call),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str, value: &str) -> Record {
+        Record {
+            key: key.into(),
+            value: value.into(),
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_groups_by_key_in_first_seen_order_keeping_each_keys_record_order() {
+        let records = [
+            record("b", "1"),
+            record("a", "2"),
+            record("b", "3"),
+            record("c", "4"),
+            record("a", "5"),
+            record("b", "6"),
+        ];
+        let grouped = Grouped::of(&records);
+        let groups: Vec<(&str, Vec<&str>)> = grouped
+            .groups()
+            .map(|(key, members)| (key, members.iter().map(|&at| records[at].value.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![("b", vec!["1", "3", "6"]), ("a", vec!["2", "5"]), ("c", vec!["4"])]
+        );
+        assert_eq!(Grouped::of(&[]).groups().count(), 0);
     }
 }

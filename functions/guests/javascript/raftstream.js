@@ -14,7 +14,7 @@
 // Values, keys and accumulators are strings; anything else returned is turned into one (JSON for
 // objects). console.log and friends go to the executor's log.
 import * as user from "./user.js";
-import { log } from "raftstream:functions/host@0.1.0";
+import { log } from "raftstream:functions/host@0.2.0";
 
 function show(args) {
   return args.map((arg) => (typeof arg === "string" ? arg : JSON.stringify(arg))).join(" ");
@@ -35,15 +35,96 @@ function text(value) {
   return String(value);
 }
 
-function toEvent(output, input) {
-  if (output !== null && typeof output === "object" && !Array.isArray(output) && "value" in output) {
-    return {
-      key: output.key === undefined ? input.key : text(output.key),
-      value: text(output.value),
-      timestampMs: output.timestampMs === undefined ? input.timestampMs : Number(output.timestampMs),
-    };
+// A batch crosses the boundary as columns: all its strings in one, with the UTF-8 byte offset
+// where each ends. JavaScript strings count UTF-16 units, which are the bytes when the text is
+// ASCII (the common case, checked in one native step); other text is walked once.
+
+const ASCII = /^[\x00-\x7f]*$/;
+
+// The UTF-16 length of the UTF-8 bytes from `bytes` to `endBytes`, reading `data` from `index`.
+function unitsFor(data, index, bytes, endBytes) {
+  let at = index;
+  while (bytes < endBytes && at < data.length) {
+    const unit = data.charCodeAt(at);
+    if (unit < 0x80) {
+      bytes += 1;
+      at += 1;
+    } else if (unit < 0x800) {
+      bytes += 2;
+      at += 1;
+    } else if (unit >= 0xd800 && unit < 0xdc00 && at + 1 < data.length) {
+      bytes += 4;
+      at += 2;
+    } else {
+      bytes += 3;
+      at += 1;
+    }
   }
-  return { key: input.key, value: text(output), timestampMs: input.timestampMs };
+  return at - index;
+}
+
+// The strings of a column, in order.
+function column(strings) {
+  const data = strings.data;
+  const ends = strings.ends;
+  const count = ends.length;
+  const texts = new Array(count);
+  const total = count === 0 ? 0 : ends[count - 1];
+  let start = 0;
+  if (data.length === total) {
+    for (let i = 0; i < count; i++) {
+      const end = ends[i];
+      texts[i] = data.substring(start, end);
+      start = end;
+    }
+    return texts;
+  }
+  let bytes = 0;
+  for (let i = 0; i < count; i++) {
+    const end = start + unitsFor(data, start, bytes, ends[i]);
+    texts[i] = data.substring(start, end);
+    start = end;
+    bytes = ends[i];
+  }
+  return texts;
+}
+
+// The UTF-8 length of one string.
+function utf8Length(value) {
+  if (ASCII.test(value)) return value.length;
+  let bytes = 0;
+  for (let at = 0; at < value.length; at++) {
+    const unit = value.charCodeAt(at);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit < 0xdc00 && at + 1 < value.length) {
+      bytes += 4;
+      at += 1;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
+// A column of strings.
+function toColumn(texts) {
+  const data = texts.join("");
+  const count = texts.length;
+  const ends = new Array(count);
+  const ascii = ASCII.test(data);
+  let end = 0;
+  for (let i = 0; i < count; i++) {
+    end += ascii ? texts[i].length : utf8Length(texts[i]);
+    ends[i] = end;
+  }
+  return { data, ends };
+}
+
+// The batch's events as objects, for a user function that takes one as its second argument.
+function events(batch) {
+  const keys = column(batch.keys);
+  const values = column(batch.values);
+  const times = batch.timestampsMs;
+  return values.map((value, i) => ({ key: keys[i], value, timestampMs: times[i] }));
 }
 
 function need(name) {
@@ -54,53 +135,102 @@ function need(name) {
   return fn;
 }
 
-function values(outputs) {
-  if (outputs === undefined || outputs === null) return [];
-  return Array.isArray(outputs) ? outputs.map(text) : Array.from(outputs, text);
+// Calls `fn` with each event's value, and the event too when it declares a second parameter.
+function perEvent(batch, fn, answer) {
+  const values = column(batch.values);
+  if (fn.length < 2) return values.map((value) => answer(fn(value)));
+  const all = events(batch);
+  return values.map((value, i) => answer(fn(value, all[i])));
 }
 
-export function map(events) {
-  const fn = need("map");
-  return events.map((event) => text(fn(event.value, event)));
+export function map(batch) {
+  return toColumn(perEvent(batch, need("map"), text));
 }
 
-export function flatMap(events) {
-  const fn = need("flatMap");
-  return events.map((event) => values(fn(event.value, event)));
+export function flatMap(batch) {
+  const outputs = [];
+  const inputEnds = perEvent(batch, need("flatMap"), (produced) => {
+    if (produced !== undefined && produced !== null) {
+      for (const value of produced) outputs.push(text(value));
+    }
+    return outputs.length;
+  });
+  return { values: toColumn(outputs), inputEnds };
 }
 
-export function filter(events) {
-  const fn = need("filter");
-  return events.map((event) => Boolean(fn(event.value, event)));
+export function filter(batch) {
+  return perEvent(batch, need("filter"), Boolean);
 }
 
-export function key(events) {
-  const fn = need("key");
-  return events.map((event) => text(fn(event.value, event)));
+export function key(batch) {
+  return toColumn(perEvent(batch, need("key"), text));
+}
+
+// Each group's state, undefined where it has none.
+function states(optional) {
+  const texts = column(optional.strings);
+  const present = optional.present;
+  return texts.map((state, i) => (present[i] ? state : undefined));
 }
 
 export function reduce(groups) {
   const fn = need("reduce");
-  return groups.map((group) => {
-    let accumulator = group.state === null ? undefined : group.state;
-    const key = group.key;
-    for (const value of group.values) {
-      accumulator = text(fn(accumulator, value, key));
+  const keys = column(groups.keys);
+  const accumulators = states(groups.states);
+  const values = column(groups.values);
+  const ends = groups.groupEnds;
+  const out = new Array(keys.length);
+  let at = 0;
+  for (let g = 0; g < keys.length; g++) {
+    const key = keys[g];
+    let accumulator = accumulators[g];
+    for (const end = ends[g]; at < end; at++) {
+      accumulator = text(fn(accumulator, values[at], key));
     }
-    return accumulator === undefined ? "" : accumulator;
-  });
+    out[g] = accumulator === undefined ? "" : accumulator;
+  }
+  return toColumn(out);
 }
 
 export function process(groups) {
   const fn = need("process");
-  return groups.map((group) => {
-    const state = group.state === null ? undefined : group.state;
-    const result = fn(group.key, state, group.events.map((event) => event.value), group.events) ?? {};
-    const last = group.events[group.events.length - 1];
-    const template = { key: group.key, value: "", timestampMs: last === undefined ? 0 : last.timestampMs };
-    return {
-      state: result.state === undefined || result.state === null ? undefined : text(result.state),
-      outputs: Array.from(result.emit ?? [], (output) => toEvent(output, template)),
-    };
-  });
+  const keys = column(groups.keys);
+  const before = states(groups.states);
+  const all = events(groups.events);
+  const ends = groups.groupEnds;
+  const newStates = [];
+  const present = [];
+  const outKeys = [];
+  const outValues = [];
+  const outTimes = [];
+  const groupEnds = [];
+  let start = 0;
+  for (let g = 0; g < keys.length; g++) {
+    const members = all.slice(start, ends[g]);
+    start = ends[g];
+    const result = fn(keys[g], before[g], members.map((event) => event.value), members) ?? {};
+    const last = members[members.length - 1];
+    const time = last === undefined ? 0 : last.timestampMs;
+    const state = result.state === undefined || result.state === null ? undefined : text(result.state);
+    newStates.push(state === undefined ? "" : state);
+    present.push(state !== undefined);
+    for (const output of result.emit ?? []) {
+      if (output !== null && typeof output === "object" && !Array.isArray(output) && "value" in output) {
+        outKeys.push(output.key === undefined ? keys[g] : text(output.key));
+        outValues.push(text(output.value));
+        const at = output.timestampMs;
+        outTimes.push(at === undefined ? time : Number(at));
+      } else {
+        outKeys.push(keys[g]);
+        outValues.push(text(output));
+        outTimes.push(time);
+      }
+    }
+    groupEnds.push(outValues.length);
+  }
+  return {
+    states: { strings: toColumn(newStates), present },
+    outputs: { keys: toColumn(outKeys), values: toColumn(outValues), timestampsMs: outTimes },
+    groupEnds,
+  };
 }

@@ -19,12 +19,17 @@ and lists).
 
 import json
 import sys
+from collections import namedtuple
+from itertools import accumulate, chain
 
 from componentize_py_types import Err
 from wit_world.imports import host
-from wit_world.imports.types import Event, Processed
+from wit_world.imports.types import Events, FannedOut, OptionalStrings, Processed, Strings
 
 import user
+
+# One event, as a user function that takes a second argument gets it.
+Event = namedtuple("Event", "key value timestamp_ms")
 
 
 class _LogStream:
@@ -68,13 +73,47 @@ def _event(output, template):
         return output
     if isinstance(output, dict) and "value" in output:
         return Event(
-            key=_text(output.get("key", template.key)),
-            value=_text(output["value"]),
-            timestamp_ms=int(output.get("timestamp_ms", template.timestamp_ms)),
+            _text(output.get("key", template.key)),
+            _text(output["value"]),
+            int(output.get("timestamp_ms", template.timestamp_ms)),
         )
     if isinstance(output, tuple) and len(output) == 2:
-        return Event(key=_text(output[0]), value=_text(output[1]), timestamp_ms=template.timestamp_ms)
-    return Event(key=template.key, value=_text(output), timestamp_ms=template.timestamp_ms)
+        return Event(_text(output[0]), _text(output[1]), template.timestamp_ms)
+    return Event(template.key, _text(output), template.timestamp_ms)
+
+
+# A batch crosses the boundary as columns: all its strings in one, with the UTF-8 byte offset
+# where each ends. For ASCII text (checked in C) the offsets index the str itself; other text is
+# sliced as bytes.
+
+
+def _column(strings):
+    """The strings of a column, in order."""
+    data, ends = strings.data, strings.ends
+    starts = chain((0,), ends)
+    if data.isascii():
+        return [data[start:end] for start, end in zip(starts, ends)]
+    raw = data.encode()
+    return [raw[start:end].decode() for start, end in zip(starts, ends)]
+
+
+def _to_column(texts):
+    """A column of strings."""
+    data = "".join(texts)
+    if data.isascii():
+        return Strings(data=data, ends=list(accumulate(map(len, texts))))
+    return Strings(data=data, ends=list(accumulate(len(text.encode()) for text in texts)))
+
+
+def _events(batch):
+    return [
+        Event(key, value, timestamp_ms)
+        for key, value, timestamp_ms in zip(_column(batch.keys), _column(batch.values), batch.timestamps_ms)
+    ]
+
+
+def _states(optional):
+    return [state if present else None for state, present in zip(_column(optional.strings), optional.present)]
 
 
 def _need(name):
@@ -84,13 +123,15 @@ def _need(name):
     return function
 
 
-def _per_event(name):
-    """The user's function of one event, called with (value) or (value, event)."""
+def _per_event(name, batch):
+    """The user's function of one event applied to each of the batch: called with (value), or
+    (value, event) when it takes two arguments."""
     function = _need(name)
     code = getattr(function, "__code__", None)
+    values = _column(batch.values)
     if code is not None and code.co_argcount >= 2:
-        return function
-    return lambda value, _event: function(value)
+        return lambda answer: [answer(function(event.value, event)) for event in _events(batch)]
+    return lambda answer: [answer(function(value)) for value in values]
 
 
 def _frames(trace):
@@ -115,44 +156,74 @@ def _guarded(body):
 
 
 class WitWorld:
-    def map(self, events):
-        function = _per_event("map")
-        return _guarded(lambda: [_text(function(event.value, event)) for event in events])
+    def map(self, batch):
+        each = _per_event("map", batch)
+        return _guarded(lambda: _to_column(each(_text)))
 
-    def flat_map(self, events):
-        function = _per_event("flat_map")
-        return _guarded(lambda: [[_text(output) for output in (function(event.value, event) or ())] for event in events])
+    def flat_map(self, batch):
+        each = _per_event("flat_map", batch)
 
-    def filter(self, events):
-        function = _per_event("filter")
-        return _guarded(lambda: [bool(function(event.value, event)) for event in events])
+        def run():
+            outputs = []
+            extend = outputs.extend
 
-    def key(self, events):
-        function = _per_event("key")
-        return _guarded(lambda: [_text(function(event.value, event)) for event in events])
+            def fan_out(produced):
+                extend(map(_text, produced or ()))
+                return len(outputs)
+
+            input_ends = each(fan_out)
+            return FannedOut(values=_to_column(outputs), input_ends=input_ends)
+
+        return _guarded(run)
+
+    def filter(self, batch):
+        each = _per_event("filter", batch)
+        return _guarded(lambda: each(bool))
+
+    def key(self, batch):
+        each = _per_event("key", batch)
+        return _guarded(lambda: _to_column(each(_text)))
 
     def reduce(self, groups):
         function = _need("reduce")
 
-        def fold(group):
-            accumulator = group.state
-            key = group.key
-            for value in group.values:
-                accumulator = _text(function(accumulator, value, key))
-            return accumulator or ""
+        def run():
+            values = _column(groups.values)
+            accumulators = []
+            start = 0
+            for key, accumulator, end in zip(_column(groups.keys), _states(groups.states), groups.group_ends):
+                for value in values[start:end]:
+                    accumulator = _text(function(accumulator, value, key))
+                accumulators.append(accumulator or "")
+                start = end
+            return _to_column(accumulators)
 
-        return _guarded(lambda: [fold(group) for group in groups])
+        return _guarded(run)
 
     def process(self, groups):
         function = _need("process")
 
-        def run(group):
-            new_state, outputs = function(group.key, group.state, [event.value for event in group.events])
-            last = group.events[-1] if group.events else Event(key=group.key, value="", timestamp_ms=0)
-            template = Event(key=group.key, value="", timestamp_ms=last.timestamp_ms)
+        def run():
+            events = _events(groups.events)
+            states, present, outputs, group_ends = [], [], [], []
+            start = 0
+            for key, state, end in zip(_column(groups.keys), _states(groups.states), groups.group_ends):
+                members = events[start:end]
+                start = end
+                new_state, emitted = function(key, state, [event.value for event in members])
+                template = Event(key, "", members[-1].timestamp_ms if members else 0)
+                states.append("" if new_state is None else _text(new_state))
+                present.append(new_state is not None)
+                outputs.extend(_event(output, template) for output in (emitted or ()))
+                group_ends.append(len(outputs))
             return Processed(
-                state=None if new_state is None else _text(new_state),
-                outputs=[_event(output, template) for output in (outputs or ())],
+                states=OptionalStrings(strings=_to_column(states), present=present),
+                outputs=Events(
+                    keys=_to_column([event.key for event in outputs]),
+                    values=_to_column([event.value for event in outputs]),
+                    timestamps_ms=[event.timestamp_ms for event in outputs],
+                ),
+                group_ends=group_ends,
             )
 
-        return _guarded(lambda: [run(group) for group in groups])
+        return _guarded(run)

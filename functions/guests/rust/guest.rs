@@ -32,16 +32,49 @@ macro_rules! eprintln {
     };
 }
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::sync::Once;
 
 pub use crate::raftstream::functions::host::Level;
 use crate::raftstream::functions::host::log;
-use crate::{Event, KeyedEvents, KeyedValues, Processed};
+use crate::raftstream::functions::types::OptionalStrings;
+use crate::{Events, FannedOut, KeyedEvents, KeyedValues, Processed, Strings};
+
+/// A column's strings in order: string i is `data[ends[i-1]..ends[i]]` (the host lays them out
+/// on character boundaries).
+fn column(strings: &Strings) -> impl Iterator<Item = &str> + '_ {
+    let mut start = 0;
+    strings.ends.iter().map(move |&end| {
+        let text = strings.data.get(start..end as usize).unwrap_or_default();
+        start = end as usize;
+        text
+    })
+}
+
+/// An empty column with room for `count` strings of about `bytes` bytes in all.
+fn column_with_capacity(count: usize, bytes: usize) -> Strings {
+    Strings {
+        data: String::with_capacity(bytes),
+        ends: Vec::with_capacity(count),
+    }
+}
+
+/// Appends one string to a column being answered.
+pub fn push(strings: &mut Strings, text: &str) {
+    strings.data.push_str(text);
+    strings.ends.push(strings.data.len() as u32);
+}
 
 /// A value a user function may return where the world wants one string.
-pub trait IntoValue {
+pub trait IntoValue: Sized {
     fn into_value(self) -> Result<String, String>;
+
+    /// Appends the value to `out` (without copying it first when it is borrowed).
+    fn write_value(self, out: &mut Strings) -> Result<(), String> {
+        push(out, &self.into_value()?);
+        Ok(())
+    }
 }
 
 impl IntoValue for String {
@@ -54,43 +87,46 @@ impl IntoValue for &str {
     fn into_value(self) -> Result<String, String> {
         Ok(self.to_owned())
     }
-}
 
-impl<E: Display> IntoValue for Result<String, E> {
-    fn into_value(self) -> Result<String, String> {
-        self.map_err(|error| error.to_string())
+    fn write_value(self, out: &mut Strings) -> Result<(), String> {
+        push(out, self);
+        Ok(())
     }
 }
 
-impl<E: Display> IntoValue for Result<&str, E> {
+impl<V: IntoValue, E: Display> IntoValue for Result<V, E> {
     fn into_value(self) -> Result<String, String> {
-        self.map(str::to_owned).map_err(|error| error.to_string())
+        self.map_err(|error| error.to_string())?.into_value()
+    }
+
+    fn write_value(self, out: &mut Strings) -> Result<(), String> {
+        self.map_err(|error| error.to_string())?.write_value(out)
     }
 }
 
-/// What a `flat_map` may return: any number of values.
+/// What a `flat_map` (or a `process`, for its outputs) may return: any number of values.
 pub trait IntoValues {
-    fn into_values(self) -> Result<Vec<String>, String>;
+    /// Appends the values to `out`, in order.
+    fn write_values(self, out: &mut Strings) -> Result<(), String>;
 }
 
 impl IntoValues for Vec<String> {
-    fn into_values(self) -> Result<Vec<String>, String> {
-        Ok(self)
+    fn write_values(self, out: &mut Strings) -> Result<(), String> {
+        self.iter().for_each(|value| push(out, value));
+        Ok(())
     }
 }
 
 impl IntoValues for Vec<&str> {
-    fn into_values(self) -> Result<Vec<String>, String> {
-        Ok(self.into_iter().map(str::to_owned).collect())
+    fn write_values(self, out: &mut Strings) -> Result<(), String> {
+        self.iter().for_each(|value| push(out, value));
+        Ok(())
     }
 }
 
-impl<V, E: Display> IntoValues for Result<V, E>
-where
-    V: IntoValues,
-{
-    fn into_values(self) -> Result<Vec<String>, String> {
-        self.map_err(|error| error.to_string())?.into_values()
+impl<V: IntoValues, E: Display> IntoValues for Result<V, E> {
+    fn write_values(self, out: &mut Strings) -> Result<(), String> {
+        self.map_err(|error| error.to_string())?.write_values(out)
     }
 }
 
@@ -113,19 +149,20 @@ impl<E: Display> IntoKeep for Result<bool, E> {
 
 /// What a `process` may return: the key's new state (None clears it) and its outputs.
 pub trait IntoProcessed {
-    fn into_processed(self) -> Result<(Option<String>, Vec<String>), String>;
+    /// Appends the outputs to `outputs` and returns the new state.
+    fn write_processed(self, outputs: &mut Strings) -> Result<Option<String>, String>;
 }
 
 impl<V: IntoValues> IntoProcessed for (Option<String>, V) {
-    fn into_processed(self) -> Result<(Option<String>, Vec<String>), String> {
-        Ok((self.0, self.1.into_values()?))
+    fn write_processed(self, outputs: &mut Strings) -> Result<Option<String>, String> {
+        self.1.write_values(outputs)?;
+        Ok(self.0)
     }
 }
 
 impl<V: IntoValues, E: Display> IntoProcessed for Result<(Option<String>, V), E> {
-    fn into_processed(self) -> Result<(Option<String>, Vec<String>), String> {
-        let (state, outputs) = self.map_err(|error| error.to_string())?;
-        Ok((state, outputs.into_values()?))
+    fn write_processed(self, outputs: &mut Strings) -> Result<Option<String>, String> {
+        self.map_err(|error| error.to_string())?.write_processed(outputs)
     }
 }
 
@@ -160,69 +197,107 @@ pub fn missing<T>(name: &str) -> Result<T, String> {
 }
 
 // The helpers take the user's function wrapped in a closure that converts its answer (the
-// generated code writes `|value| user::map(value).into_value()`): a function may return values
-// that borrow from its input, such as `Vec<&str>` from `split`.
+// generated code writes `|value, out| user::map(value).write_value(out)`): a function may
+// return values that borrow from its input, such as `Vec<&str>` from `split`, and those are
+// copied once, into the answer's column.
 
-pub fn map(events: Vec<Event>, function: impl Fn(&str) -> Result<String, String>) -> Result<Vec<String>, String> {
+pub fn map(batch: Events, function: impl Fn(&str, &mut Strings) -> Result<(), String>) -> Result<Strings, String> {
     install_panic_hook();
-    events.iter().map(|event| function(&event.value)).collect()
+    let mut out = column_with_capacity(batch.values.ends.len(), batch.values.data.len());
+    for value in column(&batch.values) {
+        function(value, &mut out)?;
+    }
+    Ok(out)
 }
 
 pub fn flat_map(
-    events: Vec<Event>,
-    function: impl Fn(&str) -> Result<Vec<String>, String>,
-) -> Result<Vec<Vec<String>>, String> {
+    batch: Events,
+    function: impl Fn(&str, &mut Strings) -> Result<(), String>,
+) -> Result<FannedOut, String> {
     install_panic_hook();
-    events.iter().map(|event| function(&event.value)).collect()
+    let mut values = column_with_capacity(batch.values.ends.len() * 4, batch.values.data.len());
+    let mut input_ends = Vec::with_capacity(batch.values.ends.len());
+    for value in column(&batch.values) {
+        function(value, &mut values)?;
+        input_ends.push(values.ends.len() as u32);
+    }
+    Ok(FannedOut { values, input_ends })
 }
 
-pub fn filter(events: Vec<Event>, function: impl Fn(&str) -> Result<bool, String>) -> Result<Vec<bool>, String> {
+pub fn filter(batch: Events, function: impl Fn(&str) -> Result<bool, String>) -> Result<Vec<bool>, String> {
     install_panic_hook();
-    events.iter().map(|event| function(&event.value)).collect()
+    column(&batch.values).map(function).collect()
 }
 
-pub fn key(events: Vec<Event>, function: impl Fn(&str) -> Result<String, String>) -> Result<Vec<String>, String> {
-    install_panic_hook();
-    events.iter().map(|event| function(&event.value)).collect()
+pub fn key(batch: Events, function: impl Fn(&str, &mut Strings) -> Result<(), String>) -> Result<Strings, String> {
+    map(batch, function)
+}
+
+/// Each group's states, `None` where absent.
+fn states(states: &OptionalStrings) -> impl Iterator<Item = Option<&str>> + '_ {
+    column(&states.strings)
+        .zip(&states.present)
+        .map(|(state, &present)| present.then_some(state))
 }
 
 pub fn reduce(
-    groups: Vec<KeyedValues>,
+    groups: KeyedValues,
     function: impl Fn(Option<&str>, &str, &str) -> Result<String, String>,
-) -> Result<Vec<String>, String> {
+) -> Result<Strings, String> {
     install_panic_hook();
-    groups
-        .into_iter()
-        .map(|group| {
-            let mut accumulator = group.state;
-            for value in &group.values {
-                accumulator = Some(function(accumulator.as_deref(), value, &group.key)?);
-            }
-            Ok(accumulator.unwrap_or_default())
-        })
-        .collect()
+    let mut out = column_with_capacity(groups.group_ends.len(), groups.states.strings.data.len() + 16);
+    let mut values = column(&groups.values);
+    let mut start = 0;
+    for ((key, state), &end) in column(&groups.keys).zip(states(&groups.states)).zip(&groups.group_ends) {
+        let mut accumulator = state.map(Cow::Borrowed);
+        for value in values.by_ref().take((end as usize).saturating_sub(start)) {
+            accumulator = Some(Cow::Owned(function(accumulator.as_deref(), value, key)?));
+        }
+        push(&mut out, accumulator.as_deref().unwrap_or_default());
+        start = end as usize;
+    }
+    Ok(out)
 }
 
 pub fn process(
-    groups: Vec<KeyedEvents>,
-    function: impl Fn(&str, Option<&str>, &[&str]) -> Result<(Option<String>, Vec<String>), String>,
-) -> Result<Vec<Processed>, String> {
+    groups: KeyedEvents,
+    function: impl Fn(&str, Option<&str>, &[&str], &mut Strings) -> Result<Option<String>, String>,
+) -> Result<Processed, String> {
     install_panic_hook();
-    groups
-        .into_iter()
-        .map(|group| {
-            let values: Vec<&str> = group.events.iter().map(|event| event.value.as_str()).collect();
-            let (state, outputs) = function(&group.key, group.state.as_deref(), &values)?;
-            let timestamp_ms = group.events.last().map_or(0, |event| event.timestamp_ms);
-            let outputs = outputs
-                .into_iter()
-                .map(|value| Event {
-                    key: group.key.clone(),
-                    value,
-                    timestamp_ms,
-                })
-                .collect();
-            Ok(Processed { state, outputs })
-        })
-        .collect()
+    let mut answer = Processed {
+        states: OptionalStrings {
+            strings: column_with_capacity(groups.group_ends.len(), 0),
+            present: Vec::with_capacity(groups.group_ends.len()),
+        },
+        outputs: Events {
+            keys: column_with_capacity(0, 0),
+            values: column_with_capacity(0, 0),
+            timestamps_ms: Vec::new(),
+        },
+        group_ends: Vec::with_capacity(groups.group_ends.len()),
+    };
+    let mut values = column(&groups.events.values);
+    let mut outputs = column_with_capacity(0, 0);
+    let mut start = 0;
+    for ((key, state), &end) in column(&groups.keys).zip(states(&groups.states)).zip(&groups.group_ends) {
+        let end = end as usize;
+        let group_values: Vec<&str> = values.by_ref().take(end.saturating_sub(start)).collect();
+        let timestamp_ms = match end {
+            0 => 0,
+            _ => groups.events.timestamps_ms.get(end - 1).copied().unwrap_or(0),
+        };
+        outputs.data.clear();
+        outputs.ends.clear();
+        let new_state = function(key, state, &group_values, &mut outputs)?;
+        push(&mut answer.states.strings, new_state.as_deref().unwrap_or_default());
+        answer.states.present.push(new_state.is_some());
+        for output in column(&outputs) {
+            push(&mut answer.outputs.keys, key);
+            push(&mut answer.outputs.values, output);
+            answer.outputs.timestamps_ms.push(timestamp_ms);
+        }
+        answer.group_ends.push(answer.outputs.timestamps_ms.len() as u32);
+        start = end;
+    }
+    Ok(answer)
 }

@@ -255,9 +255,11 @@ debug = false
 /// whose exports call the user's function where the job uses it and say which one is missing
 /// where it does not.
 fn generated_library(exports: &[Export]) -> String {
-    let call = |export: Export, function: &str, arguments: &str, conversion: &str| {
+    // The helper's call of the user's function, with the closure's parameters and the user's
+    // arguments (the helpers pass an output column to the conversions that write into one).
+    let call = |export: Export, function: &str, parameters: &str, arguments: &str, conversion: &str| {
         if exports.contains(&export) {
-            format!("raftstream_guest::{function}(batch, |{arguments}| user::{function}({arguments}).{conversion}())")
+            format!("raftstream_guest::{function}(batch, |{parameters}| user::{function}({arguments}).{conversion})")
         } else {
             format!("raftstream_guest::missing(\"{function}\")")
         }
@@ -278,39 +280,51 @@ struct Function;
 
 impl Guest for Function {{
     #[allow(unused_variables)]
-    fn map(batch: Vec<Event>) -> Result<Vec<String>, String> {{
+    fn map(batch: Events) -> Result<Strings, String> {{
         {map}
     }}
     #[allow(unused_variables)]
-    fn flat_map(batch: Vec<Event>) -> Result<Vec<Vec<String>>, String> {{
+    fn flat_map(batch: Events) -> Result<FannedOut, String> {{
         {flat_map}
     }}
     #[allow(unused_variables)]
-    fn filter(batch: Vec<Event>) -> Result<Vec<bool>, String> {{
+    fn filter(batch: Events) -> Result<Vec<bool>, String> {{
         {filter}
     }}
     #[allow(unused_variables)]
-    fn key(batch: Vec<Event>) -> Result<Vec<String>, String> {{
+    fn key(batch: Events) -> Result<Strings, String> {{
         {key}
     }}
     #[allow(unused_variables)]
-    fn reduce(batch: Vec<KeyedValues>) -> Result<Vec<String>, String> {{
+    fn reduce(batch: KeyedValues) -> Result<Strings, String> {{
         {reduce}
     }}
     #[allow(unused_variables)]
-    fn process(batch: Vec<KeyedEvents>) -> Result<Vec<Processed>, String> {{
+    fn process(batch: KeyedEvents) -> Result<Processed, String> {{
         {process}
     }}
 }}
 
 export!(Function);
 "#,
-        map = call(Export::Map, "map", "value", "into_value"),
-        flat_map = call(Export::FlatMap, "flat_map", "value", "into_values"),
-        filter = call(Export::Filter, "filter", "value", "into_keep"),
-        key = call(Export::Key, "key", "value", "into_value"),
-        reduce = call(Export::Reduce, "reduce", "accumulator, value, key", "into_value"),
-        process = call(Export::Process, "process", "key, state, values", "into_processed"),
+        map = call(Export::Map, "map", "value, out", "value", "write_value(out)"),
+        flat_map = call(Export::FlatMap, "flat_map", "value, out", "value", "write_values(out)"),
+        filter = call(Export::Filter, "filter", "value", "value", "into_keep()"),
+        key = call(Export::Key, "key", "value, out", "value", "write_value(out)"),
+        reduce = call(
+            Export::Reduce,
+            "reduce",
+            "accumulator, value, key",
+            "accumulator, value, key",
+            "into_value()"
+        ),
+        process = call(
+            Export::Process,
+            "process",
+            "key, state, values, out",
+            "key, state, values",
+            "write_processed(out)"
+        ),
     )
 }
 
@@ -342,7 +356,9 @@ mod tests {
     #[test]
     fn the_generated_crate_calls_only_the_functions_the_job_uses() {
         let library = generated_library(&[Export::FlatMap, Export::Reduce]);
-        assert!(library.contains("raftstream_guest::flat_map(batch, |value| user::flat_map(value).into_values())"));
+        assert!(
+            library.contains("raftstream_guest::flat_map(batch, |value, out| user::flat_map(value).write_values(out))")
+        );
         assert!(library.contains("user::reduce(accumulator, value, key).into_value()"));
         assert!(library.contains("raftstream_guest::missing(\"map\")"));
         assert!(!library.contains("user::map"));
