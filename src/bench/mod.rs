@@ -4,6 +4,7 @@
 //! [`crate::bench::stream`].
 
 pub mod elastic;
+pub mod function_calls;
 pub mod functions;
 pub mod replay;
 pub mod skew;

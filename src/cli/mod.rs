@@ -318,8 +318,11 @@ pub enum BenchCommand {
     /// hot subtask's share of the input, the hottest keys, on a local cluster of real processes.
     Skew(crate::bench::skew::SkewBenchArgs),
     /// The word count with the built-in operators against the same logic as user functions
-    /// (JavaScript, Python): lines/s and lines per executor CPU-second, as ratios to the built-in.
+    /// (Rust, JavaScript, Python): lines/s and lines per executor CPU-second, as ratios to the built-in.
     Functions(crate::bench::functions::FunctionsBenchArgs),
+    /// The word count's user-function calls alone, in this process: time per line in each
+    /// language's flat_map and reduce and in the host's work around them.
+    FunctionCalls(crate::bench::function_calls::FunctionCallsBenchArgs),
     /// Records a kill -9 makes the job process again, with checkpoints by time only and with
     /// `max_records`, at a source far faster than the bound allows per interval, on a local
     /// cluster of real processes.
@@ -397,6 +400,9 @@ pub async fn run(cli: Cli, shutdown: CancellationToken, drain: CancellationToken
         TopCommand::Bench(BenchCommand::Skew(args)) => crate::bench::skew::run_skew_bench(args).await,
         TopCommand::Bench(BenchCommand::Replay(args)) => crate::bench::replay::run_replay_bench(args).await,
         TopCommand::Bench(BenchCommand::Functions(args)) => crate::bench::functions::run_functions_bench(args).await,
+        TopCommand::Bench(BenchCommand::FunctionCalls(args)) => {
+            crate::bench::function_calls::run_function_calls_bench(args).await
+        }
     }
 }
 
