@@ -2,18 +2,46 @@
 //! columns of strings laid end to end with their end offsets. The host fills them from its
 //! records (an operator keeps one and refills it batch after batch) and reads a guest's answer
 //! back through them after [`Answer::check`] has checked every offset: what a guest returns is
-//! untrusted input.
+//! untrusted input. Numbers per row (offsets, times, flags) are packed little-endian in bytes, as
+//! the world declares them.
 
 use std::ops::Range;
 
 use wasmtime::component::{ComponentType, Lift, Lower};
 
-/// Strings laid end to end: string `i` is `data[ends[i - 1]..ends[i]]`, the first from 0.
+/// Strings laid end to end: string `i` runs from where string `i - 1` ends (0 for the first) to
+/// its own end, the `i`-th u32 of `ends`.
 #[derive(ComponentType, Lift, Lower, Debug, Clone, Default, PartialEq, Eq)]
 #[component(record)]
 pub struct Strings {
     data: String,
-    ends: Vec<u32>,
+    ends: Vec<u8>,
+}
+
+/// The `index`-th little-endian u32 of `packed`.
+fn u32_at(packed: &[u8], index: usize) -> Option<u32> {
+    let bytes = packed.get(index.checked_mul(4)?..)?.first_chunk::<4>()?;
+    Some(u32::from_le_bytes(*bytes))
+}
+
+/// Every little-endian u32 of `packed`, in order (a partial one at the end is left out; a guest's
+/// answer is checked for it).
+fn u32s(packed: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    packed
+        .chunks_exact(4)
+        .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+fn push_u32(packed: &mut Vec<u8>, value: u32) {
+    packed.extend_from_slice(&value.to_le_bytes());
+}
+
+/// How many u32s `packed` holds, or what is wrong with it.
+fn count_u32s(name: &str, packed: &[u8]) -> Result<usize, String> {
+    match packed.len() % 4 {
+        0 => Ok(packed.len() / 4),
+        _ => Err(format!("{name}: {} bytes, not a whole number of u32s", packed.len())),
+    }
 }
 
 /// The end offset of a column's text. A column past 4 GiB is refused before the call
@@ -25,11 +53,11 @@ fn offset(length: usize) -> u32 {
 impl Strings {
     pub fn push(&mut self, text: &str) {
         self.data.push_str(text);
-        self.ends.push(offset(self.data.len()));
+        push_u32(&mut self.ends, offset(self.data.len()));
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.ends.len() / 4
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,10 +78,10 @@ impl Strings {
     /// String `index`; `None` past the end (or, in an unchecked guest answer, where the offsets
     /// are wrong).
     pub fn get(&self, index: usize) -> Option<&str> {
-        let end = *self.ends.get(index)? as usize;
+        let end = u32_at(&self.ends, index)? as usize;
         let start = match index {
             0 => 0,
-            _ => self.ends[index - 1] as usize,
+            _ => u32_at(&self.ends, index - 1)? as usize,
         };
         self.data.get(start..end)
     }
@@ -61,7 +89,7 @@ impl Strings {
     /// The strings in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
+        u32s(&self.ends).map(move |end| {
             let text = self.data.get(start..end as usize).unwrap_or_default();
             start = end as usize;
             text
@@ -76,8 +104,9 @@ impl Strings {
     /// The offsets of a guest's column: in order, within the text, on character boundaries,
     /// the last at its end.
     fn check(&self, name: &str) -> Result<(), String> {
+        count_u32s(&format!("{name} ends"), &self.ends)?;
         let mut start = 0;
-        for (index, &end) in self.ends.iter().enumerate() {
+        for (index, end) in u32s(&self.ends).enumerate() {
             let end = end as usize;
             if end < start || end > self.data.len() {
                 return Err(format!(
@@ -119,13 +148,14 @@ impl<'a> FromIterator<&'a str> for Strings {
 #[component(record)]
 pub struct OptionalStrings {
     strings: Strings,
-    present: Vec<bool>,
+    /// A byte per string: 1 present, 0 absent.
+    present: Vec<u8>,
 }
 
 impl OptionalStrings {
     pub fn push(&mut self, text: Option<&str>) {
         self.strings.push(text.unwrap_or_default());
-        self.present.push(text.is_some());
+        self.present.push(u8::from(text.is_some()));
     }
 
     pub fn len(&self) -> usize {
@@ -144,8 +174,8 @@ impl OptionalStrings {
     /// String `index`, `None` when it is absent (or past the end).
     pub fn get(&self, index: usize) -> Option<&str> {
         match self.present.get(index) {
-            Some(true) => self.strings.get(index),
-            _ => None,
+            Some(0) | None => None,
+            Some(_) => self.strings.get(index),
         }
     }
 
@@ -176,19 +206,26 @@ pub struct EventView<'a> {
 pub struct Events {
     keys: Strings,
     values: Strings,
+    /// A little-endian s64 per event.
     #[component(name = "timestamps-ms")]
-    timestamps_ms: Vec<i64>,
+    timestamps_ms: Vec<u8>,
+}
+
+/// The `index`-th little-endian s64 of `packed`.
+fn i64_at(packed: &[u8], index: usize) -> Option<i64> {
+    let bytes = packed.get(index.checked_mul(8)?..)?.first_chunk::<8>()?;
+    Some(i64::from_le_bytes(*bytes))
 }
 
 impl Events {
     pub fn push(&mut self, key: &str, value: &str, timestamp_ms: i64) {
         self.keys.push(key);
         self.values.push(value);
-        self.timestamps_ms.push(timestamp_ms);
+        self.timestamps_ms.extend_from_slice(&timestamp_ms.to_le_bytes());
     }
 
     pub fn len(&self) -> usize {
-        self.timestamps_ms.len()
+        self.timestamps_ms.len() / 8
     }
 
     pub fn is_empty(&self) -> bool {
@@ -206,17 +243,21 @@ impl Events {
         Some(EventView {
             key: self.keys.get(index)?,
             value: self.values.get(index)?,
-            timestamp_ms: *self.timestamps_ms.get(index)?,
+            timestamp_ms: i64_at(&self.timestamps_ms, index)?,
         })
     }
 
     /// The events in order.
     pub fn iter(&self) -> impl Iterator<Item = EventView<'_>> + '_ {
+        let times = self
+            .timestamps_ms
+            .chunks_exact(8)
+            .map(|bytes| i64::from_le_bytes(bytes.try_into().unwrap_or_default()));
         self.keys
             .iter()
             .zip(self.values.iter())
-            .zip(&self.timestamps_ms)
-            .map(|((key, value), &timestamp_ms)| EventView {
+            .zip(times)
+            .map(|((key, value), timestamp_ms)| EventView {
                 key,
                 value,
                 timestamp_ms,
@@ -230,6 +271,12 @@ impl Events {
     fn check(&self, name: &str) -> Result<(), String> {
         self.keys.check(&format!("{name} keys"))?;
         self.values.check(&format!("{name} values"))?;
+        if self.timestamps_ms.len() % 8 != 0 {
+            return Err(format!(
+                "{name} timestamps-ms: {} bytes, not a whole number of s64s",
+                self.timestamps_ms.len()
+            ));
+        }
         if self.keys.len() != self.len() || self.values.len() != self.len() {
             return Err(format!(
                 "{name}: {} keys, {} values and {} times",
@@ -253,19 +300,20 @@ impl<'a> FromIterator<EventView<'a>> for Events {
 }
 
 /// The members of group `index` under `ends` (each group's end in the member column).
-fn group_range(ends: &[u32], index: usize) -> Range<usize> {
-    let end = ends.get(index).map_or(0, |&end| end as usize);
+fn group_range(ends: &[u8], index: usize) -> Range<usize> {
+    let end = u32_at(ends, index).map_or(0, |end| end as usize);
     let start = match index {
         0 => 0,
-        _ => ends.get(index - 1).map_or(end, |&start| start as usize),
+        _ => u32_at(ends, index - 1).map_or(end, |start| start as usize),
     };
     start..end.max(start)
 }
 
 /// Checks a guest's group ends: in order, the last at the member column's end.
-fn check_ends(name: &str, ends: &[u32], members: usize) -> Result<(), String> {
+fn check_ends(name: &str, ends: &[u8], members: usize) -> Result<(), String> {
+    count_u32s(name, ends)?;
     let mut start = 0;
-    for (index, &end) in ends.iter().enumerate() {
+    for (index, end) in u32s(ends).enumerate() {
         let end = end as usize;
         if end < start || end > members {
             return Err(format!(
@@ -288,7 +336,7 @@ pub struct KeyedValues {
     states: OptionalStrings,
     values: Strings,
     #[component(name = "group-ends")]
-    group_ends: Vec<u32>,
+    group_ends: Vec<u8>,
 }
 
 impl KeyedValues {
@@ -296,12 +344,12 @@ impl KeyedValues {
         self.keys.push(key);
         self.states.push(state);
         self.values.extend(values);
-        self.group_ends.push(offset(self.values.len()));
+        push_u32(&mut self.group_ends, offset(self.values.len()));
     }
 
     /// How many groups.
     pub fn len(&self) -> usize {
-        self.group_ends.len()
+        self.group_ends.len() / 4
     }
 
     pub fn is_empty(&self) -> bool {
@@ -324,7 +372,7 @@ pub struct KeyedEvents {
     states: OptionalStrings,
     events: Events,
     #[component(name = "group-ends")]
-    group_ends: Vec<u32>,
+    group_ends: Vec<u8>,
 }
 
 impl KeyedEvents {
@@ -334,12 +382,12 @@ impl KeyedEvents {
         for event in events {
             self.events.push(event.key, event.value, event.timestamp_ms);
         }
-        self.group_ends.push(offset(self.events.len()));
+        push_u32(&mut self.group_ends, offset(self.events.len()));
     }
 
     /// How many groups.
     pub fn len(&self) -> usize {
-        self.group_ends.len()
+        self.group_ends.len() / 4
     }
 
     pub fn is_empty(&self) -> bool {
@@ -360,7 +408,7 @@ impl KeyedEvents {
 pub struct FannedOut {
     values: Strings,
     #[component(name = "input-ends")]
-    input_ends: Vec<u32>,
+    input_ends: Vec<u8>,
 }
 
 impl FannedOut {
@@ -382,7 +430,7 @@ pub struct Processed {
     states: OptionalStrings,
     outputs: Events,
     #[component(name = "group-ends")]
-    group_ends: Vec<u32>,
+    group_ends: Vec<u8>,
 }
 
 impl Processed {
@@ -459,7 +507,8 @@ impl Answer for Strings {
     }
 }
 
-impl Answer for Vec<bool> {
+/// `filter`'s answer: a byte per event, non-zero keeps it.
+impl Answer for Vec<u8> {
     fn entries(&self) -> usize {
         self.len()
     }
@@ -471,7 +520,7 @@ impl Answer for Vec<bool> {
 
 impl Answer for FannedOut {
     fn entries(&self) -> usize {
-        self.input_ends.len()
+        self.input_ends.len() / 4
     }
 
     fn check(&self) -> Result<(), String> {
@@ -482,17 +531,17 @@ impl Answer for FannedOut {
 
 impl Answer for Processed {
     fn entries(&self) -> usize {
-        self.group_ends.len()
+        self.group_ends.len() / 4
     }
 
     fn check(&self) -> Result<(), String> {
         self.states.check("states")?;
         self.outputs.check("outputs")?;
-        if self.states.len() != self.group_ends.len() {
+        if self.states.len() != self.group_ends.len() / 4 {
             return Err(format!(
                 "{} states for {} groups",
                 self.states.len(),
-                self.group_ends.len()
+                self.group_ends.len() / 4
             ));
         }
         check_ends("group-ends", &self.group_ends, self.outputs.len())
@@ -519,6 +568,10 @@ pub(crate) enum LogLevel {
 mod tests {
     use super::*;
 
+    fn packed(values: &[u32]) -> Vec<u8> {
+        values.iter().flat_map(|value| value.to_le_bytes()).collect()
+    }
+
     #[test]
     fn a_column_keeps_its_strings_in_order_and_reuses_its_buffers() {
         let mut column: Strings = ["", "ab", "ü", ""].into_iter().collect();
@@ -535,7 +588,7 @@ mod tests {
     fn a_guests_bad_offsets_are_named() {
         let backwards = Strings {
             data: "abc".into(),
-            ends: vec![2, 1, 3],
+            ends: packed(&[2, 1, 3]),
         };
         assert!(backwards
             .check("c")
@@ -543,38 +596,43 @@ mod tests {
             .contains("string 1 ends at byte 1, outside 2..=3"));
         let past = Strings {
             data: "abc".into(),
-            ends: vec![4],
+            ends: packed(&[4]),
         };
         assert!(past.check("c").is_err());
         let split_char = Strings {
             data: "ü".into(),
-            ends: vec![1, 2],
+            ends: packed(&[1, 2]),
         };
         assert!(split_char.check("c").unwrap_err().contains("inside a character"));
         let trailing = Strings {
             data: "abc".into(),
-            ends: vec![1],
+            ends: packed(&[1]),
         };
         assert!(trailing.check("c").unwrap_err().contains("2 bytes of text after"));
 
         let fanned = FannedOut {
             values: ["a", "b"].into_iter().collect(),
-            input_ends: vec![1, 3],
+            input_ends: packed(&[1, 3]),
         };
         assert!(Answer::check(&fanned).unwrap_err().contains("group 1 ends at member 3"));
         let processed = Processed {
             states: OptionalStrings::default(),
             outputs: Events::default(),
-            group_ends: vec![0],
+            group_ends: packed(&[0]),
         };
         assert!(Answer::check(&processed).unwrap_err().contains("0 states for 1 groups"));
+        let torn = Strings {
+            data: "ab".into(),
+            ends: vec![2, 0, 0],
+        };
+        assert!(torn.check("c").unwrap_err().contains("not a whole number of u32s"));
     }
 
     #[test]
     fn groups_read_back_by_their_ends() {
         let fanned = FannedOut {
             values: ["to", "be", "not"].into_iter().collect(),
-            input_ends: vec![2, 2, 3],
+            input_ends: packed(&[2, 2, 3]),
         };
         assert_eq!(Answer::check(&fanned), Ok(()));
         assert_eq!(fanned.outputs_of(0).collect::<Vec<_>>(), ["to", "be"]);
@@ -594,7 +652,7 @@ mod tests {
             }]
             .into_iter()
             .collect(),
-            group_ends: vec![0, 1],
+            group_ends: packed(&[0, 1]),
         };
         assert_eq!(Answer::check(&processed), Ok(()));
         assert_eq!(processed.state_of(0), Some("1"));

@@ -255,7 +255,8 @@ impl FunctionInstance {
 
     /// Whether each event is kept.
     pub fn filter(&mut self, batch: &Events) -> Result<Vec<bool>, FunctionError> {
-        self.call_batch(Export::Filter, batch)
+        let keep: Vec<u8> = self.call_batch(Export::Filter, batch)?;
+        Ok(keep.into_iter().map(|byte| byte != 0).collect())
     }
 
     /// Each event's key.

@@ -2,12 +2,12 @@
 
 import re
 
-_WORD_SEPARATORS = re.compile(r"[^A-Za-z0-9]+")
+_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 def flat_map(line):
-    return [word for word in _WORD_SEPARATORS.split(line) if word]
+    return _WORD.findall(line)
 
 
-def reduce(count, word, key):
+def reduce(count, word):
     return str(int(count or 0) + 1)

@@ -36,10 +36,31 @@ function text(value) {
 }
 
 // A batch crosses the boundary as columns: all its strings in one, with the UTF-8 byte offset
-// where each ends. JavaScript strings count UTF-16 units, which are the bytes when the text is
+// where each ends, packed as little-endian u32s in bytes (as are the times, s64s, and the flags,
+// a byte each). JavaScript strings count UTF-16 units, which are the bytes when the text is
 // ASCII (the common case, checked in one native step); other text is walked once.
 
 const ASCII = /^[\x00-\x7f]*$/;
+
+// The u32s packed in `bytes`: copied into a buffer of their own, aligned for a Uint32Array
+// (WebAssembly is little-endian, as the packing is).
+function u32s(bytes) {
+  return new Uint32Array(bytes.slice().buffer);
+}
+
+// Numbers as packed u32s.
+function packU32s(numbers) {
+  return new Uint8Array(Uint32Array.from(numbers).buffer);
+}
+
+// The event times packed in `bytes`, as numbers.
+function times(bytes) {
+  return Array.from(new BigInt64Array(bytes.slice().buffer), Number);
+}
+
+function packTimes(numbers) {
+  return new Uint8Array(BigInt64Array.from(numbers, (time) => BigInt(Math.trunc(time))).buffer);
+}
 
 // The UTF-16 length of the UTF-8 bytes from `bytes` to `endBytes`, reading `data` from `index`.
 function unitsFor(data, index, bytes, endBytes) {
@@ -66,7 +87,7 @@ function unitsFor(data, index, bytes, endBytes) {
 // The strings of a column, in order.
 function column(strings) {
   const data = strings.data;
-  const ends = strings.ends;
+  const ends = u32s(strings.ends);
   const count = ends.length;
   const texts = new Array(count);
   const total = count === 0 ? 0 : ends[count - 1];
@@ -109,22 +130,22 @@ function utf8Length(value) {
 function toColumn(texts) {
   const data = texts.join("");
   const count = texts.length;
-  const ends = new Array(count);
+  const ends = new Uint32Array(count);
   const ascii = ASCII.test(data);
   let end = 0;
   for (let i = 0; i < count; i++) {
     end += ascii ? texts[i].length : utf8Length(texts[i]);
     ends[i] = end;
   }
-  return { data, ends };
+  return { data, ends: new Uint8Array(ends.buffer) };
 }
 
 // The batch's events as objects, for a user function that takes one as its second argument.
 function events(batch) {
   const keys = column(batch.keys);
   const values = column(batch.values);
-  const times = batch.timestampsMs;
-  return values.map((value, i) => ({ key: keys[i], value, timestampMs: times[i] }));
+  const at = times(batch.timestampsMs);
+  return values.map((value, i) => ({ key: keys[i], value, timestampMs: at[i] }));
 }
 
 function need(name) {
@@ -138,9 +159,15 @@ function need(name) {
 // Calls `fn` with each event's value, and the event too when it declares a second parameter.
 function perEvent(batch, fn, answer) {
   const values = column(batch.values);
-  if (fn.length < 2) return values.map((value) => answer(fn(value)));
+  const count = values.length;
+  const answers = new Array(count);
+  if (fn.length < 2) {
+    for (let i = 0; i < count; i++) answers[i] = answer(fn(values[i]));
+    return answers;
+  }
   const all = events(batch);
-  return values.map((value, i) => answer(fn(value, all[i])));
+  for (let i = 0; i < count; i++) answers[i] = answer(fn(values[i], all[i]));
+  return answers;
 }
 
 export function map(batch) {
@@ -150,16 +177,21 @@ export function map(batch) {
 export function flatMap(batch) {
   const outputs = [];
   const inputEnds = perEvent(batch, need("flatMap"), (produced) => {
-    if (produced !== undefined && produced !== null) {
+    if (Array.isArray(produced)) {
+      for (let i = 0; i < produced.length; i++) {
+        const value = produced[i];
+        outputs.push(typeof value === "string" ? value : text(value));
+      }
+    } else if (produced !== undefined && produced !== null) {
       for (const value of produced) outputs.push(text(value));
     }
     return outputs.length;
   });
-  return { values: toColumn(outputs), inputEnds };
+  return { values: toColumn(outputs), inputEnds: packU32s(inputEnds) };
 }
 
 export function filter(batch) {
-  return perEvent(batch, need("filter"), Boolean);
+  return Uint8Array.from(perEvent(batch, need("filter"), (keep) => (keep ? 1 : 0)));
 }
 
 export function key(batch) {
@@ -170,22 +202,27 @@ export function key(batch) {
 function states(optional) {
   const texts = column(optional.strings);
   const present = optional.present;
-  return texts.map((state, i) => (present[i] ? state : undefined));
+  for (let i = 0; i < texts.length; i++) {
+    if (present[i] === 0) texts[i] = undefined;
+  }
+  return texts;
 }
 
 export function reduce(groups) {
   const fn = need("reduce");
-  const keys = column(groups.keys);
+  // A reduce that does not declare the key's parameter is spared the keys' strings.
+  const keys = fn.length >= 3 ? column(groups.keys) : null;
   const accumulators = states(groups.states);
   const values = column(groups.values);
-  const ends = groups.groupEnds;
-  const out = new Array(keys.length);
+  const ends = u32s(groups.groupEnds);
+  const out = new Array(ends.length);
   let at = 0;
-  for (let g = 0; g < keys.length; g++) {
-    const key = keys[g];
+  for (let g = 0; g < ends.length; g++) {
+    const key = keys === null ? undefined : keys[g];
     let accumulator = accumulators[g];
     for (const end = ends[g]; at < end; at++) {
-      accumulator = text(fn(accumulator, values[at], key));
+      accumulator = fn(accumulator, values[at], key);
+      if (typeof accumulator !== "string") accumulator = text(accumulator);
     }
     out[g] = accumulator === undefined ? "" : accumulator;
   }
@@ -197,7 +234,7 @@ export function process(groups) {
   const keys = column(groups.keys);
   const before = states(groups.states);
   const all = events(groups.events);
-  const ends = groups.groupEnds;
+  const ends = u32s(groups.groupEnds);
   const newStates = [];
   const present = [];
   const outKeys = [];
@@ -213,13 +250,12 @@ export function process(groups) {
     const time = last === undefined ? 0 : last.timestampMs;
     const state = result.state === undefined || result.state === null ? undefined : text(result.state);
     newStates.push(state === undefined ? "" : state);
-    present.push(state !== undefined);
+    present.push(state === undefined ? 0 : 1);
     for (const output of result.emit ?? []) {
       if (output !== null && typeof output === "object" && !Array.isArray(output) && "value" in output) {
         outKeys.push(output.key === undefined ? keys[g] : text(output.key));
         outValues.push(text(output.value));
-        const at = output.timestampMs;
-        outTimes.push(at === undefined ? time : Number(at));
+        outTimes.push(output.timestampMs === undefined ? time : Number(output.timestampMs));
       } else {
         outKeys.push(keys[g]);
         outValues.push(text(output));
@@ -229,8 +265,8 @@ export function process(groups) {
     groupEnds.push(outValues.length);
   }
   return {
-    states: { strings: toColumn(newStates), present },
-    outputs: { keys: toColumn(outKeys), values: toColumn(outValues), timestampsMs: outTimes },
-    groupEnds,
+    states: { strings: toColumn(newStates), present: Uint8Array.from(present) },
+    outputs: { keys: toColumn(outKeys), values: toColumn(outValues), timestampsMs: packTimes(outTimes) },
+    groupEnds: packU32s(groupEnds),
   };
 }

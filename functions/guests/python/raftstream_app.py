@@ -10,7 +10,7 @@ A user module defines any of:
     flat_map(value[, event])         -> an iterable of values
     filter(value[, event])           -> truthy to keep the event
     key(value[, event])              -> the event's key
-    reduce(accumulator, value, key)  -> the new accumulator (None the first time for a key)
+    reduce(accumulator, value[, key]) -> the new accumulator (None the first time for a key)
     process(key, state, values)      -> (new state or None to clear it, iterable of outputs: values,
                                         (key, value) pairs or {"key", "value", "timestamp_ms"})
 Values, keys, accumulators and states are str; anything else returned becomes one (JSON for dicts
@@ -19,6 +19,7 @@ and lists).
 
 import json
 import sys
+from array import array
 from collections import namedtuple
 from itertools import accumulate, chain
 
@@ -83,13 +84,23 @@ def _event(output, template):
 
 
 # A batch crosses the boundary as columns: all its strings in one, with the UTF-8 byte offset
-# where each ends. For ASCII text (checked in C) the offsets index the str itself; other text is
-# sliced as bytes.
+# where each ends, packed as little-endian u32s in bytes (times as s64s, flags a byte each), which
+# the bindings hand over as one bytes object instead of an int object per row. For ASCII text
+# (checked in C) the offsets index the str itself; other text is sliced as bytes.
+
+
+def _u32s(packed):
+    """The u32s packed in bytes (WebAssembly is little-endian, as the packing is)."""
+    return memoryview(packed).cast("I")
+
+
+def _pack_u32s(numbers):
+    return array("I", numbers).tobytes()
 
 
 def _column(strings):
     """The strings of a column, in order."""
-    data, ends = strings.data, strings.ends
+    data, ends = strings.data, _u32s(strings.ends)
     starts = chain((0,), ends)
     if data.isascii():
         return [data[start:end] for start, end in zip(starts, ends)]
@@ -98,22 +109,29 @@ def _column(strings):
 
 
 def _to_column(texts):
-    """A column of strings."""
+    """A column of strings (texts are str)."""
     data = "".join(texts)
     if data.isascii():
-        return Strings(data=data, ends=list(accumulate(map(len, texts))))
-    return Strings(data=data, ends=list(accumulate(len(text.encode()) for text in texts)))
+        return Strings(data=data, ends=_pack_u32s(accumulate(map(len, texts))))
+    return Strings(data=data, ends=_pack_u32s(accumulate(len(text.encode()) for text in texts)))
 
 
 def _events(batch):
     return [
         Event(key, value, timestamp_ms)
-        for key, value, timestamp_ms in zip(_column(batch.keys), _column(batch.values), batch.timestamps_ms)
+        for key, value, timestamp_ms in zip(
+            _column(batch.keys), _column(batch.values), memoryview(batch.timestamps_ms).cast("q")
+        )
     ]
 
 
 def _states(optional):
     return [state if present else None for state, present in zip(_column(optional.strings), optional.present)]
+
+
+def _arguments(function):
+    code = getattr(function, "__code__", None)
+    return code.co_argcount if code is not None else 3
 
 
 def _need(name):
@@ -127,10 +145,9 @@ def _per_event(name, batch):
     """The user's function of one event applied to each of the batch: called with (value), or
     (value, event) when it takes two arguments."""
     function = _need(name)
-    code = getattr(function, "__code__", None)
-    values = _column(batch.values)
-    if code is not None and code.co_argcount >= 2:
+    if _arguments(function) >= 2:
         return lambda answer: [answer(function(event.value, event)) for event in _events(batch)]
+    values = _column(batch.values)
     return lambda answer: [answer(function(value)) for value in values]
 
 
@@ -168,17 +185,20 @@ class WitWorld:
             extend = outputs.extend
 
             def fan_out(produced):
-                extend(map(_text, produced or ()))
+                if produced:
+                    extend(produced)
                 return len(outputs)
 
             input_ends = each(fan_out)
-            return FannedOut(values=_to_column(outputs), input_ends=input_ends)
+            if not all(type(output) is str for output in outputs):
+                outputs[:] = map(_text, outputs)
+            return FannedOut(values=_to_column(outputs), input_ends=_pack_u32s(input_ends))
 
         return _guarded(run)
 
     def filter(self, batch):
         each = _per_event("filter", batch)
-        return _guarded(lambda: each(bool))
+        return _guarded(lambda: bytes(each(bool)))
 
     def key(self, batch):
         each = _per_event("key", batch)
@@ -186,15 +206,23 @@ class WitWorld:
 
     def reduce(self, groups):
         function = _need("reduce")
+        with_key = _arguments(function) >= 3
 
         def run():
             values = _column(groups.values)
+            keys = _column(groups.keys) if with_key else None
             accumulators = []
+            append = accumulators.append
             start = 0
-            for key, accumulator, end in zip(_column(groups.keys), _states(groups.states), groups.group_ends):
-                for value in values[start:end]:
-                    accumulator = _text(function(accumulator, value, key))
-                accumulators.append(accumulator or "")
+            for group, (accumulator, end) in enumerate(zip(_states(groups.states), _u32s(groups.group_ends))):
+                if with_key:
+                    key = keys[group]
+                    for value in values[start:end]:
+                        accumulator = function(accumulator, value, key)
+                else:
+                    for value in values[start:end]:
+                        accumulator = function(accumulator, value)
+                append(accumulator if type(accumulator) is str else _text(accumulator))
                 start = end
             return _to_column(accumulators)
 
@@ -207,23 +235,23 @@ class WitWorld:
             events = _events(groups.events)
             states, present, outputs, group_ends = [], [], [], []
             start = 0
-            for key, state, end in zip(_column(groups.keys), _states(groups.states), groups.group_ends):
+            for key, state, end in zip(_column(groups.keys), _states(groups.states), _u32s(groups.group_ends)):
                 members = events[start:end]
                 start = end
                 new_state, emitted = function(key, state, [event.value for event in members])
                 template = Event(key, "", members[-1].timestamp_ms if members else 0)
                 states.append("" if new_state is None else _text(new_state))
-                present.append(new_state is not None)
+                present.append(0 if new_state is None else 1)
                 outputs.extend(_event(output, template) for output in (emitted or ()))
                 group_ends.append(len(outputs))
             return Processed(
-                states=OptionalStrings(strings=_to_column(states), present=present),
+                states=OptionalStrings(strings=_to_column(states), present=bytes(present)),
                 outputs=Events(
                     keys=_to_column([event.key for event in outputs]),
                     values=_to_column([event.value for event in outputs]),
-                    timestamps_ms=[event.timestamp_ms for event in outputs],
+                    timestamps_ms=array("q", [event.timestamp_ms for event in outputs]).tobytes(),
                 ),
-                group_ends=group_ends,
+                group_ends=_pack_u32s(group_ends),
             )
 
         return _guarded(run)

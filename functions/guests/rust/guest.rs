@@ -41,29 +41,50 @@ use crate::raftstream::functions::host::log;
 use crate::raftstream::functions::types::OptionalStrings;
 use crate::{Events, FannedOut, KeyedEvents, KeyedValues, Processed, Strings};
 
-/// A column's strings in order: string i is `data[ends[i-1]..ends[i]]` (the host lays them out
-/// on character boundaries).
+/// The little-endian u32s packed in `bytes` (offsets), in order.
+fn u32s(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]))
+}
+
+/// The little-endian s64s packed in `bytes` (times), in order.
+fn i64s(bytes: &[u8]) -> impl Iterator<Item = i64> + '_ {
+    bytes.chunks_exact(8).map(|word| {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        i64::from_le_bytes(eight)
+    })
+}
+
+/// A column's strings in order: each ends at its offset in `ends` and starts where the one
+/// before ended (the host lays them out on character boundaries).
 fn column(strings: &Strings) -> impl Iterator<Item = &str> + '_ {
     let mut start = 0;
-    strings.ends.iter().map(move |&end| {
+    u32s(&strings.ends).map(move |end| {
         let text = strings.data.get(start..end as usize).unwrap_or_default();
         start = end as usize;
         text
     })
 }
 
+/// How many strings a column holds.
+fn count(strings: &Strings) -> usize {
+    strings.ends.len() / 4
+}
+
 /// An empty column with room for `count` strings of about `bytes` bytes in all.
 fn column_with_capacity(count: usize, bytes: usize) -> Strings {
     Strings {
         data: String::with_capacity(bytes),
-        ends: Vec::with_capacity(count),
+        ends: Vec::with_capacity(count * 4),
     }
 }
 
 /// Appends one string to a column being answered.
 pub fn push(strings: &mut Strings, text: &str) {
     strings.data.push_str(text);
-    strings.ends.push(strings.data.len() as u32);
+    strings.ends.extend_from_slice(&(strings.data.len() as u32).to_le_bytes());
 }
 
 /// A value a user function may return where the world wants one string.
@@ -203,7 +224,7 @@ pub fn missing<T>(name: &str) -> Result<T, String> {
 
 pub fn map(batch: Events, function: impl Fn(&str, &mut Strings) -> Result<(), String>) -> Result<Strings, String> {
     install_panic_hook();
-    let mut out = column_with_capacity(batch.values.ends.len(), batch.values.data.len());
+    let mut out = column_with_capacity(count(&batch.values), batch.values.data.len());
     for value in column(&batch.values) {
         function(value, &mut out)?;
     }
@@ -215,18 +236,18 @@ pub fn flat_map(
     function: impl Fn(&str, &mut Strings) -> Result<(), String>,
 ) -> Result<FannedOut, String> {
     install_panic_hook();
-    let mut values = column_with_capacity(batch.values.ends.len() * 4, batch.values.data.len());
+    let mut values = column_with_capacity(count(&batch.values) * 4, batch.values.data.len());
     let mut input_ends = Vec::with_capacity(batch.values.ends.len());
     for value in column(&batch.values) {
         function(value, &mut values)?;
-        input_ends.push(values.ends.len() as u32);
+        input_ends.extend_from_slice(&(count(&values) as u32).to_le_bytes());
     }
     Ok(FannedOut { values, input_ends })
 }
 
-pub fn filter(batch: Events, function: impl Fn(&str) -> Result<bool, String>) -> Result<Vec<bool>, String> {
+pub fn filter(batch: Events, function: impl Fn(&str) -> Result<bool, String>) -> Result<Vec<u8>, String> {
     install_panic_hook();
-    column(&batch.values).map(function).collect()
+    column(&batch.values).map(|value| function(value).map(u8::from)).collect()
 }
 
 pub fn key(batch: Events, function: impl Fn(&str, &mut Strings) -> Result<(), String>) -> Result<Strings, String> {
@@ -237,7 +258,7 @@ pub fn key(batch: Events, function: impl Fn(&str, &mut Strings) -> Result<(), St
 fn states(states: &OptionalStrings) -> impl Iterator<Item = Option<&str>> + '_ {
     column(&states.strings)
         .zip(&states.present)
-        .map(|(state, &present)| present.then_some(state))
+        .map(|(state, &present)| (present != 0).then_some(state))
 }
 
 pub fn reduce(
@@ -245,10 +266,10 @@ pub fn reduce(
     function: impl Fn(Option<&str>, &str, &str) -> Result<String, String>,
 ) -> Result<Strings, String> {
     install_panic_hook();
-    let mut out = column_with_capacity(groups.group_ends.len(), groups.states.strings.data.len() + 16);
+    let mut out = column_with_capacity(groups.group_ends.len() / 4, groups.states.strings.data.len() + 16);
     let mut values = column(&groups.values);
     let mut start = 0;
-    for ((key, state), &end) in column(&groups.keys).zip(states(&groups.states)).zip(&groups.group_ends) {
+    for ((key, state), end) in column(&groups.keys).zip(states(&groups.states)).zip(u32s(&groups.group_ends)) {
         let mut accumulator = state.map(Cow::Borrowed);
         for value in values.by_ref().take((end as usize).saturating_sub(start)) {
             accumulator = Some(Cow::Owned(function(accumulator.as_deref(), value, key)?));
@@ -264,10 +285,11 @@ pub fn process(
     function: impl Fn(&str, Option<&str>, &[&str], &mut Strings) -> Result<Option<String>, String>,
 ) -> Result<Processed, String> {
     install_panic_hook();
+    let groups_count = groups.group_ends.len() / 4;
     let mut answer = Processed {
         states: OptionalStrings {
-            strings: column_with_capacity(groups.group_ends.len(), 0),
-            present: Vec::with_capacity(groups.group_ends.len()),
+            strings: column_with_capacity(groups_count, 0),
+            present: Vec::with_capacity(groups_count),
         },
         outputs: Events {
             keys: column_with_capacity(0, 0),
@@ -276,27 +298,30 @@ pub fn process(
         },
         group_ends: Vec::with_capacity(groups.group_ends.len()),
     };
+    let times: Vec<i64> = i64s(&groups.events.timestamps_ms).collect();
     let mut values = column(&groups.events.values);
     let mut outputs = column_with_capacity(0, 0);
+    let mut emitted: u32 = 0;
     let mut start = 0;
-    for ((key, state), &end) in column(&groups.keys).zip(states(&groups.states)).zip(&groups.group_ends) {
+    for ((key, state), end) in column(&groups.keys).zip(states(&groups.states)).zip(u32s(&groups.group_ends)) {
         let end = end as usize;
         let group_values: Vec<&str> = values.by_ref().take(end.saturating_sub(start)).collect();
         let timestamp_ms = match end {
             0 => 0,
-            _ => groups.events.timestamps_ms.get(end - 1).copied().unwrap_or(0),
+            _ => times.get(end - 1).copied().unwrap_or(0),
         };
         outputs.data.clear();
         outputs.ends.clear();
         let new_state = function(key, state, &group_values, &mut outputs)?;
         push(&mut answer.states.strings, new_state.as_deref().unwrap_or_default());
-        answer.states.present.push(new_state.is_some());
+        answer.states.present.push(u8::from(new_state.is_some()));
         for output in column(&outputs) {
             push(&mut answer.outputs.keys, key);
             push(&mut answer.outputs.values, output);
-            answer.outputs.timestamps_ms.push(timestamp_ms);
+            answer.outputs.timestamps_ms.extend_from_slice(&timestamp_ms.to_le_bytes());
+            emitted += 1;
         }
-        answer.group_ends.push(answer.outputs.timestamps_ms.len() as u32);
+        answer.group_ends.extend_from_slice(&emitted.to_le_bytes());
         start = end;
     }
     Ok(answer)

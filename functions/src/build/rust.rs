@@ -288,7 +288,7 @@ impl Guest for Function {{
         {flat_map}
     }}
     #[allow(unused_variables)]
-    fn filter(batch: Events) -> Result<Vec<bool>, String> {{
+    fn filter(batch: Events) -> Result<Vec<u8>, String> {{
         {filter}
     }}
     #[allow(unused_variables)]
