@@ -44,12 +44,21 @@ impl CompiledCache {
         sha256: &str,
         bytes: impl FnOnce() -> Result<Vec<u8>, FunctionError>,
     ) -> Result<CompiledFunction, FunctionError> {
+        match self.load(host, name, sha256) {
+            Some(cached) => Ok(cached),
+            None => self.compile_and_store(host, name, sha256, &bytes()?),
+        }
+    }
+
+    /// The function of hash `sha256` when the cache holds it, intact and for this engine; a
+    /// damaged or unusable file is logged and left for [`Self::compile_and_store`] to replace.
+    pub fn load(&self, host: &Arc<FunctionHost>, name: &str, sha256: &str) -> Option<CompiledFunction> {
         let path = self.path_of(host, sha256);
         let started = Instant::now();
         match read_verified(&path) {
             Ok(Some(payload)) => match deserialize(host, &payload) {
                 Ok(component) => {
-                    return Ok(CompiledFunction {
+                    return Some(CompiledFunction {
                         component,
                         name: name.to_owned(),
                         sha256: sha256.to_owned(),
@@ -66,7 +75,20 @@ impl CompiledCache {
                 tracing::warn!(path = %path.display(), %reason, "compiled function damaged: compiling again")
             }
         }
-        let compiled = host.compile(name, &bytes()?)?;
+        None
+    }
+
+    /// Compiles the component `bytes` (of hash `sha256`, already verified by the caller) and
+    /// stores the compiled code for the next load.
+    pub fn compile_and_store(
+        &self,
+        host: &Arc<FunctionHost>,
+        name: &str,
+        sha256: &str,
+        bytes: &[u8],
+    ) -> Result<CompiledFunction, FunctionError> {
+        let path = self.path_of(host, sha256);
+        let compiled = host.compile(name, bytes)?;
         let payload = compiled
             .component
             .serialize()

@@ -38,9 +38,10 @@ fn push_u32(packed: &mut Vec<u8>, value: u32) {
 
 /// How many u32s `packed` holds, or what is wrong with it.
 fn count_u32s(name: &str, packed: &[u8]) -> Result<usize, String> {
-    match packed.len() % 4 {
-        0 => Ok(packed.len() / 4),
-        _ => Err(format!("{name}: {} bytes, not a whole number of u32s", packed.len())),
+    if packed.len().is_multiple_of(4) {
+        Ok(packed.len() / 4)
+    } else {
+        Err(format!("{name}: {} bytes, not a whole number of u32s", packed.len()))
     }
 }
 
@@ -271,7 +272,7 @@ impl Events {
     fn check(&self, name: &str) -> Result<(), String> {
         self.keys.check(&format!("{name} keys"))?;
         self.values.check(&format!("{name} values"))?;
-        if self.timestamps_ms.len() % 8 != 0 {
+        if !self.timestamps_ms.len().is_multiple_of(8) {
             return Err(format!(
                 "{name} timestamps-ms: {} bytes, not a whole number of s64s",
                 self.timestamps_ms.len()
@@ -592,7 +593,7 @@ mod tests {
         };
         assert!(backwards
             .check("c")
-            .unwrap_err()
+            .expect_err("refused")
             .contains("string 1 ends at byte 1, outside 2..=3"));
         let past = Strings {
             data: "abc".into(),
@@ -603,29 +604,42 @@ mod tests {
             data: "ü".into(),
             ends: packed(&[1, 2]),
         };
-        assert!(split_char.check("c").unwrap_err().contains("inside a character"));
+        assert!(split_char
+            .check("c")
+            .expect_err("refused")
+            .contains("inside a character"));
         let trailing = Strings {
             data: "abc".into(),
             ends: packed(&[1]),
         };
-        assert!(trailing.check("c").unwrap_err().contains("2 bytes of text after"));
+        assert!(trailing
+            .check("c")
+            .expect_err("refused")
+            .contains("2 bytes of text after"));
 
         let fanned = FannedOut {
             values: ["a", "b"].into_iter().collect(),
             input_ends: packed(&[1, 3]),
         };
-        assert!(Answer::check(&fanned).unwrap_err().contains("group 1 ends at member 3"));
+        assert!(Answer::check(&fanned)
+            .expect_err("refused")
+            .contains("group 1 ends at member 3"));
         let processed = Processed {
             states: OptionalStrings::default(),
             outputs: Events::default(),
             group_ends: packed(&[0]),
         };
-        assert!(Answer::check(&processed).unwrap_err().contains("0 states for 1 groups"));
+        assert!(Answer::check(&processed)
+            .expect_err("refused")
+            .contains("0 states for 1 groups"));
         let torn = Strings {
             data: "ab".into(),
             ends: vec![2, 0, 0],
         };
-        assert!(torn.check("c").unwrap_err().contains("not a whole number of u32s"));
+        assert!(torn
+            .check("c")
+            .expect_err("refused")
+            .contains("not a whole number of u32s"));
     }
 
     #[test]
