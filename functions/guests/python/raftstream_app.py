@@ -126,7 +126,11 @@ def _events(batch):
 
 
 def _states(optional):
-    return [state if present else None for state, present in zip(_column(optional.strings), optional.present)]
+    """Each group's state, None where it has none."""
+    states = _column(optional.strings)
+    if all(optional.present):
+        return states
+    return [state if present else None for state, present in zip(states, optional.present)]
 
 
 def _arguments(function):
@@ -211,18 +215,21 @@ class WitWorld:
         def run():
             values = _column(groups.values)
             keys = _column(groups.keys) if with_key else None
-            accumulators = []
-            append = accumulators.append
+            accumulators = _states(groups.states)
             start = 0
-            for group, (accumulator, end) in enumerate(zip(_states(groups.states), _u32s(groups.group_ends))):
+            for group, end in enumerate(_u32s(groups.group_ends)):
+                accumulator = accumulators[group]
                 if with_key:
                     key = keys[group]
                     for value in values[start:end]:
                         accumulator = function(accumulator, value, key)
+                elif end - start == 1:
+                    # Most groups of a batch hold one value: no slice for them.
+                    accumulator = function(accumulator, values[start])
                 else:
                     for value in values[start:end]:
                         accumulator = function(accumulator, value)
-                append(accumulator if type(accumulator) is str else _text(accumulator))
+                accumulators[group] = accumulator if type(accumulator) is str else _text(accumulator)
                 start = end
             return _to_column(accumulators)
 
