@@ -62,24 +62,23 @@ function packTimes(numbers) {
   return new Uint8Array(BigInt64Array.from(numbers, (time) => BigInt(Math.trunc(time))).buffer);
 }
 
+// The UTF-8 bytes of the character starting at UTF-16 index `at` of `text`: 4 for a surrogate
+// pair (two units), 3 for a lone surrogate (written as U+FFFD).
+function utf8Width(text, at) {
+  const unit = text.charCodeAt(at);
+  if (unit < 0x80) return 1;
+  if (unit < 0x800) return 2;
+  if (unit >= 0xd800 && unit < 0xdc00 && at + 1 < text.length) return 4;
+  return 3;
+}
+
 // The UTF-16 length of the UTF-8 bytes from `bytes` to `endBytes`, reading `data` from `index`.
 function unitsFor(data, index, bytes, endBytes) {
   let at = index;
   while (bytes < endBytes && at < data.length) {
-    const unit = data.charCodeAt(at);
-    if (unit < 0x80) {
-      bytes += 1;
-      at += 1;
-    } else if (unit < 0x800) {
-      bytes += 2;
-      at += 1;
-    } else if (unit >= 0xd800 && unit < 0xdc00 && at + 1 < data.length) {
-      bytes += 4;
-      at += 2;
-    } else {
-      bytes += 3;
-      at += 1;
-    }
+    const width = utf8Width(data, at);
+    bytes += width;
+    at += width === 4 ? 2 : 1;
   }
   return at - index;
 }
@@ -114,14 +113,10 @@ function column(strings) {
 function utf8Length(value) {
   if (ASCII.test(value)) return value.length;
   let bytes = 0;
-  for (let at = 0; at < value.length; at++) {
-    const unit = value.charCodeAt(at);
-    if (unit < 0x80) bytes += 1;
-    else if (unit < 0x800) bytes += 2;
-    else if (unit >= 0xd800 && unit < 0xdc00 && at + 1 < value.length) {
-      bytes += 4;
-      at += 1;
-    } else bytes += 3;
+  for (let at = 0; at < value.length; ) {
+    const width = utf8Width(value, at);
+    bytes += width;
+    at += width === 4 ? 2 : 1;
   }
   return bytes;
 }
