@@ -157,6 +157,35 @@ fn every_export_runs_on_a_batch_through_the_guest_library() {
 }
 
 #[test]
+fn a_reduce_group_gets_each_keys_values_at_once_and_defining_both_reduces_is_refused() {
+    let host = FunctionHost::new().expect("host");
+    let grouped = build_js(
+        &host,
+        "grouped",
+        r#"export function reduceGroup(sum, values, key) {
+  return `${Number(sum ?? 0) + values.reduce((total, value) => total + Number(value), 0)}/${values.length}/${key}`;
+}"#,
+    );
+    let mut function = instance(&host, &grouped);
+    let mut groups = KeyedValues::default();
+    groups.push_group("a", None, ["2", "3"]);
+    groups.push_group("b", Some("32"), ["10"]);
+    let sums = function.reduce(&groups).expect("reduce");
+    assert_eq!(texts(&sums), vec!["5/2/a", "42/1/b"]);
+
+    let both = build_js(
+        &host,
+        "both",
+        "export function reduce(sum, value) { return value; }\nexport function reduceGroup(sum, values) { return values[0]; }",
+    );
+    let error = instance(&host, &both).reduce(&groups).expect_err("ambiguous");
+    assert!(
+        matches!(&error, FunctionError::Guest { export: "reduce", message, .. } if message.contains("keep one")),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_missing_export_a_guest_error_and_a_trap_name_the_function() {
     let host = FunctionHost::new().expect("host");
     let only_map = build_js(

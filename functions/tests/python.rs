@@ -121,3 +121,26 @@ fn a_python_module_of_plain_functions_runs_every_export() {
         "{message}"
     );
 }
+
+#[test]
+fn a_python_reduce_group_gets_each_keys_values_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = dir.path().join("grouped.py");
+    std::fs::write(
+        &source,
+        "def reduce_group(total, values, key):\n    return f\"{int(total or 0) + sum(map(int, values))}/{len(values)}/{key}\"\n",
+    )
+    .expect("write");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("work dir");
+    let built =
+        build_component(&source, &work, &[Export::Reduce]).expect("build (scripts/ensure-build-deps.sh --test)");
+    let host = FunctionHost::new().expect("host");
+    let compiled = host.compile("grouped", &built.bytes).expect("compile");
+    let mut function = FunctionInstance::new(&host, &compiled, FunctionLimits::default()).expect("instantiate");
+    let mut groups = KeyedValues::default();
+    groups.push_group("a", None, ["2", "3"]);
+    groups.push_group("b", Some("32"), ["10"]);
+    let sums = function.reduce(&groups).expect("reduce");
+    assert_eq!(texts(&sums), vec!["5/2/a", "42/1/b"]);
+}

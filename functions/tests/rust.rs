@@ -185,3 +185,29 @@ fn a_rust_function_is_built_with_only_the_exports_the_job_calls() {
         "{message}"
     );
 }
+
+#[test]
+fn a_rust_reduce_group_gets_each_keys_values_at_once_and_defining_both_reduces_is_refused() {
+    let host = FunctionHost::new().expect("host");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let grouped = "pub fn reduce_group(total: Option<&str>, values: &[&str], key: &str) -> String {\n    \
+                   let sum: i64 = values.iter().map(|value| value.parse::<i64>().unwrap_or(0)).sum();\n    \
+                   format!(\"{}/{}/{key}\", total.map_or(0, |total| total.parse::<i64>().unwrap_or(0)) + sum, values.len())\n}\n";
+    let bytes = build(dir.path(), "grouped.rs", grouped, &[Export::Reduce]);
+    let compiled = host.compile("grouped", &bytes).expect("compile");
+    let mut function = FunctionInstance::new(&host, &compiled, FunctionLimits::default()).expect("instantiate");
+    let mut groups = KeyedValues::default();
+    groups.push_group("a", None, ["2", "3"]);
+    groups.push_group("b", Some("32"), ["10"]);
+    let sums = function.reduce(&groups).expect("reduce");
+    assert_eq!(texts(&sums), vec!["5/2/a", "42/1/b"]);
+
+    let both =
+        format!("{grouped}\npub fn reduce(total: Option<&str>, value: &str, key: &str) -> String {{ value.into() }}\n");
+    let source = dir.path().join("both.rs");
+    std::fs::write(&source, both).expect("write");
+    let work = dir.path().join("work-both");
+    std::fs::create_dir(&work).expect("work dir");
+    let error = build_component(&source, &work, &[Export::Reduce]).expect_err("ambiguous");
+    assert!(error.to_string().contains("keep one"), "{error}");
+}

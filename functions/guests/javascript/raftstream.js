@@ -9,6 +9,9 @@
 //   filter(value, event)           -> truthy to keep the event
 //   key(value, event)              -> the event's key
 //   reduce(accumulator, value, key) -> the new accumulator (undefined the first time for a key)
+//   reduceGroup(accumulator, values, key) -> the same, given all of a key's values in a batch at
+//                                     once (an array, in arrival order): one call per key and
+//                                     batch instead of one per value; define it or reduce
 //   process(key, state, values, events) -> {state, emit: [values or {key, value, timestampMs}]};
 //                                     state undefined clears it
 // Values, keys and accumulators are strings; anything else returned is turned into one (JSON for
@@ -203,8 +206,20 @@ function states(optional) {
   return texts;
 }
 
+// The user's reduce: `reduceGroup` (a key's values at once) or `reduce` (one value at a time).
+function reducer() {
+  const perGroup = user.reduceGroup;
+  const perValue = user.reduce;
+  if (typeof perGroup === "function" && typeof perValue === "function") {
+    throw "the module exports both reduce and reduceGroup: a reduce runs one of them, keep one";
+  }
+  if (typeof perGroup === "function") return { fn: perGroup, perGroup: true };
+  if (typeof perValue === "function") return { fn: perValue, perGroup: false };
+  throw "the module exports no function reduce (or reduceGroup)";
+}
+
 export function reduce(groups) {
-  const fn = need("reduce");
+  const { fn, perGroup } = reducer();
   // A reduce that does not declare the key's parameter is spared the keys' strings.
   const keys = fn.length >= 3 ? column(groups.keys) : null;
   const accumulators = states(groups.states);
@@ -215,9 +230,16 @@ export function reduce(groups) {
   for (let g = 0; g < ends.length; g++) {
     const key = keys === null ? undefined : keys[g];
     let accumulator = accumulators[g];
-    for (const end = ends[g]; at < end; at++) {
-      accumulator = fn(accumulator, values[at], key);
+    const end = ends[g];
+    if (perGroup) {
+      accumulator = fn(accumulator, values.slice(at, end), key);
       if (typeof accumulator !== "string") accumulator = text(accumulator);
+      at = end;
+    } else {
+      for (; at < end; at++) {
+        accumulator = fn(accumulator, values[at], key);
+        if (typeof accumulator !== "string") accumulator = text(accumulator);
+      }
     }
     out[g] = accumulator === undefined ? "" : accumulator;
   }

@@ -11,6 +11,10 @@ A user module defines any of:
     filter(value[, event])           -> truthy to keep the event
     key(value[, event])              -> the event's key
     reduce(accumulator, value[, key]) -> the new accumulator (None the first time for a key)
+    reduce_group(accumulator, values[, key])
+                                     -> the same, given all of a key's values in a batch at once
+                                        (a list, in arrival order): one call per key and batch
+                                        instead of one per value; define it or reduce
     process(key, state, values)      -> (new state or None to clear it, iterable of outputs: values,
                                         (key, value) pairs or {"key", "value", "timestamp_ms"})
 Values, keys, accumulators and states are str; anything else returned becomes one (JSON for dicts
@@ -145,6 +149,20 @@ def _need(name):
     return function
 
 
+def _reducer():
+    """The user's reduce and whether it takes a key's values at once (reduce_group) or one at a
+    time (reduce)."""
+    per_group = getattr(user, "reduce_group", None)
+    per_value = getattr(user, "reduce", None)
+    if callable(per_group) and callable(per_value):
+        raise Err("the module defines both reduce and reduce_group: a reduce runs one of them, keep one")
+    if callable(per_group):
+        return per_group, True
+    if callable(per_value):
+        return per_value, False
+    raise Err("the module defines no function reduce (or reduce_group)")
+
+
 def _per_event(name, batch):
     """The user's function of one event applied to each of the batch: called with (value), or
     (value, event) when it takes two arguments."""
@@ -209,8 +227,25 @@ class WitWorld:
         return _guarded(lambda: _to_column(each(_text)))
 
     def reduce(self, groups):
-        function = _need("reduce")
+        function, per_group = _reducer()
         with_key = _arguments(function) >= 3
+
+        def run_per_group():
+            values = _column(groups.values)
+            keys = _column(groups.keys) if with_key else None
+            accumulators = _states(groups.states)
+            start = 0
+            for group, end in enumerate(_u32s(groups.group_ends)):
+                if with_key:
+                    accumulator = function(accumulators[group], values[start:end], keys[group])
+                else:
+                    accumulator = function(accumulators[group], values[start:end])
+                accumulators[group] = accumulator if type(accumulator) is str else _text(accumulator)
+                start = end
+            return _to_column(accumulators)
+
+        if per_group:
+            return _guarded(run_per_group)
 
         def run():
             values = _column(groups.values)

@@ -8,6 +8,10 @@
 //   fn filter(value: &str) -> bool
 //   fn key(value: &str) -> String
 //   fn reduce(accumulator: Option<&str>, value: &str, key: &str) -> String   (None the first time for a key)
+//   fn reduce_group(accumulator: Option<&str>, values: &[&str], key: &str) -> String
+//                                                              (the same, given all of a key's values in a
+//                                                              batch at once: one call per key and batch;
+//                                                              define it or reduce)
 //   fn process(key: &str, state: Option<&str>, values: &[&str]) -> (Option<String>, Vec<String>)
 //                                                              (new state, None clears it; outputs keep the key)
 //
@@ -276,6 +280,22 @@ pub fn reduce(
         }
         push(&mut out, accumulator.as_deref().unwrap_or_default());
         start = end as usize;
+    }
+    Ok(out)
+}
+
+pub fn reduce_group(
+    groups: KeyedValues,
+    function: impl Fn(Option<&str>, &[&str], &str) -> Result<String, String>,
+) -> Result<Strings, String> {
+    install_panic_hook();
+    let mut out = column_with_capacity(groups.group_ends.len() / 4, groups.states.strings.data.len() + 16);
+    let values: Vec<&str> = column(&groups.values).collect();
+    let mut start = 0;
+    for ((key, state), end) in column(&groups.keys).zip(states(&groups.states)).zip(u32s(&groups.group_ends)) {
+        let end = (end as usize).clamp(start, values.len());
+        push(&mut out, &function(state, &values[start..end], key)?);
+        start = end;
     }
     Ok(out)
 }
