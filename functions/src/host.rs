@@ -49,6 +49,11 @@ impl FunctionHost {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if std::env::var_os("RAFTSTREAM_WASM_PERF_MAP").is_some() {
+            // For profiling guests: `perf` names the functions of compiled components from
+            // /tmp/perf-<pid>.map instead of showing bare addresses.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|error| FunctionError::Engine(format!("{error:#}")))?;
         let mut linker = Linker::new(&engine);
         linker

@@ -3,13 +3,15 @@
 //! ([`barriers`]),
 //! sources ([`generator`], [`file_source`]), the operators by concept (stateless transforms,
 //! keyed state, event-time windows, the exactly-once file sink: [`operators`]) and keyed exchange
-//! by key groups ([`key_groups`]), per-task counters and hottest keys ([`metrics`],
+//! by key groups ([`key_groups`]), user functions and their keyed state ([`user_functions`],
+//! [`function_state`]), per-task counters and hottest keys ([`metrics`],
 //! [`heavy_hitters`]); all of them pass our own [`record::Record`], never the wire's.
 
 pub mod barriers;
 pub mod deployment;
 pub mod exchange;
 pub mod file_source;
+pub mod function_state;
 pub mod generator;
 pub mod heavy_hitters;
 pub mod key_groups;

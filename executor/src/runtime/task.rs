@@ -510,8 +510,8 @@ fn apply_all(
                 }
             }
         }
-        Logic::Udf(transform) => transform.apply_batch(records.collect(), emit)?,
-        Logic::KeyedUdf(keyed) => keyed.apply_batch(records.collect(), emit)?,
+        Logic::Udf(transform) => transform.apply_all(records, emit)?,
+        Logic::KeyedUdf(keyed) => keyed.apply_all(records, emit)?,
         Logic::Source(_) => {}
     }
     Ok(())

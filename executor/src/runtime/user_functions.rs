@@ -16,8 +16,7 @@ use raftstream_functions::{
 };
 use tokio::sync::OnceCell;
 
-use super::key_groups::{KeyedMap, StateHasher};
-use super::operators::KeyedMapState;
+use super::function_state::{FunctionStates, Grouped};
 use super::record::Record;
 use crate::checkpoint::{CheckpointStorage, CheckpointStore};
 
@@ -345,6 +344,8 @@ pub struct UdfTransform {
     pub(crate) calls: SubtaskFunction,
     /// The batch as the function gets it, its buffers kept from one batch to the next.
     batch: Events,
+    /// The batch's records, the buffer kept from one batch to the next.
+    records: Vec<Record>,
 }
 
 /// Runs one call off the async workers (it may run for seconds), counting it.
@@ -398,32 +399,53 @@ impl UdfTransform {
             instance,
             calls,
             batch: Events::default(),
+            records: Vec::new(),
         }
     }
 
+    /// Runs `records` through the function as one batch; what it emits goes to `emit`, in
+    /// input order.
+    pub fn apply_all(
+        &mut self,
+        records: impl Iterator<Item = Record>,
+        emit: &mut impl FnMut(Record),
+    ) -> Result<(), UdfCallError> {
+        let mut batch = std::mem::take(&mut self.records);
+        batch.extend(records);
+        let outcome = self.apply_batch(&mut batch, emit);
+        batch.clear();
+        self.records = batch;
+        outcome
+    }
+
     /// Runs one batch through the function; what it emits goes to `emit`, in input order.
-    pub fn apply_batch(&mut self, records: Vec<Record>, emit: &mut impl FnMut(Record)) -> Result<(), UdfCallError> {
+    /// `records` is left empty when the call succeeds.
+    pub fn apply_batch(
+        &mut self,
+        records: &mut Vec<Record>,
+        emit: &mut impl FnMut(Record),
+    ) -> Result<(), UdfCallError> {
         if records.is_empty() {
             return Ok(());
         }
         let batch = &mut self.batch;
         batch.clear();
-        for record in &records {
+        for record in records.iter() {
             batch.push(&record.key, &record.value, record.timestamp_ms);
         }
         let (instance, batch, counters) = (&mut self.instance, &self.batch, &self.calls.counters);
         match self.calls.export {
             UdfExport::Map => {
                 let values = counted(counters, records.len(), || instance.map(batch))
-                    .map_err(|error| call_error(error, &records))?;
-                for (mut record, value) in records.into_iter().zip(values.iter()) {
+                    .map_err(|error| call_error(error, records))?;
+                for (mut record, value) in records.drain(..).zip(values.iter()) {
                     record.value = value.into();
                     emit(record);
                 }
             }
             UdfExport::FlatMap => {
                 let fanned = counted(counters, records.len(), || instance.flat_map(batch))
-                    .map_err(|error| call_error(error, &records))?;
+                    .map_err(|error| call_error(error, records))?;
                 for (index, record) in records.iter().enumerate() {
                     for value in fanned.outputs_of(index) {
                         emit(Record {
@@ -433,11 +455,12 @@ impl UdfTransform {
                         });
                     }
                 }
+                records.clear();
             }
             UdfExport::Filter => {
                 let keep = counted(counters, records.len(), || instance.filter(batch))
-                    .map_err(|error| call_error(error, &records))?;
-                for (record, keep) in records.into_iter().zip(keep) {
+                    .map_err(|error| call_error(error, records))?;
+                for (record, keep) in records.drain(..).zip(keep) {
                     if keep {
                         emit(record);
                     }
@@ -445,8 +468,8 @@ impl UdfTransform {
             }
             UdfExport::Key => {
                 let keys = counted(counters, records.len(), || instance.key(batch))
-                    .map_err(|error| call_error(error, &records))?;
-                for (mut record, key) in records.into_iter().zip(keys.iter()) {
+                    .map_err(|error| call_error(error, records))?;
+                for (mut record, key) in records.drain(..).zip(keys.iter()) {
                     record.key = key.into();
                     emit(record);
                 }
@@ -462,107 +485,68 @@ impl UdfTransform {
 /// the key's records of the batch, grouped so that one call covers the whole batch.
 pub struct KeyedUdf {
     instance: FunctionInstance,
-    pub(crate) state: KeyedMap<String>,
+    pub(crate) state: FunctionStates,
     pub(crate) calls: SubtaskFunction,
     /// The grouped batch as the function gets it, its buffers kept from one batch to the next.
+    grouped: Grouped,
     values: KeyedValues,
     events: KeyedEvents,
-}
-
-/// A batch's record positions grouped by key, keys in first-seen order: one vector of positions
-/// for all groups (a batch of a word count has nearly as many keys as records, and a vector per
-/// group was an allocation per record).
-struct Grouped<'r> {
-    keys: Vec<&'r str>,
-    /// Where each group's positions end in `members`.
-    ends: Vec<usize>,
-    members: Vec<usize>,
-}
-
-impl<'r> Grouped<'r> {
-    fn of(records: &'r [Record]) -> Grouped<'r> {
-        // The state's hasher, not SipHash: the grouping hashes every record's key.
-        let mut group_of: HashMap<&str, usize, std::hash::BuildHasherDefault<StateHasher>> =
-            HashMap::with_capacity_and_hasher(records.len(), Default::default());
-        let mut keys = Vec::new();
-        let mut sizes: Vec<usize> = Vec::new();
-        let mut group_ids = Vec::with_capacity(records.len());
-        for record in records {
-            let group = *group_of.entry(record.key.as_str()).or_insert_with(|| {
-                keys.push(record.key.as_str());
-                sizes.push(0);
-                keys.len() - 1
-            });
-            sizes[group] += 1;
-            group_ids.push(group);
-        }
-        let mut ends = Vec::with_capacity(keys.len());
-        let mut next = Vec::with_capacity(keys.len());
-        let mut total = 0;
-        for size in &sizes {
-            next.push(total);
-            total += size;
-            ends.push(total);
-        }
-        let mut members = vec![0; records.len()];
-        for (position, &group) in group_ids.iter().enumerate() {
-            members[next[group]] = position;
-            next[group] += 1;
-        }
-        Grouped { keys, ends, members }
-    }
-
-    /// Each group's key and record positions, in the groups' order.
-    fn groups(&self) -> impl Iterator<Item = (&'r str, &[usize])> + '_ {
-        let mut start = 0;
-        self.keys.iter().zip(&self.ends).map(move |(key, &end)| {
-            let members = &self.members[start..end];
-            start = end;
-            (*key, members)
-        })
-    }
+    /// The batch's records, the buffer kept from one batch to the next.
+    records: Vec<Record>,
 }
 
 impl KeyedUdf {
     pub fn new(instance: FunctionInstance, calls: SubtaskFunction) -> KeyedUdf {
         KeyedUdf {
             instance,
-            state: KeyedMap::default(),
+            state: FunctionStates::default(),
             calls,
+            grouped: Grouped::default(),
             values: KeyedValues::default(),
             events: KeyedEvents::default(),
+            records: Vec::new(),
         }
+    }
+
+    /// Folds `records` as one batch (see [`KeyedUdf::apply_batch`]).
+    pub fn apply_all(
+        &mut self,
+        records: impl Iterator<Item = Record>,
+        emit: &mut impl FnMut(Record),
+    ) -> Result<(), UdfCallError> {
+        let mut batch = std::mem::take(&mut self.records);
+        batch.extend(records);
+        let outcome = self.apply_batch(&batch, emit);
+        batch.clear();
+        self.records = batch;
+        outcome
     }
 
     /// Folds one batch: groups its records by key (in first-seen order), calls the function once,
     /// stores each key's new state and emits, for a reduce, each key's new accumulator once (the
     /// value after the batch's records, at the time of the key's last record), for a process,
     /// what it returned.
-    pub fn apply_batch(&mut self, records: Vec<Record>, emit: &mut impl FnMut(Record)) -> Result<(), UdfCallError> {
+    pub fn apply_batch(&mut self, records: &[Record], emit: &mut impl FnMut(Record)) -> Result<(), UdfCallError> {
         if records.is_empty() {
             return Ok(());
         }
-        let grouped = Grouped::of(&records);
+        let grouped = &mut self.grouped;
+        self.state.group(records, grouped);
         let (instance, counters) = (&mut self.instance, &self.calls.counters);
         match self.calls.export {
             UdfExport::Reduce => {
                 let batch = &mut self.values;
                 batch.clear();
-                for (key, members) in grouped.groups() {
-                    let state = self.state.get(key).map(String::as_str);
-                    batch.push_group(key, state, members.iter().map(|&at| records[at].value.as_str()));
+                for (key, slot, members) in grouped.groups(records) {
+                    let values = members.iter().map(|&at| records[at as usize].value.as_str());
+                    batch.push_group(key, self.state.get(slot), values);
                 }
                 let batch = &self.values;
                 let accumulators = counted(counters, records.len(), || instance.reduce(batch))
-                    .map_err(|error| call_error(error, &records))?;
-                for ((key, members), accumulator) in grouped.groups().zip(accumulators.iter()) {
-                    let timestamp_ms = members.last().map_or(0, |&at| records[at].timestamp_ms);
-                    match self.state.get_mut(key) {
-                        Some(state) => accumulator.clone_into(state),
-                        None => {
-                            self.state.insert(key.into(), accumulator.to_owned());
-                        }
-                    }
+                    .map_err(|error| call_error(error, records))?;
+                for ((key, slot, members), accumulator) in grouped.groups(records).zip(accumulators.iter()) {
+                    let timestamp_ms = members.last().map_or(0, |&at| records[at as usize].timestamp_ms);
+                    self.state.set(slot, accumulator);
                     emit(Record {
                         key: key.into(),
                         value: accumulator.into(),
@@ -573,21 +557,17 @@ impl KeyedUdf {
             UdfExport::Process => {
                 let batch = &mut self.events;
                 batch.clear();
-                for (key, members) in grouped.groups() {
-                    let state = self.state.get(key).map(String::as_str);
-                    batch.push_group(key, state, members.iter().map(|&at| event_view(&records[at])));
+                for (key, slot, members) in grouped.groups(records) {
+                    let events = members.iter().map(|&at| event_view(&records[at as usize]));
+                    batch.push_group(key, self.state.get(slot), events);
                 }
                 let batch = &self.events;
                 let processed = counted(counters, records.len(), || instance.process(batch))
-                    .map_err(|error| call_error(error, &records))?;
-                for (index, key) in grouped.keys.iter().enumerate() {
+                    .map_err(|error| call_error(error, records))?;
+                for (index, (key, slot, _)) in grouped.groups(records).enumerate() {
                     match processed.state_of(index) {
-                        Some(state) => {
-                            self.state.insert((*key).into(), state.to_owned());
-                        }
-                        None => {
-                            self.state.remove(*key);
-                        }
+                        Some(state) => self.state.set(slot, state),
+                        None => self.state.remove(key, slot),
                     }
                     processed.outputs_of(index).map(record_of).for_each(&mut *emit);
                 }
@@ -596,17 +576,25 @@ impl KeyedUdf {
         }
         Ok(())
     }
-}
 
-impl KeyedMapState for KeyedUdf {
-    type Value = String;
-
-    fn entries(&self) -> &KeyedMap<String> {
-        &self.state
+    /// The state as checkpoint bytes, by key group.
+    pub fn snapshot(&self, max_parallelism: u32) -> Vec<u8> {
+        self.state.snapshot(max_parallelism)
     }
 
-    fn entries_mut(&mut self) -> &mut KeyedMap<String> {
-        &mut self.state
+    /// Adds the entries of `bytes` whose key group lies in `groups`.
+    pub fn restore(
+        &mut self,
+        operator: &str,
+        bytes: &[u8],
+        groups: &std::ops::Range<u32>,
+    ) -> Result<(), super::operators::OperatorError> {
+        self.state.restore(operator, bytes, groups)
+    }
+
+    /// Makes room for `additional` keys before restoring them.
+    pub fn reserve(&mut self, additional: usize) {
+        self.state.reserve(additional);
     }
 }
 
@@ -621,36 +609,6 @@ pub fn udf_call(config: &raftstream_api::spec::OperatorConfig) -> Option<&UdfCal
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(key: &str, value: &str) -> Record {
-        Record {
-            key: key.into(),
-            value: value.into(),
-            timestamp_ms: 0,
-        }
-    }
-
-    #[test]
-    fn a_batch_groups_by_key_in_first_seen_order_keeping_each_keys_record_order() {
-        let records = [
-            record("b", "1"),
-            record("a", "2"),
-            record("b", "3"),
-            record("c", "4"),
-            record("a", "5"),
-            record("b", "6"),
-        ];
-        let grouped = Grouped::of(&records);
-        let groups: Vec<(&str, Vec<&str>)> = grouped
-            .groups()
-            .map(|(key, members)| (key, members.iter().map(|&at| records[at].value.as_str()).collect()))
-            .collect();
-        assert_eq!(
-            groups,
-            vec![("b", vec!["1", "3", "6"]), ("a", vec!["2", "5"]), ("c", vec!["4"])]
-        );
-        assert_eq!(Grouped::of(&[]).groups().count(), 0);
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_function_in_the_disk_cache_is_loaded_without_reading_the_store() {

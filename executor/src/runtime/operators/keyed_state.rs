@@ -110,6 +110,23 @@ impl StateValue for String {
     }
 }
 
+/// The same, as record text (inline up to 24 bytes): written exactly as a `String` is.
+impl StateValue for crate::runtime::record::Text {
+    fn encoded_len(&self) -> usize {
+        varint_len(self.len() as u64) + self.len()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.len() as u64);
+        out.extend_from_slice(self.as_bytes());
+    }
+
+    fn decode(input: &mut &[u8]) -> Option<Self> {
+        let length = usize::try_from(take_varint(input)?).ok()?;
+        std::str::from_utf8(take_bytes(input, length)?).ok().map(Into::into)
+    }
+}
+
 impl StateValue for serde_json::Value {
     fn encoded_len(&self) -> usize {
         let length = self.to_string().len();
@@ -138,6 +155,16 @@ struct GroupSlot {
 
 /// Keyed state as checkpoint bytes, grouped by key group.
 pub fn encode_keyed<V: StateValue>(entries: &KeyedMap<V>, max_parallelism: u32) -> Vec<u8> {
+    encode_entries(entries.iter(), entries.len(), max_parallelism)
+}
+
+/// [`encode_keyed`] of any store of keyed state: `entries` (about `count` of them) is walked
+/// twice and must yield the same entries in the same order both times.
+pub fn encode_entries<'a, V: StateValue + 'a>(
+    entries: impl Iterator<Item = (&'a StateKey, &'a V)> + Clone,
+    count: usize,
+    max_parallelism: u32,
+) -> Vec<u8> {
     let entry_len = |key: &StateKey, value: &V| {
         let key_len = key.as_str().len();
         varint_len(key_len as u64) + key_len + value.encoded_len()
@@ -146,8 +173,8 @@ pub fn encode_keyed<V: StateValue>(entries: &KeyedMap<V>, max_parallelism: u32) 
     // in the same order), and the bytes and entries of each group. Dense tables by group: a
     // tree lookup per entry cost more than writing the entry.
     let mut slots = vec![GroupSlot::default(); max_parallelism.max(1) as usize];
-    let mut entry_groups: Vec<u32> = Vec::with_capacity(entries.len());
-    for (key, value) in entries {
+    let mut entry_groups: Vec<u32> = Vec::with_capacity(count);
+    for (key, value) in entries.clone() {
         let group = key_group(key, max_parallelism);
         let slot = &mut slots[group as usize];
         slot.length += entry_len(key, value) as u64;
@@ -175,7 +202,7 @@ pub fn encode_keyed<V: StateValue>(entries: &KeyedMap<V>, max_parallelism: u32) 
     out.resize(header + offset as usize, 0);
     let mut cursors: Vec<usize> = slots.iter().map(|slot| header + slot.offset as usize).collect();
     let mut scratch = Vec::new();
-    for ((key, value), group) in entries.iter().zip(entry_groups) {
+    for ((key, value), group) in entries.zip(entry_groups) {
         let cursor = &mut cursors[group as usize];
         scratch.clear();
         put_varint(&mut scratch, key.as_str().len() as u64);
@@ -289,6 +316,17 @@ pub fn decode_keyed<V: StateValue + DeserializeOwned>(
     bytes: &[u8],
     groups: &std::ops::Range<u32>,
 ) -> Result<(), String> {
+    decode_entries(entries, bytes, groups, |value| value)
+}
+
+/// [`decode_keyed`] into a map that holds what `store` makes of each decoded value (a store
+/// that keeps its values elsewhere maps a key to where it put the value).
+pub fn decode_entries<V: StateValue + DeserializeOwned, S>(
+    entries: &mut KeyedMap<S>,
+    bytes: &[u8],
+    groups: &std::ops::Range<u32>,
+    mut store: impl FnMut(V) -> S,
+) -> Result<(), String> {
     let Some(mut input) = bytes.strip_prefix(MAGIC.as_slice()) else {
         let snapshot: JsonKeyedSnapshot<V> = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
         for (group, group_entries) in snapshot.groups {
@@ -296,7 +334,7 @@ pub fn decode_keyed<V: StateValue + DeserializeOwned>(
                 entries.extend(
                     group_entries
                         .into_iter()
-                        .map(|(key, value)| (StateKey::from(key), value)),
+                        .map(|(key, value)| (StateKey::from(key), store(value))),
                 );
             }
         }
@@ -342,7 +380,7 @@ pub fn decode_keyed<V: StateValue + DeserializeOwned>(
                 let key_len = usize::try_from(take_varint(&mut slice)?).ok()?;
                 let key = std::str::from_utf8(take_bytes(&mut slice, key_len)?).ok()?;
                 let value = V::decode(&mut slice)?;
-                Some((StateKey::from(key), value))
+                Some((StateKey::from(key), store(value)))
             })()
             .ok_or_else(|| format!("entry {decoded} of key group {group} is malformed"))?;
             batches.add(entries, key, value);

@@ -18,6 +18,7 @@ use raftstream_api::spec::OperatorKind;
 
 pub use file_sink::{restores_index, FileSink, PreCommitted, SinkSegment};
 pub use keyed::{decimal_text, entries_in_groups, KeyedAggregate, KeyedCount, KeyedMapState};
+pub use keyed_state::{decode_entries, encode_entries, encode_keyed};
 pub use pre_aggregate::PreAggregate;
 pub use stateless::Stateless;
 pub use windows::WindowOperator;
