@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use raftstream::local_cluster::{free_local_address, ClusterWiring, ExecutorRoutes};
+use raftstream::local_cluster::{reserve_local_address, ClusterWiring, ExecutorRoutes, ReservedAddress};
 use tokio_util::sync::CancellationToken;
 
 use crate::endpoint::{node_endpoint, Endpoint};
@@ -38,6 +38,8 @@ pub struct Network {
     pub node_addresses: BTreeMap<u64, String>,
     /// Executors' advertised (listen) addresses, by id.
     pub executor_addresses: BTreeMap<String, String>,
+    /// The loopback ports behind those addresses (proxy mode), held while the run lasts.
+    _reserved: Vec<ReservedAddress>,
 }
 
 impl Network {
@@ -68,18 +70,25 @@ impl Network {
             fabric: Fabric::Namespaces(namespaces),
             node_addresses,
             executor_addresses,
+            _reserved: Vec::new(),
         })
     }
 
     async fn start_proxies(nodes: u64, executor_ids: &[String]) -> anyhow::Result<Network> {
         let stop = CancellationToken::new();
+        // Every process's address is fixed in the proxies' routes: held until the run ends.
+        let mut reserved = Vec::new();
         let mut node_addresses = BTreeMap::new();
         for node_id in 1..=nodes {
-            node_addresses.insert(node_id, free_local_address()?);
+            let held = reserve_local_address()?;
+            node_addresses.insert(node_id, held.address().to_owned());
+            reserved.push(held);
         }
         let mut executor_addresses = BTreeMap::new();
         for executor_id in executor_ids {
-            executor_addresses.insert(executor_id.clone(), free_local_address()?);
+            let held = reserve_local_address()?;
+            executor_addresses.insert(executor_id.clone(), held.address().to_owned());
+            reserved.push(held);
         }
         let mut links = BTreeMap::new();
         let targets: Vec<(Endpoint, String)> = node_addresses
@@ -108,6 +117,7 @@ impl Network {
             fabric: Fabric::Proxies { links, stop },
             node_addresses,
             executor_addresses,
+            _reserved: reserved,
         })
     }
 

@@ -40,6 +40,47 @@ pub fn free_local_address() -> anyhow::Result<String> {
     Ok(listener.local_addr().context("reading the ephemeral port")?.to_string())
 }
 
+/// A loopback address whose port the OS chose, held for a process that binds it later, for as
+/// long as this value lives.
+///
+/// A port from [`free_local_address`] is free only until someone else takes it: another test's
+/// port-0 bind, or the local port of any outgoing connection. That left a coordinator or a chaos
+/// run's executor, whose address is fixed in the cluster's membership or the fault proxies'
+/// routes, failing to bind it now and then ("Address already in use"). This holds a socket bound
+/// to the port with `SO_REUSEADDR`, not listening: the OS gives the port to no other socket
+/// meanwhile, and a process that binds with `SO_REUSEADDR` as well (tokio's listeners do) still
+/// binds it and listens, restart after restart.
+#[derive(Debug)]
+pub struct ReservedAddress {
+    address: String,
+    _held: socket2::Socket,
+}
+
+impl ReservedAddress {
+    /// The address, `127.0.0.1:port`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+/// Reserves a loopback port the OS chooses (see [`ReservedAddress`]).
+pub fn reserve_local_address() -> anyhow::Result<ReservedAddress> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .context("making a socket to hold a port")?;
+    socket
+        .set_reuse_address(true)
+        .context("setting SO_REUSEADDR on the port's holder")?;
+    let any_port: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket.bind(&any_port.into()).context("binding an ephemeral port")?;
+    let address = socket
+        .local_addr()
+        .context("reading the ephemeral port")?
+        .as_socket()
+        .ok_or_else(|| anyhow!("the held port has no IP address"))?
+        .to_string();
+    Ok(ReservedAddress { address, _held: socket })
+}
+
 /// One coordinator child process and its files.
 #[derive(Debug)]
 pub struct CoordinatorProcess {
@@ -87,6 +128,8 @@ pub struct LocalCluster {
     /// Whether executors started from now on serve HTTP (`/metrics` ...) on their `http_address`.
     executor_http: bool,
     wiring: ClusterWiring,
+    /// The coordinators' ports, held while the cluster lives: each is fixed in the membership.
+    reserved: Vec<ReservedAddress>,
 }
 
 /// Where the processes' links go when something sits between them (the chaos harness).
@@ -192,10 +235,12 @@ impl LocalCluster {
         if node_count == 0 {
             bail!("a cluster needs at least one node");
         }
+        let mut reserved = Vec::new();
         let addresses = if addresses.is_empty() {
-            (0..node_count)
-                .map(|_| free_local_address())
-                .collect::<anyhow::Result<Vec<_>>>()?
+            reserved = (0..node_count)
+                .map(|_| reserve_local_address())
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            reserved.iter().map(|held| held.address().to_owned()).collect()
         } else {
             addresses
         };
@@ -214,6 +259,7 @@ impl LocalCluster {
             executor_environment: Vec::new(),
             executor_http: true,
             wiring,
+            reserved,
         };
         for (node_id, address) in &members {
             cluster.add_process(*node_id, address.clone(), members.clone(), true)?;
@@ -321,7 +367,9 @@ impl LocalCluster {
         if self.nodes.contains_key(&node_id) {
             bail!("node {node_id} already exists");
         }
-        let address = free_local_address()?;
+        let held = reserve_local_address()?;
+        let address = held.address().to_owned();
+        self.reserved.push(held);
         self.add_process(node_id, address.clone(), BTreeMap::new(), false)?;
         Ok(address)
     }

@@ -31,7 +31,8 @@ use super::operators::{
 };
 use super::record::Record;
 use super::user_functions::{
-    udf_call, CallCounters, FunctionLoadError, FunctionRuntime, KeyedUdf, SubtaskFunction, UdfCallError, UdfTransform,
+    record_of, udf_call, CallCounters, FunctionLoadError, FunctionRuntime, KeyedUdf, SubtaskFunction, UdfCallError,
+    UdfTransform,
 };
 use crate::checkpoint::CheckpointStorage;
 
@@ -511,7 +512,7 @@ fn apply_all(
             }
         }
         Logic::Udf(transform) => transform.apply_all(records, emit)?,
-        Logic::KeyedUdf(keyed) => keyed.apply_all(records, emit)?,
+        Logic::KeyedUdf(keyed) => keyed.apply_all(records, &mut |event| emit(record_of(event)))?,
         Logic::Source(_) => {}
     }
     Ok(())

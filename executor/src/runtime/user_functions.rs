@@ -385,7 +385,8 @@ fn event_view(record: &Record) -> EventView<'_> {
     }
 }
 
-fn record_of(event: EventView<'_>) -> Record {
+/// An emitted event as a record.
+pub fn record_of(event: EventView<'_>) -> Record {
     Record {
         key: event.key.into(),
         value: event.value.into(),
@@ -508,11 +509,12 @@ impl KeyedUdf {
         }
     }
 
-    /// Folds `records` as one batch (see [`KeyedUdf::apply_batch`]).
+    /// Folds `records` as one batch (see [`KeyedUdf::apply_batch`]); what it emits goes to
+    /// `emit` as borrowed events (a sink right after writes them without making records).
     pub fn apply_all(
         &mut self,
         records: impl Iterator<Item = Record>,
-        emit: &mut impl FnMut(Record),
+        emit: &mut impl FnMut(EventView<'_>),
     ) -> Result<(), UdfCallError> {
         let mut batch = std::mem::take(&mut self.records);
         batch.extend(records);
@@ -526,7 +528,11 @@ impl KeyedUdf {
     /// stores each key's new state and emits, for a reduce, each key's new accumulator once (the
     /// value after the batch's records, at the time of the key's last record), for a process,
     /// what it returned.
-    pub fn apply_batch(&mut self, records: &[Record], emit: &mut impl FnMut(Record)) -> Result<(), UdfCallError> {
+    pub fn apply_batch(
+        &mut self,
+        records: &[Record],
+        emit: &mut impl FnMut(EventView<'_>),
+    ) -> Result<(), UdfCallError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -547,9 +553,9 @@ impl KeyedUdf {
                 for ((key, slot, members), accumulator) in grouped.groups(records).zip(accumulators.iter()) {
                     let timestamp_ms = members.last().map_or(0, |&at| records[at as usize].timestamp_ms);
                     self.state.set(slot, accumulator);
-                    emit(Record {
-                        key: key.into(),
-                        value: accumulator.into(),
+                    emit(EventView {
+                        key,
+                        value: accumulator,
                         timestamp_ms,
                     });
                 }
@@ -569,7 +575,7 @@ impl KeyedUdf {
                         Some(state) => self.state.set(slot, state),
                         None => self.state.remove(key, slot),
                     }
-                    processed.outputs_of(index).map(record_of).for_each(&mut *emit);
+                    processed.outputs_of(index).for_each(&mut *emit);
                 }
             }
             _ => {}

@@ -97,6 +97,11 @@ impl FileSink {
         self.write_line(&record.key, record.value.as_bytes())
     }
 
+    /// Appends the record (`key`, `value`) as [`FileSink::write`] would, from borrowed text.
+    pub fn write_text(&mut self, key: &str, value: &str) -> Result<(), OperatorError> {
+        self.write_line(key, value.as_bytes())
+    }
+
     /// Appends the record (`key`, `number` in decimal) as [`FileSink::write`] would, without
     /// making the number a record's text first.
     pub fn write_number(&mut self, key: &str, number: u64) -> Result<(), OperatorError> {

@@ -75,6 +75,16 @@ fn run_step(
             }
             Ok(())
         }
+        [Logic::KeyedUdf(keyed), Logic::FileSink(sink)] => {
+            // The function's answers go to the file as they are, without a record each.
+            let mut failure = None;
+            keyed.apply_all(records, &mut |event| {
+                if failure.is_none() {
+                    failure = sink.write_text(event.key, event.value).err();
+                }
+            })?;
+            failure.map_or(Ok(()), |error| Err(error.into()))
+        }
         [logic, Logic::FileSink(sink)] => {
             // A sink emits nothing; its first write error stops the writes and fails the task.
             let mut failure = None;
