@@ -134,18 +134,7 @@ impl FunctionStates {
     }
 
     fn new_slot(&mut self, state: Option<Text>) -> u32 {
-        match self.free.pop() {
-            Some(slot) => {
-                self.states[slot as usize] = state;
-                self.marks[slot as usize] = 0;
-                slot
-            }
-            None => {
-                self.states.push(state);
-                self.marks.push(0);
-                (self.states.len() - 1) as u32
-            }
-        }
+        take_slot(&mut self.states, &mut self.marks, &mut self.free, state)
     }
 
     /// The state in `slot`, if it has one.
@@ -213,17 +202,8 @@ impl FunctionStates {
             free,
             ..
         } = self;
-        decode_entries(slots, bytes, groups, |state: Text| match free.pop() {
-            Some(slot) => {
-                states[slot as usize] = Some(state);
-                marks[slot as usize] = 0;
-                slot
-            }
-            None => {
-                states.push(Some(state));
-                marks.push(0);
-                (states.len() - 1) as u32
-            }
+        decode_entries(slots, bytes, groups, |state: Text| {
+            take_slot(states, marks, free, Some(state))
         })
         .map_err(|problem| OperatorError::State {
             operator: operator.to_owned(),
@@ -236,6 +216,23 @@ impl FunctionStates {
         self.slots.reserve(additional);
         self.states.reserve(additional);
         self.marks.reserve(additional);
+    }
+}
+
+/// A slot for `state`: a freed one, or a new one at the end (unmarked either way). Takes the
+/// store's parts, not the store, so that a restore can call it while decoding into its map.
+fn take_slot(states: &mut Vec<Option<Text>>, marks: &mut Vec<u64>, free: &mut Vec<u32>, state: Option<Text>) -> u32 {
+    match free.pop() {
+        Some(slot) => {
+            states[slot as usize] = state;
+            marks[slot as usize] = 0;
+            slot
+        }
+        None => {
+            states.push(state);
+            marks.push(0);
+            (states.len() - 1) as u32
+        }
     }
 }
 

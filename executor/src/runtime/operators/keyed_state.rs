@@ -93,37 +93,50 @@ impl StateValue for u64 {
     }
 }
 
-/// A user function's state or accumulator: its length, then its UTF-8 bytes.
+/// Text as keyed state: its length, then its UTF-8 bytes.
+fn text_encoded_len(text: &str) -> usize {
+    varint_len(text.len() as u64) + text.len()
+}
+
+fn encode_text(text: &str, out: &mut Vec<u8>) {
+    put_varint(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn decode_text<'a>(input: &mut &'a [u8]) -> Option<&'a str> {
+    let length = usize::try_from(take_varint(input)?).ok()?;
+    std::str::from_utf8(take_bytes(input, length)?).ok()
+}
+
+/// A user function's state or accumulator, as written before [`FunctionStates`] kept it inline.
+///
+/// [`FunctionStates`]: crate::runtime::function_state::FunctionStates
 impl StateValue for String {
     fn encoded_len(&self) -> usize {
-        varint_len(self.len() as u64) + self.len()
+        text_encoded_len(self)
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.len() as u64);
-        out.extend_from_slice(self.as_bytes());
+        encode_text(self, out);
     }
 
     fn decode(input: &mut &[u8]) -> Option<Self> {
-        let length = usize::try_from(take_varint(input)?).ok()?;
-        String::from_utf8(take_bytes(input, length)?.to_vec()).ok()
+        decode_text(input).map(str::to_owned)
     }
 }
 
 /// The same, as record text (inline up to 24 bytes): written exactly as a `String` is.
 impl StateValue for crate::runtime::record::Text {
     fn encoded_len(&self) -> usize {
-        varint_len(self.len() as u64) + self.len()
+        text_encoded_len(self)
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.len() as u64);
-        out.extend_from_slice(self.as_bytes());
+        encode_text(self, out);
     }
 
     fn decode(input: &mut &[u8]) -> Option<Self> {
-        let length = usize::try_from(take_varint(input)?).ok()?;
-        std::str::from_utf8(take_bytes(input, length)?).ok().map(Into::into)
+        decode_text(input).map(Into::into)
     }
 }
 
